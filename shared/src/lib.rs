@@ -1,0 +1,12 @@
+//! mcp-warden-shared: the pure cores of mcp-warden.
+//!
+//! Everything in this crate is a function over data: no sockets, no files, no
+//! clocks, no environment. The sidecar and the webhook wrap these cores in
+//! small servers; tests exercise them directly.
+
+pub mod attrs;
+pub mod audit;
+pub mod identity;
+pub mod mask;
+pub mod policy;
+pub mod status;

@@ -1,0 +1,2 @@
+//! mcp-warden-sidecar binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! mask_body (being written).

@@ -1,0 +1,2 @@
+//! kube-apisim binary.
+fn main() {}

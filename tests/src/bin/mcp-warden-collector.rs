@@ -1,0 +1,2 @@
+//! mcp-warden-collector: test collector (being written).
+fn main() {}

@@ -1,0 +1,5 @@
+//! mcp-warden test support: kube-apisim (a stand-in kube-apiserver), the
+//! harness that starts it and the other binaries for tests, and helpers for
+//! driving real clients (kubectl, the Python client, kube-rs).
+
+pub mod apisim;

@@ -1,0 +1,2 @@
+//! mcp-warden-webhook binary.
+fn main() {}
