@@ -1,1 +1,734 @@
-//! audit (being written).
+//! Kubernetes audit events (`audit.k8s.io/v1`) as the sidecar records them.
+//!
+//! The types serialize to exactly the JSON shape of Go's
+//! `k8s.io/apiserver/pkg/apis/audit/v1` `Event` and `EventList`, so an
+//! `EventList` body we POST is the same body kube-apiserver's audit webhook
+//! backend sends, and existing consumers (Falco k8saudit, Vector, Fluent Bit)
+//! ingest it unchanged. Field order follows the Go struct order.
+//!
+//! Pure: timestamps are passed in by the caller (`MicroTime::from_unix_micros`),
+//! nothing here reads a clock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::attrs::RequestAttributes;
+
+/// `apiVersion` of audit events.
+pub const API_VERSION: &str = "audit.k8s.io/v1";
+
+/// Annotation: the policy decision (`allow`, `deny`, `approve`).
+pub const ANN_DECISION: &str = "mcp-warden.io/decision";
+/// Annotation: the name of the rule that decided (empty for the default action).
+pub const ANN_RULE: &str = "mcp-warden.io/rule";
+/// Annotation: hash of the policy in force.
+pub const ANN_POLICY_HASH: &str = "mcp-warden.io/policy-hash";
+/// Annotation: how many values the masking engine replaced.
+pub const ANN_MASKED: &str = "mcp-warden.io/masked";
+/// Annotation: `namespace/name` of the pod whose sidecar recorded the event.
+pub const ANN_POD: &str = "mcp-warden.io/pod";
+/// Annotation: cluster name from configuration.
+pub const ANN_CLUSTER: &str = "mcp-warden.io/cluster";
+/// Annotation: `"false"` when the policy runs in `mode: audit` (decision not enforced).
+pub const ANN_ENFORCED: &str = "mcp-warden.io/enforced";
+
+/// How much of a request is recorded (`audit.k8s.io/v1` `Level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Level {
+    None,
+    #[default]
+    Metadata,
+    Request,
+    RequestResponse,
+}
+
+impl Level {
+    /// Whether `requestObject` is included at this level.
+    pub fn includes_request(self) -> bool {
+        matches!(self, Level::Request | Level::RequestResponse)
+    }
+    /// Whether `responseObject` is included at this level.
+    pub fn includes_response(self) -> bool {
+        matches!(self, Level::RequestResponse)
+    }
+}
+
+/// The stage of request handling at which an event was generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    RequestReceived,
+    ResponseStarted,
+    ResponseComplete,
+    Panic,
+}
+
+/// `metav1.MicroTime`: RFC 3339 in UTC with exactly six fractional digits,
+/// e.g. `2026-11-21T23:27:15.123456Z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MicroTime {
+    /// Microseconds since the Unix epoch.
+    pub unix_micros: i64,
+}
+
+/// Why a timestamp string could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RFC 3339 timestamp {value:?}: {why}")]
+pub struct TimeError {
+    pub value: String,
+    pub why: &'static str,
+}
+
+// Howard Hinnant's civil-from-days / days-from-civil: exact for all i64 day
+// counts we can meet, and keeps this crate free of a time dependency.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl MicroTime {
+    /// From microseconds since the Unix epoch.
+    pub fn from_unix_micros(unix_micros: i64) -> Self {
+        Self { unix_micros }
+    }
+
+    /// Parse RFC 3339 (any offset, 0–9 fractional digits; sub-microsecond
+    /// digits are truncated as Go does when it re-formats).
+    pub fn parse(s: &str) -> Result<Self, TimeError> {
+        let err = |why| TimeError {
+            value: s.to_string(),
+            why,
+        };
+        let b = s.as_bytes();
+        if b.len() < 20 || !s.is_ascii() {
+            return Err(err("too short"));
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<i64, TimeError> {
+            let part = &s[r];
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(err("expected digits"));
+            }
+            part.parse::<i64>().map_err(|_| err("expected digits"))
+        };
+        if b[4] != b'-'
+            || b[7] != b'-'
+            || !(b[10] == b'T' || b[10] == b't')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return Err(err("expected YYYY-MM-DDTHH:MM:SS"));
+        }
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || min > 59
+            || sec > 60
+        {
+            return Err(err("field out of range"));
+        }
+        let mut i = 19;
+        let mut micros = 0i64;
+        if b[i] == b'.' {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == start {
+                return Err(err("empty fraction"));
+            }
+            let frac = &s[start..i];
+            let mut padded: String = frac.chars().take(6).collect();
+            while padded.len() < 6 {
+                padded.push('0');
+            }
+            micros = padded.parse::<i64>().map_err(|_| err("bad fraction"))?;
+        }
+        let offset_secs = match &s[i..] {
+            "Z" | "z" => 0,
+            rest if rest.len() == 6
+                && (rest.starts_with('+') || rest.starts_with('-'))
+                && &rest[3..4] == ":" =>
+            {
+                let h = num(i + 1..i + 3)?;
+                let m = num(i + 4..i + 6)?;
+                let sign = if rest.starts_with('-') { -1 } else { 1 };
+                sign * (h * 3600 + m * 60)
+            }
+            _ => return Err(err("bad zone")),
+        };
+        let days = days_from_civil(year, month as u32, day as u32);
+        let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
+        Ok(Self {
+            unix_micros: secs * 1_000_000 + micros,
+        })
+    }
+}
+
+impl fmt::Display for MicroTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.unix_micros.div_euclid(1_000_000);
+        let micros = self.unix_micros.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            (sod % 3600) / 60,
+            sod % 60
+        )
+    }
+}
+
+impl Serialize for MicroTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MicroTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MicroTime::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `authentication.k8s.io/v1` `UserInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserInfo {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    /// A user from its parts (taken from the service-account token's claims).
+    pub fn new(
+        username: impl Into<String>,
+        uid: impl Into<String>,
+        groups: Vec<String>,
+        extra: BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        Self {
+            username: username.into(),
+            uid: uid.into(),
+            groups,
+            extra,
+        }
+    }
+}
+
+/// `audit.k8s.io/v1` `ObjectReference`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectReference {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// Omitted for the core group, as kube-apiserver does.
+    #[serde(rename = "apiGroup", default, skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub api_version: String,
+    #[serde(
+        rename = "resourceVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+}
+
+impl ObjectReference {
+    /// The object reference kube-apiserver records for a resource request;
+    /// `None` for non-resource requests (which carry no `objectRef`).
+    pub fn from_attributes(a: &RequestAttributes) -> Option<Self> {
+        if !a.is_resource_request {
+            return None;
+        }
+        Some(Self {
+            resource: a.resource.clone(),
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+            uid: String::new(),
+            api_group: a.api_group.clone(),
+            api_version: a.api_version.clone(),
+            resource_version: String::new(),
+            subresource: a.subresource.clone(),
+        })
+    }
+}
+
+/// `metav1.ListMeta` as it appears inside `responseStatus` and `EventList`.
+/// Go always writes it (a struct is never omitted), usually as `{}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ListMeta {
+    #[serde(rename = "selfLink", default, skip_serializing_if = "String::is_empty")]
+    pub self_link: String,
+    #[serde(
+        rename = "resourceVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub resource_version: String,
+    #[serde(rename = "continue", default, skip_serializing_if = "String::is_empty")]
+    pub continue_token: String,
+    #[serde(
+        rename = "remainingItemCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remaining_item_count: Option<i64>,
+}
+
+/// The subset of `metav1.Status` recorded as `responseStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ResponseStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub metadata: ListMeta,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub code: i32,
+}
+
+fn is_zero(c: &i32) -> bool {
+    *c == 0
+}
+
+impl ResponseStatus {
+    /// What kube-apiserver records for a response: the code, and for a
+    /// failure (`code >= 300` with a `Status` body) its status, reason and message.
+    pub fn from_code(code: u16) -> Self {
+        Self {
+            code: i32::from(code),
+            ..Self::default()
+        }
+    }
+
+    /// A failed response, with the `Status` body's fields.
+    pub fn failure(code: u16, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: "Failure".into(),
+            reason: reason.into(),
+            message: message.into(),
+            code: i32::from(code),
+            ..Self::default()
+        }
+    }
+}
+
+/// One `audit.k8s.io/v1` `Event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `Event`; Go omits it when unset, kube-apiserver's backends set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `audit.k8s.io/v1` when set.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    pub level: Level,
+    #[serde(rename = "auditID")]
+    pub audit_id: String,
+    pub stage: Stage,
+    #[serde(rename = "requestURI")]
+    pub request_uri: String,
+    pub verb: String,
+    pub user: UserInfo,
+    #[serde(
+        rename = "impersonatedUser",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub impersonated_user: Option<UserInfo>,
+    #[serde(rename = "sourceIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+    #[serde(
+        rename = "userAgent",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub user_agent: String,
+    #[serde(rename = "objectRef", default, skip_serializing_if = "Option::is_none")]
+    pub object_ref: Option<ObjectReference>,
+    #[serde(
+        rename = "responseStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_status: Option<ResponseStatus>,
+    /// Raw JSON (`runtime.Unknown`), already masked.
+    #[serde(
+        rename = "requestObject",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_object: Option<serde_json::Value>,
+    /// Raw JSON (`runtime.Unknown`), already masked.
+    #[serde(
+        rename = "responseObject",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_object: Option<serde_json::Value>,
+    #[serde(rename = "requestReceivedTimestamp")]
+    pub request_received_timestamp: MicroTime,
+    #[serde(rename = "stageTimestamp")]
+    pub stage_timestamp: MicroTime,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `audit.k8s.io/v1` `EventList`: the body of an audit webhook POST.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    pub kind: String,
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    #[serde(default)]
+    pub metadata: ListMeta,
+    pub items: Vec<Event>,
+}
+
+impl EventList {
+    /// A list as the audit webhook backend sends it.
+    pub fn new(items: Vec<Event>) -> Self {
+        Self {
+            kind: "EventList".into(),
+            api_version: API_VERSION.into(),
+            metadata: ListMeta::default(),
+            items,
+        }
+    }
+}
+
+/// The policy outcome recorded in the `mcp-warden.io/` annotations.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DecisionInfo {
+    /// `allow`, `deny` or `approve`.
+    pub decision: String,
+    /// Name of the deciding rule; empty when `defaultAction` decided.
+    pub rule: String,
+    /// Hash of the policy in force.
+    pub policy_hash: String,
+    /// False in `mode: audit`: the decision was recorded, not enforced.
+    pub enforced: bool,
+}
+
+/// Everything known about a request when it is received; the input of
+/// [`Event::request_received`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestInfo<'a> {
+    /// UUID of the request; the same for all of its stages.
+    pub audit_id: &'a str,
+    /// Path and query as received.
+    pub request_uri: &'a str,
+    pub attrs: &'a RequestAttributes,
+    pub user: UserInfo,
+    pub impersonated_user: Option<UserInfo>,
+    pub source_ips: Vec<String>,
+    pub user_agent: &'a str,
+    pub level: Level,
+    pub received: MicroTime,
+    pub decision: DecisionInfo,
+    /// `namespace/name` of the pod.
+    pub pod: &'a str,
+    /// Cluster name from configuration; omitted when empty.
+    pub cluster: &'a str,
+}
+
+impl Event {
+    /// The `RequestReceived`-stage event of a request (recorded durably
+    /// before a mutating request is forwarded).
+    pub fn request_received(info: &RequestInfo<'_>) -> Self {
+        let mut annotations = BTreeMap::new();
+        annotations.insert(ANN_DECISION.to_string(), info.decision.decision.clone());
+        annotations.insert(ANN_RULE.to_string(), info.decision.rule.clone());
+        if !info.decision.policy_hash.is_empty() {
+            annotations.insert(
+                ANN_POLICY_HASH.to_string(),
+                info.decision.policy_hash.clone(),
+            );
+        }
+        if !info.decision.enforced {
+            annotations.insert(ANN_ENFORCED.to_string(), "false".into());
+        }
+        if !info.pod.is_empty() {
+            annotations.insert(ANN_POD.to_string(), info.pod.to_string());
+        }
+        if !info.cluster.is_empty() {
+            annotations.insert(ANN_CLUSTER.to_string(), info.cluster.to_string());
+        }
+        Self {
+            kind: Some("Event".into()),
+            api_version: Some(API_VERSION.into()),
+            level: info.level,
+            audit_id: info.audit_id.to_string(),
+            stage: Stage::RequestReceived,
+            request_uri: info.request_uri.to_string(),
+            verb: info.attrs.verb.clone(),
+            user: info.user.clone(),
+            impersonated_user: info.impersonated_user.clone(),
+            source_ips: info.source_ips.clone(),
+            user_agent: info.user_agent.to_string(),
+            object_ref: ObjectReference::from_attributes(info.attrs),
+            response_status: None,
+            request_object: None,
+            response_object: None,
+            request_received_timestamp: info.received,
+            stage_timestamp: info.received,
+            annotations,
+        }
+    }
+
+    /// The same request at a later stage (`ResponseStarted`,
+    /// `ResponseComplete`, `Panic`), with its status and stage time.
+    pub fn at_stage(&self, stage: Stage, at: MicroTime, status: ResponseStatus) -> Self {
+        let mut e = self.clone();
+        e.stage = stage;
+        e.stage_timestamp = at;
+        e.response_status = Some(status);
+        e
+    }
+
+    /// Attach the (already masked) request body if the level asks for it.
+    pub fn with_request_object(mut self, body: Option<serde_json::Value>) -> Self {
+        if self.level.includes_request() {
+            self.request_object = body;
+        }
+        self
+    }
+
+    /// Attach the (already masked) response body if the level asks for it.
+    pub fn with_response_object(mut self, body: Option<serde_json::Value>) -> Self {
+        if self.level.includes_response() {
+            self.response_object = body;
+        }
+        self
+    }
+
+    /// Record how many values masking replaced (`mcp-warden.io/masked`).
+    pub fn with_masked_count(mut self, n: u64) -> Self {
+        self.annotations
+            .insert(ANN_MASKED.to_string(), n.to_string());
+        self
+    }
+
+    /// One NDJSON line (no trailing newline).
+    pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+/// Whether a request is long-running in kube-apiserver's sense (gets a
+/// `ResponseStarted` stage): watch, `follow` logs and the connect
+/// subresources exec, attach, portforward, proxy.
+pub fn is_long_running(attrs: &RequestAttributes, follow: bool) -> bool {
+    attrs.verb == "watch"
+        || (attrs.subresource == "log" && follow)
+        || matches!(
+            attrs.subresource.as_str(),
+            "exec" | "attach" | "portforward" | "proxy"
+        )
+}
+
+/// Whether the verb changes state: such requests are recorded durably
+/// (`RequestReceived`) before they are forwarded.
+pub fn is_mutating(verb: &str) -> bool {
+    !matches!(verb, "get" | "list" | "watch" | "head" | "options")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_time_round_trips() {
+        let s = "2026-11-21T23:27:15.123456Z";
+        let t = MicroTime::parse(s).unwrap();
+        assert_eq!(t.to_string(), s);
+        let epoch = MicroTime::parse("1970-01-01T00:00:00Z").unwrap();
+        assert_eq!(epoch.unix_micros, 0);
+        assert_eq!(epoch.to_string(), "1970-01-01T00:00:00.000000Z");
+        let off = MicroTime::parse("2020-02-29T01:00:00.5+01:00").unwrap();
+        assert_eq!(off.to_string(), "2020-02-29T00:00:00.500000Z");
+        assert_eq!(
+            MicroTime::from_unix_micros(1_700_000_000_000_001).to_string(),
+            "2023-11-14T22:13:20.000001Z"
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-21 23:27:15Z",
+            "2026-11-21T23:27:15",
+            "x026-11-21T23:27:15Z",
+        ] {
+            assert!(MicroTime::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn attrs() -> RequestAttributes {
+        RequestAttributes {
+            is_resource_request: true,
+            path: "/api/v1/namespaces/default/secrets".into(),
+            verb: "create".into(),
+            api_prefix: "api".into(),
+            api_version: "v1".into(),
+            namespace: "default".into(),
+            resource: "secrets".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn builder_shape() {
+        let a = attrs();
+        let info = RequestInfo {
+            audit_id: "6f2a0a5e-0b8e-4e0c-9a57-1c7f6d1a2b3c",
+            request_uri: "/api/v1/namespaces/default/secrets",
+            attrs: &a,
+            user: UserInfo::new(
+                "system:serviceaccount:default:mcp",
+                "u1",
+                vec!["system:serviceaccounts".into()],
+                BTreeMap::new(),
+            ),
+            impersonated_user: None,
+            source_ips: vec!["127.0.0.1".into()],
+            user_agent: "kubectl/v1.33.0",
+            level: Level::Metadata,
+            received: MicroTime::from_unix_micros(1_700_000_000_000_000),
+            decision: DecisionInfo {
+                decision: "allow".into(),
+                rule: "r".into(),
+                policy_hash: "abc".into(),
+                enforced: false,
+            },
+            pod: "default/mcp-0",
+            cluster: "",
+        };
+        let rr =
+            Event::request_received(&info).with_request_object(Some(serde_json::json!({"a": 1})));
+        assert!(rr.request_object.is_none(), "Metadata level drops bodies");
+        let done = rr.at_stage(
+            Stage::ResponseComplete,
+            MicroTime::from_unix_micros(1_700_000_000_000_500),
+            ResponseStatus::from_code(201),
+        );
+        let v: serde_json::Value = serde_json::to_value(&done).unwrap();
+        assert_eq!(v["stage"], "ResponseComplete");
+        assert_eq!(
+            v["responseStatus"],
+            serde_json::json!({"metadata": {}, "code": 201})
+        );
+        assert_eq!(
+            v["objectRef"],
+            serde_json::json!({"resource": "secrets", "namespace": "default", "apiVersion": "v1"})
+        );
+        assert_eq!(v["requestReceivedTimestamp"], "2023-11-14T22:13:20.000000Z");
+        assert_eq!(v["stageTimestamp"], "2023-11-14T22:13:20.000500Z");
+        assert_eq!(v["annotations"][ANN_ENFORCED], "false");
+        assert!(v["annotations"].get(ANN_CLUSTER).is_none());
+        assert!(is_mutating("create") && !is_mutating("watch"));
+        let mut w = attrs();
+        w.verb = "watch".into();
+        assert!(is_long_running(&w, false));
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    /// The fixture is an `EventList` in kube-apiserver's webhook shape (Go
+    /// field order); decoding and re-encoding must give it back byte for byte
+    /// (after normalizing whitespace), which checks every field and its order.
+    #[test]
+    fn k8s_eventlist_fixture_round_trips_field_by_field() {
+        let text = include_str!("../../tests/fixtures/audit/eventlist-k8s-docs.json");
+        let original: serde_json::Value = serde_json::from_str(text).unwrap();
+        let list: EventList = serde_json::from_str(text).unwrap();
+        assert_eq!(list.items.len(), 5);
+        assert_eq!(list.items[2].response_status.as_ref().unwrap().code, 403);
+        assert_eq!(
+            list.items[1].object_ref.as_ref().unwrap().subresource,
+            "scale"
+        );
+        assert_eq!(list.items[3].stage, Stage::ResponseStarted);
+        let back = serde_json::to_value(&list).unwrap();
+        let (o_items, b_items) = (
+            original["items"].as_array().unwrap(),
+            back["items"].as_array().unwrap(),
+        );
+        for (o, b) in o_items.iter().zip(b_items) {
+            let (o, b) = (o.as_object().unwrap(), b.as_object().unwrap());
+            assert_eq!(
+                o.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "field order"
+            );
+            for (k, v) in o {
+                assert_eq!(Some(v), b.get(k), "field {k}");
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&original).unwrap(),
+            serde_json::to_string(&list).unwrap()
+        );
+    }
+}
