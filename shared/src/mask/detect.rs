@@ -1,0 +1,403 @@
+//! Detectors: regexes that find secrets inside any string (every string value
+//! of every JSON body, every log line) and replace only the secret part.
+//!
+//! Rust's `regex` crate runs in time linear in the input (no backtracking), so
+//! no input can make a detector slow; `tests::adversarial_inputs_finish` holds
+//! the patterns to that with large hostile inputs.
+
+use std::borrow::Cow;
+
+use regex::{Captures, Regex, RegexSet};
+
+use super::MARKER;
+
+/// A named secret detector (the names are what the policy's `detectors` list uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Detector {
+    /// `-----BEGIN ... PRIVATE KEY-----` PEM blocks (multi-line); the body is masked,
+    /// the BEGIN/END lines are kept. An unterminated block is masked to the end.
+    PrivateKey,
+    /// JSON Web Tokens (`eyJ...`.`...`.`...`), masked whole.
+    Jwt,
+    /// AWS access key ids (`AKIA...`, `ASIA...`, `ABIA...`, `ACCA...`), masked whole.
+    AwsAccessKey,
+    /// `Bearer <token>` anywhere in a string; the token is masked.
+    BearerToken,
+    /// `password=...`, `passwd: ...`, `secret=...`, `token: ...`, `api_key=...` and
+    /// quoted variants (`"password":"..."`); the value is masked.
+    GenericPasswordAssignment,
+}
+
+impl Detector {
+    /// Every detector, in the order they are applied (multi-line blocks first,
+    /// then whole tokens, then assignments, so an assignment whose value is a
+    /// JWT is masked once).
+    pub const ALL: [Detector; 5] = [
+        Detector::PrivateKey,
+        Detector::Jwt,
+        Detector::AwsAccessKey,
+        Detector::BearerToken,
+        Detector::GenericPasswordAssignment,
+    ];
+
+    /// The name used in the policy file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::PrivateKey => "private-key",
+            Detector::Jwt => "jwt",
+            Detector::AwsAccessKey => "aws-access-key",
+            Detector::BearerToken => "bearer-token",
+            Detector::GenericPasswordAssignment => "generic-password-assignment",
+        }
+    }
+
+    /// The detector with this policy name.
+    pub fn from_name(name: &str) -> Option<Detector> {
+        Detector::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    fn pattern(self) -> &'static str {
+        match self {
+            // Lazy body up to the first END line, or to the end of the string
+            // when the block is cut (a log line, a truncated value).
+            Detector::PrivateKey => {
+                r"(-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)(?s:(.*?))(-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\z)"
+            }
+            Detector::Jwt => r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+            Detector::AwsAccessKey => r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            Detector::BearerToken => r"(?i)(\bbearer\s+)([A-Za-z0-9\-._~+/]{16,}=*)",
+            // Key, optional closing quote (also JSON-in-JSON `\"`), `:` or `=`,
+            // then a double-quoted, single-quoted, escaped-quoted or bare value.
+            // The key must end right before the separator: `secretName:` and
+            // `passwordless:` are not assignments.
+            Detector::GenericPasswordAssignment => {
+                r#"(?i)((?:password|passwd|pwd|secret|token|api[_-]?key)\\?["']?\s*[:=]\s*)(?:"((?:[^"\\\r\n]|\\.)+)"|'([^'\r\n]+)'|\\"([^"\\\r\n]+)\\"|([^\s"'\\,;&{}\[\]]+))"#
+            }
+        }
+    }
+}
+
+/// The compiled, enabled detectors.
+#[derive(Debug, Clone)]
+pub(crate) struct Detectors {
+    /// One pass over a string tells which detectors can match at all.
+    set: RegexSet,
+    list: Vec<(Detector, Regex)>,
+    /// BEGIN and END lines of private keys, for blocks split over log lines;
+    /// `None` when the private-key detector is off.
+    pem_lines: Option<(Regex, Regex)>,
+}
+
+const PEM_BEGIN: &str = r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
+const PEM_END: &str = r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
+
+impl Detectors {
+    /// Compile the given detectors (deduplicated, applied in canonical order).
+    pub(crate) fn new(enabled: &[Detector]) -> Detectors {
+        let list: Vec<(Detector, Regex)> = Detector::ALL
+            .into_iter()
+            .filter(|d| enabled.contains(d))
+            .filter_map(|d| Regex::new(d.pattern()).ok().map(|re| (d, re)))
+            .collect();
+        let set = RegexSet::new(list.iter().map(|(_, re)| re.as_str()))
+            .unwrap_or_else(|_| RegexSet::empty());
+        let pem_lines = if enabled.contains(&Detector::PrivateKey) {
+            Regex::new(PEM_BEGIN).ok().zip(Regex::new(PEM_END).ok())
+        } else {
+            None
+        };
+        Detectors {
+            set,
+            list,
+            pem_lines,
+        }
+    }
+
+    /// True when `line` starts a private-key block that it does not end
+    /// (the following lines are key material).
+    pub(crate) fn opens_block(&self, line: &str) -> bool {
+        let Some((begin, end)) = &self.pem_lines else {
+            return false;
+        };
+        let Some(last_begin) = begin.find_iter(line).last() else {
+            return false;
+        };
+        !end.is_match(&line[last_begin.end()..])
+    }
+
+    /// Inside a block: where its END line starts in `line`, if it is there.
+    pub(crate) fn block_end(&self, line: &str) -> Option<usize> {
+        let (_, end) = self.pem_lines.as_ref()?;
+        end.find(line).map(|m| m.start())
+    }
+
+    /// True when no detector is enabled.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Mask every detected secret in `s`; returns the new string (borrowed when
+    /// nothing was found) and the number of secrets masked.
+    pub(crate) fn apply<'a>(&self, s: &'a str) -> (Cow<'a, str>, usize) {
+        if self.list.is_empty() {
+            return (Cow::Borrowed(s), 0);
+        }
+        let hits = self.set.matches(s);
+        if !hits.matched_any() {
+            return (Cow::Borrowed(s), 0);
+        }
+        let mut out: Cow<'a, str> = Cow::Borrowed(s);
+        let mut total = 0usize;
+        for (i, (det, re)) in self.list.iter().enumerate() {
+            // A later detector may still match text an earlier one rewrote
+            // only if it matched the original; the set answered for the original.
+            if !hits.matched(i) {
+                continue;
+            }
+            let mut n = 0usize;
+            let replaced = re.replace_all(&out, |c: &Captures<'_>| replace_one(*det, c, &mut n));
+            if n > 0 {
+                total += n;
+                out = Cow::Owned(replaced.into_owned());
+            }
+        }
+        (out, total)
+    }
+}
+
+/// The replacement text for one match; counts it in `n` unless it was already masked.
+fn replace_one(det: Detector, c: &Captures<'_>, n: &mut usize) -> String {
+    let whole = c.get(0).map_or("", |m| m.as_str());
+    match det {
+        Detector::PrivateKey => {
+            let begin = c.get(1).map_or("", |m| m.as_str());
+            let body = c.get(2).map_or("", |m| m.as_str());
+            let end = c.get(3).map_or("", |m| m.as_str());
+            if body == MARKER {
+                return whole.to_string();
+            }
+            *n += 1;
+            format!("{begin}{MARKER}{end}")
+        }
+        Detector::Jwt | Detector::AwsAccessKey => {
+            *n += 1;
+            MARKER.to_string()
+        }
+        Detector::BearerToken => {
+            let prefix = c.get(1).map_or("", |m| m.as_str());
+            *n += 1;
+            format!("{prefix}{MARKER}")
+        }
+        Detector::GenericPasswordAssignment => {
+            let Some(value) = (2..=5).find_map(|i| c.get(i)) else {
+                return whole.to_string();
+            };
+            if value.as_str() == MARKER {
+                return whole.to_string();
+            }
+            *n += 1;
+            let start = value.start() - c.get(0).map_or(0, |m| m.start());
+            let end = value.end() - c.get(0).map_or(0, |m| m.start());
+            format!("{}{MARKER}{}", &whole[..start], &whole[end..])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Detectors {
+        Detectors::new(&Detector::ALL)
+    }
+
+    fn only(d: Detector) -> Detectors {
+        Detectors::new(&[d])
+    }
+
+    const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzL3NlcnZpY2VhY2NvdW50Iiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6ZGVmYXVsdCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU";
+
+    #[test]
+    fn names_round_trip() {
+        for d in Detector::ALL {
+            assert_eq!(Detector::from_name(d.name()), Some(d));
+        }
+        assert_eq!(Detector::from_name("nope"), None);
+    }
+
+    #[test]
+    fn jwt_positive_and_negative() {
+        let d = only(Detector::Jwt);
+        let (s, n) = d.apply(&format!("token is {JWT} ok"));
+        assert_eq!(s, "token is ***MASKED*** ok");
+        assert_eq!(n, 1);
+        let (s, n) = d.apply(&format!("{JWT}\n{JWT}"));
+        assert_eq!(s, "***MASKED***\n***MASKED***");
+        assert_eq!(n, 2);
+        for neg in [
+            "eyJ",
+            "eyJhbGciOi",
+            "hello.world.foo",
+            "eyJabc.def",
+            "version 1.2.3",
+        ] {
+            assert_eq!(d.apply(neg), (Cow::Borrowed(neg), 0), "{neg}");
+        }
+    }
+
+    #[test]
+    fn private_key_positive_and_negative() {
+        let d = only(Detector::PrivateKey);
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234\nabcd==\n-----END RSA PRIVATE KEY-----";
+        let (s, n) = d.apply(&format!("key:\n{pem}\ntrailer"));
+        assert_eq!(
+            s,
+            "key:\n-----BEGIN RSA PRIVATE KEY-----***MASKED***-----END RSA PRIVATE KEY-----\ntrailer"
+        );
+        assert_eq!(n, 1);
+        for kind in ["", "EC ", "OPENSSH ", "ENCRYPTED ", "DSA "] {
+            let pem = format!(
+                "-----BEGIN {kind}PRIVATE KEY-----\nsecretbody\n-----END {kind}PRIVATE KEY-----"
+            );
+            let (s, n) = d.apply(&pem);
+            assert!(!s.contains("secretbody"), "{kind}: {s}");
+            assert_eq!(n, 1);
+        }
+        let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nsecretbody\n-----END PGP PRIVATE KEY BLOCK-----";
+        assert!(!d.apply(pgp).0.contains("secretbody"));
+        // Two blocks: each masked separately, text between kept.
+        let two = format!("{pem}\nmiddle\n{pem}");
+        let (s, n) = d.apply(&two);
+        assert_eq!(n, 2);
+        assert!(s.contains("middle") && !s.contains("MIIE"));
+        // Cut block: masked to the end.
+        let (s, n) = d.apply("x -----BEGIN PRIVATE KEY-----\nMIIEsecret");
+        assert_eq!(s, "x -----BEGIN PRIVATE KEY-----***MASKED***");
+        assert_eq!(n, 1);
+        // Idempotent.
+        let (s2, n2) = d.apply(&s);
+        assert_eq!((s2.as_ref(), n2), (s.as_ref(), 0));
+        for neg in [
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+            "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
+            "private key rotation done",
+        ] {
+            assert_eq!(d.apply(neg).1, 0, "{neg}");
+        }
+    }
+
+    #[test]
+    fn aws_positive_and_negative() {
+        let d = only(Detector::AwsAccessKey);
+        let (s, n) = d.apply("id=AKIAIOSFODNN7EXAMPLE and ASIAXXXXXXXXXXXXXXXX.");
+        assert_eq!(s, "id=***MASKED*** and ***MASKED***.");
+        assert_eq!(n, 2);
+        for neg in [
+            "AKIA123",
+            "XAKIAIOSFODNN7EXAMPLE",
+            "AKIAIOSFODNN7EXAMPLEX",
+            "akiaiosfodnn7example",
+        ] {
+            assert_eq!(d.apply(neg).1, 0, "{neg}");
+        }
+    }
+
+    #[test]
+    fn bearer_positive_and_negative() {
+        let d = only(Detector::BearerToken);
+        let (s, n) = d.apply("Authorization: Bearer abcdefghijklmnop0123456789.x_y~z+/== done");
+        assert_eq!(s, "Authorization: Bearer ***MASKED*** done");
+        assert_eq!(n, 1);
+        let (s, n) = d.apply("authorization: bearer   0123456789abcdef0123");
+        assert_eq!(s, "authorization: bearer   ***MASKED***");
+        assert_eq!(n, 1);
+        for neg in [
+            "Bearer",
+            "Bearer short",
+            "the Bearer token scheme",
+            "unbearerable 0123456789abcdef0123",
+        ] {
+            assert_eq!(d.apply(neg).1, 0, "{neg}");
+        }
+    }
+
+    #[test]
+    fn generic_assignment_positive_and_negative() {
+        let d = only(Detector::GenericPasswordAssignment);
+        let cases = [
+            ("password=hunter2", "password=***MASKED***"),
+            (
+                "DB_PASSWORD=hunter2 user=x",
+                "DB_PASSWORD=***MASKED*** user=x",
+            ),
+            ("passwd: hunter2", "passwd: ***MASKED***"),
+            ("client_secret=abc&x=1", "client_secret=***MASKED***&x=1"),
+            ("secret = 'hun ter2'", "secret = '***MASKED***'"),
+            (
+                r#"{"password":"hun\"ter2","user":"u"}"#,
+                r#"{"password":"***MASKED***","user":"u"}"#,
+            ),
+            (
+                r#"{\"password\":\"hunter2\"}"#,
+                r#"{\"password\":\"***MASKED***\"}"#,
+            ),
+            ("API_KEY: abc123", "API_KEY: ***MASKED***"),
+            ("--token=abc123", "--token=***MASKED***"),
+        ];
+        for (input, want) in cases {
+            let (s, n) = d.apply(input);
+            assert_eq!(s, want, "{input}");
+            assert_eq!(n, 1, "{input}");
+        }
+        for neg in [
+            "passwordless: true",
+            "secretName: db",
+            "the password is required",
+            "password:",
+            r#"{"password":""}"#,
+            r#""secret":{"secretName":"x"}"#,
+            "password=***MASKED***",
+            "tokenExpirationSeconds: 3600",
+        ] {
+            assert_eq!(d.apply(neg).1, 0, "{neg}");
+        }
+    }
+
+    #[test]
+    fn combined_masks_once() {
+        let d = all();
+        let (s, n) = d.apply(&format!("password={JWT}"));
+        assert_eq!(s, "password=***MASKED***");
+        assert_eq!(n, 1);
+        let (s, n) = d.apply(&format!("Authorization: Bearer {JWT}"));
+        assert_eq!(s, "Authorization: Bearer ***MASKED***");
+        assert_eq!(n, 1);
+        let (s, n) = d.apply("nothing to see here");
+        assert!(matches!(s, Cow::Borrowed(_)));
+        assert_eq!(n, 0);
+    }
+
+    /// Inputs built to make a backtracking engine explode must finish (the
+    /// test is bounded by the suite's timeout, not by a wall-clock assertion).
+    #[test]
+    fn adversarial_inputs_finish() {
+        let d = all();
+        let big = 2 * 1024 * 1024;
+        let inputs = [
+            "-----BEGIN PRIVATE KEY-----".repeat(big / 27),
+            "-----BEGIN RSA ".repeat(big / 15),
+            "eyJaaaa.".repeat(big / 8),
+            "eyJ".to_string() + &"a".repeat(big) + "." + &"a".repeat(big),
+            "password=".repeat(big / 9),
+            "password\"\"\"\" :=".repeat(big / 16),
+            "\"password\":\"".to_string() + &"\\a".repeat(big / 2),
+            "Bearer ".repeat(big / 7),
+            "AKIA".repeat(big / 4),
+            "a".repeat(big),
+        ];
+        for input in &inputs {
+            let (s, _) = d.apply(input);
+            assert!(!s.is_empty());
+        }
+    }
+}

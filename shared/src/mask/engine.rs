@@ -1,0 +1,374 @@
+//! The object walker: decides the shape of a JSON value (object, list, watch
+//! event, Table, Status) and applies the rules and detectors to it.
+//!
+//! Invariant the rest of the module relies on: every change to a value is
+//! counted, so a count of 0 means the value is unchanged and its original
+//! bytes may be passed on verbatim.
+
+use serde_json::{Map, Value};
+
+use super::{LAST_APPLIED_ANNOTATION, MARKER, MARKER_BASE64, MaskContext, Masker, Seg};
+
+/// Where pod specs live in the objects that carry one.
+const POD_SPEC_PATHS: [&[&str]; 4] = [
+    &["spec"],
+    &["spec", "template", "spec"],
+    &["template", "spec"],
+    &["spec", "jobTemplate", "spec", "template", "spec"],
+];
+
+const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+
+/// Maps whose keys the `keys` regex is matched against.
+const KEYED_MAPS: [&str; 3] = ["data", "binaryData", "stringData"];
+
+/// Built-in kinds whose resource is known whatever the request was, so a
+/// Secret is masked as a Secret wherever it appears.
+fn builtin_resource(kind: &str) -> Option<(&'static str, &'static str)> {
+    Some(match kind {
+        "Secret" => ("secrets", ""),
+        "ConfigMap" => ("configmaps", ""),
+        "Pod" => ("pods", ""),
+        "PodTemplate" => ("podtemplates", ""),
+        "ReplicationController" => ("replicationcontrollers", ""),
+        "Deployment" => ("deployments", ""),
+        "ReplicaSet" => ("replicasets", ""),
+        "StatefulSet" => ("statefulsets", ""),
+        "DaemonSet" => ("daemonsets", ""),
+        "Job" => ("jobs", ""),
+        "CronJob" => ("cronjobs", ""),
+        "ServiceAccount" => ("serviceaccounts", ""),
+        "TokenRequest" => ("serviceaccounts", "token"),
+        "Service" => ("services", ""),
+        "Namespace" => ("namespaces", ""),
+        "Node" => ("nodes", ""),
+        "Event" => ("events", ""),
+        "Endpoints" => ("endpoints", ""),
+        "PersistentVolume" => ("persistentvolumes", ""),
+        "PersistentVolumeClaim" => ("persistentvolumeclaims", ""),
+        _ => return None,
+    })
+}
+
+pub(crate) fn is_list_verb(verb: &str) -> bool {
+    matches!(verb, "" | "list" | "watch" | "deletecollection")
+}
+
+/// `{"type": "...", "object": ...}` without a `kind`: one watch event.
+fn is_watch_event(map: &Map<String, Value>) -> bool {
+    !map.contains_key("kind")
+        && map.get("type").is_some_and(Value::is_string)
+        && map.contains_key("object")
+}
+
+impl Masker {
+    /// Mask a JSON value in place (any shape: object, list, watch event,
+    /// Table, Status...); returns the number of values masked. 0 means `v`
+    /// is unchanged.
+    pub fn mask_value(&self, ctx: &MaskContext, v: &mut Value) -> usize {
+        self.mask_top(ctx, v, true)
+    }
+
+    fn mask_top(&self, ctx: &MaskContext, v: &mut Value, allow_event: bool) -> usize {
+        let Value::Object(map) = v else {
+            return self.detect_all(v);
+        };
+        let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
+        match kind.as_deref() {
+            Some("Status") => self.detect_all(v),
+            Some("Table") if map.get("rows").is_some_and(Value::is_array) => {
+                self.mask_table(ctx, map)
+            }
+            Some(k) if k.ends_with("List") && map.get("items").is_some_and(Value::is_array) => {
+                self.mask_list(ctx, Some(k), map)
+            }
+            Some(_) => self.mask_object(ctx, None, v),
+            None if allow_event && is_watch_event(map) => {
+                let mut n = 0;
+                for (k, child) in map.iter_mut() {
+                    n += if k == "object" {
+                        self.mask_top(ctx, child, false)
+                    } else {
+                        self.detect_all(child)
+                    };
+                }
+                n
+            }
+            None if is_list_verb(&ctx.verb) && map.get("items").is_some_and(Value::is_array) => {
+                self.mask_list(ctx, None, map)
+            }
+            None => self.mask_object(ctx, None, v),
+        }
+    }
+
+    fn mask_list(
+        &self,
+        ctx: &MaskContext,
+        list_kind: Option<&str>,
+        map: &mut Map<String, Value>,
+    ) -> usize {
+        let mut n = 0;
+        for (k, child) in map.iter_mut() {
+            match (k.as_str(), child) {
+                ("items", Value::Array(items)) => {
+                    for item in items {
+                        n += self.mask_list_item(ctx, list_kind, item);
+                    }
+                }
+                (_, other) => n += self.detect_all(other),
+            }
+        }
+        n
+    }
+
+    /// Mask one element of a list's `items`. Typed lists omit the items'
+    /// `kind`; it is the list's kind without `List`.
+    pub(crate) fn mask_list_item(
+        &self,
+        ctx: &MaskContext,
+        list_kind: Option<&str>,
+        item: &mut Value,
+    ) -> usize {
+        let has_kind = item.get("kind").is_some_and(Value::is_string);
+        if has_kind {
+            return self.mask_top(ctx, item, false);
+        }
+        let hint = list_kind
+            .and_then(|k| k.strip_suffix("List"))
+            .filter(|k| !k.is_empty());
+        self.mask_object(ctx, hint, item)
+    }
+
+    fn mask_table(&self, ctx: &MaskContext, map: &mut Map<String, Value>) -> usize {
+        let mut n = 0;
+        for (k, child) in map.iter_mut() {
+            match (k.as_str(), child) {
+                ("rows", Value::Array(rows)) => {
+                    for row in rows {
+                        n += self.mask_table_row(ctx, row);
+                    }
+                }
+                (_, other) => n += self.detect_all(other),
+            }
+        }
+        n
+    }
+
+    /// Mask one Table row: its embedded `object` (full object or
+    /// PartialObjectMetadata) like a list item, everything else (the `cells`
+    /// too, custom columns may print secret fields) with the detectors.
+    pub(crate) fn mask_table_row(&self, ctx: &MaskContext, row: &mut Value) -> usize {
+        let Value::Object(map) = row else {
+            return self.detect_all(row);
+        };
+        let mut n = 0;
+        for (k, child) in map.iter_mut() {
+            n += if k == "object" && child.is_object() {
+                self.mask_list_item(ctx, None, child)
+            } else {
+                self.detect_all(child)
+            };
+        }
+        n
+    }
+
+    /// The resource an object belongs to: its built-in kind's, else the request's
+    /// (a `status` subresource answers with the parent object).
+    fn resource_of(ctx: &MaskContext, kind: Option<&str>) -> (String, String) {
+        if let Some((r, s)) = kind.and_then(builtin_resource) {
+            return (r.to_string(), s.to_string());
+        }
+        if ctx.subresource == "status" {
+            return (ctx.resource.clone(), String::new());
+        }
+        (ctx.resource.clone(), ctx.subresource.clone())
+    }
+
+    /// Mask a single object: rules for its resource, then detectors on every
+    /// string, then the last-applied annotation.
+    fn mask_object(&self, ctx: &MaskContext, kind_hint: Option<&str>, v: &mut Value) -> usize {
+        let Value::Object(map) = v else {
+            return self.detect_all(v);
+        };
+        let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
+        let (res, sub) = Self::resource_of(ctx, kind.as_deref().or(kind_hint));
+        let is_secret = res == "secrets" && sub.is_empty();
+        let mut n = 0;
+        for rule in self.rules.iter().filter(|r| r.applies_to(&res, &sub)) {
+            for path in &rule.fields {
+                n += apply_top_path(map, path, is_secret);
+            }
+            if let Some(re) = &rule.keys {
+                for top in KEYED_MAPS {
+                    if let Some(Value::Object(m)) = map.get_mut(top) {
+                        let b64 = use_base64(top, is_secret);
+                        for (k, val) in m.iter_mut() {
+                            if re.is_match(k) {
+                                n += mask_leaf(val, b64);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(re) = &rule.env_names {
+                n += mask_env(map, re);
+            }
+        }
+        // The annotation is judged as a whole below; keep it out of the
+        // detector pass (it is swapped out, not removed, to keep key order).
+        let annotation = map
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION))
+            .and_then(|a| match a {
+                Value::String(s) => Some(std::mem::take(s)),
+                _ => None,
+            });
+        n += self.detect_all(v);
+        if let Some(ann) = annotation {
+            let whole = n > 0 || is_secret || self.annotation_would_mask(ctx, &ann);
+            let slot = v
+                .get_mut("metadata")
+                .and_then(|m| m.get_mut("annotations"))
+                .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION));
+            if let Some(slot) = slot {
+                if whole && ann != MARKER {
+                    *slot = Value::String(MARKER.to_string());
+                    n += 1;
+                } else {
+                    *slot = Value::String(ann);
+                }
+            }
+        }
+        n
+    }
+
+    /// Would the applied object kept in the annotation have anything masked?
+    fn annotation_would_mask(&self, ctx: &MaskContext, ann: &str) -> bool {
+        if self.detectors.apply(ann).1 > 0 {
+            return true;
+        }
+        match serde_json::from_str::<Value>(ann) {
+            Ok(mut applied) => self.mask_top(ctx, &mut applied, false) > 0,
+            Err(_) => false,
+        }
+    }
+
+    /// Apply the detectors to every string in `v`.
+    pub(crate) fn detect_all(&self, v: &mut Value) -> usize {
+        if self.detectors.is_empty() {
+            return 0;
+        }
+        match v {
+            Value::String(s) => {
+                let (out, n) = self.detectors.apply(s);
+                if n > 0 {
+                    *s = out.into_owned();
+                }
+                n
+            }
+            Value::Array(a) => a.iter_mut().map(|c| self.detect_all(c)).sum(),
+            Value::Object(m) => m.values_mut().map(|c| self.detect_all(c)).sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+    }
+}
+
+/// Secret `data` and any `binaryData` hold base64: their marker must decode.
+fn use_base64(top_key: &str, is_secret: bool) -> bool {
+    top_key == "binaryData" || (is_secret && top_key == "data")
+}
+
+fn apply_top_path(map: &mut Map<String, Value>, path: &[Seg], is_secret: bool) -> usize {
+    let Some((first, rest)) = path.split_first() else {
+        return 0;
+    };
+    match first {
+        Seg::Key(k) => map
+            .get_mut(k.as_str())
+            .map_or(0, |c| apply_path(c, rest, use_base64(k, is_secret))),
+        Seg::Any => map
+            .iter_mut()
+            .map(|(k, c)| apply_path(c, rest, use_base64(k, is_secret)))
+            .sum(),
+    }
+}
+
+fn apply_path(v: &mut Value, path: &[Seg], b64: bool) -> usize {
+    let Some((first, rest)) = path.split_first() else {
+        return mask_leaf(v, b64);
+    };
+    match (first, v) {
+        (Seg::Key(k), Value::Object(m)) => m
+            .get_mut(k.as_str())
+            .map_or(0, |c| apply_path(c, rest, b64)),
+        (Seg::Key(k), Value::Array(a)) => k
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| a.get_mut(i))
+            .map_or(0, |c| apply_path(c, rest, b64)),
+        (Seg::Any, Value::Object(m)) => m.values_mut().map(|c| apply_path(c, rest, b64)).sum(),
+        (Seg::Any, Value::Array(a)) => a.iter_mut().map(|c| apply_path(c, rest, b64)).sum(),
+        _ => 0,
+    }
+}
+
+/// Replace a matched value: strings by the marker, numbers by 0, containers
+/// element by element; booleans and nulls are kept (types stay decodable).
+fn mask_leaf(v: &mut Value, b64: bool) -> usize {
+    match v {
+        Value::String(s) => {
+            let marker = if b64 { MARKER_BASE64 } else { MARKER };
+            if s == marker {
+                0
+            } else {
+                *s = marker.to_string();
+                1
+            }
+        }
+        Value::Number(num) => {
+            if num.as_f64() == Some(0.0) {
+                0
+            } else {
+                *v = Value::from(0);
+                1
+            }
+        }
+        Value::Array(a) => a.iter_mut().map(|c| mask_leaf(c, b64)).sum(),
+        Value::Object(m) => m.values_mut().map(|c| mask_leaf(c, b64)).sum(),
+        Value::Null | Value::Bool(_) => 0,
+    }
+}
+
+fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex) -> usize {
+    let mut n = 0;
+    for spec_path in POD_SPEC_PATHS {
+        let mut cur: Option<&mut Map<String, Value>> = Some(map);
+        for key in spec_path {
+            cur = cur
+                .and_then(|m| m.get_mut(*key))
+                .and_then(Value::as_object_mut);
+        }
+        let Some(spec) = cur else { continue };
+        for list in CONTAINER_LISTS {
+            let Some(Value::Array(containers)) = spec.get_mut(list) else {
+                continue;
+            };
+            for c in containers {
+                let Some(Value::Array(env)) = c.get_mut("env") else {
+                    continue;
+                };
+                for entry in env {
+                    let matched = entry
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| re.is_match(name));
+                    if matched && let Some(value) = entry.get_mut("value") {
+                        n += mask_leaf(value, false);
+                    }
+                }
+            }
+        }
+    }
+    n
+}
