@@ -1,2 +1,201 @@
-//! mcp-warden-webhook binary.
-fn main() {}
+//! mcp-warden-webhook binary: `serve` (the admission webhook) and `inject -f`
+//! (the same patch offline). All logic is in the library.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mcp_warden_webhook::config::InjectConfig;
+use mcp_warden_webhook::selfmanaged::SelfManagedConfig;
+use mcp_warden_webhook::server::{ServeConfig, TlsSource};
+use mcp_warden_webhook::tls::CertFiles;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-warden-webhook",
+    version,
+    about = "mcp-warden mutating admission webhook"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve POST /mutate over TLS and /healthz, /readyz, /metrics on the admin port.
+    Serve(ServeArgs),
+    /// Inject the sidecar into workload manifests offline (multi-document YAML).
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TLS listener for AdmissionReviews.
+    #[arg(long, env = "MCP_WARDEN_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: String,
+    /// Plain-HTTP admin listener (/healthz /readyz /metrics).
+    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: String,
+    /// PEM certificate chain (reloaded when it changes).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_TLS_CERT_FILE",
+        requires = "tls_key_file",
+        conflicts_with = "self_managed_tls"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key (reloaded when it changes).
+    #[arg(long, env = "MCP_WARDEN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How often to re-read the certificate files without a file event.
+    #[arg(long, env = "MCP_WARDEN_TLS_POLL_SECONDS", default_value_t = 30)]
+    tls_poll_seconds: u64,
+    /// Create and rotate a CA and serving certificate, kept in a Secret, and
+    /// write the CA bundle into the MutatingWebhookConfiguration.
+    #[arg(long, env = "MCP_WARDEN_SELF_MANAGED_TLS")]
+    self_managed_tls: bool,
+    /// Service name the API server calls (self-managed mode).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SERVICE_NAME",
+        default_value = "mcp-warden-webhook"
+    )]
+    service_name: String,
+    /// Namespace of the Service and Secret (self-managed mode).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SERVICE_NAMESPACE",
+        default_value = "mcp-warden"
+    )]
+    service_namespace: String,
+    /// MutatingWebhookConfiguration to keep the caBundle of (self-managed mode).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_WEBHOOK_CONFIG_NAME",
+        default_value = "mcp-warden"
+    )]
+    webhook_config_name: String,
+    /// Secret holding the self-managed CA and certificate.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SECRET_NAME",
+        default_value = "mcp-warden-webhook-tls"
+    )]
+    secret_name: String,
+    /// Injection settings (YAML); every key also has an MCP_WARDEN_* twin.
+    #[arg(long, env = "MCP_WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// Manifest file, or - for standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+    /// Injection settings (YAML); every key also has an MCP_WARDEN_* twin.
+    #[arg(long, env = "MCP_WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<InjectConfig> {
+    let base = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --config {}", p.display()))?;
+            InjectConfig::from_yaml(&p.display().to_string(), &text)?
+        }
+        None => InjectConfig::default(),
+    };
+    Ok(base.with_env(|k| std::env::var(k).ok())?)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let inject = load_config(args.config.as_ref())?;
+    let tls = match (args.tls_cert_file, args.tls_key_file, args.self_managed_tls) {
+        (Some(cert), Some(key), false) => TlsSource::Files(CertFiles {
+            cert,
+            key,
+            poll_interval: Duration::from_secs(args.tls_poll_seconds.max(1)),
+        }),
+        (None, None, true) => TlsSource::SelfManaged(SelfManagedConfig {
+            service_name: args.service_name,
+            service_namespace: args.service_namespace,
+            webhook_config_name: args.webhook_config_name,
+            secret_name: args.secret_name,
+            resync: Duration::from_secs(600),
+        }),
+        _ => bail!("give either --tls-cert-file and --tls-key-file, or --self-managed-tls"),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(&args.admin_listen)
+        .await
+        .with_context(|| format!("--admin-listen {}", args.admin_listen))?;
+    tracing::info!(listen = %args.listen, admin = %args.admin_listen, "mcp-warden-webhook serving");
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    mcp_warden_webhook::run(listener, admin, ServeConfig { inject, tls }, shutdown).await?;
+    Ok(())
+}
+
+fn inject(args: InjectArgs) -> Result<bool> {
+    let config = load_config(args.config.as_ref())?;
+    let input = if args.file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?
+    };
+    let (out, reports) = mcp_warden_webhook::manifest::inject_yaml(&input, &config)?;
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing standard output")?;
+    let mut refused = false;
+    for r in &reports {
+        eprintln!("{}: {}", r.object, r.outcome);
+        refused |= r.is_refused();
+    }
+    Ok(!refused)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .json()
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(serve(args))
+        }
+        Command::Inject(args) => {
+            if !inject(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

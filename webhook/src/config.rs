@@ -1,0 +1,376 @@
+//! Injection settings: what the webhook puts into a pod.
+//!
+//! Read from the `--config FILE` YAML (camelCase keys, every key optional),
+//! then overridden by `MCP_WARDEN_*` environment variables, one per field
+//! (`sidecarImage` ↔ `MCP_WARDEN_SIDECAR_IMAGE`). The environment is passed in
+//! as a lookup function so the merge stays a pure function that tests drive.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Errors reading or validating the injection settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file is not a valid config document.
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// An environment twin holds a value that does not parse.
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    /// A setting is out of range or inconsistent.
+    #[error("setting {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Format of the recording stream the sidecar sends to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectorFormat {
+    /// `audit.k8s.io/v1` `EventList` batches, like kube-apiserver's audit webhook.
+    #[default]
+    Eventlist,
+    /// One JSON event per line.
+    Ndjson,
+}
+
+impl CollectorFormat {
+    /// The value the sidecar's `--collector-format` flag takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollectorFormat::Eventlist => "eventlist",
+            CollectorFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// Compute resources of the sidecar container (Kubernetes quantity strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarResources {
+    /// `resources.requests` (for example `cpu: 10m`, `memory: 32Mi`).
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// `resources.limits` (for example `memory: 128Mi`).
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+impl Default for SidecarResources {
+    fn default() -> Self {
+        SidecarResources {
+            requests: BTreeMap::from([
+                ("cpu".to_string(), "10m".to_string()),
+                ("memory".to_string(), "32Mi".to_string()),
+            ]),
+            limits: BTreeMap::from([("memory".to_string(), "256Mi".to_string())]),
+        }
+    }
+}
+
+/// Everything the webhook needs to build the sidecar and rewire a pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct InjectConfig {
+    /// Sidecar image reference. Env: `MCP_WARDEN_SIDECAR_IMAGE`.
+    pub sidecar_image: String,
+    /// `imagePullPolicy` of the sidecar (`Always`, `IfNotPresent`, `Never`).
+    /// Env: `MCP_WARDEN_IMAGE_PULL_POLICY`.
+    pub image_pull_policy: String,
+    /// Sidecar requests and limits. Env: `MCP_WARDEN_SIDECAR_RESOURCES` (JSON).
+    pub resources: SidecarResources,
+    /// Non-root uid (and gid) the sidecar runs as; if the app runs as the same
+    /// uid the next free one is used, so the app never shares the sidecar's
+    /// identity. Env: `MCP_WARDEN_SIDECAR_UID`.
+    pub sidecar_uid: i64,
+    /// Collector URL the sidecar streams recordings to; empty: no collector
+    /// setting is passed and the sidecar uses its own default.
+    /// Env: `MCP_WARDEN_COLLECTOR_URL`.
+    pub collector_url: String,
+    /// Recording stream format. Env: `MCP_WARDEN_COLLECTOR_FORMAT`.
+    pub collector_format: CollectorFormat,
+    /// Secret (in the pod's namespace, key `ca.crt`) with the collector's CA;
+    /// empty: system roots. Env: `MCP_WARDEN_COLLECTOR_CA_SECRET`.
+    pub collector_ca_secret: String,
+    /// Secret (in the pod's namespace, key `token`) with the bearer token for
+    /// the collector; empty: none. Env: `MCP_WARDEN_COLLECTOR_TOKEN_SECRET`.
+    pub collector_token_secret: String,
+    /// Cluster name stamped on recordings (`MCP_WARDEN_CLUSTER_NAME` in the
+    /// sidecar); empty: not set. Env: `MCP_WARDEN_CLUSTER_NAME`.
+    pub cluster_name: String,
+    /// Inject a native sidecar (init container with `restartPolicy: Always`,
+    /// Kubernetes >= 1.29). `false`: the sidecar becomes the first regular
+    /// container, for older clusters. Env: `MCP_WARDEN_NATIVE_SIDECAR`.
+    pub native_sidecar: bool,
+    /// Namespace the webhook itself runs in; never injected.
+    /// Env: `MCP_WARDEN_WEBHOOK_NAMESPACE`.
+    pub webhook_namespace: String,
+    /// Further namespaces that are never injected (`kube-system` always is
+    /// excluded). Env: `MCP_WARDEN_EXCLUDED_NAMESPACES` (comma-separated).
+    pub excluded_namespaces: Vec<String>,
+    /// Policy ConfigMap used when the pod has no `mcp-warden.io/policy`
+    /// annotation. Env: `MCP_WARDEN_POLICY_CONFIGMAP`.
+    pub policy_config_map: String,
+    /// Audiences that mean "the API server" in a projected token volume; a
+    /// token for one of these (or for no audience) is taken from the app.
+    /// Env: `MCP_WARDEN_API_AUDIENCES` (comma-separated).
+    pub api_audiences: Vec<String>,
+    /// Port of the sidecar's TLS listener for the app on 127.0.0.1.
+    /// Env: `MCP_WARDEN_API_PORT`.
+    pub api_port: u16,
+    /// Port of the sidecar's plain-HTTP admin listener (probes, metrics).
+    /// Env: `MCP_WARDEN_ADMIN_PORT`.
+    pub admin_port: u16,
+    /// `expirationSeconds` of the real service-account token (kubelet
+    /// rotates it at 80% of its life). Env: `MCP_WARDEN_TOKEN_EXPIRATION_SECONDS`.
+    pub token_expiration_seconds: i64,
+    /// `sizeLimit` of the recording spool emptyDir. Env: `MCP_WARDEN_SPOOL_SIZE_LIMIT`.
+    pub spool_size_limit: String,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            sidecar_image: "ghcr.io/mcp-warden/mcp-warden-sidecar:0.1.0".to_string(),
+            image_pull_policy: "IfNotPresent".to_string(),
+            resources: SidecarResources::default(),
+            sidecar_uid: 15020,
+            collector_url: String::new(),
+            collector_format: CollectorFormat::Eventlist,
+            collector_ca_secret: String::new(),
+            collector_token_secret: String::new(),
+            cluster_name: String::new(),
+            native_sidecar: true,
+            webhook_namespace: "mcp-warden".to_string(),
+            excluded_namespaces: Vec::new(),
+            policy_config_map: "mcp-warden-policy".to_string(),
+            api_audiences: vec![
+                "https://kubernetes.default.svc.cluster.local".to_string(),
+                "https://kubernetes.default.svc".to_string(),
+                "kubernetes.default.svc".to_string(),
+            ],
+            api_port: 15443,
+            admin_port: 15020,
+            token_expiration_seconds: 3607,
+            spool_size_limit: "256Mi".to_string(),
+        }
+    }
+}
+
+impl InjectConfig {
+    /// Parses a config file's YAML (an empty document means all defaults).
+    pub fn from_yaml(path: &str, yaml: &str) -> Result<Self, ConfigError> {
+        if yaml.trim().is_empty() {
+            return Ok(InjectConfig::default());
+        }
+        serde_saphyr::from_str::<InjectConfig>(yaml).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies the `MCP_WARDEN_*` twins found by `env` over `self`, then
+    /// validates the result.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn set_string(env: &impl Fn(&str) -> Option<String>, var: &str, field: &mut String) {
+            if let Some(v) = env(var) {
+                *field = v;
+            }
+        }
+        fn list(v: &str) -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        }
+        fn parse<T: std::str::FromStr>(var: &str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse::<T>().map_err(|e| ConfigError::Env {
+                var: var.to_string(),
+                message: e.to_string(),
+                value: v,
+            })
+        }
+
+        set_string(&env, "MCP_WARDEN_SIDECAR_IMAGE", &mut self.sidecar_image);
+        set_string(
+            &env,
+            "MCP_WARDEN_IMAGE_PULL_POLICY",
+            &mut self.image_pull_policy,
+        );
+        if let Some(v) = env("MCP_WARDEN_SIDECAR_RESOURCES") {
+            self.resources = serde_json::from_str(&v).map_err(|e| ConfigError::Env {
+                var: "MCP_WARDEN_SIDECAR_RESOURCES".to_string(),
+                message: e.to_string(),
+                value: v,
+            })?;
+        }
+        if let Some(v) = env("MCP_WARDEN_SIDECAR_UID") {
+            self.sidecar_uid = parse("MCP_WARDEN_SIDECAR_UID", v)?;
+        }
+        set_string(&env, "MCP_WARDEN_COLLECTOR_URL", &mut self.collector_url);
+        if let Some(v) = env("MCP_WARDEN_COLLECTOR_FORMAT") {
+            self.collector_format = match v.as_str() {
+                "eventlist" => CollectorFormat::Eventlist,
+                "ndjson" => CollectorFormat::Ndjson,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "MCP_WARDEN_COLLECTOR_FORMAT".to_string(),
+                        value: v,
+                        message: "expected eventlist or ndjson".to_string(),
+                    });
+                }
+            };
+        }
+        set_string(
+            &env,
+            "MCP_WARDEN_COLLECTOR_CA_SECRET",
+            &mut self.collector_ca_secret,
+        );
+        set_string(
+            &env,
+            "MCP_WARDEN_COLLECTOR_TOKEN_SECRET",
+            &mut self.collector_token_secret,
+        );
+        set_string(&env, "MCP_WARDEN_CLUSTER_NAME", &mut self.cluster_name);
+        if let Some(v) = env("MCP_WARDEN_NATIVE_SIDECAR") {
+            self.native_sidecar = parse("MCP_WARDEN_NATIVE_SIDECAR", v)?;
+        }
+        set_string(
+            &env,
+            "MCP_WARDEN_WEBHOOK_NAMESPACE",
+            &mut self.webhook_namespace,
+        );
+        if let Some(v) = env("MCP_WARDEN_EXCLUDED_NAMESPACES") {
+            self.excluded_namespaces = list(&v);
+        }
+        set_string(
+            &env,
+            "MCP_WARDEN_POLICY_CONFIGMAP",
+            &mut self.policy_config_map,
+        );
+        if let Some(v) = env("MCP_WARDEN_API_AUDIENCES") {
+            self.api_audiences = list(&v);
+        }
+        if let Some(v) = env("MCP_WARDEN_API_PORT") {
+            self.api_port = parse("MCP_WARDEN_API_PORT", v)?;
+        }
+        if let Some(v) = env("MCP_WARDEN_ADMIN_PORT") {
+            self.admin_port = parse("MCP_WARDEN_ADMIN_PORT", v)?;
+        }
+        if let Some(v) = env("MCP_WARDEN_TOKEN_EXPIRATION_SECONDS") {
+            self.token_expiration_seconds = parse("MCP_WARDEN_TOKEN_EXPIRATION_SECONDS", v)?;
+        }
+        set_string(
+            &env,
+            "MCP_WARDEN_SPOOL_SIZE_LIMIT",
+            &mut self.spool_size_limit,
+        );
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks ranges the API server would otherwise reject at pod creation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sidecar_image.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "sidecarImage",
+                message: "must not be empty".to_string(),
+            });
+        }
+        if !matches!(
+            self.image_pull_policy.as_str(),
+            "Always" | "IfNotPresent" | "Never"
+        ) {
+            return Err(ConfigError::Invalid {
+                field: "imagePullPolicy",
+                message: format!(
+                    "{:?} is not Always, IfNotPresent or Never",
+                    self.image_pull_policy
+                ),
+            });
+        }
+        if self.sidecar_uid <= 0 {
+            return Err(ConfigError::Invalid {
+                field: "sidecarUid",
+                message: "must be a non-root uid (> 0)".to_string(),
+            });
+        }
+        // kube-apiserver rejects projected tokens shorter than 10 minutes.
+        if self.token_expiration_seconds < 600 {
+            return Err(ConfigError::Invalid {
+                field: "tokenExpirationSeconds",
+                message: "must be at least 600".to_string(),
+            });
+        }
+        if self.api_port == 0 || self.admin_port == 0 || self.api_port == self.admin_port {
+            return Err(ConfigError::Invalid {
+                field: "apiPort/adminPort",
+                message: "must be non-zero and distinct".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// True when pods in `namespace` must never be injected.
+    pub fn is_excluded_namespace(&self, namespace: &str) -> bool {
+        namespace == "kube-system"
+            || namespace == self.webhook_namespace
+            || self.excluded_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        InjectConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn yaml_then_env() {
+        let c = InjectConfig::from_yaml(
+            "c.yaml",
+            "sidecarImage: example/sidecar:1\nnativeSidecar: false\nexcludedNamespaces: [a]\n",
+        )
+        .unwrap();
+        assert_eq!(c.sidecar_image, "example/sidecar:1");
+        assert!(!c.native_sidecar);
+        let c = c
+            .with_env(|k| match k {
+                "MCP_WARDEN_NATIVE_SIDECAR" => Some("true".into()),
+                "MCP_WARDEN_EXCLUDED_NAMESPACES" => Some("x, y".into()),
+                "MCP_WARDEN_COLLECTOR_FORMAT" => Some("ndjson".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(c.native_sidecar);
+        assert_eq!(c.excluded_namespaces, vec!["x", "y"]);
+        assert_eq!(c.collector_format, CollectorFormat::Ndjson);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = InjectConfig::from_yaml("c.yaml", "sidecarImg: x\n").unwrap_err();
+        assert!(e.to_string().contains("c.yaml"), "{e}");
+        let e = InjectConfig::default()
+            .with_env(|k| (k == "MCP_WARDEN_SIDECAR_UID").then(|| "abc".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("MCP_WARDEN_SIDECAR_UID"), "{e}");
+        let e = InjectConfig::default()
+            .with_env(|k| (k == "MCP_WARDEN_SIDECAR_UID").then(|| "0".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("sidecarUid"), "{e}");
+    }
+}
