@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::query::Query;
 use super::spdy::frame::header;
 use super::spdy::session::Session;
-use super::ws::{self, ChannelProto, Ws};
+use super::ws::{self, ChannelProto, Ws, normal_close};
 use super::{PodRef, ResBody, Upgrade, upgrade_kind};
 
 /// SPDY port-forward protocol name.
@@ -171,7 +171,7 @@ async fn run_channels(socket: Ws, p: ChannelProto, ports: Vec<u16>) {
             }
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     let _ = sink.close().await;
 }
 

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::exec::{Out, Program, exit_message, status_json};
 use super::{ExecOptions, ResBody, header_list, switching};
@@ -217,8 +218,14 @@ async fn run_exec(ws: Ws, p: ChannelProto, opts: ExecOptions) {
     if let Some(s) = status {
         let _ = sink.send(encode(p, ERROR, &s)).await;
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     let _ = sink.close().await;
+}
+
+/// A close frame with status 1000: gorilla/websocket (client-go) treats a
+/// close without a status (1005) as an error.
+pub fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
 }
 
 /// Turns a WebSocket carrying a byte stream in binary messages (kubectl's
@@ -254,7 +261,7 @@ pub fn tunnel(ws: Ws) -> DuplexStream {
                     }
                 }
             }
-            let _ = sink.send(Message::Close(None)).await;
+            let _ = sink.send(normal_close()).await;
             let _ = sink.close().await;
         };
         tokio::join!(inbound, outbound);
