@@ -82,7 +82,7 @@ pub struct SpoolConfig {
     /// Upper bound of the segment files' total size (`--spool-max-bytes`).
     pub max_bytes: u64,
     /// Size at which a segment is closed and a new one started; 0 picks
-    /// `max_bytes / 16` clamped to 64 KiB..16 MiB, so acked data is freed
+    /// `max_bytes / 16` clamped to 4 KiB..16 MiB, so acked data is freed
     /// in small steps.
     pub segment_bytes: u64,
     /// Free room that `preflight` requires for a new request's events.
@@ -154,6 +154,8 @@ struct Segment {
     live: BTreeSet<SeqNo>,
     records: u64,
     sealed: bool,
+    /// Bytes reserved by a group being written and not yet registered.
+    in_flight: u64,
     ack_file: Option<File>,
 }
 
@@ -435,6 +437,7 @@ impl Spool {
                     records: scan.records.len() as u64,
                     live: live.clone(),
                     sealed: true,
+                    in_flight: 0,
                     ack_file: None,
                 },
             );
@@ -451,7 +454,9 @@ impl Spool {
         let segment_bytes = if cfg.segment_bytes > 0 {
             cfg.segment_bytes
         } else {
-            (cfg.max_bytes / 16).clamp(64 << 10, 16 << 20)
+            (cfg.max_bytes / 16)
+                .clamp(4 << 10, 16 << 20)
+                .min(cfg.max_bytes.max(1))
         };
         let last_durable = st.next_seq - 1;
         let (durable, _) = watch::channel(last_durable);
@@ -580,7 +585,9 @@ impl Spool {
             let Some(seg) = st.segments.get_mut(&first) else {
                 continue;
             };
-            if seg.live.is_empty() && (seg.sealed || !active) {
+            // The active segment can go too when no group is being written
+            // to it; the writer then starts a new one.
+            if seg.live.is_empty() && (seg.sealed || !active || seg.in_flight == 0) {
                 remove_segment(&mut st, first);
                 continue;
             }
@@ -729,6 +736,7 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
                             live: BTreeSet::new(),
                             records: 0,
                             sealed: false,
+                            in_flight: 0,
                             ack_file: None,
                         },
                     );
@@ -748,6 +756,7 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
         };
         let base = seg.bytes;
         seg.bytes += need_total;
+        seg.in_flight += need_total;
         let path = seg.path.clone();
         st.used_bytes += need_total;
         (active, base, need_total, path)
@@ -766,6 +775,9 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
         None => Err(SpoolError::Closed),
     };
     let mut st = shared.lock();
+    if let Some(seg) = st.segments.get_mut(&seg_first) {
+        seg.in_flight = seg.in_flight.saturating_sub(total);
+    }
     match written {
         Ok(()) => {
             let mut last = 0;
