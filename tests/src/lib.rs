@@ -3,3 +3,4 @@
 //! driving real clients (kubectl, the Python client, kube-rs).
 
 pub mod apisim;
+pub mod harness;
