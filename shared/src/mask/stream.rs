@@ -243,6 +243,11 @@ impl StreamMasker {
         self.count
     }
 
+    /// Bytes held that were not passed on yet (the value being read).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.emitted
+    }
+
     /// Feed the next chunk; returns the masked bytes that are ready.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, MaskError> {
         if self.failed {

@@ -1,1 +1,932 @@
+//! Tests of the masking engine: every shape, the configuration errors, the
+//! streaming masker, and property tests with planted secrets.
 
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+
+fn masker() -> Masker {
+    MaskingConfig::embedded_default().compile().unwrap()
+}
+
+fn ctx(resource: &str) -> MaskContext {
+    MaskContext::for_resource(resource)
+}
+
+fn ctx_verb(resource: &str, verb: &str) -> MaskContext {
+    MaskContext {
+        verb: verb.into(),
+        ..ctx(resource)
+    }
+}
+
+const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpkZWZhdWx0In0.c2lnbmF0dXJl";
+
+fn b64(s: &str) -> String {
+    B64.encode(s)
+}
+
+fn secret(name: &str, pw: &str) -> Value {
+    json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": "default", "annotations": {
+            LAST_APPLIED_ANNOTATION: format!("{{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"stringData\":{{\"password\":\"{pw}\"}}}}"),
+            "team": "blue"
+        }},
+        "type": "Opaque",
+        "data": {"password": b64(pw), "user": b64("admin")}
+    })
+}
+
+fn masked(m: &Masker, c: &MaskContext, mut v: Value) -> (Value, usize) {
+    let n = m.mask_value(c, &mut v);
+    (v, n)
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn embedded_default_yaml_matches_constructor_and_compiles() {
+    let parsed: MaskingConfig = serde_saphyr::from_str(EMBEDDED_DEFAULT_YAML).unwrap();
+    assert_eq!(parsed, MaskingConfig::embedded_default());
+    masker();
+}
+
+#[test]
+fn config_serde_shape() {
+    let yaml = "rules:\n  - resources: [configmaps]\n    keys: \"(?i)pw\"\n    envNames: x\n    fields: [\"data.*\"]\ndetectors: [jwt]\n";
+    let c: MaskingConfig = serde_saphyr::from_str(yaml).unwrap();
+    assert_eq!(c.rules[0].env_names.as_deref(), Some("x"));
+    assert_eq!(c.rules[0].keys.as_deref(), Some("(?i)pw"));
+    assert!(
+        serde_saphyr::from_str::<MaskingConfig>("rules: [{resources: [a], bogus: 1}]").is_err()
+    );
+}
+
+#[test]
+fn config_errors_name_rule_and_field() {
+    let rule = |f: fn(&mut MaskRule)| {
+        let mut r = MaskRule {
+            resources: vec!["secrets".into()],
+            fields: vec!["data.*".into()],
+            ..MaskRule::default()
+        };
+        f(&mut r);
+        let ok = MaskRule {
+            resources: vec!["*".into()],
+            fields: vec!["x".into()],
+            ..MaskRule::default()
+        };
+        MaskingConfig {
+            rules: vec![ok, r],
+            detectors: vec![],
+        }
+        .compile()
+        .unwrap_err()
+    };
+    let e = rule(|r| r.keys = Some("(unclosed".into()));
+    assert!(
+        matches!(
+            e,
+            MaskConfigError::BadRegex {
+                index: 1,
+                field: "keys",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("masking.rules[1].keys: invalid regex"),
+        "{e}"
+    );
+    let e = rule(|r| r.env_names = Some("[".into()));
+    assert!(
+        matches!(
+            e,
+            MaskConfigError::BadRegex {
+                index: 1,
+                field: "envNames",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for bad in ["", "data..x", "data.", "da*ta", "spec.containers[0]"] {
+        let e = MaskingConfig {
+            rules: vec![MaskRule {
+                resources: vec!["pods".into()],
+                fields: vec!["ok".into(), bad.into()],
+                ..MaskRule::default()
+            }],
+            detectors: vec![],
+        }
+        .compile()
+        .unwrap_err();
+        assert!(
+            matches!(&e, MaskConfigError::BadFieldPath { index: 0, path_index: 1, path, .. } if path == bad),
+            "{bad}: {e}"
+        );
+    }
+    let e = rule(|r| r.resources = vec!["secrets".into(), "Secrets".into()]);
+    assert!(
+        matches!(
+            e,
+            MaskConfigError::BadResource {
+                index: 1,
+                resource_index: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = rule(|r| r.resources.clear());
+    assert_eq!(e, MaskConfigError::NoResources { index: 1 });
+    let e = rule(|r| r.fields.clear());
+    assert_eq!(e, MaskConfigError::EmptyRule { index: 1 });
+    let e = MaskingConfig {
+        rules: vec![],
+        detectors: vec!["jwt".into(), "credit-card".into()],
+    }
+    .compile()
+    .unwrap_err();
+    assert!(
+        matches!(&e, MaskConfigError::UnknownDetector { index: 1, name } if name == "credit-card")
+    );
+    assert!(e.to_string().contains("masking.detectors[1]"));
+}
+
+#[test]
+fn resource_patterns() {
+    let p = |s: &str| ResourcePattern::parse(s).unwrap();
+    assert!(p("*").matches("secrets", ""));
+    assert!(p("*").matches("serviceaccounts", "token"));
+    assert!(p("secrets").matches("secrets", ""));
+    assert!(!p("secrets").matches("configmaps", ""));
+    assert!(!p("pods").matches("pods", "log"));
+    assert!(p("serviceaccounts/token").matches("serviceaccounts", "token"));
+    assert!(!p("serviceaccounts/token").matches("serviceaccounts", ""));
+    assert!(p("pods/*").matches("pods", "status"));
+    assert!(p("*/token").matches("serviceaccounts", "token"));
+    assert!(ResourcePattern::parse("a/b/c").is_err());
+}
+
+// ---------------------------------------------------------------- objects
+
+#[test]
+fn secret_data_masked_with_valid_base64_and_last_applied() {
+    let m = masker();
+    let (v, n) = masked(&m, &ctx("secrets"), secret("s", "hunter2"));
+    assert_eq!(v["data"]["password"], MARKER_BASE64);
+    assert_eq!(v["data"]["user"], MARKER_BASE64);
+    assert_eq!(B64.decode(MARKER_BASE64).unwrap(), MARKER.as_bytes());
+    assert_eq!(
+        v["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(v["metadata"]["annotations"]["team"], "blue");
+    assert_eq!(v["metadata"]["name"], "s");
+    assert_eq!(n, 3);
+    // Key order kept.
+    let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["kind", "apiVersion", "metadata", "type", "data"]);
+    // Idempotent: masking masked output changes nothing.
+    let (v2, n2) = masked(&m, &ctx("secrets"), v.clone());
+    assert_eq!((v2, n2), (v, 0));
+}
+
+#[test]
+fn secret_string_data_and_sa_token_and_kind_beats_request() {
+    let m = masker();
+    let s = json!({"kind":"Secret","apiVersion":"v1","metadata":{"name":"t"},
+        "type":"kubernetes.io/service-account-token",
+        "data":{"token": b64(JWT), "ca.crt": b64("CERT"), "namespace": b64("default")},
+        "stringData":{"extra":"plain-secret"}});
+    // Even when the request was for something else (kind decides).
+    let (v, n) = masked(&m, &ctx("configmaps"), s);
+    assert_eq!(n, 4);
+    for k in ["token", "ca.crt", "namespace"] {
+        assert_eq!(v["data"][k], MARKER_BASE64);
+    }
+    assert_eq!(v["stringData"]["extra"], MARKER);
+    // No kind: the request's resource decides (create request body).
+    let (v, n) = masked(
+        &m,
+        &ctx("secrets"),
+        json!({"metadata":{"name":"x"},"stringData":{"password":"pw"}}),
+    );
+    assert_eq!((v["stringData"]["password"].as_str(), n), (Some(MARKER), 1));
+}
+
+#[test]
+fn configmap_keys_rule() {
+    let m = masker();
+    let cm = json!({"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","annotations":{
+            LAST_APPLIED_ANNOTATION: "{\"data\":{\"DB_PASSWORD\":\"pw\"}}"}},
+        "data":{"DB_PASSWORD":"pw","apiKey":"k","color":"blue"},
+        "binaryData":{"secret.bin": b64("bin"), "logo.png": b64("png")}});
+    let (v, n) = masked(&m, &ctx("configmaps"), cm);
+    assert_eq!(v["data"]["DB_PASSWORD"], MARKER);
+    assert_eq!(v["data"]["apiKey"], MARKER);
+    assert_eq!(v["data"]["color"], "blue");
+    assert_eq!(v["binaryData"]["secret.bin"], MARKER_BASE64);
+    assert_eq!(v["binaryData"]["logo.png"], b64("png"));
+    assert_eq!(
+        v["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(n, 4);
+    // Nothing secret: unchanged, bytes identical.
+    let plain = br#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"data\":{\"color\":\"blue\"}}"}},"data":{"color":"blue"},"n":1.50}"#;
+    let (out, n) = m.mask_json_bytes(&ctx("configmaps"), plain).unwrap();
+    assert_eq!((out.as_slice(), n), (&plain[..], 0));
+}
+
+#[test]
+fn last_applied_masked_when_its_content_would_be() {
+    let m = masker();
+    // The live object no longer has the key, the annotation still does.
+    let cm = json!({"kind":"ConfigMap","metadata":{"name":"c","annotations":{
+        LAST_APPLIED_ANNOTATION: "{\"kind\":\"ConfigMap\",\"data\":{\"token\":\"abc\"}}"}},"data":{}});
+    let (v, n) = masked(&m, &ctx("configmaps"), cm);
+    assert_eq!(
+        v["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(n, 1);
+    // A Deployment whose annotation holds a secret env value.
+    let d = json!({"kind":"Deployment","metadata":{"annotations":{LAST_APPLIED_ANNOTATION:
+        "{\"kind\":\"Deployment\",\"spec\":{\"template\":{\"spec\":{\"containers\":[{\"env\":[{\"name\":\"API_TOKEN\",\"value\":\"t0k\"}]}]}}}}"}}});
+    let (v, n) = masked(&m, &ctx("deployments"), d);
+    assert_eq!(
+        v["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn env_values_in_every_pod_spec_shape() {
+    let m = masker();
+    let containers = json!([{"name":"app","env":[
+        {"name":"DB_PASSWORD","value":"pw1"},
+        {"name":"MODE","value":"prod"},
+        {"name":"API_TOKEN","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}]);
+    let spec = json!({"containers": containers, "initContainers": containers, "ephemeralContainers": containers});
+    let cases = [
+        ("pods", json!({"kind":"Pod","spec": spec})),
+        (
+            "deployments",
+            json!({"kind":"Deployment","spec":{"template":{"spec": spec}}}),
+        ),
+        (
+            "podtemplates",
+            json!({"kind":"PodTemplate","template":{"spec": spec}}),
+        ),
+        (
+            "cronjobs",
+            json!({"kind":"CronJob","spec":{"jobTemplate":{"spec":{"template":{"spec": spec}}}}}),
+        ),
+        (
+            "widgets",
+            json!({"kind":"Widget","apiVersion":"x.io/v1","spec":{"template":{"spec": spec}}}),
+        ),
+    ];
+    for (res, obj) in cases {
+        let (v, n) = masked(&m, &ctx(res), obj);
+        let s = v.to_string();
+        assert!(!s.contains("pw1"), "{res}: {s}");
+        assert!(s.contains("\"prod\""), "{res}");
+        assert!(s.contains("secretKeyRef"), "{res}");
+        assert_eq!(n, 3, "{res}");
+    }
+}
+
+#[test]
+fn field_paths_with_wildcards_and_indexes() {
+    let m = MaskingConfig {
+        rules: vec![MaskRule {
+            resources: vec!["widgets".into()],
+            fields: vec![
+                "spec.creds.*.password".into(),
+                "spec.list.1".into(),
+                "spec.pin".into(),
+            ],
+            ..MaskRule::default()
+        }],
+        detectors: vec![],
+    }
+    .compile()
+    .unwrap();
+    let w = json!({"spec":{"creds":{"a":{"password":"p1","user":"u"},"b":{"password":{"nested":"p2"}}},
+        "list":["keep","drop","keep2"],"pin":1234}});
+    let (v, n) = masked(&m, &ctx("widgets"), w.clone());
+    assert_eq!(
+        v,
+        json!({"spec":{"creds":{"a":{"password":MARKER,"user":"u"},"b":{"password":{"nested":MARKER}}},
+        "list":["keep",MARKER,"keep2"],"pin":0}})
+    );
+    assert_eq!(n, 4);
+    // Other resources untouched.
+    assert_eq!(masked(&m, &ctx("gadgets"), w.clone()), (w, 0));
+}
+
+#[test]
+fn token_request_status_token() {
+    let m = masker();
+    let c = MaskContext {
+        resource: "serviceaccounts".into(),
+        subresource: "token".into(),
+        api_group: String::new(),
+        verb: "create".into(),
+    };
+    let tr = json!({"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1",
+        "spec":{"audiences":["api"]},"status":{"token":"opaque-token","expirationTimestamp":"2030-01-01T00:00:00Z"}});
+    let (v, n) = masked(&m, &c, tr);
+    assert_eq!(v["status"]["token"], MARKER);
+    assert_eq!(v["status"]["expirationTimestamp"], "2030-01-01T00:00:00Z");
+    assert_eq!(n, 1);
+    let (v, _) = masked(&m, &c, json!({"status":{"token":"opaque"}}));
+    assert_eq!(v["status"]["token"], MARKER);
+    // A ServiceAccount itself (no subresource) has no status.token rule.
+    let (v, n) = masked(
+        &m,
+        &ctx("serviceaccounts"),
+        json!({"kind":"ServiceAccount","status":{"token":"x"}}),
+    );
+    assert_eq!((v["status"]["token"].as_str(), n), (Some("x"), 0));
+}
+
+#[test]
+fn detectors_apply_to_any_string() {
+    let m = masker();
+    let ev = json!({"kind":"Event","message":format!("login with {JWT} failed"),
+        "metadata":{"annotations":{"note":"aws AKIAIOSFODNN7EXAMPLE"}}});
+    let (v, n) = masked(&m, &ctx("events"), ev);
+    assert_eq!(v["message"], "login with ***MASKED*** failed");
+    assert_eq!(v["metadata"]["annotations"]["note"], "aws ***MASKED***");
+    assert_eq!(n, 2);
+}
+
+// ---------------------------------------------------------------- shapes
+
+#[test]
+fn list_items_without_kind() {
+    let m = masker();
+    let mut s1 = secret("a", "pw-a");
+    let mut s2 = secret("b", "pw-b");
+    s1.as_object_mut().unwrap().remove("kind");
+    s2.as_object_mut().unwrap().remove("kind");
+    let list = json!({"kind":"SecretList","apiVersion":"v1","metadata":{"resourceVersion":"9","continue":"abc"},"items":[s1,s2]});
+    let (v, n) = masked(&m, &ctx("secrets"), list);
+    assert_eq!(n, 6);
+    assert_eq!(v["metadata"]["continue"], "abc");
+    assert_eq!(v["items"][1]["data"]["password"], MARKER_BASE64);
+    assert!(!v.to_string().contains("pw-a"));
+}
+
+#[test]
+fn watch_events() {
+    let m = masker();
+    let c = ctx_verb("secrets", "watch");
+    let (v, n) = masked(&m, &c, json!({"type":"ADDED","object":secret("a","pw")}));
+    assert_eq!(v["object"]["data"]["password"], MARKER_BASE64);
+    assert_eq!(n, 3);
+    let bookmark = json!({"type":"BOOKMARK","object":{"kind":"Secret","apiVersion":"v1","metadata":{"resourceVersion":"12"}}});
+    assert_eq!(masked(&m, &c, bookmark.clone()), (bookmark, 0));
+    let err = json!({"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version","reason":"Expired","code":410}});
+    assert_eq!(masked(&m, &c, err.clone()), (err, 0));
+}
+
+#[test]
+fn tables_object_metadata_none_and_cells() {
+    let m = masker();
+    let c = ctx_verb("secrets", "list");
+    let cols = json!([{"name":"Name","type":"string"},{"name":"Data","type":"string"}]);
+    let full = json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{},"columnDefinitions":cols,
+        "rows":[{"cells":["a",format!("Bearer {JWT}")],"object":secret("a","pw")}]});
+    let (v, n) = masked(&m, &c, full);
+    assert_eq!(v["rows"][0]["object"]["data"]["password"], MARKER_BASE64);
+    assert_eq!(v["rows"][0]["cells"][1], "Bearer ***MASKED***");
+    assert_eq!(n, 4);
+    let pom = json!({"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a",
+        "annotations":{LAST_APPLIED_ANNOTATION:"{\"data\":{\"password\":\"cHc=\"}}"}}});
+    let meta = json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{},"columnDefinitions":cols,
+        "rows":[{"cells":["a","1"],"object":pom}]});
+    let (v, n) = masked(&m, &c, meta);
+    assert_eq!(
+        v["rows"][0]["object"]["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(n, 1);
+    let none = json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{},"columnDefinitions":cols,
+        "rows":[{"cells":["a","1"]}]});
+    assert_eq!(masked(&m, &c, none.clone()), (none, 0));
+}
+
+#[test]
+fn partial_object_metadata_list() {
+    let m = masker();
+    let item = json!({"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a",
+        "annotations":{LAST_APPLIED_ANNOTATION:"{\"data\":{\"password\":\"cHc=\"}}", "x":"y"}}});
+    let list = json!({"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":[item]});
+    let (v, n) = masked(&m, &ctx_verb("secrets", "list"), list.clone());
+    assert_eq!(
+        v["items"][0]["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+        MARKER
+    );
+    assert_eq!(v["items"][0]["metadata"]["annotations"]["x"], "y");
+    assert_eq!(n, 1);
+    // The same metadata of a harmless ConfigMap is left alone.
+    let cm = json!({"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":[
+        {"kind":"PartialObjectMetadata","metadata":{"annotations":{LAST_APPLIED_ANNOTATION:"{\"data\":{\"color\":\"x\"}}"}}}]});
+    assert_eq!(
+        masked(&m, &ctx_verb("configmaps", "list"), cm.clone()),
+        (cm, 0)
+    );
+}
+
+#[test]
+fn status_bodies_pass_unchanged() {
+    let m = masker();
+    let body = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets \"x\" not found","reason":"NotFound","details":{"name":"x","kind":"secrets"},"code":404}"#;
+    let (out, n) = m.mask_json_bytes(&ctx("secrets"), body).unwrap();
+    assert_eq!((out.as_slice(), n), (&body[..], 0));
+}
+
+#[test]
+fn malformed_and_duplicate_keys() {
+    let m = masker();
+    let c = ctx("secrets");
+    assert_eq!(
+        m.mask_json_bytes(&c, br#"{"kind":"Secret","data":{"a":"#),
+        Err(MaskError::Truncated)
+    );
+    assert!(matches!(
+        m.mask_json_bytes(&c, b"{\"a\":1}}"),
+        Err(MaskError::Malformed { .. })
+    ));
+    assert!(matches!(
+        m.mask_json_bytes(&c, b"k8s\0\x0a\x02v1"),
+        Err(MaskError::Malformed { .. })
+    ));
+    // A shadowed duplicate must not survive in the bytes.
+    let dup = br#"{"kind":"ConfigMap","data":{"color":"SHADOWED-SECRET","color":"blue"}}"#;
+    let (out, _) = m.mask_json_bytes(&ctx("configmaps"), dup).unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("SHADOWED"));
+    // Deep nesting is an error, not a stack overflow.
+    let deep = "[".repeat(100_000);
+    assert!(m.mask_json_bytes(&c, deep.as_bytes()).is_err());
+}
+
+#[test]
+fn numbers_round_trip() {
+    let m = masker();
+    let body =
+        br#"{"kind":"Secret","data":{"a":"eA=="},"n":[1,-2,18446744073709551615,1.5,1e3,0.1]}"#;
+    let (out, n) = m.mask_json_bytes(&ctx("secrets"), body).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"kind":"Secret","data":{"a":"KioqTUFTS0VEKioq"},"n":[1,-2,18446744073709551615,1.5,1000.0,0.1]}"#
+    );
+}
+
+// ---------------------------------------------------------------- streaming
+
+fn stream_all(
+    m: &Arc<Masker>,
+    c: &MaskContext,
+    kind: StreamKind,
+    input: &[u8],
+    chunk: usize,
+) -> Result<(Vec<u8>, usize), MaskError> {
+    let mut s = StreamMasker::new(m.clone(), c.clone(), kind);
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        out.extend(s.push(piece)?);
+    }
+    out.extend(s.finish()?);
+    Ok((out, s.masked_count()))
+}
+
+fn secret_list_bytes(n: usize, pretty: bool) -> Vec<u8> {
+    let items: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut s = secret(&format!("s{i}"), &format!("pw-{i}-x"));
+            s.as_object_mut().unwrap().remove("kind");
+            s
+        })
+        .collect();
+    let list = json!({"kind":"SecretList","apiVersion":"v1","metadata":{"resourceVersion":"5"},"items":items});
+    if pretty {
+        serde_json::to_vec_pretty(&list).unwrap()
+    } else {
+        serde_json::to_vec(&list).unwrap()
+    }
+}
+
+#[test]
+fn stream_list_matches_whole_masking_for_every_chunk_size() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "list");
+    for pretty in [false, true] {
+        let input = secret_list_bytes(3, pretty);
+        let (whole, wn) = m.mask_json_bytes(&c, &input).unwrap();
+        let whole_v: Value = serde_json::from_slice(&whole).unwrap();
+        for chunk in [1, 2, 3, 7, 64, 1000, input.len()] {
+            let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, chunk).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v, whole_v, "chunk {chunk}");
+            assert_eq!(n, wn);
+            assert!(!String::from_utf8_lossy(&out).contains("pw-"));
+        }
+    }
+}
+
+#[test]
+fn stream_list_memory_is_bounded_by_item() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "list");
+    let input = secret_list_bytes(2000, false);
+    let mut s = StreamMasker::new(m, c, StreamKind::Json);
+    let mut max_buffered = 0;
+    let mut out = Vec::new();
+    for piece in input.chunks(4096) {
+        out.extend(s.push(piece).unwrap());
+        max_buffered = max_buffered.max(s.buffered());
+    }
+    out.extend(s.finish().unwrap());
+    assert!(
+        max_buffered < 4096 + 2048,
+        "buffered {max_buffered} of {}",
+        input.len()
+    );
+    assert_eq!(s.masked_count(), 6000);
+    serde_json::from_slice::<Value>(&out).unwrap();
+}
+
+#[test]
+fn stream_unmasked_items_are_verbatim() {
+    let m = Arc::new(masker());
+    let input = br#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{},"items":[ {"metadata":{"name":"a"},"data":{"x":"1.50"},"n":1.50} ,
+ {"metadata":{"name":"b"},"data":{"password":"p"}} ]}
+"#;
+    let (out, n) = stream_all(
+        &m,
+        &ctx_verb("configmaps", "list"),
+        StreamKind::Json,
+        input,
+        5,
+    )
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"kind\":\"ConfigMapList\",\"apiVersion\":\"v1\",\"metadata\":{},\"items\":[ {\"metadata\":{\"name\":\"a\"},\"data\":{\"x\":\"1.50\"},\"n\":1.50} ,\n {\"metadata\":{\"name\":\"b\"},\"data\":{\"password\":\"***MASKED***\"}} ]}\n"
+    );
+}
+
+#[test]
+fn stream_custom_resource_list_with_sorted_keys() {
+    let m = Arc::new(
+        MaskingConfig {
+            rules: vec![MaskRule {
+                resources: vec!["widgets".into()],
+                fields: vec!["spec.password".into()],
+                ..MaskRule::default()
+            }],
+            detectors: vec![],
+        }
+        .compile()
+        .unwrap(),
+    );
+    let input = br#"{"apiVersion":"x.io/v1","items":[{"apiVersion":"x.io/v1","kind":"Widget","spec":{"password":"p1"}},{"apiVersion":"x.io/v1","kind":"Widget","spec":{"password":"p2"}}],"kind":"WidgetList","metadata":{"continue":""}}"#;
+    let (out, n) =
+        stream_all(&m, &ctx_verb("widgets", "list"), StreamKind::Json, input, 9).unwrap();
+    assert_eq!(n, 2);
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("p1") && !s.contains("p2"), "{s}");
+    serde_json::from_str::<Value>(&s).unwrap();
+    // A single object with a top-level `items` field (GET): masked whole.
+    let obj = br#"{"apiVersion":"x.io/v1","items":[{"password":"keep"}],"kind":"Widget","spec":{"password":"p3"}}"#;
+    let (out, n) = stream_all(&m, &ctx_verb("widgets", "get"), StreamKind::Json, obj, 4).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert_eq!(n, 1);
+    assert!(s.contains("keep") && !s.contains("p3"));
+    // The same object under a list verb is refused rather than mis-masked.
+    assert!(stream_all(&m, &ctx_verb("widgets", "list"), StreamKind::Json, obj, 4).is_err());
+}
+
+#[test]
+fn stream_table_rows() {
+    let m = Arc::new(masker());
+    let table = json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"1"},
+        "columnDefinitions":[{"name":"Name","type":"string"}],
+        "rows":[{"cells":["a"],"object":secret("a","pw-a")},{"cells":[format!("{JWT}")]}]});
+    let input = serde_json::to_vec(&table).unwrap();
+    let c = ctx_verb("secrets", "list");
+    let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, 13).unwrap();
+    assert_eq!(n, 4);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, masked(&m, &c, table).0);
+}
+
+#[test]
+fn stream_single_objects_and_errors() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "get");
+    let input = serde_json::to_vec(&secret("a", "pw-a")).unwrap();
+    let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, 3).unwrap();
+    assert_eq!(n, 3);
+    assert!(!String::from_utf8(out).unwrap().contains("pw-a"));
+    // Empty body: nothing to mask.
+    assert_eq!(
+        stream_all(&m, &c, StreamKind::Json, b"", 3).unwrap(),
+        (vec![], 0)
+    );
+    let list = secret_list_bytes(3, false);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated list", list[..list.len() - 40].to_vec()),
+        ("truncated object", input[..input.len() - 1].to_vec()),
+        ("protobuf", b"k8s\x00\n\x0f\n\x02v1\x12\x06Secret".to_vec()),
+        ("cbor", vec![0xd9, 0xd9, 0xf7, 0xa1]),
+        (
+            "trailing comma",
+            br#"{"kind":"SecretList","items":[{"data":{"a":"b"}},]}"#.to_vec(),
+        ),
+        (
+            "missing comma",
+            br#"{"kind":"SecretList","items":[{"data":{"a":"b"}} {"data":{}}]}"#.to_vec(),
+        ),
+        (
+            "bad item",
+            br#"{"kind":"SecretList","items":[{"data":{"a":"b"},}]}"#.to_vec(),
+        ),
+        (
+            "trailing data",
+            br#"{"kind":"Secret"} {"kind":"Secret"}"#.to_vec(),
+        ),
+        (
+            "dup items",
+            br#"{"kind":"SecretList","items":[],"items":[{"data":{"a":"b"}}]}"#.to_vec(),
+        ),
+        (
+            "bad head",
+            br#"{"kind":"SecretList","metadata":{,"items":[]}"#.to_vec(),
+        ),
+    ];
+    for (what, body) in bad {
+        for chunk in [1, 5, body.len().max(1)] {
+            let mut s = StreamMasker::new(m.clone(), c.clone(), StreamKind::Json);
+            let mut out = Vec::new();
+            let mut err = None;
+            for piece in body.chunks(chunk) {
+                match s.push(piece) {
+                    Ok(o) => out.extend(o),
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            let err = err.or_else(|| s.finish().err());
+            assert!(err.is_some(), "{what} chunk {chunk}: no error");
+            assert!(
+                !String::from_utf8_lossy(&out).contains("YWRtaW4"),
+                "{what}: leaked"
+            );
+            assert_eq!(s.push(b"x"), Err(MaskError::Poisoned));
+        }
+    }
+}
+
+#[test]
+fn stream_too_large_value() {
+    let m = Arc::new(masker());
+    let input = serde_json::to_vec(&secret("a", &"x".repeat(10_000))).unwrap();
+    let mut s = StreamMasker::new(m, ctx("secrets"), StreamKind::Json).with_max_value_bytes(1000);
+    let r = input.chunks(100).try_for_each(|p| s.push(p).map(drop));
+    assert_eq!(r, Err(MaskError::TooLarge { limit: 1000 }));
+}
+
+#[test]
+fn stream_watch_events() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "watch");
+    let mut input = Vec::new();
+    for i in 0..3 {
+        input.extend(
+            serde_json::to_vec(
+                &json!({"type":"ADDED","object":secret(&format!("s{i}"), &format!("pw-{i}-x"))}),
+            )
+            .unwrap(),
+        );
+        input.push(b'\n');
+    }
+    let bookmark = br#"{"type":"BOOKMARK","object":{"kind":"Secret","apiVersion":"v1","metadata":{"resourceVersion":"77"}}}"#;
+    input.extend_from_slice(bookmark);
+    input.push(b'\n');
+    for chunk in [1, 10, 100, input.len()] {
+        let (out, n) = stream_all(&m, &c, StreamKind::Watch, &input, chunk).unwrap();
+        assert_eq!(n, 9);
+        let s = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[3].as_bytes(), bookmark);
+        assert!(!s.contains("pw-"));
+        for l in lines {
+            serde_json::from_str::<Value>(l).unwrap();
+        }
+    }
+    // Each event is emitted as soon as it is complete (not buffered).
+    let mut s = StreamMasker::new(m.clone(), c.clone(), StreamKind::Watch);
+    let first = s
+        .push(&input[..input.iter().position(|&b| b == b'\n').unwrap() + 1])
+        .unwrap();
+    assert!(first.ends_with(b"\n") && !first.is_empty());
+    assert_eq!(s.buffered(), 0);
+    // A truncated event is an error at the end.
+    let mut s = StreamMasker::new(m, c, StreamKind::Watch);
+    s.push(&input[..50]).unwrap();
+    assert_eq!(s.finish(), Err(MaskError::Truncated));
+}
+
+#[test]
+fn stream_logs() {
+    let m = Arc::new(masker());
+    let c = MaskContext {
+        resource: "pods".into(),
+        subresource: "log".into(),
+        ..MaskContext::default()
+    };
+    let log = format!(
+        "start\nlogin token {JWT} ok\n-----BEGIN RSA PRIVATE KEY-----\nMIIEsecretline1\nsecretline2\n-----END RSA PRIVATE KEY----- after\nplain password=hunter2\nno newline at end"
+    );
+    for chunk in [1, 4, 17, log.len()] {
+        let (out, n) = stream_all(&m, &c, StreamKind::Log, log.as_bytes(), chunk).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s,
+            "start\nlogin token ***MASKED*** ok\n-----BEGIN RSA PRIVATE KEY-----***MASKED***\n***MASKED***\n***MASKED***\n***MASKED***-----END RSA PRIVATE KEY----- after\nplain password=***MASKED***\nno newline at end"
+        );
+        assert_eq!(n, 6);
+    }
+    let (line, n) = m.mask_log_line("Authorization: Bearer abcdefghijklmnopqrstuvwxyz");
+    assert_eq!(
+        (line.as_ref(), n),
+        ("Authorization: Bearer ***MASKED***", 1)
+    );
+    // Invalid UTF-8 without secrets passes byte for byte.
+    let raw = b"bin \xff\xfe data\n";
+    assert_eq!(
+        stream_all(&m, &c, StreamKind::Log, raw, 3).unwrap(),
+        (raw.to_vec(), 0)
+    );
+}
+
+// ---------------------------------------------------------------- properties
+
+/// A planted secret: recognisable, never a substring of anything else we generate.
+fn planted() -> impl Strategy<Value = String> {
+    "[a-z0-9]{12,24}".prop_map(|s| format!("PLANTED{s}"))
+}
+
+fn plain() -> impl Strategy<Value = String> {
+    "[a-z0-9 ]{0,16}".prop_map(|s| format!("plain-{s}"))
+}
+
+/// A generated object with planted secrets, and the secrets planted.
+fn object() -> impl Strategy<Value = (Value, Vec<String>)> {
+    let secret = (planted(), planted(), plain(), any::<bool>()).prop_map(|(a, b, p, with_kind)| {
+        let mut v = json!({"kind":"Secret","apiVersion":"v1","metadata":{"name":p,"annotations":{
+            LAST_APPLIED_ANNOTATION: format!("{{\"stringData\":{{\"k\":\"{a}\"}}}}")}},
+            "type":"Opaque","data":{"k": B64.encode(&a)},"stringData":{"s": b}});
+        if !with_kind {
+            v.as_object_mut().unwrap().remove("kind");
+        }
+        (v, vec![a, b])
+    });
+    let configmap = (planted(), plain(), plain()).prop_map(|(a, p, q)| {
+        (
+            json!({"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":p},"data":{"db_password":a,"color":q}}),
+            vec![a],
+        )
+    });
+    let pod = (planted(), planted(), plain()).prop_map(|(a, b, p)| {
+        (
+            json!({"kind":"Pod","apiVersion":"v1","metadata":{"name":p,"annotations":{"note":format!("eyJhbGciOi.{b}.sig")}},
+                "spec":{"containers":[{"name":"c","image":"busybox","env":[{"name":"SECRET_KEY","value":a},{"name":"PLAIN","value":p}]}]}}),
+            vec![a, b],
+        )
+    });
+    prop_oneof![secret, configmap, pod]
+}
+
+/// Every value of `input` is in `output` except where `output` holds a marker.
+fn same_except_masked(input: &Value, output: &Value) -> bool {
+    match (input, output) {
+        (_, Value::String(o)) if o == MARKER || o == MARKER_BASE64 => true,
+        (Value::String(i), Value::String(o)) => i == o || o.contains(MARKER),
+        (Value::Object(i), Value::Object(o)) => {
+            i.len() == o.len()
+                && i.iter()
+                    .zip(o.iter())
+                    .all(|((ik, iv), (ok, ov))| ik == ok && same_except_masked(iv, ov))
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            i.len() == o.len() && i.iter().zip(o).all(|(a, b)| same_except_masked(a, b))
+        }
+        (i, o) => i == o,
+    }
+}
+
+fn assert_clean(out: &[u8], secrets: &[String]) {
+    let s = String::from_utf8_lossy(out);
+    for p in secrets {
+        assert!(!s.contains(p.as_str()), "planted {p} leaked");
+        assert!(!s.contains(&B64.encode(p)), "planted {p} leaked as base64");
+    }
+}
+
+fn resource_of(v: &Value) -> &'static str {
+    match v.get("kind").and_then(Value::as_str) {
+        Some("ConfigMap") => "configmaps",
+        Some("Pod") => "pods",
+        _ => "secrets",
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn prop_single_objects((obj, secrets) in object(), chunk in 1usize..200) {
+        let m = Arc::new(masker());
+        let c = ctx_verb(resource_of(&obj), "get");
+        let input = serde_json::to_vec(&obj).unwrap();
+        let (out, _) = stream_all(&m, &c, StreamKind::Json, &input, chunk).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_clean(&out, &secrets);
+        prop_assert!(same_except_masked(&obj, &v));
+        prop_assert!(out.len() > 0);
+    }
+
+    #[test]
+    fn prop_lists(objs in proptest::collection::vec(object(), 0..6), chunk in 1usize..300, pretty in any::<bool>()) {
+        let m = Arc::new(masker());
+        // A list of one resource, like the API server sends.
+        let res = objs.first().map_or("secrets", |(o, _)| resource_of(o));
+        let (items, secrets): (Vec<Value>, Vec<Vec<String>>) =
+            objs.into_iter().filter(|(o, _)| resource_of(o) == res).unzip();
+        let kind = match res { "configmaps" => "ConfigMapList", "pods" => "PodList", _ => "SecretList" };
+        let list = json!({"kind":kind,"apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":items});
+        let input = if pretty { serde_json::to_vec_pretty(&list).unwrap() } else { serde_json::to_vec(&list).unwrap() };
+        let c = ctx_verb(res, "list");
+        let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, chunk).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_clean(&out, &secrets.concat());
+        prop_assert!(same_except_masked(&list, &v));
+        // Same result as masking the whole value at once.
+        let (whole, wn) = masked(&m, &c, list.clone());
+        prop_assert_eq!(v, whole);
+        prop_assert_eq!(n, wn);
+    }
+
+    #[test]
+    fn prop_watch_streams(objs in proptest::collection::vec(object(), 0..6), chunk in 1usize..300) {
+        let m = Arc::new(masker());
+        let mut input = Vec::new();
+        let mut events = Vec::new();
+        for (o, _) in &objs {
+            let ev = json!({"type":"MODIFIED","object":o});
+            input.extend(serde_json::to_vec(&ev).unwrap());
+            input.push(b'\n');
+            events.push(ev);
+        }
+        let secrets: Vec<String> = objs.iter().flat_map(|(_, s)| s.clone()).collect();
+        let (out, _) = stream_all(&m, &ctx_verb("secrets", "watch"), StreamKind::Watch, &input, chunk).unwrap();
+        assert_clean(&out, &secrets);
+        let text = String::from_utf8(out).unwrap();
+        let got: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        prop_assert_eq!(got.len(), events.len());
+        for (e, g) in events.iter().zip(&got) {
+            prop_assert!(same_except_masked(e, g));
+        }
+    }
+
+    #[test]
+    fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), chunk in 1usize..50) {
+        let m = Arc::new(masker());
+        for kind in [StreamKind::Json, StreamKind::Watch, StreamKind::Log] {
+            let _ = stream_all(&m, &ctx("secrets"), kind, &bytes, chunk);
+        }
+        let _ = m.mask_json_bytes(&ctx("secrets"), &bytes);
+    }
+}
