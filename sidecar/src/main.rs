@@ -1,2 +1,73 @@
-//! mcp-warden-sidecar binary.
-fn main() {}
+//! mcp-warden-sidecar binary: parses flags, sets up logging, binds the
+//! listeners and runs [`mcp_warden_sidecar::run`] until SIGTERM.
+
+use clap::Parser;
+use mcp_warden_sidecar::config::{Cli, Command, LogFormat, ServeArgs};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Command::Policy(args)) => {
+            // HOOK(policy_cli): dispatch to `policy_cli::run(args)` once it exists.
+            eprintln!("mcp-warden-sidecar: the policy subcommand is not available in this build ({:?})", args.args);
+            2
+        }
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    std::process::exit(code);
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-warden-sidecar: {e}");
+            return 2;
+        }
+    };
+    init_tracing(config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-warden-sidecar: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mcp-warden-sidecar: invalid --listen (MCP_WARDEN_LISTEN): cannot bind {}: {e}", config.listen);
+                return 2;
+            }
+        };
+        let admin = match tokio::net::TcpListener::bind(config.admin_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "mcp-warden-sidecar: invalid --admin-listen (MCP_WARDEN_ADMIN_LISTEN): cannot bind {}: {e}",
+                    config.admin_listen
+                );
+                return 2;
+            }
+        };
+        match mcp_warden_sidecar::run(listener, admin, config, mcp_warden_sidecar::shutdown_signal()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mcp-warden-sidecar: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

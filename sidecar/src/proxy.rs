@@ -1,0 +1,390 @@
+//! The request pipeline: authenticate → parse → decide → record request →
+//! forward → transform response → record response.
+//!
+//! Each step is a small function; the hooks of [`crate::hooks::Hooks`] are
+//! where policy, masking and recording plug in. Every request the sidecar
+//! answers itself gets a Kubernetes `Status` (see [`crate::error`]) and is
+//! never forwarded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use mcp_warden_shared::attrs::{impersonation_from_headers, parse_request};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::{ProxyError, status_response};
+use crate::forward::{Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation};
+use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, boxed};
+use crate::local::LocalToken;
+use crate::metrics::{Metrics, StreamGuard, VerbLabels};
+use crate::token::TokenSource;
+
+/// Shared state of the app-facing server.
+pub struct ProxyState {
+    /// The token the app must present.
+    pub local_token: LocalToken,
+    /// Pooled upstream clients.
+    pub upstream: Upstream,
+    /// The real token.
+    pub token: Arc<TokenSource>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Policy, masking and recording hooks.
+    pub hooks: Hooks,
+    /// Cancelled at shutdown: ends open streams and tunnels.
+    pub streams_closed: CancellationToken,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState").finish_non_exhaustive()
+    }
+}
+
+/// Handles one request from the app. Never fails: errors become Status responses.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut ctx = new_context(&req, peer);
+    let resp = match pipeline(&state, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let status = e.status();
+            if let ProxyError::Upstream(_) | ProxyError::UpstreamToken(_) = &e {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
+            }
+            state.hooks.record.refused(&ctx, &status);
+            status_response(&status)
+        }
+    };
+    log_request(&state, &ctx, resp.status());
+    Ok(resp)
+}
+
+fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
+    RequestContext {
+        request_id: uuid::Uuid::new_v4(),
+        started: Instant::now(),
+        received_at: SystemTime::now(),
+        peer,
+        method: req.method().clone(),
+        path_and_query: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        attrs: None,
+        impersonation: Default::default(),
+        decision: None,
+        is_upgrade: false,
+        is_stream: false,
+    }
+}
+
+async fn pipeline(
+    state: &ProxyState,
+    ctx: &mut RequestContext,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    authenticate(&state.local_token, req.headers())?;
+    parse(ctx, &req)?;
+    decide(state, ctx).await?;
+    let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = prepare_upstream_request(state, ctx, req).await?;
+    let mut resp = forward(state, ctx, upstream_req).await?;
+    if let Some(client_upgrade) = client_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
+        }
+    }
+    let resp = respond(state, ctx, resp).await?;
+    Ok(resp)
+}
+
+/// Step 1: the local token, `Authorization: Bearer <token>` with the scheme
+/// in any case.
+pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(ProxyError::Unauthorized);
+    };
+    let bytes = value.as_bytes();
+    let Some(space) = bytes.iter().position(|b| *b == b' ') else {
+        return Err(ProxyError::Unauthorized);
+    };
+    let (scheme, rest) = bytes.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(ProxyError::Unauthorized);
+    }
+    let token = rest.trim_ascii();
+    if local.matches(token) { Ok(()) } else { Err(ProxyError::Unauthorized) }
+}
+
+/// Step 2: Kubernetes attributes and impersonation; non-canonical paths are refused.
+fn parse<B>(ctx: &mut RequestContext, req: &Request<B>) -> Result<(), ProxyError> {
+    let attrs = parse_request(req.method().as_str(), &ctx.path_and_query)?;
+    ctx.impersonation = impersonation_from_headers(req.headers())?;
+    ctx.is_upgrade = is_upgrade_request(req);
+    ctx.is_stream = ctx.is_upgrade
+        || attrs.verb == "watch"
+        // kube-apiserver also streams a named GET with ?watch=true (verb get).
+        || query_flag(req.uri().query(), "watch")
+        || (attrs.subresource == "log" && query_flag(req.uri().query(), "follow"));
+    ctx.attrs = Some(attrs);
+    Ok(())
+}
+
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+}
+
+/// Step 3: the policy hook.
+async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), ProxyError> {
+    let decision = state.hooks.decide.decide(ctx).await;
+    let refusal = decision.refusal.clone();
+    ctx.decision = Some(decision);
+    match refusal {
+        Some(status) => Err(ProxyError::Refused(status)),
+        None => Ok(()),
+    }
+}
+
+/// Step 4: the request as the upstream gets it: the app's credentials and
+/// hop-by-hop headers removed, the recording hook given the body, the real
+/// token added last (so no hook ever sees it).
+async fn prepare_upstream_request(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let headers = &mut parts.headers;
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::HOST);
+    strip_hop_by_hop(headers, ctx.is_upgrade);
+    let forward_impersonation = ctx.decision.as_ref().is_some_and(|d| d.forward_impersonation);
+    if !forward_impersonation {
+        strip_impersonation(headers);
+    }
+    parts.uri = state.upstream.uri_for(&ctx.path_and_query).map_err(|e| ProxyError::Build(e.to_string()))?;
+    // The client picks HTTP/2 per connection when the upstream offers it.
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    state.hooks.transform.prepare_request(ctx, &mut parts);
+    let body = state.hooks.record.request(ctx, &parts, boxed(body)).await.map_err(ProxyError::Refused)?;
+    let token = state.token.header()?;
+    parts.headers.insert(header::AUTHORIZATION, token);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Step 5: send upstream; latency is measured to the response headers.
+async fn forward(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let t0 = Instant::now();
+    let result = state.upstream.send(req, ctx.is_upgrade).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(resp) => {
+            state.metrics.upstream_latency.get_or_create(&VerbLabels { verb: ctx.verb().to_string() }).observe(elapsed);
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                // Perhaps a rotation we have not noticed yet: look at the file
+                // on the next request rather than after the check interval.
+                state.token.invalidate();
+            }
+            Ok(resp)
+        }
+        Err(e) => {
+            state.metrics.upstream_errors.inc();
+            Err(ProxyError::Upstream(error_chain(&e)))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Step 6: the response for the app: hop-by-hop headers removed, the
+/// transform hook (masking), the recording hook, and for streams the
+/// shutdown-aware body.
+async fn respond(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    resp: Response<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    let resp = Response::from_parts(parts, boxed(body));
+    let resp = match state.hooks.transform.transform(ctx, resp).await {
+        Ok(r) => r,
+        Err(status) => {
+            tracing::warn!(request_id = %ctx.request_id, message = %status.message, "response replaced by the transform hook");
+            status_response(&status)
+        }
+    };
+    let resp = state.hooks.record.response(ctx, resp);
+    if ctx.is_stream {
+        let guard = StreamGuard::new(&state.metrics);
+        let closed = state.streams_closed.clone().cancelled_owned();
+        Ok(resp.map(|b| boxed(StreamBody { inner: b, closed: Box::pin(closed), _guard: guard })))
+    } else {
+        Ok(resp)
+    }
+}
+
+/// Upgraded connections: answer 101 to the app and copy bytes both ways
+/// until either side closes or the sidecar shuts down.
+fn tunnel(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_resp: &mut Response<Incoming>,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut *upstream_resp);
+    let mut headers = upstream_resp.headers().clone();
+    strip_hop_by_hop(&mut headers, true);
+    let mut resp = Response::new(crate::hooks::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    let guard = StreamGuard::new(&state.metrics);
+    let closed = state.streams_closed.clone();
+    let request_id = ctx.request_id;
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(%request_id, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+                Ok((up, down)) => tracing::debug!(%request_id, bytes_up = up, bytes_down = down, "tunnel closed"),
+                Err(e) => tracing::debug!(%request_id, error = %e, "tunnel ended"),
+            },
+            _ = closed.cancelled() => tracing::debug!(%request_id, "tunnel closed by shutdown"),
+        }
+    });
+    state.hooks.record.response(ctx, resp)
+}
+
+fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
+    let verb = ctx.verb();
+    let resource = ctx.resource();
+    state.metrics.count_request(verb, &resource, code.as_u16());
+    let (namespace, name, group) = ctx
+        .attrs
+        .as_ref()
+        .map(|a| (a.namespace.as_str(), a.name.as_str(), a.api_group.as_str()))
+        .unwrap_or(("", "", ""));
+    let decision = ctx.decision.as_ref().map(|d| d.action.as_str()).unwrap_or("");
+    let rule = ctx.decision.as_ref().and_then(|d| d.rule.as_deref()).unwrap_or("");
+    let path = ctx.path_and_query.split('?').next().unwrap_or("");
+    tracing::info!(
+        request_id = %ctx.request_id,
+        verb,
+        group,
+        resource = %resource,
+        namespace,
+        name,
+        path,
+        code = code.as_u16(),
+        duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        decision,
+        rule,
+        stream = ctx.is_stream,
+        "request"
+    );
+}
+
+/// A streamed body that ends cleanly when the sidecar shuts down, and counts
+/// as an open stream while alive.
+struct StreamBody {
+    inner: ProxyBody,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    _guard: StreamGuard,
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // The body may end early at shutdown, so no exact length is promised.
+        http_body::SizeHint::default()
+    }
+}
+
+/// `HeaderValue` of a bearer token, for tests and tools.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for x in v {
+            h.append(header::AUTHORIZATION, HeaderValue::from_str(x).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_exact() {
+        let t = LocalToken::generate();
+        let tok = t.expose().to_string();
+        assert!(authenticate(&t, &headers(&[&format!("Bearer {tok}")])).is_ok());
+        assert!(authenticate(&t, &headers(&[&format!("bearer {tok}")])).is_ok());
+        assert!(authenticate(&t, &headers(&[&format!("BEARER  {tok}")])).is_ok());
+        assert!(authenticate(&t, &headers(&[])).is_err());
+        assert!(authenticate(&t, &headers(&[&format!("Basic {tok}")])).is_err());
+        assert!(authenticate(&t, &headers(&[&format!("Bearer {tok}x")])).is_err());
+        assert!(authenticate(&t, &headers(&[&format!("Bearer {}", &tok[..tok.len() - 1])])).is_err());
+        assert!(authenticate(&t, &headers(&[&format!("Bearer{tok}")])).is_err());
+        assert!(authenticate(&t, &headers(&[&format!("Bearer {tok}"), &format!("Bearer {tok}")])).is_err());
+    }
+
+    #[test]
+    fn follow_flag() {
+        assert!(query_flag(Some("container=a&follow=true"), "follow"));
+        assert!(!query_flag(Some("follow=false"), "follow"));
+        assert!(!query_flag(None, "follow"));
+    }
+}

@@ -1,0 +1,323 @@
+//! End-to-end tests of the sidecar against a small TLS upstream of our own:
+//! authentication, what reaches the upstream, hostile paths, streaming,
+//! upgrades, ALPN, local files, admin endpoints and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Alpn, Sidecar, Upstream, client, send};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use mcp_warden_sidecar::hooks::full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REAL: &str = "real-upstream-token";
+
+async fn setup() -> (Upstream, Sidecar, tempfile::TempDir) {
+    let up = Upstream::start(&[REAL]).await;
+    let tdir = tempfile::tempdir().unwrap();
+    common::kubelet_write_token(tdir.path(), 1, REAL);
+    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    (up, sc, tdir)
+}
+
+#[tokio::test]
+async fn local_files_are_exactly_ca_token_namespace() {
+    let (_up, sc, _t) = setup().await;
+    let mut names: Vec<String> =
+        std::fs::read_dir(&sc.local_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["ca.crt", "namespace", "token"]);
+    let token = sc.token();
+    assert_eq!(token.len(), 43, "256-bit base64url token");
+    assert!(!token.ends_with('\n'));
+    assert_ne!(token, REAL);
+    assert_eq!(std::fs::read_to_string(sc.local_dir.join("namespace")).unwrap(), "default");
+    assert!(!sc.ca_pem().contains("PRIVATE"));
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn serving_certificate_covers_every_in_cluster_name() {
+    let (_up, sc, _t) = setup().await;
+    for name in [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ] {
+        let tls = common::client_tls(&sc.ca_pem(), Alpn::H1);
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        let sni = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        connector.connect(sni, tcp).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // And ::1 when the host has IPv6 loopback.
+    let sni = rustls_pki_types::ServerName::try_from("::1").unwrap();
+    let tls = common::client_tls(&sc.ca_pem(), Alpn::H1);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    connector.connect(sni, tcp).await.unwrap();
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn local_token_required_and_never_forwarded() {
+    let (up, sc, _t) = setup().await;
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let url = sc.url("/api/v1/namespaces/default/pods");
+    let token = sc.token();
+    let wrong = format!("Bearer {}x", token);
+    let basic = format!("Basic {token}");
+    for headers in [vec![], vec![("authorization", wrong.as_str())], vec![("authorization", basic.as_str())], vec![("authorization", REAL)]] {
+        let (code, h, body) = send(&c, "DELETE", &url, &headers).await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+        assert_eq!(h["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["reason"], "Unauthorized");
+        assert_eq!(v["code"], 401);
+    }
+    assert!(up.seen().is_empty(), "refused requests reached the upstream: {:?}", up.seen());
+
+    // The Python client sends the scheme in lower case.
+    let lower = format!("bearer {token}");
+    let (code, _, body) = send(&c, "GET", &url, &[("authorization", lower.as_str())]).await;
+    assert_eq!(code, 200, "{body}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].authorization().unwrap(), format!("Bearer {REAL}"));
+    assert_eq!(seen[0].path_and_query, "/api/v1/namespaces/default/pods");
+    // Host (HTTP/1.1) or :authority (HTTP/2) names the upstream, never the sidecar.
+    if let Some(host) = seen[0].headers.get("host") {
+        assert_eq!(host, &up.addr.to_string());
+    }
+    assert!(!format!("{:?}", seen[0].headers).contains(&sc.addr.to_string()));
+    assert!(seen.iter().all(|s| !format!("{:?}", s.headers).contains(&token)), "local token leaked upstream");
+    let (_, metrics) = sc.admin_get("/metrics").await.unwrap();
+    assert!(metrics.contains(r#"mcp_warden_requests_total{verb="unknown",resource="",code="401"} 4"#), "{metrics}");
+    assert!(metrics.contains(r#"mcp_warden_requests_total{verb="list",resource="pods",code="200"} 1"#), "{metrics}");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_paths_are_refused_and_never_forwarded() {
+    let (up, sc, _t) = setup().await;
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let auth = format!("Bearer {}", sc.token());
+    for path in [
+        "/api/v1/namespaces/a%2Fb/pods",
+        "/api/v1/namespaces/a%2fb/pods",
+        "/api/v1/../secrets",
+        "/api/v1/namespaces/default/pods/..",
+        "//api/v1/pods",
+        "/api/./v1/pods",
+        "/api/v1/namespaces/default/pods/%2e%2e",
+        "/api/v1/namespaces//pods",
+    ] {
+        let (code, _, body) = send(&c, "GET", &sc.url(path), &[("authorization", auth.as_str())]).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["reason"], "BadRequest", "{path}");
+    }
+    assert!(up.seen().is_empty(), "hostile paths reached the upstream: {:?}", up.seen());
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn impersonation_is_refused_until_policy_allows_it() {
+    let (up, sc, _t) = setup().await;
+    let c = client(&sc.ca_pem(), Alpn::H2);
+    let auth = format!("Bearer {}", sc.token());
+    let (code, _, body) = send(
+        &c,
+        "GET",
+        &sc.url("/api/v1/namespaces/kube-system/secrets"),
+        &[("authorization", auth.as_str()), ("impersonate-user", "system:admin"), ("impersonate-group", "system:masters")],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["reason"], "Forbidden");
+    assert!(up.seen().is_empty());
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn alpn_h2_and_no_alpn_both_work_and_hop_headers_are_dropped() {
+    let (up, sc, _t) = setup().await;
+    let auth = format!("Bearer {}", sc.token());
+    for alpn in [Alpn::H2, Alpn::H1, Alpn::None] {
+        let c = client(&sc.ca_pem(), alpn);
+        let (code, _, body) = send(&c, "GET", &sc.url("/api/v1/pods?limit=5"), &[("authorization", auth.as_str())]).await;
+        assert_eq!(code, 200, "{alpn:?}: {body}");
+    }
+    // Raw TLS without ALPN: the server answers HTTP/1.1.
+    let tls = common::client_tls(&sc.ca_pem(), Alpn::None);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    let mut s = connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    s.write_all(format!("GET /version HTTP/1.1\r\nHost: kubernetes\r\nAuthorization: {auth}\r\nConnection: close, x-drop\r\nX-Drop: 1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let last = up.seen().pop().unwrap();
+    assert_eq!(last.path_and_query, "/version");
+    assert!(!last.headers.contains_key("x-drop"), "header named by Connection was forwarded");
+    // The upstream offered h2 and the sidecar's pool used it.
+    assert!(up.seen().iter().all(|s| s.version == http::Version::HTTP_2), "{:?}", up.seen().iter().map(|s| s.version).collect::<Vec<_>>());
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn stream_chunks_arrive_before_the_stream_ends() {
+    let (up, sc, _t) = setup().await;
+    let auth = format!("Bearer {}", sc.token());
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let c = client(&sc.ca_pem(), alpn);
+        // The test upstream streams on paths ending in /stream: a watch of pod "stream".
+        let req = Request::get(sc.url("/api/v1/namespaces/default/stream?watch=true"))
+            .header("authorization", &auth)
+            .body(full(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key("x-secret-hop"), "hop-by-hop response header passed");
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first chunk held back").unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first\n");
+        let (_, m) = sc.admin_get("/metrics").await.unwrap();
+        assert!(m.contains("mcp_warden_open_streams 1"), "{m}");
+        up.release.notify_one();
+        let mut rest = Vec::new();
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap() {
+            if let Ok(d) = f.unwrap().into_data() {
+                rest.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(rest, b"second\n");
+    }
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_both_ways() {
+    let (up, sc, _t) = setup().await;
+    let auth = format!("Bearer {}", sc.token());
+    for proto in ["SPDY/3.1", "websocket"] {
+        let c = client(&sc.ca_pem(), Alpn::None);
+        let req = Request::post(sc.url("/api/v1/namespaces/default/pods/p/tunnel"))
+            .header("authorization", &auth)
+            .header("connection", "Upgrade")
+            .header("upgrade", proto)
+            .header("x-stream-protocol-version", "v4.channel.k8s.io")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let mut resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 101, "{proto}");
+        assert_eq!(resp.headers()["upgrade"], proto);
+        assert_eq!(resp.headers()["x-stream-protocol-version"], "v4.channel.k8s.io");
+        let io = hyper::upgrade::on(&mut resp).await.unwrap();
+        let mut io = TokioIo::new(io);
+        for msg in ["hello", "second message"] {
+            io.write_all(msg.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut buf)).await.unwrap().unwrap();
+            assert_eq!(buf, msg.to_uppercase().as_bytes());
+        }
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11 && s.headers.contains_key("upgrade")));
+    assert!(seen.iter().all(|s| s.authorization().unwrap() == format!("Bearer {REAL}")));
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let (_up, sc, tdir) = setup().await;
+    let c = client(&sc.ca_pem(), Alpn::H2);
+    let auth = format!("Bearer {}", sc.token());
+    let (code, _, _) = send(&c, "GET", &sc.url("/api"), &[("authorization", auth.as_str())]).await;
+    assert_eq!(code, 200);
+    let (code, body) = sc.admin_get("/healthz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = sc.admin_get("/readyz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], true);
+    for k in ["tls", "local-files", "upstream-token"] {
+        assert_eq!(v["checks"][k], "ok", "{body}");
+    }
+    let (code, body) = sc.admin_get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for m in ["mcp_warden_requests_total", "mcp_warden_upstream_latency_seconds", "mcp_warden_open_streams"] {
+        assert!(body.contains(m), "{m} missing: {body}");
+    }
+    // A token that cannot be read (never read before) makes it unready, naming the file.
+    drop(tdir);
+    let sc2 = {
+        let up = Upstream::start(&[REAL]).await;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("token"), REAL).unwrap();
+        let s = Sidecar::start(&up.url(), &up.ca_file, &t.path().join("token"), &[]).await;
+        (up, s, t)
+    };
+    sc.stop().await;
+    let (_up2, sc2, t2) = sc2;
+    std::fs::remove_file(t2.path().join("token")).unwrap();
+    // The cached token keeps it ready (no failed request across a rotation).
+    let (code, _) = sc2.admin_get("/readyz").await.unwrap();
+    assert_eq!(code, 200);
+    sc2.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
+    let (_up, mut sc, _t) = setup().await;
+    let auth = format!("Bearer {}", sc.token());
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    // An open watch-like stream.
+    let req = Request::get(sc.url("/api/v1/namespaces/default/stream?watch=true"))
+        .header("authorization", &auth)
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let mut stream_body = resp.into_body();
+    let first = stream_body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first\n");
+    // A slow unary request in flight.
+    let c2 = client(&sc.ca_pem(), Alpn::H2);
+    let url = sc.url("/api/v1/namespaces/default/pods/slow");
+    let auth2 = auth.clone();
+    let slow = tokio::spawn(async move { send(&c2, "GET", &url, &[("authorization", auth2.as_str())]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sc.begin_shutdown();
+    // The stream ends cleanly (no more frames) although the upstream never finished it.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream_body.frame().await {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("{e:?}")),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("stream not closed at shutdown");
+    assert!(end.is_ok(), "{end:?}");
+    let (code, _, body) = slow.await.unwrap();
+    assert_eq!(code, 200, "in-flight request cut by shutdown: {body}");
+    assert_eq!(body, r#"{"slow":true}"#);
+    let handle = sc.handle.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap().unwrap();
+    // No longer accepting.
+    assert!(tokio::net::TcpStream::connect(sc.addr).await.is_err());
+}
