@@ -345,7 +345,7 @@ mod tests {
     fn padded_payload_is_accepted() {
         let t = jwt(bound_claims());
         let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
-        while parts[1].len() % 4 != 0 {
+        while !parts[1].len().is_multiple_of(4) {
             parts[1].push('=');
         }
         assert!(from_service_account_jwt(&parts.join(".")).is_ok());

@@ -1,0 +1,511 @@
+//! The policy: which Kubernetes requests an MCP server may make, which it may
+//! not, and which wait for a human.
+//!
+//! A policy is a YAML document (`apiVersion: mcp-warden.io/v1alpha1`,
+//! `kind: Policy`, ConfigMap key `policy.yaml`) parsed strictly by
+//! [`Policy::parse`]: every mistake is reported with its file, line and field,
+//! all at once. [`evaluate`] is a pure function from (policy, request
+//! attributes, impersonation, identity) to a [`Decision`].
+//!
+//! Rule matching follows RBAC (verbs, apiGroups, resources with
+//! `resource/subresource` and `*/subresource`, resourceNames,
+//! nonResourceURLs with a trailing `*`), plus globs for namespaces,
+//! resourceNames and service accounts. Among the rules that match, deny beats
+//! approve beats allow, whatever their order; no match means `defaultAction`,
+//! except for discovery, which is allowed unless a rule says otherwise.
+//!
+//! Namespaces: a request without a namespace (a cluster-scoped object, or a
+//! list/watch/deletecollection across all namespaces — the path does not tell
+//! them apart) matches an allow rule only if its `namespaces` include `""` or
+//! `"*"`, but matches every deny or approve rule that names namespaces, since
+//! it can reach objects in them.
+//!
+//! Impersonation (`Impersonate-*` headers) is judged like RBAC judges it: one
+//! extra check per header, verb `impersonate` on `users`, `groups`,
+//! `serviceaccounts`, `uids` or `userextras/KEY`. The request goes through
+//! only if every impersonation check and the request itself are allowed; the
+//! most restrictive outcome decides. The request itself is judged with the
+//! pod's own identity (the policy governs what the pod may do, whoever it
+//! claims to be).
+
+mod parse;
+
+use globset::GlobMatcher;
+use sha2::{Digest, Sha256};
+
+use crate::attrs::{Impersonation, RequestAttributes};
+use crate::audit::Level;
+use crate::identity::{Identity, SERVICE_ACCOUNT_PREFIX};
+use crate::mask::MaskingConfig;
+
+pub use parse::{PolicyErrors, Problem};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "mcp-warden.io/v1alpha1";
+/// The `kind` of a policy document.
+pub const KIND: &str = "Policy";
+/// The embedded default policy (used when no policy file exists).
+pub const EMBEDDED_DEFAULT_YAML: &str = include_str!("default.yaml");
+/// Source name used in errors and logs for the embedded default.
+pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded default policy>";
+
+/// What a rule (or the policy's default) does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Forward the request.
+    Allow,
+    /// Hold the request until a human approves it.
+    Approve,
+    /// Refuse the request (403 Forbidden).
+    Deny,
+}
+
+impl Action {
+    /// `allow`, `deny` or `approve`, as recorded and logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Approve => "approve",
+        }
+    }
+
+    /// Parse `allow`, `deny` or `approve`.
+    pub fn from_name(s: &str) -> Option<Action> {
+        match s {
+            "allow" => Some(Action::Allow),
+            "deny" => Some(Action::Deny),
+            "approve" => Some(Action::Approve),
+            _ => None,
+        }
+    }
+
+    /// Precedence among matching rules: deny (2) > approve (1) > allow (0).
+    /// The derived `Ord` encodes the same order.
+    fn severity(self) -> u8 {
+        match self {
+            Action::Allow => 0,
+            Action::Approve => 1,
+            Action::Deny => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether decisions are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny and approve decisions block requests.
+    Enforce,
+    /// Decide and record, block nothing.
+    Audit,
+}
+
+impl Mode {
+    /// `enforce` or `audit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// The `recording` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recording {
+    /// How much of each request is recorded: `Metadata`, `Request` or
+    /// `RequestResponse` (the default). Bodies are always masked first.
+    pub level: Level,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            level: Level::RequestResponse,
+        }
+    }
+}
+
+/// One rule of a policy, validated and compiled.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name; reported with every decision the rule makes.
+    pub name: String,
+    /// What the rule does with the requests it matches.
+    pub action: Action,
+    /// Verbs (`get`, `list`, ..., `impersonate`, or HTTP verbs for
+    /// nonResourceURLs); `*` for all.
+    pub verbs: Vec<String>,
+    /// API groups (`""` is the core group); `*` for all (the default).
+    pub api_groups: Vec<String>,
+    /// `resource`, `resource/subresource`, `*/subresource`, `resource/*`, `*`.
+    pub resources: Vec<String>,
+    /// Object name globs; empty means any (including none).
+    pub resource_names: Vec<String>,
+    /// Namespace globs; `""` means cluster-scoped; empty list means any.
+    pub namespaces: Vec<String>,
+    /// Non-resource paths, exact or with a trailing `*`.
+    pub non_resource_urls: Vec<String>,
+    /// `NS/NAME` globs of the pod's service account; empty means any.
+    pub service_accounts: Vec<String>,
+    /// Shown to the client with the decision.
+    pub message: Option<String>,
+    /// Line of the rule in its file (for `policy eval` and logs).
+    pub line: u64,
+    resource_name_globs: Vec<GlobMatcher>,
+    namespace_globs: Vec<(String, GlobMatcher)>,
+    service_account_globs: Vec<GlobMatcher>,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `enforce` or `audit`.
+    pub mode: Mode,
+    /// Decision when no rule matches.
+    pub default_action: Action,
+    /// Rules, in file order.
+    pub rules: Vec<Rule>,
+    /// The masking section, as written; the built-in masking
+    /// ([`MaskingConfig::embedded_default`]) when the policy has none.
+    pub masking: MaskingConfig,
+    /// The recording section (defaults when absent).
+    pub recording: Recording,
+    /// File name the policy was read from (for messages).
+    pub source_name: String,
+    hash: String,
+}
+
+/// Number of hex digits in [`Policy::short_hash`].
+pub const SHORT_HASH_LEN: usize = 12;
+
+impl Policy {
+    /// Parse and validate a policy. `source_name` (usually the file path)
+    /// prefixes every error; all errors are reported, not just the first.
+    pub fn parse(source_name: &str, yaml: &str) -> Result<Policy, PolicyErrors> {
+        parse::parse(source_name, yaml)
+    }
+
+    /// Like [`Policy::parse`] for raw file bytes (non-UTF-8 is an error).
+    pub fn parse_bytes(source_name: &str, bytes: &[u8]) -> Result<Policy, PolicyErrors> {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => parse::parse(source_name, s),
+            Err(e) => Err(PolicyErrors::single(
+                source_name,
+                Problem::at_offset(bytes, e.valid_up_to(), "", "the file is not valid UTF-8"),
+            )),
+        }
+    }
+
+    /// The embedded default policy: read-only (get, list, watch on
+    /// everything, discovery and health endpoints, self access reviews),
+    /// exec/attach/port-forward/proxy and service-account token requests
+    /// denied, secrets masked, everything else denied.
+    pub fn embedded_default() -> Policy {
+        Policy::parse(EMBEDDED_DEFAULT_NAME, EMBEDDED_DEFAULT_YAML)
+            .unwrap_or_else(|_| Policy::deny_all())
+    }
+
+    /// A policy with no rules that denies everything but discovery. Only a
+    /// fallback should the embedded default ever fail to parse (a unit test
+    /// makes sure it does not).
+    fn deny_all() -> Policy {
+        Policy {
+            mode: Mode::Enforce,
+            default_action: Action::Deny,
+            rules: Vec::new(),
+            masking: MaskingConfig::embedded_default(),
+            recording: Recording::default(),
+            source_name: EMBEDDED_DEFAULT_NAME.to_string(),
+            hash: sha256_hex(b""),
+        }
+    }
+
+    /// SHA-256 of the policy's source bytes, 64 hex digits.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The first [`SHORT_HASH_LEN`] hex digits of [`Policy::hash`], for
+    /// annotations, metrics and logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..SHORT_HASH_LEN.min(self.hash.len())]
+    }
+
+    /// The rule with this name.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The outcome of evaluating a request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    /// What happens (in audit mode: what enforcement would have done).
+    pub action: Action,
+    /// The deciding rule; `None` when the default action or the discovery
+    /// default decided.
+    pub rule: Option<String>,
+    /// The deciding rule's `message`, if it has one.
+    pub message: Option<String>,
+    /// False in `mode: audit`: the decision is recorded but not enforced.
+    pub enforced: bool,
+    /// One line saying why, for logs, `policy eval` and denial messages,
+    /// e.g. `rule "no-secrets-in-prod" (deny)` or
+    /// `impersonating user "jane": no rule matched, defaultAction deny`.
+    pub explanation: String,
+}
+
+impl Decision {
+    /// True when the request must not be forwarded now (deny or approve,
+    /// enforced).
+    pub fn blocks(&self) -> bool {
+        self.enforced && self.action != Action::Allow
+    }
+
+    /// The message of the 403 `Status` for a blocked request, in the shape
+    /// kube-apiserver uses (`pods "web-0" is forbidden: ...`), naming the
+    /// rule and its message so `kubectl` prints them.
+    pub fn forbidden_message(&self, attrs: &RequestAttributes) -> String {
+        let subject = if attrs.is_resource_request {
+            let mut res = attrs.resource_with_subresource();
+            if !attrs.api_group.is_empty() {
+                res = format!("{}.{}", attrs.resource, attrs.api_group);
+                if !attrs.subresource.is_empty() {
+                    res = format!("{res}/{}", attrs.subresource);
+                }
+            }
+            if attrs.name.is_empty() {
+                format!("{res} is forbidden")
+            } else {
+                format!("{res} {:?} is forbidden", attrs.name)
+            }
+        } else {
+            "forbidden".to_string()
+        };
+        let what = match self.action {
+            Action::Approve => "needs a human's approval (approval required)",
+            _ => "denied",
+        };
+        let mut msg = format!("{subject}: mcp-warden policy: {what}: {}", self.explanation);
+        if let Some(m) = &self.message {
+            msg.push_str(": ");
+            msg.push_str(m);
+        }
+        msg
+    }
+}
+
+/// One judgement inside an evaluation (the request itself, or one
+/// impersonation check).
+struct Verdict {
+    action: Action,
+    rule: Option<String>,
+    message: Option<String>,
+    explanation: String,
+}
+
+/// Decide a request. Pure; see the module docs for the semantics.
+pub fn evaluate(
+    policy: &Policy,
+    attrs: &RequestAttributes,
+    imp: &Impersonation,
+    who: &Identity,
+) -> Decision {
+    let mut verdict = judge(policy, attrs, who, "");
+    for (what, check) in impersonation_checks(imp) {
+        let v = judge(policy, &check, who, &format!("impersonating {what}: "));
+        // The most restrictive wins; on a tie the earlier (the request) stays.
+        if v.action.severity() > verdict.action.severity() {
+            verdict = v;
+        }
+    }
+    Decision {
+        action: verdict.action,
+        rule: verdict.rule,
+        message: verdict.message,
+        enforced: policy.mode == Mode::Enforce,
+        explanation: verdict.explanation,
+    }
+}
+
+fn judge(policy: &Policy, attrs: &RequestAttributes, who: &Identity, prefix: &str) -> Verdict {
+    let mut best: Option<&Rule> = None;
+    for rule in &policy.rules {
+        if !rule.matches(attrs, who) {
+            continue;
+        }
+        // Strictly greater: the first rule of the winning action decides.
+        if best.is_none_or(|b| rule.action.severity() > b.action.severity()) {
+            best = Some(rule);
+        }
+    }
+    match best {
+        Some(rule) => Verdict {
+            action: rule.action,
+            rule: Some(rule.name.clone()),
+            message: rule.message.clone(),
+            explanation: format!("{prefix}rule {:?} ({})", rule.name, rule.action),
+        },
+        None if attrs.is_discovery() => Verdict {
+            action: Action::Allow,
+            rule: None,
+            message: None,
+            explanation: format!("{prefix}discovery request, no rule matched (allowed)"),
+        },
+        None => Verdict {
+            action: policy.default_action,
+            rule: None,
+            message: None,
+            explanation: format!(
+                "{prefix}no rule matched, defaultAction {}",
+                policy.default_action
+            ),
+        },
+    }
+}
+
+/// The RBAC checks kube-apiserver's impersonation filter makes, as request
+/// attributes, each with a description for messages.
+pub fn impersonation_checks(imp: &Impersonation) -> Vec<(String, RequestAttributes)> {
+    let check = |group: &str, resource: &str, sub: &str, ns: &str, name: &str| RequestAttributes {
+        is_resource_request: true,
+        verb: "impersonate".to_string(),
+        api_prefix: if group.is_empty() { "api" } else { "apis" }.to_string(),
+        api_group: group.to_string(),
+        api_version: "v1".to_string(),
+        namespace: ns.to_string(),
+        resource: resource.to_string(),
+        subresource: sub.to_string(),
+        name: name.to_string(),
+        ..RequestAttributes::default()
+    };
+    let mut out = Vec::new();
+    if let Some(user) = &imp.user {
+        let sa = user
+            .strip_prefix(SERVICE_ACCOUNT_PREFIX)
+            .and_then(|rest| rest.split_once(':'));
+        match sa {
+            Some((ns, name)) => out.push((
+                format!("service account {ns}/{name}"),
+                check("", "serviceaccounts", "", ns, name),
+            )),
+            None => out.push((format!("user {user:?}"), check("", "users", "", "", user))),
+        }
+    }
+    for g in &imp.groups {
+        out.push((format!("group {g:?}"), check("", "groups", "", "", g)));
+    }
+    if let Some(uid) = &imp.uid {
+        out.push((
+            format!("uid {uid:?}"),
+            check("authentication.k8s.io", "uids", "", "", uid),
+        ));
+    }
+    for (k, v) in &imp.extra {
+        out.push((
+            format!("user extra {k}={v:?}"),
+            check("authentication.k8s.io", "userextras", k, "", v),
+        ));
+    }
+    out
+}
+
+impl Rule {
+    /// Whether this rule applies to the request made by `who`.
+    pub fn matches(&self, attrs: &RequestAttributes, who: &Identity) -> bool {
+        if !self.verbs.iter().any(|v| v == "*" || *v == attrs.verb) {
+            return false;
+        }
+        if !self.service_accounts.is_empty() {
+            let Some(sa) = who.service_account_ref() else {
+                return false;
+            };
+            if !self.service_account_globs.iter().any(|g| g.is_match(&sa)) {
+                return false;
+            }
+        }
+        if attrs.is_resource_request {
+            !self.resources.is_empty()
+                && self
+                    .api_groups
+                    .iter()
+                    .any(|g| g == "*" || *g == attrs.api_group)
+                && self.resources.iter().any(|r| resource_matches(r, attrs))
+                && self.namespace_matches(&attrs.namespace)
+                && self.resource_name_matches(&attrs.name)
+        } else {
+            self.non_resource_urls
+                .iter()
+                .any(|u| non_resource_url_matches(u, &attrs.path))
+        }
+    }
+
+    fn namespace_matches(&self, ns: &str) -> bool {
+        if self.namespaces.is_empty() {
+            return true;
+        }
+        if ns.is_empty() {
+            // No namespace: a cluster-scoped object, or a list, watch or
+            // deletecollection across all namespaces (the path does not say
+            // which). Allow rules need "" or "*" to cover it; deny and
+            // approve rules for any namespace cover it too, since it can
+            // reach objects in theirs (`kubectl get secrets -A` must not get
+            // around a rule denying secrets in prod-*).
+            return self.namespaces.iter().any(|p| p.is_empty() || p == "*")
+                || self.action != Action::Allow;
+        }
+        self.namespace_globs
+            .iter()
+            .any(|(p, g)| !p.is_empty() && g.is_match(ns))
+    }
+
+    fn resource_name_matches(&self, name: &str) -> bool {
+        if self.resource_names.is_empty() {
+            return true;
+        }
+        // As in RBAC, a rule with resourceNames never matches a request
+        // without a name (list, create, deletecollection).
+        !name.is_empty() && self.resource_name_globs.iter().any(|g| g.is_match(name))
+    }
+}
+
+/// RBAC's `ResourceMatches`, plus `resource/*` for every subresource of one resource.
+fn resource_matches(rule: &str, attrs: &RequestAttributes) -> bool {
+    if rule == "*" {
+        return true;
+    }
+    let sub = attrs.subresource.as_str();
+    match rule.split_once('/') {
+        None => sub.is_empty() && rule == attrs.resource,
+        Some((r, s)) => {
+            !sub.is_empty() && (r == "*" || r == attrs.resource) && (s == "*" || s == sub)
+        }
+    }
+}
+
+/// RBAC's `NonResourceURLMatches`: `*`, exact, or prefix with a trailing `*`.
+fn non_resource_url_matches(rule: &str, path: &str) -> bool {
+    if rule == "*" || rule == path {
+        return true;
+    }
+    match rule.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
