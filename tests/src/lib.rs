@@ -3,4 +3,5 @@
 //! driving real clients (kubectl, the Python client, kube-rs).
 
 pub mod apisim;
+pub mod collector;
 pub mod harness;
