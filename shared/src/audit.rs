@@ -246,6 +246,26 @@ impl UserInfo {
     }
 }
 
+impl UserInfo {
+    /// The `impersonatedUser` of an event for a request carrying
+    /// `Impersonate-*` headers; `None` when it carries none.
+    pub fn from_impersonation(imp: &crate::attrs::Impersonation) -> Option<Self> {
+        if imp.is_empty() {
+            return None;
+        }
+        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in &imp.extra {
+            extra.entry(k.clone()).or_default().push(v.clone());
+        }
+        Some(Self {
+            username: imp.user.clone().unwrap_or_default(),
+            uid: imp.uid.clone().unwrap_or_default(),
+            groups: imp.groups.clone(),
+            extra,
+        })
+    }
+}
+
 /// `audit.k8s.io/v1` `ObjectReference`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ObjectReference {
@@ -685,6 +705,15 @@ mod tests {
         assert_eq!(v["annotations"][ANN_ENFORCED], "false");
         assert!(v["annotations"].get(ANN_CLUSTER).is_none());
         assert!(is_mutating("create") && !is_mutating("watch"));
+        let imp = crate::attrs::Impersonation {
+            user: Some("jane".into()),
+            groups: vec!["dev".into()],
+            uid: None,
+            extra: vec![("scopes".into(), "a".into()), ("scopes".into(), "b".into())],
+        };
+        let u = UserInfo::from_impersonation(&imp).unwrap();
+        assert_eq!(u.extra["scopes"], vec!["a".to_string(), "b".to_string()]);
+        assert!(UserInfo::from_impersonation(&crate::attrs::Impersonation::default()).is_none());
         let mut w = attrs();
         w.verb = "watch".into();
         assert!(is_long_running(&w, false));
