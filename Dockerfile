@@ -7,17 +7,14 @@
 
 ARG RUST_VERSION=1.95
 
-FROM --platform=$BUILDPLATFORM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
-ARG TARGETARCH
+# The builder runs on the target's platform (emulated for cross builds), so
+# musl-gcc is the right C compiler for ring without a cross toolchain.
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 # ring needs a C compiler for the target; musl-tools gives musl-gcc.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
-RUN case "$TARGETARCH" in \
-      amd64) echo x86_64-unknown-linux-musl > /rust-target ;; \
-      arm64) echo aarch64-unknown-linux-musl > /rust-target ;; \
-      *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
-    esac \
+RUN echo "$(uname -m)-unknown-linux-musl" > /rust-target \
  && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
