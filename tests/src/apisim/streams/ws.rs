@@ -130,6 +130,12 @@ pub fn decode(p: ChannelProto, msg: &Message) -> Option<(u8, Bytes)> {
             let ch = s.as_bytes()[0].checked_sub(b'0')?;
             B64.decode(&s[1..]).ok().map(|d| (ch, Bytes::from(d)))
         }
+        // Binary protocols take text frames as raw bytes too, as kubelet's
+        // wsstream does; the Python client sends stdin given as `str` so.
+        Message::Text(t) if !t.is_empty() => {
+            let b = Bytes::from(t.clone());
+            Some((b[0], b.slice(1..)))
+        }
         _ => None,
     }
 }
@@ -287,6 +293,10 @@ mod tests {
         assert_eq!(encode(ChannelProto { version: 5, base64: false }, STDOUT, b"hi"), Message::Binary(Bytes::from_static(b"\x01hi")));
         assert_eq!(decode(ChannelProto { version: 5, base64: false }, &Message::Binary(Bytes::new())), None);
         assert_eq!(decode(ChannelProto { version: 4, base64: true }, &Message::Text("1!!".into())), None);
+        assert_eq!(
+            decode(ChannelProto { version: 4, base64: false }, &Message::Text("\u{0}ping".into())),
+            Some((STDIN, Bytes::from_static(b"ping")))
+        );
     }
 
     #[test]
