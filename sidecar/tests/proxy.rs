@@ -321,3 +321,54 @@ async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
     // No longer accepting.
     assert!(tokio::net::TcpStream::connect(sc.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn token_rotation_by_data_symlink_swap_fails_no_request() {
+    const OLD: &str = "sa-token-generation-1";
+    const NEW: &str = "sa-token-generation-2";
+    let up = Upstream::start(&[OLD]).await;
+    let tdir = tempfile::tempdir().unwrap();
+    common::kubelet_write_token(tdir.path(), 1, OLD);
+    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let auth = format!("Bearer {}", sc.token());
+    let clients = [client(&sc.ca_pem(), Alpn::H2), client(&sc.ca_pem(), Alpn::H1)];
+    let mut failures = Vec::new();
+    let mut rotated_at = None;
+    let mut revoked_at = None;
+    for i in 0..400usize {
+        let c = &clients[i % 2];
+        let (code, _, body) = send(c, "GET", &sc.url("/api/v1/namespaces/default/configmaps"), &[("authorization", auth.as_str())]).await;
+        if code != 200 {
+            failures.push((i, code, body));
+        }
+        if i == 40 {
+            // The API server accepts both tokens for a while after a rotation.
+            up.accepted.lock().unwrap().push(NEW.to_string());
+            common::kubelet_write_token(tdir.path(), 2, NEW);
+            rotated_at = Some(i);
+        }
+        if rotated_at.is_some() && revoked_at.is_none() {
+            let new_seen = up.seen().iter().any(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}")));
+            if new_seen {
+                // From now on the old token is refused: any request still using it fails.
+                up.accepted.lock().unwrap().retain(|t| t != OLD);
+                revoked_at = Some(i);
+            }
+        }
+        if revoked_at.is_some_and(|r| i > r + 40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(failures.is_empty(), "requests failed across the rotation: {failures:?}");
+    let revoked_at = revoked_at.expect("the new token never reached the upstream");
+    let seen = up.seen();
+    assert!(seen.len() > revoked_at + 40);
+    let tail = &seen[seen.len() - 40..];
+    assert!(tail.iter().all(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}"))));
+    // The layout really was the kubelet's: the old data dir is gone.
+    let entries: Vec<String> =
+        std::fs::read_dir(tdir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(entries.iter().filter(|e| e.starts_with("..2026")).count(), 1, "{entries:?}");
+    sc.stop().await;
+}
