@@ -222,7 +222,7 @@ fn local_token_is_useless_against_the_real_server_and_required_by_the_sidecar() 
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("provide credentials"), "{}", o.stderr);
     // No or a wrong token to the sidecar: 401, and nothing changes upstream.
-    for (name, token) in [("none", String::new()), ("wrong", format!("{local_token}x")), ("real", env.sim.token())] {
+    for (name, token) in [("wrong", format!("{local_token}x")), ("real", env.sim.token())] {
         let kc = env.dir.path().join(format!("{name}.kubeconfig"));
         write_kubeconfig(&kc, &format!("https://{}", env.sidecar().addr), &env.sidecar().local_dir.join("ca.crt"), &token)
             .unwrap();
@@ -231,6 +231,11 @@ fn local_token_is_useless_against_the_real_server_and_required_by_the_sidecar() 
         // kubectl's wording for a 401 Status.
         assert!(o.stderr.contains("provide credentials") || o.stderr.contains("Unauthorized"), "{name}: {}", o.stderr);
     }
+    // No Authorization at all (kubectl would prompt for a password instead of sending none).
+    let c = common::client(&env.sidecar().ca_pem(), common::Alpn::H1);
+    let url = env.sidecar().url("/api/v1/namespaces/default/configmaps/settings");
+    let (code, _, body) = env.rt.block_on(common::send(&c, "DELETE", &url, &[]));
+    assert_eq!(code, 401, "{body}");
     assert_eq!(ok(env.direct("32"), &["get", "cm", "settings", "-o", "name"]).trim(), "configmap/settings");
 }
 
