@@ -4,6 +4,8 @@
 //! an exec session recorded from WebSocket frames lands in
 //! `sessions/<auditID>.cast` and replays the echoed output in order.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -108,7 +110,11 @@ async fn events_and_session_reach_the_test_collector_over_https() {
 
     std::fs::write(d.path().join("token"), "collector-token").unwrap();
     let mut cfg = RecordingConfig::new(d.path().join("spool"));
-    cfg.collector_url = Some(format!("https://127.0.0.1:{}/audit", addr.port()).parse().unwrap());
+    cfg.collector_url = Some(
+        format!("https://127.0.0.1:{}/audit", addr.port())
+            .parse()
+            .unwrap(),
+    );
     cfg.ca_file = Some(d.path().join("tls/ca.crt"));
     cfg.token_file = Some(d.path().join("token"));
     cfg.format = CollectorFormat::Ndjson;
@@ -164,11 +170,16 @@ async fn events_and_session_reach_the_test_collector_over_https() {
     assert_eq!(ids.len(), 50, "every event arrived despite 2 failed POSTs");
     let by_id: BTreeMap<&str, &Event> = got.iter().map(|e| (e.audit_id.as_str(), e)).collect();
     for e in &sent {
-        assert_eq!(by_id[e.audit_id.as_str()], e, "stored event equals the recorded one");
+        assert_eq!(
+            by_id[e.audit_id.as_str()],
+            e,
+            "stored event equals the recorded one"
+        );
     }
     assert!(rec.stats().events_retried.get() > 0);
 
-    let cast = std::fs::read_to_string(out.join("sessions").join(format!("{audit_id}.cast"))).unwrap();
+    let cast =
+        std::fs::read_to_string(out.join("sessions").join(format!("{audit_id}.cast"))).unwrap();
     let mut lines = cast.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
@@ -176,10 +187,19 @@ async fn events_and_session_reach_the_test_collector_over_https() {
         header["title"],
         format!("{audit_id} kubectl exec default/web-0 -- sh")
     );
-    let events: Vec<(f64, String, String)> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
-    let output: String = events.iter().filter(|e| e.1 == "o").map(|e| e.2.as_str()).collect();
+    let events: Vec<(f64, String, String)> =
+        lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let output: String = events
+        .iter()
+        .filter(|e| e.1 == "o")
+        .map(|e| e.2.as_str())
+        .collect();
     assert_eq!(output, "$ echo one\r\none\r\n$ echo two\r\ntwo\r\n$ ");
-    let input: Vec<&str> = events.iter().filter(|e| e.1 == "i").map(|e| e.2.as_str()).collect();
+    let input: Vec<&str> = events
+        .iter()
+        .filter(|e| e.1 == "i")
+        .map(|e| e.2.as_str())
+        .collect();
     assert_eq!(input, vec!["echo one\n", "echo two\n"]);
     assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
 

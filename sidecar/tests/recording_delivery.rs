@@ -2,6 +2,8 @@
 //! sender → a real HTTP(S) collector on 127.0.0.1, including collector
 //! failures, outages, restarts of the recorder and a full spool.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -341,3 +341,51 @@ fn port_forward_moves_bytes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The Python client's in-cluster loader, pointed at the sidecar's local
+/// files (it sends `authorization: bearer <token>` in lower case).
+const PYTHON_SCRIPT: &str = r#"
+import sys
+from kubernetes import client, watch
+from kubernetes.config.incluster_config import InClusterConfigLoader
+local_dir, port = sys.argv[1], sys.argv[2]
+InClusterConfigLoader(
+    token_filename=local_dir + "/token",
+    cert_filename=local_dir + "/ca.crt",
+    environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port},
+).load_and_set()
+ns = open(local_dir + "/namespace").read()
+v1 = client.CoreV1Api()
+print("pods", ",".join(sorted(p.metadata.name for p in v1.list_namespaced_pod(ns).items)))
+print("mode", v1.read_namespaced_config_map("settings", ns).data["mode"])
+v1.create_namespaced_config_map(ns, {"metadata": {"name": "from-python"}, "data": {"x": "1"}})
+print("created", v1.read_namespaced_config_map("from-python", ns).data["x"])
+v1.delete_namespaced_config_map("from-python", ns)
+w = watch.Watch()
+for ev in w.stream(v1.list_namespaced_config_map, ns, timeout_seconds=10):
+    print("event", ev["type"], ev["object"].metadata.name)
+    w.stop()
+    break
+print("log", v1.read_namespaced_pod_log("echo", ns).splitlines()[0])
+"#;
+
+#[test]
+fn python_client_in_cluster_config_from_local_dir() {
+    mcp_warden_tests::harness::require_python_kubernetes().unwrap();
+    let env = Env::start();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(PYTHON_SCRIPT)
+        .arg(env.sidecar().local_dir.to_str().unwrap())
+        .arg(env.sidecar().addr.port().to_string());
+    let o = run(cmd, &[], b"");
+    assert_eq!(o.code, 0, "python failed: {}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "pods echo\nmode fast\ncreated 1\nevent ADDED settings\nlog line 1 from echo/main\n",
+        "stderr: {}",
+        o.stderr
+    );
+    let o = run(env.direct("32"), &["get", "cm", "from-python"], b"");
+    assert_ne!(o.code, 0, "python's delete did not reach the server");
+}
