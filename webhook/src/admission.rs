@@ -177,6 +177,7 @@ pub fn answer(body: &[u8], config: &InjectConfig) -> Answer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -130,6 +130,7 @@ pub fn inject_document(doc: &mut Value, config: &InjectConfig, reports: &mut Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -783,6 +783,7 @@ fn add_replace(ops: &mut Vec<PatchOperation>, field: &str, i: usize, want: &Valu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

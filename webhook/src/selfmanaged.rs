@@ -452,6 +452,7 @@ pub async fn maintain(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

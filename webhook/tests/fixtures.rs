@@ -3,6 +3,8 @@
 //! types, checked against every promise of the injection, and patched again
 //! to show a second pass changes nothing.
 
+#![allow(clippy::unwrap_used)]
+
 use json_patch::Patch;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};

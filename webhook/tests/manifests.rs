@@ -9,6 +9,8 @@
 //! (scripts/deps/kubernetes-validate.sh). To refresh manifests/ after a chart
 //! change: `MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test manifests`.
 
+#![allow(clippy::unwrap_used)]
+
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};

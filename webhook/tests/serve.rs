@@ -4,6 +4,8 @@
 //! admin endpoints, and certificate rotation on disk picked up without a
 //! restart.
 
+#![allow(clippy::unwrap_used)]
+
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
