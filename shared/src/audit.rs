@@ -614,6 +614,7 @@ pub fn is_mutating(verb: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -721,6 +722,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod fixture_tests {
     use super::*;
 

@@ -335,10 +335,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if req.method() != Method::POST {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "POST only");
     }
-    if let Some(t) = &state.cfg.token {
-        if !token_ok(t, req.headers().get(header::AUTHORIZATION)) {
-            return reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
+    if let Some(t) = &state.cfg.token
+        && !token_ok(t, req.headers().get(header::AUTHORIZATION))
+    {
+        return reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     if ctl
         .fail_next
@@ -451,6 +451,7 @@ pub fn read_events(out_dir: &Path) -> Result<Vec<Event>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -450,6 +450,7 @@ pub fn decode_session_record(payload: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
 

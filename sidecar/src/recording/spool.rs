@@ -569,14 +569,14 @@ impl Spool {
         let mut st = self.shared.lock();
         let mut touched: BTreeMap<SeqNo, Vec<u8>> = BTreeMap::new();
         for &seq in seqs {
-            if let Some(loc) = st.pending.remove(&seq) {
-                if let Some(seg) = st.segments.get_mut(&loc.segment) {
-                    seg.live.remove(&seq);
-                    touched
-                        .entry(loc.segment)
-                        .or_default()
-                        .extend_from_slice(&seq.to_le_bytes());
-                }
+            if let Some(loc) = st.pending.remove(&seq)
+                && let Some(seg) = st.segments.get_mut(&loc.segment)
+            {
+                seg.live.remove(&seq);
+                touched
+                    .entry(loc.segment)
+                    .or_default()
+                    .extend_from_slice(&seq.to_le_bytes());
             }
         }
         let mut result = Ok(());
@@ -611,10 +611,10 @@ impl Spool {
                     }
                 }
             }
-            if let Some(f) = seg.ack_file.as_mut() {
-                if let Err(e) = f.write_all(&bytes) {
-                    result = Err(io_err(&seg.ack_path)(e));
-                }
+            if let Some(f) = seg.ack_file.as_mut()
+                && let Err(e) = f.write_all(&bytes)
+            {
+                result = Err(io_err(&seg.ack_path)(e));
             }
         }
         result
@@ -653,7 +653,7 @@ impl Spool {
 
     #[cfg(test)]
     fn hold_writer(&self) -> MutexGuard<'_, ()> {
-        self.shared.hold.lock().unwrap()
+        self.shared.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -816,13 +816,13 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
             st.failed_at = Some(Instant::now());
             // Undo what we can and never append to this file again: its
             // tail may hold a partial group that recovery will skip.
-            if let Some((_, f)) = file.as_ref() {
-                if f.set_len(base_offset).is_ok() {
-                    if let Some(seg) = st.segments.get_mut(&seg_first) {
-                        seg.bytes = base_offset;
-                    }
-                    st.used_bytes = st.used_bytes.saturating_sub(total);
+            if let Some((_, f)) = file.as_ref()
+                && f.set_len(base_offset).is_ok()
+            {
+                if let Some(seg) = st.segments.get_mut(&seg_first) {
+                    seg.bytes = base_offset;
                 }
+                st.used_bytes = st.used_bytes.saturating_sub(total);
             }
             if let Some(seg) = st.segments.get_mut(&seg_first) {
                 seg.sealed = true;
@@ -849,6 +849,7 @@ fn fail_all(accepted: Vec<(SeqNo, AppendReq)>, e: &SpoolError) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1043,6 +1044,9 @@ mod tests {
         );
     }
 
+    // Holding the std mutex across awaits is the point: it parks the writer
+    // thread (not a task) while the appends queue up.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_one_fsync() {
         let d = tempfile::tempdir().unwrap();
