@@ -1,1 +1,653 @@
-//! policy_store (being written).
+//! The effective policy, hot-reloaded from the ConfigMap volume.
+//!
+//! The kubelet updates a ConfigMap volume by writing a new timestamped
+//! directory and atomically renaming the `..data` symlink to it; the file the
+//! sidecar is pointed at (`policy.yaml -> ..data/policy.yaml`) never changes
+//! as an inode. File events for such swaps are unreliable (the watched path is
+//! a symlink, and the events land on `..data` and on directories), so the
+//! store watches the parent directory with `notify`, re-reads on any event,
+//! and also re-reads every [`POLL_INTERVAL`] as a fallback. A re-read whose
+//! bytes hash like the current policy is a no-op, so polling costs one small
+//! file read per second.
+//!
+//! A new policy that does not parse or validate never replaces the last good
+//! one: the error is logged, counted and kept for `/readyz`. A missing file
+//! means the embedded default policy. In-flight requests keep the
+//! `Arc<LoadedPolicy>` they started with.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use mcp_warden_shared::mask::Masker;
+use mcp_warden_shared::policy::{Policy, PolicyErrors, source_hash};
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How often the file is re-read even without file events.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Events arriving within this window after the first are handled by one re-read.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Larger files are refused (a ConfigMap holds at most 1 MiB).
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// Where the effective policy came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The policy file.
+    File(PathBuf),
+    /// The embedded default (no policy file configured, or the file does not exist).
+    EmbeddedDefault,
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicySource::File(p) => write!(f, "{}", p.display()),
+            PolicySource::EmbeddedDefault => f.write_str("embedded default"),
+        }
+    }
+}
+
+/// A policy in effect, with everything derived from it once at load time.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    /// The validated policy.
+    pub policy: Policy,
+    /// The compiled `masking` section.
+    pub masker: Arc<Masker>,
+    /// File or embedded default.
+    pub source: PolicySource,
+    /// When this policy was swapped in.
+    pub loaded_at: SystemTime,
+    /// 1 for the first policy, +1 for every policy swapped in since.
+    pub generation: u64,
+}
+
+impl LoadedPolicy {
+    /// SHA-256 of the policy's source bytes, hex.
+    pub fn hash(&self) -> &str {
+        self.policy.hash()
+    }
+
+    /// Short hash for annotations, metrics and logs.
+    pub fn short_hash(&self) -> &str {
+        self.policy.short_hash()
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyStoreError {
+    /// The policy file exists but cannot be read.
+    #[error("invalid --policy-file (MCP_WARDEN_POLICY_FILE) {path}: cannot read: {why}")]
+    Read { path: PathBuf, why: String },
+    /// The policy file exists but is not a valid policy.
+    #[error("invalid --policy-file (MCP_WARDEN_POLICY_FILE): {0}")]
+    Invalid(#[from] PolicyErrors),
+    /// The policy's masking section does not compile.
+    #[error("invalid --policy-file (MCP_WARDEN_POLICY_FILE) {path}: masking: {why}")]
+    Masking { path: PathBuf, why: String },
+}
+
+/// What one re-read did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Same bytes (or same failed bytes) as before: nothing to do.
+    Unchanged,
+    /// A new policy is in effect.
+    Swapped {
+        /// Its short hash.
+        short_hash: String,
+    },
+    /// The new content was refused; the previous policy stays.
+    Rejected,
+}
+
+/// The effective policy and its reload state; share it as `Arc<PolicyStore>`.
+#[derive(Debug)]
+pub struct PolicyStore {
+    path: Option<PathBuf>,
+    current: ArcSwap<LoadedPolicy>,
+    last_error: Mutex<Option<String>>,
+    /// Hash of the last content that was refused, so polling an unchanged
+    /// bad file counts and logs it once.
+    last_rejected: Mutex<Option<String>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Serializes re-reads (the watcher and explicit callers).
+    reload_lock: Mutex<()>,
+}
+
+enum FileRead {
+    Missing,
+    Bytes(Vec<u8>),
+}
+
+fn read_policy_file(path: &Path) -> Result<FileRead, String> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Missing),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(format!("the file is larger than {MAX_POLICY_BYTES} bytes"));
+    }
+    Ok(FileRead::Bytes(bytes))
+}
+
+/// Parse and compile; the error text is what `/readyz` and logs show.
+fn build(path: &Path, bytes: &[u8]) -> Result<(Policy, Arc<Masker>), PolicyStoreError> {
+    let policy = Policy::parse_bytes(&path.display().to_string(), bytes)?;
+    let masker = policy
+        .masking
+        .compile()
+        .map_err(|e| PolicyStoreError::Masking {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    Ok((policy, Arc::new(masker)))
+}
+
+fn embedded(generation: u64) -> Result<LoadedPolicy, PolicyStoreError> {
+    let policy = Policy::embedded_default();
+    // Compiles by construction (a unit test makes sure); still no panic here.
+    let masker = policy
+        .masking
+        .compile()
+        .map_err(|e| PolicyStoreError::Masking {
+            path: PathBuf::from(mcp_warden_shared::policy::EMBEDDED_DEFAULT_NAME),
+            why: e.to_string(),
+        })?;
+    Ok(LoadedPolicy {
+        policy,
+        masker: Arc::new(masker),
+        source: PolicySource::EmbeddedDefault,
+        loaded_at: SystemTime::now(),
+        generation,
+    })
+}
+
+impl PolicyStore {
+    /// Load the policy and start watching it. `None`, or a path that does
+    /// not exist, means the embedded default (a file that appears later is
+    /// picked up). A file that exists but is unreadable or invalid at start
+    /// is an error: the sidecar exits rather than run a policy it was not
+    /// given. Must be called inside a Tokio runtime; the returned task runs
+    /// until aborted.
+    pub fn start(
+        path: Option<PathBuf>,
+    ) -> Result<(Arc<PolicyStore>, JoinHandle<()>), PolicyStoreError> {
+        let store = Arc::new(PolicyStore::load(path)?);
+        let task = match store.path.clone() {
+            None => tokio::spawn(async {}),
+            Some(p) => tokio::spawn(watch(store.clone(), p)),
+        };
+        Ok((store, task))
+    }
+
+    /// The initial load, without a watcher (used by [`PolicyStore::start`]).
+    pub fn load(path: Option<PathBuf>) -> Result<PolicyStore, PolicyStoreError> {
+        let initial = match &path {
+            None => embedded(1)?,
+            Some(p) => match read_policy_file(p).map_err(|why| PolicyStoreError::Read {
+                path: p.clone(),
+                why,
+            })? {
+                FileRead::Missing => {
+                    tracing::warn!(path = %p.display(), "policy file not found: using the embedded default policy");
+                    embedded(1)?
+                }
+                FileRead::Bytes(bytes) => {
+                    let (policy, masker) = build(p, &bytes)?;
+                    LoadedPolicy {
+                        policy,
+                        masker,
+                        source: PolicySource::File(p.clone()),
+                        loaded_at: SystemTime::now(),
+                        generation: 1,
+                    }
+                }
+            },
+        };
+        tracing::info!(
+            source = %initial.source,
+            policy_hash = initial.short_hash(),
+            mode = initial.policy.mode.as_str(),
+            rules = initial.policy.rules.len(),
+            "policy loaded"
+        );
+        Ok(PolicyStore {
+            path,
+            current: ArcSwap::from_pointee(initial),
+            last_error: Mutex::new(None),
+            last_rejected: Mutex::new(None),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// The policy in effect. Keep the `Arc` for the whole request so that a
+    /// reload in the middle does not change its rules.
+    pub fn current(&self) -> Arc<LoadedPolicy> {
+        self.current.load_full()
+    }
+
+    /// The configured policy file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Why the newest policy file content was refused, while the previous
+    /// policy stays in effect; `None` once a good policy is loaded. For
+    /// `/readyz` (which stays 200: a good policy is serving).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    /// Policies swapped in after the first (`mcp_warden_policy_reloads_total{result="ok"}`).
+    pub fn reloads_ok(&self) -> u64 {
+        self.reloads_ok.load(Ordering::Relaxed)
+    }
+
+    /// Distinct new contents refused (`mcp_warden_policy_reloads_total{result="error"}`).
+    pub fn reloads_failed(&self) -> u64 {
+        self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    /// Re-read the file now and swap in a new valid policy. Called by the
+    /// watcher; blocking (one small file read).
+    pub fn reload(&self) -> ReloadOutcome {
+        let Some(path) = &self.path else {
+            return ReloadOutcome::Unchanged;
+        };
+        let _guard = match self.reload_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let cur = self.current();
+        let read = match read_policy_file(path) {
+            Ok(r) => r,
+            Err(why) => {
+                let fingerprint = format!("read-error:{why}");
+                return self.reject(
+                    &fingerprint,
+                    format!("{}: cannot read: {why}", path.display()),
+                );
+            }
+        };
+        let bytes = match read {
+            FileRead::Missing if cur.source == PolicySource::EmbeddedDefault => {
+                return ReloadOutcome::Unchanged;
+            }
+            FileRead::Missing => {
+                tracing::warn!(path = %path.display(), "policy file removed: switching to the embedded default policy");
+                return match embedded(cur.generation + 1) {
+                    Ok(next) => self.swap(next),
+                    Err(e) => self.reject("embedded", e.to_string()),
+                };
+            }
+            FileRead::Bytes(b) => b,
+        };
+        let hash = source_hash(&bytes);
+        if cur.source != PolicySource::EmbeddedDefault && hash == cur.hash() {
+            self.clear_rejection();
+            return ReloadOutcome::Unchanged;
+        }
+        match build(path, &bytes) {
+            Ok((policy, masker)) => self.swap(LoadedPolicy {
+                policy,
+                masker,
+                source: PolicySource::File(path.clone()),
+                loaded_at: SystemTime::now(),
+                generation: cur.generation + 1,
+            }),
+            Err(e) => self.reject(&hash, e.to_string()),
+        }
+    }
+
+    fn swap(&self, next: LoadedPolicy) -> ReloadOutcome {
+        let short_hash = next.short_hash().to_string();
+        tracing::info!(
+            source = %next.source,
+            policy_hash = %short_hash,
+            mode = next.policy.mode.as_str(),
+            rules = next.policy.rules.len(),
+            generation = next.generation,
+            "policy reloaded"
+        );
+        self.current.store(Arc::new(next));
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        self.clear_rejection();
+        ReloadOutcome::Swapped { short_hash }
+    }
+
+    fn clear_rejection(&self) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+        if let Ok(mut r) = self.last_rejected.lock() {
+            *r = None;
+        }
+    }
+
+    fn reject(&self, fingerprint: &str, error: String) -> ReloadOutcome {
+        let mut last = match self.last_rejected.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if last.as_deref() == Some(fingerprint) {
+            return ReloadOutcome::Unchanged;
+        }
+        *last = Some(fingerprint.to_string());
+        drop(last);
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        let cur = self.current();
+        tracing::error!(
+            error = %error,
+            keeping_policy_hash = cur.short_hash(),
+            "new policy refused: keeping the last good policy"
+        );
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
+        }
+        ReloadOutcome::Rejected
+    }
+}
+
+/// Watch the file's directory and poll; runs until the task is aborted.
+async fn watch(store: Arc<PolicyStore>, path: PathBuf) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // The watcher lives as long as this task.
+    let _watcher = start_watcher(&path, tx);
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                if ev.is_none() {
+                    // Watcher gone: keep polling.
+                    poll.tick().await;
+                } else {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            _ = poll.tick() => {}
+        }
+        let s = store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
+            tracing::error!(error = %e, "policy reload task failed");
+        }
+    }
+}
+
+fn start_watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy directory: polling only");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory: polling only");
+        return None;
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mcp_warden_shared::attrs::{Impersonation, parse_request};
+    use mcp_warden_shared::identity::Identity;
+    use mcp_warden_shared::policy::{Action, evaluate};
+    use std::os::unix::fs::symlink;
+
+    const HEAD: &str = "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\n";
+
+    fn policy_allowing(verb: &str) -> String {
+        format!(
+            "{HEAD}rules:\n  - name: allow-{verb}\n    action: allow\n    verbs: [{verb}]\n    resources: [\"*\"]\n"
+        )
+    }
+
+    /// Writes `content` the way the kubelet's AtomicWriter does: a fresh
+    /// `..<timestamp>` directory, a `..data_tmp` symlink to it renamed over
+    /// `..data`, then the old directory removed. `policy.yaml -> ..data/policy.yaml`
+    /// is created once.
+    struct KubeletVolume {
+        dir: tempfile::TempDir,
+        n: u32,
+    }
+
+    impl KubeletVolume {
+        fn new() -> Self {
+            KubeletVolume {
+                dir: tempfile::tempdir().unwrap(),
+                n: 0,
+            }
+        }
+
+        fn file(&self) -> PathBuf {
+            self.dir.path().join("policy.yaml")
+        }
+
+        fn write(&mut self, content: &str) {
+            self.n += 1;
+            let root = self.dir.path();
+            let ts = format!(
+                "..2026_11_21_23_{:02}_{:02}.{:09}",
+                self.n / 60,
+                self.n % 60,
+                100_000 + self.n
+            );
+            std::fs::create_dir(root.join(&ts)).unwrap();
+            std::fs::write(root.join(&ts).join("policy.yaml"), content).unwrap();
+            let old = std::fs::read_link(root.join("..data")).ok();
+            symlink(&ts, root.join("..data_tmp")).unwrap();
+            std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+            if !root.join("policy.yaml").exists() {
+                symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
+            }
+            if let Some(old) = old {
+                std::fs::remove_dir_all(root.join(old)).unwrap();
+            }
+        }
+
+        /// What the kubelet does when the key disappears from the ConfigMap.
+        fn remove(&mut self) {
+            let root = self.dir.path();
+            std::fs::remove_file(root.join("policy.yaml")).unwrap();
+        }
+    }
+
+    /// Wait (bounded) until `cond` holds; the bound only keeps a broken
+    /// build from hanging, it is not a timing assertion.
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn verdict(store: &PolicyStore, method: &str, path: &str) -> Action {
+        let attrs = parse_request(method, path).unwrap();
+        evaluate(
+            &store.current().policy,
+            &attrs,
+            &Impersonation::default(),
+            &Identity::service_account("a", "b"),
+        )
+        .action
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kubelet_symlink_swaps_valid_and_invalid_alternating() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&policy_allowing("create"));
+        let (store, task) = PolicyStore::start(Some(vol.file())).unwrap();
+        assert_eq!(store.current().source, PolicySource::File(vol.file()));
+        assert_eq!(
+            verdict(&store, "POST", "/api/v1/namespaces/x/pods"),
+            Action::Allow
+        );
+        let first = store.current();
+
+        let verbs = ["delete", "patch", "update", "get", "list"];
+        for (i, verb) in verbs.iter().enumerate() {
+            // A valid policy: swapped in.
+            let ok_before = store.reloads_ok();
+            vol.write(&policy_allowing(verb));
+            let want =
+                mcp_warden_shared::policy::Policy::parse("x", &policy_allowing(verb)).unwrap();
+            eventually("valid policy swapped in", || {
+                store.current().hash() == want.hash()
+            })
+            .await;
+            assert_eq!(store.reloads_ok(), ok_before + 1);
+            assert_eq!(store.last_error(), None);
+            assert_eq!(store.current().generation, 2 + i as u64);
+
+            // An invalid one: refused, counted once, reported; the valid one stays.
+            let failed_before = store.reloads_failed();
+            vol.write(&format!("{HEAD}rules:\n  - name: bad\n    action: allow\n    verbs: [fetch{i}]\n    resources: [\"*\"]\n"));
+            eventually("invalid policy refused", || {
+                store.reloads_failed() == failed_before + 1
+            })
+            .await;
+            let err = store.last_error().unwrap();
+            assert!(
+                err.contains(":6:") && err.contains("rules[0].verbs[0]"),
+                "{err}"
+            );
+            assert_eq!(store.current().hash(), want.hash());
+            // Polling the same bad file again neither re-counts nor clears it.
+            assert_eq!(store.reload(), ReloadOutcome::Unchanged);
+            assert_eq!(store.reloads_failed(), failed_before + 1);
+            assert!(store.last_error().is_some());
+        }
+        // The Arc taken before all swaps still holds the first policy.
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.policy.rules[0].name, "allow-create");
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_file_means_embedded_default_and_is_picked_up_later() {
+        let mut vol = KubeletVolume::new();
+        let (store, task) = PolicyStore::start(Some(vol.file())).unwrap();
+        assert_eq!(store.current().source, PolicySource::EmbeddedDefault);
+        assert_eq!(store.current().hash(), Policy::embedded_default().hash());
+        assert_eq!(
+            verdict(&store, "DELETE", "/api/v1/namespaces/x/pods/p"),
+            Action::Deny
+        );
+
+        vol.write(&policy_allowing("delete"));
+        eventually("file picked up", || {
+            store.current().source == PolicySource::File(vol.file())
+        })
+        .await;
+        assert_eq!(
+            verdict(&store, "DELETE", "/api/v1/namespaces/x/pods/p"),
+            Action::Allow
+        );
+
+        vol.remove();
+        eventually("back to the default", || {
+            store.current().source == PolicySource::EmbeddedDefault
+        })
+        .await;
+        assert_eq!(
+            verdict(&store, "DELETE", "/api/v1/namespaces/x/pods/p"),
+            Action::Deny
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn no_path_is_the_embedded_default() {
+        let (store, task) = PolicyStore::start(None).unwrap();
+        assert_eq!(store.current().source, PolicySource::EmbeddedDefault);
+        assert_eq!(store.reload(), ReloadOutcome::Unchanged);
+        assert_eq!(
+            verdict(&store, "GET", "/api/v1/namespaces/x/pods"),
+            Action::Allow
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_or_unreadable_file_at_start_is_an_error() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&format!("{HEAD}mode: strict\n"));
+        let err = PolicyStore::start(Some(vol.file()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MCP_WARDEN_POLICY_FILE") && err.contains(":3:") && err.contains("mode"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = PolicyStore::start(Some(dir.path().to_path_buf()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn embedded_default_masking_compiles() {
+        assert!(Policy::embedded_default().masking.compile().is_ok());
+        let l = embedded(1).unwrap();
+        assert_eq!(l.short_hash().len(), 12);
+    }
+
+    #[test]
+    fn oversized_file_is_refused_and_the_old_policy_stays() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&policy_allowing("get"));
+        let store = PolicyStore::load(Some(vol.file())).unwrap();
+        let big = format!(
+            "{}\n#{}\n",
+            policy_allowing("get"),
+            "x".repeat(MAX_POLICY_BYTES as usize)
+        );
+        vol.write(&big);
+        assert_eq!(store.reload(), ReloadOutcome::Rejected);
+        assert!(store.last_error().unwrap().contains("larger than"));
+        assert_eq!(store.current().policy.rules[0].name, "allow-get");
+        // Fixing the file clears the error.
+        vol.write(&policy_allowing("list"));
+        assert!(matches!(store.reload(), ReloadOutcome::Swapped { .. }));
+        assert_eq!(store.last_error(), None);
+        // Writing back the same content as the current policy is no swap.
+        vol.write(&policy_allowing("list"));
+        assert_eq!(store.reload(), ReloadOutcome::Unchanged);
+    }
+}

@@ -246,8 +246,14 @@ impl Policy {
     }
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// The hash [`Policy::hash`] gives a policy with these source bytes
+/// (SHA-256, hex), e.g. to skip re-parsing an unchanged file.
+pub fn source_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    source_hash(bytes)
 }
 
 /// The outcome of evaluating a request.
