@@ -7,6 +7,8 @@ use super::ResBody;
 use super::auth::{Authenticator, User};
 use super::discovery;
 use super::objects::{self, Ips};
+use super::openapi;
+use super::proto;
 use super::patch::{self, PatchType};
 use super::registry::{Registry, ResourceInfo};
 use super::router::{self, ResPath, Route};
@@ -110,7 +112,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResBody> 
     let res = match route {
         Route::Version => Ok(web::json(StatusCode::OK, &discovery::version(&app.version), "application/json", false)),
         Route::Health => Ok(web::bytes_response(StatusCode::OK, b"ok".to_vec(), "text/plain; charset=utf-8", false)),
-        Route::OpenApi => Err(Status::new(Reason::NotFound, "the server could not find the requested resource")),
+        Route::OpenApi => openapi_doc(&app, &ctx, &path),
         Route::Api | Route::Apis => Ok(discovery_root(&app, &ctx, matches!(route, Route::Api))),
         Route::ApiGroup(g) => discovery::api_group(&app.registry.all(), &g)
             .map(|v| web::json(StatusCode::OK, &v, "application/json", ctx.gzip))
@@ -130,6 +132,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResBody> 
             tracing::info!(path = %path, code = s.code(), reason = s.reason.as_str(), message = %s.message, "error");
             web::status(&s)
         }
+    }
+}
+
+fn openapi_doc(app: &App, ctx: &Ctx, path: &str) -> Result<Response<ResBody>, Status> {
+    use sha2::Digest;
+    let types = app.registry.all();
+    let rest = path.trim_end_matches('/');
+    if rest == "/openapi/v3" {
+        let names: Vec<String> = types.iter().map(|t| format!("{}/{}/{}", t.group, t.version, t.resource)).collect();
+        let hash = hex::encode(sha2::Sha256::digest(names.join(",").as_bytes()));
+        return Ok(web::json(StatusCode::OK, &openapi::root(&types, &hash[..16]), "application/json", ctx.gzip));
+    }
+    match rest.strip_prefix("/openapi/v3/") {
+        Some(gv) => openapi::group_version(&types, gv, &app.version)
+            .map(|d| web::json(StatusCode::OK, &d, "application/json", ctx.gzip))
+            .ok_or_else(not_found_path),
+        None => Err(not_found_path()),
     }
 }
 
@@ -224,8 +243,12 @@ fn decode_body(ctx: &Ctx, body: &[u8]) -> Result<Value, Status> {
         }
     } else if ct.is_empty() || ct == "application/json" || ct.ends_with("+json") {
         serde_json::from_slice(body).map_err(|e| bad(format!("couldn't get version/kind; json parse error: {e}")))?
-    } else if ct == "application/vnd.kubernetes.protobuf" || ct == "application/cbor" {
-        return Err(Status::new(Reason::UnsupportedMediaType, format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml")));
+    } else if ct == "application/vnd.kubernetes.protobuf" {
+        match proto::decode(body) {
+            Ok(v) => v,
+            Err(e @ proto::ProtoError::Unsupported(_)) => return Err(Status::new(Reason::UnsupportedMediaType, e.to_string())),
+            Err(e) => return Err(bad(e.to_string())),
+        }
     } else {
         return Err(Status::new(
             Reason::UnsupportedMediaType,
@@ -565,6 +588,11 @@ fn check_identity(ri: &ResourceInfo, ns: &str, obj: &mut Value) -> Result<(), St
     Ok(())
 }
 
+/// Types whose registry strategy maintains metadata.generation.
+fn has_generation(ri: &ResourceInfo) -> bool {
+    ri.custom || ri.resource == "customresourcedefinitions" || (ri.group == "apps" && ri.resource == "deployments")
+}
+
 fn prepare_create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, mut obj: Value, manager: &str, operation: &str) -> Result<Value, Status> {
     check_identity(ri, ns, &mut obj)?;
     let mut name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -584,7 +612,11 @@ fn prepare_create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, mut obj: Va
     }
     md["uid"] = json!(uuid::Uuid::new_v4().to_string());
     md["creationTimestamp"] = json!(objects::now_rfc3339());
-    md["generation"] = json!(1);
+    if has_generation(ri) {
+        md["generation"] = json!(1);
+    } else if let Some(m) = md.as_object_mut() {
+        m.remove("generation");
+    }
     if ri.custom && obj.get("status").is_some() && ri.has_subresource("status") {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
@@ -668,7 +700,7 @@ fn merge_update(ri: &ResourceInfo, cur: &Value, mut new: Value, sub: Option<&str
             }
         }
     }
-    if new.get("spec") != cur.get("spec") || (ri.custom && !ri.has_subresource("status") && new != *cur) {
+    if has_generation(ri) && (new.get("spec") != cur.get("spec") || (ri.custom && !ri.has_subresource("status") && new != *cur)) {
         let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
         new["metadata"]["generation"] = json!(g + 1);
     }

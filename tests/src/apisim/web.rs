@@ -190,7 +190,28 @@ pub fn bytes_response(code: StatusCode, body: Vec<u8>, content_type: &str, accep
 /// A Status error response.
 pub fn status(s: &Status) -> Response<ResBody> {
     let code = StatusCode::from_u16(s.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    bytes_response(code, s.to_json(), "application/json", false)
+    let mut v = s.to_value();
+    if let Some(c) = invalid_cause(s) {
+        v["details"]["causes"] = serde_json::json!([c]);
+    }
+    bytes_response(code, serde_json::to_vec(&v).unwrap_or_default(), "application/json", false)
+}
+
+/// kube-apiserver lists field errors of an Invalid status in
+/// `details.causes`; kubectl prints them. Our Invalid messages have the form
+/// `Kind "name" is invalid: field: detail`.
+fn invalid_cause(s: &Status) -> Option<Value> {
+    if s.reason != mcp_warden_shared::status::Reason::Invalid {
+        return None;
+    }
+    let (_, rest) = s.message.split_once(" is invalid: ")?;
+    let (field, detail) = rest.split_once(": ")?;
+    let reason = if detail.starts_with("Required value") {
+        "FieldValueRequired"
+    } else {
+        "FieldValueInvalid"
+    };
+    Some(serde_json::json!({"reason": reason, "message": detail, "field": field}))
 }
 
 /// Whether the Accept-Encoding header allows gzip.
