@@ -18,6 +18,7 @@
 //! its spool forever.
 
 pub mod asciicast;
+pub mod hook;
 pub mod sender;
 pub mod spool;
 
@@ -34,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
+pub use hook::RecordingHook;
 pub use sender::{CollectorFormat, SenderConfig, SenderError};
 pub use spool::{SpoolConfig, SpoolError};
 

@@ -1,0 +1,613 @@
+//! [`RecordingHook`]: the proxy's [`RecordHook`] backed by the [`Recorder`].
+//!
+//! What it does at each hook point (the integration contract):
+//! - `request` (after the decision, before forwarding):
+//!   1. fail-closed and `Recorder::preflight()` false → `Err(503 Status)`:
+//!      the request is not forwarded;
+//!   2. when the level records requests, a mutating request's body is read
+//!      (at most `max_body_bytes`, else `413`), masked with the masking
+//!      engine and kept for `requestObject`; the same bytes go upstream;
+//!   3. a mutating request's `RequestReceived` event is made durable;
+//!      if that fails in fail-closed mode → `Err(503 Status)`.
+//! - `response` (after masking): long-running requests (watch, follow logs,
+//!   upgrades) record `ResponseStarted` at once; the body is passed through
+//!   untouched while up to `max_body_bytes` of it are kept, and when it ends
+//!   (or is dropped) `ResponseComplete` is recorded with the response status
+//!   (`status`/`reason`/`message` from a `Status` body), the masked
+//!   `responseObject` as the level asks, and `mcp-warden.io/masked`.
+//! - `refused` (answered by the sidecar itself): `ResponseComplete` with the
+//!   refusal's `Status`.
+//!
+//! Events after forwarding cannot stop the request any more; a failure to
+//! record them is counted in `events_lost`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use mcp_warden_shared::attrs::RequestAttributes;
+use mcp_warden_shared::audit::{self, Event, Level, MicroTime, ResponseStatus, Stage, UserInfo};
+use mcp_warden_shared::mask::MaskContext;
+use mcp_warden_shared::status::{Reason, Status};
+
+use super::Recorder;
+use crate::hooks::{BoxError, ProxyBody, RecordHook, RequestContext, boxed, full};
+use crate::mask_body::{MaskCount, MaskerSource};
+
+/// The audit level in force (from the policy's `recording.level`).
+pub type LevelSource = Arc<dyn Fn() -> Level + Send + Sync>;
+/// The hash of the policy in force.
+pub type PolicyHashSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// kube-apiserver's limit on request bodies; also what we keep of a response.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
+
+struct Pending {
+    base: Event,
+    request_object: Option<serde_json::Value>,
+    masked_in_request: u64,
+}
+
+/// The recording hook (see the module docs).
+pub struct RecordingHook {
+    recorder: Recorder,
+    user: UserInfo,
+    masker: MaskerSource,
+    level: LevelSource,
+    policy_hash: PolicyHashSource,
+    max_body_bytes: usize,
+    pending: Mutex<HashMap<uuid::Uuid, Pending>>,
+}
+
+impl std::fmt::Debug for RecordingHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingHook").finish_non_exhaustive()
+    }
+}
+
+fn micro(t: SystemTime) -> MicroTime {
+    MicroTime::from_unix_micros(
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn unavailable(why: &str) -> Status {
+    Status::new(
+        Reason::ServiceUnavailable,
+        format!("mcp-warden: the request cannot be recorded ({why}); it was not forwarded"),
+    )
+}
+
+/// Spawn on the current runtime if there is one (Drop may run outside).
+fn spawn_record(recorder: Recorder, event: Event) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(async move {
+            let _ = recorder.record(&event).await;
+        });
+    } else {
+        recorder.stats().events_lost.inc();
+        tracing::error!(audit_id = %event.audit_id, "no runtime to record the event on");
+    }
+}
+
+impl RecordingHook {
+    /// A hook recording as `user` (the pod's service account, from its
+    /// token), masking request bodies with `masker`.
+    pub fn new(
+        recorder: Recorder,
+        user: UserInfo,
+        masker: MaskerSource,
+        level: LevelSource,
+        policy_hash: PolicyHashSource,
+    ) -> Self {
+        Self {
+            recorder,
+            user,
+            masker,
+            level,
+            policy_hash,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Change the request/response body limit.
+    pub fn with_max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `RequestReceived` event of a request.
+    pub fn base_event(&self, ctx: &RequestContext, level: Level) -> Event {
+        let fallback;
+        let attrs = match &ctx.attrs {
+            Some(a) => a,
+            None => {
+                fallback = RequestAttributes {
+                    verb: ctx.method.as_str().to_ascii_lowercase(),
+                    path: ctx
+                        .path_and_query
+                        .split('?')
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                    ..Default::default()
+                };
+                &fallback
+            }
+        };
+        let audit_id = ctx.request_id.to_string();
+        let decision = match &ctx.decision {
+            Some(d) => audit::DecisionInfo {
+                decision: d.action.as_str().to_string(),
+                rule: d.rule.clone().unwrap_or_default(),
+                policy_hash: (self.policy_hash)(),
+                enforced: d.enforced,
+            },
+            None => audit::DecisionInfo {
+                decision: String::new(),
+                rule: String::new(),
+                policy_hash: (self.policy_hash)(),
+                enforced: true,
+            },
+        };
+        let info = audit::RequestInfo {
+            audit_id: &audit_id,
+            request_uri: &ctx.path_and_query,
+            attrs,
+            user: self.user.clone(),
+            impersonated_user: UserInfo::from_impersonation(&ctx.impersonation),
+            source_ips: vec![ctx.peer.ip().to_string()],
+            user_agent: ctx.user_agent.as_deref().unwrap_or(""),
+            level,
+            received: micro(ctx.received_at),
+            decision,
+            pod: self.recorder.pod(),
+            cluster: self.recorder.cluster_name(),
+        };
+        let mut e = Event::request_received(&info);
+        if ctx.decision.is_none() {
+            e.annotations.remove(audit::ANN_DECISION);
+            e.annotations.remove(audit::ANN_RULE);
+        }
+        e
+    }
+
+    fn mask_request(
+        &self,
+        attrs: Option<&RequestAttributes>,
+        body: &[u8],
+    ) -> (Option<serde_json::Value>, u64) {
+        let Some(attrs) = attrs else { return (None, 0) };
+        match (self.masker)().mask_json_bytes(&MaskContext::from_attrs(attrs), body) {
+            Ok((masked, n)) => (serde_json::from_slice(&masked).ok(), n as u64),
+            // Not JSON (YAML apply, protobuf): kept out of the record rather
+            // than recorded unmasked.
+            Err(_) => (None, 0),
+        }
+    }
+}
+
+impl RecordHook for RecordingHook {
+    fn request<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        parts: &'a http::request::Parts,
+        body: ProxyBody,
+    ) -> BoxFuture<'a, Result<ProxyBody, Status>> {
+        Box::pin(async move {
+            if self.recorder.must_refuse() {
+                let _ = parts;
+                return Err(unavailable("spool full or unwritable"));
+            }
+            let level = (self.level)();
+            let mutating = audit::is_mutating(ctx.verb());
+            let mut body = body;
+            let (mut request_object, mut masked) = (None, 0);
+            if level.includes_request() && mutating && !ctx.is_upgrade {
+                let bytes = collect_limited(body, self.max_body_bytes).await?;
+                if !bytes.is_empty() {
+                    (request_object, masked) = self.mask_request(ctx.attrs.as_ref(), &bytes);
+                }
+                body = full(bytes);
+            }
+            let base = self.base_event(ctx, level);
+            if mutating && let Err(e) = self.recorder.record(&base).await {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
+                return Err(unavailable("the event is not durable"));
+            }
+            self.pending().insert(
+                ctx.request_id,
+                Pending {
+                    base,
+                    request_object,
+                    masked_in_request: masked,
+                },
+            );
+            Ok(body)
+        })
+    }
+
+    fn response(
+        &self,
+        ctx: &RequestContext,
+        response: http::Response<ProxyBody>,
+    ) -> http::Response<ProxyBody> {
+        let pending = self.pending().remove(&ctx.request_id);
+        let (base, request_object, masked_in_request) = match pending {
+            Some(p) => (p.base, p.request_object, p.masked_in_request),
+            None => (self.base_event(ctx, (self.level)()), None, 0),
+        };
+        let code = response.status().as_u16();
+        if ctx.is_stream || ctx.is_upgrade {
+            let started = base.at_stage(
+                Stage::ResponseStarted,
+                micro(SystemTime::now()),
+                ResponseStatus::from_code(code),
+            );
+            spawn_record(self.recorder.clone(), started);
+        }
+        let keep_body =
+            (base.level.includes_response() && !ctx.is_stream && !ctx.is_upgrade) || code >= 300;
+        let gzip = response
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let mask_count = response.extensions().get::<MaskCount>().cloned();
+        let recorder = self.recorder.clone();
+        let limit = self.max_body_bytes;
+        let base = base.with_request_object(request_object);
+        let on_end = Box::new(move |body: Option<Vec<u8>>| {
+            let parsed = body.and_then(|b| parse_body(&b, gzip, limit));
+            let mut status = ResponseStatus::from_code(code);
+            if code >= 300
+                && let Some(v) = &parsed
+                && v.get("kind").and_then(|k| k.as_str()) == Some("Status")
+            {
+                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+                status.status = s("status");
+                status.message = s("message");
+                status.reason = s("reason");
+                status.details = v.get("details").cloned();
+            }
+            let masked = masked_in_request + mask_count.map(|m| m.current() as u64).unwrap_or(0);
+            let done = base
+                .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), status)
+                .with_response_object(parsed)
+                .with_masked_count(masked);
+            spawn_record(recorder, done);
+        });
+        let (parts, body) = response.into_parts();
+        let tee = TeeBody {
+            inner: body,
+            buf: Vec::new(),
+            limit: if keep_body { limit } else { 0 },
+            overflow: false,
+            on_end: Some(on_end),
+        };
+        http::Response::from_parts(parts, boxed(tee))
+    }
+
+    fn refused(&self, ctx: &RequestContext, status: &Status) {
+        let pending = self.pending().remove(&ctx.request_id);
+        let base = match pending {
+            Some(p) => p.base.with_request_object(p.request_object),
+            None => self.base_event(ctx, (self.level)()),
+        };
+        let rs = ResponseStatus {
+            status: "Failure".into(),
+            message: status.message.clone(),
+            reason: status.reason.as_str().to_string(),
+            details: status
+                .details
+                .as_ref()
+                .and_then(|d| serde_json::to_value(d).ok()),
+            code: i32::from(status.code()),
+            ..ResponseStatus::default()
+        };
+        let done = base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs);
+        spawn_record(self.recorder.clone(), done);
+    }
+}
+
+/// Read a whole request body, refusing one larger than `max` with 413.
+async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Status> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Status::new(Reason::BadRequest, format!("reading the request body: {e}"))
+        })?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > max {
+                return Err(Status::new(
+                    Reason::RequestEntityTooLarge,
+                    format!("request body larger than {max} bytes"),
+                ));
+            }
+            buf.extend_from_slice(d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn parse_body(b: &[u8], gzip: bool, limit: usize) -> Option<serde_json::Value> {
+    if b.is_empty() {
+        return None;
+    }
+    if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .ok()?;
+        if out.len() > limit {
+            return None;
+        }
+        return serde_json::from_slice(&out).ok();
+    }
+    serde_json::from_slice(b).ok()
+}
+
+type OnEnd = Box<dyn FnOnce(Option<Vec<u8>>) + Send>;
+
+/// Passes a body through unchanged, keeping up to `limit` bytes of it, and
+/// calls `on_end` once: with the bytes when the body ended complete and
+/// within the limit, else with `None`.
+struct TeeBody {
+    inner: ProxyBody,
+    buf: Vec<u8>,
+    limit: usize,
+    overflow: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl TeeBody {
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            let body = (complete && !self.overflow && self.limit > 0)
+                .then(|| std::mem::take(&mut self.buf));
+            f(body);
+        }
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref()
+                    && !this.overflow
+                    && this.limit > 0
+                {
+                    if this.buf.len() + d.len() <= this.limit {
+                        this.buf.extend_from_slice(d);
+                    } else {
+                        this.overflow = true;
+                        this.buf = Vec::new();
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TeeBody {
+    fn drop(&mut self) {
+        // A body hyper never polled because it was empty is complete too.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hooks::Decision;
+    use crate::recording::RecordingConfig;
+    use mcp_warden_shared::mask::MaskingConfig;
+    use mcp_warden_tests::collector::{self, CollectorConfig};
+    use std::time::{Duration, Instant};
+
+    fn ctx(verb: &str, resource: &str, name: &str, stream: bool) -> RequestContext {
+        RequestContext {
+            request_id: uuid::Uuid::new_v4(),
+            started: Instant::now(),
+            received_at: SystemTime::now(),
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            method: http::Method::POST,
+            path_and_query: format!("/api/v1/namespaces/default/{resource}"),
+            user_agent: Some("kubectl/v1.33.0".into()),
+            attrs: Some(RequestAttributes {
+                is_resource_request: true,
+                path: format!("/api/v1/namespaces/default/{resource}"),
+                verb: verb.into(),
+                api_prefix: "api".into(),
+                api_version: "v1".into(),
+                namespace: "default".into(),
+                resource: resource.into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            impersonation: Default::default(),
+            decision: Some(Decision::allow()),
+            is_upgrade: false,
+            is_stream: stream,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hook_records_masked_bodies_stages_and_refusals() {
+        let d = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ccfg = CollectorConfig::new(d.path().join("out"));
+        let ctl = ccfg.control.clone();
+        let (cstop, crx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(collector::run(listener, ccfg, async {
+            let _ = crx.await;
+        }));
+        let mut cfg = RecordingConfig::new(d.path().join("spool"));
+        cfg.collector_url = Some(format!("http://{addr}/audit").parse().unwrap());
+        cfg.batch_max_delay = Duration::from_millis(20);
+        cfg.pod = "default/mcp-0".into();
+        let (stop, mut srx) = tokio::sync::watch::channel(false);
+        let (rec, handle) = Recorder::start(cfg, async move {
+            let _ = srx.wait_for(|s| *s).await;
+        })
+        .unwrap();
+        let masker = Arc::new(MaskingConfig::embedded_default().compile().unwrap());
+        let hook = RecordingHook::new(
+            rec.clone(),
+            UserInfo::new(
+                "system:serviceaccount:default:mcp",
+                "u-1",
+                vec![],
+                Default::default(),
+            ),
+            Arc::new(move || masker.clone()),
+            Arc::new(|| Level::RequestResponse),
+            Arc::new(|| "hash-1".to_string()),
+        );
+
+        // create secret: the body goes upstream unchanged, the record is masked.
+        let c = ctx("create", "secrets", "", false);
+        let secret = br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"data":{"password":"aHVudGVyMg=="}}"#;
+        let (parts, _) = http::Request::new(()).into_parts();
+        let fwd = hook
+            .request(&c, &parts, full(Bytes::from_static(secret)))
+            .await
+            .unwrap();
+        assert_eq!(
+            fwd.collect().await.unwrap().to_bytes(),
+            Bytes::from_static(secret)
+        );
+        let resp = http::Response::builder()
+            .status(201)
+            .body(full(Bytes::from_static(
+                br#"{"kind":"Secret","metadata":{"name":"db"},"data":{"password":"KioqKg=="}}"#,
+            )))
+            .unwrap();
+        let resp = hook.response(&c, resp);
+        resp.into_body().collect().await.unwrap();
+
+        // a watch: ResponseStarted, then ResponseComplete when the stream ends.
+        let w = ctx("watch", "pods", "", true);
+        let body = hook.request(&w, &parts, full(Bytes::new())).await.unwrap();
+        drop(body);
+        let resp = hook.response(
+            &w,
+            http::Response::new(full(Bytes::from_static(b"{\"type\":\"ADDED\"}\n"))),
+        );
+        resp.into_body().collect().await.unwrap();
+
+        // a denial answered by the sidecar.
+        let mut del = ctx("delete", "secrets", "db", false);
+        del.decision = Some(Decision::deny(
+            Some("no-deletes".into()),
+            "deletes need a human",
+        ));
+        hook.refused(
+            &del,
+            del.decision.as_ref().unwrap().refusal.as_ref().unwrap(),
+        );
+
+        let out = d.path().join("out");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ctl.events.load(std::sync::atomic::Ordering::SeqCst) < 5 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let events = collector::read_events(&out).unwrap();
+        let of = |id: &uuid::Uuid, stage: Stage| {
+            events
+                .iter()
+                .filter(|e| e.audit_id == id.to_string() && e.stage == stage)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let rr = of(&c.request_id, Stage::RequestReceived);
+        assert_eq!(rr.len(), 1, "mutating request recorded before forwarding");
+        let done = of(&c.request_id, Stage::ResponseComplete);
+        assert_eq!(done.len(), 1);
+        let done = &done[0];
+        assert_eq!(done.verb, "create");
+        assert_eq!(done.response_status.as_ref().unwrap().code, 201);
+        assert_eq!(done.user.username, "system:serviceaccount:default:mcp");
+        assert_eq!(done.annotations[audit::ANN_DECISION], "allow");
+        assert_eq!(done.annotations[audit::ANN_POLICY_HASH], "hash-1");
+        assert_eq!(done.annotations[audit::ANN_POD], "default/mcp-0");
+        assert_eq!(done.annotations[audit::ANN_MASKED], "1");
+        let req_obj = done.request_object.as_ref().unwrap().to_string();
+        assert!(
+            req_obj.contains("password") && !req_obj.contains("aHVudGVyMg=="),
+            "{req_obj}"
+        );
+        assert_eq!(
+            done.response_object.as_ref().unwrap()["data"]["password"],
+            "KioqKg=="
+        );
+        let all = std::fs::read_to_string(out.join("events.ndjson")).unwrap();
+        assert!(
+            !all.contains("aHVudGVyMg=="),
+            "no secret bytes anywhere in the record"
+        );
+
+        assert_eq!(of(&w.request_id, Stage::ResponseStarted).len(), 1);
+        assert_eq!(of(&w.request_id, Stage::ResponseComplete).len(), 1);
+        assert!(
+            of(&w.request_id, Stage::RequestReceived).is_empty(),
+            "reads are recorded once complete"
+        );
+
+        let denied = of(&del.request_id, Stage::ResponseComplete);
+        assert_eq!(denied.len(), 1);
+        let st = denied[0].response_status.as_ref().unwrap();
+        assert_eq!((st.code, st.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(denied[0].annotations[audit::ANN_DECISION], "deny");
+        assert_eq!(denied[0].annotations[audit::ANN_RULE], "no-deletes");
+
+        stop.send(true).unwrap();
+        handle.await.unwrap();
+        cstop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
