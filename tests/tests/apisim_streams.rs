@@ -6,6 +6,8 @@
 //! `-v=6` request log shows `GET …/exec … 101` for WebSocket and `POST` for
 //! SPDY), so a silent fallback cannot pass for the protocol under test.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -61,8 +63,15 @@ impl Sim {
         let seed_dir = tempfile::tempdir().unwrap();
         let seed = seed_dir.path().join("seed.yaml");
         std::fs::write(&seed, SEED).unwrap();
-        let sim = ApiSim::start(ApiSimOptions { seed: Some(seed), ..Default::default() }).unwrap();
-        Sim { sim, _seed_dir: seed_dir }
+        let sim = ApiSim::start(ApiSimOptions {
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .unwrap();
+        Sim {
+            sim,
+            _seed_dir: seed_dir,
+        }
     }
 
     /// A bundled kubectl of `minor` with this sim's kubeconfig and a private cache dir.
@@ -79,7 +88,9 @@ struct Output {
 
 /// Runs `cmd` to completion (bounded), feeding `stdin`.
 fn run(mut cmd: Command, stdin: &[u8]) -> Output {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
@@ -93,7 +104,11 @@ fn run(mut cmd: Command, stdin: &[u8]) -> Output {
     writer.join().unwrap();
     let stdout = out_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let stderr = err_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    Output { code, stdout, stderr }
+    Output {
+        code,
+        stdout,
+        stderr,
+    }
 }
 
 fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -164,7 +179,11 @@ fn exec_echo(minor: u32) {
     args(&mut cmd, &["exec", "echo", "--", "sh", "-c", "exit 3"]);
     let out = run(cmd, b"");
     assert_eq!(out.code, 3, "stderr: {}", out.stderr);
-    assert!(out.stderr.contains("command terminated with exit code 3"), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("command terminated with exit code 3"),
+        "stderr: {}",
+        out.stderr
+    );
 
     // stderr is its own stream; unknown commands exit 127.
     let mut cmd = sim.kubectl(minor);
@@ -172,11 +191,18 @@ fn exec_echo(minor: u32) {
     let out = run(cmd, b"");
     assert_eq!(out.code, 127, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "");
-    assert!(out.stderr.contains("nosuchcmd: command not found"), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("nosuchcmd: command not found"),
+        "stderr: {}",
+        out.stderr
+    );
 
     // Container selection: a multi-container pod with -c, and a bad name.
     let mut cmd = sim.kubectl(minor);
-    args(&mut cmd, &["exec", "talker", "-c", "side", "--", "hostname"]);
+    args(
+        &mut cmd,
+        &["exec", "talker", "-c", "side", "--", "hostname"],
+    );
     let out = run(cmd, b"");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "talker\n");
@@ -184,7 +210,12 @@ fn exec_echo(minor: u32) {
     args(&mut cmd, &["exec", "talker", "-c", "nope", "--", "true"]);
     let out = run(cmd, b"");
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("container nope is not valid for pod talker"), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("container nope is not valid for pod talker"),
+        "stderr: {}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -235,7 +266,10 @@ fn logs(minor: u32) {
     args(&mut cmd, &["logs", "echo"]);
     let out = run(cmd, b"");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
-    assert_eq!(out.stdout, "line 1 from echo/main\nline 2 from echo/main\nline 3 from echo/main\n");
+    assert_eq!(
+        out.stdout,
+        "line 1 from echo/main\nline 2 from echo/main\nline 3 from echo/main\n"
+    );
 
     let mut cmd = sim.kubectl(minor);
     args(&mut cmd, &["logs", "talker", "-c", "app", "--tail=2"]);
@@ -252,13 +286,18 @@ fn logs(minor: u32) {
     for (l, want) in lines.iter().zip(["alpha", "beta", "gamma"]) {
         let (ts, text) = l.split_once(' ').unwrap();
         assert_eq!(text, want);
-        assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp {ts}");
+        assert!(
+            ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts}"
+        );
     }
 
     // Follow: lines keep arriving while kubectl is still running.
     let mut cmd = sim.kubectl(minor);
     args(&mut cmd, &["logs", "-f", "echo"]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
@@ -272,12 +311,20 @@ fn logs(minor: u32) {
     });
     let mut got = Vec::new();
     for _ in 0..6 {
-        got.push(rx.recv_timeout(Duration::from_secs(20)).expect("followed log line"));
+        got.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("followed log line"),
+        );
     }
-    assert!(child.try_wait().unwrap().is_none(), "kubectl logs -f ended early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kubectl logs -f ended early"
+    );
     let _ = child.kill();
     let _ = child.wait();
-    let want: Vec<String> = (1..=6).map(|n| format!("line {n} from echo/main")).collect();
+    let want: Vec<String> = (1..=6)
+        .map(|n| format!("line {n} from echo/main"))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -295,7 +342,9 @@ fn port_forward(minor: u32) {
     let sim = Sim::start();
     let mut cmd = sim.kubectl(minor);
     args(&mut cmd, &["-v=6", "port-forward", "pod/echo", ":8080"]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -314,7 +363,12 @@ fn port_forward(minor: u32) {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("no port-forward line; stderr: {}", err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
+            panic!(
+                "no port-forward line; stderr: {}",
+                err_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_default()
+            );
         }
     };
     let port: u16 = line
@@ -342,10 +396,17 @@ fn port_forward(minor: u32) {
         s.read_exact(&mut back).unwrap();
         assert!(back == big, "large payload echoed intact");
     }
-    assert!(child.try_wait().unwrap().is_none(), "kubectl port-forward ended early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kubectl port-forward ended early"
+    );
     let _ = child.kill();
     let _ = child.wait();
-    assert_upgraded(&err_rx.recv_timeout(Duration::from_secs(10)).unwrap(), method(minor), "portforward");
+    assert_upgraded(
+        &err_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        method(minor),
+        "portforward",
+    );
 }
 
 #[test]
@@ -382,15 +443,22 @@ mod raw {
         for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(sim.sim.addr()).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(sim.sim.addr())
+            .await
+            .unwrap();
         let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap()
     }
 
     /// Messages of one session: (channel, payload), in order.
@@ -401,18 +469,37 @@ mod raw {
 
     impl Session {
         pub fn channel(&self, ch: u8) -> String {
-            let bytes: Vec<u8> = self.frames.iter().filter(|(c, _)| *c == ch).flat_map(|(_, d)| d.clone()).collect();
+            let bytes: Vec<u8> = self
+                .frames
+                .iter()
+                .filter(|(c, _)| *c == ch)
+                .flat_map(|(_, d)| d.clone())
+                .collect();
             String::from_utf8(bytes).unwrap()
         }
     }
 
     /// Opens `path` (under the pod `echo`) with `protocol`, sends `send`,
     /// and reads until the server closes (bounded).
-    pub async fn exec(sim: &Sim, path: &str, protocol: &str, send: Vec<Message>) -> Result<Session, WsError> {
-        let url = format!("wss://{}/api/v1/namespaces/default/pods/{path}", sim.sim.addr());
+    pub async fn exec(
+        sim: &Sim,
+        path: &str,
+        protocol: &str,
+        send: Vec<Message>,
+    ) -> Result<Session, WsError> {
+        let url = format!(
+            "wss://{}/api/v1/namespaces/default/pods/{path}",
+            sim.sim.addr()
+        );
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {}", sim.sim.token().trim()).parse().unwrap());
-        req.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", sim.sim.token().trim())
+                .parse()
+                .unwrap(),
+        );
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().unwrap());
         let (mut ws, resp) = tokio_tungstenite::client_async(req, tls(sim).await).await?;
         let negotiated = resp
             .headers()
@@ -429,7 +516,9 @@ mod raw {
                 match m {
                     Message::Binary(b) if !b.is_empty() => frames.push((b[0], b[1..].to_vec())),
                     Message::Text(t) if b64 && !t.is_empty() => {
-                        let data = base64::engine::general_purpose::STANDARD.decode(&t.as_str()[1..]).unwrap();
+                        let data = base64::engine::general_purpose::STANDARD
+                            .decode(&t.as_str()[1..])
+                            .unwrap();
                         frames.push((t.as_bytes()[0] - b'0', data));
                     }
                     Message::Close(_) => break,
@@ -437,16 +526,26 @@ mod raw {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(20), read).await.expect("session ended in time");
-        Ok(Session { protocol: negotiated, frames })
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("session ended in time");
+        Ok(Session {
+            protocol: negotiated,
+            frames,
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn base64_v4_exec() {
         let sim = Sim::start();
-        let s = exec(&sim, "echo/exec?command=echo&command=hi&stdout=true&stderr=true", "v4.base64.channel.k8s.io", vec![])
-            .await
-            .unwrap();
+        let s = exec(
+            &sim,
+            "echo/exec?command=echo&command=hi&stdout=true&stderr=true",
+            "v4.base64.channel.k8s.io",
+            vec![],
+        )
+        .await
+        .unwrap();
         assert_eq!(s.protocol, "v4.base64.channel.k8s.io");
         // The empty "connection established" message comes first, on stdout.
         assert_eq!(s.frames.first(), Some(&(1, vec![])));
@@ -457,9 +556,14 @@ mod raw {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn v1_channel_reports_failures_as_text() {
         let sim = Sim::start();
-        let s = exec(&sim, "echo/exec?command=sh&command=-c&command=exit+2&stderr=true", "channel.k8s.io", vec![])
-            .await
-            .unwrap();
+        let s = exec(
+            &sim,
+            "echo/exec?command=sh&command=-c&command=exit+2&stderr=true",
+            "channel.k8s.io",
+            vec![],
+        )
+        .await
+        .unwrap();
         assert_eq!(s.protocol, "channel.k8s.io");
         assert_eq!(s.frames.first(), Some(&(2, vec![])));
         assert_eq!(
@@ -476,9 +580,14 @@ mod raw {
             Message::Binary(b"\x00typed".to_vec().into()),
             Message::Binary(vec![255u8, 0].into()),
         ];
-        let s = exec(&sim, "echo/exec?command=cat&stdin=true&stdout=true&tty=true", "v5.channel.k8s.io", send)
-            .await
-            .unwrap();
+        let s = exec(
+            &sim,
+            "echo/exec?command=cat&stdin=true&stdout=true&tty=true",
+            "v5.channel.k8s.io",
+            send,
+        )
+        .await
+        .unwrap();
         assert_eq!(s.protocol, "v5.channel.k8s.io");
         assert_eq!(s.channel(1), "typed");
         assert_eq!(s.channel(3), r#"{"metadata":{},"status":"Success"}"#);
@@ -487,7 +596,8 @@ mod raw {
     async fn http_error(sim: &Sim, path: &str, protocol: &str) -> (u16, serde_json::Value) {
         match exec(sim, path, protocol, vec![]).await {
             Err(WsError::Http(resp)) => {
-                let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
                 (resp.status().as_u16(), body)
             }
             Err(e) => panic!("unexpected error {e}"),
@@ -501,18 +611,44 @@ mod raw {
         let (code, body) = http_error(&sim, "echo/exec?stdout=true", "v5.channel.k8s.io").await;
         assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")));
         assert_eq!(body["message"], "you must specify at least 1 command");
-        let (code, body) = http_error(&sim, "echo/exec?command=true&stdout=true&container=nope", "v5.channel.k8s.io").await;
+        let (code, body) = http_error(
+            &sim,
+            "echo/exec?command=true&stdout=true&container=nope",
+            "v5.channel.k8s.io",
+        )
+        .await;
         assert_eq!(code, 400);
         assert_eq!(body["message"], "container nope is not valid for pod echo");
-        let (code, body) = http_error(&sim, "talker/exec?command=true&stdout=true", "v5.channel.k8s.io").await;
+        let (code, body) = http_error(
+            &sim,
+            "talker/exec?command=true&stdout=true",
+            "v5.channel.k8s.io",
+        )
+        .await;
         assert_eq!(code, 400);
-        assert_eq!(body["message"], "a container name must be specified for pod talker, choose one of: [app side]");
+        assert_eq!(
+            body["message"],
+            "a container name must be specified for pod talker, choose one of: [app side]"
+        );
         let (code, body) = http_error(&sim, "echo/exec?command=true", "v5.channel.k8s.io").await;
         assert_eq!(code, 400);
-        assert_eq!(body["message"], "you must specify at least one of stdin, stdout, stderr");
-        let (code, _) = http_error(&sim, "echo/exec?command=true&stdout=true", "v9.channel.k8s.io").await;
+        assert_eq!(
+            body["message"],
+            "you must specify at least one of stdin, stdout, stderr"
+        );
+        let (code, _) = http_error(
+            &sim,
+            "echo/exec?command=true&stdout=true",
+            "v9.channel.k8s.io",
+        )
+        .await;
         assert_eq!(code, 400);
-        let (code, body) = http_error(&sim, "nosuchpod/exec?command=true&stdout=true", "v5.channel.k8s.io").await;
+        let (code, body) = http_error(
+            &sim,
+            "nosuchpod/exec?command=true&stdout=true",
+            "v5.channel.k8s.io",
+        )
+        .await;
         assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")));
         let (code, body) = http_error(&sim, "echo/portforward", "v4.channel.k8s.io").await;
         assert_eq!(code, 400);
@@ -522,27 +658,52 @@ mod raw {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn portforward_channel_protocol() {
         let sim = Sim::start();
-        let send = vec![Message::Binary(b"\x00abc".to_vec().into()), Message::Binary(b"\x02xyz".to_vec().into())];
+        let send = vec![
+            Message::Binary(b"\x00abc".to_vec().into()),
+            Message::Binary(b"\x02xyz".to_vec().into()),
+        ];
         // The server ends the session only when we do; read what comes back
         // for a moment through a separate path: close after sending.
-        let url = format!("wss://{}/api/v1/namespaces/default/pods/echo/portforward?ports=8080,9090", sim.sim.addr());
+        let url = format!(
+            "wss://{}/api/v1/namespaces/default/pods/echo/portforward?ports=8080,9090",
+            sim.sim.addr()
+        );
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {}", sim.sim.token().trim()).parse().unwrap());
-        req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tls(&sim).await).await.unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", sim.sim.token().trim())
+                .parse()
+                .unwrap(),
+        );
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls(&sim).await)
+            .await
+            .unwrap();
         for m in send {
             ws.send(m).await.unwrap();
         }
         let mut frames = Vec::new();
         while frames.len() < 6 {
-            let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap().unwrap().unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let Message::Binary(b) = m {
                 frames.push((b[0], b[1..].to_vec()));
             }
         }
         let _ = ws.close(None).await;
         // Each channel opens with its port, little-endian; data channels echo.
-        let port_of = |ch: u8| frames.iter().find(|(c, _)| *c == ch).map(|(_, d)| d.clone());
+        let port_of = |ch: u8| {
+            frames
+                .iter()
+                .find(|(c, _)| *c == ch)
+                .map(|(_, d)| d.clone())
+        };
         assert_eq!(port_of(0), Some(8080u16.to_le_bytes().to_vec()));
         assert_eq!(port_of(1), Some(8080u16.to_le_bytes().to_vec()));
         assert_eq!(port_of(2), Some(9090u16.to_le_bytes().to_vec()));
@@ -609,7 +770,13 @@ fn python_client_exec_and_portforward() {
     std::fs::write(&script, PY_STREAMS).unwrap();
     let cmd = mcp_warden_tests::harness::python_with(&script, &sim.sim.kubeconfig_path());
     let out = run(cmd, b"");
-    assert_eq!(out.code, 0, "stderr: {}\nserver log: {}", out.stderr, sim.sim.log());
+    assert_eq!(
+        out.code,
+        0,
+        "stderr: {}\nserver log: {}",
+        out.stderr,
+        sim.sim.log()
+    );
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["echo"], "hi there\n");
     assert_eq!(v["exit"], 3);

@@ -18,7 +18,11 @@ pub enum Out {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Program {
     /// Prints fixed bytes to stdout and stderr, then exits with `code`.
-    Print { stdout: String, stderr: String, code: i32 },
+    Print {
+        stdout: String,
+        stderr: String,
+        code: i32,
+    },
     /// Copies stdin to stdout until EOF.
     Cat,
     /// Sleeps (bounded), then exits 0.
@@ -32,7 +36,11 @@ impl Program {
     /// Interprets `argv` the way a minimal shell image would. `pod` is the
     /// pod name (the container's hostname).
     pub fn parse(argv: &[String], pod: &str) -> Program {
-        let ok = |s: String| Program::Print { stdout: s, stderr: String::new(), code: 0 };
+        let ok = |s: String| Program::Print {
+            stdout: s,
+            stderr: String::new(),
+            code: 0,
+        };
         let Some(cmd) = argv.first() else {
             return ok(String::new());
         };
@@ -54,17 +62,27 @@ impl Program {
             "cat" if args.is_empty() || args.iter().all(|a| a == "-") => Program::Cat,
             "cat" => Program::Print {
                 stdout: String::new(),
-                stderr: args.iter().map(|a| format!("cat: {a}: No such file or directory\n")).collect(),
+                stderr: args
+                    .iter()
+                    .map(|a| format!("cat: {a}: No such file or directory\n"))
+                    .collect(),
                 code: 1,
             },
             "true" => ok(String::new()),
-            "false" => Program::Print { stdout: String::new(), stderr: String::new(), code: 1 },
+            "false" => Program::Print {
+                stdout: String::new(),
+                stderr: String::new(),
+                code: 1,
+            },
             "hostname" => ok(format!("{pod}\n")),
             "env" | "printenv" => ok(format!(
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nHOSTNAME={pod}\nHOME=/root\nKUBERNETES_SERVICE_HOST=10.96.0.1\nKUBERNETES_SERVICE_PORT=443\n"
             )),
             "sleep" => {
-                let secs = args.first().and_then(|a| a.parse::<f64>().ok()).unwrap_or(0.0);
+                let secs = args
+                    .first()
+                    .and_then(|a| a.parse::<f64>().ok())
+                    .unwrap_or(0.0);
                 let d = Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(MAX_SLEEP);
                 Program::Sleep(d.min(MAX_SLEEP))
             }
@@ -84,7 +102,11 @@ impl Program {
     /// `out`, returns the exit code. Stops early when `out` is gone.
     pub async fn run(&self, mut stdin: mpsc::Receiver<Bytes>, out: mpsc::Sender<Out>) -> i32 {
         match self {
-            Program::Print { stdout, stderr, code } => {
+            Program::Print {
+                stdout,
+                stderr,
+                code,
+            } => {
                 if !stdout.is_empty() {
                     let _ = out.send(Out::Stdout(Bytes::from(stdout.clone()))).await;
                 }
@@ -117,7 +139,11 @@ impl Program {
 fn shell(script: &str, pod: &str) -> Program {
     let words = split_words(script);
     match words.first().map(String::as_str) {
-        None => Program::Print { stdout: String::new(), stderr: String::new(), code: 0 },
+        None => Program::Print {
+            stdout: String::new(),
+            stderr: String::new(),
+            code: 0,
+        },
         Some("exit") => {
             let code = match words.get(1) {
                 None => 0,
@@ -132,7 +158,11 @@ fn shell(script: &str, pod: &str) -> Program {
                     }
                 },
             };
-            Program::Print { stdout: String::new(), stderr: String::new(), code }
+            Program::Print {
+                stdout: String::new(),
+                stderr: String::new(),
+                code,
+            }
         }
         Some(_) => Program::parse(&words, pod),
     }
@@ -171,7 +201,9 @@ fn split_words(s: &str) -> Vec<String> {
 
 /// `printf FORMAT ARGS...` with `%s`, `%d`, `%%` and `\n`/`\t`/`\\` escapes.
 fn printf(args: &[String]) -> String {
-    let Some(fmt) = args.first() else { return String::new() };
+    let Some(fmt) = args.first() else {
+        return String::new();
+    };
     let mut rest = args[1..].iter();
     let mut out = String::new();
     let mut chars = fmt.chars().peekable();
@@ -188,7 +220,9 @@ fn printf(args: &[String]) -> String {
                 None => out.push('\\'),
             },
             '%' => match chars.next() {
-                Some('s') | Some('d') => out.push_str(rest.next().map(String::as_str).unwrap_or("")),
+                Some('s') | Some('d') => {
+                    out.push_str(rest.next().map(String::as_str).unwrap_or(""))
+                }
                 Some('%') => out.push('%'),
                 Some(o) => {
                     out.push('%');
@@ -232,6 +266,7 @@ fn go_list(argv: &[String]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -259,11 +294,20 @@ mod tests {
 
     #[tokio::test]
     async fn commands_behave_like_a_tiny_shell() {
-        assert_eq!(run(&["echo", "hi", "there"], &[]).await, ("hi there\n".into(), "".into(), 0));
+        assert_eq!(
+            run(&["echo", "hi", "there"], &[]).await,
+            ("hi there\n".into(), "".into(), 0)
+        );
         assert_eq!(run(&["echo", "-n", "x"], &[]).await.0, "x");
-        assert_eq!(run(&["cat"], &["a", "b\n"]).await, ("ab\n".into(), "".into(), 0));
+        assert_eq!(
+            run(&["cat"], &["a", "b\n"]).await,
+            ("ab\n".into(), "".into(), 0)
+        );
         assert_eq!(run(&["sh", "-c", "exit 3"], &[]).await.2, 3);
-        assert_eq!(run(&["/bin/sh", "-c", "echo 'a  b'"], &[]).await.0, "a  b\n");
+        assert_eq!(
+            run(&["/bin/sh", "-c", "echo 'a  b'"], &[]).await.0,
+            "a  b\n"
+        );
         assert_eq!(run(&["false"], &[]).await.2, 1);
         assert_eq!(run(&["hostname"], &[]).await.0, "pod-1\n");
         assert_eq!(run(&["printf", "%s-%d\\n", "a", "7"], &[]).await.0, "a-7\n");
@@ -275,8 +319,12 @@ mod tests {
 
     #[test]
     fn status_json_matches_kubelet() {
-        assert_eq!(status_json(&argv(&["true"]), 0), br#"{"metadata":{},"status":"Success"}"#.to_vec());
-        let v: serde_json::Value = serde_json::from_slice(&status_json(&argv(&["sh", "-c", "exit 3"]), 3)).unwrap();
+        assert_eq!(
+            status_json(&argv(&["true"]), 0),
+            br#"{"metadata":{},"status":"Success"}"#.to_vec()
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&status_json(&argv(&["sh", "-c", "exit 3"]), 3)).unwrap();
         assert_eq!(v["status"], "Failure");
         assert_eq!(v["reason"], "NonZeroExitCode");
         assert_eq!(v["details"]["causes"][0]["reason"], "ExitCode");

@@ -32,7 +32,9 @@ pub const FOLLOW_MAX_LINES: usize = 50;
 pub fn initial_lines(pod: &PodRef, container: &str) -> Vec<String> {
     match pod.pod["metadata"]["annotations"][LOG_ANNOTATION].as_str() {
         Some(text) => text.lines().map(str::to_string).collect(),
-        None => (1..=GENERATED_LINES).map(|n| generated(pod, container, n)).collect(),
+        None => (1..=GENERATED_LINES)
+            .map(|n| generated(pod, container, n))
+            .collect(),
     }
 }
 
@@ -46,17 +48,26 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
     if q.bool("previous") {
         return Err(Status::new(
             Reason::BadRequest,
-            format!("previous terminated container \"{container}\" in pod \"{}\" not found", pod.name),
+            format!(
+                "previous terminated container \"{container}\" in pod \"{}\" not found",
+                pod.name
+            ),
         ));
     }
     let tail = match q.get("tailLines") {
         None => None,
         Some(t) => Some(t.parse::<i64>().map_err(|_| {
-            Status::new(Reason::BadRequest, format!("tailLines: invalid value {t:?}: must be an integer"))
+            Status::new(
+                Reason::BadRequest,
+                format!("tailLines: invalid value {t:?}: must be an integer"),
+            )
         })?),
     };
     if tail.is_some_and(|t| t < 0) {
-        return Err(Status::new(Reason::Invalid, "tailLines: Invalid value: must be greater than or equal to 0"));
+        return Err(Status::new(
+            Reason::Invalid,
+            "tailLines: Invalid value: must be greater than or equal to 0",
+        ));
     }
     let follow = q.bool("follow");
     let timestamps = q.bool("timestamps");
@@ -89,13 +100,17 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
         }
     });
     let mut resp = Response::new(ChanBody(rx).boxed());
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(resp)
 }
 
 fn render(line: &str, timestamps: bool) -> Bytes {
     if timestamps {
-        Bytes::from(format!("{} {line}\n", rfc3339_nano(time::OffsetDateTime::now_utc())))
+        Bytes::from(format!(
+            "{} {line}\n",
+            rfc3339_nano(time::OffsetDateTime::now_utc())
+        ))
     } else {
         Bytes::from(format!("{line}\n"))
     }
@@ -123,21 +138,30 @@ impl Body for ChanBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn pod(ann: Option<&str>) -> PodRef {
-        let mut p = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+        let mut p =
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
         if let Some(a) = ann {
             p["metadata"]["annotations"] = serde_json::json!({ LOG_ANNOTATION: a });
         }
-        PodRef { namespace: "default".into(), name: "p".into(), pod: p }
+        PodRef {
+            namespace: "default".into(),
+            name: "p".into(),
+            pod: p,
+        }
     }
 
     async fn body(q: &str, p: &PodRef) -> String {
@@ -148,7 +172,10 @@ mod tests {
 
     #[tokio::test]
     async fn lines_tail_and_timestamps() {
-        assert_eq!(body("", &pod(None)).await, "line 1 from p/c\nline 2 from p/c\nline 3 from p/c\n");
+        assert_eq!(
+            body("", &pod(None)).await,
+            "line 1 from p/c\nline 2 from p/c\nline 3 from p/c\n"
+        );
         assert_eq!(body("tailLines=1", &pod(Some("a\nb\nc"))).await, "c\n");
         assert_eq!(body("tailLines=0", &pod(Some("a\nb"))).await, "");
         let ts = body("timestamps=true&container=c", &pod(Some("x"))).await;
@@ -156,7 +183,19 @@ mod tests {
         assert_eq!(rest, "x\n");
         assert_eq!(stamp.len(), "2024-01-02T03:04:05.123456789Z".len());
         assert!(stamp.ends_with('Z'));
-        assert_eq!(serve(&pod(None), &Query::parse("container=zz")).await.unwrap_err().code(), 400);
-        assert_eq!(serve(&pod(None), &Query::parse("tailLines=x")).await.unwrap_err().code(), 400);
+        assert_eq!(
+            serve(&pod(None), &Query::parse("container=zz"))
+                .await
+                .unwrap_err()
+                .code(),
+            400
+        );
+        assert_eq!(
+            serve(&pod(None), &Query::parse("tailLines=x"))
+                .await
+                .unwrap_err()
+                .code(),
+            400
+        );
     }
 }

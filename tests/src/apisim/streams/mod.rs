@@ -56,7 +56,11 @@ pub struct ExecOptions {
 }
 
 /// Serves one streaming request.
-pub async fn serve(kind: StreamKind, pod: PodRef, req: Request<hyper::body::Incoming>) -> Response<ResBody> {
+pub async fn serve(
+    kind: StreamKind,
+    pod: PodRef,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ResBody> {
     let query = Query::parse(req.uri().query().unwrap_or(""));
     let result = match kind {
         StreamKind::Log => log::serve(&pod, &query).await,
@@ -76,7 +80,10 @@ fn serve_exec(
     let attach = kind == StreamKind::Attach;
     let command = q.all("command");
     if !attach && command.is_empty() {
-        return Err(Status::new(Reason::BadRequest, "you must specify at least 1 command"));
+        return Err(Status::new(
+            Reason::BadRequest,
+            "you must specify at least 1 command",
+        ));
     }
     let opts = ExecOptions {
         command,
@@ -89,7 +96,10 @@ fn serve_exec(
         pod: pod.name.clone(),
     };
     if !opts.stdin && !opts.stdout && !opts.stderr {
-        return Err(Status::new(Reason::BadRequest, "you must specify at least one of stdin, stdout, stderr"));
+        return Err(Status::new(
+            Reason::BadRequest,
+            "you must specify at least one of stdin, stdout, stderr",
+        ));
     }
     if opts.tty && opts.stderr && !attach {
         // kube-apiserver allows it; kubelet merges stderr into the tty.
@@ -106,7 +116,11 @@ fn serve_exec(
 pub fn resolve_container(pod: &PodRef, asked: Option<&str>) -> Result<String, Status> {
     let names: Vec<String> = pod.pod["spec"]["containers"]
         .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     match asked.filter(|s| !s.is_empty()) {
         Some(c) if names.iter().any(|n| n == c) => Ok(c.to_string()),
@@ -125,7 +139,10 @@ pub fn resolve_container(pod: &PodRef, asked: Option<&str>) -> Result<String, St
         }
         None => match names.as_slice() {
             [only] => Ok(only.clone()),
-            [] => Err(Status::new(Reason::BadRequest, format!("pod {} does not have a container", pod.name))),
+            [] => Err(Status::new(
+                Reason::BadRequest,
+                format!("pod {} does not have a container", pod.name),
+            )),
             _ => Err(Status::new(
                 Reason::BadRequest,
                 format!(
@@ -199,7 +216,10 @@ pub fn switching(upgrade: &'static str, extra: &[(&str, String)]) -> Response<Re
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static(upgrade));
     for (name, value) in extra {
-        if let (Ok(n), Ok(v)) = (hyper::header::HeaderName::try_from(*name), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::try_from(*name),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             h.insert(n, v);
         }
     }
@@ -208,13 +228,21 @@ pub fn switching(upgrade: &'static str, extra: &[(&str, String)]) -> Response<Re
 
 /// An empty body.
 pub fn empty() -> ResBody {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Maps a `Status` to its HTTP response.
 pub fn status_response(status: Status) -> Response<ResBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(status.to_json())).map_err(|never| match never {}).boxed());
-    *resp.status_mut() = StatusCode::from_u16(status.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(
+        Full::new(Bytes::from(status.to_json()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() =
+        StatusCode::from_u16(status.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

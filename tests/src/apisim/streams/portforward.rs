@@ -31,16 +31,32 @@ pub const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 fn channel_proto(name: &str) -> Option<ChannelProto> {
     match name {
-        "" | "channel.k8s.io" | PORTFORWARD_V1 => Some(ChannelProto { version: 1, base64: false }),
-        "base64.channel.k8s.io" => Some(ChannelProto { version: 1, base64: true }),
-        "v4.channel.k8s.io" => Some(ChannelProto { version: 4, base64: false }),
-        "v4.base64.channel.k8s.io" => Some(ChannelProto { version: 4, base64: true }),
+        "" | "channel.k8s.io" | PORTFORWARD_V1 => Some(ChannelProto {
+            version: 1,
+            base64: false,
+        }),
+        "base64.channel.k8s.io" => Some(ChannelProto {
+            version: 1,
+            base64: true,
+        }),
+        "v4.channel.k8s.io" => Some(ChannelProto {
+            version: 4,
+            base64: false,
+        }),
+        "v4.base64.channel.k8s.io" => Some(ChannelProto {
+            version: 4,
+            base64: true,
+        }),
         _ => None,
     }
 }
 
 /// Serves `.../pods/NAME/portforward`.
-pub fn serve(pod: &PodRef, q: &Query, req: Request<hyper::body::Incoming>) -> Result<Response<ResBody>, Status> {
+pub fn serve(
+    pod: &PodRef,
+    q: &Query,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ResBody>, Status> {
     match upgrade_kind(&req) {
         Upgrade::Spdy => {
             let protocol = super::spdy::negotiate(&req, &[PORTFORWARD_V1])?;
@@ -56,8 +72,13 @@ pub fn serve(pod: &PodRef, q: &Query, req: Request<hyper::body::Incoming>) -> Re
                 });
             }
             let ports = parse_ports(q)?;
-            let proto = channel_proto(&protocol).unwrap_or(ChannelProto { version: 1, base64: false });
-            ws::upgrade(req, &protocol, move |socket| run_channels(socket, proto, ports))
+            let proto = channel_proto(&protocol).unwrap_or(ChannelProto {
+                version: 1,
+                base64: false,
+            });
+            ws::upgrade(req, &protocol, move |socket| {
+                run_channels(socket, proto, ports)
+            })
         }
         Upgrade::None => Err(Status::new(Reason::BadRequest, "Upgrade request required")),
     }
@@ -70,12 +91,20 @@ pub fn parse_ports(q: &Query) -> Result<Vec<u16>, Status> {
         for p in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match p.parse::<u16>() {
                 Ok(n) if n > 0 => ports.push(n),
-                _ => return Err(Status::new(Reason::BadRequest, format!("unable to parse {p:?} as a port: must be 1-65535"))),
+                _ => {
+                    return Err(Status::new(
+                        Reason::BadRequest,
+                        format!("unable to parse {p:?} as a port: must be 1-65535"),
+                    ));
+                }
             }
         }
     }
     if ports.is_empty() {
-        return Err(Status::new(Reason::BadRequest, "query parameter \"ports\" is required"));
+        return Err(Status::new(
+            Reason::BadRequest,
+            "query parameter \"ports\" is required",
+        ));
     }
     Ok(ports)
 }
@@ -93,7 +122,9 @@ async fn run_spdy(mut session: Session) {
     let pairs: Pairs = Arc::default();
     let h = session.handle.clone();
     while let Some(mut s) = session.streams.recv().await {
-        let kind = header(&s.headers, "streamtype").unwrap_or("").to_ascii_lowercase();
+        let kind = header(&s.headers, "streamtype")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let port = header(&s.headers, "port").unwrap_or("").to_string();
         let key = match header(&s.headers, "requestid") {
             Some(r) => format!("req:{r}"),
@@ -120,7 +151,12 @@ async fn run_spdy(mut session: Session) {
                     h.reset(s.id);
                     continue;
                 }
-                pairs.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().data = Some(s.id);
+                pairs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .data = Some(s.id);
                 let (h, pairs) = (h.clone(), pairs.clone());
                 tokio::spawn(async move {
                     while let Some(b) = s.data.recv().await {
@@ -148,13 +184,16 @@ async fn run_spdy(mut session: Session) {
     session.handle.shutdown();
 }
 
-
 async fn run_channels(socket: Ws, p: ChannelProto, ports: Vec<u16>) {
     let (mut sink, mut stream) = socket.split();
     for (i, port) in ports.iter().enumerate() {
         for ch in [2 * i, 2 * i + 1] {
             let Ok(ch) = u8::try_from(ch) else { continue };
-            if sink.send(ws::encode(p, ch, &port.to_le_bytes())).await.is_err() {
+            if sink
+                .send(ws::encode(p, ch, &port.to_le_bytes()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -163,12 +202,13 @@ async fn run_channels(socket: Ws, p: ChannelProto, ports: Vec<u16>) {
         if matches!(msg, Message::Close(_)) {
             break;
         }
-        if let Some((ch, data)) = ws::decode(p, &msg) {
-            if ch % 2 == 0 && usize::from(ch / 2) < ports.len() && !data.is_empty() {
-                if sink.send(ws::encode(p, ch, &data)).await.is_err() {
-                    return;
-                }
-            }
+        if let Some((ch, data)) = ws::decode(p, &msg)
+            && ch % 2 == 0
+            && usize::from(ch / 2) < ports.len()
+            && !data.is_empty()
+            && sink.send(ws::encode(p, ch, &data)).await.is_err()
+        {
+            return;
         }
     }
     let _ = sink.send(normal_close()).await;
@@ -176,14 +216,24 @@ async fn run_channels(socket: Ws, p: ChannelProto, ports: Vec<u16>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn ports_parse() {
-        assert_eq!(parse_ports(&Query::parse("ports=8080,9090&ports=1")).unwrap(), vec![8080, 9090, 1]);
+        assert_eq!(
+            parse_ports(&Query::parse("ports=8080,9090&ports=1")).unwrap(),
+            vec![8080, 9090, 1]
+        );
         assert_eq!(parse_ports(&Query::parse("")).unwrap_err().code(), 400);
-        assert_eq!(parse_ports(&Query::parse("ports=0")).unwrap_err().code(), 400);
-        assert_eq!(parse_ports(&Query::parse("ports=x")).unwrap_err().code(), 400);
+        assert_eq!(
+            parse_ports(&Query::parse("ports=0")).unwrap_err().code(),
+            400
+        );
+        assert_eq!(
+            parse_ports(&Query::parse("ports=x")).unwrap_err().code(),
+            400
+        );
     }
 }

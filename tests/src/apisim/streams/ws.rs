@@ -68,17 +68,27 @@ pub fn negotiate<B>(req: &Request<B>, accept: impl Fn(&str) -> bool) -> Result<S
         return if accept("") {
             Ok(String::new())
         } else {
-            Err(Status::new(Reason::BadRequest, "a WebSocket subprotocol is required"))
+            Err(Status::new(
+                Reason::BadRequest,
+                "a WebSocket subprotocol is required",
+            ))
         };
     }
     offered.iter().find(|p| accept(p)).cloned().ok_or_else(|| {
-        Status::new(Reason::BadRequest, format!("requested protocol(s) are not supported: {offered:?}"))
+        Status::new(
+            Reason::BadRequest,
+            format!("requested protocol(s) are not supported: {offered:?}"),
+        )
     })
 }
 
 /// Answers the WebSocket handshake with `protocol` and runs `session` on the
 /// socket once hyper hands it over.
-pub fn upgrade<F, Fut>(req: Request<hyper::body::Incoming>, protocol: &str, session: F) -> Result<Response<ResBody>, Status>
+pub fn upgrade<F, Fut>(
+    req: Request<hyper::body::Incoming>,
+    protocol: &str,
+    session: F,
+) -> Result<Response<ResBody>, Status>
 where
     F: FnOnce(Ws) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -96,7 +106,9 @@ where
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
                 session(ws).await;
             }
             Err(error) => tracing::warn!(%error, "WebSocket upgrade failed"),
@@ -141,9 +153,15 @@ pub fn decode(p: ChannelProto, msg: &Message) -> Option<(u8, Bytes)> {
 }
 
 /// Serves exec/attach over a WebSocket channel protocol.
-pub fn serve_exec(opts: ExecOptions, req: Request<hyper::body::Incoming>) -> Result<Response<ResBody>, Status> {
+pub fn serve_exec(
+    opts: ExecOptions,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ResBody>, Status> {
     let protocol = negotiate(&req, |p| exec_proto(p).is_some())?;
-    let proto = exec_proto(&protocol).unwrap_or(ChannelProto { version: 1, base64: false });
+    let proto = exec_proto(&protocol).unwrap_or(ChannelProto {
+        version: 1,
+        base64: false,
+    });
     tracing::debug!(%protocol, command = ?opts.command, "exec over WebSocket");
     upgrade(req, &protocol, move |ws| run_exec(ws, proto, opts))
 }
@@ -174,15 +192,18 @@ async fn run_exec(ws: Ws, p: ChannelProto, opts: ExecOptions) {
             }
             match decode(p, &msg) {
                 Some((STDIN, data)) => {
-                    if let Some(tx) = &stdin_tx {
-                        if !data.is_empty() && tx.send(data).await.is_err() {
-                            stdin_tx = None;
-                        }
+                    if let Some(tx) = &stdin_tx
+                        && !data.is_empty()
+                        && tx.send(data).await.is_err()
+                    {
+                        stdin_tx = None;
                     }
                 }
                 Some((CLOSE, data)) if v5 && data.first() == Some(&STDIN) => stdin_tx = None,
                 Some((RESIZE, _)) => {}
-                Some((ch, _)) => tracing::debug!(channel = ch, "ignoring message on unexpected channel"),
+                Some((ch, _)) => {
+                    tracing::debug!(channel = ch, "ignoring message on unexpected channel")
+                }
                 None => {}
             }
         }
@@ -190,7 +211,11 @@ async fn run_exec(ws: Ws, p: ChannelProto, opts: ExecOptions) {
         let _ = gone_tx.send(());
     });
 
-    let argv = if opts.attach { vec!["cat".to_string()] } else { opts.command.clone() };
+    let argv = if opts.attach {
+        vec!["cat".to_string()]
+    } else {
+        opts.command.clone()
+    };
     let program = Program::parse(&argv, &opts.pod);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
     let job = tokio::spawn(async move { program.run(stdin_rx, out_tx).await });
@@ -231,7 +256,10 @@ async fn run_exec(ws: Ws, p: ChannelProto, opts: ExecOptions) {
 /// A close frame with status 1000: gorilla/websocket (client-go) treats a
 /// close without a status (1005) as an error.
 pub fn normal_close() -> Message {
-    Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
 }
 
 /// Turns a WebSocket carrying a byte stream in binary messages (kubectl's
@@ -244,11 +272,7 @@ pub fn tunnel(ws: Ws) -> DuplexStream {
         let inbound = async move {
             while let Some(Ok(msg)) = stream.next().await {
                 match msg {
-                    Message::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }
@@ -261,7 +285,11 @@ pub fn tunnel(ws: Ws) -> DuplexStream {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        if sink
+                            .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -276,42 +304,122 @@ pub fn tunnel(ws: Ws) -> DuplexStream {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn binary_and_base64_framing_round_trip() {
         for p in [
-            ChannelProto { version: 5, base64: false },
-            ChannelProto { version: 4, base64: true },
+            ChannelProto {
+                version: 5,
+                base64: false,
+            },
+            ChannelProto {
+                version: 4,
+                base64: true,
+            },
         ] {
             let m = encode(p, STDERR, b"oops\n");
             assert_eq!(decode(p, &m), Some((STDERR, Bytes::from_static(b"oops\n"))));
         }
-        let m = encode(ChannelProto { version: 4, base64: true }, STDOUT, b"hi");
+        let m = encode(
+            ChannelProto {
+                version: 4,
+                base64: true,
+            },
+            STDOUT,
+            b"hi",
+        );
         assert_eq!(m, Message::Text("1aGk=".into()));
-        assert_eq!(encode(ChannelProto { version: 5, base64: false }, STDOUT, b"hi"), Message::Binary(Bytes::from_static(b"\x01hi")));
-        assert_eq!(decode(ChannelProto { version: 5, base64: false }, &Message::Binary(Bytes::new())), None);
-        assert_eq!(decode(ChannelProto { version: 4, base64: true }, &Message::Text("1!!".into())), None);
         assert_eq!(
-            decode(ChannelProto { version: 4, base64: false }, &Message::Text("\u{0}ping".into())),
+            encode(
+                ChannelProto {
+                    version: 5,
+                    base64: false
+                },
+                STDOUT,
+                b"hi"
+            ),
+            Message::Binary(Bytes::from_static(b"\x01hi"))
+        );
+        assert_eq!(
+            decode(
+                ChannelProto {
+                    version: 5,
+                    base64: false
+                },
+                &Message::Binary(Bytes::new())
+            ),
+            None
+        );
+        assert_eq!(
+            decode(
+                ChannelProto {
+                    version: 4,
+                    base64: true
+                },
+                &Message::Text("1!!".into())
+            ),
+            None
+        );
+        assert_eq!(
+            decode(
+                ChannelProto {
+                    version: 4,
+                    base64: false
+                },
+                &Message::Text("\u{0}ping".into())
+            ),
             Some((STDIN, Bytes::from_static(b"ping")))
         );
     }
 
     #[test]
     fn protocol_names() {
-        assert_eq!(exec_proto("v5.channel.k8s.io"), Some(ChannelProto { version: 5, base64: false }));
-        assert_eq!(exec_proto("v4.base64.channel.k8s.io"), Some(ChannelProto { version: 4, base64: true }));
-        assert_eq!(exec_proto(""), Some(ChannelProto { version: 1, base64: false }));
+        assert_eq!(
+            exec_proto("v5.channel.k8s.io"),
+            Some(ChannelProto {
+                version: 5,
+                base64: false
+            })
+        );
+        assert_eq!(
+            exec_proto("v4.base64.channel.k8s.io"),
+            Some(ChannelProto {
+                version: 4,
+                base64: true
+            })
+        );
+        assert_eq!(
+            exec_proto(""),
+            Some(ChannelProto {
+                version: 1,
+                base64: false
+            })
+        );
         assert_eq!(exec_proto("v6.channel.k8s.io"), None);
         let req = Request::builder()
-            .header("sec-websocket-protocol", "v6.channel.k8s.io, v4.channel.k8s.io")
+            .header(
+                "sec-websocket-protocol",
+                "v6.channel.k8s.io, v4.channel.k8s.io",
+            )
             .header("sec-websocket-protocol", "v5.channel.k8s.io")
             .body(())
             .unwrap();
-        assert_eq!(negotiate(&req, |p| exec_proto(p).is_some()).unwrap(), "v4.channel.k8s.io");
-        let none = Request::builder().header("sec-websocket-protocol", "x").body(()).unwrap();
-        assert_eq!(negotiate(&none, |p| exec_proto(p).is_some()).unwrap_err().code(), 400);
+        assert_eq!(
+            negotiate(&req, |p| exec_proto(p).is_some()).unwrap(),
+            "v4.channel.k8s.io"
+        );
+        let none = Request::builder()
+            .header("sec-websocket-protocol", "x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            negotiate(&none, |p| exec_proto(p).is_some())
+                .unwrap_err()
+                .code(),
+            400
+        );
     }
 }

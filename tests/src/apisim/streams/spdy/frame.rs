@@ -51,17 +51,52 @@ pub type Headers = Vec<(String, String)>;
 /// One SPDY/3.1 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Data { stream_id: u32, flags: u8, data: Bytes },
-    SynStream { stream_id: u32, assoc_id: u32, priority: u8, slot: u8, flags: u8, headers: Headers },
-    SynReply { stream_id: u32, flags: u8, headers: Headers },
-    RstStream { stream_id: u32, status: u32 },
-    Settings { flags: u8, entries: Vec<(u8, u32, u32)> },
-    Ping { id: u32 },
-    GoAway { last_good_stream_id: u32, status: u32 },
-    Headers { stream_id: u32, flags: u8, headers: Headers },
-    WindowUpdate { stream_id: u32, delta: u32 },
+    Data {
+        stream_id: u32,
+        flags: u8,
+        data: Bytes,
+    },
+    SynStream {
+        stream_id: u32,
+        assoc_id: u32,
+        priority: u8,
+        slot: u8,
+        flags: u8,
+        headers: Headers,
+    },
+    SynReply {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
+    Settings {
+        flags: u8,
+        entries: Vec<(u8, u32, u32)>,
+    },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good_stream_id: u32,
+        status: u32,
+    },
+    Headers {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
     /// A control frame type we do not know; SPDY says ignore it.
-    Unknown { kind: u16 },
+    Unknown {
+        kind: u16,
+    },
 }
 
 /// Codec failures; any of them ends the session (SPDY has no recovery from a
@@ -82,16 +117,71 @@ pub enum FrameError {
 /// followed by a run of common header values.
 pub fn dictionary() -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-        "accept-encoding", "accept-language", "accept-ranges", "age", "allow", "authorization",
-        "cache-control", "connection", "content-base", "content-encoding", "content-language",
-        "content-length", "content-location", "content-md5", "content-range", "content-type",
-        "date", "etag", "expect", "expires", "from", "host", "if-match", "if-modified-since",
-        "if-none-match", "if-range", "if-unmodified-since", "last-modified", "location",
-        "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range",
-        "referer", "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade",
-        "user-agent", "vary", "via", "warning", "www-authenticate", "method", "get", "status",
-        "200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin",
+        "options",
+        "head",
+        "post",
+        "put",
+        "delete",
+        "trace",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-base",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "content-type",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "retry-after",
+        "server",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "method",
+        "get",
+        "status",
+        "200 OK",
+        "version",
+        "HTTP/1.1",
+        "url",
+        "public",
+        "set-cookie",
+        "keep-alive",
+        "origin",
     ];
     const TAIL: &str = concat!(
         "100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505",
@@ -136,12 +226,23 @@ impl Codec {
     /// Appends the wire form of `frame` to `out`.
     pub fn encode(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), FrameError> {
         match frame {
-            Frame::Data { stream_id, flags, data } => {
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
                 out.put_u32(stream_id & 0x7fff_ffff);
                 put_flags_len(out, *flags, data.len())?;
                 out.extend_from_slice(data);
             }
-            Frame::SynStream { stream_id, assoc_id, priority, slot, flags, headers } => {
+            Frame::SynStream {
+                stream_id,
+                assoc_id,
+                priority,
+                slot,
+                flags,
+                headers,
+            } => {
                 let block = self.compress_headers(headers)?;
                 let mut body = BytesMut::with_capacity(10 + block.len());
                 body.put_u32(stream_id & 0x7fff_ffff);
@@ -151,16 +252,29 @@ impl Codec {
                 body.extend_from_slice(&block);
                 put_control(out, kind::SYN_STREAM, *flags, &body)?;
             }
-            Frame::SynReply { stream_id, flags, headers } => {
+            Frame::SynReply {
+                stream_id,
+                flags,
+                headers,
+            } => {
                 let body = self.stream_and_block(*stream_id, headers)?;
                 put_control(out, kind::SYN_REPLY, *flags, &body)?;
             }
-            Frame::Headers { stream_id, flags, headers } => {
+            Frame::Headers {
+                stream_id,
+                flags,
+                headers,
+            } => {
                 let body = self.stream_and_block(*stream_id, headers)?;
                 put_control(out, kind::HEADERS, *flags, &body)?;
             }
             Frame::RstStream { stream_id, status } => {
-                put_control(out, kind::RST_STREAM, 0, &two_words(stream_id & 0x7fff_ffff, *status))?;
+                put_control(
+                    out,
+                    kind::RST_STREAM,
+                    0,
+                    &two_words(stream_id & 0x7fff_ffff, *status),
+                )?;
             }
             Frame::Settings { flags, entries } => {
                 let mut body = BytesMut::with_capacity(4 + 8 * entries.len());
@@ -172,11 +286,24 @@ impl Codec {
                 put_control(out, kind::SETTINGS, *flags, &body)?;
             }
             Frame::Ping { id } => put_control(out, kind::PING, 0, &id.to_be_bytes())?,
-            Frame::GoAway { last_good_stream_id, status } => {
-                put_control(out, kind::GOAWAY, 0, &two_words(last_good_stream_id & 0x7fff_ffff, *status))?;
+            Frame::GoAway {
+                last_good_stream_id,
+                status,
+            } => {
+                put_control(
+                    out,
+                    kind::GOAWAY,
+                    0,
+                    &two_words(last_good_stream_id & 0x7fff_ffff, *status),
+                )?;
             }
             Frame::WindowUpdate { stream_id, delta } => {
-                put_control(out, kind::WINDOW_UPDATE, 0, &two_words(stream_id & 0x7fff_ffff, delta & 0x7fff_ffff))?;
+                put_control(
+                    out,
+                    kind::WINDOW_UPDATE,
+                    0,
+                    &two_words(stream_id & 0x7fff_ffff, delta & 0x7fff_ffff),
+                )?;
             }
             Frame::Unknown { .. } => return Err(FrameError::Malformed { what: "unknown" }),
         }
@@ -201,7 +328,11 @@ impl Codec {
         let first = head.get_u32();
         let flags = head.get_u8();
         if first & 0x8000_0000 == 0 {
-            return Ok(Some(Frame::Data { stream_id: first & 0x7fff_ffff, flags, data: body }));
+            return Ok(Some(Frame::Data {
+                stream_id: first & 0x7fff_ffff,
+                flags,
+                data: body,
+            }));
         }
         let version = ((first >> 16) & 0x7fff) as u16;
         if version != VERSION {
@@ -215,21 +346,39 @@ impl Codec {
                 let priority = body.get_u8() >> 5;
                 let slot = body.get_u8();
                 let headers = self.decompress_headers(&body)?;
-                Frame::SynStream { stream_id, assoc_id, priority, slot, flags, headers }
+                Frame::SynStream {
+                    stream_id,
+                    assoc_id,
+                    priority,
+                    slot,
+                    flags,
+                    headers,
+                }
             }
             kind::SYN_REPLY => {
                 need(&body, 4, "SYN_REPLY")?;
                 let stream_id = body.get_u32() & 0x7fff_ffff;
-                Frame::SynReply { stream_id, flags, headers: self.decompress_headers(&body)? }
+                Frame::SynReply {
+                    stream_id,
+                    flags,
+                    headers: self.decompress_headers(&body)?,
+                }
             }
             kind::HEADERS => {
                 need(&body, 4, "HEADERS")?;
                 let stream_id = body.get_u32() & 0x7fff_ffff;
-                Frame::Headers { stream_id, flags, headers: self.decompress_headers(&body)? }
+                Frame::Headers {
+                    stream_id,
+                    flags,
+                    headers: self.decompress_headers(&body)?,
+                }
             }
             kind::RST_STREAM => {
                 need(&body, 8, "RST_STREAM")?;
-                Frame::RstStream { stream_id: body.get_u32() & 0x7fff_ffff, status: body.get_u32() }
+                Frame::RstStream {
+                    stream_id: body.get_u32() & 0x7fff_ffff,
+                    status: body.get_u32(),
+                }
             }
             kind::SETTINGS => {
                 need(&body, 4, "SETTINGS")?;
@@ -252,18 +401,28 @@ impl Codec {
                 need(&body, 4, "GOAWAY")?;
                 let last_good_stream_id = body.get_u32() & 0x7fff_ffff;
                 let status = if body.len() >= 4 { body.get_u32() } else { 0 };
-                Frame::GoAway { last_good_stream_id, status }
+                Frame::GoAway {
+                    last_good_stream_id,
+                    status,
+                }
             }
             kind::WINDOW_UPDATE => {
                 need(&body, 8, "WINDOW_UPDATE")?;
-                Frame::WindowUpdate { stream_id: body.get_u32() & 0x7fff_ffff, delta: body.get_u32() & 0x7fff_ffff }
+                Frame::WindowUpdate {
+                    stream_id: body.get_u32() & 0x7fff_ffff,
+                    delta: body.get_u32() & 0x7fff_ffff,
+                }
             }
             other => Frame::Unknown { kind: other },
         };
         Ok(Some(frame))
     }
 
-    fn stream_and_block(&mut self, stream_id: u32, headers: &Headers) -> Result<BytesMut, FrameError> {
+    fn stream_and_block(
+        &mut self,
+        stream_id: u32,
+        headers: &Headers,
+    ) -> Result<BytesMut, FrameError> {
         let block = self.compress_headers(headers)?;
         let mut body = BytesMut::with_capacity(4 + block.len());
         body.put_u32(stream_id & 0x7fff_ffff);
@@ -280,7 +439,9 @@ impl Codec {
             plain.extend_from_slice(&(value.len() as u32).to_be_bytes());
             plain.extend_from_slice(value.as_bytes());
         }
-        let zerr = |e: flate2::CompressError| FrameError::HeaderBlock { detail: e.to_string() };
+        let zerr = |e: flate2::CompressError| FrameError::HeaderBlock {
+            detail: e.to_string(),
+        };
         if self.deflate.total_in() == 0 && self.deflate.total_out() == 0 {
             self.deflate.set_dictionary(&self.dict).map_err(zerr)?;
         }
@@ -290,7 +451,10 @@ impl Codec {
         for _ in 0..64 {
             out.reserve(256);
             let before_in = self.deflate.total_in();
-            let status = self.deflate.compress_vec(input, &mut out, FlushCompress::Sync).map_err(zerr)?;
+            let status = self
+                .deflate
+                .compress_vec(input, &mut out, FlushCompress::Sync)
+                .map_err(zerr)?;
             let consumed = (self.deflate.total_in() - before_in) as usize;
             input = &input[consumed..];
             if input.is_empty() && out.len() < out.capacity() {
@@ -300,7 +464,9 @@ impl Codec {
                 break;
             }
         }
-        Err(FrameError::HeaderBlock { detail: "compression did not finish".into() })
+        Err(FrameError::HeaderBlock {
+            detail: "compression did not finish".into(),
+        })
     }
 
     fn decompress_headers(&mut self, block: &[u8]) -> Result<Headers, FrameError> {
@@ -316,16 +482,24 @@ impl Codec {
             plain.reserve(1024);
             let before_in = self.inflate.total_in();
             let before_out = self.inflate.total_out();
-            match self.inflate.decompress_vec(input, &mut plain, FlushDecompress::Sync) {
+            match self
+                .inflate
+                .decompress_vec(input, &mut plain, FlushDecompress::Sync)
+            {
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
-                    self.inflate.set_dictionary(&self.dict).map_err(|e| bad(e.to_string()))?;
+                    self.inflate
+                        .set_dictionary(&self.dict)
+                        .map_err(|e| bad(e.to_string()))?;
                 }
                 Err(e) => return Err(bad(e.to_string())),
             }
             let consumed = (self.inflate.total_in() - before_in) as usize;
             input = &input[consumed..];
-            if consumed == 0 && self.inflate.total_out() == before_out && plain.len() < plain.capacity() {
+            if consumed == 0
+                && self.inflate.total_out() == before_out
+                && plain.len() < plain.capacity()
+            {
                 break;
             }
         }
@@ -334,7 +508,9 @@ impl Codec {
 }
 
 fn parse_header_block(mut b: &[u8]) -> Result<Headers, FrameError> {
-    let bad = || FrameError::HeaderBlock { detail: "truncated name/value block".into() };
+    let bad = || FrameError::HeaderBlock {
+        detail: "truncated name/value block".into(),
+    };
     if b.len() < 4 {
         return Err(bad());
     }
@@ -361,7 +537,11 @@ fn parse_header_block(mut b: &[u8]) -> Result<Headers, FrameError> {
 }
 
 fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), FrameError> {
-    if body.len() < n { Err(FrameError::Malformed { what }) } else { Ok(()) }
+    if body.len() < n {
+        Err(FrameError::Malformed { what })
+    } else {
+        Ok(())
+    }
 }
 
 fn two_words(a: u32, b: u32) -> [u8; 8] {
@@ -389,7 +569,10 @@ fn put_control(out: &mut BytesMut, kind: u16, flags: u8, body: &[u8]) -> Result<
 
 /// Header value lookup by case-insensitive name.
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// A SPDY/3.1 send window: how many DATA bytes we may still send on a stream.
@@ -399,7 +582,11 @@ pub struct Window(pub i64);
 impl Window {
     /// How many of `want` bytes may be sent now.
     pub fn allowance(self, want: usize) -> usize {
-        if self.0 <= 0 { 0 } else { want.min(self.0 as usize) }
+        if self.0 <= 0 {
+            0
+        } else {
+            want.min(self.0 as usize)
+        }
     }
     pub fn consume(&mut self, n: usize) {
         self.0 -= n as i64;
@@ -410,6 +597,7 @@ impl Window {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -438,26 +626,73 @@ mod tests {
 
     #[test]
     fn all_frame_kinds_round_trip() {
-        let h: Headers = vec![("streamtype".into(), "error".into()), ("port".into(), "8080".into())];
+        let h: Headers = vec![
+            ("streamtype".into(), "error".into()),
+            ("port".into(), "8080".into()),
+        ];
         roundtrip(vec![
-            Frame::SynStream { stream_id: 1, assoc_id: 0, priority: 0, slot: 0, flags: 0, headers: h.clone() },
-            Frame::SynReply { stream_id: 1, flags: 0, headers: vec![] },
-            Frame::Data { stream_id: 1, flags: FLAG_FIN, data: Bytes::from_static(b"hello") },
-            Frame::Data { stream_id: 3, flags: 0, data: Bytes::new() },
-            Frame::SynStream { stream_id: 3, assoc_id: 0, priority: 7, slot: 0, flags: FLAG_FIN, headers: h.clone() },
-            Frame::Headers { stream_id: 3, flags: 0, headers: h },
-            Frame::RstStream { stream_id: 3, status: rst::CANCEL },
-            Frame::Settings { flags: 0, entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 65536)] },
+            Frame::SynStream {
+                stream_id: 1,
+                assoc_id: 0,
+                priority: 0,
+                slot: 0,
+                flags: 0,
+                headers: h.clone(),
+            },
+            Frame::SynReply {
+                stream_id: 1,
+                flags: 0,
+                headers: vec![],
+            },
+            Frame::Data {
+                stream_id: 1,
+                flags: FLAG_FIN,
+                data: Bytes::from_static(b"hello"),
+            },
+            Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: Bytes::new(),
+            },
+            Frame::SynStream {
+                stream_id: 3,
+                assoc_id: 0,
+                priority: 7,
+                slot: 0,
+                flags: FLAG_FIN,
+                headers: h.clone(),
+            },
+            Frame::Headers {
+                stream_id: 3,
+                flags: 0,
+                headers: h,
+            },
+            Frame::RstStream {
+                stream_id: 3,
+                status: rst::CANCEL,
+            },
+            Frame::Settings {
+                flags: 0,
+                entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 65536)],
+            },
             Frame::Ping { id: 7 },
-            Frame::WindowUpdate { stream_id: 1, delta: 1234 },
-            Frame::GoAway { last_good_stream_id: 3, status: 0 },
+            Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 1234,
+            },
+            Frame::GoAway {
+                last_good_stream_id: 3,
+                status: 0,
+            },
         ]);
     }
 
     #[test]
     fn header_block_uses_the_dictionary() {
         let mut c = Codec::new();
-        let block = c.compress_headers(&vec![("content-type".into(), "text/plain".into())]).unwrap();
+        let block = c
+            .compress_headers(&vec![("content-type".into(), "text/plain".into())])
+            .unwrap();
         // zlib header with FDICT set and the Adler-32 of the SPDY dictionary.
         assert_eq!(block[1] & 0x20, 0x20);
         let (mut a, mut b) = (1u32, 0u32);
@@ -473,7 +708,14 @@ mod tests {
         let mut wire = BytesMut::new();
         put_control(&mut wire, kind::SYN_REPLY, 0, &body).unwrap();
         let f = d.decode(&mut wire).unwrap().unwrap();
-        assert_eq!(f, Frame::SynReply { stream_id: 1, flags: 0, headers: vec![("content-type".into(), "text/plain".into())] });
+        assert_eq!(
+            f,
+            Frame::SynReply {
+                stream_id: 1,
+                flags: 0,
+                headers: vec![("content-type".into(), "text/plain".into())]
+            }
+        );
     }
 
     #[test]
@@ -491,10 +733,15 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut rx = Codec::new();
-        let mut wire = BytesMut::from(&b"\x80\x03\x00\x01\x00\x00\x00\x0c\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00garb"[..]);
+        let mut wire = BytesMut::from(
+            &b"\x80\x03\x00\x01\x00\x00\x00\x0c\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00garb"[..],
+        );
         assert!(rx.decode(&mut wire).is_err());
         let mut v2 = BytesMut::from(&b"\x80\x02\x00\x06\x00\x00\x00\x04\x00\x00\x00\x01"[..]);
-        assert_eq!(Codec::new().decode(&mut v2), Err(FrameError::Version { version: 2 }));
+        assert_eq!(
+            Codec::new().decode(&mut v2),
+            Err(FrameError::Version { version: 2 })
+        );
         let mut short = BytesMut::from(&b"\x80\x03\x00\x03\x00\x00\x00\x02\x00\x00"[..]);
         assert!(Codec::new().decode(&mut short).is_err());
     }

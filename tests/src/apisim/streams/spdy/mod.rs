@@ -48,13 +48,18 @@ pub fn negotiate<B>(req: &Request<B>, supported: &[&str]) -> Result<Option<Strin
 }
 
 /// Answers `101` for SPDY/3.1 and runs `session` on the upgraded connection.
-pub fn upgrade<F, Fut>(req: Request<hyper::body::Incoming>, protocol: Option<&str>, run: F) -> Response<ResBody>
+pub fn upgrade<F, Fut>(
+    req: Request<hyper::body::Incoming>,
+    protocol: Option<&str>,
+    run: F,
+) -> Response<ResBody>
 where
     F: FnOnce(Session) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let extra: Vec<(&str, String)> =
-        protocol.map(|p| vec![("x-stream-protocol-version", p.to_string())]).unwrap_or_default();
+    let extra: Vec<(&str, String)> = protocol
+        .map(|p| vec![("x-stream-protocol-version", p.to_string())])
+        .unwrap_or_default();
     let resp = switching("SPDY/3.1", &extra);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -66,7 +71,10 @@ where
 }
 
 /// Serves exec/attach over SPDY.
-pub fn serve_exec(opts: ExecOptions, req: Request<hyper::body::Incoming>) -> Result<Response<ResBody>, Status> {
+pub fn serve_exec(
+    opts: ExecOptions,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ResBody>, Status> {
     let names: Vec<&str> = EXEC_PROTOCOLS.iter().map(|(n, _)| *n).collect();
     let protocol = negotiate(&req, &names)?;
     let version = protocol
@@ -75,7 +83,9 @@ pub fn serve_exec(opts: ExecOptions, req: Request<hyper::body::Incoming>) -> Res
         .map(|(_, v)| *v)
         .unwrap_or(1);
     tracing::debug!(?protocol, command = ?opts.command, "exec over SPDY");
-    Ok(upgrade(req, protocol.as_deref(), move |s| run_exec(s, version, opts)))
+    Ok(upgrade(req, protocol.as_deref(), move |s| {
+        run_exec(s, version, opts)
+    }))
 }
 
 async fn run_exec(mut session: Session, version: u8, opts: ExecOptions) {
@@ -95,8 +105,12 @@ async fn run_exec(mut session: Session, version: u8, opts: ExecOptions) {
     let mut got: HashMap<String, IncomingStream> = HashMap::new();
     let collected = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
         while !expected.iter().all(|e| got.contains_key(*e)) {
-            let Some(s) = session.streams.recv().await else { return false };
-            let kind = frame::header(&s.headers, "streamtype").unwrap_or("").to_ascii_lowercase();
+            let Some(s) = session.streams.recv().await else {
+                return false;
+            };
+            let kind = frame::header(&s.headers, "streamtype")
+                .unwrap_or("")
+                .to_ascii_lowercase();
             got.insert(kind, s);
         }
         true
@@ -113,7 +127,11 @@ async fn run_exec(mut session: Session, version: u8, opts: ExecOptions) {
         Some(s) => s.data,
         None => mpsc::channel(1).1,
     };
-    let argv = if opts.attach { vec!["cat".to_string()] } else { opts.command.clone() };
+    let argv = if opts.attach {
+        vec!["cat".to_string()]
+    } else {
+        opts.command.clone()
+    };
     let program = Program::parse(&argv, &opts.pod);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
     let job = tokio::spawn(async move { program.run(stdin_rx, out_tx).await });

@@ -19,7 +19,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{Codec, FLAG_FIN, Frame, Headers, INITIAL_WINDOW, SETTINGS_INITIAL_WINDOW_SIZE, Window, rst};
+use super::frame::{
+    Codec, FLAG_FIN, Frame, Headers, INITIAL_WINDOW, SETTINGS_INITIAL_WINDOW_SIZE, Window, rst,
+};
 
 /// Bytes of received DATA after which we send a WINDOW_UPDATE.
 const WINDOW_UPDATE_BATCH: u32 = 32 * 1024;
@@ -60,18 +62,29 @@ impl SessionHandle {
     /// Queues DATA on stream `id` (split into frames as needed).
     pub fn send(&self, id: u32, data: Bytes) {
         if !data.is_empty() {
-            let _ = self.tx.send(Cmd::Data { id, data, fin: false });
+            let _ = self.tx.send(Cmd::Data {
+                id,
+                data,
+                fin: false,
+            });
         }
     }
 
     /// Half-closes stream `id` from our side (empty DATA with FIN).
     pub fn finish(&self, id: u32) {
-        let _ = self.tx.send(Cmd::Data { id, data: Bytes::new(), fin: true });
+        let _ = self.tx.send(Cmd::Data {
+            id,
+            data: Bytes::new(),
+            fin: true,
+        });
     }
 
     /// Resets stream `id`.
     pub fn reset(&self, id: u32) {
-        let _ = self.tx.send(Cmd::Frame(Frame::RstStream { stream_id: id, status: rst::CANCEL }));
+        let _ = self.tx.send(Cmd::Frame(Frame::RstStream {
+            stream_id: id,
+            status: rst::CANCEL,
+        }));
     }
 
     /// Sends GOAWAY after everything queued before it; returns once it is
@@ -95,7 +108,10 @@ impl Session {
     /// every frame we sent before the socket goes away, then shut down.
     pub async fn close(mut self, grace: std::time::Duration) {
         self.handle.go_away().await;
-        let _ = tokio::time::timeout(grace, async { while self.streams.recv().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(grace, async {
+            while self.streams.recv().await.is_some() {}
+        })
+        .await;
         self.handle.shutdown();
     }
 }
@@ -111,7 +127,10 @@ where
     let (stop_tx, stop_rx) = oneshot::channel();
     tokio::spawn(writer(wr, cmd_rx, stop_tx));
     tokio::spawn(reader(rd, cmd_tx.clone(), streams_tx, stop_rx));
-    Session { streams: streams_rx, handle: SessionHandle { tx: cmd_tx } }
+    Session {
+        streams: streams_rx,
+        handle: SessionHandle { tx: cmd_tx },
+    }
 }
 
 struct RecvStream {
@@ -143,43 +162,83 @@ async fn reader<R: AsyncRead>(
             }
             Err(error) => {
                 tracing::debug!(%error, "SPDY decode failed; ending session");
-                let _ = cmd.send(Cmd::Frame(Frame::GoAway { last_good_stream_id: 0, status: 1 }));
+                let _ = cmd.send(Cmd::Frame(Frame::GoAway {
+                    last_good_stream_id: 0,
+                    status: 1,
+                }));
                 break;
             }
         };
         match frame {
-            Frame::SynStream { stream_id, flags, headers, .. } => {
+            Frame::SynStream {
+                stream_id,
+                flags,
+                headers,
+                ..
+            } => {
                 // Client-initiated streams have odd ids; anything else is a
                 // protocol error for this stream only.
                 if stream_id % 2 == 0 || open.contains_key(&stream_id) {
-                    let _ = cmd.send(Cmd::Frame(Frame::RstStream { stream_id, status: rst::PROTOCOL_ERROR }));
+                    let _ = cmd.send(Cmd::Frame(Frame::RstStream {
+                        stream_id,
+                        status: rst::PROTOCOL_ERROR,
+                    }));
                     continue;
                 }
-                let _ = cmd.send(Cmd::Frame(Frame::SynReply { stream_id, flags: 0, headers: Vec::new() }));
+                let _ = cmd.send(Cmd::Frame(Frame::SynReply {
+                    stream_id,
+                    flags: 0,
+                    headers: Vec::new(),
+                }));
                 let (tx, rx) = mpsc::channel(64);
-                let tx = if flags & FLAG_FIN != 0 { None } else { Some(tx) };
+                let tx = if flags & FLAG_FIN != 0 {
+                    None
+                } else {
+                    Some(tx)
+                };
                 open.insert(stream_id, RecvStream { tx, unacked: 0 });
                 tracing::debug!(stream_id, ?headers, "SPDY stream opened");
-                if streams.send(IncomingStream { id: stream_id, headers, data: rx }).await.is_err() {
+                if streams
+                    .send(IncomingStream {
+                        id: stream_id,
+                        headers,
+                        data: rx,
+                    })
+                    .await
+                    .is_err()
+                {
                     // Nobody takes new streams any more: refuse politely.
-                    let _ = cmd.send(Cmd::Frame(Frame::RstStream { stream_id, status: rst::CANCEL }));
+                    let _ = cmd.send(Cmd::Frame(Frame::RstStream {
+                        stream_id,
+                        status: rst::CANCEL,
+                    }));
                 }
             }
-            Frame::Data { stream_id, flags, data } => {
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
                 let Some(s) = open.get_mut(&stream_id) else {
-                    let _ = cmd.send(Cmd::Frame(Frame::RstStream { stream_id, status: rst::INVALID_STREAM }));
+                    let _ = cmd.send(Cmd::Frame(Frame::RstStream {
+                        stream_id,
+                        status: rst::INVALID_STREAM,
+                    }));
                     continue;
                 };
                 let len = data.len() as u32;
                 if !data.is_empty() {
-                    if let Some(tx) = &s.tx {
-                        if tx.send(data).await.is_err() {
-                            s.tx = None;
-                        }
+                    if let Some(tx) = &s.tx
+                        && tx.send(data).await.is_err()
+                    {
+                        s.tx = None;
                     }
                     s.unacked += len;
                     if s.unacked >= WINDOW_UPDATE_BATCH {
-                        let _ = cmd.send(Cmd::Frame(Frame::WindowUpdate { stream_id, delta: s.unacked }));
+                        let _ = cmd.send(Cmd::Frame(Frame::WindowUpdate {
+                            stream_id,
+                            delta: s.unacked,
+                        }));
                         s.unacked = 0;
                     }
                 }
@@ -197,7 +256,10 @@ async fn reader<R: AsyncRead>(
                 }
             }
             Frame::WindowUpdate { stream_id, delta } => {
-                let _ = cmd.send(Cmd::Grow { id: stream_id, delta });
+                let _ = cmd.send(Cmd::Grow {
+                    id: stream_id,
+                    delta,
+                });
             }
             Frame::Settings { entries, .. } => {
                 for (_, id, value) in entries {
@@ -206,11 +268,13 @@ async fn reader<R: AsyncRead>(
                     }
                 }
             }
-            Frame::Headers { stream_id, flags, .. } => {
-                if flags & FLAG_FIN != 0 {
-                    if let Some(s) = open.get_mut(&stream_id) {
-                        s.tx = None;
-                    }
+            Frame::Headers {
+                stream_id, flags, ..
+            } => {
+                if flags & FLAG_FIN != 0
+                    && let Some(s) = open.get_mut(&stream_id)
+                {
+                    s.tx = None;
                 }
             }
             Frame::GoAway { .. } | Frame::SynReply { .. } | Frame::Unknown { .. } => {}
@@ -228,10 +292,17 @@ struct SendState {
     pending: HashMap<u32, VecDeque<(Bytes, bool)>>,
 }
 
-async fn writer<W: AsyncWrite>(wr: W, mut cmds: mpsc::UnboundedReceiver<Cmd>, stop: oneshot::Sender<()>) {
+async fn writer<W: AsyncWrite>(
+    wr: W,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    stop: oneshot::Sender<()>,
+) {
     let mut wr = std::pin::pin!(wr);
     let mut codec = Codec::new();
-    let mut st = SendState { initial: INITIAL_WINDOW, ..Default::default() };
+    let mut st = SendState {
+        initial: INITIAL_WINDOW,
+        ..Default::default()
+    };
     let mut out = BytesMut::new();
     while let Some(cmd) = cmds.recv().await {
         match cmd {
@@ -247,7 +318,10 @@ async fn writer<W: AsyncWrite>(wr: W, mut cmds: mpsc::UnboundedReceiver<Cmd>, st
                 st.enforce = true;
                 if id != 0 {
                     let initial = st.initial;
-                    st.windows.entry(id).or_insert(Window(initial)).grow(i64::from(delta));
+                    st.windows
+                        .entry(id)
+                        .or_insert(Window(initial))
+                        .grow(i64::from(delta));
                     if let Some(mut q) = st.pending.remove(&id) {
                         while let Some((data, fin)) = q.pop_front() {
                             queue_data(&mut codec, &mut st, &mut out, id, data, fin);
@@ -270,9 +344,19 @@ async fn writer<W: AsyncWrite>(wr: W, mut cmds: mpsc::UnboundedReceiver<Cmd>, st
             }
             Cmd::GoAway(done) => {
                 if !st.pending.is_empty() {
-                    tracing::warn!(streams = st.pending.len(), "SPDY GOAWAY with data held back by flow control");
+                    tracing::warn!(
+                        streams = st.pending.len(),
+                        "SPDY GOAWAY with data held back by flow control"
+                    );
                 }
-                encode(&mut codec, &Frame::GoAway { last_good_stream_id: 0, status: 0 }, &mut out);
+                encode(
+                    &mut codec,
+                    &Frame::GoAway {
+                        last_good_stream_id: 0,
+                        status: 0,
+                    },
+                    &mut out,
+                );
                 let ok = wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok();
                 out.clear();
                 let _ = done.send(());
@@ -302,12 +386,22 @@ fn encode(codec: &mut Codec, f: &Frame, out: &mut BytesMut) {
     }
 }
 
-fn queue_data(codec: &mut Codec, st: &mut SendState, out: &mut BytesMut, id: u32, mut data: Bytes, fin: bool) {
+fn queue_data(
+    codec: &mut Codec,
+    st: &mut SendState,
+    out: &mut BytesMut,
+    id: u32,
+    mut data: Bytes,
+    fin: bool,
+) {
     loop {
         let want = data.len().min(MAX_DATA_FRAME);
         let n = if st.enforce {
             let initial = st.initial;
-            st.windows.entry(id).or_insert(Window(initial)).allowance(want)
+            st.windows
+                .entry(id)
+                .or_insert(Window(initial))
+                .allowance(want)
         } else {
             want
         };
@@ -322,7 +416,15 @@ fn queue_data(codec: &mut Codec, st: &mut SendState, out: &mut BytesMut, id: u32
         }
         let last = data.is_empty();
         let flags = if last && fin { FLAG_FIN } else { 0 };
-        encode(codec, &Frame::Data { stream_id: id, flags, data: chunk }, out);
+        encode(
+            codec,
+            &Frame::Data {
+                stream_id: id,
+                flags,
+                data: chunk,
+            },
+            out,
+        );
         if last {
             return;
         }
