@@ -1,1 +1,490 @@
-//! policy_cli (being written).
+//! `mcp-warden-sidecar policy ...`: offline policy tools for platform engineers.
+//!
+//! - `policy check FILE...` validates policy files and prints every error
+//!   with its file, line and field (exit 1), or a summary (exit 0).
+//! - `policy eval FILE 'METHOD /path?query' [--service-account NS/NAME]
+//!   [--as USER] [--as-group GROUP]` prints the decision the sidecar would
+//!   make and the rule that made it — what `kubectl auth can-i` is for RBAC.
+//!
+//! Both use exactly the parser and evaluator the sidecar runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use mcp_warden_shared::attrs::{Impersonation, RequestAttributes, parse_request};
+use mcp_warden_shared::identity::Identity;
+use mcp_warden_shared::policy::{Action, Mode, Policy, evaluate};
+
+/// `mcp-warden-sidecar policy <COMMAND>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// The policy tools.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files: print every error with its line and field.
+    Check {
+        /// Policy files (YAML, as in the ConfigMap key `policy.yaml`).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Show the decision for one request, and the rule that makes it.
+    Eval {
+        /// Policy file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The request line, e.g. 'DELETE /api/v1/namespaces/prod/pods/web-0'
+        /// or 'GET /api/v1/pods?watch=true'.
+        #[arg(value_name = "REQUEST")]
+        request: String,
+        /// The pod's service account, as NAMESPACE/NAME (for rules with
+        /// `serviceAccounts`). Without it, no service account is assumed.
+        #[arg(long, value_name = "NS/NAME")]
+        service_account: Option<String>,
+        /// Judge the request as if it carried `Impersonate-User: USER`
+        /// (what `kubectl --as=USER` sends).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+        /// Add `Impersonate-Group: GROUP` (repeatable; needs --as).
+        #[arg(long = "as-group", value_name = "GROUP", requires = "as_user")]
+        as_groups: Vec<String>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+/// Output format of `policy eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object (decision, request attributes, policy hash).
+    Json,
+}
+
+/// Run a policy command, printing to stdout/stderr. Returns the exit code:
+/// 0 when the files are valid (check) or a decision was printed (eval),
+/// 1 when a policy is invalid or the request line cannot be parsed.
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<i32> {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    run_with(cmd, &mut stdout.lock(), &mut stderr.lock())
+}
+
+/// [`run`] with explicit output streams (for tests).
+pub fn run_with(
+    cmd: PolicyCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    match cmd {
+        PolicyCommand::Check { files } => check(&files, out, err),
+        PolicyCommand::Eval {
+            file,
+            request,
+            service_account,
+            as_user,
+            as_groups,
+            output,
+        } => eval(
+            &file,
+            &request,
+            service_account.as_deref(),
+            as_user,
+            as_groups,
+            output,
+            out,
+            err,
+        ),
+    }
+}
+
+/// Read and parse; on failure print the errors and return `None`.
+fn load(path: &Path, err: &mut dyn Write) -> anyhow::Result<Option<Policy>> {
+    let name = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            writeln!(err, "{name}: cannot read: {e}")?;
+            return Ok(None);
+        }
+    };
+    match Policy::parse_bytes(&name, &bytes) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            for line in e.lines() {
+                writeln!(err, "{line}")?;
+            }
+            let n = e.problems.len();
+            writeln!(
+                err,
+                "{name}: invalid policy: {n} error{}",
+                if n == 1 { "" } else { "s" }
+            )?;
+            Ok(None)
+        }
+    }
+}
+
+fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut code = 0;
+    for f in files {
+        let Some(p) = load(f, err)? else {
+            code = 1;
+            continue;
+        };
+        let count = |a: Action| p.rules.iter().filter(|r| r.action == a).count();
+        writeln!(
+            out,
+            "{}: valid policy (sha256 {}): mode {}, defaultAction {}, {} rules ({} allow, {} deny, {} approve), {} masking rules, {} detectors, recording {:?}",
+            f.display(),
+            p.short_hash(),
+            p.mode.as_str(),
+            p.default_action,
+            p.rules.len(),
+            count(Action::Allow),
+            count(Action::Deny),
+            count(Action::Approve),
+            p.masking.rules.len(),
+            p.masking.detectors.len(),
+            p.recording.level,
+        )?;
+    }
+    Ok(code)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    file: &Path,
+    request: &str,
+    service_account: Option<&str>,
+    as_user: Option<String>,
+    as_groups: Vec<String>,
+    output: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let who = match service_account {
+        Some(sa) => match Identity::from_service_account_ref(sa) {
+            Ok(id) => id,
+            Err(e) => {
+                writeln!(err, "--service-account: {e}")?;
+                return Ok(1);
+            }
+        },
+        None => Identity::default(),
+    };
+    let parts: Vec<&str> = request.split_whitespace().collect();
+    let (method, target) = match parts.as_slice() {
+        [m, t] => (*m, *t),
+        _ => {
+            writeln!(
+                err,
+                "REQUEST must be 'METHOD /path[?query]', e.g. 'DELETE /api/v1/namespaces/prod/pods/web-0'; got {request:?}"
+            )?;
+            return Ok(1);
+        }
+    };
+    let attrs = match parse_request(method, target) {
+        Ok(a) => a,
+        Err(e) => {
+            writeln!(err, "REQUEST {request:?}: {e} (the sidecar answers 400)")?;
+            return Ok(1);
+        }
+    };
+    let Some(policy) = load(file, err)? else {
+        return Ok(1);
+    };
+    let imp = Impersonation {
+        user: as_user,
+        groups: as_groups,
+        ..Impersonation::default()
+    };
+    let d = evaluate(&policy, &attrs, &imp, &who);
+
+    if output == OutputFormat::Json {
+        let v = serde_json::json!({
+            "decision": d,
+            "blocked": d.blocks(),
+            "request": attrs,
+            "impersonation": imp,
+            "serviceAccount": who.service_account_ref(),
+            "policy": {"file": file.display().to_string(), "sha256": policy.hash(), "mode": policy.mode.as_str()},
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(0);
+    }
+
+    writeln!(out, "decision: {}", d.action)?;
+    match &d.rule {
+        Some(r) => {
+            let line = policy.rule(r).map(|r| r.line).unwrap_or(0);
+            writeln!(out, "rule:     {r} ({}:{line})", file.display())?;
+        }
+        None => writeln!(out, "rule:     (none)")?,
+    }
+    if let Some(m) = &d.message {
+        writeln!(out, "message:  {m}")?;
+    }
+    writeln!(out, "why:      {}", d.explanation)?;
+    let effect = match (policy.mode, d.action) {
+        (Mode::Audit, _) => {
+            "not enforced (mode: audit): the request would go through and the decision is recorded"
+        }
+        (Mode::Enforce, Action::Allow) => "forwarded to the API server",
+        (Mode::Enforce, Action::Deny) => "refused with 403 Forbidden",
+        (Mode::Enforce, Action::Approve) => "held until a human approves it",
+    };
+    writeln!(out, "effect:   {effect}")?;
+    writeln!(out, "request:  {}", describe(&attrs))?;
+    if !imp.is_empty() {
+        writeln!(
+            out,
+            "as:       impersonating user {:?}{}",
+            imp.user.as_deref().unwrap_or_default(),
+            if imp.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", groups {:?}", imp.groups)
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "by:       {}",
+        who.service_account_ref()
+            .map(|s| format!("service account {s}"))
+            .unwrap_or_else(|| {
+                "(no service account given: rules with serviceAccounts do not match)".to_string()
+            })
+    )?;
+    writeln!(
+        out,
+        "policy:   {} (sha256 {})",
+        file.display(),
+        policy.short_hash()
+    )?;
+    Ok(0)
+}
+
+fn describe(a: &RequestAttributes) -> String {
+    if !a.is_resource_request {
+        return format!("verb={} path={} (non-resource URL)", a.verb, a.path);
+    }
+    let mut s = format!(
+        "verb={} apiGroup={:?} version={} resource={}",
+        a.verb,
+        a.api_group,
+        a.api_version,
+        a.resource_with_subresource()
+    );
+    if !a.namespace.is_empty() {
+        s.push_str(&format!(" namespace={}", a.namespace));
+    }
+    if !a.name.is_empty() {
+        s.push_str(&format!(" name={}", a.name));
+    }
+    if let Some(l) = &a.label_selector {
+        s.push_str(&format!(" labelSelector={l:?}"));
+    }
+    if let Some(f) = &a.field_selector {
+        s.push_str(&format!(" fieldSelector={f:?}"));
+    }
+    if a.dry_run {
+        s.push_str(" dryRun=All");
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/policies")
+            .join(name)
+    }
+
+    /// Parse a command line the way the binary does, and run it.
+    fn run_args(args: &[&str]) -> (i32, String, String) {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: PolicyCommand,
+        }
+        let cli =
+            Cli::try_parse_from(std::iter::once("policy").chain(args.iter().copied())).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(cli.cmd, &mut out, &mut err).unwrap();
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn check_valid_example() {
+        let f = fixture("example.yaml");
+        let (code, out, err) = run_args(&["check", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("valid policy"), "{out}");
+        assert!(
+            out.contains("3 rules (1 allow, 1 deny, 1 approve)"),
+            "{out}"
+        );
+        assert!(err.is_empty());
+    }
+
+    #[test]
+    fn check_prints_every_error_with_its_line() {
+        let f = fixture("bad-many-errors.yaml");
+        let (code, out, err) = run_args(&["check", f.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(out.is_empty());
+        let name = f.display().to_string();
+        for (line, field) in [
+            (3, "mode"),
+            (7, "rules[0].verbs[1]"),
+            (9, "rules[0].namespaces[0]"),
+            (11, "rules[1].action"),
+            (14, "rules[1].colour"),
+            (16, "recording.level"),
+        ] {
+            let want = format!("{name}:{line}:");
+            assert!(
+                err.lines()
+                    .any(|l| l.starts_with(&want) && l.contains(field)),
+                "no line {want} {field} in:\n{err}"
+            );
+        }
+        assert!(err.contains("invalid policy: 6 errors"), "{err}");
+    }
+
+    #[test]
+    fn check_every_bad_fixture_fails_and_mixed_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policies");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_str().unwrap().starts_with("bad-") {
+                n += 1;
+                let (code, _, err) = run_args(&["check", p.to_str().unwrap()]);
+                assert_eq!(code, 1, "{}", p.display());
+                // Every error line names the file and a line number.
+                let prefix = format!("{}:", p.display());
+                let first = err.lines().next().unwrap();
+                assert!(first.starts_with(&prefix), "{first}");
+                let line_no = first[prefix.len()..].split(':').next().unwrap();
+                assert!(line_no.parse::<u64>().unwrap() >= 1, "{first}");
+            }
+        }
+        assert!(n >= 15);
+        let good = fixture("example.yaml");
+        let bad = fixture("bad-verb.yaml");
+        let (code, out, err) = run_args(&["check", good.to_str().unwrap(), bad.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(out.contains("valid policy") && err.contains("unknown verb"));
+        let (code, _, err) = run_args(&["check", "/nonexistent/policy.yaml"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot read"));
+    }
+
+    #[test]
+    fn eval_prints_decision_rule_and_message() {
+        let f = fixture("example.yaml");
+        let f = f.to_str().unwrap();
+        let (code, out, _) = run_args(&["eval", f, "DELETE /api/v1/namespaces/prod/pods/web-0"]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with("decision: approve\n"), "{out}");
+        assert!(out.contains("rule:     deletes-need-a-human ("), "{out}");
+        assert!(out.contains("example.yaml:19)"), "{out}");
+        assert!(out.contains("held until a human approves it"), "{out}");
+
+        let (_, out, _) = run_args(&[
+            "eval",
+            f,
+            "GET /api/v1/namespaces/prod-eu/secrets/db",
+            "--service-account",
+            "agents/mcp",
+        ]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(
+            out.contains("message:  secrets in production are off limits"),
+            "{out}"
+        );
+        assert!(
+            out.contains("by:       service account agents/mcp"),
+            "{out}"
+        );
+
+        let (_, out, _) = run_args(&["eval", f, "POST /api/v1/namespaces/default/pods"]);
+        assert!(
+            out.starts_with("decision: deny\nrule:     (none)\n"),
+            "{out}"
+        );
+        assert!(out.contains("no rule matched, defaultAction deny"), "{out}");
+
+        // Impersonation is judged: the example policy allows no impersonate verb.
+        let (_, out, _) = run_args(&[
+            "eval",
+            f,
+            "GET /api/v1/pods",
+            "--as",
+            "jane",
+            "--as-group",
+            "devs",
+        ]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(out.contains("impersonating user \"jane\""), "{out}");
+    }
+
+    #[test]
+    fn eval_json_and_errors() {
+        let f = fixture("example.yaml");
+        let f = f.to_str().unwrap();
+        let (code, out, _) = run_args(&[
+            "eval",
+            f,
+            "GET /api/v1/namespaces/default/pods?watch=1",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["decision"]["action"], "allow");
+        assert_eq!(v["decision"]["rule"], "read-everything");
+        assert_eq!(v["request"]["verb"], "watch");
+        assert_eq!(v["blocked"], false);
+
+        let (code, _, err) = run_args(&["eval", f, "GET /api/v1/namespaces/default%2Fpods"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("not canonical"), "{err}");
+        let (code, _, err) = run_args(&["eval", f, "/api/v1/pods"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("METHOD /path"), "{err}");
+        let (code, _, err) =
+            run_args(&["eval", f, "GET /api/v1/pods", "--service-account", "nope"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("--service-account"), "{err}");
+        let bad = fixture("bad-kind.yaml");
+        let (code, _, err) = run_args(&["eval", bad.to_str().unwrap(), "GET /api/v1/pods"]);
+        assert_eq!(code, 1);
+        assert!(err.contains(":2:") && err.contains("kind"), "{err}");
+    }
+
+    #[test]
+    fn run_directly() {
+        let cmd = PolicyCommand::Check {
+            files: vec![fixture("example.yaml")],
+        };
+        assert_eq!(run(cmd).unwrap(), 0);
+    }
+}
