@@ -46,9 +46,18 @@ impl Readiness {
     /// Not ready: TLS and local files are not in place yet.
     pub fn new() -> Self {
         let mut m = BTreeMap::new();
-        m.insert("tls".to_string(), Check::Failing("the TLS listener is not serving yet".into()));
-        m.insert("local-files".to_string(), Check::Failing("ca.crt, token and namespace are not written yet".into()));
-        Readiness { checks: Mutex::new(m), token: Mutex::new(None) }
+        m.insert(
+            "tls".to_string(),
+            Check::Failing("the TLS listener is not serving yet".into()),
+        );
+        m.insert(
+            "local-files".to_string(),
+            Check::Failing("ca.crt, token and namespace are not written yet".into()),
+        );
+        Readiness {
+            checks: Mutex::new(m),
+            token: Mutex::new(None),
+        }
     }
 
     /// Sets a named condition.
@@ -108,17 +117,26 @@ async fn serve_admin(
     let text = |code: StatusCode, ct: &'static str, body: Vec<u8>| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = code;
-        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"method not allowed\n".to_vec()));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            b"method not allowed\n".to_vec(),
+        ));
     }
     let resp = match req.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" => {
             let (ready, checks) = readiness.report();
-            let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             let body = serde_json::to_vec_pretty(&readyz_body(ready, &checks)).unwrap_or_default();
             text(code, "application/json", body)
         }
@@ -133,7 +151,12 @@ async fn serve_admin(
 }
 
 /// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -178,10 +201,16 @@ mod tests {
         r.watch_token(Arc::new(TokenSource::new(dir.path().join("token"))));
         r.set("tls", Check::Ok);
         r.set("local-files", Check::Ok);
-        r.set("policy", Check::Warning("invalid policy, keeping the last good one".into()));
+        r.set(
+            "policy",
+            Check::Warning("invalid policy, keeping the last good one".into()),
+        );
         let (ready, checks) = r.report();
         assert!(ready, "{checks:?}");
         let body = readyz_body(ready, &checks);
-        assert_eq!(body["checks"]["policy"]["warning"], "invalid policy, keeping the last good one");
+        assert_eq!(
+            body["checks"]["policy"]["warning"],
+            "invalid policy, keeping the last good one"
+        );
     }
 }

@@ -32,7 +32,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(flag: &'static str, env: &'static str, message: impl Into<String>) -> Self {
-        ConfigError { flag, env, message: message.into() }
+        ConfigError {
+            flag,
+            env,
+            message: message.into(),
+        }
     }
 }
 
@@ -118,19 +122,35 @@ pub struct ServeArgs {
     pub upstream: Option<String>,
 
     /// CA bundle (PEM) that signs the API server's serving certificate.
-    #[arg(long, env = "MCP_WARDEN_UPSTREAM_CA_FILE", default_value = "/var/run/secrets/mcp-warden/upstream/ca.crt")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_UPSTREAM_CA_FILE",
+        default_value = "/var/run/secrets/mcp-warden/upstream/ca.crt"
+    )]
     pub upstream_ca_file: PathBuf,
 
     /// The real service-account token; re-read when the kubelet rotates it.
-    #[arg(long, env = "MCP_WARDEN_UPSTREAM_TOKEN_FILE", default_value = "/var/run/secrets/mcp-warden/upstream/token")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_UPSTREAM_TOKEN_FILE",
+        default_value = "/var/run/secrets/mcp-warden/upstream/token"
+    )]
     pub upstream_token_file: PathBuf,
 
     /// Directory where the sidecar writes `ca.crt`, `token` and `namespace` for the app.
-    #[arg(long, env = "MCP_WARDEN_LOCAL_DIR", default_value = "/var/run/secrets/mcp-warden/local")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_LOCAL_DIR",
+        default_value = "/var/run/secrets/mcp-warden/local"
+    )]
     pub local_dir: PathBuf,
 
     /// Policy file (ConfigMap key `policy.yaml`); a missing file means the embedded default policy.
-    #[arg(long, env = "MCP_WARDEN_POLICY_FILE", default_value = "/etc/mcp-warden/policy/policy.yaml")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_POLICY_FILE",
+        default_value = "/etc/mcp-warden/policy/policy.yaml"
+    )]
     pub policy_file: PathBuf,
 
     /// Collector URL for recordings (https://; http:// only for loopback). Unset: no remote delivery.
@@ -138,7 +158,12 @@ pub struct ServeArgs {
     pub collector_url: Option<String>,
 
     /// Wire format of the recording stream.
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_FORMAT", value_enum, default_value = "eventlist")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_COLLECTOR_FORMAT",
+        value_enum,
+        default_value = "eventlist"
+    )]
     pub collector_format: CollectorFormat,
 
     /// CA bundle (PEM) for the collector's serving certificate (default: the upstream CA).
@@ -150,7 +175,11 @@ pub struct ServeArgs {
     pub collector_token_file: Option<PathBuf>,
 
     /// Directory of the on-disk spool of not-yet-delivered events (an emptyDir in a pod).
-    #[arg(long, env = "MCP_WARDEN_SPOOL_DIR", default_value = "/var/run/mcp-warden/spool")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SPOOL_DIR",
+        default_value = "/var/run/mcp-warden/spool"
+    )]
     pub spool_dir: PathBuf,
 
     /// Maximum size of the spool in bytes.
@@ -158,7 +187,12 @@ pub struct ServeArgs {
     pub spool_max_bytes: String,
 
     /// Behaviour when an event cannot be made durable.
-    #[arg(long, env = "MCP_WARDEN_ON_RECORDING_FAILURE", value_enum, default_value = "fail-closed")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ON_RECORDING_FAILURE",
+        value_enum,
+        default_value = "fail-closed"
+    )]
     pub on_recording_failure: RecordingFailureMode,
 
     /// Name of the pod (downward API), recorded in events.
@@ -184,11 +218,20 @@ pub struct ServeArgs {
 
     /// Timeout for establishing a connection (TCP + TLS) to the upstream; requests themselves
     /// have no total timeout, so watches last as long as the server keeps them.
-    #[arg(long, env = "MCP_WARDEN_UPSTREAM_CONNECT_TIMEOUT", default_value = "10s")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_UPSTREAM_CONNECT_TIMEOUT",
+        default_value = "10s"
+    )]
     pub upstream_connect_timeout: String,
 
     /// Log format.
-    #[arg(long, env = "MCP_WARDEN_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "MCP_WARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -265,9 +308,16 @@ impl ServeArgs {
     }
 
     /// [`ServeArgs::validate`] with an injectable environment, for tests.
-    pub fn validate_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn validate_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let listen = parse_addr(&self.listen, "listen", "MCP_WARDEN_LISTEN")?;
-        let admin_listen = parse_addr(&self.admin_listen, "admin-listen", "MCP_WARDEN_ADMIN_LISTEN")?;
+        let admin_listen = parse_addr(
+            &self.admin_listen,
+            "admin-listen",
+            "MCP_WARDEN_ADMIN_LISTEN",
+        )?;
         let upstream_raw = match &self.upstream {
             Some(u) => u.clone(),
             None => default_upstream(&env).ok_or_else(|| {
@@ -280,18 +330,30 @@ impl ServeArgs {
         };
         let upstream = parse_base_url(&upstream_raw, "upstream", "MCP_WARDEN_UPSTREAM", false)?;
         let collector_url = match &self.collector_url {
-            Some(u) if !u.trim().is_empty() => {
-                Some(parse_base_url(u, "collector-url", "MCP_WARDEN_COLLECTOR_URL", true)?)
-            }
+            Some(u) if !u.trim().is_empty() => Some(parse_base_url(
+                u,
+                "collector-url",
+                "MCP_WARDEN_COLLECTOR_URL",
+                true,
+            )?),
             _ => None,
         };
-        let spool_max_bytes = self.spool_max_bytes.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ConfigError::new(
-                "spool-max-bytes",
-                "MCP_WARDEN_SPOOL_MAX_BYTES",
-                format!("{:?} is not a positive number of bytes", self.spool_max_bytes),
-            )
-        })?;
+        let spool_max_bytes = self
+            .spool_max_bytes
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "spool-max-bytes",
+                    "MCP_WARDEN_SPOOL_MAX_BYTES",
+                    format!(
+                        "{:?} is not a positive number of bytes",
+                        self.spool_max_bytes
+                    ),
+                )
+            })?;
         let shutdown_grace = parse_duration(&self.shutdown_grace)
             .map_err(|m| ConfigError::new("shutdown-grace", "MCP_WARDEN_SHUTDOWN_GRACE", m))?;
         let upstream_connect_timeout = parse_duration(&self.upstream_connect_timeout)
@@ -301,11 +363,22 @@ impl ServeArgs {
                 ConfigError::new(
                     "upstream-connect-timeout",
                     "MCP_WARDEN_UPSTREAM_CONNECT_TIMEOUT",
-                    format!("{:?} is not a positive duration such as 10s", self.upstream_connect_timeout),
+                    format!(
+                        "{:?} is not a positive duration such as 10s",
+                        self.upstream_connect_timeout
+                    ),
                 )
             })?;
-        non_empty_path(&self.upstream_ca_file, "upstream-ca-file", "MCP_WARDEN_UPSTREAM_CA_FILE")?;
-        non_empty_path(&self.upstream_token_file, "upstream-token-file", "MCP_WARDEN_UPSTREAM_TOKEN_FILE")?;
+        non_empty_path(
+            &self.upstream_ca_file,
+            "upstream-ca-file",
+            "MCP_WARDEN_UPSTREAM_CA_FILE",
+        )?;
+        non_empty_path(
+            &self.upstream_token_file,
+            "upstream-token-file",
+            "MCP_WARDEN_UPSTREAM_TOKEN_FILE",
+        )?;
         non_empty_path(&self.local_dir, "local-dir", "MCP_WARDEN_LOCAL_DIR")?;
         non_empty_path(&self.policy_file, "policy-file", "MCP_WARDEN_POLICY_FILE")?;
         non_empty_path(&self.spool_dir, "spool-dir", "MCP_WARDEN_SPOOL_DIR")?;
@@ -319,7 +392,11 @@ impl ServeArgs {
             }
         }
         if self.cluster_name.trim().is_empty() {
-            return Err(ConfigError::new("cluster-name", "MCP_WARDEN_CLUSTER_NAME", "must not be empty"));
+            return Err(ConfigError::new(
+                "cluster-name",
+                "MCP_WARDEN_CLUSTER_NAME",
+                "must not be empty",
+            ));
         }
         Ok(Config {
             listen,
@@ -353,7 +430,11 @@ fn parse_addr(s: &str, flag: &'static str, env: &'static str) -> Result<SocketAd
         .map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not an IP:PORT address: {e}")))
 }
 
-fn non_empty_path(p: &std::path::Path, flag: &'static str, env: &'static str) -> Result<(), ConfigError> {
+fn non_empty_path(
+    p: &std::path::Path,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<(), ConfigError> {
     if p.as_os_str().is_empty() {
         return Err(ConfigError::new(flag, env, "must not be empty"));
     }
@@ -363,7 +444,8 @@ fn non_empty_path(p: &std::path::Path, flag: &'static str, env: &'static str) ->
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -373,15 +455,27 @@ fn is_dns_label(s: &str) -> bool {
 pub fn default_upstream(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
     let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
     let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     Some(format!("https://{host}:{port}"))
 }
 
 /// Parses a base URL (scheme + authority, no path beyond `/` for the
 /// upstream). `http://` is accepted only when the host is loopback, because
 /// the token or recordings would otherwise cross the network in clear.
-fn parse_base_url(s: &str, flag: &'static str, env: &'static str, allow_path: bool) -> Result<Uri, ConfigError> {
-    let uri: Uri = s.trim().parse().map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not a URL: {e}")))?;
+fn parse_base_url(
+    s: &str,
+    flag: &'static str,
+    env: &'static str,
+    allow_path: bool,
+) -> Result<Uri, ConfigError> {
+    let uri: Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not a URL: {e}")))?;
     let scheme = uri.scheme_str().unwrap_or("");
     let Some(authority) = uri.authority() else {
         return Err(ConfigError::new(flag, env, format!("{s:?} has no host")));
@@ -390,20 +484,40 @@ fn parse_base_url(s: &str, flag: &'static str, env: &'static str, allow_path: bo
         "https" => {}
         "http" if is_loopback_host(authority.host()) => {}
         "http" => {
-            return Err(ConfigError::new(flag, env, format!("{s:?}: http:// is allowed only for loopback hosts")));
+            return Err(ConfigError::new(
+                flag,
+                env,
+                format!("{s:?}: http:// is allowed only for loopback hosts"),
+            ));
         }
-        other => return Err(ConfigError::new(flag, env, format!("{s:?}: unsupported scheme {other:?}, use https://"))),
+        other => {
+            return Err(ConfigError::new(
+                flag,
+                env,
+                format!("{s:?}: unsupported scheme {other:?}, use https://"),
+            ));
+        }
     }
     if authority.as_str().contains('@') {
-        return Err(ConfigError::new(flag, env, "credentials in the URL are not allowed"));
+        return Err(ConfigError::new(
+            flag,
+            env,
+            "credentials in the URL are not allowed",
+        ));
     }
     if !allow_path {
         let path = uri.path();
         if !(path.is_empty() || path == "/") || uri.query().is_some() {
-            return Err(ConfigError::new(flag, env, format!("{s:?}: a path prefix is not supported")));
+            return Err(ConfigError::new(
+                flag,
+                env,
+                format!("{s:?}: a path prefix is not supported"),
+            ));
         }
         let base = format!("{scheme}://{authority}/");
-        return base.parse().map_err(|e| ConfigError::new(flag, env, format!("{s:?}: {e}")));
+        return base
+            .parse()
+            .map_err(|e| ConfigError::new(flag, env, format!("{s:?}: {e}")));
     }
     Ok(uri)
 }
@@ -414,7 +528,9 @@ pub fn is_loopback_host(host: &str) -> bool {
     if h.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    h.parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` or a bare number of seconds.
@@ -424,7 +540,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&t[..i], &t[i..]),
         None => (t, "s"),
     };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 15s, 500ms or 1m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 15s, 500ms or 1m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -467,21 +585,39 @@ mod tests {
     #[test]
     fn missing_upstream_names_the_setting() {
         let e = args(&[]).validate_with_env(no_env).unwrap_err();
-        assert!(e.to_string().starts_with("invalid --upstream (MCP_WARDEN_UPSTREAM):"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invalid --upstream (MCP_WARDEN_UPSTREAM):"),
+            "{e}"
+        );
     }
 
     #[test]
     fn http_only_for_loopback() {
-        let e = args(&["--upstream", "http://10.0.0.1:80"]).validate_with_env(no_env).unwrap_err();
-        assert_eq!(e.flag, "upstream");
-        args(&["--upstream", "http://127.0.0.1:80"]).validate_with_env(no_env).unwrap();
-        let e = args(&["--upstream", "https://h:1", "--collector-url", "http://collector.example:80/x"])
+        let e = args(&["--upstream", "http://10.0.0.1:80"])
             .validate_with_env(no_env)
             .unwrap_err();
-        assert_eq!(e.flag, "collector-url");
-        let c = args(&["--upstream", "https://h:1", "--collector-url", "http://[::1]:9/events"])
+        assert_eq!(e.flag, "upstream");
+        args(&["--upstream", "http://127.0.0.1:80"])
             .validate_with_env(no_env)
             .unwrap();
+        let e = args(&[
+            "--upstream",
+            "https://h:1",
+            "--collector-url",
+            "http://collector.example:80/x",
+        ])
+        .validate_with_env(no_env)
+        .unwrap_err();
+        assert_eq!(e.flag, "collector-url");
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--collector-url",
+            "http://[::1]:9/events",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
         assert_eq!(c.collector_url.unwrap().path(), "/events");
     }
 
@@ -495,7 +631,11 @@ mod tests {
             ("--pod-namespace", "Bad_NS"),
             ("--upstream", "ftp://x"),
         ] {
-            let mut v = if flag == "--upstream" { vec![] } else { vec!["--upstream", "https://h:1"] };
+            let mut v = if flag == "--upstream" {
+                vec![]
+            } else {
+                vec!["--upstream", "https://h:1"]
+            };
             v.extend_from_slice(&[flag, val]);
             let e = args(&v).validate_with_env(no_env).unwrap_err();
             assert!(e.to_string().contains(flag), "{flag}: {e}");

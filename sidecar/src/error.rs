@@ -42,7 +42,10 @@ impl ProxyError {
                 Reason::ServiceUnavailable,
                 "mcp-warden: the upstream credentials are not available yet",
             ),
-            ProxyError::Upstream(m) => Status::new(Reason::BadGateway, format!("mcp-warden: upstream unavailable: {m}")),
+            ProxyError::Upstream(m) => Status::new(
+                Reason::BadGateway,
+                format!("mcp-warden: upstream unavailable: {m}"),
+            ),
             ProxyError::Build(m) => Status::new(Reason::BadRequest, format!("mcp-warden: {m}")),
         }
     }
@@ -50,10 +53,17 @@ impl ProxyError {
 
 /// The HTTP response carrying a Status.
 pub fn status_response(status: &Status) -> http::Response<ProxyBody> {
-    let code = http::StatusCode::from_u16(status.code()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let code = http::StatusCode::from_u16(status.code())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = http::Response::new(full(status.to_json()));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }

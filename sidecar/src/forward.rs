@@ -41,13 +41,18 @@ pub struct Upstream {
 
 /// Loads the PEM certificates of `path` into a root store.
 pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ForwardError> {
-    let err = |message: String| ForwardError::Ca { path: path.display().to_string(), message };
+    let err = |message: String| ForwardError::Ca {
+        path: path.display().to_string(),
+        message,
+    };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     let mut n = 0usize;
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.map_err(|e| err(format!("invalid PEM: {e}")))?;
-        roots.add(cert).map_err(|e| err(format!("invalid certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("invalid certificate: {e}")))?;
         n += 1;
     }
     if n == 0 {
@@ -58,11 +63,17 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ForwardError> {
 
 impl Upstream {
     /// Clients for `base` (scheme + authority) trusting `roots`.
-    pub fn new(base: Uri, roots: rustls::RootCertStore, connect_timeout: Duration) -> Result<Self, ForwardError> {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    pub fn new(
+        base: Uri,
+        roots: rustls::RootCertStore,
+        connect_timeout: Duration,
+    ) -> Result<Self, ForwardError> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -87,13 +98,16 @@ impl Upstream {
             .http2_keep_alive_while_idle(false)
             .build(h2_conn);
         // Upgraded connections leave the pool; idle HTTP/1.1 ones are kept briefly.
-        let upgrade_client =
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(h1_conn);
-        Ok(Upstream { base, client, upgrade_client })
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(h1_conn);
+        Ok(Upstream {
+            base,
+            client,
+            upgrade_client,
+        })
     }
 
     /// The upstream URI for `path_and_query`.
@@ -109,7 +123,11 @@ impl Upstream {
         req: Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        if upgrade { self.upgrade_client.request(req).await } else { self.client.request(req).await }
+        if upgrade {
+            self.upgrade_client.request(req).await
+        } else {
+            self.client.request(req).await
+        }
     }
 }
 
@@ -129,7 +147,9 @@ const HOP_BY_HOP: &[&str] = &[
 /// True when the request asks to upgrade the connection (HTTP/1.1
 /// `Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
-    req.version() <= Version::HTTP_11 && req.headers().contains_key(header::UPGRADE) && connection_has(req.headers(), "upgrade")
+    req.version() <= Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -169,8 +189,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Removes every `Impersonate-*` header.
 pub fn strip_impersonation(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("impersonate-"))
+        .cloned()
+        .collect();
     for n in names {
         headers.remove(n);
     }
@@ -183,7 +206,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -196,8 +222,10 @@ mod tests {
     #[test]
     fn upgrade_survives_when_asked() {
         let mut req = Request::new(());
-        req.headers_mut().insert("connection", HeaderValue::from_static("Upgrade"));
-        req.headers_mut().insert("upgrade", HeaderValue::from_static("SPDY/3.1"));
+        req.headers_mut()
+            .insert("connection", HeaderValue::from_static("Upgrade"));
+        req.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("SPDY/3.1"));
         assert!(is_upgrade_request(&req));
         let mut h = req.headers().clone();
         strip_hop_by_hop(&mut h, true);
@@ -211,7 +239,10 @@ mod tests {
     fn impersonation_headers_are_stripped() {
         let mut h = HeaderMap::new();
         h.insert("impersonate-user", HeaderValue::from_static("admin"));
-        h.append("impersonate-group", HeaderValue::from_static("system:masters"));
+        h.append(
+            "impersonate-group",
+            HeaderValue::from_static("system:masters"),
+        );
         h.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
         h.insert("accept", HeaderValue::from_static("*/*"));
         strip_impersonation(&mut h);

@@ -71,12 +71,18 @@ pub struct RequestContext {
 impl RequestContext {
     /// The verb for logs and metrics (`unknown` before parsing).
     pub fn verb(&self) -> &str {
-        self.attrs.as_ref().map(|a| a.verb.as_str()).unwrap_or("unknown")
+        self.attrs
+            .as_ref()
+            .map(|a| a.verb.as_str())
+            .unwrap_or("unknown")
     }
 
     /// `resource[/subresource]` for logs and metrics.
     pub fn resource(&self) -> String {
-        self.attrs.as_ref().map(|a| a.resource_with_subresource()).unwrap_or_default()
+        self.attrs
+            .as_ref()
+            .map(|a| a.resource_with_subresource())
+            .unwrap_or_default()
     }
 }
 
@@ -123,7 +129,13 @@ pub struct Decision {
 impl Decision {
     /// An allow with no rule (the default hook's answer).
     pub fn allow() -> Self {
-        Decision { action: Action::Allow, enforced: true, rule: None, refusal: None, forward_impersonation: false }
+        Decision {
+            action: Action::Allow,
+            enforced: true,
+            rule: None,
+            refusal: None,
+            forward_impersonation: false,
+        }
     }
 
     /// A deny answered with `403 Forbidden` and `message`.
@@ -174,7 +186,11 @@ pub trait RecordHook: Send + Sync + 'static {
     /// Called with the (already transformed) response the app will get; may
     /// tee the body and complete the event when it ends. Upgraded
     /// connections get the 101 response here.
-    fn response(&self, ctx: &RequestContext, response: http::Response<ProxyBody>) -> http::Response<ProxyBody>;
+    fn response(
+        &self,
+        ctx: &RequestContext,
+        response: http::Response<ProxyBody>,
+    ) -> http::Response<ProxyBody>;
 
     /// Called for requests answered by the sidecar itself without forwarding
     /// (401, 400, denials, upstream failures), with the Status sent.
@@ -191,7 +207,10 @@ impl DecideHook for AllowExceptImpersonation {
         let d = if ctx.impersonation.is_empty() {
             Decision::allow()
         } else {
-            Decision::deny(None, "impersonation is not allowed through mcp-warden (no policy permits the impersonate verb)")
+            Decision::deny(
+                None,
+                "impersonation is not allowed through mcp-warden (no policy permits the impersonate verb)",
+            )
         };
         Box::pin(async move { d })
     }
@@ -225,7 +244,11 @@ impl RecordHook for NoRecord {
         Box::pin(async move { Ok(body) })
     }
 
-    fn response(&self, _ctx: &RequestContext, response: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
+    fn response(
+        &self,
+        _ctx: &RequestContext,
+        response: http::Response<ProxyBody>,
+    ) -> http::Response<ProxyBody> {
         response
     }
 

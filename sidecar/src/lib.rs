@@ -66,7 +66,11 @@ pub struct Extensions {
 
 impl Default for Extensions {
     fn default() -> Self {
-        Extensions { hooks: Hooks::default(), metrics: Arc::new(Metrics::new()), readiness: Arc::new(Readiness::new()) }
+        Extensions {
+            hooks: Hooks::default(),
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::new()),
+        }
     }
 }
 
@@ -94,14 +98,25 @@ pub async fn run_with(
     ext: Extensions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let Extensions { hooks, metrics, readiness } = ext;
+    let Extensions {
+        hooks,
+        metrics,
+        readiness,
+    } = ext;
     let roots = forward::load_roots(&config.upstream_ca_file).map_err(|e| ConfigError {
         flag: "upstream-ca-file",
         env: "MCP_WARDEN_UPSTREAM_CA_FILE",
         message: e.to_string(),
     })?;
-    let upstream = forward::Upstream::new(config.upstream.clone(), roots, config.upstream_connect_timeout).map_err(|e| {
-        ConfigError { flag: "upstream-ca-file", env: "MCP_WARDEN_UPSTREAM_CA_FILE", message: e.to_string() }
+    let upstream = forward::Upstream::new(
+        config.upstream.clone(),
+        roots,
+        config.upstream_connect_timeout,
+    )
+    .map_err(|e| ConfigError {
+        flag: "upstream-ca-file",
+        env: "MCP_WARDEN_UPSTREAM_CA_FILE",
+        message: e.to_string(),
     })?;
     let token = Arc::new(token::TokenSource::new(&config.upstream_token_file));
     if let Err(e) = token.header() {
@@ -111,11 +126,21 @@ pub async fn run_with(
     readiness.watch_token(token.clone());
 
     let creds = local::generate()?;
-    local::write_files(&config.local_dir, &creds, &config.namespace(), config.app_uid)?;
+    local::write_files(
+        &config.local_dir,
+        &creds,
+        &config.namespace(),
+        config.app_uid,
+    )?;
     readiness.set("local-files", Check::Ok);
 
     let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin, metrics.clone(), readiness.clone(), stop_admin.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        metrics.clone(),
+        readiness.clone(),
+        stop_admin.clone(),
+    ));
 
     let state = Arc::new(proxy::ProxyState {
         local_token: creds.token.clone(),
@@ -127,8 +152,15 @@ pub async fn run_with(
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250);
     let graceful = GracefulShutdown::new();
     // Cancelled when the grace period is over: drops what is still open.
     let force_close = CancellationToken::new();
@@ -173,7 +205,9 @@ pub async fn run_with(
                 }
             };
             let svc = service_fn(move |req| proxy::handle(state.clone(), req, peer));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .into_owned();
             tokio::select! {
                 r = watcher.watch(conn) => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -187,7 +221,10 @@ pub async fn run_with(
     readiness.set("shutdown", Check::Failing("shutting down".into()));
     drop(listener);
     state.streams_closed.cancel();
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period over, dropping remaining connections");
     }
     force_close.cancel();

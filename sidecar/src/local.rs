@@ -34,11 +34,17 @@ pub const LOCAL_FILES: &[&str] = &["ca.crt", "token", "namespace"];
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error("generating the local {what}: {source}")]
-    Generate { what: &'static str, source: rcgen::Error },
+    Generate {
+        what: &'static str,
+        source: rcgen::Error,
+    },
     #[error("building the TLS server configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The token the app must present. Compared in constant time.
@@ -50,7 +56,11 @@ impl LocalToken {
     pub fn generate() -> Self {
         let mut b = [0u8; 32];
         rand::rng().fill_bytes(&mut b);
-        LocalToken(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b).into())
+        LocalToken(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(b)
+                .into(),
+        )
     }
 
     /// The token text (to write into the app's file; never log it).
@@ -90,24 +100,41 @@ impl std::fmt::Debug for LocalCredentials {
 
 /// Creates a CA, a serving certificate signed by it and a token.
 pub fn generate() -> Result<LocalCredentials, LocalError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
 
     let gen_err = |what| move |source| LocalError::Generate { what, source };
     let ca_key = KeyPair::generate().map_err(gen_err("CA key"))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("CA"))?;
-    ca_params.distinguished_name.push(DnType::CommonName, "mcp-warden local CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mcp-warden local CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err("CA certificate"))?;
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(gen_err("CA certificate"))?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().map_err(gen_err("serving key"))?;
     let names: Vec<String> = SERVING_NAMES.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(names).map_err(gen_err("serving certificate"))?;
-    params.distinguished_name.push(DnType::CommonName, "kubernetes");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kubernetes");
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).map_err(gen_err("serving certificate"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(gen_err("serving certificate"))?;
 
     let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -117,7 +144,11 @@ pub fn generate() -> Result<LocalCredentials, LocalError> {
             .with_no_client_auth()
             .with_single_cert(chain, key_der)?;
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(LocalCredentials { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config), token: LocalToken::generate() })
+    Ok(LocalCredentials {
+        ca_pem: ca_cert.pem(),
+        server_config: Arc::new(server_config),
+        token: LocalToken::generate(),
+    })
 }
 
 /// Writes `ca.crt`, `token` (no trailing newline: the Python client sends the
@@ -147,7 +178,11 @@ pub fn write_files(
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             let _ = std::fs::remove_file(&tmp);
             let mode = if app_uid.is_some() { 0o600 } else { 0o644 };
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)?;
             f.write_all(content)?;
             f.sync_all()?;
             // The umask may have narrowed the mode given at creation.
@@ -173,7 +208,11 @@ mod tests {
     fn token_is_256_bit_base64url() {
         let t = LocalToken::generate();
         assert_eq!(t.expose().len(), 43);
-        assert!(t.expose().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            t.expose()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert!(t.matches(t.expose().as_bytes()));
         assert!(!t.matches(b"nope"));
         assert_ne!(t.expose(), LocalToken::generate().expose());
@@ -184,22 +223,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = generate().unwrap();
         write_files(dir.path(), &creds, "team-a", None).unwrap();
-        let mut names: Vec<_> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["ca.crt", "namespace", "token"]);
-        assert_eq!(std::fs::read_to_string(dir.path().join("token")).unwrap(), creds.token.expose());
-        assert_eq!(std::fs::read_to_string(dir.path().join("namespace")).unwrap(), "team-a");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("token")).unwrap(),
+            creds.token.expose()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("namespace")).unwrap(),
+            "team-a"
+        );
         let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(!ca.contains("PRIVATE KEY"));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644);
         // A second start replaces the files.
         let creds2 = generate().unwrap();
         write_files(dir.path(), &creds2, "team-a", None).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("token")).unwrap(), creds2.token.expose());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("token")).unwrap(),
+            creds2.token.expose()
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 }

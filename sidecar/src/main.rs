@@ -9,7 +9,10 @@ fn main() {
     let code = match cli.command {
         Some(Command::Policy(args)) => {
             // HOOK(policy_cli): dispatch to `policy_cli::run(args)` once it exists.
-            eprintln!("mcp-warden-sidecar: the policy subcommand is not available in this build ({:?})", args.args);
+            eprintln!(
+                "mcp-warden-sidecar: the policy subcommand is not available in this build ({:?})",
+                args.args
+            );
             2
         }
         Some(Command::Serve(args)) => serve(args),
@@ -27,7 +30,10 @@ fn serve(args: ServeArgs) -> i32 {
         }
     };
     init_tracing(config.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-warden-sidecar: cannot start the runtime: {e}");
@@ -65,7 +71,9 @@ fn serve(args: ServeArgs) -> i32 {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

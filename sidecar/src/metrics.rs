@@ -67,18 +67,38 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mcp_warden");
         let requests = Family::<RequestLabels, Counter>::default();
         let upstream_latency =
-            Family::<VerbLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+            Family::<VerbLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         let open_streams = Gauge::default();
         let upstream_errors = Counter::default();
-        registry.register("requests", "Requests answered by the sidecar, by verb, resource and code", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered by the sidecar, by verb, resource and code",
+            requests.clone(),
+        );
         registry.register(
             "upstream_latency_seconds",
             "Time from forwarding a request to receiving the upstream's response headers",
             upstream_latency.clone(),
         );
-        registry.register("open_streams", "Open long-running streams (watch, follow, upgraded)", open_streams.clone());
-        registry.register("upstream_errors", "Upstream requests that failed without a response", upstream_errors.clone());
-        Metrics { registry: Mutex::new(registry), requests, upstream_latency, open_streams, upstream_errors }
+        registry.register(
+            "open_streams",
+            "Open long-running streams (watch, follow, upgraded)",
+            open_streams.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream requests that failed without a response",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            upstream_latency,
+            open_streams,
+            upstream_errors,
+        }
     }
 
     /// Adds a metric (prefixed `mcp_warden_`). Metrics are cheap handles:
@@ -93,7 +113,13 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn count_request(&self, verb: &str, resource: &str, code: u16) {
-        self.requests.get_or_create(&RequestLabels { verb: verb.to_string(), resource: resource.to_string(), code }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                verb: verb.to_string(),
+                resource: resource.to_string(),
+                code,
+            })
+            .inc();
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).
@@ -136,7 +162,9 @@ mod tests {
     fn encodes_requests_and_custom_metrics() {
         let m = Metrics::new();
         m.count_request("get", "pods", 200);
-        m.upstream_latency.get_or_create(&VerbLabels { verb: "get".into() }).observe(0.002);
+        m.upstream_latency
+            .get_or_create(&VerbLabels { verb: "get".into() })
+            .observe(0.002);
         let c = Counter::<u64>::default();
         m.register("policy_reload_errors", "Invalid policies seen", c.clone());
         c.inc();
@@ -145,7 +173,10 @@ mod tests {
             assert!(m.encode().contains("mcp_warden_open_streams 1"));
         }
         let text = m.encode();
-        assert!(text.contains(r#"mcp_warden_requests_total{verb="get",resource="pods",code="200"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"mcp_warden_requests_total{verb="get",resource="pods",code="200"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("mcp_warden_policy_reload_errors_total 1"));
         assert!(text.contains("mcp_warden_open_streams 0"));
         assert!(text.contains("mcp_warden_upstream_latency_seconds_bucket"));

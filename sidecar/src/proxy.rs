@@ -79,8 +79,16 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
         received_at: SystemTime::now(),
         peer,
         method: req.method().clone(),
-        path_and_query: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
-        user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         attrs: None,
         impersonation: Default::default(),
         decision: None,
@@ -125,7 +133,11 @@ pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Proxy
         return Err(ProxyError::Unauthorized);
     }
     let token = rest.trim_ascii();
-    if local.matches(token) { Ok(()) } else { Err(ProxyError::Unauthorized) }
+    if local.matches(token) {
+        Ok(())
+    } else {
+        Err(ProxyError::Unauthorized)
+    }
 }
 
 /// Step 2: Kubernetes attributes and impersonation; non-canonical paths are refused.
@@ -174,16 +186,27 @@ async fn prepare_upstream_request(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
     strip_hop_by_hop(headers, ctx.is_upgrade);
-    let forward_impersonation = ctx.decision.as_ref().is_some_and(|d| d.forward_impersonation);
+    let forward_impersonation = ctx
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.forward_impersonation);
     if !forward_impersonation {
         strip_impersonation(headers);
     }
-    parts.uri = state.upstream.uri_for(&ctx.path_and_query).map_err(|e| ProxyError::Build(e.to_string()))?;
+    parts.uri = state
+        .upstream
+        .uri_for(&ctx.path_and_query)
+        .map_err(|e| ProxyError::Build(e.to_string()))?;
     // The client picks HTTP/2 per connection when the upstream offers it.
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     state.hooks.transform.prepare_request(ctx, &mut parts);
-    let body = state.hooks.record.request(ctx, &parts, boxed(body)).await.map_err(ProxyError::Refused)?;
+    let body = state
+        .hooks
+        .record
+        .request(ctx, &parts, boxed(body))
+        .await
+        .map_err(ProxyError::Refused)?;
     let token = state.token.header()?;
     parts.headers.insert(header::AUTHORIZATION, token);
     Ok(Request::from_parts(parts, body))
@@ -200,7 +223,13 @@ async fn forward(
     let elapsed = t0.elapsed().as_secs_f64();
     match result {
         Ok(resp) => {
-            state.metrics.upstream_latency.get_or_create(&VerbLabels { verb: ctx.verb().to_string() }).observe(elapsed);
+            state
+                .metrics
+                .upstream_latency
+                .get_or_create(&VerbLabels {
+                    verb: ctx.verb().to_string(),
+                })
+                .observe(elapsed);
             if resp.status() == StatusCode::UNAUTHORIZED {
                 // Perhaps a rotation we have not noticed yet: look at the file
                 // on the next request rather than after the check interval.
@@ -250,7 +279,13 @@ async fn respond(
     if ctx.is_stream {
         let guard = StreamGuard::new(&state.metrics);
         let closed = state.streams_closed.clone().cancelled_owned();
-        Ok(resp.map(|b| boxed(StreamBody { inner: b, closed: Box::pin(closed), _guard: guard })))
+        Ok(resp.map(|b| {
+            boxed(StreamBody {
+                inner: b,
+                closed: Box::pin(closed),
+                _guard: guard,
+            })
+        }))
     } else {
         Ok(resp)
     }
@@ -304,8 +339,16 @@ fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
         .as_ref()
         .map(|a| (a.namespace.as_str(), a.name.as_str(), a.api_group.as_str()))
         .unwrap_or(("", "", ""));
-    let decision = ctx.decision.as_ref().map(|d| d.action.as_str()).unwrap_or("");
-    let rule = ctx.decision.as_ref().and_then(|d| d.rule.as_deref()).unwrap_or("");
+    let decision = ctx
+        .decision
+        .as_ref()
+        .map(|d| d.action.as_str())
+        .unwrap_or("");
+    let rule = ctx
+        .decision
+        .as_ref()
+        .and_then(|d| d.rule.as_deref())
+        .unwrap_or("");
     let path = ctx.path_and_query.split('?').next().unwrap_or("");
     tracing::info!(
         request_id = %ctx.request_id,
@@ -336,7 +379,10 @@ impl http_body::Body for StreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.closed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
@@ -376,9 +422,21 @@ mod tests {
         assert!(authenticate(&t, &headers(&[])).is_err());
         assert!(authenticate(&t, &headers(&[&format!("Basic {tok}")])).is_err());
         assert!(authenticate(&t, &headers(&[&format!("Bearer {tok}x")])).is_err());
-        assert!(authenticate(&t, &headers(&[&format!("Bearer {}", &tok[..tok.len() - 1])])).is_err());
+        assert!(
+            authenticate(
+                &t,
+                &headers(&[&format!("Bearer {}", &tok[..tok.len() - 1])])
+            )
+            .is_err()
+        );
         assert!(authenticate(&t, &headers(&[&format!("Bearer{tok}")])).is_err());
-        assert!(authenticate(&t, &headers(&[&format!("Bearer {tok}"), &format!("Bearer {tok}")])).is_err());
+        assert!(
+            authenticate(
+                &t,
+                &headers(&[&format!("Bearer {tok}"), &format!("Bearer {tok}")])
+            )
+            .is_err()
+        );
     }
 
     #[test]

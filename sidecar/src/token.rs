@@ -51,7 +51,9 @@ pub struct TokenSource {
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSource").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("TokenSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,7 +65,11 @@ impl TokenSource {
 
     /// A source with a custom check interval (tests).
     pub fn with_interval(path: impl Into<PathBuf>, interval: Duration) -> Self {
-        TokenSource { path: path.into(), interval, cached: Mutex::new(None) }
+        TokenSource {
+            path: path.into(),
+            interval,
+            cached: Mutex::new(None),
+        }
     }
 
     /// The token file path.
@@ -96,7 +102,11 @@ impl TokenSource {
                         if guard.is_some() {
                             tracing::info!(path = %self.path.display(), "upstream token rotated, re-read");
                         }
-                        *guard = Some(Cached { header: header.clone(), fingerprint: fp, checked: now });
+                        *guard = Some(Cached {
+                            header: header.clone(),
+                            fingerprint: fp,
+                            checked: now,
+                        });
                         Ok(header)
                     }
                     Err(e) => self.keep_last(&mut guard, now, e),
@@ -110,13 +120,20 @@ impl TokenSource {
     pub fn invalidate(&self) {
         if let Ok(mut g) = self.cached.lock() {
             if let Some(c) = g.as_mut() {
-                c.checked = Instant::now().checked_sub(self.interval).unwrap_or(c.checked);
+                c.checked = Instant::now()
+                    .checked_sub(self.interval)
+                    .unwrap_or(c.checked);
                 c.fingerprint.len = u64::MAX;
             }
         }
     }
 
-    fn keep_last(&self, guard: &mut Option<Cached>, now: Instant, e: TokenError) -> Result<HeaderValue, TokenError> {
+    fn keep_last(
+        &self,
+        guard: &mut Option<Cached>,
+        now: Instant,
+        e: TokenError,
+    ) -> Result<HeaderValue, TokenError> {
         match guard.as_mut() {
             Some(c) => {
                 tracing::warn!(error = %e, "keeping the last good upstream token");
@@ -129,20 +146,33 @@ impl TokenSource {
 
     fn stat(&self) -> Result<Fingerprint, TokenError> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&self.path)
-            .map_err(|e| TokenError::Read { path: self.path.clone(), message: e.to_string() })?;
-        Ok(Fingerprint { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.modified().ok() })
+        let m = std::fs::metadata(&self.path).map_err(|e| TokenError::Read {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+        })
     }
 
     fn read(&self) -> Result<HeaderValue, TokenError> {
-        let raw = std::fs::read_to_string(&self.path)
-            .map_err(|e| TokenError::Read { path: self.path.clone(), message: e.to_string() })?;
+        let raw = std::fs::read_to_string(&self.path).map_err(|e| TokenError::Read {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
         let token = raw.trim();
         if token.is_empty() {
-            return Err(TokenError::Invalid { path: self.path.clone() });
+            return Err(TokenError::Invalid {
+                path: self.path.clone(),
+            });
         }
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| TokenError::Invalid { path: self.path.clone() })?;
+        let mut v =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| TokenError::Invalid {
+                path: self.path.clone(),
+            })?;
         v.set_sensitive(true);
         Ok(v)
     }

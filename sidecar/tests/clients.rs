@@ -61,20 +61,45 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("seed.yaml");
         std::fs::write(&seed, SEED).unwrap();
-        let sim = ApiSim::start(ApiSimOptions { seed: Some(seed), ..Default::default() }).unwrap();
+        let sim = ApiSim::start(ApiSimOptions {
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .unwrap();
         // The real token, laid out as the kubelet projects it.
         let token_dir = dir.path().join("upstream");
         std::fs::create_dir(&token_dir).unwrap();
         common::kubelet_write_token(&token_dir, 1, &sim.token());
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let sidecar = rt.block_on(Sidecar::start(&sim.url(), &sim.ca_path(), &token_dir.join("token"), &[]));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sidecar = rt.block_on(Sidecar::start(
+            &sim.url(),
+            &sim.ca_path(),
+            &token_dir.join("token"),
+            &[],
+        ));
         // The app's kubeconfig: only what the sidecar wrote into --local-dir.
         let via = dir.path().join("via-sidecar.kubeconfig");
         let local_token = std::fs::read_to_string(sidecar.local_dir.join("token")).unwrap();
-        write_kubeconfig(&via, &format!("https://{}", sidecar.addr), &sidecar.local_dir.join("ca.crt"), &local_token)
-            .unwrap();
+        write_kubeconfig(
+            &via,
+            &format!("https://{}", sidecar.addr),
+            &sidecar.local_dir.join("ca.crt"),
+            &local_token,
+        )
+        .unwrap();
         let direct = sim.kubeconfig_path();
-        Env { sim, sidecar: Some(sidecar), rt, dir, via, direct }
+        Env {
+            sim,
+            sidecar: Some(sidecar),
+            rt,
+            dir,
+            via,
+            direct,
+        }
     }
 
     fn sidecar(&self) -> &Sidecar {
@@ -82,8 +107,16 @@ impl Env {
     }
 
     fn kubectl(&self, minor: &str, kubeconfig: &Path) -> Command {
-        let which = if kubeconfig == self.via { "via" } else { "direct" };
-        kubectl_with(minor, kubeconfig, &self.dir.path().join(format!("cache-{which}-{minor}")))
+        let which = if kubeconfig == self.via {
+            "via"
+        } else {
+            "direct"
+        };
+        kubectl_with(
+            minor,
+            kubeconfig,
+            &self.dir.path().join(format!("cache-{which}-{minor}")),
+        )
     }
 
     fn via(&self, minor: &str) -> Command {
@@ -110,7 +143,10 @@ struct Out {
 }
 
 fn run(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Out {
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
@@ -173,7 +209,10 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> i32 {
 }
 
 fn metrics(env: &Env) -> String {
-    env.rt.block_on(env.sidecar().admin_get("/metrics")).unwrap().1
+    env.rt
+        .block_on(env.sidecar().admin_get("/metrics"))
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -183,21 +222,48 @@ fn kubectl_crud_through_the_sidecar_matches_direct() {
     // Reads: the same output both ways.
     for args in [
         vec!["get", "pods", "-o", "name"],
-        vec!["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"],
+        vec![
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}",
+        ],
         vec!["get", "--raw", "/api/v1/namespaces/default/pods/echo"],
         vec!["api-resources", "--api-group=", "-o", "name"],
     ] {
-        assert_eq!(ok(env.via(k), &args), ok(env.direct(k), &args), "kubectl {args:?}");
+        assert_eq!(
+            ok(env.via(k), &args),
+            ok(env.direct(k), &args),
+            "kubectl {args:?}"
+        );
     }
     // Writes through the sidecar land upstream.
     let manifest = env.dir.path().join("cm.yaml");
-    std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: made-via-sidecar\ndata:\n  k: v1\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: made-via-sidecar\ndata:\n  k: v1\n",
+    )
+    .unwrap();
     let out = ok(env.via(k), &["create", "-f", manifest.to_str().unwrap()]);
     assert_eq!(out.trim(), "configmap/made-via-sidecar created");
-    std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: made-via-sidecar\ndata:\n  k: v2\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: made-via-sidecar\ndata:\n  k: v2\n",
+    )
+    .unwrap();
     let out = ok(env.via(k), &["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(out.trim().starts_with("configmap/made-via-sidecar"), "{out}");
-    assert_eq!(ok(env.direct(k), &["get", "cm", "made-via-sidecar", "-o", "jsonpath={.data.k}"]), "v2");
+    assert!(
+        out.trim().starts_with("configmap/made-via-sidecar"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(
+            env.direct(k),
+            &["get", "cm", "made-via-sidecar", "-o", "jsonpath={.data.k}"]
+        ),
+        "v2"
+    );
     // Errors come back as the server's Status, as kubectl prints them.
     let o = run(env.via(k), &["get", "cm", "nope"], b"");
     let d = run(env.direct(k), &["get", "cm", "nope"], b"");
@@ -205,10 +271,19 @@ fn kubectl_crud_through_the_sidecar_matches_direct() {
     let out = ok(env.via(k), &["delete", "cm", "made-via-sidecar"]);
     assert_eq!(out.trim(), "configmap \"made-via-sidecar\" deleted");
     let o = run(env.direct(k), &["get", "cm", "made-via-sidecar"], b"");
-    assert_ne!(o.code, 0, "delete through the sidecar did not reach the server");
+    assert_ne!(
+        o.code, 0,
+        "delete through the sidecar did not reach the server"
+    );
     let m = metrics(&env);
-    assert!(m.contains(r#"verb="create",resource="configmaps",code="201""#), "{m}");
-    assert!(m.contains(r#"verb="delete",resource="configmaps",code="200""#), "{m}");
+    assert!(
+        m.contains(r#"verb="create",resource="configmaps",code="201""#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"verb="delete",resource="configmaps",code="200""#),
+        "{m}"
+    );
 }
 
 #[test]
@@ -222,37 +297,68 @@ fn local_token_is_useless_against_the_real_server_and_required_by_the_sidecar() 
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("provide credentials"), "{}", o.stderr);
     // No or a wrong token to the sidecar: 401, and nothing changes upstream.
-    for (name, token) in [("wrong", format!("{local_token}x")), ("real", env.sim.token())] {
+    for (name, token) in [
+        ("wrong", format!("{local_token}x")),
+        ("real", env.sim.token()),
+    ] {
         let kc = env.dir.path().join(format!("{name}.kubeconfig"));
-        write_kubeconfig(&kc, &format!("https://{}", env.sidecar().addr), &env.sidecar().local_dir.join("ca.crt"), &token)
-            .unwrap();
+        write_kubeconfig(
+            &kc,
+            &format!("https://{}", env.sidecar().addr),
+            &env.sidecar().local_dir.join("ca.crt"),
+            &token,
+        )
+        .unwrap();
         let o = run(env.kubectl("32", &kc), &["delete", "cm", "settings"], b"");
         assert_ne!(o.code, 0, "{name} token accepted");
         // kubectl's wording for a 401 Status.
-        assert!(o.stderr.contains("provide credentials") || o.stderr.contains("Unauthorized"), "{name}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("provide credentials") || o.stderr.contains("Unauthorized"),
+            "{name}: {}",
+            o.stderr
+        );
     }
     // No Authorization at all (kubectl would prompt for a password instead of sending none).
     let c = common::client(&env.sidecar().ca_pem(), common::Alpn::H1);
-    let url = env.sidecar().url("/api/v1/namespaces/default/configmaps/settings");
+    let url = env
+        .sidecar()
+        .url("/api/v1/namespaces/default/configmaps/settings");
     let (code, _, body) = env.rt.block_on(common::send(&c, "DELETE", &url, &[]));
     assert_eq!(code, 401, "{body}");
-    assert_eq!(ok(env.direct("32"), &["get", "cm", "settings", "-o", "name"]).trim(), "configmap/settings");
+    assert_eq!(
+        ok(env.direct("32"), &["get", "cm", "settings", "-o", "name"]).trim(),
+        "configmap/settings"
+    );
 }
 
 #[test]
 fn watch_events_arrive_while_the_stream_is_open() {
     let env = Env::start();
     let mut cmd = env.via("32");
-    cmd.args(["get", "configmaps", "-w", "-o", "name"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["get", "configmaps", "-w", "-o", "name"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("initial list line");
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("initial list line");
     assert_eq!(first, "configmap/settings");
     // A change made directly upstream reaches the watching client through the open stream.
     let manifest = env.dir.path().join("watched.yaml");
-    std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata:\n  a: b\n").unwrap();
-    ok(env.direct("32"), &["create", "-f", manifest.to_str().unwrap()]);
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("watch event");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata:\n  a: b\n",
+    )
+    .unwrap();
+    ok(
+        env.direct("32"),
+        &["create", "-f", manifest.to_str().unwrap()],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("watch event");
     assert_eq!(line, "configmap/watched");
     assert!(child.try_wait().unwrap().is_none(), "watch ended early");
     assert!(metrics(&env).contains("mcp_warden_open_streams 1"));
@@ -264,31 +370,52 @@ fn watch_events_arrive_while_the_stream_is_open() {
 fn logs_follow_lines_arrive_as_emitted() {
     let env = Env::start();
     let mut cmd = env.via("32");
-    cmd.args(["logs", "-f", "echo"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["logs", "-f", "echo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let mut got = Vec::new();
     for _ in 0..5 {
-        got.push(rx.recv_timeout(Duration::from_secs(20)).expect("followed log line"));
+        got.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("followed log line"),
+        );
     }
-    assert!(child.try_wait().unwrap().is_none(), "kubectl logs -f ended early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kubectl logs -f ended early"
+    );
     let _ = child.kill();
     let _ = child.wait();
-    let want: Vec<String> = (1..=5).map(|n| format!("line {n} from echo/main")).collect();
+    let want: Vec<String> = (1..=5)
+        .map(|n| format!("line {n} from echo/main"))
+        .collect();
     assert_eq!(got, want);
 }
 
 fn exec_stdin(minor: &str, upgrade_method: &str) {
     let env = Env::start();
-    let o = run(env.via(minor), &["-v=6", "exec", "-i", "echo", "--", "cat"], b"hello\nthrough the tunnel\n");
+    let o = run(
+        env.via(minor),
+        &["-v=6", "exec", "-i", "echo", "--", "cat"],
+        b"hello\nthrough the tunnel\n",
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(o.stdout, "hello\nthrough the tunnel\n");
     assert!(
-        o.stderr.lines().any(|l| l.contains(upgrade_method) && l.contains("/exec?") && l.contains("101 Switching Protocols")),
+        o.stderr.lines().any(|l| l.contains(upgrade_method)
+            && l.contains("/exec?")
+            && l.contains("101 Switching Protocols")),
         "expected a {upgrade_method} upgrade: {}",
         o.stderr
     );
-    let o = run(env.via(minor), &["exec", "echo", "--", "sh", "-c", "exit 3"], b"");
+    let o = run(
+        env.via(minor),
+        &["exec", "echo", "--", "sh", "-c", "exit 3"],
+        b"",
+    );
     assert_eq!(o.code, 3, "{}", o.stderr);
 }
 
@@ -306,7 +433,10 @@ fn kubectl_1_29_exec_with_stdin_over_spdy() {
 fn port_forward_moves_bytes() {
     let env = Env::start();
     let mut cmd = env.via("32");
-    cmd.args(["port-forward", "pod/echo", ":8080"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["port-forward", "pod/echo", ":8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let err_rx = reader(child.stderr.take().unwrap());
@@ -315,7 +445,12 @@ fn port_forward_moves_bytes() {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("no port-forward line: {}", err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
+            panic!(
+                "no port-forward line: {}",
+                err_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_default()
+            );
         }
     };
     let port: u16 = line
@@ -337,7 +472,10 @@ fn port_forward_moves_bytes() {
     let mut back = vec![0u8; big.len()];
     s.read_exact(&mut back).unwrap();
     assert!(back == big, "large payload echoed intact");
-    assert!(child.try_wait().unwrap().is_none(), "port-forward ended early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "port-forward ended early"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

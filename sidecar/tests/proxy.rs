@@ -27,15 +27,20 @@ async fn setup() -> (Upstream, Sidecar, tempfile::TempDir) {
 #[tokio::test]
 async fn local_files_are_exactly_ca_token_namespace() {
     let (_up, sc, _t) = setup().await;
-    let mut names: Vec<String> =
-        std::fs::read_dir(&sc.local_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&sc.local_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["ca.crt", "namespace", "token"]);
     let token = sc.token();
     assert_eq!(token.len(), 43, "256-bit base64url token");
     assert!(!token.ends_with('\n'));
     assert_ne!(token, REAL);
-    assert_eq!(std::fs::read_to_string(sc.local_dir.join("namespace")).unwrap(), "default");
+    assert_eq!(
+        std::fs::read_to_string(sc.local_dir.join("namespace")).unwrap(),
+        "default"
+    );
     assert!(!sc.ca_pem().contains("PRIVATE"));
     sc.stop().await;
 }
@@ -54,7 +59,10 @@ async fn serving_certificate_covers_every_in_cluster_name() {
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
         let tcp = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
         let sni = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
-        connector.connect(sni, tcp).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        connector
+            .connect(sni, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     // And ::1 when the host has IPv6 loopback.
     let sni = rustls_pki_types::ServerName::try_from("::1").unwrap();
@@ -73,7 +81,12 @@ async fn local_token_required_and_never_forwarded() {
     let token = sc.token();
     let wrong = format!("Bearer {}x", token);
     let basic = format!("Basic {token}");
-    for headers in [vec![], vec![("authorization", wrong.as_str())], vec![("authorization", basic.as_str())], vec![("authorization", REAL)]] {
+    for headers in [
+        vec![],
+        vec![("authorization", wrong.as_str())],
+        vec![("authorization", basic.as_str())],
+        vec![("authorization", REAL)],
+    ] {
         let (code, h, body) = send(&c, "DELETE", &url, &headers).await;
         assert_eq!(code, 401, "{headers:?}: {body}");
         assert_eq!(h["content-type"], "application/json");
@@ -82,7 +95,11 @@ async fn local_token_required_and_never_forwarded() {
         assert_eq!(v["reason"], "Unauthorized");
         assert_eq!(v["code"], 401);
     }
-    assert!(up.seen().is_empty(), "refused requests reached the upstream: {:?}", up.seen());
+    assert!(
+        up.seen().is_empty(),
+        "refused requests reached the upstream: {:?}",
+        up.seen()
+    );
 
     // The Python client sends the scheme in lower case.
     let lower = format!("bearer {token}");
@@ -97,10 +114,20 @@ async fn local_token_required_and_never_forwarded() {
         assert_eq!(host, &up.addr.to_string());
     }
     assert!(!format!("{:?}", seen[0].headers).contains(&sc.addr.to_string()));
-    assert!(seen.iter().all(|s| !format!("{:?}", s.headers).contains(&token)), "local token leaked upstream");
+    assert!(
+        seen.iter()
+            .all(|s| !format!("{:?}", s.headers).contains(&token)),
+        "local token leaked upstream"
+    );
     let (_, metrics) = sc.admin_get("/metrics").await.unwrap();
-    assert!(metrics.contains(r#"mcp_warden_requests_total{verb="unknown",resource="",code="401"} 4"#), "{metrics}");
-    assert!(metrics.contains(r#"mcp_warden_requests_total{verb="list",resource="pods",code="200"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"mcp_warden_requests_total{verb="unknown",resource="",code="401"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"mcp_warden_requests_total{verb="list",resource="pods",code="200"} 1"#),
+        "{metrics}"
+    );
     sc.stop().await;
 }
 
@@ -119,12 +146,22 @@ async fn hostile_paths_are_refused_and_never_forwarded() {
         "/api/v1/namespaces/default/pods/%2e%2e",
         "/api/v1/namespaces//pods",
     ] {
-        let (code, _, body) = send(&c, "GET", &sc.url(path), &[("authorization", auth.as_str())]).await;
+        let (code, _, body) = send(
+            &c,
+            "GET",
+            &sc.url(path),
+            &[("authorization", auth.as_str())],
+        )
+        .await;
         assert_eq!(code, 400, "{path}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["reason"], "BadRequest", "{path}");
     }
-    assert!(up.seen().is_empty(), "hostile paths reached the upstream: {:?}", up.seen());
+    assert!(
+        up.seen().is_empty(),
+        "hostile paths reached the upstream: {:?}",
+        up.seen()
+    );
     sc.stop().await;
 }
 
@@ -137,7 +174,11 @@ async fn impersonation_is_refused_until_policy_allows_it() {
         &c,
         "GET",
         &sc.url("/api/v1/namespaces/kube-system/secrets"),
-        &[("authorization", auth.as_str()), ("impersonate-user", "system:admin"), ("impersonate-group", "system:masters")],
+        &[
+            ("authorization", auth.as_str()),
+            ("impersonate-user", "system:admin"),
+            ("impersonate-group", "system:masters"),
+        ],
     )
     .await;
     assert_eq!(code, 403, "{body}");
@@ -153,14 +194,26 @@ async fn alpn_h2_and_no_alpn_both_work_and_hop_headers_are_dropped() {
     let auth = format!("Bearer {}", sc.token());
     for alpn in [Alpn::H2, Alpn::H1, Alpn::None] {
         let c = client(&sc.ca_pem(), alpn);
-        let (code, _, body) = send(&c, "GET", &sc.url("/api/v1/pods?limit=5"), &[("authorization", auth.as_str())]).await;
+        let (code, _, body) = send(
+            &c,
+            "GET",
+            &sc.url("/api/v1/pods?limit=5"),
+            &[("authorization", auth.as_str())],
+        )
+        .await;
         assert_eq!(code, 200, "{alpn:?}: {body}");
     }
     // Raw TLS without ALPN: the server answers HTTP/1.1.
     let tls = common::client_tls(&sc.ca_pem(), Alpn::None);
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let tcp = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
-    let mut s = connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    let mut s = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), None);
     s.write_all(format!("GET /version HTTP/1.1\r\nHost: kubernetes\r\nAuthorization: {auth}\r\nConnection: close, x-drop\r\nX-Drop: 1\r\n\r\n").as_bytes())
         .await
@@ -170,9 +223,16 @@ async fn alpn_h2_and_no_alpn_both_work_and_hop_headers_are_dropped() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let last = up.seen().pop().unwrap();
     assert_eq!(last.path_and_query, "/version");
-    assert!(!last.headers.contains_key("x-drop"), "header named by Connection was forwarded");
+    assert!(
+        !last.headers.contains_key("x-drop"),
+        "header named by Connection was forwarded"
+    );
     // The upstream offered h2 and the sidecar's pool used it.
-    assert!(up.seen().iter().all(|s| s.version == http::Version::HTTP_2), "{:?}", up.seen().iter().map(|s| s.version).collect::<Vec<_>>());
+    assert!(
+        up.seen().iter().all(|s| s.version == http::Version::HTTP_2),
+        "{:?}",
+        up.seen().iter().map(|s| s.version).collect::<Vec<_>>()
+    );
     sc.stop().await;
 }
 
@@ -187,17 +247,30 @@ async fn stream_chunks_arrive_before_the_stream_ends() {
             .header("authorization", &auth)
             .body(full(Bytes::new()))
             .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
-        assert!(!resp.headers().contains_key("x-secret-hop"), "hop-by-hop response header passed");
+        assert!(
+            !resp.headers().contains_key("x-secret-hop"),
+            "hop-by-hop response header passed"
+        );
         let mut body = resp.into_body();
-        let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first chunk held back").unwrap().unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("first chunk held back")
+            .unwrap()
+            .unwrap();
         assert_eq!(first.into_data().unwrap(), "first\n");
         let (_, m) = sc.admin_get("/metrics").await.unwrap();
         assert!(m.contains("mcp_warden_open_streams 1"), "{m}");
         up.release.notify_one();
         let mut rest = Vec::new();
-        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap() {
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+        {
             if let Ok(d) = f.unwrap().into_data() {
                 rest.extend_from_slice(&d);
             }
@@ -220,23 +293,38 @@ async fn upgrades_are_tunnelled_both_ways() {
             .header("x-stream-protocol-version", "v4.channel.k8s.io")
             .body(full(Bytes::new()))
             .unwrap();
-        let mut resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.unwrap().unwrap();
+        let mut resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 101, "{proto}");
         assert_eq!(resp.headers()["upgrade"], proto);
-        assert_eq!(resp.headers()["x-stream-protocol-version"], "v4.channel.k8s.io");
+        assert_eq!(
+            resp.headers()["x-stream-protocol-version"],
+            "v4.channel.k8s.io"
+        );
         let io = hyper::upgrade::on(&mut resp).await.unwrap();
         let mut io = TokioIo::new(io);
         for msg in ["hello", "second message"] {
             io.write_all(msg.as_bytes()).await.unwrap();
             let mut buf = vec![0u8; msg.len()];
-            tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut buf)).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(buf, msg.to_uppercase().as_bytes());
         }
     }
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11 && s.headers.contains_key("upgrade")));
-    assert!(seen.iter().all(|s| s.authorization().unwrap() == format!("Bearer {REAL}")));
+    assert!(
+        seen.iter()
+            .all(|s| s.version == http::Version::HTTP_11 && s.headers.contains_key("upgrade"))
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.authorization().unwrap() == format!("Bearer {REAL}"))
+    );
     sc.stop().await;
 }
 
@@ -245,7 +333,13 @@ async fn admin_endpoints() {
     let (_up, sc, tdir) = setup().await;
     let c = client(&sc.ca_pem(), Alpn::H2);
     let auth = format!("Bearer {}", sc.token());
-    let (code, _, _) = send(&c, "GET", &sc.url("/api"), &[("authorization", auth.as_str())]).await;
+    let (code, _, _) = send(
+        &c,
+        "GET",
+        &sc.url("/api"),
+        &[("authorization", auth.as_str())],
+    )
+    .await;
     assert_eq!(code, 200);
     let (code, body) = sc.admin_get("/healthz").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
@@ -258,7 +352,11 @@ async fn admin_endpoints() {
     }
     let (code, body) = sc.admin_get("/metrics").await.unwrap();
     assert_eq!(code, 200);
-    for m in ["mcp_warden_requests_total", "mcp_warden_upstream_latency_seconds", "mcp_warden_open_streams"] {
+    for m in [
+        "mcp_warden_requests_total",
+        "mcp_warden_upstream_latency_seconds",
+        "mcp_warden_open_streams",
+    ] {
         assert!(body.contains(m), "{m} missing: {body}");
     }
     // A token that cannot be read (never read before) makes it unready, naming the file.
@@ -297,7 +395,10 @@ async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
     let c2 = client(&sc.ca_pem(), Alpn::H2);
     let url = sc.url("/api/v1/namespaces/default/pods/slow");
     let auth2 = auth.clone();
-    let slow = tokio::spawn(async move { send(&c2, "GET", &url, &[("authorization", auth2.as_str())]).await });
+    let slow =
+        tokio::spawn(
+            async move { send(&c2, "GET", &url, &[("authorization", auth2.as_str())]).await },
+        );
     tokio::time::sleep(Duration::from_millis(300)).await;
     sc.begin_shutdown();
     // The stream ends cleanly (no more frames) although the upstream never finished it.
@@ -317,7 +418,11 @@ async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
     assert_eq!(code, 200, "in-flight request cut by shutdown: {body}");
     assert_eq!(body, r#"{"slow":true}"#);
     let handle = sc.handle.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // No longer accepting.
     assert!(tokio::net::TcpStream::connect(sc.addr).await.is_err());
 }
@@ -331,13 +436,22 @@ async fn token_rotation_by_data_symlink_swap_fails_no_request() {
     common::kubelet_write_token(tdir.path(), 1, OLD);
     let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
     let auth = format!("Bearer {}", sc.token());
-    let clients = [client(&sc.ca_pem(), Alpn::H2), client(&sc.ca_pem(), Alpn::H1)];
+    let clients = [
+        client(&sc.ca_pem(), Alpn::H2),
+        client(&sc.ca_pem(), Alpn::H1),
+    ];
     let mut failures = Vec::new();
     let mut rotated_at = None;
     let mut revoked_at = None;
     for i in 0..400usize {
         let c = &clients[i % 2];
-        let (code, _, body) = send(c, "GET", &sc.url("/api/v1/namespaces/default/configmaps"), &[("authorization", auth.as_str())]).await;
+        let (code, _, body) = send(
+            c,
+            "GET",
+            &sc.url("/api/v1/namespaces/default/configmaps"),
+            &[("authorization", auth.as_str())],
+        )
+        .await;
         if code != 200 {
             failures.push((i, code, body));
         }
@@ -348,7 +462,10 @@ async fn token_rotation_by_data_symlink_swap_fails_no_request() {
             rotated_at = Some(i);
         }
         if rotated_at.is_some() && revoked_at.is_none() {
-            let new_seen = up.seen().iter().any(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}")));
+            let new_seen = up
+                .seen()
+                .iter()
+                .any(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}")));
             if new_seen {
                 // From now on the old token is refused: any request still using it fails.
                 up.accepted.lock().unwrap().retain(|t| t != OLD);
@@ -360,15 +477,27 @@ async fn token_rotation_by_data_symlink_swap_fails_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(failures.is_empty(), "requests failed across the rotation: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests failed across the rotation: {failures:?}"
+    );
     let revoked_at = revoked_at.expect("the new token never reached the upstream");
     let seen = up.seen();
     assert!(seen.len() > revoked_at + 40);
     let tail = &seen[seen.len() - 40..];
-    assert!(tail.iter().all(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}"))));
+    assert!(
+        tail.iter()
+            .all(|s| s.authorization().as_deref() == Some(&format!("Bearer {NEW}")))
+    );
     // The layout really was the kubelet's: the old data dir is gone.
-    let entries: Vec<String> =
-        std::fs::read_dir(tdir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(entries.iter().filter(|e| e.starts_with("..2026")).count(), 1, "{entries:?}");
+    let entries: Vec<String> = std::fs::read_dir(tdir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        entries.iter().filter(|e| e.starts_with("..2026")).count(),
+        1,
+        "{entries:?}"
+    );
     sc.stop().await;
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -20,13 +21,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mcp_warden_sidecar::config::Cli;
 use mcp_warden_sidecar::hooks::{ProxyBody, full};
 use mcp_warden_sidecar::{Extensions, RunError};
-use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
-pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type BoxBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -39,7 +40,9 @@ pub struct Seen {
 
 impl Seen {
     pub fn authorization(&self) -> Option<String> {
-        self.headers.get("authorization").map(|v| v.to_str().unwrap().to_string())
+        self.headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string())
     }
 }
 
@@ -48,19 +51,25 @@ pub fn test_pki() -> (String, rustls::ServerConfig) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test upstream CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test upstream CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
-        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key_der)
+    .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca_cert.pem(), cfg)
 }
@@ -90,25 +99,40 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(Mutex::new(accepted.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+        let accepted = Arc::new(Mutex::new(
+            accepted.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ));
         let release = Arc::new(Notify::new());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let (s, a, r) = (seen.clone(), accepted.clone(), release.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let (s, a, r) = (s.clone(), a.clone(), r.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let svc = service_fn(move |req| upstream_handle(req, s.clone(), a.clone(), r.clone()));
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        upstream_handle(req, s.clone(), a.clone(), r.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
         });
-        Upstream { addr, ca_file, seen, accepted, release, _dir: dir }
+        Upstream {
+            addr,
+            ca_file,
+            seen,
+            accepted,
+            release,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -126,31 +150,57 @@ async fn upstream_handle(
     accepted: Arc<Mutex<Vec<String>>>,
     release: Arc<Notify>,
 ) -> Result<Response<BoxBody>, Infallible> {
-    let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path_and_query: pq.clone(),
         headers: req.headers().clone(),
         version: req.version(),
     });
-    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let ok = accepted.lock().unwrap().iter().any(|t| auth == format!("Bearer {t}"));
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let ok = accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|t| auth == format!("Bearer {t}"));
     if !ok {
-        return Ok(json(StatusCode::UNAUTHORIZED, r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#));
+        return Ok(json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#,
+        ));
     }
     let path = req.uri().path().to_string();
     if path.ends_with("/stream") {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(4);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+                .await;
             release.notified().await;
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"second\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"second\n"))))
+                .await;
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
         let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
-        resp.headers_mut().insert("content-type", "text/plain".parse().unwrap());
-        resp.headers_mut().insert("connection", "x-secret-hop".parse().unwrap());
-        resp.headers_mut().insert("x-secret-hop", "must-not-pass".parse().unwrap());
+        resp.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        resp.headers_mut()
+            .insert("connection", "x-secret-hop".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-secret-hop", "must-not-pass".parse().unwrap());
         return Ok(resp);
     }
     if path.ends_with("/slow") {
@@ -176,20 +226,33 @@ async fn upstream_handle(
                 }
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+        let mut resp = Response::new(
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut().insert("upgrade", proto);
-        resp.headers_mut().insert("connection", "Upgrade".parse().unwrap());
-        resp.headers_mut().insert("x-stream-protocol-version", "v4.channel.k8s.io".parse().unwrap());
+        resp.headers_mut()
+            .insert("connection", "Upgrade".parse().unwrap());
+        resp.headers_mut().insert(
+            "x-stream-protocol-version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
         return Ok(resp);
     }
     Ok(json(StatusCode::OK, r#"{"ok":true}"#))
 }
 
 fn json(code: StatusCode, body: &'static str) -> Response<BoxBody> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = code;
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -206,8 +269,20 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar in front of `upstream_url` with the given CA and token
     /// files; `extra` flags are appended. Waits until /readyz is 200.
-    pub async fn start(upstream_url: &str, ca_file: &Path, token_file: &Path, extra: &[&str]) -> Sidecar {
-        Self::start_with(upstream_url, ca_file, token_file, extra, Extensions::default()).await
+    pub async fn start(
+        upstream_url: &str,
+        ca_file: &Path,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> Sidecar {
+        Self::start_with(
+            upstream_url,
+            ca_file,
+            token_file,
+            extra,
+            Extensions::default(),
+        )
+        .await
     }
 
     pub async fn start_with(
@@ -241,17 +316,33 @@ impl Sidecar {
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(mcp_warden_sidecar::run_with(listener, admin, config, ext, async move {
-            let _ = rx.await;
-        }));
-        let sc = Sidecar { addr, admin_addr, local_dir, shutdown: Some(tx), handle: Some(handle), _dir: dir };
+        let handle = tokio::spawn(mcp_warden_sidecar::run_with(
+            listener,
+            admin,
+            config,
+            ext,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let sc = Sidecar {
+            addr,
+            admin_addr,
+            local_dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        };
         for _ in 0..200 {
             if let Ok((200, _)) = sc.admin_get("/readyz").await {
                 return sc;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("sidecar did not become ready: {:?}", sc.admin_get("/readyz").await);
+        panic!(
+            "sidecar did not become ready: {:?}",
+            sc.admin_get("/readyz").await
+        );
     }
 
     pub fn token(&self) -> String {
@@ -269,11 +360,17 @@ impl Sidecar {
     /// Plain HTTP/1.1 GET on the admin port: (status, body).
     pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect(self.admin_addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 
@@ -288,7 +385,11 @@ impl Sidecar {
     pub async fn stop(mut self) {
         self.begin_shutdown();
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(20), h).await.unwrap().unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(20), h)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
         }
     }
 }
@@ -309,11 +410,13 @@ pub fn client_tls(ca_pem: &str, alpn: Alpn) -> rustls::ClientConfig {
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = match alpn {
         Alpn::H2 => vec![b"h2".to_vec()],
         Alpn::H1 => vec![b"http/1.1".to_vec()],
@@ -326,7 +429,9 @@ pub fn client_tls(ca_pem: &str, alpn: Alpn) -> rustls::ClientConfig {
 pub fn client(ca_pem: &str, alpn: Alpn) -> TestClient {
     let mut tls = client_tls(ca_pem, alpn);
     tls.alpn_protocols.clear();
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
     let conn = match alpn {
         Alpn::H2 => b.enable_http2().build(),
         _ => b.enable_http1().build(),
@@ -349,10 +454,13 @@ pub async fn send(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(b.body(full(Bytes::new())).unwrap()))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.request(b.body(full(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
