@@ -17,9 +17,13 @@
 //! Pure: the caller supplies elapsed times.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes of cast one session keeps; beyond it the cast is truncated
 /// (and says so in a final output line) so a long session cannot exhaust
@@ -635,5 +639,224 @@ pub(crate) mod tests {
         );
         assert!(decode_session_record(b"../etc\nx").is_none());
         assert!(decode_session_record(b"no-newline").is_none());
+    }
+}
+
+/// A recording in progress, shared by the two halves of a tunnel.
+#[derive(Debug, Clone)]
+pub struct SessionTap {
+    rec: Arc<Mutex<SessionRecorder>>,
+    start: Instant,
+}
+
+/// The app's side of an upgraded connection, recorded: what is read from
+/// it went to the API server (`client_to_server`), what is written to it
+/// came from the API server (`server_to_client`). Bytes pass unchanged.
+#[derive(Debug)]
+pub struct TappedIo<T> {
+    inner: T,
+    tap: SessionTap,
+}
+
+impl SessionTap {
+    /// Start recording a session.
+    pub fn new(meta: SessionMeta, subprotocol: &str) -> Self {
+        Self {
+            rec: Arc::new(Mutex::new(SessionRecorder::new(meta, subprotocol))),
+            start: Instant::now(),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut SessionRecorder, Duration) -> R) -> R {
+        let mut r = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut r, self.start.elapsed())
+    }
+
+    /// Wrap the app's side of the tunnel (the upgraded client connection).
+    pub fn wrap<T>(&self, io: T) -> TappedIo<T> {
+        TappedIo {
+            inner: io,
+            tap: self.clone(),
+        }
+    }
+
+    /// The `auditID` of the session.
+    pub fn audit_id(&self) -> String {
+        self.with(|r, _| r.audit_id().to_string())
+    }
+
+    /// The cast so far (call when the tunnel has closed).
+    pub fn finish(&self) -> Vec<u8> {
+        self.with(|r, _| {
+            let meta = r.meta.clone();
+            let base64 = r.base64;
+            let done = std::mem::replace(
+                r,
+                SessionRecorder::new(meta, if base64 { "base64." } else { "" }),
+            );
+            done.finish()
+        })
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TappedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                self.tap.with(|rec, t| rec.client_to_server(t, new));
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TappedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            let n = (*n).min(buf.len());
+            self.tap.with(|rec, t| rec.server_to_client(t, &buf[..n]));
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `command` parameters (in order) and `container` of an exec/attach query.
+pub fn exec_query(query: &str) -> (Vec<String>, Option<String>) {
+    let mut command = Vec::new();
+    let mut container = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "command" => command.push(percent_decode(v)),
+            "container" => container = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    (command, container)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tap_tests {
+    use super::tests::frame;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn exec_query_decodes() {
+        let (cmd, c) = exec_query(
+            "command=sh&command=-c&command=echo%20hi%2Bthere&container=app&stdin=true&tty=true",
+        );
+        assert_eq!(cmd, vec!["sh", "-c", "echo hi+there"]);
+        assert_eq!(c.as_deref(), Some("app"));
+        let (cmd, c) = exec_query("command=%zz&command=%4");
+        assert_eq!(cmd, vec!["%zz", "%4"]);
+        assert!(c.is_none());
+    }
+
+    /// A tunnel through `copy_bidirectional`, as the proxy runs it, with the
+    /// app's side wrapped: the cast shows the echoed output in order.
+    #[tokio::test]
+    async fn tapped_tunnel_records_both_directions() {
+        let (app, app_side) = tokio::io::duplex(64);
+        let (upstream_side, mut server) = tokio::io::duplex(64);
+        let meta = SessionMeta {
+            audit_id: "a-1".into(),
+            title: "a-1 kubectl exec default/web-0 -- sh".into(),
+            started_unix_secs: 0,
+            env: BTreeMap::new(),
+        };
+        let tap = SessionTap::new(meta, "v5.channel.k8s.io");
+        let mut client = tap.wrap(app_side);
+        let mut upstream = upstream_side;
+        let tunnel =
+            tokio::spawn(
+                async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await },
+            );
+        let (mut app_r, mut app_w) = tokio::io::split(app);
+        let mut to_server = Vec::new();
+        for line in ["echo a\n", "echo b\n"] {
+            let mut payload = vec![0u8];
+            payload.extend_from_slice(line.as_bytes());
+            let f = frame(true, 2, &payload, Some([1, 2, 3, 4]));
+            app_w.write_all(&f).await.unwrap();
+            // The "API server" reads the frame and echoes.
+            let mut got = vec![0u8; f.len()];
+            server.read_exact(&mut got).await.unwrap();
+            to_server.extend_from_slice(&got);
+            let word = &line[5..6];
+            let mut out = vec![1u8];
+            out.extend_from_slice(format!("{}\r\n{word}\r\n", line.trim_end()).as_bytes());
+            server.write_all(&frame(true, 2, &out, None)).await.unwrap();
+            let mut echoed = vec![0u8; out.len() + 2];
+            app_r.read_exact(&mut echoed).await.unwrap();
+        }
+        drop(server);
+        drop(app_w);
+        drop(app_r);
+        let _ = tunnel.await.unwrap();
+        let cast = String::from_utf8(tap.finish()).unwrap();
+        let events: Vec<(f64, String, String)> = cast
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let out: String = events
+            .iter()
+            .filter(|e| e.1 == "o")
+            .map(|e| e.2.as_str())
+            .collect();
+        assert_eq!(out, "echo a\r\na\r\necho b\r\nb\r\n");
+        let inp: Vec<&str> = events
+            .iter()
+            .filter(|e| e.1 == "i")
+            .map(|e| e.2.as_str())
+            .collect();
+        assert_eq!(inp, vec!["echo a\n", "echo b\n"]);
+        assert_eq!(tap.audit_id(), "a-1");
     }
 }

@@ -21,7 +21,7 @@
 //! Events after forwarding cannot stop the request any more; a failure to
 //! record them is counted in `events_lost`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,7 @@ use mcp_warden_shared::mask::MaskContext;
 use mcp_warden_shared::status::{Reason, Status};
 
 use super::Recorder;
+use super::asciicast::{self, SessionMeta, SessionTap};
 use crate::hooks::{BoxError, ProxyBody, RecordHook, RequestContext, boxed, full};
 use crate::mask_body::{MaskCount, MaskerSource};
 
@@ -197,6 +198,64 @@ impl RecordingHook {
             // Not JSON (YAML apply, protobuf): kept out of the record rather
             // than recorded unmasked.
             Err(_) => (None, 0),
+        }
+    }
+}
+
+impl RecordingHook {
+    /// For an exec/attach WebSocket upgrade whose 101 response (headers
+    /// given) negotiated a `channel.k8s.io` subprotocol: a tap to wrap the
+    /// app's side of the tunnel with. `None` for anything else (port-forward,
+    /// SPDY — not decoded).
+    pub fn session_tap(
+        &self,
+        ctx: &RequestContext,
+        upgrade_response_headers: &http::HeaderMap,
+    ) -> Option<SessionTap> {
+        let attrs = ctx.attrs.as_ref()?;
+        if !matches!(attrs.subresource.as_str(), "exec" | "attach") {
+            return None;
+        }
+        let proto = upgrade_response_headers
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())?
+            .trim()
+            .to_string();
+        if !proto.contains("channel.k8s.io") {
+            return None;
+        }
+        let query = ctx
+            .path_and_query
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("");
+        let (command, container) = asciicast::exec_query(query);
+        let audit_id = ctx.request_id.to_string();
+        let meta = SessionMeta {
+            title: asciicast::session_title(
+                &audit_id,
+                &attrs.subresource,
+                &attrs.namespace,
+                &attrs.name,
+                container.as_deref(),
+                &command,
+            ),
+            audit_id,
+            started_unix_secs: ctx
+                .received_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            env: BTreeMap::from([("TERM".to_string(), "xterm-256color".to_string())]),
+        };
+        Some(SessionTap::new(meta, &proto))
+    }
+
+    /// Spool the cast of a finished tunnel (call after the copy loop ends).
+    pub async fn record_session(&self, tap: &SessionTap) {
+        let cast = tap.finish();
+        if let Err(e) = self.recorder.record_session(&tap.audit_id(), &cast).await {
+            tracing::error!(audit_id = %tap.audit_id(), error = %e, "session recording not durable");
         }
     }
 }
@@ -472,6 +531,53 @@ mod tests {
             is_upgrade: false,
             is_stream: stream,
         }
+    }
+
+    #[tokio::test]
+    async fn session_taps_only_for_websocket_exec_and_attach() {
+        let d = tempfile::tempdir().unwrap();
+        let (_stop, mut srx) = tokio::sync::watch::channel(false);
+        let (rec, _h) = Recorder::start(RecordingConfig::new(d.path()), async move {
+            let _ = srx.wait_for(|s| *s).await;
+        })
+        .unwrap();
+        let masker = Arc::new(MaskingConfig::embedded_default().compile().unwrap());
+        let hook = RecordingHook::new(
+            rec,
+            UserInfo::default(),
+            Arc::new(move || masker.clone()),
+            Arc::new(|| Level::Metadata),
+            Arc::new(String::new),
+        );
+        let mut c = ctx("create", "pods", "web-0", true);
+        c.is_upgrade = true;
+        c.path_and_query = "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=ls%20-l&container=app&stdin=true".into();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            http::HeaderValue::from_static("v5.channel.k8s.io"),
+        );
+        assert!(
+            hook.session_tap(&c, &h).is_none(),
+            "not an exec subresource yet"
+        );
+        c.attrs.as_mut().unwrap().subresource = "exec".into();
+        let tap = hook.session_tap(&c, &h).unwrap();
+        let cast = String::from_utf8(tap.finish()).unwrap();
+        let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            header["title"],
+            format!(
+                "{} kubectl exec default/web-0 -c app -- sh -c ls -l",
+                c.request_id
+            )
+        );
+        assert!(
+            hook.session_tap(&c, &http::HeaderMap::new()).is_none(),
+            "SPDY: no subprotocol header"
+        );
+        c.attrs.as_mut().unwrap().subresource = "portforward".into();
+        assert!(hook.session_tap(&c, &h).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
