@@ -101,7 +101,8 @@ def cmd_crud():
         "read_labels": read.metadata.labels,
         "patched_data": patched.data,
         "duplicate": conflict_status,
-        "deleted_status": getattr(deleted, "status", None),
+        # Newer clients return deletes as plain dicts, older ones as V1Status.
+        "deleted_status": deleted.get("status") if isinstance(deleted, dict) else deleted.status,
         "after_delete": missing_status,
         "pod_name": pod.metadata.name,
         "pod_phase": pod.status.phase,
