@@ -480,6 +480,43 @@ mod tests {
         assert!(err.contains(":2:") && err.contains("kind"), "{err}");
     }
 
+    /// The example and the `policy eval` transcript in docs/policy.md are
+    /// what the tool really does.
+    #[test]
+    fn docs_example_and_transcript_are_real() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policy.md"),
+        )
+        .unwrap();
+        let example = doc
+            .split("```yaml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, example).unwrap();
+        let transcript = doc
+            .split("$ mcp-warden-sidecar policy eval policy.yaml 'DELETE")
+            .nth(1)
+            .unwrap();
+        let transcript: Vec<&str> = transcript
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let (code, out, err) = run_args(&[
+            "eval",
+            file.to_str().unwrap(),
+            "DELETE /api/v1/namespaces/prod/pods/web-0",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let out = out.replace(&file.display().to_string(), "policy.yaml");
+        assert_eq!(out.lines().collect::<Vec<_>>(), transcript);
+    }
+
     #[test]
     fn run_directly() {
         let cmd = PolicyCommand::Check {
