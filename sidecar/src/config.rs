@@ -64,18 +64,7 @@ pub enum Command {
     /// Run the proxy (the same as giving no subcommand).
     Serve(ServeArgs),
     /// Check or evaluate a policy file offline.
-    // HOOK(policy_cli): once `policy_cli::PolicyArgs` (a clap `Args`) exists,
-    // this becomes `Policy(crate::policy_cli::PolicyArgs)` and main.rs calls
-    // `policy_cli::run(args)`; until then the raw arguments are collected.
-    Policy(PolicyPassthrough),
-}
-
-/// Raw arguments of `mcp-warden-sidecar policy ...` until the policy tools are wired.
-#[derive(Debug, Clone, Args)]
-pub struct PolicyPassthrough {
-    /// Arguments for the policy tools.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    Policy(crate::policy_cli::PolicyArgs),
 }
 
 /// Output format of the logs.

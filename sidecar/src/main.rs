@@ -7,14 +7,13 @@ use mcp_warden_sidecar::config::{Cli, Command, LogFormat, ServeArgs};
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Some(Command::Policy(args)) => {
-            // HOOK(policy_cli): dispatch to `policy_cli::run(args)` once it exists.
-            eprintln!(
-                "mcp-warden-sidecar: the policy subcommand is not available in this build ({:?})",
-                args.args
-            );
-            2
-        }
+        Some(Command::Policy(args)) => match mcp_warden_sidecar::policy_cli::run(args.command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("mcp-warden-sidecar policy: {e:#}");
+                2
+            }
+        },
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     };

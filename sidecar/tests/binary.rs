@@ -148,14 +148,20 @@ fn help_lists_every_env_twin() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let code = out.get(9..12)?.parse().ok()?;
@@ -164,7 +170,10 @@ fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -173,7 +182,10 @@ fn serves_until_sigterm_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, _) = {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
         (cert.pem(), ())
     };
     let ca = dir.path().join("ca.crt");
@@ -186,7 +198,9 @@ fn serves_until_sigterm_then_exits_cleanly() {
     let (port, admin) = (free_port(), free_port());
     let root = is_root();
     if !root {
-        eprintln!("!!!!! NOT ROOT: --app-uid ownership is not checked in this run (CI runs as root) !!!!!");
+        eprintln!(
+            "!!!!! NOT ROOT: --app-uid ownership is not checked in this run (CI runs as root) !!!!!"
+        );
     }
     let mut cmd = sidecar();
     // Everything from the environment twins, the way the webhook configures it.
@@ -217,7 +231,10 @@ fn serves_until_sigterm_then_exits_cleanly() {
     };
     assert!(ready.contains("\"ready\": true"), "{ready}");
     // The namespace comes from the file beside the upstream token.
-    assert_eq!(std::fs::read_to_string(local.join("namespace")).unwrap(), "team-a");
+    assert_eq!(
+        std::fs::read_to_string(local.join("namespace")).unwrap(),
+        "team-a"
+    );
     if root {
         use std::os::unix::fs::MetadataExt;
         for f in ["ca.crt", "token", "namespace"] {
@@ -225,7 +242,10 @@ fn serves_until_sigterm_then_exits_cleanly() {
             assert_eq!((m.uid(), m.mode() & 0o777), (4321, 0o600), "{f}");
         }
     }
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let exit = loop {
@@ -240,9 +260,61 @@ fn serves_until_sigterm_then_exits_cleanly() {
     };
     let mut logs = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     assert!(exit.success(), "exit {exit:?}: {logs}");
-    assert!(logs.contains("shutting down") && logs.contains("mcp-warden sidecar stopped"), "{logs}");
+    assert!(
+        logs.contains("shutting down") && logs.contains("mcp-warden sidecar stopped"),
+        "{logs}"
+    );
     let token = std::fs::read_to_string(local.join("token")).unwrap();
-    assert!(!logs.contains(&token) && !logs.contains("\"real\""), "a token was logged: {logs}");
+    assert!(
+        !logs.contains(&token) && !logs.contains("\"real\""),
+        "a token was logged: {logs}"
+    );
+}
+
+#[test]
+fn policy_subcommand_dispatches_to_the_policy_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nmode: enforce\ndefaultAction: deny\nrules:\n  - name: read\n    action: allow\n    verbs: [get, list, watch]\n    apiGroups: [\"*\"]\n    resources: [\"*\"]\n    namespaces: [\"*\"]\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\ndefaultAction: block\n",
+    )
+    .unwrap();
+    let out = sidecar()
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sidecar()
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defaultAction"));
+    // Proxy flags and the policy subcommand do not mix.
+    let out = sidecar()
+        .args(["--listen", "127.0.0.1:0", "policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
