@@ -430,3 +430,221 @@ fn queue_data(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::DuplexStream;
+
+    use super::super::frame::{self, Headers};
+    use super::*;
+
+    /// The client end of a session under test.
+    struct Peer {
+        io: DuplexStream,
+        codec: Codec,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        async fn send(&mut self, f: Frame) {
+            let mut out = BytesMut::new();
+            self.codec.encode(&f, &mut out).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> Frame {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                        return f;
+                    }
+                    assert!(
+                        self.io.read_buf(&mut self.buf).await.unwrap() > 0,
+                        "server closed"
+                    );
+                }
+            })
+            .await
+            .expect("a frame in time")
+        }
+
+        async fn nothing_pending(&mut self) -> bool {
+            tokio::time::timeout(Duration::from_millis(200), self.io.read_buf(&mut self.buf))
+                .await
+                .is_err()
+                && self.buf.is_empty()
+        }
+    }
+
+    fn peer_and_session() -> (Peer, Session) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        (
+            Peer {
+                io: client,
+                codec: Codec::new(),
+                buf: BytesMut::new(),
+            },
+            start(server),
+        )
+    }
+
+    fn syn(id: u32, kind: &str) -> Frame {
+        let headers: Headers = vec![("streamtype".into(), kind.into())];
+        Frame::SynStream {
+            stream_id: id,
+            assoc_id: 0,
+            priority: 0,
+            slot: 0,
+            flags: 0,
+            headers,
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_delivers_data_and_answers_pings() {
+        let (mut peer, mut session) = peer_and_session();
+        peer.send(syn(1, "stdin")).await;
+        assert_eq!(
+            peer.recv().await,
+            Frame::SynReply {
+                stream_id: 1,
+                flags: 0,
+                headers: vec![]
+            }
+        );
+        let mut s = session.streams.recv().await.unwrap();
+        assert_eq!(frame::header(&s.headers, "streamType"), Some("stdin"));
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: 0,
+            data: Bytes::from_static(b"abc"),
+        })
+        .await;
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: FLAG_FIN,
+            data: Bytes::new(),
+        })
+        .await;
+        assert_eq!(s.data.recv().await.unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(s.data.recv().await, None, "FIN ends the stream's data");
+        peer.send(Frame::Ping { id: 7 }).await;
+        assert_eq!(peer.recv().await, Frame::Ping { id: 7 });
+        // Server-initiated (even) stream ids from the peer are refused.
+        peer.send(syn(2, "data")).await;
+        assert!(matches!(
+            peer.recv().await,
+            Frame::RstStream { stream_id: 2, .. }
+        ));
+        session.handle.send(1, Bytes::from_static(b"out"));
+        session.handle.finish(1);
+        assert_eq!(
+            peer.recv().await,
+            Frame::Data {
+                stream_id: 1,
+                flags: 0,
+                data: Bytes::from_static(b"out")
+            }
+        );
+        assert_eq!(
+            peer.recv().await,
+            Frame::Data {
+                stream_id: 1,
+                flags: FLAG_FIN,
+                data: Bytes::new()
+            }
+        );
+        session.handle.go_away().await;
+        assert!(matches!(peer.recv().await, Frame::GoAway { .. }));
+    }
+
+    #[tokio::test]
+    async fn send_window_is_respected_once_the_peer_does_flow_control() {
+        let (mut peer, mut session) = peer_and_session();
+        peer.send(Frame::Settings {
+            flags: 0,
+            entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 4)],
+        })
+        .await;
+        peer.send(syn(1, "data")).await;
+        assert!(matches!(
+            peer.recv().await,
+            Frame::SynReply { stream_id: 1, .. }
+        ));
+        let s = session.streams.recv().await.unwrap();
+        session
+            .handle
+            .send(s.id, Bytes::from_static(b"hello world"));
+        session.handle.finish(s.id);
+        assert_eq!(
+            peer.recv().await,
+            Frame::Data {
+                stream_id: 1,
+                flags: 0,
+                data: Bytes::from_static(b"hell")
+            }
+        );
+        assert!(
+            peer.nothing_pending().await,
+            "held back until WINDOW_UPDATE"
+        );
+        peer.send(Frame::WindowUpdate {
+            stream_id: 1,
+            delta: 100,
+        })
+        .await;
+        assert_eq!(
+            peer.recv().await,
+            Frame::Data {
+                stream_id: 1,
+                flags: 0,
+                data: Bytes::from_static(b"o world")
+            }
+        );
+        assert_eq!(
+            peer.recv().await,
+            Frame::Data {
+                stream_id: 1,
+                flags: FLAG_FIN,
+                data: Bytes::new()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn received_data_is_acknowledged_with_window_updates() {
+        let (mut peer, mut session) = peer_and_session();
+        peer.send(syn(1, "data")).await;
+        assert!(matches!(peer.recv().await, Frame::SynReply { .. }));
+        let mut s = session.streams.recv().await.unwrap();
+        let chunk = Bytes::from(vec![7u8; WINDOW_UPDATE_BATCH as usize]);
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: 0,
+            data: chunk.clone(),
+        })
+        .await;
+        assert_eq!(s.data.recv().await.unwrap(), chunk);
+        assert_eq!(
+            peer.recv().await,
+            Frame::WindowUpdate {
+                stream_id: 1,
+                delta: WINDOW_UPDATE_BATCH
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_ends_the_session_with_goaway() {
+        let (mut peer, mut session) = peer_and_session();
+        peer.io
+            .write_all(b"\x80\x07\x00\x01\x00\x00\x00\x04\x00\x00\x00\x01")
+            .await
+            .unwrap();
+        assert!(matches!(peer.recv().await, Frame::GoAway { .. }));
+        assert!(session.streams.recv().await.is_none());
+    }
+}
