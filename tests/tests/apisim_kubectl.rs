@@ -314,3 +314,67 @@ fn dispatcher_picks_the_server_minor() {
     assert_eq!(out["clientVersion"]["minor"], "29");
     let _ = std::io::stdout().flush();
 }
+
+/// Streaming subresources (served by kube-apisim's streams module): exec with
+/// and without stdin and a failing command, logs and logs -f, port-forward.
+fn streams(minor: &str) {
+    let sim = sim();
+    assert_eq!(ok(&sim, minor, &["exec", "web-0", "--", "echo", "hi"]), "hi\n");
+    let out = kubectl(&sim, minor, &["exec", "web-0", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "exit code travels back: {}", String::from_utf8_lossy(&out.stderr));
+
+    let mut child = sim.kubectl(minor).args(["exec", "-i", "web-0", "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echoed back\n").unwrap();
+    }
+    let status = harness::wait_child(&mut child, Duration::from_secs(30)).expect("exec -i finishes after stdin closes");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success());
+    assert_eq!(stdout, "echoed back\n");
+
+    let logs = ok(&sim, minor, &["logs", "web-0"]);
+    assert!(!logs.is_empty());
+    let mut child = sim.kubectl(minor).args(["logs", "-f", "web-0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let initial = logs.lines().count();
+    for i in 0..=initial {
+        rx.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| panic!("logs -f line {i}"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut child = sim.kubectl(minor).args(["port-forward", "pod/web-0", ":8080"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let port: u16 = line.split("127.0.0.1:").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("port-forward said: {line}"));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    std::io::Read::read_exact(&mut conn, &mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn kubectl_1_32_streams() {
+    streams("32");
+}
+
+#[test]
+fn kubectl_1_29_streams() {
+    streams("29");
+}
