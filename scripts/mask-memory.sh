@@ -30,7 +30,7 @@ for l in sys.stdin:
 run() {
   local n=$1 out
   out=$(MASK_BENCH_SECRETS=$n /usr/bin/time -f 'time_max_rss_kib=%M' "$exe" --ignored --nocapture --test-threads 1 2>&1)
-  echo "$out" | grep -E '^secrets=|time_max_rss_kib=' | tr '\n' ' '
+  echo "$out" | grep -oE 'secrets=.*mb_per_s=[0-9]+|time_max_rss_kib=[0-9]+' | tr '\n' ' '
   echo
 }
 

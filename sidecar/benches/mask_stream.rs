@@ -23,7 +23,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// One Secret as kube-apiserver encodes it in a list (~4 KiB).
 fn secret_item(i: usize) -> String {
-    let blob = B64.encode(format!("secret-{i}-").repeat(200));
+    let blob = B64.encode(format!("secret-{i}-").repeat(240));
     format!(
         r#"{{"metadata":{{"name":"secret-{i}","namespace":"bench","uid":"00000000-0000-0000-0000-{i:012}","resourceVersion":"{i}","creationTimestamp":"2026-01-01T00:00:00Z","annotations":{{"kubectl.kubernetes.io/last-applied-configuration":"{{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{{\"name\":\"secret-{i}\"}}}}\n"}},"managedFields":[{{"manager":"kubectl","operation":"Apply","apiVersion":"v1","time":"2026-01-01T00:00:00Z","fieldsType":"FieldsV1","fieldsV1":{{"f:data":{{".":{{}},"f:password":{{}},"f:tls.crt":{{}}}},"f:type":{{}}}}}}]}},"data":{{"password":"{pw}","tls.crt":"{blob}"}},"type":"Opaque"}}"#,
         pw = B64.encode(format!("hunter-{i}")),
