@@ -381,8 +381,11 @@ impl Sender {
                 if !recs.is_empty() {
                     break recs;
                 }
+                // The tick re-reads after a failed read even when nothing
+                // new is appended.
                 tokio::select! {
                     r = durable.changed() => if r.is_err() { break 'outer },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
                     _ = &mut shutdown => break 'outer,
                 }
             };
