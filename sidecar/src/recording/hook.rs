@@ -49,8 +49,13 @@ pub type PolicyHashSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// kube-apiserver's limit on request bodies; also what we keep of a response.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
+/// Entries kept between `request` and `response` before old ones are swept.
+const MAX_PENDING: usize = 4096;
+/// Age after which a pending entry is considered abandoned.
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 struct Pending {
+    inserted: std::time::Instant,
     base: Event,
     request_object: Option<serde_json::Value>,
     masked_in_request: u64,
@@ -288,9 +293,16 @@ impl RecordHook for RecordingHook {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
                 return Err(unavailable("the event is not durable"));
             }
-            self.pending().insert(
+            let mut pending = self.pending();
+            // A request whose future was dropped (client gone mid-forward)
+            // never reaches `response`/`refused`; forget such entries.
+            if pending.len() >= MAX_PENDING {
+                pending.retain(|_, p| p.inserted.elapsed() < PENDING_TTL);
+            }
+            pending.insert(
                 ctx.request_id,
                 Pending {
+                    inserted: std::time::Instant::now(),
                     base,
                     request_object,
                     masked_in_request: masked,
