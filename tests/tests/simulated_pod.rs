@@ -1,0 +1,787 @@
+//! The simulated pod, end to end (needs root: Linux namespaces and mounts).
+//!
+//! `mcp-warden-webhook inject -f` patches the fixture Deployment of a
+//! Kubernetes MCP server; its pod is built from the template and run the way
+//! a kubelet would, with namespaces standing in for the sandbox:
+//!
+//! - one network namespace is the pod's shared localhost; kube-apisim listens
+//!   in it on 127.0.0.2:6443, standing for the `kubernetes` Service's IP, and
+//!   every container gets the kubelet's service-link env for it (which the
+//!   container's own `env` overrides, as in the kubelet);
+//! - each container runs in its own mount namespace holding exactly the
+//!   volumes the patched spec mounts into it, at their paths (read-only where
+//!   the spec says so), as the spec's uid; the projected token volume is
+//!   filled like the kubelet does (`token`, `ca.crt`, `namespace`, owned by
+//!   the only container that mounts it); the work directory holding every
+//!   volume's backing files and kube-apisim's state is hidden from the app;
+//! - the sidecar runs as its container with its env; the app container runs
+//!   `kubectl` with in-cluster config (no kubeconfig) and the Python client
+//!   with `load_incluster_config()`.
+//!
+//! Asserted: both clients work through the sidecar, a Secret read is masked,
+//! a delete is refused by the (embedded default) policy, and neither the
+//! files visible in the app's mount namespace (its mounts, /var/run, /run,
+//! /tmp, its HOME and the hidden work dir) nor its environment contain the
+//! real token. The host's root file system stands in for the image.
+
+#![allow(clippy::unwrap_used)]
+
+use mcp_warden_tests::harness::{fixture, kubectl_path, run, wait_for, workspace_bin};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SERVICE_IP: &str = "127.0.0.2";
+const SERVICE_PORT: &str = "6443";
+const POD_NAME: &str = "kubernetes-mcp-server-7d9c6b5f4-sim01";
+const NAMESPACE: &str = "mcp";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Kills and reaps the children, removes mount points created on the host.
+struct Cleanup {
+    children: Vec<Child>,
+    created: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in self.created.iter().rev() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Creates `p` on the host if missing (mount points must exist); remembers
+/// the topmost directory it created so it is removed afterwards.
+fn ensure_mount_point(p: &Path, cleanup: &mut Cleanup) {
+    let mut top = None;
+    let mut cur = PathBuf::new();
+    for comp in p.components() {
+        cur.push(comp);
+        if !cur.exists() && top.is_none() {
+            top = Some(cur.clone());
+        }
+    }
+    std::fs::create_dir_all(p).unwrap();
+    if let Some(t) = top {
+        cleanup.created.push(t);
+    }
+}
+
+struct Pod {
+    spec: Value,
+    annotations: BTreeMap<String, String>,
+    config_maps: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Runs the real `inject -f` and builds the pod from the Deployment's template.
+fn injected_pod() -> Pod {
+    let out = run(
+        Command::new(workspace_bin("mcp-warden-webhook"))
+            .args(["inject", "-f"])
+            .arg(fixture("webhook/mcp-server-deployment.yaml"))
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "inject failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let tmpl = &dep["spec"]["template"];
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_value(tmpl["metadata"]["annotations"].clone()).unwrap();
+    assert_eq!(
+        annotations.get("mcp-warden.io/status").map(String::as_str),
+        Some("injected")
+    );
+    let mut config_maps = BTreeMap::new();
+    for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+        let data: BTreeMap<String, String> =
+            serde_json::from_value(d["data"].clone()).unwrap_or_default();
+        config_maps.insert(d["metadata"]["name"].as_str().unwrap().to_string(), data);
+    }
+    Pod {
+        spec: tmpl["spec"].clone(),
+        annotations,
+        config_maps,
+    }
+}
+
+/// Fills one volume's backing directory like the kubelet would.
+fn materialize_volume(v: &Value, dir: &Path, pod: &Pod, api: &ApiFiles, owner: Option<u32>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let chown = |p: &Path| {
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        }
+    };
+    if v.get("emptyDir").is_some() {
+        // The kubelet makes emptyDirs world-writable.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    } else if let Some(proj) = v.get("projected") {
+        for s in proj["sources"].as_array().unwrap() {
+            if let Some(t) = s.get("serviceAccountToken") {
+                assert!(
+                    t.get("audience").is_none(),
+                    "only API-audience tokens are simulated"
+                );
+                let p = dir.join(t["path"].as_str().unwrap());
+                std::fs::write(&p, &api.token).unwrap();
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+                chown(&p);
+            } else if let Some(cm) = s.get("configMap") {
+                assert_eq!(cm["name"], "kube-root-ca.crt");
+                for item in cm["items"].as_array().unwrap() {
+                    std::fs::write(dir.join(item["path"].as_str().unwrap()), &api.ca).unwrap();
+                }
+            } else if let Some(d) = s.get("downwardAPI") {
+                for item in d["items"].as_array().unwrap() {
+                    assert_eq!(item["fieldRef"]["fieldPath"], "metadata.namespace");
+                    std::fs::write(dir.join(item["path"].as_str().unwrap()), NAMESPACE).unwrap();
+                }
+            } else {
+                panic!("unsupported projected source {s}");
+            }
+        }
+        chown(dir);
+    } else if let Some(cm) = v.get("configMap") {
+        let name = cm["name"].as_str().unwrap();
+        match pod.config_maps.get(name) {
+            Some(data) => {
+                let items: Vec<(String, String)> = match cm.get("items").and_then(Value::as_array) {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| {
+                            (
+                                i["key"].as_str().unwrap().to_string(),
+                                i["path"].as_str().unwrap().to_string(),
+                            )
+                        })
+                        .collect(),
+                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+                };
+                for (k, p) in items {
+                    std::fs::write(dir.join(p), &data[&k]).unwrap();
+                }
+            }
+            // A missing optional ConfigMap is an empty volume.
+            None => assert_eq!(
+                cm["optional"], true,
+                "ConfigMap {name} missing and not optional"
+            ),
+        }
+    } else {
+        panic!("unsupported volume {v}");
+    }
+}
+
+struct ApiFiles {
+    token: String,
+    ca: String,
+}
+
+/// The env the kubelet gives a container: service links for `kubernetes`,
+/// then the container's own env, which wins.
+fn container_env(c: &Value, pod: &Pod) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let url = format!("tcp://{SERVICE_IP}:{SERVICE_PORT}");
+    for (k, v) in [
+        ("KUBERNETES_SERVICE_HOST", SERVICE_IP.to_string()),
+        ("KUBERNETES_SERVICE_PORT", SERVICE_PORT.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", SERVICE_PORT.to_string()),
+        ("KUBERNETES_PORT", url.clone()),
+        ("KUBERNETES_PORT_443_TCP", url),
+        ("KUBERNETES_PORT_443_TCP_PROTO", "tcp".to_string()),
+        ("KUBERNETES_PORT_443_TCP_PORT", SERVICE_PORT.to_string()),
+        ("KUBERNETES_PORT_443_TCP_ADDR", SERVICE_IP.to_string()),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME", "/tmp".to_string()),
+    ] {
+        env.insert(k.to_string(), v);
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = e.get("value") {
+            v.as_str().unwrap().to_string()
+        } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath") {
+            match f.as_str().unwrap() {
+                "metadata.name" => POD_NAME.to_string(),
+                "metadata.namespace" => NAMESPACE.to_string(),
+                other => panic!("unsupported fieldRef {other}"),
+            }
+        } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+            pod.config_maps[r["name"].as_str().unwrap()][r["key"].as_str().unwrap()].clone()
+        } else {
+            panic!("unsupported env {e}");
+        };
+        env.insert(name, value);
+    }
+    env
+}
+
+fn container_uid(c: &Value, pod: &Pod) -> u32 {
+    c.pointer("/securityContext/runAsUser")
+        .or_else(|| pod.spec.pointer("/securityContext/runAsUser"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32
+}
+
+/// A shell script that builds the container's mount namespace and execs
+/// `argv` as its uid with exactly `env`.
+fn container_script(
+    c: &Value,
+    volume_dirs: &BTreeMap<String, PathBuf>,
+    hide: &[&Path],
+    extra_binds: &[(PathBuf, PathBuf)],
+    uid: u32,
+    env: &BTreeMap<String, String>,
+    argv: &[String],
+) -> String {
+    let mut s = String::from("set -eu\n");
+    for (src, dst) in extra_binds {
+        s += &format!(
+            "mount --bind {} {}\n",
+            sh_quote(&src.to_string_lossy()),
+            sh_quote(&dst.to_string_lossy())
+        );
+    }
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let mut src = volume_dirs[m["name"].as_str().unwrap()].clone();
+        if let Some(sub) = m.get("subPath").and_then(Value::as_str) {
+            src = src.join(sub);
+        }
+        let dst = m["mountPath"].as_str().unwrap();
+        s += &format!(
+            "mount --bind {} {}\n",
+            sh_quote(&src.to_string_lossy()),
+            sh_quote(dst)
+        );
+        if m["readOnly"] == true {
+            s += &format!("mount -o remount,bind,ro {}\n", sh_quote(dst));
+        }
+    }
+    for h in hide {
+        s += &format!(
+            "mount -t tmpfs -o size=1m,mode=0755 tmpfs {}\n",
+            sh_quote(&h.to_string_lossy())
+        );
+    }
+    s += &format!("exec setpriv --reuid={uid} --regid={uid} --clear-groups -- env -i");
+    for (k, v) in env {
+        s += &format!(" {}", sh_quote(&format!("{k}={v}")));
+    }
+    for a in argv {
+        s += &format!(" {}", sh_quote(a));
+    }
+    s.push('\n');
+    s
+}
+
+/// A command running `script` in the pod's network namespace and a fresh
+/// mount namespace.
+fn in_container(netns_pid: u32, script: &Path) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/proc/{netns_pid}/ns/net"))
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+        ])
+        .arg(script)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// One simulated pod at a time: they share the host's mount points.
+static ONE_POD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts kube-apisim and the sidecar in the simulated pod.
+fn start_pod(test: &str) -> SimPod {
+    let guard = ONE_POD.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!!! {test} needs root (network and mount namespaces).");
+        eprintln!("!!! It did NOT run. CI runs as root; run it there or with sudo.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        panic!("{test} needs root");
+    }
+    mcp_warden_tests::harness::require_python_kubernetes().unwrap();
+    for bin in ["mcp-warden-webhook", "mcp-warden-sidecar", "kube-apisim"] {
+        assert!(
+            workspace_bin(bin).exists(),
+            "{bin} not built: run `cargo build --workspace --bins` first"
+        );
+    }
+    let pod = injected_pod();
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        created: Vec::new(),
+    };
+    // Not under /tmp: the app mounts an emptyDir there, which would shadow
+    // the volumes' backing directories before they are bound.
+    let work = tempfile::Builder::new()
+        .prefix("simpod-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    for c in pod.spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod.spec["initContainers"].as_array().unwrap())
+    {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            assert!(
+                !work.path().starts_with(m["mountPath"].as_str().unwrap()),
+                "a mount shadows the work dir"
+            );
+        }
+    }
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    // The pod's network namespace, held by a sleeping process.
+    let holder = Command::new("unshare")
+        .args(["--net", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let netns = holder.id();
+    cleanup.children.push(holder);
+    wait_for("the pod network namespace", Duration::from_secs(10), || {
+        let own = std::fs::read_link("/proc/self/ns/net").ok()?;
+        let theirs = std::fs::read_link(format!("/proc/{netns}/ns/net")).ok()?;
+        (own != theirs).then_some(())
+    })
+    .unwrap();
+    let up = run(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{netns}/ns/net"))
+            .args(["ip", "link", "set", "lo", "up"]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "ip link set lo up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    // kube-apisim at the "Service IP", inside the pod's network namespace.
+    let state = work.path().join("apisim");
+    let log = std::fs::File::create(work.path().join("apisim.log")).unwrap();
+    let apisim = Command::new("nsenter")
+        .arg(format!("--net=/proc/{netns}/ns/net"))
+        .arg("--")
+        .arg(workspace_bin("kube-apisim"))
+        .args([
+            "--listen",
+            &format!("{SERVICE_IP}:{SERVICE_PORT}"),
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("--seed")
+        .arg(fixture("seed-demo.yaml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    cleanup.children.push(apisim);
+    wait_for("kube-apisim", Duration::from_secs(15), || {
+        state.join("addr").exists().then_some(())
+    })
+    .unwrap();
+    let api = ApiFiles {
+        token: std::fs::read_to_string(state.join("token"))
+            .unwrap()
+            .trim()
+            .to_string(),
+        ca: std::fs::read_to_string(state.join("ca.crt")).unwrap(),
+    };
+    assert!(api.token.len() >= 16);
+
+    // Volumes, materialized like the kubelet.
+    let init = pod.spec["initContainers"].as_array().unwrap();
+    let sidecar = &init[0];
+    assert_eq!(sidecar["name"], "mcp-warden");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    let app = &pod.spec["containers"][0];
+    let sidecar_uid = container_uid(sidecar, &pod);
+    let app_uid = container_uid(app, &pod);
+    assert_ne!(sidecar_uid, app_uid);
+    assert_ne!(app_uid, 0);
+    let mut volume_dirs = BTreeMap::new();
+    for v in pod.spec["volumes"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let dir = work.path().join("volumes").join(name);
+        // A projected token is owned by the only container that mounts it.
+        let owner = (name == "mcp-warden-token").then_some(sidecar_uid);
+        materialize_volume(v, &dir, &pod, &api, owner);
+        volume_dirs.insert(name.to_string(), dir);
+    }
+    std::fs::set_permissions(
+        work.path().join("volumes"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for c in [sidecar, app] {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            ensure_mount_point(Path::new(m["mountPath"].as_str().unwrap()), &mut cleanup);
+        }
+    }
+
+    // The sidecar container.
+    let sidecar_env = container_env(sidecar, &pod);
+    assert_eq!(
+        sidecar_env["KUBERNETES_SERVICE_HOST"], SERVICE_IP,
+        "the sidecar keeps the real service env"
+    );
+    let script = work.path().join("sidecar.sh");
+    std::fs::write(
+        &script,
+        container_script(
+            sidecar,
+            &volume_dirs,
+            &[],
+            &[],
+            sidecar_uid,
+            &sidecar_env,
+            &[workspace_bin("mcp-warden-sidecar")
+                .to_string_lossy()
+                .into_owned()],
+        ),
+    )
+    .unwrap();
+    let sidecar_log = std::fs::File::create(work.path().join("sidecar.log")).unwrap();
+    let child = in_container(netns, &script)
+        .stdout(sidecar_log.try_clone().unwrap())
+        .stderr(sidecar_log)
+        .spawn()
+        .unwrap();
+    cleanup.children.push(child);
+    // The startup probe: GET /readyz on the admin port.
+    let probe = sidecar["startupProbe"]["httpGet"].clone();
+    let url = format!(
+        "http://127.0.0.1:{}{}",
+        probe["port"],
+        probe["path"].as_str().unwrap()
+    );
+    let ready = wait_for(
+        "the sidecar's startup probe",
+        Duration::from_secs(30),
+        || {
+            let out = run(
+                Command::new("nsenter")
+                    .arg(format!("--net=/proc/{netns}/ns/net"))
+                    .args(["curl", "-sf", "-o", "/dev/null", &url]),
+                Duration::from_secs(5),
+            )
+            .ok()?;
+            out.status.success().then_some(())
+        },
+    );
+    if let Err(e) = ready {
+        panic!(
+            "{e}\nsidecar log:\n{}",
+            std::fs::read_to_string(work.path().join("sidecar.log")).unwrap_or_default()
+        );
+    }
+
+    // The app container: its env, mounts and uid, with the work dir hidden.
+    let app = pod.spec["containers"][0].clone();
+    let mut app_env = container_env(&app, &pod);
+    assert_eq!(app_env["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
+    assert_eq!(app_env["KUBERNETES_SERVICE_PORT"], "15443");
+    app_env.insert("HOME".into(), "/tmp".into());
+    let python = String::from_utf8(
+        run(
+            Command::new("python3").args(["-c", "import sys; print(sys.executable)"]),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // pyenv lives under /root (mode 0700): give the app a /root that holds
+    // only the interpreter, as an image would.
+    let mut prelude = String::new();
+    if python.starts_with("/root/") {
+        let pyroot = PathBuf::from(&python)
+            .ancestors()
+            .nth(4)
+            .unwrap()
+            .to_path_buf(); // /root/.pyenv
+        let q = sh_quote(&pyroot.to_string_lossy());
+        prelude = format!(
+            "mount -t tmpfs -o mode=0755 tmpfs /root\nmkdir -p {q}\nmount --bind {q} {q}\n"
+        );
+        // The bind source must be resolved before /root is covered.
+        prelude = format!("exec 3<{q}\n")
+            + &prelude.replace(
+                &format!("mount --bind {q} {q}"),
+                &format!("mount --no-canonicalize --bind /proc/self/fd/3 {q}\nexec 3<&-"),
+            );
+    }
+    SimPod {
+        work,
+        _cleanup: cleanup,
+        _one: guard,
+        netns,
+        volume_dirs,
+        app,
+        app_env,
+        app_uid,
+        python,
+        prelude,
+        api,
+        kubectl: kubectl_path("1.32").to_string_lossy().into_owned(),
+    }
+}
+
+struct SimPod {
+    work: tempfile::TempDir,
+    // Field order is drop order: processes and mount points go before the lock.
+    _cleanup: Cleanup,
+    _one: std::sync::MutexGuard<'static, ()>,
+    netns: u32,
+    volume_dirs: BTreeMap<String, PathBuf>,
+    app: Value,
+    app_env: BTreeMap<String, String>,
+    app_uid: u32,
+    python: String,
+    prelude: String,
+    api: ApiFiles,
+    kubectl: String,
+}
+
+impl SimPod {
+    /// Runs `argv` as the app container (stdin: `input`).
+    fn app_run(&self, name: &str, argv: Vec<String>, input: &[u8]) -> std::process::Output {
+        let script = self.work.path().join(format!("app-{name}.sh"));
+        let body = container_script(
+            &self.app,
+            &self.volume_dirs,
+            &[self.work.path()],
+            &[],
+            self.app_uid,
+            &self.app_env,
+            &argv,
+        );
+        std::fs::write(
+            &script,
+            body.replacen("set -eu\n", &format!("set -eu\n{}", self.prelude), 1),
+        )
+        .unwrap();
+        let mut cmd = in_container(self.netns, &script);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        // Clients are bounded by timeout(1) or their own timeouts; the pod's
+        // cleanup kills everything else.
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, what: &str, out: &std::process::Output) -> String {
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\n{}\nsidecar log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.work.path().join("sidecar.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kubectl(&self, name: &str, args: &[&str]) -> std::process::Output {
+        // Bounded by timeout(1): a kubectl flag such as --request-timeout
+        // would count as an override and turn its in-cluster config off.
+        let mut argv = vec![
+            "timeout".to_string(),
+            "90".to_string(),
+            self.kubectl.clone(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        self.app_run(name, argv, b"")
+    }
+}
+
+#[test]
+fn simulated_pod_clients_work_and_the_token_stays_hidden() {
+    let pod = start_pod("simulated_pod_clients_work_and_the_token_stays_hidden");
+
+    // kubectl with in-cluster config (no kubeconfig anywhere).
+    let pods = pod.ok(
+        "kubectl get pods",
+        &pod.kubectl("pods", &["get", "pods", "-n", "default", "-o", "name"]),
+    );
+    assert!(
+        pods.contains("pod/web-0") && pods.contains("pod/db-0"),
+        "{pods}"
+    );
+
+    // The Python client with load_incluster_config().
+    let py = "from kubernetes import client, config\n\
+              config.load_incluster_config()\n\
+              names = [p.metadata.name for p in client.CoreV1Api().list_namespaced_pod('default').items]\n\
+              print(' '.join(sorted(names)))\n";
+    let names = pod.ok(
+        "python client",
+        &pod.app_run(
+            "python",
+            vec![pod.python.clone(), "-c".into(), py.into()],
+            b"",
+        ),
+    );
+    assert!(
+        names.contains("web-0") && names.contains("web-1"),
+        "{names}"
+    );
+
+    // No trace of the real token in anything the app can read.
+    let mut roots: Vec<String> = vec![
+        "/var/run".into(),
+        "/run".into(),
+        "/tmp".into(),
+        pod.work.path().to_string_lossy().into_owned(),
+    ];
+    for m in pod.app["volumeMounts"].as_array().into_iter().flatten() {
+        roots.push(m["mountPath"].as_str().unwrap().to_string());
+    }
+    let scan = "import os, sys\n\
+                token = sys.stdin.read().strip().encode()\n\
+                hits, seen = [], 0\n\
+                for root in sys.argv[1:]:\n\
+                \x20   for d, dirs, files in os.walk(root):\n\
+                \x20       for f in files:\n\
+                \x20           p = os.path.join(d, f)\n\
+                \x20           try:\n\
+                \x20               with open(p, 'rb') as fh: data = fh.read(1 << 22)\n\
+                \x20           except OSError: continue\n\
+                \x20           seen += 1\n\
+                \x20           if token in data: hits.append(p)\n\
+                env = '\\n'.join(f'{k}={v}' for k, v in os.environ.items()).encode()\n\
+                if token in env: hits.append('environment')\n\
+                with open('/proc/self/environ', 'rb') as fh:\n\
+                \x20   if token in fh.read(): hits.append('/proc/self/environ')\n\
+                print(f'scanned={seen} hits={hits}')\n\
+                sys.exit(1 if hits else 0)\n";
+    // The token goes in on stdin, so it is in no file or argv of the scan.
+    let mut argv = vec![pod.python.clone(), "-c".into(), scan.into()];
+    argv.extend(roots);
+    // Control: the same scan does find the app's own (local) token.
+    let local = std::fs::read_to_string(pod.volume_dirs["mcp-warden-local"].join("token")).unwrap();
+    let control = pod.app_run("scan-control", argv.clone(), local.trim().as_bytes());
+    let control_report = String::from_utf8_lossy(&control.stdout).into_owned();
+    assert!(
+        !control.status.success()
+            && control_report.contains("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        "the scan does not see the app's files: {control_report}"
+    );
+    let out = pod.app_run("scan", argv, pod.api.token.as_bytes());
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "real token visible to the app: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scanned: usize = report
+        .trim()
+        .strip_prefix("scanned=")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // At least the local files (ca.crt, token, namespace) were read.
+    assert!(scanned >= 3, "{report}");
+    // The app's token is the sidecar's local one, not the real one.
+    assert!(!local.trim().is_empty());
+    assert_ne!(local.trim(), pod.api.token);
+    // The real token's backing file is not reachable from the app.
+    let token_file = pod.volume_dirs["mcp-warden-token"].join("token");
+    let peek = pod.app_run(
+        "peek",
+        vec!["cat".into(), token_file.to_string_lossy().into_owned()],
+        b"",
+    );
+    assert!(
+        !peek.status.success(),
+        "the app could read the real token file"
+    );
+}
+
+#[test]
+#[ignore = "needs the sidecar's masking and policy hooks wired into its binary (issues 4 and 5); un-ignore then"]
+fn simulated_pod_masks_secrets_and_enforces_policy() {
+    let pod = start_pod("simulated_pod_masks_secrets_and_enforces_policy");
+
+    // A Secret read comes back masked (and still valid base64).
+    let secret = pod.ok(
+        "kubectl get secret",
+        &pod.kubectl(
+            "secret",
+            &[
+                "get",
+                "secret",
+                "db-credentials",
+                "-n",
+                "default",
+                "-o",
+                "json",
+            ],
+        ),
+    );
+    let secret: Value = serde_json::from_str(&secret).unwrap();
+    let password = secret["data"]["password"].as_str().unwrap();
+    assert_ne!(
+        password, "czNjcjN0LXBhc3N3b3Jk",
+        "Secret value reached the app unmasked"
+    );
+    assert!(!secret.to_string().contains("czNjcjN0"), "{secret}");
+
+    // The embedded default policy is read-only: a delete is refused.
+    let del = pod.kubectl("delete", &["delete", "pod", "web-0", "-n", "default"]);
+    assert!(!del.status.success());
+    assert!(
+        String::from_utf8_lossy(&del.stderr).contains("Forbidden"),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+}
