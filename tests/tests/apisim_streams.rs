@@ -140,18 +140,24 @@ fn args(cmd: &mut Command, a: &[&str]) {
     cmd.args(a);
 }
 
-/// The upgrade method each kubectl uses: WebSocket upgrades are GETs, SPDY
-/// upgrades POSTs (exec/attach/port-forward).
-fn method(minor: u32) -> &'static str {
-    if minor >= 31 { "GET" } else { "POST" }
+/// The upgrade method each kubectl uses, as observed with `-v=6`: WebSocket
+/// upgrades are GETs, SPDY upgrades POSTs. exec/attach go WebSocket-first
+/// from 1.30, port-forward from 1.31.
+fn method(minor: u32, sub: &str) -> &'static str {
+    let ws_from = if sub == "portforward" { 31 } else { 30 };
+    if minor >= ws_from { "GET" } else { "POST" }
 }
 
 /// Asserts kubectl's `-v=6` log shows `.../pods/NAME/SUB` answered with 101
 /// to a `method` request.
 fn assert_upgraded(stderr: &str, method: &str, sub: &str) {
+    // Plain (≤ 1.32) and structured (1.33) klog request lines.
     let hit = stderr.lines().any(|l| {
-        l.contains(&format!("{method} https://127.0.0.1:"))
-            && (l.contains(&format!("/{sub}?")) || l.contains(&format!("/{sub} ")))
+        (l.contains(&format!("{method} https://127.0.0.1:"))
+            || l.contains(&format!("verb=\"{method}\"")))
+            && (l.contains(&format!("/{sub}?"))
+                || l.contains(&format!("/{sub} "))
+                || l.contains(&format!("/{sub}\"")))
             && l.contains("101 Switching Protocols")
     });
     assert!(hit, "expected a {method} upgrade of {sub} in:\n{stderr}");
@@ -164,7 +170,7 @@ fn exec_echo(minor: u32) {
     let out = run(cmd, b"");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "hi\n");
-    assert_upgraded(&out.stderr, method(minor), "exec");
+    assert_upgraded(&out.stderr, method(minor, "exec"), "exec");
 
     // stdin round-trip through `cat` (EOF: v5 close signal / SPDY FIN).
     let mut cmd = sim.kubectl(minor);
@@ -172,7 +178,7 @@ fn exec_echo(minor: u32) {
     let out = run(cmd, b"hello\nworld\n");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "hello\nworld\n");
-    assert_upgraded(&out.stderr, method(minor), "exec");
+    assert_upgraded(&out.stderr, method(minor, "exec"), "exec");
 
     // Non-zero exit: status channel carries NonZeroExitCode with the code.
     let mut cmd = sim.kubectl(minor);
@@ -247,7 +253,7 @@ fn attach(minor: u32) {
     let out = run(cmd, b"ping\npong\n");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "ping\npong\n");
-    assert_upgraded(&out.stderr, method(minor), "attach");
+    assert_upgraded(&out.stderr, method(minor, "attach"), "attach");
 }
 
 #[test]
@@ -276,6 +282,38 @@ fn logs(minor: u32) {
     let out = run(cmd, b"");
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "beta\ngamma\n");
+
+    let mut cmd = sim.kubectl(minor);
+    args(
+        &mut cmd,
+        &["logs", "talker", "-c", "app", "--limit-bytes=8"],
+    );
+    let out = run(cmd, b"");
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "alpha\nbe");
+
+    // A multi-container pod without -c: kubectl picks the first and says so.
+    let mut cmd = sim.kubectl(minor);
+    args(&mut cmd, &["logs", "talker"]);
+    let out = run(cmd, b"");
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "alpha\nbeta\ngamma\n");
+    assert!(
+        out.stderr.contains("Defaulted container \"app\""),
+        "stderr: {}",
+        out.stderr
+    );
+
+    // `previous` of a container that never restarted: a BadRequest Status.
+    let mut cmd = sim.kubectl(minor);
+    args(&mut cmd, &["logs", "echo", "--previous"]);
+    let out = run(cmd, b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("Error from server (BadRequest): previous terminated container \"main\" in pod \"echo\" not found"),
+        "stderr: {}",
+        out.stderr
+    );
 
     let mut cmd = sim.kubectl(minor);
     args(&mut cmd, &["logs", "talker", "-c", "app", "--timestamps"]);
@@ -404,9 +442,26 @@ fn port_forward(minor: u32) {
     let _ = child.wait();
     assert_upgraded(
         &err_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-        method(minor),
+        method(minor, "portforward"),
         "portforward",
     );
+}
+
+/// The other bundled versions: 1.27 (SPDY only), 1.30 (exec over WebSocket,
+/// port-forward over SPDY), 1.31 (both over WebSocket), 1.33 (structured logs).
+#[test]
+fn other_kubectl_versions_exec_and_port_forward() {
+    for minor in [27, 30, 31, 33] {
+        let sim = Sim::start();
+        let mut cmd = sim.kubectl(minor);
+        args(&mut cmd, &["-v=6", "exec", "-i", "echo", "--", "cat"]);
+        let out = run(cmd, b"v1.NN\n");
+        assert_eq!(out.code, 0, "1.{minor} stderr: {}", out.stderr);
+        assert_eq!(out.stdout, "v1.NN\n", "1.{minor}");
+        assert_upgraded(&out.stderr, method(minor, "exec"), "exec");
+        drop(sim);
+        port_forward(minor);
+    }
 }
 
 #[test]

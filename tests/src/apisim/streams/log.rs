@@ -54,21 +54,28 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
             ),
         ));
     }
-    let tail = match q.get("tailLines") {
-        None => None,
-        Some(t) => Some(t.parse::<i64>().map_err(|_| {
-            Status::new(
-                Reason::BadRequest,
-                format!("tailLines: invalid value {t:?}: must be an integer"),
-            )
-        })?),
-    };
+    let tail = int_param(q, "tailLines")?;
     if tail.is_some_and(|t| t < 0) {
         return Err(Status::new(
             Reason::Invalid,
             "tailLines: Invalid value: must be greater than or equal to 0",
         ));
     }
+    let limit = int_param(q, "limitBytes")?;
+    if limit.is_some_and(|l| l < 1) {
+        return Err(Status::new(
+            Reason::Invalid,
+            "limitBytes: Invalid value: must be greater than 0",
+        ));
+    }
+    // Every line is "from now", so any positive window includes them all.
+    if int_param(q, "sinceSeconds")?.is_some_and(|s| s < 1) {
+        return Err(Status::new(
+            Reason::Invalid,
+            "sinceSeconds: Invalid value: must be greater than 0",
+        ));
+    }
+    let mut budget = Budget(limit.and_then(|l| usize::try_from(l).ok()));
     let follow = q.bool("follow");
     let timestamps = q.bool("timestamps");
     let mut lines = initial_lines(pod, &container);
@@ -81,7 +88,10 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
     let pod = pod.clone();
     tokio::spawn(async move {
         for l in lines {
-            if tx.send(render(&l, timestamps)).await.is_err() {
+            let Some(chunk) = budget.take(render(&l, timestamps)) else {
+                return;
+            };
+            if tx.send(chunk).await.is_err() {
                 return;
             }
         }
@@ -94,7 +104,10 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
                 _ = tx.closed() => return,
             }
             let line = generated(&pod, &container, total + i);
-            if tx.send(render(&line, timestamps)).await.is_err() {
+            let Some(chunk) = budget.take(render(&line, timestamps)) else {
+                return;
+            };
+            if tx.send(chunk).await.is_err() {
                 return;
             }
         }
@@ -103,6 +116,38 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(resp)
+}
+
+/// An integer query parameter; 400 when it is not one.
+fn int_param(q: &Query, key: &str) -> Result<Option<i64>, Status> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                Status::new(
+                    Reason::BadRequest,
+                    format!("{key}: invalid value {v:?}: must be an integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// What is left of `limitBytes` (`None`: unlimited).
+struct Budget(Option<usize>);
+
+impl Budget {
+    /// The part of `chunk` still within the limit; `None` once it is used up.
+    fn take(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        match &mut self.0 {
+            None => Some(chunk),
+            Some(0) => None,
+            Some(left) => {
+                chunk.truncate(*left);
+                *left -= chunk.len();
+                Some(chunk)
+            }
+        }
+    }
 }
 
 fn render(line: &str, timestamps: bool) -> Bytes {
@@ -189,6 +234,17 @@ mod tests {
                 .unwrap_err()
                 .code(),
             400
+        );
+        assert_eq!(
+            body("limitBytes=6", &pod(Some("abc\ndef"))).await,
+            "abc\nde"
+        );
+        assert_eq!(
+            serve(&pod(None), &Query::parse("limitBytes=0"))
+                .await
+                .unwrap_err()
+                .code(),
+            422
         );
         assert_eq!(
             serve(&pod(None), &Query::parse("tailLines=x"))
