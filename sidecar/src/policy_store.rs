@@ -25,8 +25,22 @@ use arc_swap::ArcSwap;
 use mcp_warden_shared::mask::Masker;
 use mcp_warden_shared::policy::{Policy, PolicyErrors, source_hash};
 use notify::Watcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use futures::future::BoxFuture;
+use mcp_warden_shared::attrs::{Impersonation, RequestAttributes};
+use mcp_warden_shared::identity::Identity;
+use mcp_warden_shared::policy;
+use mcp_warden_shared::status::{Reason, Status};
+
+use crate::admin::{Check, Readiness};
+use crate::hooks::{self, DecideHook, RequestContext};
+use crate::metrics::Metrics;
 
 /// How often the file is re-read even without file events.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -121,6 +135,47 @@ pub struct PolicyStore {
     reloads_failed: AtomicU64,
     /// Serializes re-reads (the watcher and explicit callers).
     reload_lock: Mutex<()>,
+    /// Set by [`PolicyStore::register_metrics`].
+    metrics: Mutex<Option<PolicyMetrics>>,
+    /// Set by [`PolicyStore::attach_readiness`].
+    readiness: Mutex<Option<Arc<Readiness>>>,
+}
+
+/// Labels of `mcp_warden_policy_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    /// `ok` or `error`.
+    result: String,
+}
+
+/// Labels of `mcp_warden_policy_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    /// Short hash of the policy in effect.
+    hash: String,
+    /// `file` or `embedded`.
+    source: String,
+    /// `enforce` or `audit`.
+    mode: String,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    info: Family<InfoLabels, Gauge>,
+    last_reload_failed: Gauge,
+}
+
+fn info_labels(l: &LoadedPolicy) -> InfoLabels {
+    InfoLabels {
+        hash: l.short_hash().to_string(),
+        source: match l.source {
+            PolicySource::File(_) => "file",
+            PolicySource::EmbeddedDefault => "embedded",
+        }
+        .to_string(),
+        mode: l.policy.mode.as_str().to_string(),
+    }
 }
 
 enum FileRead {
@@ -233,6 +288,8 @@ impl PolicyStore {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
+            metrics: Mutex::new(None),
+            readiness: Mutex::new(None),
         })
     }
 
@@ -262,6 +319,71 @@ impl PolicyStore {
     /// Distinct new contents refused (`mcp_warden_policy_reloads_total{result="error"}`).
     pub fn reloads_failed(&self) -> u64 {
         self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    /// Registers `mcp_warden_policy_reloads_total{result="ok"|"error"}`,
+    /// `mcp_warden_policy_info{hash,source,mode}` (1 for the policy in
+    /// effect) and `mcp_warden_policy_last_reload_failed` (1 while the newest
+    /// file content is refused) and keeps them current. Call once.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let m = PolicyMetrics {
+            reloads: Family::default(),
+            info: Family::default(),
+            last_reload_failed: Gauge::default(),
+        };
+        m.reloads
+            .get_or_create(&ReloadLabels {
+                result: "ok".into(),
+            })
+            .inc_by(self.reloads_ok());
+        m.reloads
+            .get_or_create(&ReloadLabels {
+                result: "error".into(),
+            })
+            .inc_by(self.reloads_failed());
+        m.info.get_or_create(&info_labels(&self.current())).set(1);
+        m.last_reload_failed
+            .set(i64::from(self.last_error().is_some()));
+        metrics.register(
+            "policy_reloads",
+            "Policy file changes swapped in (ok) or refused (error)",
+            m.reloads.clone(),
+        );
+        metrics.register(
+            "policy_info",
+            "The policy in effect (value 1), by short hash, source and mode",
+            m.info.clone(),
+        );
+        metrics.register(
+            "policy_last_reload_failed",
+            "1 while the newest policy file content is refused and the last good policy is kept",
+            m.last_reload_failed.clone(),
+        );
+        *lock(&self.metrics) = Some(m);
+    }
+
+    /// Keeps the `policy` condition of `/readyz` current: `Ok` while the
+    /// newest policy is in effect, `Warning(error)` (still ready: a good
+    /// policy serves) while a newer file content is refused.
+    pub fn attach_readiness(&self, readiness: Arc<Readiness>) {
+        *lock(&self.readiness) = Some(readiness);
+        self.update_readiness();
+    }
+
+    fn update_readiness(&self) {
+        let Some(r) = lock(&self.readiness).clone() else {
+            return;
+        };
+        let cur = self.current();
+        let check = match self.last_error() {
+            None => Check::Ok,
+            Some(e) => Check::Warning(format!(
+                "policy {} ({}) is in effect; the newest policy file was refused: {e}",
+                cur.short_hash(),
+                cur.source
+            )),
+        };
+        r.set("policy", check);
     }
 
     /// Re-read the file now and swap in a new valid policy. Called by the
@@ -300,7 +422,14 @@ impl PolicyStore {
         };
         let hash = source_hash(&bytes);
         if cur.source != PolicySource::EmbeddedDefault && hash == cur.hash() {
-            self.clear_rejection();
+            // The file went back to the policy in effect: nothing is refused any more.
+            if self.last_error().is_some() {
+                self.clear_rejection();
+                if let Some(m) = lock(&self.metrics).as_ref() {
+                    m.last_reload_failed.set(0);
+                }
+                self.update_readiness();
+            }
             return ReloadOutcome::Unchanged;
         }
         match build(path, &bytes) {
@@ -325,9 +454,21 @@ impl PolicyStore {
             generation = next.generation,
             "policy reloaded"
         );
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        let prev = self.current.swap(next.clone());
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.clear_rejection();
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.reloads
+                .get_or_create(&ReloadLabels {
+                    result: "ok".into(),
+                })
+                .inc();
+            m.info.remove(&info_labels(&prev));
+            m.info.get_or_create(&info_labels(&next)).set(1);
+            m.last_reload_failed.set(0);
+        }
+        self.update_readiness();
         ReloadOutcome::Swapped { short_hash }
     }
 
@@ -360,7 +501,108 @@ impl PolicyStore {
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(error);
         }
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.reloads
+                .get_or_create(&ReloadLabels {
+                    result: "error".into(),
+                })
+                .inc();
+            m.last_reload_failed.set(1);
+        }
+        self.update_readiness();
         ReloadOutcome::Rejected
+    }
+}
+
+/// The policy as the proxy's [`DecideHook`]: evaluates every parsed request
+/// against the policy in effect, with the pod's identity.
+///
+/// Until approvals exist, `approve` blocks like `deny` with a message saying
+/// approval is required. In `mode: audit` nothing is refused (the decision is
+/// still returned for recording). `Impersonate-*` headers are forwarded only
+/// when the impersonation was allowed (or in audit mode).
+#[derive(Debug, Clone)]
+pub struct PolicyDecider {
+    store: Arc<PolicyStore>,
+    identity: Arc<Identity>,
+}
+
+impl PolicyDecider {
+    /// `identity` is the pod's, from its own token
+    /// ([`mcp_warden_shared::identity::from_service_account_jwt`]).
+    pub fn new(store: Arc<PolicyStore>, identity: Identity) -> Self {
+        PolicyDecider {
+            store,
+            identity: Arc::new(identity),
+        }
+    }
+
+    /// The pure decision and the policy that made it (for wrappers such as
+    /// approvals, and for recording the policy hash).
+    pub fn evaluate(
+        &self,
+        attrs: &RequestAttributes,
+        imp: &Impersonation,
+    ) -> (Arc<LoadedPolicy>, policy::Decision) {
+        let loaded = self.store.current();
+        let d = policy::evaluate(&loaded.policy, attrs, imp, &self.identity);
+        (loaded, d)
+    }
+
+    /// Map a policy decision to the proxy's decision (refusal Status included).
+    pub fn to_hook_decision(
+        d: &policy::Decision,
+        attrs: &RequestAttributes,
+        imp: &Impersonation,
+    ) -> hooks::Decision {
+        let action = match d.action {
+            policy::Action::Allow => hooks::Action::Allow,
+            policy::Action::Deny => hooks::Action::Deny,
+            policy::Action::Approve => hooks::Action::Approve,
+        };
+        let refusal = d.blocks().then(|| {
+            let status = Status::new(Reason::Forbidden, d.forbidden_message(attrs));
+            if attrs.is_resource_request {
+                status.with_details(&attrs.resource, &attrs.api_group, &attrs.name)
+            } else {
+                status
+            }
+        });
+        hooks::Decision {
+            action,
+            enforced: d.enforced,
+            rule: d.rule.clone(),
+            refusal,
+            forward_impersonation: !imp.is_empty()
+                && (d.action == policy::Action::Allow || !d.enforced),
+        }
+    }
+}
+
+impl DecideHook for PolicyDecider {
+    fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, hooks::Decision> {
+        let out = match &ctx.attrs {
+            // The pipeline parses before deciding; never forward what was not judged.
+            None => hooks::Decision::deny(None, "mcp-warden policy: the request was not parsed"),
+            Some(attrs) => {
+                let (loaded, d) = self.evaluate(attrs, &ctx.impersonation);
+                let hd = Self::to_hook_decision(&d, attrs, &ctx.impersonation);
+                if d.action == policy::Action::Allow {
+                    tracing::debug!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), "policy decision");
+                } else {
+                    tracing::info!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), why = %d.explanation, "policy decision");
+                }
+                hd
+            }
+        };
+        Box::pin(async move { out })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
@@ -649,5 +891,143 @@ mod tests {
         // Writing back the same content as the current policy is no swap.
         vol.write(&policy_allowing("list"));
         assert_eq!(store.reload(), ReloadOutcome::Unchanged);
+    }
+
+    #[test]
+    fn metrics_and_readiness_follow_reloads() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&policy_allowing("get"));
+        let store = PolicyStore::load(Some(vol.file())).unwrap();
+        let metrics = Metrics::new();
+        let readiness = Arc::new(Readiness::new());
+        store.register_metrics(&metrics);
+        store.attach_readiness(readiness.clone());
+        let first = store.current().short_hash().to_string();
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!(
+                "mcp_warden_policy_info{{hash=\"{first}\",source=\"file\",mode=\"enforce\"}} 1"
+            )),
+            "{text}"
+        );
+        assert_eq!(readiness.report().1.get("policy"), Some(&Check::Ok));
+
+        vol.write(&format!("{HEAD}mode: sometimes\n"));
+        assert_eq!(store.reload(), ReloadOutcome::Rejected);
+        let text = metrics.encode();
+        assert!(
+            text.contains("mcp_warden_policy_reloads_total{result=\"error\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcp_warden_policy_last_reload_failed 1"),
+            "{text}"
+        );
+        match readiness.report().1.get("policy") {
+            Some(Check::Warning(w)) => assert!(
+                w.contains(&first) && w.contains(":3:") && w.contains("mode"),
+                "{w}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A warning does not make the sidecar unready.
+        assert!(!matches!(
+            readiness.report().1.get("policy"),
+            Some(Check::Failing(_))
+        ));
+
+        vol.write(&policy_allowing("list"));
+        assert!(matches!(store.reload(), ReloadOutcome::Swapped { .. }));
+        let second = store.current().short_hash().to_string();
+        let text = metrics.encode();
+        assert!(
+            text.contains("mcp_warden_policy_reloads_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcp_warden_policy_last_reload_failed 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("hash=\"{second}\""))
+                && !text.contains(&format!("hash=\"{first}\"")),
+            "{text}"
+        );
+        assert_eq!(readiness.report().1.get("policy"), Some(&Check::Ok));
+
+        // Refused, then the file goes back to the policy in effect: the warning clears.
+        vol.write("not: [valid\n");
+        assert_eq!(store.reload(), ReloadOutcome::Rejected);
+        vol.write(&policy_allowing("list"));
+        assert_eq!(store.reload(), ReloadOutcome::Unchanged);
+        assert_eq!(store.last_error(), None);
+        assert_eq!(readiness.report().1.get("policy"), Some(&Check::Ok));
+    }
+
+    #[test]
+    fn decider_maps_decisions_to_the_proxy() {
+        let mut vol = KubeletVolume::new();
+        vol.write(include_str!("../../tests/fixtures/policies/example.yaml"));
+        let store = Arc::new(PolicyStore::load(Some(vol.file())).unwrap());
+        let decider = PolicyDecider::new(store.clone(), Identity::service_account("agents", "mcp"));
+        let none = Impersonation::default();
+
+        let attrs = parse_request("GET", "/api/v1/namespaces/prod-eu/secrets/db").unwrap();
+        let (loaded, d) = decider.evaluate(&attrs, &none);
+        assert_eq!(loaded.hash(), store.current().hash());
+        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
+        assert_eq!(hd.action, hooks::Action::Deny);
+        assert_eq!(hd.rule.as_deref(), Some("no-secrets-in-prod"));
+        let st = hd.refusal.unwrap();
+        assert_eq!(st.code(), 403);
+        let v = st.to_value();
+        assert_eq!(v["reason"], "Forbidden");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains("no-secrets-in-prod") && msg.contains("off limits"),
+            "{msg}"
+        );
+
+        let attrs = parse_request("DELETE", "/api/v1/namespaces/dev/pods/web-0").unwrap();
+        let (_, d) = decider.evaluate(&attrs, &none);
+        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
+        assert_eq!(hd.action, hooks::Action::Approve);
+        let v = hd.refusal.unwrap().to_value();
+        assert!(v["message"].as_str().unwrap().contains("approval required"));
+
+        let attrs = parse_request("GET", "/api/v1/namespaces/dev/pods").unwrap();
+        let (_, d) = decider.evaluate(&attrs, &none);
+        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
+        assert_eq!(
+            (hd.action, hd.refusal.is_none(), hd.forward_impersonation),
+            (hooks::Action::Allow, true, false)
+        );
+
+        // Impersonation denied: refused, headers not forwarded.
+        let imp = Impersonation {
+            user: Some("jane".into()),
+            ..Impersonation::default()
+        };
+        let (_, d) = decider.evaluate(&attrs, &imp);
+        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &imp);
+        assert!(hd.refusal.is_some() && !hd.forward_impersonation);
+
+        // Audit mode: nothing refused, impersonation forwarded, decision kept.
+        vol.write(
+            &include_str!("../../tests/fixtures/policies/example.yaml")
+                .replace("mode: enforce", "mode: audit"),
+        );
+        assert!(matches!(store.reload(), ReloadOutcome::Swapped { .. }));
+        let (_, d) = decider.evaluate(&attrs, &imp);
+        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &imp);
+        assert_eq!(
+            (
+                hd.action,
+                hd.enforced,
+                hd.refusal.is_none(),
+                hd.forward_impersonation
+            ),
+            (hooks::Action::Deny, false, true, true)
+        );
     }
 }
