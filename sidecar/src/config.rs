@@ -59,6 +59,8 @@ pub struct Cli {
 }
 
 /// Subcommands of the sidecar binary.
+// Parsed once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the same as giving no subcommand).
@@ -278,12 +280,12 @@ impl Config {
         if let Some(ns) = &self.pod_namespace {
             return ns.clone();
         }
-        if let Some(dir) = self.upstream_token_file.parent() {
-            if let Ok(ns) = std::fs::read_to_string(dir.join("namespace")) {
-                let ns = ns.trim();
-                if !ns.is_empty() {
-                    return ns.to_string();
-                }
+        if let Some(dir) = self.upstream_token_file.parent()
+            && let Ok(ns) = std::fs::read_to_string(dir.join("namespace"))
+        {
+            let ns = ns.trim();
+            if !ns.is_empty() {
+                return ns.to_string();
             }
         }
         "default".to_string()
@@ -371,14 +373,14 @@ impl ServeArgs {
         non_empty_path(&self.local_dir, "local-dir", "MCP_WARDEN_LOCAL_DIR")?;
         non_empty_path(&self.policy_file, "policy-file", "MCP_WARDEN_POLICY_FILE")?;
         non_empty_path(&self.spool_dir, "spool-dir", "MCP_WARDEN_SPOOL_DIR")?;
-        if let Some(ns) = &self.pod_namespace {
-            if !is_dns_label(ns) {
-                return Err(ConfigError::new(
-                    "pod-namespace",
-                    "MCP_WARDEN_POD_NAMESPACE",
-                    format!("{ns:?} is not a valid namespace name"),
-                ));
-            }
+        if let Some(ns) = &self.pod_namespace
+            && !is_dns_label(ns)
+        {
+            return Err(ConfigError::new(
+                "pod-namespace",
+                "MCP_WARDEN_POD_NAMESPACE",
+                format!("{ns:?} is not a valid namespace name"),
+            ));
         }
         if self.cluster_name.trim().is_empty() {
             return Err(ConfigError::new(
@@ -543,6 +545,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

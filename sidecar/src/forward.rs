@@ -179,11 +179,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            headers.insert(header::UPGRADE, u);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        }
+    if keep_upgrade && let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     }
 }
 
@@ -200,6 +198,7 @@ pub fn strip_impersonation(headers: &mut HeaderMap) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

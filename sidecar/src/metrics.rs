@@ -155,6 +155,7 @@ impl Drop for StreamGuard {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

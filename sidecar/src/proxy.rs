@@ -108,10 +108,10 @@ async fn pipeline(
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = prepare_upstream_request(state, ctx, req).await?;
     let mut resp = forward(state, ctx, upstream_req).await?;
-    if let Some(client_upgrade) = client_upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
-        }
+    if let Some(client_upgrade) = client_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
     }
     let resp = respond(state, ctx, resp).await?;
     Ok(resp)
@@ -401,6 +401,7 @@ pub fn bearer(token: &str) -> Option<HeaderValue> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

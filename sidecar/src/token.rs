@@ -84,18 +84,18 @@ impl TokenSource {
             Err(poisoned) => poisoned.into_inner(),
         };
         let now = Instant::now();
-        if let Some(c) = guard.as_ref() {
-            if now.duration_since(c.checked) < self.interval {
-                return Ok(c.header.clone());
-            }
+        if let Some(c) = guard.as_ref()
+            && now.duration_since(c.checked) < self.interval
+        {
+            return Ok(c.header.clone());
         }
         match self.stat() {
             Ok(fp) => {
-                if let Some(c) = guard.as_mut() {
-                    if c.fingerprint == fp {
-                        c.checked = now;
-                        return Ok(c.header.clone());
-                    }
+                if let Some(c) = guard.as_mut()
+                    && c.fingerprint == fp
+                {
+                    c.checked = now;
+                    return Ok(c.header.clone());
                 }
                 match self.read() {
                     Ok(header) => {
@@ -118,13 +118,13 @@ impl TokenSource {
 
     /// Forces the next [`TokenSource::header`] to look at the file again.
     pub fn invalidate(&self) {
-        if let Ok(mut g) = self.cached.lock() {
-            if let Some(c) = g.as_mut() {
-                c.checked = Instant::now()
-                    .checked_sub(self.interval)
-                    .unwrap_or(c.checked);
-                c.fingerprint.len = u64::MAX;
-            }
+        if let Ok(mut g) = self.cached.lock()
+            && let Some(c) = g.as_mut()
+        {
+            c.checked = Instant::now()
+                .checked_sub(self.interval)
+                .unwrap_or(c.checked);
+            c.fingerprint.len = u64::MAX;
         }
     }
 
@@ -179,6 +179,7 @@ impl TokenSource {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -1,6 +1,7 @@
 //! The binary itself: bad configuration is refused with a non-zero exit and
 //! a message naming the setting (flag and environment twin) before anything
 //! is written; a good one serves until SIGTERM and then exits cleanly.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

@@ -5,6 +5,7 @@
 //! the local token refused by the real server.
 //!
 //! Needs the kube-apisim binary: `cargo build -p mcp-warden-tests --bins`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

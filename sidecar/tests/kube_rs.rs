@@ -1,19 +1,20 @@
 //! kube-rs through the sidecar, configured in-cluster style from nothing but
 //! the sidecar's local directory (`ca.crt`, `token`, `namespace`), the way
 //! `Config::incluster()` reads the service-account mount.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::path::PathBuf;
 
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::AsyncReadExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{
     Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::config::AuthInfo;
 use mcp_warden_tests::harness::{ApiSim, ApiSimOptions};
+use tokio::io::AsyncReadExt;
 
 const SEED: &str = r#"
 apiVersion: v1

@@ -1,6 +1,7 @@
 //! End-to-end tests of the sidecar against a small TLS upstream of our own:
 //! authentication, what reaches the upstream, hostile paths, streaming,
 //! upgrades, ALPN, local files, admin endpoints and graceful shutdown.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

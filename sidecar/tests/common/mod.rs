@@ -1,6 +1,7 @@
 //! Shared support for the sidecar's end-to-end tests: a small TLS upstream
 //! that records what reaches it, an in-process sidecar, and an HTTPS client
 //! configured only from the sidecar's local directory.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::convert::Infallible;
