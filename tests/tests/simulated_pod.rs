@@ -441,6 +441,20 @@ fn start_pod(test: &str) -> SimPod {
     let app_uid = container_uid(app, &pod);
     assert_ne!(sidecar_uid, app_uid);
     assert_ne!(app_uid, 0);
+    // The policy volume is the ConfigMap the pod's annotation names (absent
+    // here, so the sidecar runs its embedded default policy).
+    let policy = pod.spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "mcp-warden-policy")
+        .unwrap();
+    assert_eq!(
+        policy["configMap"]["name"].as_str(),
+        pod.annotations
+            .get("mcp-warden.io/policy")
+            .map(String::as_str)
+    );
     let mut volume_dirs = BTreeMap::new();
     for v in pod.spec["volumes"].as_array().unwrap() {
         let name = v["name"].as_str().unwrap();
