@@ -26,7 +26,10 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     loop {
-        if matches!(dir.file_name().and_then(|n| n.to_str()), Some("debug" | "release")) {
+        if matches!(
+            dir.file_name().and_then(|n| n.to_str()),
+            Some("debug" | "release")
+        ) {
             return dir;
         }
         if !dir.pop() {
@@ -43,12 +46,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// Path of the workspace's `tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// Path of a script under `tests/python/`.
 pub fn python_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }
 
 /// The bundled kubectl of a minor version (`"32"` or `"1.32"`): found in
@@ -63,10 +70,10 @@ pub fn kubectl_path(minor: &str) -> PathBuf {
     }
     dirs.push(PathBuf::from("/usr/bin"));
     for cand in ["/usr/bin/kubectl", "/usr/local/bin/kubectl"] {
-        if let Ok(real) = std::fs::canonicalize(cand) {
-            if let Some(p) = real.parent() {
-                dirs.push(p.to_path_buf());
-            }
+        if let Ok(real) = std::fs::canonicalize(cand)
+            && let Some(p) = real.parent()
+        {
+            dirs.push(p.to_path_buf());
         }
     }
     dirs.iter()
@@ -86,7 +93,8 @@ pub fn write_kubeconfig(path: &Path, server_url: &str, ca_path: &Path, token: &s
         "current-context": "apisim",
     });
     // JSON is YAML: every client reads it.
-    std::fs::write(path, serde_json::to_vec_pretty(&cfg)?).with_context(|| format!("writing kubeconfig {}", path.display()))
+    std::fs::write(path, serde_json::to_vec_pretty(&cfg)?)
+        .with_context(|| format!("writing kubeconfig {}", path.display()))
 }
 
 /// A bundled kubectl with the given kubeconfig and a private cache dir.
@@ -106,13 +114,18 @@ pub fn kubectl_with(minor: &str, kubeconfig: &Path, cache_dir: &Path) -> Command
 /// `python3 SCRIPT` with `KUBECONFIG` set.
 pub fn python_with(script: &Path, kubeconfig: &Path) -> Command {
     let mut c = Command::new("python3");
-    c.arg(script).env("KUBECONFIG", kubeconfig).stdin(Stdio::null());
+    c.arg(script)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null());
     c
 }
 
 /// Fails with a clear message when the Python `kubernetes` package is missing.
 pub fn require_python_kubernetes() -> Result<()> {
-    let out = run(Command::new("python3").args(["-c", "import kubernetes"]), Duration::from_secs(30))?;
+    let out = run(
+        Command::new("python3").args(["-c", "import kubernetes"]),
+        Duration::from_secs(30),
+    )?;
     if !out.status.success() {
         bail!(
             "the Python `kubernetes` package is not installed (run `pip install kubernetes`, as scripts/test.sh does): {}",
@@ -145,7 +158,11 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     match status {
-        Some(status) => Ok(Output { status, stdout, stderr }),
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
         None => Err(anyhow!(
             "{desc} did not finish within {timeout:?}; stdout: {}; stderr: {}",
             String::from_utf8_lossy(&stdout),
@@ -251,7 +268,10 @@ impl ApiSim {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .env("RUST_LOG", std::env::var("APISIM_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("APISIM_LOG").unwrap_or_else(|_| "info".into()),
+            );
         if let Some(s) = &opts.seed {
             cmd.arg("--seed").arg(s);
         }
@@ -264,18 +284,24 @@ impl ApiSim {
         if let Some(ms) = opts.bookmark_interval_ms {
             cmd.arg("--bookmark-interval-ms").arg(ms.to_string());
         }
-        let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
         let addr_file = state.join("addr");
         let started = wait_for("kube-apisim to write its address", START_TIMEOUT, || {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(Err(status));
             }
-            std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok()).map(Ok)
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+                .map(Ok)
         });
         let addr = match started {
             Ok(Ok(a)) => a,
             Ok(Err(status)) => {
-                let log = std::fs::read_to_string(dir.path().join("apisim.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(dir.path().join("apisim.log")).unwrap_or_default();
                 bail!("kube-apisim exited at start ({status}): {log}");
             }
             Err(e) => {
@@ -284,8 +310,14 @@ impl ApiSim {
                 return Err(e);
             }
         };
-        let token = std::fs::read_to_string(state.join("token")).context("reading kube-apisim token")?;
-        let sim = ApiSim { child, dir, addr, token };
+        let token =
+            std::fs::read_to_string(state.join("token")).context("reading kube-apisim token")?;
+        let sim = ApiSim {
+            child,
+            dir,
+            addr,
+            token,
+        };
         sim.kubeconfig(&sim.kubeconfig_path())?;
         Ok(sim)
     }

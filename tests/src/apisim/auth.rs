@@ -32,7 +32,13 @@ impl std::str::FromStr for UserSpec {
         let bad = || UserSpecError::Malformed(s.split('=').next().unwrap_or("").to_string());
         let (name, rest) = s.split_once('=').ok_or_else(bad)?;
         let (token, groups) = match rest.split_once(':') {
-            Some((t, g)) => (t, g.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()),
+            Some((t, g)) => (
+                t,
+                g.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             None => (rest, Vec::new()),
         };
         if name.is_empty() || token.is_empty() {
@@ -121,19 +127,32 @@ impl Authenticator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn schemes_and_users() {
-        let a = Authenticator::new("t0k".into(), vec!["alice=atok:approvers,dev".parse().unwrap()]);
-        assert_eq!(a.authenticate(Some("Bearer t0k"), 0).unwrap().username, "kube-apisim-admin");
-        assert_eq!(a.authenticate(Some("bearer t0k"), 0).unwrap().username, "kube-apisim-admin");
+        let a = Authenticator::new(
+            "t0k".into(),
+            vec!["alice=atok:approvers,dev".parse().unwrap()],
+        );
+        assert_eq!(
+            a.authenticate(Some("Bearer t0k"), 0).unwrap().username,
+            "kube-apisim-admin"
+        );
+        assert_eq!(
+            a.authenticate(Some("bearer t0k"), 0).unwrap().username,
+            "kube-apisim-admin"
+        );
         assert!(a.authenticate(Some("Basic t0k"), 0).is_none());
         assert!(a.authenticate(Some("Bearer t0"), 0).is_none());
         assert!(a.authenticate(None, 0).is_none());
         let alice = a.authenticate(Some("Bearer atok"), 0).unwrap();
-        assert_eq!(alice.groups, vec!["approvers", "dev", "system:authenticated"]);
+        assert_eq!(
+            alice.groups,
+            vec!["approvers", "dev", "system:authenticated"]
+        );
         assert!("noequals".parse::<UserSpec>().is_err());
         a.remember("sa".into(), admin_user(), 10);
         assert!(a.authenticate(Some("Bearer sa"), 5).is_some());

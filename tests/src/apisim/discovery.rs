@@ -92,25 +92,38 @@ fn group_doc(g: &str, versions: &[String]) -> Value {
 
 /// `/apis` (APIGroupList).
 pub fn api_group_list(types: &[ResourceInfo]) -> Value {
-    let gs: Vec<Value> = groups(types).iter().map(|(g, vs)| group_doc(g, vs)).collect();
+    let gs: Vec<Value> = groups(types)
+        .iter()
+        .map(|(g, vs)| group_doc(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
 /// `/apis/GROUP` (APIGroup), None when unknown.
 pub fn api_group(types: &[ResourceInfo], group: &str) -> Option<Value> {
-    groups(types).iter().find(|(g, _)| g == group).map(|(g, vs)| {
-        let mut d = group_doc(g, vs);
-        d["kind"] = json!("APIGroup");
-        d["apiVersion"] = json!("v1");
-        d
-    })
+    groups(types)
+        .iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut d = group_doc(g, vs);
+            d["kind"] = json!("APIGroup");
+            d["apiVersion"] = json!("v1");
+            d
+        })
 }
 
 /// `/api/v1` or `/apis/GROUP/VERSION` (APIResourceList), None when unknown.
 pub fn resource_list(types: &[ResourceInfo], group: &str, version: &str) -> Option<Value> {
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let mut res = Vec::new();
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         let mut r = json!({
             "name": t.resource,
             "singularName": t.singular,
@@ -155,7 +168,9 @@ pub fn resource_list(types: &[ResourceInfo], group: &str, version: &str) -> Opti
     if res.is_empty() {
         return None;
     }
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}),
+    )
 }
 
 fn discovery_resource(t: &ResourceInfo) -> Value {
@@ -197,7 +212,11 @@ fn discovery_resource(t: &ResourceInfo) -> Value {
 pub fn aggregated(types: &[ResourceInfo], core: bool, api_version: &str) -> Value {
     let mut items = Vec::new();
     if core {
-        let res: Vec<Value> = types.iter().filter(|t| t.group.is_empty()).map(discovery_resource).collect();
+        let res: Vec<Value> = types
+            .iter()
+            .filter(|t| t.group.is_empty())
+            .map(discovery_resource)
+            .collect();
         items.push(json!({
             "metadata": {"creationTimestamp": null},
             "versions": [{"version": "v1", "resources": res, "freshness": "Current"}],

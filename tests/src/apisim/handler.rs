@@ -8,8 +8,8 @@ use super::auth::{Authenticator, User};
 use super::discovery;
 use super::objects::{self, Ips};
 use super::openapi;
-use super::proto;
 use super::patch::{self, PatchType};
+use super::proto;
 use super::registry::{Registry, ResourceInfo};
 use super::router::{self, ResPath, Route};
 use super::selector::{FieldSelector, LabelSelector, supported_fields};
@@ -64,7 +64,12 @@ fn now_unix() -> i64 {
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let hdr = |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let hdr = |h: header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let accept = hdr(header::ACCEPT);
     tracing::info!(
         method = %method,
@@ -75,7 +80,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResBody> 
         user_agent = hdr(header::USER_AGENT).as_deref().unwrap_or(""),
         "request"
     );
-    let Some(user) = app.auth.authenticate(hdr(header::AUTHORIZATION).as_deref(), now_unix()) else {
+    let Some(user) = app
+        .auth
+        .authenticate(hdr(header::AUTHORIZATION).as_deref(), now_unix())
+    else {
         tracing::info!(path = %path, "unauthorized");
         return web::status(&Status::new(Reason::Unauthorized, "Unauthorized"));
     };
@@ -90,36 +98,57 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ResBody> 
         user_agent: hdr(header::USER_AGENT).unwrap_or_default(),
     };
     // Streaming pod subresources take the raw request (upgrades).
-    if let Route::Resource(rp) = &route {
-        if let Some(kind) = stream_kind(rp) {
-            return match stream_pod(&app, rp) {
-                Ok(pod) => streams::serve(kind, pod, req).await,
-                Err(s) => web::status(&s),
-            };
-        }
+    if let Route::Resource(rp) = &route
+        && let Some(kind) = stream_kind(rp)
+    {
+        return match stream_pod(&app, rp) {
+            Ok(pod) => streams::serve(kind, pod, req).await,
+            Err(s) => web::status(&s),
+        };
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let s = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Status::new(Reason::RequestEntityTooLarge, "Request entity too large: limit is 3145728")
+            let s = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Status::new(
+                    Reason::RequestEntityTooLarge,
+                    "Request entity too large: limit is 3145728",
+                )
             } else {
-                Status::new(Reason::BadRequest, format!("error reading request body: {e}"))
+                Status::new(
+                    Reason::BadRequest,
+                    format!("error reading request body: {e}"),
+                )
             };
             return web::status(&s);
         }
     };
     let res = match route {
-        Route::Version => Ok(web::json(StatusCode::OK, &discovery::version(&app.version), "application/json", false)),
-        Route::Health => Ok(web::bytes_response(StatusCode::OK, b"ok".to_vec(), "text/plain; charset=utf-8", false)),
+        Route::Version => Ok(web::json(
+            StatusCode::OK,
+            &discovery::version(&app.version),
+            "application/json",
+            false,
+        )),
+        Route::Health => Ok(web::bytes_response(
+            StatusCode::OK,
+            b"ok".to_vec(),
+            "text/plain; charset=utf-8",
+            false,
+        )),
         Route::OpenApi => openapi_doc(&app, &ctx, &path),
         Route::Api | Route::Apis => Ok(discovery_root(&app, &ctx, matches!(route, Route::Api))),
         Route::ApiGroup(g) => discovery::api_group(&app.registry.all(), &g)
             .map(|v| web::json(StatusCode::OK, &v, "application/json", ctx.gzip))
             .ok_or_else(not_found_path),
-        Route::ApiResources { group, version } => discovery::resource_list(&app.registry.all(), &group, &version)
-            .map(|v| web::json(StatusCode::OK, &v, "application/json", ctx.gzip))
-            .ok_or_else(not_found_path),
+        Route::ApiResources { group, version } => {
+            discovery::resource_list(&app.registry.all(), &group, &version)
+                .map(|v| web::json(StatusCode::OK, &v, "application/json", ctx.gzip))
+                .ok_or_else(not_found_path)
+        }
         Route::Resource(rp) => resource(&app, &ctx, &method, rp, body),
         Route::NotFound => Err(not_found_path()),
     };
@@ -140,9 +169,17 @@ fn openapi_doc(app: &App, ctx: &Ctx, path: &str) -> Result<Response<ResBody>, St
     let types = app.registry.all();
     let rest = path.trim_end_matches('/');
     if rest == "/openapi/v3" {
-        let names: Vec<String> = types.iter().map(|t| format!("{}/{}/{}", t.group, t.version, t.resource)).collect();
+        let names: Vec<String> = types
+            .iter()
+            .map(|t| format!("{}/{}/{}", t.group, t.version, t.resource))
+            .collect();
         let hash = hex::encode(sha2::Sha256::digest(names.join(",").as_bytes()));
-        return Ok(web::json(StatusCode::OK, &openapi::root(&types, &hash[..16]), "application/json", ctx.gzip));
+        return Ok(web::json(
+            StatusCode::OK,
+            &openapi::root(&types, &hash[..16]),
+            "application/json",
+            ctx.gzip,
+        ));
     }
     match rest.strip_prefix("/openapi/v3/") {
         Some(gv) => openapi::group_version(&types, gv, &app.version)
@@ -153,7 +190,10 @@ fn openapi_doc(app: &App, ctx: &Ctx, path: &str) -> Result<Response<ResBody>, St
 }
 
 fn not_found_path() -> Status {
-    Status::new(Reason::NotFound, "the server could not find the requested resource")
+    Status::new(
+        Reason::NotFound,
+        "the server could not find the requested resource",
+    )
 }
 
 fn stream_kind(rp: &ResPath) -> Option<streams::StreamKind> {
@@ -172,9 +212,16 @@ fn stream_kind(rp: &ResPath) -> Option<streams::StreamKind> {
 fn stream_pod(app: &App, rp: &ResPath) -> Result<streams::PodRef, Status> {
     let ns = rp.namespace.clone().unwrap_or_default();
     let name = rp.name.clone().unwrap_or_default();
-    let ri = app.registry.find("", "v1", "pods").ok_or_else(not_found_path)?;
+    let ri = app
+        .registry
+        .find("", "v1", "pods")
+        .ok_or_else(not_found_path)?;
     match app.store.get(&ri.group_resource(), &ns, &name) {
-        Some(pod) => Ok(streams::PodRef { namespace: ns, name, pod }),
+        Some(pod) => Ok(streams::PodRef {
+            namespace: ns,
+            name,
+            pod,
+        }),
         None => Err(not_found(&ri, &name)),
     }
 }
@@ -184,20 +231,44 @@ fn discovery_root(app: &App, ctx: &Ctx, core: bool) -> Response<ResBody> {
     match ctx.rendering {
         Rendering::Aggregated(v) => {
             let api_version = format!("apidiscovery.k8s.io/{v}");
-            let ct = format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
-            web::json(StatusCode::OK, &discovery::aggregated(&types, core, &api_version), &ct, ctx.gzip)
+            let ct =
+                format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+            web::json(
+                StatusCode::OK,
+                &discovery::aggregated(&types, core, &api_version),
+                &ct,
+                ctx.gzip,
+            )
         }
-        _ if core => web::json(StatusCode::OK, &discovery::api_versions(&app.server_addr), "application/json", ctx.gzip),
-        _ => web::json(StatusCode::OK, &discovery::api_group_list(&types), "application/json", ctx.gzip),
+        _ if core => web::json(
+            StatusCode::OK,
+            &discovery::api_versions(&app.server_addr),
+            "application/json",
+            ctx.gzip,
+        ),
+        _ => web::json(
+            StatusCode::OK,
+            &discovery::api_group_list(&types),
+            "application/json",
+            ctx.gzip,
+        ),
     }
 }
 
 fn not_found(ri: &ResourceInfo, name: &str) -> Status {
-    Status::new(Reason::NotFound, format!("{} \"{name}\" not found", ri.qualified())).with_details(&ri.resource, &ri.group, name)
+    Status::new(
+        Reason::NotFound,
+        format!("{} \"{name}\" not found", ri.qualified()),
+    )
+    .with_details(&ri.resource, &ri.group, name)
 }
 
 fn already_exists(ri: &ResourceInfo, name: &str) -> Status {
-    Status::new(Reason::AlreadyExists, format!("{} \"{name}\" already exists", ri.qualified())).with_details(&ri.resource, &ri.group, name)
+    Status::new(
+        Reason::AlreadyExists,
+        format!("{} \"{name}\" already exists", ri.qualified()),
+    )
+    .with_details(&ri.resource, &ri.group, name)
 }
 
 fn conflict(ri: &ResourceInfo, name: &str) -> Status {
@@ -220,13 +291,21 @@ fn store_err(ri: &ResourceInfo, name: &str, e: StoreError) -> Status {
         StoreError::NotFound => not_found(ri, name),
         StoreError::AlreadyExists => already_exists(ri, name),
         StoreError::Conflict { .. } => conflict(ri, name),
-        StoreError::Gone(rv) => Status::new(Reason::Expired, format!("too old resource version: {rv}")),
-        StoreError::BadContinue => bad("continue key is not valid: the continue token is not valid"),
+        StoreError::Gone(rv) => {
+            Status::new(Reason::Expired, format!("too old resource version: {rv}"))
+        }
+        StoreError::BadContinue => {
+            bad("continue key is not valid: the continue token is not valid")
+        }
     }
 }
 
 fn ns_not_found(ns: &str) -> Status {
-    Status::new(Reason::NotFound, format!("namespaces \"{ns}\" not found")).with_details("namespaces", "", ns)
+    Status::new(Reason::NotFound, format!("namespaces \"{ns}\" not found")).with_details(
+        "namespaces",
+        "",
+        ns,
+    )
 }
 
 /// Decodes a JSON (or YAML) request body into an object.
@@ -234,41 +313,67 @@ fn decode_body(ctx: &Ctx, body: &[u8]) -> Result<Value, Status> {
     if body.is_empty() {
         return Err(bad("the body of the request was empty"));
     }
-    let ct = ctx.content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = ctx
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let v: Value = if ct == "application/yaml" || ct == "application/apply-patch+yaml" {
-        let text = std::str::from_utf8(body).map_err(|_| bad("error decoding YAML: body is not UTF-8"))?;
+        let text =
+            std::str::from_utf8(body).map_err(|_| bad("error decoding YAML: body is not UTF-8"))?;
         match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(_) => serde_saphyr::from_str(text).map_err(|e| bad(format!("error decoding YAML: {e}")))?,
+            Err(_) => serde_saphyr::from_str(text)
+                .map_err(|e| bad(format!("error decoding YAML: {e}")))?,
         }
     } else if ct.is_empty() || ct == "application/json" || ct.ends_with("+json") {
-        serde_json::from_slice(body).map_err(|e| bad(format!("couldn't get version/kind; json parse error: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| bad(format!("couldn't get version/kind; json parse error: {e}")))?
     } else if ct == "application/vnd.kubernetes.protobuf" {
         match proto::decode(body) {
             Ok(v) => v,
-            Err(e @ proto::ProtoError::Unsupported(_)) => return Err(Status::new(Reason::UnsupportedMediaType, e.to_string())),
+            Err(e @ proto::ProtoError::Unsupported(_)) => {
+                return Err(Status::new(Reason::UnsupportedMediaType, e.to_string()));
+            }
             Err(e) => return Err(bad(e.to_string())),
         }
     } else {
         return Err(Status::new(
             Reason::UnsupportedMediaType,
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"
+            ),
         ));
     };
     if !v.is_object() {
-        return Err(bad("Object 'Kind' is missing in request body: not a JSON object"));
+        return Err(bad(
+            "Object 'Kind' is missing in request body: not a JSON object",
+        ));
     }
     Ok(v)
 }
 
 fn dry_run(ctx: &Ctx, body_opts: Option<&Value>) -> Result<bool, Status> {
-    let mut vals: Vec<String> = ctx.query.all("dryRun").iter().map(|s| s.to_string()).collect();
-    if let Some(a) = body_opts.and_then(|o| o.get("dryRun")).and_then(Value::as_array) {
+    let mut vals: Vec<String> = ctx
+        .query
+        .all("dryRun")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(a) = body_opts
+        .and_then(|o| o.get("dryRun"))
+        .and_then(Value::as_array)
+    {
         vals.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
     }
     for v in &vals {
         if v != "All" {
-            return Err(Status::new(Reason::BadRequest, format!("dryRun: Unsupported value: \"{v}\": supported values: \"All\"")));
+            return Err(Status::new(
+                Reason::BadRequest,
+                format!("dryRun: Unsupported value: \"{v}\": supported values: \"All\""),
+            ));
         }
     }
     Ok(!vals.is_empty())
@@ -279,18 +384,34 @@ fn field_manager(ctx: &Ctx, default: &str) -> String {
         Some(m) if !m.is_empty() => m.to_string(),
         _ => {
             let ua = ctx.user_agent.split('/').next().unwrap_or("").trim();
-            if ua.is_empty() { default.to_string() } else { ua.to_string() }
+            if ua.is_empty() {
+                default.to_string()
+            } else {
+                ua.to_string()
+            }
         }
     }
 }
 
-fn resource(app: &App, ctx: &Ctx, method: &Method, rp: ResPath, body: Bytes) -> Result<Response<ResBody>, Status> {
+fn resource(
+    app: &App,
+    ctx: &Ctx,
+    method: &Method,
+    rp: ResPath,
+    body: Bytes,
+) -> Result<Response<ResBody>, Status> {
     // Reviews are create-only virtual resources.
     if rp.version == "v1" && rp.name.is_none() && rp.namespace.is_none() {
         match (rp.group.as_str(), rp.resource.as_str()) {
-            ("authentication.k8s.io", "selfsubjectreviews") => return self_subject_review(ctx, method),
-            ("authorization.k8s.io", "selfsubjectaccessreviews") => return access_review(ctx, method, &body),
-            ("authentication.k8s.io", "tokenreviews") => return token_review(app, ctx, method, &body),
+            ("authentication.k8s.io", "selfsubjectreviews") => {
+                return self_subject_review(ctx, method);
+            }
+            ("authorization.k8s.io", "selfsubjectaccessreviews") => {
+                return access_review(ctx, method, &body);
+            }
+            ("authentication.k8s.io", "tokenreviews") => {
+                return token_review(app, ctx, method, &body);
+            }
             _ => {}
         }
     }
@@ -300,10 +421,10 @@ fn resource(app: &App, ctx: &Ctx, method: &Method, rp: ResPath, body: Bytes) -> 
     if !ri.namespaced && rp.namespace.is_some() {
         return Err(not_found_path());
     }
-    if let Some(sub) = &rp.subresource {
-        if !ri.has_subresource(sub) {
-            return Err(not_found_path());
-        }
+    if let Some(sub) = &rp.subresource
+        && !ri.has_subresource(sub)
+    {
+        return Err(not_found_path());
     }
     let ns = rp.namespace.clone().unwrap_or_default();
     let sub = rp.subresource.as_deref();
@@ -315,86 +436,167 @@ fn resource(app: &App, ctx: &Ctx, method: &Method, rp: ResPath, body: Bytes) -> 
                 list(app, ctx, &ri, rp.namespace.as_deref())
             }
         }
-        (&Method::GET, Some(name), None) if rp.watch_prefix => watch(app, ctx, &ri, rp.namespace.as_deref(), Some(name)),
+        (&Method::GET, Some(name), None) if rp.watch_prefix => {
+            watch(app, ctx, &ri, rp.namespace.as_deref(), Some(name))
+        }
         (&Method::GET, Some(name), None | Some("status")) => get(app, ctx, &ri, &ns, name),
         (&Method::GET, Some(name), Some("scale")) => scale_get(app, ctx, &ri, &ns, name),
         (&Method::POST, None, None) => {
             if ri.namespaced && rp.namespace.is_none() {
-                return Err(Status::new(Reason::MethodNotAllowed, format!("the server does not allow this method on the requested resource")));
+                return Err(Status::new(
+                    Reason::MethodNotAllowed,
+                    "the server does not allow this method on the requested resource".to_string(),
+                ));
             }
             create(app, ctx, &ri, &ns, decode_body(ctx, &body)?)
         }
-        (&Method::POST, Some(name), Some("token")) => token_request(app, ctx, &ri, &ns, name, &body),
+        (&Method::POST, Some(name), Some("token")) => {
+            token_request(app, ctx, &ri, &ns, name, &body)
+        }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let obj = decode_body(ctx, &body)?;
             update(app, ctx, &ri, &ns, name, obj, sub, "Update")
         }
         (&Method::PUT, Some(name), Some("scale")) => {
             let obj = decode_body(ctx, &body)?;
-            scale_set(app, ctx, &ri, &ns, name, obj.pointer("/spec/replicas").cloned())
+            scale_set(
+                app,
+                ctx,
+                &ri,
+                &ns,
+                name,
+                obj.pointer("/spec/replicas").cloned(),
+            )
         }
-        (&Method::PATCH, Some(name), None | Some("status")) => patch_obj(app, ctx, &ri, &ns, name, sub, &body),
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            patch_obj(app, ctx, &ri, &ns, name, sub, &body)
+        }
         (&Method::PATCH, Some(name), Some("scale")) => {
             let cur_scale = scale_of(app, &ri, &ns, name)?;
-            let pt = PatchType::from_content_type(&ctx.content_type)
-                .ok_or_else(|| Status::new(Reason::UnsupportedMediaType, patch::PatchError::UnknownType.to_string()))?;
+            let pt = PatchType::from_content_type(&ctx.content_type).ok_or_else(|| {
+                Status::new(
+                    Reason::UnsupportedMediaType,
+                    patch::PatchError::UnknownType.to_string(),
+                )
+            })?;
             let patched = apply_patch(ctx, pt, &cur_scale, &body, false)?;
-            scale_set(app, ctx, &ri, &ns, name, patched.pointer("/spec/replicas").cloned())
+            scale_set(
+                app,
+                ctx,
+                &ri,
+                &ns,
+                name,
+                patched.pointer("/spec/replicas").cloned(),
+            )
         }
         (&Method::DELETE, Some(name), None) => delete(app, ctx, &ri, &ns, name, &body),
-        (&Method::DELETE, None, None) => delete_collection(app, ctx, &ri, rp.namespace.as_deref(), &body),
-        _ => Err(Status::new(Reason::MethodNotAllowed, "the server does not allow this method on the requested resource")),
+        (&Method::DELETE, None, None) => {
+            delete_collection(app, ctx, &ri, rp.namespace.as_deref(), &body)
+        }
+        _ => Err(Status::new(
+            Reason::MethodNotAllowed,
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 
 /// Renders one object according to the negotiated representation.
-fn render_one(ri: &ResourceInfo, ctx: &Ctx, obj: &Value, code: StatusCode) -> Result<Response<ResBody>, Status> {
+fn render_one(
+    ri: &ResourceInfo,
+    ctx: &Ctx,
+    obj: &Value,
+    code: StatusCode,
+) -> Result<Response<ResBody>, Status> {
     match ctx.rendering {
         Rendering::Table => {
             let inc = IncludeObject::parse(ctx.query.get("includeObject")).map_err(bad)?;
-            let t = table::table(ri, std::slice::from_ref(obj), json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), inc, true, time::OffsetDateTime::now_utc());
-            Ok(web::json(code, &t, "application/json;as=Table;v=v1;g=meta.k8s.io", ctx.gzip))
+            let t = table::table(
+                ri,
+                std::slice::from_ref(obj),
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                inc,
+                true,
+                time::OffsetDateTime::now_utc(),
+            );
+            Ok(web::json(
+                code,
+                &t,
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+                ctx.gzip,
+            ))
         }
-        Rendering::Partial => Ok(web::json(code, &table::partial(obj), "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io", ctx.gzip)),
+        Rendering::Partial => Ok(web::json(
+            code,
+            &table::partial(obj),
+            "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io",
+            ctx.gzip,
+        )),
         _ => Ok(web::json(code, obj, "application/json", ctx.gzip)),
     }
 }
 
-fn get(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Response<ResBody>, Status> {
-    let obj = app.store.get(&ri.group_resource(), ns, name).ok_or_else(|| not_found(ri, name))?;
+fn get(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<Response<ResBody>, Status> {
+    let obj = app
+        .store
+        .get(&ri.group_resource(), ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
     render_one(ri, ctx, &obj, StatusCode::OK)
 }
 
 fn selectors(ctx: &Ctx, ri: &ResourceInfo) -> Result<(LabelSelector, FieldSelector), Status> {
     let ls = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
         .map_err(|e| bad(format!("unable to parse requirement: {e}")))?;
-    let fs = FieldSelector::parse(ctx.query.get("fieldSelector").unwrap_or(""), supported_fields(&ri.group, &ri.resource, ri.custom))
-        .map_err(|e| bad(e.to_string()))?;
+    let fs = FieldSelector::parse(
+        ctx.query.get("fieldSelector").unwrap_or(""),
+        supported_fields(&ri.group, &ri.resource, ri.custom),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     Ok((ls, fs))
 }
 
 /// Items of built-in lists carry no kind/apiVersion, as kube-apiserver's do.
 fn list_item(ri: &ResourceInfo, mut o: Value) -> Value {
-    if !ri.custom {
-        if let Some(m) = o.as_object_mut() {
-            m.remove("kind");
-            m.remove("apiVersion");
-        }
+    if !ri.custom
+        && let Some(m) = o.as_object_mut()
+    {
+        m.remove("kind");
+        m.remove("apiVersion");
     }
     o
 }
 
-fn list(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>) -> Result<Response<ResBody>, Status> {
+fn list(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: Option<&str>,
+) -> Result<Response<ResBody>, Status> {
     let (ls, fs) = selectors(ctx, ri)?;
     let limit = match ctx.query.get("limit") {
-        Some(l) if !l.is_empty() => Some(l.parse::<usize>().map_err(|_| bad(format!("limit: Invalid value: {l:?}")))?),
+        Some(l) if !l.is_empty() => Some(
+            l.parse::<usize>()
+                .map_err(|_| bad(format!("limit: Invalid value: {l:?}")))?,
+        ),
         _ => None,
     };
     let filter = |o: &Value| ls.matches(o) && fs.matches(o);
     let unfiltered = ls.is_empty() && fs.is_empty();
     let page = app
         .store
-        .list(&ri.group_resource(), ns, &filter, limit, ctx.query.get("continue").filter(|c| !c.is_empty()), unfiltered)
+        .list(
+            &ri.group_resource(),
+            ns,
+            &filter,
+            limit,
+            ctx.query.get("continue").filter(|c| !c.is_empty()),
+            unfiltered,
+        )
         .map_err(|e| store_err(ri, "", e))?;
     let mut meta = json!({"resourceVersion": page.rv.to_string()});
     if let Some(c) = &page.continue_token {
@@ -406,13 +608,30 @@ fn list(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>) -> Result<Res
     match ctx.rendering {
         Rendering::Table => {
             let inc = IncludeObject::parse(ctx.query.get("includeObject")).map_err(bad)?;
-            let t = table::table(ri, &page.items, meta, inc, true, time::OffsetDateTime::now_utc());
-            Ok(web::json(StatusCode::OK, &t, "application/json;as=Table;v=v1;g=meta.k8s.io", ctx.gzip))
+            let t = table::table(
+                ri,
+                &page.items,
+                meta,
+                inc,
+                true,
+                time::OffsetDateTime::now_utc(),
+            );
+            Ok(web::json(
+                StatusCode::OK,
+                &t,
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+                ctx.gzip,
+            ))
         }
         Rendering::Partial => {
             let items: Vec<Value> = page.items.iter().map(table::partial).collect();
             let v = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-            Ok(web::json(StatusCode::OK, &v, "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io", ctx.gzip))
+            Ok(web::json(
+                StatusCode::OK,
+                &v,
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+                ctx.gzip,
+            ))
         }
         _ => {
             let items: Vec<Value> = page.items.into_iter().map(|o| list_item(ri, o)).collect();
@@ -423,12 +642,19 @@ fn list(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>) -> Result<Res
 }
 
 fn watch_frame(type_: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
 
-fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option<&str>) -> Result<Response<ResBody>, Status> {
+fn watch(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> Result<Response<ResBody>, Status> {
     let (ls, mut fs) = selectors(ctx, ri)?;
     if let Some(n) = name {
         fs.0.push(("metadata.name".into(), n.to_string(), false));
@@ -438,7 +664,10 @@ fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option
     let from_rv = match (rv_param, send_initial) {
         (_, Some(true)) => None,
         ("" | "0", _) => None,
-        (v, _) => Some(v.parse::<u64>().map_err(|_| bad(format!("resourceVersion: Invalid value: {v:?}")))?),
+        (v, _) => Some(
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("resourceVersion: Invalid value: {v:?}")))?,
+        ),
     };
     let timeout = ctx
         .query
@@ -457,10 +686,22 @@ fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option
         Err(StoreError::Gone(rv)) => {
             // A watch from a compacted version gets a 200 stream with one
             // ERROR event, like kube-apiserver.
-            let st = Status::new(Reason::Expired, format!("too old resource version: {rv} ({})", app.store.current_rv())).to_value();
+            let st = Status::new(
+                Reason::Expired,
+                format!(
+                    "too old resource version: {rv} ({})",
+                    app.store.current_rv()
+                ),
+            )
+            .to_value();
             let mut st = st;
             st["code"] = json!(410);
-            return Ok(web::bytes_response(StatusCode::OK, watch_frame("ERROR", &st).to_vec(), "application/json", false));
+            return Ok(web::bytes_response(
+                StatusCode::OK,
+                watch_frame("ERROR", &st).to_vec(),
+                "application/json",
+                false,
+            ));
         }
         Err(e) => return Err(store_err(ri, "", e)),
     };
@@ -469,7 +710,14 @@ fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option
     let filter = move |o: &Value| ls.matches(o) && fs.matches(o);
     let render = move |o: &Value, first: bool| -> Value {
         match rendering {
-            Rendering::Table => table::table(&ri2, std::slice::from_ref(o), json!({"resourceVersion": o["metadata"]["resourceVersion"]}), inc, first, time::OffsetDateTime::now_utc()),
+            Rendering::Table => table::table(
+                &ri2,
+                std::slice::from_ref(o),
+                json!({"resourceVersion": o["metadata"]["resourceVersion"]}),
+                inc,
+                first,
+                time::OffsetDateTime::now_utc(),
+            ),
             Rendering::Partial => table::partial(o),
             _ => o.clone(),
         }
@@ -494,9 +742,18 @@ fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option
             if initial_end {
                 md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            watch_frame("BOOKMARK", &json!({"kind": bookmark_kind.0, "apiVersion": bookmark_kind.1, "metadata": md}))
+            watch_frame(
+                "BOOKMARK",
+                &json!({"kind": bookmark_kind.0, "apiVersion": bookmark_kind.1, "metadata": md}),
+            )
         };
-        if send_initial == Some(true) && bookmarks && tx.send(Ok(Frame::data(bookmark(start_rv, true)))).await.is_err() {
+        if send_initial == Some(true)
+            && bookmarks
+            && tx
+                .send(Ok(Frame::data(bookmark(start_rv, true))))
+                .await
+                .is_err()
+        {
             return;
         }
         let mut tick = tokio::time::interval(interval);
@@ -532,7 +789,11 @@ fn watch(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, name: Option
             }
         }
     });
-    let stream = futures::stream::unfold(rx_body, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream =
+        futures::stream::unfold(
+            rx_body,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        );
     let body: ResBody = BodyExt::boxed(StreamBody::new(stream));
     let ct = match rendering {
         Rendering::Table => "application/json;as=Table;v=v1;g=meta.k8s.io",
@@ -552,10 +813,15 @@ fn namespace_ok(app: &App, ri: &ResourceInfo, ns: &str) -> Result<(), Status> {
     }
     match app.store.get("/namespaces", "", ns) {
         None => Err(ns_not_found(ns)),
-        Some(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => Err(Status::new(
-            Reason::Forbidden,
-            format!("{} is forbidden: unable to create new content in namespace {ns} because it is being terminated", ri.qualified()),
-        )),
+        Some(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
+            Err(Status::new(
+                Reason::Forbidden,
+                format!(
+                    "{} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    ri.qualified()
+                ),
+            ))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -566,12 +832,21 @@ fn check_identity(ri: &ResourceInfo, ns: &str, obj: &mut Value) -> Result<(), St
     match obj.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => obj["apiVersion"] = json!(av),
         Some(a) if a == av => {}
-        Some(a) => return Err(bad(format!("the API version in the data ({a}) does not match the expected API version ({av})"))),
+        Some(a) => {
+            return Err(bad(format!(
+                "the API version in the data ({a}) does not match the expected API version ({av})"
+            )));
+        }
     }
     match obj.get("kind").and_then(Value::as_str) {
         None | Some("") => obj["kind"] = json!(ri.kind),
         Some(k) if k == ri.kind => {}
-        Some(k) => return Err(bad(format!("the kind in the data ({k}) does not match the expected kind ({})", ri.kind))),
+        Some(k) => {
+            return Err(bad(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                ri.kind
+            )));
+        }
     }
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
@@ -580,7 +855,11 @@ fn check_identity(ri: &ResourceInfo, ns: &str, obj: &mut Value) -> Result<(), St
         match obj["metadata"].get("namespace").and_then(Value::as_str) {
             None | Some("") => obj["metadata"]["namespace"] = json!(ns),
             Some(n) if n == ns => {}
-            Some(_) => return Err(bad("the namespace of the provided object does not match the namespace sent on the request")),
+            Some(_) => {
+                return Err(bad(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
         }
     } else if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("namespace");
@@ -590,23 +869,40 @@ fn check_identity(ri: &ResourceInfo, ns: &str, obj: &mut Value) -> Result<(), St
 
 /// Types whose registry strategy maintains metadata.generation.
 fn has_generation(ri: &ResourceInfo) -> bool {
-    ri.custom || ri.resource == "customresourcedefinitions" || (ri.group == "apps" && ri.resource == "deployments")
+    ri.custom
+        || ri.resource == "customresourcedefinitions"
+        || (ri.group == "apps" && ri.resource == "deployments")
 }
 
-fn prepare_create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, mut obj: Value, manager: &str, operation: &str) -> Result<Value, Status> {
+fn prepare_create(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    mut obj: Value,
+    manager: &str,
+    operation: &str,
+) -> Result<Value, Status> {
     check_identity(ri, ns, &mut obj)?;
     let mut name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    if name.is_empty() {
-        if let Some(g) = obj["metadata"]["generateName"].as_str().filter(|g| !g.is_empty()) {
-            name = format!("{g}{}", objects::name_suffix());
-            obj["metadata"]["name"] = json!(name);
-        }
+    if name.is_empty()
+        && let Some(g) = obj["metadata"]["generateName"]
+            .as_str()
+            .filter(|g| !g.is_empty())
+    {
+        name = format!("{g}{}", objects::name_suffix());
+        obj["metadata"]["name"] = json!(name);
     }
     objects::validate_name(ri, &name)?;
     namespace_ok(app, ri, ns)?;
     let md = &mut obj["metadata"];
     if let Some(m) = md.as_object_mut() {
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             m.remove(k);
         }
     }
@@ -617,17 +913,23 @@ fn prepare_create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, mut obj: Va
     } else if let Some(m) = md.as_object_mut() {
         m.remove("generation");
     }
-    if ri.custom && obj.get("status").is_some() && ri.has_subresource("status") {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if ri.custom
+        && obj.get("status").is_some()
+        && ri.has_subresource("status")
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     if ri.resource == "customresourcedefinitions" {
-        super::registry::from_crd(&obj).map_err(|e| objects::invalid(ri, &name, "spec", "", &e.to_string()))?;
+        super::registry::from_crd(&obj)
+            .map_err(|e| objects::invalid(ri, &name, "spec", "", &e.to_string()))?;
         objects::crd_status(&mut obj);
     }
     objects::apply_defaults(ri, &mut obj, &app.ips);
-    if obj["metadata"].get("managedFields").is_some_and(|m| !m.is_array()) {
+    if obj["metadata"]
+        .get("managedFields")
+        .is_some_and(|m| !m.is_array())
+    {
         return Err(bad("metadata.managedFields must be a list"));
     }
     if let Some(m) = obj["metadata"].as_object_mut() {
@@ -638,7 +940,13 @@ fn prepare_create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, mut obj: Va
     Ok(obj)
 }
 
-fn create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, obj: Value) -> Result<Response<ResBody>, Status> {
+fn create(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    obj: Value,
+) -> Result<Response<ResBody>, Status> {
     let dry = dry_run(ctx, None)?;
     let manager = field_manager(ctx, "unknown");
     let obj = prepare_create(app, ctx, ri, ns, obj, &manager, "Update")?;
@@ -649,7 +957,10 @@ fn create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, obj: Value) -> Resu
         }
         obj
     } else {
-        let stored = app.store.create(&ri.group_resource(), ns, &name, obj).map_err(|e| store_err(ri, &name, e))?;
+        let stored = app
+            .store
+            .create(&ri.group_resource(), ns, &name, obj)
+            .map_err(|e| store_err(ri, &name, e))?;
         after_create(app, ri, &stored);
         stored
     };
@@ -657,10 +968,11 @@ fn create(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, obj: Value) -> Resu
 }
 
 fn after_create(app: &App, ri: &ResourceInfo, obj: &Value) {
-    if ri.resource == "customresourcedefinitions" && ri.group == "apiextensions.k8s.io" {
-        if let Err(e) = app.registry.register_crd(obj) {
-            tracing::warn!(error = %e, "CRD stored but not servable");
-        }
+    if ri.resource == "customresourcedefinitions"
+        && ri.group == "apiextensions.k8s.io"
+        && let Err(e) = app.registry.register_crd(obj)
+    {
+        tracing::warn!(error = %e, "CRD stored but not servable");
     }
 }
 
@@ -690,7 +1002,12 @@ fn merge_update(ri: &ResourceInfo, cur: &Value, mut new: Value, sub: Option<&str
             }
         }
     }
-    for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+    ] {
         match cur["metadata"].get(k) {
             Some(v) => new["metadata"][k] = v.clone(),
             None => {
@@ -700,7 +1017,10 @@ fn merge_update(ri: &ResourceInfo, cur: &Value, mut new: Value, sub: Option<&str
             }
         }
     }
-    if has_generation(ri) && (new.get("spec") != cur.get("spec") || (ri.custom && !ri.has_subresource("status") && new != *cur)) {
+    if has_generation(ri)
+        && (new.get("spec") != cur.get("spec")
+            || (ri.custom && !ri.has_subresource("status") && new != *cur))
+    {
         let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
         new["metadata"]["generation"] = json!(g + 1);
     }
@@ -708,13 +1028,26 @@ fn merge_update(ri: &ResourceInfo, cur: &Value, mut new: Value, sub: Option<&str
 }
 
 #[allow(clippy::too_many_arguments)]
-fn update(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, mut obj: Value, sub: Option<&str>, operation: &str) -> Result<Response<ResBody>, Status> {
+fn update(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    mut obj: Value,
+    sub: Option<&str>,
+    operation: &str,
+) -> Result<Response<ResBody>, Status> {
     let dry = dry_run(ctx, None)?;
     check_identity(ri, ns, &mut obj)?;
     match obj["metadata"]["name"].as_str() {
         Some(n) if n == name => {}
         None | Some("") => obj["metadata"]["name"] = json!(name),
-        Some(n) => return Err(bad(format!("the name of the object ({n}) does not match the name on the URL ({name})"))),
+        Some(n) => {
+            return Err(bad(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
     }
     let manager = field_manager(ctx, "unknown");
     let (out, code) = store_update(app, ri, ns, name, obj, sub, &manager, operation, dry)?;
@@ -722,10 +1055,25 @@ fn update(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, mut obj
 }
 
 #[allow(clippy::too_many_arguments)]
-fn store_update(app: &App, ri: &ResourceInfo, ns: &str, name: &str, obj: Value, sub: Option<&str>, manager: &str, operation: &str, dry: bool) -> Result<(Value, StatusCode), Status> {
+fn store_update(
+    app: &App,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    obj: Value,
+    sub: Option<&str>,
+    manager: &str,
+    operation: &str,
+    dry: bool,
+) -> Result<(Value, StatusCode), Status> {
     let gr = ri.group_resource();
-    let cur = app.store.get(&gr, ns, name).ok_or_else(|| not_found(ri, name))?;
-    let expected = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let cur = app
+        .store
+        .get(&gr, ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
+    let expected = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     let mut new = merge_update(ri, &cur, obj, sub);
     if ri.resource == "secrets" && !ri.custom {
         objects::fold_string_data(&mut new);
@@ -734,40 +1082,43 @@ fn store_update(app: &App, ri: &ResourceInfo, ns: &str, name: &str, obj: Value, 
         objects::deployment_status(&mut new);
     }
     if ri.resource == "customresourcedefinitions" {
-        super::registry::from_crd(&new).map_err(|e| objects::invalid(ri, name, "spec", "", &e.to_string()))?;
+        super::registry::from_crd(&new)
+            .map_err(|e| objects::invalid(ri, name, "spec", "", &e.to_string()))?;
     }
-    if let Some(m) = new["metadata"].as_object_mut() {
-        if !m.get("managedFields").is_some_and(Value::is_array) {
-            m.remove("managedFields");
-        }
+    if let Some(m) = new["metadata"].as_object_mut()
+        && !m.get("managedFields").is_some_and(Value::is_array)
+    {
+        m.remove("managedFields");
     }
     // Managed fields keep the stored history plus this writer.
-    if new["metadata"].get("managedFields").is_none() {
-        if let Some(mf) = cur["metadata"].get("managedFields") {
-            new["metadata"]["managedFields"] = mf.clone();
-        }
+    if new["metadata"].get("managedFields").is_none()
+        && let Some(mf) = cur["metadata"].get("managedFields")
+    {
+        new["metadata"]["managedFields"] = mf.clone();
     }
     if new != cur {
         objects::track_manager(&mut new, manager, operation, &ri.api_version(), sub);
     }
     if dry {
-        if let Some(e) = expected.filter(|e| !e.is_empty()) {
-            if cur["metadata"]["resourceVersion"].as_str() != Some(e.as_str()) {
-                return Err(conflict(ri, name));
-            }
+        if let Some(e) = expected.filter(|e| !e.is_empty())
+            && cur["metadata"]["resourceVersion"].as_str() != Some(e.as_str())
+        {
+            return Err(conflict(ri, name));
         }
         return Ok((new, StatusCode::OK));
     }
     // An update that changes nothing but managedFields' time is a no-op.
     let stored = if strip_time(&new) == strip_time(&cur) {
-        if let Some(e) = expected.filter(|e| !e.is_empty()) {
-            if cur["metadata"]["resourceVersion"].as_str() != Some(e.as_str()) {
-                return Err(conflict(ri, name));
-            }
+        if let Some(e) = expected.filter(|e| !e.is_empty())
+            && cur["metadata"]["resourceVersion"].as_str() != Some(e.as_str())
+        {
+            return Err(conflict(ri, name));
         }
         cur
     } else {
-        app.store.update(&gr, ns, name, new, expected.as_deref()).map_err(|e| store_err(ri, name, e))?
+        app.store
+            .update(&gr, ns, name, new, expected.as_deref())
+            .map_err(|e| store_err(ri, name, e))?
     };
     if ri.resource == "customresourcedefinitions" {
         after_create(app, ri, &stored);
@@ -790,7 +1141,13 @@ fn strip_time(v: &Value) -> Value {
     v
 }
 
-fn apply_patch(ctx: &Ctx, pt: PatchType, cur: &Value, body: &[u8], custom: bool) -> Result<Value, Status> {
+fn apply_patch(
+    ctx: &Ctx,
+    pt: PatchType,
+    cur: &Value,
+    body: &[u8],
+    custom: bool,
+) -> Result<Value, Status> {
     let _ = ctx;
     let to_status = |e: patch::PatchError| match e {
         patch::PatchError::Apply(m) => Status::new(Reason::Invalid, m),
@@ -799,7 +1156,8 @@ fn apply_patch(ctx: &Ctx, pt: PatchType, cur: &Value, body: &[u8], custom: bool)
     match pt {
         PatchType::Json => patch::json_patch(cur, body).map_err(to_status),
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(body).map_err(|e| bad(format!("error decoding patch: {e}")))?;
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| bad(format!("error decoding patch: {e}")))?;
             Ok(patch::merge_patch(cur, &p))
         }
         PatchType::Strategic => {
@@ -809,17 +1167,30 @@ fn apply_patch(ctx: &Ctx, pt: PatchType, cur: &Value, body: &[u8], custom: bool)
                     "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
                 ));
             }
-            let p: Value = serde_json::from_slice(body).map_err(|e| bad(format!("error decoding patch: {e}")))?;
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| bad(format!("error decoding patch: {e}")))?;
             patch::strategic_merge(cur, &p).map_err(to_status)
         }
         PatchType::Apply => Err(bad("apply patches are handled separately")),
     }
 }
 
-fn patch_obj(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, sub: Option<&str>, body: &[u8]) -> Result<Response<ResBody>, Status> {
+fn patch_obj(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    sub: Option<&str>,
+    body: &[u8],
+) -> Result<Response<ResBody>, Status> {
     let dry = dry_run(ctx, None)?;
-    let pt = PatchType::from_content_type(&ctx.content_type)
-        .ok_or_else(|| Status::new(Reason::UnsupportedMediaType, patch::PatchError::UnknownType.to_string()))?;
+    let pt = PatchType::from_content_type(&ctx.content_type).ok_or_else(|| {
+        Status::new(
+            Reason::UnsupportedMediaType,
+            patch::PatchError::UnknownType.to_string(),
+        )
+    })?;
     if body.is_empty() {
         return Err(bad("the body of the request was empty"));
     }
@@ -828,14 +1199,23 @@ fn patch_obj(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, sub:
     if pt == PatchType::Apply {
         let manager = match ctx.query.get("fieldManager") {
             Some(m) if !m.is_empty() => m.to_string(),
-            _ => return Err(Status::new(Reason::BadRequest, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")),
+            _ => {
+                return Err(Status::new(
+                    Reason::BadRequest,
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
         };
         let mut applied = decode_body(ctx, body)?;
         check_identity(ri, ns, &mut applied)?;
         match applied["metadata"]["name"].as_str() {
             Some(n) if n == name => {}
             None | Some("") => applied["metadata"]["name"] = json!(name),
-            Some(n) => return Err(bad(format!("the name of the object ({n}) does not match the name on the URL ({name})"))),
+            Some(n) => {
+                return Err(bad(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
         }
         return match cur {
             None => {
@@ -843,15 +1223,20 @@ fn patch_obj(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, sub:
                 let stored = if dry {
                     obj
                 } else {
-                    let s = app.store.create(&gr, ns, name, obj).map_err(|e| store_err(ri, name, e))?;
+                    let s = app
+                        .store
+                        .create(&gr, ns, name, obj)
+                        .map_err(|e| store_err(ri, name, e))?;
                     after_create(app, ri, &s);
                     s
                 };
                 render_one(ri, ctx, &stored, StatusCode::CREATED)
             }
             Some(cur) => {
-                let merged = patch::apply_merge(&cur, &applied, ri.custom).map_err(|e| bad(e.to_string()))?;
-                let (out, code) = store_update(app, ri, ns, name, merged, sub, &manager, "Apply", dry)?;
+                let merged = patch::apply_merge(&cur, &applied, ri.custom)
+                    .map_err(|e| bad(e.to_string()))?;
+                let (out, code) =
+                    store_update(app, ri, ns, name, merged, sub, &manager, "Apply", dry)?;
                 render_one(ri, ctx, &out, code)
             }
         };
@@ -859,11 +1244,13 @@ fn patch_obj(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, sub:
     let cur = cur.ok_or_else(|| not_found(ri, name))?;
     let mut patched = apply_patch(ctx, pt, &cur, body, ri.custom)?;
     // A resourceVersion in the patch is a precondition; otherwise last write wins.
-    let precondition = patched["metadata"]["resourceVersion"].as_str().map(str::to_string);
-    if precondition.as_deref() == cur["metadata"]["resourceVersion"].as_str() {
-        if let Some(m) = patched["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
+    let precondition = patched["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
+    if precondition.as_deref() == cur["metadata"]["resourceVersion"].as_str()
+        && let Some(m) = patched["metadata"].as_object_mut()
+    {
+        m.remove("resourceVersion");
     }
     if !patched.is_object() {
         return Err(bad("patched object is not a JSON object"));
@@ -874,7 +1261,13 @@ fn patch_obj(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, sub:
         }
     }
     if patched["metadata"]["name"].as_str() != Some(name) {
-        return Err(objects::invalid(ri, name, "metadata.name", patched["metadata"]["name"].as_str().unwrap_or(""), "field is immutable"));
+        return Err(objects::invalid(
+            ri,
+            name,
+            "metadata.name",
+            patched["metadata"]["name"].as_str().unwrap_or(""),
+            "field is immutable",
+        ));
     }
     let manager = field_manager(ctx, "unknown");
     let (out, code) = store_update(app, ri, ns, name, patched, sub, &manager, "Update", dry)?;
@@ -885,33 +1278,64 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<Option<Value>, Status> {
     if body.is_empty() {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("error decoding DeleteOptions: {e}")))?;
-    if let Some(p) = ctx.query.get("propagationPolicy").or(v.get("propagationPolicy").and_then(Value::as_str)) {
-        if !matches!(p, "Orphan" | "Background" | "Foreground") {
-            return Err(bad(format!("propagationPolicy: Unsupported value: \"{p}\"")));
-        }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("error decoding DeleteOptions: {e}")))?;
+    if let Some(p) = ctx
+        .query
+        .get("propagationPolicy")
+        .or(v.get("propagationPolicy").and_then(Value::as_str))
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
+    {
+        return Err(bad(format!(
+            "propagationPolicy: Unsupported value: \"{p}\""
+        )));
     }
     Ok(Some(v))
 }
 
-fn delete(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, body: &[u8]) -> Result<Response<ResBody>, Status> {
+fn delete(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response<ResBody>, Status> {
     let opts = delete_options(ctx, body)?;
     let dry = dry_run(ctx, opts.as_ref())?;
-    if let Some(p) = ctx.query.get("propagationPolicy") {
-        if !matches!(p, "Orphan" | "Background" | "Foreground") {
-            return Err(bad(format!("propagationPolicy: Unsupported value: \"{p}\"")));
-        }
+    if let Some(p) = ctx.query.get("propagationPolicy")
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
+    {
+        return Err(bad(format!(
+            "propagationPolicy: Unsupported value: \"{p}\""
+        )));
     }
     let gr = ri.group_resource();
-    let cur = app.store.get(&gr, ns, name).ok_or_else(|| not_found(ri, name))?;
-    if ri.resource == "namespaces" && ri.group.is_empty() && matches!(name, "default" | "kube-system" | "kube-public") {
-        return Err(Status::new(Reason::Forbidden, format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")).with_details("namespaces", "", name));
+    let cur = app
+        .store
+        .get(&gr, ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
+    if ri.resource == "namespaces"
+        && ri.group.is_empty()
+        && matches!(name, "default" | "kube-system" | "kube-public")
+    {
+        return Err(Status::new(
+            Reason::Forbidden,
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        )
+        .with_details("namespaces", "", name));
     }
-    let pre_uid = opts.as_ref().and_then(|o| o.pointer("/preconditions/uid")).and_then(Value::as_str);
+    let pre_uid = opts
+        .as_ref()
+        .and_then(|o| o.pointer("/preconditions/uid"))
+        .and_then(Value::as_str);
     if pre_uid.is_some_and(|u| Some(u) != cur["metadata"]["uid"].as_str()) {
         return Err(conflict(ri, name));
     }
-    let pre_rv = opts.as_ref().and_then(|o| o.pointer("/preconditions/resourceVersion")).and_then(Value::as_str);
+    let pre_rv = opts
+        .as_ref()
+        .and_then(|o| o.pointer("/preconditions/resourceVersion"))
+        .and_then(Value::as_str);
     let mut gone = if dry {
         if pre_rv.is_some_and(|r| Some(r) != cur["metadata"]["resourceVersion"].as_str()) {
             return Err(conflict(ri, name));
@@ -919,9 +1343,13 @@ fn delete(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, body: &
         cur.clone()
     } else {
         cascade(app, ri, name);
-        app.store.delete(&gr, ns, name, pre_rv).map_err(|e| store_err(ri, name, e))?
+        app.store
+            .delete(&gr, ns, name, pre_rv)
+            .map_err(|e| store_err(ri, name, e))?
     };
-    let returns_object = ri.custom || (ri.group.is_empty() && matches!(ri.resource.as_str(), "pods" | "namespaces")) || ri.resource == "customresourcedefinitions";
+    let returns_object = ri.custom
+        || (ri.group.is_empty() && matches!(ri.resource.as_str(), "pods" | "namespaces"))
+        || ri.resource == "customresourcedefinitions";
     if returns_object {
         gone["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
         if ri.resource == "namespaces" {
@@ -934,10 +1362,10 @@ fn delete(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, body: &
     } else {
         let mut s = mcp_warden_shared::status::success(None);
         s["details"] = json!({"name": name, "group": ri.group, "kind": ri.resource, "uid": cur["metadata"]["uid"]});
-        if ri.group.is_empty() {
-            if let Some(d) = s["details"].as_object_mut() {
-                d.remove("group");
-            }
+        if ri.group.is_empty()
+            && let Some(d) = s["details"].as_object_mut()
+        {
+            d.remove("group");
         }
         Ok(web::json(StatusCode::OK, &s, "application/json", ctx.gzip))
     }
@@ -947,7 +1375,14 @@ fn delete(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, body: &
 fn cascade(app: &App, ri: &ResourceInfo, name: &str) {
     if ri.resource == "namespaces" && ri.group.is_empty() {
         for t in app.registry.all().into_iter().filter(|t| t.namespaced) {
-            if let Ok(page) = app.store.list(&t.group_resource(), Some(name), &|_| true, None, None, false) {
+            if let Ok(page) = app.store.list(
+                &t.group_resource(),
+                Some(name),
+                &|_| true,
+                None,
+                None,
+                false,
+            ) {
                 for o in page.items {
                     let n = o["metadata"]["name"].as_str().unwrap_or("");
                     let _ = app.store.delete(&t.group_resource(), name, n, None);
@@ -955,36 +1390,51 @@ fn cascade(app: &App, ri: &ResourceInfo, name: &str) {
             }
         }
     }
-    if ri.resource == "customresourcedefinitions" {
-        if let Some(crd) = app.store.get(&ri.group_resource(), "", name) {
-            if let Ok(types) = super::registry::from_crd(&crd) {
-                if let Some(t) = types.first() {
-                    if let Ok(page) = app.store.list(&t.group_resource(), None, &|_| true, None, None, false) {
-                        for o in page.items {
-                            let n = o["metadata"]["name"].as_str().unwrap_or("");
-                            let ons = o["metadata"]["namespace"].as_str().unwrap_or("");
-                            let _ = app.store.delete(&t.group_resource(), ons, n, None);
-                        }
-                    }
-                }
+    if ri.resource == "customresourcedefinitions"
+        && let Some(crd) = app.store.get(&ri.group_resource(), "", name)
+    {
+        if let Ok(types) = super::registry::from_crd(&crd)
+            && let Some(t) = types.first()
+            && let Ok(page) =
+                app.store
+                    .list(&t.group_resource(), None, &|_| true, None, None, false)
+        {
+            for o in page.items {
+                let n = o["metadata"]["name"].as_str().unwrap_or("");
+                let ons = o["metadata"]["namespace"].as_str().unwrap_or("");
+                let _ = app.store.delete(&t.group_resource(), ons, n, None);
             }
-            app.registry.unregister_crd(&crd);
         }
+        app.registry.unregister_crd(&crd);
     }
 }
 
-fn delete_collection(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, body: &[u8]) -> Result<Response<ResBody>, Status> {
+fn delete_collection(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: Option<&str>,
+    body: &[u8],
+) -> Result<Response<ResBody>, Status> {
     let opts = delete_options(ctx, body)?;
     let dry = dry_run(ctx, opts.as_ref())?;
     let (ls, fs) = selectors(ctx, ri)?;
     let filter = |o: &Value| ls.matches(o) && fs.matches(o);
     let gr = ri.group_resource();
-    let page = app.store.list(&gr, ns, &filter, None, None, false).map_err(|e| store_err(ri, "", e))?;
+    let page = app
+        .store
+        .list(&gr, ns, &filter, None, None, false)
+        .map_err(|e| store_err(ri, "", e))?;
     let mut items = Vec::new();
     for o in page.items {
         let n = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let ons = o["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-        if ri.resource == "namespaces" && matches!(n.as_str(), "default" | "kube-system" | "kube-public") {
+        let ons = o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if ri.resource == "namespaces"
+            && matches!(n.as_str(), "default" | "kube-system" | "kube-public")
+        {
             continue;
         }
         if dry {
@@ -1001,11 +1451,19 @@ fn delete_collection(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: Option<&str>, 
 }
 
 fn scale_of(app: &App, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Value, Status> {
-    let cur = app.store.get(&ri.group_resource(), ns, name).ok_or_else(|| not_found(ri, name))?;
+    let cur = app
+        .store
+        .get(&ri.group_resource(), ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
     let sel = cur
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     Ok(json!({
         "kind": "Scale",
@@ -1016,22 +1474,44 @@ fn scale_of(app: &App, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Value,
     }))
 }
 
-fn scale_get(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Response<ResBody>, Status> {
+fn scale_get(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<Response<ResBody>, Status> {
     let s = scale_of(app, ri, ns, name)?;
     Ok(web::json(StatusCode::OK, &s, "application/json", ctx.gzip))
 }
 
-fn scale_set(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, replicas: Option<Value>) -> Result<Response<ResBody>, Status> {
+fn scale_set(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    replicas: Option<Value>,
+) -> Result<Response<ResBody>, Status> {
     let dry = dry_run(ctx, None)?;
     let replicas = replicas.and_then(|r| r.as_i64()).filter(|r| *r >= 0).ok_or_else(|| {
         Status::new(Reason::Invalid, format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: must be a non-negative integer"))
     })?;
-    let cur = app.store.get(&ri.group_resource(), ns, name).ok_or_else(|| not_found(ri, name))?;
+    let cur = app
+        .store
+        .get(&ri.group_resource(), ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
     let mut new = cur.clone();
     new["spec"]["replicas"] = json!(replicas);
     let manager = field_manager(ctx, "unknown");
     store_update(app, ri, ns, name, new, None, &manager, "Update", dry)?;
-    let s = if dry { let mut s = scale_of(app, ri, ns, name)?; s["spec"]["replicas"] = json!(replicas); s } else { scale_of(app, ri, ns, name)? };
+    let s = if dry {
+        let mut s = scale_of(app, ri, ns, name)?;
+        s["spec"]["replicas"] = json!(replicas);
+        s
+    } else {
+        scale_of(app, ri, ns, name)?
+    };
     Ok(web::json(StatusCode::OK, &s, "application/json", ctx.gzip))
 }
 
@@ -1039,12 +1519,34 @@ fn b64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn token_request(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, body: &[u8]) -> Result<Response<ResBody>, Status> {
-    let req = if body.is_empty() { json!({}) } else { decode_body(ctx, body)? };
-    let sa = app.store.get(&ri.group_resource(), ns, name).ok_or_else(|| not_found(ri, name))?;
-    let exp_secs = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+fn token_request(
+    app: &App,
+    ctx: &Ctx,
+    ri: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response<ResBody>, Status> {
+    let req = if body.is_empty() {
+        json!({})
+    } else {
+        decode_body(ctx, body)?
+    };
+    let sa = app
+        .store
+        .get(&ri.group_resource(), ns, name)
+        .ok_or_else(|| not_found(ri, name))?;
+    let exp_secs = req
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
     if exp_secs < 600 {
-        return Err(Status::new(Reason::Invalid, format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {exp_secs}: may not specify a duration less than 10 minutes")));
+        return Err(Status::new(
+            Reason::Invalid,
+            format!(
+                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {exp_secs}: may not specify a duration less than 10 minutes"
+            ),
+        ));
     }
     let audiences: Vec<Value> = match req.pointer("/spec/audiences").and_then(Value::as_array) {
         Some(a) if !a.is_empty() => a.clone(),
@@ -1074,17 +1576,29 @@ fn token_request(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, 
     let header = json!({"alg": "RS256", "kid": "kube-apisim"});
     let mut sig = [0u8; 256];
     rand::rng().fill_bytes(&mut sig);
-    let token = format!("{}.{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()), b64url(&sig));
+    let token = format!(
+        "{}.{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes()),
+        b64url(&sig)
+    );
     let exp_ts = time::OffsetDateTime::from_unix_timestamp(exp)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     app.auth.remember(
         token.clone(),
         User {
             username: format!("system:serviceaccount:{ns}:{name}"),
             uid: sa_uid.as_str().unwrap_or("").to_string(),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
         },
         exp,
     );
@@ -1098,7 +1612,12 @@ fn token_request(app: &App, ctx: &Ctx, ri: &ResourceInfo, ns: &str, name: &str, 
         "spec": spec,
         "status": {"token": token, "expirationTimestamp": exp_ts},
     });
-    Ok(web::json(StatusCode::CREATED, &out, "application/json", false))
+    Ok(web::json(
+        StatusCode::CREATED,
+        &out,
+        "application/json",
+        false,
+    ))
 }
 
 fn user_info(u: &User) -> Value {
@@ -1107,7 +1626,10 @@ fn user_info(u: &User) -> Value {
 
 fn self_subject_review(ctx: &Ctx, method: &Method) -> Result<Response<ResBody>, Status> {
     if method != Method::POST {
-        return Err(Status::new(Reason::MethodNotAllowed, "the server does not allow this method on the requested resource"));
+        return Err(Status::new(
+            Reason::MethodNotAllowed,
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let v = json!({
         "kind": "SelfSubjectReview",
@@ -1115,31 +1637,66 @@ fn self_subject_review(ctx: &Ctx, method: &Method) -> Result<Response<ResBody>, 
         "metadata": {"creationTimestamp": objects::now_rfc3339()},
         "status": {"userInfo": user_info(&ctx.user)},
     });
-    Ok(web::json(StatusCode::CREATED, &v, "application/json", false))
+    Ok(web::json(
+        StatusCode::CREATED,
+        &v,
+        "application/json",
+        false,
+    ))
 }
 
 fn access_review(ctx: &Ctx, method: &Method, body: &[u8]) -> Result<Response<ResBody>, Status> {
     if method != Method::POST {
-        return Err(Status::new(Reason::MethodNotAllowed, "the server does not allow this method on the requested resource"));
+        return Err(Status::new(
+            Reason::MethodNotAllowed,
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let mut v = decode_body(ctx, body)?;
     // kube-apisim authorizes every authenticated user for everything.
     v["status"] = json!({"allowed": true, "reason": "kube-apisim allows every authenticated user"});
     v["metadata"]["creationTimestamp"] = json!(objects::now_rfc3339());
-    Ok(web::json(StatusCode::CREATED, &v, "application/json", false))
+    Ok(web::json(
+        StatusCode::CREATED,
+        &v,
+        "application/json",
+        false,
+    ))
 }
 
-fn token_review(app: &App, ctx: &Ctx, method: &Method, body: &[u8]) -> Result<Response<ResBody>, Status> {
+fn token_review(
+    app: &App,
+    ctx: &Ctx,
+    method: &Method,
+    body: &[u8],
+) -> Result<Response<ResBody>, Status> {
     if method != Method::POST {
-        return Err(Status::new(Reason::MethodNotAllowed, "the server does not allow this method on the requested resource"));
+        return Err(Status::new(
+            Reason::MethodNotAllowed,
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let mut v = decode_body(ctx, body)?;
-    let token = v.pointer("/spec/token").and_then(Value::as_str).unwrap_or("").to_string();
-    v["status"] = match app.auth.authenticate(Some(&format!("Bearer {token}")), now_unix()) {
-        Some(u) => json!({"authenticated": true, "user": user_info(&u), "audiences": v.pointer("/spec/audiences").cloned().unwrap_or(json!([]))}),
+    let token = v
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    v["status"] = match app
+        .auth
+        .authenticate(Some(&format!("Bearer {token}")), now_unix())
+    {
+        Some(u) => {
+            json!({"authenticated": true, "user": user_info(&u), "audiences": v.pointer("/spec/audiences").cloned().unwrap_or(json!([]))})
+        }
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
-    Ok(web::json(StatusCode::CREATED, &v, "application/json", false))
+    Ok(web::json(
+        StatusCode::CREATED,
+        &v,
+        "application/json",
+        false,
+    ))
 }
 
 /// Loads seed objects (and the always-present namespaces) into the store.
@@ -1172,9 +1729,17 @@ pub fn load_objects(app: &App, objs: Vec<Value>) -> Result<(), Status> {
             .all()
             .into_iter()
             .find(|r| r.group == group && r.version == version && r.kind == kind)
-            .ok_or_else(|| bad(format!("seed: no resource for apiVersion {av:?} kind {kind:?}")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "seed: no resource for apiVersion {av:?} kind {kind:?}"
+                ))
+            })?;
         let ns = if ri.namespaced {
-            o["metadata"]["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("default").to_string()
+            o["metadata"]["namespace"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         };
@@ -1184,7 +1749,10 @@ pub fn load_objects(app: &App, objs: Vec<Value>) -> Result<(), Status> {
         }
         let obj = prepare_create(app, &ctx, &ri, &ns, o, "kube-apisim-seed", "Update")?;
         // Seeded status (e.g. a Widget's) is kept as given.
-        let stored = app.store.create(&ri.group_resource(), &ns, &name, obj).map_err(|e| store_err(&ri, &name, e))?;
+        let stored = app
+            .store
+            .create(&ri.group_resource(), &ns, &name, obj)
+            .map_err(|e| store_err(&ri, &name, e))?;
         after_create(app, &ri, &stored);
     }
     Ok(())

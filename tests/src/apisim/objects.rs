@@ -38,7 +38,8 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -70,14 +71,32 @@ pub fn invalid(ri: &ResourceInfo, name: &str, field: &str, value: &str, msg: &st
 /// Checks `metadata.name` (after generateName) against the type's rules.
 pub fn validate_name(ri: &ResourceInfo, name: &str) -> Result<(), Status> {
     if name.is_empty() {
-        return Err(invalid(ri, name, "metadata.name", "", "Required value: name or generateName is required"));
+        return Err(invalid(
+            ri,
+            name,
+            "metadata.name",
+            "",
+            "Required value: name or generateName is required",
+        ));
     }
     if label_names_only(ri) {
         if !is_dns1123_label(name) {
-            return Err(invalid(ri, name, "metadata.name", name, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"));
+            return Err(invalid(
+                ri,
+                name,
+                "metadata.name",
+                name,
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+            ));
         }
     } else if !is_dns1123_subdomain(name) {
-        return Err(invalid(ri, name, "metadata.name", name, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+        return Err(invalid(
+            ri,
+            name,
+            "metadata.name",
+            name,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        ));
     }
     Ok(())
 }
@@ -92,7 +111,13 @@ pub fn name_suffix() -> String {
 }
 
 /// A managedFields entry for `manager` covering the fields of `obj`.
-pub fn managed_entry(manager: &str, operation: &str, api_version: &str, obj: &Value, subresource: Option<&str>) -> Value {
+pub fn managed_entry(
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    obj: &Value,
+    subresource: Option<&str>,
+) -> Value {
     fn fields(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -142,7 +167,13 @@ pub fn managed_entry(manager: &str, operation: &str, api_version: &str, obj: &Va
 
 /// Records `manager` in managedFields, replacing its previous entry for the
 /// same operation.
-pub fn track_manager(obj: &mut Value, manager: &str, operation: &str, api_version: &str, subresource: Option<&str>) {
+pub fn track_manager(
+    obj: &mut Value,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+) {
     let entry = managed_entry(manager, operation, api_version, obj, subresource);
     let list = obj["metadata"]
         .as_object_mut()
@@ -208,7 +239,10 @@ pub fn apply_defaults(ri: &ResourceInfo, obj: &mut Value, ips: &Ips) {
             if obj["spec"]["strategy"].is_null() {
                 obj["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
             }
-            for (k, v) in [("revisionHistoryLimit", 10), ("progressDeadlineSeconds", 600)] {
+            for (k, v) in [
+                ("revisionHistoryLimit", 10),
+                ("progressDeadlineSeconds", 600),
+            ] {
                 if obj["spec"][k].is_null() {
                     obj["spec"][k] = json!(v);
                 }
@@ -249,7 +283,12 @@ pub fn deployment_status(obj: &mut Value) {
         ],
     });
     if replicas == 0 {
-        for k in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"] {
+        for k in [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+        ] {
             if let Some(m) = obj["status"].as_object_mut() {
                 m.remove(k);
             }
@@ -281,7 +320,8 @@ fn pod_defaults(obj: &mut Value, ips: &Ips) {
             for c in cs {
                 let image = c["image"].as_str().unwrap_or("").to_string();
                 if c["imagePullPolicy"].is_null() {
-                    let latest = image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':');
+                    let latest = image.ends_with(":latest")
+                        || !image.rsplit('/').next().unwrap_or("").contains(':');
                     c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
                 }
                 if c["terminationMessagePath"].is_null() {
@@ -347,6 +387,7 @@ pub fn crd_status(obj: &mut Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::apisim::registry::Registry;
@@ -359,7 +400,10 @@ mod tests {
         assert!(!is_dns1123_label("a.b"));
         let reg = Registry::default();
         let ns = reg.find("", "v1", "namespaces").unwrap();
-        assert_eq!(validate_name(&ns, "a.b").unwrap_err().reason, Reason::Invalid);
+        assert_eq!(
+            validate_name(&ns, "a.b").unwrap_err().reason,
+            Reason::Invalid
+        );
         assert_eq!(validate_name(&ns, "").unwrap_err().code(), 422);
     }
 
@@ -376,6 +420,9 @@ mod tests {
         apply_defaults(&reg.find("", "v1", "pods").unwrap(), &mut p, &ips);
         assert_eq!(p["status"]["phase"], "Running");
         assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
-        assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            p["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 }

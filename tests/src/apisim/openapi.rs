@@ -23,7 +23,10 @@ pub fn root(types: &[ResourceInfo], hash: &str) -> Value {
     let mut paths = Map::new();
     for t in types {
         let p = gv_path(&t.group, &t.version);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -35,9 +38,16 @@ fn param(name: &str) -> Value {
 /// The document of one group/version (`api/v1`, `apis/apps/v1`), None if unknown.
 pub fn group_version(types: &[ResourceInfo], path: &str, version_string: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for t in types.iter().filter(|t| gv_path(&t.group, &t.version) == path) {
+    for t in types
+        .iter()
+        .filter(|t| gv_path(&t.group, &t.version) == path)
+    {
         let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
-        let write_params = vec![param("dryRun"), param("fieldManager"), param("fieldValidation")];
+        let write_params = vec![
+            param("dryRun"),
+            param("fieldManager"),
+            param("fieldValidation"),
+        ];
         let op = |action: &str, params: Vec<Value>| {
             json!({
                 "operationId": format!("{action}{}", t.kind),
@@ -75,6 +85,7 @@ pub fn group_version(types: &[ResourceInfo], path: &str, version_string: &str) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::apisim::registry::builtins;
@@ -83,11 +94,22 @@ mod tests {
     fn patch_ops_declare_field_validation() {
         let types = builtins();
         let r = root(&types, "h");
-        assert!(r["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/apis/apps/v1"));
+        assert!(
+            r["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/apis/apps/v1")
+        );
         let d = group_version(&types, "api/v1", "v1.32.3").unwrap();
         let p = &d["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
         assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
-        assert!(p["parameters"].as_array().unwrap().iter().any(|x| x["name"] == "fieldValidation"));
+        assert!(
+            p["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == "fieldValidation")
+        );
         assert!(group_version(&types, "apis/nope/v1", "v").is_none());
     }
 }

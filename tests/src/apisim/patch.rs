@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 /// Errors applying a patch (400 BadRequest, or 422 where noted by callers).
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+    )]
     UnknownType,
     #[error("error decoding patch: {0}")]
     Decode(String),
@@ -29,12 +31,19 @@ pub enum PatchType {
 impl PatchType {
     /// Parses a Content-Type value (parameters ignored).
     pub fn from_content_type(ct: &str) -> Option<Self> {
-        let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let base = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match base.as_str() {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -42,7 +51,8 @@ impl PatchType {
 
 /// Applies an RFC 6902 patch.
 pub fn json_patch(target: &Value, body: &[u8]) -> Result<Value, PatchError> {
-    let p: json_patch::Patch = serde_json::from_slice(body).map_err(|e| PatchError::Decode(e.to_string()))?;
+    let p: json_patch::Patch =
+        serde_json::from_slice(body).map_err(|e| PatchError::Decode(e.to_string()))?;
     let mut out = target.clone();
     json_patch::patch(&mut out, &p).map_err(|e| PatchError::Apply(e.to_string()))?;
     Ok(out)
@@ -59,13 +69,24 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
 /// None means the list is replaced (atomic).
 fn merge_key(field: &str, items: &[&Value]) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "secrets" | "hostAliases" | "readinessGates" | "conditions"
-        | "containerStatuses" | "initContainerStatuses" => match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "secrets"
+        | "hostAliases"
+        | "readinessGates"
+        | "conditions"
+        | "containerStatuses"
+        | "initContainerStatuses" => match field {
             "hostAliases" => Some("ip"),
             "readinessGates" => Some("conditionType"),
             "conditions" => Some("type"),
-            "secrets" | "imagePullSecrets" | "containerStatuses" | "initContainerStatuses" => Some("name"),
+            "secrets" | "imagePullSecrets" | "containerStatuses" | "initContainerStatuses" => {
+                Some("name")
+            }
             _ => Some("name"),
         },
         "volumeMounts" => Some("mountPath"),
@@ -88,11 +109,16 @@ pub fn strategic_merge(target: &Value, patch: &Value) -> Result<Value, PatchErro
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => Ok(Value::Object(merge_map(t, p)?)),
         (_, Value::Object(p)) => Ok(Value::Object(merge_map(&Map::new(), p)?)),
-        _ => Err(PatchError::Decode("strategic merge patch must be a JSON object".into())),
+        _ => Err(PatchError::Decode(
+            "strategic merge patch must be a JSON object".into(),
+        )),
     }
 }
 
-fn merge_map(target: &Map<String, Value>, patch: &Map<String, Value>) -> Result<Map<String, Value>, PatchError> {
+fn merge_map(
+    target: &Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> Result<Map<String, Value>, PatchError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut p = patch.clone();
@@ -134,7 +160,9 @@ fn merge_map(target: &Map<String, Value>, patch: &Map<String, Value>) -> Result<
                     Some(Value::Array(a)) => a.clone(),
                     _ => Vec::new(),
                 };
-                let order = patch.get(&format!("$setElementOrder/{k}")).and_then(Value::as_array);
+                let order = patch
+                    .get(&format!("$setElementOrder/{k}"))
+                    .and_then(Value::as_array);
                 let merged = merge_list(k, &cur, pl, order)?;
                 out.insert(k.clone(), Value::Array(merged));
             }
@@ -151,15 +179,24 @@ fn strip_directives(mut m: Map<String, Value>) -> Map<String, Value> {
     m
 }
 
-fn merge_list(field: &str, cur: &[Value], patch: &[Value], order: Option<&Vec<Value>>) -> Result<Vec<Value>, PatchError> {
+fn merge_list(
+    field: &str,
+    cur: &[Value],
+    patch: &[Value],
+    order: Option<&Vec<Value>>,
+) -> Result<Vec<Value>, PatchError> {
     let refs: Vec<&Value> = cur.iter().chain(patch.iter()).collect();
     let all_maps = !patch.is_empty() && patch.iter().all(Value::is_object);
-    let key = if all_maps { merge_key(field, &refs) } else { None };
+    let key = if all_maps {
+        merge_key(field, &refs)
+    } else {
+        None
+    };
     // A list-level `{"$patch": "replace"}` item replaces the whole list.
-    if patch
-        .iter()
-        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace") && i.as_object().is_some_and(|m| m.len() == 1))
-    {
+    if patch.iter().any(|i| {
+        i.get("$patch").and_then(Value::as_str) == Some("replace")
+            && i.as_object().is_some_and(|m| m.len() == 1)
+    }) {
         return Ok(patch
             .iter()
             .filter(|i| i.get("$patch").is_none())
@@ -239,6 +276,7 @@ fn deep_merge_no_delete(target: &mut Value, patch: &Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -254,8 +292,14 @@ mod tests {
         ]}});
         let out = strategic_merge(&live, &patch).unwrap();
         assert_eq!(out["spec"]["containers"][0]["image"], "a:2");
-        assert_eq!(out["spec"]["containers"][0]["env"], json!([{"name": "Y", "value": "3"}]));
-        assert_eq!(out["spec"]["containers"][1], json!({"name": "b", "image": "b:1"}));
+        assert_eq!(
+            out["spec"]["containers"][0]["env"],
+            json!([{"name": "Y", "value": "3"}])
+        );
+        assert_eq!(
+            out["spec"]["containers"][1],
+            json!({"name": "b", "image": "b:1"})
+        );
     }
 
     #[test]
@@ -263,7 +307,10 @@ mod tests {
         let live = json!({"c": {"ports": [{"containerPort": 80, "name": "http"}], "volumeMounts": [{"mountPath": "/a", "name": "v"}], "args": ["x", "y"]}});
         let patch = json!({"c": {"ports": [{"containerPort": 80, "protocol": "TCP"}, {"containerPort": 443}], "volumeMounts": [{"mountPath": "/b", "name": "w"}], "args": ["z"]}});
         let out = strategic_merge(&live, &patch).unwrap();
-        assert_eq!(out["c"]["ports"], json!([{"containerPort": 80, "name": "http", "protocol": "TCP"}, {"containerPort": 443}]));
+        assert_eq!(
+            out["c"]["ports"],
+            json!([{"containerPort": 80, "name": "http", "protocol": "TCP"}, {"containerPort": 443}])
+        );
         assert_eq!(out["c"]["volumeMounts"].as_array().unwrap().len(), 2);
         assert_eq!(out["c"]["args"], json!(["z"]));
     }
@@ -279,7 +326,11 @@ mod tests {
         assert_eq!(out["metadata"]["labels"], json!({"b": "2", "c": "3"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["y"]));
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
-        let replaced = strategic_merge(&live, &json!({"metadata": {"labels": {"$patch": "replace", "z": "9"}}})).unwrap();
+        let replaced = strategic_merge(
+            &live,
+            &json!({"metadata": {"labels": {"$patch": "replace", "z": "9"}}}),
+        )
+        .unwrap();
         assert_eq!(replaced["metadata"]["labels"], json!({"z": "9"}));
     }
 
@@ -288,16 +339,26 @@ mod tests {
         let live = json!({"containers": [{"name": "a"}, {"name": "b"}]});
         let patch = json!({"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}], "containers": [{"name": "a", "image": "i"}]});
         let out = strategic_merge(&live, &patch).unwrap();
-        assert_eq!(out["containers"], json!([{"name": "b"}, {"name": "a", "image": "i"}]));
+        assert_eq!(
+            out["containers"],
+            json!([{"name": "b"}, {"name": "a", "image": "i"}])
+        );
     }
 
     #[test]
     fn json_and_merge_patch() {
         let live = json!({"a": {"b": 1}, "l": [1, 2]});
-        let out = json_patch(&live, br#"[{"op":"replace","path":"/a/b","value":2},{"op":"add","path":"/l/-","value":3}]"#).unwrap();
+        let out = json_patch(
+            &live,
+            br#"[{"op":"replace","path":"/a/b","value":2},{"op":"add","path":"/l/-","value":3}]"#,
+        )
+        .unwrap();
         assert_eq!(out, json!({"a": {"b": 2}, "l": [1, 2, 3]}));
         assert!(json_patch(&live, br#"[{"op":"remove","path":"/nope"}]"#).is_err());
         assert!(json_patch(&live, b"{not json").is_err());
-        assert_eq!(merge_patch(&live, &json!({"a": null, "c": 1})), json!({"l": [1, 2], "c": 1}));
+        assert_eq!(
+            merge_patch(&live, &json!({"a": null, "c": 1})),
+            json!({"l": [1, 2], "c": 1})
+        );
     }
 }

@@ -112,7 +112,10 @@ const TOKEN_REQUEST: &[Field] = &[
     Field(2, "spec", K::Msg(TOKEN_SPEC)),
     Field(3, "status", K::Skip),
 ];
-const SELF_SUBJECT_REVIEW: &[Field] = &[Field(1, "metadata", K::Msg(OBJECT_META)), Field(2, "status", K::Skip)];
+const SELF_SUBJECT_REVIEW: &[Field] = &[
+    Field(1, "metadata", K::Msg(OBJECT_META)),
+    Field(2, "status", K::Skip),
+];
 const RESOURCE_ATTRS: &[Field] = &[
     Field(1, "namespace", K::Str),
     Field(2, "verb", K::Str),
@@ -148,7 +151,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ProtoError> {
         let mut v: u64 = 0;
         for i in 0..10 {
-            let (&b, rest) = self.buf.split_first().ok_or(ProtoError::Malformed("truncated varint"))?;
+            let (&b, rest) = self
+                .buf
+                .split_first()
+                .ok_or(ProtoError::Malformed("truncated varint"))?;
             self.buf = rest;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
@@ -167,7 +173,8 @@ impl<'a> Reader<'a> {
         let raw = match wire {
             0 => Raw::Varint(self.varint()?),
             2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| ProtoError::Malformed("length"))?;
+                let len =
+                    usize::try_from(self.varint()?).map_err(|_| ProtoError::Malformed("length"))?;
                 if len > self.buf.len() {
                     return Err(ProtoError::Malformed("length beyond end of body"));
                 }
@@ -205,7 +212,9 @@ fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), ProtoError>
     while let Some((num, raw)) = r.next()? {
         match (num, raw) {
             (1, Raw::Bytes(b)) => k = string(b)?,
-            (2, Raw::Bytes(b)) if bytes_value => v = json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            (2, Raw::Bytes(b)) if bytes_value => {
+                v = json!(base64::engine::general_purpose::STANDARD.encode(b))
+            }
             (2, Raw::Bytes(b)) => v = json!(string(b)?),
             _ => {}
         }
@@ -226,7 +235,10 @@ fn time(b: &[u8]) -> Result<Value, ProtoError> {
     }
     Ok(time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .map(Value::String)
         .unwrap_or(Value::Null))
 }
@@ -291,7 +303,9 @@ fn message(b: &[u8], schema: &[Field]) -> Result<Value, ProtoError> {
 
 /// Decodes a `k8s\0`-prefixed protobuf body into the object's JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
-    let rest = body.strip_prefix(b"k8s\x00").ok_or(ProtoError::Malformed("missing k8s magic prefix"))?;
+    let rest = body
+        .strip_prefix(b"k8s\x00")
+        .ok_or(ProtoError::Malformed("missing k8s magic prefix"))?;
     let mut r = Reader { buf: rest };
     let (mut tm, mut raw) = (Value::Null, &[][..]);
     while let Some((num, f)) = r.next()? {
@@ -309,7 +323,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
-        ("authentication.k8s.io/v1" | "authentication.k8s.io/v1beta1", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
+        ("authentication.k8s.io/v1" | "authentication.k8s.io/v1beta1", "SelfSubjectReview") => {
+            SELF_SUBJECT_REVIEW
+        }
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SSAR,
         _ => return Err(ProtoError::Unsupported(format!("{api_version}/{kind}"))),
     };
@@ -320,6 +336,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -337,7 +354,10 @@ mod tests {
         let tm = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
         let body = [b"k8s\x00".to_vec(), field(1, &tm), field(2, &raw)].concat();
         let v = decode(&body).unwrap();
-        assert_eq!(v, json!({"metadata": {"name": "cm", "namespace": "ns"}, "data": {"k": "v"}, "apiVersion": "v1", "kind": "ConfigMap"}));
+        assert_eq!(
+            v,
+            json!({"metadata": {"name": "cm", "namespace": "ns"}, "data": {"k": "v"}, "apiVersion": "v1", "kind": "ConfigMap"})
+        );
     }
 
     #[test]

@@ -143,7 +143,16 @@ pub fn builtins() -> Vec<ResourceInfo> {
             ],
         ),
         builtin("", "secrets", "secret", "Secret", true, &[], &[], &[]),
-        builtin("", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[]),
+        builtin(
+            "",
+            "configmaps",
+            "configmap",
+            "ConfigMap",
+            true,
+            &["cm"],
+            &[],
+            &[],
+        ),
         builtin(
             "",
             "serviceaccounts",
@@ -212,7 +221,9 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, CrdError> {
     let plural = s("/names/plural").ok_or_else(|| bad("spec.names.plural is required"))?;
     let kind = s("/names/kind").ok_or_else(|| bad("spec.names.kind is required"))?;
     if name != format!("{plural}.{group}") {
-        return Err(bad("metadata.name must be spec.names.plural+\".\"+spec.group"));
+        return Err(bad(
+            "metadata.name must be spec.names.plural+\".\"+spec.group",
+        ));
     }
     let singular = s("/names/singular").unwrap_or_else(|| kind.to_lowercase());
     let list_kind = s("/names/listKind").unwrap_or_else(|| format!("{kind}List"));
@@ -243,10 +254,16 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, CrdError> {
         };
         let mut subresources = Vec::new();
         if v.pointer("/subresources/status").is_some() {
-            subresources.push(("status".to_string(), vec!["get".into(), "patch".into(), "update".into()]));
+            subresources.push((
+                "status".to_string(),
+                vec!["get".into(), "patch".into(), "update".into()],
+            ));
         }
         if v.pointer("/subresources/scale").is_some() {
-            subresources.push(("scale".to_string(), vec!["get".into(), "patch".into(), "update".into()]));
+            subresources.push((
+                "scale".to_string(),
+                vec!["get".into(), "patch".into(), "update".into()],
+            ));
         }
         let printer_columns = v
             .get("additionalPrinterColumns")
@@ -254,7 +271,8 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, CrdError> {
             .map(|cols| {
                 cols.iter()
                     .filter_map(|c| {
-                        let g = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                        let g =
+                            |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                         let json_path = g("jsonPath");
                         if json_path.is_empty() {
                             return None;

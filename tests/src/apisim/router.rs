@@ -97,6 +97,7 @@ fn resource(group: String, version: String, rest: &[&str]) -> Route {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -110,11 +111,29 @@ mod tests {
     #[test]
     fn paths() {
         let r = rp("/api/v1/namespaces/prod/pods/web-0/log");
-        assert_eq!((r.namespace.as_deref(), r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), (Some("prod"), "pods", Some("web-0"), Some("log")));
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            (Some("prod"), "pods", Some("web-0"), Some("log"))
+        );
         let r = rp("/api/v1/namespaces/prod");
-        assert_eq!((r.namespace, r.resource.as_str(), r.name.as_deref()), (None, "namespaces", Some("prod")));
+        assert_eq!(
+            (r.namespace, r.resource.as_str(), r.name.as_deref()),
+            (None, "namespaces", Some("prod"))
+        );
         let r = rp("/api/v1/namespaces/prod/status");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), ("namespaces", Some("prod"), Some("status")));
+        assert_eq!(
+            (
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("namespaces", Some("prod"), Some("status"))
+        );
         let r = rp("/apis/apps/v1/watch/namespaces/a/deployments");
         assert!(r.watch_prefix);
         assert_eq!(r.group, "apps");

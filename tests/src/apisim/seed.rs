@@ -65,6 +65,7 @@ pub fn load_file(path: &Path) -> Result<Vec<Value>, SeedError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -261,6 +261,7 @@ fn field_value(obj: &Value, path: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -310,6 +311,9 @@ mod tests {
             Err(SelectorError::UnsupportedField("foo".into()))
         );
         assert!(FieldSelector::parse("status.phase", f).is_err());
-        assert!(FieldSelector::parse("spec.nodeName=x", supported_fields("", "configmaps", false)).is_err());
+        assert!(
+            FieldSelector::parse("spec.nodeName=x", supported_fields("", "configmaps", false))
+                .is_err()
+        );
     }
 }

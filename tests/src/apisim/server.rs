@@ -109,12 +109,17 @@ impl Server {
         write(config.state_dir.join("ca.crt"), tls.ca_pem.as_bytes())?;
         write(config.state_dir.join("token"), token.as_bytes())?;
         // `addr` last: its presence tells the harness everything is ready.
-        write(config.state_dir.join("addr.tmp"), addr.to_string().as_bytes())?;
-        std::fs::rename(config.state_dir.join("addr.tmp"), config.state_dir.join("addr")).map_err(|source| {
-            ServerError::Write {
-                path: config.state_dir.join("addr"),
-                source,
-            }
+        write(
+            config.state_dir.join("addr.tmp"),
+            addr.to_string().as_bytes(),
+        )?;
+        std::fs::rename(
+            config.state_dir.join("addr.tmp"),
+            config.state_dir.join("addr"),
+        )
+        .map_err(|source| ServerError::Write {
+            path: config.state_dir.join("addr"),
+            source,
         })?;
         Ok(Server {
             app,
@@ -147,7 +152,9 @@ impl Server {
             let acceptor = self.acceptor.clone();
             let app = self.app.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -160,7 +167,10 @@ impl Server {
                     async move { Ok::<_, std::convert::Infallible>(handler::handle(app, req).await) }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await
+                {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
             });
@@ -169,7 +179,11 @@ impl Server {
 }
 
 /// Binds nothing itself: starts on `listener` and serves until `shutdown`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let server = Server::new(listener, config)?;
     server.run(shutdown).await;
     Ok(())

@@ -101,7 +101,10 @@ impl ContinueToken {
             return Err(StoreError::BadContinue);
         }
         let rv = v["rv"].as_u64().ok_or(StoreError::BadContinue)?;
-        let start = v["start"].as_str().ok_or(StoreError::BadContinue)?.to_string();
+        let start = v["start"]
+            .as_str()
+            .ok_or(StoreError::BadContinue)?
+            .to_string();
         Ok(ContinueToken { rv, start })
     }
 }
@@ -195,7 +198,13 @@ impl Store {
     }
 
     /// Stores a new object; `mutate` gets the new resourceVersion to stamp.
-    pub fn create(&self, gr: &str, ns: &str, name: &str, mut obj: Value) -> Result<Value, StoreError> {
+    pub fn create(
+        &self,
+        gr: &str,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+    ) -> Result<Value, StoreError> {
         let mut g = self.lock();
         let key = (gr.to_string(), ns.to_string(), name.to_string());
         if g.objects.contains_key(&key) {
@@ -236,13 +245,13 @@ impl Store {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if let Some(e) = expected_rv.filter(|e| !e.is_empty()) {
-            if e != cur_rv {
-                return Err(StoreError::Conflict {
-                    given: e.to_string(),
-                    current: cur_rv,
-                });
-            }
+        if let Some(e) = expected_rv.filter(|e| !e.is_empty())
+            && e != cur_rv
+        {
+            return Err(StoreError::Conflict {
+                given: e.to_string(),
+                current: cur_rv,
+            });
         }
         if *cur == obj {
             // Unchanged objects keep their resourceVersion, like etcd3 storage.
@@ -264,7 +273,13 @@ impl Store {
     }
 
     /// Removes an object and returns it (with the deletion's resourceVersion).
-    pub fn delete(&self, gr: &str, ns: &str, name: &str, expected_rv: Option<&str>) -> Result<Value, StoreError> {
+    pub fn delete(
+        &self,
+        gr: &str,
+        ns: &str,
+        name: &str,
+        expected_rv: Option<&str>,
+    ) -> Result<Value, StoreError> {
         let mut g = self.lock();
         let key = (gr.to_string(), ns.to_string(), name.to_string());
         let Some(cur) = g.objects.get(&key) else {
@@ -346,6 +361,7 @@ impl Store {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -355,25 +371,45 @@ mod tests {
 
     #[test]
     fn continue_token_roundtrip_and_garbage() {
-        let t = ContinueToken { rv: 7, start: "ns/a".into() };
+        let t = ContinueToken {
+            rv: 7,
+            start: "ns/a".into(),
+        };
         assert_eq!(ContinueToken::decode(&t.encode()).unwrap(), t);
         assert_eq!(ContinueToken::decode("!!!"), Err(StoreError::BadContinue));
-        assert_eq!(ContinueToken::decode("eyJ4IjoxfQ"), Err(StoreError::BadContinue));
+        assert_eq!(
+            ContinueToken::decode("eyJ4IjoxfQ"),
+            Err(StoreError::BadContinue)
+        );
     }
 
     #[test]
     fn pagination_covers_everything_once() {
         let s = Store::default();
         for i in 0..5 {
-            s.create("/pods", "ns", &format!("p{i}"), obj(&format!("p{i}"))).unwrap();
+            s.create("/pods", "ns", &format!("p{i}"), obj(&format!("p{i}")))
+                .unwrap();
         }
         let mut seen = Vec::new();
         let mut cont: Option<String> = None;
         let mut pages = 0;
         loop {
-            let p = s.list("/pods", Some("ns"), &|_| true, Some(2), cont.as_deref(), true).unwrap();
+            let p = s
+                .list(
+                    "/pods",
+                    Some("ns"),
+                    &|_| true,
+                    Some(2),
+                    cont.as_deref(),
+                    true,
+                )
+                .unwrap();
             pages += 1;
-            seen.extend(p.items.iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+            seen.extend(
+                p.items
+                    .iter()
+                    .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+            );
             match p.continue_token {
                 Some(c) => {
                     assert!(p.remaining.unwrap() > 0);
@@ -390,7 +426,10 @@ mod tests {
     fn conflicts_and_watch_replay() {
         let s = Store::default();
         let a = s.create("/pods", "ns", "a", obj("a")).unwrap();
-        let rv = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let rv = a["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let mut b = a.clone();
         b["spec"] = json!({"x": 1});
         assert!(matches!(
@@ -398,7 +437,9 @@ mod tests {
             Err(StoreError::Conflict { .. })
         ));
         s.update("/pods", "ns", "a", b, Some(&rv)).unwrap();
-        let (evs, _, _) = s.watch("/pods", Some("ns"), Some(rv.parse().unwrap())).unwrap();
+        let (evs, _, _) = s
+            .watch("/pods", Some("ns"), Some(rv.parse().unwrap()))
+            .unwrap();
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].type_, "MODIFIED");
         let (evs, _, _) = s.watch("/pods", None, None).unwrap();

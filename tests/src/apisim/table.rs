@@ -50,20 +50,36 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if h < 24 * 365 * 2 {
         format!("{d}d")
     } else if h < 24 * 365 * 8 {
         let y = d / 365;
-        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -85,7 +101,11 @@ fn s<'a>(o: &'a Value, p: &str) -> &'a str {
 }
 
 fn or_none(x: &str) -> String {
-    if x.is_empty() { "<none>".into() } else { x.to_string() }
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x.to_string()
+    }
 }
 
 const NAME_DESC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
@@ -101,21 +121,69 @@ pub fn columns(ri: &ResourceInfo) -> Vec<Value> {
             cols.push(age);
         }
         for c in &ri.printer_columns {
-            cols.push(col(&c.name, &c.type_, &c.format, &c.description, c.priority));
+            cols.push(col(
+                &c.name,
+                &c.type_,
+                &c.format,
+                &c.description,
+                c.priority,
+            ));
         }
         return cols;
     }
     match (ri.group.as_str(), ri.resource.as_str()) {
         ("", "pods") => vec![
             name,
-            col("Ready", "string", "", "The aggregate readiness state of this pod for accepting traffic.", 0),
-            col("Status", "string", "", "The aggregate status of the containers in this pod.", 0),
-            col("Restarts", "string", "", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.", 0),
+            col(
+                "Ready",
+                "string",
+                "",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                0,
+            ),
+            col(
+                "Status",
+                "string",
+                "",
+                "The aggregate status of the containers in this pod.",
+                0,
+            ),
+            col(
+                "Restarts",
+                "string",
+                "",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                0,
+            ),
             age,
-            col("IP", "string", "", "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.", 1),
-            col("Node", "string", "", "NodeName is a request to schedule this pod onto a specific node.", 1),
-            col("Nominated Node", "string", "", "nominatedNodeName is set only when this pod preempts other pods on the node.", 1),
-            col("Readiness Gates", "string", "", "If specified, all readiness gates will be evaluated for pod readiness.", 1),
+            col(
+                "IP",
+                "string",
+                "",
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+                1,
+            ),
+            col(
+                "Node",
+                "string",
+                "",
+                "NodeName is a request to schedule this pod onto a specific node.",
+                1,
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                "",
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+                1,
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                "",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+                1,
+            ),
         ],
         ("", "namespaces") => vec![
             name,
@@ -125,54 +193,191 @@ pub fn columns(ri: &ResourceInfo) -> Vec<Value> {
         ("", "secrets") => vec![
             name,
             col("Type", "string", "", "The type of the secret", 0),
-            col("Data", "string", "", "The number of entries in the secret", 0),
+            col(
+                "Data",
+                "string",
+                "",
+                "The number of entries in the secret",
+                0,
+            ),
             age,
         ],
         ("", "configmaps") => vec![
             name,
-            col("Data", "string", "", "Data contains the configuration data.", 0),
+            col(
+                "Data",
+                "string",
+                "",
+                "Data contains the configuration data.",
+                0,
+            ),
             age,
         ],
         ("", "serviceaccounts") => vec![
             name,
-            col("Secrets", "string", "", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.", 0),
+            col(
+                "Secrets",
+                "string",
+                "",
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                0,
+            ),
             age,
         ],
         ("", "services") => vec![
             name,
-            col("Type", "string", "", "type determines how the Service is exposed.", 0),
-            col("Cluster-IP", "string", "", "clusterIP is the IP address of the service.", 0),
-            col("External-IP", "string", "", "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.", 0),
-            col("Port(s)", "string", "", "The list of ports that are exposed by this service.", 0),
+            col(
+                "Type",
+                "string",
+                "",
+                "type determines how the Service is exposed.",
+                0,
+            ),
+            col(
+                "Cluster-IP",
+                "string",
+                "",
+                "clusterIP is the IP address of the service.",
+                0,
+            ),
+            col(
+                "External-IP",
+                "string",
+                "",
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+                0,
+            ),
+            col(
+                "Port(s)",
+                "string",
+                "",
+                "The list of ports that are exposed by this service.",
+                0,
+            ),
             age,
-            col("Selector", "string", "", "Route service traffic to pods with label keys and values matching this selector.", 1),
+            col(
+                "Selector",
+                "string",
+                "",
+                "Route service traffic to pods with label keys and values matching this selector.",
+                1,
+            ),
         ],
         ("", "events") => vec![
-            col("Last Seen", "string", "", "Time when last occurrence of the event was seen.", 0),
-            col("Type", "string", "", "Type of this event (Normal, Warning).", 0),
-            col("Reason", "string", "", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.", 0),
-            col("Object", "string", "", "The object that this event is about.", 0),
-            col("Subobject", "string", "", "The subobject that this event is about.", 1),
-            col("Source", "string", "", "The component reporting this event.", 1),
-            col("Message", "string", "", "A human-readable description of the status of this operation.", 0),
-            col("First Seen", "string", "", "The time at which the event was first recorded.", 1),
-            col("Count", "string", "", "The number of times this event has occurred.", 1),
+            col(
+                "Last Seen",
+                "string",
+                "",
+                "Time when last occurrence of the event was seen.",
+                0,
+            ),
+            col(
+                "Type",
+                "string",
+                "",
+                "Type of this event (Normal, Warning).",
+                0,
+            ),
+            col(
+                "Reason",
+                "string",
+                "",
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                0,
+            ),
+            col(
+                "Object",
+                "string",
+                "",
+                "The object that this event is about.",
+                0,
+            ),
+            col(
+                "Subobject",
+                "string",
+                "",
+                "The subobject that this event is about.",
+                1,
+            ),
+            col(
+                "Source",
+                "string",
+                "",
+                "The component reporting this event.",
+                1,
+            ),
+            col(
+                "Message",
+                "string",
+                "",
+                "A human-readable description of the status of this operation.",
+                0,
+            ),
+            col(
+                "First Seen",
+                "string",
+                "",
+                "The time at which the event was first recorded.",
+                1,
+            ),
+            col(
+                "Count",
+                "string",
+                "",
+                "The number of times this event has occurred.",
+                1,
+            ),
             col("Name", "string", "name", NAME_DESC, 1),
         ],
         ("apps", "deployments") => vec![
             name,
-            col("Ready", "string", "", "Number of the pod with ready state", 0),
-            col("Up-to-date", "string", "", "Total number of non-terminated pods targeted by this deployment that have the desired template spec.", 0),
-            col("Available", "string", "", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.", 0),
+            col(
+                "Ready",
+                "string",
+                "",
+                "Number of the pod with ready state",
+                0,
+            ),
+            col(
+                "Up-to-date",
+                "string",
+                "",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                0,
+            ),
+            col(
+                "Available",
+                "string",
+                "",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                0,
+            ),
             age,
-            col("Containers", "string", "", "Names of each container in the template.", 1),
-            col("Images", "string", "", "Images referenced by each container in the template.", 1),
-            col("Selector", "string", "", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.", 1),
+            col(
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            col(
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            col(
+                "Selector",
+                "string",
+                "",
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+                1,
+            ),
         ],
-        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![
-            name,
-            col("Created At", "date", "", "", 0),
-        ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            vec![name, col("Created At", "date", "", "", 0)]
+        }
         _ => vec![name, age],
     }
 }
@@ -224,7 +429,9 @@ fn json_path(o: &Value, path: &str) -> Value {
 /// The cells of one row.
 pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
     let name = s(o, "/metadata/name").to_string();
-    let created = o.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let created = o
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
     let age_s = age(created, now);
     if ri.custom {
         let mut out = vec![json!(name)];
@@ -244,8 +451,14 @@ pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
     }
     match (ri.group.as_str(), ri.resource.as_str()) {
         ("", "pods") => {
-            let specs = o.pointer("/spec/containers").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-            let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array);
+            let specs = o
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
+            let statuses = o
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array);
             let ready = statuses
                 .map(|a| a.iter().filter(|c| c["ready"] == true).count())
                 .unwrap_or(0);
@@ -283,7 +496,11 @@ pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
             json!((count(o, "/data") + count(o, "/binaryData")) as u64),
             json!(age_s),
         ],
-        ("", "serviceaccounts") => vec![json!(name), json!(count(o, "/secrets") as u64), json!(age_s)],
+        ("", "serviceaccounts") => vec![
+            json!(name),
+            json!(count(o, "/secrets") as u64),
+            json!(age_s),
+        ],
         ("", "services") => {
             let ports = o
                 .pointer("/spec/ports")
@@ -318,7 +535,10 @@ pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
                 .and_then(Value::as_str)
                 .or_else(|| o.pointer("/eventTime").and_then(Value::as_str))
                 .or(created);
-            let first = o.pointer("/firstTimestamp").and_then(Value::as_str).or(created);
+            let first = o
+                .pointer("/firstTimestamp")
+                .and_then(Value::as_str)
+                .or(created);
             let obj = format!(
                 "{}/{}",
                 s(o, "/involvedObject/kind").to_lowercase(),
@@ -333,7 +553,12 @@ pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
                 json!(s(o, "/source/component")),
                 json!(s(o, "/message")),
                 json!(age(first, now)),
-                json!(o.pointer("/count").and_then(Value::as_i64).unwrap_or(1).to_string()),
+                json!(
+                    o.pointer("/count")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                        .to_string()
+                ),
                 json!(name),
             ]
         }
@@ -352,7 +577,11 @@ pub fn cells(ri: &ResourceInfo, o: &Value, now: OffsetDateTime) -> Vec<Value> {
                 .unwrap_or_else(|| "<none>".into());
             vec![
                 json!(name),
-                json!(format!("{}/{}", n("/status/readyReplicas"), n("/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n("/status/readyReplicas"),
+                    n("/spec/replicas")
+                )),
                 json!(n("/status/updatedReplicas")),
                 json!(n("/status/availableReplicas")),
                 json!(age_s),
@@ -402,6 +631,7 @@ pub fn table(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::apisim::registry::{Registry, from_crd};
@@ -428,10 +658,30 @@ mod tests {
         let pod = json!({"metadata": {"name": "web-0", "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "127.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 1}, {"ready": false, "restartCount": 2}]}});
-        let t = table(&ri, &[pod], json!({"resourceVersion": "5"}), IncludeObject::Metadata, true, now());
+        let t = table(
+            &ri,
+            &[pod],
+            json!({"resourceVersion": "5"}),
+            IncludeObject::Metadata,
+            true,
+            now(),
+        );
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["columnDefinitions"][1]["name"], "Ready");
-        assert_eq!(t["rows"][0]["cells"], json!(["web-0", "1/2", "Running", "3", "10m", "127.0.0.5", "n1", "<none>", "<none>"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "web-0",
+                "1/2",
+                "Running",
+                "3",
+                "10m",
+                "127.0.0.5",
+                "n1",
+                "<none>",
+                "<none>"
+            ])
+        );
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         let none = table(&ri, &[], json!({}), IncludeObject::None, false, now());
         assert!(none.get("columnDefinitions").is_none());

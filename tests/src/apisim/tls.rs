@@ -42,10 +42,11 @@ pub fn subject_alt_names(extra_ip: Option<IpAddr>) -> (Vec<String>, Vec<IpAddr>)
     .map(|s| s.to_string())
     .collect();
     let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
-    if let Some(ip) = extra_ip {
-        if !ips.contains(&ip) && !ip.is_unspecified() {
-            ips.push(ip);
-        }
+    if let Some(ip) = extra_ip
+        && !ips.contains(&ip)
+        && !ip.is_unspecified()
+    {
+        ips.push(ip);
     }
     (dns, ips)
 }
@@ -64,16 +65,22 @@ pub fn generate(extra_ip: Option<IpAddr>) -> Result<ServerTls, TlsError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(rc("CA certificate"))?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(rc("CA certificate"))?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
     let (dns, ips) = subject_alt_names(extra_ip);
     let leaf_key = KeyPair::generate().map_err(rc("serving key"))?;
     let mut leaf = CertificateParams::new(dns).map_err(rc("serving params"))?;
-    leaf.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
-    leaf.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    leaf.subject_alt_names
+        .extend(ips.into_iter().map(SanType::IpAddress));
+    leaf.distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(rc("serving certificate"))?;
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &issuer)
+        .map_err(rc("serving certificate"))?;
 
     let chain: Vec<CertificateDer<'static>> = vec![leaf_cert.der().clone(), ca_cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));

@@ -66,7 +66,11 @@ impl Query {
 
     /// All values of `k`.
     pub fn all(&self, k: &str) -> Vec<&str> {
-        self.0.iter().filter(|(x, _)| x == k).map(|(_, v)| v.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|(x, _)| x == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// A boolean parameter (`true`/`1`).
@@ -94,7 +98,10 @@ pub struct MediaRange {
 
 impl MediaRange {
     fn param(&self, k: &str) -> Option<&str> {
-        self.params.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -121,7 +128,10 @@ pub fn parse_accept(h: &str) -> Vec<MediaRange> {
 /// nothing servable we fall back to plain JSON.
 pub fn negotiate(accept: Option<&str>, discovery: bool) -> Rendering {
     for r in parse_accept(accept.unwrap_or("")) {
-        let json_like = matches!(r.mime.as_str(), "application/json" | "*/*" | "application/*" | "application/yaml");
+        let json_like = matches!(
+            r.mime.as_str(),
+            "application/json" | "*/*" | "application/*" | "application/yaml"
+        );
         if !json_like {
             continue;
         }
@@ -139,7 +149,9 @@ pub fn negotiate(accept: Option<&str>, discovery: bool) -> Rendering {
                     return Rendering::Partial;
                 }
             }
-            Some("APIGroupDiscoveryList") if discovery && r.param("g") == Some("apidiscovery.k8s.io") => {
+            Some("APIGroupDiscoveryList")
+                if discovery && r.param("g") == Some("apidiscovery.k8s.io") =>
+            {
                 match r.param("v") {
                     Some("v2") => return Rendering::Aggregated("v2"),
                     Some("v2beta1") => return Rendering::Aggregated("v2beta1"),
@@ -158,13 +170,23 @@ pub fn full(b: impl Into<Bytes>) -> ResBody {
 }
 
 /// A JSON response; gzipped when large and the client accepts gzip.
-pub fn json(code: StatusCode, v: &Value, content_type: &str, accept_gzip: bool) -> Response<ResBody> {
+pub fn json(
+    code: StatusCode,
+    v: &Value,
+    content_type: &str,
+    accept_gzip: bool,
+) -> Response<ResBody> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     bytes_response(code, body, content_type, accept_gzip)
 }
 
 /// A response with the given body, gzipped when large and accepted.
-pub fn bytes_response(code: StatusCode, body: Vec<u8>, content_type: &str, accept_gzip: bool) -> Response<ResBody> {
+pub fn bytes_response(
+    code: StatusCode,
+    body: Vec<u8>,
+    content_type: &str,
+    accept_gzip: bool,
+) -> Response<ResBody> {
     let mut builder = Response::builder().status(code).header(
         header::CONTENT_TYPE,
         HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
@@ -194,7 +216,12 @@ pub fn status(s: &Status) -> Response<ResBody> {
     if let Some(c) = invalid_cause(s) {
         v["details"]["causes"] = serde_json::json!([c]);
     }
-    bytes_response(code, serde_json::to_vec(&v).unwrap_or_default(), "application/json", false)
+    bytes_response(
+        code,
+        serde_json::to_vec(&v).unwrap_or_default(),
+        "application/json",
+        false,
+    )
 }
 
 /// kube-apiserver lists field errors of an Invalid status in
@@ -227,6 +254,7 @@ pub fn accepts_gzip(h: Option<&str>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -234,11 +262,20 @@ mod tests {
     fn kubectl_accept_headers() {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(negotiate(Some(kubectl), false), Rendering::Table);
-        assert_eq!(negotiate(Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"), false), Rendering::Partial);
+        assert_eq!(
+            negotiate(
+                Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+                false
+            ),
+            Rendering::Partial
+        );
         let disc = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(negotiate(Some(disc), true), Rendering::Aggregated("v2"));
         assert_eq!(negotiate(Some(disc), false), Rendering::Object);
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*"), false), Rendering::Object);
+        assert_eq!(
+            negotiate(Some("application/vnd.kubernetes.protobuf, */*"), false),
+            Rendering::Object
+        );
         assert_eq!(negotiate(None, false), Rendering::Object);
     }
 
