@@ -107,7 +107,15 @@ async fn pipeline(
     decide(state, ctx).await?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = prepare_upstream_request(state, ctx, req).await?;
+    let replay = replayable(ctx, &upstream_req);
     let mut resp = forward(state, ctx, upstream_req).await?;
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Some(replay) = replay
+        && let Some(retry) = retry_with_rotated_token(state, replay)?
+    {
+        tracing::info!(request_id = %ctx.request_id, "upstream refused the token; retrying with the rotated one");
+        resp = forward(state, ctx, retry).await?;
+    }
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -212,6 +220,44 @@ async fn prepare_upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
+/// What is needed to send a bodiless request again.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+/// A request without a body (GET, DELETE without options, ...) can be sent
+/// again if the upstream refuses a token that has just been rotated.
+fn replayable(ctx: &RequestContext, req: &Request<ProxyBody>) -> Option<Replay> {
+    use http_body::Body as _;
+    (!ctx.is_upgrade && req.body().is_end_stream()).then(|| Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    })
+}
+
+/// After a 401: re-read the token file now; if the token changed, the
+/// request again with the new one (a rotation the check interval had not
+/// noticed yet). `None` when the token is unchanged: the 401 stands.
+fn retry_with_rotated_token(
+    state: &ProxyState,
+    replay: Replay,
+) -> Result<Option<Request<ProxyBody>>, ProxyError> {
+    state.token.invalidate();
+    let fresh = state.token.header()?;
+    if replay.headers.get(header::AUTHORIZATION) == Some(&fresh) {
+        return Ok(None);
+    }
+    let mut req = Request::new(crate::hooks::full(Bytes::new()));
+    *req.method_mut() = replay.method;
+    *req.uri_mut() = replay.uri;
+    *req.headers_mut() = replay.headers;
+    req.headers_mut().insert(header::AUTHORIZATION, fresh);
+    Ok(Some(req))
+}
+
 /// Step 5: send upstream; latency is measured to the response headers.
 async fn forward(
     state: &ProxyState,
@@ -230,11 +276,6 @@ async fn forward(
                     verb: ctx.verb().to_string(),
                 })
                 .observe(elapsed);
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                // Perhaps a rotation we have not noticed yet: look at the file
-                // on the next request rather than after the check interval.
-                state.token.invalidate();
-            }
             Ok(resp)
         }
         Err(e) => {

@@ -502,3 +502,39 @@ async fn token_rotation_by_data_symlink_swap_fails_no_request() {
     );
     sc.stop().await;
 }
+
+#[tokio::test]
+async fn immediate_revocation_after_rotation_is_retried_with_the_new_token() {
+    const OLD: &str = "revoked-at-once";
+    const NEW: &str = "the-only-valid-one";
+    let up = Upstream::start(&[OLD]).await;
+    let tdir = tempfile::tempdir().unwrap();
+    common::kubelet_write_token(tdir.path(), 1, OLD);
+    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let auth = format!("Bearer {}", sc.token());
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let url = sc.url("/api/v1/namespaces/default/pods");
+    let (code, _, _) = send(&c, "GET", &url, &[("authorization", auth.as_str())]).await;
+    assert_eq!(code, 200);
+    // Rotate and revoke the old token at the same moment, then ask at once
+    // (well within the sidecar's 1s metadata check interval).
+    *up.accepted.lock().unwrap() = vec![NEW.to_string()];
+    common::kubelet_write_token(tdir.path(), 2, NEW);
+    for method in ["GET", "DELETE"] {
+        let (code, _, body) = send(&c, method, &url, &[("authorization", auth.as_str())]).await;
+        assert_eq!(code, 200, "{method}: {body}");
+    }
+    let last = up.seen().pop().unwrap();
+    assert_eq!(last.authorization().unwrap(), format!("Bearer {NEW}"));
+    // A genuinely refused token is not retried forever: one retry at most.
+    *up.accepted.lock().unwrap() = vec![];
+    let before = up.seen().len();
+    let (code, _, _) = send(&c, "GET", &url, &[("authorization", auth.as_str())]).await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        up.seen().len(),
+        before + 1,
+        "unchanged token must not be retried"
+    );
+    sc.stop().await;
+}
