@@ -48,7 +48,11 @@ fn mask_secret_list() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let masker = Arc::new(MaskingConfig::embedded_default().compile().expect("default masking compiles"));
+    let masker = Arc::new(
+        MaskingConfig::embedded_default()
+            .compile()
+            .expect("default masking compiles"),
+    );
     let ctx = MaskContext {
         resource: "secrets".into(),
         verb: "list".into(),

@@ -23,7 +23,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{
+    ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue,
+};
 use http_body::{Body, Frame};
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::mask::{MaskContext, MaskError, Masker, StreamKind, StreamMasker};
@@ -70,7 +72,9 @@ impl BodyKind {
 pub enum MaskBodyError {
     #[error("upstream answered with content type {content_type:?}, which the sidecar cannot mask")]
     UnsupportedContentType { content_type: String },
-    #[error("upstream answered with content encoding {encoding:?}, which the sidecar cannot decode")]
+    #[error(
+        "upstream answered with content encoding {encoding:?}, which the sidecar cannot decode"
+    )]
     UnsupportedEncoding { encoding: String },
     #[error("upstream gzip body is corrupt: {why}")]
     Gzip { why: String },
@@ -83,7 +87,10 @@ pub enum MaskBodyError {
 impl MaskBodyError {
     /// The `Status` the app gets when this happens before the headers went out.
     pub fn to_status(&self) -> Status {
-        Status::new(Reason::BadGateway, format!("mcp-warden: {self}; the response was withheld"))
+        Status::new(
+            Reason::BadGateway,
+            format!("mcp-warden: {self}; the response was withheld"),
+        )
     }
 }
 
@@ -120,7 +127,12 @@ pub fn negotiate_accept(attrs: &RequestAttributes, headers: &mut HeaderMap) -> b
         .any(|e| {
             let mut parts = e.split(';');
             let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            let refused = parts.any(|p| {
+                matches!(
+                    p.trim().replace(' ', "").as_str(),
+                    "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+                )
+            });
             name.eq_ignore_ascii_case("gzip") && !refused
         });
     headers.remove(ACCEPT_ENCODING);
@@ -151,7 +163,9 @@ fn rewrite_accept(accept: &str) -> String {
         }
         let mut r = String::from("application/json");
         for p in parts {
-            let Some((k, v)) = p.split_once('=') else { continue };
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
             let k = k.trim().to_ascii_lowercase();
             if matches!(k.as_str(), "as" | "v" | "g" | "q") {
                 r.push(';');
@@ -185,9 +199,9 @@ impl MaskOutcome {
     /// Values masked.
     pub fn masked(&self) -> usize {
         match self {
-            MaskOutcome::Complete { masked } | MaskOutcome::Failed { masked, .. } | MaskOutcome::Aborted { masked } => {
-                *masked
-            }
+            MaskOutcome::Complete { masked }
+            | MaskOutcome::Failed { masked, .. }
+            | MaskOutcome::Aborted { masked } => *masked,
         }
     }
 }
@@ -215,8 +229,12 @@ impl MaskCount {
     pub async fn finished(&self) -> MaskOutcome {
         let mut rx = self.done.clone();
         match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(MaskOutcome::Aborted { masked: self.current() }),
-            Err(_) => MaskOutcome::Aborted { masked: self.current() },
+            Ok(v) => v.clone().unwrap_or(MaskOutcome::Aborted {
+                masked: self.current(),
+            }),
+            Err(_) => MaskOutcome::Aborted {
+                masked: self.current(),
+            },
         }
     }
 }
@@ -263,12 +281,13 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let gzip = match header_str(&parts.headers, CONTENT_ENCODING).map(|e| e.trim().to_ascii_lowercase()) {
-        None => false,
-        Some(e) if e.is_empty() || e == "identity" => false,
-        Some(e) if e == "gzip" || e == "x-gzip" => true,
-        Some(e) => return Err(MaskBodyError::UnsupportedEncoding { encoding: e }),
-    };
+    let gzip =
+        match header_str(&parts.headers, CONTENT_ENCODING).map(|e| e.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(e) if e.is_empty() || e == "identity" => false,
+            Some(e) if e == "gzip" || e == "x-gzip" => true,
+            Some(e) => return Err(MaskBodyError::UnsupportedEncoding { encoding: e }),
+        };
     let stream_kind = stream_kind(kind, parts)?;
     let count = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = watch::channel(None);
@@ -308,10 +327,20 @@ fn stream_kind(kind: BodyKind, parts: &http::response::Parts) -> Result<StreamKi
     let no_body = matches!(parts.status.as_u16(), 204 | 304)
         || header_str(&parts.headers, CONTENT_LENGTH).is_some_and(|l| l.trim() == "0");
     let ct = header_str(&parts.headers, CONTENT_TYPE);
-    let media = ct
-        .as_deref()
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    let json = |k: BodyKind| if k == BodyKind::Watch { StreamKind::Watch } else { StreamKind::Json };
+    let media = ct.as_deref().map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let json = |k: BodyKind| {
+        if k == BodyKind::Watch {
+            StreamKind::Watch
+        } else {
+            StreamKind::Json
+        }
+    };
     match media.as_deref() {
         // Without a type the parser decides: JSON or an error.
         None | Some("") if kind == BodyKind::Log => Ok(StreamKind::Log),
@@ -352,7 +381,8 @@ impl MaskedBody {
     }
 
     fn publish(&mut self, out: Vec<u8>) {
-        self.count.store(self.masker.masked_count(), Ordering::Relaxed);
+        self.count
+            .store(self.masker.masked_count(), Ordering::Relaxed);
         if !out.is_empty() {
             self.pending = Some(Bytes::from(out));
         }
@@ -377,7 +407,8 @@ impl MaskedBody {
     fn end(&mut self) -> Result<Vec<u8>, MaskBodyError> {
         let mut out = Vec::new();
         if let Some(dec) = &mut self.gzip {
-            dec.try_finish().map_err(|e| MaskBodyError::Gzip { why: e.to_string() })?;
+            dec.try_finish()
+                .map_err(|e| MaskBodyError::Gzip { why: e.to_string() })?;
             let plain = std::mem::take(dec.get_mut());
             out.extend(self.masker.push(&plain)?);
         }
@@ -424,7 +455,10 @@ impl Body for MaskedBody {
     type Data = Bytes;
     type Error = MaskBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, MaskBodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, MaskBodyError>>> {
         let this = self.get_mut();
         let was_done = this.done;
         match ready!(this.poll_produce(cx)) {
@@ -535,6 +569,7 @@ impl TransformHook for MaskTransform {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
@@ -567,12 +602,16 @@ mod tests {
 
     /// A body that yields the given chunks, then optionally an error.
     fn chunked(chunks: Vec<Vec<u8>>, fail: bool) -> ProxyBody {
-        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> =
-            chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from(c)))).collect();
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from(c))))
+            .collect();
         if fail {
             frames.push(Err("connection reset".into()));
         }
-        boxed(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+        boxed(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -611,7 +650,10 @@ mod tests {
                 "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
             ),
             ("application/cbor", "application/json"),
-            ("application/vnd.kubernetes.protobuf;stream=watch", "application/json"),
+            (
+                "application/vnd.kubernetes.protobuf;stream=watch",
+                "application/json",
+            ),
             ("*/*", "application/json"),
             ("text/html", "application/json"),
             ("application/yaml;q=0.9", "application/json;q=0.9"),
@@ -631,7 +673,10 @@ mod tests {
         assert!(h.get(ACCEPT).is_none() && h.get(ACCEPT_ENCODING).is_none());
         // Not masked: discovery, exec; logs keep their Accept.
         let mut h = HeaderMap::new();
-        h.insert(ACCEPT, HeaderValue::from_static("application/vnd.kubernetes.protobuf"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+        );
         let discovery = RequestAttributes {
             is_resource_request: false,
             verb: "get".into(),
@@ -640,7 +685,10 @@ mod tests {
         };
         assert!(!negotiate_accept(&discovery, &mut h));
         assert!(!negotiate_accept(&attrs("create", "pods", "exec"), &mut h));
-        assert_eq!(h.get(ACCEPT).unwrap(), "application/vnd.kubernetes.protobuf");
+        assert_eq!(
+            h.get(ACCEPT).unwrap(),
+            "application/vnd.kubernetes.protobuf"
+        );
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static("*/*"));
         assert!(negotiate_accept(&attrs("get", "pods", "log"), &mut h));
@@ -649,18 +697,45 @@ mod tests {
 
     #[test]
     fn body_kinds() {
-        assert_eq!(BodyKind::for_request(&attrs("get", "secrets", "")), Some(BodyKind::Object));
-        assert_eq!(BodyKind::for_request(&attrs("watch", "secrets", "")), Some(BodyKind::Watch));
-        assert_eq!(BodyKind::for_request(&attrs("get", "pods", "log")), Some(BodyKind::Log));
-        assert_eq!(BodyKind::for_request(&attrs("create", "pods", "attach")), None);
+        assert_eq!(
+            BodyKind::for_request(&attrs("get", "secrets", "")),
+            Some(BodyKind::Object)
+        );
+        assert_eq!(
+            BodyKind::for_request(&attrs("watch", "secrets", "")),
+            Some(BodyKind::Watch)
+        );
+        assert_eq!(
+            BodyKind::for_request(&attrs("get", "pods", "log")),
+            Some(BodyKind::Log)
+        );
+        assert_eq!(
+            BodyKind::for_request(&attrs("create", "pods", "attach")),
+            None
+        );
     }
 
     #[tokio::test]
     async fn masks_object_and_counts() {
-        let p = parts(&[("content-type", "application/json"), ("content-length", "95")]);
-        let body = chunked(vec![SECRET.as_bytes()[..10].to_vec(), SECRET.as_bytes()[10..].to_vec()], false);
-        let (masked, count) =
-            mask_response(masker(), MaskContext::for_resource("secrets"), BodyKind::Object, &p, body).unwrap();
+        let p = parts(&[
+            ("content-type", "application/json"),
+            ("content-length", "95"),
+        ]);
+        let body = chunked(
+            vec![
+                SECRET.as_bytes()[..10].to_vec(),
+                SECRET.as_bytes()[10..].to_vec(),
+            ],
+            false,
+        );
+        let (masked, count) = mask_response(
+            masker(),
+            MaskContext::for_resource("secrets"),
+            BodyKind::Object,
+            &p,
+            body,
+        )
+        .unwrap();
         assert_eq!(count.outcome(), None);
         let out = String::from_utf8(collect(masked).await.unwrap()).unwrap();
         assert!(out.contains(MARKER_BASE64) && !out.contains("aHVudGVyMg"));
@@ -676,7 +751,10 @@ mod tests {
         );
         let gz = gzip(list.as_bytes());
         let chunks: Vec<Vec<u8>> = gz.chunks(333).map(<[u8]>::to_vec).collect();
-        let mut p = parts(&[("content-type", "application/json"), ("content-encoding", "gzip")]);
+        let mut p = parts(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
         let (masked, count) = mask_response(
             masker(),
             MaskContext::for_resource("secrets"),
@@ -696,10 +774,18 @@ mod tests {
         let mut bad = gzip(SECRET.as_bytes());
         let n = bad.len();
         bad.truncate(n - 6);
-        let p = parts(&[("content-type", "application/json"), ("content-encoding", "gzip")]);
-        let (masked, count) =
-            mask_response(masker(), MaskContext::for_resource("secrets"), BodyKind::Object, &p, chunked(vec![bad], false))
-                .unwrap();
+        let p = parts(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        let (masked, count) = mask_response(
+            masker(),
+            MaskContext::for_resource("secrets"),
+            BodyKind::Object,
+            &p,
+            chunked(vec![bad], false),
+        )
+        .unwrap();
         assert!(collect(masked).await.is_err());
         assert!(matches!(count.finished().await, MaskOutcome::Failed { .. }));
     }
@@ -741,7 +827,10 @@ mod tests {
             chunked(vec![SECRET.as_bytes()[..40].to_vec()], false),
         )
         .unwrap();
-        assert!(matches!(masked.prime().await, Err(MaskBodyError::Mask(MaskError::Truncated))));
+        assert!(matches!(
+            masked.prime().await,
+            Err(MaskBodyError::Mask(MaskError::Truncated))
+        ));
         drop(masked);
         assert!(matches!(count.finished().await, MaskOutcome::Failed { .. }));
         // A list whose upstream connection breaks after some items.

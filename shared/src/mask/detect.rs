@@ -204,6 +204,7 @@ fn replace_one(det: Detector, c: &Captures<'_>, n: &mut usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
