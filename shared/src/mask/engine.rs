@@ -61,6 +61,15 @@ fn is_watch_event(map: &Map<String, Value>) -> bool {
         && map.contains_key("object")
 }
 
+/// An RFC 6902 JSON Patch: an array of `{"op": ..., "path": ...}` objects.
+fn is_json_patch(ops: &[Value]) -> bool {
+    !ops.is_empty()
+        && ops.iter().all(|op| {
+            op.get("op").is_some_and(Value::is_string)
+                && op.get("path").is_some_and(Value::is_string)
+        })
+}
+
 impl Masker {
     /// Mask a JSON value in place (any shape: object, list, watch event,
     /// Table, Status...); returns the number of values masked. 0 means `v`
@@ -70,6 +79,11 @@ impl Masker {
     }
 
     fn mask_top(&self, ctx: &MaskContext, v: &mut Value, allow_event: bool) -> usize {
+        if let Value::Array(ops) = v
+            && is_json_patch(ops)
+        {
+            return ops.iter_mut().map(|op| self.mask_patch_op(ctx, op)).sum();
+        }
         let Value::Object(map) = v else {
             return self.detect_all(v);
         };
@@ -99,6 +113,51 @@ impl Masker {
             }
             None => self.mask_object(ctx, None, v),
         }
+    }
+
+    /// One JSON Patch operation (a request body recorded for
+    /// `kubectl patch --type=json`): its `value` is masked as if it sat at
+    /// `path` in an object of the request's resource.
+    fn mask_patch_op(&self, ctx: &MaskContext, op: &mut Value) -> usize {
+        let segs: Vec<String> = match op.get("path").and_then(Value::as_str) {
+            Some(p) => p
+                .split('/')
+                .skip(1)
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+            None => return self.detect_all(op),
+        };
+        let Some(value) = op.get_mut("value") else {
+            return self.detect_all(op);
+        };
+        if segs.is_empty() {
+            return self.mask_top(ctx, value, false);
+        }
+        let mut wrapper = std::mem::take(value);
+        for seg in segs.iter().rev() {
+            let mut m = Map::new();
+            m.insert(seg.clone(), wrapper);
+            wrapper = Value::Object(m);
+        }
+        let mut n = self.mask_object(ctx, None, &mut wrapper);
+        let mut inner = wrapper;
+        for seg in &segs {
+            inner = inner
+                .get_mut(seg.as_str())
+                .map(std::mem::take)
+                .unwrap_or(Value::Null);
+        }
+        if let Some(slot) = op.get_mut("value") {
+            *slot = inner;
+        }
+        if let Value::Object(m) = op {
+            for (k, child) in m.iter_mut() {
+                if k != "value" {
+                    n += self.detect_all(child);
+                }
+            }
+        }
+        n
     }
 
     fn mask_list(

@@ -378,6 +378,37 @@ fn detectors_apply_to_any_string() {
 // ---------------------------------------------------------------- shapes
 
 #[test]
+fn request_bodies_json_patch() {
+    let m = masker();
+    let c = ctx_verb("secrets", "patch");
+    let ops = json!([
+        {"op":"replace","path":"/data/password","value":b64("pw-1")},
+        {"op":"add","path":"/stringData","value":{"token":"pw-2"}},
+        {"op":"add","path":"/metadata/labels/a~1b","value":"plain"},
+        {"op":"remove","path":"/data/old"},
+        {"op":"test","path":"/metadata/annotations/note","value":format!("Bearer {JWT}")}
+    ]);
+    let (v, n) = masked(&m, &c, ops);
+    assert_eq!(
+        v,
+        json!([
+            {"op":"replace","path":"/data/password","value":MARKER_BASE64},
+            {"op":"add","path":"/stringData","value":{"token":MARKER}},
+            {"op":"add","path":"/metadata/labels/a~1b","value":"plain"},
+            {"op":"remove","path":"/data/old"},
+            {"op":"test","path":"/metadata/annotations/note","value":"Bearer ***MASKED***"}
+        ])
+    );
+    assert_eq!(n, 3);
+    // A merge patch is an object: masked like one.
+    let (v, n) = masked(&m, &c, json!({"data":{"password":b64("pw")}}));
+    assert_eq!(
+        (v["data"]["password"].as_str(), n),
+        (Some(MARKER_BASE64), 1)
+    );
+}
+
+#[test]
 fn list_items_without_kind() {
     let m = masker();
     let mut s1 = secret("a", "pw-a");
