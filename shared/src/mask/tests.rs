@@ -463,6 +463,36 @@ fn tables_object_metadata_none_and_cells() {
 }
 
 #[test]
+fn table_watch_events_stream() {
+    // `kubectl get secrets -w`: watch events whose objects are Tables.
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "watch");
+    let table = |pw: &str| {
+        json!({"type":"ADDED","object":{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"3"},
+            "columnDefinitions":[],"rows":[{"cells":["a","Opaque",1,"1s"],"object":{"kind":"PartialObjectMetadata",
+            "apiVersion":"meta.k8s.io/v1","metadata":{"name":"a","annotations":{LAST_APPLIED_ANNOTATION:
+            format!("{{\"data\":{{\"password\":\"{}\"}}}}", b64(pw))}}}}]}})
+    };
+    let mut input = Vec::new();
+    for pw in ["pw-one", "pw-two"] {
+        input.extend(serde_json::to_vec(&table(pw)).unwrap());
+        input.push(b'\n');
+    }
+    let (out, n) = stream_all(&m, &c, StreamKind::Watch, &input, 11).unwrap();
+    assert_eq!(n, 2);
+    assert_clean(&out, &["pw-one".into(), "pw-two".into()]);
+    let text = String::from_utf8(out).unwrap();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["object"]["rows"][0]["cells"][2], 1);
+        assert_eq!(
+            v["object"]["rows"][0]["object"]["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+            MARKER
+        );
+    }
+}
+
+#[test]
 fn partial_object_metadata_list() {
     let m = masker();
     let item = json!({"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":{"name":"a",
