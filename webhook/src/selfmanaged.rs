@@ -346,24 +346,39 @@ pub async fn sync_once(
     Err(SelfManagedError::Conflict(obj))
 }
 
-/// A strategic-merge patch (webhooks are merged by `name`) that sets
-/// `ca_pem` as the caBundle of every webhook in `mwc` whose bundle differs;
-/// `None` when all are current.
+/// A JSON merge patch that sets `ca_pem` as the caBundle of every webhook
+/// in `mwc`; `None` when all are current. It carries the whole `webhooks`
+/// list (a merge patch replaces lists) and the object's `resourceVersion`,
+/// so a concurrent change makes it fail with a conflict instead of being
+/// overwritten; the next round re-reads and tries again.
 pub fn ca_bundle_patch(mwc: &serde_json::Value, ca_pem: &str) -> Option<serde_json::Value> {
     let want = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
-    let stale: Vec<serde_json::Value> = mwc
-        .get("webhooks")
-        .and_then(serde_json::Value::as_array)
-        .map(|hooks| {
-            hooks
-                .iter()
-                .filter(|h| h.pointer("/clientConfig/caBundle").and_then(serde_json::Value::as_str) != Some(want.as_str()))
-                .filter_map(|h| h.get("name").cloned())
-                .map(|name| serde_json::json!({ "name": name, "clientConfig": { "caBundle": want } }))
-                .collect()
-        })
-        .unwrap_or_default();
-    (!stale.is_empty()).then(|| serde_json::json!({ "webhooks": stale }))
+    let hooks = mwc.get("webhooks").and_then(serde_json::Value::as_array)?;
+    let stale = hooks.iter().any(|h| {
+        h.pointer("/clientConfig/caBundle")
+            .and_then(serde_json::Value::as_str)
+            != Some(want.as_str())
+    });
+    if !stale {
+        return None;
+    }
+    let mut hooks = hooks.clone();
+    for h in &mut hooks {
+        if let Some(cc) = h
+            .get_mut("clientConfig")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            cc.insert(
+                "caBundle".to_string(),
+                serde_json::Value::String(want.clone()),
+            );
+        }
+    }
+    let rv = mwc
+        .pointer("/metadata/resourceVersion")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    Some(serde_json::json!({ "metadata": { "resourceVersion": rv }, "webhooks": hooks }))
 }
 
 /// Writes the CA bundle into the webhook's MutatingWebhookConfiguration.
@@ -374,23 +389,32 @@ pub async fn publish_ca_bundle(
 ) -> Result<(), SelfManagedError> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let obj = format!("mutatingwebhookconfiguration {}", cfg.webhook_config_name);
-    let mwc = api
-        .get(&cfg.webhook_config_name)
-        .await
-        .map_err(kube_err("get", &obj))?;
-    let v = serde_json::to_value(&mwc).unwrap_or_default();
-    let Some(patch) = ca_bundle_patch(&v, ca_pem) else {
-        return Ok(());
-    };
-    api.patch(
-        &cfg.webhook_config_name,
-        &PatchParams::default(),
-        &Patch::Strategic(patch),
-    )
-    .await
-    .map_err(kube_err("patch", &obj))?;
-    tracing::info!(config = %cfg.webhook_config_name, "caBundle updated");
-    Ok(())
+    for _ in 0..5 {
+        let mwc = api
+            .get(&cfg.webhook_config_name)
+            .await
+            .map_err(kube_err("get", &obj))?;
+        let v = serde_json::to_value(&mwc).unwrap_or_default();
+        let Some(patch) = ca_bundle_patch(&v, ca_pem) else {
+            return Ok(());
+        };
+        match api
+            .patch(
+                &cfg.webhook_config_name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(config = %cfg.webhook_config_name, "caBundle updated");
+                return Ok(());
+            }
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(kube_err("patch", &obj)(e)),
+        }
+    }
+    Err(SelfManagedError::Conflict(obj))
 }
 
 /// First sync at start-up: returns a store serving the Secret's certificate.
@@ -485,10 +509,13 @@ mod tests {
         let mwc = serde_json::json!({ "webhooks": [
             { "name": "a", "clientConfig": { "caBundle": b64 } },
             { "name": "b", "clientConfig": {} } ] });
+        let mut mwc = mwc;
+        mwc["metadata"] = serde_json::json!({ "resourceVersion": "42" });
         let p = ca_bundle_patch(&mwc, ca).unwrap();
-        assert_eq!(p["webhooks"].as_array().unwrap().len(), 1);
-        assert_eq!(p["webhooks"][0]["name"], "b");
-        assert_eq!(p["webhooks"][0]["clientConfig"]["caBundle"], b64);
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(p["webhooks"].as_array().unwrap().len(), 2);
+        assert_eq!(p["webhooks"][1]["name"], "b");
+        assert_eq!(p["webhooks"][1]["clientConfig"]["caBundle"], b64);
         let all = serde_json::json!({ "webhooks": [ { "name": "a", "clientConfig": { "caBundle": b64 } } ] });
         assert!(ca_bundle_patch(&all, ca).is_none());
     }
