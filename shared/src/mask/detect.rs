@@ -64,8 +64,9 @@ impl Detector {
                 r"(-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)(?s:(.*?))(-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\z)"
             }
             Detector::Jwt => r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
-            Detector::AwsAccessKey => r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
-            Detector::BearerToken => r"(?i)(\bbearer\s+)([A-Za-z0-9\-._~+/]{16,}=*)",
+            // ASCII word boundaries: Unicode ones would keep the fast DFA from running.
+            Detector::AwsAccessKey => r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
+            Detector::BearerToken => r"(?i)((?-u:\b)bearer\s+)([A-Za-z0-9\-._~+/]{16,}=*)",
             // Key, optional closing quote (also JSON-in-JSON `\"`), `:` or `=`,
             // then a double-quoted, single-quoted, escaped-quoted or bare value.
             // The key must end right before the separator: `secretName:` and

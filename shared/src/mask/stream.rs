@@ -668,7 +668,7 @@ impl StreamMasker {
             let bytes = super::to_json_bytes(&tv);
             if tv.as_object().is_some_and(|m| !m.is_empty()) {
                 out.push(b',');
-                out.extend_from_slice(&bytes[1..]);
+                out.extend_from_slice(bytes.get(1..).unwrap_or_default());
             } else {
                 out.push(b'}');
             }
