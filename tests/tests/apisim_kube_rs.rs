@@ -151,7 +151,7 @@ async fn watch_sees_new_object(cfg: watcher::Config) {
             _ => {}
         }
     }
-    assert_eq!(seen_initial, ["app-config"]);
+    assert_eq!(seen_initial, ["app-config", "kube-root-ca.crt"]);
     cms.create(&PostParams::default(), &cm("watched"))
         .await
         .unwrap();

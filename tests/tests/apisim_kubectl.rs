@@ -596,6 +596,7 @@ fn watches(minor: &str) {
     };
     assert!(next("header").starts_with("NAME"));
     assert!(next("initial row").starts_with("app-config"));
+    assert!(next("initial row").starts_with("kube-root-ca.crt"));
     ok(
         &sim,
         minor,

@@ -456,7 +456,11 @@ async fn gzip_for_large_bodies_only() {
         .read_to_end(&mut plain)
         .unwrap();
     let list: Value = serde_json::from_slice(&plain).unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        6,
+        "4 big + app-config + kube-root-ca.crt"
+    );
     let small = send(
         &c,
         Method::GET,
@@ -683,6 +687,48 @@ async fn watch_replays_from_resource_version_and_sends_bookmarks() {
             .unwrap()
             > rv.parse::<u64>().unwrap()
     );
+    // Leaving and re-entering the selection is DELETED then ADDED.
+    let rv2 = get(&c, "/api/v1/namespaces/default/configmaps")
+        .await
+        .json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (c2, uri2) = (
+        c.clone(),
+        format!(
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv2}&timeoutSeconds=2&labelSelector=w%3Dyes"
+        ),
+    );
+    let watching = tokio::spawn(async move { get(&c2, &uri2).await });
+    for v in ["no", "yes"] {
+        let p = json!({"metadata": {"labels": {"w": v}}}).to_string();
+        let r = send(
+            &c,
+            Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/w2",
+            &[("content-type", "application/merge-patch+json")],
+            p.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.code, 200);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(10), watching)
+        .await
+        .unwrap()
+        .unwrap();
+    let types: Vec<String> = r
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["DELETED", "ADDED"]);
     // Table watch events carry Table objects.
     let r = send(
         &c,

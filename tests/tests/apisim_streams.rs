@@ -644,7 +644,8 @@ mod raw {
         .await
         .unwrap();
         assert_eq!(s.protocol, "v5.channel.k8s.io");
-        assert_eq!(s.channel(1), "typed");
+        // The pty echoes the input, then `cat` prints it.
+        assert_eq!(s.channel(1), "typedtyped");
         assert_eq!(s.channel(3), r#"{"metadata":{},"status":"Success"}"#);
     }
 
@@ -838,4 +839,46 @@ fn python_client_exec_and_portforward() {
     assert_eq!(v["cat"], "ping\n");
     assert_eq!(v["pf"], "over python");
     assert_eq!(v["pf_error"], serde_json::Value::Null);
+}
+
+// ---------------------------------------------------------------------------
+// `exec -it`: kubectl only asks for a tty when its stdin is a terminal, so it
+// runs under `script` (util-linux) which gives it a pty. Covers the resize
+// channel (WebSocket) / resize stream (SPDY) and the pty's `\r\n` output.
+
+fn exec_tty(minor: u32) {
+    let sim = Sim::start();
+    let kubectl = mcp_warden_tests::harness::kubectl_path(&minor.to_string());
+    let base = format!(
+        "{} --kubeconfig {} --cache-dir {} -v=6",
+        kubectl.display(),
+        sim.sim.kubeconfig_path().display(),
+        sim.sim.work_dir().join("tty-cache").display()
+    );
+    let script = |inner: &str| {
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", &format!("{base} {inner}"), "/dev/null"]);
+        cmd
+    };
+    let out = run(script("exec -it echo -- echo tty"), b"");
+    assert_eq!(
+        out.code, 0,
+        "stdout: {:?} stderr: {}",
+        out.stdout, out.stderr
+    );
+    assert!(out.stdout.contains("tty\r\n"), "stdout: {:?}", out.stdout);
+    // The pty merges kubectl's stderr (its -v=6 log) into stdout.
+    assert_upgraded(&out.stdout, method(minor, "exec"), "exec");
+    let out = run(script("exec -it echo -- sh -c 'exit 4'"), b"");
+    assert_eq!(out.code, 4, "stdout: {:?}", out.stdout);
+}
+
+#[test]
+fn kubectl_1_32_exec_tty() {
+    exec_tty(32);
+}
+
+#[test]
+fn kubectl_1_29_exec_tty() {
+    exec_tty(29);
 }

@@ -44,6 +44,9 @@ pub struct App {
     pub ips: Ips,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// The CA certificate (PEM), published in every namespace's
+    /// `kube-root-ca.crt` ConfigMap like kube-controller-manager does.
+    pub ca_pem: String,
 }
 
 /// Per-request context after authentication.
@@ -728,10 +731,27 @@ fn watch(
         tokio::pin!(deadline);
         let mut first = true;
         let mut last_rv = start_rv;
-        let send = |ev: &Event, first: bool| watch_frame(ev.type_, &render(&ev.object, first));
+        // Like the watch cache: a change that moves an object into or out of
+        // the selection is seen as ADDED or DELETED.
+        let effective = |ev: &Event| -> Option<&'static str> {
+            let now = filter(&ev.object);
+            let before = ev.old.as_ref().map(|o| filter(o));
+            match (ev.type_, before, now) {
+                ("MODIFIED", Some(false), true) => Some("ADDED"),
+                ("MODIFIED", Some(true), false) => Some("DELETED"),
+                (t, _, true) => Some(t),
+                _ => None,
+            }
+        };
+        let send =
+            |type_: &str, ev: &Event, first: bool| watch_frame(type_, &render(&ev.object, first));
         for ev in &initial {
-            if filter(&ev.object) {
-                if tx.send(Ok(Frame::data(send(ev, first)))).await.is_err() {
+            if let Some(type_) = effective(ev) {
+                if tx
+                    .send(Ok(Frame::data(send(type_, ev, first))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 first = false;
@@ -778,10 +798,10 @@ fn watch(
                         continue;
                     }
                     last_rv = ev.rv;
-                    if !filter(&ev.object) {
+                    let Some(type_) = effective(&ev) else {
                         continue;
-                    }
-                    if tx.send(Ok(Frame::data(send(&ev, first)))).await.is_err() {
+                    };
+                    if tx.send(Ok(Frame::data(send(type_, &ev, first)))).await.is_err() {
                         return;
                     }
                     first = false;
@@ -967,7 +987,55 @@ fn create(
     render_one(ri, ctx, &stored, StatusCode::CREATED)
 }
 
+/// What the controllers of a real cluster add to every new namespace: the
+/// `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap.
+fn namespace_contents(app: &App, ns: &str) {
+    let objs = [
+        (
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}),
+        ),
+        (
+            "configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns, "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}}, "data": {"ca.crt": app.ca_pem}}),
+        ),
+    ];
+    for (resource, obj) in objs {
+        let Some(ri) = app.registry.find("", "v1", resource) else {
+            continue;
+        };
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let manager = "kube-controller-manager";
+        let ctx = system_ctx();
+        match prepare_create(app, &ctx, &ri, ns, obj, manager, "Update") {
+            Ok(o) => {
+                // Already there (e.g. from the seed) is fine.
+                let _ = app.store.create(&ri.group_resource(), ns, &name, o);
+            }
+            Err(s) => {
+                tracing::warn!(namespace = ns, message = %s.message, "namespace defaults not created")
+            }
+        }
+    }
+}
+
+fn system_ctx() -> Ctx {
+    Ctx {
+        user: super::auth::admin_user(),
+        query: Query::default(),
+        rendering: Rendering::Object,
+        gzip: false,
+        content_type: "application/json".into(),
+        user_agent: "kube-apisim".into(),
+    }
+}
+
 fn after_create(app: &App, ri: &ResourceInfo, obj: &Value) {
+    if ri.resource == "namespaces" && ri.group.is_empty() {
+        if let Some(ns) = obj["metadata"]["name"].as_str() {
+            namespace_contents(app, ns);
+        }
+    }
     if ri.resource == "customresourcedefinitions"
         && ri.group == "apiextensions.k8s.io"
         && let Err(e) = app.registry.register_crd(obj)
@@ -1701,14 +1769,7 @@ fn token_review(
 
 /// Loads seed objects (and the always-present namespaces) into the store.
 pub fn load_objects(app: &App, objs: Vec<Value>) -> Result<(), Status> {
-    let ctx = Ctx {
-        user: super::auth::admin_user(),
-        query: Query::default(),
-        rendering: Rendering::Object,
-        gzip: false,
-        content_type: "application/json".into(),
-        user_agent: "kube-apisim-seed".into(),
-    };
+    let ctx = system_ctx();
     let mut objs = objs;
     // Namespaces and CRDs first, so namespaced objects and custom resources
     // find what they need.

@@ -96,6 +96,7 @@ impl Server {
             server_addr: addr.to_string(),
             ips: Ips::default(),
             bookmark_interval: config.bookmark_interval,
+            ca_pem: tls.ca_pem.clone(),
         });
         let mut objs = seed::defaults();
         if let Some(p) = &config.seed {

@@ -24,6 +24,9 @@ pub struct Event {
     pub group_resource: String,
     pub namespace: String,
     pub object: Arc<Value>,
+    /// The previous state for MODIFIED events (watch filters need it to turn
+    /// a change that leaves or enters a selector into DELETED or ADDED).
+    pub old: Option<Arc<Value>>,
     pub rv: u64,
 }
 
@@ -219,6 +222,7 @@ impl Store {
             group_resource: gr.to_string(),
             namespace: ns.to_string(),
             object: Arc::new(obj.clone()),
+            old: None,
             rv,
         };
         Self::publish(&mut g, &self.tx, ev);
@@ -253,6 +257,7 @@ impl Store {
                 current: cur_rv,
             });
         }
+        let old = Arc::new(cur.clone());
         if *cur == obj {
             // Unchanged objects keep their resourceVersion, like etcd3 storage.
             return Ok(obj);
@@ -266,6 +271,7 @@ impl Store {
             group_resource: gr.to_string(),
             namespace: ns.to_string(),
             object: Arc::new(obj.clone()),
+            old: Some(old),
             rv,
         };
         Self::publish(&mut g, &self.tx, ev);
@@ -308,6 +314,7 @@ impl Store {
             group_resource: gr.to_string(),
             namespace: ns.to_string(),
             object: Arc::new(obj.clone()),
+            old: None,
             rv,
         };
         Self::publish(&mut g, &self.tx, ev);
@@ -342,6 +349,7 @@ impl Store {
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0),
                     object: Arc::new(v.clone()),
+                    old: None,
                 })
                 .collect(),
             Some(rv) => {
