@@ -195,6 +195,31 @@ pub trait RecordHook: Send + Sync + 'static {
     /// Called for requests answered by the sidecar itself without forwarding
     /// (401, 400, denials, upstream failures), with the Status sent.
     fn refused(&self, ctx: &RequestContext, status: &Status);
+
+    /// For an upgraded connection (exec, attach, port-forward) whose 101
+    /// response has these headers: a tap that wraps the app's side of the
+    /// tunnel (to record the session). Default: none.
+    fn tunnel_tap(
+        &self,
+        _ctx: &RequestContext,
+        _upgrade_response_headers: &http::HeaderMap,
+    ) -> Option<Box<dyn TunnelTap>> {
+        None
+    }
+}
+
+/// The I/O of one side of an upgraded connection.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> TunnelIo for T {}
+
+/// Observes the bytes of a tunnel (see [`RecordHook::tunnel_tap`]).
+pub trait TunnelTap: Send + 'static {
+    /// Wraps the app's side of the tunnel; bytes must pass unchanged.
+    fn wrap(&self, app_side: Box<dyn TunnelIo>) -> Box<dyn TunnelIo>;
+
+    /// Called once when the tunnel has closed (both directions done, or shutdown).
+    fn finished(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
 /// The default policy hook until the policy lands: allow everything except

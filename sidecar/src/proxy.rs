@@ -23,7 +23,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{ProxyError, status_response};
 use crate::forward::{Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation};
-use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, boxed};
+use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, TunnelIo, boxed};
 use crate::local::LocalToken;
 use crate::metrics::{Metrics, StreamGuard, VerbLabels};
 use crate::token::TokenSource;
@@ -349,16 +349,24 @@ fn tunnel(
     let guard = StreamGuard::new(&state.metrics);
     let closed = state.streams_closed.clone();
     let request_id = ctx.request_id;
+    let tap = state.hooks.record.tunnel_tap(ctx, resp.headers());
     tokio::spawn(async move {
         let _guard = guard;
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(%request_id, error = %e, "upgrade failed");
+                if let Some(tap) = tap {
+                    tap.finished().await;
+                }
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
+        let client: Box<dyn TunnelIo> = Box::new(TokioIo::new(client));
+        let mut client = match &tap {
+            Some(t) => t.wrap(client),
+            None => client,
+        };
         let mut upstream = TokioIo::new(upstream);
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
@@ -366,6 +374,10 @@ fn tunnel(
                 Err(e) => tracing::debug!(%request_id, error = %e, "tunnel ended"),
             },
             _ = closed.cancelled() => tracing::debug!(%request_id, "tunnel closed by shutdown"),
+        }
+        drop(client);
+        if let Some(tap) = tap {
+            tap.finished().await;
         }
     });
     state.hooks.record.response(ctx, resp)

@@ -538,3 +538,158 @@ async fn immediate_revocation_after_rotation_is_retried_with_the_new_token() {
     );
     sc.stop().await;
 }
+
+/// A recorder that taps tunnels: counts the bytes the app sent through the
+/// tunnel and reports them when the tunnel closes.
+struct CountingRecorder {
+    done: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>,
+}
+
+struct CountingTap {
+    proto: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    done: Option<tokio::sync::oneshot::Sender<(String, usize)>>,
+}
+
+struct CountingIo {
+    inner: Box<dyn mcp_warden_sidecar::hooks::TunnelIo>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl mcp_warden_sidecar::hooks::TunnelTap for CountingTap {
+    fn wrap(
+        &self,
+        app_side: Box<dyn mcp_warden_sidecar::hooks::TunnelIo>,
+    ) -> Box<dyn mcp_warden_sidecar::hooks::TunnelIo> {
+        Box::new(CountingIo {
+            inner: app_side,
+            sent: self.sent.clone(),
+        })
+    }
+    fn finished(mut self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+        let n = self.sent.load(std::sync::atomic::Ordering::SeqCst);
+        let tx = self.done.take();
+        let proto = self.proto.clone();
+        Box::pin(async move {
+            if let Some(tx) = tx {
+                let _ = tx.send((proto, n));
+            }
+        })
+    }
+}
+
+impl mcp_warden_sidecar::hooks::RecordHook for CountingRecorder {
+    fn request<'a>(
+        &'a self,
+        _ctx: &'a mcp_warden_sidecar::RequestContext,
+        _parts: &'a http::request::Parts,
+        body: mcp_warden_sidecar::hooks::ProxyBody,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<mcp_warden_sidecar::hooks::ProxyBody, mcp_warden_shared::status::Status>,
+    > {
+        Box::pin(async move { Ok(body) })
+    }
+    fn response(
+        &self,
+        _ctx: &mcp_warden_sidecar::RequestContext,
+        response: http::Response<mcp_warden_sidecar::hooks::ProxyBody>,
+    ) -> http::Response<mcp_warden_sidecar::hooks::ProxyBody> {
+        response
+    }
+    fn refused(
+        &self,
+        _ctx: &mcp_warden_sidecar::RequestContext,
+        _status: &mcp_warden_shared::status::Status,
+    ) {
+    }
+    fn tunnel_tap(
+        &self,
+        ctx: &mcp_warden_sidecar::RequestContext,
+        headers: &http::HeaderMap,
+    ) -> Option<Box<dyn mcp_warden_sidecar::hooks::TunnelTap>> {
+        assert_eq!(ctx.attrs.as_ref().unwrap().subresource, "tunnel");
+        Some(Box::new(CountingTap {
+            proto: headers["upgrade"].to_str().unwrap().to_string(),
+            sent: Default::default(),
+            done: self.done.lock().unwrap().take(),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn tunnel_tap_sees_the_session_and_its_end() {
+    let up = Upstream::start(&[REAL]).await;
+    let tdir = tempfile::tempdir().unwrap();
+    common::kubelet_write_token(tdir.path(), 1, REAL);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let ext = mcp_warden_sidecar::Extensions {
+        hooks: mcp_warden_sidecar::Hooks {
+            record: std::sync::Arc::new(CountingRecorder {
+                done: std::sync::Mutex::new(Some(tx)),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let sc =
+        Sidecar::start_with(&up.url(), &up.ca_file, &tdir.path().join("token"), &[], ext).await;
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let req = Request::get(sc.url("/api/v1/namespaces/default/pods/p/tunnel"))
+        .header("authorization", format!("Bearer {}", sc.token()))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let mut resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+    io.write_all(b"twelve bytes").await.unwrap();
+    let mut buf = [0u8; 12];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"TWELVE BYTES");
+    io.shutdown().await.unwrap();
+    drop(io);
+    let (proto, n) = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("tap never finished")
+        .unwrap();
+    assert_eq!((proto.as_str(), n), ("websocket", 12));
+    sc.stop().await;
+}
