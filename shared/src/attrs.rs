@@ -130,6 +130,27 @@ pub enum AttrError {
     BadHeader { name: String, why: String },
 }
 
+/// Request targets that are valid on the wire (an HTTP client will send
+/// them) but that [`parse_request`] refuses, because kube-apiserver could read
+/// them differently from the sidecar. For end-to-end tests: each must get 400
+/// and never reach the upstream.
+pub const HOSTILE_PATH_EXAMPLES: &[&str] = &[
+    "/api/v1/namespaces/default%2Fsecrets",
+    "/api/v1/namespaces/default/pods%2f..%2fsecrets",
+    "/api/v1/namespaces/default/pods/%2E%2E/secrets",
+    "/api/v1/namespaces/default/pods/web%2E0",
+    "/api/v1/namespaces/default/pods/..%5Csecrets",
+    "/api/v1/namespaces/default/pods/../../secrets",
+    "/api/v1/namespaces/default/./pods",
+    "/api/v1/namespaces//pods",
+    "//api/v1/pods",
+    "/api/v1/pods/",
+    "/api/v1/namespaces/default/pods/web%000",
+    "/api/v1/namespaces/default/pods/w%FF%FE",
+    "/api/v1/namespaces/default%252Fsecrets",
+    "/api/v1/watch",
+];
+
 /// Subresources that open a connection (exec, attach, port-forward, proxy).
 fn is_connect_subresource(sub: &str) -> bool {
     matches!(sub, "exec" | "attach" | "portforward" | "proxy")
@@ -1485,6 +1506,20 @@ mod tests {
             assert!(
                 matches!(got, Err(AttrError::NonCanonicalPath { .. })),
                 "{p:?} gave {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn published_hostile_examples_are_rejected() {
+        for p in HOSTILE_PATH_EXAMPLES {
+            assert!(http::Uri::try_from(*p).is_ok(), "{p} is not sendable");
+            assert!(
+                matches!(
+                    parse_request("GET", p),
+                    Err(AttrError::NonCanonicalPath { .. })
+                ),
+                "{p}"
             );
         }
     }

@@ -684,3 +684,18 @@ fn impersonation_checks_follow_rbac() {
         ]
     );
 }
+
+#[test]
+fn alias_bomb_is_refused() {
+    let mut doc = String::from(
+        "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\na0: &a0 [x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..10 {
+        let p = i - 1;
+        doc.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let e = Policy::parse("bomb.yaml", &doc).unwrap_err();
+    assert!(!e.problems.is_empty());
+}
