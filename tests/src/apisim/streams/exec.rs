@@ -134,6 +134,111 @@ impl Program {
     }
 }
 
+/// Starts `program`. With `tty`, a pty's line discipline sits between the
+/// client and the program, as in a real container: input `\r` becomes `\n`
+/// (ICRNL) and is echoed (ECHO), `^D` ends input, output `\n` becomes `\r\n`
+/// (ONLCR). Returns the exit code's task and the output; the output ends
+/// when the program has ended and all of its output is out.
+pub fn spawn(
+    program: Program,
+    tty: bool,
+    mut stdin: mpsc::Receiver<Bytes>,
+) -> (tokio::task::JoinHandle<i32>, mpsc::Receiver<Out>) {
+    let (out_tx, out_rx) = mpsc::channel::<Out>(16);
+    if !tty {
+        let job = tokio::spawn(async move { program.run(stdin, out_tx).await });
+        return (job, out_rx);
+    }
+    let (prog_in_tx, prog_in_rx) = mpsc::channel::<Bytes>(16);
+    let (prog_out_tx, mut prog_out_rx) = mpsc::channel::<Out>(16);
+    let echo_tx = out_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let chunk = tokio::select! {
+                c = stdin.recv() => c,
+                // The program ended (dropped its stdin): stop echoing so the
+                // output can end too.
+                _ = prog_in_tx.closed() => None,
+            };
+            let Some(chunk) = chunk else { break };
+            let input = tty_input(&chunk);
+            if !input.echo.is_empty() && echo_tx.send(Out::Stdout(input.echo)).await.is_err() {
+                break;
+            }
+            if !input.to_program.is_empty() && prog_in_tx.send(input.to_program).await.is_err() {
+                break;
+            }
+            if input.eof {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(o) = prog_out_rx.recv().await {
+            let o = match o {
+                Out::Stdout(b) => Out::Stdout(onlcr(&b)),
+                Out::Stderr(b) => Out::Stderr(onlcr(&b)),
+            };
+            if out_tx.send(o).await.is_err() {
+                break;
+            }
+        }
+    });
+    let job = tokio::spawn(async move { program.run(prog_in_rx, prog_out_tx).await });
+    (job, out_rx)
+}
+
+/// One chunk of terminal input after the line discipline.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TtyInput {
+    pub to_program: Bytes,
+    pub echo: Bytes,
+    /// `^D` seen: the program's stdin ends.
+    pub eof: bool,
+}
+
+/// ICRNL + ECHO (newlines echoed as `\r\n`) + `^D` as end of input.
+pub fn tty_input(chunk: &[u8]) -> TtyInput {
+    let mut to_program = Vec::with_capacity(chunk.len());
+    let mut echo = Vec::with_capacity(chunk.len() + 4);
+    for &b in chunk {
+        match b {
+            0x04 => {
+                return TtyInput {
+                    to_program: to_program.into(),
+                    echo: echo.into(),
+                    eof: true,
+                };
+            }
+            b'\r' | b'\n' => {
+                to_program.push(b'\n');
+                echo.extend_from_slice(b"\r\n");
+            }
+            b => {
+                to_program.push(b);
+                echo.push(b);
+            }
+        }
+    }
+    TtyInput {
+        to_program: to_program.into(),
+        echo: echo.into(),
+        eof: false,
+    }
+}
+
+/// ONLCR: `\n` → `\r\n`.
+pub fn onlcr(b: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(b.len() + 8);
+    for &c in b {
+        if c == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(c);
+    }
+    out.into()
+}
+
 /// `sh -c SCRIPT`: `exit N`, or one simple command (words split on
 /// whitespace, single/double quotes grouping).
 fn shell(script: &str, pod: &str) -> Program {
@@ -315,6 +420,44 @@ mod tests {
         assert_eq!((o.as_str(), c), ("", 127));
         assert!(e.contains("nosuch: command not found"));
         assert!(run(&["env"], &[]).await.0.contains("HOSTNAME=pod-1\n"));
+    }
+
+    #[test]
+    fn tty_line_discipline() {
+        let i = tty_input(b"ab\rc\x04zz");
+        assert_eq!(i.to_program, Bytes::from_static(b"ab\nc"));
+        assert_eq!(i.echo, Bytes::from_static(b"ab\r\nc"));
+        assert!(i.eof);
+        assert!(!tty_input(b"x").eof);
+        assert_eq!(onlcr(b"a\nb\n"), Bytes::from_static(b"a\r\nb\r\n"));
+    }
+
+    #[tokio::test]
+    async fn tty_echoes_and_translates_and_ends_with_the_program() {
+        let (in_tx, in_rx) = mpsc::channel(8);
+        let (job, mut out) = spawn(Program::Cat, true, in_rx);
+        in_tx.send(Bytes::from_static(b"hi\r")).await.unwrap();
+        in_tx.send(Bytes::from_static(b"\x04")).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(o) = out.recv().await {
+            match o {
+                Out::Stdout(b) => got.extend_from_slice(&b),
+                Out::Stderr(_) => panic!("no stderr"),
+            }
+        }
+        assert_eq!(job.await.unwrap(), 0);
+        // Echo and cat's output interleave; both are there, translated.
+        assert_eq!(got.len(), "hi\r\nhi\r\n".len());
+        assert!(String::from_utf8(got).unwrap().contains("hi\r\n"));
+        // A program that ignores stdin ends although the client's stdin stays open.
+        let (_keep_open, in_rx) = mpsc::channel::<Bytes>(8);
+        let (job, mut out) = spawn(Program::parse(&argv(&["echo", "x"]), "p"), true, in_rx);
+        assert_eq!(
+            out.recv().await,
+            Some(Out::Stdout(Bytes::from_static(b"x\r\n")))
+        );
+        assert_eq!(out.recv().await, None);
+        assert_eq!(job.await.unwrap(), 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
-use super::exec::{Out, Program, exit_message, status_json};
+use super::exec::{Out, Program, exit_message, spawn, status_json};
 use super::{ExecOptions, ResBody, header_list, switching};
 
 /// A WebSocket on an upgraded HTTP connection.
@@ -140,7 +140,7 @@ pub fn decode(p: ChannelProto, msg: &Message) -> Option<(u8, Bytes)> {
         Message::Text(t) if p.base64 && !t.is_empty() => {
             let s = t.as_str();
             let ch = s.as_bytes()[0].checked_sub(b'0')?;
-            B64.decode(&s[1..]).ok().map(|d| (ch, Bytes::from(d)))
+            B64.decode(&s.as_bytes()[1..]).ok().map(|d| (ch, Bytes::from(d)))
         }
         // Binary protocols take text frames as raw bytes too, as kubelet's
         // wsstream does; the Python client sends stdin given as `str` so.
@@ -217,8 +217,7 @@ async fn run_exec(ws: Ws, p: ChannelProto, opts: ExecOptions) {
         opts.command.clone()
     };
     let program = Program::parse(&argv, &opts.pod);
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
-    let job = tokio::spawn(async move { program.run(stdin_rx, out_tx).await });
+    let (job, mut out_rx) = spawn(program, opts.tty, stdin_rx);
     loop {
         tokio::select! {
             out = out_rx.recv() => {
@@ -360,6 +359,17 @@ mod tests {
                     base64: true
                 },
                 &Message::Text("1!!".into())
+            ),
+            None
+        );
+        // Multi-byte first character: no slicing panic.
+        assert_eq!(
+            decode(
+                ChannelProto {
+                    version: 4,
+                    base64: true
+                },
+                &Message::Text("éaGk=".into())
             ),
             None
         );

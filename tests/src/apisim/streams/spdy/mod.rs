@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use mcp_warden_shared::status::{Reason, Status};
 use tokio::sync::mpsc;
 
-use super::exec::{Out, Program, exit_message, status_json};
+use super::exec::{Out, Program, exit_message, spawn, status_json};
 use super::{ExecOptions, ResBody, header_list, switching};
 use session::{IncomingStream, Session};
 
@@ -133,8 +133,7 @@ async fn run_exec(mut session: Session, version: u8, opts: ExecOptions) {
         opts.command.clone()
     };
     let program = Program::parse(&argv, &opts.pod);
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
-    let job = tokio::spawn(async move { program.run(stdin_rx, out_tx).await });
+    let (job, mut out_rx) = spawn(program, opts.tty, stdin_rx);
     let h = session.handle.clone();
     loop {
         tokio::select! {
