@@ -140,7 +140,9 @@ pub fn decode(p: ChannelProto, msg: &Message) -> Option<(u8, Bytes)> {
         Message::Text(t) if p.base64 && !t.is_empty() => {
             let s = t.as_str();
             let ch = s.as_bytes()[0].checked_sub(b'0')?;
-            B64.decode(&s.as_bytes()[1..]).ok().map(|d| (ch, Bytes::from(d)))
+            B64.decode(&s.as_bytes()[1..])
+                .ok()
+                .map(|d| (ch, Bytes::from(d)))
         }
         // Binary protocols take text frames as raw bytes too, as kubelet's
         // wsstream does; the Python client sends stdin given as `str` so.
