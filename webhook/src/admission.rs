@@ -209,6 +209,66 @@ mod tests {
         );
     }
 
+    fn review_of(operation: &str, sub: &str, pod: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+            "request": { "uid": "u3", "kind": { "group": "", "version": "v1", "kind": "Pod" },
+                "operation": operation, "subResource": sub, "namespace": "mcp", "object": pod }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ephemeral_containers_of_injected_pods_are_rewired() {
+        let cfg = InjectConfig::default();
+        let pod = json!({ "metadata": { "name": "p", "namespace": "mcp" }, "spec": {
+            "containers": [ { "name": "app", "image": "x" } ],
+            "volumes": [ { "name": "kube-api-access-1", "projected": { "sources": [ { "serviceAccountToken": { "path": "token" } } ] } } ] } });
+        let a = answer(&review_of("CREATE", "", pod.clone()), &cfg);
+        let b64 = a.body["response"]["patch"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut injected = pod.clone();
+        json_patch::patch(&mut injected, &patch.0).unwrap();
+
+        // kubectl debug adds an ephemeral container through the subresource.
+        injected["spec"]["ephemeralContainers"] =
+            json!([ { "name": "debugger", "image": "busybox" } ]);
+        let a = answer(
+            &review_of("UPDATE", "ephemeralcontainers", injected.clone()),
+            &cfg,
+        );
+        assert_eq!(a.outcome, "injected");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(a.body["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let ops: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for op in ops.as_array().unwrap() {
+            assert!(
+                op["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/spec/ephemeralContainers/0/"),
+                "{op}"
+            );
+        }
+        // Not injected: an update is left alone; other updates always are.
+        assert_eq!(
+            answer(
+                &review_of("UPDATE", "ephemeralcontainers", pod.clone()),
+                &cfg
+            )
+            .outcome,
+            "ignored"
+        );
+        assert_eq!(
+            answer(&review_of("UPDATE", "", injected), &cfg).outcome,
+            "ignored"
+        );
+    }
+
     #[test]
     fn other_kinds_are_allowed_unchanged() {
         let a = answer(

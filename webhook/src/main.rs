@@ -134,7 +134,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let admin = tokio::net::TcpListener::bind(&args.admin_listen)
         .await
         .with_context(|| format!("--admin-listen {}", args.admin_listen))?;
-    tracing::info!(listen = %args.listen, admin = %args.admin_listen, "mcp-warden-webhook serving");
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

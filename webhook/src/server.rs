@@ -270,6 +270,11 @@ pub async fn run(
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config()?));
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "mcp-warden-webhook serving"
+    );
     let state = Arc::new(AppState {
         inject: config.inject,
         metrics: Metrics::new(),
