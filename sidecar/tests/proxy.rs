@@ -693,3 +693,42 @@ async fn tunnel_tap_sees_the_session_and_its_end() {
     assert_eq!((proto.as_str(), n), ("websocket", 12));
     sc.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_grace_bounds_in_flight_requests() {
+    let up = Upstream::start(&[REAL]).await;
+    let tdir = tempfile::tempdir().unwrap();
+    common::kubelet_write_token(tdir.path(), 1, REAL);
+    // The upstream's /slow takes 1.5s; the grace period is shorter.
+    let mut sc = Sidecar::start(
+        &up.url(),
+        &up.ca_file,
+        &tdir.path().join("token"),
+        &["--shutdown-grace", "200ms"],
+    )
+    .await;
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let req = Request::get(sc.url("/api/v1/namespaces/default/pods/slow"))
+        .header("authorization", format!("Bearer {}", sc.token()))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let slow = tokio::spawn(async move { c.request(req).await.map(|r| r.status()) });
+    while up.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sc.begin_shutdown();
+    let handle = sc.handle.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("run did not return after the grace period")
+        .unwrap()
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        r.is_err(),
+        "a request longer than the grace period was not cut: {r:?}"
+    );
+}

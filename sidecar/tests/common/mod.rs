@@ -307,9 +307,10 @@ impl Sidecar {
             local_dir.display().to_string(),
             "--pod-namespace".into(),
             "default".into(),
-            "--shutdown-grace".into(),
-            "5s".into(),
         ];
+        if !extra.contains(&"--shutdown-grace") {
+            args.extend(["--shutdown-grace".to_string(), "5s".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Cli::try_parse_from(args).unwrap().serve.validate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
