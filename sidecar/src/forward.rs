@@ -93,7 +93,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below kube-apiserver's 90s idle timeout, so a pooled connection
+            // is not picked just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(55))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_while_idle(false)
             .build(h2_conn);

@@ -74,6 +74,11 @@ impl Default for Extensions {
     }
 }
 
+/// hyper's HTTP/1 header timeout also runs while a keep-alive connection is
+/// idle, so it doubles as the idle timeout: 90s like kube-apiserver's, so
+/// pooled client connections are not closed sooner than a real API server would.
+const IDLE_AND_HEADER_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// TLS handshakes that take longer than this are dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -156,7 +161,7 @@ pub async fn run_with(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(IDLE_AND_HEADER_TIMEOUT);
     builder
         .http2()
         .timer(TokioTimer::new())
