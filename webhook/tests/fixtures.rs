@@ -820,3 +820,59 @@ fn patch_is_short_and_readable() {
         );
     }
 }
+
+/// Every node of real pods replaced by every JSON type: the core never
+/// panics, and any patch it returns applies.
+#[test]
+fn hostile_shapes_never_panic() {
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    out.push(p.clone());
+                    pointers(c, p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    let p = format!("{at}/{i}");
+                    out.push(p.clone());
+                    pointers(c, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let cfg = InjectConfig::default();
+    let mut runs = 0;
+    for name in [
+        "pod-init-and-sidecar.yaml",
+        "pod-projected-token.yaml",
+        "pod-ephemeral.yaml",
+    ] {
+        let pod = load(name);
+        let mut ptrs = Vec::new();
+        pointers(&pod, String::new(), &mut ptrs);
+        for p in &ptrs {
+            for replacement in [
+                Value::Null,
+                serde_json::json!(7),
+                serde_json::json!("x"),
+                serde_json::json!([]),
+                serde_json::json!({}),
+            ] {
+                let mut bad = pod.clone();
+                *bad.pointer_mut(p).unwrap() = replacement;
+                runs += 1;
+                if let Ok(PatchOutcome::Patch { patch, .. }) = patch(&bad, &enabled(), "mcp", &cfg)
+                {
+                    let mut after = bad.clone();
+                    json_patch::patch(&mut after, &patch.0)
+                        .unwrap_or_else(|e| panic!("{name} {p}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(runs > 500, "{runs}");
+}
