@@ -356,6 +356,22 @@ fn writes(minor: &str) {
     .unwrap();
     assert_eq!(got["data"]["k"], "two");
     assert_eq!(got["metadata"]["labels"]["via"], "ssa");
+    // Dropping a field from the applied configuration removes it.
+    let ss = write(
+        &sim,
+        "ss.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: two\n",
+    );
+    ok(&sim, minor, &["apply", "--server-side", "-f", &ss]);
+    let pruned: Value =
+        serde_json::from_str(&ok(&sim, minor, &["get", "cm", "ssa", "-o", "json"])).unwrap();
+    assert!(
+        pruned["metadata"]
+            .get("labels")
+            .is_none_or(|l| l.get("via").is_none()),
+        "{pruned}"
+    );
+    assert_eq!(pruned["data"]["k"], "two");
     let managers: Vec<&str> = got["metadata"]["managedFields"]
         .as_array()
         .unwrap()

@@ -903,6 +903,7 @@ fn prepare_create(
     manager: &str,
     operation: &str,
 ) -> Result<Value, Status> {
+    let source = obj.clone();
     check_identity(ri, ns, &mut obj)?;
     let mut name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     if name.is_empty()
@@ -955,7 +956,18 @@ fn prepare_create(
     if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("managedFields");
     }
-    objects::track_manager(&mut obj, manager, operation, &ri.api_version(), None);
+    if operation == "Apply" {
+        objects::track_manager_for(
+            &mut obj,
+            manager,
+            operation,
+            &ri.api_version(),
+            None,
+            &source,
+        );
+    } else {
+        objects::track_manager(&mut obj, manager, operation, &ri.api_version(), None);
+    }
     let _ = ctx;
     Ok(obj)
 }
@@ -1031,10 +1043,11 @@ fn system_ctx() -> Ctx {
 }
 
 fn after_create(app: &App, ri: &ResourceInfo, obj: &Value) {
-    if ri.resource == "namespaces" && ri.group.is_empty() {
-        if let Some(ns) = obj["metadata"]["name"].as_str() {
-            namespace_contents(app, ns);
-        }
+    if ri.resource == "namespaces"
+        && ri.group.is_empty()
+        && let Some(ns) = obj["metadata"]["name"].as_str()
+    {
+        namespace_contents(app, ns);
     }
     if ri.resource == "customresourcedefinitions"
         && ri.group == "apiextensions.k8s.io"
@@ -1118,7 +1131,7 @@ fn update(
         }
     }
     let manager = field_manager(ctx, "unknown");
-    let (out, code) = store_update(app, ri, ns, name, obj, sub, &manager, operation, dry)?;
+    let (out, code) = store_update(app, ri, ns, name, obj, sub, &manager, operation, dry, None)?;
     render_one(ri, ctx, &out, code)
 }
 
@@ -1133,6 +1146,7 @@ fn store_update(
     manager: &str,
     operation: &str,
     dry: bool,
+    applied: Option<&Value>,
 ) -> Result<(Value, StatusCode), Status> {
     let gr = ri.group_resource();
     let cur = app
@@ -1164,8 +1178,13 @@ fn store_update(
     {
         new["metadata"]["managedFields"] = mf.clone();
     }
-    if new != cur {
-        objects::track_manager(&mut new, manager, operation, &ri.api_version(), sub);
+    if new != cur || applied.is_some() {
+        match applied {
+            Some(a) => {
+                objects::track_manager_for(&mut new, manager, operation, &ri.api_version(), sub, a)
+            }
+            None => objects::track_manager(&mut new, manager, operation, &ri.api_version(), sub),
+        }
     }
     if dry {
         if let Some(e) = expected.filter(|e| !e.is_empty())
@@ -1301,10 +1320,23 @@ fn patch_obj(
                 render_one(ri, ctx, &stored, StatusCode::CREATED)
             }
             Some(cur) => {
-                let merged = patch::apply_merge(&cur, &applied, ri.custom)
+                let mut merged = patch::apply_merge(&cur, &applied, ri.custom)
                     .map_err(|e| bad(e.to_string()))?;
-                let (out, code) =
-                    store_update(app, ri, ns, name, merged, sub, &manager, "Apply", dry)?;
+                if let Some(prev) = objects::manager_fields(&cur, &manager, "Apply") {
+                    objects::prune_unapplied(&mut merged, &prev, &applied);
+                }
+                let (out, code) = store_update(
+                    app,
+                    ri,
+                    ns,
+                    name,
+                    merged,
+                    sub,
+                    &manager,
+                    "Apply",
+                    dry,
+                    Some(&applied),
+                )?;
                 render_one(ri, ctx, &out, code)
             }
         };
@@ -1338,7 +1370,9 @@ fn patch_obj(
         ));
     }
     let manager = field_manager(ctx, "unknown");
-    let (out, code) = store_update(app, ri, ns, name, patched, sub, &manager, "Update", dry)?;
+    let (out, code) = store_update(
+        app, ri, ns, name, patched, sub, &manager, "Update", dry, None,
+    )?;
     render_one(ri, ctx, &out, code)
 }
 
@@ -1572,7 +1606,7 @@ fn scale_set(
     let mut new = cur.clone();
     new["spec"]["replicas"] = json!(replicas);
     let manager = field_manager(ctx, "unknown");
-    store_update(app, ri, ns, name, new, None, &manager, "Update", dry)?;
+    store_update(app, ri, ns, name, new, None, &manager, "Update", dry, None)?;
     let s = if dry {
         let mut s = scale_of(app, ri, ns, name)?;
         s["spec"]["replicas"] = json!(replicas);

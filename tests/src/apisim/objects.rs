@@ -174,7 +174,21 @@ pub fn track_manager(
     api_version: &str,
     subresource: Option<&str>,
 ) {
-    let entry = managed_entry(manager, operation, api_version, obj, subresource);
+    let source = obj.clone();
+    track_manager_for(obj, manager, operation, api_version, subresource, &source);
+}
+
+/// Like [`track_manager`], with the owned fields taken from `source` (for
+/// apply: the applied configuration, not the merged object).
+pub fn track_manager_for(
+    obj: &mut Value,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+    source: &Value,
+) {
+    let entry = managed_entry(manager, operation, api_version, source, subresource);
     let list = obj["metadata"]
         .as_object_mut()
         .map(|m| m.entry("managedFields").or_insert_with(|| json!([])));
@@ -182,6 +196,40 @@ pub fn track_manager(
         a.retain(|e| !(e["manager"] == manager && e["operation"] == operation));
         a.push(entry);
     }
+}
+
+/// Server-side apply: removes from `merged` the fields the manager applied
+/// last time (`prev_fields`, a FieldsV1 set) that its new configuration no
+/// longer contains.
+pub fn prune_unapplied(merged: &mut Value, prev_fields: &Value, applied: &Value) {
+    let (Some(prev), Some(m)) = (prev_fields.as_object(), merged.as_object_mut()) else {
+        return;
+    };
+    for (fk, sub) in prev {
+        let Some(k) = fk.strip_prefix("f:") else {
+            continue;
+        };
+        match applied.get(k) {
+            None => {
+                m.remove(k);
+            }
+            Some(a) if sub.as_object().is_some_and(|s| !s.is_empty()) => {
+                if let Some(child) = m.get_mut(k) {
+                    prune_unapplied(child, sub, a);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The FieldsV1 set of `manager`'s last `operation` in an object.
+pub fn manager_fields(obj: &Value, manager: &str, operation: &str) -> Option<Value> {
+    obj.pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+        .map(|e| e["fieldsV1"].clone())
 }
 
 /// Per-type defaults and the status a running cluster would report soon
@@ -405,6 +453,20 @@ mod tests {
             Reason::Invalid
         );
         assert_eq!(validate_name(&ns, "").unwrap_err().code(), 422);
+    }
+
+    #[test]
+    fn apply_prunes_only_what_the_manager_dropped() {
+        let applied_before =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v", "gone": "x"}});
+        let prev = managed_entry("m", "Apply", "v1", &applied_before, None)["fieldsV1"].clone();
+        let mut merged = json!({"metadata": {"name": "n", "labels": {"a": "1", "b": "2", "other": "3"}}, "data": {"k": "v2", "gone": "x"}});
+        let applied_now = json!({"metadata": {"labels": {"a": "1"}}, "data": {"k": "v2"}});
+        prune_unapplied(&mut merged, &prev, &applied_now);
+        assert_eq!(
+            merged,
+            json!({"metadata": {"name": "n", "labels": {"a": "1", "other": "3"}}, "data": {"k": "v2"}})
+        );
     }
 
     #[test]
