@@ -132,10 +132,10 @@ impl Status {
             "message": self.message,
             "reason": self.reason.as_str(),
         });
-        if let Some(d) = &self.details {
-            if let Ok(dv) = serde_json::to_value(d) {
-                v["details"] = dv;
-            }
+        if let Some(d) = &self.details
+            && let Ok(dv) = serde_json::to_value(d)
+        {
+            v["details"] = dv;
         }
         v["code"] = serde_json::json!(self.code());
         v
@@ -157,10 +157,10 @@ pub fn success(details: Option<StatusDetails>) -> serde_json::Value {
         "metadata": {},
         "status": "Success",
     });
-    if let Some(d) = details {
-        if let Ok(dv) = serde_json::to_value(d) {
-            v["details"] = dv;
-        }
+    if let Some(d) = details
+        && let Ok(dv) = serde_json::to_value(d)
+    {
+        v["details"] = dv;
     }
     v
 }
