@@ -104,7 +104,12 @@ pub struct Status {
 impl Status {
     /// A failure Status with the given reason and message.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Status { reason, message: message.into(), details: None, code: None }
+        Status {
+            reason,
+            message: message.into(),
+            details: None,
+            code: None,
+        }
     }
 
     /// Adds `details` naming the object the error is about.
