@@ -744,3 +744,42 @@ async fn watch_replays_from_resource_version_and_sends_bookmarks() {
     assert_eq!(first["object"]["kind"], "Table");
     assert_eq!(first["object"]["rows"][0]["cells"][0], "app-config");
 }
+
+#[tokio::test]
+async fn extra_users_authenticate_as_themselves() {
+    let sim = ApiSim::start(ApiSimOptions {
+        extra_users: vec!["alice=alice-token:approvers,dev".into()],
+        ..ApiSimOptions::demo()
+    })
+    .unwrap();
+    let alice = client(&sim, Some("alice-token")).await;
+    let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let r = send(
+        &alice,
+        Method::POST,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        &[JSON],
+        body,
+    )
+    .await;
+    assert_eq!(r.code, 201);
+    let info = &r.json()["status"]["userInfo"];
+    assert_eq!(info["username"], "alice");
+    assert_eq!(
+        info["groups"],
+        json!(["approvers", "dev", "system:authenticated"])
+    );
+    let admin = client(&sim, None).await;
+    let r = send(
+        &admin,
+        Method::POST,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        &[JSON],
+        body,
+    )
+    .await;
+    assert_eq!(
+        r.json()["status"]["userInfo"]["username"],
+        "kube-apisim-admin"
+    );
+}
