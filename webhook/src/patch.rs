@@ -135,6 +135,18 @@ pub enum RefuseReason {
          label mcp-warden.io/inject: \"false\")"
     )]
     ShareProcessNamespace,
+    /// The pod already uses a name the injection needs (and is not injected).
+    #[error(
+        "mcp-warden refuses the pod: the {what} name {name:?} is reserved for the injected sidecar \
+         (rename it, or opt the pod out with label mcp-warden.io/inject: \"false\")"
+    )]
+    ReservedName { what: &'static str, name: String },
+    /// The `mcp-warden.io/policy` annotation does not name a ConfigMap.
+    #[error(
+        "mcp-warden refuses the pod: annotation mcp-warden.io/policy={0:?} is not a valid ConfigMap \
+         name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+    )]
+    InvalidPolicyName(String),
     /// The object is not a pod the webhook can read.
     #[error("mcp-warden cannot read the pod: {0}")]
     InvalidPod(String),
@@ -231,7 +243,36 @@ pub fn patch_with_source(
     if spec.get("shareProcessNamespace") == Some(&Value::Bool(true)) {
         return Err(RefuseReason::ShareProcessNamespace);
     }
+    if let Some(name) = annotations
+        .get(POLICY_ANNOTATION)
+        .filter(|n| !is_dns_subdomain(n))
+    {
+        return Err(RefuseReason::InvalidPolicyName(name.clone()));
+    }
     if !already {
+        for key in ["initContainers", "containers", "ephemeralContainers"] {
+            for c in spec
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if name_of(c) == SIDECAR_NAME {
+                    return Err(RefuseReason::ReservedName {
+                        what: "container",
+                        name: SIDECAR_NAME.to_string(),
+                    });
+                }
+            }
+        }
+        for v in volumes(spec) {
+            if RESERVED_VOLUMES.contains(&name_of(&v)) {
+                return Err(RefuseReason::ReservedName {
+                    what: "volume",
+                    name: name_of(&v).to_string(),
+                });
+            }
+        }
         let has_token = volumes(spec).iter().any(|v| is_api_token_volume(v, config));
         let automount_off = spec.get("automountServiceAccountToken") == Some(&Value::Bool(false));
         if !has_token && (automount_off || source == Source::Admission) {
@@ -245,6 +286,29 @@ pub fn patch_with_source(
     let after = transform(pod, config, &mut warnings)?;
     let patch = ops_between(pod, &after);
     Ok(PatchOutcome::Patch { patch, warnings })
+}
+
+const RESERVED_VOLUMES: [&str; 6] = [
+    TOKEN_VOLUME,
+    LOCAL_VOLUME,
+    SPOOL_VOLUME,
+    POLICY_VOLUME,
+    COLLECTOR_CA_VOLUME,
+    COLLECTOR_TOKEN_VOLUME,
+];
+
+/// A Kubernetes object name (RFC 1123 subdomain), as ConfigMap names are.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
@@ -812,6 +876,39 @@ mod tests {
             s.contains("/metadata/annotations/mcp-warden.io~1status"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn reserved_names_and_bad_policy_names_are_refused() {
+        let cfg = InjectConfig::default();
+        let base = json!({ "metadata": { "annotations": {} }, "spec": {
+            "containers": [ { "name": "app", "image": "x" } ], "volumes": [ kube_api_access() ] } });
+        let mut c = base.clone();
+        c["spec"]["containers"][0]["name"] = json!("mcp-warden");
+        let e = patch(&c, &enabled(), "ns", &cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RefuseReason::ReservedName {
+                    what: "container",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut v = base.clone();
+        v["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "name": "mcp-warden-spool", "emptyDir": {} }));
+        let e = patch(&v, &enabled(), "ns", &cfg).unwrap_err();
+        assert!(e.to_string().contains("mcp-warden-spool"), "{e}");
+        let mut p = base.clone();
+        p["metadata"]["annotations"][POLICY_ANNOTATION] = json!("Bad_Name");
+        let e = patch(&p, &enabled(), "ns", &cfg).unwrap_err();
+        assert!(e.to_string().contains("Bad_Name"), "{e}");
+        p["metadata"]["annotations"][POLICY_ANNOTATION] = json!("team-a.policy");
+        assert!(patch(&p, &enabled(), "ns", &cfg).is_ok());
     }
 
     #[test]
