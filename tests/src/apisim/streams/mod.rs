@@ -7,6 +7,15 @@
 //! The router has authenticated the request and found the pod; [`serve`]
 //! checks the query, negotiates the protocol, answers `101 Switching
 //! Protocols` and runs the session on the upgraded connection in a task.
+//!
+//! What real clients send (observed with `kubectl -v=9`, see
+//! `tests/tests/apisim_streams.rs`): exec/attach — kubectl ≤ 1.29 `POST` +
+//! `Upgrade: SPDY/3.1` + `X-Stream-Protocol-Version` v4…v1; kubectl ≥ 1.30
+//! `GET` + WebSocket `v5.channel.k8s.io` only; the Python client WebSocket
+//! `v4.channel.k8s.io` (stdin in text frames). port-forward — kubectl ≤ 1.30
+//! `POST` + SPDY `portforward.k8s.io`; kubectl ≥ 1.31 `GET` + WebSocket
+//! `SPDY/3.1+portforward.k8s.io` (SPDY frames inside binary messages); the
+//! Python client WebSocket `v4.channel.k8s.io` with `ports=`.
 
 pub mod exec;
 pub mod log;
