@@ -253,3 +253,52 @@ pub fn aggregated(types: &[ResourceInfo], core: bool, api_version: &str) -> Valu
         "items": items,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::apisim::registry::builtins;
+
+    #[test]
+    fn aggregated_and_legacy_documents() {
+        let types = builtins();
+        let core = aggregated(&types, true, "apidiscovery.k8s.io/v2");
+        let res = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap();
+        let pods = res.iter().find(|r| r["resource"] == "pods").unwrap();
+        assert_eq!(pods["scope"], "Namespaced");
+        assert_eq!(pods["responseKind"]["kind"], "Pod");
+        assert!(
+            pods["subresources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["subresource"] == "exec")
+        );
+        let apis = aggregated(&types, false, "apidiscovery.k8s.io/v2");
+        let names: Vec<&str> = apis["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"apps") && names.contains(&"authentication.k8s.io"));
+        assert!(!names.contains(&""));
+        let v1 = resource_list(&types, "", "v1").unwrap();
+        assert!(
+            v1["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "serviceaccounts/token")
+        );
+        assert!(resource_list(&types, "nope", "v1").is_none());
+        assert_eq!(version("v1.29.4")["minor"], "29");
+        assert_eq!(
+            api_group(&types, "apps").unwrap()["preferredVersion"]["version"],
+            "v1"
+        );
+    }
+}
