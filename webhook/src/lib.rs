@@ -11,6 +11,7 @@
 //! - [`selfmanaged`]: the self-managed CA, its Secret and the caBundle (kube I/O).
 
 pub mod admission;
+pub mod approval;
 pub mod config;
 pub mod manifest;
 pub mod names;

@@ -198,9 +198,23 @@ pub fn mutate_router(inject: InjectConfig) -> Router {
     }))
 }
 
+/// AccessRequest status admission (see [`crate::approval`]).
+async fn approval_review(body: axum::body::Bytes, mode: crate::approval::Mode) -> Response {
+    let (code, v) = crate::approval::answer(&body, mode, time::OffsetDateTime::now_utc());
+    json_response(code, &v)
+}
+
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate).fallback(method_not_allowed))
+        .route(
+            crate::approval::MUTATE_PATH,
+            post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Mutate)),
+        )
+        .route(
+            crate::approval::VALIDATE_PATH,
+            post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Validate)),
+        )
         .fallback(not_found)
         .with_state(state)
 }

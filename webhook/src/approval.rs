@@ -1,0 +1,532 @@
+//! Admission for `AccessRequest` status updates: who decided, and whether
+//! they may. Pure: AdmissionReview JSON in, AdmissionReview JSON out.
+//!
+//! Served twice, as kube-apiserver calls mutating webhooks before validating
+//! ones:
+//! - `POST /mutate-accessrequests` stamps `status.decidedBy` (the
+//!   authenticated `request.userInfo.username`, never a value the client
+//!   typed) and `status.decidedAt` on every decision, keeps both unchanged
+//!   otherwise, and refuses what is not allowed (below);
+//! - `POST /validate-accessrequests` runs the same checks and additionally
+//!   requires that the stored `decidedBy` is exactly the requesting user on a
+//!   decision, so no later mutating webhook or typed value can forge it.
+//!
+//! Rules: states move only Pending→Approved|Denied|Expired and
+//! Approved→Used|Expired; the requesting service account
+//! (`spec.requester.serviceAccount`) may not approve or deny its own request;
+//! nobody may approve or deny once `spec.expiresAt` has passed.
+
+use base64::Engine;
+use mcp_warden_shared::status::{Reason, Status};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::admission::ADMISSION_API_VERSION;
+
+/// Path of the mutating (stamping) endpoint.
+pub const MUTATE_PATH: &str = "/mutate-accessrequests";
+/// Path of the validating endpoint.
+pub const VALIDATE_PATH: &str = "/validate-accessrequests";
+
+/// States of an AccessRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Used,
+}
+
+impl State {
+    /// Parses `status.state`; absent or empty means Pending (a new object).
+    pub fn parse(s: Option<&str>) -> Option<State> {
+        Some(match s.unwrap_or("") {
+            "" | "Pending" => State::Pending,
+            "Approved" => State::Approved,
+            "Denied" => State::Denied,
+            "Expired" => State::Expired,
+            "Used" => State::Used,
+            _ => return None,
+        })
+    }
+
+    /// The name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "Pending",
+            State::Approved => "Approved",
+            State::Denied => "Denied",
+            State::Expired => "Expired",
+            State::Used => "Used",
+        }
+    }
+
+    /// A human decision (the ones that need an approver identity).
+    fn is_human_decision(self) -> bool {
+        matches!(self, State::Approved | State::Denied)
+    }
+}
+
+/// Which endpoint is answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Stamp `decidedBy`/`decidedAt` with a JSON Patch.
+    Mutate,
+    /// Verify only.
+    Validate,
+}
+
+/// Why a status update is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("status.state {0:?} is not one of Pending, Approved, Denied, Expired, Used")]
+    UnknownState(String),
+    #[error("an AccessRequest cannot go from {from} to {to}")]
+    Transition {
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error(
+        "{user} requested this access and cannot decide on it: another person must approve or deny it"
+    )]
+    SelfDecision { user: String },
+    #[error("the AccessRequest expired at {expires_at}: it can no longer be approved or denied")]
+    Expired { expires_at: String },
+    #[error(
+        "status.decidedBy is set by the admission webhook from the authenticated user ({expected:?}), not {got:?}"
+    )]
+    ForgedDecider { expected: String, got: String },
+    #[error("status.decidedBy and status.decidedAt cannot change without a decision")]
+    DecisionFieldsChanged,
+    #[error("the admission request is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The outcome for an allowed update: the JSON Patch to apply (mutating
+/// mode only; empty when nothing needs stamping).
+pub type Stamp = Vec<Value>;
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// Judges one status update. `old`/`new` are the whole objects, `username`
+/// the authenticated user, `now` the time of the decision.
+pub fn judge(
+    old: &Value,
+    new: &Value,
+    username: &str,
+    now: OffsetDateTime,
+    mode: Mode,
+) -> Result<Stamp, Refusal> {
+    let from = State::parse(s(old, "/status/state"))
+        .ok_or_else(|| Refusal::UnknownState(s(old, "/status/state").unwrap_or("").into()))?;
+    let to = State::parse(s(new, "/status/state"))
+        .ok_or_else(|| Refusal::UnknownState(s(new, "/status/state").unwrap_or("").into()))?;
+    let transition = from != to;
+    if transition {
+        let ok = matches!(
+            (from, to),
+            (
+                State::Pending,
+                State::Approved | State::Denied | State::Expired
+            ) | (State::Approved, State::Used | State::Expired)
+        );
+        if !ok {
+            return Err(Refusal::Transition {
+                from: from.as_str(),
+                to: to.as_str(),
+            });
+        }
+    }
+    if transition && to.is_human_decision() {
+        if let Some(requester) = s(new, "/spec/requester/serviceAccount")
+            .or_else(|| s(old, "/spec/requester/serviceAccount"))
+            && !requester.is_empty()
+            && requester == username
+        {
+            return Err(Refusal::SelfDecision {
+                user: username.to_string(),
+            });
+        }
+        // Expiry comes from the stored object: spec is not writable through
+        // the status subresource, but `old` is what was asked.
+        if let Some(exp) = s(old, "/spec/expiresAt") {
+            let at = OffsetDateTime::parse(exp, &Rfc3339)
+                .map_err(|e| Refusal::Malformed(format!("spec.expiresAt {exp:?}: {e}")))?;
+            if now >= at {
+                return Err(Refusal::Expired {
+                    expires_at: exp.to_string(),
+                });
+            }
+        }
+    }
+    // Decision fields: set by the webhook on a decision (any transition
+    // except Approved→Used, which consumes an existing decision), otherwise
+    // carried over unchanged.
+    let decides = transition && !(from == State::Approved && to == State::Used);
+    let old_by = s(old, "/status/decidedBy");
+    let old_at = s(old, "/status/decidedAt");
+    let new_by = s(new, "/status/decidedBy");
+    let new_at = s(new, "/status/decidedAt");
+    match mode {
+        Mode::Validate => {
+            if decides {
+                if new_by != Some(username) {
+                    return Err(Refusal::ForgedDecider {
+                        expected: username.to_string(),
+                        got: new_by.unwrap_or("").to_string(),
+                    });
+                }
+            } else if new_by != old_by || new_at != old_at {
+                return Err(Refusal::DecisionFieldsChanged);
+            }
+            Ok(Vec::new())
+        }
+        Mode::Mutate => {
+            let (want_by, want_at) = if decides {
+                let at = now
+                    .replace_nanosecond(0)
+                    .unwrap_or(now)
+                    .format(&Rfc3339)
+                    .map_err(|e| Refusal::Malformed(e.to_string()))?;
+                (Some(username.to_string()), Some(at))
+            } else {
+                (old_by.map(str::to_string), old_at.map(str::to_string))
+            };
+            let mut ops = Vec::new();
+            if !new.get("status").is_some_and(Value::is_object) {
+                ops.push(json!({"op": "add", "path": "/status", "value": {}}));
+            }
+            for (field, cur, want) in [
+                ("decidedBy", new_by, want_by),
+                ("decidedAt", new_at, want_at),
+            ] {
+                let path = format!("/status/{field}");
+                match (cur, want) {
+                    (c, Some(w)) if c != Some(w.as_str()) => {
+                        ops.push(json!({"op": "add", "path": path, "value": w}));
+                    }
+                    (Some(_), None) => ops.push(json!({"op": "remove", "path": path})),
+                    _ => {}
+                }
+            }
+            Ok(ops)
+        }
+    }
+}
+
+/// HTTP status and JSON body for one AdmissionReview body.
+pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
+    let bad = |m: String| {
+        let st = Status::new(Reason::BadRequest, m);
+        (st.code(), st.to_value())
+    };
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return bad(format!("the body is not a JSON AdmissionReview: {e}")),
+    };
+    if v.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
+        || v.get("apiVersion").and_then(Value::as_str) != Some(ADMISSION_API_VERSION)
+    {
+        return bad(format!(
+            "the body is not an {ADMISSION_API_VERSION} AdmissionReview"
+        ));
+    }
+    let Some(req) = v.get("request").filter(|r| r.is_object()) else {
+        return bad("the AdmissionReview has no request".into());
+    };
+    let Some(uid) = s(req, "/uid").filter(|u| !u.is_empty()) else {
+        return bad("the AdmissionReview request has no uid".into());
+    };
+    let respond = |response: Value| {
+        (
+            200,
+            json!({"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}),
+        )
+    };
+    let deny = |reason: Reason, msg: String| {
+        let st = Status::new(reason, msg);
+        respond(json!({"uid": uid, "allowed": false, "status": st.to_value()}))
+    };
+    let is_ar = s(req, "/resource/group") == Some("mcp-warden.io")
+        && s(req, "/resource/resource") == Some("accessrequests");
+    let op = s(req, "/operation").unwrap_or("");
+    let sub = s(req, "/subResource").unwrap_or("");
+    if !is_ar || op != "UPDATE" || sub != "status" {
+        return respond(json!({"uid": uid, "allowed": true}));
+    }
+    let (Some(old), Some(new)) = (
+        req.get("oldObject").filter(|o| o.is_object()),
+        req.get("object").filter(|o| o.is_object()),
+    ) else {
+        return deny(
+            Reason::BadRequest,
+            "an AccessRequest status update needs object and oldObject".into(),
+        );
+    };
+    let Some(user) = s(req, "/userInfo/username").filter(|u| !u.is_empty()) else {
+        return deny(
+            Reason::Forbidden,
+            "the admission request has no userInfo.username".into(),
+        );
+    };
+    let name = s(new, "/metadata/name").unwrap_or("");
+    match judge(old, new, user, now, mode) {
+        Err(r) => {
+            tracing::info!(user, name, refusal = %r, "access request decision refused");
+            let reason = match r {
+                Refusal::Malformed(_) | Refusal::UnknownState(_) => Reason::BadRequest,
+                _ => Reason::Forbidden,
+            };
+            deny(reason, format!("accessrequests {name:?}: {r}"))
+        }
+        Ok(ops) => {
+            tracing::info!(
+                user,
+                name,
+                state = s(new, "/status/state").unwrap_or("Pending"),
+                "access request status update allowed"
+            );
+            let mut r = json!({"uid": uid, "allowed": true});
+            if mode == Mode::Mutate && !ops.is_empty() {
+                let bytes = serde_json::to_vec(&ops).unwrap_or_default();
+                r["patchType"] = json!("JSONPatch");
+                r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+            respond(r)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const SA: &str = "system:serviceaccount:mcp:agent";
+    const NOW: OffsetDateTime = datetime!(2026-11-22 01:00:00 UTC);
+
+    fn ar(state: Option<&str>, by: Option<&str>) -> Value {
+        let mut v = json!({
+            "apiVersion": "mcp-warden.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "ar-1", "namespace": "mcp"},
+            "spec": {"verb": "delete", "requester": {"serviceAccount": SA, "pod": "p"},
+                     "expiresAt": "2026-11-22T01:05:00Z"},
+        });
+        if let Some(st) = state {
+            v["status"] = json!({"state": st});
+        }
+        if let Some(b) = by {
+            v["status"]["decidedBy"] = json!(b);
+            v["status"]["decidedAt"] = json!("2026-11-22T00:59:00Z");
+        }
+        v
+    }
+
+    fn apply(obj: &Value, ops: &[Value]) -> Value {
+        let mut o = obj.clone();
+        let p: json_patch::Patch = serde_json::from_value(json!(ops)).unwrap();
+        json_patch::patch(&mut o, &p).unwrap();
+        o
+    }
+
+    #[test]
+    fn approval_is_stamped_with_the_authenticated_user() {
+        let old = ar(Some("Pending"), None);
+        let mut new = ar(Some("Approved"), None);
+        new["status"]["decidedBy"] = json!("somebody-else");
+        let ops = judge(&old, &new, "alice", NOW, Mode::Mutate).unwrap();
+        let stamped = apply(&new, &ops);
+        assert_eq!(stamped["status"]["decidedBy"], "alice");
+        assert_eq!(stamped["status"]["decidedAt"], "2026-11-22T01:00:00Z");
+        judge(&old, &stamped, "alice", NOW, Mode::Validate).unwrap();
+        // Without stamping, the typed value is refused.
+        assert!(matches!(
+            judge(&old, &new, "alice", NOW, Mode::Validate),
+            Err(Refusal::ForgedDecider { .. })
+        ));
+        // A new object without status at all also gets stamped.
+        let old = ar(None, None);
+        let new = ar(Some("Denied"), None);
+        let ops = judge(&old, &new, "bob", NOW, Mode::Mutate).unwrap();
+        assert_eq!(apply(&new, &ops)["status"]["decidedBy"], "bob");
+    }
+
+    #[test]
+    fn requester_cannot_decide_its_own_request() {
+        let old = ar(Some("Pending"), None);
+        for st in ["Approved", "Denied"] {
+            let r = judge(&old, &ar(Some(st), None), SA, NOW, Mode::Mutate);
+            assert!(
+                matches!(r, Err(Refusal::SelfDecision { .. })),
+                "{st}: {r:?}"
+            );
+        }
+        // ...but it may expire it (the sidecar does on timeout) and use it.
+        judge(&old, &ar(Some("Expired"), None), SA, NOW, Mode::Mutate).unwrap();
+        let approved = ar(Some("Approved"), Some("alice"));
+        let ops = judge(&approved, &ar(Some("Used"), None), SA, NOW, Mode::Mutate).unwrap();
+        let used = apply(&ar(Some("Used"), None), &ops);
+        assert_eq!(used["status"]["decidedBy"], "alice");
+        judge(&approved, &used, SA, NOW, Mode::Validate).unwrap();
+    }
+
+    #[test]
+    fn expired_requests_cannot_be_decided() {
+        let old = ar(Some("Pending"), None);
+        let later = datetime!(2026-11-22 01:05:00 UTC);
+        let r = judge(
+            &old,
+            &ar(Some("Approved"), None),
+            "alice",
+            later,
+            Mode::Mutate,
+        );
+        assert!(matches!(r, Err(Refusal::Expired { .. })), "{r:?}");
+        let mut bad = old.clone();
+        bad["spec"]["expiresAt"] = json!("tomorrow");
+        let r = judge(
+            &bad,
+            &ar(Some("Approved"), None),
+            "alice",
+            NOW,
+            Mode::Mutate,
+        );
+        assert!(matches!(r, Err(Refusal::Malformed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn only_forward_transitions() {
+        let cases = [
+            ("Approved", "Pending"),
+            ("Approved", "Denied"),
+            ("Denied", "Approved"),
+            ("Expired", "Approved"),
+            ("Used", "Approved"),
+            ("Pending", "Used"),
+            ("Used", "Pending"),
+        ];
+        for (from, to) in cases {
+            let r = judge(
+                &ar(Some(from), Some("alice")),
+                &ar(Some(to), Some("alice")),
+                "bob",
+                NOW,
+                Mode::Mutate,
+            );
+            assert!(
+                matches!(r, Err(Refusal::Transition { .. })),
+                "{from}->{to}: {r:?}"
+            );
+        }
+        let r = judge(
+            &ar(Some("Pending"), None),
+            &ar(Some("Maybe"), None),
+            "bob",
+            NOW,
+            Mode::Mutate,
+        );
+        assert!(matches!(r, Err(Refusal::UnknownState(_))));
+    }
+
+    #[test]
+    fn decision_fields_cannot_be_rewritten_later() {
+        let old = ar(Some("Approved"), Some("alice"));
+        let new = ar(Some("Approved"), Some("mallory"));
+        // Mutating puts the old values back; validating refuses the change.
+        let ops = judge(&old, &new, "mallory", NOW, Mode::Mutate).unwrap();
+        assert_eq!(apply(&new, &ops)["status"]["decidedBy"], "alice");
+        assert_eq!(
+            judge(&old, &new, "mallory", NOW, Mode::Validate),
+            Err(Refusal::DecisionFieldsChanged)
+        );
+        // A Pending request cannot carry a decider.
+        let ops = judge(
+            &ar(Some("Pending"), None),
+            &ar(Some("Pending"), Some("mallory")),
+            "mallory",
+            NOW,
+            Mode::Mutate,
+        )
+        .unwrap();
+        let fixed = apply(&ar(Some("Pending"), Some("mallory")), &ops);
+        assert!(fixed["status"].get("decidedBy").is_none());
+    }
+
+    fn review(op: &str, sub: &str, user: Option<&str>, old: Value, new: Value) -> Vec<u8> {
+        let mut r = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-1", "operation": op, "subResource": sub,
+            "resource": {"group": "mcp-warden.io", "version": "v1alpha1", "resource": "accessrequests"},
+            "oldObject": old, "object": new}});
+        if let Some(u) = user {
+            r["request"]["userInfo"] = json!({"username": u});
+        }
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    #[test]
+    fn reviews_in_and_out() {
+        let body = review(
+            "UPDATE",
+            "status",
+            Some("alice"),
+            ar(Some("Pending"), None),
+            ar(Some("Approved"), None),
+        );
+        let (code, v) = answer(&body, Mode::Mutate, NOW);
+        assert_eq!(code, 200);
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let ops: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            apply(&ar(Some("Approved"), None), &ops)["status"]["decidedBy"],
+            "alice"
+        );
+
+        let body = review(
+            "UPDATE",
+            "status",
+            Some(SA),
+            ar(Some("Pending"), None),
+            ar(Some("Approved"), None),
+        );
+        let (_, v) = answer(&body, Mode::Validate, NOW);
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["status"]["code"], 403);
+        assert!(
+            v["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot decide")
+        );
+
+        let body = review(
+            "UPDATE",
+            "status",
+            None,
+            ar(Some("Pending"), None),
+            ar(Some("Approved"), None),
+        );
+        assert_eq!(
+            answer(&body, Mode::Mutate, NOW).1["response"]["allowed"],
+            false
+        );
+        // Other operations pass untouched.
+        let body = review("CREATE", "", Some("x"), json!(null), ar(None, None));
+        let (_, v) = answer(&body, Mode::Mutate, NOW);
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        // Garbage is a 400 Status.
+        let (code, v) = answer(b"[1,2", Mode::Mutate, NOW);
+        assert_eq!(code, 400);
+        assert_eq!(v["kind"], "Status");
+    }
+}
