@@ -92,12 +92,17 @@ struct Pod {
     config_maps: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-/// Runs the real `inject -f` and builds the pod from the Deployment's template.
-fn injected_pod() -> Pod {
+/// Runs the real `inject -f` (with `config_yaml` as its `--config`) and
+/// builds the pod from the Deployment's template.
+fn injected_pod(config_yaml: &str, dir: &Path) -> Pod {
+    let config = dir.join("inject-config.yaml");
+    std::fs::write(&config, config_yaml).unwrap();
     let out = run(
         Command::new(workspace_bin("mcp-warden-webhook"))
             .args(["inject", "-f"])
             .arg(fixture("webhook/mcp-server-deployment.yaml"))
+            .arg("--config")
+            .arg(&config)
             .env("RUST_LOG", "warn"),
         Duration::from_secs(30),
     )
@@ -324,7 +329,7 @@ fn in_container(netns_pid: u32, script: &Path) -> Command {
 static ONE_POD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts kube-apisim and the sidecar in the simulated pod.
-fn start_pod(test: &str) -> SimPod {
+fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
     let guard = ONE_POD.lock().unwrap_or_else(|e| e.into_inner());
     if !is_root() {
         eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
@@ -340,7 +345,11 @@ fn start_pod(test: &str) -> SimPod {
             "{bin} not built: run `cargo build --workspace --bins` first"
         );
     }
-    let pod = injected_pod();
+    let config_dir = tempfile::tempdir().unwrap();
+    let pod = injected_pod(
+        &format!("nativeSidecar: {native_sidecar}\n"),
+        config_dir.path(),
+    );
     let mut cleanup = Cleanup {
         children: Vec::new(),
         created: Vec::new(),
@@ -355,7 +364,7 @@ fn start_pod(test: &str) -> SimPod {
         .as_array()
         .unwrap()
         .iter()
-        .chain(pod.spec["initContainers"].as_array().unwrap())
+        .chain(pod.spec["initContainers"].as_array().into_iter().flatten())
     {
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             assert!(
@@ -432,11 +441,18 @@ fn start_pod(test: &str) -> SimPod {
     assert!(api.token.len() >= 16);
 
     // Volumes, materialized like the kubelet.
-    let init = pod.spec["initContainers"].as_array().unwrap();
-    let sidecar = &init[0];
+    // Native: the first init container with restartPolicy Always; fallback:
+    // the first regular container. Either way the app is the next one.
+    let (sidecar, app) = if native_sidecar {
+        let init = pod.spec["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        (&init[0], &pod.spec["containers"][0])
+    } else {
+        assert!(pod.spec["initContainers"].is_null());
+        (&pod.spec["containers"][0], &pod.spec["containers"][1])
+    };
     assert_eq!(sidecar["name"], "mcp-warden");
-    assert_eq!(sidecar["restartPolicy"], "Always");
-    let app = &pod.spec["containers"][0];
+    assert_eq!(app["name"], "server");
     let sidecar_uid = container_uid(sidecar, &pod);
     let app_uid = container_uid(app, &pod);
     assert_ne!(sidecar_uid, app_uid);
@@ -533,7 +549,7 @@ fn start_pod(test: &str) -> SimPod {
     }
 
     // The app container: its env, mounts and uid, with the work dir hidden.
-    let app = pod.spec["containers"][0].clone();
+    let app = app.clone();
     let mut app_env = container_env(&app, &pod);
     assert_eq!(app_env["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
     assert_eq!(app_env["KUBERNETES_SERVICE_PORT"], "15443");
@@ -659,8 +675,21 @@ impl SimPod {
 
 #[test]
 fn simulated_pod_clients_work_and_the_token_stays_hidden() {
-    let pod = start_pod("simulated_pod_clients_work_and_the_token_stays_hidden");
+    let pod = start_pod(
+        "simulated_pod_clients_work_and_the_token_stays_hidden",
+        true,
+    );
+    check_clients_and_token(&pod);
+}
 
+/// The container-only fallback (clusters before 1.29): the same promises.
+#[test]
+fn simulated_pod_container_only_fallback() {
+    let pod = start_pod("simulated_pod_container_only_fallback", false);
+    check_clients_and_token(&pod);
+}
+
+fn check_clients_and_token(pod: &SimPod) {
     // kubectl with in-cluster config (no kubeconfig anywhere).
     let pods = pod.ok(
         "kubectl get pods",
@@ -764,7 +793,7 @@ fn simulated_pod_clients_work_and_the_token_stays_hidden() {
 #[test]
 #[ignore = "needs the sidecar's masking and policy hooks wired into its binary (issues 4 and 5); un-ignore then"]
 fn simulated_pod_masks_secrets_and_enforces_policy() {
-    let pod = start_pod("simulated_pod_masks_secrets_and_enforces_policy");
+    let pod = start_pod("simulated_pod_masks_secrets_and_enforces_policy", true);
 
     // A Secret read comes back masked (and still valid base64).
     let secret = pod.ok(
