@@ -197,6 +197,37 @@ async fn mutate_over_https_and_rotation() {
     assert_eq!(spec.init_containers.unwrap()[0].name, "mcp-warden");
     assert_eq!(spec.automount_service_account_token, Some(false));
 
+    // kube-apiserver speaks HTTP/2 to webhooks when ALPN offers it.
+    {
+        let mut cfg = (*client_config(&first.ca_cert_pem)).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(SERVICE_DNS).unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://{SERVICE_DNS}/mutate"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review.clone())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["response"]["uid"], sent["request"]["uid"]);
+        assert_eq!(body["response"]["patchType"], "JSONPatch");
+    }
+
     // The injected pod coming back (reinvocation): allowed, no patch.
     let mut again = sent.clone();
     again["request"]["object"] = pod;
@@ -278,7 +309,7 @@ async fn mutate_over_https_and_rotation() {
     let (status, metrics) = http_get(server.admin, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("mcp_warden_webhook_admissions_total{outcome=\"injected\"} 1"),
+        metrics.contains("mcp_warden_webhook_admissions_total{outcome=\"injected\"} 2"),
         "{metrics}"
     );
     assert!(
