@@ -1131,13 +1131,16 @@ fn update(
         }
     }
     let manager = field_manager(ctx, "unknown");
-    let (out, code) = store_update(app, ri, ns, name, obj, sub, &manager, operation, dry, None)?;
+    let (out, code) = store_update(
+        app, &ctx.user, ri, ns, name, obj, sub, &manager, operation, dry, None,
+    )?;
     render_one(ri, ctx, &out, code)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn store_update(
     app: &App,
+    user: &User,
     ri: &ResourceInfo,
     ns: &str,
     name: &str,
@@ -1157,6 +1160,7 @@ fn store_update(
         .as_str()
         .map(str::to_string);
     let mut new = merge_update(ri, &cur, obj, sub);
+    new = super::admission::admit_update(&app.store, user, ri, ns, name, sub, &cur, new, dry)?;
     if ri.resource == "secrets" && !ri.custom {
         objects::fold_string_data(&mut new);
     }
@@ -1327,6 +1331,7 @@ fn patch_obj(
                 }
                 let (out, code) = store_update(
                     app,
+                    &ctx.user,
                     ri,
                     ns,
                     name,
@@ -1371,7 +1376,7 @@ fn patch_obj(
     }
     let manager = field_manager(ctx, "unknown");
     let (out, code) = store_update(
-        app, ri, ns, name, patched, sub, &manager, "Update", dry, None,
+        app, &ctx.user, ri, ns, name, patched, sub, &manager, "Update", dry, None,
     )?;
     render_one(ri, ctx, &out, code)
 }
@@ -1606,7 +1611,9 @@ fn scale_set(
     let mut new = cur.clone();
     new["spec"]["replicas"] = json!(replicas);
     let manager = field_manager(ctx, "unknown");
-    store_update(app, ri, ns, name, new, None, &manager, "Update", dry, None)?;
+    store_update(
+        app, &ctx.user, ri, ns, name, new, None, &manager, "Update", dry, None,
+    )?;
     let s = if dry {
         let mut s = scale_of(app, ri, ns, name)?;
         s["spec"]["replicas"] = json!(replicas);

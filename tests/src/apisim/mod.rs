@@ -14,6 +14,7 @@ use http_body_util::combinators::BoxBody;
 /// Response body type of every kube-apisim handler (streams included).
 pub type ResBody = BoxBody<Bytes, std::io::Error>;
 
+pub mod admission;
 pub mod auth;
 pub mod discovery;
 pub mod handler;
