@@ -20,8 +20,16 @@
 //!
 //! Response shapes: single objects, `*List`s, watch events, `Table`s (rows'
 //! cells and embedded objects), `PartialObjectMetadata(List)`, error `Status`
-//! (detectors only, so normally unchanged), log lines. [`StreamMasker`] does the
-//! same over a byte stream with memory bounded by the largest list item.
+//! (detectors only, so normally unchanged), log lines; for request bodies also
+//! JSON Patch arrays (each op's `value` masked as if it sat at its `path`).
+//! [`StreamMasker`] does the same over a byte stream with memory bounded by
+//! the largest list item.
+//!
+//! Numbers: `arbitrary_precision` is off, so a value that is re-serialized
+//! (because something in it was masked) goes through i64/u64/f64: integers
+//! are exact, floats are written in shortest round-trip form (`1e3` becomes
+//! `1000.0`), integers beyond u64 become floats. Values with nothing masked
+//! are passed on byte for byte.
 
 mod detect;
 mod engine;
