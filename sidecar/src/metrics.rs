@@ -4,6 +4,7 @@
 //! other parts (policy reloads, recording) add theirs with
 //! [`Metrics::register`] before or while the server runs.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -47,7 +48,14 @@ pub struct Metrics {
     pub open_streams: Gauge,
     /// Upstream requests that failed before a response (connect, TLS, reset).
     pub upstream_errors: Counter,
+    /// `(verb, resource)` pairs seen, to bound the label cardinality: the
+    /// resource comes from the request path, which the app chooses.
+    seen_labels: Mutex<HashSet<(String, String)>>,
 }
+
+/// At most this many distinct `(verb, resource)` pairs get their own series;
+/// later ones are counted under `resource="_other"`.
+pub const MAX_REQUEST_SERIES: usize = 512;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +106,7 @@ impl Metrics {
             upstream_latency,
             open_streams,
             upstream_errors,
+            seen_labels: Mutex::new(HashSet::new()),
         }
     }
 
@@ -113,10 +122,23 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn count_request(&self, verb: &str, resource: &str, code: u16) {
+        let resource = {
+            let mut seen = match self.seen_labels.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let key = (verb.to_string(), resource.to_string());
+            if seen.contains(&key) || seen.len() < MAX_REQUEST_SERIES {
+                seen.insert(key);
+                resource.to_string()
+            } else {
+                "_other".to_string()
+            }
+        };
         self.requests
             .get_or_create(&RequestLabels {
                 verb: verb.to_string(),
-                resource: resource.to_string(),
+                resource,
                 code,
             })
             .inc();
@@ -158,6 +180,21 @@ impl Drop for StreamGuard {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_series_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..(MAX_REQUEST_SERIES + 10) {
+            m.count_request("get", &format!("r{i}"), 200);
+        }
+        m.count_request("get", "r0", 200);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"resource="_other",code="200"} 10"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"resource="r0",code="200"} 2"#));
+    }
 
     #[test]
     fn encodes_requests_and_custom_metrics() {
