@@ -265,7 +265,7 @@ async fn stream_chunks_arrive_before_the_stream_ends() {
             .unwrap();
         assert_eq!(first.into_data().unwrap(), "first\n");
         let (_, m) = sc.admin_get("/metrics").await.unwrap();
-        assert!(m.contains("mcp_warden_open_streams 1"), "{m}");
+        assert!(common::open_streams(&m) >= 1, "{}", m);
         up.release.notify_one();
         let mut rest = Vec::new();
         while let Some(f) = tokio::time::timeout(Duration::from_secs(10), body.frame())
@@ -380,7 +380,7 @@ async fn admin_endpoints() {
 
 #[tokio::test]
 async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
-    let (_up, mut sc, _t) = setup().await;
+    let (up, mut sc, _t) = setup().await;
     let auth = format!("Bearer {}", sc.token());
     let c = client(&sc.ca_pem(), Alpn::H1);
     // An open watch-like stream.
@@ -400,7 +400,19 @@ async fn shutdown_lets_unary_requests_finish_and_closes_streams() {
         tokio::spawn(
             async move { send(&c2, "GET", &url, &[("authorization", auth2.as_str())]).await },
         );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shut down once the slow request is in flight upstream (bounded wait).
+    let in_flight = async {
+        while !up
+            .seen()
+            .iter()
+            .any(|s| s.path_and_query.ends_with("/slow"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("slow request never arrived");
     sc.begin_shutdown();
     // The stream ends cleanly (no more frames) although the upstream never finished it.
     let end = tokio::time::timeout(Duration::from_secs(10), async {

@@ -496,3 +496,12 @@ pub fn kubelet_write_token(dir: &Path, generation: u32, token: &str) {
         std::fs::remove_dir_all(dir.join(old)).unwrap();
     }
 }
+
+/// The value of `mcp_warden_open_streams` in a metrics exposition.
+pub fn open_streams(metrics: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp_warden_open_streams "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
