@@ -13,6 +13,7 @@
 //! `recording` (recording work).
 
 pub mod admin;
+pub mod approval;
 pub mod config;
 pub mod error;
 pub mod forward;

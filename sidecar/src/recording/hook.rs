@@ -185,6 +185,12 @@ impl RecordingHook {
             cluster: self.recorder.cluster_name(),
         };
         let mut e = Event::request_received(&info);
+        if let Some((by, ar)) = crate::approval::approval_of(&ctx.request_id) {
+            e.annotations
+                .insert(crate::approval::ANN_APPROVED_BY.to_string(), by);
+            e.annotations
+                .insert(crate::approval::ANN_ACCESS_REQUEST.to_string(), ar);
+        }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
             e.annotations.remove(audit::ANN_RULE);
