@@ -14,7 +14,9 @@
 use crate::tls::{CertStore, certified_key};
 use base64::Engine;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
@@ -39,9 +41,12 @@ pub enum SelfManagedError {
         object: String,
         source: kube::Error,
     },
-    /// The Secret kept changing under us.
-    #[error("secret {0} kept changing; giving up this round")]
+    /// An object kept changing under us.
+    #[error("{0} kept changing; giving up this round")]
     Conflict(String),
+    /// The object to publish the CA bundle into does not exist.
+    #[error("{0} not found: install the MutatingWebhookConfiguration first")]
+    Missing(String),
     /// The minted material does not load into rustls.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -381,33 +386,63 @@ pub fn ca_bundle_patch(mwc: &serde_json::Value, ca_pem: &str) -> Option<serde_js
     Some(serde_json::json!({ "metadata": { "resourceVersion": rv }, "webhooks": hooks }))
 }
 
-/// Writes the CA bundle into the webhook's MutatingWebhookConfiguration.
+/// Writes the CA bundle into the webhook's MutatingWebhookConfiguration and,
+/// if there is one of the same name (AccessRequest validation), its
+/// ValidatingWebhookConfiguration.
 pub async fn publish_ca_bundle(
     client: &kube::Client,
     cfg: &SelfManagedConfig,
     ca_pem: &str,
 ) -> Result<(), SelfManagedError> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let obj = format!("mutatingwebhookconfiguration {}", cfg.webhook_config_name);
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    publish_to(
+        mutating,
+        &cfg.webhook_config_name,
+        "mutatingwebhookconfiguration",
+        ca_pem,
+        true,
+    )
+    .await?;
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    publish_to(
+        validating,
+        &cfg.webhook_config_name,
+        "validatingwebhookconfiguration",
+        ca_pem,
+        false,
+    )
+    .await
+}
+
+async fn publish_to<K>(
+    api: Api<K>,
+    name: &str,
+    kind: &str,
+    ca_pem: &str,
+    required: bool,
+) -> Result<(), SelfManagedError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj = format!("{kind} {name}");
     for _ in 0..5 {
-        let mwc = api
-            .get(&cfg.webhook_config_name)
-            .await
-            .map_err(kube_err("get", &obj))?;
-        let v = serde_json::to_value(&mwc).unwrap_or_default();
+        let current = api.get_opt(name).await.map_err(kube_err("get", &obj))?;
+        let Some(current) = current else {
+            if required {
+                return Err(SelfManagedError::Missing(obj));
+            }
+            return Ok(());
+        };
+        let v = serde_json::to_value(&current).unwrap_or_default();
         let Some(patch) = ca_bundle_patch(&v, ca_pem) else {
             return Ok(());
         };
         match api
-            .patch(
-                &cfg.webhook_config_name,
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => {
-                tracing::info!(config = %cfg.webhook_config_name, "caBundle updated");
+                tracing::info!(object = %obj, "caBundle updated");
                 return Ok(());
             }
             Err(e) if is_conflict(&e) => continue,

@@ -11,11 +11,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use mcp_warden_webhook::config::InjectConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -120,6 +123,12 @@ fn typed(doc: &Value) {
         "MutatingWebhookConfiguration" => {
             serde_json::from_value::<MutatingWebhookConfiguration>(v).map(|_| ())
         }
+        "ValidatingWebhookConfiguration" => {
+            serde_json::from_value::<ValidatingWebhookConfiguration>(v).map(|_| ())
+        }
+        "CustomResourceDefinition" => {
+            serde_json::from_value::<CustomResourceDefinition>(v).map(|_| ())
+        }
         "Certificate" | "Issuer" => {
             assert_eq!(doc["apiVersion"], "cert-manager.io/v1");
             assert!(doc["spec"].is_object());
@@ -156,19 +165,77 @@ fn manifests_are_the_rendered_chart() {
 
 #[test]
 fn manifests_deserialize_validate_and_keep_their_promises() {
+    // Every file under manifests/ (the install and the CRDs).
+    let mut files = Vec::new();
+    let mut stack = vec![repo().join("manifests")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for f in &files {
+        for doc in docs(&std::fs::read_to_string(f).unwrap()) {
+            typed(&doc);
+        }
+        kubernetes_validate(f);
+    }
+    // The chart's CRDs and manifests/crds are the same files.
+    for e in std::fs::read_dir(repo().join("charts/mcp-warden/crds")).unwrap() {
+        let p = e.unwrap().path();
+        let twin = repo().join("manifests/crds").join(p.file_name().unwrap());
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(&twin).unwrap(),
+            "{} drifted from {}",
+            twin.display(),
+            p.display()
+        );
+    }
+
     let path = repo().join("manifests/mcp-warden.yaml");
     let d = docs(&std::fs::read_to_string(&path).unwrap());
-    for doc in &d {
-        typed(doc);
-    }
-    kubernetes_validate(&path);
 
     let mwc: MutatingWebhookConfiguration =
         serde_json::from_value(find(&d, "MutatingWebhookConfiguration", "mcp-warden").clone())
             .unwrap();
-    let hooks = mwc.webhooks.unwrap();
-    assert_eq!(hooks.len(), 2);
-    for h in &hooks {
+    let all_hooks = mwc.webhooks.unwrap();
+    let names: Vec<&str> = all_hooks.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "namespace.inject.mcp-warden.io",
+            "pod.inject.mcp-warden.io",
+            "accessrequests.mcp-warden.io"
+        ]
+    );
+    // AccessRequest decisions go through both the mutating and the validating webhook.
+    let ar = serde_json::to_value(&all_hooks[2]).unwrap();
+    assert_eq!(
+        ar["clientConfig"]["service"]["path"],
+        "/mutate-accessrequests"
+    );
+    assert_eq!(
+        ar["rules"][0]["resources"],
+        serde_json::json!(["accessrequests/status"])
+    );
+    assert_eq!(ar["failurePolicy"], "Fail");
+    let vwc: ValidatingWebhookConfiguration =
+        serde_json::from_value(find(&d, "ValidatingWebhookConfiguration", "mcp-warden").clone())
+            .unwrap();
+    let v = serde_json::to_value(&vwc.webhooks.unwrap()[0]).unwrap();
+    assert_eq!(
+        v["clientConfig"]["service"]["path"],
+        "/validate-accessrequests"
+    );
+    assert_eq!(v["failurePolicy"], "Fail");
+    let hooks = &all_hooks[..2];
+    for h in hooks {
         assert_eq!(h.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(h.side_effects, "None");
         assert_eq!(h.reinvocation_policy.as_deref(), Some("IfNeeded"));

@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use mcp_warden_tests::harness::{ApiSim, ApiSimOptions};
@@ -52,6 +54,15 @@ async fn secret_shared_by_replicas_ca_bundle_published_and_renewal() {
     .unwrap();
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     mwcs.create(&PostParams::default(), &mwc).await.unwrap();
+    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(
+        docs.iter()
+            .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    vwcs.create(&PostParams::default(), &vwc).await.unwrap();
 
     let cfg = SelfManagedConfig {
         service_name: "mcp-warden-webhook".into(),
@@ -75,7 +86,7 @@ async fn secret_shared_by_replicas_ca_bundle_published_and_renewal() {
     let want = base64::engine::general_purpose::STANDARD.encode(&m_a.ca_cert_pem);
     let live = serde_json::to_value(mwcs.get("mcp-warden").await.unwrap()).unwrap();
     let hooks = live["webhooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks.len(), 3);
     for h in hooks {
         assert_eq!(h["clientConfig"]["caBundle"], want.as_str(), "{h}");
         assert_eq!(
@@ -83,6 +94,11 @@ async fn secret_shared_by_replicas_ca_bundle_published_and_renewal() {
             "the rest of the webhook is untouched"
         );
     }
+    let vlive = serde_json::to_value(vwcs.get("mcp-warden").await.unwrap()).unwrap();
+    assert_eq!(
+        vlive["webhooks"][0]["clientConfig"]["caBundle"],
+        want.as_str()
+    );
     // Publishing again is a no-op.
     let rv = live["metadata"]["resourceVersion"].clone();
     publish_ca_bundle(&client, &cfg, &m_a.ca_cert_pem)
