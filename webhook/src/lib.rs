@@ -16,6 +16,7 @@ pub mod config;
 pub mod manifest;
 pub mod names;
 pub mod patch;
+pub mod plugin;
 pub mod selfmanaged;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,290 @@
+//! `kubectl mcp-warden`: the approver's side of just-in-time approvals.
+//!
+//! `approve|deny NAME [-n NS] [--reason TEXT]` updates the `status`
+//! subresource of an `AccessRequest` with the user's own kubeconfig
+//! credentials (RBAC: `update` on `accessrequests/status`); the admission
+//! webhook stamps `decidedBy` from the authenticated user, so the plugin
+//! never sends an identity. `pending [-n NS | -A]` lists what waits.
+
+use clap::{Parser, Subcommand};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// `kubectl mcp-warden`: approve or deny requests held by mcp-warden sidecars.
+#[derive(Parser, Debug)]
+#[command(name = "kubectl-mcp_warden", version, bin_name = "kubectl mcp-warden")]
+pub struct PluginCli {
+    /// Path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Approve a pending AccessRequest: the held request goes through once.
+    Approve(Decide),
+    /// Deny a pending AccessRequest: the held request gets 403.
+    Deny(Decide),
+    /// List pending AccessRequests.
+    Pending {
+        /// Namespace (default: the context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// All namespaces.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+    },
+}
+
+/// Arguments of approve and deny.
+#[derive(clap::Args, Debug)]
+pub struct Decide {
+    /// Name of the AccessRequest.
+    pub name: String,
+    /// Namespace of the AccessRequest (default: the context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Why (stored in status.reason).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// Plugin failures, printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    #[error("accessrequests.mcp-warden.io {name:?} is {state}, not Pending: nothing to decide")]
+    NotPending { name: String, state: String },
+    #[error("{0}")]
+    Api(String),
+}
+
+fn api_error(e: kube::Error) -> PluginError {
+    match e {
+        kube::Error::Api(s) => {
+            PluginError::Api(format!("Error from server ({}): {}", s.reason, s.message))
+        }
+        other => PluginError::Api(other.to_string()),
+    }
+}
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("mcp-warden.io", "v1alpha1", "AccessRequest"),
+        "accessrequests",
+    )
+}
+
+fn st<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The object to PUT to `/status`: state and reason set, nothing else
+/// (decidedBy is the webhook's to stamp). Refuses anything not Pending.
+pub fn decided(obj: &Value, state: &str, reason: &str) -> Result<Value, PluginError> {
+    let cur = match st(obj, "/status/state") {
+        "" => "Pending",
+        s => s,
+    };
+    if cur != "Pending" {
+        return Err(PluginError::NotPending {
+            name: st(obj, "/metadata/name").to_string(),
+            state: cur.to_string(),
+        });
+    }
+    let mut o = obj.clone();
+    if !o.get("status").is_some_and(Value::is_object) {
+        o["status"] = json!({});
+    }
+    o["status"]["state"] = json!(state);
+    if reason.is_empty() {
+        if let Some(s) = o["status"].as_object_mut() {
+            s.remove("reason");
+        }
+    } else {
+        o["status"]["reason"] = json!(reason);
+    }
+    Ok(o)
+}
+
+fn age(ts: &str, now: OffsetDateTime) -> String {
+    let Ok(t) = OffsetDateTime::parse(ts, &Rfc3339) else {
+        return "<unknown>".into();
+    };
+    let s = (now - t).whole_seconds().max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// The `pending` table (kubectl-style columns).
+pub fn pending_table(items: &[Value], now: OffsetDateTime, with_ns: bool) -> String {
+    let mut rows = vec![{
+        let mut h = vec!["NAME", "REQUESTER", "SUMMARY", "RULE", "AGE", "EXPIRES"];
+        if with_ns {
+            h.insert(0, "NAMESPACE");
+        }
+        h.into_iter().map(str::to_string).collect::<Vec<_>>()
+    }];
+    for o in items {
+        if !matches!(st(o, "/status/state"), "" | "Pending") {
+            continue;
+        }
+        let mut r = vec![
+            st(o, "/metadata/name").to_string(),
+            st(o, "/spec/requester/serviceAccount").to_string(),
+            st(o, "/spec/summary").to_string(),
+            st(o, "/spec/rule").to_string(),
+            age(st(o, "/metadata/creationTimestamp"), now),
+            st(o, "/spec/expiresAt").to_string(),
+        ];
+        if with_ns {
+            r.insert(0, st(o, "/metadata/namespace").to_string());
+        }
+        rows.push(r);
+    }
+    if rows.len() == 1 {
+        return "No pending access requests.\n".into();
+    }
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+async fn client(cli: &PluginCli) -> Result<(kube::Client, String), PluginError> {
+    let opts = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(p) => {
+            let kc = Kubeconfig::read_from(p).map_err(|e| PluginError::Config(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &opts).await
+        }
+        None => kube::Config::from_kubeconfig(&opts).await,
+    }
+    .map_err(|e| PluginError::Config(e.to_string()))?;
+    let ns = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).map_err(|e| PluginError::Config(e.to_string()))?;
+    Ok((client, ns))
+}
+
+/// Runs one command; returns what to print.
+pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
+    let (client, default_ns) = client(&cli).await?;
+    let ar = resource();
+    match &cli.command {
+        PluginCommand::Approve(d) | PluginCommand::Deny(d) => {
+            let (state, verb) = match cli.command {
+                PluginCommand::Approve(_) => ("Approved", "approved"),
+                _ => ("Denied", "denied"),
+            };
+            let ns = d.namespace.clone().unwrap_or(default_ns);
+            let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
+            let cur = api.get(&d.name).await.map_err(api_error)?;
+            let cur = serde_json::to_value(&cur).map_err(|e| PluginError::Api(e.to_string()))?;
+            let new = decided(&cur, state, &d.reason)?;
+            let new: DynamicObject =
+                serde_json::from_value(new).map_err(|e| PluginError::Api(e.to_string()))?;
+            let out = api
+                .replace_status(&d.name, &PostParams::default(), &new)
+                .await
+                .map_err(api_error)?;
+            let out = serde_json::to_value(&out).map_err(|e| PluginError::Api(e.to_string()))?;
+            Ok(format!(
+                "accessrequest.mcp-warden.io/{} {verb} (decidedBy: {}): {}\n",
+                d.name,
+                st(&out, "/status/decidedBy"),
+                st(&out, "/spec/summary"),
+            ))
+        }
+        PluginCommand::Pending {
+            namespace,
+            all_namespaces,
+        } => {
+            let api: Api<DynamicObject> = if *all_namespaces {
+                Api::all_with(client, &ar)
+            } else {
+                let ns = namespace.clone().unwrap_or(default_ns);
+                Api::namespaced_with(client, &ns, &ar)
+            };
+            let list = api.list(&ListParams::default()).await.map_err(api_error)?;
+            let items: Vec<Value> = list
+                .items
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect();
+            Ok(pending_table(
+                &items,
+                OffsetDateTime::now_utc(),
+                *all_namespaces,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn decide_only_pending_and_never_sends_an_identity() {
+        let o = json!({"metadata": {"name": "a"}, "spec": {}});
+        let d = decided(&o, "Approved", "ok by me").unwrap();
+        assert_eq!(d["status"]["state"], "Approved");
+        assert_eq!(d["status"]["reason"], "ok by me");
+        assert!(d["status"].get("decidedBy").is_none());
+        let used = json!({"metadata": {"name": "a"}, "status": {"state": "Used"}});
+        assert!(matches!(
+            decided(&used, "Denied", ""),
+            Err(PluginError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn pending_table_lists_only_pending() {
+        let now = datetime!(2026-11-22 01:00:00 UTC);
+        let items = vec![
+            json!({"metadata": {"name": "delete-x-1", "namespace": "mcp", "creationTimestamp": "2026-11-22T00:59:00Z"},
+                   "spec": {"summary": "delete deployments.apps mcp/x", "rule": "r", "requester": {"serviceAccount": "sa"}},
+                   "status": {"state": "Pending"}}),
+            json!({"metadata": {"name": "done"}, "status": {"state": "Used"}}),
+        ];
+        let t = pending_table(&items, now, true);
+        assert!(t.starts_with("NAMESPACE"));
+        assert!(t.contains("delete-x-1"));
+        assert!(t.contains("60s"));
+        assert!(!t.contains("done"));
+        assert_eq!(
+            pending_table(&items[1..], now, false),
+            "No pending access requests.\n"
+        );
+    }
+}
