@@ -48,14 +48,14 @@ COLLECTOR_PORT=$(free_port)
   >"$WORK/collector.log" 2>&1 &
 PIDS+=($!)
 
-say "starting the mcp-warden sidecar (policy: manifests/examples/policy.yaml)"
+say "starting the mcp-warden sidecar (policy: scripts/demo/policy.yaml)"
 SIDECAR_PORT=$(free_port); ADMIN_PORT=$(free_port)
 mkdir -p "$WORK/local" "$WORK/spool"
 "$BIN/mcp-warden-sidecar" \
   --listen "127.0.0.1:$SIDECAR_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --upstream "https://127.0.0.1:$APISIM_PORT" \
   --upstream-ca-file "$WORK/apisim/ca.crt" --upstream-token-file "$WORK/apisim/token" \
-  --local-dir "$WORK/local" --policy-file "$ROOT/manifests/examples/policy.yaml" \
+  --local-dir "$WORK/local" --policy-file "$ROOT/scripts/demo/policy.yaml" \
   --collector-url "http://127.0.0.1:$COLLECTOR_PORT" --spool-dir "$WORK/spool" \
   --pod-name demo-mcp-server --pod-namespace default \
   >"$WORK/sidecar.log" 2>&1 &
@@ -77,14 +77,17 @@ k() { show "kubectl $*"; kubectl --kubeconfig "$KCFG" --cache-dir "$WORK/kcache"
 say "1. reads are allowed"
 k get pods -A
 say "2. secret values never leave the sidecar unmasked"
-k get secret db-credentials -o jsonpath='{.data.password}'
+k get secret db-credentials -o jsonpath='{.data.password}'; echo
 show "  | base64 -d"
 kubectl --kubeconfig "$KCFG" --cache-dir "$WORK/kcache" get secret db-credentials \
   -o jsonpath='{.data.password}' | base64 -d | sed 's/^/    /'; echo
-k get configmap app-config -o jsonpath='{.data}'
+k get configmap app-config -o jsonpath='{.data}'; echo
 say "3. the policy denies what it says, with the rule's name"
-k delete secret db-credentials -n default
-k delete pod api-0 -n prod
+k get secrets -n prod
+k exec web-0 -- echo hi
+k delete pod web-0
+show "(the pod is still there)"
+k get pod web-0
 say "4. the real token never reaches the app: the local token is useless upstream"
 show "curl https://127.0.0.1:$APISIM_PORT/api -H 'Authorization: Bearer <local token>'"
 curl -sS --cacert "$WORK/apisim/ca.crt" -H "Authorization: Bearer $(cat "$WORK/local/token")" \

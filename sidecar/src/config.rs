@@ -157,13 +157,22 @@ pub struct ServeArgs {
     )]
     pub collector_format: CollectorFormat,
 
-    /// CA bundle (PEM) for the collector's serving certificate (default: the upstream CA).
+    /// CA bundle (PEM) for the collector's serving certificate (default: the
+    /// public web PKI roots, as a collector outside the cluster would use).
     #[arg(long, env = "MCP_WARDEN_COLLECTOR_CA_FILE")]
     pub collector_ca_file: Option<PathBuf>,
 
     /// Bearer token file sent to the collector (re-read on change).
     #[arg(long, env = "MCP_WARDEN_COLLECTOR_TOKEN_FILE")]
     pub collector_token_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to the collector (mutual TLS); needs the key file too.
+    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE")]
+    pub collector_client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--collector-client-cert-file`.
+    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE")]
+    pub collector_client_key_file: Option<PathBuf>,
 
     /// Directory of the on-disk spool of not-yet-delivered events (an emptyDir in a pod).
     #[arg(
@@ -251,6 +260,10 @@ pub struct Config {
     pub collector_ca_file: Option<PathBuf>,
     /// Collector bearer token file.
     pub collector_token_file: Option<PathBuf>,
+    /// `--collector-client-cert-file`.
+    pub collector_client_cert_file: Option<PathBuf>,
+    /// `--collector-client-key-file`.
+    pub collector_client_key_file: Option<PathBuf>,
     /// Spool directory.
     pub spool_dir: PathBuf,
     /// Spool size limit in bytes.
@@ -382,6 +395,18 @@ impl ServeArgs {
                 format!("{ns:?} is not a valid namespace name"),
             ));
         }
+        if self.collector_client_cert_file.is_some() != self.collector_client_key_file.is_some() {
+            let (flag, env) = if self.collector_client_cert_file.is_some() {
+                ("collector-client-key-file", "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE")
+            } else {
+                ("collector-client-cert-file", "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE")
+            };
+            return Err(ConfigError::new(
+                flag,
+                env,
+                "a collector client certificate needs both the certificate and the key file",
+            ));
+        }
         if self.cluster_name.trim().is_empty() {
             return Err(ConfigError::new(
                 "cluster-name",
@@ -401,6 +426,8 @@ impl ServeArgs {
             collector_format: self.collector_format,
             collector_ca_file: self.collector_ca_file.clone(),
             collector_token_file: self.collector_token_file.clone(),
+            collector_client_cert_file: self.collector_client_cert_file.clone(),
+            collector_client_key_file: self.collector_client_key_file.clone(),
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes,
             on_recording_failure: self.on_recording_failure,

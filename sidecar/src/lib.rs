@@ -13,6 +13,7 @@
 //! `recording` (recording work).
 
 pub mod admin;
+pub mod assemble;
 pub mod approval;
 pub mod config;
 pub mod error;
@@ -51,6 +52,12 @@ pub enum RunError {
     /// The local credentials could not be created or written.
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    /// The policy file is invalid at start (names `--policy-file`).
+    #[error(transparent)]
+    Policy(#[from] policy_store::PolicyStoreError),
+    /// Recording could not start (spool or collector settings).
+    #[error("recording: {0}")]
+    Recording(#[from] recording::RecordError),
 }
 
 /// What the lead wires in: hooks and the shared registries. The defaults are

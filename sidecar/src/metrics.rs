@@ -120,6 +120,16 @@ impl Metrics {
         g.register(name, help, metric);
     }
 
+    /// Runs `f` on the underlying registry (prefix `mcp_warden`), for
+    /// subsystems that register a group of metrics at once.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut g = match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
     /// Counts one answered request.
     pub fn count_request(&self, verb: &str, resource: &str, code: u16) {
         let resource = {

@@ -372,8 +372,14 @@ impl Recorder {
 
     /// Register the metrics (prefix `mcp_warden_recording_`).
     pub fn register_metrics(&self, registry: &mut Registry) {
+        self.register_metrics_with_prefix(registry, "mcp_warden_recording");
+    }
+
+    /// Register the metrics under `prefix` (the sidecar's own registry is
+    /// already prefixed `mcp_warden`, so it passes `recording`).
+    pub fn register_metrics_with_prefix(&self, registry: &mut Registry, prefix: &str) {
         let s = &self.inner.stats;
-        let r = registry.sub_registry_with_prefix("mcp_warden_recording");
+        let r = registry.sub_registry_with_prefix(prefix);
         r.register(
             "events_recorded",
             "Audit events recorded",
