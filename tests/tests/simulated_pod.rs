@@ -791,7 +791,6 @@ fn check_clients_and_token(pod: &SimPod) {
 }
 
 #[test]
-#[ignore = "needs the sidecar's masking and policy hooks wired into its binary (issues 4 and 5); un-ignore then"]
 fn simulated_pod_masks_secrets_and_enforces_policy() {
     let pod = start_pod("simulated_pod_masks_secrets_and_enforces_policy", true);
 
