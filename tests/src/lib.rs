@@ -5,3 +5,4 @@
 pub mod apisim;
 pub mod collector;
 pub mod harness;
+pub mod stack;

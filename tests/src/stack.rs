@@ -1,0 +1,417 @@
+//! The deployed stack for end-to-end tests: the `mcp-warden-sidecar` binary in
+//! front of a [`kube-apisim`](crate::harness::ApiSim), and the
+//! `mcp-warden-collector` binary receiving its recordings — each a real child
+//! process, as in a pod, with bounded start-up waits and kill-on-drop.
+//!
+//! ```no_run
+//! # use mcp_warden_tests::{harness::*, stack::*};
+//! # fn main() -> anyhow::Result<()> {
+//! let sim = ApiSim::start(ApiSimOptions::demo())?;
+//! let collector = Collector::start()?;
+//! let sidecar = Sidecar::start(&sim, SidecarOptions::default().collector(&collector))?;
+//! let out = run_ok(sidecar.kubectl("1.32").args(["get", "pods"]))?;
+//! # Ok(()) }
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::harness::{
+    ApiSim, START_TIMEOUT, kubectl_with, python_with, wait_for, workspace_bin, write_kubeconfig,
+};
+
+/// A free loopback port (bound and released; the OS does not hand it out
+/// again at once, so the race with another process is negligible in tests).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A plain HTTP/1.1 GET on a loopback address: `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// A running `mcp-warden-collector` (plain HTTP on loopback), killed on drop.
+pub struct Collector {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    extra: Vec<String>,
+}
+
+impl Collector {
+    /// Starts a collector on a free port writing into a temp dir.
+    pub fn start() -> Result<Self> {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts a collector with extra flags (`--fail-first N`, `--status-code C`, `--token T`).
+    pub fn start_with(extra: Vec<String>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("collector-").tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut c = Collector {
+            child: None,
+            dir,
+            addr,
+            extra,
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let out = self.out_dir();
+        std::fs::create_dir_all(&out)?;
+        let _ = std::fs::remove_file(out.join("addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("collector.log"))?;
+        let child = Command::new(workspace_bin("mcp-warden-collector"))
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--out-dir")
+            .arg(&out)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning mcp-warden-collector (run `cargo build --workspace --bins`)")?;
+        self.child = Some(child);
+        let addr_file = out.join("addr");
+        wait_for("the collector to listen", START_TIMEOUT, || {
+            addr_file.exists().then_some(())
+        })?;
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the collector (an outage); [`Collector::start_again`] brings it
+    /// back on the same address with the same output directory.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a stopped collector on the same address.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Every event received so far (one JSON value per event, duplicates kept).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.out_dir().join("events.ndjson")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The asciicast files received, by auditID.
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.out_dir().join("sessions")) {
+            for e in rd.flatten() {
+                let name = e
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".cast")
+                    .to_string();
+                out.push((name, std::fs::read_to_string(e.path()).unwrap_or_default()));
+            }
+        }
+        out
+    }
+
+    /// The collector's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("collector.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How to run the sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct SidecarOptions {
+    /// `--policy-file` (default: a path that does not exist, i.e. the embedded default policy).
+    pub policy_file: Option<PathBuf>,
+    /// `--collector-url`.
+    pub collector_url: Option<String>,
+    /// `--upstream-token-file` (default: kube-apisim's token file).
+    pub upstream_token_file: Option<PathBuf>,
+    /// More flags, e.g. `--on-recording-failure continue`, `--spool-max-bytes N`.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl SidecarOptions {
+    /// Sets `--policy-file`.
+    pub fn policy(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy_file = Some(path.into());
+        self
+    }
+
+    /// Sends recordings to `collector`.
+    pub fn collector(mut self, collector: &Collector) -> Self {
+        self.collector_url = Some(collector.url());
+        self
+    }
+
+    /// Adds flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A running `mcp-warden-sidecar` child in front of kube-apisim; killed on drop.
+pub struct Sidecar {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    cmd_args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar against `sim` and waits (bounded) for `/readyz`.
+    pub fn start(sim: &ApiSim, opts: SidecarOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sidecar-").tempdir()?;
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let policy = opts
+            .policy_file
+            .clone()
+            .unwrap_or_else(|| dir.path().join("no-policy/policy.yaml"));
+        let token_file = opts
+            .upstream_token_file
+            .clone()
+            .unwrap_or_else(|| sim.token_path());
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--upstream".into(),
+            sim.url(),
+            "--upstream-ca-file".into(),
+            sim.ca_path().display().to_string(),
+            "--upstream-token-file".into(),
+            token_file.display().to_string(),
+            "--local-dir".into(),
+            dir.path().join("local").display().to_string(),
+            "--policy-file".into(),
+            policy.display().to_string(),
+            "--spool-dir".into(),
+            dir.path().join("spool").display().to_string(),
+            "--pod-name".into(),
+            "mcp-server-0".into(),
+            "--pod-namespace".into(),
+            "default".into(),
+        ];
+        if let Some(url) = &opts.collector_url {
+            args.push("--collector-url".into());
+            args.push(url.clone());
+        }
+        args.extend(opts.extra_args.iter().cloned());
+        let mut s = Sidecar {
+            child: None,
+            dir,
+            listen,
+            admin,
+            cmd_args: args,
+            env: opts.env.clone(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sidecar.log"))?;
+        let mut cmd = Command::new(workspace_bin("mcp-warden-sidecar"));
+        cmd.args(&self.cmd_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env(
+                "MCP_WARDEN_LOG",
+                std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .context("spawning mcp-warden-sidecar (run `cargo build --workspace --bins`)")?;
+        let admin = self.admin;
+        let ready = wait_for("the sidecar's /readyz", START_TIMEOUT, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            match http_get(admin, "/readyz") {
+                Ok((200, _)) => Some(Ok(())),
+                _ => None,
+            }
+        });
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => bail!("the sidecar exited at start ({status}): {}", self.log()),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{e}: {}", self.log());
+            }
+        }
+        self.child = Some(child);
+        write_kubeconfig(
+            &self.kubeconfig_path(),
+            &self.url(),
+            &self.local_dir().join("ca.crt"),
+            &self.token()?,
+        )?;
+        Ok(())
+    }
+
+    /// `https://127.0.0.1:PORT` (the app's view).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    /// The admin address (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `(status, body)` of a GET on the admin port.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.admin, path)
+    }
+
+    /// Where the sidecar writes `ca.crt`, `token` and `namespace` for the app.
+    pub fn local_dir(&self) -> PathBuf {
+        self.dir.path().join("local")
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// The local token the app presents.
+    pub fn token(&self) -> Result<String> {
+        std::fs::read_to_string(self.local_dir().join("token")).context("reading the local token")
+    }
+
+    /// A kubeconfig built only from the local dir (the app's view).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("app-kubeconfig")
+    }
+
+    /// A bundled kubectl (`"1.32"`) using the app's kubeconfig.
+    pub fn kubectl(&self, minor: &str) -> Command {
+        kubectl_with(
+            minor,
+            &self.kubeconfig_path(),
+            &self.dir.path().join("kcache"),
+        )
+    }
+
+    /// A Python script (see [`crate::harness::python_script`]) using the app's kubeconfig.
+    pub fn python(&self, script: &Path) -> Command {
+        python_with(script, &self.kubeconfig_path())
+    }
+
+    /// The sidecar's log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL (a crash); [`Sidecar::restart`] starts it again with the same settings.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for the exit; returns whether it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        signal(&c, "TERM");
+        let done = crate::harness::wait_child(&mut c, timeout).is_some();
+        if !done {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        done
+    }
+
+    /// Starts the sidecar again (same ports, dirs and flags); the local
+    /// token and CA are new, and the kubeconfig is rewritten.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
