@@ -39,7 +39,8 @@ pub async fn run_configured(
 
     let identity = pod_identity(&config);
     let recorder_cfg = recording_config(&config);
-    let (recorder, _recording_task) = Recorder::start(recorder_cfg, stop.clone().cancelled_owned())?;
+    let (recorder, _recording_task) =
+        Recorder::start(recorder_cfg, stop.clone().cancelled_owned())?;
     metrics.with_registry(|r| recorder.register_metrics_with_prefix(r, "recording"));
 
     let masker: MaskerSource = {
@@ -54,7 +55,13 @@ pub async fn run_configured(
         let store = store.clone();
         Arc::new(move || store.current().short_hash().to_string())
     };
-    let record = RecordingHook::new(recorder.clone(), identity.user_info(), masker.clone(), level, policy_hash);
+    let record = RecordingHook::new(
+        recorder.clone(),
+        identity.user_info(),
+        masker.clone(),
+        level,
+        policy_hash,
+    );
 
     let hooks = Hooks {
         decide: Arc::new(PolicyDecider::new(store.clone(), identity)),
@@ -89,7 +96,10 @@ fn pod_identity(config: &Config) -> Identity {
         Ok(id) => id,
         Err(e) => {
             let ns = config.namespace();
-            let name = config.pod_name.clone().unwrap_or_else(|| "unknown".to_string());
+            let name = config
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| "unknown".to_string());
             tracing::warn!(error = %e, namespace = %ns, pod = %name,
                 "the upstream token is not a service-account token; recording the pod as the user");
             Identity::user(&format!("mcp-warden:pod:{ns}/{name}"))

@@ -397,9 +397,15 @@ impl ServeArgs {
         }
         if self.collector_client_cert_file.is_some() != self.collector_client_key_file.is_some() {
             let (flag, env) = if self.collector_client_cert_file.is_some() {
-                ("collector-client-key-file", "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE")
+                (
+                    "collector-client-key-file",
+                    "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE",
+                )
             } else {
-                ("collector-client-cert-file", "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE")
+                (
+                    "collector-client-cert-file",
+                    "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE",
+                )
             };
             return Err(ConfigError::new(
                 flag,

@@ -13,8 +13,8 @@
 //! `recording` (recording work).
 
 pub mod admin;
-pub mod assemble;
 pub mod approval;
+pub mod assemble;
 pub mod config;
 pub mod error;
 pub mod forward;
