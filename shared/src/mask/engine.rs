@@ -286,16 +286,20 @@ impl Masker {
         n += self.detect_all(v);
         if let Some(ann) = annotation {
             let whole = n > 0 || is_secret || self.annotation_would_mask(ctx, &ann);
+            // While the annotation is taken out, the skeleton's fallback
+            // fields (name, namespace, kind) are read from the live object.
+            let skeleton = whole.then(|| last_applied_skeleton(&ann, v));
             let slot = v
                 .get_mut("metadata")
                 .and_then(|m| m.get_mut("annotations"))
                 .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION));
             if let Some(slot) = slot {
-                if whole && ann != MARKER {
-                    *slot = Value::String(MARKER.to_string());
-                    n += 1;
-                } else {
-                    *slot = Value::String(ann);
+                match skeleton {
+                    Some(sk) if sk != ann => {
+                        *slot = Value::String(sk);
+                        n += 1;
+                    }
+                    _ => *slot = Value::String(ann),
                 }
             }
         }
@@ -331,6 +335,58 @@ impl Masker {
             Value::Null | Value::Bool(_) | Value::Number(_) => 0,
         }
     }
+}
+
+/// What replaces the `kubectl.kubernetes.io/last-applied-configuration`
+/// annotation of a masked object: a JSON skeleton carrying no values,
+/// `{"apiVersion":..,"kind":..,"metadata":{"name":..,"namespace":..}}`, taken
+/// from the annotation's own JSON, each missing field from the live object
+/// (not `apiVersion`/`kind` of a `PartialObjectMetadata`, which are not the
+/// object's); an annotation that is not a JSON object becomes [`MARKER`].
+///
+/// Trade-off: the annotation is what client-side `kubectl apply` diffs
+/// against. A plain marker there makes every later `kubectl apply` through
+/// the sidecar fail (kubectl parses it as JSON); the skeleton keeps repeat
+/// applies working, because the three-way patch then simply sets every field
+/// of the new configuration. What is lost is pruning: a field removed from
+/// the manifest since the last apply is no longer in the skeleton, so apply
+/// through the sidecar does not delete it from the live object (a later
+/// `kubectl apply` run directly against the API server, with the real
+/// annotation, still would). The skeleton is a pure function of fields it
+/// keeps, so masking it again yields it unchanged (idempotent, not counted).
+fn last_applied_skeleton(ann: &str, live: &Value) -> String {
+    let applied = match serde_json::from_str::<Value>(ann) {
+        Ok(v) if v.is_object() => v,
+        _ => return MARKER.to_string(),
+    };
+    let live_kind = live.get("kind").and_then(Value::as_str);
+    let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
+    let pick = |from: Option<&Value>, key: &str| -> Option<Value> {
+        from.and_then(|m| m.get(key))
+            .filter(|x| x.is_string())
+            .cloned()
+    };
+    let applied_meta = applied.get("metadata");
+    let live_meta = live.get("metadata");
+    let mut out = Map::new();
+    for key in ["apiVersion", "kind"] {
+        let from_live = if own_type {
+            pick(Some(live), key)
+        } else {
+            None
+        };
+        if let Some(x) = pick(Some(&applied), key).or(from_live) {
+            out.insert(key.to_string(), x);
+        }
+    }
+    let mut meta = Map::new();
+    for key in ["name", "namespace"] {
+        if let Some(x) = pick(applied_meta, key).or_else(|| pick(live_meta, key)) {
+            meta.insert(key.to_string(), x);
+        }
+    }
+    out.insert("metadata".to_string(), Value::Object(meta));
+    serde_json::to_string(&Value::Object(out)).unwrap_or_else(|_| MARKER.to_string())
 }
 
 /// Secret `data` and any `binaryData` hold base64: their marker must decode.

@@ -16,7 +16,10 @@
 //!   it); every other masked string becomes [`MARKER`]. Keys are kept.
 //! - The `kubectl.kubernetes.io/last-applied-configuration` annotation of an
 //!   object in which anything was masked, of any Secret, or whose content would
-//!   itself be masked, is replaced as a whole by [`MARKER`].
+//!   itself be masked, is replaced as a whole by a value-free JSON skeleton
+//!   (`apiVersion`, `kind`, `metadata.name`/`namespace`) so a repeat
+//!   `kubectl apply` still parses it; see `engine::last_applied_skeleton` for
+//!   the trade-off (no pruning of removed fields through the sidecar).
 //!
 //! Response shapes: single objects, `*List`s, watch events, `Table`s (rows'
 //! cells and embedded objects), `PartialObjectMetadata(List)`, error `Status`
