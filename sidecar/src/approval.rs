@@ -680,7 +680,7 @@ impl ApprovalDecider {
             &self.requester,
             &self.pod,
             rule.as_deref().unwrap_or(""),
-            &d.explanation,
+            d.message.as_deref().unwrap_or(&d.explanation),
             expires,
         );
         let created = match self
