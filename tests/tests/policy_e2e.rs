@@ -393,3 +393,226 @@ fn sidecar_refuses_to_start_with_a_bad_policy_file() {
         assert!(msg.contains(bad), "{bad}: {msg}");
     }
 }
+
+/// A ConfigMap volume as the kubelet writes it: `..<timestamp>/policy.yaml`,
+/// `..data -> ..<timestamp>` (swapped atomically by a rename) and
+/// `policy.yaml -> ..data/policy.yaml`.
+struct KubeletVolume {
+    dir: tempfile::TempDir,
+    current: Option<PathBuf>,
+    serial: u32,
+}
+
+impl KubeletVolume {
+    fn new(content: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("configmap-")
+            .tempdir()
+            .unwrap();
+        let mut v = KubeletVolume {
+            dir,
+            current: None,
+            serial: 0,
+        };
+        v.update(content);
+        std::os::unix::fs::symlink("..data/policy.yaml", v.file()).unwrap();
+        v
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// Writes a new timestamped dir, swaps `..data` to it with a rename, and
+    /// removes the old dir, in the kubelet's order.
+    fn update(&mut self, content: &str) {
+        self.serial += 1;
+        let name = format!("..2026_11_22_00_00_{:02}.{:09}", self.serial, self.serial);
+        let ts = self.dir.path().join(&name);
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::write(ts.join("policy.yaml"), content).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        if let Some(old) = self.current.replace(ts) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+}
+
+/// The value of one sample line of `/metrics`.
+fn metric(sidecar: &Sidecar, series: &str) -> Option<f64> {
+    let (code, body) = sidecar.admin_get("/metrics").ok()?;
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+const SECRET_URI: &str = "/api/v1/namespaces/default/secrets/db-credentials";
+
+/// One GET of the Secret: `Ok((status, Status message))`, or `Err` when no
+/// HTTP answer came back.
+async fn get_secret(c: &kube::Client) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(SECRET_URI)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let resp = c.send(req).await.map_err(|e| e.to_string())?;
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok((code, message))
+}
+
+#[test]
+fn reload_under_load_swaps_valid_policies_and_never_takes_invalid_ones() {
+    // A allows the Secret, B denies it; invalid versions would change the
+    // decision if any part of them took effect.
+    let allow = format!("{HEADER}{BASE_RULES}");
+    let deny = format!(
+        "{allow}  - name: no-secrets\n    action: deny\n    verbs: [\"*\"]\n    resources: [secrets]\n    message: secrets are off limits\n"
+    );
+    let invalid_allow = allow.replace("    verbs: [get, list, watch]\n", "    verb: [get]\n");
+    let invalid_deny = format!(
+        "{allow}  - name: invalid-deny\n    action: deny\n    verbs: [fetch]\n    resources: [secrets]\n"
+    );
+    let invalid_deny_glob = format!(
+        "{allow}  - name: invalid-deny\n    action: deny\n    verbs: [\"*\"]\n    resources: [secrets]\n    namespaces: [\"def[ault\"]\n"
+    );
+    let invalid_yaml = format!("{allow}  - name: [unclosed\n");
+    // (content, Some(expected status) for a valid one / None for an invalid one, field named by the error)
+    let steps: Vec<(String, Option<u16>, &str)> = vec![
+        (deny.clone(), Some(403), ""),
+        (invalid_allow, None, "rules[0].verb"),
+        (allow.clone(), Some(200), ""),
+        (invalid_deny, None, "rules[4].verbs[0]"),
+        (deny.clone(), Some(403), ""),
+        (invalid_yaml, None, "invalid YAML"),
+        (allow.clone(), Some(200), ""),
+        (invalid_deny_glob, None, "rules[4].namespaces[0]"),
+        (deny, Some(403), ""),
+        (String::new(), None, "the policy is empty"),
+    ];
+
+    let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+    let mut volume = KubeletVolume::new(&allow);
+    let sidecar = Sidecar::start(&sim, SidecarOptions::default().policy(volume.file())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(kube_client(&sidecar.kubeconfig_path()));
+    let probe = || rt.block_on(get_secret(&client)).unwrap();
+    assert_eq!(probe().0, 200);
+
+    // The load: one bounded stream of requests for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (client.clone(), stop.clone());
+        rt.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) && results.len() < 100_000 {
+                assert!(Instant::now() < deadline, "the load ran out of time");
+                results.push(get_secret(&client).await);
+            }
+            results
+        })
+    };
+
+    let mut current = 200;
+    let mut refused = 0.0;
+    for (i, (content, expect, field)) in steps.iter().enumerate() {
+        volume.update(content);
+        match expect {
+            Some(code) => {
+                // The 2 s reload contract, polled.
+                wait_for(
+                    &format!("swap {i}: the decision to become {code}"),
+                    Duration::from_secs(2),
+                    || (probe().0 == *code).then_some(()),
+                )
+                .unwrap_or_else(|e| panic!("{e}: {}", sidecar.log()));
+                current = *code;
+                let (code, body) = sidecar.admin_get("/readyz").unwrap();
+                assert_eq!(code, 200, "{body}");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["checks"]["policy"], "ok", "{body}");
+            }
+            None => {
+                refused += 1.0;
+                wait_for(
+                    &format!("swap {i}: the refusal to be counted"),
+                    Duration::from_secs(10),
+                    || {
+                        (metric(
+                            &sidecar,
+                            "mcp_warden_policy_reloads_total{result=\"error\"}",
+                        ) == Some(refused))
+                        .then_some(())
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}: {}", sidecar.log()));
+                let (code, body) = sidecar.admin_get("/readyz").unwrap();
+                assert_eq!(code, 200, "{body}");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                let warning = v["checks"]["policy"]["warning"].as_str().unwrap_or("");
+                assert!(
+                    warning.contains("refused") && warning.contains(field),
+                    "swap {i}: {body}"
+                );
+                for _ in 0..5 {
+                    assert_eq!(
+                        probe().0,
+                        current,
+                        "swap {i}: an invalid policy took effect"
+                    );
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results = rt.block_on(load).unwrap();
+
+    let mut seen = (0, 0);
+    for (n, r) in results.iter().enumerate() {
+        match r {
+            Ok((200, _)) => seen.0 += 1,
+            Ok((403, msg))
+                if msg.contains("no-secrets") && msg.contains("secrets are off limits") =>
+            {
+                seen.1 += 1
+            }
+            other => panic!("request {n} of the load: {other:?}"),
+        }
+    }
+    eprintln!("load: {} requests, {seen:?} (200, 403)", results.len());
+    assert!(
+        seen.0 > 0 && seen.1 > 0,
+        "the load saw only one policy: {seen:?}"
+    );
+    assert_eq!(
+        metric(&sidecar, "mcp_warden_policy_reloads_total{result=\"ok\"}"),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(
+            &sidecar,
+            "mcp_warden_policy_reloads_total{result=\"error\"}"
+        ),
+        Some(5.0)
+    );
+}
