@@ -108,6 +108,45 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A one-shot Slack-style incoming webhook on loopback: the body of the
+/// first POST it gets.
+fn notify_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/services/T000/B000/XXX", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(i) = text.find("\r\n\r\n") {
+                let len = text[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= i + 4 + len {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    let _ = tx.send(text[i + 4..].to_string());
+                    return;
+                }
+            }
+        }
+    });
+    (url, rx)
+}
+
 struct KillOnDrop(Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -120,7 +159,9 @@ struct Env {
     sim: ApiSim,
     _webhook: KillOnDrop,
     _rt: tokio::runtime::Runtime,
-    /// Sidecars: [0] waits 60s for a decision, [1] only 2s.
+    /// Notification bodies sidecar [1] posted.
+    notified: std::sync::mpsc::Receiver<String>,
+    /// Sidecars: [0] waits 60s for a decision, [1] only 2s and notifies.
     sidecars: Vec<Sidecar>,
     dir: tempfile::TempDir,
     sa_kubeconfig: PathBuf,
@@ -248,6 +289,7 @@ webhooks:
         assert_eq!(identity.username, "system:serviceaccount:default:default");
         let mut sidecars = Vec::new();
         let ca_path = sim.ca_path();
+        let (notify_url, notified) = notify_receiver();
         for timeout in [Duration::from_secs(60), Duration::from_secs(2)] {
             let args = [
                 "mcp-warden-sidecar",
@@ -270,6 +312,8 @@ webhooks:
                 &identity,
                 ApprovalConfig {
                     approval_timeout: timeout,
+                    approval_notify_url: (timeout < Duration::from_secs(10))
+                        .then(|| notify_url.parse().unwrap()),
                     ..Default::default()
                 },
             )
@@ -298,6 +342,7 @@ webhooks:
             sim,
             _webhook: webhook,
             _rt: rt,
+            notified,
             sidecars,
             dir,
             sa_kubeconfig,
@@ -629,6 +674,15 @@ fn approvals_end_to_end_with_kubectl_and_the_plugin() {
     let ar3 = expired["metadata"]["name"].as_str().unwrap().to_string();
     assert!(err.contains(&ar3), "{err}");
     assert_eq!(expired["status"]["state"], "Expired");
+    // The notification carried the command line to approve it.
+    let note: Value =
+        serde_json::from_str(&env.notified.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    let text = note["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("kubectl mcp-warden approve {ar3} -n default")),
+        "{text}"
+    );
+    assert!(text.contains("delete configmaps default/cm-c"), "{text}");
     assert!(env.cm_exists("cm-c"));
     // An expired request can no longer be approved.
     let out = run(
