@@ -5,7 +5,8 @@
 //!   body kube-apiserver's audit webhook backend sends) or NDJSON
 //!   (`application/x-ndjson`), on any path except `.../sessions/<id>`:
 //!   every event is checked against the audit types and appended as one
-//!   line to `OUT/events.ndjson`;
+//!   line to `OUT/events.ndjson`, and the body itself is kept verbatim as
+//!   `OUT/bodies/<n>.<json|ndjson>` (so tests can check the wire format);
 //! - session casts (`application/x-asciicast`) POSTed to
 //!   `.../sessions/<auditID>`: written to `OUT/sessions/<auditID>.cast`
 //!   (a redelivery overwrites the same file).
@@ -49,6 +50,8 @@ pub struct Control {
     pub events: AtomicU64,
     /// Sessions stored.
     pub sessions: AtomicU64,
+    /// Event bodies stored (numbers the files under `OUT/bodies/`).
+    pub bodies: AtomicU64,
 }
 
 /// Collector settings.
@@ -181,6 +184,10 @@ pub async fn run(
     tokio::fs::create_dir_all(&sessions)
         .await
         .map_err(io("creating", &sessions))?;
+    let bodies = cfg.out_dir.join("bodies");
+    tokio::fs::create_dir_all(&bodies)
+        .await
+        .map_err(io("creating", &bodies))?;
     let events_path = cfg.out_dir.join("events.ndjson");
     let events_file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -418,8 +425,32 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         out.push_str(l);
         out.push('\n');
     }
+    let ext = if content_type.starts_with("application/x-ndjson") {
+        "ndjson"
+    } else {
+        "json"
+    };
     let mut f = state.events_file.lock().await;
+    // Numbered under the lock so a restarted collector (counter reset)
+    // does not overwrite: skip names already taken.
+    let raw_dir = state.cfg.out_dir.join("bodies");
     let res = async {
+        let raw = loop {
+            let n = ctl.bodies.fetch_add(1, Ordering::SeqCst);
+            let p = raw_dir.join(format!("{n:08}.{ext}"));
+            if !tokio::fs::try_exists(&p).await.unwrap_or(false)
+                && !tokio::fs::try_exists(p.with_extension(if ext == "json" {
+                    "ndjson"
+                } else {
+                    "json"
+                }))
+                .await
+                .unwrap_or(false)
+            {
+                break p;
+            }
+        };
+        tokio::fs::write(&raw, &body).await?;
         f.write_all(out.as_bytes()).await?;
         f.flush().await
     }

@@ -90,7 +90,8 @@ impl Collector {
         Ok(c)
     }
 
-    fn out_dir(&self) -> PathBuf {
+    /// The collector's output directory (`events.ndjson`, `sessions/`, `bodies/`).
+    pub fn out_dir(&self) -> PathBuf {
         self.dir.path().join("out")
     }
 
