@@ -616,3 +616,87 @@ fn reload_under_load_swaps_valid_policies_and_never_takes_invalid_ones() {
         Some(5.0)
     );
 }
+
+#[test]
+fn every_bad_policy_is_refused_by_a_running_sidecar() {
+    let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+    let good = format!(
+        "{HEADER}{BASE_RULES}  - name: no-secrets\n    action: deny\n    verbs: [\"*\"]\n    resources: [secrets]\n"
+    );
+    let mut volume = KubeletVolume::new(&good);
+    let sidecar = Sidecar::start(&sim, SidecarOptions::default().policy(volume.file())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(kube_client(&sidecar.kubeconfig_path()));
+    let probe = || rt.block_on(get_secret(&client)).unwrap();
+    let before = probe();
+    assert_eq!(before.0, 403);
+    assert!(before.1.contains("no-secrets"), "{before:?}");
+
+    for (n, (file, _, field)) in BAD.iter().enumerate() {
+        let content = std::fs::read_to_string(fixture("policies").join(file)).unwrap();
+        volume.update(&content);
+        let refused = (n + 1) as f64;
+        wait_for(
+            &format!("{file} to be refused"),
+            Duration::from_secs(10),
+            || {
+                (metric(
+                    &sidecar,
+                    "mcp_warden_policy_reloads_total{result=\"error\"}",
+                ) == Some(refused))
+                .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", sidecar.log()));
+        let (code, body) = sidecar.admin_get("/readyz").unwrap();
+        assert_eq!(code, 200, "{file}: {body}");
+        assert!(
+            body.contains(field),
+            "{file}: /readyz does not name {field:?}: {body}"
+        );
+        assert_eq!(probe(), before, "{file} took effect");
+    }
+    assert_eq!(
+        metric(&sidecar, "mcp_warden_policy_reloads_total{result=\"ok\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn the_example_configmap_is_a_valid_policy_that_works() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/policy.yaml");
+    let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "mcp-warden-policy");
+    let (_dir, path) = policy_file(cm["data"]["policy.yaml"].as_str().unwrap());
+
+    let out = exec(
+        Command::new(workspace_bin("mcp-warden-sidecar"))
+            .arg("policy")
+            .arg("check")
+            .arg(&path),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+    let sidecar = Sidecar::start(&sim, SidecarOptions::default().policy(&path)).unwrap();
+    let out = run_ok(sidecar.kubectl("1.32").args(["get", "pods", "-o", "name"])).unwrap();
+    assert!(out.contains("pod/web-0"), "{out}");
+    let out = exec(
+        sidecar
+            .kubectl("1.32")
+            .args(["get", "secret", "db-credentials"]),
+    );
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Error from server (Forbidden):")
+            && err.contains("no-secrets"),
+        "{err}"
+    );
+}
