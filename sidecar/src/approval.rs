@@ -536,9 +536,8 @@ impl Api {
             Ok(())
         };
         // The server ends the watch after timeoutSeconds; this bound is a backstop.
-        match tokio::time::timeout(slice + Duration::from_secs(5), read).await {
-            Ok(r) => r?,
-            Err(_) => {}
+        if let Ok(r) = tokio::time::timeout(slice + Duration::from_secs(5), read).await {
+            r?;
         }
         Ok(last)
     }
