@@ -318,7 +318,7 @@ const BAD: &[(&str, u32, &str)] = &[
     ("bad-http-verb-on-resource.yaml", 6, "rules[0].verbs[0]"),
     ("bad-kind.yaml", 2, "kind"),
     ("bad-many-errors.yaml", 3, "mode"),
-    ("bad-masking-field.yaml", 11, "fieldz"),
+    ("bad-masking-field.yaml", 11, "masking.rules[0].fieldz"),
     ("bad-missing-name.yaml", 4, "rules[0].name"),
     ("bad-mode.yaml", 3, "mode"),
     ("bad-no-resources.yaml", 4, "rules[0].resources"),

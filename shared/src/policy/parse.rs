@@ -1003,7 +1003,10 @@ fn parse_masking(ctx: &mut Ctx, yaml: &str, n: &Spanned<Node>) -> Option<Masking
         Ok(p) => p.masking.unwrap_or_default(),
         Err(e) => {
             let loc = e.location().unwrap_or(n.referenced);
-            ctx.err(loc, "masking", saphyr_message(&e));
+            // Name the offending key as every other error does
+            // (`masking.rules[0].fieldz`), not just the section.
+            let field = path_at(n, loc, "masking").unwrap_or_else(|| "masking".to_string());
+            ctx.err(loc, field, serde_unknown_field(&saphyr_message(&e)));
             return None;
         }
     };
@@ -1019,6 +1022,46 @@ fn parse_masking(ctx: &mut Ctx, yaml: &str, n: &Spanned<Node>) -> Option<Masking
         return None;
     }
     Some(cfg)
+}
+
+/// The field path (`masking.rules[0].fieldz`) of the key or value at `loc`.
+fn path_at(node: &Spanned<Node>, loc: Location, path: &str) -> Option<String> {
+    let at = |l: Location| l.line() == loc.line() && l.column() == loc.column();
+    match &node.value {
+        Node::Map(entries) => entries.iter().find_map(|(k, v)| {
+            let p = format!("{path}.{}", k.value);
+            if at(k.referenced) || at(v.referenced) {
+                Some(p)
+            } else {
+                path_at(v, loc, &p)
+            }
+        }),
+        Node::Seq(items) => items.iter().enumerate().find_map(|(i, v)| {
+            let p = format!("{path}[{i}]");
+            if at(v.referenced) {
+                Some(p)
+            } else {
+                path_at(v, loc, &p)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" in the words the
+/// other unknown-field errors use; any other message unchanged.
+fn serde_unknown_field(msg: &str) -> String {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return msg.to_string();
+    };
+    let Some((name, tail)) = rest.split_once('`') else {
+        return msg.to_string();
+    };
+    let known = tail
+        .trim_start_matches(", expected one of ")
+        .trim_start_matches(", expected ")
+        .replace('`', "");
+    format!("unknown field {name:?} (known fields: {known})")
 }
 
 fn child<'a>(node: &'a Spanned<Node>, key: &str) -> Option<&'a Spanned<Node>> {

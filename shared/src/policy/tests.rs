@@ -478,7 +478,7 @@ fn bad_policies() -> Vec<(&'static str, &'static str, u64, &'static str, &'stati
         (fx!("bad-service-account.yaml"), 8, "rules[0].serviceAccounts[0]", "write service accounts as NAMESPACE/NAME"),
         (fx!("bad-api-group.yaml"), 7, "rules[0].apiGroups[0]", "the core group is \"\""),
         (fx!("bad-recording-level.yaml"), 9, "recording.level", "unknown level \"Full\""),
-        (fx!("bad-masking-field.yaml"), 11, "masking", "fieldz"),
+        (fx!("bad-masking-field.yaml"), 11, "masking.rules[0].fieldz", "unknown field \"fieldz\" (known fields: resources, fields, keys, envNames)"),
         (fx!("bad-detector.yaml"), 9, "masking.detectors[1]", "unknown detector \"ssn\""),
         (fx!("bad-verbs-not-a-list.yaml"), 6, "rules[0].verbs", "must be a list, found a string: write [\"get\"]"),
         (fx!("bad-duplicate-key.yaml"), 6, "", "duplicate mapping key"),
@@ -614,6 +614,15 @@ fn more_validation_cases() {
         (
             "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrecording: RequestResponse\n",
             "recording",
+        ),
+        // A wrongly typed masking value is named by its own path.
+        (
+            "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nmasking:\n  rules:\n    - resources: secrets\n",
+            "masking.rules[0].resources",
+        ),
+        (
+            "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nmasking:\n  detektors: [jwt]\n",
+            "masking.detektors",
         ),
         ("kind: Policy\n", "apiVersion"),
         ("apiVersion: mcp-warden.io/v1alpha1\n", "kind"),
