@@ -1107,6 +1107,51 @@ mod tests {
         assert!(e.to_string().contains("approval-timeout"), "{e}");
     }
 
+    #[tokio::test]
+    async fn the_recording_names_the_approver() {
+        use crate::recording::hook::RecordingHook;
+        use crate::recording::{Recorder, RecordingConfig};
+        use mcp_warden_shared::audit::{Level, UserInfo};
+        let d = tempfile::tempdir().unwrap();
+        let (rec, _h) =
+            Recorder::start(RecordingConfig::new(d.path()), std::future::pending()).unwrap();
+        let masker = Arc::new(
+            mcp_warden_shared::mask::MaskingConfig::embedded_default()
+                .compile()
+                .unwrap(),
+        );
+        let hook = RecordingHook::new(
+            rec,
+            UserInfo::default(),
+            Arc::new(move || masker.clone()),
+            Arc::new(|| Level::Metadata),
+            Arc::new(String::new),
+        );
+        let ctx = RequestContext {
+            request_id: uuid::Uuid::new_v4(),
+            started: std::time::Instant::now(),
+            received_at: std::time::SystemTime::now(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            method: Method::DELETE,
+            path_and_query: "/apis/apps/v1/namespaces/prod/deployments/web".into(),
+            user_agent: None,
+            attrs: Some(attrs()),
+            impersonation: Default::default(),
+            decision: None,
+            is_upgrade: false,
+            is_stream: false,
+        };
+        let e = hook.base_event(&ctx, Level::Metadata);
+        assert!(!e.annotations.contains_key(ANN_APPROVED_BY));
+        remember_approval(ctx.request_id, "alice", "prod/delete-deployments-x");
+        let e = hook.base_event(&ctx, Level::Metadata);
+        assert_eq!(e.annotations[ANN_APPROVED_BY], "alice");
+        assert_eq!(
+            e.annotations[ANN_ACCESS_REQUEST],
+            "prod/delete-deployments-x"
+        );
+    }
+
     #[test]
     fn approvals_are_remembered_for_the_recorder() {
         let id = uuid::Uuid::new_v4();

@@ -143,6 +143,10 @@ pub fn pending_table(items: &[Value], now: OffsetDateTime, with_ns: bool) -> Str
         if !matches!(st(o, "/status/state"), "" | "Pending") {
             continue;
         }
+        // Past expiresAt nobody can decide it any more (the webhook refuses).
+        if OffsetDateTime::parse(st(o, "/spec/expiresAt"), &Rfc3339).is_ok_and(|t| t <= now) {
+            continue;
+        }
         let mut r = vec![
             st(o, "/metadata/name").to_string(),
             st(o, "/spec/requester/serviceAccount").to_string(),
@@ -276,12 +280,15 @@ mod tests {
                    "spec": {"summary": "delete deployments.apps mcp/x", "rule": "r", "requester": {"serviceAccount": "sa"}},
                    "status": {"state": "Pending"}}),
             json!({"metadata": {"name": "done"}, "status": {"state": "Used"}}),
+            json!({"metadata": {"name": "stale"}, "spec": {"expiresAt": "2026-11-22T00:30:00Z"},
+                   "status": {"state": "Pending"}}),
         ];
         let t = pending_table(&items, now, true);
         assert!(t.starts_with("NAMESPACE"));
         assert!(t.contains("delete-x-1"));
         assert!(t.contains("60s"));
         assert!(!t.contains("done"));
+        assert!(!t.contains("stale"));
         assert_eq!(
             pending_table(&items[1..], now, false),
             "No pending access requests.\n"
