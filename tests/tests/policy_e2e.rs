@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mcp_warden_shared::audit::{ANN_DECISION, ANN_ENFORCED, ANN_RULE};
+use mcp_warden_shared::audit::{ANN_DECISION, ANN_ENFORCED, ANN_POLICY_HASH, ANN_RULE};
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, COMMAND_TIMEOUT, fixture, python_script, python_with,
     require_python_kubernetes, run, run_ok, wait_for, workspace_bin,
@@ -104,7 +104,8 @@ fn recorded(collector: &Collector, what: &str, pred: impl Fn(&Value) -> bool) ->
 
 #[test]
 fn allowed_get_works_and_denied_delete_is_forbidden_naming_the_rule() {
-    let (sim, collector, sidecar, _dir) = stack(&policy("enforce", ""));
+    let content = policy("enforce", "");
+    let (sim, collector, sidecar, _dir) = stack(&content);
 
     let out = run_ok(
         sidecar
@@ -138,6 +139,13 @@ fn allowed_get_works_and_denied_delete_is_forbidden_naming_the_rule() {
         ev[0]
     );
     assert_eq!(ev[0]["responseStatus"]["code"], 403, "{}", ev[0]);
+    // ...and by the policy's hash.
+    assert_eq!(
+        ev[0]["annotations"][ANN_POLICY_HASH],
+        policy_hash(content.as_bytes()).as_str(),
+        "{}",
+        ev[0]
+    );
 }
 
 #[test]
@@ -623,6 +631,23 @@ fn reload_under_load_swaps_valid_policies_and_never_takes_invalid_ones() {
         ),
         Some(5.0)
     );
+    // The policy in effect is the last valid one, by its hash (the first 12
+    // hex digits of the file's SHA-256), and only it is exposed.
+    let hash = policy_hash(steps[8].0.as_bytes());
+    let (_, body) = sidecar.admin_get("/metrics").unwrap();
+    let info: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("mcp_warden_policy_info{"))
+        .collect();
+    let want =
+        format!("mcp_warden_policy_info{{hash=\"{hash}\",source=\"file\",mode=\"enforce\"}} 1");
+    assert_eq!(info, vec![want.as_str()], "{body}");
+}
+
+/// The short policy hash: the first 12 hex digits of the file's SHA-256.
+fn policy_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))[..12].to_string()
 }
 
 #[test]
