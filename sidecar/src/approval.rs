@@ -19,8 +19,9 @@
 //! its own requests with the sidecar's token).
 //!
 //! Limitation: the decide hook sees no request body, so `requestHash` covers
-//! the method and the path with query (for deletes, the DeleteOptions body is
-//! not part of it).
+//! the method and the path with query only. Reuse is therefore limited to
+//! GET/HEAD/DELETE/OPTIONS (a DELETE's DeleteOptions body is not covered); a
+//! create, update or patch goes through only as the request that was held.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -322,6 +323,15 @@ pub fn reusable(
         return false;
     };
     now >= at - time::Duration::seconds(5) && now - at <= window
+}
+
+/// Methods whose meaning the hash (method, path, query) fully captures.
+/// DELETE's optional DeleteOptions body is not part of it.
+pub fn reusable_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    )
 }
 
 /// How waiting ended.
@@ -729,16 +739,23 @@ impl ApprovalDecider {
             }
         };
         let ns = self.api.namespace.clone();
-        // 1. An approval whose client went away?
-        match self.try_reuse(&hash).await {
-            Ok(Some((by, name))) => {
-                tracing::info!(request_id = %ctx.request_id, access_request = %name, approved_by = %by, "reusing an approval");
-                return granted(by, format!("{ns}/{name}"));
+        // 1. An approval whose client went away? Only where the hash covers
+        // what matters: the decide hook sees no body, so a create, update or
+        // patch is only ever let through as the very request that was held.
+        let reuse = if reusable_method(&ctx.method) {
+            match self.try_reuse(&hash).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot look for reusable approvals");
+                    None
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot look for reusable approvals");
-            }
+        } else {
+            None
+        };
+        if let Some((by, name)) = reuse {
+            tracing::info!(request_id = %ctx.request_id, access_request = %name, approved_by = %by, "reusing an approval");
+            return granted(by, format!("{ns}/{name}"));
         }
         // 2. Ask.
         let now = OffsetDateTime::now_utc();
@@ -1062,6 +1079,15 @@ mod tests {
         .unwrap();
         assert!(touches_access_requests(&a));
         assert!(!touches_access_requests(&attrs()));
+    }
+
+    #[test]
+    fn only_bodiless_requests_reuse_approvals() {
+        assert!(reusable_method(&Method::DELETE));
+        assert!(reusable_method(&Method::GET));
+        assert!(!reusable_method(&Method::PATCH));
+        assert!(!reusable_method(&Method::PUT));
+        assert!(!reusable_method(&Method::POST));
     }
 
     #[test]
