@@ -186,6 +186,24 @@ pub enum ApprovalError {
     NotifyUrl(String),
 }
 
+/// At start, an approval error is a configuration error naming its setting.
+impl From<ApprovalError> for crate::config::ConfigError {
+    fn from(e: ApprovalError) -> Self {
+        let (flag, env) = match &e {
+            ApprovalError::NotifyUrl(_) => {
+                ("approval-notify-url", "MCP_WARDEN_APPROVAL_NOTIFY_URL")
+            }
+            ApprovalError::Token(_) => ("upstream-token-file", "MCP_WARDEN_UPSTREAM_TOKEN_FILE"),
+            _ => ("upstream-ca-file", "MCP_WARDEN_UPSTREAM_CA_FILE"),
+        };
+        crate::config::ConfigError {
+            flag,
+            env,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Who approved which request, for the recorder. Process-wide because the
 /// recorder and the decider are wired independently; bounded.
 static APPROVALS: Mutex<VecDeque<(uuid::Uuid, String, String)>> = Mutex::new(VecDeque::new());
