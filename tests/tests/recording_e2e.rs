@@ -554,17 +554,27 @@ fn outage_and_sidecar_crash_lose_nothing() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::{Arc, Mutex};
     let next = Arc::new(AtomicU32::new(0));
+    let slots = Arc::new(AtomicU32::new(N));
     let answered = Arc::new(Mutex::new(BTreeMap::<u32, u16>::new()));
     let spawn_workers = |sidecar: &Sidecar, stop: Arc<AtomicBool>| {
         let client = rt.block_on(app_client(sidecar));
         (0..WORKERS)
             .map(|_| {
-                let (client, next, answered, stop) =
-                    (client.clone(), next.clone(), answered.clone(), stop.clone());
+                let (client, next, answered, stop, slots) = (
+                    client.clone(),
+                    next.clone(),
+                    answered.clone(),
+                    stop.clone(),
+                    slots.clone(),
+                );
                 rt.spawn(async move {
                     let mut failures = 0;
-                    while (answered.lock().unwrap().len() as u32) < N
-                        && !stop.load(Ordering::SeqCst)
+                    // A slot is taken before a request and given back when
+                    // the request fails at the transport: exactly N answers.
+                    while !stop.load(Ordering::SeqCst)
+                        && slots
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
                     {
                         let seq = next.fetch_add(1, Ordering::SeqCst);
                         match seq_request(&client, seq).await {
@@ -572,6 +582,7 @@ fn outage_and_sidecar_crash_lose_nothing() {
                                 answered.lock().unwrap().insert(seq, code);
                             }
                             Err(e) => {
+                                slots.fetch_add(1, Ordering::SeqCst);
                                 failures += 1;
                                 assert!(failures < 20, "request {seq}: {e}");
                                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -594,6 +605,7 @@ fn outage_and_sidecar_crash_lose_nothing() {
         rt.block_on(t).unwrap();
     }
     let before_kill = answered.lock().unwrap().len() as u32;
+    eprintln!("SIGKILL after {before_kill} answered requests");
     assert!(before_kill < N, "the kill came after all {N} requests");
     sidecar.restart().unwrap();
     for t in spawn_workers(&sidecar, Arc::new(AtomicBool::new(false))) {

@@ -365,7 +365,11 @@ impl RecordHook for RecordingHook {
                 .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), status)
                 .with_response_object(parsed)
                 .with_masked_count(masked);
-            spawn_record(recorder, done);
+            let fut: BoxFuture<'static, ()> = Box::pin(async move {
+                // A failure is counted (events_lost) and logged by the recorder.
+                let _ = recorder.record(&done).await;
+            });
+            fut
         });
         let (parts, body) = response.into_parts();
         let tee = TeeBody {
@@ -374,6 +378,9 @@ impl RecordHook for RecordingHook {
             limit: if keep_body { limit } else { 0 },
             overflow: false,
             on_end: Some(on_end),
+            recording: None,
+            held: None,
+            done: false,
         };
         http::Response::from_parts(parts, boxed(tee))
     }
@@ -438,25 +445,51 @@ fn parse_body(b: &[u8], gzip: bool, limit: usize) -> Option<serde_json::Value> {
     serde_json::from_slice(b).ok()
 }
 
-type OnEnd = Box<dyn FnOnce(Option<Vec<u8>>) + Send>;
+/// Builds (and returns, not yet run) the recording of `ResponseComplete`.
+type OnEnd = Box<dyn FnOnce(Option<Vec<u8>>) -> BoxFuture<'static, ()> + Send>;
 
 /// Passes a body through unchanged, keeping up to `limit` bytes of it, and
-/// calls `on_end` once: with the bytes when the body ended complete and
-/// within the limit, else with `None`.
+/// records `ResponseComplete` once: with the bytes when the body ended
+/// complete and within the limit, else with `None`.
+///
+/// The end of the body reaches the client only after that event is durable
+/// (the last data frame is held back while it is written), so a client that
+/// got a complete answer can count on its record surviving a crash of the
+/// sidecar right after. A body dropped early (client gone) records in the
+/// background.
 struct TeeBody {
     inner: ProxyBody,
     buf: Vec<u8>,
     limit: usize,
     overflow: bool,
     on_end: Option<OnEnd>,
+    /// The `ResponseComplete` write in progress at the end of the body.
+    recording: Option<BoxFuture<'static, ()>>,
+    /// The last data frame, released once `recording` finished.
+    held: Option<Frame<Bytes>>,
+    /// Everything, including the end, has been passed on.
+    done: bool,
 }
 
 impl TeeBody {
-    fn finish(&mut self, complete: bool) {
-        if let Some(f) = self.on_end.take() {
-            let body = (complete && !self.overflow && self.limit > 0)
-                .then(|| std::mem::take(&mut self.buf));
-            f(body);
+    fn end_record(&mut self, complete: bool) -> Option<BoxFuture<'static, ()>> {
+        let f = self.on_end.take()?;
+        let body = (complete && !self.overflow && self.limit > 0)
+            .then(|| std::mem::take(&mut self.buf));
+        Some(f(body))
+    }
+
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        if let Some(d) = frame.data_ref()
+            && !self.overflow
+            && self.limit > 0
+        {
+            if self.buf.len() + d.len() <= self.limit {
+                self.buf.extend_from_slice(d);
+            } else {
+                self.overflow = true;
+                self.buf = Vec::new();
+            }
         }
     }
 }
@@ -470,47 +503,91 @@ impl Body for TeeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref()
-                    && !this.overflow
-                    && this.limit > 0
-                {
-                    if this.buf.len() + d.len() <= this.limit {
-                        this.buf.extend_from_slice(d);
-                    } else {
-                        this.overflow = true;
-                        this.buf = Vec::new();
-                    }
+        loop {
+            if let Some(rec) = this.recording.as_mut() {
+                if rec.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                this.recording = None;
+                if let Some(last) = this.held.take() {
+                    return Poll::Ready(Some(Ok(last)));
+                }
+                this.done = true;
             }
-            Poll::Ready(None) => {
-                this.finish(true);
-                Poll::Ready(None)
+            if this.done {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.finish(false);
-                Poll::Ready(Some(Err(e)))
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.keep(&frame);
+                    if this.inner.is_end_stream()
+                        && let Some(rec) = this.end_record(true)
+                    {
+                        // The last frame: held until the record is durable.
+                        this.held = Some(frame);
+                        this.recording = Some(rec);
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => match this.end_record(true) {
+                    Some(rec) => this.recording = Some(rec),
+                    None => this.done = true,
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(rec) = this.end_record(false) {
+                        spawn_future(rec);
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Never before the record is written: the end must wait for it.
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.done {
+            return SizeHint::with_exact(0);
+        }
+        let mut h = self.inner.size_hint();
+        if let Some(f) = &self.held
+            && let Some(d) = f.data_ref()
+        {
+            // Upper first: `set_lower` must never exceed the upper bound.
+            let n = d.len() as u64;
+            if let Some(u) = h.upper() {
+                h.set_upper(u.saturating_add(n));
+            }
+            h.set_lower(h.lower().saturating_add(n));
+        }
+        h
+    }
+}
+
+/// Run a record future on the current runtime if there is one (Drop may
+/// run outside); otherwise it is lost, and counted so by the recorder.
+fn spawn_future(fut: BoxFuture<'static, ()>) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(fut);
+    } else {
+        tracing::error!("no runtime to record ResponseComplete on");
     }
 }
 
 impl Drop for TeeBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was empty is complete too.
-        let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        let complete = self.held.is_none() && self.inner.is_end_stream();
+        if let Some(rec) = self.recording.take() {
+            spawn_future(rec);
+        } else if let Some(rec) = self.end_record(complete) {
+            spawn_future(rec);
+        }
     }
 }
 
