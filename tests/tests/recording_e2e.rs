@@ -727,10 +727,12 @@ fn full_spool_refuses_or_counts_loss() {
         Duration::from_secs(60),
     )
     .unwrap();
-    let log = String::from_utf8_lossy(&raw.stderr);
+    // kubectl -v=8 logs the body JSON-quoted.
+    let log = String::from_utf8_lossy(&raw.stderr).replace('\\', "");
     assert!(!raw.status.success());
     assert!(log.contains("503 Service Unavailable"), "{log}");
     assert!(log.contains("\"kind\":\"Status\""), "{log}");
+    assert!(log.contains("\"reason\":\"ServiceUnavailable\""), "{log}");
     assert!(!exists_upstream(&sim, "full-raw"));
 
     collector.start_again().unwrap();
@@ -742,12 +744,9 @@ fn full_spool_refuses_or_counts_loss() {
         String::from_utf8_lossy(&again.stderr)
     );
     assert!(exists_upstream(&sim, "after-recovery"));
-    // The refused create was recorded too, with its 503.
-    one_complete(&collector, "the refused create", |e| {
-        e["verb"] == "create"
-            && e["objectRef"]["name"] == name.as_str()
-            && e["responseStatus"]["code"] == 503
-    });
+    // The refusals' own events could not be stored (the spool was full):
+    // counted as lost, as docs/recording.md says.
+    assert!(metric(&metrics(&sidecar), "mcp_warden_recording_events_lost_total") > 0.0);
     drop(sidecar);
 
     // `continue`: requests pass with the spool full, the loss is counted.

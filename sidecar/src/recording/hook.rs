@@ -474,8 +474,8 @@ struct TeeBody {
 impl TeeBody {
     fn end_record(&mut self, complete: bool) -> Option<BoxFuture<'static, ()>> {
         let f = self.on_end.take()?;
-        let body = (complete && !self.overflow && self.limit > 0)
-            .then(|| std::mem::take(&mut self.buf));
+        let body =
+            (complete && !self.overflow && self.limit > 0).then(|| std::mem::take(&mut self.buf));
         Some(f(body))
     }
 
