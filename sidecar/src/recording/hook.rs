@@ -12,7 +12,8 @@
 //! - `response` (after masking): long-running requests (watch, follow logs,
 //!   upgrades) record `ResponseStarted` at once; the body is passed through
 //!   untouched while up to `max_body_bytes` of it are kept, and when it ends
-//!   (or is dropped) `ResponseComplete` is recorded with the response status
+//!   (the end held back until the event is durable) or is dropped
+//!   `ResponseComplete` is recorded with the response status
 //!   (`status`/`reason`/`message` from a `Status` body), the masked
 //!   `responseObject` as the level asks, and `mcp-warden.io/masked`.
 //! - `refused` (answered by the sidecar itself): `ResponseComplete` with the
