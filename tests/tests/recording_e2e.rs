@@ -300,10 +300,10 @@ fn scripted_kubectl_session_is_recorded() {
     )
     .unwrap();
     assert!(!del.status.success(), "the delete must be denied");
-    let hi = run_ok(kc().args(["exec", "web-0", "--", "echo", "hi"])).unwrap();
-    assert_eq!(hi.trim(), "hi");
 
-    // Exactly one ResponseComplete per request, with the right fields.
+    // Exactly one ResponseComplete per request, with the right fields
+    // (counted once everything is delivered: the spool is drained).
+    wait_drained(&sidecar);
     let get = one_complete(&collector, "the get", |e| {
         e["verb"] == "get"
             && obj_ref(e) == ("pods".into(), "".into(), "default".into(), "web-0".into())
@@ -369,6 +369,10 @@ fn scripted_kubectl_session_is_recorded() {
             "app-config".into()
         )
     );
+    // exec (kubectl 1.32: WebSocket); kubectl also GETs the pod first.
+    let hi = run_ok(kc().args(["exec", "web-0", "--", "echo", "hi"])).unwrap();
+    assert_eq!(hi.trim(), "hi");
+    wait_drained(&sidecar);
     let exec = one_complete(&collector, "the exec", |e| {
         e["objectRef"]["subresource"] == "exec"
     });
@@ -440,6 +444,7 @@ fn scripted_kubectl_session_is_recorded() {
         let _ = child.kill();
     }
     out.unwrap();
+    wait_drained(&sidecar);
     let cat = one_complete(&collector, "the exec -i cat", |e| {
         e["objectRef"]["subresource"] == "exec"
             && e["requestURI"]
@@ -483,6 +488,7 @@ fn scripted_kubectl_session_is_recorded() {
     )
     .unwrap();
     assert_eq!(spdy.trim(), "spdy");
+    wait_drained(&sidecar);
     let s = one_complete(&collector, "the SPDY exec", |e| {
         e["objectRef"]["subresource"] == "exec"
             && e["requestURI"]
