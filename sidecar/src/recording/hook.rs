@@ -602,6 +602,54 @@ mod tests {
     use mcp_warden_tests::collector::{self, CollectorConfig};
     use std::time::{Duration, Instant};
 
+    /// The end of a body (its last frame, then the end) is released only
+    /// once the `ResponseComplete` write finished.
+    #[tokio::test]
+    async fn body_end_waits_for_the_record() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let written = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Option<Option<Vec<u8>>>>> = Arc::new(Mutex::new(None));
+        let (w, s) = (written.clone(), seen.clone());
+        let on_end: OnEnd = Box::new(move |body| {
+            *s.lock().unwrap() = Some(body);
+            Box::pin(async move {
+                let _ = rx.await;
+                w.store(true, Ordering::SeqCst);
+            })
+        });
+        let mut tee = TeeBody {
+            inner: full(Bytes::from_static(b"{\"kind\":\"Pod\"}")),
+            buf: Vec::new(),
+            limit: 1024,
+            overflow: false,
+            on_end: Some(on_end),
+            recording: None,
+            held: None,
+            done: false,
+        };
+        let mut frame = Box::pin(tee.frame());
+        // Not released while the record is pending.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut frame)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            Some(Some(b"{\"kind\":\"Pod\"}".to_vec()))
+        );
+        tx.send(()).unwrap();
+        let f = frame.await.unwrap().unwrap();
+        assert!(written.load(Ordering::SeqCst));
+        assert_eq!(
+            f.into_data().unwrap(),
+            Bytes::from_static(b"{\"kind\":\"Pod\"}")
+        );
+        assert!(tee.frame().await.is_none());
+        assert!(tee.is_end_stream());
+    }
+
     fn ctx(verb: &str, resource: &str, name: &str, stream: bool) -> RequestContext {
         RequestContext {
             request_id: uuid::Uuid::new_v4(),
