@@ -345,6 +345,7 @@ fn scripted_kubectl_session_is_recorded() {
             && e["requestObject"]["metadata"]["name"] == "rec-secret-json"
     });
     check_common(&json_create, 201, "allow");
+    assert_eq!(json_create["objectRef"]["name"], "rec-secret-json");
     let ro = &json_create["requestObject"];
     assert!(ro["stringData"]["token"].is_string(), "{ro}");
     assert!(ro["data"]["password"].is_string(), "{ro}");

@@ -295,7 +295,19 @@ impl RecordHook for RecordingHook {
                 }
                 body = full(bytes);
             }
-            let base = self.base_event(ctx, level);
+            let mut base = self.base_event(ctx, level);
+            // As kube-apiserver does for a create: the name comes from the
+            // request object when the URL has none.
+            if let (Some(r), Some(name)) = (
+                base.object_ref.as_mut(),
+                request_object
+                    .as_ref()
+                    .and_then(|o| o.pointer("/metadata/name"))
+                    .and_then(|n| n.as_str()),
+            ) && r.name.is_empty()
+            {
+                r.name = name.to_string();
+            }
             if mutating && let Err(e) = self.recorder.record(&base).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
                 return Err(unavailable("the event is not durable"));
