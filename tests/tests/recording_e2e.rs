@@ -173,6 +173,15 @@ fn check_common(ev: &Value, code: i64, decision: &str) {
     assert_eq!(ev["kind"], "Event", "{ev}");
     assert_eq!(ev["apiVersion"], "audit.k8s.io/v1", "{ev}");
     assert_eq!(ev["responseStatus"]["code"], code, "{ev}");
+    assert_eq!(ev["level"], "RequestResponse", "{ev}");
+    assert_eq!(ev["sourceIPs"], serde_json::json!(["127.0.0.1"]), "{ev}");
+    assert!(
+        ev["userAgent"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("kubectl"),
+        "{ev}"
+    );
     let ann = &ev["annotations"];
     assert_eq!(ann["mcp-warden.io/decision"], decision, "{ev}");
     assert_eq!(ann["mcp-warden.io/pod"], "default/mcp-server-0", "{ev}");
