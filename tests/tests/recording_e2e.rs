@@ -136,9 +136,14 @@ fn metrics(sidecar: &Sidecar) -> String {
 fn wait_drained(sidecar: &Sidecar) {
     wait_for("the spool to drain", DELIVERY, || {
         let m = metrics(sidecar);
+        // The pending gauge is refreshed periodically; the counters at once.
+        let accounted = metric(&m, "mcp_warden_recording_events_sent_total")
+            + metric(&m, "mcp_warden_recording_events_lost_total")
+            + metric(&m, "mcp_warden_recording_events_rejected_total");
         (m.contains("mcp_warden_recording_spool_pending")
-            && metric(&m, "mcp_warden_recording_spool_pending") == 0.0)
-            .then_some(())
+            && metric(&m, "mcp_warden_recording_spool_pending") == 0.0
+            && accounted >= metric(&m, "mcp_warden_recording_events_recorded_total"))
+        .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}: {}", metrics(sidecar)));
 }
