@@ -643,7 +643,7 @@ fn outage_and_sidecar_crash_lose_nothing() {
     // Nothing was delivered yet; the collector comes back.
     assert!(collector.events().is_empty());
     collector.start_again().unwrap();
-    let by_seq = wait_for("all 500 events", Duration::from_secs(60), || {
+    let by_seq = wait_for("all 500 events", Duration::from_secs(90), || {
         let mut by_seq: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
         for e in completes(&collector) {
             if let Some(s) = seq_of(&e)
