@@ -18,8 +18,9 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-mcp_warden", version, bin_name = "kubectl mcp-warden")]
 pub struct PluginCli {
-    /// Path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// Path to the kubeconfig file (default: $KUBECONFIG, which may list
+    /// several files, or ~/.kube/config).
+    #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
