@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak memory of the sidecar binary while it masks a huge Secret list, end to
-# end: kube-apisim seeded with N Secrets (~4 KB each, so 50,000 is ~200 MB of
+# end: kube-apisim loaded with N Secrets (~4 KB each, so 50,000 is ~200 MB of
 # JSON), the release sidecar in front of it (embedded default policy: Secret
 # data masked), one `curl` list through the sidecar with the local CA and
 # token and `Accept-Encoding: identity`. Prints the sidecar's peak RSS
@@ -31,30 +31,50 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One Secret per document: ~3 KB of random-looking data (base64 of 2,250
-# bytes) plus a last-applied annotation, as `kubectl apply` would leave it.
-gen_seed() {
+# Creates N Secrets in kube-apisim over one keep-alive connection (a seed
+# file of 50,000 documents exceeds the YAML parser's document budget). Each:
+# ~3 KB of random data (base64 of 2,250 bytes), a password, and a
+# last-applied annotation holding the password, as `kubectl apply` leaves it.
+# Prints the first Secret's base64 password (checked for leaks later).
+load() {
   python3 - "$1" "$2" <<'EOF'
-import base64, json, os, sys
-n, path = int(sys.argv[1]), sys.argv[2]
-with open(path, "w") as f:
-    for i in range(n):
-        pw = base64.b64encode(os.urandom(24)).decode()
-        blob = base64.b64encode(os.urandom(2250)).decode()
-        applied = {"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": f"secret-{i}", "namespace": "load"},
-                   "data": {"password": base64.b64encode(pw.encode()).decode()}}
-        s = {"apiVersion": "v1", "kind": "Secret",
-             "metadata": {"name": f"secret-{i}", "namespace": "load", "labels": {"app": "load"},
-                          "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(applied)}},
-             "type": "Opaque", "data": {"password": base64.b64encode(pw.encode()).decode(), "blob": blob}}
-        f.write("---\n" + json.dumps(s) + "\n")
-    f.write('---\n{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"load"}}\n')
+import base64, http.client, json, os, ssl, sys
+n, state = int(sys.argv[1]), sys.argv[2]
+host, port = open(f"{state}/addr").read().strip().rsplit(":", 1)
+token = open(f"{state}/token").read().strip()
+ctx = ssl.create_default_context(cafile=f"{state}/ca.crt")
+conn = http.client.HTTPSConnection(host, int(port), context=ctx)
+hdrs = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+def post(path, obj):
+    conn.request("POST", path, body=json.dumps(obj), headers=hdrs)
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 201:
+        sys.exit(f"POST {path}: {r.status} {body[:300]!r}")
+post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "load"}})
+first = None
+for i in range(n):
+    pw = base64.b64encode(base64.b64encode(os.urandom(24))).decode()
+    first = first or pw
+    blob = base64.b64encode(os.urandom(2250)).decode()
+    applied = {"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": f"secret-{i}", "namespace": "load"}, "data": {"password": pw}}
+    post("/api/v1/namespaces/load/secrets", {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": f"secret-{i}", "namespace": "load", "labels": {"app": "load"},
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(applied)}},
+        "type": "Opaque", "data": {"password": pw, "blob": blob}})
+print(first)
 EOF
 }
 
+# wait_file FILE PID: until FILE exists, while PID lives.
 wait_file() {
-  for _ in $(seq 1 1200); do [ -s "$1" ] && return 0; sleep 0.5; done
+  for _ in $(seq 1 1200); do
+    [ -s "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || { echo "process $2 exited; see $(dirname "$1")/../sim.log" >&2; return 1; }
+    sleep 0.5
+  done
   echo "timed out waiting for $1" >&2; return 1
 }
 
@@ -66,13 +86,14 @@ hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 run() {
   local n=$1 d="$work/run-$1"
   mkdir -p "$d"
-  gen_seed "$n" "$d/seed.yaml"
-  "$bin/kube-apisim" --listen 127.0.0.1:0 --state-dir "$d/sim" --seed "$d/seed.yaml" \
-    >"$d/sim.log" 2>&1 &
+  RUST_LOG=warn "$bin/kube-apisim" --listen 127.0.0.1:0 --state-dir "$d/sim" >"$d/sim.log" 2>&1 &
   local sim_pid=$!
   pids+=("$sim_pid")
-  wait_file "$d/sim/addr"
-  wait_file "$d/sim/token"
+  wait_file "$d/sim/addr" "$sim_pid"
+  wait_file "$d/sim/token" "$sim_pid"
+  wait_file "$d/sim/ca.crt" "$sim_pid"
+  local first
+  first=$(load "$n" "$d/sim")
   local sim_addr admin listen
   sim_addr=$(cat "$d/sim/addr")
   admin=127.0.0.1:$(free_port)
@@ -103,18 +124,13 @@ run() {
     "https://$listen/api/v1/namespaces/load/secrets")
   masked=$(grep -o 'KioqTUFTS0VEKioq' "$d/list.json" | wc -l)
   # The planted values must not be there (spot check: the first Secret's).
-  local first
-  first=$(python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    if l.startswith("{") and "\"Secret\"" in l:
-        print(json.loads(l)["data"]["password"]); break' "$d/seed.yaml")
   if grep -qF "$first" "$d/list.json"; then echo "LEAK: planted value in the list" >&2; return 1; fi
   local peak
   peak=$(hwm_kib "$sc_pid")
   echo "$n $(awk -v b="$upstream" 'BEGIN{printf "%.1f", b/1e6}') $(awk -v b="$size" 'BEGIN{printf "%.1f", b/1e6}') $masked $base $peak"
   kill "$sc_pid" "$sim_pid" 2>/dev/null || true
   wait "$sc_pid" "$sim_pid" 2>/dev/null || true
-  rm -f "$d/list.json" "$d/seed.yaml"
+  rm -f "$d/list.json"
 }
 
 r_small=$(run "$small")
