@@ -30,7 +30,19 @@ pub fn defaults() -> Vec<Value> {
 /// Parses multi-document YAML into objects (empty documents skipped; `List`
 /// kinds flattened).
 pub fn parse(text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    // A seed is a trusted test fixture and may be large (benchmarks seed
+    // tens of thousands of objects): lift the parser's document and node
+    // budgets, which guard untrusted input, well above what a seed needs.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_events = 200_000_000;
+    budget.max_nodes = 50_000_000;
+    budget.max_total_scalar_bytes = 2 << 30;
+    budget.max_reader_input_bytes = Some(2 << 30);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for d in docs {
         match d {
