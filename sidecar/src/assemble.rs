@@ -63,8 +63,16 @@ pub async fn run_configured(
         policy_hash,
     );
 
+    // Approvals wrap the policy: `approve` decisions wait for a person.
+    let decide = crate::approval::ApprovalDecider::new(
+        PolicyDecider::new(store.clone(), identity.clone()),
+        &config,
+        &identity,
+        config.approval.clone(),
+    )
+    .map_err(crate::config::ConfigError::from)?;
     let hooks = Hooks {
-        decide: Arc::new(PolicyDecider::new(store.clone(), identity)),
+        decide: Arc::new(decide),
         transform: Arc::new(MaskTransform::new(masker)),
         record: Arc::new(SessionRecording {
             hook: record,

@@ -233,6 +233,10 @@ pub struct ServeArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+
+    /// Approvals: `--approval-timeout`, `--approval-reuse-window`, `--approval-notify-url`.
+    #[command(flatten)]
+    pub approval: crate::approval::ApprovalArgs,
 }
 
 /// Validated configuration of the proxy.
@@ -284,6 +288,8 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Approvals (held requests, AccessRequests).
+    pub approval: crate::approval::ApprovalConfig,
 }
 
 impl Config {
@@ -444,6 +450,7 @@ impl ServeArgs {
             shutdown_grace,
             upstream_connect_timeout,
             log_format: self.log_format,
+            approval: self.approval.validate()?,
         })
     }
 }
