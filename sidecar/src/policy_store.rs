@@ -639,7 +639,11 @@ fn start_watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::R
         _ => PathBuf::from("."),
     };
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Our own reads of the file raise access events (open, close):
+        // reacting to those would reload in a loop forever.
+        if let Ok(ev) = res
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
             let _ = tx.send(());
         }
     });

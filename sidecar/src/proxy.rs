@@ -265,7 +265,14 @@ async fn forward(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let t0 = Instant::now();
-    let result = state.upstream.send(req, ctx.is_upgrade).await;
+    // Long-running requests (watch, follow) go over HTTP/1.1 connections of
+    // their own: multiplexed on one pooled HTTP/2 connection they would hit
+    // the upstream's concurrent-stream limit, and every watch past it would
+    // queue forever (found by the 1,000-watch benchmark).
+    let result = state
+        .upstream
+        .send(req, ctx.is_upgrade || ctx.is_stream)
+        .await;
     let elapsed = t0.elapsed().as_secs_f64();
     match result {
         Ok(resp) => {

@@ -320,6 +320,8 @@ pub async fn run(
             },
             _ = stopped(&mut stop) => break,
         };
+        // Small request/response exchanges: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let mut conn_stop = stop_rx.clone();

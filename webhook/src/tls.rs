@@ -160,7 +160,14 @@ impl CertFiles {
         let _watcher = {
             use notify::Watcher;
             let tx = tx.clone();
-            let handler = move |_res: notify::Result<notify::Event>| {
+            let handler = move |res: notify::Result<notify::Event>| {
+                // Our own reads of the files raise access events (open,
+                // close): reacting to those would reload in a loop forever.
+                if let Ok(ev) = res
+                    && matches!(ev.kind, notify::EventKind::Access(_))
+                {
+                    return;
+                }
                 let _ = tx.try_send(());
             };
             match notify::recommended_watcher(handler) {

@@ -150,6 +150,8 @@ impl Server {
                     }
                 },
             };
+            // Small request/response exchanges: do not let Nagle hold them back.
+            let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let app = self.app.clone();
             tokio::spawn(async move {
