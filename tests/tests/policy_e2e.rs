@@ -275,19 +275,21 @@ fn audit_mode_blocks_nothing_and_records_the_would_be_denial() {
 }
 
 #[test]
-fn approve_rule_refuses_saying_approval_is_required() {
+fn approve_rule_fails_closed_without_the_accessrequest_crd() {
     let (sim, _collector, sidecar, _dir) = stack(&policy(
         "enforce",
         "  - name: services-need-a-human\n    action: approve\n    verbs: [delete]\n    resources: [services]\n",
     ));
-    // Until the sidecar holds approve requests for a human (issue 8), they
-    // are refused at once; a held request would end in this timeout.
+    // The demo seed has no AccessRequest CRD, so the sidecar cannot ask a
+    // human: the approve request must be refused at once (fail closed),
+    // naming the rule and saying approval was needed. Holding it would end
+    // in this timeout. The held path is tested in the approvals tests.
     let out = run(
         sidecar.kubectl("1.32").args(["delete", "service", "web"]),
         Duration::from_secs(20),
     )
     .unwrap_or_else(|e| {
-        panic!("the approve request was held, not refused: approvals are wired, so this check belongs to the approvals tests now: {e}")
+        panic!("the approve request was held although no AccessRequest can be created: {e}")
     });
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
