@@ -30,7 +30,9 @@ pub async fn run_configured(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new());
-    // The recorder's sender outlives nothing: it stops with the proxy.
+    // The recorder's sender stops when shutdown begins; events of requests
+    // that finish during the grace period stay in the spool, and the next
+    // start sends them (delivery is at least once, never lost).
     let stop = CancellationToken::new();
 
     let (store, _policy_task) = PolicyStore::start(Some(config.policy_file.clone()))?;
