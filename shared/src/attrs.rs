@@ -57,6 +57,11 @@ pub struct RequestAttributes {
     pub field_selector: Option<String>,
     /// `dryRun=All` was asked for.
     pub dry_run: bool,
+    /// The response is long-running, as kube-apiserver reads the query:
+    /// a watch (verb `watch`, or a named GET with `watch`), or a `pods/log`
+    /// with `follow`. Booleans are read as the server reads them, so
+    /// `watch=True`, `watch=1` and even `watch=` count.
+    pub long_running: bool,
 }
 
 impl RequestAttributes {
@@ -93,6 +98,23 @@ impl RequestAttributes {
     /// True for the connect-style subresources whose verb is always `create`.
     pub fn is_connect(&self) -> bool {
         self.is_resource_request && is_connect_subresource(&self.subresource)
+    }
+
+    /// True where kube-apiserver answers a connection upgrade and the
+    /// sidecar tunnels it: the core connect subresources `pods/exec`,
+    /// `pods/attach`, `pods/portforward`, `pods/proxy`, `services/proxy` and
+    /// `nodes/proxy`. Everywhere else an `Upgrade` header is dropped and the
+    /// request is an ordinary one, so it is masked and recorded as such: an
+    /// upgrade must never be a way around masking.
+    pub fn upgrade_allowed(&self) -> bool {
+        self.is_resource_request
+            && self.api_prefix == "api"
+            && self.api_group.is_empty()
+            && matches!(
+                (self.resource.as_str(), self.subresource.as_str()),
+                ("pods", "exec" | "attach" | "portforward" | "proxy")
+                    | ("services" | "nodes", "proxy")
+            )
     }
 }
 
@@ -302,6 +324,10 @@ pub fn parse_request(method: &str, path_and_query: &str) -> Result<RequestAttrib
     if !special_verb && is_connect_subresource(&attrs.subresource) {
         attrs.verb = "create".to_string();
     }
+    attrs.long_running = attrs.verb == "watch"
+        // kube-apiserver also streams a named GET with ?watch (verb get).
+        || (attrs.verb == "get" && query_bool(&query, "watch"))
+        || (attrs.subresource == "log" && query_bool(&query, "follow"));
     Ok(attrs)
 }
 
@@ -1581,6 +1607,65 @@ mod tests {
         .unwrap();
         assert_eq!(a.resource_with_subresource(), "pods/exec");
         assert!(a.is_connect());
+    }
+
+    #[test]
+    fn long_running_reads_booleans_as_the_server_does() {
+        for path in [
+            "/api/v1/pods?watch=true",
+            "/api/v1/pods?watch=True",
+            "/api/v1/pods?watch=1",
+            "/api/v1/namespaces/d/pods/p?watch=true",
+            "/api/v1/namespaces/d/pods/p/log?follow=True",
+            "/api/v1/namespaces/d/pods/p/log?follow=1",
+            "/api/v1/namespaces/d/pods/p/log?follow=true",
+        ] {
+            assert!(parse_request("GET", path).unwrap().long_running, "{path}");
+        }
+        for path in [
+            "/api/v1/pods",
+            "/api/v1/pods?watch=false",
+            "/api/v1/pods?watch=0",
+            "/api/v1/namespaces/d/pods/p",
+            "/api/v1/namespaces/d/pods/p/log",
+            "/api/v1/namespaces/d/pods/p/log?follow=false",
+            "/api/v1/namespaces/d/pods/p?follow=true",
+        ] {
+            assert!(!parse_request("GET", path).unwrap().long_running, "{path}");
+        }
+    }
+
+    #[test]
+    fn upgrades_only_for_the_connect_subresources_the_sidecar_tunnels() {
+        for (method, path) in [
+            ("GET", "/api/v1/namespaces/d/pods/p/exec?command=sh"),
+            ("POST", "/api/v1/namespaces/d/pods/p/attach"),
+            ("POST", "/api/v1/namespaces/d/pods/p/portforward"),
+            ("GET", "/api/v1/namespaces/d/pods/p/proxy/x"),
+            ("GET", "/api/v1/namespaces/d/services/s/proxy"),
+            ("GET", "/api/v1/nodes/n/proxy/metrics"),
+        ] {
+            assert!(
+                parse_request(method, path).unwrap().upgrade_allowed(),
+                "{path}"
+            );
+        }
+        for (method, path) in [
+            ("GET", "/api/v1/namespaces/demo/secrets/db"),
+            ("GET", "/api/v1/namespaces/demo/secrets"),
+            ("GET", "/api/v1/namespaces/demo/pods?watch=true"),
+            ("PATCH", "/api/v1/namespaces/demo/configmaps/c"),
+            ("GET", "/api/v1/namespaces/d/pods/p/log"),
+            ("GET", "/apis/example.com/v1/namespaces/d/widgets/w/exec"),
+            ("GET", "/api/v1/namespaces/d/secrets/s/proxy"),
+            ("GET", "/version"),
+            ("GET", "/api"),
+        ] {
+            assert!(
+                !parse_request(method, path).unwrap().upgrade_allowed(),
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum ProxyError {
     /// The upstream could not be reached or failed before responding.
     #[error("upstream request failed: {0}")]
     Upstream(String),
+    /// A connection upgrade the sidecar does not honour in this form.
+    #[error("upgrade refused: {0}")]
+    Upgrade(&'static str),
     /// The request could not be rebuilt for the upstream.
     #[error("cannot forward the request: {0}")]
     Build(String),
@@ -46,6 +49,7 @@ impl ProxyError {
                 Reason::BadGateway,
                 format!("mcp-warden: upstream unavailable: {m}"),
             ),
+            ProxyError::Upgrade(m) => Status::new(Reason::BadRequest, format!("mcp-warden: {m}")),
             ProxyError::Build(m) => Status::new(Reason::BadRequest, format!("mcp-warden: {m}")),
         }
     }

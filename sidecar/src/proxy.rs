@@ -121,6 +121,12 @@ async fn pipeline(
     {
         return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
     }
+    if ctx.is_upgrade {
+        // Refused upgrade (a Status, a redirect...): an ordinary response,
+        // masked and recorded as one.
+        ctx.is_upgrade = false;
+        ctx.is_stream = ctx.attrs.as_ref().is_some_and(|a| a.long_running);
+    }
     let resp = respond(state, ctx, resp).await?;
     Ok(resp)
 }
@@ -148,26 +154,30 @@ pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Proxy
     }
 }
 
-/// Step 2: Kubernetes attributes and impersonation; non-canonical paths are refused.
-fn parse<B>(ctx: &mut RequestContext, req: &Request<B>) -> Result<(), ProxyError> {
+/// Step 2: Kubernetes attributes and impersonation; non-canonical paths are
+/// refused. An upgrade is honoured only where the sidecar tunnels one (the
+/// connect subresources); anywhere else the upgrade headers are dropped
+/// (see `prepare_upstream_request`) and the request is an ordinary one,
+/// masked and recorded like any other.
+fn parse<B: http_body::Body>(ctx: &mut RequestContext, req: &Request<B>) -> Result<(), ProxyError> {
     let attrs = parse_request(req.method().as_str(), &ctx.path_and_query)?;
     ctx.impersonation = impersonation_from_headers(req.headers())?;
-    ctx.is_upgrade = is_upgrade_request(req);
-    ctx.is_stream = ctx.is_upgrade
-        || attrs.verb == "watch"
-        // kube-apiserver also streams a named GET with ?watch=true (verb get).
-        || query_flag(req.uri().query(), "watch")
-        || (attrs.subresource == "log" && query_flag(req.uri().query(), "follow"));
+    let asks_upgrade = is_upgrade_request(req);
+    if asks_upgrade && !attrs.upgrade_allowed() && attrs.long_running {
+        // A WebSocket watch would be answered 101 and then framed: refused
+        // rather than quietly turned into a plain watch the client cannot read.
+        return Err(ProxyError::Upgrade(
+            "a watch over a connection upgrade (WebSocket) is not supported; \
+             use a plain HTTP watch",
+        ));
+    }
+    ctx.is_upgrade = asks_upgrade && attrs.upgrade_allowed();
+    if ctx.is_upgrade && !req.body().is_end_stream() {
+        return Err(ProxyError::Upgrade("an upgrade request carries no body"));
+    }
+    ctx.is_stream = ctx.is_upgrade || attrs.long_running;
     ctx.attrs = Some(attrs);
     Ok(())
-}
-
-fn query_flag(query: Option<&str>, name: &str) -> bool {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .any(|(k, v)| k == name && (v == "true" || v == "1"))
 }
 
 /// Step 3: the policy hook.
@@ -498,12 +508,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn follow_flag() {
-        assert!(query_flag(Some("container=a&follow=true"), "follow"));
-        assert!(!query_flag(Some("follow=false"), "follow"));
-        assert!(!query_flag(None, "follow"));
     }
 }

@@ -287,7 +287,7 @@ async fn upgrades_are_tunnelled_both_ways() {
     let auth = format!("Bearer {}", sc.token());
     for proto in ["SPDY/3.1", "websocket"] {
         let c = client(&sc.ca_pem(), Alpn::None);
-        let req = Request::post(sc.url("/api/v1/namespaces/default/pods/p/tunnel"))
+        let req = Request::post(sc.url("/api/v1/namespaces/default/pods/p/exec"))
             .header("authorization", &auth)
             .header("connection", "Upgrade")
             .header("upgrade", proto)
@@ -656,7 +656,7 @@ impl mcp_warden_sidecar::hooks::RecordHook for CountingRecorder {
         ctx: &mcp_warden_sidecar::RequestContext,
         headers: &http::HeaderMap,
     ) -> Option<Box<dyn mcp_warden_sidecar::hooks::TunnelTap>> {
-        assert_eq!(ctx.attrs.as_ref().unwrap().subresource, "tunnel");
+        assert_eq!(ctx.attrs.as_ref().unwrap().subresource, "exec");
         Some(Box::new(CountingTap {
             proto: headers["upgrade"].to_str().unwrap().to_string(),
             sent: Default::default(),
@@ -683,7 +683,7 @@ async fn tunnel_tap_sees_the_session_and_its_end() {
     let sc =
         Sidecar::start_with(&up.url(), &up.ca_file, &tdir.path().join("token"), &[], ext).await;
     let c = client(&sc.ca_pem(), Alpn::H1);
-    let req = Request::get(sc.url("/api/v1/namespaces/default/pods/p/tunnel"))
+    let req = Request::get(sc.url("/api/v1/namespaces/default/pods/p/exec"))
         .header("authorization", format!("Bearer {}", sc.token()))
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")

@@ -80,7 +80,8 @@ pub fn test_pki() -> (String, rustls::ServerConfig) {
 /// few special paths:
 /// - `/stream`: sends `first\n`, waits for `release`, sends `second\n`;
 /// - `/slow`: answers after 1.5s;
-/// - `/tunnel` with `Upgrade`: 101, then echoes bytes upper-cased;
+/// - any request with `Upgrade` (a naive upstream that upgrades whatever
+///   it is asked to): 101, then echoes bytes upper-cased;
 /// - anything else: 200 `{"ok":true}`.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -208,7 +209,7 @@ async fn upstream_handle(
         tokio::time::sleep(Duration::from_millis(1500)).await;
         return Ok(json(StatusCode::OK, r#"{"slow":true}"#));
     }
-    if path.ends_with("/tunnel") && req.headers().contains_key("upgrade") {
+    if req.headers().contains_key("upgrade") {
         let proto = req.headers().get("upgrade").unwrap().clone();
         let mut req = req;
         let on = hyper::upgrade::on(&mut req);
