@@ -162,6 +162,17 @@ pub trait TransformHook: Send + Sync + 'static {
     /// so responses that need masking come as JSON). Default: unchanged.
     fn prepare_request(&self, _ctx: &RequestContext, _parts: &mut http::request::Parts) {}
 
+    /// Judges an RFC 6902 JSON Patch body before it goes upstream: an `Err`
+    /// Status refuses the request (an operation that would make the server
+    /// read a masked value). Default: accept.
+    fn check_json_patch(
+        &self,
+        _ctx: &RequestContext,
+        _patch: &serde_json::Value,
+    ) -> Result<(), Status> {
+        Ok(())
+    }
+
     /// Returns the response to send to the app. An `Err` Status replaces the
     /// response (a response that cannot be masked is never passed on).
     fn transform<'a>(

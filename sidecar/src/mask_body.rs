@@ -548,6 +548,19 @@ impl TransformHook for MaskTransform {
         }
     }
 
+    fn check_json_patch(
+        &self,
+        ctx: &RequestContext,
+        patch: &serde_json::Value,
+    ) -> Result<(), Status> {
+        let Some(attrs) = &ctx.attrs else {
+            return Ok(());
+        };
+        (self.masker)()
+            .check_json_patch(&MaskContext::from_attrs(attrs), patch)
+            .map_err(|e| Status::new(Reason::Forbidden, format!("mcp-warden: {e}")))
+    }
+
     fn transform<'a>(
         &'a self,
         ctx: &'a RequestContext,

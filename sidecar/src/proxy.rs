@@ -19,6 +19,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use mcp_warden_shared::attrs::{impersonation_from_headers, parse_request};
+use mcp_warden_shared::status::{Reason, Status};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{ProxyError, status_response};
@@ -26,6 +27,7 @@ use crate::forward::{Upstream, is_upgrade_request, strip_hop_by_hop, strip_imper
 use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, TunnelIo, boxed};
 use crate::local::LocalToken;
 use crate::metrics::{Metrics, StreamGuard, VerbLabels};
+use crate::recording::hook::{DEFAULT_MAX_BODY_BYTES, collect_limited};
 use crate::token::TokenSource;
 
 /// Shared state of the app-facing server.
@@ -106,6 +108,7 @@ async fn pipeline(
     parse(ctx, &req)?;
     decide(state, ctx).await?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let req = check_json_patch(state, ctx, req).await?;
     let upstream_req = prepare_upstream_request(state, ctx, req).await?;
     let replay = replayable(ctx, &upstream_req);
     let mut resp = forward(state, ctx, upstream_req).await?;
@@ -191,13 +194,53 @@ async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), Prox
     }
 }
 
+/// Step 3b: an RFC 6902 JSON Patch is read whole (size-limited) and judged
+/// by the transform hook before anything is forwarded: `copy`, `move` and
+/// `test` could otherwise make the server read values that masking hides.
+/// A JSON Patch that is not JSON is refused here, since what cannot be
+/// judged must not reach the server.
+async fn check_json_patch(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let req = req.map(boxed);
+    if req.method() != http::Method::PATCH || !is_json_patch(req.headers()) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = collect_limited(body, DEFAULT_MAX_BODY_BYTES)
+        .await
+        .map_err(ProxyError::Refused)?;
+    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ProxyError::Refused(Status::new(
+            Reason::BadRequest,
+            format!("mcp-warden: the JSON patch is not valid JSON: {e}"),
+        ))
+    })?;
+    state
+        .hooks
+        .transform
+        .check_json_patch(ctx, &patch)
+        .map_err(ProxyError::Refused)?;
+    Ok(Request::from_parts(parts, crate::hooks::full(bytes)))
+}
+
+fn is_json_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json-patch+json"))
+}
+
 /// Step 4: the request as the upstream gets it: the app's credentials and
 /// hop-by-hop headers removed, the recording hook given the body, the real
 /// token added last (so no hook ever sees it).
 async fn prepare_upstream_request(
     state: &ProxyState,
     ctx: &RequestContext,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Result<Request<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -222,7 +265,7 @@ async fn prepare_upstream_request(
     let body = state
         .hooks
         .record
-        .request(ctx, &parts, boxed(body))
+        .request(ctx, &parts, body)
         .await
         .map_err(ProxyError::Refused)?;
     let token = state.token.header()?;

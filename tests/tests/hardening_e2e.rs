@@ -230,3 +230,60 @@ fn an_upgrade_tagged_patch_is_recorded_with_its_request_object() {
     );
     assert_clean(&ev.to_string());
 }
+
+/// JSON patches whose `copy`/`move`/`test` would read a masked value are
+/// refused with a 403 Status before anything reaches the API server; other
+/// JSON patches of the same Secret pass.
+#[test]
+fn json_patch_may_not_read_masked_values() {
+    let st = stack(None);
+    let path = "/api/v1/namespaces/default/secrets/db?dryRun=All";
+    let patch = |body: &str| {
+        curl(
+            &st.sidecar,
+            path,
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/json-patch+json",
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    for body in [
+        r#"[{"op":"copy","from":"/data/password","path":"/metadata/annotations/leak"}]"#,
+        r#"[{"op":"move","from":"/data/password","path":"/metadata/generateName"}]"#,
+        r#"[{"op":"copy","from":"/data","path":"/metadata/labels"}]"#,
+        r#"[{"op":"test","path":"/data/password","value":"aHVudGVyMg=="}]"#,
+    ] {
+        let (code, out) = patch(body);
+        assert_eq!(code, 403, "{body}: {out}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(status["reason"], "Forbidden", "{out}");
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains("may not read masked fields"),
+            "{out}"
+        );
+        assert_clean(&out);
+    }
+    // Not JSON: cannot be judged, so not forwarded.
+    let (code, out) = patch("[{\"op\":\"copy\",");
+    assert_eq!(code, 400, "{out}");
+    // Harmless JSON patches still work (and their answer is masked).
+    let (code, out) = patch(r#"[{"op":"add","path":"/metadata/labels","value":{"team":"a"}}]"#);
+    assert_eq!(code, 200, "{out}");
+    assert_clean(&out);
+    let live = run_ok(
+        st.sim
+            .kubectl("1.32")
+            .args(["get", "secret", "db", "-o", "json"]),
+    )
+    .unwrap();
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert!(live["metadata"]["annotations"]["leak"].is_null(), "{live}");
+}

@@ -36,6 +36,7 @@
 
 mod detect;
 mod engine;
+mod patch_guard;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::attrs::RequestAttributes;
 
 pub use detect::Detector;
+pub use patch_guard::PatchReadsMasked;
 pub use stream::{DEFAULT_MAX_VALUE_BYTES, StreamKind, StreamMasker};
 
 /// The text that replaces a masked value.

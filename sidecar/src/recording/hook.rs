@@ -421,7 +421,7 @@ impl RecordHook for RecordingHook {
 }
 
 /// Read a whole request body, refusing one larger than `max` with 413.
-async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Status> {
+pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Status> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
