@@ -540,7 +540,7 @@ impl Event {
             level: info.level,
             audit_id: info.audit_id.to_string(),
             stage: Stage::RequestReceived,
-            request_uri: info.request_uri.to_string(),
+            request_uri: redact_request_uri(info.request_uri),
             verb: info.attrs.verb.clone(),
             user: info.user.clone(),
             impersonated_user: info.impersonated_user.clone(),
@@ -595,6 +595,68 @@ impl Event {
     }
 }
 
+/// The value written in place of a token-like query parameter.
+pub const REDACTED: &str = "REDACTED";
+
+/// `requestURI` as recorded: the value of every token-like query parameter
+/// (`access_token`, `id_token`, `token`, anything naming a secret, password
+/// or API key) replaced by [`REDACTED`]. Some clients and proxies carry
+/// credentials in the query (WebSocket clients that cannot set headers, OAuth
+/// redirects); a recording must not become a store of them.
+pub fn redact_request_uri(uri: &str) -> String {
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.to_string();
+    };
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_token_param(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
+/// Names are compared percent-decoded, in lower case and with `-` read as
+/// `_`, so `Access%5FToken` or `api-key` are caught too.
+fn is_token_param(raw_name: &str) -> bool {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let b = raw_name.as_bytes();
+    let mut name = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = (b[i] == b'%')
+            .then(|| Some((hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((h, l)) => {
+                name.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            None => {
+                name.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    let name = String::from_utf8_lossy(&name)
+        .to_ascii_lowercase()
+        .replace('-', "_");
+    ["token", "secret", "password", "passwd", "apikey", "api_key"]
+        .iter()
+        .any(|w| name.contains(w))
+        || matches!(name.as_str(), "code" | "jwt" | "sig" | "signature")
+}
+
 /// Whether a request is long-running in kube-apiserver's sense (gets a
 /// `ResponseStarted` stage): watch, `follow` logs and the connect
 /// subresources exec, attach, portforward, proxy.
@@ -617,6 +679,25 @@ pub fn is_mutating(verb: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_like_query_parameters_are_redacted_from_the_request_uri() {
+        assert_eq!(
+            redact_request_uri("/api/v1/namespaces/d/pods?access_token=eyJabc&limit=5"),
+            "/api/v1/namespaces/d/pods?access_token=REDACTED&limit=5"
+        );
+        assert_eq!(
+            redact_request_uri("/x?Access%5FToken=a&id_token=b&api-key=c&client_secret=d&watch=1"),
+            "/x?Access%5FToken=REDACTED&id_token=REDACTED&api-key=REDACTED&client_secret=REDACTED&watch=1"
+        );
+        for unchanged in [
+            "/api/v1/pods",
+            "/api/v1/pods?labelSelector=app%3Dweb&fieldSelector=metadata.name%3Dx",
+            "/api/v1/namespaces/d/pods/p/exec?command=sh&container=c&stdin=true",
+        ] {
+            assert_eq!(redact_request_uri(unchanged), unchanged);
+        }
+    }
 
     #[test]
     fn micro_time_round_trips() {

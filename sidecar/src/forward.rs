@@ -187,6 +187,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes headers that only a front proxy of the API server may set, and
+/// spellings of trusted headers that some proxies read differently: the
+/// request-header authentication headers (`X-Remote-User`, `-Group`,
+/// `-Extra-*`), `Forwarded`/`X-Forwarded-*`/`X-Real-Ip` (they would put
+/// the app's words into the server's audit `sourceIPs`), method overrides
+/// (a `GET` judged by policy must not become a `DELETE` behind it), and
+/// `Impersonate_*` with underscores (policy judges only the dashed names).
+/// Applied to every request, whatever the policy says.
+pub fn strip_untrusted(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_untrusted(k.as_str()))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+fn is_untrusted(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    dashed.starts_with("x-remote-")
+        || dashed.starts_with("x-forwarded-")
+        || matches!(
+            dashed.as_str(),
+            "forwarded"
+                | "x-real-ip"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override"
+        )
+        || (name.contains('_') && dashed.starts_with("impersonate-"))
+}
+
 /// Removes every `Impersonate-*` header.
 pub fn strip_impersonation(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers
@@ -218,6 +252,37 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn untrusted_headers_are_stripped_and_ordinary_ones_kept() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-remote-user",
+            "x-remote-group",
+            "x-remote-extra-scopes",
+            "x_remote_user",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "forwarded",
+            "x-real-ip",
+            "x-http-method-override",
+            "x-method-override",
+            "impersonate_user",
+            "impersonate_group",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        for name in ["accept", "content-type", "impersonate-user", "x-request-id"] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        strip_untrusted(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["accept", "content-type", "impersonate-user", "x-request-id"]
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ use mcp_warden_shared::status::{Reason, Status};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{ProxyError, status_response};
-use crate::forward::{Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation};
+use crate::forward::{
+    Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation, strip_untrusted,
+};
 use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, TunnelIo, boxed};
 use crate::local::LocalToken;
 use crate::metrics::{Metrics, StreamGuard, VerbLabels};
@@ -247,6 +249,7 @@ async fn prepare_upstream_request(
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
     strip_hop_by_hop(headers, ctx.is_upgrade);
+    strip_untrusted(headers);
     let forward_impersonation = ctx
         .decision
         .as_ref()

@@ -744,3 +744,49 @@ async fn shutdown_grace_bounds_in_flight_requests() {
         "a request longer than the grace period was not cut: {r:?}"
     );
 }
+
+/// Headers only a front proxy of the API server may set, method overrides
+/// and underscore spellings of `Impersonate-*` never reach the upstream.
+#[tokio::test]
+async fn untrusted_headers_never_reach_the_upstream() {
+    let (up, sc, _t) = setup().await;
+    let c = client(&sc.ca_pem(), Alpn::H1);
+    let auth = format!("Bearer {}", sc.token());
+    let (code, _, body) = send(
+        &c,
+        "GET",
+        &sc.url("/api/v1/namespaces/default/pods"),
+        &[
+            ("authorization", auth.as_str()),
+            ("x-remote-user", "system:admin"),
+            ("x-remote-group", "system:masters"),
+            ("x-remote-extra-scopes", "all"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-http-method-override", "DELETE"),
+            ("impersonate_user", "system:admin"),
+            ("x-request-id", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let names: Vec<&str> = seen[0].headers.keys().map(|k| k.as_str()).collect();
+    for bad in [
+        "x-remote-user",
+        "x-remote-group",
+        "x-remote-extra-scopes",
+        "x-forwarded-for",
+        "forwarded",
+        "x-http-method-override",
+        "impersonate_user",
+    ] {
+        assert!(
+            !names.contains(&bad),
+            "{bad} reached the upstream: {names:?}"
+        );
+    }
+    assert_eq!(seen[0].headers["x-request-id"], "kept");
+    sc.stop().await;
+}

@@ -287,3 +287,34 @@ fn json_patch_may_not_read_masked_values() {
     let live: Value = serde_json::from_str(&live).unwrap();
     assert!(live["metadata"]["annotations"]["leak"].is_null(), "{live}");
 }
+
+/// Token-like query parameters are redacted from the recorded `requestURI`
+/// and never appear in the sidecar's log.
+#[test]
+fn token_query_parameters_are_redacted_from_records_and_logs() {
+    let collector = Collector::start().unwrap();
+    let st = stack(Some(&collector));
+    let secret = "eyJhbGciOiJub25lIn0.c3ViamVjdA.query-token-6b1d";
+    let (code, out) = curl(
+        &st.sidecar,
+        &format!("/api/v1/namespaces/default/configmaps?access_token={secret}&limit=5"),
+        &[],
+    );
+    assert_eq!(code, 200, "{out}");
+    let ev = wait_for("the list's ResponseComplete", T, || {
+        collector.events().into_iter().find(|e| {
+            e["stage"] == "ResponseComplete"
+                && e["requestURI"]
+                    .as_str()
+                    .is_some_and(|u| u.contains("limit=5"))
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        ev["requestURI"],
+        "/api/v1/namespaces/default/configmaps?access_token=REDACTED&limit=5"
+    );
+    let all = serde_json::to_string(&collector.events()).unwrap();
+    assert!(!all.contains("query-token-6b1d"), "{all}");
+    assert!(!st.sidecar.log().contains("query-token-6b1d"));
+}

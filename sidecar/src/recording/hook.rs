@@ -420,6 +420,30 @@ impl RecordHook for RecordingHook {
     }
 }
 
+/// How much of an oversized body is read and discarded before the 413 is
+/// sent, and for how long at most.
+const DRAIN_MAX_BYTES: usize = 16 << 20;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused body (bounded in bytes and
+/// time). Answering while the client is still uploading makes the server
+/// close with unread data, the kernel then resets the connection, and the
+/// client sees "connection reset" instead of the 413 `Status` (HTTP/1.1);
+/// over HTTP/2 the stream is reset before the answer. Draining first lets
+/// the client read why it was refused.
+async fn drain(mut body: ProxyBody) {
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        while seen < DRAIN_MAX_BYTES {
+            match body.frame().await {
+                Some(Ok(f)) => seen += f.data_ref().map_or(0, Bytes::len),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// Read a whole request body, refusing one larger than `max` with 413.
 pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Status> {
     let mut buf = bytes::BytesMut::new();
@@ -429,6 +453,7 @@ pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<B
         })?;
         if let Some(d) = frame.data_ref() {
             if buf.len() + d.len() > max {
+                drain(body).await;
                 return Err(Status::new(
                     Reason::RequestEntityTooLarge,
                     format!("request body larger than {max} bytes"),
