@@ -1170,3 +1170,71 @@ fn reinjection_switches_the_form() {
     assert_injected(&before, pod.spec.as_ref().unwrap(), None, true);
     assert_eq!(after["spec"]["hostAliases"], before["spec"]["hostAliases"]);
 }
+
+/// The sidecar container meets the restricted Pod Security Standard
+/// (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+/// non-root, no privilege escalation, every capability dropped and only
+/// NET_BIND_SERVICE added, RuntimeDefault seccomp, only the volume types the
+/// profile allows, in both forms.
+#[test]
+fn the_sidecar_meets_the_restricted_pod_security_standard() {
+    for native in [NativeSidecar::True, NativeSidecar::False] {
+        let config = InjectConfig {
+            native_sidecar: native,
+            ..InjectConfig::default()
+        };
+        let (_, after, _) = inject(&load("pod-kube-api-access.yaml"), &config);
+        let spec = &after["spec"];
+        let sidecar = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .find(|c| c["name"] == SIDECAR_NAME)
+            .unwrap();
+        let sc = &sidecar["securityContext"];
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert!(sc["runAsUser"].as_i64().unwrap() > 0);
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        for cap in sc["capabilities"]["add"].as_array().unwrap() {
+            assert_eq!(cap, "NET_BIND_SERVICE", "restricted allows only this one");
+        }
+        assert!(
+            sidecar
+                .get("ports")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p.get("hostPort").is_none())
+        );
+        for v in spec["volumes"].as_array().unwrap() {
+            let kinds: Vec<&String> = v
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "name")
+                .collect();
+            for k in kinds {
+                assert!(
+                    [
+                        "configMap",
+                        "csi",
+                        "downwardAPI",
+                        "emptyDir",
+                        "ephemeral",
+                        "persistentVolumeClaim",
+                        "projected",
+                        "secret"
+                    ]
+                    .contains(&k.as_str()),
+                    "volume type {k} not allowed by restricted"
+                );
+            }
+        }
+        assert!(spec.get("hostNetwork").is_none() && spec.get("hostPID").is_none());
+    }
+}
