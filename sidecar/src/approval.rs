@@ -305,17 +305,36 @@ pub fn access_request(
     message: &str,
     expires_at: OffsetDateTime,
 ) -> Value {
+    let mut spec = json!({
+        "verb": attrs.verb, "resource": attrs.resource,
+        "requestHash": hash, "requester": {"serviceAccount": requester},
+        "expiresAt": rfc3339(expires_at),
+    });
+    // Optional strings are omitted when empty, never sent as "" or null: a
+    // kube-apiserver 1.20 built with Go >= 1.18 reads "" as null in its CRD
+    // schema validation ("must be of type string: \"null\""), and an absent
+    // field is what every server and every reader expects for "none".
+    for (key, value) in [
+        ("group", attrs.api_group.as_str()),
+        ("subresource", attrs.subresource.as_str()),
+        ("namespace", attrs.namespace.as_str()),
+        ("name", attrs.name.as_str()),
+        ("summary", summary(attrs).as_str()),
+        ("rule", rule),
+        ("message", message),
+    ] {
+        if !value.is_empty() {
+            spec[key] = json!(value);
+        }
+    }
+    if !pod.is_empty() {
+        spec["requester"]["pod"] = json!(pod);
+    }
     json!({
         "apiVersion": format!("{GROUP}/v1alpha1"),
         "kind": "AccessRequest",
         "metadata": {"generateName": name_prefix(attrs), "labels": {"app.kubernetes.io/managed-by": "mcp-warden"}},
-        "spec": {
-            "verb": attrs.verb, "group": attrs.api_group, "resource": attrs.resource,
-            "subresource": attrs.subresource, "namespace": attrs.namespace, "name": attrs.name,
-            "requestHash": hash, "summary": summary(attrs),
-            "requester": {"serviceAccount": requester, "pod": pod},
-            "rule": rule, "message": message, "expiresAt": rfc3339(expires_at),
-        },
+        "spec": spec,
     })
 }
 
@@ -1065,6 +1084,48 @@ mod tests {
         );
         assert_eq!(o["spec"]["group"], "apps");
         assert!(o.get("status").is_none());
+    }
+
+    /// A core-group request without a subresource (`kubectl delete configmap`)
+    /// sends no `group`/`subresource` at all: kube-apiserver 1.20 refused the
+    /// empty strings as `null` (issue 12), and the object must match the CRD.
+    #[test]
+    fn access_request_omits_empty_optional_fields() {
+        let a = mcp_warden_shared::attrs::parse_request(
+            "DELETE",
+            "/api/v1/namespaces/prod/configmaps/scratch",
+        )
+        .unwrap();
+        let o = access_request(
+            &a,
+            "h",
+            "system:serviceaccount:mcp:agent",
+            "",
+            "deletes",
+            "",
+            datetime!(2026-11-22 01:05:00 UTC),
+        );
+        let spec = o["spec"].as_object().unwrap();
+        for absent in ["group", "subresource", "message"] {
+            assert!(!spec.contains_key(absent), "{absent} sent: {o}");
+        }
+        assert!(o["spec"]["requester"].get("pod").is_none(), "{o}");
+        fn no_null_or_empty(v: &Value, at: &str) {
+            match v {
+                Value::Null => panic!("{at} is null"),
+                Value::String(s) => assert!(!s.is_empty(), "{at} is empty"),
+                Value::Object(m) => m
+                    .iter()
+                    .for_each(|(k, c)| no_null_or_empty(c, &format!("{at}.{k}"))),
+                Value::Array(a) => a.iter().for_each(|c| no_null_or_empty(c, at)),
+                _ => {}
+            }
+        }
+        no_null_or_empty(&o, "");
+        assert_eq!(o["spec"]["namespace"], "prod");
+        assert_eq!(o["spec"]["name"], "scratch");
+        assert_eq!(o["spec"]["resource"], "configmaps");
+        assert_eq!(o["spec"]["rule"], "deletes");
     }
 
     #[test]

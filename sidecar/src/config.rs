@@ -67,6 +67,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check or evaluate a policy file offline.
     Policy(crate::policy_cli::PolicyArgs),
+    /// Wait until the sidecar's /readyz answers 200 (the container form's
+    /// postStart hook: the kubelet starts the app only after it returns).
+    WaitReady(crate::lifecycle::WaitReadyArgs),
+    /// Wait until the app's connections are gone (the container form's
+    /// preStop hook: the sidecar keeps serving while the app shuts down).
+    WaitDrain(crate::lifecycle::WaitDrainArgs),
 }
 
 /// Output format of the logs.
@@ -102,6 +108,22 @@ pub struct ServeArgs {
     /// Address of the TLS listener for the app (localhost only in a pod).
     #[arg(long, env = "MCP_WARDEN_LISTEN", default_value = "127.0.0.1:15443")]
     pub listen: String,
+
+    /// A second address serving the same app-facing TLS API: in a pod
+    /// `127.0.0.1:443`, where the webhook's hostAliases send
+    /// `https://kubernetes.default.svc` (needs NET_BIND_SERVICE as non-root;
+    /// tests use a high port). Empty or `off`: none.
+    #[arg(long, env = "MCP_WARDEN_LISTEN_HTTPS_ALIAS")]
+    pub listen_https_alias: Option<String>,
+
+    /// The cluster's DNS domain: the serving certificate also names
+    /// `kubernetes.default.svc.<domain>`.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
 
     /// Address of the plain-HTTP admin server: /healthz, /readyz, /metrics.
     #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:15020")]
@@ -244,6 +266,10 @@ pub struct ServeArgs {
 pub struct Config {
     /// TLS listener address for the app.
     pub listen: SocketAddr,
+    /// Second TLS listener for the app (`127.0.0.1:443` in a pod), if any.
+    pub listen_https_alias: Option<SocketAddr>,
+    /// Cluster DNS domain, for the serving certificate's names.
+    pub cluster_domain: String,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
     /// Upstream base URL: scheme and authority only.
@@ -328,6 +354,32 @@ impl ServeArgs {
             "admin-listen",
             "MCP_WARDEN_ADMIN_LISTEN",
         )?;
+        let listen_https_alias = match self.listen_https_alias.as_deref().map(str::trim) {
+            None | Some("") | Some("off") => None,
+            Some(a) => Some(parse_addr(
+                a,
+                "listen-https-alias",
+                "MCP_WARDEN_LISTEN_HTTPS_ALIAS",
+            )?),
+        };
+        if listen_https_alias.is_some_and(|a| a == listen || a == admin_listen) {
+            return Err(ConfigError::new(
+                "listen-https-alias",
+                "MCP_WARDEN_LISTEN_HTTPS_ALIAS",
+                "must differ from --listen and --admin-listen",
+            ));
+        }
+        let cluster_domain = self.cluster_domain.trim().trim_end_matches('.').to_string();
+        if cluster_domain.is_empty()
+            || !cluster_domain.split('.').all(is_dns_label)
+            || cluster_domain.len() > 253
+        {
+            return Err(ConfigError::new(
+                "cluster-domain",
+                "MCP_WARDEN_CLUSTER_DOMAIN",
+                format!("{:?} is not a DNS domain", self.cluster_domain),
+            ));
+        }
         let upstream_raw = match &self.upstream {
             Some(u) => u.clone(),
             None => default_upstream(&env).ok_or_else(|| {
@@ -428,6 +480,8 @@ impl ServeArgs {
         }
         Ok(Config {
             listen,
+            listen_https_alias,
+            cluster_domain,
             admin_listen,
             upstream,
             upstream_ca_file: self.upstream_ca_file.clone(),
@@ -669,6 +723,43 @@ mod tests {
                 vec!["--upstream", "https://h:1"]
             };
             v.extend_from_slice(&[flag, val]);
+            let e = args(&v).validate_with_env(no_env).unwrap_err();
+            assert!(e.to_string().contains(flag), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn https_alias_and_cluster_domain() {
+        let base = ["--upstream", "https://h:1"];
+        let c = args(&base).validate_with_env(no_env).unwrap();
+        assert_eq!(c.listen_https_alias, None, "off unless asked for");
+        assert_eq!(c.cluster_domain, "cluster.local");
+        let mut v = base.to_vec();
+        v.extend([
+            "--listen-https-alias",
+            "127.0.0.1:443",
+            "--cluster-domain",
+            "corp.example.",
+        ]);
+        let c = args(&v).validate_with_env(no_env).unwrap();
+        assert_eq!(c.listen_https_alias.unwrap().to_string(), "127.0.0.1:443");
+        assert_eq!(c.cluster_domain, "corp.example");
+        let mut v = base.to_vec();
+        v.extend(["--listen-https-alias", "off"]);
+        assert_eq!(
+            args(&v)
+                .validate_with_env(no_env)
+                .unwrap()
+                .listen_https_alias,
+            None
+        );
+        for (flag, val) in [
+            ("--listen-https-alias", "443"),
+            ("--listen-https-alias", "127.0.0.1:15443"),
+            ("--cluster-domain", "Bad_Domain"),
+        ] {
+            let mut v = base.to_vec();
+            v.extend([flag, val]);
             let e = args(&v).validate_with_env(no_env).unwrap_err();
             assert!(e.to_string().contains(flag), "{flag}: {e}");
         }

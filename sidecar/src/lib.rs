@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod hooks;
+pub mod lifecycle;
 pub mod local;
 pub mod mask_body;
 pub mod metrics;
@@ -138,7 +139,7 @@ pub async fn run_with(
     }
     readiness.watch_token(token.clone());
 
-    let creds = local::generate()?;
+    let creds = local::generate(&config.cluster_domain)?;
     local::write_files(
         &config.local_dir,
         &creds,
@@ -146,6 +147,48 @@ pub async fn run_with(
         config.app_uid,
     )?;
     readiness.set("local-files", Check::Ok);
+
+    // The second app-facing listener (127.0.0.1:443 in a pod). Refused
+    // permission (a runtime that does not give the non-root sidecar its
+    // NET_BIND_SERVICE capability) does not stop the sidecar: the env-based
+    // clients still work, and clients of https://kubernetes.default.svc
+    // fail closed (the name points at 127.0.0.1, nothing answers). It is
+    // logged as an error and reported on /readyz. Any other bind error is a
+    // configuration error.
+    let alias = match config.listen_https_alias {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                readiness.set("https-alias", Check::Ok);
+                Some(l)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let msg = format!(
+                    "cannot listen on {addr} (--listen-https-alias, MCP_WARDEN_LISTEN_HTTPS_ALIAS): {e}; \
+                     the container needs NET_BIND_SERVICE in its effective set (or the pod's \
+                     net.ipv4.ip_unprivileged_port_start at or below the port); clients of \
+                     https://kubernetes.default.svc cannot connect"
+                );
+                tracing::error!("{msg}");
+                readiness.set("https-alias", Check::Warning(msg));
+                None
+            }
+            Err(e) => {
+                return Err(RunError::Config(ConfigError {
+                    flag: "listen-https-alias",
+                    env: "MCP_WARDEN_LISTEN_HTTPS_ALIAS",
+                    message: format!("cannot bind {addr}: {e}"),
+                }));
+            }
+        },
+    };
+    // Open app connections (both listeners), for `wait-drain`.
+    let app_connections = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    metrics.register(
+        lifecycle::APP_CONNECTIONS_METRIC,
+        "Open connections from the app to the TLS listeners",
+        app_connections.clone(),
+    );
 
     let stop_admin = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -180,6 +223,7 @@ pub async fn run_with(
     readiness.set("tls", Check::Ok);
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        https_alias = %alias.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
         upstream = %config.upstream,
         local_dir = %config.local_dir.display(),
         "mcp-warden sidecar serving"
@@ -189,7 +233,7 @@ pub async fn run_with(
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            r = listener.accept() => match r {
+            r = accept_either(&listener, alias.as_ref()) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -205,7 +249,9 @@ pub async fn run_with(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let force_close = force_close.clone();
+        let open = ConnectionGuard::new(&app_connections);
         tokio::spawn(async move {
+            let _open = open;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -233,6 +279,7 @@ pub async fn run_with(
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections, closing streams");
     readiness.set("shutdown", Check::Failing("shutting down".into()));
     drop(listener);
+    drop(alias);
     state.streams_closed.cancel();
     if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
         .await
@@ -245,6 +292,36 @@ pub async fn run_with(
     let _ = admin_task.await;
     tracing::info!("mcp-warden sidecar stopped");
     Ok(())
+}
+
+/// The next connection on `main` or, if there is one, `alias`.
+async fn accept_either(
+    main: &TcpListener,
+    alias: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match alias {
+        None => main.accept().await,
+        Some(a) => tokio::select! {
+            r = main.accept() => r,
+            r = a.accept() => r,
+        },
+    }
+}
+
+/// Counts one open app connection while alive.
+struct ConnectionGuard(prometheus_client::metrics::gauge::Gauge<i64>);
+
+impl ConnectionGuard {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge<i64>) -> Self {
+        g.inc();
+        ConnectionGuard(g.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -16,7 +16,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
 
-/// Names in the serving certificate: every way in-cluster clients address the API server.
+/// Names in the serving certificate besides `kubernetes.default.svc.<cluster
+/// domain>` (see [`serving_names`]): every way in-cluster clients address the
+/// API server.
 pub const SERVING_NAMES: &[&str] = &[
     "127.0.0.1",
     "::1",
@@ -24,8 +26,17 @@ pub const SERVING_NAMES: &[&str] = &[
     "kubernetes",
     "kubernetes.default",
     "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
 ];
+
+/// Every name of the serving certificate for `cluster_domain`.
+pub fn serving_names(cluster_domain: &str) -> Vec<String> {
+    let mut names: Vec<String> = SERVING_NAMES.iter().map(|s| s.to_string()).collect();
+    names.push(format!(
+        "kubernetes.default.svc.{}",
+        cluster_domain.trim_end_matches('.')
+    ));
+    names
+}
 
 /// The files the sidecar writes into `--local-dir`, and nothing else.
 pub const LOCAL_FILES: &[&str] = &["ca.crt", "token", "namespace"];
@@ -98,8 +109,9 @@ impl std::fmt::Debug for LocalCredentials {
     }
 }
 
-/// Creates a CA, a serving certificate signed by it and a token.
-pub fn generate() -> Result<LocalCredentials, LocalError> {
+/// Creates a CA, a serving certificate signed by it (for
+/// [`serving_names`]`(cluster_domain)`) and a token.
+pub fn generate(cluster_domain: &str) -> Result<LocalCredentials, LocalError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -122,7 +134,7 @@ pub fn generate() -> Result<LocalCredentials, LocalError> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().map_err(gen_err("serving key"))?;
-    let names: Vec<String> = SERVING_NAMES.iter().map(|s| s.to_string()).collect();
+    let names = serving_names(cluster_domain);
     let mut params = CertificateParams::new(names).map_err(gen_err("serving certificate"))?;
     params
         .distinguished_name
@@ -222,7 +234,7 @@ mod tests {
     #[test]
     fn files_are_written_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let creds = generate().unwrap();
+        let creds = generate("cluster.local").unwrap();
         write_files(dir.path(), &creds, "team-a", None).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -248,7 +260,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o644);
         // A second start replaces the files.
-        let creds2 = generate().unwrap();
+        let creds2 = generate("cluster.local").unwrap();
         write_files(dir.path(), &creds2, "team-a", None).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("token")).unwrap(),

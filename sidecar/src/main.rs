@@ -1,5 +1,7 @@
 //! mcp-warden-sidecar binary: parses flags, sets up logging, binds the
-//! listeners and runs [`mcp_warden_sidecar::run`] until SIGTERM.
+//! listeners and runs [`mcp_warden_sidecar::run`] until SIGTERM; the
+//! `wait-ready`/`wait-drain` subcommands are the container form's lifecycle
+//! hooks ([`mcp_warden_sidecar::lifecycle`]).
 
 use clap::Parser;
 use mcp_warden_sidecar::config::{Cli, Command, LogFormat, ServeArgs};
@@ -15,6 +17,24 @@ fn main() {
             }
         },
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::WaitReady(args)) => match mcp_warden_sidecar::lifecycle::wait_ready(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mcp-warden-sidecar wait-ready: {e}");
+                1
+            }
+        },
+        Some(Command::WaitDrain(args)) => match mcp_warden_sidecar::lifecycle::wait_drain(&args) {
+            Ok(how) => {
+                eprintln!("mcp-warden-sidecar wait-drain: {how}");
+                0
+            }
+            Err(e) => {
+                // A preStop hook that fails only delays the kill; say why.
+                eprintln!("mcp-warden-sidecar wait-drain: {e}");
+                0
+            }
+        },
         None => serve(cli.serve),
     };
     std::process::exit(code);

@@ -568,7 +568,7 @@ async fn dry_run_patch_deletecollection_and_crds() {
 
     let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "gadgets.example.org"},
         "spec": {"group": "example.org", "scope": "Cluster", "names": {"plural": "gadgets", "kind": "Gadget"},
-            "versions": [{"name": "v1alpha1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]}});
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}});
     let r = send(
         &c,
         Method::POST,

@@ -12,7 +12,7 @@
 //! pods labelled `mcp-warden.io/inject: "true"` from other namespaces, which
 //! the core accepts by their label. Excluded namespaces are checked again here.
 
-use crate::config::InjectConfig;
+use crate::config::{InjectConfig, SidecarForm};
 use crate::names::{
     NAMESPACE_INJECTION_ENABLED, NAMESPACE_INJECTION_LABEL, STATUS_ANNOTATION, STATUS_INJECTED,
 };
@@ -50,8 +50,8 @@ fn review(api_version: &str, response: Value) -> Value {
     json!({ "apiVersion": api_version, "kind": "AdmissionReview", "response": response })
 }
 
-/// Answers one AdmissionReview body.
-pub fn answer(body: &[u8], config: &InjectConfig) -> Answer {
+/// Answers one AdmissionReview body, injecting the sidecar in `form`.
+pub fn answer(body: &[u8], config: &InjectConfig, form: SidecarForm) -> Answer {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad_request(format!("the body is not a JSON AdmissionReview: {e}")),
@@ -142,7 +142,7 @@ pub fn answer(body: &[u8], config: &InjectConfig) -> Answer {
         NAMESPACE_INJECTION_LABEL.to_string(),
         NAMESPACE_INJECTION_ENABLED.to_string(),
     )]);
-    match patch(pod, &ns_labels, namespace, config) {
+    match patch(pod, &ns_labels, namespace, config, form) {
         Err(RefuseReason::InvalidPod(m)) => deny(
             Reason::BadRequest,
             format!("mcp-warden cannot read the pod: {m}"),
@@ -152,7 +152,19 @@ pub fn answer(body: &[u8], config: &InjectConfig) -> Answer {
         Ok(PatchOutcome::Skip { reason }) => {
             allow(reason.as_str(), reason.warning().into_iter().collect())
         }
-        Ok(PatchOutcome::Patch { patch, warnings }) => {
+        Ok(PatchOutcome::Patch {
+            mut patch,
+            warnings,
+        }) => {
+            if sub == "ephemeralcontainers" {
+                // The subresource changes nothing else: a pod injected by an
+                // earlier version keeps its other fields until it is recreated.
+                patch.0.retain(|op| {
+                    op.path()
+                        .to_string()
+                        .starts_with("/spec/ephemeralContainers")
+                });
+            }
             if patch.0.is_empty() {
                 return allow("already-injected", warnings);
             }
@@ -183,11 +195,11 @@ mod tests {
 
     #[test]
     fn garbage_gets_a_status() {
-        let a = answer(b"{not json", &InjectConfig::default());
+        let a = answer(b"{not json", &InjectConfig::default(), SidecarForm::Native);
         assert_eq!(a.http_status, 400);
         assert_eq!(a.body["kind"], "Status");
         assert_eq!(a.body["reason"], "BadRequest");
-        let a = answer(br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{"uid":"u"}}"#, &InjectConfig::default());
+        let a = answer(br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{"uid":"u"}}"#, &InjectConfig::default(), SidecarForm::Native);
         assert_eq!(a.http_status, 400);
         assert!(a.body["message"].as_str().unwrap().contains("v1beta1"));
     }
@@ -197,6 +209,7 @@ mod tests {
         let a = answer(
             br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#,
             &InjectConfig::default(),
+            SidecarForm::Native,
         );
         assert_eq!(a.http_status, 200);
         assert_eq!(a.body["response"]["uid"], "u1");
@@ -224,7 +237,11 @@ mod tests {
         let pod = json!({ "metadata": { "name": "p", "namespace": "mcp" }, "spec": {
             "containers": [ { "name": "app", "image": "x" } ],
             "volumes": [ { "name": "kube-api-access-1", "projected": { "sources": [ { "serviceAccountToken": { "path": "token" } } ] } } ] } });
-        let a = answer(&review_of("CREATE", "", pod.clone()), &cfg);
+        let a = answer(
+            &review_of("CREATE", "", pod.clone()),
+            &cfg,
+            SidecarForm::Native,
+        );
         let b64 = a.body["response"]["patch"].as_str().unwrap();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -239,6 +256,7 @@ mod tests {
         let a = answer(
             &review_of("UPDATE", "ephemeralcontainers", injected.clone()),
             &cfg,
+            SidecarForm::Native,
         );
         assert_eq!(a.outcome, "injected");
         let bytes = base64::engine::general_purpose::STANDARD
@@ -258,13 +276,19 @@ mod tests {
         assert_eq!(
             answer(
                 &review_of("UPDATE", "ephemeralcontainers", pod.clone()),
-                &cfg
+                &cfg,
+                SidecarForm::Native
             )
             .outcome,
             "ignored"
         );
         assert_eq!(
-            answer(&review_of("UPDATE", "", injected), &cfg).outcome,
+            answer(
+                &review_of("UPDATE", "", injected),
+                &cfg,
+                SidecarForm::Native
+            )
+            .outcome,
             "ignored"
         );
     }
@@ -274,6 +298,7 @@ mod tests {
         let a = answer(
             br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"u2","kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","object":{}}}"#,
             &InjectConfig::default(),
+            SidecarForm::Native,
         );
         assert_eq!(a.body["response"]["allowed"], true);
         assert!(a.body["response"].get("patch").is_none());

@@ -50,6 +50,152 @@ impl CollectorFormat {
     }
 }
 
+/// Which form of the sidecar to inject: `true` (native sidecar: the first
+/// init container with `restartPolicy: Always`, Kubernetes >= 1.29),
+/// `false` (the first regular container, held ready before the app starts,
+/// for every version), or `auto`: native on servers >= 1.29, the container
+/// form below and whenever the server's version is not known.
+///
+/// In YAML `true`/`false` (booleans or strings) and `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeSidecar {
+    /// Always the native sidecar.
+    True,
+    /// Always the container form.
+    False,
+    /// By the API server's version.
+    #[default]
+    Auto,
+}
+
+impl NativeSidecar {
+    /// Parses `true`, `false` or `auto`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "true" => Some(NativeSidecar::True),
+            "false" => Some(NativeSidecar::False),
+            "auto" => Some(NativeSidecar::Auto),
+            _ => None,
+        }
+    }
+
+    /// The setting as written in YAML and the environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NativeSidecar::True => "true",
+            NativeSidecar::False => "false",
+            NativeSidecar::Auto => "auto",
+        }
+    }
+
+    /// The form for a server of version `server` (`None`: unknown). Unknown
+    /// means the container form under `auto`: every server accepts it, while
+    /// a server before 1.29 refuses (1.20-1.27) or silently breaks (1.28
+    /// with the gate off) the native form.
+    pub fn resolve(self, server: Option<KubeVersion>) -> SidecarForm {
+        match self {
+            NativeSidecar::True => SidecarForm::Native,
+            NativeSidecar::False => SidecarForm::Container,
+            NativeSidecar::Auto => match server {
+                Some(v) if v.has_native_sidecars() => SidecarForm::Native,
+                _ => SidecarForm::Container,
+            },
+        }
+    }
+}
+
+impl Serialize for NativeSidecar {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NativeSidecar::True => s.serialize_bool(true),
+            NativeSidecar::False => s.serialize_bool(false),
+            NativeSidecar::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NativeSidecar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(NativeSidecar::True),
+            Raw::Bool(false) => Ok(NativeSidecar::False),
+            Raw::Text(t) => NativeSidecar::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!("nativeSidecar: {t:?} is not true, false or auto"))
+            }),
+        }
+    }
+}
+
+/// Where the sidecar goes in the pod (the resolved [`NativeSidecar`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarForm {
+    /// First init container with `restartPolicy: Always` (Kubernetes >= 1.29).
+    Native,
+    /// First regular container; a `postStart` hook holds the app until the
+    /// sidecar is ready and a `preStop` hook keeps it serving while the app
+    /// shuts down.
+    Container,
+}
+
+impl SidecarForm {
+    /// `native` or `container`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarForm::Native => "native",
+            SidecarForm::Container => "container",
+        }
+    }
+}
+
+/// A Kubernetes API server version (`/version`'s `major` and `minor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    /// Major version, 1.
+    pub major: u32,
+    /// Minor version, e.g. 29.
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// From `/version`'s `major` and `minor` strings; providers append `+`
+    /// (`"29+"`), which is ignored.
+    pub fn from_parts(major: &str, minor: &str) -> Option<Self> {
+        let digits = |s: &str| -> Option<u32> {
+            let d: String = s.trim().chars().take_while(char::is_ascii_digit).collect();
+            d.parse().ok()
+        };
+        Some(KubeVersion {
+            major: digits(major)?,
+            minor: digits(minor)?,
+        })
+    }
+
+    /// Parses `1.29`, `v1.29.4` or `1.29+`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().trim_start_matches('v');
+        let mut parts = s.split('.');
+        KubeVersion::from_parts(parts.next()?, parts.next()?)
+    }
+
+    /// Native sidecars are on by default from 1.29 (beta, gate on); 1.28 has
+    /// them behind a gate that is off by default.
+    pub fn has_native_sidecars(self) -> bool {
+        (self.major, self.minor) >= (1, 29)
+    }
+}
+
+impl std::fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
 /// Compute resources of the sidecar container (Kubernetes quantity strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -104,10 +250,21 @@ pub struct InjectConfig {
     /// Cluster name stamped on recordings (`MCP_WARDEN_CLUSTER_NAME` in the
     /// sidecar); empty: not set. Env: `MCP_WARDEN_CLUSTER_NAME`.
     pub cluster_name: String,
-    /// Inject a native sidecar (init container with `restartPolicy: Always`,
-    /// Kubernetes >= 1.29). `false`: the sidecar becomes the first regular
-    /// container, for older clusters. Env: `MCP_WARDEN_NATIVE_SIDECAR`.
-    pub native_sidecar: bool,
+    /// Form of the injected sidecar: `auto` (native on API servers >= 1.29,
+    /// read from `/version` at start and re-checked; the container form
+    /// below, or while the version cannot be read), `true` (always native)
+    /// or `false` (always the first regular container).
+    /// Env: `MCP_WARDEN_NATIVE_SIDECAR`.
+    pub native_sidecar: NativeSidecar,
+    /// The cluster's DNS domain: `kubernetes.default.svc.<clusterDomain>` is
+    /// one of the names sent to the sidecar (`hostAliases`) and in its
+    /// serving certificate. Env: `MCP_WARDEN_CLUSTER_DOMAIN`.
+    pub cluster_domain: String,
+    /// Port on 127.0.0.1 where the sidecar also serves the app-facing API
+    /// (the port of `https://kubernetes.default.svc`): 443 in a pod, with
+    /// capability `NET_BIND_SERVICE`; another port for tests; 0: no second
+    /// listener. Env: `MCP_WARDEN_HTTPS_ALIAS_PORT`.
+    pub https_alias_port: u16,
     /// Namespace the webhook itself runs in; never injected.
     /// Env: `MCP_WARDEN_WEBHOOK_NAMESPACE`.
     pub webhook_namespace: String,
@@ -146,7 +303,9 @@ impl Default for InjectConfig {
             collector_ca_secret: String::new(),
             collector_token_secret: String::new(),
             cluster_name: String::new(),
-            native_sidecar: true,
+            native_sidecar: NativeSidecar::Auto,
+            cluster_domain: "cluster.local".to_string(),
+            https_alias_port: 443,
             webhook_namespace: "mcp-warden".to_string(),
             excluded_namespaces: Vec::new(),
             policy_config_map: "mcp-warden-policy".to_string(),
@@ -243,7 +402,15 @@ impl InjectConfig {
         );
         set_string(&env, "MCP_WARDEN_CLUSTER_NAME", &mut self.cluster_name);
         if let Some(v) = env("MCP_WARDEN_NATIVE_SIDECAR") {
-            self.native_sidecar = parse("MCP_WARDEN_NATIVE_SIDECAR", v)?;
+            self.native_sidecar = NativeSidecar::parse(&v).ok_or_else(|| ConfigError::Env {
+                var: "MCP_WARDEN_NATIVE_SIDECAR".to_string(),
+                message: "expected true, false or auto".to_string(),
+                value: v,
+            })?;
+        }
+        set_string(&env, "MCP_WARDEN_CLUSTER_DOMAIN", &mut self.cluster_domain);
+        if let Some(v) = env("MCP_WARDEN_HTTPS_ALIAS_PORT") {
+            self.https_alias_port = parse("MCP_WARDEN_HTTPS_ALIAS_PORT", v)?;
         }
         set_string(
             &env,
@@ -312,6 +479,31 @@ impl InjectConfig {
                 message: "must be at least 600".to_string(),
             });
         }
+        let domain = self.cluster_domain.trim_end_matches('.');
+        if domain.is_empty()
+            || domain.len() > 253
+            || !domain.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+        {
+            return Err(ConfigError::Invalid {
+                field: "clusterDomain",
+                message: format!("{:?} is not a DNS domain", self.cluster_domain),
+            });
+        }
+        if self.https_alias_port != 0
+            && (self.https_alias_port == self.api_port || self.https_alias_port == self.admin_port)
+        {
+            return Err(ConfigError::Invalid {
+                field: "httpsAliasPort",
+                message: "must differ from apiPort and adminPort (0 turns it off)".to_string(),
+            });
+        }
         if self.api_port == 0 || self.admin_port == 0 || self.api_port == self.admin_port {
             return Err(ConfigError::Invalid {
                 field: "apiPort/adminPort",
@@ -347,7 +539,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sidecar_image, "example/sidecar:1");
-        assert!(!c.native_sidecar);
+        assert_eq!(c.native_sidecar, NativeSidecar::False);
         let c = c
             .with_env(|k| match k {
                 "MCP_WARDEN_NATIVE_SIDECAR" => Some("true".into()),
@@ -356,9 +548,63 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert!(c.native_sidecar);
+        assert_eq!(c.native_sidecar, NativeSidecar::True);
         assert_eq!(c.excluded_namespaces, vec!["x", "y"]);
         assert_eq!(c.collector_format, CollectorFormat::Ndjson);
+    }
+
+    /// Issue 12: the default must not be a form that servers before 1.29
+    /// refuse; `auto` decides by the server's version.
+    #[test]
+    fn native_sidecar_defaults_to_auto_and_resolves_by_version() {
+        let c = InjectConfig::default();
+        assert_eq!(c.native_sidecar, NativeSidecar::Auto);
+        let v = |s: &str| KubeVersion::parse(s);
+        for (server, form) in [
+            (v("1.20"), SidecarForm::Container),
+            (v("v1.28.3"), SidecarForm::Container),
+            (v("1.29+"), SidecarForm::Native),
+            (v("1.33"), SidecarForm::Native),
+            (None, SidecarForm::Container),
+        ] {
+            assert_eq!(c.native_sidecar.resolve(server), form, "{server:?}");
+        }
+        assert_eq!(KubeVersion::from_parts("1", "29+"), v("1.29"));
+        assert_eq!(NativeSidecar::True.resolve(v("1.20")), SidecarForm::Native);
+        assert_eq!(
+            NativeSidecar::False.resolve(v("1.33")),
+            SidecarForm::Container
+        );
+        for (yaml, want) in [
+            ("nativeSidecar: auto\n", NativeSidecar::Auto),
+            ("nativeSidecar: true\n", NativeSidecar::True),
+            ("nativeSidecar: \"false\"\n", NativeSidecar::False),
+        ] {
+            assert_eq!(
+                InjectConfig::from_yaml("c", yaml).unwrap().native_sidecar,
+                want
+            );
+        }
+        assert!(InjectConfig::from_yaml("c", "nativeSidecar: maybe\n").is_err());
+        let e = InjectConfig::default()
+            .with_env(|k| (k == "MCP_WARDEN_NATIVE_SIDECAR").then(|| "yes".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("MCP_WARDEN_NATIVE_SIDECAR"), "{e}");
+        let c = InjectConfig::default()
+            .with_env(|k| match k {
+                "MCP_WARDEN_NATIVE_SIDECAR" => Some("auto".into()),
+                "MCP_WARDEN_CLUSTER_DOMAIN" => Some("corp.example".into()),
+                "MCP_WARDEN_HTTPS_ALIAS_PORT" => Some("10443".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(c.cluster_domain, "corp.example");
+        assert_eq!(c.https_alias_port, 10443);
+        let e = InjectConfig::from_yaml("c", "clusterDomain: Not_A_Domain\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("clusterDomain"), "{e}");
     }
 
     #[test]

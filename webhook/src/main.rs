@@ -3,9 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use mcp_warden_webhook::config::InjectConfig;
+use mcp_warden_webhook::config::{InjectConfig, KubeVersion, NativeSidecar};
 use mcp_warden_webhook::selfmanaged::SelfManagedConfig;
-use mcp_warden_webhook::server::{ServeConfig, TlsSource};
+use mcp_warden_webhook::server::{ServeConfig, ServerVersion, TlsSource};
 use mcp_warden_webhook::tls::CertFiles;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -87,6 +87,14 @@ struct ServeArgs {
     /// Injection settings (YAML); every key also has an MCP_WARDEN_* twin.
     #[arg(long, env = "MCP_WARDEN_CONFIG")]
     config: Option<PathBuf>,
+    /// With nativeSidecar: auto, how often to re-read the API server's
+    /// version (GET /version) after the read at start.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_VERSION_RECHECK_SECONDS",
+        default_value_t = 600
+    )]
+    version_recheck_seconds: u64,
 }
 
 #[derive(Args)]
@@ -97,6 +105,16 @@ struct InjectArgs {
     /// Injection settings (YAML); every key also has an MCP_WARDEN_* twin.
     #[arg(long, env = "MCP_WARDEN_CONFIG")]
     config: Option<PathBuf>,
+    /// Sidecar form, overriding the config's nativeSidecar: true (native
+    /// sidecar, Kubernetes >= 1.29), false (first regular container, every
+    /// version) or auto (by --kubernetes-version; without it the container
+    /// form, which every server accepts).
+    #[arg(long, value_parser = ["true", "false", "auto"])]
+    native_sidecar: Option<String>,
+    /// Version of the cluster the output is for (e.g. 1.30), for
+    /// nativeSidecar: auto.
+    #[arg(long)]
+    kubernetes_version: Option<String>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<InjectConfig> {
@@ -148,7 +166,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    mcp_warden_webhook::run(listener, admin, ServeConfig { inject, tls }, shutdown).await?;
+    let server_version = ServerVersion::Detect {
+        recheck: Duration::from_secs(args.version_recheck_seconds.max(10)),
+        client: None,
+    };
+    let config = ServeConfig {
+        inject,
+        tls,
+        server_version,
+    };
+    mcp_warden_webhook::run(listener, admin, config, shutdown).await?;
     Ok(())
 }
 
@@ -163,7 +190,29 @@ fn inject(args: InjectArgs) -> Result<bool> {
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?
     };
-    let (out, reports) = mcp_warden_webhook::manifest::inject_yaml(&input, &config)?;
+    let mut config = config;
+    if let Some(n) = args
+        .native_sidecar
+        .as_deref()
+        .and_then(NativeSidecar::parse)
+    {
+        config.native_sidecar = n;
+    }
+    let version = match args.kubernetes_version.as_deref() {
+        Some(v) => Some(KubeVersion::parse(v).with_context(|| {
+            format!("--kubernetes-version {v:?} is not a version such as 1.30")
+        })?),
+        None => None,
+    };
+    let form = config.native_sidecar.resolve(version);
+    if config.native_sidecar == NativeSidecar::Auto && version.is_none() {
+        eprintln!(
+            "mcp-warden: nativeSidecar is auto and the cluster's version is unknown offline: \
+             injecting the container form, which every Kubernetes version accepts \
+             (--kubernetes-version 1.NN or --native-sidecar=true for the native sidecar)"
+        );
+    }
+    let (out, reports) = mcp_warden_webhook::manifest::inject_yaml(&input, &config, form)?;
     std::io::stdout()
         .write_all(out.as_bytes())
         .context("writing standard output")?;

@@ -8,7 +8,7 @@
 //! `mcp-warden.io/inject: "false"` or in an excluded namespace is still left
 //! alone, and a pod the webhook would refuse is reported as refused.
 
-use crate::config::InjectConfig;
+use crate::config::{InjectConfig, SidecarForm};
 use crate::patch::{PatchOutcome, Source, patch_with_source};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -51,18 +51,19 @@ pub fn pod_template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// Injects every document of `input`; returns the output YAML and a report
-/// per document.
+/// Injects every document of `input` with the sidecar in `form`; returns the
+/// output YAML and a report per document.
 pub fn inject_yaml(
     input: &str,
     config: &InjectConfig,
+    form: SidecarForm,
 ) -> Result<(String, Vec<DocReport>), ManifestError> {
     let mut docs: Vec<Value> = serde_saphyr::from_multiple::<Value>(input)
         .map_err(|e| ManifestError::Parse(e.to_string()))?;
     docs.retain(|d| !d.is_null());
     let mut reports = Vec::new();
     for doc in &mut docs {
-        inject_document(doc, config, &mut reports);
+        inject_document(doc, config, form, &mut reports);
     }
     let out =
         serde_saphyr::to_string_multiple(&docs).map_err(|e| ManifestError::Write(e.to_string()))?;
@@ -70,7 +71,12 @@ pub fn inject_yaml(
 }
 
 /// Injects one parsed document in place, appending what happened to `reports`.
-pub fn inject_document(doc: &mut Value, config: &InjectConfig, reports: &mut Vec<DocReport>) {
+pub fn inject_document(
+    doc: &mut Value,
+    config: &InjectConfig,
+    form: SidecarForm,
+    reports: &mut Vec<DocReport>,
+) {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
@@ -85,7 +91,7 @@ pub fn inject_document(doc: &mut Value, config: &InjectConfig, reports: &mut Vec
     if kind == "List" {
         if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
             for item in items {
-                inject_document(item, config, reports);
+                inject_document(item, config, form, reports);
             }
         }
         return;
@@ -110,22 +116,28 @@ pub fn inject_document(doc: &mut Value, config: &InjectConfig, reports: &mut Vec
         });
         return;
     };
-    let outcome =
-        match patch_with_source(pod, &BTreeMap::new(), &namespace, config, Source::Offline) {
-            Err(r) => format!("refused: {r}"),
-            Ok(PatchOutcome::Skip { reason }) => format!("skipped: {reason}"),
-            Ok(PatchOutcome::Patch { patch, warnings }) => {
-                if patch.0.is_empty() {
-                    "unchanged".to_string()
-                } else {
-                    match json_patch::patch(pod, &patch.0) {
-                        Ok(()) if warnings.is_empty() => "injected".to_string(),
-                        Ok(()) => format!("injected ({})", warnings.join("; ")),
-                        Err(e) => format!("refused: internal patch error: {e}"),
-                    }
+    let outcome = match patch_with_source(
+        pod,
+        &BTreeMap::new(),
+        &namespace,
+        config,
+        form,
+        Source::Offline,
+    ) {
+        Err(r) => format!("refused: {r}"),
+        Ok(PatchOutcome::Skip { reason }) => format!("skipped: {reason}"),
+        Ok(PatchOutcome::Patch { patch, warnings }) => {
+            if patch.0.is_empty() {
+                "unchanged".to_string()
+            } else {
+                match json_patch::patch(pod, &patch.0) {
+                    Ok(()) if warnings.is_empty() => "injected".to_string(),
+                    Ok(()) => format!("injected ({})", warnings.join("; ")),
+                    Err(e) => format!("refused: internal patch error: {e}"),
                 }
             }
-        };
+        }
+    };
     reports.push(DocReport { object, outcome });
 }
 
@@ -137,7 +149,8 @@ mod tests {
     #[test]
     fn other_kinds_pass_through_and_strings_stay_strings() {
         let input = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  flag: \"true\"\n  port: \"8080\"\n---\n";
-        let (out, reports) = inject_yaml(input, &InjectConfig::default()).unwrap();
+        let (out, reports) =
+            inject_yaml(input, &InjectConfig::default(), SidecarForm::Native).unwrap();
         assert_eq!(
             reports,
             vec![DocReport {
@@ -152,6 +165,13 @@ mod tests {
 
     #[test]
     fn bad_yaml_is_an_error() {
-        assert!(inject_yaml("a: [unclosed\n", &InjectConfig::default()).is_err());
+        assert!(
+            inject_yaml(
+                "a: [unclosed\n",
+                &InjectConfig::default(),
+                SidecarForm::Native
+            )
+            .is_err()
+        );
     }
 }

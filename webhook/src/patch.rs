@@ -24,12 +24,27 @@
 //!   file owned by the runAsUser of the containers that mount it (only the
 //!   sidecar), so the app, under another uid, could not read it even if it
 //!   found it.
+//! - `hostAliases` send `kubernetes`, `kubernetes.default`,
+//!   `kubernetes.default.svc` and `kubernetes.default.svc.<clusterDomain>` to
+//!   127.0.0.1 in every container, where the sidecar also listens on port
+//!   443: many clients (kubernetes-mcp-server, Argo CD, Vault) use
+//!   `https://kubernetes.default.svc` rather than the env. The pod's own
+//!   entries are kept; one that sends those names elsewhere is refused.
+//! - The sidecar's form is an input ([`SidecarForm`]), resolved by the caller
+//!   from `nativeSidecar` and the server's version, so the patch stays a
+//!   pure function. In the container form the sidecar is the first regular
+//!   container with a `postStart` hook (`mcp-warden-sidecar wait-ready`):
+//!   the kubelet starts containers in order and does not start the next one
+//!   before the hook returns, so the app starts only once the sidecar is
+//!   ready (as Istio's `holdApplicationUntilProxyStarts`). Its `preStop` hook
+//!   (`wait-drain`) holds the sidecar's SIGTERM until the app's connections
+//!   are gone, so the app keeps its API access while it shuts down.
 //! - The API server defaults fields of what the webhook adds (probe
 //!   timeouts, `defaultMode`, `terminationMessagePath`, ...) before a
 //!   reinvocation; "already there" is therefore "covers what we would add",
 //!   not strict equality.
 
-use crate::config::InjectConfig;
+use crate::config::{InjectConfig, SidecarForm};
 use crate::names::*;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
@@ -50,6 +65,77 @@ pub fn app_env(config: &InjectConfig) -> Vec<(&'static str, String)> {
         ("KUBERNETES_PORT_443_TCP_PORT", port),
         ("KUBERNETES_PORT_443_TCP_ADDR", "127.0.0.1".to_string()),
     ]
+}
+
+/// The names in-cluster clients use for the API server, which `hostAliases`
+/// send to the sidecar on 127.0.0.1.
+pub fn api_host_names(config: &InjectConfig) -> Vec<String> {
+    let domain = config.cluster_domain.trim_end_matches('.');
+    vec![
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        format!("kubernetes.default.svc.{domain}"),
+    ]
+}
+
+/// Where the names of [`api_host_names`] go.
+pub const LOOPBACK: &str = "127.0.0.1";
+
+/// The first `hostAliases` entry of the pod that sends one of our names to
+/// another address: `(name, ip)`.
+fn host_alias_conflict(spec: &Map<String, Value>, names: &[String]) -> Option<(String, String)> {
+    for entry in spec
+        .get("hostAliases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let ip = entry.get("ip").and_then(Value::as_str).unwrap_or("");
+        if ip == LOOPBACK {
+            continue;
+        }
+        for h in entry
+            .get("hostnames")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if names.iter().any(|n| n.eq_ignore_ascii_case(h)) {
+                return Some((h.to_string(), ip.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// The pod's `hostAliases` plus one entry for the names of ours not yet on
+/// 127.0.0.1 (none: unchanged, which keeps a second pass a no-op).
+fn with_host_aliases(existing: Option<&Value>, names: &[String]) -> Value {
+    let mut entries: Vec<Value> = existing
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let on_loopback: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.get("ip").and_then(Value::as_str) == Some(LOOPBACK))
+        .flat_map(|e| {
+            e.get("hostnames")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !on_loopback.contains(&n.to_ascii_lowercase()))
+        .collect();
+    if !missing.is_empty() {
+        entries.push(json!({ "ip": LOOPBACK, "hostnames": missing }));
+    }
+    Value::Array(entries)
 }
 
 /// How the pod reached the webhook; decides what a missing token volume means.
@@ -141,6 +227,15 @@ pub enum RefuseReason {
          (rename it, or opt the pod out with label mcp-warden.io/inject: \"false\")"
     )]
     ReservedName { what: &'static str, name: String },
+    /// The pod's `hostAliases` send an API server name somewhere else.
+    #[error(
+        "mcp-warden refuses the pod: spec.hostAliases sends {name:?} to {ip}, but the injected \
+         sidecar needs kubernetes, kubernetes.default, kubernetes.default.svc and \
+         kubernetes.default.svc.<cluster domain> on 127.0.0.1, so that clients using those names \
+         reach the API server only through it (remove that hostAliases entry, or opt the pod out \
+         with label mcp-warden.io/inject: \"false\")"
+    )]
+    HostAliasConflict { name: String, ip: String },
     /// The `mcp-warden.io/policy` annotation does not name a ConfigMap.
     #[error(
         "mcp-warden refuses the pod: annotation mcp-warden.io/policy={0:?} is not a valid ConfigMap \
@@ -180,14 +275,16 @@ impl PatchOutcome {
 }
 
 /// The patch for a pod arriving through admission in `namespace`, whose
-/// labels are `ns_labels`.
+/// labels are `ns_labels`, with the sidecar in `form` (the caller resolves
+/// `nativeSidecar` against the server's version).
 pub fn patch(
     pod: &Value,
     ns_labels: &BTreeMap<String, String>,
     namespace: &str,
     config: &InjectConfig,
+    form: SidecarForm,
 ) -> Result<PatchOutcome, RefuseReason> {
-    patch_with_source(pod, ns_labels, namespace, config, Source::Admission)
+    patch_with_source(pod, ns_labels, namespace, config, form, Source::Admission)
 }
 
 /// [`patch`] with an explicit [`Source`]. Offline (`inject -f`), the namespace
@@ -197,6 +294,7 @@ pub fn patch_with_source(
     ns_labels: &BTreeMap<String, String>,
     namespace: &str,
     config: &InjectConfig,
+    form: SidecarForm,
     source: Source,
 ) -> Result<PatchOutcome, RefuseReason> {
     let Some(obj) = pod.as_object() else {
@@ -249,6 +347,9 @@ pub fn patch_with_source(
     {
         return Err(RefuseReason::InvalidPolicyName(name.clone()));
     }
+    if let Some((name, ip)) = host_alias_conflict(spec, &api_host_names(config)) {
+        return Err(RefuseReason::HostAliasConflict { name, ip });
+    }
     if !already {
         for key in ["initContainers", "containers", "ephemeralContainers"] {
             for c in spec
@@ -283,7 +384,7 @@ pub fn patch_with_source(
     }
 
     let mut warnings = Vec::new();
-    let after = transform(pod, config, &mut warnings)?;
+    let after = transform(pod, config, form, &mut warnings)?;
     let patch = ops_between(pod, &after);
     Ok(PatchOutcome::Patch { patch, warnings })
 }
@@ -380,6 +481,7 @@ fn run_as_user(c: &Value) -> Option<i64> {
 pub fn transform(
     pod: &Value,
     config: &InjectConfig,
+    form: SidecarForm,
     warnings: &mut Vec<String>,
 ) -> Result<Value, RefuseReason> {
     let mut out = pod.clone();
@@ -461,7 +563,12 @@ pub fn transform(
         }
     }
 
-    let sidecar = sidecar_container(config, uid);
+    // The kubelet's default grace period when the pod sets none.
+    let grace = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
+    let sidecar = sidecar_container(config, uid, form, grace);
     let existing_sidecar = init
         .iter()
         .chain(&containers)
@@ -482,11 +589,11 @@ pub fn transform(
     let mut new_init = rewire_all(&init);
     let mut new_containers = rewire_all(&containers);
     let new_ephemeral = rewire_all(&ephemeral);
-    if config.native_sidecar {
-        new_init.insert(0, sidecar);
-    } else {
-        new_containers.insert(0, sidecar);
+    match form {
+        SidecarForm::Native => new_init.insert(0, sidecar),
+        SidecarForm::Container => new_containers.insert(0, sidecar),
     }
+    let host_aliases = with_host_aliases(spec.get("hostAliases"), &api_host_names(config));
 
     let Some(spec_out) = out.get_mut("spec").and_then(Value::as_object_mut) else {
         return Err(RefuseReason::InvalidPod(
@@ -498,6 +605,7 @@ pub fn transform(
         Value::Bool(false),
     );
     spec_out.insert("volumes".to_string(), Value::Array(new_volumes));
+    spec_out.insert("hostAliases".to_string(), host_aliases);
     if !new_init.is_empty() {
         spec_out.insert("initContainers".to_string(), Value::Array(new_init));
     }
@@ -637,8 +745,16 @@ fn our_volumes(config: &InjectConfig, policy_cm: &str) -> Vec<Value> {
     v
 }
 
-/// The sidecar container exactly as the webhook adds it.
-pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
+/// The sidecar binary in its image.
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/mcp-warden-sidecar";
+
+/// How long the container form's `postStart` hook waits for `/readyz` (the
+/// startup probe's budget: 120 tries, 1 s apart).
+pub const WAIT_READY_TIMEOUT_SECONDS: i64 = 120;
+
+/// The sidecar container exactly as the webhook adds it, in `form`, for a pod
+/// whose `terminationGracePeriodSeconds` is `grace`.
+pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, grace: i64) -> Value {
     let field = |path: &str| json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": path } });
     let mut env = vec![
         json!({ "name": "MCP_WARDEN_LISTEN", "value": format!("127.0.0.1:{}", config.api_port) }),
@@ -662,6 +778,10 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
     if !config.cluster_name.is_empty() {
         env.push(json!({ "name": "MCP_WARDEN_CLUSTER_NAME", "value": config.cluster_name }));
     }
+    env.push(json!({ "name": "MCP_WARDEN_CLUSTER_DOMAIN", "value": config.cluster_domain }));
+    if config.https_alias_port != 0 {
+        env.push(json!({ "name": "MCP_WARDEN_LISTEN_HTTPS_ALIAS", "value": format!("{LOOPBACK}:{}", config.https_alias_port) }));
+    }
     env.push(json!({ "name": "MCP_WARDEN_POD_NAME", "valueFrom": field("metadata.name") }));
     env.push(
         json!({ "name": "MCP_WARDEN_POD_NAMESPACE", "valueFrom": field("metadata.namespace") }),
@@ -682,6 +802,13 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
         mounts.push(json!({ "name": COLLECTOR_TOKEN_VOLUME, "mountPath": COLLECTOR_TOKEN_DIR, "readOnly": true }));
     }
 
+    // Binding 127.0.0.1:443 as a non-root user takes NET_BIND_SERVICE, the
+    // one capability the restricted Pod Security Standard lets a container add.
+    let capabilities = if (1..1024).contains(&config.https_alias_port) {
+        json!({ "drop": ["ALL"], "add": ["NET_BIND_SERVICE"] })
+    } else {
+        json!({ "drop": ["ALL"] })
+    };
     let mut c = json!({
         "name": SIDECAR_NAME,
         "image": config.sidecar_image,
@@ -696,7 +823,7 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "privileged": false,
-            "capabilities": { "drop": ["ALL"] },
+            "capabilities": capabilities,
             "seccompProfile": { "type": "RuntimeDefault" }
         },
         "startupProbe": {
@@ -710,8 +837,23 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });
-    if config.native_sidecar {
-        c["restartPolicy"] = json!("Always");
+    match form {
+        SidecarForm::Native => c["restartPolicy"] = json!("Always"),
+        SidecarForm::Container => {
+            let admin = config.admin_port.to_string();
+            // Leave the sidecar 5 s of the grace period for its own drain.
+            let drain_max = (grace - 5).max(1);
+            c["lifecycle"] = json!({
+                "postStart": { "exec": { "command": [
+                    SIDECAR_BINARY, "wait-ready", "--admin-port", admin,
+                    "--timeout", format!("{WAIT_READY_TIMEOUT_SECONDS}s"),
+                ] } },
+                "preStop": { "exec": { "command": [
+                    SIDECAR_BINARY, "wait-drain", "--admin-port", admin,
+                    "--min", "2s", "--max", format!("{drain_max}s"),
+                ] } },
+            });
+        }
     }
     c
 }
@@ -762,6 +904,20 @@ pub fn ops_between(before: &Value, after: &Value) -> Patch {
         && let Some(v) = after.pointer("/spec/automountServiceAccountToken")
     {
         add(&mut ops, &["spec", key], v.clone());
+    }
+    let b_ha = before.pointer("/spec/hostAliases");
+    let a_ha = after.pointer("/spec/hostAliases");
+    if b_ha != a_ha
+        && let Some(Value::Array(a)) = a_ha
+    {
+        match b_ha {
+            Some(Value::Array(b)) if a.len() == b.len() + 1 && a[..b.len()] == b[..] => {
+                if let Some(last) = a.last() {
+                    add(&mut ops, &["spec", "hostAliases", "-"], last.clone());
+                }
+            }
+            _ => add(&mut ops, &["spec", "hostAliases"], Value::Array(a.clone())),
+        }
     }
     for (field, per_key) in [
         ("volumes", false),
@@ -870,7 +1026,14 @@ mod tests {
     fn annotation_key_is_escaped() {
         let p = json!({ "metadata": { "annotations": { "a": "b" } }, "spec": {
             "containers": [ { "name": "app", "image": "x" } ], "volumes": [ kube_api_access() ] } });
-        let out = patch(&p, &enabled(), "ns", &InjectConfig::default()).unwrap();
+        let out = patch(
+            &p,
+            &enabled(),
+            "ns",
+            &InjectConfig::default(),
+            SidecarForm::Native,
+        )
+        .unwrap();
         let s = serde_json::to_string(&out.into_patch()).unwrap();
         assert!(
             s.contains("/metadata/annotations/mcp-warden.io~1status"),
@@ -885,7 +1048,7 @@ mod tests {
             "containers": [ { "name": "app", "image": "x" } ], "volumes": [ kube_api_access() ] } });
         let mut c = base.clone();
         c["spec"]["containers"][0]["name"] = json!("mcp-warden");
-        let e = patch(&c, &enabled(), "ns", &cfg).unwrap_err();
+        let e = patch(&c, &enabled(), "ns", &cfg, SidecarForm::Native).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -901,14 +1064,14 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({ "name": "mcp-warden-spool", "emptyDir": {} }));
-        let e = patch(&v, &enabled(), "ns", &cfg).unwrap_err();
+        let e = patch(&v, &enabled(), "ns", &cfg, SidecarForm::Native).unwrap_err();
         assert!(e.to_string().contains("mcp-warden-spool"), "{e}");
         let mut p = base.clone();
         p["metadata"]["annotations"][POLICY_ANNOTATION] = json!("Bad_Name");
-        let e = patch(&p, &enabled(), "ns", &cfg).unwrap_err();
+        let e = patch(&p, &enabled(), "ns", &cfg, SidecarForm::Native).unwrap_err();
         assert!(e.to_string().contains("Bad_Name"), "{e}");
         p["metadata"]["annotations"][POLICY_ANNOTATION] = json!("team-a.policy");
-        assert!(patch(&p, &enabled(), "ns", &cfg).is_ok());
+        assert!(patch(&p, &enabled(), "ns", &cfg, SidecarForm::Native).is_ok());
     }
 
     #[test]
@@ -930,7 +1093,10 @@ mod tests {
         let mut injected = p.clone();
         json_patch::patch(
             &mut injected,
-            &patch(&p, &enabled(), "ns", &cfg).unwrap().into_patch().0,
+            &patch(&p, &enabled(), "ns", &cfg, SidecarForm::Native)
+                .unwrap()
+                .into_patch()
+                .0,
         )
         .unwrap();
         // What the API server's defaulting adds before a reinvocation.
@@ -939,7 +1105,7 @@ mod tests {
         injected["spec"]["initContainers"][0]["startupProbe"]["successThreshold"] = json!(1);
         injected["spec"]["initContainers"][0]["startupProbe"]["httpGet"]["scheme"] = json!("HTTP");
         injected["spec"]["volumes"][3]["configMap"]["defaultMode"] = json!(420);
-        let again = patch(&injected, &BTreeMap::new(), "ns", &cfg)
+        let again = patch(&injected, &BTreeMap::new(), "ns", &cfg, SidecarForm::Native)
             .unwrap()
             .into_patch();
         assert!(again.0.is_empty(), "{again:?}");

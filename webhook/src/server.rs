@@ -5,7 +5,7 @@
 //! body (an AdmissionReview response or a Kubernetes `Status`).
 
 use crate::admission;
-use crate::config::InjectConfig;
+use crate::config::{InjectConfig, KubeVersion, NativeSidecar, SidecarForm};
 use crate::selfmanaged::{self, SelfManagedConfig};
 use crate::tls::{CertFiles, CertStore, TlsError};
 use axum::Router;
@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -62,6 +62,39 @@ pub enum TlsSource {
     SelfManaged(SelfManagedConfig),
 }
 
+/// Where `nativeSidecar: auto` learns the API server's version.
+#[derive(Clone)]
+pub enum ServerVersion {
+    /// Read `/version` before serving, then every `recheck` (every 10 s
+    /// while it cannot be read). Until it is known, `auto` injects the
+    /// container form: every server accepts it, and the failure is logged.
+    Detect {
+        /// Interval between reads once the version is known.
+        recheck: Duration,
+        /// The client to read with; `None`: the in-cluster configuration
+        /// (or `KUBECONFIG`), created on first use.
+        client: Option<kube::Client>,
+    },
+    /// A version known in advance.
+    Known(KubeVersion),
+    /// Not known and not read (`auto` then means the container form).
+    Unknown,
+}
+
+impl std::fmt::Debug for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerVersion::Detect { recheck, client } => f
+                .debug_struct("Detect")
+                .field("recheck", recheck)
+                .field("client", &client.as_ref().map(|_| "given"))
+                .finish(),
+            ServerVersion::Known(v) => f.debug_tuple("Known").field(v).finish(),
+            ServerVersion::Unknown => f.write_str("Unknown"),
+        }
+    }
+}
+
 /// Everything [`run`] needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -69,6 +102,100 @@ pub struct ServeConfig {
     pub inject: InjectConfig,
     /// Serving certificate.
     pub tls: TlsSource,
+    /// Where the server's version comes from (used only by `nativeSidecar: auto`).
+    pub server_version: ServerVersion,
+}
+
+/// While the version cannot be read, how soon to try again.
+const VERSION_RETRY: Duration = Duration::from_secs(10);
+
+/// How long one read of `/version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API server's version as last read (shared with the reader task).
+#[derive(Debug, Default)]
+pub struct VersionCell(RwLock<Option<KubeVersion>>);
+
+impl VersionCell {
+    /// The last version read, if any.
+    pub fn get(&self) -> Option<KubeVersion> {
+        match self.0.read() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    fn set(&self, v: KubeVersion) -> bool {
+        let mut g = match self.0.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let changed = *g != Some(v);
+        *g = Some(v);
+        changed
+    }
+}
+
+async fn read_version(client: &mut Option<kube::Client>) -> Result<KubeVersion, String> {
+    // GET /version needs no RBAC (system:public-info-viewer).
+    let attempt = async {
+        if client.is_none() {
+            *client = Some(
+                kube::Client::try_default()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let Some(c) = client.as_ref() else {
+            return Err("no client".to_string());
+        };
+        let info = c.apiserver_version().await.map_err(|e| e.to_string())?;
+        KubeVersion::from_parts(&info.major, &info.minor).ok_or_else(|| {
+            format!(
+                "unreadable version major={:?} minor={:?} ({})",
+                info.major, info.minor, info.git_version
+            )
+        })
+    };
+    match tokio::time::timeout(VERSION_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {VERSION_TIMEOUT:?}")),
+    }
+}
+
+/// One read of the version into `cell`, logged; true when it is known.
+async fn refresh_version(
+    cell: &VersionCell,
+    client: &mut Option<kube::Client>,
+    keep_client: bool,
+    native: NativeSidecar,
+) -> bool {
+    match read_version(client).await {
+        Ok(v) => {
+            if cell.set(v) {
+                tracing::info!(
+                    server_version = %v,
+                    sidecar_form = native.resolve(Some(v)).as_str(),
+                    "nativeSidecar: auto: read the API server's version"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                sidecar_form = native.resolve(cell.get()).as_str(),
+                "nativeSidecar: auto: cannot read the API server's version (GET /version); \
+                 injecting the form for the last version read, or the container form, which \
+                 every server accepts, until it can"
+            );
+            // An in-cluster client is re-created: its config may be stale.
+            if !keep_client {
+                *client = None;
+            }
+            false
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,7 +246,15 @@ impl Metrics {
 
 struct AppState {
     inject: InjectConfig,
+    version: Arc<VersionCell>,
     metrics: Metrics,
+}
+
+impl AppState {
+    /// The sidecar form for the next pod.
+    fn form(&self) -> SidecarForm {
+        self.inject.native_sidecar.resolve(self.version.get())
+    }
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> Response {
@@ -156,7 +291,8 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
             );
         }
     };
-    let answer = admission::answer(&body, &state.inject);
+    let form = state.form();
+    let answer = admission::answer(&body, &state.inject, form);
     let uid = answer
         .body
         .pointer("/response/uid")
@@ -166,6 +302,7 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         uid,
         outcome = answer.outcome,
         patch_ops = answer.patch_ops,
+        sidecar_form = form.as_str(),
         "admission review"
     );
     state
@@ -190,10 +327,16 @@ async fn method_not_allowed() -> Response {
     status_response(Reason::MethodNotAllowed, "use POST for /mutate")
 }
 
-/// The `/mutate` router (exposed for in-process tests without TLS).
-pub fn mutate_router(inject: InjectConfig) -> Router {
+/// The `/mutate` router (exposed for in-process tests without TLS), for a
+/// server of version `server` (`None`: unknown).
+pub fn mutate_router(inject: InjectConfig, server: Option<KubeVersion>) -> Router {
+    let version = Arc::new(VersionCell::default());
+    if let Some(v) = server {
+        version.set(v);
+    }
     router(Arc::new(AppState {
         inject,
+        version,
         metrics: Metrics::new(),
     }))
 }
@@ -289,8 +432,51 @@ pub async fn run(
         admin = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "mcp-warden-webhook serving"
     );
+    let version = Arc::new(VersionCell::default());
+    match (&config.server_version, config.inject.native_sidecar) {
+        (_, NativeSidecar::True | NativeSidecar::False) => {
+            tracing::info!(
+                native_sidecar = config.inject.native_sidecar.as_str(),
+                "sidecar form pinned by nativeSidecar"
+            );
+        }
+        (ServerVersion::Known(v), NativeSidecar::Auto) => {
+            version.set(*v);
+        }
+        (ServerVersion::Unknown, NativeSidecar::Auto) => {
+            tracing::warn!(
+                "nativeSidecar: auto without a server version: injecting the container form"
+            );
+        }
+        (ServerVersion::Detect { recheck, client }, NativeSidecar::Auto) => {
+            // Read once before serving, so the first pods get the right form.
+            let keep_client = client.is_some();
+            let mut client = client.clone();
+            let native = config.inject.native_sidecar;
+            refresh_version(&version, &mut client, keep_client, native).await;
+            let cell = version.clone();
+            let recheck = *recheck;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut known = cell.get().is_some();
+                loop {
+                    let wait = if known {
+                        recheck
+                    } else {
+                        VERSION_RETRY.min(recheck)
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped(&mut stop) => return,
+                    }
+                    known = refresh_version(&cell, &mut client, keep_client, native).await || known;
+                }
+            });
+        }
+    }
     let state = Arc::new(AppState {
         inject: config.inject,
+        version,
         metrics: Metrics::new(),
     });
 

@@ -9,13 +9,44 @@ use json_patch::Patch;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use mcp_warden_webhook::config::InjectConfig;
-use mcp_warden_webhook::manifest::inject_yaml;
+use mcp_warden_webhook::config::{InjectConfig, KubeVersion, NativeSidecar, SidecarForm};
 use mcp_warden_webhook::names::*;
-use mcp_warden_webhook::patch::{PatchOutcome, RefuseReason, SkipReason, patch};
+use mcp_warden_webhook::patch::{PatchOutcome, RefuseReason, SkipReason};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// A current API server: `nativeSidecar: auto` means the native sidecar.
+const CURRENT: Option<KubeVersion> = Some(KubeVersion {
+    major: 1,
+    minor: 33,
+});
+
+/// The form the webhook injects with `config` on a current server.
+fn form(config: &InjectConfig) -> SidecarForm {
+    config.native_sidecar.resolve(CURRENT)
+}
+
+/// The admission patch on a current server.
+fn patch(
+    pod: &Value,
+    ns_labels: &BTreeMap<String, String>,
+    namespace: &str,
+    config: &InjectConfig,
+) -> Result<PatchOutcome, RefuseReason> {
+    mcp_warden_webhook::patch::patch(pod, ns_labels, namespace, config, form(config))
+}
+
+/// `inject -f` for a current server.
+fn inject_yaml(
+    input: &str,
+    config: &InjectConfig,
+) -> Result<
+    (String, Vec<mcp_warden_webhook::manifest::DocReport>),
+    mcp_warden_webhook::manifest::ManifestError,
+> {
+    mcp_warden_webhook::manifest::inject_yaml(input, config, form(config))
+}
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -278,6 +309,35 @@ fn assert_injected(
     }
 
     assert_eq!(spec.automount_service_account_token, Some(false));
+
+    // The API server's names resolve to the sidecar in every container.
+    let on_loopback: Vec<String> = spec
+        .host_aliases
+        .iter()
+        .flatten()
+        .filter(|h| h.ip == "127.0.0.1")
+        .flat_map(|h| h.hostnames.clone().unwrap_or_default())
+        .collect();
+    for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+        assert!(
+            on_loopback.iter().any(|h| h == name),
+            "{name} not on 127.0.0.1: {:?}",
+            spec.host_aliases
+        );
+    }
+    assert!(
+        on_loopback
+            .iter()
+            .any(|h| h.starts_with("kubernetes.default.svc.")),
+        "{:?}",
+        spec.host_aliases
+    );
+    // ... where the sidecar answers on 443: NET_BIND_SERVICE and nothing else.
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().add.as_deref(),
+        Some(&["NET_BIND_SERVICE".to_string()][..])
+    );
+    assert_eq!(sc.privileged, Some(false));
     if let Some(a) = annotations {
         assert_eq!(
             a.get(STATUS_ANNOTATION).map(String::as_str),
@@ -336,7 +396,7 @@ fn check_pod_fixture(name: &str, config: &InjectConfig) -> (Pod, Value, Vec<Stri
         &before,
         spec,
         pod.metadata.annotations.as_ref(),
-        config.native_sidecar,
+        form(config) == SidecarForm::Native,
     );
     (pod, after, warnings)
 }
@@ -498,7 +558,7 @@ fn init_containers_and_existing_sidecars() {
 #[test]
 fn container_only_fallback() {
     let config = InjectConfig {
-        native_sidecar: false,
+        native_sidecar: NativeSidecar::False,
         ..InjectConfig::default()
     };
     let (pod, _, _) = check_pod_fixture("pod-init-and-sidecar.yaml", &config);
@@ -813,7 +873,7 @@ fn patch_is_short_and_readable() {
             .collect();
         eprintln!("{name}: {ops:#?}");
         // One op per changed field: never the generic leaf-by-leaf diff.
-        assert!(ops.len() <= 16, "{name}: {ops:#?}");
+        assert!(ops.len() <= 17, "{name}: {ops:#?}");
         assert!(
             ops.iter().all(|o| !o.starts_with("replace")),
             "{name}: {ops:#?}"
@@ -875,4 +935,306 @@ fn hostile_shapes_never_panic() {
         }
     }
     assert!(runs > 500, "{runs}");
+}
+
+fn env_of(c: &Container) -> BTreeMap<String, Option<String>> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+/// Issue 13: clients that use `https://kubernetes.default.svc` reach the
+/// sidecar: the names go to 127.0.0.1, the sidecar listens on 443 there with
+/// NET_BIND_SERVICE only (what the restricted Pod Security Standard allows),
+/// and the cluster domain is a setting.
+#[test]
+fn api_names_go_to_the_sidecar_on_443() {
+    let (pod, _, _) = check_pod_fixture("pod-kube-api-access.yaml", &InjectConfig::default());
+    let spec = pod.spec.unwrap();
+    let aliases = serde_json::to_value(spec.host_aliases.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        aliases,
+        serde_json::json!([{ "ip": "127.0.0.1", "hostnames": [
+            "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local"] }])
+    );
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    let env = env_of(sidecar);
+    assert_eq!(
+        env["MCP_WARDEN_LISTEN_HTTPS_ALIAS"].as_deref(),
+        Some("127.0.0.1:443")
+    );
+    assert_eq!(
+        env["MCP_WARDEN_CLUSTER_DOMAIN"].as_deref(),
+        Some("cluster.local")
+    );
+    let sc = sidecar.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_ne!(sc.run_as_user, Some(0));
+
+    // Another cluster domain; a high port for tests (no capability needed);
+    // 0: no second listener.
+    let config = InjectConfig {
+        cluster_domain: "corp.example".into(),
+        https_alias_port: 10443,
+        ..InjectConfig::default()
+    };
+    let (_, after, _) = inject(&load("pod-kube-api-access.yaml"), &config);
+    assert_eq!(
+        after["spec"]["hostAliases"][0]["hostnames"][3],
+        "kubernetes.default.svc.corp.example"
+    );
+    let sidecar = &after["spec"]["initContainers"][0];
+    assert_eq!(
+        sidecar["securityContext"]["capabilities"],
+        serde_json::json!({ "drop": ["ALL"] })
+    );
+    let env: Container = serde_json::from_value(sidecar.clone()).unwrap();
+    let env = env_of(&env);
+    assert_eq!(
+        env["MCP_WARDEN_LISTEN_HTTPS_ALIAS"].as_deref(),
+        Some("127.0.0.1:10443")
+    );
+    assert_eq!(
+        env["MCP_WARDEN_CLUSTER_DOMAIN"].as_deref(),
+        Some("corp.example")
+    );
+    let off = InjectConfig {
+        https_alias_port: 0,
+        ..InjectConfig::default()
+    };
+    let (_, after, _) = inject(&load("pod-kube-api-access.yaml"), &off);
+    let c: Container = serde_json::from_value(after["spec"]["initContainers"][0].clone()).unwrap();
+    assert!(!env_of(&c).contains_key("MCP_WARDEN_LISTEN_HTTPS_ALIAS"));
+}
+
+/// A pod's own hostAliases stay; only our missing names are added (one of
+/// them is already on 127.0.0.1 here), and a second pass changes nothing.
+#[test]
+fn existing_host_aliases_are_kept() {
+    let (_, after, _) = inject(&load("pod-host-aliases.yaml"), &InjectConfig::default());
+    assert_eq!(
+        after["spec"]["hostAliases"],
+        serde_json::json!([
+            { "ip": "10.20.30.40", "hostnames": ["db.legacy.internal"] },
+            { "ip": "127.0.0.1", "hostnames": ["kubernetes.default.svc"] },
+            { "ip": "127.0.0.1", "hostnames": ["kubernetes", "kubernetes.default",
+                "kubernetes.default.svc.cluster.local"] },
+        ])
+    );
+    // The patch appends, it does not rewrite the pod's entries.
+    let p = patch(
+        &load("pod-host-aliases.yaml"),
+        &enabled(),
+        "mcp",
+        &InjectConfig::default(),
+    )
+    .unwrap()
+    .into_patch();
+    let s = serde_json::to_value(&p).unwrap();
+    assert!(
+        s.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["op"] == "add" && o["path"] == "/spec/hostAliases/-"),
+        "{s}"
+    );
+}
+
+/// A pod that sends one of the names elsewhere is refused, with a message
+/// naming the name and the address, through admission and `inject -f`.
+#[test]
+fn host_alias_elsewhere_is_refused() {
+    let pod = load("pod-host-aliases-conflict.yaml");
+    let e = patch(&pod, &enabled(), "mcp", &InjectConfig::default()).unwrap_err();
+    assert_eq!(
+        e,
+        RefuseReason::HostAliasConflict {
+            name: "kubernetes.default.svc.cluster.local".into(),
+            ip: "10.0.0.1".into()
+        }
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("kubernetes.default.svc.cluster.local") && msg.contains("10.0.0.1"),
+        "{msg}"
+    );
+    let review = serde_json::json!({
+        "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+        "request": { "uid": "u-ha", "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "operation": "CREATE", "namespace": "mcp", "object": pod } });
+    let a = mcp_warden_webhook::admission::answer(
+        &serde_json::to_vec(&review).unwrap(),
+        &InjectConfig::default(),
+        SidecarForm::Native,
+    );
+    assert_eq!(a.body["response"]["allowed"], false);
+    assert_eq!(a.body["response"]["status"]["code"], 403);
+    assert_eq!(a.body["response"]["status"]["message"], msg.as_str());
+    let input = std::fs::read_to_string(fixture_path("pod-host-aliases-conflict.yaml")).unwrap();
+    let (_, reports) = inject_yaml(&input, &InjectConfig::default()).unwrap();
+    assert!(reports[0].is_refused(), "{reports:?}");
+    // Another cluster domain: that name is no longer ours.
+    let other = InjectConfig {
+        cluster_domain: "corp.example".into(),
+        ..InjectConfig::default()
+    };
+    assert!(patch(&pod, &enabled(), "mcp", &other).is_ok());
+}
+
+/// Issue 12: the container form for servers without native sidecars. The
+/// kubelet starts containers in order and waits for a container's postStart
+/// hook before starting the next, so the app starts once the sidecar is
+/// ready; the preStop hook keeps the sidecar serving while the app stops,
+/// within the pod's grace period. Nothing an old server refuses is left.
+#[test]
+fn container_form_holds_the_app_until_the_sidecar_is_ready() {
+    let config = InjectConfig {
+        native_sidecar: NativeSidecar::False,
+        ..InjectConfig::default()
+    };
+    for (fixture, grace) in [
+        ("pod-kube-api-access.yaml", 30),
+        ("pod-host-aliases.yaml", 60),
+    ] {
+        let (pod, after, _) = check_pod_fixture(fixture, &config);
+        let spec = pod.spec.unwrap();
+        assert!(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .all(|c| c.restart_policy.is_none()
+                    && c.liveness_probe.is_none()
+                    && c.startup_probe.is_none()),
+            "an init container with probes or restartPolicy: refused before 1.29"
+        );
+        let sidecar = &after["spec"]["containers"][0];
+        assert_eq!(
+            sidecar["lifecycle"]["postStart"]["exec"]["command"],
+            serde_json::json!([
+                "/usr/local/bin/mcp-warden-sidecar",
+                "wait-ready",
+                "--admin-port",
+                "15020",
+                "--timeout",
+                "120s"
+            ])
+        );
+        assert_eq!(
+            sidecar["lifecycle"]["preStop"]["exec"]["command"],
+            serde_json::json!([
+                "/usr/local/bin/mcp-warden-sidecar",
+                "wait-drain",
+                "--admin-port",
+                "15020",
+                "--min",
+                "2s",
+                "--max",
+                format!("{}s", grace - 5)
+            ])
+        );
+    }
+    // The native form has no hooks: the kubelet orders native sidecars itself.
+    let (_, after, _) = check_pod_fixture("pod-kube-api-access.yaml", &InjectConfig::default());
+    assert!(
+        after["spec"]["initContainers"][0]
+            .get("lifecycle")
+            .is_none()
+    );
+}
+
+/// A pod injected in one form and admitted again in the other (the server
+/// was upgraded past 1.29, or `inject -f` output meets the webhook) ends up
+/// in the new form with one sidecar.
+#[test]
+fn reinjection_switches_the_form() {
+    let container = InjectConfig {
+        native_sidecar: NativeSidecar::False,
+        ..InjectConfig::default()
+    };
+    let (_, before, _) = inject(&load("pod-kube-api-access.yaml"), &container);
+    let p = mcp_warden_webhook::patch::patch(
+        &before,
+        &enabled(),
+        "mcp",
+        &InjectConfig::default(),
+        SidecarForm::Native,
+    )
+    .unwrap()
+    .into_patch();
+    let mut after = before.clone();
+    json_patch::patch(&mut after, &p.0).unwrap();
+    let pod: Pod = serde_json::from_value(after.clone()).unwrap();
+    assert_injected(&before, pod.spec.as_ref().unwrap(), None, true);
+    assert_eq!(after["spec"]["hostAliases"], before["spec"]["hostAliases"]);
+}
+
+/// The sidecar container meets the restricted Pod Security Standard
+/// (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+/// non-root, no privilege escalation, every capability dropped and only
+/// NET_BIND_SERVICE added, RuntimeDefault seccomp, only the volume types the
+/// profile allows, in both forms.
+#[test]
+fn the_sidecar_meets_the_restricted_pod_security_standard() {
+    for native in [NativeSidecar::True, NativeSidecar::False] {
+        let config = InjectConfig {
+            native_sidecar: native,
+            ..InjectConfig::default()
+        };
+        let (_, after, _) = inject(&load("pod-kube-api-access.yaml"), &config);
+        let spec = &after["spec"];
+        let sidecar = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .find(|c| c["name"] == SIDECAR_NAME)
+            .unwrap();
+        let sc = &sidecar["securityContext"];
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert!(sc["runAsUser"].as_i64().unwrap() > 0);
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        for cap in sc["capabilities"]["add"].as_array().unwrap() {
+            assert_eq!(cap, "NET_BIND_SERVICE", "restricted allows only this one");
+        }
+        assert!(
+            sidecar
+                .get("ports")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p.get("hostPort").is_none())
+        );
+        for v in spec["volumes"].as_array().unwrap() {
+            let kinds: Vec<&String> = v
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "name")
+                .collect();
+            for k in kinds {
+                assert!(
+                    [
+                        "configMap",
+                        "csi",
+                        "downwardAPI",
+                        "emptyDir",
+                        "ephemeral",
+                        "persistentVolumeClaim",
+                        "projected",
+                        "secret"
+                    ]
+                    .contains(&k.as_str()),
+                    "volume type {k} not allowed by restricted"
+                );
+            }
+        }
+        assert!(spec.get("hostNetwork").is_none() && spec.get("hostPID").is_none());
+    }
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use mcp_warden_webhook::config::InjectConfig;
+use mcp_warden_webhook::config::{InjectConfig, NativeSidecar, SidecarForm};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -335,7 +335,7 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
     let cfg = InjectConfig::from_yaml("config.yaml", &cm.data.unwrap()["config.yaml"]).unwrap();
     cfg.validate().unwrap();
     assert_eq!(cfg.webhook_namespace, "mcp-warden");
-    assert!(cfg.native_sidecar);
+    assert_eq!(cfg.native_sidecar, NativeSidecar::Auto);
 
     // The example MCP namespace: labelled, with the policy and the sidecar's RBAC.
     let ns: Namespace = serde_json::from_value(find(&d, "Namespace", "mcp").clone()).unwrap();
@@ -439,7 +439,7 @@ fn chart_lints_and_renders_in_every_mode() {
     let cm = find(&d, "ConfigMap", "mcp-warden-webhook-config");
     let cfg = InjectConfig::from_yaml("config.yaml", cm["data"]["config.yaml"].as_str().unwrap())
         .unwrap();
-    assert!(!cfg.native_sidecar);
+    assert_eq!(cfg.native_sidecar, NativeSidecar::False);
     assert_eq!(
         cfg.collector_url,
         "https://collector.mcp-warden.svc:8443/events"
@@ -452,22 +452,48 @@ fn chart_lints_and_renders_in_every_mode() {
 #[test]
 fn injected_workloads_pass_schema_validation() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, cfg) in [
-        ("mcp-server-deployment.yaml", InjectConfig::default()),
-        ("workloads.yaml", InjectConfig::default()),
-        (
-            "workloads.yaml",
-            InjectConfig {
-                native_sidecar: false,
-                ..InjectConfig::default()
-            },
-        ),
+    for (name, form) in [
+        ("mcp-server-deployment.yaml", SidecarForm::Native),
+        ("mcp-server-deployment.yaml", SidecarForm::Container),
+        ("workloads.yaml", SidecarForm::Native),
+        ("workloads.yaml", SidecarForm::Container),
     ] {
+        let cfg = InjectConfig::default();
         let input =
             std::fs::read_to_string(repo().join("tests/fixtures/webhook").join(name)).unwrap();
-        let (out, _) = mcp_warden_webhook::manifest::inject_yaml(&input, &cfg).unwrap();
+        let (out, _) = mcp_warden_webhook::manifest::inject_yaml(&input, &cfg, form).unwrap();
         let file = dir.path().join(name);
         std::fs::write(&file, out).unwrap();
         kubernetes_validate(&file);
+    }
+}
+
+/// Issue 12: a 1.20 server has no policy/v1; the chart picks the
+/// PodDisruptionBudget's version by the server's API versions (and, for
+/// `helm template`, by `--kube-version`).
+#[test]
+fn pdb_follows_the_servers_api_versions() {
+    for (kube_version, want) in [(None, "policy/v1"), (Some("1.20.2"), "policy/v1beta1")] {
+        let mut cmd = Command::new(helm());
+        cmd.current_dir(repo()).args([
+            "template",
+            "mcp-warden",
+            "charts/mcp-warden",
+            "--namespace",
+            "mcp-warden",
+        ]);
+        if let Some(v) = kube_version {
+            cmd.args(["--kube-version", v]);
+        }
+        let out = cmd.output().expect("run helm");
+        assert!(
+            out.status.success(),
+            "helm template {kube_version:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = docs(&String::from_utf8(out.stdout).unwrap());
+        let pdb = find(&d, "PodDisruptionBudget", "mcp-warden-webhook");
+        assert_eq!(pdb["apiVersion"], want, "{kube_version:?}");
+        assert_eq!(pdb["spec"]["minAvailable"], 1);
     }
 }

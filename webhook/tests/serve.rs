@@ -10,8 +10,9 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use mcp_warden_webhook::config::InjectConfig;
+use mcp_warden_webhook::config::{KubeVersion, NativeSidecar};
 use mcp_warden_webhook::selfmanaged::{Material, ensure, service_dns_names};
-use mcp_warden_webhook::server::{ServeConfig, TlsSource};
+use mcp_warden_webhook::server::{ServeConfig, ServerVersion, TlsSource};
 use mcp_warden_webhook::tls::CertFiles;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -130,17 +131,36 @@ struct Server {
 }
 
 async fn start(cert: &Path, key: &Path) -> Server {
+    start_with(
+        cert,
+        key,
+        InjectConfig::default(),
+        ServerVersion::Known(KubeVersion {
+            major: 1,
+            minor: 33,
+        }),
+    )
+    .await
+}
+
+async fn start_with(
+    cert: &Path,
+    key: &Path,
+    inject: InjectConfig,
+    server_version: ServerVersion,
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = ServeConfig {
-        inject: InjectConfig::default(),
+        inject,
         tls: TlsSource::Files(CertFiles {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             poll_interval: Duration::from_millis(200),
         }),
+        server_version,
     };
     let task = tokio::spawn(mcp_warden_webhook::run(
         listener,
@@ -384,9 +404,109 @@ async fn missing_certificate_files_fail_start() {
             key: dir.path().join("nope.key"),
             poll_interval: Duration::from_secs(1),
         }),
+        server_version: ServerVersion::Unknown,
     };
     let err = mcp_warden_webhook::run(listener, admin, config, std::future::pending())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("nope.crt"), "{err}");
+}
+
+/// The sidecar of the admitted fixture pod: `(in init containers, container)`.
+async fn admitted_sidecar(server: &Server, ca_pem: &str) -> (bool, Value) {
+    let review = fixture("admission-review-pod-create.json");
+    let sent: Value = serde_json::from_slice(&review).unwrap();
+    let (status, body) = https(server.addr, ca_pem, "POST", "/mutate", review)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let patch_bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
+    let mut pod = sent["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch.0).unwrap();
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(c) = init.iter().find(|c| c["name"] == "mcp-warden") {
+        return (true, c.clone());
+    }
+    assert_eq!(pod["spec"]["containers"][0]["name"], "mcp-warden", "{pod}");
+    (false, pod["spec"]["containers"][0].clone())
+}
+
+/// Issue 12: with `nativeSidecar: auto` (the default) the webhook reads the
+/// API server's version at start: a 1.20 server gets the container form
+/// (which it accepts; the native form's probes on an init container it
+/// refuses), a 1.29 server the native sidecar, and an unreachable server
+/// the container form, which every server accepts.
+#[tokio::test]
+async fn auto_picks_the_form_by_the_servers_version() {
+    use mcp_warden_tests::harness::{ApiSim, ApiSimOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let m = material();
+    write_atomically(&cert, &m.tls_cert_pem);
+    write_atomically(&key, &m.tls_key_pem);
+    let inject = InjectConfig::default();
+    assert_eq!(inject.native_sidecar, NativeSidecar::Auto);
+
+    for (version, native) in [("v1.20.2", false), ("v1.29.4", true)] {
+        let sim = ApiSim::start(ApiSimOptions {
+            version: Some(version.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let kc = kube::config::Kubeconfig::read_from(sim.kubeconfig_path()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let mut server = start_with(
+            &cert,
+            &key,
+            inject.clone(),
+            ServerVersion::Detect {
+                recheck: Duration::from_secs(600),
+                client: Some(client),
+            },
+        )
+        .await;
+        let (in_init, sidecar) = admitted_sidecar(&server, &m.ca_cert_pem).await;
+        assert_eq!(in_init, native, "{version}: {sidecar}");
+        if native {
+            assert_eq!(sidecar["restartPolicy"], "Always");
+            assert!(sidecar.get("lifecycle").is_none());
+        } else {
+            assert!(sidecar.get("restartPolicy").is_none());
+            let post = &sidecar["lifecycle"]["postStart"]["exec"]["command"];
+            assert_eq!(post[0], "/usr/local/bin/mcp-warden-sidecar");
+            assert_eq!(post[1], "wait-ready");
+            assert_eq!(
+                sidecar["lifecycle"]["preStop"]["exec"]["command"][1],
+                "wait-drain"
+            );
+        }
+        server.stop.take().unwrap().send(()).unwrap();
+        server.task.await.unwrap().unwrap();
+    }
+
+    // Nothing answers: the container form.
+    let dead = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+    let mut server = start_with(
+        &cert,
+        &key,
+        inject,
+        ServerVersion::Detect {
+            recheck: Duration::from_secs(600),
+            client: Some(kube::Client::try_from(dead).unwrap()),
+        },
+    )
+    .await;
+    let (in_init, _) = admitted_sidecar(&server, &m.ca_cert_pem).await;
+    assert!(!in_init);
+    server.stop.take().unwrap().send(()).unwrap();
+    server.task.await.unwrap().unwrap();
 }

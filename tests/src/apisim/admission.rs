@@ -364,6 +364,7 @@ mod tests {
             subresources: vec![("status".into(), vec![])],
             custom: true,
             printer_columns: vec![],
+            schema: None,
         }
     }
 

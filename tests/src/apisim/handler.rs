@@ -947,6 +947,7 @@ fn prepare_create(
         objects::crd_status(&mut obj);
     }
     objects::apply_defaults(ri, &mut obj, &app.ips);
+    custom_schema(ri, &name, &mut obj)?;
     if obj["metadata"]
         .get("managedFields")
         .is_some_and(|m| !m.is_array())
@@ -970,6 +971,20 @@ fn prepare_create(
     }
     let _ = ctx;
     Ok(obj)
+}
+
+/// A custom resource pruned, defaulted and validated against its version's
+/// schema (see [`super::schema`]); built-in types pass unchanged.
+fn custom_schema(ri: &ResourceInfo, name: &str, obj: &mut Value) -> Result<(), Status> {
+    let Some(schema) = ri.schema.as_ref().filter(|_| ri.custom) else {
+        return Ok(());
+    };
+    let errors = super::schema::admit(schema, obj);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(super::schema::invalid(&ri.kind, &ri.group, name, &errors))
+    }
 }
 
 fn create(
@@ -1171,6 +1186,7 @@ fn store_update(
         super::registry::from_crd(&new)
             .map_err(|e| objects::invalid(ri, name, "spec", "", &e.to_string()))?;
     }
+    custom_schema(ri, name, &mut new)?;
     if let Some(m) = new["metadata"].as_object_mut()
         && !m.get("managedFields").is_some_and(Value::is_array)
     {

@@ -5,7 +5,8 @@
 //! [`router`] (paths), [`handler`] (verbs, the one place errors become
 //! Status responses), [`store`] (objects, resourceVersions, watch hub),
 //! [`registry`] + [`discovery`] (types, discovery documents), [`table`],
-//! [`patch`], [`selector`], [`objects`] (defaults, validation), [`seed`],
+//! [`patch`], [`selector`], [`objects`] (defaults, validation), [`schema`]
+//! (custom resources against their CRD's structural schema), [`seed`],
 //! [`web`] (HTTP plumbing), [`streams`] (log/exec/attach/port-forward).
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ pub mod patch;
 pub mod proto;
 pub mod registry;
 pub mod router;
+pub mod schema;
 pub mod seed;
 pub mod selector;
 pub mod server;

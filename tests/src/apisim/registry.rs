@@ -35,6 +35,9 @@ pub struct ResourceInfo {
     pub custom: bool,
     /// Printer columns of a CRD; empty for built-ins.
     pub printer_columns: Vec<PrinterColumn>,
+    /// The version's `schema.openAPIV3Schema` (custom resources only): what
+    /// [`super::schema::admit`] prunes, defaults and validates against.
+    pub schema: Option<Value>,
 }
 
 impl ResourceInfo {
@@ -108,6 +111,7 @@ fn builtin(
             .collect(),
         custom: false,
         printer_columns: Vec::new(),
+        schema: None,
     }
 }
 
@@ -302,6 +306,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceInfo>, CrdError> {
             subresources,
             custom: true,
             printer_columns,
+            schema: v.pointer("/schema/openAPIV3Schema").cloned(),
         });
     }
     if out.is_empty() {

@@ -1,0 +1,208 @@
+//! The container form's lifecycle hooks, run by the kubelet inside the
+//! sidecar's container (the image has no shell, so the binary itself is the
+//! hook): `wait-ready` and `wait-drain`.
+//!
+//! - `wait-ready` (postStart): polls the admin server's `/readyz` until it
+//!   answers 200, bounded by `--timeout`. The kubelet starts a pod's regular
+//!   containers in order and does not start the next one before the
+//!   previous one's postStart hook returns, so with the sidecar first the app
+//!   starts only once the sidecar serves (as Istio's
+//!   `holdApplicationUntilProxyStarts`). On timeout it exits 1: the kubelet
+//!   then kills and restarts the sidecar container.
+//! - `wait-drain` (preStop): on pod deletion the kubelet runs preStop hooks
+//!   and only then sends SIGTERM to that container, while the app receives
+//!   its SIGTERM at once. The hook waits until no app connection is open
+//!   (the `mcp_warden_app_connections` gauge on `/metrics`; the app's
+//!   connections close when it exits) for at least `--min`, or until `--max`
+//!   has passed, so the app keeps its API access while it shuts down. The
+//!   sidecar's own SIGTERM handling (stop accepting, let in-flight requests
+//!   finish within `--shutdown-grace`) follows. The webhook sets `--max` to
+//!   the pod's grace period minus 5 s. It always exits 0: a preStop failure
+//!   only delays the kill.
+//!
+//! Both speak plain HTTP/1.0 to `127.0.0.1:<admin port>` with a bounded
+//! connect and read time; no request ever leaves the pod.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+/// Name (without the `mcp_warden_` prefix) of the open-app-connections gauge.
+pub const APP_CONNECTIONS_METRIC: &str = "app_connections";
+
+/// How often the hooks poll the admin server.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Bound of one admin request (connect, write, read).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest admin response read.
+const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+
+/// Errors of the lifecycle hooks.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// A duration flag does not parse.
+    #[error("invalid --{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+    /// The admin server did not report ready in time.
+    #[error("the sidecar was not ready within {timeout:?} (GET http://{addr}/readyz: {last})")]
+    NotReady {
+        timeout: Duration,
+        addr: SocketAddr,
+        last: String,
+    },
+}
+
+/// `wait-ready` flags.
+#[derive(Debug, Clone, Args)]
+pub struct WaitReadyArgs {
+    /// The sidecar's admin port on 127.0.0.1.
+    #[arg(long, default_value_t = 15020)]
+    pub admin_port: u16,
+    /// Give up (exit 1) after this long, e.g. `120s`.
+    #[arg(long, default_value = "120s")]
+    pub timeout: String,
+}
+
+/// `wait-drain` flags.
+#[derive(Debug, Clone, Args)]
+pub struct WaitDrainArgs {
+    /// The sidecar's admin port on 127.0.0.1.
+    #[arg(long, default_value_t = 15020)]
+    pub admin_port: u16,
+    /// Wait at least this long, even with no app connection open (the app
+    /// may connect while it shuts down), e.g. `2s`.
+    #[arg(long, default_value = "2s")]
+    pub min: String,
+    /// Wait at most this long, e.g. `25s`.
+    #[arg(long, default_value = "25s")]
+    pub max: String,
+}
+
+fn duration(flag: &'static str, s: &str) -> Result<Duration, LifecycleError> {
+    crate::config::parse_duration(s).map_err(|message| LifecycleError::Flag { flag, message })
+}
+
+fn admin(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// `GET path` on the admin server: (status, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.take(MAX_RESPONSE).read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The value of `mcp_warden_app_connections` in a Prometheus text body.
+pub fn app_connections(metrics: &str) -> Option<i64> {
+    let name = format!("mcp_warden_{APP_CONNECTIONS_METRIC} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `wait-ready`: Ok once `/readyz` answered 200.
+pub fn wait_ready(args: &WaitReadyArgs) -> Result<(), LifecycleError> {
+    let timeout = duration("timeout", &args.timeout)?;
+    let addr = admin(args.admin_port);
+    let start = Instant::now();
+    loop {
+        let last = match get(addr, "/readyz") {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, body)) => format!("{code}: {}", body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() >= timeout {
+            return Err(LifecycleError::NotReady {
+                timeout,
+                addr,
+                last,
+            });
+        }
+        std::thread::sleep(POLL.min(timeout.saturating_sub(start.elapsed())));
+    }
+}
+
+/// How `wait-drain` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drained {
+    /// No app connection was open (after `--min`).
+    Idle,
+    /// The admin server stopped answering: the sidecar is already stopping.
+    AdminGone(String),
+    /// `--max` passed with this many app connections still open.
+    MaxReached(i64),
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drained::Idle => write!(f, "no app connection open: letting the sidecar stop"),
+            Drained::AdminGone(e) => write!(f, "the admin server does not answer ({e}): stopping"),
+            Drained::MaxReached(n) => write!(
+                f,
+                "--max reached with {n} app connection(s) open: letting the sidecar stop"
+            ),
+        }
+    }
+}
+
+/// Runs `wait-drain` and says how it ended.
+pub fn wait_drain(args: &WaitDrainArgs) -> Result<Drained, LifecycleError> {
+    let min = duration("min", &args.min)?;
+    let max = duration("max", &args.max)?.max(min);
+    let addr = admin(args.admin_port);
+    let start = Instant::now();
+    loop {
+        let open = match get(addr, "/metrics") {
+            Ok((200, body)) => app_connections(&body).unwrap_or(0),
+            Ok((code, _)) => return Ok(Drained::AdminGone(format!("HTTP {code}"))),
+            Err(e) => return Ok(Drained::AdminGone(e.to_string())),
+        };
+        if open <= 0 && start.elapsed() >= min {
+            return Ok(Drained::Idle);
+        }
+        if start.elapsed() >= max {
+            return Ok(Drained::MaxReached(open));
+        }
+        std::thread::sleep(POLL.min(max.saturating_sub(start.elapsed())));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_gauge() {
+        let text = "# HELP mcp_warden_app_connections Open\n# TYPE mcp_warden_app_connections gauge\nmcp_warden_app_connections 3\nmcp_warden_app_connections_other 9\n";
+        assert_eq!(app_connections(text), Some(3));
+        assert_eq!(app_connections("nothing\n"), None);
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag() {
+        let e = wait_ready(&WaitReadyArgs {
+            admin_port: 1,
+            timeout: "soon".into(),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--timeout"), "{e}");
+    }
+}
