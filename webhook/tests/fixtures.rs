@@ -1238,3 +1238,49 @@ fn the_sidecar_meets_the_restricted_pod_security_standard() {
         assert!(spec.get("hostNetwork").is_none() && spec.get("hostPID").is_none());
     }
 }
+
+/// `inject -f` picks the form offline: `auto` without a cluster version is
+/// the container form (said on stderr), `--kubernetes-version` or
+/// `--native-sidecar` choose; the output carries the hostAliases either way.
+#[test]
+fn inject_f_binary_picks_the_form() {
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-warden-webhook"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MCP_WARDEN_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .arg("inject")
+            .arg("-f")
+            .arg(fixture_path("pod-kube-api-access.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pod: Value = serde_saphyr::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        (pod, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let is_native = |pod: &Value| {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|c| c["name"] == SIDECAR_NAME))
+    };
+    let (pod, err) = run(&[]);
+    assert!(!is_native(&pod), "auto offline: container form");
+    assert_eq!(pod["spec"]["containers"][0]["name"], SIDECAR_NAME);
+    assert!(err.contains("container form"), "{err}");
+    assert_eq!(pod["spec"]["hostAliases"][0]["ip"], "127.0.0.1");
+    let (pod, _) = run(&["--kubernetes-version", "1.30"]);
+    assert!(is_native(&pod));
+    let (pod, _) = run(&["--kubernetes-version", "v1.20.2"]);
+    assert!(!is_native(&pod));
+    let (pod, err) = run(&["--native-sidecar", "true"]);
+    assert!(is_native(&pod));
+    assert!(!err.contains("container form"), "{err}");
+}
