@@ -328,8 +328,76 @@ fn in_container(netns_pid: u32, script: &Path) -> Command {
 /// One simulated pod at a time: they share the host's mount points.
 static ONE_POD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// What a simulated pod runs besides kube-apisim and the sidecar.
+#[derive(Default)]
+struct PodOptions {
+    native_sidecar: bool,
+    /// An `mcp-warden-collector` in the pod's network namespace, which the
+    /// injection config names as the collector.
+    collector: bool,
+    /// The real `kubernetes-mcp-server` binary, bind-mounted into the app
+    /// container at [`MCP_SERVER_DIR`].
+    mcp_server: bool,
+}
+
+/// Where the app container finds `kubernetes-mcp-server`, as in an image.
+const MCP_SERVER_DIR: &str = "/opt/kubernetes-mcp-server";
+/// The collector's address inside the pod's network namespace.
+const COLLECTOR_ADDR: &str = "127.0.0.3:8088";
+
 /// Starts kube-apisim and the sidecar in the simulated pod.
 fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
+    start_pod_with(
+        test,
+        PodOptions {
+            native_sidecar,
+            ..PodOptions::default()
+        },
+    )
+}
+
+/// The `/etc/hosts` the kubelet writes for a pod: localhost, then the
+/// pod's `hostAliases`.
+fn etc_hosts(spec: &Value) -> String {
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    if let Some(aliases) = spec["hostAliases"].as_array() {
+        s += "\n# Entries added by HostAliases.\n";
+        for a in aliases {
+            let names: Vec<&str> = a["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            s += &format!("{}\t{}\n", a["ip"].as_str().unwrap(), names.join("\t"));
+        }
+    }
+    s
+}
+
+/// The installed `kubernetes-mcp-server` (scripts/deps/mcp-servers.sh puts
+/// it there), or a clear failure naming the script.
+fn mcp_server_dir() -> PathBuf {
+    let dir = std::env::var_os("MCP_WARDEN_MCP_SERVER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+            cache.join("mcp-warden/kubernetes-mcp-server-0.0.67")
+        });
+    assert!(
+        dir.join("kubernetes-mcp-server").exists(),
+        "kubernetes-mcp-server is not installed in {}: run scripts/deps/mcp-servers.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
+    let native_sidecar = opts.native_sidecar;
     let guard = ONE_POD.lock().unwrap_or_else(|e| e.into_inner());
     if !is_root() {
         eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
@@ -346,10 +414,11 @@ fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
         );
     }
     let config_dir = tempfile::tempdir().unwrap();
-    let pod = injected_pod(
-        &format!("nativeSidecar: {native_sidecar}\n"),
-        config_dir.path(),
-    );
+    let mut inject_config = format!("nativeSidecar: {native_sidecar}\n");
+    if opts.collector {
+        inject_config += &format!("collectorUrl: http://{COLLECTOR_ADDR}\n");
+    }
+    let pod = injected_pod(&inject_config, config_dir.path());
     let mut cleanup = Cleanup {
         children: Vec::new(),
         created: Vec::new(),
@@ -406,6 +475,28 @@ fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
         String::from_utf8_lossy(&up.stderr)
     );
 
+    // As containerd 2.x and CRI-O do for every pod, ports below 1024 are
+    // not privileged in the pod's network namespace: the non-root sidecar
+    // can answer on 127.0.0.1:443 (Kubernetes gives non-root containers no
+    // ambient capabilities, so NET_BIND_SERVICE alone would not do).
+    let sysctl = run(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{netns}/ns/net"))
+            .args([
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_unprivileged_port_start=0",
+            ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        sysctl.status.success(),
+        "sysctl: {}",
+        String::from_utf8_lossy(&sysctl.stderr)
+    );
+
     // kube-apisim at the "Service IP", inside the pod's network namespace.
     let state = work.path().join("apisim");
     let log = std::fs::File::create(work.path().join("apisim.log")).unwrap();
@@ -431,6 +522,46 @@ fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
         state.join("addr").exists().then_some(())
     })
     .unwrap();
+    // The collector the injection config names, in the pod's network.
+    let collector_out = opts.collector.then(|| {
+        let out = work.path().join("collector");
+        let log = std::fs::File::create(work.path().join("collector.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/proc/{netns}/ns/net"))
+            .arg("--")
+            .arg(workspace_bin("mcp-warden-collector"))
+            .args(["--listen", COLLECTOR_ADDR, "--out-dir"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        cleanup.children.push(child);
+        wait_for("the collector", Duration::from_secs(15), || {
+            out.join("addr").exists().then_some(())
+        })
+        .unwrap();
+        out
+    });
+    // Every container's /etc/hosts, as the kubelet writes it.
+    let hosts = work.path().join("etc-hosts");
+    std::fs::write(&hosts, etc_hosts(&pod.spec)).unwrap();
+    let hosts_bind = (hosts, PathBuf::from("/etc/hosts"));
+    let mut app_binds = vec![hosts_bind.clone()];
+    if opts.mcp_server {
+        // Staged in the work dir: the app's /root (where the cache lives) is
+        // covered before its binds are made.
+        let image = work.path().join("mcp-server-image");
+        std::fs::create_dir_all(&image).unwrap();
+        let src = mcp_server_dir().join("kubernetes-mcp-server");
+        let dst = image.join("kubernetes-mcp-server");
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+        ensure_mount_point(Path::new(MCP_SERVER_DIR), &mut cleanup);
+        app_binds.push((image, PathBuf::from(MCP_SERVER_DIR)));
+    }
     let api = ApiFiles {
         token: std::fs::read_to_string(state.join("token"))
             .unwrap()
@@ -504,7 +635,7 @@ fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
             sidecar,
             &volume_dirs,
             &[],
-            &[],
+            std::slice::from_ref(&hosts_bind),
             sidecar_uid,
             &sidecar_env,
             &[workspace_bin("mcp-warden-sidecar")
@@ -598,6 +729,8 @@ fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
         prelude,
         api,
         kubectl: kubectl_path("1.32").to_string_lossy().into_owned(),
+        app_binds,
+        collector_out,
     }
 }
 
@@ -615,6 +748,11 @@ struct SimPod {
     prelude: String,
     api: ApiFiles,
     kubectl: String,
+    /// Bind mounts of the app container besides its volumes (/etc/hosts,
+    /// the MCP server's "image" directory).
+    app_binds: Vec<(PathBuf, PathBuf)>,
+    /// The collector's output directory, when the pod has one.
+    collector_out: Option<PathBuf>,
 }
 
 impl SimPod {
@@ -625,7 +763,7 @@ impl SimPod {
             &self.app,
             &self.volume_dirs,
             &[self.work.path()],
-            &[],
+            &self.app_binds,
             self.app_uid,
             &self.app_env,
             &argv,
@@ -647,6 +785,68 @@ impl SimPod {
         // Clients are bounded by timeout(1) or their own timeouts; the pod's
         // cleanup kills everything else.
         child.wait_with_output().unwrap()
+    }
+
+    /// Starts `argv` as a long-running process of the app container; it is
+    /// killed when the returned child is dropped by the caller's guard.
+    fn app_spawn(&self, name: &str, argv: Vec<String>) -> Child {
+        let script = self.work.path().join(format!("app-{name}.sh"));
+        let body = container_script(
+            &self.app,
+            &self.volume_dirs,
+            &[self.work.path()],
+            &self.app_binds,
+            self.app_uid,
+            &self.app_env,
+            &argv,
+        );
+        std::fs::write(
+            &script,
+            body.replacen("set -eu\n", &format!("set -eu\n{}", self.prelude), 1),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.work.path().join(format!("{name}.log"))).unwrap();
+        in_container(self.netns, &script)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// GET on kube-apisim as its admin, from the pod's network (bypassing
+    /// the sidecar): what the cluster really holds.
+    fn admin_get(&self, path: &str) -> (u16, String) {
+        let out = run(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", self.netns))
+                .args(["curl", "-sS", "-w", "\n%{http_code}", "--cacert"])
+                .arg(self.work.path().join("apisim/ca.crt"))
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {}", self.api.token))
+                .arg(format!("https://{SERVICE_IP}:{SERVICE_PORT}{path}")),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Every event the pod's collector received.
+    fn recorded(&self) -> Vec<Value> {
+        let out = self
+            .collector_out
+            .as_ref()
+            .expect("the pod has no collector");
+        std::fs::read_to_string(out.join("events.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn sidecar_log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("sidecar.log")).unwrap_or_default()
     }
 
     fn ok(&self, what: &str, out: &std::process::Output) -> String {
@@ -826,4 +1026,209 @@ fn simulated_pod_masks_secrets_and_enforces_policy() {
         "{}",
         String::from_utf8_lossy(&del.stderr)
     );
+}
+
+/// The tool calls of the scripted agent: a read, a Secret, a pod with a
+/// secret env value, then a delete and an exec that the embedded default
+/// policy forbids.
+const MCP_CALLS: &str = r#"[
+ {"tool": "pods_list_in_namespace", "arguments": {"namespace": "default"}},
+ {"tool": "resources_get", "arguments": {"apiVersion": "v1", "kind": "Secret", "namespace": "default", "name": "db-credentials"}},
+ {"tool": "pods_get", "arguments": {"namespace": "default", "name": "web-0"}},
+ {"tool": "pods_delete", "arguments": {"namespace": "default", "name": "web-0"}},
+ {"tool": "pods_exec", "arguments": {"namespace": "default", "name": "web-0", "command": ["cat", "/etc/hostname"]}}
+]"#;
+
+/// Starts a pod whose app container holds the real kubernetes-mcp-server.
+fn mcp_pod(test: &str) -> SimPod {
+    let pod = start_pod_with(
+        test,
+        PodOptions {
+            native_sidecar: true,
+            collector: true,
+            mcp_server: true,
+        },
+    );
+    // The in-cluster names resolve to the sidecar, as the kubelet's
+    // /etc/hosts makes them from the injected hostAliases.
+    let hosts = std::fs::read_to_string(pod.work.path().join("etc-hosts")).unwrap();
+    assert!(
+        hosts.contains("127.0.0.1\tkubernetes\tkubernetes.default\tkubernetes.default.svc\tkubernetes.default.svc.cluster.local"),
+        "the injected pod does not send the in-cluster names to the sidecar:\n{hosts}"
+    );
+    std::fs::write(pod.work.path().join("calls.json"), MCP_CALLS).unwrap();
+    pod
+}
+
+fn agent_argv(pod: &SimPod, transport: &[&str]) -> Vec<String> {
+    let script = mcp_warden_tests::harness::python_script("mcp_agent.py");
+    // The script and the calls are passed on stdin-free paths the app can
+    // read: the repository is part of the "image" (the host's root).
+    let calls = pod.work.path().join("calls.json");
+    let calls_copy = pod.volume_dirs["tmp"].join("calls.json");
+    std::fs::copy(&calls, &calls_copy).unwrap();
+    let mut argv = vec![
+        "timeout".to_string(),
+        "200".to_string(),
+        pod.python.clone(),
+        script.to_string_lossy().into_owned(),
+    ];
+    argv.push(transport[0].to_string());
+    argv.push("/tmp/calls.json".to_string());
+    argv.extend(transport[1..].iter().map(|s| s.to_string()));
+    argv
+}
+
+/// What every transport must show: reads work, secret values are masked,
+/// forbidden calls come back as tool errors naming the rule, nothing
+/// changed, and every call's API requests were recorded.
+fn check_agent_session(pod: &SimPod, out: &std::process::Output) {
+    let text = pod.ok("the MCP agent", out);
+    let session: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let tools: Vec<&str> = session["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        tools.contains(&"pods_list") && tools.contains(&"pods_exec"),
+        "{tools:?}"
+    );
+    let calls = session["calls"].as_array().unwrap();
+    let call = |i: usize| {
+        (
+            calls[i]["isError"] == true,
+            calls[i]["text"].as_str().unwrap_or(""),
+        )
+    };
+
+    let (err, list) = call(0);
+    assert!(
+        !err && list.contains("web-0") && list.contains("db-0"),
+        "{list}"
+    );
+
+    let (err, secret) = call(1);
+    assert!(!err, "{secret}");
+    assert!(secret.contains("KioqTUFTS0VEKioq"), "{secret}");
+    assert!(
+        !secret.contains("czNjcjN0") && !secret.contains("s3cr3t-password"),
+        "a Secret value reached the agent: {secret}"
+    );
+
+    let (err, web) = call(2);
+    assert!(!err && web.contains("DB_PASSWORD"), "{web}");
+    assert!(
+        !web.contains("hunter2"),
+        "an env value reached the agent: {web}"
+    );
+    assert!(web.contains("***MASKED***"), "{web}");
+
+    let (err, del) = call(3);
+    assert!(err, "the forbidden delete was not a tool error: {del}");
+    assert!(
+        del.contains("forbidden") && del.contains("mcp-warden policy"),
+        "{del}"
+    );
+    let (err, exec) = call(4);
+    assert!(err, "the forbidden exec was not a tool error: {exec}");
+    assert!(exec.contains("no-exec-attach-portforward-proxy"), "{exec}");
+
+    // Nothing changed: the pod is still there.
+    let (code, body) = pod.admin_get("/api/v1/namespaces/default/pods/web-0");
+    assert_eq!(code, 200, "{body}");
+
+    // Every call's API requests are in the recording (allowed and refused).
+    let found = wait_for("the tool calls' events", Duration::from_secs(60), || {
+        let evs: Vec<Value> = pod
+            .recorded()
+            .into_iter()
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .collect();
+        let has = |verb: &str, uri: &str, decision: &str| {
+            evs.iter().any(|e| {
+                e["verb"] == verb
+                    && e["requestURI"].as_str().unwrap_or("").starts_with(uri)
+                    && e["annotations"]["mcp-warden.io/decision"] == decision
+            })
+        };
+        (has("list", "/api/v1/namespaces/default/pods", "allow")
+            && has(
+                "get",
+                "/api/v1/namespaces/default/secrets/db-credentials",
+                "allow",
+            )
+            && has("get", "/api/v1/namespaces/default/pods/web-0", "allow")
+            && has("delete", "/api/v1/namespaces/default/pods/web-0", "deny")
+            && has(
+                "create",
+                "/api/v1/namespaces/default/pods/web-0/exec",
+                "deny",
+            ))
+        .then_some(evs)
+    });
+    let evs = found.unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", pod.recorded(), pod.sidecar_log()));
+    let all = serde_json::to_string(&evs).unwrap();
+    assert!(
+        !all.contains("hunter2") && !all.contains("czNjcjN0"),
+        "{all}"
+    );
+}
+
+/// The real kubernetes-mcp-server in the app container, driven over stdio
+/// by the MCP SDK: it finds the API server by its in-cluster config alone.
+#[test]
+fn simulated_pod_real_mcp_server_over_stdio() {
+    let pod = mcp_pod("simulated_pod_real_mcp_server_over_stdio");
+    let server = format!("{MCP_SERVER_DIR}/kubernetes-mcp-server");
+    let argv = agent_argv(
+        &pod,
+        &["stdio", "--", &server, "--cluster-provider", "in-cluster"],
+    );
+    let out = pod.app_run("agent-stdio", argv, b"");
+    check_agent_session(&pod, &out);
+}
+
+/// The same over streamable HTTP: the server listens in the pod, the agent
+/// connects to it.
+#[test]
+fn simulated_pod_real_mcp_server_over_streamable_http() {
+    let pod = mcp_pod("simulated_pod_real_mcp_server_over_streamable_http");
+    let server = format!("{MCP_SERVER_DIR}/kubernetes-mcp-server");
+    let mut child = pod.app_spawn(
+        "mcp-http",
+        vec![
+            server,
+            "--cluster-provider".into(),
+            "in-cluster".into(),
+            "--port".into(),
+            "8080".into(),
+            "--bind-address".into(),
+            "127.0.0.1".into(),
+        ],
+    );
+    let ready = wait_for("the MCP server's port", Duration::from_secs(30), || {
+        let out = run(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", pod.netns))
+                .args(["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/mcp"]),
+            Duration::from_secs(5),
+        )
+        .ok()?;
+        out.status.success().then_some(())
+    });
+    if let Err(e) = ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{e}: {}",
+            std::fs::read_to_string(pod.work.path().join("mcp-http.log")).unwrap_or_default()
+        );
+    }
+    let argv = agent_argv(&pod, &["http", "http://127.0.0.1:8080/mcp"]);
+    let out = pod.app_run("agent-http", argv, b"");
+    let _ = child.kill();
+    let _ = child.wait();
+    check_agent_session(&pod, &out);
 }
