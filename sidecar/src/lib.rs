@@ -19,6 +19,9 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod hooks;
+pub mod inflight;
+pub mod limits;
+pub mod listener;
 pub mod local;
 pub mod mask_body;
 pub mod metrics;
@@ -32,9 +35,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -82,13 +82,9 @@ impl Default for Extensions {
     }
 }
 
-/// hyper's HTTP/1 header timeout also runs while a keep-alive connection is
-/// idle, so it doubles as the idle timeout: 90s like kube-apiserver's, so
-/// pooled client connections are not closed sooner than a real API server would.
-const IDLE_AND_HEADER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// TLS handshakes that take longer than this are dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the admin listener stays up after the app listener has drained,
+/// so probes and a last scrape still get answers.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs the sidecar with the default [`Extensions`] until `shutdown` resolves.
 pub async fn run(
@@ -147,104 +143,70 @@ pub async fn run_with(
     )?;
     readiness.set("local-files", Check::Ok);
 
-    let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
+    let admin = listener::serve(
         admin,
+        config.limits.admin.clone(),
+        None,
+        admin::handler(metrics.clone(), readiness.clone()),
         metrics.clone(),
-        readiness.clone(),
-        stop_admin.clone(),
-    ));
+    );
 
     let state = Arc::new(proxy::ProxyState {
         local_token: creds.token.clone(),
         upstream,
         token,
-        metrics,
+        inflight: inflight::Inflight::new(
+            config.limits.max_inflight_requests,
+            config.limits.max_long_running_requests,
+            &metrics,
+        ),
+        metrics: metrics.clone(),
         hooks,
         streams_closed: CancellationToken::new(),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(IDLE_AND_HEADER_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250);
-    let graceful = GracefulShutdown::new();
-    // Cancelled when the grace period is over: drops what is still open.
-    let force_close = CancellationToken::new();
+    let listen = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let app = listener::serve(
+        listener,
+        config.limits.app.clone(),
+        Some(acceptor),
+        proxy_handler(state.clone()),
+        metrics,
+    );
     readiness.set("tls", Check::Ok);
     tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %listen,
         upstream = %config.upstream,
         local_dir = %config.local_dir.display(),
         "mcp-warden sidecar serving"
     );
 
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let force_close = force_close.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = service_fn(move |req| proxy::handle(state.clone(), req, peer));
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .into_owned();
-            tokio::select! {
-                r = watcher.watch(conn) => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = force_close.cancelled() => {}
-            }
-        });
-    }
+    shutdown.await;
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections, closing streams");
     readiness.set("shutdown", Check::Failing("shutting down".into()));
-    drop(listener);
     state.streams_closed.cancel();
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over, dropping remaining connections");
-    }
-    force_close.cancel();
-    stop_admin.cancel();
-    let _ = admin_task.await;
+    app.shutdown(config.shutdown_grace).await;
+    admin.shutdown(ADMIN_SHUTDOWN_GRACE).await;
     tracing::info!("mcp-warden sidecar stopped");
     Ok(())
+}
+
+/// The proxy pipeline as a [`listener::Handler`]: what every app-facing
+/// listener serves.
+pub fn proxy_handler(state: Arc<proxy::ProxyState>) -> listener::Handler {
+    Arc::new(move |req, peer| {
+        let state = state.clone();
+        Box::pin(async move {
+            match proxy::handle(state, req, peer).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -36,6 +36,8 @@ pub struct ProxyState {
     pub upstream: Upstream,
     /// The real token.
     pub token: Arc<TokenSource>,
+    /// Caps on requests in flight (429 past them).
+    pub inflight: crate::inflight::Inflight,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Policy, masking and recording hooks.
@@ -53,7 +55,7 @@ impl std::fmt::Debug for ProxyState {
 /// Handles one request from the app. Never fails: errors become Status responses.
 pub async fn handle(
     state: Arc<ProxyState>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = new_context(&req, peer);
@@ -100,11 +102,12 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
 async fn pipeline(
     state: &ProxyState,
     ctx: &mut RequestContext,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     authenticate(&state.local_token, req.headers())?;
     parse(ctx, &req)?;
     decide(state, ctx).await?;
+    let admitted = state.inflight.admit(ctx)?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = prepare_upstream_request(state, ctx, req).await?;
     let replay = replayable(ctx, &upstream_req);
@@ -119,10 +122,10 @@ async fn pipeline(
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
+        return Ok(admitted.hold(tunnel(state, ctx, client_upgrade, &mut resp)));
     }
     let resp = respond(state, ctx, resp).await?;
-    Ok(resp)
+    Ok(admitted.hold(resp))
 }
 
 /// Step 1: the local token, `Authorization: Bearer <token>` with the scheme
@@ -187,7 +190,7 @@ async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), Prox
 async fn prepare_upstream_request(
     state: &ProxyState,
     ctx: &RequestContext,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Result<Request<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -212,7 +215,7 @@ async fn prepare_upstream_request(
     let body = state
         .hooks
         .record
-        .request(ctx, &parts, boxed(body))
+        .request(ctx, &parts, body)
         .await
         .map_err(ProxyError::Refused)?;
     let token = state.token.header()?;

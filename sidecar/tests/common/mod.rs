@@ -80,7 +80,8 @@ pub fn test_pki() -> (String, rustls::ServerConfig) {
 /// few special paths:
 /// - `/stream`: sends `first\n`, waits for `release`, sends `second\n`;
 /// - `/slow`: answers after 1.5s;
-/// - `/tunnel` with `Upgrade`: 101, then echoes bytes upper-cased;
+/// - `/collect`: reads the whole request body, then answers;
+/// - `/tunnel` or `/exec` with `Upgrade`: 101, then echoes bytes upper-cased;
 /// - anything else: 200 `{"ok":true}`.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -204,11 +205,20 @@ async fn upstream_handle(
             .insert("x-secret-hop", "must-not-pass".parse().unwrap());
         return Ok(resp);
     }
+    if path.ends_with("/collect") {
+        // Reads the whole request body before answering.
+        return Ok(match req.into_body().collect().await {
+            Ok(_) => json(StatusCode::OK, r#"{"collected":true}"#),
+            Err(_) => json(StatusCode::BAD_REQUEST, r#"{"collected":false}"#),
+        });
+    }
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         return Ok(json(StatusCode::OK, r#"{"slow":true}"#));
     }
-    if path.ends_with("/tunnel") && req.headers().contains_key("upgrade") {
+    if (path.ends_with("/tunnel") || path.ends_with("/exec"))
+        && req.headers().contains_key("upgrade")
+    {
         let proto = req.headers().get("upgrade").unwrap().clone();
         let mut req = req;
         let on = hyper::upgrade::on(&mut req);
