@@ -637,12 +637,20 @@ fn our_volumes(config: &InjectConfig, policy_cm: &str) -> Vec<Value> {
     v
 }
 
+/// Env var of the sidecar holding the pod IP (downward API `status.podIP`),
+/// referenced as `$(POD_IP)` by `MCP_WARDEN_ADMIN_LISTEN`.
+pub const POD_IP_ENV: &str = "POD_IP";
+
 /// The sidecar container exactly as the webhook adds it.
 pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
     let field = |path: &str| json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": path } });
+    // The admin listener binds the pod IP only (where the kubelet's probes
+    // and Prometheus reach it), not every address: `POD_IP` comes from the
+    // downward API and is expanded by the kubelet in the entry after it.
     let mut env = vec![
         json!({ "name": "MCP_WARDEN_LISTEN", "value": format!("127.0.0.1:{}", config.api_port) }),
-        json!({ "name": "MCP_WARDEN_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", config.admin_port) }),
+        json!({ "name": POD_IP_ENV, "valueFrom": field("status.podIP") }),
+        json!({ "name": "MCP_WARDEN_ADMIN_LISTEN", "value": format!("$({POD_IP_ENV}):{}", config.admin_port) }),
         json!({ "name": "MCP_WARDEN_UPSTREAM_TOKEN_FILE", "value": format!("{UPSTREAM_DIR}/token") }),
         json!({ "name": "MCP_WARDEN_UPSTREAM_CA_FILE", "value": format!("{UPSTREAM_DIR}/ca.crt") }),
         json!({ "name": "MCP_WARDEN_LOCAL_DIR", "value": LOCAL_DIR }),
