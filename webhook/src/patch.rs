@@ -711,6 +711,13 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64) -> Value {
             "httpGet": { "path": "/readyz", "port": config.admin_port },
             "periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 1
         },
+        // After start, /readyz keeps saying whether requests can be served:
+        // e.g. not while fail-closed recording refuses every request with
+        // 503 (spool full), so the pod leaves its Service's endpoints.
+        "readinessProbe": {
+            "httpGet": { "path": "/readyz", "port": config.admin_port },
+            "periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 1
+        },
         "livenessProbe": {
             "httpGet": { "path": "/healthz", "port": config.admin_port },
             "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 1

@@ -119,6 +119,14 @@ fn assert_injected(
         .as_ref()
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    let readiness = sidecar
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(readiness.path.as_deref(), Some("/readyz"));
     // The admin listener binds the pod IP (downward API), not 0.0.0.0: the
     // probes reach it there, and the kubelet expands `$(POD_IP)` because
     // POD_IP is defined before it.
