@@ -127,6 +127,10 @@ pub async fn run_with(
         env: "MCP_WARDEN_UPSTREAM_CA_FILE",
         message: e.to_string(),
     })?;
+    let fd = limits::raise_fd_limit(&config.limits);
+    if let Some(w) = &fd.warning {
+        tracing::warn!(rlimit_nofile = ?fd.soft, "{w}");
+    }
     let token = Arc::new(token::TokenSource::new(&config.upstream_token_file));
     if let Err(e) = token.header() {
         // Not fatal: the kubelet may still be writing the volume; /readyz says so.

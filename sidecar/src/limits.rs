@@ -21,6 +21,12 @@
 //! - `--max-inflight-requests 400`: kube-apiserver's `--max-requests-inflight`;
 //! - `--max-long-running-requests 1000`: the 1,000-watch benchmark; each
 //!   long-running request holds an upstream connection of its own.
+//!
+//! The caps only protect the sidecar if they fit its file-descriptor limit:
+//! at start [`raise_fd_limit`] raises the soft `RLIMIT_NOFILE` to the hard
+//! one (as Go programs do; container runtimes often start processes at a
+//! soft 1024) and warns, naming the flags, when the caps could still need
+//! more descriptors than that.
 
 use std::time::Duration;
 
@@ -34,6 +40,65 @@ const MAX_CAP: usize = 1_000_000;
 
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to the app.
 const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// Descriptors the sidecar needs besides connections: spool segments,
+/// policy and token files, notify watches, the upstream pool's idle
+/// connections, logs.
+const FD_RESERVE: u64 = 256;
+
+impl Limits {
+    /// Descriptors the caps may need at once: both listeners' connections,
+    /// plus an upstream connection per request in flight, plus a reserve.
+    pub fn fd_budget(&self) -> u64 {
+        let n = self.app.max_connections
+            + self.admin.max_connections
+            + self.max_inflight_requests
+            + self.max_long_running_requests;
+        n as u64 + FD_RESERVE
+    }
+}
+
+/// What [`raise_fd_limit`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit in force after raising it (`None`: unlimited).
+    pub soft: Option<u64>,
+    /// When the caps may need more descriptors than `soft`: the warning.
+    pub warning: Option<String>,
+}
+
+/// The warning for `budget` descriptors under a soft limit of `soft`.
+pub fn fd_warning(budget: u64, soft: Option<u64>) -> Option<String> {
+    let soft = soft?;
+    (budget > soft).then(|| {
+        format!(
+            "the connection and request caps may need {budget} file descriptors, but RLIMIT_NOFILE is {soft}: \
+             lower --max-connections, --admin-max-connections, --max-inflight-requests or \
+             --max-long-running-requests, or raise the container's open-files limit"
+        )
+    })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and checks the caps
+/// of `limits` against it.
+pub fn raise_fd_limit(limits: &Limits) -> FdLimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let have = getrlimit(Resource::Nofile);
+    if have.current != have.maximum {
+        let want = Rlimit {
+            current: have.maximum,
+            maximum: have.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    FdLimit {
+        soft,
+        warning: fd_warning(limits.fd_budget(), soft),
+    }
+}
 
 /// Connection and request limit flags (flattened into the sidecar's flags).
 #[derive(Debug, Clone, Args)]
@@ -266,5 +331,26 @@ impl LimitArgs {
                 "MCP_WARDEN_MAX_LONG_RUNNING_REQUESTS",
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_checked_against_the_fd_limit() {
+        let l = Limits::default();
+        assert_eq!(l.fd_budget(), 2048 + 64 + 400 + 1000 + FD_RESERVE);
+        assert_eq!(fd_warning(l.fd_budget(), None), None);
+        assert_eq!(fd_warning(l.fd_budget(), Some(1 << 20)), None);
+        let w = fd_warning(l.fd_budget(), Some(1024)).unwrap();
+        assert!(w.contains("--max-connections"), "{w}");
+        assert!(w.contains("1024"), "{w}");
+        // Raising never lowers the limit.
+        let before = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let after = raise_fd_limit(&l).soft;
+        assert!(after.unwrap_or(u64::MAX) >= before.unwrap_or(u64::MAX));
     }
 }
