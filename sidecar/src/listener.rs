@@ -153,7 +153,8 @@ impl Phase {
     }
 }
 
-/// A running listener; [`Served::shutdown`] stops it.
+/// A running listener; [`Served::shutdown`] stops it (dropping it does not:
+/// the accept loop runs on its own task).
 #[derive(Debug)]
 pub struct Served {
     name: String,
@@ -192,6 +193,11 @@ impl Served {
 
 /// Starts serving `listener`: TLS when `tls` is given, HTTP/1.1 and HTTP/2
 /// either way, each request answered by `handler`, with the limits of `cfg`.
+///
+/// A second listener serving the same service is one more call with its own
+/// name (its cap and metrics are its own), e.g.
+/// `serve(l443, limits.app.clone().named("app-443"), Some(acceptor.clone()),
+/// proxy_handler(state.clone()), metrics.clone())`.
 pub fn serve(
     listener: TcpListener,
     cfg: ListenerConfig,
