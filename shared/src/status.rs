@@ -88,6 +88,14 @@ pub struct StatusDetails {
     pub group: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// How long the client should wait before retrying (`0`: not set), as
+    /// kube-apiserver sends with 429 and some 5xx answers.
+    #[serde(default, rename = "retryAfterSeconds", skip_serializing_if = "is_zero")]
+    pub retry_after_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A `meta.k8s.io/v1` `Status` with `status: Failure`.
@@ -114,12 +122,31 @@ impl Status {
 
     /// Adds `details` naming the object the error is about.
     pub fn with_details(mut self, kind: &str, group: &str, name: &str) -> Self {
+        let retry_after_seconds = self.retry_after_seconds();
         self.details = Some(StatusDetails {
             name: name.to_string(),
             group: group.to_string(),
             kind: kind.to_string(),
+            retry_after_seconds,
         });
         self
+    }
+
+    /// Asks the client to retry after `seconds` (`details.retryAfterSeconds`;
+    /// the HTTP layer adds the `Retry-After` header).
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.details
+            .get_or_insert_with(StatusDetails::default)
+            .retry_after_seconds = seconds;
+        self
+    }
+
+    /// `details.retryAfterSeconds`, 0 when not set.
+    pub fn retry_after_seconds(&self) -> u32 {
+        self.details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .unwrap_or(0)
     }
 
     /// The HTTP status code of this Status.
@@ -183,6 +210,20 @@ mod tests {
         assert_eq!(v["reason"], "Forbidden");
         assert_eq!(v["code"], 403);
         assert_eq!(v["message"], "denied by rule x");
+    }
+
+    #[test]
+    fn retry_after_is_in_the_details() {
+        let v = Status::new(Reason::TooManyRequests, "slow down")
+            .with_retry_after(1)
+            .to_value();
+        assert_eq!(v["code"], 429);
+        assert_eq!(v["reason"], "TooManyRequests");
+        assert_eq!(v["details"]["retryAfterSeconds"], 1);
+        let v = Status::new(Reason::NotFound, "x")
+            .with_details("pods", "", "x")
+            .to_value();
+        assert!(v["details"].get("retryAfterSeconds").is_none());
     }
 
     #[test]

@@ -1,21 +1,22 @@
 //! The admin server (plain HTTP on `--admin-listen`): `/healthz` (the process
 //! serves), `/readyz` (TLS, upstream token and local files are in place, and
-//! whatever other parts report) and `/metrics`.
+//! whatever other parts report, such as recording being able to store
+//! events) and `/metrics`. It is served by [`crate::listener`] with the
+//! admin listener's own cap and timeouts.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use hyper::body::Bytes;
 
+use crate::hooks::{ProxyBody, full};
+use crate::listener::Handler;
 use crate::metrics::Metrics;
 use crate::token::TokenSource;
+
+/// A condition evaluated at every `/readyz` (e.g. "the spool has room").
+pub type LiveCheck = Arc<dyn Fn() -> Check + Send + Sync>;
 
 /// State of one readiness condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +31,16 @@ pub enum Check {
 }
 
 /// Readiness conditions, by name. Other parts add theirs with [`Readiness::set`].
-#[derive(Debug)]
 pub struct Readiness {
     checks: Mutex<BTreeMap<String, Check>>,
+    live: Mutex<BTreeMap<String, LiveCheck>>,
     token: Mutex<Option<Arc<TokenSource>>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").finish_non_exhaustive()
+    }
 }
 
 impl Default for Readiness {
@@ -56,6 +63,7 @@ impl Readiness {
         );
         Readiness {
             checks: Mutex::new(m),
+            live: Mutex::new(BTreeMap::new()),
             token: Mutex::new(None),
         }
     }
@@ -63,6 +71,15 @@ impl Readiness {
     /// Sets a named condition.
     pub fn set(&self, name: &str, check: Check) {
         let mut g = match self.checks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.insert(name.to_string(), check);
+    }
+
+    /// Adds a named condition evaluated at every /readyz.
+    pub fn set_live(&self, name: &str, check: LiveCheck) {
+        let mut g = match self.live.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
@@ -91,6 +108,17 @@ impl Readiness {
             None => Check::Failing("the upstream token is not configured yet".into()),
         };
         checks.insert("upstream-token".into(), token_check);
+        let live: Vec<(String, LiveCheck)> = match self.live.lock() {
+            Ok(g) => g.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(p) => p
+                .into_inner()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        for (name, check) in live {
+            checks.insert(name, check());
+        }
         let ready = checks.values().all(|c| !matches!(c, Check::Failing(_)));
         (ready, checks)
     }
@@ -109,26 +137,26 @@ fn readyz_body(ready: bool, checks: &BTreeMap<String, Check>) -> serde_json::Val
     serde_json::json!({"ready": ready, "checks": m})
 }
 
-async fn serve_admin(
-    req: Request<Incoming>,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+fn serve_admin(
+    req: Request<ProxyBody>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<ProxyBody> {
     let text = |code: StatusCode, ct: &'static str, body: Vec<u8>| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
+        let mut r = Response::new(full(Bytes::from(body)));
         *r.status_mut() = code;
         r.headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
+        return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             b"method not allowed\n".to_vec(),
-        ));
+        );
     }
-    let resp = match req.uri().path() {
+    match req.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" => {
             let (ready, checks) = readiness.report();
@@ -146,44 +174,15 @@ async fn serve_admin(
             metrics.encode().into_bytes(),
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
-    };
-    Ok(resp)
+    }
 }
 
-/// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    stop: CancellationToken,
-) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        let readiness = readiness.clone();
-        let builder = builder.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| serve_admin(req, metrics.clone(), readiness.clone()));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+/// The admin endpoints as a [`Handler`] for [`crate::listener::serve`].
+pub fn handler(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Handler {
+    Arc::new(move |req, _peer| {
+        let resp = serve_admin(req, &metrics, &readiness);
+        Box::pin(async move { resp })
+    })
 }
 
 #[cfg(test)]

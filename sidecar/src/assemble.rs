@@ -44,6 +44,10 @@ pub async fn run_configured(
     let (recorder, _recording_task) =
         Recorder::start(recorder_cfg, stop.clone().cancelled_owned())?;
     metrics.with_registry(|r| recorder.register_metrics_with_prefix(r, "recording"));
+    {
+        let recorder = recorder.clone();
+        readiness.set_live("recording", Arc::new(move || recorder.readiness_check()));
+    }
 
     let masker: MaskerSource = {
         let store = store.clone();

@@ -259,6 +259,11 @@ pub struct ServeArgs {
     /// Approvals: `--approval-timeout`, `--approval-reuse-window`, `--approval-notify-url`.
     #[command(flatten)]
     pub approval: crate::approval::ApprovalArgs,
+
+    /// Connection and request limits: timeouts and caps of both listeners,
+    /// in-flight caps (see [`crate::limits`]).
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// Validated configuration of the proxy.
@@ -316,6 +321,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Approvals (held requests, AccessRequests).
     pub approval: crate::approval::ApprovalConfig,
+    /// Connection and request limits of both listeners and the in-flight caps.
+    pub limits: crate::limits::Limits,
 }
 
 impl Config {
@@ -505,13 +512,30 @@ impl ServeArgs {
             upstream_connect_timeout,
             log_format: self.log_format,
             approval: self.approval.validate()?,
+            limits: self.limits.validate()?,
         })
     }
 }
 
-fn parse_addr(s: &str, flag: &'static str, env: &'static str) -> Result<SocketAddr, ConfigError> {
-    s.trim()
-        .parse::<SocketAddr>()
+/// Parses `IP:PORT`. An IPv6 address may also come unbracketed
+/// (`fd00::5:15020`, which is what `$(POD_IP):15020` expands to on an IPv6
+/// pod): the port is then what follows the last colon.
+pub(crate) fn parse_addr(
+    s: &str,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    let t = s.trim();
+    t.parse::<SocketAddr>()
+        .or_else(|e| {
+            t.rsplit_once(':')
+                .and_then(|(ip, port)| {
+                    let ip = ip.parse::<std::net::Ipv6Addr>().ok()?;
+                    let port = port.parse::<u16>().ok()?;
+                    Some(SocketAddr::new(IpAddr::V6(ip), port))
+                })
+                .ok_or(e)
+        })
         .map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not an IP:PORT address: {e}")))
 }
 
@@ -762,6 +786,74 @@ mod tests {
             v.extend([flag, val]);
             let e = args(&v).validate_with_env(no_env).unwrap_err();
             assert!(e.to_string().contains(flag), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn admin_listen_takes_an_unbracketed_ipv6_pod_ip() {
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--admin-listen",
+            "fd00::5:15020",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
+        assert_eq!(c.admin_listen.to_string(), "[fd00::5]:15020");
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--admin-listen",
+            "10.1.2.3:15020",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
+        assert_eq!(c.admin_listen.to_string(), "10.1.2.3:15020");
+        assert!(
+            args(&["--upstream", "https://h:1", "--admin-listen", "fd00::5"])
+                .validate_with_env(no_env)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bad_ones_name_their_setting() {
+        let c = args(&["--upstream", "https://h:1"])
+            .validate_with_env(no_env)
+            .unwrap();
+        let d = crate::limits::Limits::default();
+        assert_eq!(c.limits.app.idle_timeout, d.app.idle_timeout);
+        assert_eq!(c.limits.app.header_read_timeout, Duration::from_secs(32));
+        assert_eq!(c.limits.app.max_connections, d.app.max_connections);
+        assert_eq!(c.limits.admin.max_connections, d.admin.max_connections);
+        assert_eq!(c.limits.admin.idle_timeout, d.admin.idle_timeout);
+        assert_eq!(c.limits.max_inflight_requests, d.max_inflight_requests);
+        assert_eq!(
+            c.limits.max_long_running_requests,
+            d.max_long_running_requests
+        );
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--http2-keepalive-interval",
+            "0",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
+        assert_eq!(c.limits.app.http2_keepalive_interval, None);
+        for (flag, val) in [
+            ("--idle-timeout", "0"),
+            ("--first-byte-timeout", "soon"),
+            ("--body-read-timeout", "0s"),
+            ("--max-connections", "0"),
+            ("--admin-max-connections", "0"),
+            ("--max-long-running-requests", "0"),
+        ] {
+            let e = args(&["--upstream", "https://h:1", flag, val])
+                .validate_with_env(no_env)
+                .unwrap_err();
+            assert!(e.to_string().contains(flag), "{flag}: {e}");
+            assert!(e.to_string().contains("MCP_WARDEN_"), "{flag}: {e}");
         }
     }
 

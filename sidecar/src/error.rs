@@ -69,5 +69,12 @@ pub fn status_response(status: &Status) -> http::Response<ProxyBody> {
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-cache, private"),
     );
+    let retry_after = status.retry_after_seconds();
+    if retry_after > 0 {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(retry_after),
+        );
+    }
     resp
 }

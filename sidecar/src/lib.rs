@@ -19,7 +19,10 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod hooks;
+pub mod inflight;
 pub mod lifecycle;
+pub mod limits;
+pub mod listener;
 pub mod local;
 pub mod mask_body;
 pub mod metrics;
@@ -33,9 +36,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -83,13 +83,9 @@ impl Default for Extensions {
     }
 }
 
-/// hyper's HTTP/1 header timeout also runs while a keep-alive connection is
-/// idle, so it doubles as the idle timeout: 90s like kube-apiserver's, so
-/// pooled client connections are not closed sooner than a real API server would.
-const IDLE_AND_HEADER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// TLS handshakes that take longer than this are dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the admin listener stays up after the app listener has drained,
+/// so probes and a last scrape still get answers.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs the sidecar with the default [`Extensions`] until `shutdown` resolves.
 pub async fn run(
@@ -132,6 +128,10 @@ pub async fn run_with(
         env: "MCP_WARDEN_UPSTREAM_CA_FILE",
         message: e.to_string(),
     })?;
+    let fd = limits::raise_fd_limit(&config.limits);
+    if let Some(w) = &fd.warning {
+        tracing::warn!(rlimit_nofile = ?fd.soft, "{w}");
+    }
     let token = Arc::new(token::TokenSource::new(&config.upstream_token_file));
     if let Err(e) = token.header() {
         // Not fatal: the kubelet may still be writing the volume; /readyz says so.
@@ -149,12 +149,12 @@ pub async fn run_with(
     readiness.set("local-files", Check::Ok);
 
     // The second app-facing listener (127.0.0.1:443 in a pod). Refused
-    // permission (a runtime that does not give the non-root sidecar its
-    // NET_BIND_SERVICE capability) does not stop the sidecar: the env-based
-    // clients still work, and clients of https://kubernetes.default.svc
-    // fail closed (the name points at 127.0.0.1, nothing answers). It is
-    // logged as an error and reported on /readyz. Any other bind error is a
-    // configuration error.
+    // permission (a runtime that lets the non-root sidecar bind neither by
+    // NET_BIND_SERVICE nor by the pod's ip_unprivileged_port_start) does not
+    // stop the sidecar: the env-based clients still work, and clients of
+    // https://kubernetes.default.svc fail closed (the name points at
+    // 127.0.0.1, nothing answers). It is logged as an error and reported on
+    // /readyz. Any other bind error is a configuration error.
     let alias = match config.listen_https_alias {
         None => None,
         Some(addr) => match TcpListener::bind(addr).await {
@@ -182,146 +182,102 @@ pub async fn run_with(
             }
         },
     };
-    // Open app connections (both listeners), for `wait-drain`.
-    let app_connections = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-    metrics.register(
-        lifecycle::APP_CONNECTIONS_METRIC,
-        "Open connections from the app to the TLS listeners",
-        app_connections.clone(),
-    );
 
-    let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
+    let admin = listener::serve(
         admin,
+        config.limits.admin.clone(),
+        None,
+        admin::handler(metrics.clone(), readiness.clone()),
         metrics.clone(),
-        readiness.clone(),
-        stop_admin.clone(),
-    ));
+    );
 
     let state = Arc::new(proxy::ProxyState {
         local_token: creds.token.clone(),
         upstream,
         token,
-        metrics,
+        inflight: inflight::Inflight::new(
+            config.limits.max_inflight_requests,
+            config.limits.max_long_running_requests,
+            &metrics,
+        ),
+        metrics: metrics.clone(),
         hooks,
         streams_closed: CancellationToken::new(),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(IDLE_AND_HEADER_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250);
-    let graceful = GracefulShutdown::new();
-    // Cancelled when the grace period is over: drops what is still open.
-    let force_close = CancellationToken::new();
+    let listen = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let https_alias = alias
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    // Each app-facing listener has its own cap and metrics (`app`,
+    // `app-https-alias`); `wait-drain` counts both.
+    let alias = alias.map(|l| {
+        listener::serve(
+            l,
+            config
+                .limits
+                .app
+                .clone()
+                .named(lifecycle::HTTPS_ALIAS_LISTENER),
+            Some(acceptor.clone()),
+            proxy_handler(state.clone()),
+            metrics.clone(),
+        )
+    });
+    let app = listener::serve(
+        listener,
+        config.limits.app.clone(),
+        Some(acceptor),
+        proxy_handler(state.clone()),
+        metrics,
+    );
     readiness.set("tls", Check::Ok);
     tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        https_alias = %alias.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
+        listen = %listen,
+        https_alias = %https_alias,
         upstream = %config.upstream,
         local_dir = %config.local_dir.display(),
         "mcp-warden sidecar serving"
     );
 
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = accept_either(&listener, alias.as_ref()) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let force_close = force_close.clone();
-        let open = ConnectionGuard::new(&app_connections);
-        tokio::spawn(async move {
-            let _open = open;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = service_fn(move |req| proxy::handle(state.clone(), req, peer));
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .into_owned();
-            tokio::select! {
-                r = watcher.watch(conn) => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = force_close.cancelled() => {}
-            }
-        });
-    }
+    shutdown.await;
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections, closing streams");
     readiness.set("shutdown", Check::Failing("shutting down".into()));
-    drop(listener);
-    drop(alias);
     state.streams_closed.cancel();
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over, dropping remaining connections");
+    match alias {
+        Some(alias) => {
+            tokio::join!(
+                app.shutdown(config.shutdown_grace),
+                alias.shutdown(config.shutdown_grace)
+            );
+        }
+        None => {
+            app.shutdown(config.shutdown_grace).await;
+        }
     }
-    force_close.cancel();
-    stop_admin.cancel();
-    let _ = admin_task.await;
+    admin.shutdown(ADMIN_SHUTDOWN_GRACE).await;
     tracing::info!("mcp-warden sidecar stopped");
     Ok(())
 }
 
-/// The next connection on `main` or, if there is one, `alias`.
-async fn accept_either(
-    main: &TcpListener,
-    alias: Option<&TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match alias {
-        None => main.accept().await,
-        Some(a) => tokio::select! {
-            r = main.accept() => r,
-            r = a.accept() => r,
-        },
-    }
-}
-
-/// Counts one open app connection while alive.
-struct ConnectionGuard(prometheus_client::metrics::gauge::Gauge<i64>);
-
-impl ConnectionGuard {
-    fn new(g: &prometheus_client::metrics::gauge::Gauge<i64>) -> Self {
-        g.inc();
-        ConnectionGuard(g.clone())
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// The proxy pipeline as a [`listener::Handler`]: what every app-facing
+/// listener serves.
+pub fn proxy_handler(state: Arc<proxy::ProxyState>) -> listener::Handler {
+    Arc::new(move |req, peer| {
+        let state = state.clone();
+        Box::pin(async move {
+            match proxy::handle(state, req, peer).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -12,7 +12,7 @@
 //! - `wait-drain` (preStop): on pod deletion the kubelet runs preStop hooks
 //!   and only then sends SIGTERM to that container, while the app receives
 //!   its SIGTERM at once. The hook waits until no app connection is open
-//!   (the `mcp_warden_app_connections` gauge on `/metrics`; the app's
+//!   (`mcp_warden_connections_open` of the app-facing listeners on `/metrics`; the app's
 //!   connections close when it exits) for at least `--min`, or until `--max`
 //!   has passed, so the app keeps its API access while it shuts down. The
 //!   sidecar's own SIGTERM handling (stop accepting, let in-flight requests
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-/// Name (without the `mcp_warden_` prefix) of the open-app-connections gauge.
-pub const APP_CONNECTIONS_METRIC: &str = "app_connections";
+/// Name of the second app-facing listener (127.0.0.1:443) in metrics.
+pub const HTTPS_ALIAS_LISTENER: &str = "app-https-alias";
 
 /// How often the hooks poll the admin server.
 const POLL: Duration = Duration::from_millis(200);
@@ -59,9 +59,16 @@ pub enum LifecycleError {
 /// `wait-ready` flags.
 #[derive(Debug, Clone, Args)]
 pub struct WaitReadyArgs {
-    /// The sidecar's admin port on 127.0.0.1.
+    /// The sidecar's admin port on 127.0.0.1, used when `--admin-listen` is
+    /// not given.
     #[arg(long, default_value_t = 15020)]
     pub admin_port: u16,
+    /// The sidecar's admin address. A hook runs in the sidecar container
+    /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
+    /// sidecar binds (the pod IP in an injected pod); `0.0.0.0`/`::` mean
+    /// loopback.
+    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Give up (exit 1) after this long, e.g. `120s`.
     #[arg(long, default_value = "120s")]
     pub timeout: String,
@@ -70,9 +77,16 @@ pub struct WaitReadyArgs {
 /// `wait-drain` flags.
 #[derive(Debug, Clone, Args)]
 pub struct WaitDrainArgs {
-    /// The sidecar's admin port on 127.0.0.1.
+    /// The sidecar's admin port on 127.0.0.1, used when `--admin-listen` is
+    /// not given.
     #[arg(long, default_value_t = 15020)]
     pub admin_port: u16,
+    /// The sidecar's admin address. A hook runs in the sidecar container
+    /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
+    /// sidecar binds (the pod IP in an injected pod); `0.0.0.0`/`::` mean
+    /// loopback.
+    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Wait at least this long, even with no app connection open (the app
     /// may connect while it shuts down), e.g. `2s`.
     #[arg(long, default_value = "2s")]
@@ -86,8 +100,17 @@ fn duration(flag: &'static str, s: &str) -> Result<Duration, LifecycleError> {
     crate::config::parse_duration(s).map_err(|message| LifecycleError::Flag { flag, message })
 }
 
-fn admin(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+fn admin(port: u16, listen: Option<&str>) -> SocketAddr {
+    let Some(listen) = listen else {
+        return SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    };
+    match crate::config::parse_addr(listen, "admin-listen", "MCP_WARDEN_ADMIN_LISTEN") {
+        Ok(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
+        Ok(a) => a,
+        // The sidecar itself refuses such a value and never becomes ready;
+        // the hook then times out naming the address it tried.
+        Err(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    }
 }
 
 /// `GET path` on the admin server: (status, body).
@@ -107,19 +130,32 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
-/// The value of `mcp_warden_app_connections` in a Prometheus text body.
+/// Open connections from the app: the sum of `mcp_warden_connections_open`
+/// over the app-facing listeners (`app`, `app-https-alias`) in a Prometheus
+/// text body; `None` when neither is there.
 pub fn app_connections(metrics: &str) -> Option<i64> {
-    let name = format!("mcp_warden_{APP_CONNECTIONS_METRIC} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+    let mut total = None;
+    for l in metrics.lines() {
+        let Some(rest) = l.strip_prefix("mcp_warden_connections_open{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let app = labels.split(',').any(|kv| {
+            kv == "listener=\"app\"" || kv == format!("listener=\"{HTTPS_ALIAS_LISTENER}\"")
+        });
+        if let (true, Ok(v)) = (app, value.trim().parse::<i64>()) {
+            total = Some(total.unwrap_or(0) + v);
+        }
+    }
+    total
 }
 
 /// Runs `wait-ready`: Ok once `/readyz` answered 200.
 pub fn wait_ready(args: &WaitReadyArgs) -> Result<(), LifecycleError> {
     let timeout = duration("timeout", &args.timeout)?;
-    let addr = admin(args.admin_port);
+    let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
         let last = match get(addr, "/readyz") {
@@ -166,7 +202,7 @@ impl std::fmt::Display for Drained {
 pub fn wait_drain(args: &WaitDrainArgs) -> Result<Drained, LifecycleError> {
     let min = duration("min", &args.min)?;
     let max = duration("max", &args.max)?.max(min);
-    let addr = admin(args.admin_port);
+    let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
         let open = match get(addr, "/metrics") {
@@ -191,15 +227,33 @@ mod tests {
 
     #[test]
     fn reads_the_gauge() {
-        let text = "# HELP mcp_warden_app_connections Open\n# TYPE mcp_warden_app_connections gauge\nmcp_warden_app_connections 3\nmcp_warden_app_connections_other 9\n";
-        assert_eq!(app_connections(text), Some(3));
+        let text = "# HELP mcp_warden_connections_open Connections open, by listener\n# TYPE mcp_warden_connections_open gauge\nmcp_warden_connections_open{listener=\"app\"} 3\nmcp_warden_connections_open{listener=\"app-https-alias\"} 2\nmcp_warden_connections_open{listener=\"admin\"} 9\n";
+        assert_eq!(app_connections(text), Some(5));
         assert_eq!(app_connections("nothing\n"), None);
+    }
+
+    #[test]
+    fn hooks_reach_the_admin_listener_where_the_sidecar_binds_it() {
+        assert_eq!(admin(15020, None).to_string(), "127.0.0.1:15020");
+        assert_eq!(
+            admin(1, Some("10.1.2.3:15020")).to_string(),
+            "10.1.2.3:15020"
+        );
+        assert_eq!(
+            admin(1, Some("0.0.0.0:15021")).to_string(),
+            "127.0.0.1:15021"
+        );
+        assert_eq!(
+            admin(1, Some("fd00::5:15020")).to_string(),
+            "[fd00::5]:15020"
+        );
     }
 
     #[test]
     fn bad_durations_name_the_flag() {
         let e = wait_ready(&WaitReadyArgs {
             admin_port: 1,
+            admin_listen: None,
             timeout: "soon".into(),
         })
         .unwrap_err();

@@ -3,8 +3,16 @@
 //! [`Metrics`] owns the registry; the proxy's own metrics are fields, and
 //! other parts (policy reloads, recording) add theirs with
 //! [`Metrics::register`] before or while the server runs.
+//!
+//! Label cardinality is bounded: the `resource` label of
+//! `mcp_warden_requests_total` comes from the request path, which the app
+//! chooses, so each verb gets its own budget of resource series, and part of
+//! that budget is reserved for resources the sidecar answered successfully
+//! (code below 400). Junk names (which the API server answers 404, or the
+//! policy denies) fill only the rest, so they cannot push real resources into
+//! `resource="_other"`, nor those of another verb.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,6 +31,29 @@ pub struct RequestLabels {
     pub resource: String,
     /// HTTP status code returned to the app.
     pub code: u16,
+}
+
+/// Labels of the per-listener connection metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name (`app`, `admin`, ...).
+    pub listener: String,
+}
+
+/// Labels of `mcp_warden_connections_timed_out_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// Listener name.
+    pub listener: String,
+    /// `handshake`, `first_byte`, `header` or `idle`.
+    pub phase: String,
+}
+
+/// Labels of the in-flight request metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InflightLabels {
+    /// `ordinary` or `long_running` (watch, follow, exec/attach/port-forward).
+    pub kind: String,
 }
 
 /// Labels of the upstream latency histogram.
@@ -48,14 +79,40 @@ pub struct Metrics {
     pub open_streams: Gauge,
     /// Upstream requests that failed before a response (connect, TLS, reset).
     pub upstream_errors: Counter,
-    /// `(verb, resource)` pairs seen, to bound the label cardinality: the
-    /// resource comes from the request path, which the app chooses.
-    seen_labels: Mutex<HashSet<(String, String)>>,
+    /// Connections open, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because the listener's cap was reached.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Connections closed by a timeout, by listener and phase.
+    pub connections_timed_out: Family<TimeoutLabels, Counter>,
+    /// Requests in flight (past the policy decision), by kind.
+    pub inflight: Family<InflightLabels, Gauge>,
+    /// Requests refused with 429 because their kind's cap was reached.
+    pub inflight_refused: Family<InflightLabels, Counter>,
+    /// Resources with their own series, per verb (see the module docs).
+    seen_labels: Mutex<HashMap<String, VerbSeries>>,
 }
 
-/// At most this many distinct `(verb, resource)` pairs get their own series;
-/// later ones are counted under `resource="_other"`.
-pub const MAX_REQUEST_SERIES: usize = 512;
+/// Resources of one verb that have their own series.
+#[derive(Debug, Default)]
+struct VerbSeries {
+    /// Resources first counted with a success (code < 400).
+    answered: HashSet<String>,
+    /// Resources first counted with an error (404 for junk names, 403, ...).
+    unanswered: HashSet<String>,
+}
+
+/// Each verb gets at most this many resource series; later ones are counted
+/// under `resource="_other"`.
+pub const MAX_SERIES_PER_VERB: usize = 128;
+
+/// Of [`MAX_SERIES_PER_VERB`], at most this many go to resources first seen
+/// with an error: the rest is the reserve for resources that were answered.
+pub const MAX_UNANSWERED_SERIES_PER_VERB: usize = 32;
+
+/// At most this many verbs get their own series (parsing yields a closed
+/// set, so this is only a backstop); others are counted as `verb="_other"`.
+pub const MAX_VERBS: usize = 32;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,13 +157,48 @@ impl Metrics {
             "Upstream requests that failed without a response",
             upstream_errors.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        let connections_timed_out = Family::<TimeoutLabels, Counter>::default();
+        let inflight = Family::<InflightLabels, Gauge>::default();
+        let inflight_refused = Family::<InflightLabels, Counter>::default();
+        registry.register(
+            "connections_open",
+            "Connections open, by listener",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener's connection cap was reached",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by a timeout (handshake, first_byte, header, idle), by listener",
+            connections_timed_out.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Requests in flight past the policy decision, by kind (ordinary, long_running)",
+            inflight.clone(),
+        );
+        registry.register(
+            "inflight_refused",
+            "Requests refused with 429 because the cap of their kind was reached",
+            inflight_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             upstream_latency,
             open_streams,
             upstream_errors,
-            seen_labels: Mutex::new(HashSet::new()),
+            connections_open,
+            connections_refused,
+            connections_timed_out,
+            inflight,
+            inflight_refused,
+            seen_labels: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,24 +224,71 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn count_request(&self, verb: &str, resource: &str, code: u16) {
-        let resource = {
-            let mut seen = match self.seen_labels.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let key = (verb.to_string(), resource.to_string());
-            if seen.contains(&key) || seen.len() < MAX_REQUEST_SERIES {
-                seen.insert(key);
-                resource.to_string()
-            } else {
-                "_other".to_string()
-            }
-        };
+        let (verb, resource) = self.series_labels(verb, resource, code);
         self.requests
             .get_or_create(&RequestLabels {
-                verb: verb.to_string(),
+                verb,
                 resource,
                 code,
+            })
+            .inc();
+    }
+
+    /// The `(verb, resource)` labels a request is counted under: its own,
+    /// or `_other` when its verb's budget (see the module docs) is spent.
+    fn series_labels(&self, verb: &str, resource: &str, code: u16) -> (String, String) {
+        const OTHER: &str = "_other";
+        let mut seen = match self.seen_labels.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if !seen.contains_key(verb) && seen.len() >= MAX_VERBS {
+            return (OTHER.to_string(), OTHER.to_string());
+        }
+        let series = seen.entry(verb.to_string()).or_default();
+        if series.answered.contains(resource) || series.unanswered.contains(resource) {
+            return (verb.to_string(), resource.to_string());
+        }
+        let used = series.answered.len() + series.unanswered.len();
+        let admitted = if code < 400 {
+            used < MAX_SERIES_PER_VERB && series.answered.insert(resource.to_string())
+        } else {
+            // Errors may use only their share, never the answered reserve.
+            series.unanswered.len() < MAX_UNANSWERED_SERIES_PER_VERB
+                && used < MAX_SERIES_PER_VERB
+                && series.unanswered.insert(resource.to_string())
+        };
+        if admitted {
+            (verb.to_string(), resource.to_string())
+        } else {
+            (verb.to_string(), OTHER.to_string())
+        }
+    }
+
+    /// The open-connections gauge of `listener`.
+    pub fn connections_open(&self, listener: &str) -> Gauge {
+        self.connections_open
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    /// The refused-connections counter of `listener`.
+    pub fn connections_refused(&self, listener: &str) -> Counter {
+        self.connections_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    /// Counts a connection of `listener` closed by the timeout of `phase`.
+    pub fn connection_timed_out(&self, listener: &str, phase: &str) {
+        self.connections_timed_out
+            .get_or_create(&TimeoutLabels {
+                listener: listener.to_string(),
+                phase: phase.to_string(),
             })
             .inc();
     }
@@ -194,7 +333,7 @@ mod tests {
     #[test]
     fn request_series_are_bounded() {
         let m = Metrics::new();
-        for i in 0..(MAX_REQUEST_SERIES + 10) {
+        for i in 0..(MAX_SERIES_PER_VERB + 10) {
             m.count_request("get", &format!("r{i}"), 200);
         }
         m.count_request("get", "r0", 200);
@@ -204,6 +343,56 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"resource="r0",code="200"} 2"#));
+        for i in 0..(MAX_VERBS + 5) {
+            m.count_request(&format!("v{i}"), "pods", 200);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(r#"verb="_other",resource="_other",code="200"} 6"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn junk_names_cannot_push_real_resources_into_other() {
+        let m = Metrics::new();
+        // An app floods every verb with made-up resource names, which the
+        // API server answers 404 (or the policy denies).
+        for verb in ["get", "list", "watch", "create", "delete"] {
+            for i in 0..2000 {
+                m.count_request(verb, &format!("junk{i}"), 404);
+                m.count_request(verb, &format!("junk-denied{i}"), 403);
+            }
+        }
+        // Real resources, answered successfully, still get their own series.
+        for (verb, resource) in [
+            ("get", "pods"),
+            ("list", "pods"),
+            ("watch", "configmaps"),
+            ("create", "deployments"),
+            ("delete", "pods"),
+            ("get", "pods/log"),
+        ] {
+            m.count_request(verb, resource, 200);
+            // Later errors on a real resource stay in its series too.
+            m.count_request(verb, resource, 404);
+            let text = m.encode();
+            for code in [200, 404] {
+                let want = format!(
+                    r#"mcp_warden_requests_total{{verb="{verb}",resource="{resource}",code="{code}"}} 1"#
+                );
+                assert!(text.contains(&want), "{want} missing");
+            }
+        }
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("mcp_warden_requests_total{"))
+            .count();
+        assert!(
+            series <= 5 * (MAX_SERIES_PER_VERB + 2) + 1,
+            "{series} series"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct ProxyState {
     pub upstream: Upstream,
     /// The real token.
     pub token: Arc<TokenSource>,
+    /// Caps on requests in flight (429 past them).
+    pub inflight: crate::inflight::Inflight,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Policy, masking and recording hooks.
@@ -57,7 +59,7 @@ impl std::fmt::Debug for ProxyState {
 /// Handles one request from the app. Never fails: errors become Status responses.
 pub async fn handle(
     state: Arc<ProxyState>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = new_context(&req, peer);
@@ -104,11 +106,12 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
 async fn pipeline(
     state: &ProxyState,
     ctx: &mut RequestContext,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     authenticate(&state.local_token, req.headers())?;
     parse(ctx, &req)?;
     decide(state, ctx).await?;
+    let admitted = state.inflight.admit(ctx)?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = check_json_patch(state, ctx, req).await?;
     let upstream_req = prepare_upstream_request(state, ctx, req).await?;
@@ -124,7 +127,7 @@ async fn pipeline(
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        return Ok(tunnel(state, ctx, client_upgrade, &mut resp));
+        return Ok(admitted.hold(tunnel(state, ctx, client_upgrade, &mut resp)));
     }
     if ctx.is_upgrade {
         // Refused upgrade (a Status, a redirect...): an ordinary response,
@@ -133,7 +136,7 @@ async fn pipeline(
         ctx.is_stream = ctx.attrs.as_ref().is_some_and(|a| a.long_running);
     }
     let resp = respond(state, ctx, resp).await?;
-    Ok(resp)
+    Ok(admitted.hold(resp))
 }
 
 /// Step 1: the local token, `Authorization: Bearer <token>` with the scheme
@@ -204,9 +207,8 @@ async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), Prox
 async fn check_json_patch(
     state: &ProxyState,
     ctx: &RequestContext,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Result<Request<ProxyBody>, ProxyError> {
-    let req = req.map(boxed);
     if req.method() != http::Method::PATCH || !is_json_patch(req.headers()) {
         return Ok(req);
     }

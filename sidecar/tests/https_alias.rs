@@ -86,7 +86,10 @@ async fn the_same_api_answers_on_the_https_alias_for_every_in_cluster_name() {
         "only the real token reaches the upstream"
     );
     let (_, metrics) = sc.admin_get("/metrics").await.unwrap();
-    assert!(metrics.contains("mcp_warden_app_connections"), "{metrics}");
+    assert!(
+        metrics.contains("mcp_warden_connections_open{listener=\"app-https-alias\"}"),
+        "{metrics}"
+    );
     let (code, readyz) = sc.admin_get("/readyz").await.unwrap();
     assert_eq!(code, 200, "{readyz}");
     sc.stop().await;

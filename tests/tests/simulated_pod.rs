@@ -37,6 +37,9 @@ const SERVICE_IP: &str = "127.0.0.2";
 const SERVICE_PORT: &str = "6443";
 const POD_NAME: &str = "kubernetes-mcp-server-7d9c6b5f4-sim01";
 const NAMESPACE: &str = "mcp";
+/// The pod's IP (downward API `status.podIP`): a loopback address of the
+/// pod's network namespace, where the kubelet's probes reach the admin port.
+const POD_IP: &str = "127.0.0.3";
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -236,6 +239,7 @@ fn container_env(c: &Value, pod: &Pod) -> BTreeMap<String, String> {
             match f.as_str().unwrap() {
                 "metadata.name" => POD_NAME.to_string(),
                 "metadata.namespace" => NAMESPACE.to_string(),
+                "status.podIP" => POD_IP.to_string(),
                 other => panic!("unsupported fieldRef {other}"),
             }
         } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
@@ -243,9 +247,38 @@ fn container_env(c: &Value, pod: &Pod) -> BTreeMap<String, String> {
         } else {
             panic!("unsupported env {e}");
         };
+        // The kubelet expands `$(VAR)` from the entries defined before.
+        let value = expand_env_refs(&value, &env);
         env.insert(name, value);
     }
     env
+}
+
+/// `$(NAME)` → the value of an earlier env entry, as the kubelet does
+/// (`$$` escapes; unknown names stay as written).
+fn expand_env_refs(value: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match env.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&tail[..3 + end]),
+            }
+            rest = &tail[3 + end..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn container_uid(c: &Value, pod: &Pod) -> u32 {
@@ -343,7 +376,7 @@ struct PodOptions {
 /// Where the app container finds `kubernetes-mcp-server`, as in an image.
 const MCP_SERVER_DIR: &str = "/opt/kubernetes-mcp-server";
 /// The collector's address inside the pod's network namespace.
-const COLLECTOR_ADDR: &str = "127.0.0.3:8088";
+const COLLECTOR_ADDR: &str = "127.0.0.4:8088";
 
 /// Starts kube-apisim and the sidecar in the simulated pod.
 fn start_pod(test: &str, native_sidecar: bool) -> SimPod {
@@ -651,10 +684,11 @@ fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
         .spawn()
         .unwrap();
     cleanup.children.push(child);
-    // The startup probe: GET /readyz on the admin port.
+    // The startup probe: GET /readyz on the admin port, at the pod IP as the
+    // kubelet sends it.
     let probe = sidecar["startupProbe"]["httpGet"].clone();
     let url = format!(
-        "http://127.0.0.1:{}{}",
+        "http://{POD_IP}:{}{}",
         probe["port"],
         probe["path"].as_str().unwrap()
     );

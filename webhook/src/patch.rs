@@ -745,6 +745,10 @@ fn our_volumes(config: &InjectConfig, policy_cm: &str) -> Vec<Value> {
     v
 }
 
+/// Env var of the sidecar holding the pod IP (downward API `status.podIP`),
+/// referenced as `$(POD_IP)` by `MCP_WARDEN_ADMIN_LISTEN`.
+pub const POD_IP_ENV: &str = "POD_IP";
+
 /// The sidecar binary in its image.
 pub const SIDECAR_BINARY: &str = "/usr/local/bin/mcp-warden-sidecar";
 
@@ -756,9 +760,13 @@ pub const WAIT_READY_TIMEOUT_SECONDS: i64 = 120;
 /// whose `terminationGracePeriodSeconds` is `grace`.
 pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, grace: i64) -> Value {
     let field = |path: &str| json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": path } });
+    // The admin listener binds the pod IP only (where the kubelet's probes
+    // and Prometheus reach it), not every address: `POD_IP` comes from the
+    // downward API and is expanded by the kubelet in the entry after it.
     let mut env = vec![
         json!({ "name": "MCP_WARDEN_LISTEN", "value": format!("127.0.0.1:{}", config.api_port) }),
-        json!({ "name": "MCP_WARDEN_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", config.admin_port) }),
+        json!({ "name": POD_IP_ENV, "valueFrom": field("status.podIP") }),
+        json!({ "name": "MCP_WARDEN_ADMIN_LISTEN", "value": format!("$({POD_IP_ENV}):{}", config.admin_port) }),
         json!({ "name": "MCP_WARDEN_UPSTREAM_TOKEN_FILE", "value": format!("{UPSTREAM_DIR}/token") }),
         json!({ "name": "MCP_WARDEN_UPSTREAM_CA_FILE", "value": format!("{UPSTREAM_DIR}/ca.crt") }),
         json!({ "name": "MCP_WARDEN_LOCAL_DIR", "value": LOCAL_DIR }),
@@ -829,6 +837,13 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, gra
         "startupProbe": {
             "httpGet": { "path": "/readyz", "port": config.admin_port },
             "periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 1
+        },
+        // After start, /readyz keeps saying whether requests can be served:
+        // e.g. not while fail-closed recording refuses every request with
+        // 503 (spool full), so the pod leaves its Service's endpoints.
+        "readinessProbe": {
+            "httpGet": { "path": "/readyz", "port": config.admin_port },
+            "periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 1
         },
         "livenessProbe": {
             "httpGet": { "path": "/healthz", "port": config.admin_port },

@@ -150,6 +150,36 @@ fn assert_injected(
         .as_ref()
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    let readiness = sidecar
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+    // The admin listener binds the pod IP (downward API), not 0.0.0.0: the
+    // probes reach it there, and the kubelet expands `$(POD_IP)` because
+    // POD_IP is defined before it.
+    let env = sidecar.env.as_ref().unwrap();
+    let pos = |n: &str| env.iter().position(|e| e.name == n).unwrap();
+    let pod_ip = &env[pos("POD_IP")];
+    assert_eq!(
+        pod_ip
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "status.podIP"
+    );
+    assert_eq!(
+        env[pos("MCP_WARDEN_ADMIN_LISTEN")].value.as_deref(),
+        Some("$(POD_IP):15020")
+    );
+    assert!(pos("POD_IP") < pos("MCP_WARDEN_ADMIN_LISTEN"));
     assert_eq!(
         serde_json::to_value(&probe.port).unwrap(),
         serde_json::json!(15020)

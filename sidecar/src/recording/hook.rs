@@ -282,6 +282,7 @@ impl RecordHook for RecordingHook {
         Box::pin(async move {
             if self.recorder.must_refuse() {
                 let _ = parts;
+                self.recorder.count_refused_request();
                 return Err(unavailable("spool full or unwritable"));
             }
             let level = (self.level)();
@@ -310,6 +311,7 @@ impl RecordHook for RecordingHook {
             }
             if mutating && let Err(e) = self.recorder.record(&base).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
+                self.recorder.count_refused_request();
                 return Err(unavailable("the event is not durable"));
             }
             let mut pending = self.pending();
@@ -712,6 +714,71 @@ mod tests {
             is_upgrade: false,
             is_stream: stream,
         }
+    }
+
+    /// Fail-closed with a full spool: `/readyz` says not ready (condition
+    /// `recording`), and every refused request is counted although its own
+    /// events cannot be stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_spool_makes_readyz_unready_and_refusals_are_counted() {
+        use crate::admin::{Check, Readiness};
+        let d = tempfile::tempdir().unwrap();
+        // Nothing listens there: nothing is ever acknowledged.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = dead.local_addr().unwrap();
+        drop(dead);
+        let mut cfg = RecordingConfig::new(d.path().join("spool"));
+        cfg.collector_url = Some(format!("http://{addr}/audit").parse().unwrap());
+        cfg.spool_max_bytes = 8 * 1024;
+        let (_stop, mut srx) = tokio::sync::watch::channel(false);
+        let (rec, _h) = Recorder::start(cfg, async move {
+            let _ = srx.wait_for(|s| *s).await;
+        })
+        .unwrap();
+        let masker = Arc::new(MaskingConfig::embedded_default().compile().unwrap());
+        let hook = RecordingHook::new(
+            rec.clone(),
+            UserInfo::new(
+                "system:serviceaccount:default:mcp",
+                "u-1",
+                vec![],
+                Default::default(),
+            ),
+            Arc::new(move || masker.clone()),
+            Arc::new(|| Level::Metadata),
+            Arc::new(|| "hash-1".to_string()),
+        );
+        let readiness = Readiness::new();
+        let r = rec.clone();
+        readiness.set_live("recording", Arc::new(move || r.readiness_check()));
+        assert_eq!(readiness.report().1["recording"], Check::Ok);
+
+        let c = ctx("get", "pods", "", false);
+        let mut stored = 0;
+        while rec
+            .record(&hook.base_event(&c, Level::Metadata))
+            .await
+            .is_ok()
+        {
+            stored += 1;
+            assert!(stored < 10_000, "the spool never filled");
+        }
+        let (ready, checks) = readiness.report();
+        assert!(!ready);
+        assert!(
+            matches!(checks["recording"], Check::Failing(_)),
+            "{checks:?}"
+        );
+
+        let (parts, _) = http::Request::new(()).into_parts();
+        for _ in 0..3 {
+            let Err(status) = hook.request(&c, &parts, full(Bytes::new())).await else {
+                panic!("a request was let through with a full spool");
+            };
+            assert_eq!(status.code(), 503);
+            hook.refused(&c, &status);
+        }
+        assert_eq!(rec.stats().requests_refused.get(), 3);
     }
 
     #[tokio::test]

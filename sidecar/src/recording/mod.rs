@@ -157,6 +157,9 @@ pub struct RecordingStats {
     pub events_rejected: Counter,
     /// Events that could not be made durable.
     pub events_lost: Counter,
+    /// Requests refused (503, fail-closed) because their events could not be
+    /// made durable: counted here even though their own events are lost.
+    pub requests_refused: Counter,
     /// Session casts handed to `record_session`.
     pub sessions_recorded: Counter,
     /// Session casts acknowledged by the collector.
@@ -299,6 +302,25 @@ impl Recorder {
         self.inner.cfg.on_failure == OnFailure::FailClosed && !self.preflight()
     }
 
+    /// The `/readyz` condition `recording`: failing while every new request
+    /// would be refused (fail-closed and the spool full or unwritable), so
+    /// the pod leaves its Service's endpoints instead of answering 503s.
+    pub fn readiness_check(&self) -> crate::admin::Check {
+        if self.must_refuse() {
+            crate::admin::Check::Failing(
+                "the spool is full or unwritable: requests are refused (503) until the collector catches up"
+                    .into(),
+            )
+        } else {
+            crate::admin::Check::Ok
+        }
+    }
+
+    /// Counts a request refused because its events cannot be made durable.
+    pub fn count_refused_request(&self) {
+        self.inner.stats.requests_refused.inc();
+    }
+
     /// The configured failure mode.
     pub fn on_failure(&self) -> OnFailure {
         self.inner.cfg.on_failure
@@ -404,6 +426,11 @@ impl Recorder {
             "events_lost",
             "Audit events that could not be made durable",
             s.events_lost.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "Requests refused (503) because their audit events could not be made durable",
+            s.requests_refused.clone(),
         );
         r.register(
             "sessions_recorded",

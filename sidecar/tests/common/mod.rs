@@ -80,6 +80,7 @@ pub fn test_pki() -> (String, rustls::ServerConfig) {
 /// few special paths:
 /// - `/stream`: sends `first\n`, waits for `release`, sends `second\n`;
 /// - `/slow`: answers after 1.5s;
+/// - `/collect`: reads the whole request body, then answers;
 /// - any request with `Upgrade` (a naive upstream that upgrades whatever
 ///   it is asked to): 101, then echoes bytes upper-cased;
 /// - anything else: 200 `{"ok":true}`.
@@ -204,6 +205,13 @@ async fn upstream_handle(
         resp.headers_mut()
             .insert("x-secret-hop", "must-not-pass".parse().unwrap());
         return Ok(resp);
+    }
+    if path.ends_with("/collect") {
+        // Reads the whole request body before answering.
+        return Ok(match req.into_body().collect().await {
+            Ok(_) => json(StatusCode::OK, r#"{"collected":true}"#),
+            Err(_) => json(StatusCode::BAD_REQUEST, r#"{"collected":false}"#),
+        });
     }
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_millis(1500)).await;
