@@ -76,15 +76,19 @@ fn etcd_bin() -> PathBuf {
 
 /// Fails with a message naming the deps script when a binary is missing.
 pub fn require_binaries() -> Result<()> {
-    let dir = kube_bin_dir();
+    require_binaries_in(&kube_bin_dir(), &etcd_bin())
+}
+
+/// [`require_binaries`] for given locations.
+pub fn require_binaries_in(dir: &Path, etcd: &Path) -> Result<()> {
     let mut missing = Vec::new();
     for b in ["kube-apiserver", "kube-controller-manager"] {
         if !dir.join(b).exists() {
             missing.push(dir.join(b).display().to_string());
         }
     }
-    if !etcd_bin().exists() {
-        missing.push(format!("{} (Debian's etcd-server)", etcd_bin().display()));
+    if !etcd.exists() {
+        missing.push(format!("{} (Debian's etcd-server)", etcd.display()));
     }
     if !missing.is_empty() {
         bail!(
@@ -434,19 +438,21 @@ impl RealKube {
             .map(|p| p.child.id().to_string())
             .collect();
         // Bounded: at most a day, in 1 s steps.
-        let script = r#"parent=$1; dir=$2; shift 2
+        let script = r#"parent=$1; dir=$2; keep=$3; shift 3
 i=0
 while kill -0 "$parent" 2>/dev/null && [ $i -lt 86400 ]; do sleep 1; i=$((i+1)); done
 kill -TERM "$@" 2>/dev/null
 sleep 3
 kill -KILL "$@" 2>/dev/null
-rm -rf "$dir""#;
+[ -n "$keep" ] || rm -rf "$dir""#;
         let child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("realkube-guardian")
             .arg(std::process::id().to_string())
             .arg(self.dir.path())
+            // REALKUBE_KEEP=1 keeps the logs and the audit log for a look.
+            .arg(std::env::var("REALKUBE_KEEP").unwrap_or_default())
             .args(&pids)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -607,6 +613,31 @@ rm -rf "$dir""#;
 impl Drop for RealKube {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_script_to_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let err = require_binaries_in(d.path(), &d.path().join("etcd"))
+            .expect_err("nothing is installed there")
+            .to_string();
+        assert!(err.contains("scripts/deps/kube-control-plane.sh"), "{err}");
+        assert!(
+            err.contains("kube-apiserver") && err.contains("kube-controller-manager"),
+            "{err}"
+        );
+        assert!(err.contains("etcd-server"), "{err}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+        assert_eq!(dechunk("zz\r\n"), "");
     }
 }
 
