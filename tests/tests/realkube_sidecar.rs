@@ -704,6 +704,10 @@ fn the_kubectl_dispatcher_works_with_a_1_20_server() {
     .unwrap();
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["serverVersion"]["gitVersion"], "v1.20.2", "{v}");
+    eprintln!(
+        "the dispatcher picked kubectl {} for a {} server",
+        v["clientVersion"]["gitVersion"], v["serverVersion"]["gitVersion"]
+    );
     let out = run_ok(
         kube.kubectl_dispatcher(ADMIN)
             .args(["get", "namespaces", "-o", "name"]),
