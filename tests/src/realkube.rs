@@ -616,31 +616,6 @@ impl Drop for RealKube {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_binary_names_the_script_to_run() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let err = require_binaries_in(d.path(), &d.path().join("etcd"))
-            .expect_err("nothing is installed there")
-            .to_string();
-        assert!(err.contains("scripts/deps/kube-control-plane.sh"), "{err}");
-        assert!(
-            err.contains("kube-apiserver") && err.contains("kube-controller-manager"),
-            "{err}"
-        );
-        assert!(err.contains("etcd-server"), "{err}");
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
-        assert_eq!(dechunk("zz\r\n"), "");
-    }
-}
-
 /// A bounded HTTPS GET with a bearer token, trusting `ca_pem`.
 pub fn https_get(addr: SocketAddr, ca_pem: &str, token: &str, path: &str) -> Result<(u16, String)> {
     let mut roots = rustls::RootCertStore::empty();
@@ -704,4 +679,29 @@ fn dechunk(mut s: &str) -> String {
         s = after.trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_script_to_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let err = require_binaries_in(d.path(), &d.path().join("etcd"))
+            .expect_err("nothing is installed there")
+            .to_string();
+        assert!(err.contains("scripts/deps/kube-control-plane.sh"), "{err}");
+        assert!(
+            err.contains("kube-apiserver") && err.contains("kube-controller-manager"),
+            "{err}"
+        );
+        assert!(err.contains("etcd-server"), "{err}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+        assert_eq!(dechunk("zz\r\n"), "");
+    }
 }

@@ -507,8 +507,7 @@ fn python_client_through_the_sidecar_matches_the_servers_audit_log() {
     require_python_kubernetes().unwrap();
     let t = tenant("rk-python");
     let out = run_ok(
-        &mut t
-            .sidecar
+        t.sidecar
             .python(&python_script("realkube_client.py"))
             .arg(&t.ns),
     )
