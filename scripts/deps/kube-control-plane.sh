@@ -53,7 +53,9 @@ cache_hit() {
   [[ -f "$out/SOURCE" ]] || return 1
   for b in "${bins[@]}"; do
     [[ -x "$out/$b" ]] || return 1
-    "$out/$b" --version 2>/dev/null | grep -q "v$upstream_version" || return 1
+    local v
+    v="$("$out/$b" --version 2>/dev/null)" || return 1
+    [[ "$v" == *"v$upstream_version"* ]] || return 1
   done
 }
 
