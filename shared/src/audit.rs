@@ -34,6 +34,10 @@ pub const ANN_CLUSTER: &str = "mcp-warden.io/cluster";
 /// Annotation: `"false"` when the policy runs in `mode: audit` (decision not enforced).
 pub const ANN_ENFORCED: &str = "mcp-warden.io/enforced";
 
+/// Annotation: why a written body is not in `requestObject` although the
+/// level asks for it (e.g. a protobuf body of a kind the sidecar does not decode).
+pub const ANN_REQUEST_OBJECT_OMITTED: &str = "mcp-warden.io/request-object-omitted";
+
 /// How much of a request is recorded (`audit.k8s.io/v1` `Level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Level {

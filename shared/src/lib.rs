@@ -6,7 +6,9 @@
 
 pub mod attrs;
 pub mod audit;
+pub mod body;
 pub mod identity;
 pub mod mask;
 pub mod policy;
+pub mod proto;
 pub mod status;

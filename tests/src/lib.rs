@@ -5,4 +5,5 @@
 pub mod apisim;
 pub mod collector;
 pub mod harness;
+pub mod realkube;
 pub mod stack;

@@ -193,6 +193,19 @@ pub struct SidecarOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// `--pod-namespace` (default `default`).
+    pub pod_namespace: Option<String>,
+}
+
+/// Where a sidecar forwards to (see [`Sidecar::start_upstream`]).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `--upstream`.
+    pub url: String,
+    /// `--upstream-ca-file`.
+    pub ca_file: PathBuf,
+    /// `--upstream-token-file`.
+    pub token_file: PathBuf,
 }
 
 impl SidecarOptions {
@@ -228,6 +241,20 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the sidecar against `sim` and waits (bounded) for `/readyz`.
     pub fn start(sim: &ApiSim, opts: SidecarOptions) -> Result<Self> {
+        let upstream = Upstream {
+            url: sim.url(),
+            ca_file: sim.ca_path(),
+            token_file: opts
+                .upstream_token_file
+                .clone()
+                .unwrap_or_else(|| sim.token_path()),
+        };
+        Self::start_upstream(&upstream, opts)
+    }
+
+    /// Starts the sidecar in front of any API server (a real one, see
+    /// [`crate::realkube`]) and waits (bounded) for `/readyz`.
+    pub fn start_upstream(upstream: &Upstream, opts: SidecarOptions) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("sidecar-").tempdir()?;
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -238,16 +265,16 @@ impl Sidecar {
         let token_file = opts
             .upstream_token_file
             .clone()
-            .unwrap_or_else(|| sim.token_path());
+            .unwrap_or_else(|| upstream.token_file.clone());
         let mut args: Vec<String> = vec![
             "--listen".into(),
             listen.to_string(),
             "--admin-listen".into(),
             admin.to_string(),
             "--upstream".into(),
-            sim.url(),
+            upstream.url.clone(),
             "--upstream-ca-file".into(),
-            sim.ca_path().display().to_string(),
+            upstream.ca_file.display().to_string(),
             "--upstream-token-file".into(),
             token_file.display().to_string(),
             "--local-dir".into(),
@@ -259,7 +286,9 @@ impl Sidecar {
             "--pod-name".into(),
             "mcp-server-0".into(),
             "--pod-namespace".into(),
-            "default".into(),
+            opts.pod_namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
         ];
         if let Some(url) = &opts.collector_url {
             args.push("--collector-url".into());

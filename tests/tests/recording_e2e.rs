@@ -342,10 +342,20 @@ fn scripted_kubectl_session_is_recorded() {
     });
     check_common(&create, 201, "allow");
     assert_eq!(create["objectRef"]["namespace"], "default");
-    // kubectl's typed `create secret` POSTs protobuf: not decoded, so the
-    // request body is left out (never recorded unmasked); the response is
-    // JSON and masked.
-    assert!(create["requestObject"].is_null(), "{create:#}");
+    // kubectl's typed `create secret` POSTs protobuf: decoded (k8s-pb) and
+    // masked like a JSON body, the name taken from it; the response is JSON
+    // and masked.
+    assert_eq!(create["objectRef"]["name"], "rec-secret");
+    let ro = &create["requestObject"];
+    assert_eq!(ro["kind"], "Secret", "{create:#}");
+    assert_eq!(ro["metadata"]["name"], "rec-secret");
+    let expected_b64 = base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE);
+    assert!(
+        ro["data"]["password"]
+            .as_str()
+            .is_some_and(|p| p != expected_b64),
+        "{ro}"
+    );
     assert_eq!(create["responseObject"]["metadata"]["name"], "rec-secret");
     assert!(create["responseObject"]["data"]["password"].is_string());
     assert_ne!(

@@ -35,6 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::audit::{self, Event, Level, MicroTime, ResponseStatus, Stage, UserInfo};
+use mcp_warden_shared::body;
 use mcp_warden_shared::mask::MaskContext;
 use mcp_warden_shared::status::{Reason, Status};
 
@@ -199,19 +200,66 @@ impl RecordingHook {
         e
     }
 
+    /// The written body as the record keeps it: decoded whatever its
+    /// encoding (JSON, YAML, Kubernetes protobuf), masked, with the object's
+    /// name; or, when it cannot be read, why (never the raw bytes).
     fn mask_request(
         &self,
         attrs: Option<&RequestAttributes>,
+        content_type: Option<&str>,
         body: &[u8],
-    ) -> (Option<serde_json::Value>, u64) {
-        let Some(attrs) = attrs else { return (None, 0) };
-        match (self.masker)().mask_json_bytes(&MaskContext::from_attrs(attrs), body) {
-            Ok((masked, n)) => (serde_json::from_slice(&masked).ok(), n as u64),
-            // Not JSON (YAML apply, protobuf): kept out of the record rather
-            // than recorded unmasked.
-            Err(_) => (None, 0),
+    ) -> RequestBody {
+        let Some(attrs) = attrs else {
+            return RequestBody::default();
+        };
+        let ctx = MaskContext::from_attrs(attrs);
+        let masker = (self.masker)();
+        let decoded = match body::encoding(content_type, body) {
+            // JSON keeps the strict path (duplicate keys are masked too).
+            body::Encoding::Json => masker
+                .mask_json_bytes(&ctx, body)
+                .map_err(|e| format!("the JSON body does not parse: {e}"))
+                .and_then(|(masked, n)| {
+                    serde_json::from_slice::<serde_json::Value>(&masked)
+                        .map(|v| (v, n))
+                        .map_err(|e| format!("the JSON body does not parse: {e}"))
+                }),
+            _ => body::to_json(content_type, body)
+                .map(|mut v| {
+                    let n = masker.mask_value(&ctx, &mut v);
+                    (v, n)
+                })
+                .map_err(|e| e.to_string()),
+        };
+        match decoded {
+            Ok((v, n)) => RequestBody {
+                name: v
+                    .pointer("/metadata/name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string),
+                object: Some(v),
+                masked: n as u64,
+                omitted: None,
+            },
+            // Not readable: kept out of the record rather than recorded
+            // unmasked; a protobuf envelope still names the object.
+            Err(why) => RequestBody {
+                name: body::object_name(content_type, body),
+                object: None,
+                masked: 0,
+                omitted: Some(why),
+            },
         }
     }
+}
+
+/// A written body as the record keeps it (see `RecordingHook::mask_request`).
+#[derive(Default)]
+struct RequestBody {
+    object: Option<serde_json::Value>,
+    masked: u64,
+    name: Option<String>,
+    omitted: Option<String>,
 }
 
 impl RecordingHook {
@@ -288,27 +336,31 @@ impl RecordHook for RecordingHook {
             let level = (self.level)();
             let mutating = audit::is_mutating(ctx.verb());
             let mut body = body;
-            let (mut request_object, mut masked) = (None, 0);
+            let mut written = RequestBody::default();
             if level.includes_request() && mutating && !ctx.is_upgrade {
                 let bytes = collect_limited(body, self.max_body_bytes).await?;
                 if !bytes.is_empty() {
-                    (request_object, masked) = self.mask_request(ctx.attrs.as_ref(), &bytes);
+                    let content_type = parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    written = self.mask_request(ctx.attrs.as_ref(), content_type, &bytes);
                 }
                 body = full(bytes);
             }
             let mut base = self.base_event(ctx, level);
             // As kube-apiserver does for a create: the name comes from the
             // request object when the URL has none.
-            if let (Some(r), Some(name)) = (
-                base.object_ref.as_mut(),
-                request_object
-                    .as_ref()
-                    .and_then(|o| o.pointer("/metadata/name"))
-                    .and_then(|n| n.as_str()),
-            ) && r.name.is_empty()
+            if let (Some(r), Some(name)) = (base.object_ref.as_mut(), written.name.as_deref())
+                && r.name.is_empty()
             {
                 r.name = name.to_string();
             }
+            if let Some(why) = &written.omitted {
+                base.annotations
+                    .insert(audit::ANN_REQUEST_OBJECT_OMITTED.to_string(), why.clone());
+            }
+            let (request_object, masked) = (written.object, written.masked);
             if mutating && let Err(e) = self.recorder.record(&base).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
                 self.recorder.count_refused_request();
@@ -826,6 +878,89 @@ mod tests {
         );
         c.attrs.as_mut().unwrap().subresource = "portforward".into();
         assert!(hook.session_tap(&c, &h).is_none());
+    }
+
+    /// A written body is recorded decoded and masked whatever its encoding;
+    /// a protobuf body of a kind not decoded is left out with the reason,
+    /// and its envelope still names the object.
+    #[tokio::test]
+    async fn written_bodies_are_decoded_whatever_their_encoding() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = RecordingConfig::new(d.path().join("spool"));
+        let (stop, mut srx) = tokio::sync::watch::channel(false);
+        let (rec, handle) = Recorder::start(cfg, async move {
+            let _ = srx.wait_for(|s| *s).await;
+        })
+        .unwrap();
+        let masker = Arc::new(MaskingConfig::embedded_default().compile().unwrap());
+        let hook = RecordingHook::new(
+            rec,
+            UserInfo::new(
+                "system:serviceaccount:default:mcp",
+                "u-1",
+                vec![],
+                Default::default(),
+            ),
+            Arc::new(move || masker.clone()),
+            Arc::new(|| Level::RequestResponse),
+            Arc::new(|| "hash-1".to_string()),
+        );
+        let pb = Some("application/vnd.kubernetes.protobuf");
+        let fixture = |name: &str| {
+            std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/fixtures/protobuf")
+                    .join(name),
+            )
+            .unwrap()
+        };
+
+        // kubectl 1.32 `create configmap scratch --from-literal=password=hunter2 ...`
+        let c = ctx("create", "configmaps", "", false);
+        let r = hook.mask_request(c.attrs.as_ref(), pb, &fixture("configmap.pb"));
+        assert_eq!(r.name.as_deref(), Some("scratch"));
+        assert!(r.omitted.is_none());
+        let o = r.object.unwrap();
+        assert_eq!(o["data"]["color"], "blue");
+        assert!(!o.to_string().contains("hunter2"), "{o}");
+        assert_eq!(r.masked, 1);
+
+        // `create secret generic s1 --from-literal=token=abc`: base64 "YWJj" masked.
+        let c = ctx("create", "secrets", "", false);
+        let r = hook.mask_request(c.attrs.as_ref(), pb, &fixture("secret.pb"));
+        assert_eq!(r.name.as_deref(), Some("s1"));
+        assert!(!r.object.unwrap().to_string().contains("YWJj"));
+
+        // `create deployment d1`: not decoded, named, and why.
+        let c = ctx("create", "deployments", "", false);
+        let r = hook.mask_request(c.attrs.as_ref(), pb, &fixture("deployment.pb"));
+        assert_eq!(r.name.as_deref(), Some("d1"));
+        assert!(r.object.is_none());
+        assert_eq!(
+            r.omitted.as_deref(),
+            Some("protobuf bodies of kind Deployment (apps/v1) are not decoded")
+        );
+
+        // server-side apply (YAML).
+        let c = ctx("patch", "configmaps", "app", false);
+        let y =
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  apikey: s3cr3t\n";
+        let r = hook.mask_request(c.attrs.as_ref(), Some("application/apply-patch+yaml"), y);
+        let o = r.object.unwrap();
+        assert_eq!(o["metadata"]["name"], "app");
+        assert!(!o.to_string().contains("s3cr3t"), "{o}");
+
+        // Garbage: never recorded raw.
+        let r = hook.mask_request(c.attrs.as_ref(), Some("application/json"), b"{nope");
+        assert!(r.object.is_none());
+        assert!(
+            r.omitted
+                .unwrap()
+                .starts_with("the JSON body does not parse")
+        );
+
+        stop.send(true).unwrap();
+        handle.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
