@@ -26,7 +26,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use mcp_warden_tests::harness::{fixture, kubectl_path, run, wait_for, workspace_bin};
+use mcp_warden_tests::harness::{
+    fixture, kubectl_path, run, wait_for, workspace_bin, write_kubeconfig,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -371,7 +373,31 @@ struct PodOptions {
     /// The real `kubernetes-mcp-server` binary, bind-mounted into the app
     /// container at [`MCP_SERVER_DIR`].
     mcp_server: bool,
+    /// The policy ConfigMap's `policy.yaml` (absent: the embedded default).
+    policy: Option<&'static str>,
+    /// Approvals: kube-apisim gets the AccessRequest CRD and the user
+    /// `alice`, and the webhook (stamping who decided) runs in the pod's
+    /// network as kube-apisim's admission webhook.
+    approvals: bool,
 }
+
+/// The approver's token in kube-apisim.
+const ALICE_TOKEN: &str = "alice-token";
+/// The webhook's address in the pod's network (approvals only).
+const WEBHOOK_ADDR: (&str, u16) = ("127.0.0.5", 8443);
+
+/// kube-apisim stores admission configurations as custom resources.
+const APISIM_ADMISSION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: mutatingwebhookconfigurations.admissionregistration.k8s.io
+spec:
+  group: admissionregistration.k8s.io
+  scope: Cluster
+  names: {plural: mutatingwebhookconfigurations, singular: mutatingwebhookconfiguration, kind: MutatingWebhookConfiguration}
+  versions:
+    - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+"#;
 
 /// Where the app container finds `kubernetes-mcp-server`, as in an image.
 const MCP_SERVER_DIR: &str = "/opt/kubernetes-mcp-server";
@@ -408,6 +434,108 @@ fn etc_hosts(spec: &Value) -> String {
         }
     }
     s
+}
+
+/// The webhook binary in the pod's network, registered with kube-apisim
+/// for AccessRequest status updates: it stamps who decided from the
+/// admission request, as in a cluster.
+fn start_accessrequest_webhook(netns: u32, work: &Path, cleanup: &mut Cleanup) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress(WEBHOOK_ADDR.0.parse().unwrap()));
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(work.join("webhook.crt"), cert.pem()).unwrap();
+    std::fs::write(work.join("webhook.key"), key.serialize_pem()).unwrap();
+    let (ip, port) = WEBHOOK_ADDR;
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{netns}/ns/net"))
+        .arg("--")
+        .arg(workspace_bin("mcp-warden-webhook"))
+        .args(["serve", "--listen", &format!("{ip}:{port}")])
+        .args(["--admin-listen", &format!("{ip}:8080")])
+        .arg("--tls-cert-file")
+        .arg(work.join("webhook.crt"))
+        .arg("--tls-key-file")
+        .arg(work.join("webhook.key"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("webhook.log")).unwrap())
+        .spawn()
+        .unwrap();
+    cleanup.children.push(child);
+    wait_for("the webhook", Duration::from_secs(20), || {
+        let out = run(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{netns}/ns/net"))
+                .args([
+                    "curl",
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://{ip}:8080/readyz"),
+                ]),
+            Duration::from_secs(5),
+        )
+        .ok()?;
+        out.status.success().then_some(())
+    })
+    .unwrap();
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_cert.pem());
+    let mwc = work.join("mwc.yaml");
+    std::fs::write(
+        &mwc,
+        format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: mcp-warden}}
+webhooks:
+  - name: accessrequests.mcp-warden.io
+    clientConfig: {{url: "https://{ip}:{port}/mutate-accessrequests", caBundle: "{bundle}"}}
+    rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
+    failurePolicy: Fail
+    sideEffects: None
+    admissionReviewVersions: [v1]
+"#
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &mut in_net_kubectl(
+            netns,
+            &work.join("admin.kubeconfig"),
+            &["apply", "-f", &mwc.to_string_lossy()],
+        ),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// kubectl (1.32) from the pod's network namespace with `kubeconfig`: a
+/// user of the cluster outside the pod.
+fn in_net_kubectl(netns: u32, kubeconfig: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/proc/{netns}/ns/net"))
+        .arg("--")
+        .arg(kubectl_path("1.32"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_extension("cache"))
+        .args(args);
+    c
 }
 
 /// The installed `kubernetes-mcp-server` (scripts/deps/mcp-servers.sh puts
@@ -451,7 +579,21 @@ fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
     if opts.collector {
         inject_config += &format!("collectorUrl: http://{COLLECTOR_ADDR}\n");
     }
-    let pod = injected_pod(&inject_config, config_dir.path());
+    let mut pod = injected_pod(&inject_config, config_dir.path());
+    if let Some(policy) = opts.policy {
+        let name = pod.spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "mcp-warden-policy")
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .unwrap()
+            .to_string();
+        pod.config_maps.insert(
+            name,
+            BTreeMap::from([("policy.yaml".to_string(), policy.to_string())]),
+        );
+    }
     let mut cleanup = Cleanup {
         children: Vec::new(),
         created: Vec::new(),
@@ -532,6 +674,27 @@ fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
 
     // kube-apisim at the "Service IP", inside the pod's network namespace.
     let state = work.path().join("apisim");
+    let (seed, apisim_users) = if opts.approvals {
+        let crd = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/accessrequests.yaml"),
+        )
+        .unwrap();
+        let demo = std::fs::read_to_string(fixture("seed-demo.yaml")).unwrap();
+        let seed = work.path().join("seed.yaml");
+        // AccessRequests live in the pod's namespace.
+        let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
+        std::fs::write(
+            &seed,
+            format!("{demo}\n---\n{ns}---\n{APISIM_ADMISSION_CRD}---\n{crd}"),
+        )
+        .unwrap();
+        (
+            seed,
+            vec!["--extra-user".to_string(), format!("alice={ALICE_TOKEN}")],
+        )
+    } else {
+        (fixture("seed-demo.yaml"), Vec::new())
+    };
     let log = std::fs::File::create(work.path().join("apisim.log")).unwrap();
     let apisim = Command::new("nsenter")
         .arg(format!("--net=/proc/{netns}/ns/net"))
@@ -544,7 +707,8 @@ fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
         ])
         .arg(&state)
         .arg("--seed")
-        .arg(fixture("seed-demo.yaml"))
+        .arg(&seed)
+        .args(apisim_users)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -555,6 +719,17 @@ fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
         state.join("addr").exists().then_some(())
     })
     .unwrap();
+    // An admin kubeconfig for kube-apisim, used from the pod's network.
+    write_kubeconfig(
+        &work.path().join("admin.kubeconfig"),
+        &format!("https://{SERVICE_IP}:{SERVICE_PORT}"),
+        &state.join("ca.crt"),
+        std::fs::read_to_string(state.join("token")).unwrap().trim(),
+    )
+    .unwrap();
+    if opts.approvals {
+        start_accessrequest_webhook(netns, work.path(), &mut cleanup);
+    }
     // The collector the injection config names, in the pod's network.
     let collector_out = opts.collector.then(|| {
         let out = work.path().join("collector");
@@ -821,8 +996,9 @@ impl SimPod {
         child.wait_with_output().unwrap()
     }
 
-    /// Starts `argv` as a long-running process of the app container; it is
-    /// killed when the returned child is dropped by the caller's guard.
+    /// Starts `argv` as a long-running process of the app container (stdout
+    /// to `NAME.out`, stderr to `NAME.log` in the work dir); the caller
+    /// kills it.
     fn app_spawn(&self, name: &str, argv: Vec<String>) -> Child {
         let script = self.work.path().join(format!("app-{name}.sh"));
         let body = container_script(
@@ -839,9 +1015,10 @@ impl SimPod {
             body.replacen("set -eu\n", &format!("set -eu\n{}", self.prelude), 1),
         )
         .unwrap();
+        let out = std::fs::File::create(self.work.path().join(format!("{name}.out"))).unwrap();
         let log = std::fs::File::create(self.work.path().join(format!("{name}.log"))).unwrap();
         in_container(self.netns, &script)
-            .stdout(log.try_clone().unwrap())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .unwrap()
@@ -1081,6 +1258,7 @@ fn mcp_pod(test: &str) -> SimPod {
             native_sidecar: true,
             collector: true,
             mcp_server: true,
+            ..PodOptions::default()
         },
     );
     // The in-cluster names resolve to the sidecar, as the kubelet's
@@ -1265,4 +1443,147 @@ fn simulated_pod_real_mcp_server_over_streamable_http() {
     let _ = child.kill();
     let _ = child.wait();
     check_agent_session(&pod, &out);
+}
+
+/// Reads allowed, deleting ConfigMaps needs a human.
+const APPROVE_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+mode: enforce
+defaultAction: deny
+rules:
+  - name: read-everything
+    action: allow
+    verbs: [get, list, watch]
+    apiGroups: ["*"]
+    resources: ["*"]
+    namespaces: ["*"]
+  - name: configmap-deletes-need-a-human
+    action: approve
+    verbs: [delete]
+    apiGroups: [""]
+    resources: [configmaps]
+    namespaces: ["*"]
+"#;
+
+/// An `approve` rule holds the tool call until someone approves it with
+/// `kubectl mcp-warden approve`; then the tool succeeds, and the recording
+/// names the approver.
+#[test]
+fn simulated_pod_real_mcp_server_tool_call_held_for_approval() {
+    let pod = start_pod_with(
+        "simulated_pod_real_mcp_server_tool_call_held_for_approval",
+        PodOptions {
+            native_sidecar: true,
+            collector: true,
+            mcp_server: true,
+            policy: Some(APPROVE_POLICY),
+            approvals: true,
+        },
+    );
+    std::fs::write(
+        pod.work.path().join("calls.json"),
+        r#"[{"tool": "resources_delete", "arguments": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "default", "name": "app-config"}}]"#,
+    )
+    .unwrap();
+    let server = format!("{MCP_SERVER_DIR}/kubernetes-mcp-server");
+    let argv = agent_argv(
+        &pod,
+        &["stdio", "--", &server, "--cluster-provider", "in-cluster"],
+    );
+    let mut agent = pod.app_spawn("agent-approve", argv);
+    let admin = pod.work.path().join("admin.kubeconfig");
+    let name = wait_for("the AccessRequest", Duration::from_secs(90), || {
+        let out = run(
+            &mut in_net_kubectl(
+                pod.netns,
+                &admin,
+                &["get", "accessrequests", "-n", NAMESPACE, "-o", "json"],
+            ),
+            Duration::from_secs(30),
+        )
+        .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .find(|a| a["status"]["state"] == "Pending")
+            .and_then(|a| a["metadata"]["name"].as_str().map(str::to_string))
+    });
+    let name = name.unwrap_or_else(|e| {
+        let _ = agent.kill();
+        panic!("{e}\nsidecar log:\n{}", pod.sidecar_log())
+    });
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the tool call was not held"
+    );
+    let (code, _) = pod.admin_get("/api/v1/namespaces/default/configmaps/app-config");
+    assert_eq!(code, 200, "deleted before approval");
+
+    // alice approves with the kubectl plugin, from outside the pod.
+    let alice = pod.work.path().join("alice.kubeconfig");
+    write_kubeconfig(
+        &alice,
+        &format!("https://{SERVICE_IP}:{SERVICE_PORT}"),
+        &pod.work.path().join("apisim/ca.crt"),
+        ALICE_TOKEN,
+    )
+    .unwrap();
+    let out = run(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", pod.netns))
+            .arg("--")
+            .arg(workspace_bin("kubectl-mcp_warden"))
+            .env("KUBECONFIG", &alice)
+            .args(["approve", &name, "-n", NAMESPACE]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains("decidedBy: alice"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let done = mcp_warden_tests::harness::wait_child(&mut agent, Duration::from_secs(90));
+    if done.is_none() {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    let text =
+        std::fs::read_to_string(pod.work.path().join("agent-approve.out")).unwrap_or_default();
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "the agent did not finish: {text}\n{}\n{}",
+        std::fs::read_to_string(pod.work.path().join("agent-approve.log")).unwrap_or_default(),
+        pod.sidecar_log()
+    );
+    let session: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let call = &session["calls"][0];
+    assert_eq!(call["isError"], false, "{call}");
+    let (code, _) = pod.admin_get("/api/v1/namespaces/default/configmaps/app-config");
+    assert_eq!(code, 404, "the approved delete did not happen");
+
+    let ev = wait_for(
+        "the approved delete's event",
+        Duration::from_secs(60),
+        || {
+            pod.recorded().into_iter().find(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["verb"] == "delete"
+                    && e["objectRef"]["name"] == "app-config"
+            })
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        ev["annotations"]["mcp-warden.io/decision"], "approve",
+        "{ev}"
+    );
+    assert_eq!(
+        ev["annotations"]["mcp-warden.io/approved-by"], "alice",
+        "{ev}"
+    );
+    assert_eq!(ev["responseStatus"]["code"], 200, "{ev}");
 }
