@@ -6,4 +6,5 @@ pub mod apisim;
 pub mod collector;
 pub mod harness;
 pub mod realkube;
+pub mod simpod;
 pub mod stack;
