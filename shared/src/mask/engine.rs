@@ -214,7 +214,7 @@ impl Masker {
             .map(|op| self.mask_patch_op(ctx, op, &mut found))
             .sum();
         if !found.is_empty() {
-            let set = ScrubSet::new(&found);
+            let set = ScrubSet::for_object(&found);
             for op in ops.iter_mut() {
                 if let Some(value) = op.get_mut("value") {
                     n += scrub_any(value, &set);
@@ -342,7 +342,7 @@ impl Masker {
             };
         }
         if !found.is_empty() {
-            let set = ScrubSet::new(&found);
+            let set = ScrubSet::for_object(&found);
             for (k, child) in map.iter_mut() {
                 if k != "object" {
                     n += scrub_any(child, &set);
@@ -443,7 +443,7 @@ impl Masker {
             }
         }
         if !local.is_empty() {
-            let set = ScrubSet::new(&local);
+            let set = ScrubSet::for_object(&local);
             if !set.is_empty() {
                 n += scrub_object(v, &set, is_secret);
             }

@@ -14,11 +14,17 @@
 //! is not delayed at all.
 //!
 //! Which values are worth scrubbing is a trade-off, see [`MIN_SCRUB_BYTES`].
+//!
+//! Cost: [`ScrubSet::for_object`] (built for every object in which something
+//! was masked) keeps at most [`WINDOW`] bytes of each form of a value; a
+//! string in which such a window of a longer value is found is replaced as
+//! a whole (the rest of the value follows the window). [`ScrubSet::new`]
+//! (the token, built once per rotation) matches the whole forms exactly.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
@@ -39,6 +45,11 @@ pub const MIN_SCRUB_BYTES: usize = 6;
 /// scrubbed: an exact base64 copy of a 4-byte value is already distinctive.
 pub const MIN_ENCODED_SCRUB_BYTES: usize = 4;
 
+/// Longest pattern of a [`ScrubSet::for_object`]: longer forms are cut to
+/// their first `WINDOW` bytes, and a string holding such a window is
+/// replaced whole.
+pub const WINDOW: usize = 64;
+
 /// Shortest base64 "core" (the characters of an encoding that depend only on
 /// the value, whatever precedes and follows it) matched inside longer
 /// base64 text: 8 characters, 48 bits.
@@ -50,11 +61,16 @@ const MIN_CORE_CHARS: usize = 8;
 pub struct ScrubSet {
     /// Every form of every value, longest first, deduplicated.
     patterns: Vec<Vec<u8>>,
+    /// Per pattern: a window of a longer value (the string holding it is
+    /// replaced whole).
+    window: Vec<bool>,
     /// All patterns (for bytes).
     bytes: Option<AhoCorasick>,
     /// The patterns that are valid UTF-8 (for strings); `None` with
     /// `text_same` when that is all of them.
     text: Option<AhoCorasick>,
+    /// `window` of the patterns of `text`.
+    text_window: Vec<bool>,
     text_same: bool,
     first_bytes: [bool; 256],
     max_len: usize,
@@ -90,18 +106,55 @@ impl ScrubSet {
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        Self::build(values, usize::MAX)
+    }
+
+    /// The set for the values masked in one object: like [`ScrubSet::new`],
+    /// with forms longer than [`WINDOW`] cut to a window (see the module
+    /// docs), so building it stays cheap for large values.
+    pub fn for_object<I, V>(values: I) -> ScrubSet
+    where
+        I: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
+        Self::build(values, WINDOW)
+    }
+
+    fn build<I, V>(values: I, window: usize) -> ScrubSet
+    where
+        I: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
+        let mut all_forms: Vec<Vec<u8>> = Vec::new();
         for v in values {
-            forms(v.as_ref(), &mut patterns);
+            forms(v.as_ref(), &mut all_forms);
         }
-        patterns.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        patterns.dedup();
+        let mut pairs: Vec<(Vec<u8>, bool)> = all_forms
+            .into_iter()
+            .map(|mut f| {
+                let cut = f.len() > window;
+                f.truncate(window);
+                (f, cut)
+            })
+            .collect();
+        // Longest first; for equal patterns the window (whole-string) wins.
+        pairs.sort_by(|a, b| {
+            b.0.len()
+                .cmp(&a.0.len())
+                .then_with(|| a.0.cmp(&b.0))
+                .then_with(|| b.1.cmp(&a.1))
+        });
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        let (patterns, window): (Vec<Vec<u8>>, Vec<bool>) = pairs.into_iter().unzip();
         let build = |p: &[&Vec<u8>]| {
             if p.is_empty() {
                 return None;
             }
+            // A contiguous NFA: cheap to build (sets are built per object),
+            // fast enough to search with its prefilter.
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(p)
                 .ok()
         };
@@ -109,6 +162,12 @@ impl ScrubSet {
         let utf8: Vec<&Vec<u8>> = patterns
             .iter()
             .filter(|p| std::str::from_utf8(p).is_ok())
+            .collect();
+        let utf8_window: Vec<bool> = patterns
+            .iter()
+            .zip(&window)
+            .filter(|(p, _)| std::str::from_utf8(p).is_ok())
+            .map(|(_, w)| *w)
             .collect();
         let text_same = utf8.len() == all.len();
         let mut first_bytes = [false; 256];
@@ -120,6 +179,8 @@ impl ScrubSet {
         ScrubSet {
             bytes: build(&all),
             text: if text_same { None } else { build(&utf8) },
+            text_window: utf8_window,
+            window,
             text_same,
             first_bytes,
             max_len: patterns.first().map_or(0, Vec::len),
@@ -157,14 +218,27 @@ impl ScrubSet {
 
     /// `s` with every occurrence replaced by [`MARKER`]; `None` when `s`
     /// holds none.
+    /// A string holding a window of a longer value is replaced whole.
     pub fn scrub_str(&self, s: &str) -> Option<String> {
         let ac = self.text_automaton()?;
         if !ac.is_match(s) {
             return None;
         }
+        let windows = if self.text_same {
+            &self.window
+        } else {
+            &self.text_window
+        };
         let mut out = String::with_capacity(s.len());
         let mut last = 0;
         for m in ac.find_iter(s) {
+            if windows
+                .get(m.pattern().as_usize())
+                .copied()
+                .unwrap_or(false)
+            {
+                return Some(MARKER.to_string());
+            }
             // Valid UTF-8 patterns match at character boundaries of valid UTF-8.
             out.push_str(s.get(last..m.start())?);
             out.push_str(MARKER);
@@ -176,6 +250,7 @@ impl ScrubSet {
 
     /// `b` with every occurrence replaced by [`MARKER`]; `None` when `b`
     /// holds none.
+    /// Bytes holding a window of a longer value are replaced whole.
     pub fn scrub_bytes(&self, b: &[u8]) -> Option<Vec<u8>> {
         let ac = self.bytes.as_ref()?;
         if !ac.is_match(b) {
@@ -184,6 +259,14 @@ impl ScrubSet {
         let mut out = Vec::with_capacity(b.len());
         let mut last = 0;
         for m in ac.find_iter(b) {
+            if self
+                .window
+                .get(m.pattern().as_usize())
+                .copied()
+                .unwrap_or(false)
+            {
+                return Some(MARKER.as_bytes().to_vec());
+            }
             out.extend_from_slice(&b[last..m.start()]);
             out.extend_from_slice(MARKER.as_bytes());
             last = m.end();
@@ -386,6 +469,23 @@ mod tests {
         assert!(ScrubSet::new(["ab"]).is_empty());
         assert!(format!("{set:?}").contains("patterns"));
         assert!(!format!("{set:?}").contains("admin"));
+    }
+
+    #[test]
+    fn object_sets_match_long_values_by_a_window_and_replace_the_string() {
+        let long = "L".repeat(10) + &"0123456789abcdef".repeat(40);
+        let set = ScrubSet::for_object([long.as_str()]);
+        assert!(set.max_pattern_len() <= WINDOW);
+        let copy = format!("copied: {long} (end)");
+        assert_eq!(set.scrub_str(&copy).as_deref(), Some(MARKER));
+        let b64 = STANDARD.encode(format!("xy{long}"));
+        assert_eq!(set.scrub_str(&b64).as_deref(), Some(MARKER));
+        // Short values are still replaced in place.
+        let set = ScrubSet::for_object(["short-pw-1"]);
+        assert_eq!(
+            set.scrub_str("a short-pw-1 b").as_deref(),
+            Some("a ***MASKED*** b")
+        );
     }
 
     #[test]
