@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 
-use super::scrub::ScrubSet;
+use super::scrub::{ScrubSet, WINDOW};
 use super::{LAST_APPLIED_ANNOTATION, MARKER, MARKER_BASE64, MaskContext, Masker, Seg};
 
 /// Clear values masked in one scrub unit (decoded bytes).
@@ -614,14 +614,20 @@ fn remember(found: &mut Found, s: &str, b64: bool) {
     if s.is_empty() || s == MARKER || s == MARKER_BASE64 {
         return;
     }
-    if b64 && let Ok(decoded) = B64.decode(s.as_bytes()) {
-        if B64.encode(&decoded) != s {
-            found.push(s.as_bytes().to_vec());
+    // Object scrub sets look at the first `WINDOW` bytes of a value only
+    // (see `scrub`): keep a little more, so a long value is still known to
+    // be long.
+    const KEEP: usize = WINDOW + 8;
+    if b64 {
+        // Canonical standard base64 (what the engine decodes) of a prefix
+        // that is a whole number of 4-character groups.
+        let text = s.get(..s.len().min(KEEP.div_ceil(3) * 4 + 4)).unwrap_or(s);
+        if let Ok(decoded) = B64.decode(text.as_bytes()) {
+            found.push(decoded);
+            return;
         }
-        found.push(decoded);
-        return;
     }
-    found.push(s.as_bytes().to_vec());
+    found.push(s.as_bytes()[..s.len().min(KEEP)].to_vec());
 }
 
 /// What replaces the `kubectl.kubernetes.io/last-applied-configuration`

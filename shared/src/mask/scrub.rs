@@ -23,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine;
@@ -64,14 +65,19 @@ pub struct ScrubSet {
     /// Per pattern: a window of a longer value (the string holding it is
     /// replaced whole).
     window: Vec<bool>,
-    /// All patterns (for bytes).
-    bytes: Option<AhoCorasick>,
-    /// The patterns that are valid UTF-8 (for strings); `None` with
-    /// `text_same` when that is all of them.
-    text: Option<AhoCorasick>,
-    /// `window` of the patterns of `text`.
-    text_window: Vec<bool>,
-    text_same: bool,
+    /// Object sets are small and searched in few, short strings: a pattern
+    /// at a time, without building an automaton (which costs more than the
+    /// search).
+    naive: bool,
+    /// Naive sets: the first two bytes of every pattern, as a 65536-bit set;
+    /// a string with none of these byte pairs holds no pattern (one pass,
+    /// instead of a search per pattern).
+    bigrams: Option<Box<[u64; 1024]>>,
+    /// All patterns (bytes, streams), built on first use.
+    bytes: OnceLock<Option<AhoCorasick>>,
+    /// The valid UTF-8 patterns (strings), built on first use, with their
+    /// `window` flags.
+    text: OnceLock<Option<(AhoCorasick, Vec<bool>)>>,
     first_bytes: [bool; 256],
     max_len: usize,
 }
@@ -92,21 +98,34 @@ impl Default for ScrubSet {
 
 impl PartialEq for ScrubSet {
     fn eq(&self, other: &Self) -> bool {
-        self.patterns == other.patterns
+        self.patterns == other.patterns && self.window == other.window
     }
 }
 
 impl Eq for ScrubSet {}
 
+fn automaton<'a>(patterns: impl Iterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
+    let p: Vec<&Vec<u8>> = patterns.collect();
+    if p.is_empty() {
+        return None;
+    }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .build(p)
+        .ok()
+}
+
 impl ScrubSet {
     /// The set for `values` (each the clear, decoded value) with the default
-    /// minimum lengths ([`MIN_SCRUB_BYTES`], [`MIN_ENCODED_SCRUB_BYTES`]).
+    /// minimum lengths ([`MIN_SCRUB_BYTES`], [`MIN_ENCODED_SCRUB_BYTES`]),
+    /// every form matched whole.
     pub fn new<I, V>(values: I) -> ScrubSet
     where
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        Self::build(values, usize::MAX)
+        Self::build(values, usize::MAX, false)
     }
 
     /// The set for the values masked in one object: like [`ScrubSet::new`],
@@ -117,26 +136,18 @@ impl ScrubSet {
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        Self::build(values, WINDOW)
+        Self::build(values, WINDOW, true)
     }
 
-    fn build<I, V>(values: I, window: usize) -> ScrubSet
+    fn build<I, V>(values: I, window: usize, naive: bool) -> ScrubSet
     where
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        let mut all_forms: Vec<Vec<u8>> = Vec::new();
+        let mut pairs: Vec<(Vec<u8>, bool)> = Vec::new();
         for v in values {
-            forms(v.as_ref(), &mut all_forms);
+            forms(v.as_ref(), window, &mut pairs);
         }
-        let mut pairs: Vec<(Vec<u8>, bool)> = all_forms
-            .into_iter()
-            .map(|mut f| {
-                let cut = f.len() > window;
-                f.truncate(window);
-                (f, cut)
-            })
-            .collect();
         // Longest first; for equal patterns the window (whole-string) wins.
         pairs.sort_by(|a, b| {
             b.0.len()
@@ -146,45 +157,31 @@ impl ScrubSet {
         });
         pairs.dedup_by(|a, b| a.0 == b.0);
         let (patterns, window): (Vec<Vec<u8>>, Vec<bool>) = pairs.into_iter().unzip();
-        let build = |p: &[&Vec<u8>]| {
-            if p.is_empty() {
-                return None;
-            }
-            // A contiguous NFA: cheap to build (sets are built per object),
-            // fast enough to search with its prefilter.
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .kind(Some(AhoCorasickKind::ContiguousNFA))
-                .build(p)
-                .ok()
-        };
-        let all: Vec<&Vec<u8>> = patterns.iter().collect();
-        let utf8: Vec<&Vec<u8>> = patterns
-            .iter()
-            .filter(|p| std::str::from_utf8(p).is_ok())
-            .collect();
-        let utf8_window: Vec<bool> = patterns
-            .iter()
-            .zip(&window)
-            .filter(|(p, _)| std::str::from_utf8(p).is_ok())
-            .map(|(_, w)| *w)
-            .collect();
-        let text_same = utf8.len() == all.len();
         let mut first_bytes = [false; 256];
         for p in &patterns {
             if let Some(b) = p.first() {
                 first_bytes[usize::from(*b)] = true;
             }
         }
+        let bigrams = naive.then(|| {
+            let mut bits = Box::new([0u64; 1024]);
+            for p in &patterns {
+                if let [a, b, ..] = p.as_slice() {
+                    let i = (usize::from(*a) << 8) | usize::from(*b);
+                    bits[i >> 6] |= 1 << (i & 63);
+                }
+            }
+            bits
+        });
         ScrubSet {
-            bytes: build(&all),
-            text: if text_same { None } else { build(&utf8) },
-            text_window: utf8_window,
-            window,
-            text_same,
-            first_bytes,
             max_len: patterns.first().map_or(0, Vec::len),
             patterns,
+            window,
+            naive,
+            bigrams,
+            bytes: OnceLock::new(),
+            text: OnceLock::new(),
+            first_bytes,
         }
     }
 
@@ -203,32 +200,79 @@ impl ScrubSet {
         self.max_len
     }
 
-    fn text_automaton(&self) -> Option<&AhoCorasick> {
-        if self.text_same {
-            self.bytes.as_ref()
-        } else {
-            self.text.as_ref()
-        }
+    fn byte_automaton(&self) -> Option<&AhoCorasick> {
+        self.bytes
+            .get_or_init(|| automaton(self.patterns.iter()))
+            .as_ref()
+    }
+
+    fn text_automaton(&self) -> Option<&(AhoCorasick, Vec<bool>)> {
+        self.text
+            .get_or_init(|| {
+                let utf8 = || {
+                    self.patterns
+                        .iter()
+                        .zip(&self.window)
+                        .filter(|(p, _)| std::str::from_utf8(p).is_ok())
+                };
+                let ac = automaton(utf8().map(|(p, _)| p))?;
+                Some((ac, utf8().map(|(_, w)| *w).collect()))
+            })
+            .as_ref()
+    }
+
+    /// The patterns usable on strings, with their window flags.
+    fn text_patterns(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.patterns
+            .iter()
+            .zip(&self.window)
+            .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|p| (p, *w)))
+    }
+
+    /// False when `hay` cannot hold any pattern (naive sets).
+    fn may_match(&self, hay: &[u8]) -> bool {
+        let Some(bits) = &self.bigrams else {
+            return true;
+        };
+        hay.windows(2).any(|w| {
+            let i = (usize::from(w[0]) << 8) | usize::from(w[1]);
+            bits[i >> 6] & (1 << (i & 63)) != 0
+        })
     }
 
     /// True when `s` holds any form of any value.
     pub fn matches_str(&self, s: &str) -> bool {
-        self.text_automaton().is_some_and(|ac| ac.is_match(s))
+        if self.naive {
+            return self.may_match(s.as_bytes())
+                && self.text_patterns().any(|(p, _)| s.contains(p));
+        }
+        self.text_automaton().is_some_and(|(ac, _)| ac.is_match(s))
     }
 
     /// `s` with every occurrence replaced by [`MARKER`]; `None` when `s`
-    /// holds none.
-    /// A string holding a window of a longer value is replaced whole.
+    /// holds none. A string holding a window of a longer value is replaced
+    /// whole.
     pub fn scrub_str(&self, s: &str) -> Option<String> {
-        let ac = self.text_automaton()?;
+        if self.naive {
+            if !self.may_match(s.as_bytes()) {
+                return None;
+            }
+            let mut cur: Option<String> = None;
+            for (p, window) in self.text_patterns() {
+                let hay = cur.as_deref().unwrap_or(s);
+                if hay.contains(p) {
+                    if window {
+                        return Some(MARKER.to_string());
+                    }
+                    cur = Some(hay.replace(p, MARKER));
+                }
+            }
+            return cur;
+        }
+        let (ac, windows) = self.text_automaton()?;
         if !ac.is_match(s) {
             return None;
         }
-        let windows = if self.text_same {
-            &self.window
-        } else {
-            &self.text_window
-        };
         let mut out = String::with_capacity(s.len());
         let mut last = 0;
         for m in ac.find_iter(s) {
@@ -249,10 +293,10 @@ impl ScrubSet {
     }
 
     /// `b` with every occurrence replaced by [`MARKER`]; `None` when `b`
-    /// holds none.
-    /// Bytes holding a window of a longer value are replaced whole.
+    /// holds none. Bytes holding a window of a longer value are replaced
+    /// whole.
     pub fn scrub_bytes(&self, b: &[u8]) -> Option<Vec<u8>> {
-        let ac = self.bytes.as_ref()?;
+        let ac = self.byte_automaton()?;
         if !ac.is_match(b) {
             return None;
         }
@@ -297,16 +341,37 @@ impl ScrubSet {
     }
 }
 
-/// Every form of `v` worth matching, appended to `out`.
-fn forms(v: &[u8], out: &mut Vec<Vec<u8>>) {
+/// Every form of `v` worth matching, appended to `out` with its window
+/// flag: forms longer than `window` are cut to it (only the first bytes of a
+/// long value are encoded, which is all its first `window` characters
+/// depend on).
+fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
+    let mut push = |f: Vec<u8>, cut: bool| {
+        let cut = cut || f.len() > window;
+        let mut f = f;
+        f.truncate(window);
+        out.push((f, cut));
+    };
+    // Enough bytes for `window` characters of any encoding at any offset.
+    let head = window.saturating_add(3);
+    let (v, long) = if v.len() > head {
+        (&v[..head], true)
+    } else {
+        (v, false)
+    };
     if v.len() >= MIN_SCRUB_BYTES {
-        out.push(v.to_vec());
+        push(v.to_vec(), long);
     }
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
     }
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        out.push(engine.encode(v).into_bytes());
+        let mut enc = engine.encode(v).into_bytes();
+        if long {
+            // The last characters of a cut value's encoding are not its own.
+            enc.truncate(window);
+        }
+        push(enc, long);
     }
     // Inside longer base64: the value starts at byte offset k (mod 3) of the
     // encoded data. Encode it behind k filler bytes and keep the characters
@@ -324,7 +389,7 @@ fn forms(v: &[u8], out: &mut Vec<Vec<u8>>) {
                 enc.len() - 1
             };
             if end > start && end - start >= MIN_CORE_CHARS {
-                out.push(enc.as_bytes()[start..end].to_vec());
+                push(enc.as_bytes()[start..end].to_vec(), long);
             }
         }
     }
@@ -393,7 +458,8 @@ impl StreamScrubber {
     }
 
     fn process(&mut self, buf: Vec<u8>, eof: bool) -> Vec<u8> {
-        let Some(ac) = self.set.bytes.as_ref() else {
+        let set = self.set.clone();
+        let Some(ac) = set.byte_automaton() else {
             return buf;
         };
         let guard = self.set.max_len.saturating_sub(1);
