@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CollectorFormat, Config, RecordingFailureMode};
 use crate::hooks::{Hooks, RecordHook, RequestContext, TunnelIo, TunnelTap};
-use crate::mask_body::{MaskTransform, MaskerSource};
+use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
 use crate::policy_store::{PolicyDecider, PolicyStore};
 use crate::recording::asciicast::SessionTap;
 use crate::recording::hook::{LevelSource, PolicyHashSource, RecordingHook};
@@ -77,9 +77,15 @@ pub async fn run_configured(
         config.approval.clone(),
     )
     .map_err(crate::config::ConfigError::from)?;
+    // The masking reads the real token (its own source of the same file, so
+    // it follows rotations) to scrub it from every response it passes on.
+    let tokens: TokenScrub = {
+        let source = Arc::new(crate::token::TokenSource::new(&config.upstream_token_file));
+        Arc::new(move || source.scrub_set())
+    };
     let hooks = Hooks {
         decide: Arc::new(decide),
-        transform: Arc::new(MaskTransform::new(masker)),
+        transform: Arc::new(MaskTransform::new(masker).with_token_scrub(tokens)),
         record: Arc::new(SessionRecording {
             hook: record,
             recorder,

@@ -11,9 +11,18 @@
 //! - [`MaskTransform`] is the [`TransformHook`] that does both.
 //!
 //! Anything the masker cannot read (protobuf, CBOR, an unknown encoding,
-//! truncated JSON) is an error: before the headers went out the app gets a
-//! 502 `Status`; mid-stream the body ends with an error (the app sees a broken
-//! response), never with unmasked bytes.
+//! truncated JSON, JSON served as `text/plain` — text is read as log lines
+//! for `pods/log` only) is an error: before the headers went out the app gets
+//! a 502 `Status`; mid-stream the body ends with an error (the app sees a
+//! broken response), never with unmasked bytes.
+//!
+//! The sidecar's own upstream token ([`TokenScrub`]) is scrubbed from every
+//! response that is not an upgraded tunnel: from the headers, from masked
+//! bodies (per JSON string and key, per log line, and over the output bytes)
+//! and from bodies that are not masked (discovery, `*/proxy`, other
+//! non-resource URLs), which are then read through a [`StreamScrubber`]
+//! (gzip decoded; other encodings refused) with memory bounded by the
+//! token's length, whatever the chunk boundaries.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -28,7 +37,9 @@ use http::header::{
 };
 use http_body::{Body, Frame};
 use mcp_warden_shared::attrs::RequestAttributes;
-use mcp_warden_shared::mask::{MaskContext, MaskError, Masker, StreamKind, StreamMasker};
+use mcp_warden_shared::mask::{
+    MaskContext, MaskError, Masker, ScrubSet, StreamKind, StreamMasker, StreamScrubber,
+};
 use mcp_warden_shared::status::{Reason, Status};
 use tokio::sync::watch;
 
@@ -119,26 +130,7 @@ pub fn negotiate_accept(attrs: &RequestAttributes, headers: &mut HeaderMap) -> b
             }
         }
     }
-    let gzip_ok = headers
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| {
-            let mut parts = e.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                matches!(
-                    p.trim().replace(' ', "").as_str(),
-                    "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
-                )
-            });
-            name.eq_ignore_ascii_case("gzip") && !refused
-        });
-    headers.remove(ACCEPT_ENCODING);
-    if gzip_ok {
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-    }
+    narrow_accept_encoding(headers);
     true
 }
 
@@ -245,7 +237,10 @@ type InnerBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 pub struct MaskedBody {
     inner: InnerBody,
     gzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
-    masker: StreamMasker,
+    /// `None`: the body is only scrubbed (see [`scrub_response`]).
+    masker: Option<StreamMasker>,
+    /// The token scrub over the output bytes, if there is a token.
+    scrubber: Option<StreamScrubber>,
     /// Masked bytes ready to go out.
     pending: Option<Bytes>,
     done: bool,
@@ -281,26 +276,91 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let gzip =
-        match header_str(&parts.headers, CONTENT_ENCODING).map(|e| e.trim().to_ascii_lowercase()) {
-            None => false,
-            Some(e) if e.is_empty() || e == "identity" => false,
-            Some(e) if e == "gzip" || e == "x-gzip" => true,
-            Some(e) => return Err(MaskBodyError::UnsupportedEncoding { encoding: e }),
-        };
+    let gzip = is_gzip(parts)?;
     let stream_kind = stream_kind(kind, parts)?;
+    let scrubber = ctx
+        .scrub
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(StreamScrubber::new);
+    let masker = StreamMasker::new(masker, ctx, stream_kind);
+    Ok(wrap(body, gzip, Some(masker), scrubber))
+}
+
+/// Wraps an upstream response body that is not masked so that the values of
+/// `scrub` (the sidecar's token) are scrubbed from it as it streams. The
+/// caller applies [`masked_response_headers`]. Errors: an encoding other
+/// than gzip (the bytes could not be read).
+pub fn scrub_response<B>(
+    scrub: Arc<ScrubSet>,
+    parts: &http::response::Parts,
+    body: B,
+) -> Result<(MaskedBody, MaskCount), MaskBodyError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let gzip = is_gzip(parts)?;
+    Ok(wrap(body, gzip, None, Some(StreamScrubber::new(scrub))))
+}
+
+fn is_gzip(parts: &http::response::Parts) -> Result<bool, MaskBodyError> {
+    match header_str(&parts.headers, CONTENT_ENCODING).map(|e| e.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(e) if e.is_empty() || e == "identity" => Ok(false),
+        Some(e) if e == "gzip" || e == "x-gzip" => Ok(true),
+        Some(e) => Err(MaskBodyError::UnsupportedEncoding {
+            encoding: echo_token(&e),
+        }),
+    }
+}
+
+/// A header value fit to be echoed in an error message: only when it looks
+/// like a media type or an encoding name (a reflected token must not be
+/// echoed, not even in part).
+fn echo_token(v: &str) -> String {
+    let ok = |p: &str, max: usize| {
+        !p.is_empty()
+            && p.len() <= max
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-')
+            })
+    };
+    let media = v.split(';').next().unwrap_or("").trim();
+    let fits = match media.split_once('/') {
+        Some((t, sub)) => ok(t, 40) && ok(sub, 60),
+        None => media.split(',').all(|e| ok(e.trim(), 20)),
+    };
+    if fits {
+        media.to_string()
+    } else {
+        "(unrecognised)".to_string()
+    }
+}
+
+fn wrap<B>(
+    body: B,
+    gzip: bool,
+    masker: Option<StreamMasker>,
+    scrubber: Option<StreamScrubber>,
+) -> (MaskedBody, MaskCount)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let count = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = watch::channel(None);
     let body = MaskedBody {
         inner: Box::pin(http_body_util::BodyExt::map_err(body, Into::into)),
         gzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
-        masker: StreamMasker::new(masker, ctx, stream_kind),
+        masker,
+        scrubber,
         pending: None,
         done: false,
         count: count.clone(),
         outcome: tx,
     };
-    Ok((body, MaskCount { count, done: rx }))
+    (body, MaskCount { count, done: rx })
 }
 
 /// Headers of a masked response: no `Content-Length` (the length changes),
@@ -347,11 +407,12 @@ fn stream_kind(kind: BodyKind, parts: &http::response::Parts) -> Result<StreamKi
         None | Some("") => Ok(json(kind)),
         Some("application/json") => Ok(json(kind)),
         Some(m) if m.ends_with("+json") => Ok(json(kind)),
-        // Logs, and plain-text error pages: detectors line by line.
-        Some("text/plain") => Ok(StreamKind::Log),
+        // Text is read as log lines for `pods/log` only: anything else must
+        // be JSON (JSON served as text/plain would pass the detectors only).
+        Some("text/plain") if kind == BodyKind::Log => Ok(StreamKind::Log),
         Some(_) if no_body => Ok(json(kind)),
         Some(_) => Err(MaskBodyError::UnsupportedContentType {
-            content_type: ct.unwrap_or_default(),
+            content_type: echo_token(&ct.unwrap_or_default()),
         }),
     }
 }
@@ -365,41 +426,60 @@ impl MaskedBody {
         std::future::poll_fn(|cx| self.poll_produce(cx)).await
     }
 
-    /// Values masked so far.
+    /// Values masked (and token occurrences scrubbed) so far.
     pub fn masked(&self) -> usize {
-        self.masker.masked_count()
+        self.masker.as_ref().map_or(0, StreamMasker::masked_count)
+            + self.scrubber.as_ref().map_or(0, StreamScrubber::count)
     }
 
     fn fail(&mut self, e: MaskBodyError) -> Poll<Result<(), MaskBodyError>> {
         self.done = true;
         self.pending = None;
         self.outcome.send_replace(Some(MaskOutcome::Failed {
-            masked: self.masker.masked_count(),
+            masked: self.masked(),
             error: e.to_string(),
         }));
         Poll::Ready(Err(e))
     }
 
     fn publish(&mut self, out: Vec<u8>) {
-        self.count
-            .store(self.masker.masked_count(), Ordering::Relaxed);
+        self.count.store(self.masked(), Ordering::Relaxed);
         if !out.is_empty() {
             self.pending = Some(Bytes::from(out));
         }
     }
 
-    /// Decompress (if needed) and mask one upstream chunk.
-    fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>, MaskBodyError> {
-        let Some(dec) = &mut self.gzip else {
-            return Ok(self.masker.push(data)?);
+    /// Mask (if masking) and scrub plain bytes.
+    fn stage(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), MaskBodyError> {
+        let masked: std::borrow::Cow<'_, [u8]> = match &mut self.masker {
+            Some(m) => m.push(plain)?.into(),
+            None => plain.into(),
         };
+        match &mut self.scrubber {
+            Some(s) => out.extend_from_slice(&s.push(&masked)),
+            None => out.extend_from_slice(&masked),
+        }
+        Ok(())
+    }
+
+    /// Decompress (if needed), mask and scrub one upstream chunk.
+    fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>, MaskBodyError> {
         let mut out = Vec::new();
+        if self.gzip.is_none() {
+            self.stage(data, &mut out)?;
+            return Ok(out);
+        }
         for slice in data.chunks(GZIP_SLICE) {
-            dec.write_all(slice)
-                .and_then(|()| dec.flush())
-                .map_err(|e| MaskBodyError::Gzip { why: e.to_string() })?;
-            let plain = std::mem::take(dec.get_mut());
-            out.extend(self.masker.push(&plain)?);
+            let plain = match &mut self.gzip {
+                Some(dec) => {
+                    dec.write_all(slice)
+                        .and_then(|()| dec.flush())
+                        .map_err(|e| MaskBodyError::Gzip { why: e.to_string() })?;
+                    std::mem::take(dec.get_mut())
+                }
+                None => slice.to_vec(),
+            };
+            self.stage(&plain, &mut out)?;
         }
         Ok(out)
     }
@@ -410,9 +490,19 @@ impl MaskedBody {
             dec.try_finish()
                 .map_err(|e| MaskBodyError::Gzip { why: e.to_string() })?;
             let plain = std::mem::take(dec.get_mut());
-            out.extend(self.masker.push(&plain)?);
+            self.stage(&plain, &mut out)?;
         }
-        out.extend(self.masker.finish()?);
+        let last = match &mut self.masker {
+            Some(m) => m.finish()?,
+            None => Vec::new(),
+        };
+        match &mut self.scrubber {
+            Some(s) => {
+                out.extend_from_slice(&s.push(&last));
+                out.extend(s.finish());
+            }
+            None => out.extend(last),
+        }
         Ok(out)
     }
 
@@ -441,7 +531,7 @@ impl MaskedBody {
                         self.publish(out);
                         self.done = true;
                         self.outcome.send_replace(Some(MaskOutcome::Complete {
-                            masked: self.masker.masked_count(),
+                            masked: self.masked(),
                         }));
                     }
                     Err(e) => return self.fail(e),
@@ -477,7 +567,7 @@ impl Drop for MaskedBody {
     fn drop(&mut self) {
         if self.outcome.borrow().is_none() {
             self.outcome.send_replace(Some(MaskOutcome::Aborted {
-                masked: self.masker.masked_count(),
+                masked: self.masked(),
             }));
         }
     }
@@ -487,32 +577,55 @@ impl Drop for MaskedBody {
 /// swaps it on reload).
 pub type MaskerSource = Arc<dyn Fn() -> Arc<Masker> + Send + Sync>;
 
+/// Where the current values of the sidecar's own token come from, compiled
+/// for scrubbing (see [`crate::token::TokenSource::scrub_set`]).
+pub type TokenScrub = Arc<dyn Fn() -> Option<Arc<ScrubSet>> + Send + Sync>;
+
 /// The [`TransformHook`] that masks responses: rewrites `Accept` before
-/// forwarding, masks the body, inserts a [`MaskCount`] into the response's
-/// extensions for the recorder, and answers 502 when the body cannot be
-/// masked.
+/// forwarding, masks the body, scrubs the sidecar's token from every
+/// response (headers and body, masked or not), inserts a [`MaskCount`] into
+/// the response's extensions for the recorder, and answers 502 when the body
+/// cannot be masked or read.
 #[derive(Clone)]
 pub struct MaskTransform {
     masker: MaskerSource,
+    tokens: Option<TokenScrub>,
 }
 
 impl std::fmt::Debug for MaskTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MaskTransform").finish_non_exhaustive()
+        f.debug_struct("MaskTransform")
+            .field("token_scrub", &self.tokens.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl MaskTransform {
     /// Masks with whatever masker `source` returns at each response.
     pub fn new(source: MaskerSource) -> MaskTransform {
-        MaskTransform { masker: source }
+        MaskTransform {
+            masker: source,
+            tokens: None,
+        }
     }
 
     /// Masks with one fixed masker.
     pub fn fixed(masker: Arc<Masker>) -> MaskTransform {
-        MaskTransform {
-            masker: Arc::new(move || masker.clone()),
-        }
+        MaskTransform::new(Arc::new(move || masker.clone()))
+    }
+
+    /// Also scrubs the token values `tokens` returns (at each response) from
+    /// every response that is not an upgraded tunnel.
+    pub fn with_token_scrub(mut self, tokens: TokenScrub) -> MaskTransform {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    fn token_set(&self) -> Option<Arc<ScrubSet>> {
+        self.tokens
+            .as_ref()
+            .and_then(|f| f())
+            .filter(|s| !s.is_empty())
     }
 
     /// Mask `response` of a request with these attributes; `Err` is the
@@ -522,29 +635,110 @@ impl MaskTransform {
         attrs: &RequestAttributes,
         response: http::Response<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, Status> {
-        let Some(kind) = BodyKind::for_request(attrs) else {
-            return Ok(response);
-        };
+        self.respond(Some(attrs), response).await
+    }
+
+    /// Mask (when the request's response may need masking) and scrub the
+    /// token from any response that is not a 101; `Err` is the Status (502)
+    /// to answer instead.
+    pub async fn respond(
+        &self,
+        attrs: Option<&RequestAttributes>,
+        response: http::Response<ProxyBody>,
+    ) -> Result<http::Response<ProxyBody>, Status> {
+        let tokens = self.token_set();
         let (mut parts, body) = response.into_parts();
-        let ctx = MaskContext::from_attrs(attrs);
-        let (mut masked, count) =
-            mask_response((self.masker)(), ctx, kind, &parts, body).map_err(|e| e.to_status())?;
-        if kind == BodyKind::Object {
-            masked.prime().await.map_err(|e| e.to_status())?;
+        if let Some(set) = &tokens {
+            scrub_headers(&mut parts.headers, set);
         }
-        masked_response_headers(&mut parts);
-        parts.extensions.insert(count);
-        Ok(http::Response::from_parts(parts, boxed(masked)))
+        let kind = attrs.and_then(BodyKind::for_request);
+        let result = match (kind, attrs) {
+            (Some(kind), Some(attrs)) => {
+                let mut ctx = MaskContext::from_attrs(attrs);
+                ctx.scrub = tokens.clone();
+                match mask_response((self.masker)(), ctx, kind, &parts, body) {
+                    Ok((mut masked, count)) => {
+                        let primed = if kind == BodyKind::Object {
+                            masked.prime().await
+                        } else {
+                            Ok(())
+                        };
+                        primed.map(|()| {
+                            masked_response_headers(&mut parts);
+                            parts.extensions.insert(count);
+                            http::Response::from_parts(parts, boxed(masked))
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => match &tokens {
+                None => Ok(http::Response::from_parts(parts, body)),
+                Some(set) => scrub_response(set.clone(), &parts, body).map(|(scrubbed, count)| {
+                    masked_response_headers(&mut parts);
+                    parts.extensions.insert(count);
+                    http::Response::from_parts(parts, boxed(scrubbed))
+                }),
+            },
+        };
+        result.map_err(|e| {
+            let mut status = e.to_status();
+            if let Some(clean) = tokens.as_ref().and_then(|t| t.scrub_str(&status.message)) {
+                status.message = clean;
+            }
+            status
+        })
+    }
+}
+
+/// Replace the token in response header values (a reflecting upstream).
+fn scrub_headers(headers: &mut HeaderMap, set: &ScrubSet) {
+    for value in headers.values_mut() {
+        if let Some(clean) = set.scrub_bytes(value.as_bytes()) {
+            *value = HeaderValue::from_bytes(&clean)
+                .unwrap_or_else(|_| HeaderValue::from_static("***MASKED***"));
+        }
+    }
+}
+
+/// `Accept-Encoding` narrowed to what the body readers decode (gzip), or
+/// removed.
+fn narrow_accept_encoding(headers: &mut HeaderMap) {
+    let gzip_ok = headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                matches!(
+                    p.trim().replace(' ', "").as_str(),
+                    "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+                )
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        });
+    headers.remove(ACCEPT_ENCODING);
+    if gzip_ok {
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
     }
 }
 
 impl TransformHook for MaskTransform {
     fn prepare_request(&self, ctx: &RequestContext, parts: &mut http::request::Parts) {
-        if ctx.is_upgrade {
+        // A request whose response may need masking is negotiated whether or
+        // not it asked for an upgrade: only a 101 is tunnelled, anything else
+        // is masked.
+        if let Some(attrs) = &ctx.attrs
+            && negotiate_accept(attrs, &mut parts.headers)
+        {
             return;
         }
-        if let Some(attrs) = &ctx.attrs {
-            negotiate_accept(attrs, &mut parts.headers);
+        // Other bodies are scanned for the token: in an encoding it reads.
+        if self.tokens.is_some() && !ctx.is_upgrade {
+            narrow_accept_encoding(&mut parts.headers);
         }
     }
 
@@ -567,16 +761,12 @@ impl TransformHook for MaskTransform {
         response: http::Response<ProxyBody>,
     ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Status>> {
         Box::pin(async move {
-            match (&ctx.attrs, ctx.is_upgrade) {
-                (Some(attrs), false) => {
-                    let r = self.mask(attrs, response).await;
-                    if let Err(s) = &r {
-                        tracing::warn!(request_id = %ctx.request_id, reason = %s.message, "response withheld: cannot mask");
-                    }
-                    r
-                }
-                _ => Ok(response),
+            // Never a 101 here: upgraded connections are tunnelled before.
+            let r = self.respond(ctx.attrs.as_ref(), response).await;
+            if let Err(s) = &r {
+                tracing::warn!(request_id = %ctx.request_id, reason = %s.message, "response withheld: cannot mask");
             }
+            r
         })
     }
 }
@@ -893,6 +1083,161 @@ mod tests {
         let out = String::from_utf8(collect(masked).await.unwrap()).unwrap();
         assert_eq!(out, format!("a\npassword={MARKER}\n"));
         assert_eq!(count.finished().await.masked(), 1);
+    }
+
+    #[test]
+    fn text_plain_only_for_logs() {
+        // JSON served as text/plain on a secrets path is refused, not read
+        // as log lines.
+        for (kind, ct) in [
+            (BodyKind::Object, "text/plain"),
+            (BodyKind::Watch, "text/plain; charset=utf-8"),
+        ] {
+            let r = mask_response(
+                masker(),
+                MaskContext::for_resource("secrets"),
+                kind,
+                &parts(&[("content-type", ct)]),
+                chunked(vec![SECRET.as_bytes().to_vec()], false),
+            );
+            let e = r.err().unwrap_or_else(|| panic!("{kind:?} {ct} accepted"));
+            assert_eq!(e.to_status().reason, Reason::BadGateway);
+        }
+        assert!(
+            mask_response(
+                masker(),
+                MaskContext::for_resource("pods"),
+                BodyKind::Log,
+                &parts(&[("content-type", "text/plain")]),
+                chunked(vec![b"a\n".to_vec()], false),
+            )
+            .is_ok()
+        );
+    }
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpzaWRlY2FyIn0.c2lnbmF0dXJlLXJlYWwtdG9rZW4";
+
+    fn token_transform() -> MaskTransform {
+        // No detectors: the token scrub alone must catch it.
+        let m = MaskingConfig {
+            rules: MaskingConfig::embedded_default().rules,
+            detectors: vec![],
+        }
+        .compile()
+        .unwrap();
+        let set = Arc::new(ScrubSet::new([TOKEN]));
+        MaskTransform::fixed(Arc::new(m)).with_token_scrub(Arc::new(move || Some(set.clone())))
+    }
+
+    fn assert_no_token(out: &str) {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        assert!(!out.contains(TOKEN), "{out}");
+        assert!(!out.contains(&STANDARD.encode(TOKEN)), "{out}");
+        assert!(!out.contains(&URL_SAFE_NO_PAD.encode(TOKEN)), "{out}");
+        assert!(!out.contains(&TOKEN[..40]), "{out}");
+    }
+
+    #[tokio::test]
+    async fn token_is_scrubbed_from_bodies_that_are_not_masked() {
+        use base64::Engine as _;
+        let t = token_transform();
+        let discovery = RequestAttributes {
+            is_resource_request: false,
+            verb: "get".into(),
+            path: "/version".into(),
+            ..RequestAttributes::default()
+        };
+        let proxy = attrs("get", "pods", "proxy");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("Bearer {TOKEN}"));
+        let body = format!("{{\"echo\":\"Bearer {TOKEN}\",\"b64\":\"{b64}\"}}\n");
+        for a in [&discovery, &proxy] {
+            for chunk in [1, 7, 100, body.len()] {
+                let chunks = body.as_bytes().chunks(chunk).map(<[u8]>::to_vec).collect();
+                let resp = http::Response::builder()
+                    .header("content-type", "application/json")
+                    .header("content-length", body.len().to_string())
+                    .header("x-echo-authorization", format!("Bearer {TOKEN}"))
+                    .body(chunked(chunks, false))
+                    .unwrap();
+                let resp = t.respond(Some(a), resp).await.unwrap();
+                assert!(resp.headers().get(CONTENT_LENGTH).is_none());
+                let echo = resp.headers().get("x-echo-authorization").unwrap();
+                assert_eq!(echo, "Bearer ***MASKED***");
+                let count = resp.extensions().get::<MaskCount>().unwrap().clone();
+                let out = resp.into_body().collect().await.unwrap().to_bytes();
+                let out = String::from_utf8(out.to_vec()).unwrap();
+                assert_no_token(&out);
+                assert!(out.contains(MARKER) && out.ends_with("}\n"), "{out}");
+                assert_eq!(count.finished().await.masked(), 2);
+            }
+        }
+        // gzip is decoded for the scan; other encodings cannot be read.
+        let resp = http::Response::builder()
+            .header("content-encoding", "gzip")
+            .body(chunked(vec![gzip(body.as_bytes())], false))
+            .unwrap();
+        let resp = t.respond(Some(&discovery), resp).await.unwrap();
+        assert!(resp.headers().get(CONTENT_ENCODING).is_none());
+        let out = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_no_token(&String::from_utf8_lossy(&out));
+        let resp = http::Response::builder()
+            .header("content-encoding", format!("br-{}", &TOKEN[..30]))
+            .body(chunked(vec![body.clone().into_bytes()], false))
+            .unwrap();
+        let st = t.respond(Some(&discovery), resp).await.unwrap_err();
+        assert_eq!(st.reason, Reason::BadGateway);
+        assert!(!st.message.contains(&TOKEN[..20]), "{}", st.message);
+        // Without a token source, such bodies pass untouched.
+        let plain = MaskTransform::fixed(masker());
+        let resp = http::Response::builder()
+            .header("content-length", body.len().to_string())
+            .body(chunked(vec![body.clone().into_bytes()], false))
+            .unwrap();
+        let resp = plain.respond(Some(&discovery), resp).await.unwrap();
+        assert!(resp.headers().get(CONTENT_LENGTH).is_some());
+    }
+
+    #[tokio::test]
+    async fn token_is_scrubbed_from_masked_json_and_logs() {
+        let t = token_transform();
+        // Escaped in JSON (a byte scan alone would miss it), in a key, in a
+        // value of an object nothing else masks.
+        let escaped: String = TOKEN
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let body = format!(
+            r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"c","annotations":{{"{TOKEN}":"x"}}}},"data":{{"a":"{escaped}","b":"token {TOKEN}"}}}}"#
+        );
+        let resp = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(chunked(vec![body.into_bytes()], false))
+            .unwrap();
+        let resp = t
+            .respond(Some(&attrs("get", "configmaps", "")), resp)
+            .await
+            .unwrap();
+        let out = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_no_token(&v.to_string());
+        assert_eq!(v["data"]["a"], MARKER);
+        // Logs, the token split over chunks and over a line.
+        let log = format!("start\nauth Bearer {TOKEN} ok\nend\n");
+        for chunk in [1, 9, log.len()] {
+            let chunks = log.as_bytes().chunks(chunk).map(<[u8]>::to_vec).collect();
+            let resp = http::Response::builder()
+                .header("content-type", "text/plain")
+                .body(chunked(chunks, false))
+                .unwrap();
+            let resp = t
+                .respond(Some(&attrs("get", "pods", "log")), resp)
+                .await
+                .unwrap();
+            let out = resp.into_body().collect().await.unwrap().to_bytes();
+            let out = String::from_utf8(out.to_vec()).unwrap();
+            assert_eq!(out, format!("start\nauth Bearer {MARKER} ok\nend\n"));
+        }
     }
 
     #[tokio::test]

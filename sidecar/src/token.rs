@@ -9,12 +9,18 @@
 //! cheap `stat` at most once per [`CHECK_INTERVAL`] tells whether to re-read.
 //! A failed re-read keeps the last good token (the old token stays valid for
 //! a while after rotation), so no request fails across a rotation.
+//!
+//! [`TokenSource::scrub_set`] gives the response masking the current and the
+//! previous token as a [`ScrubSet`], so a token an upstream reflects (a
+//! misbehaving aggregated API, a `*/proxy` answer) is scrubbed from every
+//! response and record. The token itself is never logged or printed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
+use mcp_warden_shared::mask::ScrubSet;
 
 /// How often the token file's metadata is checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,6 +44,10 @@ struct Fingerprint {
 
 struct Cached {
     header: HeaderValue,
+    /// The token (no `Bearer `), to tell a rotation and keep the previous one.
+    token: String,
+    /// Current and previous token, compiled for scrubbing.
+    scrub: Arc<ScrubSet>,
     fingerprint: Fingerprint,
     checked: Instant,
 }
@@ -98,12 +108,18 @@ impl TokenSource {
                     return Ok(c.header.clone());
                 }
                 match self.read() {
-                    Ok(header) => {
+                    Ok((header, token)) => {
                         if guard.is_some() {
                             tracing::info!(path = %self.path.display(), "upstream token rotated, re-read");
                         }
+                        let previous = guard.take().map(|c| c.token).filter(|p| *p != token);
+                        let scrub = Arc::new(ScrubSet::new(
+                            std::iter::once(token.as_str()).chain(previous.as_deref()),
+                        ));
                         *guard = Some(Cached {
                             header: header.clone(),
+                            token,
+                            scrub,
                             fingerprint: fp,
                             checked: now,
                         });
@@ -114,6 +130,18 @@ impl TokenSource {
             }
             Err(e) => self.keep_last(&mut guard, now, e),
         }
+    }
+
+    /// The current and the previous token as a [`ScrubSet`] (raw and base64
+    /// forms); `None` until a token was read.
+    pub fn scrub_set(&self) -> Option<Arc<ScrubSet>> {
+        // Refreshes after a rotation, at most one `stat` per interval.
+        let _ = self.header();
+        let guard = match self.cached.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.as_ref().map(|c| c.scrub.clone())
     }
 
     /// Forces the next [`TokenSource::header`] to look at the file again.
@@ -158,7 +186,7 @@ impl TokenSource {
         })
     }
 
-    fn read(&self) -> Result<HeaderValue, TokenError> {
+    fn read(&self) -> Result<(HeaderValue, String), TokenError> {
         let raw = std::fs::read_to_string(&self.path).map_err(|e| TokenError::Read {
             path: self.path.clone(),
             message: e.to_string(),
@@ -174,7 +202,7 @@ impl TokenSource {
                 path: self.path.clone(),
             })?;
         v.set_sensitive(true);
-        Ok(v)
+        Ok((v, token.to_string()))
     }
 }
 
@@ -207,6 +235,22 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("..2026_01_01_00_00_00.1")).unwrap();
         assert_eq!(src.header().unwrap(), "Bearer second");
         assert!(src.header().unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn scrub_set_holds_current_and_previous_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = TokenSource::with_interval(dir.path().join("token"), Duration::ZERO);
+        assert!(src.scrub_set().is_none());
+        std::fs::write(dir.path().join("token"), "first-token-value\n").unwrap();
+        let set = src.scrub_set().unwrap();
+        assert!(set.scrub_str("x first-token-value y").is_some());
+        std::fs::write(dir.path().join("token"), "second-token-value-longer").unwrap();
+        let set = src.scrub_set().unwrap();
+        assert!(set.scrub_str("second-token-value-longer").is_some());
+        // The previous token stays valid for a while after a rotation.
+        assert!(set.scrub_str("first-token-value").is_some());
+        assert!(!format!("{src:?} {set:?}").contains("token-value"));
     }
 
     #[test]

@@ -688,3 +688,466 @@ fn unmaskable_upstream_answer_is_502_without_the_body() {
         (Some("Status"), Some(502))
     );
 }
+
+// ------------------------------------------------ issue 18: hostile upstreams
+
+/// What the hostile upstream answers: status, headers, body chunks (sent as
+/// separate HTTP chunks).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Reply {
+    fn new(ct: &str, chunks: Vec<Vec<u8>>) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), ct.into())],
+            chunks,
+        }
+    }
+}
+
+type Route = fn(path: &str, authorization: &str) -> Reply;
+
+/// A plain-HTTP upstream on loopback answering every request with `route`
+/// (thread per connection, `Connection: close`).
+fn hostile_upstream(route: Route) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let r = route(&path, &auth);
+                let mut out = format!(
+                    "HTTP/1.1 {} X\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n",
+                    r.status
+                );
+                for (k, v) in &r.headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+                for c in &r.chunks {
+                    let _ = s.write_all(format!("{:x}\r\n", c.len()).as_bytes());
+                    let _ = s.write_all(c);
+                    let _ = s.write_all(b"\r\n");
+                    let _ = s.flush();
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    port
+}
+
+/// The sidecar binary in front of a hostile upstream, with the allow-all
+/// masking policy and a collector.
+struct HostileSidecar {
+    child: Child,
+    dir: tempfile::TempDir,
+    listen: String,
+    collector: mcp_warden_tests::stack::Collector,
+    _sim: ApiSim,
+}
+
+impl HostileSidecar {
+    fn start(port: u16, token: &str) -> HostileSidecar {
+        // The sim only provides a CA file for the sidecar's flags.
+        let sim = ApiSim::start(ApiSimOptions::default()).unwrap();
+        let collector = mcp_warden_tests::stack::Collector::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+        std::fs::write(dir.path().join("upstream-token"), token).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port().unwrap());
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
+        let mut child = Command::new(workspace_bin("mcp-warden-sidecar"))
+            .args(["--listen", &listen, "--admin-listen", &admin.to_string()])
+            .args(["--upstream", &format!("http://127.0.0.1:{port}")])
+            .arg("--upstream-ca-file")
+            .arg(sim.ca_path())
+            .args(["--upstream-token-file", &p("upstream-token")])
+            .args(["--local-dir", &p("local"), "--spool-dir", &p("spool")])
+            .args(["--policy-file", &p("policy.yaml")])
+            .args(["--collector-url", &collector.url()])
+            .args(["--pod-name", "p", "--pod-namespace", "default"])
+            .env("MCP_WARDEN_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ready = wait_for("/readyz", T, || {
+            matches!(http_get(admin, "/readyz"), Ok((200, _))).then_some(())
+        });
+        if let Err(e) = ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}");
+        }
+        HostileSidecar {
+            child,
+            dir,
+            listen,
+            collector,
+            _sim: sim,
+        }
+    }
+
+    /// (curl exit success, HTTP code, response headers, body).
+    fn curl(&self, path: &str) -> (bool, String, String, String) {
+        let tok = std::fs::read_to_string(self.dir.path().join("local/token")).unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-D",
+                "/dev/stderr",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.dir.path().join("local/ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {tok}")])
+            .arg(format!("https://{}{path}", self.listen))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (
+            out.status.success(),
+            code.to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            body.to_string(),
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for HostileSidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A clear value the hostile upstream plants, and its base64.
+const PLANTED: &str = "hostile-planted-pw-8Q";
+const PLANTED_B64: &str = "aG9zdGlsZS1wbGFudGVkLXB3LThR";
+
+fn shapes(path: &str, _auth: &str) -> Reply {
+    let item = format!(r#"{{"metadata":{{"name":"x"}},"data":{{"blob":"{PLANTED_B64}"}}}}"#);
+    let json = |s: String| Reply::new("application/json", vec![s.into_bytes()]);
+    let path = path.split('?').next().unwrap_or(path);
+    match path.rsplit('/').next().unwrap_or("") {
+        // JSON served as text/plain.
+        "as-text" => Reply::new(
+            "text/plain",
+            vec![format!(r#"{{"kind":"Secret","apiVersion":"v1","metadata":{{"name":"as-text"}},"data":{{"password":"{PLANTED_B64}"}}}}"#).into_bytes()],
+        ),
+        // A ConfigMap object on a secrets path.
+        "as-configmap" => json(format!(
+            r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"as-configmap"}},"data":{{"blob":"{PLANTED}"}}}}"#
+        )),
+        // A Status carrying data on a secrets path.
+        "as-status" => json(format!(
+            r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","data":{{"blob":"{PLANTED_B64}"}}}}"#
+        )),
+        // Duplicate `kind` keys.
+        "dup-kind" => json(format!(
+            r#"{{"kind":"Secret","apiVersion":"v1","metadata":{{"name":"dup-kind"}},"data":{{"blob":"{PLANTED_B64}"}},"kind":"ConfigMap"}}"#
+        )),
+        // The list itself, by query below.
+        "secrets" => json(format!(
+            r#"{{"kind":"ConfigMapList","apiVersion":"v1","metadata":{{}},"items":[{item}]}}"#
+        )),
+        "configmaps" => Reply::new(
+            "application/json",
+            // `kind` after the items, in pieces: items first.
+            vec![
+                format!(r#"{{"apiVersion":"v1","items":[{item}"#).into_bytes(),
+                br#"],"kind":"SecretList","metadata":{}}"#.to_vec(),
+            ],
+        ),
+        _ => json(r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#.into()),
+    }
+}
+
+fn watch_with_kind(_path: &str, _auth: &str) -> Reply {
+    Reply::new(
+        "application/json",
+        vec![format!(
+            "{{\"kind\":\"WatchEvent\",\"type\":\"ADDED\",\"object\":{{\"kind\":\"Secret\",\"apiVersion\":\"v1\",\"metadata\":{{\"name\":\"w\"}},\"data\":{{\"password\":\"{PLANTED_B64}\"}}}}}}\n"
+        )
+        .into_bytes()],
+    )
+}
+
+#[test]
+fn hostile_upstream_shapes_are_refused_or_masked() {
+    let up = hostile_upstream(shapes);
+    let s = HostileSidecar::start(up, "hostile-shapes-token-0123456789");
+    let ns = "/api/v1/namespaces/default";
+    for (path, want) in [
+        (format!("{ns}/secrets/as-text"), "502"),
+        (format!("{ns}/secrets/as-configmap"), "200"),
+        (format!("{ns}/secrets/as-status"), "200"),
+        (format!("{ns}/secrets/dup-kind"), "502"),
+        (format!("{ns}/secrets"), "502"),
+    ] {
+        let (_, code, _, body) = s.curl(&path);
+        assert_eq!(code, want, "{path}: {body}");
+        assert_clean(&body, &[PLANTED]);
+        assert!(!body.contains(PLANTED_B64), "{path}: {body}");
+        if want == "502" {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                (v["kind"].as_str(), v["code"].as_u64()),
+                (Some("Status"), Some(502)),
+                "{body}"
+            );
+        }
+    }
+    // `kind` after the items contradicting the path: the stream is cut
+    // (the items went out masked as what the path says, nothing more).
+    let (ok, _, _, body) = s.curl(&format!("{ns}/configmaps"));
+    assert!(!ok, "the body must end with an error: {body}");
+    assert!(!body.contains("SecretList"), "{body}");
+    // Nothing unmasked in the records either.
+    let events = wait_for("the records", T, || {
+        let ev = s.collector.events();
+        (ev.len() >= 6).then_some(ev)
+    })
+    .unwrap();
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(
+        !text.contains(PLANTED) && !text.contains(PLANTED_B64),
+        "{text}"
+    );
+}
+
+#[test]
+fn hostile_watch_event_with_its_own_kind_is_cut() {
+    let up = hostile_upstream(watch_with_kind);
+    let s = HostileSidecar::start(up, "hostile-watch-token-0123456789");
+    let (ok, code, headers, body) = s.curl("/api/v1/namespaces/default/secrets?watch=true");
+    // Headers may or may not have reached curl before the reset.
+    assert!(code == "200" || code == "000", "{code} {headers} {body}");
+    assert!(!ok, "the stream must end with an error: {body}");
+    assert!(!body.contains(PLANTED_B64), "{body}");
+}
+
+/// Echoes the Authorization it received — raw, base64, in a header, split
+/// over chunks — like a misbehaving aggregated API or a `*/proxy` target.
+fn reflector(path: &str, auth: &str) -> Reply {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = auth.strip_prefix("Bearer ").unwrap_or(auth).to_string();
+    let half = token.len() / 2;
+    let (a, b) = token.split_at(half);
+    let path = path.split('?').next().unwrap_or(path);
+    let mut r = if path.ends_with("/log") {
+        Reply::new(
+            "text/plain",
+            vec![
+                format!("line one\nauth: {a}").into_bytes(),
+                format!("{b} done\nb64 {}\n", B64.encode(&token)).into_bytes(),
+            ],
+        )
+    } else if path.starts_with("/api/v1/namespaces/default/configmaps/") {
+        Reply::new(
+            "application/json",
+            vec![format!(
+                r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"echo"}},"data":{{"seen":"{a}"#
+            )
+            .into_bytes(), format!(r#"{b}","b64":"{}"}}}}"#, URL_SAFE_NO_PAD.encode(&token)).into_bytes()],
+        )
+    } else {
+        // /version, */proxy: bodies the sidecar does not mask.
+        Reply::new(
+            "application/json",
+            vec![
+                format!(r#"{{"gitVersion":"v1.33.0","echo":"Bearer {a}"#).into_bytes(),
+                format!(r#"{b}","b64":"{}"}}"#, B64.encode(&token)).into_bytes(),
+            ],
+        )
+    };
+    r.headers
+        .push(("X-Echo-Authorization".into(), auth.to_string()));
+    r
+}
+
+#[test]
+fn hostile_upstream_reflecting_the_token_gets_it_scrubbed() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Not JWT-shaped, so no detector would catch it by its look.
+    let token = "real-upstream-token-Zk4xQ1vB7pL0sT9wE2rY6uI3oA8dF5gH";
+    let up = hostile_upstream(reflector);
+    let s = HostileSidecar::start(up, token);
+    let ns = "/api/v1/namespaces/default";
+    for path in [
+        "/version".to_string(),
+        format!("{ns}/pods/web-0/proxy/echo"),
+        format!("{ns}/services/web:80/proxy/healthz"),
+        format!("{ns}/pods/web-0/log"),
+        format!("{ns}/configmaps/echo"),
+    ] {
+        let (_, code, headers, body) = s.curl(&path);
+        assert_eq!(code, "200", "{path}: {body}");
+        for form in [
+            token.to_string(),
+            B64.encode(token),
+            URL_SAFE_NO_PAD.encode(token),
+            token[..24].to_string(),
+        ] {
+            assert!(
+                !body.contains(&form),
+                "{path}: token leaked in body: {body}"
+            );
+            assert!(
+                !headers.contains(&form),
+                "{path}: token leaked in headers: {headers}"
+            );
+        }
+        assert!(body.contains(MARKER), "{path}: {body}");
+    }
+    // The records hold no trace of it, and neither does the sidecar's log.
+    let events = wait_for("the records", T, || {
+        let ev = s.collector.events();
+        (ev.len() >= 5).then_some(ev)
+    })
+    .unwrap();
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&token[..24]), "{text}");
+    assert!(!text.contains(&B64.encode(token)[..24]), "{text}");
+    assert!(!s.log().contains(&token[..24]), "token in the sidecar log");
+}
+
+#[test]
+fn masked_values_copied_into_other_fields_are_scrubbed_in_responses_and_records() {
+    let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+    let collector = mcp_warden_tests::stack::Collector::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let sidecar = Sidecar::start(
+        &sim,
+        SidecarOptions::default()
+            .policy(&policy)
+            .collector(&collector),
+    )
+    .unwrap();
+    let pw = "copied-secret-pw-Xy9";
+    let enc = B64.encode(pw);
+    // What a JSON patch `copy` from /data/password leaves in the object,
+    // planted directly in the API server (admin).
+    let manifest = sim.work_dir().join("copied.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "copied", "namespace": "default",
+                "annotations": {"leak": enc, "note": format!("pw is {pw}")}},
+            "data": {"password": enc},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    run_ok(sim.kubectl("1.32").args(["create", "-f"]).arg(&manifest)).unwrap();
+    let jwt_cm = sim.work_dir().join("bin-cm.json");
+    std::fs::write(
+        &jwt_cm,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bin-cm", "namespace": "default"},
+            "binaryData": {"blob": B64.encode(format!("token: {JWT}"))},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    run_ok(sim.kubectl("1.32").args(["create", "-f"]).arg(&jwt_cm)).unwrap();
+
+    let k = || sidecar.kubectl("1.32");
+    let get = run_ok(k().args(["get", "secret", "copied", "-o", "json"])).unwrap();
+    assert_clean(&get, &[pw]);
+    let v: Value = serde_json::from_str(&get).unwrap();
+    assert_eq!(v["metadata"]["annotations"]["leak"], MARKER, "{get}");
+    assert_eq!(
+        v["metadata"]["annotations"]["note"],
+        format!("pw is {MARKER}")
+    );
+    let list = run_ok(k().args(["get", "secrets", "-o", "json"])).unwrap();
+    assert_clean(&list, &[pw]);
+    let (_, _, table) = curl(
+        &sidecar,
+        "/api/v1/namespaces/default/secrets?includeObject=Object",
+        &["Accept: application/json;as=Table;v=v1;g=meta.k8s.io"],
+        &[],
+    );
+    assert_clean(&table, &[pw]);
+    let cm = run_ok(k().args(["get", "configmap", "bin-cm", "-o", "json"])).unwrap();
+    let v: Value = serde_json::from_str(&cm).unwrap();
+    assert_eq!(v["binaryData"]["blob"], MARKER_BASE64, "{cm}");
+    // A dry-run JSON patch `copy` into an annotation: refused up front, or
+    // answered with the copy scrubbed; never the value.
+    let patch = run(
+        k().args([
+            "patch",
+            "secret",
+            "copied",
+            "--type=json",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-p",
+            r#"[{"op":"copy","from":"/data/password","path":"/metadata/annotations/leak2"}]"#,
+        ]),
+        T,
+    )
+    .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&patch.stdout),
+        String::from_utf8_lossy(&patch.stderr)
+    );
+    assert_clean(&out, &[pw]);
+    // The records (responseObject of the get, list and patch) are scrubbed too.
+    let events = wait_for("the records", T, || {
+        let ev = collector.events();
+        ev.iter()
+            .any(|e| e["verb"] == "patch" && e["stage"] == "ResponseComplete")
+            .then_some(ev)
+    })
+    .unwrap();
+    let text = serde_json::to_string(&events).unwrap();
+    assert_clean(&text, &[pw]);
+    assert!(text.contains("copied"), "the get was recorded");
+}

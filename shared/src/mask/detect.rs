@@ -4,6 +4,11 @@
 //! Rust's `regex` crate runs in time linear in the input (no backtracking), so
 //! no input can make a detector slow; `tests::adversarial_inputs_finish` holds
 //! the patterns to that with large hostile inputs.
+//!
+//! `high-entropy-base64` is different: it judges a token by its character
+//! statistics, not its shape, and runs on log lines only (never on JSON
+//! string values, where certificates, hashes and `binaryData` are ordinary);
+//! it is off unless the policy names it.
 
 use std::borrow::Cow;
 
@@ -26,18 +31,27 @@ pub enum Detector {
     /// `password=...`, `passwd: ...`, `secret=...`, `token: ...`, `api_key=...` and
     /// quoted variants (`"password":"..."`); the value is masked.
     GenericPasswordAssignment,
+    /// Log lines only, opt-in: a run of 20 or more base64 characters
+    /// (standard or URL-safe alphabet, optional `=` padding) that mixes upper
+    /// case, lower case and digits and whose Shannon entropy per character
+    /// is close to that of random data (at least `min(0.85 * log2(len),
+    /// 4.6)` bits), masked whole. Catches base64-encoded secrets and random
+    /// API keys that have no recognisable shape; also masks certificate and
+    /// key material printed in logs.
+    HighEntropyBase64,
 }
 
 impl Detector {
     /// Every detector, in the order they are applied (multi-line blocks first,
     /// then whole tokens, then assignments, so an assignment whose value is a
     /// JWT is masked once).
-    pub const ALL: [Detector; 5] = [
+    pub const ALL: [Detector; 6] = [
         Detector::PrivateKey,
         Detector::Jwt,
         Detector::AwsAccessKey,
         Detector::BearerToken,
         Detector::GenericPasswordAssignment,
+        Detector::HighEntropyBase64,
     ];
 
     /// The name used in the policy file.
@@ -48,6 +62,7 @@ impl Detector {
             Detector::AwsAccessKey => "aws-access-key",
             Detector::BearerToken => "bearer-token",
             Detector::GenericPasswordAssignment => "generic-password-assignment",
+            Detector::HighEntropyBase64 => "high-entropy-base64",
         }
     }
 
@@ -74,6 +89,8 @@ impl Detector {
             Detector::GenericPasswordAssignment => {
                 r#"(?i)((?:password|passwd|pwd|secret|token|api[_-]?key)\\?["']?\s*[:=]\s*)(?:"((?:[^"\\\r\n]|\\.)+)"|'([^'\r\n]+)'|\\"([^"\\\r\n]+)\\"|([^\s"'\\,;&{}\[\]]+))"#
             }
+            // Maximal runs of base64 characters; the entropy test decides.
+            Detector::HighEntropyBase64 => r"[A-Za-z0-9+/_-]{20,}={0,2}",
         }
     }
 }
@@ -84,6 +101,8 @@ pub(crate) struct Detectors {
     /// One pass over a string tells which detectors can match at all.
     set: RegexSet,
     list: Vec<(Detector, Regex)>,
+    /// `high-entropy-base64`, for log lines only.
+    log_only: Option<Regex>,
     /// BEGIN and END lines of private keys, for blocks split over log lines;
     /// `None` when the private-key detector is off.
     pem_lines: Option<(Regex, Regex)>,
@@ -97,7 +116,7 @@ impl Detectors {
     pub(crate) fn new(enabled: &[Detector]) -> Detectors {
         let list: Vec<(Detector, Regex)> = Detector::ALL
             .into_iter()
-            .filter(|d| enabled.contains(d))
+            .filter(|d| enabled.contains(d) && *d != Detector::HighEntropyBase64)
             .filter_map(|d| Regex::new(d.pattern()).ok().map(|re| (d, re)))
             .collect();
         let set = RegexSet::new(list.iter().map(|(_, re)| re.as_str()))
@@ -107,9 +126,15 @@ impl Detectors {
         } else {
             None
         };
+        let log_only = if enabled.contains(&Detector::HighEntropyBase64) {
+            Regex::new(Detector::HighEntropyBase64.pattern()).ok()
+        } else {
+            None
+        };
         Detectors {
             set,
             list,
+            log_only,
             pem_lines,
         }
     }
@@ -132,7 +157,7 @@ impl Detectors {
         end.find(line).map(|m| m.start())
     }
 
-    /// True when no detector is enabled.
+    /// True when no detector for JSON string values is enabled.
     pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -140,6 +165,38 @@ impl Detectors {
     /// Mask every detected secret in `s`; returns the new string (borrowed when
     /// nothing was found) and the number of secrets masked.
     pub(crate) fn apply<'a>(&self, s: &'a str) -> (Cow<'a, str>, usize) {
+        self.apply_collect(s, None)
+    }
+
+    /// [`Detectors::apply`] for a log line: also the log-only detectors.
+    pub(crate) fn apply_log<'a>(&self, s: &'a str) -> (Cow<'a, str>, usize) {
+        let (out, n) = self.apply(s);
+        let Some(re) = &self.log_only else {
+            return (out, n);
+        };
+        let mut m = 0usize;
+        let replaced = re.replace_all(&out, |c: &Captures<'_>| {
+            let whole = c.get(0).map_or("", |x| x.as_str());
+            if high_entropy(whole) {
+                m += 1;
+                MARKER.to_string()
+            } else {
+                whole.to_string()
+            }
+        });
+        if m == 0 {
+            return (out, n);
+        }
+        (Cow::Owned(replaced.into_owned()), n + m)
+    }
+
+    /// [`Detectors::apply`], also appending the clear secret part of every
+    /// match to `found` (so the same value can be scrubbed elsewhere).
+    pub(crate) fn apply_collect<'a>(
+        &self,
+        s: &'a str,
+        mut found: Option<&mut Vec<Vec<u8>>>,
+    ) -> (Cow<'a, str>, usize) {
         if self.list.is_empty() {
             return (Cow::Borrowed(s), 0);
         }
@@ -156,7 +213,9 @@ impl Detectors {
                 continue;
             }
             let mut n = 0usize;
-            let replaced = re.replace_all(&out, |c: &Captures<'_>| replace_one(*det, c, &mut n));
+            let replaced = re.replace_all(&out, |c: &Captures<'_>| {
+                replace_one(*det, c, &mut n, found.as_deref_mut())
+            });
             if n > 0 {
                 total += n;
                 out = Cow::Owned(replaced.into_owned());
@@ -166,9 +225,59 @@ impl Detectors {
     }
 }
 
-/// The replacement text for one match; counts it in `n` unless it was already masked.
-fn replace_one(det: Detector, c: &Captures<'_>, n: &mut usize) -> String {
+/// Shannon entropy, in bits per character, of `s`.
+fn entropy(s: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in s {
+        counts[usize::from(*b)] += 1;
+    }
+    let len = s.len() as f64;
+    counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// The `high-entropy-base64` test for one maximal run of base64 characters.
+fn high_entropy(token: &str) -> bool {
+    let core = token.trim_end_matches('=').as_bytes();
+    if core.len() < 20 {
+        return false;
+    }
+    let has = |f: fn(&u8) -> bool| core.iter().any(f);
+    if !(has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit)) {
+        return false;
+    }
+    let threshold = (0.85 * (core.len() as f64).log2()).min(4.6);
+    entropy(core) >= threshold
+}
+
+/// The replacement text for one match; counts it in `n` unless it was
+/// already masked, and appends the secret part to `found`.
+fn replace_one(
+    det: Detector,
+    c: &Captures<'_>,
+    n: &mut usize,
+    found: Option<&mut Vec<Vec<u8>>>,
+) -> String {
     let whole = c.get(0).map_or("", |m| m.as_str());
+    let secret = match det {
+        Detector::PrivateKey => c.get(2),
+        Detector::BearerToken => c.get(2),
+        Detector::GenericPasswordAssignment => (2..=5).find_map(|i| c.get(i)),
+        _ => c.get(0),
+    }
+    .map_or("", |m| m.as_str());
+    if let Some(f) = found
+        && secret != MARKER
+        && !secret.is_empty()
+    {
+        f.push(secret.as_bytes().to_vec());
+    }
     match det {
         Detector::PrivateKey => {
             let begin = c.get(1).map_or("", |m| m.as_str());
@@ -201,6 +310,8 @@ fn replace_one(det: Detector, c: &Captures<'_>, n: &mut usize) -> String {
             let end = value.end() - c.get(0).map_or(0, |m| m.start());
             format!("{}{MARKER}{}", &whole[..start], &whole[end..])
         }
+        // Never compiled into `list` (log lines only, see `apply_log`).
+        Detector::HighEntropyBase64 => whole.to_string(),
     }
 }
 

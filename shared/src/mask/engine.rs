@@ -4,10 +4,41 @@
 //! Invariant the rest of the module relies on: every change to a value is
 //! counted, so a count of 0 means the value is unchanged and its original
 //! bytes may be passed on verbatim.
+//!
+//! Which rules apply to an object: those of the request's resource *and*
+//! those of the object's built-in kind (the stricter of the two: a
+//! `ConfigMap` on a secrets path is masked as a Secret too, and a `Secret`
+//! is masked as a Secret wherever it appears).
+//!
+//! Scrub units: a single object, each list item, each watch event's object,
+//! each Table row (its object and its cells), a JSON Patch array. The clear
+//! values masked in a unit are remembered and every other occurrence of them
+//! in the same unit is scrubbed ([`super::scrub`]); the identity of the
+//! object (`apiVersion`, `kind`, `metadata.name`, `namespace`, `uid`,
+//! `resourceVersion`, timestamps) is never rewritten. Units are small (one
+//! object), so the streaming masker stays bounded by the largest item.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 
+use super::scrub::{ScrubSet, WINDOW};
 use super::{LAST_APPLIED_ANNOTATION, MARKER, MARKER_BASE64, MaskContext, Masker, Seg};
+
+/// Clear values masked in one scrub unit (decoded bytes).
+type Found = Vec<Vec<u8>>;
+
+/// Identity fields of an object's `metadata`, never scrubbed.
+const IDENTITY_METADATA: [&str; 8] = [
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "selfLink",
+    "generation",
+];
 
 /// Where pod specs live in the objects that carry one.
 const POD_SPEC_PATHS: [&[&str]; 4] = [
@@ -50,6 +81,40 @@ fn builtin_resource(kind: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// Does the list kind `kind` name a built-in resource other than the one
+/// the request is for (`ConfigMapList` on a secrets path)? Such a body is
+/// refused: an API server never answers so.
+pub(crate) fn list_kind_contradicts(ctx: &MaskContext, kind: &str) -> bool {
+    if ctx.resource.is_empty() {
+        return false;
+    }
+    let Some(base) = kind.strip_suffix("List") else {
+        return false;
+    };
+    match builtin_resource(base) {
+        Some((r, _)) => r != ctx.resource,
+        // `List`, `PodMetricsList`, `PartialObjectMetadataList`, custom
+        // resources: the items are masked under the path (and their own
+        // kinds), which is what the request was for.
+        None => false,
+    }
+}
+
+/// Why a watch stream value is refused, if it is: each value must be an
+/// event (`type` and `object`, no `kind` of its own) or a plain `Status`
+/// (a watch that failed before it started).
+pub(crate) fn check_watch_value(v: &Value) -> Result<(), &'static str> {
+    let Value::Object(map) = v else {
+        return Err("a watch stream value that is not an object");
+    };
+    match map.get("kind") {
+        Some(Value::String(k)) if k == "Status" && !map.contains_key("object") => Ok(()),
+        Some(_) => Err("a watch event with a `kind` of its own"),
+        None if is_watch_event(map) => Ok(()),
+        None => Err("a watch stream value that is not a watch event"),
+    }
+}
+
 pub(crate) fn is_list_verb(verb: &str) -> bool {
     matches!(verb, "" | "list" | "watch" | "deletecollection")
 }
@@ -73,37 +138,62 @@ fn is_json_patch(ops: &[Value]) -> bool {
 impl Masker {
     /// Mask a JSON value in place (any shape: object, list, watch event,
     /// Table, Status...); returns the number of values masked. 0 means `v`
-    /// is unchanged.
+    /// is unchanged. Values of `ctx.scrub` are scrubbed everywhere in `v`.
     pub fn mask_value(&self, ctx: &MaskContext, v: &mut Value) -> usize {
-        self.mask_top(ctx, v, true)
+        self.mask_top(ctx, v, true, &mut Found::new()) + scrub_always(ctx, v)
     }
 
-    fn mask_top(&self, ctx: &MaskContext, v: &mut Value, allow_event: bool) -> usize {
+    /// One element of a streamed list's `items` (see [`Masker::mask_value`]).
+    pub(crate) fn mask_stream_item(
+        &self,
+        ctx: &MaskContext,
+        list_kind: Option<&str>,
+        item: &mut Value,
+    ) -> usize {
+        self.mask_list_item(ctx, list_kind, item, &mut Found::new()) + scrub_always(ctx, item)
+    }
+
+    /// One element of a streamed Table's `rows` (see [`Masker::mask_value`]).
+    pub(crate) fn mask_stream_row(&self, ctx: &MaskContext, row: &mut Value) -> usize {
+        self.mask_table_row(ctx, row) + scrub_always(ctx, row)
+    }
+
+    /// `found`: where an object masked directly here (not inside a list,
+    /// Table or watch event, which are units of their own) reports the clear
+    /// values it masked, for a caller whose unit is larger (a Table row).
+    fn mask_top(
+        &self,
+        ctx: &MaskContext,
+        v: &mut Value,
+        allow_event: bool,
+        found: &mut Found,
+    ) -> usize {
         if let Value::Array(ops) = v
             && is_json_patch(ops)
         {
-            return ops.iter_mut().map(|op| self.mask_patch_op(ctx, op)).sum();
+            return self.mask_patch(ctx, ops);
         }
         let Value::Object(map) = v else {
-            return self.detect_all(v);
+            return self.detect_all(v, None);
         };
         let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
         match kind.as_deref() {
-            Some("Status") => self.detect_all(v),
             Some("Table") if map.get("rows").is_some_and(Value::is_array) => {
                 self.mask_table(ctx, map)
             }
             Some(k) if k.ends_with("List") && map.get("items").is_some_and(Value::is_array) => {
                 self.mask_list(ctx, Some(k), map)
             }
-            Some(_) => self.mask_object(ctx, None, v),
+            // `Status` included: on a secrets path it is held to the secrets
+            // rules like anything else (a real one has nothing they match).
+            Some(_) => self.mask_object(ctx, None, v, found),
             None if allow_event && is_watch_event(map) => {
                 let mut n = 0;
                 for (k, child) in map.iter_mut() {
                     n += if k == "object" {
-                        self.mask_top(ctx, child, false)
+                        self.mask_top(ctx, child, false, &mut Found::new())
                     } else {
-                        self.detect_all(child)
+                        self.detect_all(child, None)
                     };
                 }
                 n
@@ -111,27 +201,46 @@ impl Masker {
             None if is_list_verb(&ctx.verb) && map.get("items").is_some_and(Value::is_array) => {
                 self.mask_list(ctx, None, map)
             }
-            None => self.mask_object(ctx, None, v),
+            None => self.mask_object(ctx, None, v, found),
         }
+    }
+
+    /// A JSON Patch array (one scrub unit): each op's `value` masked as if it
+    /// sat at its `path`, then what was masked scrubbed from every op.
+    fn mask_patch(&self, ctx: &MaskContext, ops: &mut [Value]) -> usize {
+        let mut found = Found::new();
+        let mut n: usize = ops
+            .iter_mut()
+            .map(|op| self.mask_patch_op(ctx, op, &mut found))
+            .sum();
+        if !found.is_empty() {
+            let set = ScrubSet::for_object(&found);
+            for op in ops.iter_mut() {
+                if let Some(value) = op.get_mut("value") {
+                    n += scrub_any(value, &set);
+                }
+            }
+        }
+        n
     }
 
     /// One JSON Patch operation (a request body recorded for
     /// `kubectl patch --type=json`): its `value` is masked as if it sat at
     /// `path` in an object of the request's resource.
-    fn mask_patch_op(&self, ctx: &MaskContext, op: &mut Value) -> usize {
+    fn mask_patch_op(&self, ctx: &MaskContext, op: &mut Value, found: &mut Found) -> usize {
         let segs: Vec<String> = match op.get("path").and_then(Value::as_str) {
             Some(p) => p
                 .split('/')
                 .skip(1)
                 .map(|s| s.replace("~1", "/").replace("~0", "~"))
                 .collect(),
-            None => return self.detect_all(op),
+            None => return self.detect_all(op, Some(found)),
         };
         let Some(value) = op.get_mut("value") else {
-            return self.detect_all(op);
+            return self.detect_all(op, Some(found));
         };
         if segs.is_empty() {
-            return self.mask_top(ctx, value, false);
+            return self.mask_top(ctx, value, false, found);
         }
         let mut wrapper = std::mem::take(value);
         for seg in segs.iter().rev() {
@@ -139,7 +248,7 @@ impl Masker {
             m.insert(seg.clone(), wrapper);
             wrapper = Value::Object(m);
         }
-        let mut n = self.mask_object(ctx, None, &mut wrapper);
+        let mut n = self.mask_object(ctx, None, &mut wrapper, found);
         let mut inner = wrapper;
         for seg in &segs {
             inner = inner
@@ -153,7 +262,7 @@ impl Masker {
         if let Value::Object(m) = op {
             for (k, child) in m.iter_mut() {
                 if k != "value" {
-                    n += self.detect_all(child);
+                    n += self.detect_all(child, Some(found));
                 }
             }
         }
@@ -171,10 +280,10 @@ impl Masker {
             match (k.as_str(), child) {
                 ("items", Value::Array(items)) => {
                     for item in items {
-                        n += self.mask_list_item(ctx, list_kind, item);
+                        n += self.mask_list_item(ctx, list_kind, item, &mut Found::new());
                     }
                 }
-                (_, other) => n += self.detect_all(other),
+                (_, other) => n += self.detect_all(other, None),
             }
         }
         n
@@ -182,20 +291,21 @@ impl Masker {
 
     /// Mask one element of a list's `items`. Typed lists omit the items'
     /// `kind`; it is the list's kind without `List`.
-    pub(crate) fn mask_list_item(
+    fn mask_list_item(
         &self,
         ctx: &MaskContext,
         list_kind: Option<&str>,
         item: &mut Value,
+        found: &mut Found,
     ) -> usize {
         let has_kind = item.get("kind").is_some_and(Value::is_string);
         if has_kind {
-            return self.mask_top(ctx, item, false);
+            return self.mask_top(ctx, item, false, found);
         }
         let hint = list_kind
             .and_then(|k| k.strip_suffix("List"))
             .filter(|k| !k.is_empty());
-        self.mask_object(ctx, hint, item)
+        self.mask_object(ctx, hint, item, found)
     }
 
     fn mask_table(&self, ctx: &MaskContext, map: &mut Map<String, Value>) -> usize {
@@ -207,55 +317,83 @@ impl Masker {
                         n += self.mask_table_row(ctx, row);
                     }
                 }
-                (_, other) => n += self.detect_all(other),
+                (_, other) => n += self.detect_all(other, None),
             }
         }
         n
     }
 
-    /// Mask one Table row: its embedded `object` (full object or
-    /// PartialObjectMetadata) like a list item, everything else (the `cells`
-    /// too, custom columns may print secret fields) with the detectors.
-    pub(crate) fn mask_table_row(&self, ctx: &MaskContext, row: &mut Value) -> usize {
+    /// Mask one Table row (a scrub unit): its embedded `object` (full object
+    /// or PartialObjectMetadata) like a list item, everything else (the
+    /// `cells` too, custom columns may print secret fields) with the
+    /// detectors; then what was masked in the object is scrubbed from the
+    /// cells.
+    fn mask_table_row(&self, ctx: &MaskContext, row: &mut Value) -> usize {
         let Value::Object(map) = row else {
-            return self.detect_all(row);
+            return self.detect_all(row, None);
         };
         let mut n = 0;
+        let mut found = Found::new();
         for (k, child) in map.iter_mut() {
             n += if k == "object" && child.is_object() {
-                self.mask_list_item(ctx, None, child)
+                self.mask_list_item(ctx, None, child, &mut found)
             } else {
-                self.detect_all(child)
+                self.detect_all(child, Some(&mut found))
             };
+        }
+        if !found.is_empty() {
+            let set = ScrubSet::for_object(&found);
+            for (k, child) in map.iter_mut() {
+                if k != "object" {
+                    n += scrub_any(child, &set);
+                }
+            }
         }
         n
     }
 
-    /// The resource an object belongs to: its built-in kind's, else the request's
-    /// (a `status` subresource answers with the parent object).
-    fn resource_of(ctx: &MaskContext, kind: Option<&str>) -> (String, String) {
+    /// The resources whose rules apply to an object: the request's (for a
+    /// subresource also its parent resource) and its built-in kind's.
+    fn resources_of(ctx: &MaskContext, kind: Option<&str>) -> Vec<(String, String)> {
+        let mut out = vec![(ctx.resource.clone(), String::new())];
+        if !ctx.subresource.is_empty() && ctx.subresource != "status" {
+            out.push((ctx.resource.clone(), ctx.subresource.clone()));
+        }
         if let Some((r, s)) = kind.and_then(builtin_resource) {
-            return (r.to_string(), s.to_string());
+            let pair = (r.to_string(), s.to_string());
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
         }
-        if ctx.subresource == "status" {
-            return (ctx.resource.clone(), String::new());
-        }
-        (ctx.resource.clone(), ctx.subresource.clone())
+        out
     }
 
-    /// Mask a single object: rules for its resource, then detectors on every
-    /// string, then the last-applied annotation.
-    fn mask_object(&self, ctx: &MaskContext, kind_hint: Option<&str>, v: &mut Value) -> usize {
+    /// Mask a single object (a scrub unit): rules for its resources, base64
+    /// maps decoded for the detectors, detectors on every string, the
+    /// last-applied annotation, then every masked value scrubbed from the
+    /// rest of the object. The clear values are also appended to `found`.
+    fn mask_object(
+        &self,
+        ctx: &MaskContext,
+        kind_hint: Option<&str>,
+        v: &mut Value,
+        found: &mut Found,
+    ) -> usize {
         let Value::Object(map) = v else {
-            return self.detect_all(v);
+            return self.detect_all(v, Some(found));
         };
+        let mut local = Found::new();
         let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
-        let (res, sub) = Self::resource_of(ctx, kind.as_deref().or(kind_hint));
-        let is_secret = res == "secrets" && sub.is_empty();
+        let targets = Self::resources_of(ctx, kind.as_deref().or(kind_hint));
+        let is_secret = targets.iter().any(|(r, s)| r == "secrets" && s.is_empty());
         let mut n = 0;
-        for rule in self.rules.iter().filter(|r| r.applies_to(&res, &sub)) {
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| targets.iter().any(|(res, sub)| r.applies_to(res, sub)));
+        for rule in rules {
             for path in &rule.fields {
-                n += apply_top_path(map, path, is_secret);
+                n += apply_top_path(map, path, is_secret, &mut local);
             }
             if let Some(re) = &rule.keys {
                 for top in KEYED_MAPS {
@@ -263,16 +401,17 @@ impl Masker {
                         let b64 = use_base64(top, is_secret);
                         for (k, val) in m.iter_mut() {
                             if re.is_match(k) {
-                                n += mask_leaf(val, b64);
+                                n += mask_leaf(val, b64, &mut local);
                             }
                         }
                     }
                 }
             }
             if let Some(re) = &rule.env_names {
-                n += mask_env(map, re);
+                n += mask_env(map, re, &mut local);
             }
         }
+        n += self.detect_base64_maps(map, is_secret, &mut local);
         // The annotation is judged as a whole below; keep it out of the
         // detector pass (it is swapped out, not removed, to keep key order).
         let annotation = map
@@ -283,7 +422,7 @@ impl Masker {
                 Value::String(s) => Some(std::mem::take(s)),
                 _ => None,
             });
-        n += self.detect_all(v);
+        n += self.detect_all(v, Some(&mut local));
         if let Some(ann) = annotation {
             let whole = n > 0 || is_secret || self.annotation_would_mask(ctx, &ann);
             // While the annotation is taken out, the skeleton's fallback
@@ -303,6 +442,48 @@ impl Masker {
                 }
             }
         }
+        if !local.is_empty() {
+            let set = ScrubSet::for_object(&local);
+            if !set.is_empty() {
+                n += scrub_object(v, &set, is_secret);
+            }
+            found.append(&mut local);
+        }
+        n
+    }
+
+    /// `binaryData` (and a Secret's `data`) hold base64: the detectors look
+    /// at the decoded content, and a hit masks the whole value.
+    fn detect_base64_maps(
+        &self,
+        map: &mut Map<String, Value>,
+        is_secret: bool,
+        found: &mut Found,
+    ) -> usize {
+        if self.detectors.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for top in ["data", "binaryData"] {
+            if !use_base64(top, is_secret) {
+                continue;
+            }
+            let Some(Value::Object(m)) = map.get_mut(top) else {
+                continue;
+            };
+            for val in m.values_mut() {
+                let Value::String(s) = val else { continue };
+                if s == MARKER_BASE64 {
+                    continue;
+                }
+                let Ok(decoded) = B64.decode(s.as_bytes()) else {
+                    continue;
+                };
+                if self.detectors.apply(&String::from_utf8_lossy(&decoded)).1 > 0 {
+                    n += mask_leaf(val, true, found);
+                }
+            }
+        }
         n
     }
 
@@ -312,29 +493,141 @@ impl Masker {
             return true;
         }
         match serde_json::from_str::<Value>(ann) {
-            Ok(mut applied) => self.mask_top(ctx, &mut applied, false) > 0,
+            Ok(mut applied) => self.mask_top(ctx, &mut applied, false, &mut Found::new()) > 0,
             Err(_) => false,
         }
     }
 
-    /// Apply the detectors to every string in `v`.
-    pub(crate) fn detect_all(&self, v: &mut Value) -> usize {
+    /// Apply the detectors to every string in `v`; the secrets found go to
+    /// `found` when given.
+    pub(crate) fn detect_all(&self, v: &mut Value, mut found: Option<&mut Found>) -> usize {
         if self.detectors.is_empty() {
             return 0;
         }
         match v {
             Value::String(s) => {
-                let (out, n) = self.detectors.apply(s);
+                let (out, n) = self.detectors.apply_collect(s, found);
                 if n > 0 {
                     *s = out.into_owned();
                 }
                 n
             }
-            Value::Array(a) => a.iter_mut().map(|c| self.detect_all(c)).sum(),
-            Value::Object(m) => m.values_mut().map(|c| self.detect_all(c)).sum(),
+            Value::Array(a) => a
+                .iter_mut()
+                .map(|c| self.detect_all(c, found.as_deref_mut()))
+                .sum(),
+            Value::Object(m) => m
+                .values_mut()
+                .map(|c| self.detect_all(c, found.as_deref_mut()))
+                .sum(),
             Value::Null | Value::Bool(_) | Value::Number(_) => 0,
         }
     }
+}
+
+/// Scrub the values of `ctx.scrub` (the sidecar's own token) from every
+/// string and key of `v`.
+fn scrub_always(ctx: &MaskContext, v: &mut Value) -> usize {
+    match &ctx.scrub {
+        Some(set) if !set.is_empty() => scrub_any(v, set),
+        _ => 0,
+    }
+}
+
+/// Scrub an object unit: everything but its identity; strings of its base64
+/// maps become [`MARKER_BASE64`] as a whole (they must stay valid base64).
+fn scrub_object(v: &mut Value, set: &ScrubSet, is_secret: bool) -> usize {
+    let Value::Object(map) = v else {
+        return scrub_any(v, set);
+    };
+    let mut n = 0;
+    for (k, child) in map.iter_mut() {
+        match k.as_str() {
+            "apiVersion" | "kind" => {}
+            "metadata" => match child {
+                Value::Object(meta) => {
+                    for (mk, mv) in meta.iter_mut() {
+                        if !IDENTITY_METADATA.contains(&mk.as_str()) {
+                            n += scrub_any(mv, set);
+                        }
+                    }
+                }
+                other => n += scrub_any(other, set),
+            },
+            top if use_base64(top, is_secret) => match child {
+                Value::Object(m) => {
+                    for val in m.values_mut() {
+                        match val {
+                            Value::String(s) if set.matches_str(s) => {
+                                *s = MARKER_BASE64.to_string();
+                                n += 1;
+                            }
+                            other => n += scrub_any(other, set),
+                        }
+                    }
+                }
+                other => n += scrub_any(other, set),
+            },
+            _ => n += scrub_any(child, set),
+        }
+    }
+    n
+}
+
+/// Scrub every string and object key in `v`.
+fn scrub_any(v: &mut Value, set: &ScrubSet) -> usize {
+    match v {
+        Value::String(s) => match set.scrub_str(s) {
+            Some(out) => {
+                *s = out;
+                1
+            }
+            None => 0,
+        },
+        Value::Array(a) => a.iter_mut().map(|c| scrub_any(c, set)).sum(),
+        Value::Object(m) => {
+            let mut n: usize = m.values_mut().map(|c| scrub_any(c, set)).sum();
+            if m.keys().any(|k| set.matches_str(k)) {
+                let old = std::mem::take(m);
+                for (k, val) in old {
+                    match set.scrub_str(&k) {
+                        Some(nk) => {
+                            n += 1;
+                            m.insert(nk, val);
+                        }
+                        None => {
+                            m.insert(k, val);
+                        }
+                    }
+                }
+            }
+            n
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// Remember the clear value of a string about to be masked: the decoded
+/// bytes of a base64 field (and the text itself when it is not canonical
+/// base64), else the string.
+fn remember(found: &mut Found, s: &str, b64: bool) {
+    if s.is_empty() || s == MARKER || s == MARKER_BASE64 {
+        return;
+    }
+    // Object scrub sets look at the first `WINDOW` bytes of a value only
+    // (see `scrub`): keep a little more, so a long value is still known to
+    // be long.
+    const KEEP: usize = WINDOW + 8;
+    if b64 {
+        // Canonical standard base64 (what the engine decodes) of a prefix
+        // that is a whole number of 4-character groups.
+        let text = s.get(..s.len().min(KEEP.div_ceil(3) * 4 + 4)).unwrap_or(s);
+        if let Ok(decoded) = B64.decode(text.as_bytes()) {
+            found.push(decoded);
+            return;
+        }
+    }
+    found.push(s.as_bytes()[..s.len().min(KEEP)].to_vec());
 }
 
 /// What replaces the `kubectl.kubernetes.io/last-applied-configuration`
@@ -394,49 +687,68 @@ fn use_base64(top_key: &str, is_secret: bool) -> bool {
     top_key == "binaryData" || (is_secret && top_key == "data")
 }
 
-fn apply_top_path(map: &mut Map<String, Value>, path: &[Seg], is_secret: bool) -> usize {
+fn apply_top_path(
+    map: &mut Map<String, Value>,
+    path: &[Seg],
+    is_secret: bool,
+    found: &mut Found,
+) -> usize {
     let Some((first, rest)) = path.split_first() else {
         return 0;
     };
     match first {
-        Seg::Key(k) => map
-            .get_mut(k.as_str())
-            .map_or(0, |c| apply_path(c, rest, use_base64(k, is_secret))),
+        Seg::Key(k) => {
+            let mut n = map
+                .get_mut(k.as_str())
+                .map_or(0, |c| apply_path(c, rest, use_base64(k, is_secret), found));
+            // `binaryData` is masked like `data`, under the same rules.
+            if k == "data"
+                && let Some(c) = map.get_mut("binaryData")
+            {
+                n += apply_path(c, rest, true, found);
+            }
+            n
+        }
         Seg::Any => map
             .iter_mut()
-            .map(|(k, c)| apply_path(c, rest, use_base64(k, is_secret)))
+            .map(|(k, c)| apply_path(c, rest, use_base64(k, is_secret), found))
             .sum(),
     }
 }
 
-fn apply_path(v: &mut Value, path: &[Seg], b64: bool) -> usize {
+fn apply_path(v: &mut Value, path: &[Seg], b64: bool, found: &mut Found) -> usize {
     let Some((first, rest)) = path.split_first() else {
-        return mask_leaf(v, b64);
+        return mask_leaf(v, b64, found);
     };
     match (first, v) {
         (Seg::Key(k), Value::Object(m)) => m
             .get_mut(k.as_str())
-            .map_or(0, |c| apply_path(c, rest, b64)),
+            .map_or(0, |c| apply_path(c, rest, b64, found)),
         (Seg::Key(k), Value::Array(a)) => k
             .parse::<usize>()
             .ok()
             .and_then(|i| a.get_mut(i))
-            .map_or(0, |c| apply_path(c, rest, b64)),
-        (Seg::Any, Value::Object(m)) => m.values_mut().map(|c| apply_path(c, rest, b64)).sum(),
-        (Seg::Any, Value::Array(a)) => a.iter_mut().map(|c| apply_path(c, rest, b64)).sum(),
+            .map_or(0, |c| apply_path(c, rest, b64, found)),
+        (Seg::Any, Value::Object(m)) => m
+            .values_mut()
+            .map(|c| apply_path(c, rest, b64, found))
+            .sum(),
+        (Seg::Any, Value::Array(a)) => a.iter_mut().map(|c| apply_path(c, rest, b64, found)).sum(),
         _ => 0,
     }
 }
 
 /// Replace a matched value: strings by the marker, numbers by 0, containers
 /// element by element; booleans and nulls are kept (types stay decodable).
-fn mask_leaf(v: &mut Value, b64: bool) -> usize {
+/// The clear strings replaced are remembered in `found`.
+fn mask_leaf(v: &mut Value, b64: bool, found: &mut Found) -> usize {
     match v {
         Value::String(s) => {
             let marker = if b64 { MARKER_BASE64 } else { MARKER };
             if s == marker {
                 0
             } else {
+                remember(found, s, b64);
                 *s = marker.to_string();
                 1
             }
@@ -449,13 +761,13 @@ fn mask_leaf(v: &mut Value, b64: bool) -> usize {
                 1
             }
         }
-        Value::Array(a) => a.iter_mut().map(|c| mask_leaf(c, b64)).sum(),
-        Value::Object(m) => m.values_mut().map(|c| mask_leaf(c, b64)).sum(),
+        Value::Array(a) => a.iter_mut().map(|c| mask_leaf(c, b64, found)).sum(),
+        Value::Object(m) => m.values_mut().map(|c| mask_leaf(c, b64, found)).sum(),
         Value::Null | Value::Bool(_) => 0,
     }
 }
 
-fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex) -> usize {
+fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex, found: &mut Found) -> usize {
     let mut n = 0;
     for spec_path in POD_SPEC_PATHS {
         let mut cur: Option<&mut Map<String, Value>> = Some(map);
@@ -479,7 +791,7 @@ fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex) -> usize {
                         .and_then(Value::as_str)
                         .is_some_and(|name| re.is_match(name));
                     if matched && let Some(value) = entry.get_mut("value") {
-                        n += mask_leaf(value, false);
+                        n += mask_leaf(value, false, found);
                     }
                 }
             }

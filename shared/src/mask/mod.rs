@@ -10,7 +10,18 @@
 //!   of `data`/`binaryData`/`stringData`, a regex over env entry names in any
 //!   pod spec.
 //! - Detectors ([`Detector`]) run over every string value and every log line
-//!   and replace only the secret part (a JWT, a PEM private key...).
+//!   and replace only the secret part (a JWT, a PEM private key...); the
+//!   content of base64 maps (`binaryData`, a Secret's `data`) is decoded for
+//!   them. `high-entropy-base64` (opt-in) runs on log lines only.
+//! - Every value masked in an object (a list item, a watch event's object, a
+//!   Table row) is then scrubbed from the rest of that object, raw and
+//!   base64-encoded ([`ScrubSet`]): a value copied into an annotation or
+//!   `generateName` does not get out in clear. [`MaskContext::scrub`] holds
+//!   values scrubbed from every body (the sidecar's own token).
+//! - The rules of the request's resource and of the object's built-in kind
+//!   both apply (the stricter wins); a body whose list `kind` contradicts
+//!   the path, a duplicate `kind` key, and a watch event with a `kind` of
+//!   its own are refused ([`MaskError::Refused`]).
 //! - A masked Secret `data` or any `binaryData` value becomes
 //!   [`MARKER_BASE64`] (valid base64 of [`MARKER`], so clients still decode
 //!   it); every other masked string becomes [`MARKER`]. Keys are kept.
@@ -37,11 +48,13 @@
 mod detect;
 mod engine;
 mod patch_guard;
+mod scrub;
 mod stream;
 #[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -50,6 +63,7 @@ use crate::attrs::RequestAttributes;
 
 pub use detect::Detector;
 pub use patch_guard::PatchReadsMasked;
+pub use scrub::{MIN_ENCODED_SCRUB_BYTES, MIN_SCRUB_BYTES, ScrubSet, StreamScrubber};
 pub use stream::{DEFAULT_MAX_VALUE_BYTES, StreamKind, StreamMasker};
 
 /// The text that replaces a masked value.
@@ -68,7 +82,8 @@ pub struct MaskingConfig {
     pub rules: Vec<MaskRule>,
     /// Names of detectors applied to every string value and log line:
     /// `jwt`, `private-key`, `aws-access-key`, `bearer-token`,
-    /// `generic-password-assignment`.
+    /// `generic-password-assignment`; and for log lines only
+    /// `high-entropy-base64` (off unless named).
     #[serde(default)]
     pub detectors: Vec<String>,
 }
@@ -213,7 +228,7 @@ pub enum MaskConfigError {
     #[error("masking.rules[{index}]: the rule masks nothing: give fields, keys or envNames")]
     EmptyRule { index: usize },
     #[error(
-        "masking.detectors[{index}]: unknown detector {name:?} (known: jwt, private-key, aws-access-key, bearer-token, generic-password-assignment)"
+        "masking.detectors[{index}]: unknown detector {name:?} (known: jwt, private-key, aws-access-key, bearer-token, generic-password-assignment, high-entropy-base64)"
     )]
     UnknownDetector { index: usize, name: String },
 }
@@ -230,6 +245,8 @@ pub enum MaskError {
     TooLarge { limit: usize },
     #[error("the stream already failed")]
     Poisoned,
+    #[error("refused: {why}")]
+    Refused { why: &'static str },
 }
 
 /// What the masker needs to know about the request a body belongs to.
@@ -246,6 +263,9 @@ pub struct MaskContext {
     /// sorted keys) from an object that merely has an `items` field. Empty:
     /// unknown, treated like a list.
     pub verb: String,
+    /// Values scrubbed from every string and key of the body, raw and
+    /// base64 (the sidecar's own upstream token); `None`: nothing extra.
+    pub scrub: Option<Arc<ScrubSet>>,
 }
 
 impl MaskContext {
@@ -256,6 +276,7 @@ impl MaskContext {
             subresource: attrs.subresource.clone(),
             api_group: attrs.api_group.clone(),
             verb: attrs.verb.clone(),
+            scrub: None,
         }
     }
 
@@ -435,7 +456,7 @@ impl Masker {
     /// unchanged) and the number of secrets masked. A private key split over
     /// several lines is handled by [`StreamMasker`] in [`StreamKind::Log`].
     pub fn mask_log_line<'a>(&self, line: &'a str) -> (Cow<'a, str>, usize) {
-        self.detectors.apply(line)
+        self.detectors.apply_log(line)
     }
 
     /// Mask a whole JSON body; returns the masked bytes (the input unchanged,
@@ -447,11 +468,22 @@ impl Masker {
         body: &[u8],
     ) -> Result<(Vec<u8>, usize), MaskError> {
         let (mut v, dup) = stream::parse_strict(body).map_err(|e| json_error(0, body, &e))?;
+        check_document(ctx, &v)?;
         let n = self.mask_value(ctx, &mut v);
         if n == 0 && !dup {
             return Ok((body.to_vec(), 0));
         }
         Ok((to_json_bytes(&v), n))
+    }
+}
+
+/// Refuse a top-level document whose list `kind` contradicts the path.
+fn check_document(ctx: &MaskContext, v: &serde_json::Value) -> Result<(), MaskError> {
+    match v.get("kind").and_then(serde_json::Value::as_str) {
+        Some(k) if engine::list_kind_contradicts(ctx, k) => Err(MaskError::Refused {
+            why: "the list `kind` contradicts the resource of the request",
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -7,10 +7,19 @@
 //!   (verbatim when nothing was masked, else re-serialized); the text around
 //!   the array (`kind`, `metadata`, separators) is checked and passed on.
 //!   Any other document is held whole and masked at its end.
+//!   A list `kind` that contradicts the path is refused, in the head or in
+//!   the tail (after the items); a `kind` in both head and tail is a
+//!   duplicate and refused.
 //! - [`StreamKind::Watch`]: a sequence of JSON values (one watch event per
 //!   line from kube-apiserver); each is masked and emitted as soon as it ends.
-//! - [`StreamKind::Log`]: text, line by line, detectors only; a private key
-//!   spread over several lines is masked from its BEGIN to its END line.
+//!   A value that is not an event (`type` + `object`, no `kind`) or a plain
+//!   `Status` is refused.
+//! - [`StreamKind::Log`]: text, line by line, detectors (with the log-only
+//!   ones) and the context's scrub set; a private key spread over several
+//!   lines is masked from its BEGIN to its END line.
+//!
+//! A duplicate `kind` key anywhere is refused (the client and the masker
+//! could read different kinds).
 //!
 //! Malformed or truncated input is an error; after an error the masker emits
 //! nothing more.
@@ -24,8 +33,9 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::detect::Detectors;
-use super::engine::is_list_verb;
-use super::{MaskContext, MaskError, Masker, json_error};
+use super::engine::{check_watch_value, is_list_verb, list_kind_contradicts};
+use super::scrub::ScrubSet;
+use super::{MaskContext, MaskError, Masker, check_document, json_error};
 
 /// Default bound on one buffered value (a list item, a watch event, a
 /// non-list document). etcd caps objects at ~1.5 MiB; this leaves room for
@@ -517,6 +527,7 @@ impl StreamMasker {
     fn emit_whole(&mut self, out: &mut Vec<u8>, end: usize) -> Result<(), MaskError> {
         let start = self.emitted;
         let (mut v, dup) = self.parse(start, end)?;
+        check_document(&self.ctx, &v)?;
         let n = self.masker.mask_value(&self.ctx, &mut v);
         self.count += n;
         if n == 0 && !dup {
@@ -572,6 +583,7 @@ impl StreamMasker {
         if !stream {
             return Ok(false);
         }
+        check_document(&self.ctx, &hv)?;
         let n = self.masker.mask_value(&self.ctx, &mut hv);
         self.count += n;
         if n == 0 && !dup {
@@ -603,10 +615,10 @@ impl StreamMasker {
     ) -> Result<(), MaskError> {
         let (mut v, dup) = self.parse(start, end)?;
         let n = match &self.streaming {
-            Some(s) if s.rows => self.masker.mask_table_row(&self.ctx, &mut v),
+            Some(s) if s.rows => self.masker.mask_stream_row(&self.ctx, &mut v),
             Some(s) => self
                 .masker
-                .mask_list_item(&self.ctx, s.list_kind.as_deref(), &mut v),
+                .mask_stream_item(&self.ctx, s.list_kind.as_deref(), &mut v),
             None => self.masker.mask_value(&self.ctx, &mut v),
         };
         self.count += n;
@@ -651,14 +663,24 @@ impl StreamMasker {
         if tm.contains_key("items") || tm.contains_key("rows") {
             return Err(self.malformed(s.tail_start, "duplicate `items`/`rows`"));
         }
-        if s.kind_unconfirmed
-            && let Some(k) = tm.get("kind").and_then(Value::as_str)
-            && !k.ends_with("List")
-        {
-            return Err(self.malformed(
-                s.tail_start,
-                "an object with `items` before its non-list `kind` cannot be masked as a stream",
-            ));
+        if let Some(k) = tm.get("kind") {
+            if !s.kind_unconfirmed {
+                return Err(MaskError::Refused {
+                    why: "a duplicate `kind` key (before and after the list)",
+                });
+            }
+            let k = k.as_str().unwrap_or("");
+            if !k.ends_with("List") {
+                return Err(self.malformed(
+                    s.tail_start,
+                    "an object with `items` before its non-list `kind` cannot be masked as a stream",
+                ));
+            }
+            if list_kind_contradicts(&self.ctx, k) {
+                return Err(MaskError::Refused {
+                    why: "the list `kind` after the items contradicts the resource of the request",
+                });
+            }
         }
         let n = self.masker.mask_value(&self.ctx, &mut tv);
         self.count += n;
@@ -725,6 +747,7 @@ impl StreamMasker {
 
     fn emit_event(&mut self, out: &mut Vec<u8>, start: usize, end: usize) -> Result<(), MaskError> {
         let (mut v, dup) = self.parse(start, end)?;
+        check_watch_value(&v).map_err(|why| MaskError::Refused { why })?;
         let n = self.masker.mask_value(&self.ctx, &mut v);
         self.count += n;
         if n == 0 && !dup {
@@ -748,7 +771,12 @@ impl StreamMasker {
                 break;
             }
             let line = &self.buf[self.emitted..line_end];
-            let (masked, n) = mask_line(&self.masker.detectors, &mut self.in_pem, line);
+            let (masked, n) = mask_line(
+                &self.masker.detectors,
+                self.ctx.scrub.as_deref(),
+                &mut self.in_pem,
+                line,
+            );
             self.count += n;
             match masked {
                 Some(m) => out.extend_from_slice(m.as_bytes()),
@@ -763,21 +791,41 @@ impl StreamMasker {
 
 /// Mask one log line (without its newline); `None` when unchanged. Invalid
 /// UTF-8 is read lossily; such a line is re-encoded only if something in it
-/// was masked.
-fn mask_line(d: &Detectors, in_pem: &mut bool, line: &[u8]) -> (Option<String>, usize) {
+/// was masked. The values of `scrub` are scrubbed from the result.
+fn mask_line(
+    d: &Detectors,
+    scrub: Option<&ScrubSet>,
+    in_pem: &mut bool,
+    line: &[u8],
+) -> (Option<String>, usize) {
+    let (out, n) = mask_line_detect(d, in_pem, line);
+    let Some(set) = scrub.filter(|s| !s.is_empty()) else {
+        return (out, n);
+    };
+    let text: Cow<'_, str> = match &out {
+        Some(o) => Cow::Borrowed(o.as_str()),
+        None => String::from_utf8_lossy(line),
+    };
+    match set.scrub_str(&text) {
+        Some(scrubbed) => (Some(scrubbed), n + 1),
+        None => (out, n),
+    }
+}
+
+fn mask_line_detect(d: &Detectors, in_pem: &mut bool, line: &[u8]) -> (Option<String>, usize) {
     let text: Cow<'_, str> = String::from_utf8_lossy(line);
     if *in_pem {
         // Key material until the END line.
         return match d.block_end(&text) {
             Some(p) => {
                 *in_pem = false;
-                let (rest, n) = d.apply(&text[p..]);
+                let (rest, n) = d.apply_log(&text[p..]);
                 (Some(format!("{}{rest}", super::MARKER)), n + 1)
             }
             None => (Some(super::MARKER.to_string()), 1),
         };
     }
-    let (masked, n) = d.apply(&text);
+    let (masked, n) = d.apply_log(&text);
     if d.opens_block(&text) {
         *in_pem = true;
     }
@@ -848,7 +896,12 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
             let v = map.next_value_seed(Strict(self.0))?;
+            let is_kind = k == "kind";
             if out.insert(k, v).is_some() {
+                if is_kind {
+                    // The client might read the other one.
+                    return Err(serde::de::Error::custom("duplicate `kind` key"));
+                }
                 self.0.set(true);
             }
         }

@@ -346,6 +346,7 @@ fn token_request_status_token() {
         subresource: "token".into(),
         api_group: String::new(),
         verb: "create".into(),
+        scrub: None,
     };
     let tr = json!({"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1",
         "spec":{"audiences":["api"]},"status":{"token":"opaque-token","expirationTimestamp":"2030-01-01T00:00:00Z"}});
@@ -1047,4 +1048,303 @@ proptest! {
         }
         let _ = m.mask_json_bytes(&ctx("secrets"), &bytes);
     }
+}
+
+// ------------------------------------------- issue 18: structural gaps, scrub
+
+/// No planted value survives, raw or in any base64 form (std, URL-safe,
+/// padded or not).
+fn assert_scrubbed(out: &str, clear: &[&str]) {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    for c in clear {
+        assert!(!out.contains(c), "{c:?} leaked: {out}");
+        for enc in [
+            B64.encode(c),
+            STANDARD_NO_PAD.encode(c),
+            URL_SAFE.encode(c),
+            URL_SAFE_NO_PAD.encode(c),
+        ] {
+            assert!(!out.contains(&enc), "{c:?} leaked as {enc}: {out}");
+        }
+    }
+}
+
+#[test]
+fn masked_values_copied_elsewhere_in_the_object_are_scrubbed() {
+    // What a JSON patch `copy` from /data/password shows in a dry-run answer.
+    let m = masker();
+    let pw = "hunter2-copied-Zq/+x";
+    let enc = b64(pw);
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pw);
+    let obj = json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {"name": "db", "namespace": "default", "generateName": enc,
+            "labels": {"app": "db"},
+            "annotations": {"leak": enc, "leak-raw": format!("the password is {pw}!"),
+                "leak-url": url, "team": "blue"},
+            "managedFields": [{"manager": "kubectl", "operation": "Update",
+                "fieldsV1": {"f:metadata": {"f:finalizers": {format!("v:\"{pw}\""): {}}}}}]},
+        "type": "Opaque",
+        "data": {"password": enc}
+    });
+    let (v, n) = masked(&m, &ctx("secrets"), obj);
+    let out = v.to_string();
+    assert_scrubbed(&out, &[pw]);
+    assert_eq!(v["data"]["password"], MARKER_BASE64);
+    assert_eq!(v["metadata"]["annotations"]["leak"], MARKER);
+    assert_eq!(
+        v["metadata"]["annotations"]["leak-raw"],
+        format!("the password is {MARKER}!")
+    );
+    assert_eq!(v["metadata"]["annotations"]["team"], "blue");
+    assert_eq!(v["metadata"]["labels"]["app"], "db");
+    assert_eq!(v["metadata"]["name"], "db");
+    assert!(n >= 6, "{n}");
+    // Idempotent: masking the masked object changes nothing.
+    assert_eq!(masked(&m, &ctx("secrets"), v.clone()), (v, 0));
+}
+
+#[test]
+fn scrub_finds_base64_of_the_value_inside_longer_base64_at_any_offset() {
+    let m = masker();
+    let pw = "s3cret-inside-a-blob";
+    for prefix in ["", "a", "ab", "abc", "{\"pw\":\""] {
+        let inner = b64(&format!("{prefix}{pw}\"}} trailing"));
+        let obj = json!({"kind":"Secret","apiVersion":"v1","metadata":{"name":"x",
+            "annotations":{"blob": inner}},"data":{"password": b64(pw)}});
+        let (v, _) = masked(&m, &ctx("secrets"), obj);
+        let blob = v["metadata"]["annotations"]["blob"].as_str().unwrap();
+        assert!(blob.contains(MARKER), "prefix {prefix:?}: {blob}");
+        assert_scrubbed(&v.to_string(), &[pw]);
+    }
+}
+
+#[test]
+fn scrub_leaves_short_values_and_object_identity_alone() {
+    let m = masker();
+    // `admin` is shorter than the scrub minimum; `default-x1` is the
+    // object's own name and namespace, which are never rewritten.
+    let obj = json!({"kind":"Secret","apiVersion":"v1",
+        "metadata":{"name":"default-x1","namespace":"default-x1","uid":"u-1","annotations":{"who":"admin","n":"default-x1"}},
+        "data":{"user": b64("admin"), "ns": b64("default-x1")}});
+    let (v, _) = masked(&m, &ctx("secrets"), obj);
+    assert_eq!(v["metadata"]["name"], "default-x1");
+    assert_eq!(v["metadata"]["namespace"], "default-x1");
+    assert_eq!(v["metadata"]["annotations"]["who"], "admin");
+    assert_eq!(v["metadata"]["annotations"]["n"], MARKER);
+}
+
+#[test]
+fn scrub_env_value_copied_into_annotation_and_command() {
+    let m = masker();
+    let pw = "pod-env-pw-991";
+    let pod = json!({"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","annotations":{"copy":pw}},
+        "spec":{"containers":[{"name":"c","image":"busybox","command":["sh","-c",format!("login -p {pw}")],
+            "env":[{"name":"DB_PASSWORD","value":pw}]}]},
+        "status":{"message": b64(pw)}});
+    let (v, _) = masked(&m, &ctx("pods"), pod);
+    assert_scrubbed(&v.to_string(), &[pw]);
+    assert_eq!(
+        v["spec"]["containers"][0]["command"][2],
+        format!("login -p {MARKER}")
+    );
+}
+
+#[test]
+fn scrub_is_per_list_item_and_the_stream_agrees_with_the_whole() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "list");
+    let items: Vec<Value> = (0..3)
+        .map(|i| {
+            let pw = format!("item-pw-{i}-long");
+            json!({"metadata":{"name":format!("s{i}"),"annotations":{"copy":b64(&pw)}},"data":{"password":b64(&pw)}})
+        })
+        .collect();
+    let list = json!({"kind":"SecretList","apiVersion":"v1","metadata":{},"items":items});
+    let input = serde_json::to_vec(&list).unwrap();
+    let (whole, wn) = m.mask_json_bytes(&c, &input).unwrap();
+    for chunk in [1, 7, 100, input.len()] {
+        let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, chunk).unwrap();
+        assert_eq!(out, whole, "chunk {chunk}");
+        assert_eq!(n, wn);
+        assert_scrubbed(
+            &String::from_utf8(out).unwrap(),
+            &["item-pw-0-long", "item-pw-1-long", "item-pw-2-long"],
+        );
+    }
+}
+
+#[test]
+fn table_cells_scrubbed_with_the_row_objects_values() {
+    let m = masker();
+    let c = ctx_verb("secrets", "list");
+    let pw = "printer-column-pw";
+    let t = json!({"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{},
+        "columnDefinitions":[{"name":"Name","type":"string"},{"name":"Pw","type":"string"}],
+        "rows":[{"cells":["a", pw, b64(pw)],"object":{"kind":"Secret","apiVersion":"v1",
+            "metadata":{"name":"a"},"data":{"password":b64(pw)}}}]});
+    let (v, _) = masked(&m, &c, t);
+    assert_scrubbed(&v.to_string(), &[pw]);
+    assert_eq!(v["rows"][0]["cells"][0], "a");
+}
+
+#[test]
+fn the_stricter_of_path_and_kind_decides() {
+    let m = masker();
+    // A ConfigMap on a secrets path is masked as a Secret too.
+    let cm = json!({"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x"},"data":{"blob":"clear-value-1"}});
+    let (v, _) = masked(&m, &ctx("secrets"), cm);
+    assert_ne!(v["data"]["blob"], "clear-value-1");
+    // A Status carrying data on a secrets path.
+    let st = json!({"kind":"Status","apiVersion":"v1","status":"Failure","data":{"blob":"clear-value-2"}});
+    let (v, _) = masked(&m, &ctx("secrets"), st);
+    assert_ne!(v["data"]["blob"], "clear-value-2");
+    // A Secret on a configmaps path is still a Secret.
+    let s = json!({"kind":"Secret","apiVersion":"v1","metadata":{"name":"x"},"data":{"blob":b64("clear-value-3")}});
+    let (v, _) = masked(&m, &ctx("configmaps"), s);
+    assert_eq!(v["data"]["blob"], MARKER_BASE64);
+    // A subresource nobody knows on a secrets path is masked as secrets.
+    let c = MaskContext {
+        subresource: "bogus".into(),
+        ..ctx("secrets")
+    };
+    let s = json!({"apiVersion":"v1","metadata":{"name":"x"},"data":{"blob":b64("clear-value-4")}});
+    let (v, _) = masked(&m, &c, s);
+    assert_eq!(v["data"]["blob"], MARKER_BASE64);
+}
+
+#[test]
+fn list_kind_contradicting_the_path_is_refused() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "list");
+    let item = json!({"metadata":{"name":"x"},"data":{"blob":"Y2xlYXItdmFsdWU="}});
+    let bodies = [
+        // A ConfigMapList on a secrets path.
+        json!({"kind":"ConfigMapList","apiVersion":"v1","metadata":{},"items":[item.clone()]})
+            .to_string(),
+        // `kind` after the items, contradicting the path.
+        format!(r#"{{"apiVersion":"v1","items":[{item}],"kind":"ConfigMapList","metadata":{{}}}}"#),
+        // Differing head and tail `kind`.
+        format!(r#"{{"kind":"SecretList","items":[{item}],"kind":"ConfigMapList"}}"#),
+    ];
+    for body in &bodies {
+        assert!(
+            m.mask_json_bytes(&c, body.as_bytes()).is_err(),
+            "whole: {body}"
+        );
+        for chunk in [1, 5, body.len()] {
+            assert!(
+                stream_all(&m, &c, StreamKind::Json, body.as_bytes(), chunk).is_err(),
+                "chunk {chunk}: {body}"
+            );
+        }
+    }
+    // On a configmaps path, a SecretList after the items (custom-resource
+    // style sorted keys): the items were masked as ConfigMaps; refused.
+    let cmc = ctx_verb("configmaps", "list");
+    let body =
+        format!(r#"{{"apiVersion":"v1","items":[{item}],"kind":"SecretList","metadata":{{}}}}"#);
+    assert!(stream_all(&m, &cmc, StreamKind::Json, body.as_bytes(), 3).is_err());
+    // The kind the path expects, after the items, is fine.
+    let body =
+        format!(r#"{{"apiVersion":"v1","items":[{item}],"kind":"SecretList","metadata":{{}}}}"#);
+    let (out, _) = stream_all(&m, &c, StreamKind::Json, body.as_bytes(), 3).unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("Y2xlYXItdmFsdWU="));
+}
+
+#[test]
+fn duplicate_kind_keys_are_refused() {
+    let m = Arc::new(masker());
+    let c = ctx("configmaps");
+    let body =
+        br#"{"kind":"Secret","apiVersion":"v1","data":{"blob":"Y2xlYXI="},"kind":"ConfigMap"}"#;
+    assert!(m.mask_json_bytes(&c, body).is_err());
+    assert!(stream_all(&m, &c, StreamKind::Json, body, 4).is_err());
+    let nested = br#"{"kind":"List","items":[{"kind":"Secret","kind":"ConfigMap","data":{"blob":"Y2xlYXI="}}]}"#;
+    assert!(
+        stream_all(
+            &m,
+            &ctx_verb("configmaps", "list"),
+            StreamKind::Json,
+            nested,
+            4
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn watch_events_with_their_own_kind_are_refused() {
+    let m = Arc::new(masker());
+    let c = ctx_verb("secrets", "watch");
+    let ev = json!({"kind":"WatchEvent","type":"ADDED","object":{"kind":"Secret","apiVersion":"v1",
+        "metadata":{"name":"x"},"data":{"password":b64("watch-kind-pw")}}});
+    let input = format!("{ev}\n");
+    let r = stream_all(&m, &c, StreamKind::Watch, input.as_bytes(), 9);
+    assert!(r.is_err(), "{r:?}");
+    // A plain Status (a watch that failed to start) is still fine.
+    let st =
+        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Expired","code":410}"#;
+    let (out, n) = stream_all(&m, &c, StreamKind::Watch, st, 9).unwrap();
+    assert_eq!((out.as_slice(), n), (&st[..], 0));
+}
+
+#[test]
+fn binary_data_is_masked_like_data() {
+    let m = masker();
+    // Detectors see the decoded content of binaryData.
+    let cm = json!({"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x"},
+        "binaryData":{"blob": b64(&format!("token: {JWT}")), "img": b64("GIF89a")}});
+    let (v, _) = masked(&m, &ctx("configmaps"), cm);
+    assert_eq!(v["binaryData"]["blob"], MARKER_BASE64);
+    assert_eq!(v["binaryData"]["img"], b64("GIF89a"));
+    // A `data.KEY` field rule covers `binaryData.KEY` too.
+    let custom = MaskingConfig {
+        rules: vec![MaskRule {
+            resources: vec!["configmaps".into()],
+            fields: vec!["data.cert".into()],
+            ..MaskRule::default()
+        }],
+        detectors: vec![],
+    }
+    .compile()
+    .unwrap();
+    let cm = json!({"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x"},
+        "data":{"cert":"c1"},"binaryData":{"cert": b64("binary-cert"), "other": b64("o")}});
+    let (v, n) = masked(&custom, &ctx("configmaps"), cm);
+    assert_eq!(v["data"]["cert"], MARKER);
+    assert_eq!(v["binaryData"]["cert"], MARKER_BASE64);
+    assert_eq!(v["binaryData"]["other"], b64("o"));
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn high_entropy_base64_detector_is_opt_in_and_for_logs() {
+    let secret_b64 = "dGhpcyBpcyBhIHJlYWwgc2VjcmV0IHZhbHVlIDk4NzY1NDMyMQ==";
+    let line = format!("connecting with {secret_b64} to db");
+    // Off by default.
+    assert_eq!(masker().mask_log_line(&line).1, 0);
+    let m = MaskingConfig {
+        detectors: vec!["high-entropy-base64".into()],
+        ..MaskingConfig::default()
+    }
+    .compile()
+    .unwrap();
+    let (out, n) = m.mask_log_line(&line);
+    assert_eq!((out.as_ref(), n), ("connecting with ***MASKED*** to db", 1));
+    // Ordinary log text is left alone.
+    for benign in [
+        "GET /api/v1/namespaces/default/pods?limit=500 200 OK",
+        "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        "pod kube-controller-manager-control-plane-1 started",
+        "uid=6f1c2a9e-3b1d-4c8e-9a57-0e4b1f2d3c4a",
+        "/var/lib/kubelet/pods/6f1c2a9e/volumes/kubernetes.io~projected",
+        "2026-12-06T08:30:05.123456789Z INFO reconciling deployment/web",
+        "ThisIsAVeryLongCamelCaseIdentifierName",
+    ] {
+        assert_eq!(m.mask_log_line(benign).1, 0, "{benign}");
+    }
+    // JSON string values are not judged by entropy (certificates, hashes).
+    let mut v = json!({"kind":"ConfigMap","data":{"ca.crt": secret_b64}});
+    assert_eq!(m.mask_value(&ctx("configmaps"), &mut v), 0);
 }

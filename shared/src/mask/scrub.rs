@@ -1,0 +1,591 @@
+//! Scrubbing known values: once a value is known to be secret — a value the
+//! rules or detectors masked in an object, or the sidecar's own upstream
+//! token — every other occurrence of it is replaced by [`MARKER`]: raw,
+//! base64-encoded (standard and URL-safe alphabets, padded or not), and
+//! inside longer base64 text at any byte offset, as a substring of any
+//! string.
+//!
+//! [`ScrubSet`] is the compiled set of byte patterns (one Aho-Corasick
+//! automaton, so a string is scanned once whatever the number of values);
+//! [`StreamScrubber`] applies it to a byte stream chunk by chunk. It holds
+//! back only a tail that could still grow into a match, so a value that
+//! straddles two chunks is caught, memory is bounded by the longest pattern,
+//! and a stream whose chunks end in ordinary bytes (a watch event's `}\n`)
+//! is not delayed at all.
+//!
+//! Which values are worth scrubbing is a trade-off, see [`MIN_SCRUB_BYTES`].
+//!
+//! Cost: [`ScrubSet::for_object`] (built for every object in which something
+//! was masked) keeps at most [`WINDOW`] bytes of each form of a value; a
+//! string in which such a window of a longer value is found is replaced as
+//! a whole (the rest of the value follows the window). [`ScrubSet::new`]
+//! (the token, built once per rotation) matches the whole forms exactly.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::OnceLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+use super::MARKER;
+
+/// Shortest value (in bytes, decoded) whose raw occurrences are scrubbed.
+///
+/// Shorter masked values are common non-secret configuration that happens to
+/// sit under a secret-looking name (`"true"`, `"3600"`, `"admin"`, a port):
+/// scrubbing them everywhere would rewrite label values, selectors and other
+/// fields of the same object, and a client that writes the object back
+/// (`kubectl edit`, read-modify-write controllers) would then fail or store
+/// the marker. Six bytes keeps such values intact and still covers real
+/// passwords and tokens.
+pub const MIN_SCRUB_BYTES: usize = 6;
+
+/// Shortest value whose full base64 encodings (8 characters or more) are
+/// scrubbed: an exact base64 copy of a 4-byte value is already distinctive.
+pub const MIN_ENCODED_SCRUB_BYTES: usize = 4;
+
+/// Longest pattern of a [`ScrubSet::for_object`]: longer forms are cut to
+/// their first `WINDOW` bytes, and a string holding such a window is
+/// replaced whole.
+pub const WINDOW: usize = 64;
+
+/// Shortest base64 "core" (the characters of an encoding that depend only on
+/// the value, whatever precedes and follows it) matched inside longer
+/// base64 text: 8 characters, 48 bits.
+const MIN_CORE_CHARS: usize = 8;
+
+/// A compiled set of values to scrub. `Debug` prints only the number of
+/// patterns: the set holds secrets.
+#[derive(Clone)]
+pub struct ScrubSet {
+    /// Every form of every value, longest first, deduplicated.
+    patterns: Vec<Vec<u8>>,
+    /// Per pattern: a window of a longer value (the string holding it is
+    /// replaced whole).
+    window: Vec<bool>,
+    /// Object sets are small and searched in few, short strings: a pattern
+    /// at a time, without building an automaton (which costs more than the
+    /// search).
+    naive: bool,
+    /// Naive sets: the first two bytes of every pattern, as a 65536-bit set;
+    /// a string with none of these byte pairs holds no pattern (one pass,
+    /// instead of a search per pattern).
+    bigrams: Option<Box<[u64; 1024]>>,
+    /// All patterns (bytes, streams), built on first use.
+    bytes: OnceLock<Option<AhoCorasick>>,
+    /// The valid UTF-8 patterns (strings), built on first use, with their
+    /// `window` flags.
+    text: OnceLock<Option<(AhoCorasick, Vec<bool>)>>,
+    first_bytes: [bool; 256],
+    max_len: usize,
+}
+
+impl fmt::Debug for ScrubSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrubSet")
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl Default for ScrubSet {
+    fn default() -> Self {
+        ScrubSet::new(std::iter::empty::<&[u8]>())
+    }
+}
+
+impl PartialEq for ScrubSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns && self.window == other.window
+    }
+}
+
+impl Eq for ScrubSet {}
+
+fn automaton<'a>(patterns: impl Iterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
+    let p: Vec<&Vec<u8>> = patterns.collect();
+    if p.is_empty() {
+        return None;
+    }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .build(p)
+        .ok()
+}
+
+impl ScrubSet {
+    /// The set for `values` (each the clear, decoded value) with the default
+    /// minimum lengths ([`MIN_SCRUB_BYTES`], [`MIN_ENCODED_SCRUB_BYTES`]),
+    /// every form matched whole.
+    pub fn new<I, V>(values: I) -> ScrubSet
+    where
+        I: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
+        Self::build(values, usize::MAX, false)
+    }
+
+    /// The set for the values masked in one object: like [`ScrubSet::new`],
+    /// with forms longer than [`WINDOW`] cut to a window (see the module
+    /// docs), so building it stays cheap for large values.
+    pub fn for_object<I, V>(values: I) -> ScrubSet
+    where
+        I: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
+        Self::build(values, WINDOW, true)
+    }
+
+    fn build<I, V>(values: I, window: usize, naive: bool) -> ScrubSet
+    where
+        I: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
+        let mut pairs: Vec<(Vec<u8>, bool)> = Vec::new();
+        for v in values {
+            forms(v.as_ref(), window, &mut pairs);
+        }
+        // Longest first; for equal patterns the window (whole-string) wins.
+        pairs.sort_by(|a, b| {
+            b.0.len()
+                .cmp(&a.0.len())
+                .then_with(|| a.0.cmp(&b.0))
+                .then_with(|| b.1.cmp(&a.1))
+        });
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        let (patterns, window): (Vec<Vec<u8>>, Vec<bool>) = pairs.into_iter().unzip();
+        let mut first_bytes = [false; 256];
+        for p in &patterns {
+            if let Some(b) = p.first() {
+                first_bytes[usize::from(*b)] = true;
+            }
+        }
+        let bigrams = naive.then(|| {
+            let mut bits = Box::new([0u64; 1024]);
+            for p in &patterns {
+                if let [a, b, ..] = p.as_slice() {
+                    let i = (usize::from(*a) << 8) | usize::from(*b);
+                    bits[i >> 6] |= 1 << (i & 63);
+                }
+            }
+            bits
+        });
+        ScrubSet {
+            max_len: patterns.first().map_or(0, Vec::len),
+            patterns,
+            window,
+            naive,
+            bigrams,
+            bytes: OnceLock::new(),
+            text: OnceLock::new(),
+            first_bytes,
+        }
+    }
+
+    /// True when there is nothing to scrub.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Number of byte patterns (all forms of all values).
+    pub fn pattern_count(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Length of the longest pattern.
+    pub fn max_pattern_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn byte_automaton(&self) -> Option<&AhoCorasick> {
+        self.bytes
+            .get_or_init(|| automaton(self.patterns.iter()))
+            .as_ref()
+    }
+
+    fn text_automaton(&self) -> Option<&(AhoCorasick, Vec<bool>)> {
+        self.text
+            .get_or_init(|| {
+                let utf8 = || {
+                    self.patterns
+                        .iter()
+                        .zip(&self.window)
+                        .filter(|(p, _)| std::str::from_utf8(p).is_ok())
+                };
+                let ac = automaton(utf8().map(|(p, _)| p))?;
+                Some((ac, utf8().map(|(_, w)| *w).collect()))
+            })
+            .as_ref()
+    }
+
+    /// The patterns usable on strings, with their window flags.
+    fn text_patterns(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.patterns
+            .iter()
+            .zip(&self.window)
+            .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|p| (p, *w)))
+    }
+
+    /// False when `hay` cannot hold any pattern (naive sets).
+    fn may_match(&self, hay: &[u8]) -> bool {
+        let Some(bits) = &self.bigrams else {
+            return true;
+        };
+        hay.windows(2).any(|w| {
+            let i = (usize::from(w[0]) << 8) | usize::from(w[1]);
+            bits[i >> 6] & (1 << (i & 63)) != 0
+        })
+    }
+
+    /// True when `s` holds any form of any value.
+    pub fn matches_str(&self, s: &str) -> bool {
+        if self.naive {
+            return self.may_match(s.as_bytes())
+                && self.text_patterns().any(|(p, _)| s.contains(p));
+        }
+        self.text_automaton().is_some_and(|(ac, _)| ac.is_match(s))
+    }
+
+    /// `s` with every occurrence replaced by [`MARKER`]; `None` when `s`
+    /// holds none. A string holding a window of a longer value is replaced
+    /// whole.
+    pub fn scrub_str(&self, s: &str) -> Option<String> {
+        if self.naive {
+            if !self.may_match(s.as_bytes()) {
+                return None;
+            }
+            let mut cur: Option<String> = None;
+            for (p, window) in self.text_patterns() {
+                let hay = cur.as_deref().unwrap_or(s);
+                if hay.contains(p) {
+                    if window {
+                        return Some(MARKER.to_string());
+                    }
+                    cur = Some(hay.replace(p, MARKER));
+                }
+            }
+            return cur;
+        }
+        let (ac, windows) = self.text_automaton()?;
+        if !ac.is_match(s) {
+            return None;
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        for m in ac.find_iter(s) {
+            if windows
+                .get(m.pattern().as_usize())
+                .copied()
+                .unwrap_or(false)
+            {
+                return Some(MARKER.to_string());
+            }
+            // Valid UTF-8 patterns match at character boundaries of valid UTF-8.
+            out.push_str(s.get(last..m.start())?);
+            out.push_str(MARKER);
+            last = m.end();
+        }
+        out.push_str(s.get(last..)?);
+        Some(out)
+    }
+
+    /// `b` with every occurrence replaced by [`MARKER`]; `None` when `b`
+    /// holds none. Bytes holding a window of a longer value are replaced
+    /// whole.
+    pub fn scrub_bytes(&self, b: &[u8]) -> Option<Vec<u8>> {
+        let ac = self.byte_automaton()?;
+        if !ac.is_match(b) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(b.len());
+        let mut last = 0;
+        for m in ac.find_iter(b) {
+            if self
+                .window
+                .get(m.pattern().as_usize())
+                .copied()
+                .unwrap_or(false)
+            {
+                return Some(MARKER.as_bytes().to_vec());
+            }
+            out.extend_from_slice(&b[last..m.start()]);
+            out.extend_from_slice(MARKER.as_bytes());
+            last = m.end();
+        }
+        out.extend_from_slice(&b[last..]);
+        Some(out)
+    }
+
+    /// Where, in `b`, the longest suffix starts that is a proper prefix of
+    /// some pattern (it may still become a match with the next bytes);
+    /// `b.len()` when there is none.
+    fn partial_tail(&self, b: &[u8]) -> usize {
+        let from = b.len().saturating_sub(self.max_len.saturating_sub(1));
+        for j in from..b.len() {
+            if !self.first_bytes[usize::from(b[j])] {
+                continue;
+            }
+            let tail = &b[j..];
+            if self
+                .patterns
+                .iter()
+                .any(|p| p.len() > tail.len() && p.starts_with(tail))
+            {
+                return j;
+            }
+        }
+        b.len()
+    }
+}
+
+/// Every form of `v` worth matching, appended to `out` with its window
+/// flag: forms longer than `window` are cut to it (only the first bytes of a
+/// long value are encoded, which is all its first `window` characters
+/// depend on).
+fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
+    let mut push = |f: Vec<u8>, cut: bool| {
+        let cut = cut || f.len() > window;
+        let mut f = f;
+        f.truncate(window);
+        out.push((f, cut));
+    };
+    // Enough bytes for `window` characters of any encoding at any offset.
+    let head = window.saturating_add(3);
+    let (v, long) = if v.len() > head {
+        (&v[..head], true)
+    } else {
+        (v, false)
+    };
+    if v.len() >= MIN_SCRUB_BYTES {
+        push(v.to_vec(), long);
+    }
+    if v.len() < MIN_ENCODED_SCRUB_BYTES {
+        return;
+    }
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        let mut enc = engine.encode(v).into_bytes();
+        if long {
+            // The last characters of a cut value's encoding are not its own.
+            enc.truncate(window);
+        }
+        push(enc, long);
+    }
+    // Inside longer base64: the value starts at byte offset k (mod 3) of the
+    // encoded data. Encode it behind k filler bytes and keep the characters
+    // made of the value's bits only (not the first ones, which mix in the
+    // filler, nor a last one that would mix in whatever follows).
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for k in 0..3usize {
+            let mut buf = vec![0u8; k];
+            buf.extend_from_slice(v);
+            let enc = engine.encode(&buf);
+            let start = (8 * k).div_ceil(6);
+            let end = if (8 * buf.len()) % 6 == 0 {
+                enc.len()
+            } else {
+                enc.len() - 1
+            };
+            if end > start && end - start >= MIN_CORE_CHARS {
+                push(enc.as_bytes()[start..end].to_vec(), long);
+            }
+        }
+    }
+}
+
+/// Applies a [`ScrubSet`] to a byte stream (see the module docs).
+pub struct StreamScrubber {
+    set: std::sync::Arc<ScrubSet>,
+    held: Vec<u8>,
+    count: usize,
+}
+
+impl fmt::Debug for StreamScrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamScrubber")
+            .field("held", &self.held.len())
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl StreamScrubber {
+    /// A scrubber for one body.
+    pub fn new(set: std::sync::Arc<ScrubSet>) -> StreamScrubber {
+        StreamScrubber {
+            set,
+            held: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Occurrences replaced so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes held back (a possible start of a match).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Feed the next chunk; returns the bytes that are ready.
+    pub fn push<'a>(&mut self, chunk: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.set.is_empty() {
+            return Cow::Borrowed(chunk);
+        }
+        if self.held.is_empty() && !self.could_match(chunk) {
+            return Cow::Borrowed(chunk);
+        }
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(chunk);
+        Cow::Owned(self.process(buf, false))
+    }
+
+    /// The body ended: the held-back bytes, scrubbed.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.held);
+        self.process(buf, true)
+    }
+
+    /// Cheap pre-check: no pattern's first byte in `chunk` means no match
+    /// starts in it (only whole chunks, so the common case is one memchr-like
+    /// pass).
+    fn could_match(&self, chunk: &[u8]) -> bool {
+        chunk.iter().any(|b| self.set.first_bytes[usize::from(*b)])
+    }
+
+    fn process(&mut self, buf: Vec<u8>, eof: bool) -> Vec<u8> {
+        let set = self.set.clone();
+        let Some(ac) = set.byte_automaton() else {
+            return buf;
+        };
+        let guard = self.set.max_len.saturating_sub(1);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut last = 0;
+        let mut hold_from = buf.len();
+        for m in ac.find_iter(&buf) {
+            // A match close to the end might still grow into a longer one.
+            if !eof && m.end() + guard > buf.len() {
+                hold_from = m.start();
+                break;
+            }
+            out.extend_from_slice(&buf[last..m.start()]);
+            out.extend_from_slice(MARKER.as_bytes());
+            self.count += 1;
+            last = m.end();
+        }
+        if !eof && hold_from == buf.len() {
+            hold_from = last + self.set.partial_tail(&buf[last..]);
+        }
+        out.extend_from_slice(&buf[last..hold_from]);
+        self.held = buf[hold_from..].to_vec();
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpzaWRlY2FyIn0.c2lnbmF0dXJlLXJlYWwtdG9rZW4";
+
+    fn all_encodings(v: &str) -> Vec<String> {
+        [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+            .iter()
+            .map(|e| e.encode(v))
+            .collect()
+    }
+
+    #[test]
+    fn raw_encoded_and_embedded_forms_are_found() {
+        let set = ScrubSet::new([TOKEN]);
+        assert!(!set.is_empty());
+        let mut inputs = vec![format!("Authorization: Bearer {TOKEN}\n")];
+        for e in all_encodings(TOKEN) {
+            inputs.push(format!("x {e} y"));
+        }
+        for prefix in ["", "a", "ab", "abc", "Bearer "] {
+            inputs.push(STANDARD.encode(format!("{prefix}{TOKEN} tail")));
+            inputs.push(URL_SAFE_NO_PAD.encode(format!("{prefix}{TOKEN}")));
+        }
+        for input in inputs {
+            let out = set.scrub_str(&input).unwrap_or_else(|| panic!("{input}"));
+            assert!(out.contains(MARKER), "{out}");
+            assert!(!out.contains(TOKEN), "{out}");
+            for e in all_encodings(TOKEN) {
+                assert!(!out.contains(&e), "{out}");
+            }
+        }
+        assert_eq!(set.scrub_str("nothing here"), None);
+        assert_eq!(set.scrub_bytes(b"nothing here"), None);
+    }
+
+    #[test]
+    fn short_values_are_not_scrubbed_raw() {
+        let set = ScrubSet::new(["admin", "abc"]);
+        assert_eq!(set.scrub_str("admin user"), None);
+        // The exact base64 of a 4+ byte value is.
+        assert!(set.scrub_str("YWRtaW4=").is_some());
+        assert!(ScrubSet::new(["ab"]).is_empty());
+        assert!(format!("{set:?}").contains("patterns"));
+        assert!(!format!("{set:?}").contains("admin"));
+    }
+
+    #[test]
+    fn object_sets_match_long_values_by_a_window_and_replace_the_string() {
+        let long = "L".repeat(10) + &"0123456789abcdef".repeat(40);
+        let set = ScrubSet::for_object([long.as_str()]);
+        assert!(set.max_pattern_len() <= WINDOW);
+        let copy = format!("copied: {long} (end)");
+        assert_eq!(set.scrub_str(&copy).as_deref(), Some(MARKER));
+        let b64 = STANDARD.encode(format!("xy{long}"));
+        assert_eq!(set.scrub_str(&b64).as_deref(), Some(MARKER));
+        // Short values are still replaced in place.
+        let set = ScrubSet::for_object(["short-pw-1"]);
+        assert_eq!(
+            set.scrub_str("a short-pw-1 b").as_deref(),
+            Some("a ***MASKED*** b")
+        );
+    }
+
+    #[test]
+    fn stream_scrubber_catches_values_straddling_chunks() {
+        let set = Arc::new(ScrubSet::new([TOKEN]));
+        let enc = STANDARD.encode(TOKEN);
+        let body = format!("head {TOKEN} middle {enc} and {TOKEN}");
+        let want = set.scrub_str(&body).unwrap();
+        for chunk in [1, 2, 3, 7, 64, 100, body.len()] {
+            let mut s = StreamScrubber::new(set.clone());
+            let mut out = Vec::new();
+            for piece in body.as_bytes().chunks(chunk) {
+                out.extend_from_slice(&s.push(piece));
+                assert!(s.held() < set.max_pattern_len() * 2, "held {}", s.held());
+            }
+            out.extend(s.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), want, "chunk {chunk}");
+            assert_eq!(s.count(), 3);
+        }
+    }
+
+    #[test]
+    fn stream_scrubber_does_not_delay_ordinary_bytes() {
+        let set = Arc::new(ScrubSet::new([TOKEN]));
+        let mut s = StreamScrubber::new(set);
+        let ev = b"{\"type\":\"ADDED\",\"object\":{}}\n";
+        assert_eq!(s.push(ev).as_ref(), &ev[..]);
+        assert_eq!(s.held(), 0);
+        // A possible start of the token is held until it is decided.
+        let out = s.push(b"abc eyJhbG");
+        assert_eq!(out.as_ref(), b"abc ");
+        assert_eq!(s.held(), 6);
+        let out = s.push(b"ci! done\n");
+        assert_eq!(out.as_ref(), b"eyJhbGci! done\n");
+        assert_eq!(s.finish(), b"");
+    }
+}
