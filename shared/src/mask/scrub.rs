@@ -5,9 +5,8 @@
 //! inside longer base64 text at any byte offset, as a substring of any
 //! string.
 //!
-//! [`ScrubSet`] is the compiled set of byte patterns (one Aho-Corasick
-//! automaton, so a string is scanned once whatever the number of values);
-//! [`StreamScrubber`] applies it to a byte stream chunk by chunk. It holds
+//! [`ScrubSet`] is the compiled set of byte patterns; [`StreamScrubber`]
+//! applies it to a byte stream chunk by chunk. It holds
 //! back only a tail that could still grow into a match, so a value that
 //! straddles two chunks is caught, memory is bounded by the longest pattern,
 //! and a stream whose chunks end in ordinary bytes (a watch event's `}\n`)
@@ -18,8 +17,13 @@
 //! Cost: [`ScrubSet::for_object`] (built for every object in which something
 //! was masked) keeps at most [`WINDOW`] bytes of each form of a value; a
 //! string in which such a window of a longer value is found is replaced as
-//! a whole (the rest of the value follows the window). [`ScrubSet::new`]
-//! (the token, built once per rotation) matches the whole forms exactly.
+//! a whole (the rest of the value follows the window). Such a set is small
+//! and searched in a few short strings, so it builds no automaton: a
+//! byte-pair prefilter rejects most strings in one pass, then each pattern
+//! is searched. [`ScrubSet::new`] (the token, built once per rotation,
+//! searched over every body) matches the whole forms exactly with one
+//! Aho-Corasick automaton (built on first use), so a string is scanned once
+//! whatever the number of forms.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1348,3 +1348,48 @@ fn high_entropy_base64_detector_is_opt_in_and_for_logs() {
     let mut v = json!({"kind":"ConfigMap","data":{"ca.crt": secret_b64}});
     assert_eq!(m.mask_value(&ctx("configmaps"), &mut v), 0);
 }
+
+#[test]
+fn json_patch_values_copied_between_ops_are_scrubbed() {
+    // A recorded `kubectl patch --type=json` request body.
+    let m = masker();
+    let pw = "patch-copied-pw-77";
+    let ops = json!([
+        {"op":"add","path":"/data/password","value":b64(pw)},
+        {"op":"add","path":"/metadata/annotations/leak","value":b64(pw)},
+        {"op":"add","path":"/metadata/generateName","value":format!("x-{pw}")}
+    ]);
+    let (v, _) = masked(&m, &ctx("secrets"), ops);
+    assert_scrubbed(&v.to_string(), &[pw]);
+    assert_eq!(v[0]["value"], MARKER_BASE64);
+    assert_eq!(v[1]["value"], MARKER);
+}
+
+#[test]
+fn context_scrub_set_reaches_every_string_key_and_log_line_and_is_never_printed() {
+    let token = "ctx-scrub-token-value-0123456789";
+    let c = MaskContext {
+        scrub: Some(Arc::new(ScrubSet::new([token]))),
+        ..ctx_verb("configmaps", "list")
+    };
+    assert!(!format!("{c:?}").contains(token));
+    let m = Arc::new(masker());
+    let list = json!({"kind":"ConfigMapList","apiVersion":"v1","metadata":{"continue":token},
+        "items":[{"metadata":{"name":"a","annotations":{token:"k"}},"data":{"color":b64(token)}}]});
+    let input = serde_json::to_vec(&list).unwrap();
+    for chunk in [1, 9, input.len()] {
+        let (out, n) = stream_all(&m, &c, StreamKind::Json, &input, chunk).unwrap();
+        assert_scrubbed(&String::from_utf8(out).unwrap(), &[token]);
+        assert_eq!(n, 3);
+    }
+    let log = format!("a\nAuthorization: {token}\n");
+    let lc = MaskContext {
+        subresource: "log".into(),
+        ..c.clone()
+    };
+    let (out, n) = stream_all(&m, &lc, StreamKind::Log, log.as_bytes(), 5).unwrap();
+    assert_eq!(
+        (String::from_utf8(out).unwrap(), n),
+        (format!("a\nAuthorization: {MARKER}\n"), 1)
+    );
+}
