@@ -68,6 +68,50 @@ fn corpus_holds() {
     eprintln!("replayed {n} corpus inputs");
 }
 
+/// Inputs that fail today for a bug being fixed elsewhere (see
+/// `fuzz/known/README.md`); once fixed, move them to `fuzz/regressions/`.
+#[test]
+#[ignore = "known bugs, fixed on other branches"]
+fn known_bugs_fixed() {
+    let n = replay("known");
+    eprintln!("replayed {n} known-bug inputs");
+}
+
+/// Nesting far beyond what the fuzzer's input sizes reach: refused or
+/// parsed, never a stack overflow.
+#[test]
+fn deep_nesting() {
+    let deep = |open: &str, close: &str, n: usize| {
+        let mut v = open.repeat(n).into_bytes();
+        v.extend(close.repeat(n).into_bytes());
+        v
+    };
+    for kind in [0u8, 2, 4] {
+        for (o, c) in [("[", "]"), ("{\"a\":", "}")] {
+            let mut input = vec![kind, 0];
+            input.extend(deep(o, c, 100_000));
+            mcp_warden_fuzz::mask_stream::check(&input);
+        }
+    }
+    // serde-saphyr refuses YAML nested deeper than 64. Below that, an
+    // unoptimized build needs ~40 KiB of stack per level (Node and Spanned
+    // recurse through the deserializer), more than a 2 MiB test thread has;
+    // release builds need a small fraction. So: a main-thread-sized stack.
+    let policies = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            for (o, c, n) in [("[", "]", 50_000), ("{a: ", "}", 20_000), ("- ", "", 63)] {
+                let mut policy = b"rules: ".to_vec();
+                policy.extend(deep(o, c, n));
+                mcp_warden_fuzz::policy_parse::check(&policy);
+            }
+        })
+        .expect("spawns");
+    if let Err(e) = policies.join() {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// The checks themselves: inputs that must pass, in each target's format.
 #[test]
 fn known_inputs() {
