@@ -242,16 +242,17 @@ fn generated(mode: u8, seed: u8, rest: &[u8]) {
             let parts: Vec<&[u8]> = msg.chunks(size).collect();
             for (i, part) in parts.iter().enumerate() {
                 let last = i + 1 == parts.len();
-                if last && parts.len() > 1 {
-                    if let Some(ping) = fr.control {
-                        let op = if ping { 0x9 } else { 0xA };
-                        wire.extend(frame(true, op, b"hb", fr.mask, fr.len_form));
-                        expected.push(if ping {
-                            WsMessage::Ping
-                        } else {
-                            WsMessage::Pong
-                        });
-                    }
+                if last
+                    && parts.len() > 1
+                    && let Some(ping) = fr.control
+                {
+                    let op = if ping { 0x9 } else { 0xA };
+                    wire.extend(frame(true, op, b"hb", fr.mask, fr.len_form));
+                    expected.push(if ping {
+                        WsMessage::Ping
+                    } else {
+                        WsMessage::Pong
+                    });
                 }
                 let op = if i == 0 { opcode } else { 0 };
                 wire.extend(frame(last, op, part, fr.mask, fr.len_form));
