@@ -15,9 +15,10 @@
 //!   without `kind`), a watch stream of Secrets, a ConfigMap with
 //!   secret-looking keys, a Pod with secret env values, or a Table with
 //!   Secrets in its rows, with `PLANTED…` values in every place the default
-//!   masking covers, filler fields and any key order or indentation.
-//!   Properties: the masker accepts it, the output is valid JSON, and no
-//!   planted value appears in it, raw or base64-encoded.
+//!   masking covers, filler fields and any key order or indentation; when
+//!   every kind comes before the values, on any request path. Properties:
+//!   the masker accepts it, the output is valid JSON, and no planted value
+//!   appears in it, raw or base64-encoded.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -490,13 +491,36 @@ fn build(shape: &Shape, pretty: bool) -> (MaskContext, StreamKind, Vec<u8>, Vec<
     }
 }
 
+/// Every object of the document names its kind before its values (a list
+/// its `kind` before `items`).
+fn kinds_up_front(shape: &Shape) -> bool {
+    match shape {
+        Shape::Secret(s) => s.with_kind,
+        Shape::List {
+            kind_last,
+            list_kind,
+            ..
+        } => *list_kind && !kind_last,
+        Shape::Watch { .. } | Shape::ConfigMap { .. } | Shape::Pod { .. } | Shape::Table { .. } => {
+            true
+        }
+    }
+}
+
 fn planted(split: u8, rest: &[u8]) {
     let mut u = Unstructured::new(rest);
     let Ok(shape) = Shape::arbitrary(&mut u) else {
         return;
     };
     let pretty = split & 0x80 != 0;
-    let (ctx, kind, body, plants) = build(&shape, pretty);
+    let (mut ctx, kind, body, plants) = build(&shape, pretty);
+    // A document whose kinds are all known before its values says what it
+    // is: it is masked as that kind whatever path it came from.
+    let other: u8 = u.arbitrary().unwrap_or(0);
+    if other & 1 == 1 && kinds_up_front(&shape) {
+        ctx.resource = RESOURCES[usize::from((other >> 1) & 7)].to_string();
+        ctx.verb = VERBS[usize::from((other >> 4) & 3)].to_string();
+    }
     if body.len() > MAX_VALUE / 2 {
         // One value may not exceed the bound; such inputs say nothing here.
         return;
