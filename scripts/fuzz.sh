@@ -71,8 +71,16 @@ for t in "${TARGETS[@]}"; do
   crashes=()
   for f in "$art"/crash-* "$art"/timeout-* "$art"/oom-* "$art"/leak-*; do
     [ -e "$f" ] || continue
-    cp "$f" "$reg/"
-    crashes+=("$(basename "$f")")
+    known=
+    for g in "$reg"/*; do
+      if [ -f "$g" ] && cmp -s "$f" "$g"; then known=$(basename "$g"); fi
+    done
+    if [ -n "$known" ]; then
+      crashes+=("$known (still failing)")
+    else
+      cp "$f" "$reg/"
+      crashes+=("$(basename "$f")")
+    fi
   done
   summary+=("$(printf '%-14s exec/s %-6s runs %-9s cov %-5s ft %-6s corpus %s' \
     "$t" "${execs:-?}" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}")")
