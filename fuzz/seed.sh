@@ -7,7 +7,8 @@
 #
 # Input formats (see fuzz/src/*.rs and docs/fuzzing.md):
 #   request_parse  "METHOD /path?query\nheader: value\n..."
-#   mask_stream    [mode][split] body   (mode 0x00 JSON, 0x82 watch, 0x04 log; ctx in bits 3-7)
+#   mask_stream    [mode][split] body   (mode bit 0: raw/planted, bits 1-2: JSON/watch/log,
+#                  bits 3-5: resource, bits 6-7: verb; see fuzz/src/mask_stream.rs)
 #   ws_frame_tap   [mode][seed] records [dir|len][bytes]...
 #   policy_parse   a policy file
 set -euo pipefail
@@ -26,8 +27,8 @@ for t in request_parse mask_stream ws_frame_tap policy_parse; do
 done
 
 # request_parse: every request target in shared/src/attrs.rs (its unit-test
-# tables and HOSTILE_PATH_EXAMPLES), with the method the table gives or GET;
-# the impersonation unit-test headers ride on one of them.
+# tables and HOSTILE_PATH_EXAMPLES), with the method the table gives or GET.
+# Impersonation headers come from fuzz/seeds/request_parse/.
 n=0
 { grep -o '("[A-Z]*", "/[^"]*"' "$ROOT/shared/src/attrs.rs" || true; } | sed -E 's/^\("([A-Z]*)", "(.*)"$/\1 \2/' |
   while IFS= read -r line; do
