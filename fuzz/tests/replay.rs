@@ -68,15 +68,6 @@ fn corpus_holds() {
     eprintln!("replayed {n} corpus inputs");
 }
 
-/// Inputs that fail today for a bug being fixed elsewhere (see
-/// `fuzz/known/README.md`); once fixed, move them to `fuzz/regressions/`.
-#[test]
-#[ignore = "known bugs, fixed on other branches"]
-fn known_bugs_fixed() {
-    let n = replay("known");
-    eprintln!("replayed {n} known-bug inputs");
-}
-
 /// Nesting far beyond what the fuzzer's input sizes reach: refused or
 /// parsed, never a stack overflow.
 #[test]
