@@ -1,0 +1,451 @@
+//! The webhook behind a real kube-apiserver's admission chain (1.20.2, built
+//! from Debian's source by `scripts/deps/kube-control-plane.sh`; see
+//! `realkube.rs`), and approvals on the real server.
+//!
+//! The `mcp-warden-webhook` binary runs as a local process (TLS on
+//! 127.0.0.1, file certificates from a fresh CA, `nativeSidecar: auto`
+//! reading the real `/version`). The webhook configurations are the chart's
+//! (`manifests/mcp-warden.yaml`, its rendered output) with each
+//! `clientConfig.service` replaced by `url` + `caBundle`; each test registers
+//! only the entries it needs, under its own names, and removes them before
+//! its webhook stops.
+//!
+//! - Injection: a Deployment of an MCP server in a namespace labelled
+//!   `mcp-warden.io/injection: enabled` → the pod the real ReplicaSet
+//!   controller creates is injected in the container form (the server is
+//!   1.20) and accepted by the server; the stored pod has the hostAliases,
+//!   the `postStart` hook, no service-account token volume in the app
+//!   containers; a second admission of the stored pod changes nothing.
+//! - Approvals: the CRD from `manifests/crds/`, the sidecar's Role and the
+//!   approver ClusterRole from the manifests; a `kubectl delete configmap`
+//!   through the sidecar is held, the requesting ServiceAccount cannot
+//!   approve it, `alice` approves it with `kubectl-mcp_warden` and the
+//!   ConfigMap is gone; a `status.decidedBy` forged by alice is stamped
+//!   `alice`.
+//!
+//! Needs `cargo build --workspace --bins` and the control plane
+//! (`bash scripts/deps/kube-control-plane.sh`; scripts/test.sh runs both).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use mcp_warden_tests::harness::{run, run_ok, wait_for, workspace_bin};
+use mcp_warden_tests::realkube::{ADMIN, RealKube};
+use mcp_warden_tests::stack::{free_port, http_get};
+use serde_json::{Value, json};
+
+/// Bound for one kubectl or plugin run.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Bound for the controllers to create a pod, and for held requests.
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// The documents of `manifests/mcp-warden.yaml` (the chart's rendered output).
+fn manifests() -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_file("manifests/mcp-warden.yaml")).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+/// The manifests' document of `kind` named `name`.
+fn manifest(kind: &str, name: &str) -> Value {
+    manifests()
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("manifests/mcp-warden.yaml has no {kind} {name}"))
+}
+
+fn admin_json(kube: &RealKube, args: &[&str]) -> Value {
+    let out = run_ok(kube.kubectl("1.32", ADMIN).args(args).args(["-o", "json"]))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The webhook binary on 127.0.0.1 and the webhook configurations that point
+/// at it. On drop the configurations are deleted first (they are
+/// `failurePolicy: Fail`), then the process is killed.
+struct Webhook {
+    kube: &'static RealKube,
+    child: Option<Child>,
+    port: u16,
+    ca_pem: String,
+    dir: tempfile::TempDir,
+    configs: Vec<(String, String)>,
+}
+
+impl Webhook {
+    /// Starts the webhook with the chart's injection settings; it reads the
+    /// server's version with the admin kubeconfig (`GET /version` needs no
+    /// RBAC, any identity would do).
+    fn start(kube: &'static RealKube) -> Webhook {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let dir = tempfile::Builder::new()
+            .prefix("webhook-")
+            .tempdir_in(kube.work_dir())
+            .unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+        // The chart's injection settings, as its ConfigMap gives them.
+        let cm = manifest("ConfigMap", "mcp-warden-webhook-config");
+        let config = cm["data"]["config.yaml"].as_str().unwrap();
+        assert!(config.contains("nativeSidecar: \"auto\""), "{config}");
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+
+        let port = free_port().unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let child = Command::new(workspace_bin("mcp-warden-webhook"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &admin.to_string()])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("tls.key"))
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .env("KUBECONFIG", kube.kubeconfig_path(ADMIN))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("webhook.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut w = Webhook {
+            kube,
+            child: Some(child),
+            port,
+            ca_pem: ca_cert.pem(),
+            dir,
+            configs: Vec::new(),
+        };
+        let ready = wait_for("the webhook's /readyz", Duration::from_secs(30), || {
+            if let Some(c) = w.child.as_mut()
+                && let Ok(Some(s)) = c.try_wait()
+            {
+                return Some(Err(format!("the webhook exited ({s})")));
+            }
+            match http_get(admin, "/readyz") {
+                Ok((200, _)) => Some(Ok(())),
+                _ => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            }
+        });
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{e}; log:\n{}", w.log()),
+            Err(e) => panic!("{e}; log:\n{}", w.log()),
+        }
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("webhook.log")).unwrap_or_default()
+    }
+
+    /// The webhook's JSON log lines.
+    fn log_events(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The manifests' `kind` configuration `mcp-warden`, renamed `name`,
+    /// with only the webhooks named in `entries`, each calling this process
+    /// by URL; applied as admin.
+    fn register(&mut self, kind: &str, name: &str, entries: &[&str]) -> Value {
+        let mut doc = manifest(kind, "mcp-warden");
+        doc["metadata"] = json!({"name": name});
+        let bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let webhooks: Vec<Value> = doc["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| entries.contains(&w["name"].as_str().unwrap()))
+            .cloned()
+            .map(|mut w| {
+                let path = w["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                w["clientConfig"] = json!({
+                    "url": format!("https://127.0.0.1:{}{path}", self.port),
+                    "caBundle": bundle,
+                });
+                w
+            })
+            .collect();
+        assert_eq!(webhooks.len(), entries.len(), "{entries:?} in {kind}");
+        doc["webhooks"] = Value::Array(webhooks);
+        self.kube.apply(&doc.to_string()).unwrap();
+        self.configs.push((kind.to_string(), name.to_string()));
+        doc
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        for (kind, name) in self.configs.drain(..).rev() {
+            let _ = run(
+                self.kube.kubectl("1.32", ADMIN).args([
+                    "delete",
+                    &kind.to_ascii_lowercase(),
+                    &name,
+                    "--ignore-not-found",
+                ]),
+                LIMIT,
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the server says about a namespace's ReplicaSets and pods: events and
+/// the ReplicaSets' conditions, for failure messages.
+fn diagnostics(kube: &RealKube, ns: &str, webhook: &Webhook) -> String {
+    let events = run(
+        kube.kubectl("1.32", ADMIN)
+            .args(["get", "events", "-n", ns, "-o", "wide"]),
+        LIMIT,
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default();
+    let rs = run(
+        kube.kubectl("1.32", ADMIN)
+            .args(["describe", "replicasets", "-n", ns]),
+        LIMIT,
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default();
+    format!(
+        "events in {ns}:\n{events}\nreplicasets:\n{rs}\nwebhook log:\n{}",
+        webhook.log()
+    )
+}
+
+#[test]
+fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_server() {
+    let kube = RealKube::shared().expect("the real control plane");
+    let ns = "rkw-inject";
+    let mut webhook = Webhook::start(kube);
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        "mcp-warden-rkw-inject",
+        &["namespace.inject.mcp-warden.io", "pod.inject.mcp-warden.io"],
+    );
+
+    // The webhook read the real server's version and chose the container form.
+    let read = webhook
+        .log_events()
+        .into_iter()
+        .find(|e| e["fields"]["message"] == "nativeSidecar: auto: read the API server's version")
+        .unwrap_or_else(|| panic!("no version read; log:\n{}", webhook.log()));
+    assert_eq!(read["fields"]["server_version"], "1.20", "{read}");
+    assert_eq!(read["fields"]["sidecar_form"], "container", "{read}");
+
+    // The MCP server fixture, moved to a labelled namespace.
+    let fixture = std::fs::read_to_string(repo_file(
+        "tests/fixtures/webhook/mcp-server-deployment.yaml",
+    ))
+    .unwrap()
+    .replace("namespace: mcp\n", &format!("namespace: {ns}\n"))
+    .replace(
+        "name: kubernetes-mcp-server-view",
+        "name: rkw-kubernetes-mcp-server-view",
+    );
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled}}\n---\n{fixture}"
+    ))
+    .unwrap();
+
+    let pod = wait_for("the ReplicaSet's pod", SETTLE, || {
+        let list = admin_json(
+            kube,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/name=kubernetes-mcp-server",
+            ],
+        );
+        let items = list["items"].as_array()?.clone();
+        if items.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+            return None;
+        }
+        items.into_iter().next()
+    })
+    .unwrap_or_else(|e| panic!("{e}: no pod\n{}", diagnostics(kube, ns, &webhook)));
+    let why = || format!("{pod:#}\n{}", diagnostics(kube, ns, &webhook));
+    if std::env::var_os("RKW_DEBUG").is_some() {
+        eprintln!("{}", why());
+    }
+    let spec = &pod["spec"];
+
+    // Injected, in the container form.
+    assert_eq!(
+        pod["metadata"]["annotations"]["mcp-warden.io/status"],
+        "injected",
+        "{}",
+        why()
+    );
+    let containers = spec["containers"].as_array().unwrap();
+    assert_eq!(containers[0]["name"], "mcp-warden", "{}", why());
+    assert!(
+        spec["initContainers"]
+            .as_array()
+            .is_none_or(|i| i.iter().all(|c| c["name"] != "mcp-warden")),
+        "{}",
+        why()
+    );
+    let sidecar = &containers[0];
+    assert!(sidecar.get("restartPolicy").is_none(), "{}", why());
+    let post_start = sidecar["lifecycle"]["postStart"]["exec"]["command"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no postStart exec hook: {}", why()));
+    assert!(
+        post_start.iter().any(|a| a == "wait-ready"),
+        "{post_start:?}"
+    );
+    assert!(
+        sidecar["lifecycle"]["preStop"]["exec"]["command"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|a| a == "wait-drain")),
+        "{}",
+        why()
+    );
+
+    // hostAliases send the API server's names to the sidecar.
+    let aliases = spec["hostAliases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", why()));
+    let local: Vec<&str> = aliases
+        .iter()
+        .filter(|a| a["ip"] == "127.0.0.1")
+        .flat_map(|a| a["hostnames"].as_array().unwrap().iter())
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ] {
+        assert!(
+            local.contains(&name),
+            "{name} not on 127.0.0.1: {aliases:?}"
+        );
+    }
+
+    // No service-account token for the app: its containers mount the
+    // sidecar's local files where client libraries look, and no volume with
+    // a real token.
+    let volumes = spec["volumes"].as_array().unwrap();
+    let token_volumes: Vec<&str> = volumes
+        .iter()
+        .filter(|v| {
+            v.get("secret").is_some_and(|s| {
+                s["secretName"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("-token-"))
+            }) || v["projected"]["sources"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s.get("serviceAccountToken").is_some()))
+        })
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(!token_volumes.is_empty(), "the sidecar's token: {}", why());
+    for c in containers.iter().skip(1) {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let vname = m["name"].as_str().unwrap();
+            assert!(
+                !token_volumes.contains(&vname),
+                "{} mounts the token volume {vname}: {}",
+                c["name"],
+                why()
+            );
+            if m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" {
+                assert_eq!(vname, "mcp-warden-local", "{}", why());
+            }
+        }
+    }
+    assert_eq!(token_volumes, ["mcp-warden-token"], "{}", why());
+    assert_eq!(spec["automountServiceAccountToken"], false, "{}", why());
+
+    // A second admission of the stored pod, through the real chain
+    // (server-side dry run of a copy): the webhook patches nothing, and the
+    // pod comes back as it was stored.
+    let reviews_before = admission_reviews(&webhook).len();
+    let mut copy = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "second-admission",
+            "namespace": ns,
+            "labels": pod["metadata"]["labels"],
+            "annotations": pod["metadata"]["annotations"],
+        },
+        "spec": spec,
+    });
+    copy["spec"].as_object_mut().unwrap().remove("nodeName");
+    let file = webhook.dir.path().join("second.json");
+    std::fs::write(&file, copy.to_string()).unwrap();
+    let out = run_ok(
+        kube.kubectl("1.32", ADMIN)
+            .args(["create", "--dry-run=server", "-o", "json", "-f"])
+            .arg(&file),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", why()));
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        again["spec"], copy["spec"],
+        "the second admission changed the pod"
+    );
+    let reviews = admission_reviews(&webhook);
+    assert_eq!(
+        reviews.len(),
+        reviews_before + 1,
+        "one more review: {reviews:?}"
+    );
+    let last = reviews.last().unwrap();
+    assert_eq!(last["fields"]["patch_ops"], 0, "{last}");
+    assert_eq!(last["fields"]["sidecar_form"], "container", "{last}");
+}
+
+/// The webhook's `admission review` log events.
+fn admission_reviews(webhook: &Webhook) -> Vec<Value> {
+    webhook
+        .log_events()
+        .into_iter()
+        .filter(|e| e["fields"]["message"] == "admission review")
+        .collect()
+}
