@@ -33,9 +33,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use mcp_warden_tests::harness::{run, run_ok, wait_for, workspace_bin};
-use mcp_warden_tests::realkube::{ADMIN, RealKube};
-use mcp_warden_tests::stack::{free_port, http_get};
+use mcp_warden_tests::harness::{
+    run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
+};
+use mcp_warden_tests::realkube::{ADMIN, ALICE, RealKube};
+use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream, free_port, http_get};
 use serde_json::{Value, json};
 
 /// Bound for one kubectl or plugin run.
@@ -448,4 +450,278 @@ fn admission_reviews(webhook: &Webhook) -> Vec<Value> {
         .into_iter()
         .filter(|e| e["fields"]["message"] == "admission review")
         .collect()
+}
+
+const APPROVALS_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+mode: enforce
+defaultAction: allow
+rules:
+  - name: deletes-need-a-human
+    action: approve
+    verbs: [delete]
+    apiGroups: [""]
+    resources: [configmaps]
+"#;
+
+/// The manifests' `kind`/`name`, moved to namespace `ns` (also its
+/// ServiceAccount subjects), with its labels dropped.
+fn manifest_in(kind: &str, name: &str, ns: &str) -> Value {
+    let mut doc = manifest(kind, name);
+    doc["metadata"] = json!({"name": name, "namespace": ns});
+    if let Some(subjects) = doc["subjects"].as_array_mut() {
+        for s in subjects {
+            s["namespace"] = json!(ns);
+        }
+    }
+    doc
+}
+
+/// The pending AccessRequests of `ns`, as admin.
+fn pending(kube: &RealKube, ns: &str) -> Vec<Value> {
+    admin_json(kube, &["get", "accessrequests", "-n", ns])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["status"]["state"] == "Pending")
+        .collect()
+}
+
+/// `kubectl delete configmap NAME` through the sidecar, in the background
+/// (the sidecar holds it), and the AccessRequest it created.
+fn held_delete(sidecar: &Sidecar, kube: &RealKube, ns: &str, name: &str) -> (Child, Value) {
+    let mut held = sidecar
+        .kubectl("1.32")
+        .args(["delete", "configmap", name, "-n", ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ar = wait_for("the AccessRequest", SETTLE, || {
+        let found = pending(kube, ns)
+            .into_iter()
+            .find(|a| a["spec"]["name"] == name);
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        found
+    })
+    .unwrap_or_else(|e| panic!("{e}; sidecar log:\n{}", sidecar.log()));
+    assert!(
+        held.try_wait().unwrap().is_none(),
+        "the delete was not held"
+    );
+    (held, ar)
+}
+
+fn finish(mut held: Child, sidecar: &Sidecar) {
+    let status = wait_child(&mut held, SETTLE).expect("the held delete did not finish");
+    let mut err = String::new();
+    if let Some(mut e) = held.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "{err}\nsidecar log:\n{}", sidecar.log());
+}
+
+fn plugin(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    run(
+        Command::new(workspace_bin("kubectl-mcp_warden"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(args),
+        LIMIT,
+    )
+    .unwrap()
+}
+
+#[test]
+fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
+    let kube = RealKube::shared().expect("the real control plane");
+    let ns = "rkw-approvals";
+    let sa = "kubernetes-mcp-server";
+    let requester = format!("system:serviceaccount:{ns}:{sa}");
+
+    // The CRD from manifests/crds/, the sidecar's Role and the approvers'
+    // ClusterRole from the manifests, bound here to alice and bob.
+    kube.apply(&std::fs::read_to_string(repo_file("manifests/crds/accessrequests.yaml")).unwrap())
+        .unwrap();
+    run_ok(kube.kubectl("1.32", ADMIN).args([
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/accessrequests.mcp-warden.io",
+    ]))
+    .unwrap();
+    let mut approver = manifest("ClusterRole", "mcp-warden-approver");
+    approver["metadata"] = json!({"name": "mcp-warden-approver"});
+    let docs = [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}),
+        manifest_in("Role", "mcp-warden-sidecar", ns),
+        manifest_in("RoleBinding", "mcp-warden-sidecar", ns),
+        approver,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "mcp-warden-approvers", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "mcp-warden-approver"},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"},
+            ],
+        }),
+        // What the MCP server itself may do: delete ConfigMaps.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "configmaps", "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "delete"]}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "configmaps", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmaps"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+        }),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doomed", "namespace": ns}, "data": {"k": "v"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "forged", "namespace": ns}, "data": {"k": "v"}}),
+    ];
+    kube.apply(&json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string())
+        .unwrap();
+
+    let mut webhook = Webhook::start(kube);
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        "mcp-warden-rkw-approvals",
+        &["accessrequests.mcp-warden.io"],
+    );
+    webhook.register(
+        "ValidatingWebhookConfiguration",
+        "mcp-warden-rkw-approvals",
+        &["accessrequests.mcp-warden.io"],
+    );
+
+    // The sidecar with a TokenRequest token of the ServiceAccount.
+    let dir = tempfile::Builder::new()
+        .prefix("approvals-")
+        .tempdir_in(kube.work_dir())
+        .unwrap();
+    let token = kube.service_account_token(ns, sa, 3600).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, APPROVALS_POLICY).unwrap();
+    let collector = Collector::start().unwrap();
+    let mut opts = SidecarOptions::default()
+        .policy(&policy)
+        .collector(&collector)
+        .args(["--approval-timeout", "120s"]);
+    opts.pod_namespace = Some(ns.to_string());
+    let sidecar = Sidecar::start_upstream(
+        &Upstream {
+            url: kube.url(),
+            ca_file: kube.ca_path(),
+            token_file: token_file.clone(),
+        },
+        opts,
+    )
+    .unwrap();
+
+    // Held: the AccessRequest the sidecar created was accepted by the real
+    // server's schema validation.
+    let (held, ar) = held_delete(&sidecar, kube, ns, "doomed");
+    let name = ar["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(ar["spec"]["verb"], "delete", "{ar}");
+    assert_eq!(ar["spec"]["requester"]["serviceAccount"], requester, "{ar}");
+
+    // The requesting ServiceAccount cannot approve its own request: its
+    // Role lets it update the status, the admission chain refuses.
+    let sa_kubeconfig = dir.path().join("sa.kubeconfig");
+    write_kubeconfig(&sa_kubeconfig, &kube.url(), &kube.ca_path(), &token).unwrap();
+    let out = plugin(&sa_kubeconfig, &["approve", &name, "-n", ns]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "self-approval went through: {err}");
+    if std::env::var_os("RKW_DEBUG").is_some() {
+        eprintln!("self-approval: {err}");
+    }
+    assert!(
+        err.contains("admission webhook \"accessrequests.mcp-warden.io\" denied the request"),
+        "{err}"
+    );
+    assert!(err.contains(&requester), "{err}");
+    let still = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
+    assert_eq!(still["status"]["state"], "Pending", "{still}");
+
+    // alice approves with the plugin: the delete completes, the ConfigMap is gone.
+    let out = plugin(
+        &kube.kubeconfig_path(ALICE),
+        &["approve", &name, "-n", ns, "--reason", "rkw"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}\nwebhook log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        webhook.log()
+    );
+    assert!(text.contains("decidedBy: alice"), "{text}");
+    finish(held, &sidecar);
+    let gone = run(
+        kube.kubectl("1.32", ADMIN)
+            .args(["get", "configmap", "doomed", "-n", ns]),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(!gone.status.success(), "the ConfigMap is still there");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    let used = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
+    assert_eq!(used["status"]["state"], "Used", "{used}");
+    assert_eq!(used["status"]["decidedBy"], ALICE, "{used}");
+
+    // alice writes the decision herself with a forged decidedBy: the stored
+    // object names alice.
+    let (held, ar) = held_delete(&sidecar, kube, ns, "forged");
+    let name = ar["metadata"]["name"].as_str().unwrap().to_string();
+    let mut forged = ar.clone();
+    forged["status"]["state"] = json!("Approved");
+    forged["status"]["decidedBy"] = json!("bob");
+    forged["status"]["decidedAt"] = json!("2001-01-01T00:00:00Z");
+    forged["status"]["reason"] = json!("bob said so");
+    let file = dir.path().join("forged.json");
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let out = run_ok(
+        kube.kubectl("1.32", ALICE)
+            .args(["replace", "--subresource=status", "-o", "json", "-f"])
+            .arg(&file),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nwebhook log:\n{}", webhook.log()));
+    let stored: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stored["status"]["state"], "Approved", "{stored}");
+    assert_eq!(stored["status"]["decidedBy"], ALICE, "{stored}");
+    assert_ne!(
+        stored["status"]["decidedAt"], "2001-01-01T00:00:00Z",
+        "{stored}"
+    );
+    finish(held, &sidecar);
+    let used = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
+    assert_eq!(used["status"]["state"], "Used", "{used}");
+    assert_eq!(used["status"]["decidedBy"], ALICE, "{used}");
+
+    // The recording names the approver.
+    let event = wait_for("the recorded delete", SETTLE, || {
+        collector.events().into_iter().find(|e| {
+            e["verb"] == "delete"
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["name"] == "doomed"
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        event["annotations"]["mcp-warden.io/approved-by"], ALICE,
+        "{event}"
+    );
+    assert_eq!(event["responseStatus"]["code"], 200, "{event}");
 }
