@@ -283,9 +283,42 @@ fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_
         "name: rkw-kubernetes-mcp-server-view",
     );
     kube.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled}}\n---\n{fixture}"
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled}}"
     ))
     .unwrap();
+    // The server calls the webhook once it has picked the configuration up
+    // (and the namespace has its default ServiceAccount): probed with
+    // server-side dry runs, so the Deployment's pod cannot miss it.
+    let probe = webhook.dir.path().join("probe.json");
+    std::fs::write(
+        &probe,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "probe", "namespace": ns},
+            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    wait_for("injection in the labelled namespace", SETTLE, || {
+        let out = run(
+            kube.kubectl("1.32", ADMIN)
+                .args(["create", "--dry-run=server", "-o", "json", "-f"])
+                .arg(&probe),
+            LIMIT,
+        )
+        .ok()?;
+        let v: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        let injected = v
+            .as_ref()
+            .is_some_and(|v| v["metadata"]["annotations"]["mcp-warden.io/status"] == "injected");
+        if !injected {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        injected.then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nwebhook log:\n{}", webhook.log()));
+    kube.apply(&fixture).unwrap();
 
     let pod = wait_for("the ReplicaSet's pod", SETTLE, || {
         let list = admin_json(
@@ -525,6 +558,33 @@ fn finish(mut held: Child, sidecar: &Sidecar) {
     assert!(status.success(), "{err}\nsidecar log:\n{}", sidecar.log());
 }
 
+/// `ar` approved, with a forged `decidedBy` (bob) and `decidedAt`, as a file.
+fn forged_decision(dir: &Path, ar: &Value) -> PathBuf {
+    let mut forged = ar.clone();
+    forged["status"]["state"] = json!("Approved");
+    forged["status"]["decidedBy"] = json!("bob");
+    forged["status"]["decidedAt"] = json!("2001-01-01T00:00:00Z");
+    forged["status"]["reason"] = json!("bob said so");
+    let file = dir.join(format!(
+        "forged-{}.json",
+        ar["metadata"]["name"].as_str().unwrap()
+    ));
+    std::fs::write(&file, forged.to_string()).unwrap();
+    file
+}
+
+/// `kubectl replace --subresource=status -f FILE -o json` as alice (a PUT of
+/// the status, what the approver's RBAC allows).
+fn alice_replace_status(kube: &RealKube, file: &Path, dry_run: bool) -> std::process::Output {
+    let mut cmd = kube.kubectl("1.32", ALICE);
+    cmd.args(["replace", "--subresource=status", "-o", "json", "-f"])
+        .arg(file);
+    if dry_run {
+        cmd.arg("--dry-run=server");
+    }
+    run(&mut cmd, LIMIT).unwrap()
+}
+
 fn plugin(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     run(
         Command::new(workspace_bin("kubectl-mcp_warden"))
@@ -589,16 +649,6 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
         .unwrap();
 
     let mut webhook = Webhook::start(kube);
-    webhook.register(
-        "MutatingWebhookConfiguration",
-        "mcp-warden-rkw-approvals",
-        &["accessrequests.mcp-warden.io"],
-    );
-    webhook.register(
-        "ValidatingWebhookConfiguration",
-        "mcp-warden-rkw-approvals",
-        &["accessrequests.mcp-warden.io"],
-    );
 
     // The sidecar with a TokenRequest token of the ServiceAccount.
     let dir = tempfile::Builder::new()
@@ -630,6 +680,54 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
     // server's schema validation.
     let (held, ar) = held_delete(&sidecar, kube, ns, "doomed");
     let name = ar["metadata"]["name"].as_str().unwrap().to_string();
+
+    // The validating webhook alone, the backstop after every mutating
+    // webhook: a decision naming someone else is refused (probed with
+    // server-side dry runs until the server has picked the configuration up).
+    webhook.register(
+        "ValidatingWebhookConfiguration",
+        "mcp-warden-rkw-approvals",
+        &["accessrequests.mcp-warden.io"],
+    );
+    let forged_file = forged_decision(dir.path(), &ar);
+    let refusal = wait_for("the validating webhook to refuse", SETTLE, || {
+        let out = alice_replace_status(kube, &forged_file, true);
+        if out.status.success() {
+            std::thread::sleep(Duration::from_millis(200));
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .unwrap();
+    assert!(
+        refusal.contains("admission webhook \"accessrequests.mcp-warden.io\" denied the request")
+            && refusal.contains("status.decidedBy is set by the admission webhook")
+            && refusal.contains("(\"alice\"), not \"bob\""),
+        "{refusal}"
+    );
+
+    // With the mutating webhook too (the chart's pair), the same write is
+    // stamped alice.
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        "mcp-warden-rkw-approvals",
+        &["accessrequests.mcp-warden.io"],
+    );
+    let dry = wait_for("the mutating webhook to stamp", SETTLE, || {
+        let out = alice_replace_status(kube, &forged_file, true);
+        if !out.status.success() {
+            std::thread::sleep(Duration::from_millis(200));
+            return None;
+        }
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    })
+    .unwrap();
+    assert_eq!(dry["status"]["decidedBy"], ALICE, "{dry}");
+    let still = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
+    assert_eq!(
+        still["status"]["state"], "Pending",
+        "dry runs only: {still}"
+    );
     assert_eq!(ar["spec"]["verb"], "delete", "{ar}");
     assert_eq!(ar["spec"]["requester"]["serviceAccount"], requester, "{ar}");
 
@@ -685,20 +783,15 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
     // object names alice.
     let (held, ar) = held_delete(&sidecar, kube, ns, "forged");
     let name = ar["metadata"]["name"].as_str().unwrap().to_string();
-    let mut forged = ar.clone();
-    forged["status"]["state"] = json!("Approved");
-    forged["status"]["decidedBy"] = json!("bob");
-    forged["status"]["decidedAt"] = json!("2001-01-01T00:00:00Z");
-    forged["status"]["reason"] = json!("bob said so");
-    let file = dir.path().join("forged.json");
-    std::fs::write(&file, forged.to_string()).unwrap();
-    let out = run_ok(
-        kube.kubectl("1.32", ALICE)
-            .args(["replace", "--subresource=status", "-o", "json", "-f"])
-            .arg(&file),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\nwebhook log:\n{}", webhook.log()));
-    let stored: Value = serde_json::from_str(&out).unwrap();
+    let file = forged_decision(dir.path(), &ar);
+    let out = alice_replace_status(kube, &file, false);
+    assert!(
+        out.status.success(),
+        "{}\nwebhook log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        webhook.log()
+    );
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stored["status"]["state"], "Approved", "{stored}");
     assert_eq!(stored["status"]["decidedBy"], ALICE, "{stored}");
     assert_ne!(
