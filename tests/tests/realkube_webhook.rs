@@ -7,8 +7,9 @@
 //! reading the real `/version`). The webhook configurations are the chart's
 //! (`manifests/mcp-warden.yaml`, its rendered output) with each
 //! `clientConfig.service` replaced by `url` + `caBundle`; each test registers
-//! only the entries it needs, under its own names, and removes them before
-//! its webhook stops.
+//! only the entries it needs, under its own names (pod webhooks narrowed to
+//! the namespaces labelled for the test), waits until the server calls them,
+//! and removes them before its webhook stops.
 //!
 //! - Injection: a Deployment of an MCP server in a namespace labelled
 //!   `mcp-warden.io/injection: enabled` → the pod the real ReplicaSet
@@ -16,6 +17,10 @@
 //!   1.20) and accepted by the server; the stored pod has the hostAliases,
 //!   the `postStart` hook, no service-account token volume in the app
 //!   containers; a second admission of the stored pod changes nothing.
+//! - Every pod fixture of `tests/fixtures/webhook/`, created (server-side
+//!   dry run) in a labelled namespace: refused by the webhook where it must
+//!   be, left alone without a token, otherwise injected and accepted by the
+//!   server's own validation, and unchanged by a second admission.
 //! - Approvals: the CRD from `manifests/crds/`, the sidecar's Role and the
 //!   approver ClusterRole from the manifests; a `kubectl delete configmap`
 //!   through the sidecar is held, the requesting ServiceAccount cannot
@@ -39,6 +44,9 @@ use mcp_warden_tests::harness::{
 use mcp_warden_tests::realkube::{ADMIN, ALICE, RealKube};
 use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream, free_port, http_get};
 use serde_json::{Value, json};
+
+/// Namespace label naming the test whose pod webhooks see the namespace.
+const TEST_LABEL: &str = "mcp-warden-test";
 
 /// Bound for one kubectl or plugin run.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -194,6 +202,11 @@ impl Webhook {
                     .as_str()
                     .unwrap()
                     .to_string();
+                // Tests share the control plane: a pod webhook sees only the
+                // namespaces labelled for its test.
+                if let Some(exprs) = w["namespaceSelector"]["matchExpressions"].as_array_mut() {
+                    exprs.push(json!({"key": TEST_LABEL, "operator": "In", "values": [name]}));
+                }
                 w["clientConfig"] = json!({
                     "url": format!("https://127.0.0.1:{}{path}", self.port),
                     "caBundle": bundle,
@@ -283,41 +296,10 @@ fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_
         "name: rkw-kubernetes-mcp-server-view",
     );
     kube.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled}}"
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled, {TEST_LABEL}: mcp-warden-rkw-inject}}"
     ))
     .unwrap();
-    // The server calls the webhook once it has picked the configuration up
-    // (and the namespace has its default ServiceAccount): probed with
-    // server-side dry runs, so the Deployment's pod cannot miss it.
-    let probe = webhook.dir.path().join("probe.json");
-    std::fs::write(
-        &probe,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "probe", "namespace": ns},
-            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
-        })
-        .to_string(),
-    )
-    .unwrap();
-    wait_for("injection in the labelled namespace", SETTLE, || {
-        let out = run(
-            kube.kubectl("1.32", ADMIN)
-                .args(["create", "--dry-run=server", "-o", "json", "-f"])
-                .arg(&probe),
-            LIMIT,
-        )
-        .ok()?;
-        let v: Option<Value> = serde_json::from_slice(&out.stdout).ok();
-        let injected = v
-            .as_ref()
-            .is_some_and(|v| v["metadata"]["annotations"]["mcp-warden.io/status"] == "injected");
-        if !injected {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        injected.then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\nwebhook log:\n{}", webhook.log()));
+    wait_injecting(kube, &webhook, ns);
     kube.apply(&fixture).unwrap();
 
     let pod = wait_for("the ReplicaSet's pod", SETTLE, || {
@@ -474,6 +456,42 @@ fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_
     let last = reviews.last().unwrap();
     assert_eq!(last["fields"]["patch_ops"], 0, "{last}");
     assert_eq!(last["fields"]["sidecar_form"], "container", "{last}");
+}
+
+/// Waits (bounded) until the server calls the webhook for pods in `ns`: it
+/// does once it has picked the configuration up (and the namespace has its
+/// default ServiceAccount). Probed with server-side dry runs, so the pods a
+/// test creates afterwards cannot miss it.
+fn wait_injecting(kube: &RealKube, webhook: &Webhook, ns: &str) {
+    let probe = webhook.dir.path().join("probe.json");
+    std::fs::write(
+        &probe,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "probe", "namespace": ns},
+            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    wait_for("injection in the labelled namespace", SETTLE, || {
+        let out = run(
+            kube.kubectl("1.32", ADMIN)
+                .args(["create", "--dry-run=server", "-o", "json", "-f"])
+                .arg(&probe),
+            LIMIT,
+        )
+        .ok()?;
+        let v: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        let injected = v
+            .as_ref()
+            .is_some_and(|v| v["metadata"]["annotations"]["mcp-warden.io/status"] == "injected");
+        if !injected {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        injected.then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nwebhook log:\n{}", webhook.log()));
 }
 
 /// The webhook's `admission review` log events.
@@ -817,4 +835,116 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
         "{event}"
     );
     assert_eq!(event["responseStatus"]["code"], 200, "{event}");
+}
+
+#[test]
+fn fixture_pods_after_injection_pass_the_real_servers_validation() {
+    let kube = RealKube::shared().expect("the real control plane");
+    let ns = "rkw-fixtures";
+    let config = "mcp-warden-rkw-fixtures";
+    let mut webhook = Webhook::start(kube);
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        config,
+        &["namespace.inject.mcp-warden.io", "pod.inject.mcp-warden.io"],
+    );
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{mcp-warden.io/injection: enabled, {TEST_LABEL}: {config}}}\n\
+         ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: kubernetes-mcp-server, namespace: {ns}}}\n\
+         ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: mcp-agent, namespace: {ns}}}"
+    ))
+    .unwrap();
+    wait_injecting(kube, &webhook, ns);
+    let dir = repo_file("tests/fixtures/webhook");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pod-") && n.ends_with(".yaml"))
+        })
+        .collect();
+    names.sort();
+    for path in names {
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("namespace: mcp\n", &format!("namespace: {ns}\n"));
+        let file = webhook.dir.path().join(path.file_name().unwrap());
+        std::fs::write(&file, text).unwrap();
+        let out = run(
+            kube.kubectl("1.32", ADMIN)
+                // A native sidecar (restartPolicy on an init container) is
+                // unknown to kubectl's 1.20 schema: the server decides.
+                .args([
+                    "create",
+                    "--dry-run=server",
+                    "--validate=false",
+                    "-o",
+                    "json",
+                    "-f",
+                ])
+                .arg(&file),
+            LIMIT,
+        )
+        .unwrap();
+        let fname = path.file_name().unwrap().to_string_lossy().into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        match fname.as_str() {
+            "pod-host-aliases-conflict.yaml"
+            | "pod-host-network.yaml"
+            | "pod-share-process-namespace.yaml" => {
+                assert!(!out.status.success(), "{fname} was admitted");
+                assert!(
+                    stderr.contains("denied the request: mcp-warden refuses"),
+                    "{fname}: {stderr}"
+                );
+                continue;
+            }
+            _ => {}
+        }
+        assert!(
+            out.status.success(),
+            "{fname} after injection is refused by the real server: {stderr}\nwebhook log:\n{}",
+            webhook.log()
+        );
+        let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = &pod["metadata"]["annotations"]["mcp-warden.io/status"];
+        if fname == "pod-automount-false.yaml" {
+            assert!(status.is_null(), "{fname}: {pod}");
+            assert!(stderr.contains("sidecar not injected"), "{fname}: {stderr}");
+            continue;
+        }
+        assert_eq!(status, "injected", "{fname}: {pod}");
+        assert_eq!(
+            pod["spec"]["containers"][0]["name"], "mcp-warden",
+            "{fname}: container form: {pod}"
+        );
+        // A second admission of the pod as the server would store it
+        // changes nothing.
+        let copy = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "second-admission",
+                "namespace": ns,
+                "labels": pod["metadata"]["labels"],
+                "annotations": pod["metadata"]["annotations"],
+            },
+            "spec": pod["spec"],
+        });
+        let again_file = webhook.dir.path().join(format!("again-{fname}.json"));
+        std::fs::write(&again_file, copy.to_string()).unwrap();
+        let again = run_ok(
+            kube.kubectl("1.32", ADMIN)
+                .args(["create", "--dry-run=server", "-o", "json", "-f"])
+                .arg(&again_file),
+        )
+        .unwrap_or_else(|e| panic!("{fname}: {e:#}"));
+        let again: Value = serde_json::from_str(&again).unwrap();
+        assert_eq!(
+            again["spec"], pod["spec"],
+            "{fname}: the second admission changed the pod"
+        );
+    }
 }
