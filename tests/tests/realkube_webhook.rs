@@ -21,6 +21,9 @@
 //!   dry run) in a labelled namespace: refused by the webhook where it must
 //!   be, left alone without a token, otherwise injected and accepted by the
 //!   server's own validation, and unchanged by a second admission.
+//! - Reinvocation: a later mutating webhook (served by the test) adds a
+//!   container after the injection; the server calls the webhook again
+//!   (`reinvocationPolicy: IfNeeded`) and that container is rewired too.
 //! - Approvals: the CRD from `manifests/crds/`, the sidecar's Role and the
 //!   approver ClusterRole from the manifests; a `kubectl delete configmap`
 //!   through the sidecar is held, the requesting ServiceAccount cannot
@@ -315,12 +318,29 @@ fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_
             ],
         );
         let items = list["items"].as_array()?.clone();
-        if items.is_empty() {
-            std::thread::sleep(Duration::from_millis(500));
-            return None;
+        if let Some(pod) = items.into_iter().next() {
+            return Some(Ok(pod));
         }
-        items.into_iter().next()
+        // The ReplicaSet controller reports a refused pod as an event: no
+        // need to wait out its retries.
+        let refused = admin_json(
+            kube,
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "reason=FailedCreate",
+            ],
+        );
+        if refused["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            return Some(Err("the server refused the ReplicaSet's pod".to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        None
     })
+    .and_then(|r| r.map_err(anyhow::Error::msg))
     .unwrap_or_else(|e| panic!("{e}: no pod\n{}", diagnostics(kube, ns, &webhook)));
     let why = || format!("{pod:#}\n{}", diagnostics(kube, ns, &webhook));
     if std::env::var_os("RKW_DEBUG").is_some() {
@@ -947,4 +967,227 @@ fn fixture_pods_after_injection_pass_the_real_servers_validation() {
             "{fname}: the second admission changed the pod"
         );
     }
+}
+
+/// A second mutating webhook, served in-process over TLS on 127.0.0.1: it
+/// appends a container `late` to every pod that has none (an empty patch
+/// otherwise). Returns its port and CA PEM; it serves until the test process
+/// ends.
+fn start_late_container_webhook() -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use std::sync::Arc;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    async fn review(
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+        let body = req.into_body().collect().await?.to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let uid = v["request"]["uid"].clone();
+        let has_late = v["request"]["object"]["spec"]["containers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "late"));
+        let mut response = json!({"uid": uid, "allowed": true});
+        if !has_late {
+            let patch = json!([{"op": "add", "path": "/spec/containers/-",
+                "value": {"name": "late", "image": "example.invalid/late:1"}}]);
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
+        }
+        let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": response});
+        Ok(hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(out.to_string())))
+            .unwrap())
+    }
+
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(sock).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tls),
+                            hyper::service::service_fn(review),
+                        )
+                        .await;
+                });
+            }
+        });
+    });
+    (port, ca_cert.pem())
+}
+
+#[test]
+fn a_container_added_by_a_later_webhook_is_rewired_when_the_server_reinvokes_the_webhook() {
+    let kube = RealKube::shared().expect("the real control plane");
+    let ns = "rkw-reinvoke";
+    let config = "mcp-warden-rkw-reinvoke";
+    let mut webhook = Webhook::start(kube);
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        config,
+        &["namespace.inject.mcp-warden.io"],
+    );
+    // Ordered after ours by name: the server calls it after the injection,
+    // and calls ours again (reinvocationPolicy: IfNeeded) since it changed
+    // the pod.
+    let late = "zz-rkw-late-container";
+    let (port, ca) = start_late_container_webhook();
+    kube.apply(
+        &json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": late},
+            "webhooks": [{
+                "name": "late.rkw.mcp-warden.io",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}/"),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+                },
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": 5,
+                "namespaceSelector": {"matchLabels": {TEST_LABEL: config}},
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    webhook
+        .configs
+        .push(("MutatingWebhookConfiguration".into(), late.into()));
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    mcp-warden.io/injection: enabled\n    {TEST_LABEL}: {config}"
+    ))
+    .unwrap();
+    wait_injecting(kube, &webhook, ns);
+
+    // Once the server calls both (bounded, by server-side dry runs), the
+    // late container is there and rewired like the app's.
+    let probe = webhook.dir.path().join("late-probe.json");
+    std::fs::write(
+        &probe,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "reinvoked", "namespace": ns},
+            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod = wait_for("both webhooks", SETTLE, || {
+        let out = run(
+            kube.kubectl("1.32", ADMIN)
+                .args(["create", "--dry-run=server", "-o", "json", "-f"])
+                .arg(&probe),
+            LIMIT,
+        )
+        .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let has_late = v["spec"]["containers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "late"));
+        if !has_late {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        has_late.then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\nwebhook log:\n{}", webhook.log()));
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["mcp-warden", "app", "late"], "{pod:#}");
+    for c in &pod["spec"]["containers"].as_array().unwrap()[1..] {
+        let env = |n: &str| {
+            c["env"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["name"] == n))
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            env("KUBERNETES_SERVICE_HOST"),
+            Some(json!("127.0.0.1")),
+            "{} is not rewired: {pod:#}\nwebhook log:\n{}",
+            c["name"],
+            webhook.log()
+        );
+        let sa_mount = c["volumeMounts"].as_array().and_then(|m| {
+            m.iter()
+                .find(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+        });
+        assert_eq!(
+            sa_mount.map(|m| m["name"].clone()),
+            Some(json!("mcp-warden-local")),
+            "{}: {pod:#}",
+            c["name"]
+        );
+    }
+    // One more create: the webhook was called twice, the injection and the
+    // reinvocation that rewired `late`, both with a patch.
+    let before = admission_reviews(&webhook).len();
+    let again = run_ok(
+        kube.kubectl("1.32", ADMIN)
+            .args(["create", "--dry-run=server", "-o", "json", "-f"])
+            .arg(&probe),
+    )
+    .unwrap();
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["spec"], pod["spec"]);
+    let reviews = admission_reviews(&webhook);
+    assert_eq!(reviews.len(), before + 2, "{reviews:#?}");
+    assert!(
+        reviews[before..]
+            .iter()
+            .all(|r| r["fields"]["patch_ops"].as_u64() > Some(0)),
+        "{reviews:#?}"
+    );
 }
