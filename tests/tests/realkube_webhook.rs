@@ -28,8 +28,11 @@
 //!   approver ClusterRole from the manifests; a `kubectl delete configmap`
 //!   through the sidecar is held, the requesting ServiceAccount cannot
 //!   approve it, `alice` approves it with `kubectl-mcp_warden` and the
-//!   ConfigMap is gone; a `status.decidedBy` forged by alice is stamped
-//!   `alice`.
+//!   ConfigMap is gone; the validating webhook alone refuses a decision
+//!   naming someone else, and with the mutating one a `status.decidedBy`
+//!   forged by alice is stamped `alice`; bob's denial is a 403 naming him;
+//!   without a decision the request is refused and the sidecar's Expired
+//!   is stored.
 //!
 //! Needs `cargo build --workspace --bins` and the control plane
 //! (`bash scripts/deps/kube-control-plane.sh`; scripts/test.sh runs both).
@@ -44,7 +47,7 @@ use base64::Engine;
 use mcp_warden_tests::harness::{
     run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
-use mcp_warden_tests::realkube::{ADMIN, ALICE, RealKube};
+use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
 use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream, free_port, http_get};
 use serde_json::{Value, json};
 
@@ -623,6 +626,22 @@ fn alice_replace_status(kube: &RealKube, file: &Path, dry_run: bool) -> std::pro
     run(&mut cmd, LIMIT).unwrap()
 }
 
+/// A held kubectl that must end refused; returns its stderr.
+fn refused(mut held: Child) -> String {
+    let status = wait_child(&mut held, SETTLE).expect("the held request did not finish");
+    let mut err = String::new();
+    if let Some(mut e) = held.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!status.success(), "it went through: {err}");
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+    err
+}
+
 fn plugin(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     run(
         Command::new(workspace_bin("kubectl-mcp_warden"))
@@ -682,6 +701,7 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
         }),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doomed", "namespace": ns}, "data": {"k": "v"}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "forged", "namespace": ns}, "data": {"k": "v"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept", "namespace": ns}, "data": {"k": "v"}}),
     ];
     kube.apply(&json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string())
         .unwrap();
@@ -840,6 +860,78 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
     let used = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
     assert_eq!(used["status"]["state"], "Used", "{used}");
     assert_eq!(used["status"]["decidedBy"], ALICE, "{used}");
+
+    // bob denies: the delete is refused naming him, the ConfigMap stays.
+    let (held, ar) = held_delete(&sidecar, kube, ns, "kept");
+    let name = ar["metadata"]["name"].as_str().unwrap().to_string();
+    let out = plugin(
+        &kube.kubeconfig_path(BOB),
+        &["deny", &name, "-n", ns, "--reason", "not today"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("decidedBy: bob"), "{text}");
+    let err = refused(held);
+    assert!(
+        err.contains("was denied by bob: not today") && err.contains(&name),
+        "{err}"
+    );
+    let denied = admin_json(kube, &["get", "accessrequest", &name, "-n", ns]);
+    assert_eq!(denied["status"]["state"], "Denied", "{denied}");
+    assert_eq!(denied["status"]["decidedBy"], BOB, "{denied}");
+    run_ok(
+        kube.kubectl("1.32", ADMIN)
+            .args(["get", "configmap", "kept", "-n", ns]),
+    )
+    .unwrap();
+
+    // No decision in time: refused, and the sidecar's Expired (its own
+    // status update, through the same admission chain) is stored.
+    let mut opts = SidecarOptions::default()
+        .policy(&policy)
+        .collector(&collector)
+        .args(["--approval-timeout", "3s"]);
+    opts.pod_namespace = Some(ns.to_string());
+    let hasty = Sidecar::start_upstream(
+        &Upstream {
+            url: kube.url(),
+            ca_file: kube.ca_path(),
+            token_file: token_file.clone(),
+        },
+        opts,
+    )
+    .unwrap();
+    let held = hasty
+        .kubectl("1.32")
+        .args(["delete", "configmap", "kept", "-n", ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = refused(held);
+    assert!(err.contains("(now Expired)"), "{err}\n{}", hasty.log());
+    let expired = wait_for("the Expired AccessRequest", SETTLE, || {
+        admin_json(kube, &["get", "accessrequests", "-n", ns])["items"]
+            .as_array()?
+            .iter()
+            .find(|a| a["spec"]["name"] == "kept" && a["status"]["state"] == "Expired")
+            .cloned()
+    })
+    .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", hasty.log()));
+    assert_eq!(
+        expired["status"]["decidedBy"],
+        requester.as_str(),
+        "{expired}"
+    );
+    run_ok(
+        kube.kubectl("1.32", ADMIN)
+            .args(["get", "configmap", "kept", "-n", ns]),
+    )
+    .unwrap();
 
     // The recording names the approver.
     let event = wait_for("the recorded delete", SETTLE, || {
