@@ -162,6 +162,10 @@ pub trait TransformHook: Send + Sync + 'static {
     /// so responses that need masking come as JSON). Default: unchanged.
     fn prepare_request(&self, _ctx: &RequestContext, _parts: &mut http::request::Parts) {}
 
+    /// Cleans the headers of a 101 answer before they reach the app (the
+    /// tunnelled bytes after it are not transformed). Default: unchanged.
+    fn tunnel_headers(&self, _ctx: &RequestContext, _headers: &mut http::HeaderMap) {}
+
     /// Judges an RFC 6902 JSON Patch body before it goes upstream: an `Err`
     /// Status refuses the request (an operation that would make the server
     /// read a masked value). Default: accept.

@@ -742,6 +742,13 @@ impl TransformHook for MaskTransform {
         }
     }
 
+    fn tunnel_headers(&self, _ctx: &RequestContext, headers: &mut HeaderMap) {
+        // An upstream that reflects the token in its 101 headers.
+        if let Some(set) = self.token_set() {
+            scrub_headers(headers, &set);
+        }
+    }
+
     fn check_json_patch(
         &self,
         ctx: &RequestContext,
@@ -1136,6 +1143,31 @@ mod tests {
         assert!(!out.contains(&STANDARD.encode(TOKEN)), "{out}");
         assert!(!out.contains(&URL_SAFE_NO_PAD.encode(TOKEN)), "{out}");
         assert!(!out.contains(&TOKEN[..40]), "{out}");
+    }
+
+    #[tokio::test]
+    async fn token_is_scrubbed_from_the_headers_of_a_101() {
+        let t = token_transform();
+        let ctx = crate::hooks::RequestContext {
+            request_id: uuid::Uuid::nil(),
+            started: std::time::Instant::now(),
+            received_at: std::time::SystemTime::now(),
+            peer: ([127, 0, 0, 1], 1).into(),
+            method: http::Method::GET,
+            path_and_query: "/api/v1/namespaces/d/pods/p/exec".into(),
+            user_agent: None,
+            attrs: Some(attrs("create", "pods", "exec")),
+            impersonation: Default::default(),
+            decision: None,
+            is_upgrade: true,
+            is_stream: true,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap());
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        t.tunnel_headers(&ctx, &mut h);
+        assert_eq!(h["x-echo"], "Bearer ***MASKED***");
+        assert_eq!(h["upgrade"], "websocket");
     }
 
     #[tokio::test]

@@ -408,6 +408,7 @@ fn tunnel(
     let upstream_upgrade = hyper::upgrade::on(&mut *upstream_resp);
     let mut headers = upstream_resp.headers().clone();
     strip_hop_by_hop(&mut headers, true);
+    state.hooks.transform.tunnel_headers(ctx, &mut headers);
     let mut resp = Response::new(crate::hooks::full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *resp.headers_mut() = headers;
