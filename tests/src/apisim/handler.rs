@@ -947,6 +947,7 @@ fn prepare_create(
         objects::crd_status(&mut obj);
     }
     objects::apply_defaults(ri, &mut obj, &app.ips);
+    objects::validate_builtin(ri, &name, &obj)?;
     custom_schema(ri, &name, &mut obj)?;
     if obj["metadata"]
         .get("managedFields")
@@ -1179,8 +1180,12 @@ fn store_update(
     if ri.resource == "secrets" && !ri.custom {
         objects::fold_string_data(&mut new);
     }
-    if ri.resource == "deployments" && ri.group == "apps" && sub.is_none() {
+    if ri.resource == "deployments" && ri.group == "apps" && !ri.custom && sub.is_none() {
+        objects::deployment_defaults(&mut new);
         objects::deployment_status(&mut new);
+    }
+    if sub.is_none() {
+        objects::validate_builtin(ri, name, &new)?;
     }
     if ri.resource == "customresourcedefinitions" {
         super::registry::from_crd(&new)
@@ -1592,7 +1597,11 @@ fn scale_of(app: &App, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Value,
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {"name": name, "namespace": ns, "uid": cur["metadata"]["uid"], "resourceVersion": cur["metadata"]["resourceVersion"], "creationTimestamp": cur["metadata"]["creationTimestamp"]},
-        "spec": {"replicas": cur.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        // `replicas` is omitempty in autoscaling/v1 ScaleSpec: absent at 0.
+        "spec": match cur.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) {
+            0 => json!({}),
+            n => json!({"replicas": n}),
+        },
         "status": {"replicas": cur.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
     }))
 }
