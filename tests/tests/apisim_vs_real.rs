@@ -345,10 +345,10 @@ fn messages(stderr: &str) -> Vec<String> {
         .filter(|l| {
             let b = l.as_bytes();
             // klog lines, and the response bodies -v=6 prints over several lines
-            !(b.len() > 5
+            let klog = b.len() > 5
                 && matches!(b[0], b'I' | b'W' | b'E' | b'F')
-                && b[1..5].iter().all(u8::is_ascii_digit))
-                && !l.starts_with([' ', '{', '}'])
+                && b[1..5].iter().all(u8::is_ascii_digit);
+            !(klog || l.starts_with([' ', '{', '}']))
         })
         .map(str::to_string)
         .collect()
