@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, kubectl_with, python_script, python_with, require_python_kubernetes,
-    run, write_kubeconfig,
+    run, wait_for, write_kubeconfig,
 };
 use mcp_warden_tests::realkube::{ADMIN, ALICE, RealKube};
 use serde_json::{Value, json};
@@ -499,6 +499,9 @@ fn kubectl_session(t: &Target) -> BTreeMap<String, Value> {
             Ok(v) => body_view(&v),
             Err(_) => Value::String(without_ages(&stdout)),
         };
+        if s.name == "ns.create" {
+            wait_root_ca(t);
+        }
         out.insert(
             s.name.to_string(),
             json!({
@@ -510,6 +513,34 @@ fn kubectl_session(t: &Target) -> BTreeMap<String, Value> {
         );
     }
     out
+}
+
+/// Waits (bounded) for the namespace's `kube-root-ca.crt`, which the real
+/// server's controller manager publishes a moment after the namespace is
+/// created: listings after that see it on both servers.
+fn wait_root_ca(t: &Target) {
+    wait_for(
+        "kube-root-ca.crt in the new namespace",
+        Duration::from_secs(60),
+        || {
+            let mut cmd = t.kubectl(false);
+            cmd.args([
+                "-n",
+                NS,
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-o",
+                "name",
+            ]);
+            let ok = run(&mut cmd, Duration::from_secs(30)).is_ok_and(|o| o.status.success());
+            if !ok {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            ok.then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", t.name));
 }
 
 /// The Python session against one target: step name → view.
@@ -638,6 +669,35 @@ fn kube_apisim_answers_as_the_real_server_does() {
     let kr = kubectl_session(r);
     let ps = python_session(&s.admin);
     let pr = python_session(&r.admin);
+    // The sessions did what they are for on the real server: successes and
+    // each kind of error the comparison is about.
+    for (step, want) in [
+        ("cm.create", 201),
+        ("cm.create.exists", 409),
+        ("cm.create.invalid-name", 422),
+        ("cm.get.missing", 404),
+        ("cm.replace.conflict", 409),
+        ("cm.list.bad-selector", 400),
+        ("deploy.create", 201),
+        ("deploy.create.selector-mismatch", 422),
+    ] {
+        assert_eq!(
+            pr[step]["status"], want,
+            "python {step} on the real server: {}",
+            pr[step]
+        );
+    }
+    let codes: BTreeSet<u64> = kr
+        .values()
+        .flat_map(|v| v["requests"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r[2].as_u64())
+        .collect();
+    for want in [200, 201, 403, 404, 409, 422] {
+        assert!(
+            codes.contains(&want),
+            "no {want} in the real kubectl session: {codes:?}"
+        );
+    }
     let mut found = diff("kubectl", &ks, &kr);
     found.extend(diff("python", &ps, &pr));
 
