@@ -554,7 +554,7 @@ fn get(
 
 fn selectors(ctx: &Ctx, ri: &ResourceInfo) -> Result<(LabelSelector, FieldSelector), Status> {
     let ls = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
-        .map_err(|e| bad(format!("unable to parse requirement: {e}")))?;
+        .map_err(|e| bad(e.to_string()))?;
     let fs = FieldSelector::parse(
         ctx.query.get("fieldSelector").unwrap_or(""),
         supported_fields(&ri.group, &ri.resource, ri.custom),
