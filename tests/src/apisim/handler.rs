@@ -1287,6 +1287,50 @@ fn apply_patch(
     }
 }
 
+/// A patch result kube-apiserver could not decode into the built-in type
+/// (a ConfigMap's or Secret's `data` that is no map of strings) is 422
+/// Invalid on `patch:`, as there (its message also embeds the patched object).
+fn patched_types(ri: &ResourceInfo, patched: &Value) -> Result<(), Status> {
+    if ri.custom
+        || !ri.group.is_empty()
+        || !matches!(ri.resource.as_str(), "configmaps" | "secrets")
+    {
+        return Ok(());
+    }
+    for field in ["data", "binaryData", "stringData"] {
+        let Some(v) = patched.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let ok = v
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string));
+        if !ok {
+            let what = match v {
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                Value::Array(_) => "array",
+                _ => "object",
+            };
+            return Err(Status::new(
+                Reason::Invalid,
+                format!(
+                    "{} \"{}\" is invalid: patch: Invalid value: \"...\": json: cannot unmarshal {what} into Go struct field {}.{field} of type map[string]{}",
+                    ri.kind,
+                    patched["metadata"]["name"].as_str().unwrap_or(""),
+                    ri.kind,
+                    if ri.resource == "secrets" && field != "stringData" {
+                        "[]uint8"
+                    } else {
+                        "string"
+                    },
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn patch_obj(
     app: &App,
     ctx: &Ctx,
@@ -1395,6 +1439,7 @@ fn patch_obj(
             "field is immutable",
         ));
     }
+    patched_types(ri, &patched)?;
     let manager = field_manager(ctx, "unknown");
     let (out, code) = store_update(
         app, &ctx.user, ri, ns, name, patched, sub, &manager, "Update", dry, None,
