@@ -23,8 +23,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use mcp_warden_tests::harness::{run, run_ok};
+use mcp_warden_tests::harness::{run, run_ok, wait_for};
 use mcp_warden_tests::realkube::{ADMIN, RealKube, VERSION};
 use serde_json::Value;
 
@@ -60,7 +61,7 @@ fn apply(kube: &RealKube, file: &Path, dry_run: bool) -> Vec<Value> {
     if dry_run {
         cmd.arg("--dry-run=server");
     }
-    let out = run(&mut cmd, std::time::Duration::from_secs(120)).unwrap();
+    let out = run(&mut cmd, Duration::from_secs(120)).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -165,13 +166,24 @@ fn manifests_and_chart_apply_on_a_real_1_20_server() {
         assert_all_applied(&f, &apply(kube, &f, true), "default");
         assert_all_applied(&f, &apply(kube, &f, false), "default");
     }
-    let crd = get_json(kube, &["get", "crd", "accessrequests.mcp-warden.io"]);
-    let established = crd["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Established");
-    assert!(established || crd["status"].is_object(), "{crd}");
+    // The CRD is served (Established) before anything uses it.
+    wait_for(
+        "the AccessRequest CRD to be Established",
+        Duration::from_secs(60),
+        || {
+            let crd = get_json(kube, &["get", "crd", "accessrequests.mcp-warden.io"]);
+            let established = crd["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Established" && c["status"] == "True");
+            if !established {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            established.then_some(())
+        },
+    )
+    .unwrap();
 
     let manifests = repo().join("manifests/mcp-warden.yaml");
     apply_namespaces(kube, &manifests);
