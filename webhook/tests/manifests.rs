@@ -120,6 +120,9 @@ fn typed(doc: &Value) {
         "Service" => serde_json::from_value::<Service>(v).map(|_| ()),
         "Deployment" => serde_json::from_value::<Deployment>(v).map(|_| ()),
         "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(v).map(|_| ()),
+        "NetworkPolicy" => {
+            serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(v).map(|_| ())
+        }
         "MutatingWebhookConfiguration" => {
             serde_json::from_value::<MutatingWebhookConfiguration>(v).map(|_| ())
         }
@@ -324,9 +327,26 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
             .unwrap()
             .contains(&"--self-managed-tls".to_string())
     );
-    let pdb: PodDisruptionBudget =
-        serde_json::from_value(find(&d, "PodDisruptionBudget", "mcp-warden-webhook").clone())
-            .unwrap();
+    // No PodDisruptionBudget in the plain YAML (its version depends on the
+    // server, and the file applies on 1.20 too): manifests/examples/pdb.yaml
+    // is the chart's, selecting the Deployment's pods.
+    assert!(
+        !d.iter().any(|o| o["kind"] == "PodDisruptionBudget"),
+        "manifests/mcp-warden.yaml must apply on 1.20 and 1.21+: no PodDisruptionBudget"
+    );
+    let example =
+        docs(&std::fs::read_to_string(repo().join("manifests/examples/pdb.yaml")).unwrap());
+    let chart_pdb = find(
+        &docs(&helm_template(None)),
+        "PodDisruptionBudget",
+        "mcp-warden-webhook",
+    )
+    .clone();
+    assert_eq!(example.len(), 1);
+    assert_eq!(example[0]["apiVersion"], "policy/v1");
+    assert_eq!(example[0]["spec"], chart_pdb["spec"]);
+    assert_eq!(example[0]["metadata"]["namespace"], "mcp-warden");
+    let pdb: PodDisruptionBudget = serde_json::from_value(example[0].clone()).unwrap();
     assert!(pdb.spec.unwrap().min_available.is_some());
 
     // The webhook's config is a valid InjectConfig for this namespace.

@@ -554,7 +554,7 @@ fn get(
 
 fn selectors(ctx: &Ctx, ri: &ResourceInfo) -> Result<(LabelSelector, FieldSelector), Status> {
     let ls = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
-        .map_err(|e| bad(format!("unable to parse requirement: {e}")))?;
+        .map_err(|e| bad(e.to_string()))?;
     let fs = FieldSelector::parse(
         ctx.query.get("fieldSelector").unwrap_or(""),
         supported_fields(&ri.group, &ri.resource, ri.custom),
@@ -947,6 +947,7 @@ fn prepare_create(
         objects::crd_status(&mut obj);
     }
     objects::apply_defaults(ri, &mut obj, &app.ips);
+    objects::validate_builtin(ri, &name, &obj)?;
     custom_schema(ri, &name, &mut obj)?;
     if obj["metadata"]
         .get("managedFields")
@@ -1179,8 +1180,12 @@ fn store_update(
     if ri.resource == "secrets" && !ri.custom {
         objects::fold_string_data(&mut new);
     }
-    if ri.resource == "deployments" && ri.group == "apps" && sub.is_none() {
+    if ri.resource == "deployments" && ri.group == "apps" && !ri.custom && sub.is_none() {
+        objects::deployment_defaults(&mut new);
         objects::deployment_status(&mut new);
+    }
+    if sub.is_none() {
+        objects::validate_builtin(ri, name, &new)?;
     }
     if ri.resource == "customresourcedefinitions" {
         super::registry::from_crd(&new)
@@ -1280,6 +1285,50 @@ fn apply_patch(
         }
         PatchType::Apply => Err(bad("apply patches are handled separately")),
     }
+}
+
+/// A patch result kube-apiserver could not decode into the built-in type
+/// (a ConfigMap's or Secret's `data` that is no map of strings) is 422
+/// Invalid on `patch:`, as there (its message also embeds the patched object).
+fn patched_types(ri: &ResourceInfo, patched: &Value) -> Result<(), Status> {
+    if ri.custom
+        || !ri.group.is_empty()
+        || !matches!(ri.resource.as_str(), "configmaps" | "secrets")
+    {
+        return Ok(());
+    }
+    for field in ["data", "binaryData", "stringData"] {
+        let Some(v) = patched.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let ok = v
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string));
+        if !ok {
+            let what = match v {
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                Value::Array(_) => "array",
+                _ => "object",
+            };
+            return Err(Status::new(
+                Reason::Invalid,
+                format!(
+                    "{} \"{}\" is invalid: patch: Invalid value: \"...\": json: cannot unmarshal {what} into Go struct field {}.{field} of type map[string]{}",
+                    ri.kind,
+                    patched["metadata"]["name"].as_str().unwrap_or(""),
+                    ri.kind,
+                    if ri.resource == "secrets" && field != "stringData" {
+                        "[]uint8"
+                    } else {
+                        "string"
+                    },
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn patch_obj(
@@ -1390,6 +1439,7 @@ fn patch_obj(
             "field is immutable",
         ));
     }
+    patched_types(ri, &patched)?;
     let manager = field_manager(ctx, "unknown");
     let (out, code) = store_update(
         app, &ctx.user, ri, ns, name, patched, sub, &manager, "Update", dry, None,
@@ -1592,7 +1642,11 @@ fn scale_of(app: &App, ri: &ResourceInfo, ns: &str, name: &str) -> Result<Value,
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {"name": name, "namespace": ns, "uid": cur["metadata"]["uid"], "resourceVersion": cur["metadata"]["resourceVersion"], "creationTimestamp": cur["metadata"]["creationTimestamp"]},
-        "spec": {"replicas": cur.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        // `replicas` is omitempty in autoscaling/v1 ScaleSpec: absent at 0.
+        "spec": match cur.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) {
+            0 => json!({}),
+            n => json!({"replicas": n}),
+        },
         "status": {"replicas": cur.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
     }))
 }

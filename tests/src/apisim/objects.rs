@@ -281,23 +281,166 @@ pub fn apply_defaults(ri: &ResourceInfo, obj: &mut Value, ips: &Ips) {
             obj["status"] = json!({"loadBalancer": {}});
         }
         ("apps", "deployments") => {
-            if obj["spec"]["replicas"].is_null() {
-                obj["spec"]["replicas"] = json!(1);
-            }
-            if obj["spec"]["strategy"].is_null() {
-                obj["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
-            }
-            for (k, v) in [
-                ("revisionHistoryLimit", 10),
-                ("progressDeadlineSeconds", 600),
-            ] {
-                if obj["spec"][k].is_null() {
-                    obj["spec"][k] = json!(v);
-                }
-            }
+            deployment_defaults(obj);
             deployment_status(obj);
         }
         _ => {}
+    }
+}
+
+/// A Deployment's defaults, on create and on every update, as the apps/v1
+/// defaulting does: the spec's and its pod template's (the template's
+/// `metadata.creationTimestamp` is the `null` kube-apiserver writes).
+pub fn deployment_defaults(obj: &mut Value) {
+    {
+        if obj["spec"]["replicas"].is_null() {
+            obj["spec"]["replicas"] = json!(1);
+        }
+        if obj["spec"]["strategy"].is_null() {
+            obj["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
+        }
+        for (k, v) in [
+            ("revisionHistoryLimit", 10),
+            ("progressDeadlineSeconds", 600),
+        ] {
+            if obj["spec"][k].is_null() {
+                obj["spec"][k] = json!(v);
+            }
+        }
+        let template = &mut obj["spec"]["template"];
+        if template.is_object() {
+            if !template["metadata"].is_object() {
+                template["metadata"] = json!({});
+            }
+            if template["metadata"].get("creationTimestamp").is_none() {
+                template["metadata"]["creationTimestamp"] = Value::Null;
+            }
+            pod_spec_defaults(&mut template["spec"]);
+        }
+    }
+}
+
+/// The defaults of a pod spec that hold for templates too (not the ones
+/// admission or the scheduler add to a pod: service account, node).
+fn pod_spec_defaults(spec: &mut Value) {
+    for (k, v) in [
+        ("restartPolicy", json!("Always")),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("securityContext", json!({})),
+    ] {
+        if spec[k].is_null() {
+            spec[k] = v;
+        }
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                let image = c["image"].as_str().unwrap_or("").to_string();
+                if c["imagePullPolicy"].is_null() {
+                    let latest = image.ends_with(":latest")
+                        || !image.rsplit('/').next().unwrap_or("").contains(':');
+                    c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
+                }
+                if c["terminationMessagePath"].is_null() {
+                    c["terminationMessagePath"] = json!("/dev/termination-log");
+                }
+                if c["terminationMessagePolicy"].is_null() {
+                    c["terminationMessagePolicy"] = json!("File");
+                }
+                if c["resources"].is_null() {
+                    c["resources"] = json!({});
+                }
+            }
+        }
+    }
+}
+
+/// Validation kube-apiserver does for built-in types beyond names: a
+/// ConfigMap's (and Secret's) keys, a Deployment's selector against its
+/// template's labels. The messages are kube-apiserver's.
+pub fn validate_builtin(ri: &ResourceInfo, name: &str, obj: &Value) -> Result<(), Status> {
+    if ri.custom {
+        return Ok(());
+    }
+    match (ri.group.as_str(), ri.resource.as_str()) {
+        ("", "configmaps" | "secrets") => {
+            if ri.resource == "secrets" {
+                for v in obj["data"].as_object().into_iter().flat_map(|m| m.values()) {
+                    let s = v.as_str().unwrap_or_default();
+                    if let Err(e) = base64::engine::general_purpose::STANDARD.decode(s) {
+                        let at = match e {
+                            base64::DecodeError::InvalidByte(i, _) => i,
+                            _ => 0,
+                        };
+                        return Err(Status::new(
+                            Reason::BadRequest,
+                            format!(
+                                "Secret in version \"v1\" cannot be handled as a Secret: decode base64: illegal base64 data at input byte {at}"
+                            ),
+                        ));
+                    }
+                }
+            }
+            for field in ["data", "binaryData"] {
+                for k in obj[field].as_object().into_iter().flat_map(|m| m.keys()) {
+                    let ok = !k.is_empty()
+                        && k.len() <= 253
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                    if !ok {
+                        let msg = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+                        let f = format!("{field}[{k}]");
+                        return Err(invalid(ri, name, &f, k, msg));
+                    }
+                }
+            }
+        }
+        ("apps", "deployments") => {
+            let selector = obj["spec"]["selector"]["matchLabels"].as_object();
+            let labels = obj["spec"]["template"]["metadata"]["labels"].as_object();
+            if let Some(sel) = selector {
+                let matches = sel
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+                if !matches {
+                    let shown: Vec<String> = labels
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| {
+                            format!(
+                                "{k:?}:{}",
+                                v.as_str().map(|s| format!("{s:?}")).unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    let value = format!("map[string]string{{{}}}", shown.join(", "));
+                    let f = "spec.template.metadata.labels";
+                    let msg = "`selector` does not match template `labels`";
+                    return Err(Status::new(
+                        Reason::Invalid,
+                        format!(
+                            "{} \"{name}\" is invalid: {f}: Invalid value: {value}: {msg}",
+                            kind_qualified(ri)
+                        ),
+                    )
+                    .with_details(&ri.kind, &ri.group, name));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `Deployment.apps`: the kind as kube-apiserver's Invalid messages name it
+/// (qualified by the group, except the core group).
+fn kind_qualified(ri: &ResourceInfo) -> String {
+    if ri.group.is_empty() {
+        ri.kind.clone()
+    } else {
+        format!("{}.{}", ri.kind, ri.group)
     }
 }
 
@@ -364,7 +507,7 @@ fn pod_defaults(obj: &mut Value, ips: &Ips) {
         spec["serviceAccount"] = spec["serviceAccountName"].clone();
     }
     for list in ["containers", "initContainers"] {
-        if let Some(cs) = spec[list].as_array_mut() {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
                 let image = c["image"].as_str().unwrap_or("").to_string();
                 if c["imagePullPolicy"].is_null() {

@@ -51,8 +51,11 @@ impl PatchType {
 
 /// Applies an RFC 6902 patch.
 pub fn json_patch(target: &Value, body: &[u8]) -> Result<Value, PatchError> {
+    // Not JSON: 400. JSON that is no RFC 6902 patch (an unknown op, a
+    // missing path): 422, as kube-apiserver answers.
+    let raw: Value = serde_json::from_slice(body).map_err(|e| PatchError::Decode(e.to_string()))?;
     let p: json_patch::Patch =
-        serde_json::from_slice(body).map_err(|e| PatchError::Decode(e.to_string()))?;
+        serde_json::from_value(raw).map_err(|e| PatchError::Apply(e.to_string()))?;
     let mut out = target.clone();
     json_patch::patch(&mut out, &p).map_err(|e| PatchError::Apply(e.to_string()))?;
     Ok(out)
