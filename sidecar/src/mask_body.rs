@@ -1163,7 +1163,10 @@ mod tests {
             is_stream: true,
         };
         let mut h = HeaderMap::new();
-        h.insert("x-echo", HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap());
+        h.insert(
+            "x-echo",
+            HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
+        );
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         t.tunnel_headers(&ctx, &mut h);
         assert_eq!(h["x-echo"], "Bearer ***MASKED***");

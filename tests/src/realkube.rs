@@ -163,6 +163,10 @@ fn write_pki(dir: &Path) -> Result<String> {
     )?;
     leaf.subject_alt_names
         .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    // The simulated pod's "Service IP" (`simpod`), where a forwarder puts
+    // this server inside the pod's network namespace.
+    leaf.subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 2].into()));
     leaf.distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];

@@ -92,6 +92,41 @@ pub struct Pod {
     pub spec: Value,
     pub annotations: BTreeMap<String, String>,
     pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// `metadata.name` (the downward API's).
+    pub name: String,
+    /// `metadata.namespace` (the downward API's).
+    pub namespace: String,
+}
+
+/// The ConfigMaps of the MCP server fixture (what its pod mounts).
+fn fixture_config_maps() -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(fixture("webhook/mcp-server-deployment.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.iter()
+        .filter(|d| d["kind"] == "ConfigMap")
+        .map(|d| {
+            (
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+                serde_json::from_value(d["data"].clone()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A pod as an API server stored it (after its admission chain, the
+/// webhook's patch included), made from the MCP server fixture.
+pub fn stored_pod(stored: &Value) -> Pod {
+    Pod {
+        spec: stored["spec"].clone(),
+        annotations: serde_json::from_value(stored["metadata"]["annotations"].clone())
+            .unwrap_or_default(),
+        config_maps: fixture_config_maps(),
+        name: stored["metadata"]["name"].as_str().unwrap().to_string(),
+        namespace: stored["metadata"]["namespace"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    }
 }
 
 /// Runs the real `inject -f` (with `config_yaml` as its `--config`) and
@@ -134,6 +169,8 @@ pub fn injected_pod(config_yaml: &str, dir: &Path) -> Pod {
         spec: tmpl["spec"].clone(),
         annotations,
         config_maps,
+        name: POD_NAME.to_string(),
+        namespace: NAMESPACE.to_string(),
     }
 }
 
@@ -168,7 +205,8 @@ pub fn materialize_volume(v: &Value, dir: &Path, pod: &Pod, api: &ApiFiles, owne
             } else if let Some(d) = s.get("downwardAPI") {
                 for item in d["items"].as_array().unwrap() {
                     assert_eq!(item["fieldRef"]["fieldPath"], "metadata.namespace");
-                    std::fs::write(dir.join(item["path"].as_str().unwrap()), NAMESPACE).unwrap();
+                    std::fs::write(dir.join(item["path"].as_str().unwrap()), &pod.namespace)
+                        .unwrap();
                 }
             } else {
                 panic!("unsupported projected source {s}");
@@ -236,8 +274,8 @@ pub fn container_env(c: &Value, pod: &Pod) -> BTreeMap<String, String> {
             v.as_str().unwrap().to_string()
         } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath") {
             match f.as_str().unwrap() {
-                "metadata.name" => POD_NAME.to_string(),
-                "metadata.namespace" => NAMESPACE.to_string(),
+                "metadata.name" => pod.name.clone(),
+                "metadata.namespace" => pod.namespace.clone(),
                 "status.podIP" => POD_IP.to_string(),
                 other => panic!("unsupported fieldRef {other}"),
             }
@@ -372,10 +410,80 @@ pub struct PodOptions {
     pub mcp_server: bool,
     /// The policy ConfigMap's `policy.yaml` (absent: the embedded default).
     pub policy: Option<&'static str>,
+    /// Run this pod (e.g. [`stored_pod`]: as a real server stored it)
+    /// instead of the fixture's `inject -f` output.
+    pub stored: Option<Pod>,
+    /// The real kube-apiserver instead of kube-apisim: a forwarder puts it
+    /// at the pod's "Service IP" (see [`RealUpstream`]).
+    pub real: Option<RealUpstream>,
     /// Approvals: kube-apisim gets the AccessRequest CRD and the user
     /// `alice`, and the webhook (stamping who decided) runs in the pod's
     /// network as kube-apisim's admission webhook.
     pub approvals: bool,
+}
+
+/// A real API server on the host's loopback (`crate::realkube`), reached
+/// from the pod's network namespace through a forwarder at
+/// `SERVICE_IP:SERVICE_PORT` (its certificate must name `SERVICE_IP`).
+#[derive(Debug, Clone)]
+pub struct RealUpstream {
+    /// Where it listens on the host.
+    pub addr: std::net::SocketAddr,
+    /// Its CA (what the kubelet puts in `kube-root-ca.crt`).
+    pub ca_pem: String,
+    /// A token the test uses to see what the cluster really holds.
+    pub admin_token: String,
+    /// The pod's service-account token (what the kubelet projects).
+    pub pod_token: String,
+}
+
+/// Starts the two halves of `tests/python/ns_forward.py`: on the host, a
+/// Unix socket to `target`; in the pod's network, `SERVICE_IP:SERVICE_PORT`
+/// to that socket. Bytes only: TLS is end to end.
+fn start_forwarder(netns: u32, work: &Path, target: std::net::SocketAddr, cleanup: &mut Cleanup) {
+    let script = crate::harness::python_script("ns_forward.py");
+    let sock = work.join("apiserver.sock");
+    let host = Command::new("python3")
+        .arg(&script)
+        .arg("unix-to-tcp")
+        .arg(&sock)
+        .arg(target.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("forward-host.log")).unwrap())
+        .spawn()
+        .unwrap();
+    cleanup.children.push(host);
+    wait_for("the host forwarder", Duration::from_secs(15), || {
+        sock.exists().then_some(())
+    })
+    .unwrap();
+    let pod = Command::new("nsenter")
+        .arg(format!("--net=/proc/{netns}/ns/net"))
+        .arg("--")
+        .arg("python3")
+        .arg(&script)
+        .arg("tcp-to-unix")
+        .arg(format!("{SERVICE_IP}:{SERVICE_PORT}"))
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("forward-pod.log")).unwrap())
+        .spawn()
+        .unwrap();
+    cleanup.children.push(pod);
+    wait_for("the pod forwarder", Duration::from_secs(15), || {
+        let out = run(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{netns}/ns/net"))
+                .args(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("https://{SERVICE_IP}:{SERVICE_PORT}/healthz")),
+            Duration::from_secs(5),
+        )
+        .ok()?;
+        (out.stdout.as_slice() != b"000").then_some(())
+    })
+    .unwrap();
 }
 
 /// The approver's token in kube-apisim.
@@ -554,7 +662,7 @@ pub fn mcp_server_dir() -> PathBuf {
     dir
 }
 
-pub fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
+pub fn start_pod_with(test: &str, mut opts: PodOptions) -> SimPod {
     let native_sidecar = opts.native_sidecar;
     let guard = ONE_POD.lock().unwrap_or_else(|e| e.into_inner());
     if !is_root() {
@@ -576,7 +684,10 @@ pub fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
     if opts.collector {
         inject_config += &format!("collectorUrl: http://{COLLECTOR_ADDR}\n");
     }
-    let mut pod = injected_pod(&inject_config, config_dir.path());
+    let mut pod = match opts.stored.take() {
+        Some(stored) => stored,
+        None => injected_pod(&inject_config, config_dir.path()),
+    };
     if let Some(policy) = opts.policy {
         let name = pod.spec["volumes"]
             .as_array()
@@ -692,30 +803,38 @@ pub fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
     } else {
         (fixture("seed-demo.yaml"), Vec::new())
     };
-    let log = std::fs::File::create(work.path().join("apisim.log")).unwrap();
-    let apisim = Command::new("nsenter")
-        .arg(format!("--net=/proc/{netns}/ns/net"))
-        .arg("--")
-        .arg(workspace_bin("kube-apisim"))
-        .args([
-            "--listen",
-            &format!("{SERVICE_IP}:{SERVICE_PORT}"),
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg("--seed")
-        .arg(&seed)
-        .args(apisim_users)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    if let Some(real) = &opts.real {
+        // The state files the rest reads, for the real server.
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("ca.crt"), &real.ca_pem).unwrap();
+        std::fs::write(state.join("token"), &real.admin_token).unwrap();
+        start_forwarder(netns, work.path(), real.addr, &mut cleanup);
+    } else {
+        let log = std::fs::File::create(work.path().join("apisim.log")).unwrap();
+        let apisim = Command::new("nsenter")
+            .arg(format!("--net=/proc/{netns}/ns/net"))
+            .arg("--")
+            .arg(workspace_bin("kube-apisim"))
+            .args([
+                "--listen",
+                &format!("{SERVICE_IP}:{SERVICE_PORT}"),
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--seed")
+            .arg(&seed)
+            .args(apisim_users)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        cleanup.children.push(apisim);
+        wait_for("kube-apisim", Duration::from_secs(15), || {
+            state.join("addr").exists().then_some(())
+        })
         .unwrap();
-    cleanup.children.push(apisim);
-    wait_for("kube-apisim", Duration::from_secs(15), || {
-        state.join("addr").exists().then_some(())
-    })
-    .unwrap();
+    }
     // An admin kubeconfig for kube-apisim, used from the pod's network.
     write_kubeconfig(
         &work.path().join("admin.kubeconfig"),
@@ -768,10 +887,13 @@ pub fn start_pod_with(test: &str, opts: PodOptions) -> SimPod {
         app_binds.push((image, PathBuf::from(MCP_SERVER_DIR)));
     }
     let api = ApiFiles {
-        token: std::fs::read_to_string(state.join("token"))
-            .unwrap()
-            .trim()
-            .to_string(),
+        token: match &opts.real {
+            Some(real) => real.pod_token.clone(),
+            None => std::fs::read_to_string(state.join("token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        },
         ca: std::fs::read_to_string(state.join("ca.crt")).unwrap(),
     };
     assert!(api.token.len() >= 16);
@@ -1030,7 +1152,12 @@ impl SimPod {
                 .args(["curl", "-sS", "-w", "\n%{http_code}", "--cacert"])
                 .arg(self.work.path().join("apisim/ca.crt"))
                 .arg("-H")
-                .arg(format!("Authorization: Bearer {}", self.api.token))
+                .arg(format!(
+                    "Authorization: Bearer {}",
+                    std::fs::read_to_string(self.work.path().join("apisim/token"))
+                        .unwrap_or_default()
+                        .trim()
+                ))
                 .arg(format!("https://{SERVICE_IP}:{SERVICE_PORT}{path}")),
             Duration::from_secs(30),
         )
@@ -1085,12 +1212,18 @@ impl SimPod {
 /// with the agent's tool calls (`calls`, see tests/python/mcp_agent.py)
 /// ready for [`agent_argv`].
 pub fn mcp_pod(test: &str, calls: &str) -> SimPod {
+    mcp_pod_with(test, calls, None)
+}
+
+/// [`mcp_pod`] in front of `real` (the real kube-apiserver) when given.
+pub fn mcp_pod_with(test: &str, calls: &str, real: Option<RealUpstream>) -> SimPod {
     let pod = start_pod_with(
         test,
         PodOptions {
             native_sidecar: true,
             collector: true,
             mcp_server: true,
+            real,
             ..PodOptions::default()
         },
     );

@@ -479,6 +479,73 @@ fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_
     let last = reviews.last().unwrap();
     assert_eq!(last["fields"]["patch_ops"], 0, "{last}");
     assert_eq!(last["fields"]["sidecar_form"], "container", "{last}");
+
+    run_stored_pod(kube, ns, &pod);
+}
+
+/// The simulated pod (root: namespaces) runs the pod spec as the real server
+/// stored it — container form, after every admission plugin — in front of
+/// the same server: the app's kubectl, with in-cluster config only, works
+/// through the sidecar; the sidecar holds the pod's real ServiceAccount token.
+fn run_stored_pod(kube: &RealKube, ns: &str, stored: &Value) {
+    use mcp_warden_tests::simpod::{PodOptions, RealUpstream, start_pod_with, stored_pod};
+    // The fixture binds `view`, whose rules the aggregation controller
+    // (not run here) would fill in; give the app its reads explicitly.
+    kube.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: rkw-reads, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [pods, secrets], verbs: [get, list]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: rkw-reads, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: rkw-reads}}\n\
+         subjects: [{{kind: ServiceAccount, name: kubernetes-mcp-server, namespace: {ns}}}]\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: stored-pod-secret, namespace: {ns}}}\n\
+         stringData: {{password: st0red-p0d-s3cret}}\n"
+    ))
+    .unwrap();
+    let real = RealUpstream {
+        addr: kube.addr(),
+        ca_pem: kube.ca_pem().to_string(),
+        admin_token: kube.token(ADMIN).unwrap(),
+        pod_token: kube
+            .service_account_token(ns, "kubernetes-mcp-server", 3600)
+            .unwrap(),
+    };
+    let name = stored["metadata"]["name"].as_str().unwrap().to_string();
+    let sim = start_pod_with(
+        "a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_server",
+        PodOptions {
+            native_sidecar: false,
+            stored: Some(stored_pod(stored)),
+            real: Some(real),
+            ..PodOptions::default()
+        },
+    );
+    let pods = sim.ok(
+        "kubectl get pods (stored pod)",
+        &sim.kubectl("stored-get", &["get", "pods", "-n", ns, "-o", "name"]),
+    );
+    assert!(pods.contains(&format!("pod/{name}")), "{pods}");
+    let secret = sim.ok(
+        "kubectl get secret (stored pod)",
+        &sim.kubectl(
+            "stored-secret",
+            &["get", "secret", "stored-pod-secret", "-n", ns, "-o", "json"],
+        ),
+    );
+    assert!(!secret.contains("st0red-p0d-s3cret"), "{secret}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode("st0red-p0d-s3cret");
+    assert!(!secret.contains(&encoded), "{secret}");
+    assert!(secret.contains("KioqTUFTS0VEKioq"), "{secret}");
+    // The embedded default policy is read-only.
+    let del = sim.kubectl(
+        "stored-delete",
+        &["delete", "secret", "stored-pod-secret", "-n", ns],
+    );
+    assert!(!del.status.success());
+    assert!(
+        String::from_utf8_lossy(&del.stderr).contains("Forbidden"),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
 }
 
 /// Waits (bounded) until the server calls the webhook for pods in `ns`: it

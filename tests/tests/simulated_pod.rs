@@ -389,6 +389,7 @@ fn simulated_pod_real_mcp_server_tool_call_held_for_approval() {
             mcp_server: true,
             policy: Some(APPROVE_POLICY),
             approvals: true,
+            ..PodOptions::default()
         },
     );
     std::fs::write(
@@ -497,4 +498,102 @@ fn simulated_pod_real_mcp_server_tool_call_held_for_approval() {
         "{ev}"
     );
     assert_eq!(ev["responseStatus"]["code"], 200, "{ev}");
+}
+
+/// What the agent's tools find on the real server: the objects of the
+/// kube-apisim demo seed that the checks look at, and the MCP server's
+/// ServiceAccount with every verb on core and apps resources (broad, as MCP
+/// servers' RBAC often is: the sidecar's policy keeps it read-only). Not the
+/// `edit` role: its rules come from the aggregation controller, which this
+/// control plane does not run.
+const REAL_OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mcp}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: kubernetes-mcp-server, namespace: mcp}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kubernetes-mcp-server-broad}
+rules:
+  - {apiGroups: ["", apps, authorization.k8s.io], resources: ["*"], verbs: ["*"]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kubernetes-mcp-server-broad}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubernetes-mcp-server-broad}
+subjects: [{kind: ServiceAccount, name: kubernetes-mcp-server, namespace: mcp}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db-credentials, namespace: default}
+type: Opaque
+data: {username: YWRtaW4tdXNlcg==, password: czNjcjN0LXBhc3N3b3Jk}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default, labels: {app: web}}
+spec:
+  containers:
+    - name: web
+      image: nginx:1.27
+      env:
+        - {name: DB_PASSWORD, value: hunter2}
+        - {name: LOG_LEVEL, value: info}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: default, labels: {app: db}}
+spec:
+  containers: [{name: db, image: postgres:16}]
+"#;
+
+/// The same agent session against the real kube-apiserver 1.20 (reached
+/// from the pod's network at the "Service IP"): the sidecar holds a real
+/// TokenRequest token of the pod's ServiceAccount, which RBAC lets edit;
+/// the policy keeps the agent read-only, masks, and records.
+#[test]
+fn simulated_pod_real_mcp_server_against_the_real_api_server() {
+    use mcp_warden_tests::realkube::{ADMIN, RealKube};
+    let kube = RealKube::shared().unwrap();
+    kube.apply(REAL_OBJECTS).unwrap();
+    let real = RealUpstream {
+        addr: kube.addr(),
+        ca_pem: kube.ca_pem().to_string(),
+        admin_token: kube.token(ADMIN).unwrap(),
+        pod_token: kube
+            .service_account_token("mcp", "kubernetes-mcp-server", 3600)
+            .unwrap(),
+    };
+    let pod = mcp_pod_with(
+        "simulated_pod_real_mcp_server_against_the_real_api_server",
+        MCP_CALLS,
+        Some(real),
+    );
+    let server = format!("{MCP_SERVER_DIR}/kubernetes-mcp-server");
+    let argv = agent_argv(
+        &pod,
+        &["stdio", "--", &server, "--cluster-provider", "in-cluster"],
+    );
+    let out = pod.app_run("agent-real", argv, b"");
+    check_agent_session(&pod, &out);
+    // The server's own audit log saw the reads as the pod's ServiceAccount,
+    // and never the refused delete.
+    let audited = kube.audit_events();
+    let sa = "system:serviceaccount:mcp:kubernetes-mcp-server";
+    let by_sa = |verb: &str, uri: &str| {
+        audited.iter().any(|e| {
+            e["user"]["username"] == sa
+                && e["verb"] == verb
+                && e["requestURI"].as_str().unwrap_or("").starts_with(uri)
+        })
+    };
+    assert!(by_sa(
+        "get",
+        "/api/v1/namespaces/default/secrets/db-credentials"
+    ));
+    assert!(!by_sa("delete", "/api/v1/namespaces/default/pods/web-0"));
 }
