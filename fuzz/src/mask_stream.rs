@@ -525,8 +525,12 @@ fn planted(split: u8, rest: &[u8]) {
         // One value may not exceed the bound; such inputs say nothing here.
         return;
     }
+    let moved = other & 1 == 1 && kinds_up_front(&shape);
     let out = match stream(&ctx, kind, &body, &mut Splitter::new(split)) {
         Ok(out) => out,
+        // Served on another resource's path, a list whose `kind` names a
+        // different resource is refused (fail closed): nothing leaks.
+        Err(e) if moved && e.to_string().contains("contradicts") => return,
         Err(e) => panic!(
             "a well-formed {kind:?} body was refused ({e}): {}",
             String::from_utf8_lossy(&body)
