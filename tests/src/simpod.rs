@@ -1084,8 +1084,9 @@ pub struct SimPod {
 }
 
 impl SimPod {
-    /// Runs `argv` as the app container (stdin: `input`).
-    pub fn app_run(&self, name: &str, argv: Vec<String>, input: &[u8]) -> std::process::Output {
+    /// Writes the script that runs `argv` as the app container (its mounts,
+    /// env and uid, the work dir hidden); returns its path.
+    fn app_script(&self, name: &str, argv: &[String]) -> PathBuf {
         let script = self.work.path().join(format!("app-{name}.sh"));
         let body = container_script(
             &self.app,
@@ -1094,13 +1095,19 @@ impl SimPod {
             &self.app_binds,
             self.app_uid,
             &self.app_env,
-            &argv,
+            argv,
         );
         std::fs::write(
             &script,
             body.replacen("set -eu\n", &format!("set -eu\n{}", self.prelude), 1),
         )
         .unwrap();
+        script
+    }
+
+    /// Runs `argv` as the app container (stdin: `input`).
+    pub fn app_run(&self, name: &str, argv: Vec<String>, input: &[u8]) -> std::process::Output {
+        let script = self.app_script(name, &argv);
         let mut cmd = in_container(self.netns, &script);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1119,21 +1126,7 @@ impl SimPod {
     /// to `NAME.out`, stderr to `NAME.log` in the work dir); the caller
     /// kills it.
     pub fn app_spawn(&self, name: &str, argv: Vec<String>) -> Child {
-        let script = self.work.path().join(format!("app-{name}.sh"));
-        let body = container_script(
-            &self.app,
-            &self.volume_dirs,
-            &[self.work.path()],
-            &self.app_binds,
-            self.app_uid,
-            &self.app_env,
-            &argv,
-        );
-        std::fs::write(
-            &script,
-            body.replacen("set -eu\n", &format!("set -eu\n{}", self.prelude), 1),
-        )
-        .unwrap();
+        let script = self.app_script(name, &argv);
         let out = std::fs::File::create(self.work.path().join(format!("{name}.out"))).unwrap();
         let log = std::fs::File::create(self.work.path().join(format!("{name}.log"))).unwrap();
         in_container(self.netns, &script)
