@@ -1232,9 +1232,15 @@ pub fn mcp_pod_with(test: &str, calls: &str, real: Option<RealUpstream>) -> SimP
 }
 
 pub fn agent_argv(pod: &SimPod, transport: &[&str]) -> Vec<String> {
-    let script = crate::harness::python_script("mcp_agent.py");
-    // The script and the calls are passed on stdin-free paths the app can
-    // read: the repository is part of the "image" (the host's root).
+    // The agent script goes into the "image" next to the MCP server (the
+    // checkout may sit under /tmp, which the app's emptyDir covers), the
+    // calls into the app's /tmp.
+    let image = pod.work.path().join("mcp-server-image");
+    std::fs::copy(
+        crate::harness::python_script("mcp_agent.py"),
+        image.join("mcp_agent.py"),
+    )
+    .unwrap();
     let calls = pod.work.path().join("calls.json");
     let calls_copy = pod.volume_dirs["tmp"].join("calls.json");
     std::fs::copy(&calls, &calls_copy).unwrap();
@@ -1242,7 +1248,7 @@ pub fn agent_argv(pod: &SimPod, transport: &[&str]) -> Vec<String> {
         "timeout".to_string(),
         "200".to_string(),
         pod.python.clone(),
-        script.to_string_lossy().into_owned(),
+        format!("{MCP_SERVER_DIR}/mcp_agent.py"),
     ];
     argv.push(transport[0].to_string());
     argv.push("/tmp/calls.json".to_string());
