@@ -207,18 +207,29 @@ pub fn strip_untrusted(headers: &mut HeaderMap) {
 }
 
 fn is_untrusted(name: &str) -> bool {
-    let dashed = name.replace('_', "-");
-    dashed.starts_with("x-remote-")
-        || dashed.starts_with("x-forwarded-")
-        || matches!(
-            dashed.as_str(),
-            "forwarded"
-                | "x-real-ip"
-                | "x-http-method-override"
-                | "x-http-method"
-                | "x-method-override"
-        )
-        || (name.contains('_') && dashed.starts_with("impersonate-"))
+    let n = name.as_bytes();
+    starts_dashed(n, b"x-remote-")
+        || starts_dashed(n, b"x-forwarded-")
+        || [
+            &b"forwarded"[..],
+            b"x-real-ip",
+            b"x-http-method-override",
+            b"x-http-method",
+            b"x-method-override",
+        ]
+        .iter()
+        .any(|p| n.len() == p.len() && starts_dashed(n, p))
+        || (n.contains(&b'_') && starts_dashed(n, b"impersonate-"))
+}
+
+/// `name` starts with `prefix` when each `_` in it is read as `-` (no
+/// allocation: this runs for every header of every request).
+fn starts_dashed(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .iter()
+            .zip(prefix)
+            .all(|(a, b)| if *a == b'_' { *b == b'-' } else { a == b })
 }
 
 /// Removes every `Impersonate-*` header.
