@@ -236,6 +236,10 @@ pub trait TransformHook: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Refusal>>;
 }
 
+/// What [`RecordHook::request`] gives back: the body to forward and the
+/// request's recording.
+pub type RecordStart = (ProxyBody, Box<dyn RequestRecord>);
+
 /// Recording hook.
 pub trait RecordHook: Send + Sync + 'static {
     /// Called before forwarding, with the request body (which it may tee).
@@ -249,7 +253,7 @@ pub trait RecordHook: Send + Sync + 'static {
         ctx: &'a RequestContext,
         parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<(ProxyBody, Box<dyn RequestRecord>), Refusal>>;
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>>;
 
     /// Called for requests answered by the sidecar itself before
     /// [`RecordHook::request`] accepted them (401, 400, denials, 429, a
@@ -345,7 +349,7 @@ impl RecordHook for NoRecord {
         _ctx: &'a RequestContext,
         _parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<(ProxyBody, Box<dyn RequestRecord>), Refusal>> {
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>> {
         Box::pin(async move { Ok((body, Box::new(NoRecord) as Box<dyn RequestRecord>)) })
     }
 

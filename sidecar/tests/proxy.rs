@@ -551,10 +551,14 @@ async fn immediate_revocation_after_rotation_is_retried_with_the_new_token() {
     sc.stop().await;
 }
 
+/// Where a tunnel's tap reports (subprotocol, bytes sent); taken once.
+type TapDone =
+    std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>>;
+
 /// A recorder that taps tunnels: counts the bytes the app sent through the
 /// tunnel and reports them when the tunnel closes.
 struct CountingRecorder {
-    done: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>>,
+    done: TapDone,
 }
 
 struct CountingTap {
@@ -634,13 +638,7 @@ impl mcp_warden_sidecar::hooks::RecordHook for CountingRecorder {
         body: mcp_warden_sidecar::hooks::ProxyBody,
     ) -> futures::future::BoxFuture<
         'a,
-        Result<
-            (
-                mcp_warden_sidecar::hooks::ProxyBody,
-                Box<dyn mcp_warden_sidecar::hooks::RequestRecord>,
-            ),
-            mcp_warden_sidecar::error::Refusal,
-        >,
+        Result<mcp_warden_sidecar::hooks::RecordStart, mcp_warden_sidecar::error::Refusal>,
     > {
         let done = self.done.clone();
         Box::pin(async move {
@@ -661,7 +659,7 @@ impl mcp_warden_sidecar::hooks::RecordHook for CountingRecorder {
 
 /// The request's part of [`CountingRecorder`]: the tap of its tunnel.
 struct CountingRecord {
-    done: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>>,
+    done: TapDone,
 }
 
 impl mcp_warden_sidecar::hooks::RequestRecord for CountingRecord {

@@ -8,9 +8,10 @@
 //!      (at most `max_body_bytes`, else `413`), masked with the masking
 //!      engine and kept for `requestObject`; the same bytes go upstream;
 //!   3. a mutating request's `RequestReceived` event is made durable;
-//!      if that fails in fail-closed mode → `Err(503 Status)`.
-//!   It returns the request's [`RequestRecord`] (the base event, the masked
-//!   request body), which the pipeline keeps with the request.
+//!      if that fails in fail-closed mode → `Err(503 Status)`;
+//!   4. the request's [`RequestRecord`] (its event, the masked request
+//!      body) is returned; the pipeline keeps it with the request and the
+//!      steps below are its methods.
 //! - `response` (after masking): long-running requests (watch, follow logs,
 //!   upgrades) record `ResponseStarted` at once; the body is passed through
 //!   untouched while up to `max_body_bytes` of it are kept, and when it ends
@@ -50,8 +51,8 @@ use super::Recorder;
 use super::asciicast::{self, SessionMeta, SessionTap};
 use crate::error::Refusal;
 use crate::hooks::{
-    BoxError, ProxyBody, RecordHook, RequestContext, RequestRecord, TunnelIo, TunnelTap, boxed,
-    full,
+    BoxError, ProxyBody, RecordHook, RecordStart, RequestContext, RequestRecord, TunnelIo,
+    TunnelTap, boxed, full,
 };
 use crate::mask_body::{MaskCount, MaskerSource};
 
@@ -331,7 +332,7 @@ impl RecordHook for RecordingHook {
         ctx: &'a RequestContext,
         parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<(ProxyBody, Box<dyn RequestRecord>), Refusal>> {
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>> {
         Box::pin(async move {
             if self.recorder.must_refuse() {
                 self.recorder.count_refused_request();
