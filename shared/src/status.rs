@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attrs::RequestAttributes;
+
 /// The `reason` values kube-apiserver uses (a subset: the ones we emit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
@@ -98,6 +100,27 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// How kube-apiserver names a request at the start of a 403 message:
+/// `pods "web-0" is forbidden`, `deployments.apps is forbidden`,
+/// `pods/exec "web-0" is forbidden`; a non-resource request is `forbidden`.
+pub fn forbidden_subject(attrs: &RequestAttributes) -> String {
+    if !attrs.is_resource_request {
+        return "forbidden".to_string();
+    }
+    let mut res = attrs.resource.clone();
+    if !attrs.api_group.is_empty() {
+        res = format!("{res}.{}", attrs.api_group);
+    }
+    if !attrs.subresource.is_empty() {
+        res = format!("{res}/{}", attrs.subresource);
+    }
+    if attrs.name.is_empty() {
+        format!("{res} is forbidden")
+    } else {
+        format!("{res} {:?} is forbidden", attrs.name)
+    }
+}
+
 /// A `meta.k8s.io/v1` `Status` with `status: Failure`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
@@ -117,6 +140,21 @@ impl Status {
             message: message.into(),
             details: None,
             code: None,
+        }
+    }
+
+    /// kube-apiserver's 403 for a request: `{subject}: {why}` (see
+    /// [`forbidden_subject`]), with `details` naming the object of a
+    /// resource request.
+    pub fn forbidden(attrs: &RequestAttributes, why: &str) -> Self {
+        let status = Status::new(
+            Reason::Forbidden,
+            format!("{}: {why}", forbidden_subject(attrs)),
+        );
+        if attrs.is_resource_request {
+            status.with_details(&attrs.resource, &attrs.api_group, &attrs.name)
+        } else {
+            status
         }
     }
 

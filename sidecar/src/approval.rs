@@ -23,8 +23,7 @@
 //! GET/HEAD/DELETE/OPTIONS (a DELETE's DeleteOptions body is not covered); a
 //! create, update or patch goes through only as the request that was held.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,13 +33,13 @@ use http_body_util::BodyExt;
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::identity::Identity;
 use mcp_warden_shared::policy;
-use mcp_warden_shared::status::{Reason, Status};
 use serde_json::{Value, json};
 use sha2::Digest;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
+use crate::error::Refusal;
 use crate::forward::{self, Upstream};
 use crate::hooks::{self, DecideHook, RequestContext};
 use crate::policy_store::PolicyDecider;
@@ -202,34 +201,6 @@ impl From<ApprovalError> for crate::config::ConfigError {
             message: e.to_string(),
         }
     }
-}
-
-/// Who approved which request, for the recorder. Process-wide because the
-/// recorder and the decider are wired independently; bounded.
-static APPROVALS: Mutex<VecDeque<(uuid::Uuid, String, String)>> = Mutex::new(VecDeque::new());
-const APPROVALS_KEPT: usize = 4096;
-
-fn remember_approval(request_id: uuid::Uuid, by: &str, access_request: &str) {
-    let mut g = match APPROVALS.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    if g.len() >= APPROVALS_KEPT {
-        g.pop_front();
-    }
-    g.push_back((request_id, by.to_string(), access_request.to_string()));
-}
-
-/// The approver and the AccessRequest (`NS/NAME`) of an approved request.
-pub fn approval_of(request_id: &uuid::Uuid) -> Option<(String, String)> {
-    let g = match APPROVALS.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    g.iter()
-        .rev()
-        .find(|(id, _, _)| id == request_id)
-        .map(|(_, by, ar)| (by.clone(), ar.clone()))
 }
 
 /// `sha256(METHOD "\n" PATH?QUERY "\n" BODY)`, hex.
@@ -731,29 +702,11 @@ impl ApprovalDecider {
     }
 
     fn refuse(attrs: &RequestAttributes, rule: Option<String>, message: String) -> hooks::Decision {
-        let mut subject = attrs.resource.clone();
-        if !attrs.api_group.is_empty() {
-            subject = format!("{subject}.{}", attrs.api_group);
-        }
-        if !attrs.subresource.is_empty() {
-            subject = format!("{subject}/{}", attrs.subresource);
-        }
-        let subject = if attrs.name.is_empty() {
-            format!("{subject} is forbidden")
-        } else {
-            format!("{subject} {:?} is forbidden", attrs.name)
-        };
-        let mut status = Status::new(Reason::Forbidden, format!("{subject}: {message}"));
-        if attrs.is_resource_request {
-            status = status.with_details(&attrs.resource, &attrs.api_group, &attrs.name);
-        }
-        hooks::Decision {
-            action: hooks::Action::Approve,
-            enforced: true,
+        hooks::Decision::refused(
+            hooks::Action::Approve,
             rule,
-            refusal: Some(status),
-            forward_impersonation: false,
-        }
+            Refusal::forbidden(attrs, message),
+        )
     }
 
     /// Holds the request until it is approved, denied or times out.
@@ -765,15 +718,8 @@ impl ApprovalDecider {
     ) -> hooks::Decision {
         let hash = request_hash(ctx.method.as_str(), &ctx.path_and_query, b"");
         let rule = d.rule.clone();
-        let granted = |by: String, ar: String| {
-            remember_approval(ctx.request_id, &by, &ar);
-            hooks::Decision {
-                action: hooks::Action::Approve,
-                enforced: true,
-                rule: rule.clone(),
-                refusal: None,
-                forward_impersonation: false,
-            }
+        let granted = |by: String, access_request: String| {
+            hooks::Decision::approved(rule.clone(), hooks::Approval { by, access_request })
         };
         let ns = self.api.namespace.clone();
         // 1. An approval whose client went away? Only where the hash covers
@@ -1232,7 +1178,7 @@ mod tests {
             Arc::new(|| Level::Metadata),
             Arc::new(String::new),
         );
-        let ctx = RequestContext {
+        let mut ctx = RequestContext {
             request_id: uuid::Uuid::new_v4(),
             started: std::time::Instant::now(),
             received_at: std::time::SystemTime::now(),
@@ -1248,23 +1194,18 @@ mod tests {
         };
         let e = hook.base_event(&ctx, Level::Metadata);
         assert!(!e.annotations.contains_key(ANN_APPROVED_BY));
-        remember_approval(ctx.request_id, "alice", "prod/delete-deployments-x");
+        ctx.decision = Some(hooks::Decision::approved(
+            None,
+            hooks::Approval {
+                by: "alice".into(),
+                access_request: "prod/delete-deployments-x".into(),
+            },
+        ));
         let e = hook.base_event(&ctx, Level::Metadata);
         assert_eq!(e.annotations[ANN_APPROVED_BY], "alice");
         assert_eq!(
             e.annotations[ANN_ACCESS_REQUEST],
             "prod/delete-deployments-x"
-        );
-    }
-
-    #[test]
-    fn approvals_are_remembered_for_the_recorder() {
-        let id = uuid::Uuid::new_v4();
-        assert_eq!(approval_of(&id), None);
-        remember_approval(id, "alice", "mcp/delete-x");
-        assert_eq!(
-            approval_of(&id),
-            Some(("alice".into(), "mcp/delete-x".into()))
         );
     }
 }

@@ -5,16 +5,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use mcp_warden_shared::identity::{self, Identity};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CollectorFormat, Config, RecordingFailureMode};
-use crate::hooks::{Hooks, RecordHook, RequestContext, TunnelIo, TunnelTap};
+use crate::hooks::Hooks;
 use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
 use crate::policy_store::{PolicyDecider, PolicyStore};
-use crate::recording::asciicast::SessionTap;
 use crate::recording::hook::{LevelSource, PolicyHashSource, RecordingHook};
 use crate::recording::{self, OnFailure, Recorder, RecordingConfig};
 use crate::{Extensions, Metrics, Readiness, RunError};
@@ -86,10 +84,7 @@ pub async fn run_configured(
     let hooks = Hooks {
         decide: Arc::new(decide),
         transform: Arc::new(MaskTransform::new(masker).with_token_scrub(tokens)),
-        record: Arc::new(SessionRecording {
-            hook: record,
-            recorder,
-        }),
+        record: Arc::new(record),
     };
     let ext = Extensions {
         hooks,
@@ -150,67 +145,4 @@ fn recording_config(config: &Config) -> RecordingConfig {
         config.pod_name.as_deref().unwrap_or("unknown")
     );
     rc
-}
-
-/// The recording hook plus exec/attach session casts.
-struct SessionRecording {
-    hook: RecordingHook,
-    recorder: Recorder,
-}
-
-impl RecordHook for SessionRecording {
-    fn request<'a>(
-        &'a self,
-        ctx: &'a RequestContext,
-        parts: &'a http::request::Parts,
-        body: crate::hooks::ProxyBody,
-    ) -> BoxFuture<'a, Result<crate::hooks::ProxyBody, mcp_warden_shared::status::Status>> {
-        self.hook.request(ctx, parts, body)
-    }
-
-    fn response(
-        &self,
-        ctx: &RequestContext,
-        response: http::Response<crate::hooks::ProxyBody>,
-    ) -> http::Response<crate::hooks::ProxyBody> {
-        self.hook.response(ctx, response)
-    }
-
-    fn refused(&self, ctx: &RequestContext, status: &mcp_warden_shared::status::Status) {
-        self.hook.refused(ctx, status)
-    }
-
-    fn tunnel_tap(
-        &self,
-        ctx: &RequestContext,
-        upgrade_response_headers: &http::HeaderMap,
-    ) -> Option<Box<dyn TunnelTap>> {
-        let tap = self.hook.session_tap(ctx, upgrade_response_headers)?;
-        Some(Box::new(CastTap {
-            tap,
-            recorder: self.recorder.clone(),
-        }))
-    }
-}
-
-/// Records the bytes of an exec/attach tunnel as an asciicast.
-struct CastTap {
-    tap: SessionTap,
-    recorder: Recorder,
-}
-
-impl TunnelTap for CastTap {
-    fn wrap(&self, app_side: Box<dyn TunnelIo>) -> Box<dyn TunnelIo> {
-        Box::new(self.tap.wrap(app_side))
-    }
-
-    fn finished(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let cast = self.tap.finish();
-            let audit_id = self.tap.audit_id();
-            if let Err(e) = self.recorder.record_session(&audit_id, &cast).await {
-                tracing::error!(audit_id = %audit_id, error = %e, "session recording not durable");
-            }
-        })
-    }
 }

@@ -3,8 +3,12 @@
 //!
 //! Pipeline (see `proxy.rs`): authenticate → parse → [`DecideHook`] →
 //! [`RecordHook::request`] → forward → [`TransformHook`] →
-//! [`RecordHook::response`]. Requests refused before forwarding go to
-//! [`RecordHook::refused`]. The defaults ([`Hooks::default`]) allow
+//! [`RequestRecord::response`]. State of one request travels with it: the
+//! decision (with its approval) in the [`RequestContext`], the recording in
+//! the [`RequestRecord`] that `RecordHook::request` returns. Requests
+//! refused before recording began go to [`RecordHook::refused`], after it to
+//! [`RequestRecord::refused`]; refusals are typed ([`Refusal`]) and become
+//! responses in [`crate::error`]. The defaults ([`Hooks::default`]) allow
 //! everything except impersonation, transform nothing and record nothing.
 
 use std::net::SocketAddr;
@@ -16,7 +20,12 @@ use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use mcp_warden_shared::attrs::{Impersonation, RequestAttributes};
-use mcp_warden_shared::status::{Reason, Status};
+use mcp_warden_shared::policy;
+/// The decision's action is the policy's own type.
+pub use mcp_warden_shared::policy::Action;
+use mcp_warden_shared::status::Status;
+
+use crate::error::Refusal;
 
 /// Error type of bodies flowing through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,32 +95,24 @@ impl RequestContext {
     }
 }
 
-/// The decision recorded for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Allowed.
-    Allow,
-    /// Denied.
-    Deny,
-    /// Needed a human's approval.
-    Approve,
+/// Who let a request held for approval through (recorded as
+/// `mcp-warden.io/approved-by` and `mcp-warden.io/access-request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The approver, as the admission webhook stamped it.
+    pub by: String,
+    /// `NAMESPACE/NAME` of the AccessRequest.
+    pub access_request: String,
 }
 
-impl Action {
-    /// `allow`, `deny` or `approve`, as recorded and logged.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::Approve => "approve",
-        }
-    }
-}
-
-/// Outcome of the decide hook. The hook does any waiting (approvals) itself
-/// and returns the final word: `refusal` set means the request is answered
-/// with that Status and never forwarded.
-#[derive(Debug, Clone, PartialEq)]
+/// The decision the pipeline acts on and the recording keeps: the policy's
+/// [`policy::Decision`] as the sidecar applies it ([`Decision::from_policy`]
+/// is the one bridge), plus what only the sidecar knows: the refusal to
+/// answer, whether impersonation goes upstream, and who approved. The
+/// decide hook does any waiting (approvals) itself and returns the final
+/// word: `refusal` set means the request is answered with it and never
+/// forwarded.
+#[derive(Debug, Clone)]
 pub struct Decision {
     /// The decision recorded (in audit mode: what enforcement would have done).
     pub action: Action,
@@ -120,10 +121,12 @@ pub struct Decision {
     /// Name of the rule that decided, if any.
     pub rule: Option<String>,
     /// Set when the request must not be forwarded.
-    pub refusal: Option<Status>,
+    pub refusal: Option<Refusal>,
     /// Forward the `Impersonate-*` headers (only when the policy allowed the
     /// `impersonate` verb for what they ask). Otherwise they are stripped.
     pub forward_impersonation: bool,
+    /// Set when a person approved the request (an `approve` rule).
+    pub approval: Option<Approval>,
 }
 
 impl Decision {
@@ -135,17 +138,64 @@ impl Decision {
             rule: None,
             refusal: None,
             forward_impersonation: false,
+            approval: None,
         }
     }
 
-    /// A deny answered with `403 Forbidden` and `message`.
+    /// A deny answered with `403 Forbidden` and `message` alone (for a
+    /// request that cannot be named).
     pub fn deny(rule: Option<String>, message: impl Into<String>) -> Self {
+        Decision::refused(
+            Action::Deny,
+            rule,
+            Refusal::Denied {
+                message: message.into(),
+            },
+        )
+    }
+
+    /// An enforced `action` that refuses the request with `refusal`.
+    pub fn refused(action: Action, rule: Option<String>, refusal: Refusal) -> Self {
         Decision {
-            action: Action::Deny,
+            action,
             enforced: true,
             rule,
-            refusal: Some(Status::new(Reason::Forbidden, message)),
+            refusal: Some(refusal),
             forward_impersonation: false,
+            approval: None,
+        }
+    }
+
+    /// An `approve` rule's request that `approval` let through.
+    pub fn approved(rule: Option<String>, approval: Approval) -> Self {
+        Decision {
+            action: Action::Approve,
+            enforced: true,
+            rule,
+            refusal: None,
+            forward_impersonation: false,
+            approval: Some(approval),
+        }
+    }
+
+    /// The policy's decision on the request of `attrs` asking for `imp`, as
+    /// the pipeline applies it: a blocking decision refuses with the 403
+    /// naming the rule (an `approve` nobody decided blocks like a deny);
+    /// impersonation goes upstream only when allowed or not enforced.
+    pub fn from_policy(
+        d: &policy::Decision,
+        attrs: &RequestAttributes,
+        imp: &Impersonation,
+    ) -> Self {
+        Decision {
+            action: d.action,
+            enforced: d.enforced,
+            rule: d.rule.clone(),
+            refusal: d
+                .blocks()
+                .then(|| Refusal::forbidden(attrs, d.refusal_reason())),
+            forward_impersonation: !imp.is_empty() && (d.action == Action::Allow || !d.enforced),
+            approval: None,
         }
     }
 }
@@ -167,53 +217,72 @@ pub trait TransformHook: Send + Sync + 'static {
     fn tunnel_headers(&self, _ctx: &RequestContext, _headers: &mut http::HeaderMap) {}
 
     /// Judges an RFC 6902 JSON Patch body before it goes upstream: an `Err`
-    /// Status refuses the request (an operation that would make the server
-    /// read a masked value). Default: accept.
+    /// refuses the request (an operation that would make the server read a
+    /// masked value). Default: accept.
     fn check_json_patch(
         &self,
         _ctx: &RequestContext,
         _patch: &serde_json::Value,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refusal> {
         Ok(())
     }
 
-    /// Returns the response to send to the app. An `Err` Status replaces the
+    /// Returns the response to send to the app. An `Err` replaces the
     /// response (a response that cannot be masked is never passed on).
     fn transform<'a>(
         &'a self,
         ctx: &'a RequestContext,
         response: http::Response<ProxyBody>,
-    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Status>>;
+    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Refusal>>;
 }
+
+/// What [`RecordHook::request`] gives back: the body to forward and the
+/// request's recording.
+pub type RecordStart = (ProxyBody, Box<dyn RequestRecord>);
 
 /// Recording hook.
 pub trait RecordHook: Send + Sync + 'static {
     /// Called before forwarding, with the request body (which it may tee).
-    /// An `Err` refuses the request (e.g. 503 when the event cannot be made
-    /// durable in fail-closed mode) and it is not forwarded.
+    /// Returns the body to forward and the request's [`RequestRecord`],
+    /// which the pipeline keeps with the request and hands back with its
+    /// response or refusal. An `Err` refuses the request (e.g. 503 when the
+    /// event cannot be made durable in fail-closed mode) and it is not
+    /// forwarded.
     fn request<'a>(
         &'a self,
         ctx: &'a RequestContext,
         parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<ProxyBody, Status>>;
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>>;
 
+    /// Called for requests answered by the sidecar itself before
+    /// [`RecordHook::request`] accepted them (401, 400, denials, 429, a
+    /// refusal of `request` itself), with the Status sent.
+    fn refused(&self, ctx: &RequestContext, status: &Status);
+}
+
+/// One request's recording from [`RecordHook::request`] on. Owned by the
+/// request: it ends with [`RequestRecord::response`] or
+/// [`RequestRecord::refused`], or is dropped with the request when the app
+/// goes away first (the implementation records what it knows then).
+pub trait RequestRecord: Send + 'static {
     /// Called with the (already transformed) response the app will get; may
     /// tee the body and complete the event when it ends. Upgraded
     /// connections get the 101 response here.
     fn response(
-        &self,
+        self: Box<Self>,
         ctx: &RequestContext,
         response: http::Response<ProxyBody>,
     ) -> http::Response<ProxyBody>;
 
-    /// Called for requests answered by the sidecar itself without forwarding
-    /// (401, 400, denials, upstream failures), with the Status sent.
-    fn refused(&self, ctx: &RequestContext, status: &Status);
+    /// Called when the sidecar answers the request itself after recording
+    /// began (upstream unreachable, no token), with the Status sent.
+    fn refused(self: Box<Self>, ctx: &RequestContext, status: &Status);
 
     /// For an upgraded connection (exec, attach, port-forward) whose 101
     /// response has these headers: a tap that wraps the app's side of the
-    /// tunnel (to record the session). Default: none.
+    /// tunnel (to record the session). Called before
+    /// [`RequestRecord::response`]. Default: none.
     fn tunnel_tap(
         &self,
         _ctx: &RequestContext,
@@ -237,7 +306,7 @@ pub trait TunnelTap: Send + 'static {
     fn finished(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// The default policy hook until the policy lands: allow everything except
+/// The decide hook of the bare proxy (no policy): allow everything except
 /// impersonation, which is refused with 403.
 #[derive(Debug, Default)]
 pub struct AllowExceptImpersonation;
@@ -265,7 +334,7 @@ impl TransformHook for NoTransform {
         &'a self,
         _ctx: &'a RequestContext,
         response: http::Response<ProxyBody>,
-    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Status>> {
+    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Refusal>> {
         Box::pin(async move { Ok(response) })
     }
 }
@@ -280,19 +349,23 @@ impl RecordHook for NoRecord {
         _ctx: &'a RequestContext,
         _parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<ProxyBody, Status>> {
-        Box::pin(async move { Ok(body) })
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>> {
+        Box::pin(async move { Ok((body, Box::new(NoRecord) as Box<dyn RequestRecord>)) })
     }
 
+    fn refused(&self, _ctx: &RequestContext, _status: &Status) {}
+}
+
+impl RequestRecord for NoRecord {
     fn response(
-        &self,
+        self: Box<Self>,
         _ctx: &RequestContext,
         response: http::Response<ProxyBody>,
     ) -> http::Response<ProxyBody> {
         response
     }
 
-    fn refused(&self, _ctx: &RequestContext, _status: &Status) {}
+    fn refused(self: Box<Self>, _ctx: &RequestContext, _status: &Status) {}
 }
 
 /// The hooks the pipeline calls.

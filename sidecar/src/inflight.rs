@@ -14,18 +14,14 @@
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
-use mcp_warden_shared::status::{Reason, Status};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ProxyError;
+use crate::error::Refusal;
 use crate::hooks::{ProxyBody, RequestContext, boxed};
 use crate::listener::{HoldUntilClosed, Holding};
 use crate::metrics::{InflightLabels, Metrics};
-
-/// Seconds a refused client is asked to wait (kube-apiserver says 1).
-pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// One kind's cap.
 #[derive(Debug, Clone)]
@@ -95,7 +91,7 @@ impl Inflight {
 
     /// Takes a place for the request of `ctx` (long-running when it is a
     /// stream or an upgrade), or refuses it with 429.
-    pub fn admit(&self, ctx: &RequestContext) -> Result<Admitted, ProxyError> {
+    pub fn admit(&self, ctx: &RequestContext) -> Result<Admitted, Refusal> {
         let cap = if ctx.is_stream || ctx.is_upgrade {
             &self.long_running
         } else {
@@ -111,26 +107,14 @@ impl Inflight {
             }
             Err(_) => {
                 cap.refused.inc();
-                Err(ProxyError::Refused(too_many(cap)))
+                Err(Refusal::TooManyInFlight {
+                    long_running: cap.kind == "long_running",
+                    max: cap.max,
+                    flag: cap.flag,
+                })
             }
         }
     }
-}
-
-fn too_many(cap: &Cap) -> Status {
-    let what = if cap.kind == "long_running" {
-        "long-running requests (watches, followed logs, exec/attach/port-forward)"
-    } else {
-        "requests"
-    };
-    Status::new(
-        Reason::TooManyRequests,
-        format!(
-            "mcp-warden: too many {what} in flight (at most {}, {}); please try again later",
-            cap.max, cap.flag
-        ),
-    )
-    .with_retry_after(RETRY_AFTER_SECONDS)
 }
 
 impl Admitted {
@@ -180,9 +164,10 @@ mod tests {
         let caps = Inflight::new(5, 2, &m);
         let w1 = caps.admit(&ctx(true)).unwrap();
         let w2 = caps.admit(&ctx(true)).unwrap();
-        let Err(ProxyError::Refused(s)) = caps.admit(&ctx(true)) else {
+        let Err(refusal) = caps.admit(&ctx(true)) else {
             panic!("third watch admitted")
         };
+        let s = refusal.status();
         assert_eq!(s.code(), 429);
         assert_eq!(s.reason.as_str(), "TooManyRequests");
         assert!(
@@ -210,7 +195,7 @@ mod tests {
         );
         drop(resp);
         let text = m.encode();
-        let resp = crate::error::status_response(&s);
+        let resp = refusal.response();
         assert_eq!(resp.headers()["retry-after"], "1");
         assert!(
             text.contains(r#"mcp_warden_inflight_requests{kind="long_running"} 0"#),

@@ -40,9 +40,9 @@ use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::mask::{
     MaskContext, MaskError, Masker, ScrubSet, StreamKind, StreamMasker, StreamScrubber,
 };
-use mcp_warden_shared::status::{Reason, Status};
 use tokio::sync::watch;
 
+use crate::error::Refusal;
 use crate::hooks::{BoxError, ProxyBody, RequestContext, TransformHook, boxed};
 
 /// Compressed input is fed to the decoder in slices this big, so one chunk
@@ -93,16 +93,6 @@ pub enum MaskBodyError {
     Mask(#[from] MaskError),
     #[error("upstream body failed: {why}")]
     Upstream { why: String },
-}
-
-impl MaskBodyError {
-    /// The `Status` the app gets when this happens before the headers went out.
-    pub fn to_status(&self) -> Status {
-        Status::new(
-            Reason::BadGateway,
-            format!("mcp-warden: {self}; the response was withheld"),
-        )
-    }
 }
 
 /// Rewrites `Accept` (and `Accept-Encoding`) of a request whose response may
@@ -264,7 +254,7 @@ impl std::fmt::Debug for MaskedBody {
 /// [`masked_response_headers`] to them (the body changes length and is no
 /// longer compressed). Errors here (content type or encoding the masker
 /// cannot read) mean the response must be answered with
-/// [`MaskBodyError::to_status`] (502).
+/// [`Refusal::Unmaskable`] (502).
 pub fn mask_response<B>(
     masker: Arc<Masker>,
     ctx: MaskContext,
@@ -629,23 +619,23 @@ impl MaskTransform {
     }
 
     /// Mask `response` of a request with these attributes; `Err` is the
-    /// Status (502) to answer instead.
+    /// refusal (502) to answer instead.
     pub async fn mask(
         &self,
         attrs: &RequestAttributes,
         response: http::Response<ProxyBody>,
-    ) -> Result<http::Response<ProxyBody>, Status> {
+    ) -> Result<http::Response<ProxyBody>, Refusal> {
         self.respond(Some(attrs), response).await
     }
 
     /// Mask (when the request's response may need masking) and scrub the
-    /// token from any response that is not a 101; `Err` is the Status (502)
-    /// to answer instead.
+    /// token from any response that is not a 101; `Err` is the refusal
+    /// (502) to answer instead.
     pub async fn respond(
         &self,
         attrs: Option<&RequestAttributes>,
         response: http::Response<ProxyBody>,
-    ) -> Result<http::Response<ProxyBody>, Status> {
+    ) -> Result<http::Response<ProxyBody>, Refusal> {
         let tokens = self.token_set();
         let (mut parts, body) = response.into_parts();
         if let Some(set) = &tokens {
@@ -682,11 +672,12 @@ impl MaskTransform {
             },
         };
         result.map_err(|e| {
-            let mut status = e.to_status();
-            if let Some(clean) = tokens.as_ref().and_then(|t| t.scrub_str(&status.message)) {
-                status.message = clean;
-            }
-            status
+            let why = e.to_string();
+            let why = tokens
+                .as_ref()
+                .and_then(|t| t.scrub_str(&why))
+                .unwrap_or(why);
+            Refusal::Unmaskable { why }
         })
     }
 }
@@ -753,25 +744,25 @@ impl TransformHook for MaskTransform {
         &self,
         ctx: &RequestContext,
         patch: &serde_json::Value,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refusal> {
         let Some(attrs) = &ctx.attrs else {
             return Ok(());
         };
         (self.masker)()
             .check_json_patch(&MaskContext::from_attrs(attrs), patch)
-            .map_err(|e| Status::new(Reason::Forbidden, format!("mcp-warden: {e}")))
+            .map_err(Refusal::from)
     }
 
     fn transform<'a>(
         &'a self,
         ctx: &'a RequestContext,
         response: http::Response<ProxyBody>,
-    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Status>> {
+    ) -> BoxFuture<'a, Result<http::Response<ProxyBody>, Refusal>> {
         Box::pin(async move {
             // Never a 101 here: upgraded connections are tunnelled before.
             let r = self.respond(ctx.attrs.as_ref(), response).await;
-            if let Err(s) = &r {
-                tracing::warn!(request_id = %ctx.request_id, reason = %s.message, "response withheld: cannot mask");
+            if let Err(e) = &r {
+                tracing::warn!(request_id = %ctx.request_id, reason = %e, "response withheld: cannot mask");
             }
             r
         })
@@ -784,6 +775,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use mcp_warden_shared::mask::{MARKER, MARKER_BASE64, MaskingConfig};
+    use mcp_warden_shared::status::Reason;
 
     fn attrs(verb: &str, resource: &str, sub: &str) -> RequestAttributes {
         RequestAttributes {
@@ -1021,7 +1013,7 @@ mod tests {
                 chunked(vec![b"k8s\0".to_vec()], false),
             );
             let e = r.err().unwrap_or_else(|| panic!("{ct} {ce} accepted"));
-            let st = e.to_status();
+            let st = Refusal::from(e).status();
             assert_eq!(st.reason, Reason::BadGateway);
         }
     }
@@ -1108,7 +1100,7 @@ mod tests {
                 chunked(vec![SECRET.as_bytes().to_vec()], false),
             );
             let e = r.err().unwrap_or_else(|| panic!("{kind:?} {ct} accepted"));
-            assert_eq!(e.to_status().reason, Reason::BadGateway);
+            assert_eq!(Refusal::from(e).status().reason, Reason::BadGateway);
         }
         assert!(
             mask_response(
@@ -1220,7 +1212,11 @@ mod tests {
             .header("content-encoding", format!("br-{}", &TOKEN[..30]))
             .body(chunked(vec![body.clone().into_bytes()], false))
             .unwrap();
-        let st = t.respond(Some(&discovery), resp).await.unwrap_err();
+        let st = t
+            .respond(Some(&discovery), resp)
+            .await
+            .unwrap_err()
+            .status();
         assert_eq!(st.reason, Reason::BadGateway);
         assert!(!st.message.contains(&TOKEN[..20]), "{}", st.message);
         // Without a token source, such bodies pass untouched.
@@ -1283,7 +1279,7 @@ mod tests {
             .header("content-type", "application/vnd.kubernetes.protobuf")
             .body(chunked(vec![b"k8s\0secret".to_vec()], false))
             .unwrap();
-        let st = t.mask(&a, resp).await.unwrap_err();
+        let st = t.mask(&a, resp).await.unwrap_err().status();
         assert_eq!(st.reason, Reason::BadGateway);
         let resp = http::Response::builder()
             .header("content-type", "application/json")

@@ -36,7 +36,6 @@ use futures::future::BoxFuture;
 use mcp_warden_shared::attrs::{Impersonation, RequestAttributes};
 use mcp_warden_shared::identity::Identity;
 use mcp_warden_shared::policy;
-use mcp_warden_shared::status::{Reason, Status};
 
 use crate::admin::{Check, Readiness};
 use crate::hooks::{self, DecideHook, RequestContext};
@@ -517,8 +516,9 @@ impl PolicyStore {
 /// The policy as the proxy's [`DecideHook`]: evaluates every parsed request
 /// against the policy in effect, with the pod's identity.
 ///
-/// Until approvals exist, `approve` blocks like `deny` with a message saying
-/// approval is required. In `mode: audit` nothing is refused (the decision is
+/// On its own, `approve` blocks like `deny` with a message saying approval
+/// is required (the approvals decider wraps it to hold such requests
+/// instead). In `mode: audit` nothing is refused (the decision is
 /// still returned for recording). `Impersonate-*` headers are forwarded only
 /// when the impersonation was allowed (or in audit mode).
 #[derive(Debug, Clone)]
@@ -548,35 +548,6 @@ impl PolicyDecider {
         let d = policy::evaluate(&loaded.policy, attrs, imp, &self.identity);
         (loaded, d)
     }
-
-    /// Map a policy decision to the proxy's decision (refusal Status included).
-    pub fn to_hook_decision(
-        d: &policy::Decision,
-        attrs: &RequestAttributes,
-        imp: &Impersonation,
-    ) -> hooks::Decision {
-        let action = match d.action {
-            policy::Action::Allow => hooks::Action::Allow,
-            policy::Action::Deny => hooks::Action::Deny,
-            policy::Action::Approve => hooks::Action::Approve,
-        };
-        let refusal = d.blocks().then(|| {
-            let status = Status::new(Reason::Forbidden, d.forbidden_message(attrs));
-            if attrs.is_resource_request {
-                status.with_details(&attrs.resource, &attrs.api_group, &attrs.name)
-            } else {
-                status
-            }
-        });
-        hooks::Decision {
-            action,
-            enforced: d.enforced,
-            rule: d.rule.clone(),
-            refusal,
-            forward_impersonation: !imp.is_empty()
-                && (d.action == policy::Action::Allow || !d.enforced),
-        }
-    }
 }
 
 impl DecideHook for PolicyDecider {
@@ -586,7 +557,7 @@ impl DecideHook for PolicyDecider {
             None => hooks::Decision::deny(None, "mcp-warden policy: the request was not parsed"),
             Some(attrs) => {
                 let (loaded, d) = self.evaluate(attrs, &ctx.impersonation);
-                let hd = Self::to_hook_decision(&d, attrs, &ctx.impersonation);
+                let hd = hooks::Decision::from_policy(&d, attrs, &ctx.impersonation);
                 if d.action == policy::Action::Allow {
                     tracing::debug!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), "policy decision");
                 } else {
@@ -979,10 +950,10 @@ mod tests {
         let attrs = parse_request("GET", "/api/v1/namespaces/prod-eu/secrets/db").unwrap();
         let (loaded, d) = decider.evaluate(&attrs, &none);
         assert_eq!(loaded.hash(), store.current().hash());
-        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
-        assert_eq!(hd.action, hooks::Action::Deny);
+        let hd = hooks::Decision::from_policy(&d, &attrs, &none);
+        assert_eq!(hd.action, policy::Action::Deny);
         assert_eq!(hd.rule.as_deref(), Some("no-secrets-in-prod"));
-        let st = hd.refusal.unwrap();
+        let st = hd.refusal.unwrap().status();
         assert_eq!(st.code(), 403);
         let v = st.to_value();
         assert_eq!(v["reason"], "Forbidden");
@@ -994,17 +965,17 @@ mod tests {
 
         let attrs = parse_request("DELETE", "/api/v1/namespaces/dev/pods/web-0").unwrap();
         let (_, d) = decider.evaluate(&attrs, &none);
-        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
-        assert_eq!(hd.action, hooks::Action::Approve);
-        let v = hd.refusal.unwrap().to_value();
+        let hd = hooks::Decision::from_policy(&d, &attrs, &none);
+        assert_eq!(hd.action, policy::Action::Approve);
+        let v = hd.refusal.unwrap().status().to_value();
         assert!(v["message"].as_str().unwrap().contains("approval required"));
 
         let attrs = parse_request("GET", "/api/v1/namespaces/dev/pods").unwrap();
         let (_, d) = decider.evaluate(&attrs, &none);
-        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &none);
+        let hd = hooks::Decision::from_policy(&d, &attrs, &none);
         assert_eq!(
             (hd.action, hd.refusal.is_none(), hd.forward_impersonation),
-            (hooks::Action::Allow, true, false)
+            (policy::Action::Allow, true, false)
         );
 
         // Impersonation denied: refused, headers not forwarded.
@@ -1013,7 +984,7 @@ mod tests {
             ..Impersonation::default()
         };
         let (_, d) = decider.evaluate(&attrs, &imp);
-        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &imp);
+        let hd = hooks::Decision::from_policy(&d, &attrs, &imp);
         assert!(hd.refusal.is_some() && !hd.forward_impersonation);
 
         // Audit mode: nothing refused, impersonation forwarded, decision kept.
@@ -1023,7 +994,7 @@ mod tests {
         );
         assert!(matches!(store.reload(), ReloadOutcome::Swapped { .. }));
         let (_, d) = decider.evaluate(&attrs, &imp);
-        let hd = PolicyDecider::to_hook_decision(&d, &attrs, &imp);
+        let hd = hooks::Decision::from_policy(&d, &attrs, &imp);
         assert_eq!(
             (
                 hd.action,
@@ -1031,7 +1002,7 @@ mod tests {
                 hd.refusal.is_none(),
                 hd.forward_impersonation
             ),
-            (hooks::Action::Deny, false, true, true)
+            (policy::Action::Deny, false, true, true)
         );
     }
 }

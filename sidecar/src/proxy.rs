@@ -19,14 +19,13 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use mcp_warden_shared::attrs::{impersonation_from_headers, parse_request};
-use mcp_warden_shared::status::{Reason, Status};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::error::{ProxyError, status_response};
+use crate::error::Refusal;
 use crate::forward::{
     Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation, strip_untrusted,
 };
-use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, TunnelIo, boxed};
+use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, RequestRecord, TunnelIo, boxed};
 use crate::local::LocalToken;
 use crate::metrics::{Metrics, StreamGuard, VerbLabels};
 use crate::recording::hook::{DEFAULT_MAX_BODY_BYTES, collect_limited};
@@ -65,13 +64,16 @@ pub async fn handle(
     let mut ctx = new_context(&req, peer);
     let resp = match pipeline(&state, &mut ctx, req).await {
         Ok(resp) => resp,
-        Err(e) => {
-            let status = e.status();
-            if let ProxyError::Upstream(_) | ProxyError::UpstreamToken(_) = &e {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
+        Err(Answered { refusal, record }) => {
+            let status = refusal.status();
+            if let Refusal::Upstream(_) | Refusal::UpstreamToken(_) = &refusal {
+                tracing::warn!(request_id = %ctx.request_id, error = %refusal, "request failed");
             }
-            state.hooks.record.refused(&ctx, &status);
-            status_response(&status)
+            match record {
+                Some(record) => record.refused(&ctx, &status),
+                None => state.hooks.record.refused(&ctx, &status),
+            }
+            crate::error::status_response(&status)
         }
     };
     log_request(&state, &ctx, resp.status());
@@ -103,31 +105,49 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
     }
 }
 
+/// A request the sidecar answers itself, with its recording when that had
+/// begun (the recording then ends with the refusal).
+struct Answered {
+    refusal: Refusal,
+    record: Option<Box<dyn RequestRecord>>,
+}
+
+impl From<Refusal> for Answered {
+    fn from(refusal: Refusal) -> Self {
+        Answered {
+            refusal,
+            record: None,
+        }
+    }
+}
+
 async fn pipeline(
     state: &ProxyState,
     ctx: &mut RequestContext,
     mut req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, Answered> {
     authenticate(&state.local_token, req.headers())?;
     parse(ctx, &req)?;
     decide(state, ctx).await?;
     let admitted = state.inflight.admit(ctx)?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = check_json_patch(state, ctx, req).await?;
-    let upstream_req = prepare_upstream_request(state, ctx, req).await?;
-    let replay = replayable(ctx, &upstream_req);
-    let mut resp = forward(state, ctx, upstream_req).await?;
-    if resp.status() == StatusCode::UNAUTHORIZED
-        && let Some(replay) = replay
-        && let Some(retry) = retry_with_rotated_token(state, replay)?
-    {
-        tracing::info!(request_id = %ctx.request_id, "upstream refused the token; retrying with the rotated one");
-        resp = forward(state, ctx, retry).await?;
-    }
+    // From here on the request's recording travels with it: handed back
+    // with the response or the refusal, or dropped with the request.
+    let (upstream_req, record) = prepare_upstream_request(state, ctx, req).await?;
+    let mut resp = match forward_once_more_on_rotation(state, ctx, upstream_req).await {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            return Err(Answered {
+                refusal,
+                record: Some(record),
+            });
+        }
+    };
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        return Ok(admitted.hold(tunnel(state, ctx, client_upgrade, &mut resp)));
+        return Ok(admitted.hold(tunnel(state, ctx, record, client_upgrade, &mut resp)));
     }
     if ctx.is_upgrade {
         // Refused upgrade (a Status, a redirect...): an ordinary response,
@@ -135,30 +155,49 @@ async fn pipeline(
         ctx.is_upgrade = false;
         ctx.is_stream = ctx.attrs.as_ref().is_some_and(|a| a.long_running);
     }
-    let resp = respond(state, ctx, resp).await?;
+    let resp = respond(state, ctx, record, resp).await;
     Ok(admitted.hold(resp))
+}
+
+/// Step 5 with its retry: a bodiless request the upstream answers 401 is
+/// sent again when the token has just been rotated.
+async fn forward_once_more_on_rotation(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    upstream_req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, Refusal> {
+    let replay = replayable(ctx, &upstream_req);
+    let resp = forward(state, ctx, upstream_req).await?;
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Some(replay) = replay
+        && let Some(retry) = retry_with_rotated_token(state, replay)?
+    {
+        tracing::info!(request_id = %ctx.request_id, "upstream refused the token; retrying with the rotated one");
+        return forward(state, ctx, retry).await;
+    }
+    Ok(resp)
 }
 
 /// Step 1: the local token, `Authorization: Bearer <token>` with the scheme
 /// in any case.
-pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Refusal> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(ProxyError::Unauthorized);
+        return Err(Refusal::Unauthorized);
     };
     let bytes = value.as_bytes();
     let Some(space) = bytes.iter().position(|b| *b == b' ') else {
-        return Err(ProxyError::Unauthorized);
+        return Err(Refusal::Unauthorized);
     };
     let (scheme, rest) = bytes.split_at(space);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(ProxyError::Unauthorized);
+        return Err(Refusal::Unauthorized);
     }
     let token = rest.trim_ascii();
     if local.matches(token) {
         Ok(())
     } else {
-        Err(ProxyError::Unauthorized)
+        Err(Refusal::Unauthorized)
     }
 }
 
@@ -167,21 +206,21 @@ pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Proxy
 /// connect subresources); anywhere else the upgrade headers are dropped
 /// (see `prepare_upstream_request`) and the request is an ordinary one,
 /// masked and recorded like any other.
-fn parse<B: http_body::Body>(ctx: &mut RequestContext, req: &Request<B>) -> Result<(), ProxyError> {
+fn parse<B: http_body::Body>(ctx: &mut RequestContext, req: &Request<B>) -> Result<(), Refusal> {
     let attrs = parse_request(req.method().as_str(), &ctx.path_and_query)?;
     ctx.impersonation = impersonation_from_headers(req.headers())?;
     let asks_upgrade = is_upgrade_request(req);
     if asks_upgrade && !attrs.upgrade_allowed() && attrs.long_running {
         // A WebSocket watch would be answered 101 and then framed: refused
         // rather than quietly turned into a plain watch the client cannot read.
-        return Err(ProxyError::Upgrade(
+        return Err(Refusal::Upgrade(
             "a watch over a connection upgrade (WebSocket) is not supported; \
              use a plain HTTP watch",
         ));
     }
     ctx.is_upgrade = asks_upgrade && attrs.upgrade_allowed();
     if ctx.is_upgrade && !req.body().is_end_stream() {
-        return Err(ProxyError::Upgrade("an upgrade request carries no body"));
+        return Err(Refusal::Upgrade("an upgrade request carries no body"));
     }
     ctx.is_stream = ctx.is_upgrade || attrs.long_running;
     ctx.attrs = Some(attrs);
@@ -189,12 +228,12 @@ fn parse<B: http_body::Body>(ctx: &mut RequestContext, req: &Request<B>) -> Resu
 }
 
 /// Step 3: the policy hook.
-async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), ProxyError> {
+async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), Refusal> {
     let decision = state.hooks.decide.decide(ctx).await;
     let refusal = decision.refusal.clone();
     ctx.decision = Some(decision);
     match refusal {
-        Some(status) => Err(ProxyError::Refused(status)),
+        Some(refusal) => Err(refusal),
         None => Ok(()),
     }
 }
@@ -208,25 +247,15 @@ async fn check_json_patch(
     state: &ProxyState,
     ctx: &RequestContext,
     req: Request<ProxyBody>,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<Request<ProxyBody>, Refusal> {
     if req.method() != http::Method::PATCH || !is_json_patch(req.headers()) {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    let bytes = collect_limited(body, DEFAULT_MAX_BODY_BYTES)
-        .await
-        .map_err(ProxyError::Refused)?;
-    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ProxyError::Refused(Status::new(
-            Reason::BadRequest,
-            format!("mcp-warden: the JSON patch is not valid JSON: {e}"),
-        ))
-    })?;
-    state
-        .hooks
-        .transform
-        .check_json_patch(ctx, &patch)
-        .map_err(ProxyError::Refused)?;
+    let bytes = collect_limited(body, DEFAULT_MAX_BODY_BYTES).await?;
+    let patch: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Refusal::PatchNotJson { why: e.to_string() })?;
+    state.hooks.transform.check_json_patch(ctx, &patch)?;
     Ok(Request::from_parts(parts, crate::hooks::full(bytes)))
 }
 
@@ -239,13 +268,14 @@ fn is_json_patch(headers: &HeaderMap) -> bool {
 }
 
 /// Step 4: the request as the upstream gets it: the app's credentials and
-/// hop-by-hop headers removed, the recording hook given the body, the real
-/// token added last (so no hook ever sees it).
+/// hop-by-hop headers removed, the recording hook given the body (it
+/// returns the request's recording), the real token added last (so no hook
+/// ever sees it).
 async fn prepare_upstream_request(
     state: &ProxyState,
     ctx: &RequestContext,
     req: Request<ProxyBody>,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<(Request<ProxyBody>, Box<dyn RequestRecord>), Answered> {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     headers.remove(header::AUTHORIZATION);
@@ -262,20 +292,23 @@ async fn prepare_upstream_request(
     parts.uri = state
         .upstream
         .uri_for(&ctx.path_and_query)
-        .map_err(|e| ProxyError::Build(e.to_string()))?;
+        .map_err(|e| Refusal::Build(e.to_string()))?;
     // The client picks HTTP/2 per connection when the upstream offers it.
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     state.hooks.transform.prepare_request(ctx, &mut parts);
-    let body = state
-        .hooks
-        .record
-        .request(ctx, &parts, body)
-        .await
-        .map_err(ProxyError::Refused)?;
-    let token = state.token.header()?;
+    let (body, record) = state.hooks.record.request(ctx, &parts, body).await?;
+    let token = match state.token.header() {
+        Ok(token) => token,
+        Err(e) => {
+            return Err(Answered {
+                refusal: e.into(),
+                record: Some(record),
+            });
+        }
+    };
     parts.headers.insert(header::AUTHORIZATION, token);
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), record))
 }
 
 /// What is needed to send a bodiless request again.
@@ -302,7 +335,7 @@ fn replayable(ctx: &RequestContext, req: &Request<ProxyBody>) -> Option<Replay> 
 fn retry_with_rotated_token(
     state: &ProxyState,
     replay: Replay,
-) -> Result<Option<Request<ProxyBody>>, ProxyError> {
+) -> Result<Option<Request<ProxyBody>>, Refusal> {
     state.token.invalidate();
     let fresh = state.token.header()?;
     if replay.headers.get(header::AUTHORIZATION) == Some(&fresh) {
@@ -321,7 +354,7 @@ async fn forward(
     state: &ProxyState,
     ctx: &RequestContext,
     req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Incoming>, Refusal> {
     let t0 = Instant::now();
     // Long-running requests (watch, follow) go over HTTP/1.1 connections of
     // their own: multiplexed on one pooled HTTP/2 connection they would hit
@@ -345,7 +378,7 @@ async fn forward(
         }
         Err(e) => {
             state.metrics.upstream_errors.inc();
-            Err(ProxyError::Upstream(error_chain(&e)))
+            Err(Refusal::Upstream(error_chain(&e)))
         }
     }
 }
@@ -362,13 +395,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Step 6: the response for the app: hop-by-hop headers removed, the
-/// transform hook (masking), the recording hook, and for streams the
+/// transform hook (masking), the request's recording, and for streams the
 /// shutdown-aware body.
 async fn respond(
     state: &ProxyState,
     ctx: &RequestContext,
+    record: Box<dyn RequestRecord>,
     resp: Response<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::HTTP_11;
@@ -376,24 +410,24 @@ async fn respond(
     let resp = Response::from_parts(parts, boxed(body));
     let resp = match state.hooks.transform.transform(ctx, resp).await {
         Ok(r) => r,
-        Err(status) => {
-            tracing::warn!(request_id = %ctx.request_id, message = %status.message, "response replaced by the transform hook");
-            status_response(&status)
+        Err(refusal) => {
+            tracing::warn!(request_id = %ctx.request_id, message = %refusal, "response replaced by the transform hook");
+            refusal.response()
         }
     };
-    let resp = state.hooks.record.response(ctx, resp);
+    let resp = record.response(ctx, resp);
     if ctx.is_stream {
         let guard = StreamGuard::new(&state.metrics);
         let closed = state.streams_closed.clone().cancelled_owned();
-        Ok(resp.map(|b| {
+        resp.map(|b| {
             boxed(StreamBody {
                 inner: b,
                 closed: Box::pin(closed),
                 _guard: guard,
             })
-        }))
+        })
     } else {
-        Ok(resp)
+        resp
     }
 }
 
@@ -402,6 +436,7 @@ async fn respond(
 fn tunnel(
     state: &ProxyState,
     ctx: &RequestContext,
+    record: Box<dyn RequestRecord>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_resp: &mut Response<Incoming>,
 ) -> Response<ProxyBody> {
@@ -415,7 +450,7 @@ fn tunnel(
     let guard = StreamGuard::new(&state.metrics);
     let closed = state.streams_closed.clone();
     let request_id = ctx.request_id;
-    let tap = state.hooks.record.tunnel_tap(ctx, resp.headers());
+    let tap = record.tunnel_tap(ctx, resp.headers());
     tokio::spawn(async move {
         let _guard = guard;
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -446,7 +481,7 @@ fn tunnel(
             tap.finished().await;
         }
     });
-    state.hooks.record.response(ctx, resp)
+    record.response(ctx, resp)
 }
 
 fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {

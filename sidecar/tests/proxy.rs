@@ -551,10 +551,14 @@ async fn immediate_revocation_after_rotation_is_retried_with_the_new_token() {
     sc.stop().await;
 }
 
+/// Where a tunnel's tap reports (subprotocol, bytes sent); taken once.
+type TapDone =
+    std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>>;
+
 /// A recorder that taps tunnels: counts the bytes the app sent through the
 /// tunnel and reports them when the tunnel closes.
 struct CountingRecorder {
-    done: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<(String, usize)>>>,
+    done: TapDone,
 }
 
 struct CountingTap {
@@ -634,19 +638,40 @@ impl mcp_warden_sidecar::hooks::RecordHook for CountingRecorder {
         body: mcp_warden_sidecar::hooks::ProxyBody,
     ) -> futures::future::BoxFuture<
         'a,
-        Result<mcp_warden_sidecar::hooks::ProxyBody, mcp_warden_shared::status::Status>,
+        Result<mcp_warden_sidecar::hooks::RecordStart, mcp_warden_sidecar::error::Refusal>,
     > {
-        Box::pin(async move { Ok(body) })
+        let done = self.done.clone();
+        Box::pin(async move {
+            Ok((
+                body,
+                Box::new(CountingRecord { done })
+                    as Box<dyn mcp_warden_sidecar::hooks::RequestRecord>,
+            ))
+        })
     }
-    fn response(
+    fn refused(
         &self,
+        _ctx: &mcp_warden_sidecar::RequestContext,
+        _status: &mcp_warden_shared::status::Status,
+    ) {
+    }
+}
+
+/// The request's part of [`CountingRecorder`]: the tap of its tunnel.
+struct CountingRecord {
+    done: TapDone,
+}
+
+impl mcp_warden_sidecar::hooks::RequestRecord for CountingRecord {
+    fn response(
+        self: Box<Self>,
         _ctx: &mcp_warden_sidecar::RequestContext,
         response: http::Response<mcp_warden_sidecar::hooks::ProxyBody>,
     ) -> http::Response<mcp_warden_sidecar::hooks::ProxyBody> {
         response
     }
     fn refused(
-        &self,
+        self: Box<Self>,
         _ctx: &mcp_warden_sidecar::RequestContext,
         _status: &mcp_warden_shared::status::Status,
     ) {
@@ -674,7 +699,7 @@ async fn tunnel_tap_sees_the_session_and_its_end() {
     let ext = mcp_warden_sidecar::Extensions {
         hooks: mcp_warden_sidecar::Hooks {
             record: std::sync::Arc::new(CountingRecorder {
-                done: std::sync::Mutex::new(Some(tx)),
+                done: std::sync::Arc::new(std::sync::Mutex::new(Some(tx))),
             }),
             ..Default::default()
         },

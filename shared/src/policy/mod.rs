@@ -285,27 +285,21 @@ impl Decision {
     /// kube-apiserver uses (`pods "web-0" is forbidden: ...`), naming the
     /// rule and its message so `kubectl` prints them.
     pub fn forbidden_message(&self, attrs: &RequestAttributes) -> String {
-        let subject = if attrs.is_resource_request {
-            let mut res = attrs.resource_with_subresource();
-            if !attrs.api_group.is_empty() {
-                res = format!("{}.{}", attrs.resource, attrs.api_group);
-                if !attrs.subresource.is_empty() {
-                    res = format!("{res}/{}", attrs.subresource);
-                }
-            }
-            if attrs.name.is_empty() {
-                format!("{res} is forbidden")
-            } else {
-                format!("{res} {:?} is forbidden", attrs.name)
-            }
-        } else {
-            "forbidden".to_string()
-        };
+        format!(
+            "{}: {}",
+            crate::status::forbidden_subject(attrs),
+            self.refusal_reason()
+        )
+    }
+
+    /// Why a blocked request is refused, after the subject of the 403
+    /// message: `mcp-warden policy: denied: <explanation>[: <message>]`.
+    pub fn refusal_reason(&self) -> String {
         let what = match self.action {
             Action::Approve => "needs a human's approval (approval required)",
             _ => "denied",
         };
-        let mut msg = format!("{subject}: mcp-warden policy: {what}: {}", self.explanation);
+        let mut msg = format!("mcp-warden policy: {what}: {}", self.explanation);
         if let Some(m) = &self.message {
             msg.push_str(": ");
             msg.push_str(m);

@@ -8,7 +8,10 @@
 //!      (at most `max_body_bytes`, else `413`), masked with the masking
 //!      engine and kept for `requestObject`; the same bytes go upstream;
 //!   3. a mutating request's `RequestReceived` event is made durable;
-//!      if that fails in fail-closed mode → `Err(503 Status)`.
+//!      if that fails in fail-closed mode → `Err(503 Status)`;
+//!   4. the request's [`RequestRecord`] (its event, the masked request
+//!      body) is returned; the pipeline keeps it with the request and the
+//!      steps below are its methods.
 //! - `response` (after masking): long-running requests (watch, follow logs,
 //!   upgrades) record `ResponseStarted` at once; the body is passed through
 //!   untouched while up to `max_body_bytes` of it are kept, and when it ends
@@ -18,14 +21,19 @@
 //!   `responseObject` as the level asks, and `mcp-warden.io/masked`.
 //! - `refused` (answered by the sidecar itself): `ResponseComplete` with the
 //!   refusal's `Status`.
+//! - a request dropped before either (the app went away while it was
+//!   forwarded): `ResponseComplete` with code 499 saying so, since the
+//!   upstream may have acted on it.
+//! - `tunnel_tap` (exec/attach over WebSocket): the session as an asciicast,
+//!   spooled when the tunnel closes.
 //!
 //! Events after forwarding cannot stop the request any more; a failure to
 //! record them is counted in `events_lost`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,11 +45,15 @@ use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::audit::{self, Event, Level, MicroTime, ResponseStatus, Stage, UserInfo};
 use mcp_warden_shared::body;
 use mcp_warden_shared::mask::MaskContext;
-use mcp_warden_shared::status::{Reason, Status};
+use mcp_warden_shared::status::Status;
 
 use super::Recorder;
 use super::asciicast::{self, SessionMeta, SessionTap};
-use crate::hooks::{BoxError, ProxyBody, RecordHook, RequestContext, boxed, full};
+use crate::error::Refusal;
+use crate::hooks::{
+    BoxError, ProxyBody, RecordHook, RecordStart, RequestContext, RequestRecord, TunnelIo,
+    TunnelTap, boxed, full,
+};
 use crate::mask_body::{MaskCount, MaskerSource};
 
 /// The audit level in force (from the policy's `recording.level`).
@@ -51,17 +63,9 @@ pub type PolicyHashSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// kube-apiserver's limit on request bodies; also what we keep of a response.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
-/// Entries kept between `request` and `response` before old ones are swept.
-const MAX_PENDING: usize = 4096;
-/// Age after which a pending entry is considered abandoned.
-const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
-struct Pending {
-    inserted: std::time::Instant,
-    base: Event,
-    request_object: Option<serde_json::Value>,
-    masked_in_request: u64,
-}
+/// The code recorded for a request whose app went away before its
+/// response (nginx's "client closed request"; Kubernetes has none).
+pub const CLIENT_GONE_CODE: u16 = 499;
 
 /// The recording hook (see the module docs).
 pub struct RecordingHook {
@@ -71,7 +75,6 @@ pub struct RecordingHook {
     level: LevelSource,
     policy_hash: PolicyHashSource,
     max_body_bytes: usize,
-    pending: Mutex<HashMap<uuid::Uuid, Pending>>,
 }
 
 impl std::fmt::Debug for RecordingHook {
@@ -85,13 +88,6 @@ fn micro(t: SystemTime) -> MicroTime {
         t.duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0),
-    )
-}
-
-fn unavailable(why: &str) -> Status {
-    Status::new(
-        Reason::ServiceUnavailable,
-        format!("mcp-warden: the request cannot be recorded ({why}); it was not forwarded"),
     )
 }
 
@@ -124,7 +120,6 @@ impl RecordingHook {
             level,
             policy_hash,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,10 +127,6 @@ impl RecordingHook {
     pub fn with_max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
         self
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The `RequestReceived` event of a request.
@@ -187,11 +178,13 @@ impl RecordingHook {
             cluster: self.recorder.cluster_name(),
         };
         let mut e = Event::request_received(&info);
-        if let Some((by, ar)) = crate::approval::approval_of(&ctx.request_id) {
+        if let Some(a) = ctx.decision.as_ref().and_then(|d| d.approval.as_ref()) {
             e.annotations
-                .insert(crate::approval::ANN_APPROVED_BY.to_string(), by);
-            e.annotations
-                .insert(crate::approval::ANN_ACCESS_REQUEST.to_string(), ar);
+                .insert(crate::approval::ANN_APPROVED_BY.to_string(), a.by.clone());
+            e.annotations.insert(
+                crate::approval::ANN_ACCESS_REQUEST.to_string(),
+                a.access_request.clone(),
+            );
         }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
@@ -268,7 +261,6 @@ impl RecordingHook {
     /// app's side of the tunnel with. `None` for anything else (port-forward,
     /// SPDY — not decoded).
     pub fn session_tap(
-        &self,
         ctx: &RequestContext,
         upgrade_response_headers: &http::HeaderMap,
     ) -> Option<SessionTap> {
@@ -310,13 +302,27 @@ impl RecordingHook {
         };
         Some(SessionTap::new(meta, &proto))
     }
+}
 
-    /// Spool the cast of a finished tunnel (call after the copy loop ends).
-    pub async fn record_session(&self, tap: &SessionTap) {
-        let cast = tap.finish();
-        if let Err(e) = self.recorder.record_session(&tap.audit_id(), &cast).await {
-            tracing::error!(audit_id = %tap.audit_id(), error = %e, "session recording not durable");
-        }
+/// Records the bytes of an exec/attach tunnel as an asciicast.
+struct CastTap {
+    tap: SessionTap,
+    recorder: Recorder,
+}
+
+impl TunnelTap for CastTap {
+    fn wrap(&self, app_side: Box<dyn TunnelIo>) -> Box<dyn TunnelIo> {
+        Box::new(self.tap.wrap(app_side))
+    }
+
+    fn finished(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let cast = self.tap.finish();
+            let audit_id = self.tap.audit_id();
+            if let Err(e) = self.recorder.record_session(&audit_id, &cast).await {
+                tracing::error!(audit_id = %audit_id, error = %e, "session recording not durable");
+            }
+        })
     }
 }
 
@@ -326,12 +332,13 @@ impl RecordHook for RecordingHook {
         ctx: &'a RequestContext,
         parts: &'a http::request::Parts,
         body: ProxyBody,
-    ) -> BoxFuture<'a, Result<ProxyBody, Status>> {
+    ) -> BoxFuture<'a, Result<RecordStart, Refusal>> {
         Box::pin(async move {
             if self.recorder.must_refuse() {
-                let _ = parts;
                 self.recorder.count_refused_request();
-                return Err(unavailable("spool full or unwritable"));
+                return Err(Refusal::NotRecordable {
+                    why: "spool full or unwritable",
+                });
             }
             let level = (self.level)();
             let mutating = audit::is_mutating(ctx.verb());
@@ -360,40 +367,64 @@ impl RecordHook for RecordingHook {
                 base.annotations
                     .insert(audit::ANN_REQUEST_OBJECT_OMITTED.to_string(), why.clone());
             }
-            let (request_object, masked) = (written.object, written.masked);
             if mutating && let Err(e) = self.recorder.record(&base).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
                 self.recorder.count_refused_request();
-                return Err(unavailable("the event is not durable"));
+                return Err(Refusal::NotRecordable {
+                    why: "the event is not durable",
+                });
             }
-            let mut pending = self.pending();
-            // A request whose future was dropped (client gone mid-forward)
-            // never reaches `response`/`refused`; forget such entries.
-            if pending.len() >= MAX_PENDING {
-                pending.retain(|_, p| p.inserted.elapsed() < PENDING_TTL);
-            }
-            pending.insert(
-                ctx.request_id,
-                Pending {
-                    inserted: std::time::Instant::now(),
-                    base,
-                    request_object,
-                    masked_in_request: masked,
-                },
-            );
-            Ok(body)
+            let record = PendingRecord {
+                recorder: self.recorder.clone(),
+                max_body_bytes: self.max_body_bytes,
+                base: Some(base.with_request_object(written.object)),
+                masked_in_request: written.masked,
+            };
+            Ok((body, Box::new(record) as Box<dyn RequestRecord>))
         })
     }
 
+    fn refused(&self, ctx: &RequestContext, status: &Status) {
+        let base = self.base_event(ctx, (self.level)());
+        spawn_record(self.recorder.clone(), refused_event(&base, status));
+    }
+}
+
+/// `ResponseComplete` of a request the sidecar answered itself.
+fn refused_event(base: &Event, status: &Status) -> Event {
+    let rs = ResponseStatus {
+        status: "Failure".into(),
+        message: status.message.clone(),
+        reason: status.reason.as_str().to_string(),
+        details: status
+            .details
+            .as_ref()
+            .and_then(|d| serde_json::to_value(d).ok()),
+        code: i32::from(status.code()),
+        ..ResponseStatus::default()
+    };
+    base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs)
+}
+
+/// One request's recording between [`RecordingHook::request`] and its
+/// response or refusal (its [`RequestRecord`]).
+struct PendingRecord {
+    recorder: Recorder,
+    max_body_bytes: usize,
+    /// The request's event (with its masked request body); taken when the
+    /// record is handed on, so what is left at drop was never answered.
+    base: Option<Event>,
+    masked_in_request: u64,
+}
+
+impl RequestRecord for PendingRecord {
     fn response(
-        &self,
+        mut self: Box<Self>,
         ctx: &RequestContext,
         response: http::Response<ProxyBody>,
     ) -> http::Response<ProxyBody> {
-        let pending = self.pending().remove(&ctx.request_id);
-        let (base, request_object, masked_in_request) = match pending {
-            Some(p) => (p.base, p.request_object, p.masked_in_request),
-            None => (self.base_event(ctx, (self.level)()), None, 0),
+        let Some(base) = self.base.take() else {
+            return response;
         };
         let code = response.status().as_u16();
         if ctx.is_stream || ctx.is_upgrade {
@@ -413,7 +444,7 @@ impl RecordHook for RecordingHook {
         let mask_count = response.extensions().get::<MaskCount>().cloned();
         let recorder = self.recorder.clone();
         let limit = self.max_body_bytes;
-        let base = base.with_request_object(request_object);
+        let masked_in_request = self.masked_in_request;
         let on_end = Box::new(move |body: Option<Vec<u8>>| {
             let parsed = body.and_then(|b| parse_body(&b, gzip, limit));
             let mut status = ResponseStatus::from_code(code);
@@ -452,25 +483,39 @@ impl RecordHook for RecordingHook {
         http::Response::from_parts(parts, boxed(tee))
     }
 
-    fn refused(&self, ctx: &RequestContext, status: &Status) {
-        let pending = self.pending().remove(&ctx.request_id);
-        let base = match pending {
-            Some(p) => p.base.with_request_object(p.request_object),
-            None => self.base_event(ctx, (self.level)()),
-        };
-        let rs = ResponseStatus {
-            status: "Failure".into(),
-            message: status.message.clone(),
-            reason: status.reason.as_str().to_string(),
-            details: status
-                .details
-                .as_ref()
-                .and_then(|d| serde_json::to_value(d).ok()),
-            code: i32::from(status.code()),
-            ..ResponseStatus::default()
-        };
-        let done = base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs);
-        spawn_record(self.recorder.clone(), done);
+    fn refused(mut self: Box<Self>, _ctx: &RequestContext, status: &Status) {
+        if let Some(base) = self.base.take() {
+            spawn_record(self.recorder.clone(), refused_event(&base, status));
+        }
+    }
+
+    fn tunnel_tap(
+        &self,
+        ctx: &RequestContext,
+        upgrade_response_headers: &http::HeaderMap,
+    ) -> Option<Box<dyn TunnelTap>> {
+        let tap = RecordingHook::session_tap(ctx, upgrade_response_headers)?;
+        Some(Box::new(CastTap {
+            tap,
+            recorder: self.recorder.clone(),
+        }))
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        // The app went away while its request was forwarded: the upstream
+        // may have acted on it, so the record says the outcome is unknown
+        // rather than leaving a request without an end.
+        if let Some(base) = self.base.take() {
+            let rs = ResponseStatus::failure(
+                CLIENT_GONE_CODE,
+                "",
+                "mcp-warden: the client went away before the response; whether the API server acted on the request is unknown",
+            );
+            let done = base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs);
+            spawn_record(self.recorder.clone(), done);
+        }
     }
 }
 
@@ -499,19 +544,14 @@ async fn drain(mut body: ProxyBody) {
 }
 
 /// Read a whole request body, refusing one larger than `max` with 413.
-pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Status> {
+pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, Refusal> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Status::new(Reason::BadRequest, format!("reading the request body: {e}"))
-        })?;
+        let frame = frame.map_err(|e| Refusal::BodyUnreadable { why: e.to_string() })?;
         if let Some(d) = frame.data_ref() {
             if buf.len() + d.len() > max {
                 drain(body).await;
-                return Err(Status::new(
-                    Reason::RequestEntityTooLarge,
-                    format!("request body larger than {max} bytes"),
-                ));
+                return Err(Refusal::BodyTooLarge { max });
             }
             buf.extend_from_slice(d);
         }
@@ -691,6 +731,7 @@ mod tests {
     use crate::recording::RecordingConfig;
     use mcp_warden_shared::mask::MaskingConfig;
     use mcp_warden_tests::collector::{self, CollectorConfig};
+    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     /// The end of a body (its last frame, then the end) is released only
@@ -824,9 +865,10 @@ mod tests {
 
         let (parts, _) = http::Request::new(()).into_parts();
         for _ in 0..3 {
-            let Err(status) = hook.request(&c, &parts, full(Bytes::new())).await else {
+            let Err(refusal) = hook.request(&c, &parts, full(Bytes::new())).await else {
                 panic!("a request was let through with a full spool");
             };
+            let status = refusal.status();
             assert_eq!(status.code(), 503);
             hook.refused(&c, &status);
         }
@@ -835,20 +877,6 @@ mod tests {
 
     #[tokio::test]
     async fn session_taps_only_for_websocket_exec_and_attach() {
-        let d = tempfile::tempdir().unwrap();
-        let (_stop, mut srx) = tokio::sync::watch::channel(false);
-        let (rec, _h) = Recorder::start(RecordingConfig::new(d.path()), async move {
-            let _ = srx.wait_for(|s| *s).await;
-        })
-        .unwrap();
-        let masker = Arc::new(MaskingConfig::embedded_default().compile().unwrap());
-        let hook = RecordingHook::new(
-            rec,
-            UserInfo::default(),
-            Arc::new(move || masker.clone()),
-            Arc::new(|| Level::Metadata),
-            Arc::new(String::new),
-        );
         let mut c = ctx("create", "pods", "web-0", true);
         c.is_upgrade = true;
         c.path_and_query = "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=ls%20-l&container=app&stdin=true".into();
@@ -858,11 +886,11 @@ mod tests {
             http::HeaderValue::from_static("v5.channel.k8s.io"),
         );
         assert!(
-            hook.session_tap(&c, &h).is_none(),
+            RecordingHook::session_tap(&c, &h).is_none(),
             "not an exec subresource yet"
         );
         c.attrs.as_mut().unwrap().subresource = "exec".into();
-        let tap = hook.session_tap(&c, &h).unwrap();
+        let tap = RecordingHook::session_tap(&c, &h).unwrap();
         let cast = String::from_utf8(tap.finish()).unwrap();
         let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
         assert_eq!(
@@ -873,11 +901,11 @@ mod tests {
             )
         );
         assert!(
-            hook.session_tap(&c, &http::HeaderMap::new()).is_none(),
+            RecordingHook::session_tap(&c, &http::HeaderMap::new()).is_none(),
             "SPDY: no subprotocol header"
         );
         c.attrs.as_mut().unwrap().subresource = "portforward".into();
-        assert!(hook.session_tap(&c, &h).is_none());
+        assert!(RecordingHook::session_tap(&c, &h).is_none());
     }
 
     /// A written body is recorded decoded and masked whatever its encoding;
@@ -1001,7 +1029,7 @@ mod tests {
         let c = ctx("create", "secrets", "", false);
         let secret = br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"data":{"password":"aHVudGVyMg=="}}"#;
         let (parts, _) = http::Request::new(()).into_parts();
-        let fwd = hook
+        let (fwd, record) = hook
             .request(&c, &parts, full(Bytes::from_static(secret)))
             .await
             .unwrap();
@@ -1015,14 +1043,14 @@ mod tests {
                 br#"{"kind":"Secret","metadata":{"name":"db"},"data":{"password":"KioqKg=="}}"#,
             )))
             .unwrap();
-        let resp = hook.response(&c, resp);
+        let resp = record.response(&c, resp);
         resp.into_body().collect().await.unwrap();
 
         // a watch: ResponseStarted, then ResponseComplete when the stream ends.
         let w = ctx("watch", "pods", "", true);
-        let body = hook.request(&w, &parts, full(Bytes::new())).await.unwrap();
+        let (body, record) = hook.request(&w, &parts, full(Bytes::new())).await.unwrap();
         drop(body);
-        let resp = hook.response(
+        let resp = record.response(
             &w,
             http::Response::new(full(Bytes::from_static(b"{\"type\":\"ADDED\"}\n"))),
         );
@@ -1036,12 +1064,27 @@ mod tests {
         ));
         hook.refused(
             &del,
-            del.decision.as_ref().unwrap().refusal.as_ref().unwrap(),
+            &del.decision
+                .as_ref()
+                .unwrap()
+                .refusal
+                .as_ref()
+                .unwrap()
+                .status(),
         );
+
+        // the app went away while its request was forwarded: the record
+        // still ends, saying so.
+        let gone = ctx("delete", "configmaps", "old", false);
+        let (_, record) = hook
+            .request(&gone, &parts, full(Bytes::new()))
+            .await
+            .unwrap();
+        drop(record);
 
         let out = d.path().join("out");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while ctl.events.load(std::sync::atomic::Ordering::SeqCst) < 5 && Instant::now() < deadline
+        while ctl.events.load(std::sync::atomic::Ordering::SeqCst) < 7 && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1093,6 +1136,13 @@ mod tests {
         assert_eq!((st.code, st.reason.as_str()), (403, "Forbidden"));
         assert_eq!(denied[0].annotations[audit::ANN_DECISION], "deny");
         assert_eq!(denied[0].annotations[audit::ANN_RULE], "no-deletes");
+
+        assert_eq!(of(&gone.request_id, Stage::RequestReceived).len(), 1);
+        let gone = of(&gone.request_id, Stage::ResponseComplete);
+        assert_eq!(gone.len(), 1);
+        let st = gone[0].response_status.as_ref().unwrap();
+        assert_eq!(st.code, i32::from(CLIENT_GONE_CODE));
+        assert!(st.message.contains("went away"), "{}", st.message);
 
         stop.send(true).unwrap();
         handle.await.unwrap();
