@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use mcp_warden_io::pki::{ALPN_H2_HTTP1, CaProfile, LeafProfile, LocalCa, PkiError, server_config};
 use rand::RngCore;
-use mcp_warden_io::pki::{
-    ALPN_H2_HTTP1, CaProfile, LeafProfile, LocalCa, PkiError, server_config,
-};
 use rustls::ServerConfig;
 use subtle::ConstantTimeEq;
 
@@ -110,7 +108,8 @@ impl std::fmt::Debug for LocalCredentials {
 /// [`serving_names`]`(cluster_domain)`) and a token.
 pub fn generate(cluster_domain: &str) -> Result<LocalCredentials, LocalError> {
     let ca = LocalCa::generate(&CaProfile::new("mcp-warden local CA"))?;
-    let leaf = ca.issue(&LeafProfile::new(serving_names(cluster_domain)).with_common_name("kubernetes"))?;
+    let leaf =
+        ca.issue(&LeafProfile::new(serving_names(cluster_domain)).with_common_name("kubernetes"))?;
     let server_config = server_config(vec![leaf.cert_der.clone()], leaf.key_der(), ALPN_H2_HTTP1)?;
     Ok(LocalCredentials {
         ca_pem: ca.cert_pem,

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use mcp_warden_io::watch::FileWatch;
 use mcp_warden_shared::mask::Masker;
 use mcp_warden_shared::policy::{Policy, PolicyErrors, source_hash};
-use mcp_warden_io::watch::FileWatch;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -131,7 +131,11 @@ fn issue_leaf(
             .with_common_name(dns_names.get(2).cloned().unwrap_or_default())
             .with_validity(validity),
     )?;
-    Ok((leaf.cert_pem, leaf.key_pem, validity.not_after.unix_timestamp()))
+    Ok((
+        leaf.cert_pem,
+        leaf.key_pem,
+        validity.not_after.unix_timestamp(),
+    ))
 }
 
 /// The material to serve given what is stored: `(material, changed)`. A

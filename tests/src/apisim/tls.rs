@@ -1,9 +1,7 @@
 //! kube-apisim's own CA and serving certificate ([`mcp_warden_io::pki`]),
 //! and the rustls server configuration (ALPN h2 and http/1.1).
 
-use mcp_warden_io::pki::{
-    ALPN_H2_HTTP1, CaProfile, LeafProfile, LocalCa, PkiError, server_config,
-};
+use mcp_warden_io::pki::{ALPN_H2_HTTP1, CaProfile, LeafProfile, LocalCa, PkiError, server_config};
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -16,8 +16,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use mcp_warden_shared::status::{Reason, Status};
 use tokio::sync::mpsc;
 
-use mcp_warden_shared::attrs::Query;
 use super::{PodRef, ResBody, resolve_container};
+use mcp_warden_shared::attrs::Query;
 
 /// Pod annotation holding the fake log text.
 pub const LOG_ANNOTATION: &str = "apisim.mcp-warden.io/log";

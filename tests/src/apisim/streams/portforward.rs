@@ -18,11 +18,11 @@ use hyper::{Request, Response};
 use mcp_warden_shared::status::{Reason, Status};
 use tokio_tungstenite::tungstenite::Message;
 
-use mcp_warden_shared::attrs::Query;
 use super::spdy::frame::header;
 use super::spdy::session::Session;
 use super::ws::{self, ChannelProto, Ws, normal_close};
 use super::{PodRef, ResBody, Upgrade, upgrade_kind};
+use mcp_warden_shared::attrs::Query;
 
 /// SPDY port-forward protocol name.
 pub const PORTFORWARD_V1: &str = "portforward.k8s.io";
