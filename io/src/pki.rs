@@ -5,8 +5,8 @@
 //! listener, the webhook's self-managed CA, the test API server and the test
 //! collector: the CA may sign leaves only (path length 0; key usages
 //! certificate and CRL signing, digital signature); a leaf is no CA, for
-//! server authentication (digital signature, key encipherment), and names its
-//! issuer's key. What differs per server is the names, the subjects and the
+//! server authentication (digital signature, key encipherment; client
+//! authentication too on request), and names its issuer's key. What differs per server is the names, the subjects and the
 //! validity, which the profiles carry.
 
 use std::sync::Arc;
@@ -105,6 +105,9 @@ pub struct LeafProfile {
     pub common_name: Option<String>,
     /// Validity; `None`: rcgen's default.
     pub validity: Option<Validity>,
+    /// Also for client authentication (mutual TLS), besides server
+    /// authentication.
+    pub client_auth: bool,
 }
 
 impl LeafProfile {
@@ -114,6 +117,7 @@ impl LeafProfile {
             names: names.into_iter().map(Into::into).collect(),
             common_name: None,
             validity: None,
+            client_auth: false,
         }
     }
 
@@ -126,6 +130,12 @@ impl LeafProfile {
     /// The same valid over `validity`.
     pub fn with_validity(mut self, validity: Validity) -> Self {
         self.validity = Some(validity);
+        self
+    }
+
+    /// The same, usable as a client certificate too.
+    pub fn with_client_auth(mut self) -> Self {
+        self.client_auth = true;
         self
     }
 }
@@ -185,6 +195,10 @@ impl CaSigner {
             KeyUsagePurpose::KeyEncipherment,
         ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if leaf.client_auth {
+            p.extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         p.use_authority_key_identifier_extension = true;
         if let Some(v) = leaf.validity {
             p.not_before = v.not_before;
@@ -319,5 +333,27 @@ mod tests {
             }
             server_config(vec![leaf.cert_der.clone()], leaf.key_der(), ALPN_H2_HTTP1).unwrap();
         }
+    }
+
+    #[test]
+    fn a_client_certificate_only_on_request() {
+        let ca = LocalCa::generate(&CaProfile::new("test-ca")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let verify = |leaf: &Leaf| {
+            verifier.verify_client_cert(&leaf.cert_der, &[], rustls_pki_types::UnixTime::now())
+        };
+        let client = ca
+            .issue(&LeafProfile::new(["sidecar"]).with_client_auth())
+            .unwrap();
+        verify(&client).unwrap();
+        let server_only = ca.issue(&LeafProfile::new(["sidecar"])).unwrap();
+        assert!(verify(&server_only).is_err());
     }
 }
