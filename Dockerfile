@@ -19,6 +19,7 @@ RUN echo "$(uname -m)-unknown-linux-musl" > /rust-target \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY shared shared
+COPY io io
 COPY sidecar sidecar
 COPY webhook webhook
 COPY tests tests

@@ -633,26 +633,8 @@ pub fn redact_request_uri(uri: &str) -> String {
 /// Names are compared percent-decoded, in lower case and with `-` read as
 /// `_`, so `Access%5FToken` or `api-key` are caught too.
 fn is_token_param(raw_name: &str) -> bool {
-    let hex = |c: u8| (c as char).to_digit(16);
-    let b = raw_name.as_bytes();
-    let mut name = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let escaped = (b[i] == b'%')
-            .then(|| Some((hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?)))
-            .flatten();
-        match escaped {
-            Some((h, l)) => {
-                name.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                i += 3;
-            }
-            None => {
-                name.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    let name = String::from_utf8_lossy(&name)
+    let name = percent_encoding::percent_decode_str(raw_name)
+        .decode_utf8_lossy()
         .to_ascii_lowercase()
         .replace('-', "_");
     ["token", "secret", "password", "passwd", "apikey", "api_key"]

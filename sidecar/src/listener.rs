@@ -50,6 +50,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mcp_warden_io::accept::{self, HandshakeError, tls_handshake};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,9 +64,6 @@ use crate::metrics::Metrics;
 /// After a connection was asked to close (idle GOAWAY, header timeout), how
 /// long it may take before it is dropped, unless a request is in progress.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Back-off after a failed `accept` (EMFILE and friends), instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Limits of one listener. Defaults: see `config.rs`, which builds these
 /// from the flags.
@@ -268,27 +266,16 @@ async fn accept_loop(
 ) {
     let name = shared.cfg.name.as_str();
     let refused = shared.metrics.connections_refused(name);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    accept::accept_loop(&listener, name, stop.cancelled(), |tcp, peer| {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             refused.inc();
             tracing::debug!(listener = name, %peer, "connection cap reached, closing the new connection");
             drop(tcp);
-            continue;
+            return;
         };
-        let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(tcp, peer, permit, shared.clone()));
-    }
+    })
+    .await;
 }
 
 async fn connection(
@@ -302,24 +289,21 @@ async fn connection(
     let state = Arc::new(ConnState::new(permit, open));
     match &shared.tls {
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp));
+            let handshake = tls_handshake(acceptor, tcp, cfg.handshake_timeout, &cfg.name, peer);
             let tls = tokio::select! {
                 r = handshake => r,
                 _ = shared.force.cancelled() => return,
             };
             match tls {
-                Ok(Ok(tls)) => {
+                Ok(tls) => {
                     state.reset_clock();
                     serve_io(tls, peer, state, &shared).await
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %cfg.name, %peer, error = %e, "TLS handshake failed")
-                }
-                Err(_) => {
+                Err(HandshakeError::Failed(_)) => {}
+                Err(HandshakeError::TimedOut(_)) => {
                     shared
                         .metrics
                         .connection_timed_out(&cfg.name, Phase::Handshake.as_str());
-                    tracing::debug!(listener = %cfg.name, %peer, "TLS handshake timed out");
                 }
             }
         }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use mcp_warden_io::pki::{ALPN_H2_HTTP1, CaProfile, LeafProfile, LocalCa, PkiError, server_config};
 use rand::RngCore;
 use rustls::ServerConfig;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
 
 /// Names in the serving certificate besides `kubernetes.default.svc.<cluster
@@ -44,13 +44,8 @@ pub const LOCAL_FILES: &[&str] = &["ca.crt", "token", "namespace"];
 /// Errors creating or writing the local credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("generating the local {what}: {source}")]
-    Generate {
-        what: &'static str,
-        source: rcgen::Error,
-    },
-    #[error("building the TLS server configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error("local CA and serving certificate: {0}")]
+    Pki(#[from] PkiError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -112,52 +107,12 @@ impl std::fmt::Debug for LocalCredentials {
 /// Creates a CA, a serving certificate signed by it (for
 /// [`serving_names`]`(cluster_domain)`) and a token.
 pub fn generate(cluster_domain: &str) -> Result<LocalCredentials, LocalError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-
-    let gen_err = |what| move |source| LocalError::Generate { what, source };
-    let ca_key = KeyPair::generate().map_err(gen_err("CA key"))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("CA"))?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mcp-warden local CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(gen_err("CA certificate"))?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().map_err(gen_err("serving key"))?;
-    let names = serving_names(cluster_domain);
-    let mut params = CertificateParams::new(names).map_err(gen_err("serving certificate"))?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kubernetes");
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(gen_err("serving certificate"))?;
-
-    let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut server_config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)?;
-    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let ca = LocalCa::generate(&CaProfile::new("mcp-warden local CA"))?;
+    let leaf =
+        ca.issue(&LeafProfile::new(serving_names(cluster_domain)).with_common_name("kubernetes"))?;
+    let server_config = server_config(vec![leaf.cert_der.clone()], leaf.key_der(), ALPN_H2_HTTP1)?;
     Ok(LocalCredentials {
-        ca_pem: ca_cert.pem(),
+        ca_pem: ca.cert_pem,
         server_config: Arc::new(server_config),
         token: LocalToken::generate(),
     })

@@ -3,10 +3,8 @@
 //! The kubelet updates a ConfigMap volume by writing a new timestamped
 //! directory and atomically renaming the `..data` symlink to it; the file the
 //! sidecar is pointed at (`policy.yaml -> ..data/policy.yaml`) never changes
-//! as an inode. File events for such swaps are unreliable (the watched path is
-//! a symlink, and the events land on `..data` and on directories), so the
-//! store watches the parent directory with `notify`, re-reads on any event,
-//! and also re-reads every [`POLL_INTERVAL`] as a fallback. A re-read whose
+//! as an inode, so the store re-reads on any file event in the directory and
+//! every [`POLL_INTERVAL`] ([`mcp_warden_io::watch::FileWatch`]). A re-read whose
 //! bytes hash like the current policy is a no-op, so polling costs one small
 //! file read per second.
 //!
@@ -22,14 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use mcp_warden_io::watch::FileWatch;
 use mcp_warden_shared::mask::Masker;
 use mcp_warden_shared::policy::{Policy, PolicyErrors, source_hash};
-use notify::Watcher;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use futures::future::BoxFuture;
@@ -577,59 +574,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Watch the file's directory and poll; runs until the task is aborted.
+/// Re-reads on file events and every [`POLL_INTERVAL`]; runs until the task
+/// is aborted.
 async fn watch(store: Arc<PolicyStore>, path: PathBuf) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    // The watcher lives as long as this task.
-    let _watcher = start_watcher(&path, tx);
-    let mut poll = tokio::time::interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = FileWatch::new(&[&path], "policy", POLL_INTERVAL, DEBOUNCE);
     loop {
-        tokio::select! {
-            ev = rx.recv() => {
-                if ev.is_none() {
-                    // Watcher gone: keep polling.
-                    poll.tick().await;
-                } else {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
-                }
-            }
-            _ = poll.tick() => {}
-        }
+        changes.changed().await;
         let s = store.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
             tracing::error!(error = %e, "policy reload task failed");
         }
     }
-}
-
-fn start_watcher(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Our own reads of the file raise access events (open, close):
-        // reacting to those would reload in a loop forever.
-        if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_))
-        {
-            let _ = tx.send(());
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the policy directory: polling only");
-            return None;
-        }
-    };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory: polling only");
-        return None;
-    }
-    Some(watcher)
 }
 
 #[cfg(test)]

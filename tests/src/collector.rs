@@ -28,6 +28,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use mcp_warden_io::accept::{HANDSHAKE_TIMEOUT, accept_loop, tls_handshake};
+use mcp_warden_io::pki::{
+    CaProfile, LeafProfile, LocalCa, PkiError, provider, server_config_with_client_auth,
+};
 use mcp_warden_shared::audit::{Event, EventList};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -89,8 +93,8 @@ pub enum CollectorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("generating TLS material: {0}")]
-    Rcgen(#[from] rcgen::Error),
+    #[error("TLS material: {0}")]
+    Pki(#[from] PkiError),
     #[error("building TLS config: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client CA {path}: {why}")]
@@ -115,30 +119,13 @@ pub fn tls_config(
     dir: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, CollectorError> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "mcp-warden-collector-ca");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-    let cert = leaf.signed_by(&key, &issuer)?;
+    let ca = LocalCa::generate(&CaProfile::new("mcp-warden-collector-ca"))?;
+    let leaf = ca.issue(&LeafProfile::new(["localhost", "127.0.0.1", "::1"]))?;
     let ca_path = dir.join("ca.crt");
-    std::fs::write(&ca_path, ca.pem()).map_err(io("writing", &ca_path))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
+    std::fs::write(&ca_path, &ca.cert_pem).map_err(io("writing", &ca_path))?;
+    let verifier = match client_ca {
+        None => None,
         Some(path) => {
             let pem = std::fs::read(path).map_err(io("reading", path))?;
             let mut roots = rustls::RootCertStore::empty();
@@ -151,21 +138,22 @@ pub fn tls_config(
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
-                provider,
+                provider(),
             )
             .build()
             .map_err(|e| CollectorError::ClientCa {
                 path: path.to_path_buf(),
                 why: e.to_string(),
             })?;
-            builder.with_client_cert_verifier(verifier)
+            Some(verifier)
         }
     };
-    let mut cfg = builder.with_single_cert(
-        vec![cert.der().clone(), ca.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    let cfg = server_config_with_client_auth(
+        verifier,
+        vec![leaf.cert_der.clone(), ca.cert_der.clone()],
+        leaf.key_der(),
+        &[b"http/1.1"],
     )?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -200,19 +188,8 @@ pub async fn run(
         cfg,
         events_file: Mutex::new(events_file),
     });
-    tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
+    accept_loop(&listener, "collector", shutdown, |sock, peer| {
         let state = state.clone();
         let tls = tls.clone();
         let mut stop = stop_rx.clone();
@@ -223,18 +200,17 @@ pub async fn run(
             });
             let http = hyper::server::conn::http1::Builder::new();
             let served = match tls {
-                Some(acc) => match acc.accept(sock).await {
-                    Ok(s) => {
-                        tokio::select! {
-                            r = http.serve_connection(TokioIo::new(s), svc) => r,
-                            _ = stop.wait_for(|s| *s) => Ok(()),
+                Some(acc) => {
+                    match tls_handshake(&acc, sock, HANDSHAKE_TIMEOUT, "collector", peer).await {
+                        Ok(s) => {
+                            tokio::select! {
+                                r = http.serve_connection(TokioIo::new(s), svc) => r,
+                                _ = stop.wait_for(|s| *s) => Ok(()),
+                            }
                         }
+                        Err(_) => Ok(()),
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        Ok(())
-                    }
-                },
+                }
                 None => tokio::select! {
                     r = http.serve_connection(TokioIo::new(sock), svc) => r,
                     _ = stop.wait_for(|s| *s) => Ok(()),
@@ -244,7 +220,8 @@ pub async fn run(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-    }
+    })
+    .await;
     let _ = stop_tx.send(true);
     Ok(())
 }

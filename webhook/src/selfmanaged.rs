@@ -2,9 +2,10 @@
 //!
 //! The pure part decides and mints: [`ensure`] takes what the Secret holds
 //! (if anything) and returns the material to serve, creating a CA (10 years)
-//! and a serving certificate (1 year) for the Service's DNS names with rcgen,
-//! and renewing the serving certificate 90 days before it expires with the
-//! same CA — so the caBundle stays valid across renewals.
+//! and a serving certificate (1 year) for the Service's DNS names
+//! ([`mcp_warden_io::pki`]), and renewing the serving certificate 90 days
+//! before it expires with the same CA — so the caBundle stays valid across
+//! renewals.
 //!
 //! The I/O shell ([`sync_once`], [`maintain`]) keeps that material in one
 //! Secret (create-or-read, with optimistic concurrency, so all replicas serve
@@ -19,10 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use mcp_warden_io::pki::{CaProfile, CaSigner, LeafProfile, LocalCa, PkiError, Validity};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +29,9 @@ use time::OffsetDateTime;
 /// Errors of the self-managed mode.
 #[derive(Debug, thiserror::Error)]
 pub enum SelfManagedError {
-    /// rcgen could not mint a key or certificate.
-    #[error("certificate generation ({what}): {message}")]
-    Generate { what: &'static str, message: String },
+    /// A key or certificate could not be minted or loaded.
+    #[error("certificate generation: {0}")]
+    Pki(#[from] PkiError),
     /// A Kubernetes API call failed.
     #[error("kubernetes {action} {object}: {source}")]
     Kube {
@@ -98,40 +96,24 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-fn gen_err(what: &'static str) -> impl Fn(rcgen::Error) -> SelfManagedError {
-    move |e| SelfManagedError::Generate {
-        what,
-        message: e.to_string(),
+/// The CA's subject and validity from `now`. Also what a CA loaded back
+/// from the Secret signs as, so its leaves chain to the stored certificate.
+fn ca_profile(now: OffsetDateTime) -> CaProfile {
+    CaProfile {
+        common_name: "mcp-warden-webhook-ca".to_string(),
+        organization: Some("mcp-warden".to_string()),
+        validity: Some(Validity {
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(CA_VALIDITY_DAYS),
+        }),
     }
 }
 
-// Rebuilt identically for minting and for signing, so a CA loaded back from
-// the Secret signs leaves that chain to the stored CA certificate.
-fn ca_params(now: OffsetDateTime) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "mcp-warden-webhook-ca");
-    dn.push(DnType::OrganizationName, "mcp-warden");
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
-    p
-}
-
 fn new_ca(now: OffsetDateTime) -> Result<(String, String, i64), SelfManagedError> {
-    let key = KeyPair::generate().map_err(gen_err("CA key"))?;
-    let params = ca_params(now);
-    let not_after = params.not_after.unix_timestamp();
-    let cert = params
-        .self_signed(&key)
-        .map_err(gen_err("CA certificate"))?;
-    Ok((cert.pem(), key.serialize_pem(), not_after))
+    let profile = ca_profile(now);
+    let ca = LocalCa::generate(&profile)?;
+    let not_after = profile.validity.map_or(0, |v| v.not_after.unix_timestamp());
+    Ok((ca.cert_pem, ca.signer.key_pem(), not_after))
 }
 
 fn issue_leaf(
@@ -139,30 +121,21 @@ fn issue_leaf(
     dns_names: &[String],
     now: OffsetDateTime,
 ) -> Result<(String, String, i64), SelfManagedError> {
-    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(gen_err("CA key from Secret"))?;
-    let issuer = Issuer::new(ca_params(now), ca_key);
-    let mut p = CertificateParams::new(dns_names.to_vec()).map_err(gen_err("serving names"))?;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        dns_names.get(2).cloned().unwrap_or_default(),
-    );
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.use_authority_key_identifier_extension = true;
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(LEAF_VALIDITY_DAYS);
-    let not_after = p.not_after.unix_timestamp();
-    let key = KeyPair::generate().map_err(gen_err("serving key"))?;
-    let cert = p
-        .signed_by(&key, &issuer)
-        .map_err(gen_err("serving certificate"))?;
-    Ok((cert.pem(), key.serialize_pem(), not_after))
+    let ca = CaSigner::from_key_pem(&ca_profile(now), ca_key_pem)?;
+    let validity = Validity {
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(LEAF_VALIDITY_DAYS),
+    };
+    let leaf = ca.issue(
+        &LeafProfile::new(dns_names.iter().cloned())
+            .with_common_name(dns_names.get(2).cloned().unwrap_or_default())
+            .with_validity(validity),
+    )?;
+    Ok((
+        leaf.cert_pem,
+        leaf.key_pem,
+        validity.not_after.unix_timestamp(),
+    ))
 }
 
 /// The material to serve given what is stored: `(material, changed)`. A
@@ -178,7 +151,7 @@ pub fn ensure(
     let joined = dns_names.join(",");
     if let Some(m) = existing {
         let ca_ok = m.ca_not_after - now_s > CA_RENEW_BEFORE_DAYS * day
-            && KeyPair::from_pem(&m.ca_key_pem).is_ok();
+            && CaSigner::from_key_pem(&ca_profile(now), &m.ca_key_pem).is_ok();
         if ca_ok {
             let leaf_ok = m.tls_not_after - now_s > LEAF_RENEW_BEFORE_DAYS * day
                 && m.dns_names == joined

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use mcp_warden_io::accept::{HANDSHAKE_TIMEOUT, accept_loop, tls_handshake};
 use mcp_warden_shared::status::{Reason, Status};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -493,34 +494,15 @@ pub async fn run(
     let app = router(state);
     let mut stop = stop_rx.clone();
     let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => break,
-        };
-        // Small request/response exchanges: do not let Nagle hold them back.
-        let _ = tcp.set_nodelay(true);
+    accept_loop(&listener, "webhook", stopped(&mut stop), |tcp, peer| {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let mut conn_stop = stop_rx.clone();
         conns.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let Ok(tls) = tls_handshake(&acceptor, tcp, HANDSHAKE_TIMEOUT, "webhook", peer).await
+            else {
+                return;
+            };
             let svc = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
@@ -539,7 +521,8 @@ pub async fn run(
         });
         // Reap finished connections so the set stays small.
         while conns.try_join_next().is_some() {}
-    }
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while conns.join_next().await.is_some() {}
     })

@@ -2,13 +2,14 @@
 //! swapped while the server runs, and a watcher that reloads it from files.
 //!
 //! cert-manager (and the kubelet, for Secret volumes) replace the files by
-//! swapping a `..data` symlink, so the watcher looks at the directories and
-//! re-reads on any event; a poll covers file systems where inotify says
-//! nothing. A pair that does not parse or does not match (a half-written
+//! swapping a `..data` symlink, so the watcher re-reads on any event in their
+//! directories and on a poll ([`mcp_warden_io::watch::FileWatch`]). A pair
+//! that does not parse or does not match (a half-written
 //! rotation) is ignored and the previous certificate keeps serving.
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
+use mcp_warden_io::pki::{ALPN_H2_HTTP1, provider};
+use mcp_warden_io::watch::FileWatch;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -35,10 +36,6 @@ pub enum TlsError {
     /// The rustls configuration could not be built.
     #[error("TLS configuration: {0}")]
     Config(String),
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses a PEM certificate chain and private key into a rustls key pair.
@@ -106,7 +103,7 @@ impl CertStore {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = ALPN_H2_HTTP1.iter().map(|p| p.to_vec()).collect();
         Ok(cfg)
     }
 }
@@ -154,53 +151,15 @@ impl CertFiles {
         mut loaded: Vec<u8>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        // The watcher lives as long as this task; its callback runs on
-        // notify's thread and only nudges the loop.
-        let _watcher = {
-            use notify::Watcher;
-            let tx = tx.clone();
-            let handler = move |res: notify::Result<notify::Event>| {
-                // Our own reads of the files raise access events (open,
-                // close): reacting to those would reload in a loop forever.
-                if let Ok(ev) = res
-                    && matches!(ev.kind, notify::EventKind::Access(_))
-                {
-                    return;
-                }
-                let _ = tx.try_send(());
-            };
-            match notify::recommended_watcher(handler) {
-                Ok(mut w) => {
-                    let mut dirs: Vec<PathBuf> = Vec::new();
-                    for f in [&self.cert, &self.key] {
-                        let dir = f
-                            .parent()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_else(|| PathBuf::from("."));
-                        if !dirs.contains(&dir) {
-                            dirs.push(dir);
-                        }
-                    }
-                    for d in &dirs {
-                        if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
-                            tracing::warn!(dir = %d.display(), error = %e, "cannot watch certificate directory; polling only");
-                        }
-                    }
-                    Some(w)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no file watcher; polling certificate files only");
-                    None
-                }
-            }
-        };
-        let mut tick = tokio::time::interval(self.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = FileWatch::new(
+            &[&self.cert, &self.key],
+            "certificate",
+            self.poll_interval,
+            Duration::ZERO,
+        );
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
-                Some(()) = rx.recv() => {}
+                _ = changes.changed() => {}
                 _ = shutdown.changed() => return,
             }
             match self.load() {

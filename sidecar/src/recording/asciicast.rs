@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use mcp_warden_shared::attrs::Query;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes of cast one session keeps; beyond it the cast is truncated
@@ -740,43 +741,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TappedIo<T> {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `command` parameters (in order) and `container` of an exec/attach query.
 pub fn exec_query(query: &str) -> (Vec<String>, Option<String>) {
-    let mut command = Vec::new();
-    let mut container = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "command" => command.push(percent_decode(v)),
-            "container" => container = Some(percent_decode(v)),
-            _ => {}
-        }
-    }
-    (command, container)
+    let q = Query::parse(query);
+    let command = q.all("command").into_iter().map(str::to_string).collect();
+    (command, q.get("container").map(str::to_string))
 }
 
 #[cfg(test)]

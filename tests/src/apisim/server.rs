@@ -10,6 +10,7 @@ use super::{seed, tls};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use mcp_warden_io::accept::{HANDSHAKE_TIMEOUT, accept_loop, tls_handshake};
 use rand::RngCore;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,7 +62,7 @@ pub enum ServerError {
     #[error("reading the listener address: {0}")]
     Addr(#[source] std::io::Error),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] mcp_warden_io::pki::PkiError),
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
 }
@@ -137,33 +138,14 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => return,
-                r = self.listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            // Small request/response exchanges: do not let Nagle hold them back.
-            let _ = tcp.set_nodelay(true);
+        accept_loop(&self.listener, "kube-apisim", shutdown, |tcp, peer| {
             let acceptor = self.acceptor.clone();
             let app = self.app.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
+                let Ok(tls) =
+                    tls_handshake(&acceptor, tcp, HANDSHAKE_TIMEOUT, "kube-apisim", peer).await
+                else {
+                    return;
                 };
                 let svc = service_fn(move |req| {
                     let app = app.clone();
@@ -177,7 +159,8 @@ impl Server {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
             });
-        }
+        })
+        .await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! HTTP plumbing shared by the handlers: query decoding, Accept negotiation
+//! HTTP plumbing shared by the handlers: the query type, Accept negotiation
 //! (Table, PartialObjectMetadata, aggregated discovery), JSON and Status
 //! responses, and gzip for large bodies like kube-apiserver's compression
 //! filter.
@@ -16,68 +16,9 @@ use std::io::Write;
 /// Bodies at least this large are gzipped when the client accepts gzip.
 pub const GZIP_THRESHOLD: usize = 128 * 1024;
 
-/// Decoded query parameters (repeated keys keep the first value).
-#[derive(Debug, Default, Clone)]
-pub struct Query(pub Vec<(String, String)>);
-
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl Query {
-    /// Parses a raw query string.
-    pub fn parse(q: Option<&str>) -> Self {
-        Query(
-            q.unwrap_or("")
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (pct_decode(k), pct_decode(v)),
-                    None => (pct_decode(p), String::new()),
-                })
-                .collect(),
-        )
-    }
-
-    /// First value of `k`.
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
-    }
-
-    /// All values of `k`.
-    pub fn all(&self, k: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(x, _)| x == k)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// A boolean parameter (`true`/`1`).
-    pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true" | "1" | "True"))
-    }
-}
+/// Decoded query parameters: the project's one query parser, which reads
+/// booleans as kube-apiserver does.
+pub use mcp_warden_shared::attrs::Query;
 
 /// What representation the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

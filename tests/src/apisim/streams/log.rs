@@ -16,8 +16,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use mcp_warden_shared::status::{Reason, Status};
 use tokio::sync::mpsc;
 
-use super::query::Query;
 use super::{PodRef, ResBody, resolve_container};
+use mcp_warden_shared::attrs::Query;
 
 /// Pod annotation holding the fake log text.
 pub const LOG_ANNOTATION: &str = "apisim.mcp-warden.io/log";
@@ -45,7 +45,7 @@ fn generated(pod: &PodRef, container: &str, n: usize) -> String {
 /// Serves `GET .../pods/NAME/log`.
 pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status> {
     let container = resolve_container(pod, q.get("container"))?;
-    if q.bool("previous") {
+    if q.flag("previous") {
         return Err(Status::new(
             Reason::BadRequest,
             format!(
@@ -76,8 +76,8 @@ pub async fn serve(pod: &PodRef, q: &Query) -> Result<Response<ResBody>, Status>
         ));
     }
     let mut budget = Budget(limit.and_then(|l| usize::try_from(l).ok()));
-    let follow = q.bool("follow");
-    let timestamps = q.bool("timestamps");
+    let follow = q.flag("follow");
+    let timestamps = q.flag("timestamps");
     let mut lines = initial_lines(pod, &container);
     let total = lines.len();
     if let Some(t) = tail {

@@ -20,7 +20,6 @@
 pub mod exec;
 pub mod log;
 pub mod portforward;
-pub mod query;
 pub mod spdy;
 pub mod ws;
 
@@ -31,7 +30,7 @@ use hyper::{Request, Response, StatusCode};
 use mcp_warden_shared::status::{Reason, Status};
 
 use super::ResBody;
-use query::Query;
+use mcp_warden_shared::attrs::Query;
 
 /// Which streaming subresource was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +86,7 @@ fn serve_exec(
 ) -> Result<Response<ResBody>, Status> {
     let container = resolve_container(pod, q.get("container"))?;
     let attach = kind == StreamKind::Attach;
-    let command = q.all("command");
+    let command: Vec<String> = q.all("command").into_iter().map(str::to_string).collect();
     if !attach && command.is_empty() {
         return Err(Status::new(
             Reason::BadRequest,
@@ -97,10 +96,10 @@ fn serve_exec(
     let opts = ExecOptions {
         command,
         container,
-        stdin: q.bool("stdin"),
-        stdout: q.bool("stdout"),
-        stderr: q.bool("stderr"),
-        tty: q.bool("tty"),
+        stdin: q.flag("stdin"),
+        stdout: q.flag("stdout"),
+        stderr: q.flag("stderr"),
+        tty: q.flag("tty"),
         attach,
         pod: pod.name.clone(),
     };

@@ -18,11 +18,11 @@ use hyper::{Request, Response};
 use mcp_warden_shared::status::{Reason, Status};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::query::Query;
 use super::spdy::frame::header;
 use super::spdy::session::Session;
 use super::ws::{self, ChannelProto, Ws, normal_close};
 use super::{PodRef, ResBody, Upgrade, upgrade_kind};
+use mcp_warden_shared::attrs::Query;
 
 /// SPDY port-forward protocol name.
 pub const PORTFORWARD_V1: &str = "portforward.k8s.io";
@@ -87,7 +87,7 @@ pub fn serve(
 /// The `ports` query parameter (repeated and/or comma-separated).
 pub fn parse_ports(q: &Query) -> Result<Vec<u16>, Status> {
     let mut ports = Vec::new();
-    for raw in q.all("ports").iter().chain(q.all("port").iter()) {
+    for raw in q.all("ports").into_iter().chain(q.all("port")) {
         for p in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match p.parse::<u16>() {
                 Ok(n) if n > 0 => ports.push(n),

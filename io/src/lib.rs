@@ -1,0 +1,15 @@
+//! mcp-warden-io: the I/O helpers the sidecar, the webhook and the test
+//! servers share, each written once.
+//!
+//! - [`watch`]: re-reading files the kubelet or cert-manager replace by
+//!   swapping a `..data` symlink (file events plus a poll, our own reads
+//!   filtered out).
+//! - [`accept`]: the TCP accept loop and the TLS handshake with its timeout.
+//! - [`pki`]: a local CA and the serving certificates it signs (rcgen), and
+//!   the rustls server configuration they are served with.
+//!
+//! The pure cores stay in `mcp-warden-shared`, which does no I/O.
+
+pub mod accept;
+pub mod pki;
+pub mod watch;
