@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clap::Parser;
-use common::Sidecar;
+use crate::common::Sidecar;
 use mcp_warden_sidecar::approval::{ApprovalConfig, ApprovalDecider};
 use mcp_warden_sidecar::config::Cli;
 use mcp_warden_sidecar::policy_store::{PolicyDecider, PolicyStore};

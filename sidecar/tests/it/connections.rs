@@ -7,13 +7,13 @@
 //! several idle timeouts — never how long anything took.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Alpn, Sidecar, Upstream, client, send};
+use crate::common::{Alpn, Sidecar, Upstream, client, send};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};

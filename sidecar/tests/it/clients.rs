@@ -7,7 +7,7 @@
 //! Needs the kube-apisim binary: `cargo build -p mcp-warden-tests --bins`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Sidecar;
+use crate::common::Sidecar;
 use mcp_warden_tests::harness::{ApiSim, ApiSimOptions, kubectl_with, write_kubeconfig};
 
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);

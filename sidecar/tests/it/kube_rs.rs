@@ -3,7 +3,7 @@
 //! `Config::incluster()` reads the service-account mount.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

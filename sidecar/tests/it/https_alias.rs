@@ -6,12 +6,12 @@
 //! the sidecar's container.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Alpn, Sidecar, Upstream, client, send};
+use crate::common::{Alpn, Sidecar, Upstream, client, send};
 
 const REAL: &str = "real-upstream-token";
 

@@ -3,12 +3,12 @@
 //! upgrades, ALPN, local files, admin endpoints and graceful shutdown.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Alpn, Sidecar, Upstream, client, send};
+use crate::common::{Alpn, Sidecar, Upstream, client, send};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
