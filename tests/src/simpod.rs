@@ -1,5 +1,5 @@
 //! The simulated pod (needs root: Linux namespaces and mounts), shared by
-//! the end-to-end tests (`tests/simulated_pod.rs`) and the demo.
+//! the end-to-end tests (`tests/it/simulated_pod.rs`) and the demo.
 //!
 //! `mcp-warden-webhook inject -f` patches the fixture Deployment of a
 //! Kubernetes MCP server; its pod is built from the template and run the way

@@ -184,6 +184,20 @@ fn an_upgrade_tagged_body_gets_the_sidecars_413() {
     );
     let got = run(st.sim.kubectl("1.32").args(["get", "configmap", "huge"]), T).unwrap();
     assert!(!got.status.success(), "the ConfigMap reached kube-apisim");
+    // kube-apisim refuses such a body too: what shows that it was never
+    // forwarded is that kube-apisim read no create at all (while it did read
+    // the get just made).
+    let requests = st.sim.requests();
+    let seen = |method: &str, path: &str| requests.iter().any(|(m, p)| m == method && p == path);
+    assert!(
+        seen("GET", "/api/v1/namespaces/default/configmaps/huge"),
+        "kube-apisim's log shows no requests:\n{}",
+        st.sim.log()
+    );
+    assert!(
+        !seen("POST", "/api/v1/namespaces/default/configmaps"),
+        "the oversized create reached kube-apisim: {requests:?}"
+    );
 }
 
 /// An upgrade-tagged PATCH is an ordinary PATCH: applied once and recorded
