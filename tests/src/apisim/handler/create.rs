@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 use mcp_warden_shared::status::{Reason, Status};
 use serde_json::{Value, json};
 
-pub(super) fn namespace_ok(app: &App, ri: &ResourceInfo, ns: &str) -> Result<(), Status> {
+fn namespace_ok(app: &App, ri: &ResourceInfo, ns: &str) -> Result<(), Status> {
     if !ri.namespaced {
         return Ok(());
     }
@@ -205,7 +205,7 @@ pub(super) fn create(
 
 /// What the controllers of a real cluster add to every new namespace: the
 /// `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap.
-pub(super) fn namespace_contents(app: &App, ns: &str) {
+fn namespace_contents(app: &App, ns: &str) {
     let objs = [
         (
             "serviceaccounts",
@@ -235,7 +235,7 @@ pub(super) fn namespace_contents(app: &App, ns: &str) {
     }
 }
 
-pub(super) fn system_ctx() -> Ctx {
+fn system_ctx() -> Ctx {
     Ctx {
         user: crate::apisim::auth::admin_user(),
         query: Query::default(),

@@ -11,7 +11,7 @@ use http::{Response, StatusCode};
 use mcp_warden_shared::status::{Reason, Status};
 use serde_json::{Value, json};
 
-pub(super) fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<Option<Value>, Status> {
+fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<Option<Value>, Status> {
     if body.is_empty() {
         return Ok(None);
     }
@@ -109,7 +109,7 @@ pub(super) fn delete(
 }
 
 /// What deleting a namespace or a CRD takes with it.
-pub(super) fn cascade(app: &App, ri: &ResourceInfo, name: &str) {
+fn cascade(app: &App, ri: &ResourceInfo, name: &str) {
     if ri.resource == "namespaces" && ri.group.is_empty() {
         for t in app.registry.all().into_iter().filter(|t| t.namespaced) {
             if let Ok(page) = app.store.list(

@@ -49,7 +49,7 @@ pub(super) fn apply_patch(
 /// A patch result kube-apiserver could not decode into the built-in type
 /// (a ConfigMap's or Secret's `data` that is no map of strings) is 422
 /// Invalid on `patch:`, as there (its message also embeds the patched object).
-pub(super) fn patched_types(ri: &ResourceInfo, patched: &Value) -> Result<(), Status> {
+fn patched_types(ri: &ResourceInfo, patched: &Value) -> Result<(), Status> {
     if ri.custom
         || !ri.group.is_empty()
         || !matches!(ri.resource.as_str(), "configmaps" | "secrets")

@@ -10,7 +10,7 @@ use http::{Method, Response, StatusCode};
 use mcp_warden_shared::status::{Reason, Status};
 use serde_json::{Value, json};
 
-pub(super) fn user_info(u: &User) -> Value {
+fn user_info(u: &User) -> Value {
     json!({"username": u.username, "uid": u.uid, "groups": u.groups})
 }
 

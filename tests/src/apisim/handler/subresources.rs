@@ -90,7 +90,7 @@ pub(super) fn scale_set(
     Ok(web::json(StatusCode::OK, &s, "application/json", ctx.gzip))
 }
 
-pub(super) fn b64url(b: &[u8]) -> String {
+fn b64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 

@@ -14,12 +14,7 @@ use serde_json::{Value, json};
 
 /// Merges a new version of an object with the stored one: system metadata is
 /// kept, status or spec is kept depending on the subresource.
-pub(super) fn merge_update(
-    ri: &ResourceInfo,
-    cur: &Value,
-    mut new: Value,
-    sub: Option<&str>,
-) -> Value {
+fn merge_update(ri: &ResourceInfo, cur: &Value, mut new: Value, sub: Option<&str>) -> Value {
     let keep_status_separately = !ri.custom || ri.has_subresource("status");
     match sub {
         Some("status") => {
@@ -184,7 +179,7 @@ pub(super) fn store_update(
     Ok((stored, StatusCode::OK))
 }
 
-pub(super) fn strip_time(v: &Value) -> Value {
+fn strip_time(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(Value::Array(a)) = v.pointer_mut("/metadata/managedFields") {
         for e in a {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-pub(super) fn watch_frame(type_: &str, object: &Value) -> Bytes {
+fn watch_frame(type_: &str, object: &Value) -> Bytes {
     let mut line =
         serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
     line.push(b'\n');
