@@ -3,7 +3,7 @@
 
 Usage: apisim_client.py list|watch|crud|secret|errors
 Reads KUBECONFIG like any client; prints one JSON document on stdout that the
-Rust test (tests/tests/apisim_python.rs) asserts on. Exits non-zero on any
+Rust test (tests/tests/it/apisim_python.rs) asserts on. Exits non-zero on any
 unexpected error.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One scripted session of the official Python `kubernetes` client, run by
-tests/tests/apisim_vs_real.rs against kube-apisim and against a real
+tests/tests/it/apisim_vs_real.rs against kube-apisim and against a real
 kube-apiserver, which compares the two transcripts.
 
 Usage: apisim_vs_real.py NAMESPACE

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reads one Secret with the official Python `kubernetes` client (through the
-sidecar in tests/tests/masking_e2e.rs) and base64-decodes its data, as an
+sidecar in tests/tests/it/masking_e2e.rs) and base64-decodes its data, as an
 application would.
 
 Usage: masking_read_secret.py NAMESPACE NAME

@@ -4,7 +4,7 @@ the official Python `kubernetes` client, as an app would.
 
 Usage: policy_deletecollection.py NAMESPACE
 Reads KUBECONFIG like any client; prints one JSON document on stdout for the
-Rust test (tests/tests/policy_e2e.rs): `{"status": 200, ...}` when the call
+Rust test (tests/tests/it/policy_e2e.rs): `{"status": 200, ...}` when the call
 succeeded, or the API error's status, reason and message. Exits non-zero only
 on an unexpected failure (no HTTP answer).
 """

@@ -4,7 +4,7 @@ Python `kubernetes` client, as a service account bound to a least-privilege Role
 
 Usage: realkube_client.py NAMESPACE
 Reads KUBECONFIG like any client; prints one JSON document on stdout that the
-Rust test (tests/tests/realkube_sidecar.rs) asserts on. Exits non-zero on any
+Rust test (tests/tests/it/realkube_sidecar.rs) asserts on. Exits non-zero on any
 unexpected error.
 """
 

@@ -377,6 +377,22 @@ impl ApiSim {
         std::fs::read_to_string(self.dir.path().join("apisim.log")).unwrap_or_default()
     }
 
+    /// `(method, path)` of every request kube-apisim has read so far, from
+    /// its log (one `request` line each, at the default `info` level): what
+    /// reached it, whatever it answered.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        let field = |line: &str, name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        without_ansi(&self.log())
+            .lines()
+            .filter(|l| l.contains(" request "))
+            .filter_map(|l| Some((field(l, "method")?, field(l, "path")?)))
+            .collect()
+    }
+
     /// A bundled kubectl (`minor` like "32") against this server.
     pub fn kubectl(&self, minor: &str) -> Command {
         let cache = self.dir.path().join(format!("kube-cache-{minor}"));
@@ -387,6 +403,24 @@ impl ApiSim {
     pub fn python(&self, script: &str) -> Command {
         python_with(&python_script(script), &self.kubeconfig_path())
     }
+}
+
+/// `text` without ANSI SGR sequences (`ESC [ … m`), as a terminal shows it.
+fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for ApiSim {

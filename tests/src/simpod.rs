@@ -1,5 +1,5 @@
 //! The simulated pod (needs root: Linux namespaces and mounts), shared by
-//! the end-to-end tests (`tests/simulated_pod.rs`) and the demo.
+//! the end-to-end tests (`tests/it/simulated_pod.rs`) and the demo.
 //!
 //! `mcp-warden-webhook inject -f` patches the fixture Deployment of a
 //! Kubernetes MCP server; its pod is built from the template and run the way
@@ -26,8 +26,10 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::harness::{fixture, kubectl_path, run, wait_for, workspace_bin, write_kubeconfig};
+use crate::stack::{Webhook, WebhookOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -545,73 +547,20 @@ pub fn etc_hosts(spec: &Value) -> String {
 /// for AccessRequest status updates: it stamps who decided from the
 /// admission request, as in a cluster.
 pub fn start_accessrequest_webhook(netns: u32, work: &Path, cleanup: &mut Cleanup) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress(WEBHOOK_ADDR.0.parse().unwrap()));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::write(work.join("webhook.crt"), cert.pem()).unwrap();
-    std::fs::write(work.join("webhook.key"), key.serialize_pem()).unwrap();
     let (ip, port) = WEBHOOK_ADDR;
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/proc/{netns}/ns/net"))
-        .arg("--")
-        .arg(workspace_bin("mcp-warden-webhook"))
-        .args(["serve", "--listen", &format!("{ip}:{port}")])
-        .args(["--admin-listen", &format!("{ip}:8080")])
-        .arg("--tls-cert-file")
-        .arg(work.join("webhook.crt"))
-        .arg("--tls-key-file")
-        .arg(work.join("webhook.key"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("webhook.log")).unwrap())
-        .spawn()
-        .unwrap();
-    cleanup.children.push(child);
-    wait_for("the webhook", Duration::from_secs(20), || {
-        let out = run(
-            Command::new("nsenter")
-                .arg(format!("--net=/proc/{netns}/ns/net"))
-                .args([
-                    "curl",
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    &format!("http://{ip}:8080/readyz"),
-                ]),
-            Duration::from_secs(5),
-        )
-        .ok()?;
-        out.status.success().then_some(())
+    let dir = work.join("webhook");
+    std::fs::create_dir_all(&dir).unwrap();
+    let webhook = Webhook::start(WebhookOptions {
+        listen: Some(SocketAddr::new(ip.parse().unwrap(), port)),
+        admin: Some(SocketAddr::new(ip.parse().unwrap(), 8080)),
+        dir: Some(dir),
+        netns: Some(netns),
+        ..Default::default()
     })
     .unwrap();
-    use base64::Engine as _;
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_cert.pem());
     let mwc = work.join("mwc.yaml");
-    std::fs::write(
-        &mwc,
-        format!(
-            r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {{name: mcp-warden}}
-webhooks:
-  - name: accessrequests.mcp-warden.io
-    clientConfig: {{url: "https://{ip}:{port}/mutate-accessrequests", caBundle: "{bundle}"}}
-    rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
-    failurePolicy: Fail
-    sideEffects: None
-    admissionReviewVersions: [v1]
-"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(&mwc, webhook.accessrequest_mutating_config()).unwrap();
+    cleanup.children.extend(webhook.into_child());
     let out = run(
         &mut in_net_kubectl(
             netns,

@@ -1,6 +1,7 @@
 //! The deployed stack for end-to-end tests: the `mcp-warden-sidecar` binary in
-//! front of a [`kube-apisim`](crate::harness::ApiSim), and the
-//! `mcp-warden-collector` binary receiving its recordings — each a real child
+//! front of a [`kube-apisim`](crate::harness::ApiSim), the
+//! `mcp-warden-collector` binary receiving its recordings, and the
+//! `mcp-warden-webhook` binary serving with a fresh CA — each a real child
 //! process, as in a pod, with bounded start-up waits and kill-on-drop.
 //!
 //! ```no_run
@@ -14,7 +15,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -441,6 +442,232 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to run the webhook (see [`Webhook::start`]).
+#[derive(Debug, Clone, Default)]
+pub struct WebhookOptions {
+    /// `--listen` (default: a free port on 127.0.0.1); its IP is the
+    /// serving certificate's subject.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen` (default: a free port on 127.0.0.1).
+    pub admin: Option<SocketAddr>,
+    /// The injection settings (`--config`), as `config.yaml`'s text.
+    pub config: Option<String>,
+    /// Where the certificate, config and log go (default: a temp dir of
+    /// its own, removed on drop).
+    pub dir: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Environment variables the webhook must not inherit.
+    pub env_remove: Vec<String>,
+    /// Run in this process's network namespace (`nsenter --net`, a
+    /// simulated pod's) instead of the test's.
+    pub netns: Option<u32>,
+}
+
+/// A running `mcp-warden-webhook serve` with a serving certificate from a
+/// fresh CA (whose PEM a webhook configuration's `caBundle` carries);
+/// killed on drop.
+pub struct Webhook {
+    child: Option<Child>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    ca_pem: String,
+}
+
+/// A fresh CA and a serving certificate for `ip` signed by it, written as
+/// `tls.crt` and `tls.key` into `dir`; returns the CA's PEM.
+pub fn write_serving_cert(dir: &Path, ip: IpAddr) -> Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.subject_alt_names.push(SanType::IpAddress(ip));
+    let cert = p.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    Ok(ca_cert.pem())
+}
+
+impl Webhook {
+    /// Writes a fresh CA and serving certificate, starts the webhook and
+    /// waits (bounded) for its `/readyz`.
+    pub fn start(opts: WebhookOptions) -> Result<Self> {
+        let (temp, dir) = match &opts.dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::Builder::new().prefix("webhook-").tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let listen = match opts.listen {
+            Some(a) => a,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let admin = match opts.admin {
+            Some(a) => a,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let ca_pem = write_serving_cert(&dir, listen.ip())?;
+        let mut cmd = match opts.netns {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/proc/{pid}/ns/net"))
+                    .arg("--")
+                    .arg(workspace_bin("mcp-warden-webhook"));
+                c
+            }
+            None => Command::new(workspace_bin("mcp-warden-webhook")),
+        };
+        cmd.args(["serve", "--listen", &listen.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .arg("--tls-cert-file")
+            .arg(dir.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.join("tls.key"));
+        if let Some(config) = &opts.config {
+            std::fs::write(dir.join("config.yaml"), config)?;
+            cmd.arg("--config").arg(dir.join("config.yaml"));
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        for k in &opts.env_remove {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("webhook.log"))?)
+            .spawn()
+            .context("spawning mcp-warden-webhook (run `cargo build --workspace --bins`)")?;
+        // The webhook reads the server's version before it is ready (with
+        // `nativeSidecar: auto`): longer than the other binaries' start.
+        let ready = wait_for("the webhook's /readyz", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            let up = match opts.netns {
+                Some(pid) => Command::new("nsenter")
+                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .args(["curl", "-sf", "-m", "5", "-o", "/dev/null"])
+                    .arg(format!("http://{admin}/readyz"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success()),
+                None => matches!(http_get(admin, "/readyz"), Ok((200, _))),
+            };
+            if up {
+                return Some(Ok(()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        });
+        let log = || std::fs::read_to_string(dir.join("webhook.log")).unwrap_or_default();
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => bail!("the webhook exited at start ({status}): {}", log()),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{e}: {}", log());
+            }
+        }
+        Ok(Webhook {
+            child: Some(child),
+            dir,
+            _temp: temp,
+            listen,
+            admin,
+            ca_pem,
+        })
+    }
+
+    /// The address it serves admission reviews on.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin address (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `https://ADDR{path}`, a webhook configuration's `clientConfig.url`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.listen)
+    }
+
+    /// The PEM of the CA that signed its serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The CA as a webhook configuration's `caBundle` (base64 of the PEM).
+    pub fn ca_bundle(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+    }
+
+    /// The directory holding its certificate, config and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The webhook's log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("webhook.log")).unwrap_or_default()
+    }
+
+    /// A MutatingWebhookConfiguration `mcp-warden` that sends AccessRequest
+    /// status updates to this webhook (stamping who decided), as YAML.
+    pub fn accessrequest_mutating_config(&self) -> String {
+        format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: mcp-warden}}
+webhooks:
+  - name: accessrequests.mcp-warden.io
+    clientConfig: {{url: "{}", caBundle: "{}"}}
+    rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
+    failurePolicy: Fail
+    sideEffects: None
+    admissionReviewVersions: [v1]
+"#,
+            self.url("/mutate-accessrequests"),
+            self.ca_bundle()
+        )
+    }
+
+    /// The process, for the caller to end and reap (its files stay in
+    /// [`WebhookOptions::dir`]).
+    pub fn into_child(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    /// Kills the process (the drop does too).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Webhook {
     fn drop(&mut self) {
         self.kill();
     }

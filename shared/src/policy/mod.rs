@@ -29,6 +29,7 @@
 //! claims to be).
 
 mod parse;
+mod validate;
 
 use globset::GlobMatcher;
 use sha2::{Digest, Sha256};

@@ -14,6 +14,10 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
+use super::validate::{
+    check_api_group, check_name_pattern, check_namespace_pattern, check_non_resource_url,
+    check_non_resource_verb, check_resource, check_resource_verb, check_service_account_pattern,
+};
 use super::{API_VERSION, Action, KIND, Mode, Policy, Recording, Rule, sha256_hex};
 use crate::audit::Level;
 use crate::mask::{MaskConfigError, MaskingConfig};
@@ -247,20 +251,6 @@ const RULE_FIELDS: &[&str] = &[
     "serviceAccounts",
     "message",
 ];
-const RESOURCE_VERBS: &[&str] = &[
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "impersonate",
-    "proxy",
-];
-const NON_RESOURCE_VERBS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
-
 /// Collects problems while walking the tree.
 struct Ctx {
     problems: Vec<Problem>,
@@ -711,79 +701,12 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
 }
 
 fn check_verbs(ctx: &mut Ctx, n: &Spanned<Node>, field: &str, non_resource: bool) -> Vec<String> {
-    let Some(items) = ctx.string_list(n, field) else {
-        return Vec::new();
+    let check = if non_resource {
+        check_non_resource_verb
+    } else {
+        check_resource_verb
     };
-    let mut out = Vec::new();
-    for (i, (v, loc)) in items.into_iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        if v == "*" {
-            out.push(v);
-            continue;
-        }
-        let lower = v.to_ascii_lowercase();
-        if lower != v
-            && (RESOURCE_VERBS.contains(&lower.as_str())
-                || NON_RESOURCE_VERBS.contains(&lower.as_str()))
-        {
-            ctx.err(loc, f, format!("verbs are lower case: write {lower:?}"));
-            continue;
-        }
-        let is_res = RESOURCE_VERBS.contains(&v.as_str());
-        let is_nonres = NON_RESOURCE_VERBS.contains(&v.as_str());
-        if !is_res && !is_nonres {
-            let hint = match v.as_str() {
-                "use" | "bind" | "escalate" | "sign" | "approve" => {
-                    " (an RBAC verb the API server checks internally; no request carries it)"
-                        .to_string()
-                }
-                "read" => " (use get, list, watch)".to_string(),
-                "write" => " (use create, update, patch, delete)".to_string(),
-                "exec" | "attach" | "portforward" => {
-                    format!(
-                        " (exec, attach and port-forward are the verb create on resource pods/{v})"
-                    )
-                }
-                _ => String::new(),
-            };
-            ctx.err(
-                loc,
-                f,
-                format!(
-                    "unknown verb {v:?}{hint}; known verbs: {}, and for nonResourceURLs {}",
-                    RESOURCE_VERBS.join(", "),
-                    NON_RESOURCE_VERBS.join(", ")
-                ),
-            );
-            continue;
-        }
-        if non_resource && !is_nonres {
-            ctx.err(
-                loc,
-                f,
-                format!(
-                    "verb {v:?} never applies to nonResourceURLs; use HTTP verbs: {}",
-                    NON_RESOURCE_VERBS.join(", ")
-                ),
-            );
-            continue;
-        }
-        if !non_resource && !is_res {
-            let instead = match v.as_str() {
-                "post" => "create",
-                "put" => "update",
-                _ => "get",
-            };
-            ctx.err(
-                loc,
-                f,
-                format!("verb {v:?} is an HTTP method; for resources use Kubernetes verbs (here: {instead:?})"),
-            );
-            continue;
-        }
-        out.push(v);
-    }
-    out
+    check_each(ctx, n, field, check)
 }
 
 /// Validate each string of a list with `check` (which returns an error text).
@@ -833,128 +756,6 @@ fn globs(
         }
     }
     (pats, matchers)
-}
-
-fn is_dns_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
-}
-
-fn check_api_group(g: &str) -> Result<(), String> {
-    if g.is_empty() || g == "*" {
-        return Ok(());
-    }
-    if g == "core" || g == "v1" {
-        return Err(format!(
-            "{g:?} is not a group name: the core group is \"\" (an empty string)"
-        ));
-    }
-    if let Some((group, _)) = g.split_once('/') {
-        return Err(format!("API groups have no version: write {group:?}"));
-    }
-    if !g.chars().all(is_dns_char) || g.starts_with(['.', '-']) || g.ends_with(['.', '-']) {
-        return Err(format!(
-            "{g:?} is not a valid API group (lower-case DNS name, \"\" for core, \"*\" for all)"
-        ));
-    }
-    Ok(())
-}
-
-fn check_resource(r: &str) -> Result<(), String> {
-    if r == "*" {
-        return Ok(());
-    }
-    let part_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
-    let hint = "resources are lower-case plurals: pods, pods/log, */scale, pods/*, or \"*\"";
-    if r.contains('.') {
-        return Err(format!(
-            "{r:?}: put the API group in apiGroups, not in the resource ({hint})"
-        ));
-    }
-    match r.split_once('/') {
-        None if part_ok(r) => Ok(()),
-        Some((res, sub))
-            if (res == "*" || part_ok(res))
-                && (sub == "*" || part_ok(sub))
-                && !(res == "*" && sub == "*") =>
-        {
-            Ok(())
-        }
-        _ => Err(format!("invalid resource {r:?} ({hint})")),
-    }
-}
-
-fn check_non_resource_url(u: &str) -> Result<(), String> {
-    if u == "*" {
-        return Ok(());
-    }
-    if !u.starts_with('/') {
-        return Err(format!("{u:?} must be a path starting with '/' (or \"*\")"));
-    }
-    if u[..u.len() - 1].contains('*') {
-        return Err(format!(
-            "{u:?}: '*' is only allowed as the last character (e.g. /healthz/*)"
-        ));
-    }
-    Ok(())
-}
-
-fn check_glob_chars(p: &str, what: &str, extra: &[char]) -> Result<(), String> {
-    if p.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "{p:?}: {what} are lower case, so this pattern can never match"
-        ));
-    }
-    let ok = p.chars().all(|c| {
-        is_dns_char(c)
-            || matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | ',' | '!')
-            || extra.contains(&c)
-    });
-    if !ok {
-        return Err(format!("{p:?} has characters that no {what} contain"));
-    }
-    Ok(())
-}
-
-fn check_name_pattern(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err(
-            "an empty name matches nothing; omit resourceNames to match every name".to_string(),
-        );
-    }
-    // Custom metrics and port-qualified proxy names use ':' and '*'.
-    check_glob_chars(p, "object names", &[':'])
-}
-
-fn check_namespace_pattern(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Ok(()); // "" = cluster-scoped
-    }
-    if p.contains('.') {
-        return Err(format!("{p:?}: namespace names have no dots"));
-    }
-    check_glob_chars(p, "namespace names", &[])
-}
-
-fn check_service_account_pattern(p: &str) -> Result<(), String> {
-    if p == "*" {
-        return Ok(());
-    }
-    if p.starts_with("system:serviceaccount:") {
-        return Err(format!("{p:?}: write service accounts as NAMESPACE/NAME"));
-    }
-    match p.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            check_glob_chars(ns, "namespace names", &[])?;
-            check_glob_chars(name, "service account names", &[])
-        }
-        _ => Err(format!(
-            "{p:?} must be NAMESPACE/NAME (globs allowed, e.g. agents/*), or \"*\""
-        )),
-    }
 }
 
 fn parse_recording(ctx: &mut Ctx, n: &Spanned<Node>) -> Recording {

@@ -9,7 +9,7 @@
 //! Protocols` and runs the session on the upgraded connection in a task.
 //!
 //! What real clients send (observed with `kubectl -v=9`, see
-//! `tests/tests/apisim_streams.rs`): exec/attach — kubectl ≤ 1.29 `POST` +
+//! `tests/tests/it/apisim_streams.rs`): exec/attach — kubectl ≤ 1.29 `POST` +
 //! `Upgrade: SPDY/3.1` + `X-Stream-Protocol-Version` v4…v1; kubectl ≥ 1.30
 //! `GET` + WebSocket `v5.channel.k8s.io` only; the Python client WebSocket
 //! `v4.channel.k8s.io` (stdin in text frames). port-forward — kubectl ≤ 1.30

@@ -7,13 +7,13 @@
 //! several idle timeouts — never how long anything took.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{Alpn, InProcessSidecar, Upstream, client, send};
 use bytes::Bytes;
-use common::{Alpn, Sidecar, Upstream, client, send};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,11 +29,12 @@ const BOUND: Duration = Duration::from_secs(15);
 /// Several short idle timeouts.
 const QUIET: Duration = Duration::from_millis(1500);
 
-async fn setup(extra: &[&str]) -> (Upstream, Sidecar, tempfile::TempDir) {
+async fn setup(extra: &[&str]) -> (Upstream, InProcessSidecar, tempfile::TempDir) {
     let up = Upstream::start(&[REAL]).await;
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, REAL);
-    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), extra).await;
+    let sc =
+        InProcessSidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), extra).await;
     (up, sc, tdir)
 }
 
@@ -53,7 +54,10 @@ async fn closed_within(io: &mut (impl AsyncRead + Unpin), bound: Duration) -> bo
     .is_ok()
 }
 
-async fn tls_connect(sc: &Sidecar, alpn: Alpn) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn tls_connect(
+    sc: &InProcessSidecar,
+    alpn: Alpn,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = common::client_tls(&sc.ca_pem(), alpn);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let tcp = TcpStream::connect(sc.addr).await.unwrap();
@@ -100,7 +104,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(-1.0)
 }
 
-async fn wait_for_metric(sc: &Sidecar, prefix: &str, want: impl Fn(f64) -> bool) -> f64 {
+async fn wait_for_metric(sc: &InProcessSidecar, prefix: &str, want: impl Fn(f64) -> bool) -> f64 {
     let mut last = -1.0;
     for _ in 0..300 {
         if let Ok((200, m)) = sc.admin_get("/metrics").await {
@@ -338,7 +342,7 @@ async fn a_watch_without_events_outlives_the_idle_timeout() {
     sc.stop().await;
 }
 
-async fn open_tunnel(sc: &Sidecar) -> TokioIo<hyper::upgrade::Upgraded> {
+async fn open_tunnel(sc: &InProcessSidecar) -> TokioIo<hyper::upgrade::Upgraded> {
     let c = client(&sc.ca_pem(), Alpn::None);
     let req = Request::post(sc.url("/api/v1/namespaces/default/pods/p/exec"))
         .header("authorization", format!("Bearer {}", sc.token()))

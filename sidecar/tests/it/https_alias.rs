@@ -6,12 +6,12 @@
 //! the sidecar's container.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Alpn, Sidecar, Upstream, client, send};
+use crate::common::{Alpn, InProcessSidecar, Upstream, client, send};
 
 const REAL: &str = "real-upstream-token";
 
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 async fn tls_to(
-    sc: &Sidecar,
+    sc: &InProcessSidecar,
     port: u16,
     name: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
@@ -47,7 +47,7 @@ async fn the_same_api_answers_on_the_https_alias_for_every_in_cluster_name() {
     common::kubelet_write_token(tdir.path(), 1, REAL);
     let port = free_port();
     let alias = format!("127.0.0.1:{port}");
-    let sc = Sidecar::start(
+    let sc = InProcessSidecar::start(
         &up.url(),
         &up.ca_file,
         &tdir.path().join("token"),
@@ -118,7 +118,7 @@ async fn lifecycle_hooks_wait_for_ready_and_for_the_app_to_go() {
     let up = Upstream::start(&[REAL]).await;
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, REAL);
-    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let sc = InProcessSidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
     let admin = sc.admin_addr.port().to_string();
 
     // postStart: returns once /readyz is 200; gives up (non-zero) when nothing answers.

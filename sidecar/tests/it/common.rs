@@ -266,8 +266,10 @@ fn json(code: StatusCode, body: &'static str) -> Response<BoxBody> {
     r
 }
 
-/// A sidecar running in-process.
-pub struct Sidecar {
+/// A sidecar running in this test process (`run_with` on a tokio task), so
+/// a test can hand it hooks (`Extensions`) and await its shutdown; the
+/// binary as a child process is `mcp_warden_tests::stack::Sidecar`.
+pub struct InProcessSidecar {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub local_dir: PathBuf,
@@ -276,7 +278,7 @@ pub struct Sidecar {
     _dir: tempfile::TempDir,
 }
 
-impl Sidecar {
+impl InProcessSidecar {
     /// Starts a sidecar in front of `upstream_url` with the given CA and token
     /// files; `extra` flags are appended. Waits until /readyz is 200.
     pub async fn start(
@@ -284,7 +286,7 @@ impl Sidecar {
         ca_file: &Path,
         token_file: &Path,
         extra: &[&str],
-    ) -> Sidecar {
+    ) -> InProcessSidecar {
         Self::start_with(
             upstream_url,
             ca_file,
@@ -301,7 +303,7 @@ impl Sidecar {
         token_file: &Path,
         extra: &[&str],
         ext: Extensions,
-    ) -> Sidecar {
+    ) -> InProcessSidecar {
         let dir = tempfile::tempdir().unwrap();
         let local_dir = dir.path().join("local");
         let mut args: Vec<String> = vec![
@@ -336,7 +338,7 @@ impl Sidecar {
                 let _ = rx.await;
             },
         ));
-        let sc = Sidecar {
+        let sc = InProcessSidecar {
             addr,
             admin_addr,
             local_dir,

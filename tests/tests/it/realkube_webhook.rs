@@ -48,7 +48,7 @@ use mcp_warden_tests::harness::{
     run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
 use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
-use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream, free_port, http_get};
+use mcp_warden_tests::stack::{self, Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::{Value, json};
 
 /// Namespace label naming the test whose pod webhooks see the namespace.
@@ -92,9 +92,7 @@ fn admin_json(kube: &RealKube, args: &[&str]) -> Value {
 /// `failurePolicy: Fail`), then the process is killed.
 struct Webhook {
     kube: &'static RealKube,
-    child: Option<Child>,
-    port: u16,
-    ca_pem: String,
+    server: stack::Webhook,
     dir: tempfile::TempDir,
     configs: Vec<(String, String)>,
 }
@@ -104,82 +102,38 @@ impl Webhook {
     /// server's version with the admin kubeconfig (`GET /version` needs no
     /// RBAC, any identity would do).
     fn start(kube: &'static RealKube) -> Webhook {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
         let dir = tempfile::Builder::new()
             .prefix("webhook-")
             .tempdir_in(kube.work_dir())
             .unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
         // The chart's injection settings, as its ConfigMap gives them.
         let cm = manifest("ConfigMap", "mcp-warden-webhook-config");
         let config = cm["data"]["config.yaml"].as_str().unwrap();
         assert!(config.contains("nativeSidecar: \"auto\""), "{config}");
-        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-
-        let port = free_port().unwrap();
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-            .parse()
-            .unwrap();
-        let child = Command::new(workspace_bin("mcp-warden-webhook"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &admin.to_string()])
-            .arg("--tls-cert-file")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key-file")
-            .arg(dir.path().join("tls.key"))
-            .arg("--config")
-            .arg(dir.path().join("config.yaml"))
-            .env("KUBECONFIG", kube.kubeconfig_path(ADMIN))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("webhook.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut w = Webhook {
+        let server = stack::Webhook::start(stack::WebhookOptions {
+            config: Some(config.to_string()),
+            dir: Some(dir.path().to_path_buf()),
+            env: vec![
+                (
+                    "KUBECONFIG".into(),
+                    kube.kubeconfig_path(ADMIN).display().to_string(),
+                ),
+                ("RUST_LOG".into(), "info".into()),
+            ],
+            env_remove: vec!["KUBERNETES_SERVICE_HOST".into()],
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        Webhook {
             kube,
-            child: Some(child),
-            port,
-            ca_pem: ca_cert.pem(),
+            server,
             dir,
             configs: Vec::new(),
-        };
-        let ready = wait_for("the webhook's /readyz", Duration::from_secs(30), || {
-            if let Some(c) = w.child.as_mut()
-                && let Ok(Some(s)) = c.try_wait()
-            {
-                return Some(Err(format!("the webhook exited ({s})")));
-            }
-            match http_get(admin, "/readyz") {
-                Ok((200, _)) => Some(Ok(())),
-                _ => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    None
-                }
-            }
-        });
-        match ready {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("{e}; log:\n{}", w.log()),
-            Err(e) => panic!("{e}; log:\n{}", w.log()),
         }
-        w
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("webhook.log")).unwrap_or_default()
+        self.server.log()
     }
 
     /// The webhook's JSON log lines.
@@ -196,7 +150,7 @@ impl Webhook {
     fn register(&mut self, kind: &str, name: &str, entries: &[&str]) -> Value {
         let mut doc = manifest(kind, "mcp-warden");
         doc["metadata"] = json!({"name": name});
-        let bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let bundle = self.server.ca_bundle();
         let webhooks: Vec<Value> = doc["webhooks"]
             .as_array()
             .unwrap()
@@ -214,7 +168,7 @@ impl Webhook {
                     exprs.push(json!({"key": TEST_LABEL, "operator": "In", "values": [name]}));
                 }
                 w["clientConfig"] = json!({
-                    "url": format!("https://127.0.0.1:{}{path}", self.port),
+                    "url": self.server.url(&path),
                     "caBundle": bundle,
                 });
                 w
@@ -241,10 +195,7 @@ impl Drop for Webhook {
                 LIMIT,
             );
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 }
 

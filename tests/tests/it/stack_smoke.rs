@@ -82,8 +82,9 @@ fn oversized_request_is_refused_with_a_status_and_not_forwarded() {
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(status["kind"], "Status");
     assert_eq!(status["reason"], "RequestEntityTooLarge");
-    // kube-apisim answers 413 above 3 MiB too, worded differently: the
-    // message shows that the sidecar refused it.
+    // kube-apisim answers 413 above 3 MiB too, worded differently ("Request
+    // entity too large: limit is 3145728"): the message shows that the
+    // sidecar refused it.
     assert!(
         status["message"]
             .as_str()
@@ -101,4 +102,16 @@ fn oversized_request_is_refused_with_a_status_and_not_forwarded() {
         "the oversized ConfigMap reached kube-apisim"
     );
     assert!(String::from_utf8_lossy(&got.stderr).contains("not found"));
+    // What reached kube-apisim: the read just made, not the oversized create.
+    let requests = sim.requests();
+    let seen = |method: &str, path: &str| requests.iter().any(|(m, p)| m == method && p == path);
+    assert!(
+        seen("GET", "/api/v1/namespaces/default/configmaps/huge"),
+        "kube-apisim's log shows no requests:\n{}",
+        sim.log()
+    );
+    assert!(
+        !seen("POST", "/api/v1/namespaces/default/configmaps"),
+        "the oversized create reached kube-apisim: {requests:?}"
+    );
 }

@@ -7,7 +7,7 @@
 //! Needs the kube-apisim binary: `cargo build -p mcp-warden-tests --bins`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Sidecar;
+use crate::common::InProcessSidecar;
 use mcp_warden_tests::harness::{ApiSim, ApiSimOptions, kubectl_with, write_kubeconfig};
 
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,7 +50,7 @@ data:
 /// and kubeconfigs for both paths.
 struct Env {
     sim: ApiSim,
-    sidecar: Option<Sidecar>,
+    sidecar: Option<InProcessSidecar>,
     rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     via: PathBuf,
@@ -76,7 +76,7 @@ impl Env {
             .enable_all()
             .build()
             .unwrap();
-        let sidecar = rt.block_on(Sidecar::start(
+        let sidecar = rt.block_on(InProcessSidecar::start(
             &sim.url(),
             &sim.ca_path(),
             &token_dir.join("token"),
@@ -103,7 +103,7 @@ impl Env {
         }
     }
 
-    fn sidecar(&self) -> &Sidecar {
+    fn sidecar(&self) -> &InProcessSidecar {
         self.sidecar.as_ref().unwrap()
     }
 

@@ -3,12 +3,12 @@
 //! upgrades, ALPN, local files, admin endpoints and graceful shutdown.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{Alpn, InProcessSidecar, Upstream, client, send};
 use bytes::Bytes;
-use common::{Alpn, Sidecar, Upstream, client, send};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -17,11 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REAL: &str = "real-upstream-token";
 
-async fn setup() -> (Upstream, Sidecar, tempfile::TempDir) {
+async fn setup() -> (Upstream, InProcessSidecar, tempfile::TempDir) {
     let up = Upstream::start(&[REAL]).await;
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, REAL);
-    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let sc = InProcessSidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
     (up, sc, tdir)
 }
 
@@ -366,7 +366,7 @@ async fn admin_endpoints() {
         let up = Upstream::start(&[REAL]).await;
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("token"), REAL).unwrap();
-        let s = Sidecar::start(&up.url(), &up.ca_file, &t.path().join("token"), &[]).await;
+        let s = InProcessSidecar::start(&up.url(), &up.ca_file, &t.path().join("token"), &[]).await;
         (up, s, t)
     };
     sc.stop().await;
@@ -447,7 +447,7 @@ async fn token_rotation_by_data_symlink_swap_fails_no_request() {
     let up = Upstream::start(&[OLD]).await;
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, OLD);
-    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let sc = InProcessSidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
     let auth = format!("Bearer {}", sc.token());
     let clients = [
         client(&sc.ca_pem(), Alpn::H2),
@@ -522,7 +522,7 @@ async fn immediate_revocation_after_rotation_is_retried_with_the_new_token() {
     let up = Upstream::start(&[OLD]).await;
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, OLD);
-    let sc = Sidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
+    let sc = InProcessSidecar::start(&up.url(), &up.ca_file, &tdir.path().join("token"), &[]).await;
     let auth = format!("Bearer {}", sc.token());
     let c = client(&sc.ca_pem(), Alpn::H1);
     let url = sc.url("/api/v1/namespaces/default/pods");
@@ -706,7 +706,8 @@ async fn tunnel_tap_sees_the_session_and_its_end() {
         ..Default::default()
     };
     let sc =
-        Sidecar::start_with(&up.url(), &up.ca_file, &tdir.path().join("token"), &[], ext).await;
+        InProcessSidecar::start_with(&up.url(), &up.ca_file, &tdir.path().join("token"), &[], ext)
+            .await;
     let c = client(&sc.ca_pem(), Alpn::H1);
     let req = Request::get(sc.url("/api/v1/namespaces/default/pods/p/exec"))
         .header("authorization", format!("Bearer {}", sc.token()))
@@ -737,7 +738,7 @@ async fn shutdown_grace_bounds_in_flight_requests() {
     let tdir = tempfile::tempdir().unwrap();
     common::kubelet_write_token(tdir.path(), 1, REAL);
     // The upstream's /slow takes 1.5s; the grace period is shorter.
-    let mut sc = Sidecar::start(
+    let mut sc = InProcessSidecar::start(
         &up.url(),
         &up.ca_file,
         &tdir.path().join("token"),

@@ -3,7 +3,7 @@
 //! `Config::incluster()` reads the service-account mount.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
@@ -68,7 +68,8 @@ async fn kube_rs_through_the_sidecar() {
     std::fs::create_dir(&token_dir).unwrap();
     common::kubelet_write_token(&token_dir, 1, &sim.token());
     let sc =
-        common::Sidecar::start(&sim.url(), &sim.ca_path(), &token_dir.join("token"), &[]).await;
+        common::InProcessSidecar::start(&sim.url(), &sim.ca_path(), &token_dir.join("token"), &[])
+            .await;
 
     let client =
         kube::Client::try_from(incluster_style_config(&sc.local_dir, sc.addr.port())).unwrap();

@@ -12,11 +12,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, run, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
-use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, free_port};
+use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Webhook, WebhookOptions};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -62,52 +61,6 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The webhook binary on a loopback port with a fresh CA; returns its CA PEM.
-fn start_webhook(dir: &Path, port: u16) -> (KillOnDrop, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-    let child = Command::new(workspace_bin("mcp-warden-webhook"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--admin-listen",
-            &format!("127.0.0.1:{}", free_port().unwrap()),
-        ])
-        .arg("--tls-cert-file")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.join("tls.key"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("webhook.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
-    wait_for("the webhook to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .unwrap();
-    (child, ca_cert.pem())
-}
-
 #[test]
 fn approved_delete_through_the_sidecar_binary_is_recorded_with_its_approver() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,28 +77,13 @@ fn approved_delete_through_the_sidecar_binary_is_recorded_with_its_approver() {
         ..Default::default()
     })
     .unwrap();
-    let port = free_port().unwrap();
-    let (_webhook, ca_pem) = start_webhook(dir.path(), port);
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let cfg = dir.path().join("mwc.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {{name: mcp-warden}}
-webhooks:
-  - name: accessrequests.mcp-warden.io
-    clientConfig: {{url: "https://127.0.0.1:{port}/mutate-accessrequests", caBundle: "{bundle}"}}
-    rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
-    failurePolicy: Fail
-    sideEffects: None
-    admissionReviewVersions: [v1]
-"#
-        ),
-    )
+    let webhook = Webhook::start(WebhookOptions {
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
     .unwrap();
+    let cfg = dir.path().join("mwc.yaml");
+    std::fs::write(&cfg, webhook.accessrequest_mutating_config()).unwrap();
     ok(&run(sim.kubectl("32").args(["apply", "-f"]).arg(&cfg), LIMIT).unwrap());
 
     // The sidecar runs with the pod's service-account token.

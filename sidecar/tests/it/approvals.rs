@@ -8,16 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use crate::common::InProcessSidecar;
 use clap::Parser;
-use common::Sidecar;
 use mcp_warden_sidecar::approval::{ApprovalConfig, ApprovalDecider};
 use mcp_warden_sidecar::config::Cli;
 use mcp_warden_sidecar::policy_store::{PolicyDecider, PolicyStore};
@@ -25,6 +24,7 @@ use mcp_warden_sidecar::{Extensions, Hooks};
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, kubectl_with, run, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
+use mcp_warden_tests::stack::{Webhook, WebhookOptions};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -81,33 +81,6 @@ fn configmap(name: &str) -> String {
     )
 }
 
-/// CA + serving certificate for 127.0.0.1 (the webhook's).
-fn webhook_pki(dir: &Path) -> (PathBuf, PathBuf, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k, ca_cert.pem())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A one-shot Slack-style incoming webhook on loopback: the body of the
 /// first POST it gets.
 fn notify_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
@@ -147,22 +120,14 @@ fn notify_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
     (url, rx)
 }
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Env {
     sim: ApiSim,
-    _webhook: KillOnDrop,
+    _webhook: Webhook,
     _rt: tokio::runtime::Runtime,
     /// Notification bodies sidecar [1] posted.
     notified: std::sync::mpsc::Receiver<String>,
     /// Sidecars: [0] waits 60s for a decision, [1] only 2s and notifies.
-    sidecars: Vec<Sidecar>,
+    sidecars: Vec<InProcessSidecar>,
     dir: tempfile::TempDir,
     sa_kubeconfig: PathBuf,
     alice_kubeconfig: PathBuf,
@@ -206,26 +171,12 @@ impl Env {
         .unwrap();
 
         // The webhook binary, serving the AccessRequest admission endpoints.
-        let (cert, key, ca_pem) = webhook_pki(dir.path());
-        let port = free_port();
-        let webhook = Command::new(workspace_bin("mcp-warden-webhook"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-            .arg("--tls-cert-file")
-            .arg(&cert)
-            .arg("--tls-key-file")
-            .arg(&key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("webhook.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let webhook = KillOnDrop(webhook);
-        wait_for("the webhook to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let webhook = Webhook::start(WebhookOptions {
+            dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
         })
         .unwrap();
-        let bundle = base64::engine::general_purpose::STANDARD.encode(&ca_pem);
+        let (url, bundle) = (webhook.url(""), webhook.ca_bundle());
         let configs = format!(
             r#"
 apiVersion: admissionregistration.k8s.io/v1
@@ -233,7 +184,7 @@ kind: MutatingWebhookConfiguration
 metadata: {{name: mcp-warden-approvals}}
 webhooks:
   - name: stamp.approvals.mcp-warden.io
-    clientConfig: {{url: "https://127.0.0.1:{port}/mutate-accessrequests", caBundle: "{bundle}"}}
+    clientConfig: {{url: "{url}/mutate-accessrequests", caBundle: "{bundle}"}}
     rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
     failurePolicy: Fail
     sideEffects: None
@@ -244,7 +195,7 @@ kind: ValidatingWebhookConfiguration
 metadata: {{name: mcp-warden-approvals}}
 webhooks:
   - name: verify.approvals.mcp-warden.io
-    clientConfig: {{url: "https://127.0.0.1:{port}/validate-accessrequests", caBundle: "{bundle}"}}
+    clientConfig: {{url: "{url}/validate-accessrequests", caBundle: "{bundle}"}}
     rules: [{{operations: [UPDATE], apiGroups: [mcp-warden.io], apiVersions: [v1alpha1], resources: [accessrequests/status]}}]
     failurePolicy: Fail
     sideEffects: None
@@ -325,7 +276,7 @@ webhooks:
                 },
                 ..Extensions::default()
             };
-            let sc = rt.block_on(Sidecar::start_with(
+            let sc = rt.block_on(InProcessSidecar::start_with(
                 &sim.url(),
                 &sim.ca_path(),
                 &token_file,

@@ -7,7 +7,7 @@
 //!
 //! Needs helm (scripts/deps/helm.sh) and kubernetes-validate
 //! (scripts/deps/kubernetes-validate.sh). To refresh manifests/ after a chart
-//! change: `MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test manifests`.
+//! change: `MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test it -- manifests::`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -154,7 +154,7 @@ fn manifests_are_the_rendered_chart() {
     let path = repo().join("manifests/mcp-warden.yaml");
     let header = "# Generated from charts/mcp-warden with charts/mcp-warden/ci/manifests-values.yaml:\n\
                   #   helm template mcp-warden charts/mcp-warden --namespace mcp-warden -f charts/mcp-warden/ci/manifests-values.yaml\n\
-                  # Do not edit: MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test manifests\n";
+                  # Do not edit: MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test it -- manifests::\n";
     let want = format!("{header}{rendered}");
     if std::env::var("MCP_WARDEN_UPDATE_MANIFESTS").as_deref() == Ok("1") {
         std::fs::write(&path, &want).unwrap();
@@ -162,7 +162,7 @@ fn manifests_are_the_rendered_chart() {
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         have == want,
-        "manifests/mcp-warden.yaml differs from the chart: re-render with MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test manifests"
+        "manifests/mcp-warden.yaml differs from the chart: re-render with MCP_WARDEN_UPDATE_MANIFESTS=1 cargo test -p mcp-warden-webhook --test it -- manifests::"
     );
 }
 

@@ -184,6 +184,20 @@ fn an_upgrade_tagged_body_gets_the_sidecars_413() {
     );
     let got = run(st.sim.kubectl("1.32").args(["get", "configmap", "huge"]), T).unwrap();
     assert!(!got.status.success(), "the ConfigMap reached kube-apisim");
+    // kube-apisim refuses such a body too: what shows that it was never
+    // forwarded is that kube-apisim read no create at all (while it did read
+    // the get just made).
+    let requests = st.sim.requests();
+    let seen = |method: &str, path: &str| requests.iter().any(|(m, p)| m == method && p == path);
+    assert!(
+        seen("GET", "/api/v1/namespaces/default/configmaps/huge"),
+        "kube-apisim's log shows no requests:\n{}",
+        st.sim.log()
+    );
+    assert!(
+        !seen("POST", "/api/v1/namespaces/default/configmaps"),
+        "the oversized create reached kube-apisim: {requests:?}"
+    );
 }
 
 /// An upgrade-tagged PATCH is an ordinary PATCH: applied once and recorded
@@ -274,10 +288,27 @@ fn json_patch_may_not_read_masked_values() {
     // Not JSON: cannot be judged, so not forwarded.
     let (code, out) = patch("[{\"op\":\"copy\",");
     assert_eq!(code, 400, "{out}");
+    // kube-apisim would answer such a body with a 400 too: what shows that
+    // none of the above was forwarded is that kube-apisim read no PATCH
+    // until the harmless one below.
+    let patches = || {
+        st.sim
+            .requests()
+            .into_iter()
+            .filter(|(m, p)| m == "PATCH" && p == "/api/v1/namespaces/default/secrets/db")
+            .count()
+    };
+    assert_eq!(patches(), 0, "a refused patch reached kube-apisim");
     // Harmless JSON patches still work (and their answer is masked).
     let (code, out) = patch(r#"[{"op":"add","path":"/metadata/labels","value":{"team":"a"}}]"#);
     assert_eq!(code, 200, "{out}");
     assert_clean(&out);
+    assert_eq!(
+        patches(),
+        1,
+        "kube-apisim's log shows no PATCH:\n{}",
+        st.sim.log()
+    );
     let live = run_ok(
         st.sim
             .kubectl("1.32")
