@@ -36,7 +36,10 @@ pub(super) fn watch(
         fs.0.push(("metadata.name".into(), n.to_string(), false));
     }
     let rv_param = ctx.query.get("resourceVersion").unwrap_or("");
-    let send_initial = ctx.query.get("sendInitialEvents").map(|v| v == "true");
+    let send_initial = ctx
+        .query
+        .get("sendInitialEvents")
+        .map(mcp_warden_shared::attrs::parse_bool);
     let from_rv = match (rv_param, send_initial) {
         (_, Some(true)) => None,
         ("" | "0", _) => None,
