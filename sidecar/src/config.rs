@@ -1,21 +1,28 @@
 //! Command line and environment configuration of the sidecar.
 //!
 //! Every setting is a flag with an `MCP_WARDEN_*` environment twin; the
-//! defaults fit the pod the webhook injects, so the webhook passes few.
-//! [`ServeArgs`] is what clap parses; [`ServeArgs::validate`] turns it into a
-//! [`Config`] whose values are known to be usable, or a [`ConfigError`] that
-//! names the offending setting and its environment variable.
+//! defaults fit the pod the webhook injects (the names it relies on are in
+//! [`mcp_warden_shared::contract`]), so the webhook passes few.
+//! [`ServeArgs`] is what clap parses, with one flattened group per subsystem
+//! ([`RecordingArgs`], [`ApprovalArgs`], [`crate::limits::LimitArgs`]);
+//! durations, sizes and addresses are parsed by clap value parsers. Then
+//! [`ServeArgs::validate`] checks what depends on more than one value and
+//! turns it into a [`Config`] holding the one validated type each subsystem
+//! takes ([`RecordingConfig`], [`ApprovalConfig`], [`crate::limits::Limits`]).
+//! Every error, from clap or from validation, names the offending flag and
+//! its environment variable.
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Uri;
+use mcp_warden_shared::contract;
 
-/// Default directory of the sidecar's own projected volume (service-account
-/// token, `kube-root-ca.crt`, namespace), mounted only into the sidecar.
-pub const UPSTREAM_DIR: &str = "/var/run/secrets/mcp-warden/upstream";
+pub use crate::recording::{CollectorFormat, OnFailure, RecordingConfig};
 
 /// A configuration value that cannot be used; the message names the flag and
 /// its environment twin so an operator can find it whichever way it was set.
@@ -84,50 +91,28 @@ pub enum LogFormat {
     Text,
 }
 
-/// Wire format of the recording stream sent to the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CollectorFormat {
-    /// `audit.k8s.io/v1` `EventList` batches, as kube-apiserver's audit webhook sends.
-    Eventlist,
-    /// One audit `Event` JSON object per line.
-    Ndjson,
-}
-
-/// What to do when an event cannot be made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RecordingFailureMode {
-    /// Refuse new requests with 503 rather than forward an unrecorded one.
-    FailClosed,
-    /// Forward anyway and count the loss in metrics.
-    Continue,
-}
-
 /// The proxy's flags, each with an `MCP_WARDEN_*` environment twin.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address of the TLS listener for the app (localhost only in a pod).
-    #[arg(long, env = "MCP_WARDEN_LISTEN", default_value = "127.0.0.1:15443")]
-    pub listen: String,
+    #[arg(long, env = contract::env::LISTEN, default_value = contract::SIDECAR_LISTEN, value_parser = socket_addr())]
+    pub listen: SocketAddr,
 
     /// A second address serving the same app-facing TLS API: in a pod
     /// `127.0.0.1:443`, where the webhook's hostAliases send
     /// `https://kubernetes.default.svc` (needs NET_BIND_SERVICE as non-root;
     /// tests use a high port). Empty or `off`: none.
-    #[arg(long, env = "MCP_WARDEN_LISTEN_HTTPS_ALIAS")]
+    #[arg(long, env = contract::env::LISTEN_HTTPS_ALIAS)]
     pub listen_https_alias: Option<String>,
 
     /// The cluster's DNS domain: the serving certificate also names
     /// `kubernetes.default.svc.<domain>`.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_CLUSTER_DOMAIN",
-        default_value = "cluster.local"
-    )]
+    #[arg(long, env = contract::env::CLUSTER_DOMAIN, default_value = "cluster.local")]
     pub cluster_domain: String,
 
     /// Address of the plain-HTTP admin server: /healthz, /readyz, /metrics.
-    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:15020")]
-    pub admin_listen: String,
+    #[arg(long, env = contract::env::ADMIN_LISTEN, default_value = contract::SIDECAR_ADMIN_LISTEN, value_parser = socket_addr())]
+    pub admin_listen: SocketAddr,
 
     /// URL of the real API server (https://HOST:PORT). Default:
     /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
@@ -135,94 +120,31 @@ pub struct ServeArgs {
     pub upstream: Option<String>,
 
     /// CA bundle (PEM) that signs the API server's serving certificate.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_UPSTREAM_CA_FILE",
-        default_value = "/var/run/secrets/mcp-warden/upstream/ca.crt"
-    )]
+    #[arg(long, env = contract::env::UPSTREAM_CA_FILE, default_value = contract::UPSTREAM_CA_FILE)]
     pub upstream_ca_file: PathBuf,
 
     /// The real service-account token; re-read when the kubelet rotates it.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_UPSTREAM_TOKEN_FILE",
-        default_value = "/var/run/secrets/mcp-warden/upstream/token"
-    )]
+    #[arg(long, env = contract::env::UPSTREAM_TOKEN_FILE, default_value = contract::UPSTREAM_TOKEN_FILE)]
     pub upstream_token_file: PathBuf,
 
     /// Directory where the sidecar writes `ca.crt`, `token` and `namespace` for the app.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_LOCAL_DIR",
-        default_value = "/var/run/secrets/mcp-warden/local"
-    )]
+    #[arg(long, env = contract::env::LOCAL_DIR, default_value = contract::LOCAL_DIR)]
     pub local_dir: PathBuf,
 
     /// Policy file (ConfigMap key `policy.yaml`); a missing file means the embedded default policy.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_POLICY_FILE",
-        default_value = "/etc/mcp-warden/policy/policy.yaml"
-    )]
+    #[arg(long, env = contract::env::POLICY_FILE, default_value = contract::POLICY_FILE)]
     pub policy_file: PathBuf,
 
-    /// Collector URL for recordings (https://; http:// only for loopback). Unset: no remote delivery.
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_URL")]
-    pub collector_url: Option<String>,
-
-    /// Wire format of the recording stream.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_COLLECTOR_FORMAT",
-        value_enum,
-        default_value = "eventlist"
-    )]
-    pub collector_format: CollectorFormat,
-
-    /// CA bundle (PEM) for the collector's serving certificate (default: the
-    /// public web PKI roots, as a collector outside the cluster would use).
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CA_FILE")]
-    pub collector_ca_file: Option<PathBuf>,
-
-    /// Bearer token file sent to the collector (re-read on change).
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_TOKEN_FILE")]
-    pub collector_token_file: Option<PathBuf>,
-
-    /// Client certificate (PEM) presented to the collector (mutual TLS); needs the key file too.
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE")]
-    pub collector_client_cert_file: Option<PathBuf>,
-
-    /// Private key (PEM) of `--collector-client-cert-file`.
-    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE")]
-    pub collector_client_key_file: Option<PathBuf>,
-
-    /// Directory of the on-disk spool of not-yet-delivered events (an emptyDir in a pod).
-    #[arg(
-        long,
-        env = "MCP_WARDEN_SPOOL_DIR",
-        default_value = "/var/run/mcp-warden/spool"
-    )]
-    pub spool_dir: PathBuf,
-
-    /// Maximum size of the spool in bytes.
-    #[arg(long, env = "MCP_WARDEN_SPOOL_MAX_BYTES", default_value = "268435456")]
-    pub spool_max_bytes: String,
-
-    /// Behaviour when an event cannot be made durable.
-    #[arg(
-        long,
-        env = "MCP_WARDEN_ON_RECORDING_FAILURE",
-        value_enum,
-        default_value = "fail-closed"
-    )]
-    pub on_recording_failure: RecordingFailureMode,
+    /// Recording: the collector and the spool.
+    #[command(flatten)]
+    pub recording: RecordingArgs,
 
     /// Name of the pod (downward API), recorded in events.
-    #[arg(long, env = "MCP_WARDEN_POD_NAME")]
+    #[arg(long, env = contract::env::POD_NAME)]
     pub pod_name: Option<String>,
 
     /// Namespace of the pod (downward API); default: the `namespace` file next to the upstream token.
-    #[arg(long, env = "MCP_WARDEN_POD_NAMESPACE")]
+    #[arg(long, env = contract::env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
 
     /// Numeric uid of the app containers: the local files are chowned to it and made 0600.
@@ -231,21 +153,22 @@ pub struct ServeArgs {
     pub app_uid: Option<u32>,
 
     /// Cluster name, recorded in events.
-    #[arg(long, env = "MCP_WARDEN_CLUSTER_NAME", default_value = "kubernetes")]
+    #[arg(long, env = contract::env::CLUSTER_NAME, default_value = "kubernetes")]
     pub cluster_name: String,
 
     /// How long in-flight requests may take to finish after SIGTERM (e.g. `15s`, `500ms`, `1m`).
-    #[arg(long, env = "MCP_WARDEN_SHUTDOWN_GRACE", default_value = "15s")]
-    pub shutdown_grace: String,
+    #[arg(long, env = "MCP_WARDEN_SHUTDOWN_GRACE", default_value = "15s", value_parser = duration())]
+    pub shutdown_grace: Duration,
 
     /// Timeout for establishing a connection (TCP + TLS) to the upstream; requests themselves
     /// have no total timeout, so watches last as long as the server keeps them.
     #[arg(
         long,
         env = "MCP_WARDEN_UPSTREAM_CONNECT_TIMEOUT",
-        default_value = "10s"
+        default_value = "10s",
+        value_parser = positive_duration()
     )]
-    pub upstream_connect_timeout: String,
+    pub upstream_connect_timeout: Duration,
 
     /// Log format.
     #[arg(
@@ -258,7 +181,7 @@ pub struct ServeArgs {
 
     /// Approvals: `--approval-timeout`, `--approval-reuse-window`, `--approval-notify-url`.
     #[command(flatten)]
-    pub approval: crate::approval::ApprovalArgs,
+    pub approval: ApprovalArgs,
 
     /// Connection and request limits: timeouts and caps of both listeners,
     /// in-flight caps (see [`crate::limits`]).
@@ -266,7 +189,153 @@ pub struct ServeArgs {
     pub limits: crate::limits::LimitArgs,
 }
 
-/// Validated configuration of the proxy.
+/// The recording flags (flattened into [`ServeArgs`]); with the pod and
+/// cluster names of `ServeArgs` they make the [`RecordingConfig`].
+#[derive(Debug, Clone, Args)]
+pub struct RecordingArgs {
+    /// Collector URL for recordings (https://; http:// only for loopback). Unset: no remote delivery.
+    #[arg(long, env = contract::env::COLLECTOR_URL)]
+    pub collector_url: Option<String>,
+
+    /// Wire format of the recording stream.
+    #[arg(
+        long,
+        env = contract::env::COLLECTOR_FORMAT,
+        default_value = "eventlist",
+        value_parser = collector_format()
+    )]
+    pub collector_format: CollectorFormat,
+
+    /// CA bundle (PEM) for the collector's serving certificate (default: the
+    /// public web PKI roots, as a collector outside the cluster would use).
+    #[arg(long, env = contract::env::COLLECTOR_CA_FILE)]
+    pub collector_ca_file: Option<PathBuf>,
+
+    /// Bearer token file sent to the collector (re-read on change).
+    #[arg(long, env = contract::env::COLLECTOR_TOKEN_FILE)]
+    pub collector_token_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to the collector (mutual TLS); needs the key file too.
+    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_CERT_FILE")]
+    pub collector_client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--collector-client-cert-file`.
+    #[arg(long, env = "MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE")]
+    pub collector_client_key_file: Option<PathBuf>,
+
+    /// Directory of the on-disk spool of not-yet-delivered events (an emptyDir in a pod).
+    #[arg(long, env = contract::env::SPOOL_DIR, default_value = contract::SPOOL_DIR)]
+    pub spool_dir: PathBuf,
+
+    /// Maximum size of the spool in bytes.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SPOOL_MAX_BYTES",
+        default_value = "268435456",
+        value_parser = positive_bytes()
+    )]
+    pub spool_max_bytes: u64,
+
+    /// Behaviour when an event cannot be made durable.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ON_RECORDING_FAILURE",
+        value_enum,
+        default_value = "fail-closed"
+    )]
+    pub on_recording_failure: OnFailure,
+}
+
+/// The approval flags (flattened into [`ServeArgs`]);
+/// [`ApprovalArgs::validate`] gives the [`ApprovalConfig`].
+#[derive(Debug, Clone, Args)]
+pub struct ApprovalArgs {
+    /// How long a request under an `approve` rule is held waiting for a decision
+    /// (e.g. `5m`, `90s`); then 403 and the AccessRequest is marked Expired.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_APPROVAL_TIMEOUT",
+        default_value = "5m",
+        value_parser = positive_duration()
+    )]
+    pub approval_timeout: Duration,
+
+    /// How long after the decision an approval whose client went away lets one
+    /// identical request (same method, path, query) through.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_APPROVAL_REUSE_WINDOW",
+        default_value = "10m",
+        value_parser = duration()
+    )]
+    pub approval_reuse_window: Duration,
+
+    /// Slack-compatible incoming-webhook URL that gets `{"text": ...}` when a
+    /// request waits for approval (https, or http to loopback).
+    #[arg(long, env = "MCP_WARDEN_APPROVAL_NOTIFY_URL")]
+    pub approval_notify_url: Option<String>,
+}
+
+/// Approval settings: what the approvals decider takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalConfig {
+    /// How long a request is held waiting for a decision; then 403 and the
+    /// AccessRequest is marked Expired.
+    pub approval_timeout: Duration,
+    /// How long after the decision an approval whose client went away lets
+    /// one identical request through.
+    pub approval_reuse_window: Duration,
+    /// Where to POST `{"text": ...}` (Slack incoming-webhook shape) when a
+    /// request is pending; http:// only for loopback.
+    pub approval_notify_url: Option<Uri>,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig {
+            approval_timeout: Duration::from_secs(300),
+            approval_reuse_window: Duration::from_secs(600),
+            approval_notify_url: None,
+        }
+    }
+}
+
+impl ApprovalArgs {
+    /// Checks the values; errors name the flag and its environment twin.
+    pub fn validate(&self) -> Result<ApprovalConfig, ConfigError> {
+        let approval_notify_url = match self.approval_notify_url.as_deref() {
+            None | Some("") => None,
+            Some(u) => {
+                let err = |message: String| {
+                    ConfigError::new(
+                        "approval-notify-url",
+                        "MCP_WARDEN_APPROVAL_NOTIFY_URL",
+                        message,
+                    )
+                };
+                let uri: Uri = u.parse().map_err(|e| err(format!("{u:?}: {e}")))?;
+                match uri.scheme_str() {
+                    Some("https") => {}
+                    Some("http") if uri.host().is_some_and(is_loopback_host) => {}
+                    _ => {
+                        return Err(err(format!(
+                            "{u:?}: must be https, or http to a loopback address"
+                        )));
+                    }
+                }
+                Some(uri)
+            }
+        };
+        Ok(ApprovalConfig {
+            approval_timeout: self.approval_timeout,
+            approval_reuse_window: self.approval_reuse_window,
+            approval_notify_url,
+        })
+    }
+}
+
+/// Validated configuration of the proxy: what [`crate::assemble`] and
+/// [`crate::run_with`] hand to each part.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// TLS listener address for the app.
@@ -287,32 +356,14 @@ pub struct Config {
     pub local_dir: PathBuf,
     /// Policy file.
     pub policy_file: PathBuf,
-    /// Collector URL, if recordings are delivered remotely.
-    pub collector_url: Option<Uri>,
-    /// Collector wire format.
-    pub collector_format: CollectorFormat,
-    /// Collector CA bundle.
-    pub collector_ca_file: Option<PathBuf>,
-    /// Collector bearer token file.
-    pub collector_token_file: Option<PathBuf>,
-    /// `--collector-client-cert-file`.
-    pub collector_client_cert_file: Option<PathBuf>,
-    /// `--collector-client-key-file`.
-    pub collector_client_key_file: Option<PathBuf>,
-    /// Spool directory.
-    pub spool_dir: PathBuf,
-    /// Spool size limit in bytes.
-    pub spool_max_bytes: u64,
-    /// Recording failure behaviour.
-    pub on_recording_failure: RecordingFailureMode,
+    /// Recording (spool, collector, the pod and cluster names on events).
+    pub recording: RecordingConfig,
     /// Pod name, if known.
     pub pod_name: Option<String>,
     /// Pod namespace, if given (see [`Config::namespace`] for the resolved value).
     pub pod_namespace: Option<String>,
     /// Owner of the local files.
     pub app_uid: Option<u32>,
-    /// Cluster name.
-    pub cluster_name: String,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Upstream connect timeout.
@@ -320,7 +371,7 @@ pub struct Config {
     /// Log format.
     pub log_format: LogFormat,
     /// Approvals (held requests, AccessRequests).
-    pub approval: crate::approval::ApprovalConfig,
+    pub approval: ApprovalConfig,
     /// Connection and request limits of both listeners and the in-flight caps.
     pub limits: crate::limits::Limits,
 }
@@ -329,19 +380,23 @@ impl Config {
     /// The namespace written to the app's `namespace` file: `--pod-namespace`,
     /// else the `namespace` file beside the upstream token, else `default`.
     pub fn namespace(&self) -> String {
-        if let Some(ns) = &self.pod_namespace {
-            return ns.clone();
-        }
-        if let Some(dir) = self.upstream_token_file.parent()
-            && let Ok(ns) = std::fs::read_to_string(dir.join("namespace"))
-        {
-            let ns = ns.trim();
-            if !ns.is_empty() {
-                return ns.to_string();
-            }
-        }
-        "default".to_string()
+        namespace(self.pod_namespace.as_deref(), &self.upstream_token_file)
     }
+}
+
+fn namespace(pod_namespace: Option<&str>, upstream_token_file: &Path) -> String {
+    if let Some(ns) = pod_namespace {
+        return ns.to_string();
+    }
+    if let Some(dir) = upstream_token_file.parent()
+        && let Ok(ns) = std::fs::read_to_string(dir.join(contract::files::NAMESPACE))
+    {
+        let ns = ns.trim();
+        if !ns.is_empty() {
+            return ns.to_string();
+        }
+    }
+    "default".to_string()
 }
 
 impl ServeArgs {
@@ -355,24 +410,20 @@ impl ServeArgs {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let listen = parse_addr(&self.listen, "listen", "MCP_WARDEN_LISTEN")?;
-        let admin_listen = parse_addr(
-            &self.admin_listen,
-            "admin-listen",
-            "MCP_WARDEN_ADMIN_LISTEN",
-        )?;
+        let listen = self.listen;
+        let admin_listen = self.admin_listen;
         let listen_https_alias = match self.listen_https_alias.as_deref().map(str::trim) {
             None | Some("") | Some("off") => None,
             Some(a) => Some(parse_addr(
                 a,
                 "listen-https-alias",
-                "MCP_WARDEN_LISTEN_HTTPS_ALIAS",
+                contract::env::LISTEN_HTTPS_ALIAS,
             )?),
         };
         if listen_https_alias.is_some_and(|a| a == listen || a == admin_listen) {
             return Err(ConfigError::new(
                 "listen-https-alias",
-                "MCP_WARDEN_LISTEN_HTTPS_ALIAS",
+                contract::env::LISTEN_HTTPS_ALIAS,
                 "must differ from --listen and --admin-listen",
             ));
         }
@@ -383,7 +434,7 @@ impl ServeArgs {
         {
             return Err(ConfigError::new(
                 "cluster-domain",
-                "MCP_WARDEN_CLUSTER_DOMAIN",
+                contract::env::CLUSTER_DOMAIN,
                 format!("{:?} is not a DNS domain", self.cluster_domain),
             ));
         }
@@ -398,68 +449,79 @@ impl ServeArgs {
             })?,
         };
         let upstream = parse_base_url(&upstream_raw, "upstream", "MCP_WARDEN_UPSTREAM", false)?;
-        let collector_url = match &self.collector_url {
-            Some(u) if !u.trim().is_empty() => Some(parse_base_url(
-                u,
-                "collector-url",
-                "MCP_WARDEN_COLLECTOR_URL",
-                true,
-            )?),
-            _ => None,
-        };
-        let spool_max_bytes = self
-            .spool_max_bytes
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "spool-max-bytes",
-                    "MCP_WARDEN_SPOOL_MAX_BYTES",
-                    format!(
-                        "{:?} is not a positive number of bytes",
-                        self.spool_max_bytes
-                    ),
-                )
-            })?;
-        let shutdown_grace = parse_duration(&self.shutdown_grace)
-            .map_err(|m| ConfigError::new("shutdown-grace", "MCP_WARDEN_SHUTDOWN_GRACE", m))?;
-        let upstream_connect_timeout = parse_duration(&self.upstream_connect_timeout)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "upstream-connect-timeout",
-                    "MCP_WARDEN_UPSTREAM_CONNECT_TIMEOUT",
-                    format!(
-                        "{:?} is not a positive duration such as 10s",
-                        self.upstream_connect_timeout
-                    ),
-                )
-            })?;
         non_empty_path(
             &self.upstream_ca_file,
             "upstream-ca-file",
-            "MCP_WARDEN_UPSTREAM_CA_FILE",
+            contract::env::UPSTREAM_CA_FILE,
         )?;
         non_empty_path(
             &self.upstream_token_file,
             "upstream-token-file",
-            "MCP_WARDEN_UPSTREAM_TOKEN_FILE",
+            contract::env::UPSTREAM_TOKEN_FILE,
         )?;
-        non_empty_path(&self.local_dir, "local-dir", "MCP_WARDEN_LOCAL_DIR")?;
-        non_empty_path(&self.policy_file, "policy-file", "MCP_WARDEN_POLICY_FILE")?;
-        non_empty_path(&self.spool_dir, "spool-dir", "MCP_WARDEN_SPOOL_DIR")?;
+        non_empty_path(&self.local_dir, "local-dir", contract::env::LOCAL_DIR)?;
+        non_empty_path(&self.policy_file, "policy-file", contract::env::POLICY_FILE)?;
         if let Some(ns) = &self.pod_namespace
             && !is_dns_label(ns)
         {
             return Err(ConfigError::new(
                 "pod-namespace",
-                "MCP_WARDEN_POD_NAMESPACE",
+                contract::env::POD_NAMESPACE,
                 format!("{ns:?} is not a valid namespace name"),
             ));
         }
+        if self.cluster_name.trim().is_empty() {
+            return Err(ConfigError::new(
+                "cluster-name",
+                contract::env::CLUSTER_NAME,
+                "must not be empty",
+            ));
+        }
+        let pod_name = self.pod_name.clone().filter(|s| !s.is_empty());
+        let pod_namespace = self.pod_namespace.clone().filter(|s| !s.is_empty());
+        let pod = format!(
+            "{}/{}",
+            namespace(pod_namespace.as_deref(), &self.upstream_token_file),
+            pod_name.as_deref().unwrap_or("unknown")
+        );
+        let recording = self.recording.validate(self.cluster_name.clone(), pod)?;
+        Ok(Config {
+            listen,
+            listen_https_alias,
+            cluster_domain,
+            admin_listen,
+            upstream,
+            upstream_ca_file: self.upstream_ca_file.clone(),
+            upstream_token_file: self.upstream_token_file.clone(),
+            local_dir: self.local_dir.clone(),
+            policy_file: self.policy_file.clone(),
+            recording,
+            pod_name,
+            pod_namespace,
+            app_uid: self.app_uid,
+            shutdown_grace: self.shutdown_grace,
+            upstream_connect_timeout: self.upstream_connect_timeout,
+            log_format: self.log_format,
+            approval: self.approval.validate()?,
+            limits: self.limits.validate()?,
+        })
+    }
+}
+
+impl RecordingArgs {
+    /// Checks the values; `cluster_name` and `pod` (`namespace/name`) are
+    /// stamped on every event.
+    pub fn validate(&self, cluster_name: String, pod: String) -> Result<RecordingConfig, ConfigError> {
+        let collector_url = match &self.collector_url {
+            Some(u) if !u.trim().is_empty() => Some(parse_base_url(
+                u,
+                "collector-url",
+                contract::env::COLLECTOR_URL,
+                true,
+            )?),
+            _ => None,
+        };
+        non_empty_path(&self.spool_dir, "spool-dir", contract::env::SPOOL_DIR)?;
         if self.collector_client_cert_file.is_some() != self.collector_client_key_file.is_some() {
             let (flag, env) = if self.collector_client_cert_file.is_some() {
                 (
@@ -478,43 +540,94 @@ impl ServeArgs {
                 "a collector client certificate needs both the certificate and the key file",
             ));
         }
-        if self.cluster_name.trim().is_empty() {
-            return Err(ConfigError::new(
-                "cluster-name",
-                "MCP_WARDEN_CLUSTER_NAME",
-                "must not be empty",
-            ));
-        }
-        Ok(Config {
-            listen,
-            listen_https_alias,
-            cluster_domain,
-            admin_listen,
-            upstream,
-            upstream_ca_file: self.upstream_ca_file.clone(),
-            upstream_token_file: self.upstream_token_file.clone(),
-            local_dir: self.local_dir.clone(),
-            policy_file: self.policy_file.clone(),
+        Ok(RecordingConfig {
+            spool_max_bytes: self.spool_max_bytes,
+            on_failure: self.on_recording_failure,
             collector_url,
-            collector_format: self.collector_format,
-            collector_ca_file: self.collector_ca_file.clone(),
-            collector_token_file: self.collector_token_file.clone(),
-            collector_client_cert_file: self.collector_client_cert_file.clone(),
-            collector_client_key_file: self.collector_client_key_file.clone(),
-            spool_dir: self.spool_dir.clone(),
-            spool_max_bytes,
-            on_recording_failure: self.on_recording_failure,
-            pod_name: self.pod_name.clone().filter(|s| !s.is_empty()),
-            pod_namespace: self.pod_namespace.clone().filter(|s| !s.is_empty()),
-            app_uid: self.app_uid,
-            cluster_name: self.cluster_name.clone(),
-            shutdown_grace,
-            upstream_connect_timeout,
-            log_format: self.log_format,
-            approval: self.approval.validate()?,
-            limits: self.limits.validate()?,
+            format: self.collector_format,
+            ca_file: self.collector_ca_file.clone(),
+            token_file: self.collector_token_file.clone(),
+            client_cert_file: self.collector_client_cert_file.clone(),
+            client_key_file: self.collector_client_key_file.clone(),
+            cluster_name,
+            pod,
+            ..RecordingConfig::new(self.spool_dir.clone())
         })
     }
+}
+
+/// A clap value parser from a parse function whose error, like a
+/// [`ConfigError`], names the flag and its environment twin, so a bad value
+/// reads the same whether it came from the command line or the environment.
+#[derive(Clone, Copy)]
+pub struct NamedParser<T>(fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for NamedParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let message = match value.to_str() {
+            Some(s) => match (self.0)(s) {
+                Ok(v) => return Ok(v),
+                Err(m) => m,
+            },
+            None => format!("{value:?} is not UTF-8"),
+        };
+        let flag = arg.and_then(clap::Arg::get_long).unwrap_or("?");
+        let setting = match arg.and_then(clap::Arg::get_env) {
+            Some(env) => format!("--{flag} ({})", env.to_string_lossy()),
+            None => format!("--{flag}"),
+        };
+        Err(clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!("invalid {setting}: {message}\n"),
+        )
+        .with_cmd(cmd))
+    }
+}
+
+/// Durations such as `500ms`, `15s`, `2m`, `1h` (see [`parse_duration`]), zero included.
+pub fn duration() -> NamedParser<Duration> {
+    NamedParser(parse_duration)
+}
+
+/// Durations more than zero.
+pub fn positive_duration() -> NamedParser<Duration> {
+    NamedParser(|s| {
+        parse_duration(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{s:?} is not a positive duration such as 30s, 500ms or 2m"))
+    })
+}
+
+/// A number of bytes more than zero.
+pub fn positive_bytes() -> NamedParser<u64> {
+    NamedParser(|s| {
+        s.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{s:?} is not a positive number of bytes"))
+    })
+}
+
+/// `IP:PORT` (see [`parse_addr`]).
+pub fn socket_addr() -> NamedParser<SocketAddr> {
+    NamedParser(|s| parse_socket_addr(s).map_err(|e| format!("{s:?} is not an IP:PORT address: {e}")))
+}
+
+/// `eventlist` or `ndjson`, listed with their meaning in `--help`.
+pub fn collector_format() -> impl TypedValueParser<Value = CollectorFormat> {
+    PossibleValuesParser::new(
+        CollectorFormat::ALL.map(|f| PossibleValue::new(f.as_str()).help(f.description())),
+    )
+    .try_map(|s| s.parse::<CollectorFormat>())
 }
 
 /// Parses `IP:PORT`. An IPv6 address may also come unbracketed
@@ -525,22 +638,25 @@ pub(crate) fn parse_addr(
     flag: &'static str,
     env: &'static str,
 ) -> Result<SocketAddr, ConfigError> {
-    let t = s.trim();
-    t.parse::<SocketAddr>()
-        .or_else(|e| {
-            t.rsplit_once(':')
-                .and_then(|(ip, port)| {
-                    let ip = ip.parse::<std::net::Ipv6Addr>().ok()?;
-                    let port = port.parse::<u16>().ok()?;
-                    Some(SocketAddr::new(IpAddr::V6(ip), port))
-                })
-                .ok_or(e)
-        })
+    parse_socket_addr(s)
         .map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not an IP:PORT address: {e}")))
 }
 
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    let t = s.trim();
+    t.parse::<SocketAddr>().or_else(|e| {
+        t.rsplit_once(':')
+            .and_then(|(ip, port)| {
+                let ip = ip.parse::<std::net::Ipv6Addr>().ok()?;
+                let port = port.parse::<u16>().ok()?;
+                Some(SocketAddr::new(IpAddr::V6(ip), port))
+            })
+            .ok_or(e)
+    })
+}
+
 fn non_empty_path(
-    p: &std::path::Path,
+    p: &Path,
     flag: &'static str,
     env: &'static str,
 ) -> Result<(), ConfigError> {
@@ -677,6 +793,17 @@ mod tests {
         None
     }
 
+    /// The error a bad value gets, whether clap's value parser or the
+    /// validation finds it.
+    fn error_of(extra: &[&str]) -> String {
+        let mut v = vec!["mcp-warden-sidecar"];
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v) {
+            Err(e) => e.to_string(),
+            Ok(cli) => cli.serve.validate_with_env(no_env).unwrap_err().to_string(),
+        }
+    }
+
     #[test]
     fn upstream_from_service_env_brackets_ipv6() {
         let a = args(&[]);
@@ -728,7 +855,7 @@ mod tests {
         ])
         .validate_with_env(no_env)
         .unwrap();
-        assert_eq!(c.collector_url.unwrap().path(), "/events");
+        assert_eq!(c.recording.collector_url.unwrap().path(), "/events");
     }
 
     #[test]
@@ -747,8 +874,9 @@ mod tests {
                 vec!["--upstream", "https://h:1"]
             };
             v.extend_from_slice(&[flag, val]);
-            let e = args(&v).validate_with_env(no_env).unwrap_err();
-            assert!(e.to_string().contains(flag), "{flag}: {e}");
+            let e = error_of(&v);
+            assert!(e.contains(flag), "{flag}: {e}");
+            assert!(e.contains("(MCP_WARDEN_"), "{flag}: {e}");
         }
     }
 
@@ -809,11 +937,8 @@ mod tests {
         .validate_with_env(no_env)
         .unwrap();
         assert_eq!(c.admin_listen.to_string(), "10.1.2.3:15020");
-        assert!(
-            args(&["--upstream", "https://h:1", "--admin-listen", "fd00::5"])
-                .validate_with_env(no_env)
-                .is_err()
-        );
+        let e = error_of(&["--upstream", "https://h:1", "--admin-listen", "fd00::5"]);
+        assert!(e.contains("--admin-listen (MCP_WARDEN_ADMIN_LISTEN)"), "{e}");
     }
 
     #[test]
@@ -849,12 +974,105 @@ mod tests {
             ("--admin-max-connections", "0"),
             ("--max-long-running-requests", "0"),
         ] {
-            let e = args(&["--upstream", "https://h:1", flag, val])
-                .validate_with_env(no_env)
-                .unwrap_err();
-            assert!(e.to_string().contains(flag), "{flag}: {e}");
-            assert!(e.to_string().contains("MCP_WARDEN_"), "{flag}: {e}");
+            let e = error_of(&["--upstream", "https://h:1", flag, val]);
+            assert!(e.contains(flag), "{flag}: {e}");
+            assert!(e.contains("MCP_WARDEN_"), "{flag}: {e}");
         }
+    }
+
+    #[test]
+    fn approval_flags_have_defaults_and_name_themselves_when_bad() {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ApprovalArgs,
+        }
+        let c = T::try_parse_from(["x"]).unwrap().a.validate().unwrap();
+        assert_eq!(c, ApprovalConfig::default());
+        let c = T::try_parse_from([
+            "x",
+            "--approval-timeout",
+            "90s",
+            "--approval-reuse-window",
+            "1m",
+            "--approval-notify-url",
+            "http://127.0.0.1:9/hook",
+        ])
+        .unwrap()
+        .a
+        .validate()
+        .unwrap();
+        assert_eq!(c.approval_timeout, Duration::from_secs(90));
+        assert_eq!(c.approval_reuse_window, Duration::from_secs(60));
+        assert!(c.approval_notify_url.is_some());
+        let e = T::try_parse_from(["x", "--approval-notify-url", "http://hooks.example.com/x"])
+            .unwrap()
+            .a
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("MCP_WARDEN_APPROVAL_NOTIFY_URL"),
+            "{e}"
+        );
+        let e = T::try_parse_from(["x", "--approval-timeout", "soon"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("approval-timeout"), "{e}");
+        let e = T::try_parse_from(["x", "--approval-timeout", "0s"])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("--approval-timeout (MCP_WARDEN_APPROVAL_TIMEOUT)"),
+            "{e}"
+        );
+    }
+
+
+    #[test]
+    fn recording_flags_make_the_recording_config() {
+        let c = args(&["--upstream", "https://h:1", "--pod-namespace", "ns", "--pod-name", "p"])
+            .validate_with_env(no_env)
+            .unwrap();
+        let r = &c.recording;
+        assert_eq!(r.spool_dir, PathBuf::from(contract::SPOOL_DIR));
+        assert_eq!(r.spool_max_bytes, 256 << 20);
+        assert_eq!(r.format, CollectorFormat::EventList);
+        assert_eq!(r.on_failure, OnFailure::FailClosed);
+        assert_eq!(r.pod, "ns/p");
+        assert_eq!(r.cluster_name, "kubernetes");
+        assert!(r.collector_url.is_none());
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--collector-url",
+            "https://c.example/audit",
+            "--collector-format",
+            "ndjson",
+            "--spool-max-bytes",
+            "4096",
+            "--on-recording-failure",
+            "continue",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
+        let r = &c.recording;
+        assert_eq!(r.format, CollectorFormat::Ndjson);
+        assert_eq!(r.spool_max_bytes, 4096);
+        assert_eq!(r.on_failure, OnFailure::Continue);
+        assert_eq!(r.pod, "default/unknown");
+        let e = error_of(&["--upstream", "https://h:1", "--collector-format", "xml"]);
+        assert!(e.contains("--collector-format"), "{e}");
+        let e = error_of(&[
+            "--upstream",
+            "https://h:1",
+            "--collector-client-cert-file",
+            "/c.crt",
+        ]);
+        assert!(
+            e.contains("--collector-client-key-file (MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! the core accepts by their label. Excluded namespaces are checked again here.
 
 use crate::config::{InjectConfig, SidecarForm};
-use crate::names::{
+use mcp_warden_shared::contract::{
     NAMESPACE_INJECTION_ENABLED, NAMESPACE_INJECTION_LABEL, STATUS_ANNOTATION, STATUS_INJECTED,
 };
 use crate::patch::{PatchOutcome, RefuseReason, patch};

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use mcp_warden_webhook::config::{InjectConfig, KubeVersion, NativeSidecar, SidecarForm};
-use mcp_warden_webhook::names::*;
+use mcp_warden_shared::contract::*;
 use mcp_warden_webhook::patch::{PatchOutcome, RefuseReason, SkipReason};
 use serde_json::Value;
 use std::collections::BTreeMap;
