@@ -40,9 +40,9 @@ impl CollectorFormat {
     pub fn description(self) -> &'static str {
         match self {
             CollectorFormat::EventList => {
-                "audit.k8s.io/v1 EventList batches, as kube-apiserver's audit webhook sends"
+                "`audit.k8s.io/v1` `EventList` batches, as kube-apiserver's audit webhook sends"
             }
-            CollectorFormat::Ndjson => "One audit Event JSON object per line",
+            CollectorFormat::Ndjson => "One audit `Event` JSON object per line",
         }
     }
 

@@ -503,7 +503,7 @@ impl ServeArgs {
             upstream_connect_timeout: self.upstream_connect_timeout,
             log_format: self.log_format,
             approval: self.approval.validate()?,
-            limits: self.limits.validate()?,
+            limits: self.limits.limits(),
         })
     }
 }
@@ -561,6 +561,13 @@ impl RecordingArgs {
 /// reads the same whether it came from the command line or the environment.
 #[derive(Clone, Copy)]
 pub struct NamedParser<T>(fn(&str) -> Result<T, String>);
+
+impl<T> NamedParser<T> {
+    /// A parser from `parse`, whose error says what is wrong with the value.
+    pub fn new(parse: fn(&str) -> Result<T, String>) -> Self {
+        NamedParser(parse)
+    }
+}
 
 impl<T: Clone + Send + Sync + 'static> TypedValueParser for NamedParser<T> {
     type Value = T;
