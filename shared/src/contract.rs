@@ -39,10 +39,23 @@ pub const ADMIN_PORT: u16 = 15020;
 pub const SIDECAR_LISTEN: &str = "127.0.0.1:15443";
 /// The sidecar's default `--admin-listen`: [`ADMIN_PORT`] on every address.
 pub const SIDECAR_ADMIN_LISTEN: &str = "0.0.0.0:15020";
-/// Admin path answering 200 while the sidecar can serve requests.
+/// Admin path answering 200 while the sidecar (or webhook) can serve requests.
 pub const READYZ_PATH: &str = "/readyz";
-/// Admin path answering 200 while the sidecar process is alive.
+/// Admin path answering 200 while the process is alive.
 pub const HEALTHZ_PATH: &str = "/healthz";
+/// Admin path of the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Namespace the webhook runs in unless told otherwise (never injected).
+pub const WEBHOOK_NAMESPACE: &str = "mcp-warden";
+/// Service in front of the webhook, which the API server calls.
+pub const WEBHOOK_SERVICE: &str = "mcp-warden-webhook";
+/// The MutatingWebhookConfiguration whose `caBundle` a self-managed webhook keeps.
+pub const WEBHOOK_CONFIGURATION: &str = "mcp-warden";
+/// Secret holding the self-managed webhook CA and serving certificate.
+pub const WEBHOOK_TLS_SECRET: &str = "mcp-warden-webhook-tls";
+/// Path of the pod-injecting admission webhook.
+pub const MUTATE_PATH: &str = "/mutate";
 
 /// Projected volume with the real token, mounted only into the sidecar.
 pub const TOKEN_VOLUME: &str = "mcp-warden-token";

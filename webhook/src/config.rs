@@ -287,7 +287,7 @@ impl Default for InjectConfig {
             native_sidecar: NativeSidecar::Auto,
             cluster_domain: "cluster.local".to_string(),
             https_alias_port: 443,
-            webhook_namespace: "mcp-warden".to_string(),
+            webhook_namespace: contract::WEBHOOK_NAMESPACE.to_string(),
             excluded_namespaces: Vec::new(),
             policy_config_map: contract::DEFAULT_POLICY_CONFIGMAP.to_string(),
             api_audiences: vec![
