@@ -153,10 +153,16 @@ mod tests {
             UPSTREAM_TOKEN_FILE,
             format!("{UPSTREAM_DIR}/{}", files::TOKEN)
         );
-        assert_eq!(UPSTREAM_CA_FILE, format!("{UPSTREAM_DIR}/{}", files::CA_CRT));
+        assert_eq!(
+            UPSTREAM_CA_FILE,
+            format!("{UPSTREAM_DIR}/{}", files::CA_CRT)
+        );
         assert_eq!(POLICY_FILE, format!("{POLICY_DIR}/{POLICY_KEY}"));
         assert_eq!(SIDECAR_LISTEN, format!("127.0.0.1:{API_PORT}"));
         assert_eq!(SIDECAR_ADMIN_LISTEN, format!("0.0.0.0:{ADMIN_PORT}"));
-        assert!(ADMIN_PORT_NAME.len() <= 15, "a port name has at most 15 characters");
+        assert!(
+            ADMIN_PORT_NAME.len() <= 15,
+            "a port name has at most 15 characters"
+        );
     }
 }

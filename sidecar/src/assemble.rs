@@ -14,9 +14,9 @@ use crate::config::Config;
 use crate::hooks::{Hooks, RecordHook, RequestContext, TunnelIo, TunnelTap};
 use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
 use crate::policy_store::{PolicyDecider, PolicyStore};
+use crate::recording::Recorder;
 use crate::recording::asciicast::SessionTap;
 use crate::recording::hook::{LevelSource, PolicyHashSource, RecordingHook};
-use crate::recording::Recorder;
 use crate::{Extensions, Metrics, Readiness, RunError};
 
 /// Runs the sidecar as deployed: the policy from `--policy-file` (hot

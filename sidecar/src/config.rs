@@ -511,7 +511,11 @@ impl ServeArgs {
 impl RecordingArgs {
     /// Checks the values; `cluster_name` and `pod` (`namespace/name`) are
     /// stamped on every event.
-    pub fn validate(&self, cluster_name: String, pod: String) -> Result<RecordingConfig, ConfigError> {
+    pub fn validate(
+        &self,
+        cluster_name: String,
+        pod: String,
+    ) -> Result<RecordingConfig, ConfigError> {
         let collector_url = match &self.collector_url {
             Some(u) if !u.trim().is_empty() => Some(parse_base_url(
                 u,
@@ -626,7 +630,9 @@ pub fn positive_bytes() -> NamedParser<u64> {
 
 /// `IP:PORT` (see [`parse_addr`]).
 pub fn socket_addr() -> NamedParser<SocketAddr> {
-    NamedParser(|s| parse_socket_addr(s).map_err(|e| format!("{s:?} is not an IP:PORT address: {e}")))
+    NamedParser(|s| {
+        parse_socket_addr(s).map_err(|e| format!("{s:?} is not an IP:PORT address: {e}"))
+    })
 }
 
 /// `eventlist` or `ndjson`, listed with their meaning in `--help`.
@@ -662,11 +668,7 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, std::net::AddrParseError> {
     })
 }
 
-fn non_empty_path(
-    p: &Path,
-    flag: &'static str,
-    env: &'static str,
-) -> Result<(), ConfigError> {
+fn non_empty_path(p: &Path, flag: &'static str, env: &'static str) -> Result<(), ConfigError> {
     if p.as_os_str().is_empty() {
         return Err(ConfigError::new(flag, env, "must not be empty"));
     }
@@ -945,7 +947,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.admin_listen.to_string(), "10.1.2.3:15020");
         let e = error_of(&["--upstream", "https://h:1", "--admin-listen", "fd00::5"]);
-        assert!(e.contains("--admin-listen (MCP_WARDEN_ADMIN_LISTEN)"), "{e}");
+        assert!(
+            e.contains("--admin-listen (MCP_WARDEN_ADMIN_LISTEN)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1035,12 +1040,18 @@ mod tests {
         );
     }
 
-
     #[test]
     fn recording_flags_make_the_recording_config() {
-        let c = args(&["--upstream", "https://h:1", "--pod-namespace", "ns", "--pod-name", "p"])
-            .validate_with_env(no_env)
-            .unwrap();
+        let c = args(&[
+            "--upstream",
+            "https://h:1",
+            "--pod-namespace",
+            "ns",
+            "--pod-name",
+            "p",
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
         let r = &c.recording;
         assert_eq!(r.spool_dir, PathBuf::from(contract::SPOOL_DIR));
         assert_eq!(r.spool_max_bytes, 256 << 20);

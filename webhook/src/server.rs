@@ -350,7 +350,10 @@ async fn approval_review(body: axum::body::Bytes, mode: crate::approval::Mode) -
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(contract::MUTATE_PATH, post(mutate).fallback(method_not_allowed))
+        .route(
+            contract::MUTATE_PATH,
+            post(mutate).fallback(method_not_allowed),
+        )
         .route(
             crate::approval::MUTATE_PATH,
             post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Mutate)),

@@ -272,7 +272,10 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
             serde_json::json!(["kube-system", "mcp-warden"])
         );
         let obj = serde_json::to_value(h.object_selector.as_ref().unwrap()).unwrap();
-        assert_eq!(obj["matchExpressions"][0]["key"], contract::POD_INJECT_LABEL);
+        assert_eq!(
+            obj["matchExpressions"][0]["key"],
+            contract::POD_INJECT_LABEL
+        );
     }
     let ns_hook = serde_json::to_value(&hooks[0]).unwrap();
     assert_eq!(
@@ -370,7 +373,8 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
     );
     let policy = find(&d, "ConfigMap", contract::DEFAULT_POLICY_CONFIGMAP);
     assert_eq!(policy["metadata"]["namespace"], "mcp");
-    let p: Value = serde_saphyr::from_str(policy["data"][contract::POLICY_KEY].as_str().unwrap()).unwrap();
+    let p: Value =
+        serde_saphyr::from_str(policy["data"][contract::POLICY_KEY].as_str().unwrap()).unwrap();
     assert_eq!(p["kind"], "Policy");
     assert_eq!(p["defaultAction"], "deny");
     assert_eq!(p["rules"].as_array().unwrap().len(), 3);

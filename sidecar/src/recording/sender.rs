@@ -34,8 +34,8 @@ use tokio::sync::Semaphore;
 
 use mcp_warden_shared::collector::CollectorFormat;
 
-use super::{RecordingConfig, RecordingStats};
 use super::spool::{RecordKind, SeqNo, Spool, SpoolRecord};
+use super::{RecordingConfig, RecordingStats};
 
 /// Why the sender could not be set up, or a POST failed.
 #[derive(Debug, thiserror::Error)]

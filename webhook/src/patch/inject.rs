@@ -42,7 +42,10 @@ pub const LOOPBACK: &str = "127.0.0.1";
 
 /// The first `hostAliases` entry of the pod that sends one of our names to
 /// another address: `(name, ip)`.
-pub(super) fn host_alias_conflict(spec: &Map<String, Value>, names: &[String]) -> Option<(String, String)> {
+pub(super) fn host_alias_conflict(
+    spec: &Map<String, Value>,
+    names: &[String],
+) -> Option<(String, String)> {
     for entry in spec
         .get("hostAliases")
         .and_then(Value::as_array)
@@ -464,9 +467,7 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, gra
         vars.push(json!({ "name": env::LISTEN_HTTPS_ALIAS, "value": format!("{LOOPBACK}:{}", config.https_alias_port) }));
     }
     vars.push(json!({ "name": env::POD_NAME, "valueFrom": field("metadata.name") }));
-    vars.push(
-        json!({ "name": env::POD_NAMESPACE, "valueFrom": field("metadata.namespace") }),
-    );
+    vars.push(json!({ "name": env::POD_NAMESPACE, "valueFrom": field("metadata.namespace") }));
 
     let mut mounts = vec![
         json!({ "name": TOKEN_VOLUME, "mountPath": UPSTREAM_DIR, "readOnly": true }),
@@ -559,5 +560,4 @@ mod tests {
         assert!(!covers(&json!({"a": [1, 2]}), &json!({"a": [1]})));
         assert!(!covers(&json!({"a": 1}), &json!({"a": 2})));
     }
-
 }

@@ -381,7 +381,6 @@ mod tests {
         );
     }
 
-
     #[test]
     fn reserved_names_and_bad_policy_names_are_refused() {
         let cfg = InjectConfig::default();
@@ -415,7 +414,6 @@ mod tests {
         assert!(patch(&p, &enabled(), "ns", &cfg, SidecarForm::Native).is_ok());
     }
 
-
     #[test]
     fn defaulted_injected_pod_is_a_noop() {
         let p = pod(
@@ -442,5 +440,4 @@ mod tests {
             .into_patch();
         assert!(again.0.is_empty(), "{again:?}");
     }
-
 }
