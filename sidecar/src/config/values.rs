@@ -80,7 +80,7 @@ pub fn positive_bytes() -> NamedParser<u64> {
     })
 }
 
-/// `IP:PORT` (see [`parse_addr`]).
+/// `IP:PORT` (an IPv6 address may come unbracketed, as `$(POD_IP):15020` expands).
 pub fn socket_addr() -> NamedParser<SocketAddr> {
     NamedParser(|s| {
         parse_socket_addr(s).map_err(|e| format!("{s:?} is not an IP:PORT address: {e}"))

@@ -1,11 +1,11 @@
 //! The pure core of the webhook: which pods to inject, and the RFC 6902 patch
 //! that injects one.
 //!
-//! The patch is computed in two steps, one submodule each. [`inject`]
+//! The patch is computed in two steps, one submodule each. `inject`
 //! (what the pod gets): [`transform`] builds the injected pod from the
 //! original as plain JSON, written so that running it on its own
 //! output changes nothing (that is what makes `reinvocationPolicy: IfNeeded`
-//! and a second `inject` safe). Then [`ops`] (JSON patch operations from
+//! and a second `inject` safe). Then `ops` (JSON patch operations from
 //! the old and the new pod): [`ops_between`] turns the difference into
 //! a short, readable list of operations (whole-field `add`s per container,
 //! `remove`s of token volumes, an insert of the sidecar), and the result is

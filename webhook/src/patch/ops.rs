@@ -27,7 +27,7 @@ fn remove(ops: &mut Vec<PatchOperation>, tokens: &[&str]) {
     }));
 }
 
-/// A patch turning `before` into `after` (which [`transform`] made).
+/// A patch turning `before` into `after` (which [`super::transform`] made).
 pub fn ops_between(before: &Value, after: &Value) -> Patch {
     let mut ops = Vec::new();
     let b_ann = before.pointer("/metadata/annotations");
