@@ -7,6 +7,8 @@
 pub mod attrs;
 pub mod audit;
 pub mod body;
+pub mod collector;
+pub mod contract;
 pub mod identity;
 pub mod mask;
 pub mod policy;

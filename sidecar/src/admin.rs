@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Bytes;
+use mcp_warden_shared::contract;
 
 use crate::hooks::{ProxyBody, full};
 use crate::listener::Handler;
@@ -157,8 +158,8 @@ fn serve_admin(
         );
     }
     match req.uri().path() {
-        "/healthz" | "/livez" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        "/readyz" => {
+        contract::HEALTHZ_PATH | "/livez" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        contract::READYZ_PATH => {
             let (ready, checks) = readiness.report();
             let code = if ready {
                 StatusCode::OK
@@ -168,7 +169,7 @@ fn serve_admin(
             let body = serde_json::to_vec_pretty(&readyz_body(ready, &checks)).unwrap_or_default();
             text(code, "application/json", body)
         }
-        "/metrics" => text(
+        contract::METRICS_PATH => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode().into_bytes(),

@@ -38,7 +38,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::Config;
+use crate::config::{ApprovalConfig, Config};
 use crate::error::Refusal;
 use crate::forward::{self, Upstream};
 use crate::hooks::{self, DecideHook, RequestContext};
@@ -63,103 +63,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const WATCH_SLICE: Duration = Duration::from_secs(60);
 /// Largest API response read (lists of AccessRequests included).
 const MAX_RESPONSE: usize = 8 * 1024 * 1024;
-
-/// Approval settings (flags `--approval-timeout`, `--approval-reuse-window`,
-/// `--approval-notify-url` with `MCP_WARDEN_*` twins).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApprovalConfig {
-    /// How long a request is held waiting for a decision; then 403 and the
-    /// AccessRequest is marked Expired.
-    pub approval_timeout: Duration,
-    /// How long after the decision an approval whose client went away lets
-    /// one identical request through.
-    pub approval_reuse_window: Duration,
-    /// Where to POST `{"text": ...}` (Slack incoming-webhook shape) when a
-    /// request is pending; http:// only for loopback.
-    pub approval_notify_url: Option<Uri>,
-}
-
-impl Default for ApprovalConfig {
-    fn default() -> Self {
-        ApprovalConfig {
-            approval_timeout: Duration::from_secs(300),
-            approval_reuse_window: Duration::from_secs(600),
-            approval_notify_url: None,
-        }
-    }
-}
-
-/// The approval flags, to `#[command(flatten)]` into the sidecar's
-/// `ServeArgs`; [`ApprovalArgs::validate`] gives the [`ApprovalConfig`].
-#[derive(Debug, Clone, clap::Args)]
-pub struct ApprovalArgs {
-    /// How long a request under an `approve` rule is held waiting for a decision
-    /// (e.g. `5m`, `90s`); then 403 and the AccessRequest is marked Expired.
-    #[arg(long, env = "MCP_WARDEN_APPROVAL_TIMEOUT", default_value = "5m")]
-    pub approval_timeout: String,
-
-    /// How long after the decision an approval whose client went away lets one
-    /// identical request (same method, path, query) through.
-    #[arg(long, env = "MCP_WARDEN_APPROVAL_REUSE_WINDOW", default_value = "10m")]
-    pub approval_reuse_window: String,
-
-    /// Slack-compatible incoming-webhook URL that gets `{"text": ...}` when a
-    /// request waits for approval (https, or http to loopback).
-    #[arg(long, env = "MCP_WARDEN_APPROVAL_NOTIFY_URL")]
-    pub approval_notify_url: Option<String>,
-}
-
-impl ApprovalArgs {
-    /// Checks the values; errors name the flag and its environment twin.
-    pub fn validate(&self) -> Result<ApprovalConfig, crate::config::ConfigError> {
-        let err = |flag: &'static str, env: &'static str, message: String| {
-            crate::config::ConfigError { flag, env, message }
-        };
-        let approval_timeout = crate::config::parse_duration(&self.approval_timeout)
-            .map_err(|m| err("approval-timeout", "MCP_WARDEN_APPROVAL_TIMEOUT", m))?;
-        if approval_timeout.is_zero() {
-            return Err(err(
-                "approval-timeout",
-                "MCP_WARDEN_APPROVAL_TIMEOUT",
-                "must be more than zero".into(),
-            ));
-        }
-        let approval_reuse_window = crate::config::parse_duration(&self.approval_reuse_window)
-            .map_err(|m| {
-                err(
-                    "approval-reuse-window",
-                    "MCP_WARDEN_APPROVAL_REUSE_WINDOW",
-                    m,
-                )
-            })?;
-        let approval_notify_url = match self.approval_notify_url.as_deref() {
-            None | Some("") => None,
-            Some(u) => {
-                let uri: Uri = u.parse().map_err(|e| {
-                    err(
-                        "approval-notify-url",
-                        "MCP_WARDEN_APPROVAL_NOTIFY_URL",
-                        format!("{u:?}: {e}"),
-                    )
-                })?;
-                // Same scheme rule as at use, reported at start.
-                Notifier::new(uri.clone()).map_err(|e| {
-                    err(
-                        "approval-notify-url",
-                        "MCP_WARDEN_APPROVAL_NOTIFY_URL",
-                        e.to_string(),
-                    )
-                })?;
-                Some(uri)
-            }
-        };
-        Ok(ApprovalConfig {
-            approval_timeout,
-            approval_reuse_window,
-            approval_notify_url,
-        })
-    }
-}
 
 /// Errors of the approval machinery (all end in a 403, fail closed).
 #[derive(Debug, thiserror::Error)]
@@ -1113,49 +1016,6 @@ mod tests {
         assert!(!reusable_method(&Method::PATCH));
         assert!(!reusable_method(&Method::PUT));
         assert!(!reusable_method(&Method::POST));
-    }
-
-    #[test]
-    fn flags_have_defaults_and_name_themselves_when_bad() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct T {
-            #[command(flatten)]
-            a: ApprovalArgs,
-        }
-        let c = T::try_parse_from(["x"]).unwrap().a.validate().unwrap();
-        assert_eq!(c, ApprovalConfig::default());
-        let c = T::try_parse_from([
-            "x",
-            "--approval-timeout",
-            "90s",
-            "--approval-reuse-window",
-            "1m",
-            "--approval-notify-url",
-            "http://127.0.0.1:9/hook",
-        ])
-        .unwrap()
-        .a
-        .validate()
-        .unwrap();
-        assert_eq!(c.approval_timeout, Duration::from_secs(90));
-        assert_eq!(c.approval_reuse_window, Duration::from_secs(60));
-        assert!(c.approval_notify_url.is_some());
-        let e = T::try_parse_from(["x", "--approval-notify-url", "http://hooks.example.com/x"])
-            .unwrap()
-            .a
-            .validate()
-            .unwrap_err();
-        assert!(
-            e.to_string().contains("MCP_WARDEN_APPROVAL_NOTIFY_URL"),
-            "{e}"
-        );
-        let e = T::try_parse_from(["x", "--approval-timeout", "soon"])
-            .unwrap()
-            .a
-            .validate()
-            .unwrap_err();
-        assert!(e.to_string().contains("approval-timeout"), "{e}");
     }
 
     #[tokio::test]

@@ -9,12 +9,12 @@ use mcp_warden_shared::identity::{self, Identity};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CollectorFormat, Config, RecordingFailureMode};
+use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
 use crate::policy_store::{PolicyDecider, PolicyStore};
+use crate::recording::Recorder;
 use crate::recording::hook::{LevelSource, PolicyHashSource, RecordingHook};
-use crate::recording::{self, OnFailure, Recorder, RecordingConfig};
 use crate::{Extensions, Metrics, Readiness, RunError};
 
 /// Runs the sidecar as deployed: the policy from `--policy-file` (hot
@@ -38,9 +38,8 @@ pub async fn run_configured(
     store.attach_readiness(readiness.clone());
 
     let identity = pod_identity(&config);
-    let recorder_cfg = recording_config(&config);
     let (recorder, _recording_task) =
-        Recorder::start(recorder_cfg, stop.clone().cancelled_owned())?;
+        Recorder::start(config.recording.clone(), stop.clone().cancelled_owned())?;
     metrics.with_registry(|r| recorder.register_metrics_with_prefix(r, "recording"));
     {
         let recorder = recorder.clone();
@@ -120,29 +119,4 @@ fn pod_identity(config: &Config) -> Identity {
             Identity::user(&format!("mcp-warden:pod:{ns}/{name}"))
         }
     }
-}
-
-fn recording_config(config: &Config) -> RecordingConfig {
-    let mut rc = RecordingConfig::new(config.spool_dir.clone());
-    rc.spool_max_bytes = config.spool_max_bytes;
-    rc.on_failure = match config.on_recording_failure {
-        RecordingFailureMode::FailClosed => OnFailure::FailClosed,
-        RecordingFailureMode::Continue => OnFailure::Continue,
-    };
-    rc.collector_url = config.collector_url.clone();
-    rc.format = match config.collector_format {
-        CollectorFormat::Eventlist => recording::sender::CollectorFormat::EventList,
-        CollectorFormat::Ndjson => recording::sender::CollectorFormat::Ndjson,
-    };
-    rc.ca_file = config.collector_ca_file.clone();
-    rc.token_file = config.collector_token_file.clone();
-    rc.client_cert_file = config.collector_client_cert_file.clone();
-    rc.client_key_file = config.collector_client_key_file.clone();
-    rc.cluster_name = config.cluster_name.clone();
-    rc.pod = format!(
-        "{}/{}",
-        config.namespace(),
-        config.pod_name.as_deref().unwrap_or("unknown")
-    );
-    rc
 }

@@ -28,6 +28,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use mcp_warden_shared::contract;
 
 /// Name of the second app-facing listener (127.0.0.1:443) in metrics.
 pub const HTTPS_ALIAS_LISTENER: &str = "app-https-alias";
@@ -61,7 +62,7 @@ pub enum LifecycleError {
 pub struct WaitReadyArgs {
     /// The sidecar's admin port on 127.0.0.1, used when `--admin-listen` is
     /// not given.
-    #[arg(long, default_value_t = 15020)]
+    #[arg(long, default_value_t = contract::ADMIN_PORT)]
     pub admin_port: u16,
     /// The sidecar's admin address. A hook runs in the sidecar container
     /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
@@ -79,7 +80,7 @@ pub struct WaitReadyArgs {
 pub struct WaitDrainArgs {
     /// The sidecar's admin port on 127.0.0.1, used when `--admin-listen` is
     /// not given.
-    #[arg(long, default_value_t = 15020)]
+    #[arg(long, default_value_t = contract::ADMIN_PORT)]
     pub admin_port: u16,
     /// The sidecar's admin address. A hook runs in the sidecar container
     /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
@@ -158,7 +159,7 @@ pub fn wait_ready(args: &WaitReadyArgs) -> Result<(), LifecycleError> {
     let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
-        let last = match get(addr, "/readyz") {
+        let last = match get(addr, contract::READYZ_PATH) {
             Ok((200, _)) => return Ok(()),
             Ok((code, body)) => format!("{code}: {}", body.trim()),
             Err(e) => e.to_string(),
@@ -205,7 +206,7 @@ pub fn wait_drain(args: &WaitDrainArgs) -> Result<Drained, LifecycleError> {
     let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
-        let open = match get(addr, "/metrics") {
+        let open = match get(addr, contract::METRICS_PATH) {
             Ok((200, body)) => app_connections(&body).unwrap_or(0),
             Ok((code, _)) => return Ok(Drained::AdminGone(format!("HTTP {code}"))),
             Err(e) => return Ok(Drained::AdminGone(e.to_string())),

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::{ConfigError, parse_duration};
+use crate::config::{NamedParser, duration, positive_duration};
 use crate::listener::ListenerConfig;
 
 /// Most connections a cap may allow (the semaphore counts in `u32`).
@@ -100,61 +100,64 @@ pub fn raise_fd_limit(limits: &Limits) -> FdLimit {
     }
 }
 
-/// Connection and request limit flags (flattened into the sidecar's flags).
+/// Connection and request limit flags (flattened into the sidecar's flags);
+/// their value parsers check each value, so [`LimitArgs::limits`] cannot fail.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Most connections open at once on the app listener; more are closed at once.
-    #[arg(long, env = "MCP_WARDEN_MAX_CONNECTIONS", default_value = "2048")]
+    #[arg(long, env = "MCP_WARDEN_MAX_CONNECTIONS", default_value = "2048", value_parser = cap())]
     pub max_connections: usize,
 
     /// Longest TLS handshake on the app listener.
-    #[arg(long, env = "MCP_WARDEN_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
-    pub tls_handshake_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration())]
+    pub tls_handshake_timeout: Duration,
 
     /// Longest wait for the first byte of a request after the TLS handshake.
-    #[arg(long, env = "MCP_WARDEN_FIRST_BYTE_TIMEOUT", default_value = "10s")]
-    pub first_byte_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = positive_duration())]
+    pub first_byte_timeout: Duration,
 
     /// Longest time to receive an HTTP/1.1 request head, from its first byte.
-    #[arg(long, env = "MCP_WARDEN_HEADER_READ_TIMEOUT", default_value = "32s")]
-    pub header_read_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_HEADER_READ_TIMEOUT", default_value = "32s", value_parser = positive_duration())]
+    pub header_read_timeout: Duration,
 
     /// Close a connection with no request in progress after this long
     /// (HTTP/1.1: between keep-alive requests; HTTP/2: no open streams).
     /// Streaming responses (watch, follow) and tunnels are never idle.
-    #[arg(long, env = "MCP_WARDEN_IDLE_TIMEOUT", default_value = "90s")]
-    pub idle_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration())]
+    pub idle_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings to the app (`0`: no pings).
     #[arg(
         long,
         env = "MCP_WARDEN_HTTP2_KEEPALIVE_INTERVAL",
-        default_value = "30s"
+        default_value = "30s",
+        value_parser = duration()
     )]
-    pub http2_keepalive_interval: String,
+    pub http2_keepalive_interval: Duration,
 
     /// Drop an HTTP/2 connection whose ping is not answered within this long.
     #[arg(
         long,
         env = "MCP_WARDEN_HTTP2_KEEPALIVE_TIMEOUT",
-        default_value = "20s"
+        default_value = "20s",
+        value_parser = positive_duration()
     )]
-    pub http2_keepalive_timeout: String,
+    pub http2_keepalive_timeout: Duration,
 
     /// Cut a request whose body stalls (no new bytes from the app) this long.
-    #[arg(long, env = "MCP_WARDEN_BODY_READ_TIMEOUT", default_value = "30s")]
-    pub body_read_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_BODY_READ_TIMEOUT", default_value = "30s", value_parser = positive_duration())]
+    pub body_read_timeout: Duration,
 
     /// Most connections open at once on the admin listener; more are closed at once.
-    #[arg(long, env = "MCP_WARDEN_ADMIN_MAX_CONNECTIONS", default_value = "64")]
+    #[arg(long, env = "MCP_WARDEN_ADMIN_MAX_CONNECTIONS", default_value = "64", value_parser = cap())]
     pub admin_max_connections: usize,
 
     /// First-byte, header, idle and body timeout of the admin listener.
-    #[arg(long, env = "MCP_WARDEN_ADMIN_TIMEOUT", default_value = "10s")]
-    pub admin_timeout: String,
+    #[arg(long, env = "MCP_WARDEN_ADMIN_TIMEOUT", default_value = "10s", value_parser = positive_duration())]
+    pub admin_timeout: Duration,
 
     /// Most ordinary (not long-running) requests in flight at once; more get 429.
-    #[arg(long, env = "MCP_WARDEN_MAX_INFLIGHT_REQUESTS", default_value = "400")]
+    #[arg(long, env = "MCP_WARDEN_MAX_INFLIGHT_REQUESTS", default_value = "400", value_parser = cap())]
     pub max_inflight_requests: usize,
 
     /// Most long-running requests (watches, followed logs, exec/attach/port-forward)
@@ -162,7 +165,8 @@ pub struct LimitArgs {
     #[arg(
         long,
         env = "MCP_WARDEN_MAX_LONG_RUNNING_REQUESTS",
-        default_value = "1000"
+        default_value = "1000",
+        value_parser = cap()
     )]
     pub max_long_running_requests: usize,
 }
@@ -217,120 +221,40 @@ fn admin_config(app: &ListenerConfig, max: usize, timeout: Duration) -> Listener
     }
 }
 
-fn duration(
-    value: &str,
-    flag: &'static str,
-    env: &'static str,
-    allow_zero: bool,
-) -> Result<Duration, ConfigError> {
-    parse_duration(value)
-        .ok()
-        .filter(|d| allow_zero || !d.is_zero())
-        .ok_or_else(|| ConfigError {
-            flag,
-            env,
-            message: format!(
-                "{value:?} is not a {}duration such as 30s, 500ms or 2m",
-                if allow_zero { "" } else { "positive " }
-            ),
-        })
-}
-
-fn cap(value: usize, flag: &'static str, env: &'static str) -> Result<usize, ConfigError> {
-    if (1..=MAX_CAP).contains(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError {
-            flag,
-            env,
-            message: format!("{value} is not between 1 and {MAX_CAP}"),
-        })
-    }
+/// A connection or request cap: 1 to [`MAX_CAP`].
+fn cap() -> NamedParser<usize> {
+    NamedParser::new(|s| {
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_CAP).contains(n))
+            .ok_or_else(|| format!("{s:?} is not between 1 and {MAX_CAP}"))
+    })
 }
 
 impl LimitArgs {
-    /// Checks every value.
-    pub fn validate(&self) -> Result<Limits, ConfigError> {
-        let keepalive = duration(
-            &self.http2_keepalive_interval,
-            "http2-keepalive-interval",
-            "MCP_WARDEN_HTTP2_KEEPALIVE_INTERVAL",
-            true,
-        )?;
+    /// The limits of both listeners and the in-flight caps.
+    pub fn limits(&self) -> Limits {
+        let keepalive = self.http2_keepalive_interval;
         let app = ListenerConfig {
             name: "app".into(),
-            max_connections: cap(
-                self.max_connections,
-                "max-connections",
-                "MCP_WARDEN_MAX_CONNECTIONS",
-            )?,
-            handshake_timeout: duration(
-                &self.tls_handshake_timeout,
-                "tls-handshake-timeout",
-                "MCP_WARDEN_TLS_HANDSHAKE_TIMEOUT",
-                false,
-            )?,
-            first_byte_timeout: duration(
-                &self.first_byte_timeout,
-                "first-byte-timeout",
-                "MCP_WARDEN_FIRST_BYTE_TIMEOUT",
-                false,
-            )?,
-            header_read_timeout: duration(
-                &self.header_read_timeout,
-                "header-read-timeout",
-                "MCP_WARDEN_HEADER_READ_TIMEOUT",
-                false,
-            )?,
-            idle_timeout: duration(
-                &self.idle_timeout,
-                "idle-timeout",
-                "MCP_WARDEN_IDLE_TIMEOUT",
-                false,
-            )?,
+            max_connections: self.max_connections,
+            handshake_timeout: self.tls_handshake_timeout,
+            first_byte_timeout: self.first_byte_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
             http2_keepalive_interval: (!keepalive.is_zero()).then_some(keepalive),
-            http2_keepalive_timeout: duration(
-                &self.http2_keepalive_timeout,
-                "http2-keepalive-timeout",
-                "MCP_WARDEN_HTTP2_KEEPALIVE_TIMEOUT",
-                false,
-            )?,
-            body_read_timeout: duration(
-                &self.body_read_timeout,
-                "body-read-timeout",
-                "MCP_WARDEN_BODY_READ_TIMEOUT",
-                false,
-            )?,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            body_read_timeout: self.body_read_timeout,
             http2_max_concurrent_streams: HTTP2_MAX_CONCURRENT_STREAMS,
         };
-        let admin = admin_config(
-            &app,
-            cap(
-                self.admin_max_connections,
-                "admin-max-connections",
-                "MCP_WARDEN_ADMIN_MAX_CONNECTIONS",
-            )?,
-            duration(
-                &self.admin_timeout,
-                "admin-timeout",
-                "MCP_WARDEN_ADMIN_TIMEOUT",
-                false,
-            )?,
-        );
-        Ok(Limits {
+        let admin = admin_config(&app, self.admin_max_connections, self.admin_timeout);
+        Limits {
             app,
             admin,
-            max_inflight_requests: cap(
-                self.max_inflight_requests,
-                "max-inflight-requests",
-                "MCP_WARDEN_MAX_INFLIGHT_REQUESTS",
-            )?,
-            max_long_running_requests: cap(
-                self.max_long_running_requests,
-                "max-long-running-requests",
-                "MCP_WARDEN_MAX_LONG_RUNNING_REQUESTS",
-            )?,
-        })
+            max_inflight_requests: self.max_inflight_requests,
+            max_long_running_requests: self.max_long_running_requests,
+        }
     }
 }
 

@@ -13,11 +13,11 @@
 //! the core accepts by their label. Excluded namespaces are checked again here.
 
 use crate::config::{InjectConfig, SidecarForm};
-use crate::names::{
-    NAMESPACE_INJECTION_ENABLED, NAMESPACE_INJECTION_LABEL, STATUS_ANNOTATION, STATUS_INJECTED,
-};
 use crate::patch::{PatchOutcome, RefuseReason, patch};
 use base64::Engine;
+use mcp_warden_shared::contract::{
+    NAMESPACE_INJECTION_ENABLED, NAMESPACE_INJECTION_LABEL, STATUS_ANNOTATION, STATUS_INJECTED,
+};
 use mcp_warden_shared::status::{Reason, Status};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

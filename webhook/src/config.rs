@@ -5,6 +5,8 @@
 //! (`sidecarImage` ↔ `MCP_WARDEN_SIDECAR_IMAGE`). The environment is passed in
 //! as a lookup function so the merge stays a pure function that tests drive.
 
+pub use mcp_warden_shared::collector::CollectorFormat;
+use mcp_warden_shared::contract;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -27,27 +29,6 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
-}
-
-/// Format of the recording stream the sidecar sends to the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CollectorFormat {
-    /// `audit.k8s.io/v1` `EventList` batches, like kube-apiserver's audit webhook.
-    #[default]
-    Eventlist,
-    /// One JSON event per line.
-    Ndjson,
-}
-
-impl CollectorFormat {
-    /// The value the sidecar's `--collector-format` flag takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CollectorFormat::Eventlist => "eventlist",
-            CollectorFormat::Ndjson => "ndjson",
-        }
-    }
 }
 
 /// Which form of the sidecar to inject: `true` (native sidecar: the first
@@ -299,23 +280,23 @@ impl Default for InjectConfig {
             resources: SidecarResources::default(),
             sidecar_uid: 15020,
             collector_url: String::new(),
-            collector_format: CollectorFormat::Eventlist,
+            collector_format: CollectorFormat::EventList,
             collector_ca_secret: String::new(),
             collector_token_secret: String::new(),
             cluster_name: String::new(),
             native_sidecar: NativeSidecar::Auto,
             cluster_domain: "cluster.local".to_string(),
             https_alias_port: 443,
-            webhook_namespace: "mcp-warden".to_string(),
+            webhook_namespace: contract::WEBHOOK_NAMESPACE.to_string(),
             excluded_namespaces: Vec::new(),
-            policy_config_map: "mcp-warden-policy".to_string(),
+            policy_config_map: contract::DEFAULT_POLICY_CONFIGMAP.to_string(),
             api_audiences: vec![
                 "https://kubernetes.default.svc.cluster.local".to_string(),
                 "https://kubernetes.default.svc".to_string(),
                 "kubernetes.default.svc".to_string(),
             ],
-            api_port: 15443,
-            admin_port: 15020,
+            api_port: contract::API_PORT,
+            admin_port: contract::ADMIN_PORT,
             token_expiration_seconds: 3607,
             spool_size_limit: "256Mi".to_string(),
         }
@@ -378,17 +359,11 @@ impl InjectConfig {
         }
         set_string(&env, "MCP_WARDEN_COLLECTOR_URL", &mut self.collector_url);
         if let Some(v) = env("MCP_WARDEN_COLLECTOR_FORMAT") {
-            self.collector_format = match v.as_str() {
-                "eventlist" => CollectorFormat::Eventlist,
-                "ndjson" => CollectorFormat::Ndjson,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "MCP_WARDEN_COLLECTOR_FORMAT".to_string(),
-                        value: v,
-                        message: "expected eventlist or ndjson".to_string(),
-                    });
-                }
-            };
+            self.collector_format = v.parse().map_err(|_| ConfigError::Env {
+                var: "MCP_WARDEN_COLLECTOR_FORMAT".to_string(),
+                value: v,
+                message: "expected eventlist or ndjson".to_string(),
+            })?;
         }
         set_string(
             &env,

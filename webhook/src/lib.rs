@@ -14,7 +14,6 @@ pub mod admission;
 pub mod approval;
 pub mod config;
 pub mod manifest;
-pub mod names;
 pub mod patch;
 pub mod plugin;
 pub mod selfmanaged;

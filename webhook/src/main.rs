@@ -2,7 +2,9 @@
 //! (the same patch offline). All logic is in the library.
 
 use anyhow::{Context, Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use mcp_warden_shared::contract;
 use mcp_warden_webhook::config::{InjectConfig, KubeVersion, NativeSidecar};
 use mcp_warden_webhook::selfmanaged::SelfManagedConfig;
 use mcp_warden_webhook::server::{ServeConfig, ServerVersion, TlsSource};
@@ -60,28 +62,28 @@ struct ServeArgs {
     #[arg(
         long,
         env = "MCP_WARDEN_SERVICE_NAME",
-        default_value = "mcp-warden-webhook"
+        default_value = contract::WEBHOOK_SERVICE
     )]
     service_name: String,
     /// Namespace of the Service and Secret (self-managed mode).
     #[arg(
         long,
         env = "MCP_WARDEN_SERVICE_NAMESPACE",
-        default_value = "mcp-warden"
+        default_value = contract::WEBHOOK_NAMESPACE
     )]
     service_namespace: String,
     /// MutatingWebhookConfiguration to keep the caBundle of (self-managed mode).
     #[arg(
         long,
         env = "MCP_WARDEN_WEBHOOK_CONFIG_NAME",
-        default_value = "mcp-warden"
+        default_value = contract::WEBHOOK_CONFIGURATION
     )]
     webhook_config_name: String,
     /// Secret holding the self-managed CA and certificate.
     #[arg(
         long,
         env = "MCP_WARDEN_SECRET_NAME",
-        default_value = "mcp-warden-webhook-tls"
+        default_value = contract::WEBHOOK_TLS_SECRET
     )]
     secret_name: String,
     /// Injection settings (YAML); every key also has an MCP_WARDEN_* twin.
@@ -109,12 +111,19 @@ struct InjectArgs {
     /// sidecar, Kubernetes >= 1.29), false (first regular container, every
     /// version) or auto (by --kubernetes-version; without it the container
     /// form, which every server accepts).
-    #[arg(long, value_parser = ["true", "false", "auto"])]
-    native_sidecar: Option<String>,
+    #[arg(long, value_parser = native_sidecar())]
+    native_sidecar: Option<NativeSidecar>,
     /// Version of the cluster the output is for (e.g. 1.30), for
     /// nativeSidecar: auto.
     #[arg(long)]
     kubernetes_version: Option<String>,
+}
+
+/// `true`, `false` or `auto`, listed in `--help`.
+fn native_sidecar() -> impl TypedValueParser<Value = NativeSidecar> {
+    PossibleValuesParser::new(["true", "false", "auto"]).try_map(|s| {
+        NativeSidecar::parse(&s).ok_or_else(|| format!("{s:?} is not true, false or auto"))
+    })
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<InjectConfig> {
@@ -191,11 +200,7 @@ fn inject(args: InjectArgs) -> Result<bool> {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?
     };
     let mut config = config;
-    if let Some(n) = args
-        .native_sidecar
-        .as_deref()
-        .and_then(NativeSidecar::parse)
-    {
+    if let Some(n) = args.native_sidecar {
         config.native_sidecar = n;
     }
     let version = match args.kubernetes_version.as_deref() {

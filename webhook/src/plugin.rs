@@ -82,7 +82,11 @@ fn api_error(e: kube::Error) -> PluginError {
 
 fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("mcp-warden.io", "v1alpha1", "AccessRequest"),
+        &GroupVersionKind::gvk(
+            mcp_warden_shared::contract::API_GROUP,
+            "v1alpha1",
+            "AccessRequest",
+        ),
         "accessrequests",
     )
 }

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use mcp_warden_io::accept::{HANDSHAKE_TIMEOUT, accept_loop, tls_handshake};
+use mcp_warden_shared::contract;
 use mcp_warden_shared::status::{Reason, Status};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -350,7 +351,10 @@ async fn approval_review(body: axum::body::Bytes, mode: crate::approval::Mode) -
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/mutate", post(mutate).fallback(method_not_allowed))
+        .route(
+            contract::MUTATE_PATH,
+            post(mutate).fallback(method_not_allowed),
+        )
         .route(
             crate::approval::MUTATE_PATH,
             post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Mutate)),
@@ -365,10 +369,10 @@ fn router(state: Arc<AppState>) -> Router {
 
 fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route(contract::HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .route(contract::READYZ_PATH, get(|| async { "ok\n" }))
         .route(
-            "/metrics",
+            contract::METRICS_PATH,
             get(|State(s): State<Arc<AppState>>| async move {
                 (
                     [(

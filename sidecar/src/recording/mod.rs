@@ -36,33 +36,23 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
 pub use hook::RecordingHook;
-pub use sender::{CollectorFormat, SenderConfig, SenderError};
+pub use mcp_warden_shared::collector::CollectorFormat;
+pub use sender::SenderError;
 pub use spool::{SpoolConfig, SpoolError};
 
 /// What to do when an event cannot be made durable (`--on-recording-failure`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OnFailure {
-    /// Refuse the request with 503 before it is forwarded (default).
+    /// Refuse new requests with 503 rather than forward an unrecorded one.
     #[default]
     FailClosed,
-    /// Let the request through and count the lost event.
+    /// Forward anyway and count the loss in metrics.
     Continue,
 }
 
-impl std::str::FromStr for OnFailure {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fail-closed" => Ok(Self::FailClosed),
-            "continue" => Ok(Self::Continue),
-            other => Err(format!(
-                "--on-recording-failure must be fail-closed or continue, not {other:?}"
-            )),
-        }
-    }
-}
-
-/// Recording settings; one field per flag.
+/// Recording settings: the spool, the collector and its delivery. The
+/// sidecar builds it once from its flags
+/// ([`crate::config::RecordingArgs::validate`]); the sender takes it as is.
 #[derive(Debug, Clone)]
 pub struct RecordingConfig {
     /// `--spool-dir`: where events wait until the collector has them.
@@ -89,8 +79,12 @@ pub struct RecordingConfig {
     pub batch_max_delay: Duration,
     /// Concurrent POSTs (default 2).
     pub concurrency: usize,
+    /// First retry delay, doubling per attempt (default 100 ms).
+    pub backoff_initial: Duration,
     /// Retry delay cap (default 10 s).
     pub backoff_max: Duration,
+    /// Timeout of one POST, response included (default 30 s).
+    pub request_timeout: Duration,
     /// Cluster name put in the `mcp-warden.io/cluster` annotation.
     pub cluster_name: String,
     /// `namespace/name` of the pod (`mcp-warden.io/pod`).
@@ -105,7 +99,7 @@ impl RecordingConfig {
             spool_max_bytes: 256 << 20,
             on_failure: OnFailure::FailClosed,
             collector_url: None,
-            format: CollectorFormat::EventList,
+            format: CollectorFormat::default(),
             ca_file: None,
             token_file: None,
             client_cert_file: None,
@@ -113,7 +107,9 @@ impl RecordingConfig {
             batch_max_events: 100,
             batch_max_delay: Duration::from_millis(200),
             concurrency: 2,
+            backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             cluster_name: String::new(),
             pod: String::new(),
         }
@@ -246,17 +242,7 @@ impl Recorder {
                 dir: cfg.spool_dir.clone(),
                 source,
             })?;
-        let mut scfg = SenderConfig::new(url);
-        scfg.format = cfg.format;
-        scfg.ca_file = cfg.ca_file.clone();
-        scfg.token_file = cfg.token_file.clone();
-        scfg.client_cert_file = cfg.client_cert_file.clone();
-        scfg.client_key_file = cfg.client_key_file.clone();
-        scfg.batch_max_events = cfg.batch_max_events;
-        scfg.batch_max_delay = cfg.batch_max_delay;
-        scfg.concurrency = cfg.concurrency;
-        scfg.backoff_max = cfg.backoff_max;
-        let sender = sender::Sender::new(scfg, spool.clone(), stats.clone())?;
+        let sender = sender::Sender::new(url, cfg.clone(), spool.clone(), stats.clone())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop_sender = stop_rx.clone();
         let sender_task = tokio::spawn(sender.run(async move {

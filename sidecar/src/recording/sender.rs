@@ -32,84 +32,10 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use super::RecordingStats;
+use mcp_warden_shared::collector::CollectorFormat;
+
 use super::spool::{RecordKind, SeqNo, Spool, SpoolRecord};
-
-/// Body format of event POSTs (`--collector-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CollectorFormat {
-    /// `audit.k8s.io/v1` `EventList`, `application/json`.
-    #[default]
-    EventList,
-    /// One `Event` JSON per line, `application/x-ndjson`.
-    Ndjson,
-}
-
-impl std::str::FromStr for CollectorFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "eventlist" => Ok(Self::EventList),
-            "ndjson" => Ok(Self::Ndjson),
-            other => Err(format!(
-                "--collector-format must be eventlist or ndjson, not {other:?}"
-            )),
-        }
-    }
-}
-
-/// Settings of the sender.
-#[derive(Debug, Clone)]
-pub struct SenderConfig {
-    /// Where events are POSTed (`--collector-url`); sessions go to
-    /// `<url>/sessions/<auditID>`.
-    pub url: Uri,
-    /// Body format of event POSTs.
-    pub format: CollectorFormat,
-    /// PEM CA bundle that signs the collector's certificate
-    /// (`--collector-ca-file`); without it the Mozilla roots are used.
-    pub ca_file: Option<PathBuf>,
-    /// File holding a bearer token (`--collector-token-file`); re-read
-    /// before every POST so a rotated token is picked up.
-    pub token_file: Option<PathBuf>,
-    /// PEM client certificate chain (`--collector-client-cert-file`).
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key for the client certificate (`--collector-client-key-file`).
-    pub client_key_file: Option<PathBuf>,
-    /// Most events in one POST.
-    pub batch_max_events: usize,
-    /// Longest an event waits for its batch to fill.
-    pub batch_max_delay: Duration,
-    /// POSTs in flight at once.
-    pub concurrency: usize,
-    /// First retry delay; doubles per attempt.
-    pub backoff_initial: Duration,
-    /// Retry delay cap.
-    pub backoff_max: Duration,
-    /// Timeout of one POST, response included.
-    pub request_timeout: Duration,
-}
-
-impl SenderConfig {
-    /// Defaults: EventList, 100 events / 200 ms, 2 concurrent POSTs, backoff
-    /// 100 ms doubling up to 10 s, 30 s per POST.
-    pub fn new(url: Uri) -> Self {
-        Self {
-            url,
-            format: CollectorFormat::EventList,
-            ca_file: None,
-            token_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            batch_max_events: 100,
-            batch_max_delay: Duration::from_millis(200),
-            concurrency: 2,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
+use super::{RecordingConfig, RecordingStats};
 
 /// Why the sender could not be set up, or a POST failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +68,8 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The sender; `run` it on a task.
 pub struct Sender {
-    cfg: SenderConfig,
+    url: Uri,
+    cfg: RecordingConfig,
     spool: Spool,
     stats: RecordingStats,
     client: HttpClient,
@@ -180,7 +107,7 @@ fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, SenderError> 
     })
 }
 
-fn tls_config(cfg: &SenderConfig) -> Result<rustls::ClientConfig, SenderError> {
+fn tls_config(cfg: &RecordingConfig) -> Result<rustls::ClientConfig, SenderError> {
     let mut roots = rustls::RootCertStore::empty();
     match &cfg.ca_file {
         Some(path) => {
@@ -330,11 +257,12 @@ enum Outcome {
 impl Sender {
     /// Validate the URL, load TLS material and build the HTTP client.
     pub fn new(
-        cfg: SenderConfig,
+        url: Uri,
+        cfg: RecordingConfig,
         spool: Spool,
         stats: RecordingStats,
     ) -> Result<Sender, SenderError> {
-        validate_url(&cfg.url)?;
+        validate_url(&url)?;
         let tls = tls_config(&cfg)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -344,7 +272,7 @@ impl Sender {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let base = cfg.url.to_string();
+        let base = url.to_string();
         let base_path = base
             .split('?')
             .next()
@@ -352,6 +280,7 @@ impl Sender {
             .trim_end_matches('/');
         let sessions_base = format!("{base_path}/sessions/");
         Ok(Sender {
+            url,
             cfg,
             spool,
             stats,
@@ -467,11 +396,8 @@ impl Sender {
                     tracing::error!(bad, "spooled events that are not JSON were dropped");
                     self.stats.events_lost.inc_by(bad as u64);
                 }
-                let ct = match self.cfg.format {
-                    CollectorFormat::EventList => "application/json",
-                    CollectorFormat::Ndjson => "application/x-ndjson",
-                };
-                (self.cfg.url.to_string(), ct, body, recs.len() - bad, false)
+                let ct = self.cfg.format.content_type();
+                (self.url.to_string(), ct, body, recs.len() - bad, false)
             }
             Batch::Session(rec) => match super::asciicast::decode_session_record(&rec.payload) {
                 Some((audit_id, cast)) => (

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::InProcessSidecar;
 use clap::Parser;
-use mcp_warden_sidecar::approval::{ApprovalConfig, ApprovalDecider};
-use mcp_warden_sidecar::config::Cli;
+use mcp_warden_sidecar::approval::ApprovalDecider;
+use mcp_warden_sidecar::config::{ApprovalConfig, Cli};
 use mcp_warden_sidecar::policy_store::{PolicyDecider, PolicyStore};
 use mcp_warden_sidecar::{Extensions, Hooks};
 use mcp_warden_tests::harness::{

@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use mcp_warden_shared::contract;
 use mcp_warden_webhook::config::{InjectConfig, NativeSidecar, SidecarForm};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -252,7 +253,11 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
                 svc.namespace.as_str(),
                 svc.path.as_deref()
             ),
-            ("mcp-warden-webhook", "mcp-warden", Some("/mutate"))
+            (
+                contract::WEBHOOK_SERVICE,
+                contract::WEBHOOK_NAMESPACE,
+                Some(contract::MUTATE_PATH)
+            )
         );
         let ns = serde_json::to_value(h.namespace_selector.as_ref().unwrap()).unwrap();
         let excluded = ns["matchExpressions"]
@@ -267,16 +272,19 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
             serde_json::json!(["kube-system", "mcp-warden"])
         );
         let obj = serde_json::to_value(h.object_selector.as_ref().unwrap()).unwrap();
-        assert_eq!(obj["matchExpressions"][0]["key"], "mcp-warden.io/inject");
+        assert_eq!(
+            obj["matchExpressions"][0]["key"],
+            contract::POD_INJECT_LABEL
+        );
     }
     let ns_hook = serde_json::to_value(&hooks[0]).unwrap();
     assert_eq!(
         ns_hook["namespaceSelector"]["matchExpressions"][0],
-        serde_json::json!({"key": "mcp-warden.io/injection", "operator": "In", "values": ["enabled"]})
+        serde_json::json!({"key": contract::NAMESPACE_INJECTION_LABEL, "operator": "In", "values": [contract::NAMESPACE_INJECTION_ENABLED]})
     );
     assert_eq!(
         ns_hook["objectSelector"]["matchExpressions"][0],
-        serde_json::json!({"key": "mcp-warden.io/inject", "operator": "NotIn", "values": ["false"]})
+        serde_json::json!({"key": contract::POD_INJECT_LABEL, "operator": "NotIn", "values": ["false"]})
     );
 
     // Least privilege: its own MutatingWebhookConfiguration and Secret only.
@@ -286,7 +294,7 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
     assert_eq!(rules.len(), 1);
     assert_eq!(
         rules[0].resource_names.as_deref(),
-        Some(&["mcp-warden".to_string()][..])
+        Some(&[contract::WEBHOOK_CONFIGURATION.to_string()][..])
     );
     assert_eq!(rules[0].verbs, vec!["get", "patch"]);
     let role: Role =
@@ -296,7 +304,7 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
         if r.verbs != vec!["create"] {
             assert_eq!(
                 r.resource_names.as_deref(),
-                Some(&["mcp-warden-webhook-tls".to_string()][..])
+                Some(&[contract::WEBHOOK_TLS_SECRET.to_string()][..])
             );
         }
     }
@@ -308,7 +316,7 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
     assert_eq!(spec.replicas, Some(2));
     let tmpl = spec.template;
     assert_eq!(
-        tmpl.metadata.unwrap().labels.unwrap()["mcp-warden.io/inject"],
+        tmpl.metadata.unwrap().labels.unwrap()[contract::POD_INJECT_LABEL],
         "false"
     );
     let pod = tmpl.spec.unwrap();
@@ -354,18 +362,19 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
         serde_json::from_value(find(&d, "ConfigMap", "mcp-warden-webhook-config").clone()).unwrap();
     let cfg = InjectConfig::from_yaml("config.yaml", &cm.data.unwrap()["config.yaml"]).unwrap();
     cfg.validate().unwrap();
-    assert_eq!(cfg.webhook_namespace, "mcp-warden");
+    assert_eq!(cfg.webhook_namespace, contract::WEBHOOK_NAMESPACE);
     assert_eq!(cfg.native_sidecar, NativeSidecar::Auto);
 
     // The example MCP namespace: labelled, with the policy and the sidecar's RBAC.
     let ns: Namespace = serde_json::from_value(find(&d, "Namespace", "mcp").clone()).unwrap();
     assert_eq!(
-        ns.metadata.labels.unwrap()["mcp-warden.io/injection"],
-        "enabled"
+        ns.metadata.labels.unwrap()[contract::NAMESPACE_INJECTION_LABEL],
+        contract::NAMESPACE_INJECTION_ENABLED
     );
-    let policy = find(&d, "ConfigMap", "mcp-warden-policy");
+    let policy = find(&d, "ConfigMap", contract::DEFAULT_POLICY_CONFIGMAP);
     assert_eq!(policy["metadata"]["namespace"], "mcp");
-    let p: Value = serde_saphyr::from_str(policy["data"]["policy.yaml"].as_str().unwrap()).unwrap();
+    let p: Value =
+        serde_saphyr::from_str(policy["data"][contract::POLICY_KEY].as_str().unwrap()).unwrap();
     assert_eq!(p["kind"], "Policy");
     assert_eq!(p["defaultAction"], "deny");
     assert_eq!(p["rules"].as_array().unwrap().len(), 3);
@@ -374,7 +383,7 @@ fn manifests_deserialize_validate_and_keep_their_promises() {
     let r = &sidecar_role.rules.unwrap()[0];
     assert_eq!(
         r.api_groups.as_deref(),
-        Some(&["mcp-warden.io".to_string()][..])
+        Some(&[contract::API_GROUP.to_string()][..])
     );
     assert_eq!(
         r.resources.as_deref(),
