@@ -53,31 +53,31 @@ pub struct AccessRequestSpec {
     /// Verb of the held request (`delete`, `get`, ...).
     pub verb: String,
     /// API group; empty for the core group.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub group: String,
     /// Resource (plural).
     pub resource: String,
     /// Subresource (`exec`, `status`, ...); empty if none.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub subresource: String,
     /// Namespace of the held request; empty for cluster-scoped requests.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub namespace: String,
     /// Object name; empty for lists and creates.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub name: String,
     /// sha256 (hex) of the request's method, path with query, and body.
     pub request_hash: String,
     /// Short human summary, e.g. `delete deployments.apps prod/web`.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub summary: String,
     /// Who asks.
     pub requester: Requester,
     /// Name of the policy rule that asked for approval.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub rule: String,
     /// The rule's message to the approver.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub message: String,
     /// RFC 3339 time after which nobody can approve or deny it.
     pub expires_at: String,
@@ -90,7 +90,7 @@ pub struct Requester {
     /// The sidecar's user name, `system:serviceaccount:NS:NAME`.
     pub service_account: String,
     /// The pod's name; empty when unknown.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub pod: String,
 }
 
@@ -103,13 +103,13 @@ pub struct AccessRequestStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
     /// Who approved, denied or expired it.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub decided_by: String,
     /// RFC 3339 time of the decision.
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub decided_at: String,
     /// Why (the approver's words, or the sidecar's on expiry).
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "or_empty")]
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub reason: String,
 }
 
@@ -306,13 +306,18 @@ mod tests {
         assert!(back["spec"].get("name").is_none());
         assert!(back["status"].get("decidedAt").is_none());
 
-        let new: AccessRequest = serde_json::from_value(json!({"metadata": {}, "spec": {}})).unwrap();
+        let new: AccessRequest =
+            serde_json::from_value(json!({"metadata": {}, "spec": {}})).unwrap();
         assert_eq!(new.state(), State::Pending);
-        let odd: AccessRequest =
-            serde_json::from_value(json!({"metadata": {}, "spec": {}, "status": {"state": "Maybe"}}))
-                .unwrap();
+        let odd: AccessRequest = serde_json::from_value(
+            json!({"metadata": {}, "spec": {}, "status": {"state": "Maybe"}}),
+        )
+        .unwrap();
         assert_eq!(odd.state(), State::Other("Maybe".into()));
-        assert_eq!(serde_json::to_value(&odd).unwrap()["status"]["state"], "Maybe");
+        assert_eq!(
+            serde_json::to_value(&odd).unwrap()["status"]["state"],
+            "Maybe"
+        );
         let empty: AccessRequest =
             serde_json::from_value(json!({"metadata": {}, "spec": {}, "status": {"state": ""}}))
                 .unwrap();

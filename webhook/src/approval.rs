@@ -222,8 +222,8 @@ pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
         let st = Status::new(reason, msg);
         respond(json!({"uid": uid, "allowed": false, "status": st.to_value()}))
     };
-    let is_ar = s(req, "/resource/group") == Some(GROUP)
-        && s(req, "/resource/resource") == Some(RESOURCE);
+    let is_ar =
+        s(req, "/resource/group") == Some(GROUP) && s(req, "/resource/resource") == Some(RESOURCE);
     let op = s(req, "/operation").unwrap_or("");
     let sub = s(req, "/subResource").unwrap_or("");
     if !is_ar || op != "UPDATE" || sub != "status" {

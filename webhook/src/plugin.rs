@@ -132,7 +132,11 @@ pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool
         if OffsetDateTime::parse(&o.spec.expires_at, &Rfc3339).is_ok_and(|t| t <= now) {
             continue;
         }
-        let created = o.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
+        let created = o
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
         let mut r = vec![
             o.name().to_string(),
             o.spec.requester.service_account.clone(),

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use http::{HeaderValue, header};
+use kube::Resource;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
-use kube::Resource;
 use kube::runtime::watcher::watch_object;
 use mcp_warden_shared::access_request::{AccessRequest, State};
 
@@ -53,7 +53,10 @@ fn setup_error(e: kube::Error) -> ApprovalError {
 /// The DER certificates of a PEM file.
 fn ca_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ApprovalError> {
     let setup = |message: String| {
-        ApprovalError::Setup(format!("reading the upstream CA file {}: {message}", path.display()))
+        ApprovalError::Setup(format!(
+            "reading the upstream CA file {}: {message}",
+            path.display()
+        ))
     };
     let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())

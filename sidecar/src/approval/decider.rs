@@ -238,11 +238,7 @@ impl ApprovalDecider {
             ),
             Outcome::TimedOut => {
                 let reason = format!("no decision within {:?}", self.config.approval_timeout);
-                if let Err(e) = self
-                    .api
-                    .set_status(&current, State::Expired, &reason)
-                    .await
-                {
+                if let Err(e) = self.api.set_status(&current, State::Expired, &reason).await {
                     tracing::warn!(access_request = %ar, error = %e, "could not mark the AccessRequest Expired");
                 }
                 tracing::info!(request_id = %ctx.request_id, access_request = %ar, "approval timed out");
@@ -277,10 +273,7 @@ impl ApprovalDecider {
             // requests cannot both consume the same approval.
             match self.api.set_status(&item, State::Used, "").await {
                 Ok(_) => {
-                    return Ok(Some((
-                        item.status().decided_by,
-                        item.name().to_string(),
-                    )));
+                    return Ok(Some((item.status().decided_by, item.name().to_string())));
                 }
                 Err(ApprovalError::Api { code: 409, .. }) => continue,
                 Err(e) => return Err(e),
