@@ -50,32 +50,19 @@ fn setup_error(e: kube::Error) -> ApprovalError {
     }
 }
 
-/// The DER certificates of a PEM file.
-fn ca_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ApprovalError> {
-    let setup = |message: String| {
-        ApprovalError::Setup(format!(
-            "reading the upstream CA file {}: {message}",
-            path.display()
-        ))
-    };
-    let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .map(|c| c.map(|c| c.as_ref().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(setup("no certificates in file".into()));
-    }
-    Ok(certs)
-}
-
 impl AccessRequests {
     /// The client for `sidecar`'s upstream, in `sidecar.namespace()`.
     pub fn new(sidecar: &Config) -> Result<Self, ApprovalError> {
         let namespace = sidecar.namespace();
         let mut config = kube::Config::new(sidecar.upstream.clone());
         config.default_namespace = namespace.clone();
-        config.root_cert = Some(ca_certificates(&sidecar.upstream_ca_file)?);
+        config.root_cert = Some(
+            crate::forward::load_certs(&sidecar.upstream_ca_file)
+                .map_err(|e| ApprovalError::Setup(e.to_string()))?
+                .into_iter()
+                .map(|c| c.to_vec())
+                .collect(),
+        );
         config.connect_timeout = Some(sidecar.upstream_connect_timeout);
         // kube re-reads the file at least once a minute and keeps the last
         // token when a read fails; the kubelet's old token stays valid well
@@ -99,8 +86,12 @@ impl AccessRequests {
             header::USER_AGENT,
             HeaderValue::from_static("mcp-warden-sidecar/approvals"),
         ));
-        // What can be wrong with the settings (CA, token) shows here, at start.
-        kube::client::ClientBuilder::try_from(config.clone()).map_err(setup_error)?;
+        // A bad CA shows here, at start. The token file is read at first
+        // use, as the forwarder reads it: a missing token fails requests,
+        // not the start.
+        let mut probe = config.clone();
+        probe.auth_info = Default::default();
+        kube::client::ClientBuilder::try_from(probe).map_err(setup_error)?;
         Ok(AccessRequests {
             collection: AccessRequest::url_path(&(), Some(&namespace)),
             config,
@@ -281,8 +272,50 @@ impl Backoff for Retry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn sidecar(dir: &std::path::Path) -> Config {
+        let (ca, token) = (dir.join("ca.crt"), dir.join("token"));
+        crate::config::Cli::try_parse_from([
+            "mcp-warden-sidecar",
+            "--upstream",
+            "https://127.0.0.1:1",
+            "--upstream-ca-file",
+            ca.to_str().unwrap(),
+            "--upstream-token-file",
+            token.to_str().unwrap(),
+            "--pod-namespace",
+            "agents",
+        ])
+        .unwrap()
+        .serve
+        .validate()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_ca_fails_the_start_a_missing_token_only_the_calls() {
+        let d = tempfile::tempdir().unwrap();
+        let config = sidecar(d.path());
+        std::fs::write(&config.upstream_ca_file, "no certificates here").unwrap();
+        assert!(matches!(
+            AccessRequests::new(&config),
+            Err(ApprovalError::Setup(_))
+        ));
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&config.upstream_ca_file, ca.cert.pem()).unwrap();
+        let api = AccessRequests::new(&config).unwrap();
+        assert_eq!(api.namespace(), "agents");
+        assert_eq!(
+            api.path("x", "status"),
+            "/apis/mcp-warden.io/v1alpha1/namespaces/agents/accessrequests/x/status"
+        );
+        let e = api.list().await.unwrap_err();
+        assert!(matches!(e, ApprovalError::Token(_)), "{e}");
+    }
 
     #[test]
     fn retries_back_off_and_reset() {
