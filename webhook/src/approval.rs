@@ -67,6 +67,7 @@ pub enum Refusal {
 /// mode only; empty when nothing needs stamping).
 pub type Stamp = Vec<Value>;
 
+/// A string of the AdmissionReview envelope.
 fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
