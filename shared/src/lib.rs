@@ -4,6 +4,7 @@
 //! clocks, no environment. The sidecar and the webhook wrap these cores in
 //! small servers; tests exercise them directly.
 
+pub mod access_request;
 pub mod attrs;
 pub mod audit;
 pub mod body;

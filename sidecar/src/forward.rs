@@ -39,24 +39,32 @@ pub struct Upstream {
     upgrade_client: HttpsClient,
 }
 
-/// Loads the PEM certificates of `path` into a root store.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ForwardError> {
+/// The PEM certificates of `path` (at least one).
+pub fn load_certs(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ForwardError> {
     let err = |message: String| ForwardError::Ca {
         path: path.display().to_string(),
         message,
     };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let mut n = 0usize;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| err(format!("invalid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| err(format!("invalid certificate: {e}")))?;
-        n += 1;
-    }
-    if n == 0 {
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("invalid PEM: {e}")))?;
+    if certs.is_empty() {
         return Err(err("no certificates in file".into()));
+    }
+    Ok(certs)
+}
+
+/// Loads the PEM certificates of `path` into a root store.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ForwardError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| ForwardError::Ca {
+            path: path.display().to_string(),
+            message: format!("invalid certificate: {e}"),
+        })?;
     }
     Ok(roots)
 }

@@ -17,7 +17,9 @@
 //! nobody may approve or deny once `spec.expiresAt` has passed.
 
 use base64::Engine;
+use mcp_warden_shared::access_request::{AccessRequest, GROUP, RESOURCE, State};
 use mcp_warden_shared::status::{Reason, Status};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -28,46 +30,6 @@ use crate::admission::ADMISSION_API_VERSION;
 pub const MUTATE_PATH: &str = "/mutate-accessrequests";
 /// Path of the validating endpoint.
 pub const VALIDATE_PATH: &str = "/validate-accessrequests";
-
-/// States of an AccessRequest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Pending,
-    Approved,
-    Denied,
-    Expired,
-    Used,
-}
-
-impl State {
-    /// Parses `status.state`; absent or empty means Pending (a new object).
-    pub fn parse(s: Option<&str>) -> Option<State> {
-        Some(match s.unwrap_or("") {
-            "" | "Pending" => State::Pending,
-            "Approved" => State::Approved,
-            "Denied" => State::Denied,
-            "Expired" => State::Expired,
-            "Used" => State::Used,
-            _ => return None,
-        })
-    }
-
-    /// The name as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "Pending",
-            State::Approved => "Approved",
-            State::Denied => "Denied",
-            State::Expired => "Expired",
-            State::Used => "Used",
-        }
-    }
-
-    /// A human decision (the ones that need an approver identity).
-    fn is_human_decision(self) -> bool {
-        matches!(self, State::Approved | State::Denied)
-    }
-}
 
 /// Which endpoint is answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +46,7 @@ pub enum Refusal {
     #[error("status.state {0:?} is not one of Pending, Approved, Denied, Expired, Used")]
     UnknownState(String),
     #[error("an AccessRequest cannot go from {from} to {to}")]
-    Transition {
-        from: &'static str,
-        to: &'static str,
-    },
+    Transition { from: String, to: String },
     #[error(
         "{user} requested this access and cannot decide on it: another person must approve or deny it"
     )]
@@ -108,27 +67,41 @@ pub enum Refusal {
 /// mode only; empty when nothing needs stamping).
 pub type Stamp = Vec<Value>;
 
+/// A string of the AdmissionReview envelope.
 fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// An empty optional string is an absent one.
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Reads an AccessRequest out of an admission request.
+pub fn access_request(v: &Value) -> Result<AccessRequest, Refusal> {
+    AccessRequest::deserialize(v)
+        .map_err(|e| Refusal::Malformed(format!("not an AccessRequest: {e}")))
 }
 
 /// Judges one status update. `old`/`new` are the whole objects, `username`
 /// the authenticated user, `now` the time of the decision.
 pub fn judge(
-    old: &Value,
-    new: &Value,
+    old: &AccessRequest,
+    new: &AccessRequest,
     username: &str,
     now: OffsetDateTime,
     mode: Mode,
 ) -> Result<Stamp, Refusal> {
-    let from = State::parse(s(old, "/status/state"))
-        .ok_or_else(|| Refusal::UnknownState(s(old, "/status/state").unwrap_or("").into()))?;
-    let to = State::parse(s(new, "/status/state"))
-        .ok_or_else(|| Refusal::UnknownState(s(new, "/status/state").unwrap_or("").into()))?;
+    let (from, to) = (old.state(), new.state());
+    for state in [&from, &to] {
+        if let State::Other(other) = state {
+            return Err(Refusal::UnknownState(other.clone()));
+        }
+    }
     let transition = from != to;
     if transition {
         let ok = matches!(
-            (from, to),
+            (&from, &to),
             (
                 State::Pending,
                 State::Approved | State::Denied | State::Expired
@@ -136,24 +109,22 @@ pub fn judge(
         );
         if !ok {
             return Err(Refusal::Transition {
-                from: from.as_str(),
-                to: to.as_str(),
+                from: from.to_string(),
+                to: to.to_string(),
             });
         }
     }
     if transition && to.is_human_decision() {
-        if let Some(requester) = s(new, "/spec/requester/serviceAccount")
-            .or_else(|| s(old, "/spec/requester/serviceAccount"))
-            && !requester.is_empty()
-            && requester == username
-        {
+        let requester = opt(&new.spec.requester.service_account)
+            .or_else(|| opt(&old.spec.requester.service_account));
+        if requester == Some(username) {
             return Err(Refusal::SelfDecision {
                 user: username.to_string(),
             });
         }
         // Expiry comes from the stored object: spec is not writable through
         // the status subresource, but `old` is what was asked.
-        if let Some(exp) = s(old, "/spec/expiresAt") {
+        if let Some(exp) = opt(&old.spec.expires_at) {
             let at = OffsetDateTime::parse(exp, &Rfc3339)
                 .map_err(|e| Refusal::Malformed(format!("spec.expiresAt {exp:?}: {e}")))?;
             if now >= at {
@@ -167,10 +138,11 @@ pub fn judge(
     // except Approved→Used, which consumes an existing decision), otherwise
     // carried over unchanged.
     let decides = transition && !(from == State::Approved && to == State::Used);
-    let old_by = s(old, "/status/decidedBy");
-    let old_at = s(old, "/status/decidedAt");
-    let new_by = s(new, "/status/decidedBy");
-    let new_at = s(new, "/status/decidedAt");
+    let (old_status, new_status) = (old.status(), new.status());
+    let old_by = opt(&old_status.decided_by);
+    let old_at = opt(&old_status.decided_at);
+    let new_by = opt(&new_status.decided_by);
+    let new_at = opt(&new_status.decided_at);
     match mode {
         Mode::Validate => {
             if decides {
@@ -197,7 +169,7 @@ pub fn judge(
                 (old_by.map(str::to_string), old_at.map(str::to_string))
             };
             let mut ops = Vec::new();
-            if !new.get("status").is_some_and(Value::is_object) {
+            if new.status.is_none() {
                 ops.push(json!({"op": "add", "path": "/status", "value": {}}));
             }
             for (field, cur, want) in [
@@ -251,8 +223,8 @@ pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
         let st = Status::new(reason, msg);
         respond(json!({"uid": uid, "allowed": false, "status": st.to_value()}))
     };
-    let is_ar = s(req, "/resource/group") == Some("mcp-warden.io")
-        && s(req, "/resource/resource") == Some("accessrequests");
+    let is_ar =
+        s(req, "/resource/group") == Some(GROUP) && s(req, "/resource/resource") == Some(RESOURCE);
     let op = s(req, "/operation").unwrap_or("");
     let sub = s(req, "/subResource").unwrap_or("");
     if !is_ar || op != "UPDATE" || sub != "status" {
@@ -273,8 +245,13 @@ pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
             "the admission request has no userInfo.username".into(),
         );
     };
+    // Read raw: the refusal names the object even when it does not parse.
     let name = s(new, "/metadata/name").unwrap_or("");
-    match judge(old, new, user, now, mode) {
+    let judged = access_request(old).and_then(|old| {
+        let new = access_request(new)?;
+        judge(&old, &new, user, now, mode).map(|ops| (ops, new.state()))
+    });
+    match judged {
         Err(r) => {
             tracing::info!(user, name, refusal = %r, "access request decision refused");
             let reason = match r {
@@ -283,11 +260,11 @@ pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
             };
             deny(reason, format!("accessrequests {name:?}: {r}"))
         }
-        Ok(ops) => {
+        Ok((ops, state)) => {
             tracing::info!(
                 user,
                 name,
-                state = s(new, "/status/state").unwrap_or("Pending"),
+                state = %state,
                 "access request status update allowed"
             );
             let mut r = json!({"uid": uid, "allowed": true});
@@ -308,6 +285,23 @@ mod tests {
     use time::macros::datetime;
 
     const SA: &str = "system:serviceaccount:mcp:agent";
+
+    /// The objects as the admission request carries them.
+    fn judge(
+        old: &Value,
+        new: &Value,
+        username: &str,
+        now: OffsetDateTime,
+        mode: Mode,
+    ) -> Result<Stamp, Refusal> {
+        super::judge(
+            &access_request(old)?,
+            &access_request(new)?,
+            username,
+            now,
+            mode,
+        )
+    }
     const NOW: OffsetDateTime = datetime!(2026-11-22 01:00:00 UTC);
 
     fn ar(state: Option<&str>, by: Option<&str>) -> Value {

@@ -7,9 +7,9 @@
 //! never sends an identity. `pending [-n NS | -A]` lists what waits.
 
 use clap::{Parser, Subcommand};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::{Value, json};
+use mcp_warden_shared::access_request::{AccessRequest, State};
 use std::path::PathBuf;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -80,54 +80,34 @@ fn api_error(e: kube::Error) -> PluginError {
     }
 }
 
-fn resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            mcp_warden_shared::contract::API_GROUP,
-            "v1alpha1",
-            "AccessRequest",
-        ),
-        "accessrequests",
-    )
-}
-
-fn st<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
-}
-
 /// The object to PUT to `/status`: state and reason set, nothing else
 /// (decidedBy is the webhook's to stamp). Refuses anything not Pending.
-pub fn decided(obj: &Value, state: &str, reason: &str) -> Result<Value, PluginError> {
-    let cur = match st(obj, "/status/state") {
-        "" => "Pending",
-        s => s,
-    };
-    if cur != "Pending" {
+pub fn decided(
+    obj: &AccessRequest,
+    state: State,
+    reason: &str,
+) -> Result<AccessRequest, PluginError> {
+    let cur = obj.state();
+    if cur != State::Pending {
         return Err(PluginError::NotPending {
-            name: st(obj, "/metadata/name").to_string(),
+            name: obj.name().to_string(),
             state: cur.to_string(),
         });
     }
     let mut o = obj.clone();
-    if !o.get("status").is_some_and(Value::is_object) {
-        o["status"] = json!({});
-    }
-    o["status"]["state"] = json!(state);
-    if reason.is_empty() {
-        if let Some(s) = o["status"].as_object_mut() {
-            s.remove("reason");
-        }
-    } else {
-        o["status"]["reason"] = json!(reason);
-    }
+    let status = o.status.get_or_insert_with(Default::default);
+    status.state = Some(state);
+    // An empty reason is no reason: the field is left out.
+    status.reason = reason.to_string();
     Ok(o)
 }
 
-fn age(ts: &str, now: OffsetDateTime) -> String {
-    let Ok(t) = OffsetDateTime::parse(ts, &Rfc3339) else {
+/// Age of an object created at `created` (Unix seconds), kubectl-style.
+fn age(created: Option<i64>, now: OffsetDateTime) -> String {
+    let Some(t) = created else {
         return "<unknown>".into();
     };
-    let s = (now - t).whole_seconds().max(0);
+    let s = (now.unix_timestamp() - t).max(0);
     match s {
         0..120 => format!("{s}s"),
         120..7200 => format!("{}m", s / 60),
@@ -136,7 +116,7 @@ fn age(ts: &str, now: OffsetDateTime) -> String {
 }
 
 /// The `pending` table (kubectl-style columns).
-pub fn pending_table(items: &[Value], now: OffsetDateTime, with_ns: bool) -> String {
+pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool) -> String {
     let mut rows = vec![{
         let mut h = vec!["NAME", "REQUESTER", "SUMMARY", "RULE", "AGE", "EXPIRES"];
         if with_ns {
@@ -145,23 +125,28 @@ pub fn pending_table(items: &[Value], now: OffsetDateTime, with_ns: bool) -> Str
         h.into_iter().map(str::to_string).collect::<Vec<_>>()
     }];
     for o in items {
-        if !matches!(st(o, "/status/state"), "" | "Pending") {
+        if o.state() != State::Pending {
             continue;
         }
         // Past expiresAt nobody can decide it any more (the webhook refuses).
-        if OffsetDateTime::parse(st(o, "/spec/expiresAt"), &Rfc3339).is_ok_and(|t| t <= now) {
+        if OffsetDateTime::parse(&o.spec.expires_at, &Rfc3339).is_ok_and(|t| t <= now) {
             continue;
         }
+        let created = o
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
         let mut r = vec![
-            st(o, "/metadata/name").to_string(),
-            st(o, "/spec/requester/serviceAccount").to_string(),
-            st(o, "/spec/summary").to_string(),
-            st(o, "/spec/rule").to_string(),
-            age(st(o, "/metadata/creationTimestamp"), now),
-            st(o, "/spec/expiresAt").to_string(),
+            o.name().to_string(),
+            o.spec.requester.service_account.clone(),
+            o.spec.summary.clone(),
+            o.spec.rule.clone(),
+            age(created, now),
+            o.spec.expires_at.clone(),
         ];
         if with_ns {
-            r.insert(0, st(o, "/metadata/namespace").to_string());
+            r.insert(0, o.namespace().to_string());
         }
         rows.push(r);
     }
@@ -206,50 +191,40 @@ async fn client(cli: &PluginCli) -> Result<(kube::Client, String), PluginError> 
 /// Runs one command; returns what to print.
 pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
     let (client, default_ns) = client(&cli).await?;
-    let ar = resource();
     match &cli.command {
         PluginCommand::Approve(d) | PluginCommand::Deny(d) => {
             let (state, verb) = match cli.command {
-                PluginCommand::Approve(_) => ("Approved", "approved"),
-                _ => ("Denied", "denied"),
+                PluginCommand::Approve(_) => (State::Approved, "approved"),
+                _ => (State::Denied, "denied"),
             };
             let ns = d.namespace.clone().unwrap_or(default_ns);
-            let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
+            let api: Api<AccessRequest> = Api::namespaced(client, &ns);
             let cur = api.get(&d.name).await.map_err(api_error)?;
-            let cur = serde_json::to_value(&cur).map_err(|e| PluginError::Api(e.to_string()))?;
             let new = decided(&cur, state, &d.reason)?;
-            let new: DynamicObject =
-                serde_json::from_value(new).map_err(|e| PluginError::Api(e.to_string()))?;
             let out = api
                 .replace_status(&d.name, &PostParams::default(), &new)
                 .await
                 .map_err(api_error)?;
-            let out = serde_json::to_value(&out).map_err(|e| PluginError::Api(e.to_string()))?;
             Ok(format!(
                 "accessrequest.mcp-warden.io/{} {verb} (decidedBy: {}): {}\n",
                 d.name,
-                st(&out, "/status/decidedBy"),
-                st(&out, "/spec/summary"),
+                out.status().decided_by,
+                out.spec.summary,
             ))
         }
         PluginCommand::Pending {
             namespace,
             all_namespaces,
         } => {
-            let api: Api<DynamicObject> = if *all_namespaces {
-                Api::all_with(client, &ar)
+            let api: Api<AccessRequest> = if *all_namespaces {
+                Api::all(client)
             } else {
                 let ns = namespace.clone().unwrap_or(default_ns);
-                Api::namespaced_with(client, &ns, &ar)
+                Api::namespaced(client, &ns)
             };
             let list = api.list(&ListParams::default()).await.map_err(api_error)?;
-            let items: Vec<Value> = list
-                .items
-                .iter()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect();
             Ok(pending_table(
-                &items,
+                &list.items,
                 OffsetDateTime::now_utc(),
                 *all_namespaces,
             ))
@@ -261,18 +236,23 @@ pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use time::macros::datetime;
+
+    fn ar(v: serde_json::Value) -> AccessRequest {
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn decide_only_pending_and_never_sends_an_identity() {
-        let o = json!({"metadata": {"name": "a"}, "spec": {}});
-        let d = decided(&o, "Approved", "ok by me").unwrap();
+        let o = ar(json!({"metadata": {"name": "a"}, "spec": {}}));
+        let d = serde_json::to_value(decided(&o, State::Approved, "ok by me").unwrap()).unwrap();
         assert_eq!(d["status"]["state"], "Approved");
         assert_eq!(d["status"]["reason"], "ok by me");
         assert!(d["status"].get("decidedBy").is_none());
-        let used = json!({"metadata": {"name": "a"}, "status": {"state": "Used"}});
+        let used = ar(json!({"metadata": {"name": "a"}, "spec": {}, "status": {"state": "Used"}}));
         assert!(matches!(
-            decided(&used, "Denied", ""),
+            decided(&used, State::Denied, ""),
             Err(PluginError::NotPending { .. })
         ));
     }
@@ -281,12 +261,16 @@ mod tests {
     fn pending_table_lists_only_pending() {
         let now = datetime!(2026-11-22 01:00:00 UTC);
         let items = vec![
-            json!({"metadata": {"name": "delete-x-1", "namespace": "mcp", "creationTimestamp": "2026-11-22T00:59:00Z"},
+            ar(
+                json!({"metadata": {"name": "delete-x-1", "namespace": "mcp", "creationTimestamp": "2026-11-22T00:59:00Z"},
                    "spec": {"summary": "delete deployments.apps mcp/x", "rule": "r", "requester": {"serviceAccount": "sa"}},
                    "status": {"state": "Pending"}}),
-            json!({"metadata": {"name": "done"}, "status": {"state": "Used"}}),
-            json!({"metadata": {"name": "stale"}, "spec": {"expiresAt": "2026-11-22T00:30:00Z"},
+            ),
+            ar(json!({"metadata": {"name": "done"}, "spec": {}, "status": {"state": "Used"}})),
+            ar(
+                json!({"metadata": {"name": "stale"}, "spec": {"expiresAt": "2026-11-22T00:30:00Z"},
                    "status": {"state": "Pending"}}),
+            ),
         ];
         let t = pending_table(&items, now, true);
         assert!(t.starts_with("NAMESPACE"));

@@ -321,15 +321,11 @@ impl ApprovalArgs {
                     )
                 };
                 let uri: Uri = u.parse().map_err(|e| err(format!("{u:?}: {e}")))?;
-                match uri.scheme_str() {
-                    Some("https") => {}
-                    Some("http") if uri.host().is_some_and(is_loopback_host) => {}
-                    _ => {
-                        return Err(err(format!(
-                            "{u:?}: must be https, or http to a loopback address"
-                        )));
-                    }
-                }
+                crate::approval::notifier::check_url(&uri).map_err(|_| {
+                    err(format!(
+                        "{u:?}: must be https, or http to a loopback address"
+                    ))
+                })?;
                 Some(uri)
             }
         };

@@ -17,7 +17,6 @@
 //! - `http://` is accepted only for loopback collectors.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,11 +75,6 @@ pub struct Sender {
     sessions_base: String,
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Check `--collector-url`: absolute http(s), and http only for loopback.
 pub fn validate_url(url: &Uri) -> Result<(), SenderError> {
     let s = url.to_string();
@@ -90,7 +84,7 @@ pub fn validate_url(url: &Uri) -> Result<(), SenderError> {
     })?;
     match url.scheme_str() {
         Some("https") => Ok(()),
-        Some("http") if is_loopback_host(host) => Ok(()),
+        Some("http") if crate::config::is_loopback_host(host) => Ok(()),
         Some("http") => Err(SenderError::InsecureUrl { url: s }),
         _ => Err(SenderError::BadUrl {
             url: s,

@@ -1,0 +1,290 @@
+//! [`ApprovalDecider`]: the [`DecideHook`] that holds a request while a
+//! person decides (see the module docs of [`crate::approval`]).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use mcp_warden_shared::access_request::{GROUP, State};
+use mcp_warden_shared::attrs::RequestAttributes;
+use mcp_warden_shared::identity::Identity;
+use mcp_warden_shared::policy;
+use time::OffsetDateTime;
+
+use super::access_request::{
+    Outcome, access_request, request_hash, reusable, reusable_method, rfc3339, summary,
+    touches_access_requests,
+};
+use super::client::AccessRequests;
+use super::notifier::Notifier;
+use super::{ApprovalError, BUILTIN_RULE};
+use crate::config::{ApprovalConfig, Config};
+use crate::error::Refusal;
+use crate::hooks::{self, DecideHook, RequestContext};
+use crate::policy_store::PolicyDecider;
+
+/// The policy decider with approvals (see the module docs).
+pub struct ApprovalDecider {
+    inner: PolicyDecider,
+    api: AccessRequests,
+    requester: String,
+    pod: String,
+    config: ApprovalConfig,
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl std::fmt::Debug for ApprovalDecider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalDecider")
+            .field("requester", &self.requester)
+            .field("namespace", &self.api.namespace())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApprovalDecider {
+    /// Wraps `inner`. AccessRequests go to the sidecar's upstream, with its
+    /// token, in `sidecar.namespace()`; `identity` is the pod's (the
+    /// requester the webhook will not let approve).
+    pub fn new(
+        inner: PolicyDecider,
+        sidecar: &Config,
+        identity: &Identity,
+        config: ApprovalConfig,
+    ) -> Result<Self, ApprovalError> {
+        let api = AccessRequests::new(sidecar)?;
+        let notifier = config
+            .approval_notify_url
+            .clone()
+            .map(Notifier::new)
+            .transpose()?
+            .map(Arc::new);
+        Ok(ApprovalDecider {
+            inner,
+            api,
+            requester: identity.username.clone(),
+            pod: sidecar
+                .pod_name
+                .clone()
+                .or_else(|| identity.pod_name.clone())
+                .unwrap_or_default(),
+            config,
+            notifier,
+        })
+    }
+
+    fn refuse(attrs: &RequestAttributes, rule: Option<String>, message: String) -> hooks::Decision {
+        hooks::Decision::refused(
+            hooks::Action::Approve,
+            rule,
+            Refusal::forbidden(attrs, message),
+        )
+    }
+
+    /// Holds the request until it is approved, denied or times out.
+    async fn hold(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+        d: &policy::Decision,
+    ) -> hooks::Decision {
+        let hash = request_hash(ctx.method.as_str(), &ctx.path_and_query, b"");
+        let rule = d.rule.clone();
+        let granted = |by: String, access_request: String| {
+            hooks::Decision::approved(rule.clone(), hooks::Approval { by, access_request })
+        };
+        let ns = self.api.namespace().to_string();
+        // 1. An approval whose client went away? Only where the hash covers
+        // what matters: the decide hook sees no body, so a create, update or
+        // patch is only ever let through as the very request that was held.
+        let reuse = if reusable_method(&ctx.method) {
+            match self.try_reuse(&hash).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot look for reusable approvals");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some((by, name)) = reuse {
+            tracing::info!(request_id = %ctx.request_id, access_request = %name, approved_by = %by, "reusing an approval");
+            return granted(by, format!("{ns}/{name}"));
+        }
+        // 2. Ask.
+        let now = OffsetDateTime::now_utc();
+        let expires = now
+            + time::Duration::try_from(self.config.approval_timeout)
+                .unwrap_or(time::Duration::minutes(5));
+        let body = access_request(
+            attrs,
+            &hash,
+            &self.requester,
+            &self.pod,
+            rule.as_deref().unwrap_or(""),
+            d.message.as_deref().unwrap_or(&d.explanation),
+            expires,
+        );
+        let created = match self.api.create(&body).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot create the AccessRequest");
+                return Self::refuse(
+                    attrs,
+                    rule,
+                    format!(
+                        "mcp-warden: approval required (rule {:?}) but the AccessRequest could not be created: {e}",
+                        d.rule.as_deref().unwrap_or("")
+                    ),
+                );
+            }
+        };
+        let name = created.name().to_string();
+        let ar = format!("{ns}/{name}");
+        // Pending, so `kubectl get accessrequests` shows the state column.
+        let current = match self.api.set_status(&created, State::Pending, "").await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not mark the AccessRequest Pending");
+                created
+            }
+        };
+        tracing::info!(request_id = %ctx.request_id, access_request = %ar, summary = %summary(attrs), rule = rule.as_deref().unwrap_or(""), timeout = ?self.config.approval_timeout, "holding request for approval");
+        if let Some(n) = &self.notifier {
+            let n = n.clone();
+            let text = format!(
+                "mcp-warden: {} wants to {} (rule {}). AccessRequest {ar} expires at {}. To allow it, run: kubectl mcp-warden approve {name} -n {ns}",
+                self.requester,
+                summary(attrs),
+                rule.as_deref().unwrap_or("-"),
+                rfc3339(expires),
+            );
+            tokio::spawn(async move { n.send(text).await });
+        }
+        // 3. Wait.
+        let deadline = tokio::time::Instant::now() + self.config.approval_timeout;
+        let (outcome, current) = self.api.wait(current, deadline).await;
+        match outcome {
+            Outcome::Approved { by } => {
+                // Single use: consume it before forwarding.
+                match self.api.set_status(&current, State::Used, "").await {
+                    Ok(_) => {
+                        tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved");
+                        granted(by, ar)
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %ctx.request_id, access_request = %ar, error = %e, "approved, but could not mark it Used");
+                        Self::refuse(
+                            attrs,
+                            rule,
+                            format!(
+                                "mcp-warden: accessrequests {name:?} in {ns} was approved by {by} but could not be marked Used: {e}"
+                            ),
+                        )
+                    }
+                }
+            }
+            Outcome::Denied { by, reason } => {
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                };
+                Self::refuse(
+                    attrs,
+                    rule,
+                    format!("mcp-warden: accessrequests {name:?} in {ns} was denied by {by}{why}"),
+                )
+            }
+            Outcome::Expired { .. } => Self::refuse(
+                attrs,
+                rule,
+                format!(
+                    "mcp-warden: accessrequests {name:?} in {ns} expired before it was approved"
+                ),
+            ),
+            Outcome::Deleted => Self::refuse(
+                attrs,
+                rule,
+                format!(
+                    "mcp-warden: accessrequests {name:?} in {ns} was deleted or used before it was approved"
+                ),
+            ),
+            Outcome::TimedOut => {
+                let reason = format!("no decision within {:?}", self.config.approval_timeout);
+                if let Err(e) = self.api.set_status(&current, State::Expired, &reason).await {
+                    tracing::warn!(access_request = %ar, error = %e, "could not mark the AccessRequest Expired");
+                }
+                tracing::info!(request_id = %ctx.request_id, access_request = %ar, "approval timed out");
+                Self::refuse(
+                    attrs,
+                    rule,
+                    format!(
+                        "mcp-warden: accessrequests {name:?} in {ns} was not approved within {:?} (now Expired)",
+                        self.config.approval_timeout
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Consumes a reusable approval for `hash`, if there is one: the
+    /// approver and the AccessRequest's name.
+    async fn try_reuse(&self, hash: &str) -> Result<Option<(String, String)>, ApprovalError> {
+        let items = self.api.list().await?;
+        let now = OffsetDateTime::now_utc();
+        for item in items {
+            if !reusable(
+                &item,
+                hash,
+                &self.requester,
+                now,
+                self.config.approval_reuse_window,
+            ) {
+                continue;
+            }
+            // The resourceVersion makes this a compare-and-swap: two
+            // requests cannot both consume the same approval.
+            match self.api.set_status(&item, State::Used, "").await {
+                Ok(_) => {
+                    return Ok(Some((item.status().decided_by, item.name().to_string())));
+                }
+                Err(ApprovalError::Api { code: 409, .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl DecideHook for ApprovalDecider {
+    fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, hooks::Decision> {
+        Box::pin(async move {
+            let Some(attrs) = &ctx.attrs else {
+                return hooks::Decision::deny(
+                    None,
+                    "mcp-warden policy: the request was not parsed",
+                );
+            };
+            if touches_access_requests(attrs) {
+                tracing::info!(request_id = %ctx.request_id, verb = %attrs.verb, "refused: the app may not touch accessrequests");
+                let mut d = Self::refuse(
+                    attrs,
+                    Some(BUILTIN_RULE.into()),
+                    format!(
+                        "mcp-warden: rule {BUILTIN_RULE:?}: the app cannot read or change accessrequests.{GROUP} (approvals are decided by people)"
+                    ),
+                );
+                d.action = hooks::Action::Deny;
+                return d;
+            }
+            let (_, d) = self.inner.evaluate(attrs, &ctx.impersonation);
+            if d.action == policy::Action::Approve && d.enforced {
+                return self.hold(ctx, attrs, &d).await;
+            }
+            // Everything else exactly as the policy decider does it.
+            self.inner.decide(ctx).await
+        })
+    }
+}
