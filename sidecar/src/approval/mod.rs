@@ -30,7 +30,6 @@
 
 use std::time::Duration;
 
-
 pub mod access_request;
 pub mod client;
 pub mod decider;
