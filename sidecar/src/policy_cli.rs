@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use mcp_warden_shared::attrs::{Impersonation, RequestAttributes, parse_request};
 use mcp_warden_shared::identity::Identity;
-use mcp_warden_shared::policy::{Action, Mode, Policy, evaluate};
+use mcp_warden_shared::policy::{Action, Bodies, Mode, Policy, evaluate_with};
 
 /// `mcp-warden-sidecar policy <COMMAND>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,6 +51,13 @@ pub enum PolicyCommand {
         /// Add `Impersonate-Group: GROUP` (repeatable; needs --as).
         #[arg(long = "as-group", value_name = "GROUP", requires = "as_user")]
         as_groups: Vec<String>,
+        /// The request body for `when:` conditions (`object`): JSON, YAML
+        /// (`.yaml`/`.yml`) or Kubernetes protobuf, as the client sends it.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+        /// The live object for `when:` conditions (`oldObject`), same formats.
+        #[arg(long, value_name = "FILE")]
+        old_object: Option<PathBuf>,
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
@@ -89,6 +96,8 @@ pub fn run_with(
             service_account,
             as_user,
             as_groups,
+            object,
+            old_object,
             output,
         } => eval(
             &file,
@@ -96,6 +105,7 @@ pub fn run_with(
             service_account.as_deref(),
             as_user,
             as_groups,
+            [object.as_deref(), old_object.as_deref()],
             output,
             out,
             err,
@@ -164,10 +174,22 @@ fn eval(
     service_account: Option<&str>,
     as_user: Option<String>,
     as_groups: Vec<String>,
+    bodies: [Option<&Path>; 2],
     output: OutputFormat,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
+    let mut read = Vec::new();
+    for (flag, path) in ["--object", "--old-object"].into_iter().zip(bodies) {
+        match path.map(read_body).transpose() {
+            Ok(v) => read.push(v),
+            Err(e) => {
+                writeln!(err, "{flag}: {e}")?;
+                return Ok(1);
+            }
+        }
+    }
+    let (object, old_object) = (read[0].take(), read[1].take());
     let who = match service_account {
         Some(sa) => match Identity::from_service_account_ref(sa) {
             Ok(id) => id,
@@ -204,7 +226,16 @@ fn eval(
         groups: as_groups,
         ..Impersonation::default()
     };
-    let d = evaluate(&policy, &attrs, &imp, &who);
+    let d = evaluate_with(
+        &policy,
+        &attrs,
+        &imp,
+        &who,
+        Bodies {
+            object: object.as_ref(),
+            old_object: old_object.as_ref(),
+        },
+    );
 
     if output == OutputFormat::Json {
         let v = serde_json::json!({
@@ -231,6 +262,22 @@ fn eval(
         writeln!(out, "message:  {m}")?;
     }
     writeln!(out, "why:      {}", d.explanation)?;
+    for f in &d.condition_errors {
+        writeln!(
+            out,
+            "error:    when of rule {:?} failed ({}): counted as {}",
+            f.rule,
+            f.error,
+            if policy
+                .rule(&f.rule)
+                .is_some_and(|r| r.action == Action::Allow)
+            {
+                "not matching (allow rules fail closed)"
+            } else {
+                "matching (deny and approve rules fail closed)"
+            }
+        )?;
+    }
     let effect = match (policy.mode, d.action) {
         (Mode::Audit, _) => {
             "not enforced (mode: audit): the request would go through and the decision is recorded"
@@ -269,6 +316,20 @@ fn eval(
         policy.short_hash()
     )?;
     Ok(0)
+}
+
+/// A body file as JSON: YAML by its extension, else JSON or protobuf (by
+/// its magic bytes), decoded as the sidecar decodes request bodies.
+pub(crate) fn read_body(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let ct = yaml.then_some("application/yaml");
+    mcp_warden_shared::body::to_json(ct, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn describe(a: &RequestAttributes) -> String {
@@ -515,6 +576,79 @@ mod tests {
         assert_eq!(code, 0, "{err}");
         let out = out.replace(&file.display().to_string(), "policy.yaml");
         assert_eq!(out.lines().collect::<Vec<_>>(), transcript);
+    }
+
+    /// The policy inside `manifests/examples/policy-conditions.yaml`, as a file.
+    fn conditions_example(dir: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../manifests/examples/policy-conditions.yaml"),
+        )
+        .unwrap();
+        let cm: serde_json::Value = yaml_to_json(&text);
+        let file = dir.join("policy.yaml");
+        std::fs::write(&file, cm["data"]["policy.yaml"].as_str().unwrap()).unwrap();
+        file
+    }
+
+    /// The ConfigMap as JSON, through the body decoder the CLI uses.
+    fn yaml_to_json(text: &str) -> serde_json::Value {
+        mcp_warden_shared::body::to_json(Some("application/yaml"), text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn eval_with_object_and_old_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = conditions_example(dir.path());
+        let policy = policy.to_str().unwrap();
+        let pod = dir.path().join("pod.yaml");
+        std::fs::write(
+            &pod,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: a\n    image: registry.example.com/a:1\n    securityContext: {privileged: true}\n",
+        )
+        .unwrap();
+        let (code, out, err) = run_args(&[
+            "eval",
+            policy,
+            "POST /api/v1/namespaces/shop/pods",
+            "--object",
+            pod.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("decision: deny\nrule:     no-privileged-containers"),
+            "{out}"
+        );
+
+        let live = dir.path().join("live.json");
+        std::fs::write(
+            &live,
+            r#"{"metadata":{"name":"s","labels":{"mcp-warden.io/protected":"yes"}}}"#,
+        )
+        .unwrap();
+        let path = "DELETE /api/v1/namespaces/shop/configmaps/s";
+        let (_, out, _) = run_args(&["eval", policy, path, "--old-object", live.to_str().unwrap()]);
+        assert!(
+            out.starts_with("decision: deny\nrule:     protected-objects-stay"),
+            "{out}"
+        );
+        // Without the live object the condition fails, and fails closed.
+        let (_, out, _) = run_args(&["eval", policy, path]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(
+            out.contains("error:    when of rule \"protected-objects-stay\" failed"),
+            "{out}"
+        );
+        let (_, out, _) = run_args(&["eval", policy, path, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["decision"]["conditionErrors"][0]["rule"],
+            "protected-objects-stay"
+        );
+
+        let (code, _, err) = run_args(&["eval", policy, path, "--object", "/nonexistent.json"]);
+        assert_eq!(code, 1);
+        assert!(err.starts_with("--object: cannot read"), "{err}");
     }
 
     #[test]
