@@ -42,6 +42,7 @@ pub mod condition;
 pub mod learn;
 pub mod lint;
 mod parse;
+pub mod recorded;
 pub mod replay;
 
 use globset::GlobMatcher;
