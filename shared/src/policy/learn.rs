@@ -114,6 +114,9 @@ impl VerbSeen {
     }
 }
 
+/// Verbs that share one rule, with the names the rule lists.
+type VerbGroup<'a> = (BTreeSet<String>, Vec<(&'a String, &'a VerbSeen)>);
+
 /// Learn the rules that allow `requests` (see the module docs).
 pub fn learn(requests: &[Recorded], opts: &LearnOptions) -> Learned {
     let mut out = Learned {
@@ -183,7 +186,7 @@ pub fn learn(requests: &[Recorded], opts: &LearnOptions) -> Learned {
                 named.entry(&seen.names).or_default().push((v, seen));
             }
         }
-        let mut groups: Vec<(BTreeSet<String>, Vec<(&String, &VerbSeen)>)> = Vec::new();
+        let mut groups: Vec<VerbGroup<'_>> = Vec::new();
         if !unnamed.is_empty() {
             groups.push((BTreeSet::new(), unnamed));
         }

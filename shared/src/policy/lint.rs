@@ -150,12 +150,8 @@ fn covers_resource(wide: &str, narrow: &str) -> bool {
         return true;
     }
     match (wide.split_once('/'), narrow.split_once('/')) {
-        (Some((wr, ws)), Some((nr, ns))) => {
-            (wr == "*" || wr == nr)
-                && (ws == "*" || ws == ns)
-                && !(nr == "*" && wr != "*")
-                && !(ns == "*" && ws != "*")
-        }
+        // `*/x` only under `*/x` or `*/*`: `wr == nr` is then `*` too.
+        (Some((wr, ws)), Some((nr, ns))) => (wr == "*" || wr == nr) && (ws == "*" || ws == ns),
         _ => false,
     }
 }

@@ -214,7 +214,7 @@ pub fn replay(candidate: &Policy, current: Option<&Policy>, requests: &[Recorded
             },
         )
         .collect();
-    changes.sort_by(|a, b| b.count.cmp(&a.count));
+    changes.sort_by_key(|c| std::cmp::Reverse(c.count));
     report.changes = changes;
     report
 }
