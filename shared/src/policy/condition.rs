@@ -29,13 +29,16 @@
 //!   `exists_one`, `map`, `filter`) nested at most [`MAX_LOOP_DEPTH`] deep;
 //! - at run time, before evaluating: the cost estimate
 //!   `nodes × max(1, L)^loops`, where `L` is the largest list or map (in
-//!   elements) or string (in bytes) in `object`/`oldObject` and `loops` the
-//!   macro nesting, must not exceed [`MAX_COST`]; over it the evaluation is
-//!   an error ([`EvalError::CostLimit`]) without running.
+//!   elements) in `object`/`oldObject` and `loops` the macro nesting, must
+//!   not exceed [`MAX_COST`], and the inputs must be nested at most
+//!   [`MAX_INPUT_DEPTH`] deep; otherwise the evaluation is an error
+//!   ([`EvalError::CostLimit`], [`EvalError::TooDeep`]) without running.
 //!
 //! Every loop of a CEL program iterates over a list or map it reads from its
 //! inputs or builds from its own (bounded) literals, so the estimate bounds
-//! the evaluation steps, up to a constant factor.
+//! the evaluation steps. Strings are not counted: every string function
+//! (regular expressions included, the `regex` crate is linear-time) is linear
+//! in its input, which the request body limit bounds.
 //!
 //! Pure: values in, a boolean or an error out.
 
@@ -57,6 +60,9 @@ pub const MAX_NODES: usize = 1000;
 pub const MAX_LOOP_DEPTH: u32 = 2;
 /// Largest run-time cost estimate (see the module docs) evaluated.
 pub const MAX_COST: u64 = 1_000_000;
+/// Deepest nesting of `object`/`oldObject` evaluated (JSON parsers stop at
+/// 128; YAML and protobuf bodies are held to the same kind of bound here).
+pub const MAX_INPUT_DEPTH: usize = 200;
 
 /// The variables a condition may name.
 pub const VARIABLES: &[&str] = &["request", "object", "oldObject"];
@@ -93,16 +99,19 @@ pub struct CompileError {
 pub enum EvalError {
     /// The run-time cost estimate is over [`MAX_COST`].
     #[error(
-        "cost estimate {estimate} is over the limit {MAX_COST} (a list, map or string of {largest} in the input, loops nested {loops} deep)"
+        "cost estimate {estimate} is over the limit {MAX_COST} (a list or map of {largest} in the input, loops nested {loops} deep)"
     )]
     CostLimit {
         /// The estimate.
         estimate: u64,
-        /// The largest collection or string of the input.
+        /// The largest list or map of the input.
         largest: u64,
         /// Loop nesting of the expression.
         loops: u32,
     },
+    /// An input is nested deeper than [`MAX_INPUT_DEPTH`].
+    #[error("the input is nested more than {MAX_INPUT_DEPTH} levels deep")]
+    TooDeep,
     /// CEL reported an error (a missing field, a type mismatch, ...).
     #[error("{0}")]
     Cel(String),
@@ -243,21 +252,21 @@ impl Condition {
         self.uses.contains("oldObject")
     }
 
-    /// The run-time cost estimate for these inputs (see the module docs).
-    pub fn cost(&self, input: &Input<'_>) -> (u64, u64) {
-        let largest = input
-            .object
-            .map(largest)
-            .unwrap_or(0)
-            .max(input.old_object.map(largest).unwrap_or(0))
-            .max(1);
+    /// The run-time cost estimate for these inputs and their largest list
+    /// or map (see the module docs); [`EvalError::TooDeep`] for inputs
+    /// nested too deep to measure.
+    pub fn cost(&self, input: &Input<'_>) -> Result<(u64, u64), EvalError> {
+        let mut largest = 1;
+        for v in [input.object, input.old_object].into_iter().flatten() {
+            largest = largest.max(shape(v)?);
+        }
         let estimate = (self.nodes as u64).saturating_mul(largest.saturating_pow(self.loops));
-        (estimate, largest)
+        Ok((estimate, largest))
     }
 
     /// Evaluate: `Ok(true)` when the condition holds.
     pub fn eval(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        let (estimate, largest) = self.cost(input);
+        let (estimate, largest) = self.cost(input)?;
         if estimate > MAX_COST {
             return Err(EvalError::CostLimit {
                 estimate,
@@ -399,14 +408,28 @@ impl Walk {
     }
 }
 
-/// The largest list or map (elements) or string (bytes) in a JSON value.
-fn largest(v: &serde_json::Value) -> u64 {
-    match v {
-        serde_json::Value::String(s) => s.len() as u64,
-        serde_json::Value::Array(a) => a.iter().map(largest).fold(a.len() as u64, u64::max),
-        serde_json::Value::Object(m) => m.values().map(largest).fold(m.len() as u64, u64::max),
-        _ => 0,
+/// The largest list or map (in elements) of a JSON value, walked without
+/// recursion; [`EvalError::TooDeep`] past [`MAX_INPUT_DEPTH`].
+fn shape(v: &serde_json::Value) -> Result<u64, EvalError> {
+    let mut largest = 0u64;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > MAX_INPUT_DEPTH {
+            return Err(EvalError::TooDeep);
+        }
+        match v {
+            serde_json::Value::Array(a) => {
+                largest = largest.max(a.len() as u64);
+                stack.extend(a.iter().map(|x| (x, depth + 1)));
+            }
+            serde_json::Value::Object(m) => {
+                largest = largest.max(m.len() as u64);
+                stack.extend(m.values().map(|x| (x, depth + 1)));
+            }
+            _ => {}
+        }
     }
+    Ok(largest)
 }
 
 /// JSON as a CEL value: integers that fit are `int` (what `== 0` compares
@@ -593,6 +616,22 @@ mod tests {
             old_object: None,
         });
         assert_eq!(r, Ok(false));
+        // Long strings do not count; deep nesting is refused.
+        let long = json!({"a": [1], "note": "x".repeat(1 << 20)});
+        let one = Condition::compile("object.a.exists(x, x == 1)").unwrap();
+        let input = |o| Input {
+            attrs: &a,
+            user: "",
+            groups: &[],
+            object: Some(o),
+            old_object: None,
+        };
+        assert_eq!(one.eval(&input(&long)), Ok(true));
+        let mut deep = json!(1);
+        for _ in 0..MAX_INPUT_DEPTH {
+            deep = json!([deep]);
+        }
+        assert_eq!(one.eval(&input(&deep)), Err(EvalError::TooDeep));
     }
 
     #[test]

@@ -406,3 +406,36 @@ rules:
         "{e}"
     );
 }
+
+/// The examples shown in docs/policy.md are the tested ones.
+#[test]
+fn docs_examples_are_the_tested_ones() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policy.md"),
+    )
+    .unwrap();
+    let block = doc
+        .split("### Examples")
+        .nth(1)
+        .unwrap()
+        .split("```\n")
+        .nth(1)
+        .unwrap();
+    let rules: Value = serde_saphyr::from_str(block).unwrap();
+    let rules = rules.as_array().unwrap();
+    assert_eq!(rules.len(), 4);
+    let p = example();
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    for r in rules {
+        let name = r["name"].as_str().unwrap();
+        let rule = p
+            .rule(name)
+            .unwrap_or_else(|| panic!("{name} not in the example"));
+        assert_eq!(
+            squash(r["when"].as_str().unwrap()),
+            squash(&rule.when.as_ref().unwrap().source),
+            "{name}"
+        );
+        assert_eq!(r["action"].as_str(), Some(rule.action.as_str()), "{name}");
+    }
+}

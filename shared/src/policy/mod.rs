@@ -465,6 +465,11 @@ fn judge(
         if !rule.matches(attrs, who) {
             continue;
         }
+        // A rule that cannot outrank the best so far decides nothing: its
+        // condition is not evaluated (nor its failure counted).
+        if best.is_some_and(|b| rule.action.severity() <= b.action.severity()) {
+            continue;
+        }
         if let Some(c) = &rule.when {
             let input = condition::Input {
                 attrs,
@@ -488,10 +493,9 @@ fn judge(
                 continue;
             }
         }
-        // Strictly greater: the first rule of the winning action decides.
-        if best.is_none_or(|b| rule.action.severity() > b.action.severity()) {
-            best = Some(rule);
-        }
+        // Strictly greater (checked above): the first rule of the winning
+        // action decides.
+        best = Some(rule);
     }
     match best {
         Some(rule) => Verdict {
