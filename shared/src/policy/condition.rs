@@ -252,47 +252,69 @@ impl Condition {
         self.uses.contains("oldObject")
     }
 
-    /// The run-time cost estimate for these inputs and their largest list
-    /// or map (see the module docs); [`EvalError::TooDeep`] for inputs
-    /// nested too deep to measure.
-    pub fn cost(&self, input: &Input<'_>) -> Result<(u64, u64), EvalError> {
-        let mut largest = 1;
-        for v in [input.object, input.old_object].into_iter().flatten() {
-            largest = largest.max(shape(v)?);
-        }
-        let estimate = (self.nodes as u64).saturating_mul(largest.saturating_pow(self.loops));
-        Ok((estimate, largest))
+    /// The run-time cost estimate for inputs whose largest list or map has
+    /// `largest` elements (see the module docs).
+    pub fn cost(&self, largest: u64) -> u64 {
+        (self.nodes as u64).saturating_mul(largest.max(1).saturating_pow(self.loops))
     }
 
-    /// Evaluate: `Ok(true)` when the condition holds.
+    /// Evaluate: `Ok(true)` when the condition holds. To evaluate several
+    /// conditions over the same request, prepare [`Vars`] once and use
+    /// [`Condition::eval_vars`].
     pub fn eval(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        let (estimate, largest) = self.cost(input)?;
+        self.eval_vars(&Vars::new(input)?)
+    }
+
+    /// Evaluate over prepared variables.
+    pub fn eval_vars(&self, vars: &Vars) -> Result<bool, EvalError> {
+        let estimate = self.cost(vars.largest);
         if estimate > MAX_COST {
             return Err(EvalError::CostLimit {
                 estimate,
-                largest,
+                largest: vars.largest,
                 loops: self.loops,
             });
         }
         let mut ctx = Context::with_env(env());
-        ctx.add_variable_from_value("request", request_value(input));
+        ctx.add_variable_from_value("request", vars.request.clone());
         if self.uses_object() {
-            ctx.add_variable_from_value(
-                "object",
-                input.object.map(to_cel).unwrap_or(cel::Value::Null),
-            );
+            ctx.add_variable_from_value("object", vars.object.clone());
         }
         if self.uses_old_object() {
-            ctx.add_variable_from_value(
-                "oldObject",
-                input.old_object.map(to_cel).unwrap_or(cel::Value::Null),
-            );
+            ctx.add_variable_from_value("oldObject", vars.old_object.clone());
         }
         match cel::Value::resolve(&self.expr, &ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(EvalError::NotBool(describe(&other))),
             Err(e) => Err(EvalError::Cel(e.to_string())),
         }
+    }
+}
+
+/// The variables of one request, converted to CEL values once (lists and
+/// maps are shared, so each evaluation only clones handles).
+#[derive(Debug, Clone)]
+pub struct Vars {
+    request: cel::Value,
+    object: cel::Value,
+    old_object: cel::Value,
+    largest: u64,
+}
+
+impl Vars {
+    /// Measure and convert the inputs; [`EvalError::TooDeep`] for inputs
+    /// nested deeper than [`MAX_INPUT_DEPTH`].
+    pub fn new(input: &Input<'_>) -> Result<Vars, EvalError> {
+        let mut largest = 0;
+        for v in [input.object, input.old_object].into_iter().flatten() {
+            largest = largest.max(shape(v)?);
+        }
+        Ok(Vars {
+            request: request_value(input),
+            object: input.object.map(to_cel).unwrap_or(cel::Value::Null),
+            old_object: input.old_object.map(to_cel).unwrap_or(cel::Value::Null),
+            largest,
+        })
     }
 }
 

@@ -461,6 +461,7 @@ fn judge(
     prefix: &str,
 ) -> Verdict {
     let mut best: Option<&Rule> = None;
+    let mut vars: Option<Result<condition::Vars, condition::EvalError>> = None;
     for rule in &policy.rules {
         if !rule.matches(attrs, who) {
             continue;
@@ -471,14 +472,22 @@ fn judge(
             continue;
         }
         if let Some(c) = &rule.when {
-            let input = condition::Input {
-                attrs,
-                user: &who.username,
-                groups: &who.groups,
-                object: bodies.object.filter(|_| has_object(&attrs.verb)),
-                old_object: bodies.old_object.filter(|_| has_old_object(&attrs.verb)),
+            // The bodies become CEL values once per request, at the first
+            // condition that runs.
+            let prepared = vars.get_or_insert_with(|| {
+                condition::Vars::new(&condition::Input {
+                    attrs,
+                    user: &who.username,
+                    groups: &who.groups,
+                    object: bodies.object.filter(|_| has_object(&attrs.verb)),
+                    old_object: bodies.old_object.filter(|_| has_old_object(&attrs.verb)),
+                })
+            });
+            let result = match prepared {
+                Ok(v) => c.eval_vars(v),
+                Err(e) => Err(e.clone()),
             };
-            let holds = match c.eval(&input) {
+            let holds = match result {
                 Ok(b) => b,
                 Err(e) => {
                     errors.push(ConditionFailure {
