@@ -1,19 +1,28 @@
 //! `mcp-warden-sidecar policy ...`: offline policy tools for platform engineers.
 //!
 //! - `policy check FILE...` validates policy files and prints every error
-//!   with its file, line and field (exit 1), or a summary (exit 0).
+//!   with its file, line and field (exit 1), or a summary (exit 0) and the
+//!   lints ([`policy::lint`]) as warnings, which do not change the exit code.
 //! - `policy eval FILE 'METHOD /path?query' [--service-account NS/NAME]
 //!   [--as USER] [--as-group GROUP]` prints the decision the sidecar would
 //!   make and the rule that made it — what `kubectl auth can-i` is for RBAC.
 //!
-//! Both use exactly the parser and evaluator the sidecar runs.
+//! - `policy learn EVENTS... [--rbac]` writes the smallest policy (or, with
+//!   `--rbac`, the RBAC) that allows what a recording shows.
+//! - `policy replay CANDIDATE EVENTS... [--current POLICY]` lists the recorded
+//!   requests whose decision the candidate changes; exit 1 when an allowed
+//!   request would be denied or held.
+//!
+//! All use exactly the parser and evaluator the sidecar runs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mcp_warden_shared::attrs::{Impersonation, RequestAttributes, parse_request};
 use mcp_warden_shared::identity::Identity;
-use mcp_warden_shared::policy::{Action, Mode, Policy, evaluate};
+use mcp_warden_shared::policy::learn::LearnOptions;
+use mcp_warden_shared::policy::recorded::{self, Recorded};
+use mcp_warden_shared::policy::{self, Action, Bodies, Mode, Policy, evaluate_with};
 
 /// `mcp-warden-sidecar policy <COMMAND>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,10 +60,67 @@ pub enum PolicyCommand {
         /// Add `Impersonate-Group: GROUP` (repeatable; needs --as).
         #[arg(long = "as-group", value_name = "GROUP", requires = "as_user")]
         as_groups: Vec<String>,
+        /// The request body for `when:` conditions (`object`): JSON, YAML
+        /// (`.yaml`/`.yml`) or Kubernetes protobuf, as the client sends it.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+        /// The live object for `when:` conditions (`oldObject`), same formats.
+        #[arg(long, value_name = "FILE")]
+        old_object: Option<PathBuf>,
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Write the smallest policy that allows the recorded requests.
+    Learn {
+        /// Recorded events: EventList (JSON) or NDJSON files, as the
+        /// collector stores them.
+        #[arg(required = true, value_name = "EVENTS")]
+        events: Vec<PathBuf>,
+        /// Print the matching Role/ClusterRole and bindings instead of the policy.
+        #[arg(long)]
+        rbac: bool,
+        /// Name of the RBAC objects (with --rbac).
+        #[arg(long, value_name = "NAME", default_value = "mcp-warden-learned")]
+        rbac_name: String,
+        /// Most object names a rule lists in resourceNames.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        max_names: usize,
+        /// Learn denied requests as allowed too.
+        #[arg(long)]
+        include_denied: bool,
+        /// Write `mode: enforce` (the default is `mode: audit`).
+        #[arg(long)]
+        enforce: bool,
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show the recorded requests whose decision a candidate policy changes.
+    Replay {
+        /// The candidate policy.
+        #[arg(value_name = "CANDIDATE")]
+        candidate: PathBuf,
+        /// Recorded events: EventList (JSON) or NDJSON files.
+        #[arg(required = true, value_name = "EVENTS")]
+        events: Vec<PathBuf>,
+        /// Judge "now" with this policy instead of the decisions recorded
+        /// in the events.
+        #[arg(long, value_name = "POLICY")]
+        current: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReplayFormat::Text)]
+        format: ReplayFormat,
+    },
+}
+
+/// Output format of `policy replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// Human-readable groups.
+    Text,
+    /// One JSON report.
+    Json,
 }
 
 /// Output format of `policy eval`.
@@ -68,7 +134,9 @@ pub enum OutputFormat {
 
 /// Run a policy command, printing to stdout/stderr. Returns the exit code:
 /// 0 when the files are valid (check) or a decision was printed (eval),
-/// 1 when a policy is invalid or the request line cannot be parsed.
+/// 1 when a policy is invalid or the request line cannot be parsed; for
+/// learn 0 or 1 (unreadable events); for replay 0 (no allowed request
+/// denied or held), 1 (some would be), 2 (unreadable input).
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -89,6 +157,8 @@ pub fn run_with(
             service_account,
             as_user,
             as_groups,
+            object,
+            old_object,
             output,
         } => eval(
             &file,
@@ -96,11 +166,193 @@ pub fn run_with(
             service_account.as_deref(),
             as_user,
             as_groups,
+            [object.as_deref(), old_object.as_deref()],
             output,
             out,
             err,
         ),
+        PolicyCommand::Learn {
+            events,
+            rbac,
+            rbac_name,
+            max_names,
+            include_denied,
+            enforce,
+            out: file,
+        } => {
+            let opts = LearnOptions {
+                max_names,
+                include_denied,
+                mode: if enforce { Mode::Enforce } else { Mode::Audit },
+            };
+            learn(
+                &events,
+                &opts,
+                rbac.then_some(rbac_name.as_str()),
+                file.as_deref(),
+                out,
+                err,
+            )
+        }
+        PolicyCommand::Replay {
+            candidate,
+            events,
+            current,
+            format,
+        } => replay_cmd(&candidate, &events, current.as_deref(), format, out, err),
     }
+}
+
+/// Read every events file; on failure print why and return `None`.
+fn read_recorded(files: &[PathBuf], err: &mut dyn Write) -> anyhow::Result<Option<Vec<Recorded>>> {
+    let mut events = Vec::new();
+    for f in files {
+        let bytes = match std::fs::read(f) {
+            Ok(b) => b,
+            Err(e) => {
+                writeln!(err, "{}: cannot read: {e}", f.display())?;
+                return Ok(None);
+            }
+        };
+        match recorded::parse_events(&bytes) {
+            Ok(mut e) => events.append(&mut e),
+            Err(e) => {
+                writeln!(err, "{}: {e}", f.display())?;
+                return Ok(None);
+            }
+        }
+    }
+    let (reqs, skipped) = recorded::requests(&events);
+    for s in &skipped {
+        writeln!(
+            err,
+            "skipped {} ({}): {}",
+            s.audit_id, s.request_uri, s.reason
+        )?;
+    }
+    Ok(Some(reqs))
+}
+
+fn learn(
+    files: &[PathBuf],
+    opts: &LearnOptions,
+    rbac: Option<&str>,
+    file: Option<&Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let Some(reqs) = read_recorded(files, err)? else {
+        return Ok(1);
+    };
+    let learned = policy::learn::learn(&reqs, opts);
+    let text = match rbac {
+        Some(name) => learned.rbac_yaml(name),
+        None => learned.policy_yaml(),
+    };
+    match file {
+        Some(f) => {
+            if let Err(e) = std::fs::write(f, &text) {
+                writeln!(err, "{}: cannot write: {e}", f.display())?;
+                return Ok(1);
+            }
+        }
+        None => out.write_all(text.as_bytes())?,
+    }
+    writeln!(
+        err,
+        "learned {} rules from {} requests ({} denied left out, {} discovery)",
+        learned.rules.len(),
+        learned.learned,
+        learned.denied_left_out,
+        learned.discovery
+    )?;
+    Ok(0)
+}
+
+fn replay_cmd(
+    candidate: &Path,
+    files: &[PathBuf],
+    current: Option<&Path>,
+    format: ReplayFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let Some(cand) = load(candidate, err)? else {
+        return Ok(2);
+    };
+    let cur = match current {
+        Some(c) => match load(c, err)? {
+            Some(p) => Some(p),
+            None => return Ok(2),
+        },
+        None => None,
+    };
+    let Some(reqs) = read_recorded(files, err)? else {
+        return Ok(2);
+    };
+    let report = policy::replay::replay(&cand, cur.as_ref(), &reqs);
+    let code = i32::from(report.breaks_allowed);
+    if format == ReplayFormat::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(code);
+    }
+    let changed: usize = report.changes.iter().map(|c| c.count).sum();
+    writeln!(
+        out,
+        "replayed {} of {} requests against {} (now: {}): {changed} would change, {} unchanged",
+        report.replayed,
+        report.requests,
+        candidate.display(),
+        current
+            .map(|c| format!("policy {}", c.display()))
+            .unwrap_or_else(|| "the recorded decisions".into()),
+        report.unchanged,
+    )?;
+    let rule = |r: &str| {
+        if r.is_empty() {
+            "(default)".to_string()
+        } else {
+            format!("rule {r:?}")
+        }
+    };
+    for c in &report.changes {
+        let mut what = format!("{} {}", c.verb, c.resource);
+        if !c.api_group.is_empty() {
+            what = format!("{} {}.{}", c.verb, c.resource, c.api_group);
+        }
+        if !c.namespace.is_empty() {
+            what.push_str(&format!(" in {}", c.namespace));
+        }
+        writeln!(
+            out,
+            "{} -> {}  {:>4}  {what}  (now {}, then {})",
+            c.from,
+            c.to,
+            c.count,
+            rule(&c.rule_now),
+            rule(&c.rule_then)
+        )?;
+        for r in &c.requests {
+            writeln!(out, "    {} {}", r.audit_id, r.request_uri)?;
+        }
+    }
+    if !report.not_replayable.is_empty() {
+        writeln!(out, "not replayable: {}", report.not_replayable.len())?;
+        for n in &report.not_replayable {
+            writeln!(out, "    {} {}: {}", n.audit_id, n.request_uri, n.reason)?;
+        }
+    }
+    if report.no_decision > 0 {
+        writeln!(
+            out,
+            "{} requests carry no recorded decision (give --current to judge them)",
+            report.no_decision
+        )?;
+    }
+    if report.breaks_allowed {
+        writeln!(out, "FAIL: requests allowed now would be denied or held")?;
+    }
+    Ok(code)
 }
 
 /// Read and parse; on failure print the errors and return `None`.
@@ -153,6 +405,18 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> anyhow:
             p.masking.detectors.len(),
             p.recording.level,
         )?;
+        // Warnings do not change the exit code: the policy is valid.
+        for l in policy::lint::lint(&p) {
+            writeln!(
+                err,
+                "{}:{}: warning: {} ({}): {}",
+                f.display(),
+                l.line,
+                l.path,
+                l.rule,
+                l.message
+            )?;
+        }
     }
     Ok(code)
 }
@@ -164,10 +428,22 @@ fn eval(
     service_account: Option<&str>,
     as_user: Option<String>,
     as_groups: Vec<String>,
+    bodies: [Option<&Path>; 2],
     output: OutputFormat,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
+    let mut read = Vec::new();
+    for (flag, path) in ["--object", "--old-object"].into_iter().zip(bodies) {
+        match path.map(read_body).transpose() {
+            Ok(v) => read.push(v),
+            Err(e) => {
+                writeln!(err, "{flag}: {e}")?;
+                return Ok(1);
+            }
+        }
+    }
+    let (object, old_object) = (read[0].take(), read[1].take());
     let who = match service_account {
         Some(sa) => match Identity::from_service_account_ref(sa) {
             Ok(id) => id,
@@ -204,7 +480,16 @@ fn eval(
         groups: as_groups,
         ..Impersonation::default()
     };
-    let d = evaluate(&policy, &attrs, &imp, &who);
+    let d = evaluate_with(
+        &policy,
+        &attrs,
+        &imp,
+        &who,
+        Bodies {
+            object: object.as_ref(),
+            old_object: old_object.as_ref(),
+        },
+    );
 
     if output == OutputFormat::Json {
         let v = serde_json::json!({
@@ -231,6 +516,22 @@ fn eval(
         writeln!(out, "message:  {m}")?;
     }
     writeln!(out, "why:      {}", d.explanation)?;
+    for f in &d.condition_errors {
+        writeln!(
+            out,
+            "error:    when of rule {:?} failed ({}): counted as {}",
+            f.rule,
+            f.error,
+            if policy
+                .rule(&f.rule)
+                .is_some_and(|r| r.action == Action::Allow)
+            {
+                "not matching (allow rules fail closed)"
+            } else {
+                "matching (deny and approve rules fail closed)"
+            }
+        )?;
+    }
     let effect = match (policy.mode, d.action) {
         (Mode::Audit, _) => {
             "not enforced (mode: audit): the request would go through and the decision is recorded"
@@ -269,6 +570,20 @@ fn eval(
         policy.short_hash()
     )?;
     Ok(0)
+}
+
+/// A body file as JSON: YAML by its extension, else JSON or protobuf (by
+/// its magic bytes), decoded as the sidecar decodes request bodies.
+pub(crate) fn read_body(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let ct = yaml.then_some("application/yaml");
+    mcp_warden_shared::body::to_json(ct, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn describe(a: &RequestAttributes) -> String {
@@ -515,6 +830,206 @@ mod tests {
         assert_eq!(code, 0, "{err}");
         let out = out.replace(&file.display().to_string(), "policy.yaml");
         assert_eq!(out.lines().collect::<Vec<_>>(), transcript);
+    }
+
+    /// The policy inside `manifests/examples/policy-conditions.yaml`, as a file.
+    fn conditions_example(dir: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../manifests/examples/policy-conditions.yaml"),
+        )
+        .unwrap();
+        let cm: serde_json::Value = yaml_to_json(&text);
+        let file = dir.join("policy.yaml");
+        std::fs::write(&file, cm["data"]["policy.yaml"].as_str().unwrap()).unwrap();
+        file
+    }
+
+    /// The ConfigMap as JSON, through the body decoder the CLI uses.
+    fn yaml_to_json(text: &str) -> serde_json::Value {
+        mcp_warden_shared::body::to_json(Some("application/yaml"), text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn eval_with_object_and_old_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = conditions_example(dir.path());
+        let policy = policy.to_str().unwrap();
+        let pod = dir.path().join("pod.yaml");
+        std::fs::write(
+            &pod,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: a\n    image: registry.example.com/a:1\n    securityContext: {privileged: true}\n",
+        )
+        .unwrap();
+        let (code, out, err) = run_args(&[
+            "eval",
+            policy,
+            "POST /api/v1/namespaces/shop/pods",
+            "--object",
+            pod.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("decision: deny\nrule:     no-privileged-containers"),
+            "{out}"
+        );
+
+        let live = dir.path().join("live.json");
+        std::fs::write(
+            &live,
+            r#"{"metadata":{"name":"s","labels":{"mcp-warden.io/protected":"yes"}}}"#,
+        )
+        .unwrap();
+        let path = "DELETE /api/v1/namespaces/shop/configmaps/s";
+        let (_, out, _) = run_args(&["eval", policy, path, "--old-object", live.to_str().unwrap()]);
+        assert!(
+            out.starts_with("decision: deny\nrule:     protected-objects-stay"),
+            "{out}"
+        );
+        // Without the live object the condition fails, and fails closed.
+        let (_, out, _) = run_args(&["eval", policy, path]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(
+            out.contains("error:    when of rule \"protected-objects-stay\" failed"),
+            "{out}"
+        );
+        let (_, out, _) = run_args(&["eval", policy, path, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["decision"]["conditionErrors"][0]["rule"],
+            "protected-objects-stay"
+        );
+
+        let (code, _, err) = run_args(&["eval", policy, path, "--object", "/nonexistent.json"]);
+        assert_eq!(code, 1);
+        assert!(err.starts_with("--object: cannot read"), "{err}");
+    }
+
+    /// NDJSON events of a small session, as the collector stores them.
+    fn session_events(dir: &Path) -> PathBuf {
+        let ev = |id: &str, verb: &str, uri: &str, decision: &str| {
+            serde_json::json!({
+                "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+                "auditID": id, "stage": "ResponseComplete", "requestURI": uri, "verb": verb,
+                "user": {"username": "system:serviceaccount:agents:mcp"},
+                "responseStatus": {"metadata": {}, "code": 200},
+                "requestReceivedTimestamp": "2026-12-06T10:00:00.000000Z",
+                "stageTimestamp": "2026-12-06T10:00:00.100000Z",
+                "annotations": {"mcp-warden.io/decision": decision, "mcp-warden.io/rule": "r"},
+            })
+            .to_string()
+        };
+        let lines = [
+            ev("1", "list", "/api/v1/namespaces/shop/pods", "allow"),
+            ev(
+                "2",
+                "get",
+                "/api/v1/namespaces/shop/pods/web-0/log",
+                "allow",
+            ),
+            ev("3", "delete", "/api/v1/namespaces/shop/pods/web-0", "allow"),
+            ev("4", "get", "/api/v1/namespaces/shop/secrets/db", "deny"),
+        ];
+        let f = dir.join("events.ndjson");
+        std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+        f
+    }
+
+    #[test]
+    fn learn_then_replay_then_a_stricter_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = session_events(dir.path());
+        let events = events.to_str().unwrap();
+        let learned = dir.path().join("learned.yaml");
+        let (code, out, err) = run_args(&["learn", events, "--out", learned.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("learned 3 rules from 3 requests (1 denied left out"),
+            "{err}"
+        );
+        let text = std::fs::read_to_string(&learned).unwrap();
+        assert!(text.contains("mode: audit"), "{text}");
+        let (code, _, err) = run_args(&["check", learned.to_str().unwrap()]);
+        assert_eq!((code, err.as_str()), (0, ""));
+
+        let (code, out, _) = run_args(&["replay", learned.to_str().unwrap(), events]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("replayed 4 of 4 requests") && out.contains("0 would change, 4 unchanged"),
+            "{out}"
+        );
+
+        // Stricter: no deletes.
+        let strict = dir.path().join("strict.yaml");
+        std::fs::write(&strict, text.replace("[\"delete\"]", "[\"get\"]")).unwrap();
+        let (code, out, _) = run_args(&["replay", strict.to_str().unwrap(), events]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("allow -> deny     1  delete pods in shop"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    3 /api/v1/namespaces/shop/pods/web-0\n"),
+            "{out}"
+        );
+        let (code, out, _) = run_args(&[
+            "replay",
+            strict.to_str().unwrap(),
+            events,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["changes"][0]["requests"][0]["auditID"], "3");
+        assert_eq!(v["breaksAllowed"], true);
+        // --current: now judged by a policy.
+        let (code, out, _) = run_args(&[
+            "replay",
+            strict.to_str().unwrap(),
+            events,
+            "--current",
+            learned.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1);
+        assert!(out.contains("(now: policy "), "{out}");
+
+        let (code, out, _) = run_args(&["learn", events, "--rbac", "--rbac-name", "agent"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("kind: Role\nmetadata:\n  name: \"agent\"\n  namespace: \"shop\""),
+            "{out}"
+        );
+
+        let bad = dir.path().join("bad.ndjson");
+        std::fs::write(&bad, "{}\n").unwrap();
+        let (code, _, err) = run_args(&["learn", bad.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(err.contains("line 1: not an audit event"), "{err}");
+        let (code, _, _) = run_args(&["replay", strict.to_str().unwrap(), bad.to_str().unwrap()]);
+        assert_eq!(code, 2);
+    }
+
+    #[test]
+    fn check_prints_lints_as_warnings_and_exits_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  - name: all\n    action: allow\n    verbs: [\"*\"]\n    resources: [\"*\"]\n",
+        )
+        .unwrap();
+        let (code, out, err) = run_args(&["check", f.to_str().unwrap()]);
+        assert_eq!(code, 0);
+        assert!(out.contains("valid policy"));
+        assert!(
+            err.starts_with(&format!(
+                "{}:4: warning: rules[0].verbs (all): allows",
+                f.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,8 +27,23 @@
 //! most restrictive outcome decides. The request itself is judged with the
 //! pod's own identity (the policy governs what the pod may do, whoever it
 //! claims to be).
+//!
+//! Conditions: a rule may carry `when:`, a CEL expression over `request`,
+//! `object` (the request body) and `oldObject` (the live object); see
+//! [`condition`]. A rule matches only when its attributes match and `when`
+//! is true. A condition that fails at run time (an error, a non-boolean, the
+//! cost limit) counts as matching for deny and approve rules and as not
+//! matching for allow rules, so a broken condition never lets more through;
+//! such failures are listed in [`Decision::condition_errors`] for metrics
+//! and logs. [`Policy::body_needed`] tells the caller which bodies a request
+//! needs before [`evaluate_with`] decides it.
 
+pub mod condition;
+pub mod learn;
+pub mod lint;
 mod parse;
+pub mod recorded;
+pub mod replay;
 mod validate;
 
 use globset::GlobMatcher;
@@ -39,6 +54,7 @@ use crate::audit::Level;
 use crate::identity::{Identity, SERVICE_ACCOUNT_PREFIX};
 use crate::mask::MaskingConfig;
 
+pub use condition::Condition;
 pub use parse::{PolicyErrors, Problem};
 
 /// The only `apiVersion` this build understands.
@@ -159,6 +175,8 @@ pub struct Rule {
     pub service_accounts: Vec<String>,
     /// Shown to the client with the decision.
     pub message: Option<String>,
+    /// The `when:` condition, compiled; `None` means always.
+    pub when: Option<Condition>,
     /// Line of the rule in its file (for `policy eval` and logs).
     pub line: u64,
     resource_name_globs: Vec<GlobMatcher>,
@@ -245,6 +263,58 @@ impl Policy {
     pub fn rule(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
     }
+
+    /// Which bodies deciding this request needs: `object` when a rule whose
+    /// attributes match has a `when` that reads it and the verb carries a
+    /// body (create, update, patch); `old_object` likewise for `oldObject`
+    /// on update, patch and delete. The caller reads the body or fetches the
+    /// live object only then, and passes them to [`evaluate_with`].
+    pub fn body_needed(&self, attrs: &RequestAttributes, who: &Identity) -> BodyNeed {
+        let mut need = BodyNeed::default();
+        for rule in &self.rules {
+            let Some(c) = &rule.when else { continue };
+            if !rule.matches(attrs, who) {
+                continue;
+            }
+            need.object |= c.uses_object() && has_object(&attrs.verb);
+            need.old_object |= c.uses_old_object() && has_old_object(&attrs.verb);
+        }
+        need
+    }
+
+    /// Whether any rule has a `when` condition.
+    pub fn has_conditions(&self) -> bool {
+        self.rules.iter().any(|r| r.when.is_some())
+    }
+}
+
+/// The bodies a decision needs ([`Policy::body_needed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BodyNeed {
+    /// The request body, decoded to JSON (`object`).
+    pub object: bool,
+    /// The live object (`oldObject`).
+    pub old_object: bool,
+}
+
+/// The bodies given to [`evaluate_with`]; `None` is CEL `null`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bodies<'a> {
+    /// The request body as JSON; used for create, update and patch only.
+    pub object: Option<&'a serde_json::Value>,
+    /// The live object; used for update, patch and delete only.
+    pub old_object: Option<&'a serde_json::Value>,
+}
+
+/// Verbs whose request carries the object (`object` is not null).
+pub fn has_object(verb: &str) -> bool {
+    matches!(verb, "create" | "update" | "patch")
+}
+
+/// Verbs that act on an existing object (`oldObject` can be fetched).
+pub fn has_old_object(verb: &str) -> bool {
+    matches!(verb, "update" | "patch" | "delete")
 }
 
 /// The hash [`Policy::hash`] gives a policy with these source bytes
@@ -273,6 +343,19 @@ pub struct Decision {
     /// e.g. `rule "no-secrets-in-prod" (deny)` or
     /// `impersonating user "jane": no rule matched, defaultAction deny`.
     pub explanation: String,
+    /// `when:` conditions that failed at run time while deciding (each
+    /// counted as matching for deny/approve, not matching for allow).
+    #[serde(rename = "conditionErrors", skip_serializing_if = "Vec::is_empty")]
+    pub condition_errors: Vec<ConditionFailure>,
+}
+
+/// A `when:` condition that failed at run time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConditionFailure {
+    /// The rule whose condition failed.
+    pub rule: String,
+    /// Why (a CEL error, a non-boolean result, the cost limit).
+    pub error: String,
 }
 
 impl Decision {
@@ -318,16 +401,37 @@ struct Verdict {
     explanation: String,
 }
 
-/// Decide a request. Pure; see the module docs for the semantics.
+/// Decide a request without its bodies (`object` and `oldObject` are null).
+/// Pure; see the module docs for the semantics.
 pub fn evaluate(
     policy: &Policy,
     attrs: &RequestAttributes,
     imp: &Impersonation,
     who: &Identity,
 ) -> Decision {
-    let mut verdict = judge(policy, attrs, who, "");
+    evaluate_with(policy, attrs, imp, who, Bodies::default())
+}
+
+/// Decide a request with the bodies [`Policy::body_needed`] asked for.
+/// Impersonation checks carry no bodies.
+pub fn evaluate_with(
+    policy: &Policy,
+    attrs: &RequestAttributes,
+    imp: &Impersonation,
+    who: &Identity,
+    bodies: Bodies<'_>,
+) -> Decision {
+    let mut errors = Vec::new();
+    let mut verdict = judge(policy, attrs, who, bodies, &mut errors, "");
     for (what, check) in impersonation_checks(imp) {
-        let v = judge(policy, &check, who, &format!("impersonating {what}: "));
+        let v = judge(
+            policy,
+            &check,
+            who,
+            Bodies::default(),
+            &mut errors,
+            &format!("impersonating {what}: "),
+        );
         // The most restrictive wins; on a tie the earlier (the request) stays.
         if v.action.severity() > verdict.action.severity() {
             verdict = v;
@@ -339,19 +443,63 @@ pub fn evaluate(
         message: verdict.message,
         enforced: policy.mode == Mode::Enforce,
         explanation: verdict.explanation,
+        condition_errors: errors,
     }
 }
 
-fn judge(policy: &Policy, attrs: &RequestAttributes, who: &Identity, prefix: &str) -> Verdict {
+fn judge(
+    policy: &Policy,
+    attrs: &RequestAttributes,
+    who: &Identity,
+    bodies: Bodies<'_>,
+    errors: &mut Vec<ConditionFailure>,
+    prefix: &str,
+) -> Verdict {
     let mut best: Option<&Rule> = None;
+    let mut vars: Option<Result<condition::Vars, condition::EvalError>> = None;
     for rule in &policy.rules {
         if !rule.matches(attrs, who) {
             continue;
         }
-        // Strictly greater: the first rule of the winning action decides.
-        if best.is_none_or(|b| rule.action.severity() > b.action.severity()) {
-            best = Some(rule);
+        // A rule that cannot outrank the best so far decides nothing: its
+        // condition is not evaluated (nor its failure counted).
+        if best.is_some_and(|b| rule.action.severity() <= b.action.severity()) {
+            continue;
         }
+        if let Some(c) = &rule.when {
+            // The bodies become CEL values once per request, at the first
+            // condition that runs.
+            let prepared = vars.get_or_insert_with(|| {
+                condition::Vars::new(&condition::Input {
+                    attrs,
+                    user: &who.username,
+                    groups: &who.groups,
+                    object: bodies.object.filter(|_| has_object(&attrs.verb)),
+                    old_object: bodies.old_object.filter(|_| has_old_object(&attrs.verb)),
+                })
+            });
+            let result = match prepared {
+                Ok(v) => c.eval_vars(v),
+                Err(e) => Err(e.clone()),
+            };
+            let holds = match result {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(ConditionFailure {
+                        rule: rule.name.clone(),
+                        error: e.to_string(),
+                    });
+                    // Fail closed: a broken condition never widens access.
+                    rule.action != Action::Allow
+                }
+            };
+            if !holds {
+                continue;
+            }
+        }
+        // Strictly greater (checked above): the first rule of the winning
+        // action decides.
+        best = Some(rule);
     }
     match best {
         Some(rule) => Verdict {
@@ -425,7 +573,8 @@ pub fn impersonation_checks(imp: &Impersonation) -> Vec<(String, RequestAttribut
 }
 
 impl Rule {
-    /// Whether this rule applies to the request made by `who`.
+    /// Whether this rule's attributes (everything but `when`) match the
+    /// request made by `who`.
     pub fn matches(&self, attrs: &RequestAttributes, who: &Identity) -> bool {
         if !self.verbs.iter().any(|v| v == "*" || *v == attrs.verb) {
             return false;
@@ -510,3 +659,6 @@ fn non_resource_url_matches(rule: &str, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod examples_tests;

@@ -250,6 +250,7 @@ const RULE_FIELDS: &[&str] = &[
     "nonResourceURLs",
     "serviceAccounts",
     "message",
+    "when",
 ];
 /// Collects problems while walking the tree.
 struct Ctx {
@@ -679,6 +680,14 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         ),
     };
 
+    let when = f.get("when").and_then(|n| {
+        let field = format!("{p}.when");
+        let src = ctx.string(n, &field)?;
+        super::condition::Condition::compile(&src)
+            .map_err(|e| ctx.err(n.referenced, field, format!("invalid CEL expression: {e}")))
+            .ok()
+    });
+
     if ctx.problems.len() != before {
         return None;
     }
@@ -693,6 +702,7 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         non_resource_urls,
         service_accounts,
         message,
+        when,
         line: loc.line(),
         resource_name_globs,
         namespace_globs: namespaces.into_iter().zip(namespace_globs).collect(),

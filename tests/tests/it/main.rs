@@ -20,6 +20,7 @@ mod approvals_stack;
 mod hardening_e2e;
 mod masking_e2e;
 mod policy_e2e;
+mod policy_learn;
 mod realkube_manifests;
 mod realkube_sidecar;
 mod realkube_webhook;
