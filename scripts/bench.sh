@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 9): the sidecar against direct access, nginx and kubectl proxy, in one run.
+# Benchmarks: the sidecar against direct access, nginx and kubectl proxy, in one run.
 #
 # Not part of the test suite. Builds release binaries, installs the load tools from Debian if missing
 # (h2load from nghttp2-client, wrk, nginx-light), then runs scripts/bench/bench.py, which starts

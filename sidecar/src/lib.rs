@@ -6,11 +6,6 @@
 //! forwards authenticated requests to the real API server with the real
 //! token (see [`proxy`] for the pipeline and [`hooks`] for where policy,
 //! masking and recording plug in).
-//!
-//! Module ownership while the first version is built in parallel:
-//! config/local/token/proxy/forward/admin/metrics/hooks (sidecar work),
-//! `policy_store` + `policy_cli` (policy work), `mask_body` (masking work),
-//! `recording` (recording work).
 
 pub mod admin;
 pub mod approval;

@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(c.collector_format, CollectorFormat::Ndjson);
     }
 
-    /// Issue 12: the default must not be a form that servers before 1.29
+    /// The default must not be a form that servers before 1.29
     /// refuse; `auto` decides by the server's version.
     #[test]
     fn native_sidecar_defaults_to_auto_and_resolves_by_version() {

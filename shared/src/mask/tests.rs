@@ -1050,7 +1050,7 @@ proptest! {
     }
 }
 
-// ------------------------------------------- issue 18: structural gaps, scrub
+// ------------------------------------------------- structural gaps, scrub
 
 /// No planted value survives, raw or in any base64 form (std, URL-safe,
 /// padded or not).

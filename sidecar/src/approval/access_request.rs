@@ -251,7 +251,7 @@ mod tests {
 
     /// A core-group request without a subresource (`kubectl delete configmap`)
     /// sends no `group`/`subresource` at all: kube-apiserver 1.20 refused the
-    /// empty strings as `null` (issue 12), and the object must match the CRD.
+    /// empty strings as `null`, and the object must match the CRD.
     #[test]
     fn access_request_omits_empty_optional_fields() {
         let a = mcp_warden_shared::attrs::parse_request(

@@ -1,4 +1,4 @@
-//! Connections that never end (issue 18): timeouts and caps of the app and
+//! Connections that never end: timeouts and caps of the app and
 //! admin listeners, the in-flight caps with their 429, and that busy
 //! connections — a watch without events, an exec tunnel — are not idle.
 //!

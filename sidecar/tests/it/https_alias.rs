@@ -1,4 +1,4 @@
-//! Issue 13: clients that use `https://kubernetes.default.svc` (port 443)
+//! Clients that use `https://kubernetes.default.svc` (port 443)
 //! reach the sidecar: a second TLS listener (`--listen-https-alias`, a high
 //! port here; 127.0.0.1:443 in a pod) serving the same API, a certificate
 //! for the cluster domain's name, and the container form's lifecycle hooks

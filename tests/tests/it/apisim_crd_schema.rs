@@ -1,6 +1,6 @@
 //! kube-apisim validates custom resources against their CRD's structural
-//! schema as kube-apiserver does (issue 12: the AccessRequests of earlier
-//! sidecars were refused by a real 1.20 server and accepted here).
+//! schema as kube-apiserver does (an AccessRequest with `null` optional
+//! fields is refused by a real 1.20 server, so it must be refused here).
 //!
 //! Through kube-rs' raw `Client::send` against a kube-apisim process: the
 //! AccessRequest CRD from `manifests/crds/`, the body earlier sidecars sent
@@ -49,8 +49,7 @@ async fn send(
     (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// The CRD as shipped, or (`old`) with every `nullable` removed, as it was
-/// before issue 12.
+/// The CRD as shipped, or (`old`) with every `nullable` removed.
 fn crd(old: bool) -> Value {
     fn strip(v: &mut Value) {
         match v {
@@ -118,7 +117,7 @@ async fn the_old_sidecar_body_is_refused_by_the_old_crd_like_kube_apiserver_1_20
     assert_eq!(st["reason"], "Invalid");
     assert_eq!(st["details"]["kind"], "AccessRequest");
     assert_eq!(st["details"]["group"], "mcp-warden.io");
-    // The real server's text (issue 12), field by field.
+    // The real server's text, field by field.
     assert_eq!(
         st["message"],
         "AccessRequest.mcp-warden.io \"delete-configmaps-old\" is invalid: [\

@@ -689,7 +689,7 @@ fn unmaskable_upstream_answer_is_502_without_the_body() {
     );
 }
 
-// ------------------------------------------------ issue 18: hostile upstreams
+// ------------------------------------------------------- hostile upstreams
 
 /// What the hostile upstream answers: status, headers, body chunks (sent as
 /// separate HTTP chunks).

@@ -975,7 +975,7 @@ fn env_of(c: &Container) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
-/// Issue 13: clients that use `https://kubernetes.default.svc` reach the
+/// Clients that use `https://kubernetes.default.svc` reach the
 /// sidecar: the names go to 127.0.0.1, the sidecar listens on 443 there with
 /// NET_BIND_SERVICE only (what the restricted Pod Security Standard allows),
 /// and the cluster domain is a setting.
@@ -1114,7 +1114,7 @@ fn host_alias_elsewhere_is_refused() {
     assert!(patch(&pod, &enabled(), "mcp", &other).is_ok());
 }
 
-/// Issue 12: the container form for servers without native sidecars. The
+/// The container form for servers without native sidecars. The
 /// kubelet starts containers in order and waits for a container's postStart
 /// hook before starting the next, so the app starts once the sidecar is
 /// ready; the preStop hook keeps the sidecar serving while the app stops,

@@ -497,7 +497,7 @@ fn injected_workloads_pass_schema_validation() {
     }
 }
 
-/// Issue 12: a 1.20 server has no policy/v1; the chart picks the
+/// A 1.20 server has no policy/v1; the chart picks the
 /// PodDisruptionBudget's version by the server's API versions (and, for
 /// `helm template`, by `--kube-version`).
 #[test]

@@ -437,7 +437,7 @@ async fn admitted_sidecar(server: &Server, ca_pem: &str) -> (bool, Value) {
     (false, pod["spec"]["containers"][0].clone())
 }
 
-/// Issue 12: with `nativeSidecar: auto` (the default) the webhook reads the
+/// With `nativeSidecar: auto` (the default) the webhook reads the
 /// API server's version at start: a 1.20 server gets the container form
 /// (which it accepts; the native form's probes on an init container it
 /// refuses), a 1.29 server the native sidecar, and an unreachable server
