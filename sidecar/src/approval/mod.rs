@@ -141,6 +141,7 @@ mod tests {
             user_agent: None,
             attrs: Some(attrs()),
             impersonation: Default::default(),
+            bodies: None,
             decision: None,
             is_upgrade: false,
             is_stream: false,
