@@ -225,7 +225,7 @@ fn policy_conditions_judge_bodies_and_live_objects_through_the_sidecar() {
         "--replicas=0",
     ]);
     let err = assert_forbidden_by(&out, "not approved within");
-    assert!(err.contains("deployments.apps \"api\""), "{err}");
+    assert!(err.contains("deployments.apps/scale \"api\""), "{err}");
     let ars: Value =
         serde_json::from_str(&s.direct(&["get", "accessrequests", "-n", "default", "-o", "json"]))
             .unwrap();
