@@ -1061,4 +1061,109 @@ mod tests {
             (policy::Action::Deny, false, true, true)
         );
     }
+
+    #[test]
+    fn decider_reads_bodies_and_counts_condition_errors() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&format!(
+            "{HEAD}defaultAction: allow\nrules:\n  - name: no-zero\n    action: deny\n    verbs: [patch]\n    resources: [deployments]\n    when: object.spec.replicas == 0\n  - name: keep-protected\n    action: deny\n    verbs: [delete]\n    resources: [deployments]\n    when: has(oldObject.metadata.labels)\n"
+        ));
+        let store = Arc::new(PolicyStore::load(Some(vol.file())).unwrap());
+        let metrics = Metrics::new();
+        store.register_metrics(&metrics);
+        let decider = PolicyDecider::new(store.clone(), Identity::service_account("agents", "mcp"));
+        let ctx = |method: http::Method, path: &str, bodies: Option<hooks::DecisionBodies>| {
+            RequestContext {
+                request_id: uuid::Uuid::new_v4(),
+                started: std::time::Instant::now(),
+                received_at: SystemTime::now(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                method: method.clone(),
+                path_and_query: path.into(),
+                user_agent: None,
+                attrs: Some(parse_request(method.as_str(), path).unwrap()),
+                impersonation: Default::default(),
+                bodies: bodies.map(Arc::new),
+                decision: None,
+                is_upgrade: false,
+                is_stream: false,
+            }
+        };
+        let path = "/apis/apps/v1/namespaces/p/deployments/web";
+
+        // A GET needs nothing; a patch needs its body; a delete the live object.
+        let get = ctx(http::Method::GET, path, None);
+        assert_eq!(decider.bodies_needed(&get), policy::BodyNeed::default());
+        let patch = ctx(
+            http::Method::PATCH,
+            path,
+            Some(hooks::DecisionBodies {
+                object: Some(serde_json::json!({"spec": {"replicas": 0}})),
+                old_object: None,
+            }),
+        );
+        assert_eq!(
+            decider.bodies_needed(&patch),
+            policy::BodyNeed {
+                object: true,
+                old_object: false
+            }
+        );
+        let d = futures::executor::block_on(decider.decide(&patch));
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (policy::Action::Deny, Some("no-zero"))
+        );
+        assert_eq!(store.condition_errors(), 0);
+
+        // No body (not decodable): the deny rule's condition fails closed,
+        // counted by rule.
+        let patch = ctx(http::Method::PATCH, path, None);
+        let d = futures::executor::block_on(decider.decide(&patch));
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (policy::Action::Deny, Some("no-zero"))
+        );
+        let delete = ctx(http::Method::DELETE, path, None);
+        assert_eq!(
+            decider.bodies_needed(&delete),
+            policy::BodyNeed {
+                object: false,
+                old_object: true
+            }
+        );
+        let d = futures::executor::block_on(decider.decide(&delete));
+        assert_eq!(d.rule.as_deref(), Some("keep-protected"));
+        assert_eq!(store.condition_errors(), 2);
+        let text = metrics.encode();
+        for rule in ["no-zero", "keep-protected"] {
+            assert!(
+                text.contains(&format!(
+                    "mcp_warden_policy_condition_errors_total{{rule=\"{rule}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        // The live object without the label: allowed by the default.
+        let delete = ctx(
+            http::Method::DELETE,
+            path,
+            Some(hooks::DecisionBodies {
+                object: None,
+                old_object: Some(serde_json::json!({"metadata": {"name": "web"}})),
+            }),
+        );
+        let d = futures::executor::block_on(decider.decide(&delete));
+        assert_eq!(d.action, policy::Action::Allow);
+        assert_eq!(store.condition_errors(), 2);
+    }
+
+    #[test]
+    fn logged_condition_errors_carry_no_values() {
+        assert_eq!(
+            loggable("Unsupported binary operator '==': String(\"s3cret\"), Int(1)"),
+            "Unsupported binary operator '=='"
+        );
+        assert_eq!(loggable("No such key: spec"), "No such key");
+    }
 }

@@ -95,7 +95,7 @@ impl ApprovalDecider {
         };
         let ns = self.api.namespace().to_string();
         // 1. An approval whose client went away? Only where the hash covers
-        // what matters: the decide hook sees no body, so a create, update or
+        // what matters: the hash covers no body, so a create, update or
         // patch is only ever let through as the very request that was held.
         let reuse = if reusable_method(&ctx.method) {
             match self.try_reuse(&hash).await {
