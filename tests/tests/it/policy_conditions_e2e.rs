@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use mcp_warden_tests::harness::{ApiSim, ApiSimOptions, fixture, run, run_ok};
+use mcp_warden_tests::harness::{ApiSim, ApiSimOptions, fixture, run, run_ok, wait_for};
 use mcp_warden_tests::realkube::RealKube;
 use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::Value;
@@ -92,7 +92,7 @@ fn assert_forbidden_by(out: &Output, rule: &str) -> String {
 struct Stack {
     sim: ApiSim,
     sidecar: Sidecar,
-    _collector: Collector,
+    collector: Collector,
     dir: tempfile::TempDir,
 }
 
@@ -126,7 +126,7 @@ impl Stack {
         Stack {
             sim,
             sidecar,
-            _collector: collector,
+            collector,
             dir,
         }
     }
@@ -155,6 +155,31 @@ impl Stack {
         .unwrap()
         .status
         .success()
+    }
+
+    /// POSTs `body` as JSON with curl: the HTTP code and the answer.
+    fn post_raw(&self, path: &str, body: &Value) -> (String, Value) {
+        let body_path = self.file("raw-body.json", &body.to_string());
+        let out_path = self.dir.path().join("raw-out.json");
+        let code = run_ok(std::process::Command::new("curl").args([
+            "-sS".to_string(),
+            "-o".into(),
+            out_path.display().to_string(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--cacert".into(),
+            self.sidecar.local_dir().join("ca.crt").display().to_string(),
+            "-H".into(),
+            format!("Authorization: Bearer {}", self.sidecar.token().unwrap()),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            format!("@{}", body_path.display()),
+            format!("{}{path}", self.sidecar.url()),
+        ]))
+        .unwrap();
+        let answer = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+        (code.trim().to_string(), answer)
     }
 
     fn condition_errors(&self, rule: &str) -> u64 {
@@ -203,6 +228,40 @@ fn policy_conditions_judge_bodies_and_live_objects_through_the_sidecar() {
         "jsonpath={.spec.containers[0].image}",
     ]);
     assert_eq!(img.trim(), "registry.example.com/app:1");
+    // The recording still sees the body read for the decision.
+    let ev = wait_for("the create's recording", Duration::from_secs(10), || {
+        s.collector.events().into_iter().find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["name"] == "plain"
+                && e["stage"] == "ResponseComplete"
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        ev["requestObject"]["spec"]["containers"][0]["image"], "registry.example.com/app:1",
+        "{ev}"
+    );
+
+    // A body over the limit, read for the decision: the same 413 `Status`
+    // as without conditions, and nothing created.
+    let (code, status) = s.post_raw(
+        "/api/v1/namespaces/default/pods",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "huge", "annotations": {"blob": "x".repeat(4 << 20)}},
+            "spec": {"containers": [{"name": "a", "image": "registry.example.com/a:1"}]},
+        }),
+    );
+    assert_eq!(code, "413", "{status}");
+    assert_eq!(status["reason"], "RequestEntityTooLarge", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("request body larger than"),
+        "{status}"
+    );
+    assert!(!s.exists("pod", "huge", "default"));
 
     // An image from elsewhere: denied on create.
     let f = s.file(
