@@ -161,22 +161,28 @@ impl Stack {
     fn post_raw(&self, path: &str, body: &Value) -> (String, Value) {
         let body_path = self.file("raw-body.json", &body.to_string());
         let out_path = self.dir.path().join("raw-out.json");
-        let code = run_ok(std::process::Command::new("curl").args([
-            "-sS".to_string(),
-            "-o".into(),
-            out_path.display().to_string(),
-            "-w".into(),
-            "%{http_code}".into(),
-            "--cacert".into(),
-            self.sidecar.local_dir().join("ca.crt").display().to_string(),
-            "-H".into(),
-            format!("Authorization: Bearer {}", self.sidecar.token().unwrap()),
-            "-H".into(),
-            "Content-Type: application/json".into(),
-            "--data-binary".into(),
-            format!("@{}", body_path.display()),
-            format!("{}{path}", self.sidecar.url()),
-        ]))
+        let code = run_ok(
+            std::process::Command::new("curl").args([
+                "-sS".to_string(),
+                "-o".into(),
+                out_path.display().to_string(),
+                "-w".into(),
+                "%{http_code}".into(),
+                "--cacert".into(),
+                self.sidecar
+                    .local_dir()
+                    .join("ca.crt")
+                    .display()
+                    .to_string(),
+                "-H".into(),
+                format!("Authorization: Bearer {}", self.sidecar.token().unwrap()),
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "--data-binary".into(),
+                format!("@{}", body_path.display()),
+                format!("{}{path}", self.sidecar.url()),
+            ]),
+        )
         .unwrap();
         let answer = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
         (code.trim().to_string(), answer)
