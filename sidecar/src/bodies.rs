@@ -94,9 +94,8 @@ pub(crate) async fn read_for_decision(
             .and_then(|v| v.to_str().ok());
         match body::to_json(content_type, &bytes) {
             Ok(v) => bodies.object = Some(v),
-            // The reason names the encoding, never the content.
             Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, content_type = content_type.unwrap_or(""), why = %e, "request body not decoded: object is null for the policy's conditions")
+                tracing::info!(request_id = %ctx.request_id, content_type = content_type.unwrap_or(""), why = undecoded(&e), "request body not decoded: object is null for the policy's conditions")
             }
         }
         Request::from_parts(parts, full(bytes))
@@ -113,6 +112,19 @@ pub(crate) async fn read_for_decision(
     }
     ctx.bodies = Some(Arc::new(bodies));
     Ok(req)
+}
+
+/// Why a body did not decode, without the parser's message (a YAML or
+/// protobuf error may quote the body).
+fn undecoded(e: &body::BodyError) -> &'static str {
+    match e {
+        body::BodyError::Json(_) => "the JSON does not parse",
+        body::BodyError::Yaml(_) => "the YAML does not parse",
+        body::BodyError::Protobuf(_) => {
+            "a protobuf body that is malformed or of a kind not decoded"
+        }
+        body::BodyError::UnknownMediaType(_) => "a media type not decoded",
+    }
 }
 
 /// GET of the request's path (without its query: a delete's `dryRun` or
@@ -144,11 +156,15 @@ async fn fetch_old_object(
     let headers = get.headers_mut();
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(header::AUTHORIZATION, token);
-    if let Some(ua) = ctx.user_agent.as_deref().and_then(|u| {
-        HeaderValue::from_str(&format!("mcp-warden-sidecar (oldObject for {u})")).ok()
-    }) {
-        headers.insert(header::USER_AGENT, ua);
-    }
+    // Names itself in the server's audit log, with the app's client.
+    let ua = ctx
+        .user_agent
+        .as_deref()
+        .and_then(|u| {
+            HeaderValue::from_str(&format!("mcp-warden-sidecar (oldObject for {u})")).ok()
+        })
+        .unwrap_or(HeaderValue::from_static("mcp-warden-sidecar (oldObject)"));
+    headers.insert(header::USER_AGENT, ua);
     let fetch = async {
         let resp = state
             .upstream
