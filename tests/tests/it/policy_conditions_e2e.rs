@@ -3,8 +3,10 @@
 //! through it, kube-apisim's state checked directly (admin kubeconfig). The
 //! sidecar reads the request body only for rules that read `object`, and
 //! fetches the live object (with its own token) only for rules that read
-//! `oldObject`. Then the same denials in front of the real kube-apiserver
-//! 1.20.
+//! `oldObject`. Bodies in every encoding kubectl sends (protobuf creates,
+//! server-side apply, merge patches); the 413 and the recording unchanged;
+//! a failing condition counted. Then the same denials in front of the real
+//! kube-apiserver 1.20.
 //!
 //! Needs `cargo build --workspace --bins` (and, for the `realkube` test,
 //! the control plane of `scripts/deps/kube-control-plane.sh`).
@@ -83,7 +85,10 @@ fn assert_forbidden_by(out: &Output, rule: &str) -> String {
     let err = text(&out.stderr);
     assert!(!out.status.success(), "it succeeded: {}", text(&out.stdout));
     assert!(
-        err.contains("Error from server (Forbidden):") && err.contains(rule),
+        // `kubectl create configmap` words it `error: failed to create configmap: ... is forbidden: ...`.
+        (err.contains("Error from server (Forbidden):")
+            || err.contains("is forbidden: mcp-warden"))
+            && err.contains(rule),
         "{err}"
     );
     err
@@ -98,6 +103,10 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
+        Stack::start_with(&example_policy())
+    }
+
+    fn start_with(policy_yaml: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let crd = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/accessrequests.yaml"),
@@ -113,7 +122,7 @@ impl Stack {
         })
         .unwrap();
         let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, example_policy()).unwrap();
+        std::fs::write(&policy, policy_yaml).unwrap();
         let collector = Collector::start().unwrap();
         let sidecar = Sidecar::start(
             &sim,
@@ -278,6 +287,9 @@ fn policy_conditions_judge_bodies_and_live_objects_through_the_sidecar() {
     let err = assert_forbidden_by(&out, "images-from-our-registry-only");
     assert!(err.contains("registry.example.com"), "{err}");
     assert!(!s.exists("pod", "elsewhere", "default"));
+    // Denied because the conditions held, not because they failed.
+    assert_eq!(s.condition_errors("no-privileged-containers"), 0);
+    assert_eq!(s.condition_errors("images-from-our-registry-only"), 0);
 
     // Scaling to zero in prod-*: held for approval (an AccessRequest naming
     // the rule), refused when nobody approves in time; replicas stay.
@@ -325,6 +337,7 @@ fn policy_conditions_judge_bodies_and_live_objects_through_the_sidecar() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(replicas(), "2");
+    assert_eq!(s.condition_errors("scale-to-zero-in-prod-needs-a-human"), 0);
 
     // A protected ConfigMap: the live object is fetched, its label denies.
     let out = s.through(&["delete", "configmap", "keep", "-n", "default"]);
@@ -347,6 +360,86 @@ fn policy_conditions_judge_bodies_and_live_objects_through_the_sidecar() {
         log.contains("policy condition failed") && log.contains("protected-objects-stay"),
         "{log}"
     );
+}
+
+/// `object` whatever the encoding: kubectl 1.32's protobuf create, a
+/// server-side apply (`application/apply-patch+yaml`) and a merge patch.
+#[test]
+fn policy_conditions_read_protobuf_apply_and_patch_bodies() {
+    let s = Stack::start_with(
+        r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+defaultAction: allow
+rules:
+  - name: no-bad-values
+    action: deny
+    verbs: [create, update, patch]
+    resources: [configmaps]
+    when: has(object.data) && has(object.data.k) && object.data.k == 'bad'
+"#,
+    );
+    let out = s.through(&[
+        "create",
+        "configmap",
+        "pb-bad",
+        "--from-literal=k=bad",
+        "-n",
+        "default",
+    ]);
+    assert_forbidden_by(&out, "no-bad-values");
+    assert!(!s.exists("configmap", "pb-bad", "default"));
+    let out = s.through(&[
+        "create",
+        "configmap",
+        "pb-good",
+        "--from-literal=k=good",
+        "-n",
+        "default",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.exists("configmap", "pb-good", "default"));
+
+    let f = s.file(
+        "apply.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pb-good, namespace: default}\ndata: {k: bad}\n",
+    );
+    let out = s.through(&["apply", "--server-side", "-f", f.to_str().unwrap()]);
+    assert_forbidden_by(&out, "no-bad-values");
+    let out = s.through(&[
+        "patch",
+        "configmap",
+        "pb-good",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"k":"bad"}}"#,
+    ]);
+    assert_forbidden_by(&out, "no-bad-values");
+    let out = s.through(&[
+        "patch",
+        "configmap",
+        "pb-good",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"k":"fine"}}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let k = s.direct(&[
+        "get",
+        "configmap",
+        "pb-good",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.data.k}",
+    ]);
+    assert_eq!(k.trim(), "fine");
+    // Every body was decoded: each denial was the condition holding, none
+    // a failure counted as a match.
+    assert_eq!(s.condition_errors("no-bad-values"), 0);
 }
 
 #[test]
