@@ -1,7 +1,8 @@
 //! The request context that flows through the pipeline, and the hook points
 //! where policy, masking and recording plug in.
 //!
-//! Pipeline (see `proxy.rs`): authenticate → parse → [`DecideHook`] →
+//! Pipeline (see `proxy.rs`): authenticate → parse → the bodies
+//! [`DecideHook::bodies_needed`] asks for (`crate::bodies`) → [`DecideHook`] →
 //! [`RecordHook::request`] → forward → [`TransformHook`] →
 //! [`RequestRecord::response`]. State of one request travels with it: the
 //! decision (with its approval) in the [`RequestContext`], the recording in
