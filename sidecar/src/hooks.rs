@@ -1,7 +1,8 @@
 //! The request context that flows through the pipeline, and the hook points
 //! where policy, masking and recording plug in.
 //!
-//! Pipeline (see `proxy.rs`): authenticate → parse → [`DecideHook`] →
+//! Pipeline (see `proxy.rs`): authenticate → parse → the bodies
+//! [`DecideHook::bodies_needed`] asks for (`crate::bodies`) → [`DecideHook`] →
 //! [`RecordHook::request`] → forward → [`TransformHook`] →
 //! [`RequestRecord::response`]. State of one request travels with it: the
 //! decision (with its approval) in the [`RequestContext`], the recording in
@@ -23,6 +24,8 @@ use mcp_warden_shared::attrs::{Impersonation, RequestAttributes};
 use mcp_warden_shared::policy;
 /// The decision's action is the policy's own type.
 pub use mcp_warden_shared::policy::Action;
+/// Which bodies a decision reads is the policy's own type.
+pub use mcp_warden_shared::policy::BodyNeed;
 use mcp_warden_shared::status::Status;
 
 use crate::error::Refusal;
@@ -69,6 +72,10 @@ pub struct RequestContext {
     pub attrs: Option<RequestAttributes>,
     /// Impersonation asked for by `Impersonate-*` headers (empty if none).
     pub impersonation: Impersonation,
+    /// The bodies the decide hook asked for ([`DecideHook::bodies_needed`]),
+    /// set just before it runs and dropped right after, so a body is not
+    /// held for the rest of the request.
+    pub bodies: Option<Arc<DecisionBodies>>,
     /// The decision (set after the decide hook).
     pub decision: Option<Decision>,
     /// The request upgrades the connection (exec, attach, port-forward).
@@ -92,6 +99,27 @@ impl RequestContext {
             .as_ref()
             .map(|a| a.resource_with_subresource())
             .unwrap_or_default()
+    }
+}
+
+/// What `when:` conditions read: the request body decoded to JSON
+/// (`object`) and the live object (`oldObject`). `None` is CEL `null`: not
+/// asked for, not decodable, or not fetched.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionBodies {
+    /// The request body as JSON.
+    pub object: Option<serde_json::Value>,
+    /// The live object, as the upstream answered a GET of it.
+    pub old_object: Option<serde_json::Value>,
+}
+
+impl DecisionBodies {
+    /// The bodies as the policy's evaluation takes them.
+    pub fn as_policy(&self) -> policy::Bodies<'_> {
+        policy::Bodies {
+            object: self.object.as_ref(),
+            old_object: self.old_object.as_ref(),
+        }
     }
 }
 
@@ -202,6 +230,14 @@ impl Decision {
 
 /// Policy hook: decides whether a parsed request may be forwarded.
 pub trait DecideHook: Send + Sync + 'static {
+    /// Which bodies [`DecideHook::decide`] will read for this parsed request;
+    /// the pipeline reads the request body or fetches the live object only
+    /// then (into [`RequestContext::bodies`]). Default: none, so the
+    /// request streams.
+    fn bodies_needed(&self, _ctx: &RequestContext) -> BodyNeed {
+        BodyNeed::default()
+    }
+
     /// Returns the decision; may wait (approvals), never forever.
     fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, Decision>;
 }

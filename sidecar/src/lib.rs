@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod approval;
 pub mod assemble;
+pub mod bodies;
 pub mod config;
 pub mod error;
 pub mod forward;

@@ -1150,6 +1150,7 @@ mod tests {
             user_agent: None,
             attrs: Some(attrs("create", "pods", "exec")),
             impersonation: Default::default(),
+            bodies: None,
             decision: None,
             is_upgrade: true,
             is_stream: true,

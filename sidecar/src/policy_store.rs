@@ -129,6 +129,7 @@ pub struct PolicyStore {
     last_rejected: Mutex<Option<String>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    condition_errors: AtomicU64,
     /// Serializes re-reads (the watcher and explicit callers).
     reload_lock: Mutex<()>,
     /// Set by [`PolicyStore::register_metrics`].
@@ -155,9 +156,18 @@ struct InfoLabels {
     mode: String,
 }
 
+/// Labels of `mcp_warden_policy_condition_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    /// The rule whose `when:` failed (rule names are the policy's, so the
+    /// series are bounded by its rules).
+    rule: String,
+}
+
 #[derive(Debug, Clone)]
 struct PolicyMetrics {
     reloads: Family<ReloadLabels, Counter>,
+    condition_errors: Family<ConditionLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     last_reload_failed: Gauge,
 }
@@ -283,6 +293,7 @@ impl PolicyStore {
             last_rejected: Mutex::new(None),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            condition_errors: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             metrics: Mutex::new(None),
             readiness: Mutex::new(None),
@@ -318,12 +329,14 @@ impl PolicyStore {
     }
 
     /// Registers `mcp_warden_policy_reloads_total{result="ok"|"error"}`,
+    /// `mcp_warden_policy_condition_errors_total{rule}`,
     /// `mcp_warden_policy_info{hash,source,mode}` (1 for the policy in
     /// effect) and `mcp_warden_policy_last_reload_failed` (1 while the newest
     /// file content is refused) and keeps them current. Call once.
     pub fn register_metrics(&self, metrics: &Metrics) {
         let m = PolicyMetrics {
             reloads: Family::default(),
+            condition_errors: Family::default(),
             info: Family::default(),
             last_reload_failed: Gauge::default(),
         };
@@ -346,6 +359,11 @@ impl PolicyStore {
             m.reloads.clone(),
         );
         metrics.register(
+            "policy_condition_errors",
+            "when: conditions that failed at run time (counted as matching for deny/approve rules, not for allow rules), by rule",
+            m.condition_errors.clone(),
+        );
+        metrics.register(
             "policy_info",
             "The policy in effect (value 1), by short hash, source and mode",
             m.info.clone(),
@@ -356,6 +374,24 @@ impl PolicyStore {
             m.last_reload_failed.clone(),
         );
         *lock(&self.metrics) = Some(m);
+    }
+
+    /// Counts a `when:` condition of `rule` that failed at run time
+    /// (`mcp_warden_policy_condition_errors_total{rule}`).
+    pub fn count_condition_error(&self, rule: &str) {
+        self.condition_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = lock(&self.metrics).as_ref() {
+            m.condition_errors
+                .get_or_create(&ConditionLabels {
+                    rule: rule.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// `when:` conditions that failed at run time since start.
+    pub fn condition_errors(&self) -> u64 {
+        self.condition_errors.load(Ordering::Relaxed)
     }
 
     /// Keeps the `policy` condition of `/readyz` current: `Ok` while the
@@ -534,33 +570,98 @@ impl PolicyDecider {
         }
     }
 
-    /// The pure decision and the policy that made it (for wrappers such as
-    /// approvals, and for recording the policy hash).
+    /// The pure decision and the policy that made it, without bodies (for
+    /// tools and tests; the pipeline uses [`PolicyDecider::judge`]).
     pub fn evaluate(
         &self,
         attrs: &RequestAttributes,
         imp: &Impersonation,
     ) -> (Arc<LoadedPolicy>, policy::Decision) {
+        self.evaluate_with(attrs, imp, policy::Bodies::default())
+    }
+
+    /// The pure decision with the bodies `when:` conditions read, and the
+    /// policy that made it.
+    pub fn evaluate_with(
+        &self,
+        attrs: &RequestAttributes,
+        imp: &Impersonation,
+        bodies: policy::Bodies<'_>,
+    ) -> (Arc<LoadedPolicy>, policy::Decision) {
         let loaded = self.store.current();
-        let d = policy::evaluate(&loaded.policy, attrs, imp, &self.identity);
+        let d = policy::evaluate_with(&loaded.policy, attrs, imp, &self.identity, bodies);
         (loaded, d)
+    }
+
+    /// Which bodies the policy in effect reads for this request.
+    pub fn body_needed(&self, attrs: &RequestAttributes) -> policy::BodyNeed {
+        self.store
+            .current()
+            .policy
+            .body_needed(attrs, &self.identity)
+    }
+
+    /// The decision on a parsed request, with the bodies the pipeline read
+    /// into the context, and the policy that made it (for wrappers such as
+    /// approvals). Conditions that failed are counted and logged here, once
+    /// per request.
+    pub fn judge(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+    ) -> (Arc<LoadedPolicy>, policy::Decision) {
+        let bodies = ctx
+            .bodies
+            .as_deref()
+            .map(hooks::DecisionBodies::as_policy)
+            .unwrap_or_default();
+        let (loaded, d) = self.evaluate_with(attrs, &ctx.impersonation, bodies);
+        for failure in &d.condition_errors {
+            self.store.count_condition_error(&failure.rule);
+            tracing::warn!(request_id = %ctx.request_id, rule = %failure.rule, error = %loggable(&failure.error), policy_hash = loaded.short_hash(), "policy condition failed: counted as matching for deny/approve, not for allow");
+        }
+        (loaded, d)
+    }
+
+    /// The pipeline's decision for the policy's decision `d` (logged).
+    pub fn apply(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+        loaded: &LoadedPolicy,
+        d: &policy::Decision,
+    ) -> hooks::Decision {
+        if d.action == policy::Action::Allow {
+            tracing::debug!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), "policy decision");
+        } else {
+            tracing::info!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), why = %d.explanation, "policy decision");
+        }
+        hooks::Decision::from_policy(d, attrs, &ctx.impersonation)
     }
 }
 
+/// A condition's run-time error as logged: CEL's messages may quote values
+/// of the body (`Unsupported binary operator '==': String(...)`), so only the
+/// part before the first `": "` is kept (the operator, `No such key`...).
+fn loggable(error: &str) -> &str {
+    error.split(": ").next().unwrap_or(error)
+}
+
 impl DecideHook for PolicyDecider {
+    fn bodies_needed(&self, ctx: &RequestContext) -> policy::BodyNeed {
+        ctx.attrs
+            .as_ref()
+            .map(|a| self.body_needed(a))
+            .unwrap_or_default()
+    }
+
     fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, hooks::Decision> {
         let out = match &ctx.attrs {
             // The pipeline parses before deciding; never forward what was not judged.
             None => hooks::Decision::deny(None, "mcp-warden policy: the request was not parsed"),
             Some(attrs) => {
-                let (loaded, d) = self.evaluate(attrs, &ctx.impersonation);
-                let hd = hooks::Decision::from_policy(&d, attrs, &ctx.impersonation);
-                if d.action == policy::Action::Allow {
-                    tracing::debug!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), "policy decision");
-                } else {
-                    tracing::info!(request_id = %ctx.request_id, verb = %attrs.verb, resource = %attrs.resource_with_subresource(), namespace = %attrs.namespace, name = %attrs.name, decision = d.action.as_str(), rule = d.rule.as_deref().unwrap_or(""), enforced = d.enforced, policy_hash = loaded.short_hash(), why = %d.explanation, "policy decision");
-                }
-                hd
+                let (loaded, d) = self.judge(ctx, attrs);
+                self.apply(ctx, attrs, &loaded, &d)
             }
         };
         Box::pin(async move { out })
@@ -959,5 +1060,110 @@ mod tests {
             ),
             (policy::Action::Deny, false, true, true)
         );
+    }
+
+    #[test]
+    fn decider_reads_bodies_and_counts_condition_errors() {
+        let mut vol = KubeletVolume::new();
+        vol.write(&format!(
+            "{HEAD}defaultAction: allow\nrules:\n  - name: no-zero\n    action: deny\n    verbs: [patch]\n    resources: [deployments]\n    when: object.spec.replicas == 0\n  - name: keep-protected\n    action: deny\n    verbs: [delete]\n    resources: [deployments]\n    when: has(oldObject.metadata.labels)\n"
+        ));
+        let store = Arc::new(PolicyStore::load(Some(vol.file())).unwrap());
+        let metrics = Metrics::new();
+        store.register_metrics(&metrics);
+        let decider = PolicyDecider::new(store.clone(), Identity::service_account("agents", "mcp"));
+        let ctx = |method: http::Method, path: &str, bodies: Option<hooks::DecisionBodies>| {
+            RequestContext {
+                request_id: uuid::Uuid::new_v4(),
+                started: std::time::Instant::now(),
+                received_at: SystemTime::now(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                method: method.clone(),
+                path_and_query: path.into(),
+                user_agent: None,
+                attrs: Some(parse_request(method.as_str(), path).unwrap()),
+                impersonation: Default::default(),
+                bodies: bodies.map(Arc::new),
+                decision: None,
+                is_upgrade: false,
+                is_stream: false,
+            }
+        };
+        let path = "/apis/apps/v1/namespaces/p/deployments/web";
+
+        // A GET needs nothing; a patch needs its body; a delete the live object.
+        let get = ctx(http::Method::GET, path, None);
+        assert_eq!(decider.bodies_needed(&get), policy::BodyNeed::default());
+        let patch = ctx(
+            http::Method::PATCH,
+            path,
+            Some(hooks::DecisionBodies {
+                object: Some(serde_json::json!({"spec": {"replicas": 0}})),
+                old_object: None,
+            }),
+        );
+        assert_eq!(
+            decider.bodies_needed(&patch),
+            policy::BodyNeed {
+                object: true,
+                old_object: false
+            }
+        );
+        let d = futures::executor::block_on(decider.decide(&patch));
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (policy::Action::Deny, Some("no-zero"))
+        );
+        assert_eq!(store.condition_errors(), 0);
+
+        // No body (not decodable): the deny rule's condition fails closed,
+        // counted by rule.
+        let patch = ctx(http::Method::PATCH, path, None);
+        let d = futures::executor::block_on(decider.decide(&patch));
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (policy::Action::Deny, Some("no-zero"))
+        );
+        let delete = ctx(http::Method::DELETE, path, None);
+        assert_eq!(
+            decider.bodies_needed(&delete),
+            policy::BodyNeed {
+                object: false,
+                old_object: true
+            }
+        );
+        let d = futures::executor::block_on(decider.decide(&delete));
+        assert_eq!(d.rule.as_deref(), Some("keep-protected"));
+        assert_eq!(store.condition_errors(), 2);
+        let text = metrics.encode();
+        for rule in ["no-zero", "keep-protected"] {
+            assert!(
+                text.contains(&format!(
+                    "mcp_warden_policy_condition_errors_total{{rule=\"{rule}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        // The live object without the label: allowed by the default.
+        let delete = ctx(
+            http::Method::DELETE,
+            path,
+            Some(hooks::DecisionBodies {
+                object: None,
+                old_object: Some(serde_json::json!({"metadata": {"name": "web"}})),
+            }),
+        );
+        let d = futures::executor::block_on(decider.decide(&delete));
+        assert_eq!(d.action, policy::Action::Allow);
+        assert_eq!(store.condition_errors(), 2);
+    }
+
+    #[test]
+    fn logged_condition_errors_carry_no_values() {
+        assert_eq!(
+            loggable("Unsupported binary operator '==': String(\"s3cret\"), Int(1)"),
+            "Unsupported binary operator '=='"
+        );
+        assert_eq!(loggable("No such key: spec"), "No such key");
     }
 }

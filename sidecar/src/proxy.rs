@@ -1,5 +1,6 @@
-//! The request pipeline: authenticate → parse → decide → record request →
-//! forward → transform response → record response.
+//! The request pipeline: authenticate → parse → [bodies a `when:` rule
+//! reads] → decide → record request → forward → transform response →
+//! record response.
 //!
 //! Each step is a small function; the hooks of [`crate::hooks::Hooks`] are
 //! where policy, masking and recording plug in. Every request the sidecar
@@ -99,6 +100,7 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
             .map(str::to_string),
         attrs: None,
         impersonation: Default::default(),
+        bodies: None,
         decision: None,
         is_upgrade: false,
         is_stream: false,
@@ -124,10 +126,11 @@ impl From<Refusal> for Answered {
 async fn pipeline(
     state: &ProxyState,
     ctx: &mut RequestContext,
-    mut req: Request<ProxyBody>,
+    req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Answered> {
     authenticate(&state.local_token, req.headers())?;
     parse(ctx, &req)?;
+    let mut req = crate::bodies::read_for_decision(state, ctx, req).await?;
     decide(state, ctx).await?;
     let admitted = state.inflight.admit(ctx)?;
     let client_upgrade = ctx.is_upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -227,9 +230,11 @@ fn parse<B: http_body::Body>(ctx: &mut RequestContext, req: &Request<B>) -> Resu
     Ok(())
 }
 
-/// Step 3: the policy hook.
+/// Step 3: the policy hook (with the bodies it asked for, read in step 2b
+/// by [`crate::bodies::read_for_decision`]).
 async fn decide(state: &ProxyState, ctx: &mut RequestContext) -> Result<(), Refusal> {
     let decision = state.hooks.decide.decide(ctx).await;
+    ctx.bodies = None;
     let refusal = decision.refusal.clone();
     ctx.decision = Some(decision);
     match refusal {

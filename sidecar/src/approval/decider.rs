@@ -95,7 +95,7 @@ impl ApprovalDecider {
         };
         let ns = self.api.namespace().to_string();
         // 1. An approval whose client went away? Only where the hash covers
-        // what matters: the decide hook sees no body, so a create, update or
+        // what matters: the hash covers no body, so a create, update or
         // patch is only ever let through as the very request that was held.
         let reuse = if reusable_method(&ctx.method) {
             match self.try_reuse(&hash).await {
@@ -259,6 +259,14 @@ impl ApprovalDecider {
 }
 
 impl DecideHook for ApprovalDecider {
+    fn bodies_needed(&self, ctx: &RequestContext) -> policy::BodyNeed {
+        match &ctx.attrs {
+            // Refused by the built-in rule whatever the bodies say.
+            Some(attrs) if touches_access_requests(attrs) => policy::BodyNeed::default(),
+            _ => self.inner.bodies_needed(ctx),
+        }
+    }
+
     fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, hooks::Decision> {
         Box::pin(async move {
             let Some(attrs) = &ctx.attrs else {
@@ -279,12 +287,13 @@ impl DecideHook for ApprovalDecider {
                 d.action = hooks::Action::Deny;
                 return d;
             }
-            let (_, d) = self.inner.evaluate(attrs, &ctx.impersonation);
+            // With the bodies the pipeline read for `when:` conditions.
+            let (loaded, d) = self.inner.judge(ctx, attrs);
             if d.action == policy::Action::Approve && d.enforced {
                 return self.hold(ctx, attrs, &d).await;
             }
             // Everything else exactly as the policy decider does it.
-            self.inner.decide(ctx).await
+            self.inner.apply(ctx, attrs, &loaded, &d)
         })
     }
 }

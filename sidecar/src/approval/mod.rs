@@ -23,7 +23,11 @@
 //! [`notifier`] (the pending-approval POST), [`access_request`] (the object
 //! written, the request hash, reuse, outcomes; pure).
 //!
-//! Limitation: the decide hook sees no request body, so `requestHash` covers
+//! An `approve` rule's `when:` is judged with the bodies the pipeline read
+//! for it (`object`, `oldObject`), as for any rule.
+//!
+//! Limitation: the decide hook sees a request body only when a `when:` rule
+//! reads it, so `requestHash` covers
 //! the method and the path with query only. Reuse is therefore limited to
 //! GET/HEAD/DELETE/OPTIONS (a DELETE's DeleteOptions body is not covered); a
 //! create, update or patch goes through only as the request that was held.
@@ -141,6 +145,7 @@ mod tests {
             user_agent: None,
             attrs: Some(attrs()),
             impersonation: Default::default(),
+            bodies: None,
             decision: None,
             is_upgrade: false,
             is_stream: false,

@@ -803,6 +803,7 @@ mod tests {
                 ..Default::default()
             }),
             impersonation: Default::default(),
+            bodies: None,
             decision: Some(Decision::allow()),
             is_upgrade: false,
             is_stream: stream,
