@@ -130,6 +130,7 @@ fn pod_identity(config: &Config) -> Identity {
 fn recording_config(config: &Config) -> RecordingConfig {
     let mut rc = RecordingConfig::new(config.spool_dir.clone());
     rc.spool_max_bytes = config.spool_max_bytes;
+    rc.spool_sync = config.spool_sync;
     rc.on_failure = match config.on_recording_failure {
         RecordingFailureMode::FailClosed => OnFailure::FailClosed,
         RecordingFailureMode::Continue => OnFailure::Continue,

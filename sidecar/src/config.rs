@@ -208,6 +208,25 @@ pub struct ServeArgs {
     #[arg(long, env = "MCP_WARDEN_SPOOL_MAX_BYTES", default_value = "268435456")]
     pub spool_max_bytes: String,
 
+    /// Data-path cost settings (see docs/recording.md and docs/sidecar.md).
+    /// How long written spool records may wait for their fsync: a response is
+    /// released once its event is written to the spool file (it survives a
+    /// kill of the sidecar) and records are fsync'd in groups at most this
+    /// long after; `always`: fsync before every release (survives a machine
+    /// crash too, slower).
+    #[arg(long, env = "MCP_WARDEN_SPOOL_SYNC_INTERVAL", default_value = "20ms")]
+    pub spool_sync_interval: String,
+
+    /// Per-request access log: `off`, `sampled` (every refused, failed or
+    /// writing request, 1 in 100 successful reads) or `all`.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ACCESS_LOG",
+        value_enum,
+        default_value = "sampled"
+    )]
+    pub access_log: crate::logging::AccessLog,
+
     /// Behaviour when an event cannot be made durable.
     #[arg(
         long,
@@ -303,6 +322,10 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Spool size limit in bytes.
     pub spool_max_bytes: u64,
+    /// When a spooled record counts as recorded (`--spool-sync-interval`).
+    pub spool_sync: crate::recording::spool::SpoolSync,
+    /// `--access-log`.
+    pub access_log: crate::logging::AccessLog,
     /// Recording failure behaviour.
     pub on_recording_failure: RecordingFailureMode,
     /// Pod name, if known.
@@ -423,6 +446,9 @@ impl ServeArgs {
                     ),
                 )
             })?;
+        let spool_sync = parse_spool_sync(&self.spool_sync_interval).map_err(|m| {
+            ConfigError::new("spool-sync-interval", "MCP_WARDEN_SPOOL_SYNC_INTERVAL", m)
+        })?;
         let shutdown_grace = parse_duration(&self.shutdown_grace)
             .map_err(|m| ConfigError::new("shutdown-grace", "MCP_WARDEN_SHUTDOWN_GRACE", m))?;
         let upstream_connect_timeout = parse_duration(&self.upstream_connect_timeout)
@@ -503,6 +529,8 @@ impl ServeArgs {
             collector_client_key_file: self.collector_client_key_file.clone(),
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes,
+            spool_sync,
+            access_log: self.access_log,
             on_recording_failure: self.on_recording_failure,
             pod_name: self.pod_name.clone().filter(|s| !s.is_empty()),
             pod_namespace: self.pod_namespace.clone().filter(|s| !s.is_empty()),
@@ -640,6 +668,19 @@ pub fn is_loopback_host(host: &str) -> bool {
     h.parse::<IpAddr>()
         .map(|ip| ip.is_loopback())
         .unwrap_or(false)
+}
+
+/// `always`, or a positive duration (`20ms`) between grouped fsyncs.
+fn parse_spool_sync(s: &str) -> Result<crate::recording::spool::SpoolSync, String> {
+    use crate::recording::spool::SpoolSync;
+    if s.trim() == "always" {
+        return Ok(SpoolSync::Always);
+    }
+    parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(SpoolSync::Interval)
+        .ok_or_else(|| format!("{s:?} is neither `always` nor a positive duration such as 20ms"))
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` or a bare number of seconds.
@@ -864,5 +905,26 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("7d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn spool_sync_and_access_log() {
+        use crate::logging::AccessLog;
+        use crate::recording::spool::SpoolSync;
+        let base = ["--upstream", "https://h:1"];
+        let c = args(&base).validate_with_env(no_env).unwrap();
+        assert_eq!(c.spool_sync, SpoolSync::Interval(Duration::from_millis(20)));
+        assert_eq!(c.access_log, AccessLog::Sampled);
+        let mut v = base.to_vec();
+        v.extend(["--spool-sync-interval", "always", "--access-log", "off"]);
+        let c = args(&v).validate_with_env(no_env).unwrap();
+        assert_eq!(c.spool_sync, SpoolSync::Always);
+        assert_eq!(c.access_log, AccessLog::Off);
+        for bad in ["0ms", "never", ""] {
+            let mut v = base.to_vec();
+            v.extend(["--spool-sync-interval", bad]);
+            let e = args(&v).validate_with_env(no_env).unwrap_err();
+            assert_eq!(e.flag, "spool-sync-interval", "{bad}: {e}");
+        }
     }
 }

@@ -453,6 +453,9 @@ fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
     let verb = ctx.verb();
     let resource = ctx.resource();
     state.metrics.count_request(verb, &resource, code.as_u16());
+    if !crate::logging::wants_access_log(verb, code.as_u16()) {
+        return;
+    }
     let (namespace, name, group) = ctx
         .attrs
         .as_ref()

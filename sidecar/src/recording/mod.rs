@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use hook::RecordingHook;
 pub use sender::{CollectorFormat, SenderConfig, SenderError};
-pub use spool::{SpoolConfig, SpoolError};
+pub use spool::{SpoolConfig, SpoolError, SpoolSync};
 
 /// What to do when an event cannot be made durable (`--on-recording-failure`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +69,8 @@ pub struct RecordingConfig {
     pub spool_dir: PathBuf,
     /// `--spool-max-bytes`: bound of the spool's size on disk.
     pub spool_max_bytes: u64,
+    /// `--spool-sync-interval`: when a spooled event counts as recorded.
+    pub spool_sync: spool::SpoolSync,
     /// `--on-recording-failure`.
     pub on_failure: OnFailure,
     /// `--collector-url`; `None`: events are logged, not spooled or sent.
@@ -103,6 +105,7 @@ impl RecordingConfig {
         Self {
             spool_dir: spool_dir.into(),
             spool_max_bytes: 256 << 20,
+            spool_sync: spool::SpoolSync::DEFAULT,
             on_failure: OnFailure::FailClosed,
             collector_url: None,
             format: CollectorFormat::EventList,
@@ -241,11 +244,12 @@ impl Recorder {
         };
         // Check the collector settings before touching the disk.
         sender::validate_url(&url)?;
-        let spool = spool::Spool::open(SpoolConfig::new(&cfg.spool_dir, cfg.spool_max_bytes))
-            .map_err(|source| RecordError::Spool {
-                dir: cfg.spool_dir.clone(),
-                source,
-            })?;
+        let mut spool_cfg = SpoolConfig::new(&cfg.spool_dir, cfg.spool_max_bytes);
+        spool_cfg.sync = cfg.spool_sync;
+        let spool = spool::Spool::open(spool_cfg).map_err(|source| RecordError::Spool {
+            dir: cfg.spool_dir.clone(),
+            source,
+        })?;
         let mut scfg = SenderConfig::new(url);
         scfg.format = cfg.format;
         scfg.ca_file = cfg.ca_file.clone();
