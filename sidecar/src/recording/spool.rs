@@ -236,6 +236,9 @@ struct SyncState {
     /// Written and not yet fsync'd, by segment; a rotated segment stays
     /// here until its last groups are synced.
     dirty: Vec<(SeqNo, Arc<File>, PathBuf)>,
+    /// When the oldest write in `dirty` was made: its fsync is due one
+    /// interval later.
+    since: Option<Instant>,
     /// The writer has stopped: sync what is dirty and end.
     stop: bool,
 }
@@ -249,6 +252,7 @@ impl Syncer {
         let mut st = self.lock();
         if !st.dirty.iter().any(|(s, _, _)| *s == segment) {
             st.dirty.push((segment, file.clone(), path.to_path_buf()));
+            st.since.get_or_insert_with(Instant::now);
             self.wake.notify_one();
         }
     }
@@ -756,8 +760,9 @@ impl Spool {
     }
 }
 
-/// fsyncs the segments written since the last round, at most `every` after
-/// the first write of a round, until the writer stops (then once more).
+/// fsyncs the segments written since the last round, `every` after the
+/// first write of the round (or at once when the previous fsync took longer
+/// than that), until the writer stops (then once more).
 fn syncer_loop(shared: &Shared, every: Duration) {
     loop {
         let dirty = {
@@ -774,7 +779,7 @@ fn syncer_loop(shared: &Shared, every: Duration) {
             }
             // Let more groups land in the page cache, so that one fsync
             // covers them all; the writer stopping cuts the wait short.
-            let deadline = Instant::now() + every;
+            let deadline = st.since.unwrap_or_else(Instant::now) + every;
             while !st.stop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -787,6 +792,7 @@ fn syncer_loop(shared: &Shared, every: Duration) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
+            st.since = None;
             std::mem::take(&mut st.dirty)
         };
         for (_, f, path) in dirty {
