@@ -3,9 +3,9 @@
 //!
 //! A line is formatted on the thread that logs it and handed to a writer
 //! thread (`tracing-appender`'s non-blocking writer), so no request waits
-//! for a `write(2)` or for the lock of stderr. The queue is bounded and not
-//! lossy: a writer that falls far behind slows the loggers rather than
-//! dropping lines. The [`LogGuard`] flushes what is queued when dropped, so
+//! for a `write(2)` or for the lock of stderr. The queue is bounded
+//! ([`QUEUED_LINES`]) and not lossy: a writer that falls behind slows the
+//! loggers rather than dropping lines. The [`LogGuard`] flushes what is queued when dropped, so
 //! the binary holds it until it exits.
 //!
 //! Audit events logged because there is no collector (target
@@ -22,6 +22,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+
+/// Lines queued per writer. The queue is allocated whole at start (about 32
+/// bytes a line), so tracing-appender's default of 128,000 would cost 4 MB of
+/// RSS per writer; a burst beyond this many lines waits for the writer.
+pub const QUEUED_LINES: usize = 8192;
 
 /// Target of the audit events written to the log (no collector).
 pub const AUDIT_TARGET: &str = "mcp_warden::audit";
@@ -105,10 +110,12 @@ pub fn init(format: LogFormat, access: AccessLog) -> LogGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (stderr, err_guard) = NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
         .thread_name("log-writer")
         .finish(std::io::stderr());
     let (stdout, out_guard) = NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
         .thread_name("audit-log-writer")
         .finish(std::io::stdout());
     let (logs, audit) = match format {

@@ -6,12 +6,6 @@
 use clap::Parser;
 use mcp_warden_sidecar::config::{Cli, Command, ServeArgs};
 
-// Every request allocates and frees many small buffers across the runtime's
-// threads; mimalloc does that in fewer instructions than glibc's malloc
-// (bench/results.md, instructions per proxied GET).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
