@@ -56,14 +56,15 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Most long-running requests started on one pooled HTTP/2 connection.
 pub const STREAMS_PER_CONNECTION: u64 = 100;
 
+type H2Sender = hyper::client::conn::http2::SendRequest<ProxyBody>;
+
 /// HTTP/2 connections shared by long-running requests (see the module doc).
 #[derive(Clone, Debug)]
 struct StreamPool {
     base: Uri,
     connector: HttpsConnector<HttpConnector>,
     /// The connection taking new streams, and how many it has taken.
-    current:
-        Arc<tokio::sync::Mutex<Option<(hyper::client::conn::http2::SendRequest<ProxyBody>, u64)>>>,
+    current: Arc<tokio::sync::Mutex<Option<(H2Sender, u64)>>>,
     /// False once the upstream answered without `h2`: HTTP/1.1 from then on.
     h2: Arc<AtomicBool>,
     /// Connections opened so far.
@@ -104,9 +105,7 @@ impl StreamPool {
         Ok(Ok(sender.send_request(req).await?))
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<Option<hyper::client::conn::http2::SendRequest<ProxyBody>>, SendError> {
+    async fn connect(&self) -> Result<Option<H2Sender>, SendError> {
         let io = self
             .connector
             .clone()
@@ -460,15 +459,18 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
-    /// A TLS, HTTP/2-only server whose every response is headers and then a
-    /// body that never ends (a quiet watch); counts its connections.
+    /// A TLS, HTTP/2-only server whose every response is headers, then one
+    /// `event` frame once `go` is sent, then a body that never ends (a quiet
+    /// watch); counts its connections.
     async fn quiet_h2_server(
         max_streams: u32,
     ) -> (
         u16,
         rustls::RootCertStore,
         Arc<std::sync::atomic::AtomicUsize>,
+        tokio::sync::watch::Sender<bool>,
     ) {
+        let (go, go_rx) = tokio::sync::watch::channel(false);
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -503,15 +505,26 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let go_rx = go_rx.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(|_req| async {
-                        let body = http_body_util::StreamBody::new(futures::stream::pending::<
-                            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-                        >());
-                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let mut go = go_rx.clone();
+                        async move {
+                            use futures::StreamExt;
+                            let event = futures::stream::once(async move {
+                                let _ = go.wait_for(|g| *g).await;
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(b"event"),
+                                ))
+                            });
+                            let body = http_body_util::StreamBody::new(
+                                event.chain(futures::stream::pending()),
+                            );
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                        }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .max_concurrent_streams(max_streams)
@@ -520,16 +533,17 @@ mod tests {
                 });
             }
         });
-        (port, roots, accepted)
+        (port, roots, accepted, go)
     }
 
     /// 250 watches held open at once through a server that allows 150
     /// streams per connection: every one gets its answer, over 3 shared
-    /// connections (100 streams each at most) instead of 250.
+    /// connections (100 streams each at most) instead of 250, and the
+    /// watches of a retired connection stay live.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watches_share_http2_connections() {
         use http_body_util::BodyExt;
-        let (port, roots, accepted) = quiet_h2_server(150).await;
+        let (port, roots, accepted, go) = quiet_h2_server(150).await;
         let up = Upstream::new(
             format!("https://127.0.0.1:{port}").parse().unwrap(),
             roots,
@@ -563,5 +577,14 @@ mod tests {
         assert_eq!(open.len(), 250);
         assert_eq!(up.stream_connections_opened(), 3);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        go.send(true).unwrap();
+        for resp in open {
+            let frame = tokio::time::timeout(Duration::from_secs(60), resp.into_body().frame())
+                .await
+                .expect("an event arrives on every watch")
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), "event");
+        }
     }
 }

@@ -323,10 +323,10 @@ async fn forward(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let t0 = Instant::now();
-    // Long-running requests (watch, follow) go over HTTP/1.1 connections of
-    // their own: multiplexed on one pooled HTTP/2 connection they would hit
-    // the upstream's concurrent-stream limit, and every watch past it would
-    // queue forever (found by the 1,000-watch benchmark).
+    // Long-running requests (watch, follow) go over connections of their
+    // own (forward::StreamPool): multiplexed on the one pooled HTTP/2
+    // connection they would hit the upstream's concurrent-stream limit, and
+    // every watch past it would queue forever (the 1,000-watch benchmark).
     let result = state
         .upstream
         .send(req, ctx.is_upgrade || ctx.is_stream)
