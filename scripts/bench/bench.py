@@ -40,6 +40,7 @@ BIN = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KUBECTL = os.environ.get("BENCH_KUBECTL", "/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 PATHS = ["direct", "sidecar", "nginx", "kubectl-proxy"]
+KEEP_MARKER = "<!-- kept by bench.py: instructions -->"
 
 
 def log(*a):
@@ -1062,8 +1063,17 @@ def main():
         res["goals"] = g
         md = render_md(res, s, g) if res["runs"] else json.dumps(res["sidecar"], indent=1)
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(md)
+        md_path = os.path.join(args.out, "results.md")
+        # The hand-kept section from KEEP_MARKER on (instruction counts, scripts/bench-instructions.sh)
+        # survives a new run.
+        kept = ""
+        if os.path.exists(md_path):
+            with open(md_path) as f:
+                old = f.read()
+            if KEEP_MARKER in old:
+                kept = "\n" + old[old.index(KEEP_MARKER):]
+        with open(md_path, "w") as f:
+            f.write(md + kept)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(res, f, indent=1, default=str)
         print(md)

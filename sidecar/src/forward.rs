@@ -6,17 +6,28 @@
 //! (exec, attach, port-forward over WebSocket or SPDY) exist only in HTTP/1.1.
 //! There is a connect timeout and no total timeout, so a watch lasts as long
 //! as the server keeps it. Bodies stream frame by frame both ways.
+//!
+//! Long-running requests that are not upgrades (watches, followed logs) go
+//! through a [`StreamPool`]: HTTP/2 connections of their own, each taking at
+//! most [`STREAMS_PER_CONNECTION`] of them, below any server's
+//! `MAX_CONCURRENT_STREAMS` (RFC 9113 recommends at least 100), so that a
+//! watch never queues behind others and 1,000 watches need about ten
+//! connections instead of 1,000. A connection that has taken its share is
+//! retired: it serves its open streams and closes when they have ended. An
+//! upstream that does not offer `h2` gets them over HTTP/1.1 as before.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
 
 use crate::hooks::ProxyBody;
 
@@ -29,6 +40,101 @@ pub enum ForwardError {
     Tls(#[from] rustls::Error),
 }
 
+/// Why a request could not be sent upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error("connecting to the upstream for a long-running request: {0}")]
+    StreamConnect(#[source] BoxError),
+    #[error("long-running request on a shared HTTP/2 connection: {0}")]
+    Stream(#[from] hyper::Error),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Most long-running requests started on one pooled HTTP/2 connection.
+pub const STREAMS_PER_CONNECTION: u64 = 100;
+
+type H2Sender = hyper::client::conn::http2::SendRequest<ProxyBody>;
+
+/// HTTP/2 connections shared by long-running requests (see the module doc).
+#[derive(Clone, Debug)]
+struct StreamPool {
+    base: Uri,
+    connector: HttpsConnector<HttpConnector>,
+    /// The connection taking new streams, and how many it has taken.
+    current: Arc<tokio::sync::Mutex<Option<(H2Sender, u64)>>>,
+    /// False once the upstream answered without `h2`: HTTP/1.1 from then on.
+    h2: Arc<AtomicBool>,
+    /// Connections opened so far.
+    opened: Arc<AtomicU64>,
+}
+
+impl StreamPool {
+    /// Sends `req` on a shared connection; `Ok(Err(req))` hands it back when
+    /// the upstream does not speak HTTP/2.
+    async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Result<Response<hyper::body::Incoming>, Request<ProxyBody>>, SendError> {
+        if !self.h2.load(Ordering::Relaxed) {
+            return Ok(Err(req));
+        }
+        let mut sender = {
+            let mut cur = self.current.lock().await;
+            match cur.as_mut() {
+                Some((s, n)) if *n < STREAMS_PER_CONNECTION && !s.is_closed() => {
+                    *n += 1;
+                    s.clone()
+                }
+                _ => {
+                    // Dropping the old handle retires that connection: it
+                    // closes once its streams have ended.
+                    *cur = None;
+                    let Some(s) = self.connect().await? else {
+                        return Ok(Err(req));
+                    };
+                    *cur = Some((s.clone(), 1));
+                    s
+                }
+            }
+        };
+        *req.version_mut() = Version::HTTP_2;
+        sender.ready().await?;
+        Ok(Ok(sender.send_request(req).await?))
+    }
+
+    async fn connect(&self) -> Result<Option<H2Sender>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.base.clone())
+            .await
+            .map_err(SendError::StreamConnect)?;
+        if !io.connected().is_negotiated_h2() {
+            self.h2.store(false, Ordering::Relaxed);
+            tracing::info!(
+                "the upstream does not offer HTTP/2: long-running requests use HTTP/1.1 connections"
+            );
+            return Ok(None);
+        }
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(false)
+            .handshake(io)
+            .await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "shared upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Some(sender))
+    }
+}
+
 type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// Pooled clients for the upstream.
@@ -37,6 +143,7 @@ pub struct Upstream {
     base: Uri,
     client: HttpsClient,
     upgrade_client: HttpsClient,
+    streams: StreamPool,
 }
 
 /// The PEM certificates of `path` (at least one).
@@ -93,6 +200,11 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http.clone());
+        let stream_conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http.clone());
         let h1_conn = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -114,10 +226,22 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(h1_conn);
         Ok(Upstream {
+            streams: StreamPool {
+                base: base.clone(),
+                connector: stream_conn,
+                current: Arc::default(),
+                h2: Arc::new(AtomicBool::new(true)),
+                opened: Arc::default(),
+            },
             base,
             client,
             upgrade_client,
         })
+    }
+
+    /// HTTP/2 connections opened for long-running requests so far.
+    pub fn stream_connections_opened(&self) -> u64 {
+        self.streams.opened.load(Ordering::Relaxed)
     }
 
     /// The upstream URI for `path_and_query`.
@@ -127,17 +251,26 @@ impl Upstream {
         Ok(Uri::from_parts(parts)?)
     }
 
-    /// Sends a request; `upgrade` selects the HTTP/1.1-only client.
+    /// Sends a request. `long_running`: a connection upgrade goes over the
+    /// HTTP/1.1-only client, any other long-running request over the
+    /// [`StreamPool`]; the rest share the pooled client.
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
-        upgrade: bool,
-    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        if upgrade {
-            self.upgrade_client.request(req).await
-        } else {
-            self.client.request(req).await
+        long_running: bool,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        if !long_running {
+            return Ok(self.client.request(req).await?);
         }
+        let req = if is_upgrade_request(&req) {
+            req
+        } else {
+            match self.streams.send(req).await? {
+                Ok(resp) => return Ok(resp),
+                Err(req) => req,
+            }
+        };
+        Ok(self.upgrade_client.request(req).await?)
     }
 }
 
@@ -332,5 +465,134 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         strip_impersonation(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    /// A TLS, HTTP/2-only server whose every response is headers, then one
+    /// `event` frame once `go` is sent, then a body that never ends (a quiet
+    /// watch); counts its connections.
+    async fn quiet_h2_server(
+        max_streams: u32,
+    ) -> (
+        u16,
+        rustls::RootCertStore,
+        Arc<std::sync::atomic::AtomicUsize>,
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let (go, go_rx) = tokio::sync::watch::channel(false);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let go_rx = go_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let mut go = go_rx.clone();
+                        async move {
+                            use futures::StreamExt;
+                            let event = futures::stream::once(async move {
+                                let _ = go.wait_for(|g| *g).await;
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(b"event"),
+                                ))
+                            });
+                            let body = http_body_util::StreamBody::new(
+                                event.chain(futures::stream::pending()),
+                            );
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(max_streams)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (port, roots, accepted, go)
+    }
+
+    /// 250 watches held open at once through a server that allows 150
+    /// streams per connection: every one gets its answer, over 3 shared
+    /// connections (100 streams each at most) instead of 250, and the
+    /// watches of a retired connection stay live.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watches_share_http2_connections() {
+        use http_body_util::BodyExt;
+        let (port, roots, accepted, go) = quiet_h2_server(150).await;
+        let up = Upstream::new(
+            format!("https://127.0.0.1:{port}").parse().unwrap(),
+            roots,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..250 {
+            let up = up.clone();
+            tasks.push(tokio::spawn(async move {
+                let uri = up
+                    .uri_for(&format!("/api/v1/namespaces/ns{i}/pods?watch=true"))
+                    .unwrap();
+                let body: ProxyBody = http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync();
+                let req = Request::get(uri).body(body).unwrap();
+                up.send(req, true).await
+            }));
+        }
+        let mut open = Vec::new();
+        for t in tasks {
+            let resp = tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a watch is not stuck behind the others")
+                .unwrap()
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            open.push(resp);
+        }
+        assert_eq!(open.len(), 250);
+        assert_eq!(up.stream_connections_opened(), 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        go.send(true).unwrap();
+        for resp in open {
+            let frame = tokio::time::timeout(Duration::from_secs(60), resp.into_body().frame())
+                .await
+                .expect("an event arrives on every watch")
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), "event");
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod local;
+pub mod logging;
 pub mod mask_body;
 pub mod metrics;
 pub mod policy_cli;

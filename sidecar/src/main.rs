@@ -4,7 +4,7 @@
 //! hooks ([`mcp_warden_sidecar::lifecycle`]).
 
 use clap::Parser;
-use mcp_warden_sidecar::config::{Cli, Command, LogFormat, ServeArgs};
+use mcp_warden_sidecar::config::{Cli, Command, ServeArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -48,7 +48,8 @@ fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    init_tracing(config.log_format);
+    // Held until serve returns: dropping it flushes the queued log lines.
+    let _log_guard = mcp_warden_sidecar::logging::init(config.log_format, config.access_log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,16 +86,4 @@ fn serve(args: ServeArgs) -> i32 {
             }
         }
     })
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_WARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -361,10 +361,10 @@ async fn forward(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, Refusal> {
     let t0 = Instant::now();
-    // Long-running requests (watch, follow) go over HTTP/1.1 connections of
-    // their own: multiplexed on one pooled HTTP/2 connection they would hit
-    // the upstream's concurrent-stream limit, and every watch past it would
-    // queue forever (found by the 1,000-watch benchmark).
+    // Long-running requests (watch, follow) go over connections of their
+    // own (forward::StreamPool): multiplexed on the one pooled HTTP/2
+    // connection they would hit the upstream's concurrent-stream limit, and
+    // every watch past it would queue forever (the 1,000-watch benchmark).
     let result = state
         .upstream
         .send(req, ctx.is_upgrade || ctx.is_stream)
@@ -493,6 +493,9 @@ fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
     let verb = ctx.verb();
     let resource = ctx.resource();
     state.metrics.count_request(verb, &resource, code.as_u16());
+    if !crate::logging::wants_access_log(verb, code.as_u16()) {
+        return;
+    }
     let (namespace, name, group) = ctx
         .attrs
         .as_ref()

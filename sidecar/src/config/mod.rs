@@ -25,7 +25,7 @@ mod values;
 pub(crate) use values::parse_addr;
 pub use values::{
     NamedParser, collector_format, default_upstream, duration, is_loopback_host, parse_duration,
-    positive_bytes, positive_duration, socket_addr,
+    positive_bytes, positive_duration, socket_addr, spool_sync,
 };
 use values::{is_dns_label, non_empty_path, parse_base_url};
 
@@ -146,6 +146,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub recording: RecordingArgs,
 
+    /// Per-request access log: `off`, `sampled` (every refused, failed or
+    /// writing request, and 1 in 100 successful reads) or `all`.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ACCESS_LOG",
+        value_enum,
+        default_value = "sampled"
+    )]
+    pub access_log: crate::logging::AccessLog,
+
     /// Name of the pod (downward API), recorded in events.
     #[arg(long, env = contract::env::POD_NAME)]
     pub pod_name: Option<String>,
@@ -242,6 +252,19 @@ pub struct RecordingArgs {
         value_parser = positive_bytes()
     )]
     pub spool_max_bytes: u64,
+
+    /// How long written spool records may wait for their fsync. A response
+    /// is released once its event is written to the spool file (which
+    /// survives a kill of the sidecar) and records are fsync'd in groups at
+    /// most this long after; `always`: fsync before every release (survives
+    /// a machine crash too, slower). See docs/recording.md.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_SPOOL_SYNC_INTERVAL",
+        default_value = "20ms",
+        value_parser = spool_sync()
+    )]
+    pub spool_sync_interval: crate::recording::SpoolSync,
 
     /// Behaviour when an event cannot be made durable.
     #[arg(
@@ -361,6 +384,8 @@ pub struct Config {
     pub policy_file: PathBuf,
     /// Recording (spool, collector, the pod and cluster names on events).
     pub recording: RecordingConfig,
+    /// `--access-log`.
+    pub access_log: crate::logging::AccessLog,
     /// Pod name, if known.
     pub pod_name: Option<String>,
     /// Pod namespace, if given (see [`Config::namespace`] for the resolved value).
@@ -505,6 +530,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             upstream_connect_timeout: self.upstream_connect_timeout,
             log_format: self.log_format,
+            access_log: self.access_log,
             approval: self.approval.validate()?,
             limits: self.limits.limits(),
         })
@@ -556,6 +582,7 @@ impl RecordingArgs {
             token_file: self.collector_token_file.clone(),
             client_cert_file: self.collector_client_cert_file.clone(),
             client_key_file: self.collector_client_key_file.clone(),
+            spool_sync: self.spool_sync_interval,
             cluster_name,
             pod,
             ..RecordingConfig::new(self.spool_dir.clone())
@@ -867,5 +894,32 @@ mod tests {
             e.contains("--collector-client-key-file (MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn spool_sync_and_access_log() {
+        use crate::logging::AccessLog;
+        use crate::recording::spool::SpoolSync;
+        let base = ["--upstream", "https://h:1"];
+        let c = args(&base).validate_with_env(no_env).unwrap();
+        assert_eq!(
+            c.recording.spool_sync,
+            SpoolSync::Interval(Duration::from_millis(20))
+        );
+        assert_eq!(c.access_log, AccessLog::Sampled);
+        let mut v = base.to_vec();
+        v.extend(["--spool-sync-interval", "always", "--access-log", "off"]);
+        let c = args(&v).validate_with_env(no_env).unwrap();
+        assert_eq!(c.recording.spool_sync, SpoolSync::Always);
+        assert_eq!(c.access_log, AccessLog::Off);
+        for bad in ["0ms", "never", ""] {
+            let mut v = base.to_vec();
+            v.extend(["--spool-sync-interval", bad]);
+            let e = error_of(&v);
+            assert!(
+                e.contains("--spool-sync-interval (MCP_WARDEN_SPOOL_SYNC_INTERVAL)"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -69,6 +69,24 @@ pub fn positive_duration() -> NamedParser<Duration> {
     })
 }
 
+/// `always`, or a positive duration such as `20ms`: when a spooled record
+/// is fsync'd (`--spool-sync-interval`).
+pub fn spool_sync() -> NamedParser<crate::recording::SpoolSync> {
+    NamedParser(|s| {
+        use crate::recording::SpoolSync;
+        if s.trim() == "always" {
+            return Ok(SpoolSync::Always);
+        }
+        parse_duration(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(SpoolSync::Interval)
+            .ok_or_else(|| {
+                format!("{s:?} is neither `always` nor a positive duration such as 20ms")
+            })
+    })
+}
+
 /// A number of bytes more than zero.
 pub fn positive_bytes() -> NamedParser<u64> {
     NamedParser(|s| {

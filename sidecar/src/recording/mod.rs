@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 pub use hook::RecordingHook;
 pub use mcp_warden_shared::collector::CollectorFormat;
 pub use sender::SenderError;
-pub use spool::{SpoolConfig, SpoolError};
+pub use spool::{SpoolConfig, SpoolError, SpoolSync};
 
 /// What to do when an event cannot be made durable (`--on-recording-failure`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -59,6 +59,8 @@ pub struct RecordingConfig {
     pub spool_dir: PathBuf,
     /// `--spool-max-bytes`: bound of the spool's size on disk.
     pub spool_max_bytes: u64,
+    /// `--spool-sync-interval`: when a spooled event counts as recorded.
+    pub spool_sync: spool::SpoolSync,
     /// `--on-recording-failure`.
     pub on_failure: OnFailure,
     /// `--collector-url`; `None`: events are logged, not spooled or sent.
@@ -97,6 +99,7 @@ impl RecordingConfig {
         Self {
             spool_dir: spool_dir.into(),
             spool_max_bytes: 256 << 20,
+            spool_sync: spool::SpoolSync::DEFAULT,
             on_failure: OnFailure::FailClosed,
             collector_url: None,
             format: CollectorFormat::default(),
@@ -237,11 +240,12 @@ impl Recorder {
         };
         // Check the collector settings before touching the disk.
         sender::validate_url(&url)?;
-        let spool = spool::Spool::open(SpoolConfig::new(&cfg.spool_dir, cfg.spool_max_bytes))
-            .map_err(|source| RecordError::Spool {
-                dir: cfg.spool_dir.clone(),
-                source,
-            })?;
+        let mut spool_cfg = SpoolConfig::new(&cfg.spool_dir, cfg.spool_max_bytes);
+        spool_cfg.sync = cfg.spool_sync;
+        let spool = spool::Spool::open(spool_cfg).map_err(|source| RecordError::Spool {
+            dir: cfg.spool_dir.clone(),
+            source,
+        })?;
         let sender = sender::Sender::new(url, cfg.clone(), spool.clone(), stats.clone())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop_sender = stop_rx.clone();

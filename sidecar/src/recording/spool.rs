@@ -1,5 +1,5 @@
 //! The durable on-disk spool: every audit event and session cast is appended
-//! here (and fsync'd) before it is sent, and removed only once the collector
+//! here before it is sent, and removed only once the collector
 //! has acknowledged it, so a collector outage or a sidecar restart loses
 //! nothing that was made durable.
 //!
@@ -14,17 +14,22 @@
 //! - A segment and its ack file are deleted once all its records are acked.
 //!
 //! Appends go through one writer thread that takes every request queued
-//! while the previous fsync ran and commits them with a single fsync (group
-//! commit); `append` resolves only after that fsync. Recovery reads all
-//! segments, truncates a torn tail of the last one, skips (and counts)
-//! corrupt records elsewhere, and makes every unacked record pending again.
+//! while the previous write ran and writes them with a single `write(2)`
+//! (group commit). When `append` resolves depends on [`SpoolSync`]: with
+//! `Always` only after that group's fsync; with `Interval` as soon as the
+//! group is written, i.e. in the kernel's page cache, which outlives a kill
+//! of the process, while a syncer thread fsyncs the written groups in bulk
+//! within the interval, so a machine crash loses at most the records
+//! written in its last interval. Recovery reads all segments, truncates a
+//! torn tail of the last one, skips (and counts) corrupt records elsewhere,
+//! and makes every unacked record pending again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -87,17 +92,47 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Free room that `preflight` requires for a new request's events.
     pub reserve_bytes: u64,
+    /// When an append counts as done (`--spool-sync-interval`).
+    pub sync: SpoolSync,
+}
+
+/// When [`Spool::append`] resolves, and so what a released response's record
+/// survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    /// After the record's group is fsync'd: survives a machine crash too.
+    /// One fsync per group, and every response waits for one.
+    Always,
+    /// As soon as the record's group is written to the segment file
+    /// (`write(2)`): survives a kill of the process and a restart of the
+    /// container (the page cache belongs to the kernel, the emptyDir to the
+    /// pod). Written groups are fsync'd together at most this long after
+    /// the first of them was written; a machine crash loses what was
+    /// written within that window.
+    Interval(Duration),
+}
+
+impl SpoolSync {
+    /// The default: fsync every 20 ms.
+    pub const DEFAULT: SpoolSync = SpoolSync::Interval(Duration::from_millis(20));
+}
+
+impl Default for SpoolSync {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl SpoolConfig {
-    /// A config with automatic segment size and a reserve of
-    /// `min(16 KiB, max_bytes / 8)`.
+    /// A config with automatic segment size, a reserve of
+    /// `min(16 KiB, max_bytes / 8)` and the default [`SpoolSync`].
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         Self {
             dir: dir.into(),
             max_bytes,
             segment_bytes: 0,
             reserve_bytes: (16 << 10).min(max_bytes / 8),
+            sync: SpoolSync::DEFAULT,
         }
     }
 }
@@ -133,10 +168,16 @@ pub struct SpoolCounters {
     pub corrupt_records: AtomicU64,
     /// Torn tails truncated at recovery.
     pub torn_tails: AtomicU64,
-    /// fsync groups committed (each covers one or more appends).
+    /// Groups committed, each with one `write(2)` (and, with
+    /// [`SpoolSync::Always`], one fsync); each covers one or more appends.
     pub groups_committed: AtomicU64,
     /// Appends committed.
     pub appends_committed: AtomicU64,
+    /// fsyncs of segment data, by the writer or the syncer.
+    pub syncs: AtomicU64,
+    /// fsyncs that failed after their records were released
+    /// ([`SpoolSync::Interval`]).
+    pub sync_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,8 +218,49 @@ struct Shared {
     state: Mutex<State>,
     durable: watch::Sender<SeqNo>,
     counters: SpoolCounters,
+    syncer: Syncer,
     #[cfg(test)]
     hold: Mutex<()>,
+}
+
+/// Segment files written since their last fsync, for the syncer thread
+/// ([`SpoolSync::Interval`]).
+#[derive(Debug, Default)]
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Written and not yet fsync'd, by segment; a rotated segment stays
+    /// here until its last groups are synced.
+    dirty: Vec<(SeqNo, Arc<File>, PathBuf)>,
+    /// When the oldest write in `dirty` was made: its fsync is due one
+    /// interval later.
+    since: Option<Instant>,
+    /// The writer has stopped: sync what is dirty and end.
+    stop: bool,
+}
+
+impl Syncer {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark_dirty(&self, segment: SeqNo, file: &Arc<File>, path: &Path) {
+        let mut st = self.lock();
+        if !st.dirty.iter().any(|(s, _, _)| *s == segment) {
+            st.dirty.push((segment, file.clone(), path.to_path_buf()));
+            st.since.get_or_insert_with(Instant::now);
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_one();
+    }
 }
 
 impl Shared {
@@ -466,20 +548,41 @@ impl Spool {
             state: Mutex::new(st),
             durable,
             counters,
+            syncer: Syncer::default(),
             #[cfg(test)]
             hold: Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(8192);
+        let syncer = match shared.cfg.sync {
+            SpoolSync::Always => None,
+            SpoolSync::Interval(every) => {
+                let s = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("spool-sync".into())
+                        .spawn(move || syncer_loop(&s, every))
+                        .map_err(io_err(&shared.cfg.dir))?,
+                )
+            }
+        };
         let w = shared.clone();
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(w, rx))
+            .spawn(move || {
+                writer_loop(&w, rx);
+                w.syncer.stop();
+                if let Some(t) = syncer {
+                    let _ = t.join();
+                }
+            })
             .map_err(io_err(&shared.cfg.dir))?;
         Ok(Spool { shared, tx })
     }
 
-    /// Append a record; resolves once it is on disk (fsync'd), with its
-    /// sequence number. Fails with `Full` when it would exceed the bound.
+    /// Append a record; resolves with its sequence number once it is
+    /// committed: written to the segment file, and fsync'd too with
+    /// [`SpoolSync::Always`]. Fails with `Full` when it would exceed the
+    /// bound.
     pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<SeqNo, SpoolError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(SpoolError::TooLarge {
@@ -509,7 +612,7 @@ impl Spool {
         writable && st.used_bytes + self.shared.cfg.reserve_bytes <= self.shared.cfg.max_bytes
     }
 
-    /// Up to `max` durable, unacked records with a sequence number above
+    /// Up to `max` committed, unacked records with a sequence number above
     /// `after`, in order. Blocking file reads: call from `spawn_blocking`.
     pub fn read_after(&self, after: SeqNo, max: usize) -> Result<Vec<SpoolRecord>, SpoolError> {
         let locs: Vec<(SeqNo, Loc, PathBuf)> = {
@@ -620,7 +723,7 @@ impl Spool {
         result
     }
 
-    /// Subscribe to the highest durable sequence number.
+    /// Subscribe to the highest committed sequence number.
     pub fn subscribe(&self) -> watch::Receiver<SeqNo> {
         self.shared.durable.subscribe()
     }
@@ -630,7 +733,7 @@ impl Spool {
         self.shared.lock().used_bytes
     }
 
-    /// Records durable and not yet acknowledged.
+    /// Records committed and not yet acknowledged.
     pub fn pending_count(&self) -> usize {
         self.shared.lock().pending.len()
     }
@@ -657,8 +760,61 @@ impl Spool {
     }
 }
 
-fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendReq>) {
-    let mut file: Option<(SeqNo, File)> = None;
+/// fsyncs the segments written since the last round, `every` after the
+/// first write of the round (or at once when the previous fsync took longer
+/// than that), until the writer stops (then once more).
+fn syncer_loop(shared: &Shared, every: Duration) {
+    loop {
+        let dirty = {
+            let mut st = shared.syncer.lock();
+            while st.dirty.is_empty() && !st.stop {
+                st = shared
+                    .syncer
+                    .wake
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if st.dirty.is_empty() {
+                return;
+            }
+            // Let more groups land in the page cache, so that one fsync
+            // covers them all; the writer stopping cuts the wait short.
+            let deadline = st.since.unwrap_or_else(Instant::now) + every;
+            while !st.stop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = shared
+                    .syncer
+                    .wake
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            st.since = None;
+            std::mem::take(&mut st.dirty)
+        };
+        for (_, f, path) in dirty {
+            let synced = f.sync_data();
+            shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = synced {
+                // The records were released already; what the kernel keeps
+                // is still read and sent. New requests are refused for a
+                // while, as after a failed write.
+                shared
+                    .counters
+                    .sync_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), error = %e, "spool fsync failed; records written in the last interval may not survive a machine crash");
+                shared.lock().failed_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<AppendReq>) {
+    let mut file: Option<(SeqNo, Arc<File>)> = None;
     while let Some(first) = rx.blocking_recv() {
         #[cfg(test)]
         let hold = shared.hold.lock().unwrap_or_else(|p| p.into_inner());
@@ -671,11 +827,11 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendReq>) {
                 Err(_) => break,
             }
         }
-        commit_group(&shared, &mut file, group);
+        commit_group(shared, &mut file, group);
     }
 }
 
-fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<AppendReq>) {
+fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: Vec<AppendReq>) {
     let dir = shared.cfg.dir.clone();
     let mut accepted: Vec<(SeqNo, AppendReq)> = Vec::with_capacity(group.len());
     let (seg_first, base_offset, total, path) = {
@@ -726,7 +882,7 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
                 .and_then(|f| sync_dir(&dir).map(|_| f));
             match opened {
                 Ok(f) => {
-                    *file = Some((first_seq, f));
+                    *file = Some((first_seq, Arc::new(f)));
                     st.segments.insert(
                         first_seq,
                         Segment {
@@ -767,11 +923,23 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, File)>, group: Vec<Ap
         offsets.push(base_offset + buf.len() as u64);
         encode_record(req.kind, *seq, req.ts_ms, &req.payload, &mut buf);
     }
-    let written = match file.as_mut() {
-        Some((_, f)) => f
-            .write_all(&buf)
-            .and_then(|_| f.sync_data())
-            .map_err(io_err(&path)),
+    let written = match file.as_ref() {
+        Some((_, f)) => {
+            let mut w: &File = f;
+            w.write_all(&buf)
+                .and_then(|_| match shared.cfg.sync {
+                    SpoolSync::Always => {
+                        let synced = f.sync_data();
+                        shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        synced
+                    }
+                    SpoolSync::Interval(_) => {
+                        shared.syncer.mark_dirty(seg_first, f, &path);
+                        Ok(())
+                    }
+                })
+                .map_err(io_err(&path))
+        }
         None => Err(SpoolError::Closed),
     };
     let mut st = shared.lock();
@@ -859,6 +1027,7 @@ mod tests {
             max_bytes: max,
             segment_bytes: 256,
             reserve_bytes: 64,
+            sync: SpoolSync::DEFAULT,
         }
     }
 
@@ -1018,6 +1187,7 @@ mod tests {
             max_bytes: rec * 4,
             segment_bytes: rec,
             reserve_bytes: rec,
+            sync: SpoolSync::DEFAULT,
         })
         .unwrap();
         let mut seqs = Vec::new();
@@ -1085,6 +1255,53 @@ mod tests {
         assert_eq!(sp.pending_count(), 201);
     }
 
+    /// With an interval, appends resolve without an fsync of their own; the
+    /// syncer covers what was written, and the writer stopping flushes what
+    /// is left at once instead of waiting out the interval.
+    #[tokio::test]
+    async fn interval_sync_releases_before_fsync_and_syncs_later() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path(), 1 << 20);
+        c.sync = SpoolSync::Interval(Duration::from_secs(3600));
+        let sp = Spool::open(c).unwrap();
+        for i in 0..20u32 {
+            sp.append(RecordKind::Event, format!("e{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let shared = sp.shared.clone();
+        assert_eq!(
+            shared.counters.appends_committed.load(Ordering::Relaxed),
+            20
+        );
+        assert_eq!(
+            shared.counters.syncs.load(Ordering::Relaxed),
+            0,
+            "no append waited for an fsync"
+        );
+        assert_eq!(sp.pending_count(), 20, "written records are sendable");
+        drop(sp);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while shared.counters.syncs.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the last written groups are fsync'd when the spool closes");
+        assert_eq!(shared.counters.sync_failures.load(Ordering::Relaxed), 0);
+
+        // `always`: one fsync per group before the append resolves.
+        let mut c = cfg(d.path(), 1 << 20);
+        c.sync = SpoolSync::Always;
+        let sp = Spool::open(c).unwrap();
+        let before = sp.counters().syncs.load(Ordering::Relaxed);
+        sp.append(RecordKind::Event, b"synced".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(sp.counters().syncs.load(Ordering::Relaxed), before + 1);
+        assert_eq!(sp.pending_count(), 21);
+    }
+
     /// Child half of `sigkill_loses_nothing_durable`: appends forever,
     /// printing each sequence number once `append` said it is durable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1092,7 +1309,11 @@ mod tests {
         let Ok(dir) = std::env::var("MCP_WARDEN_SPOOL_CRASH_DIR") else {
             return; // only meaningful when started by the parent test
         };
-        let sp = Spool::open(cfg(Path::new(&dir), 1 << 30)).unwrap();
+        let mut c = cfg(Path::new(&dir), 1 << 30);
+        if std::env::var("MCP_WARDEN_SPOOL_CRASH_SYNC").as_deref() == Ok("always") {
+            c.sync = SpoolSync::Always;
+        }
+        let sp = Spool::open(c).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for w in 0..8u64 {
             let sp = sp.clone();
@@ -1115,9 +1336,21 @@ mod tests {
     }
 
     /// A process killed with SIGKILL mid-append loses no record it had
-    /// reported durable, and recovery never panics on what it left.
+    /// reported durable, and recovery never panics on what it left. With
+    /// the default sync interval "durable" means written, not fsync'd: the
+    /// page cache outlives the process.
     #[test]
     fn sigkill_loses_nothing_durable() {
+        sigkill_child_and_recover("interval");
+    }
+
+    /// The same with fsync before every release.
+    #[test]
+    fn sigkill_loses_nothing_durable_with_sync_always() {
+        sigkill_child_and_recover("always");
+    }
+
+    fn sigkill_child_and_recover(sync: &str) {
         use std::io::BufRead;
         let d = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -1128,6 +1361,7 @@ mod tests {
                 "--test-threads=1",
             ])
             .env("MCP_WARDEN_SPOOL_CRASH_DIR", d.path())
+            .env("MCP_WARDEN_SPOOL_CRASH_SYNC", sync)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Instructions per proxied GET of the sidecar (issue 14): a figure that does not depend on the machine's
+# load, unlike the latencies of scripts/bench.sh. Not part of the test suite.
+#
+# Builds the release binaries, installs valgrind and h2load from Debian if missing, then runs
+# scripts/bench/instructions.py: kube-apisim and a collector, and for each configuration the sidecar
+# under callgrind, 2,000 GETs of a ~1.3 KB Pod one at a time over one HTTP/2 connection, minus an idle
+# baseline of the same length. Prints a table and appends the run to bench/instructions.json.
+#
+#   scripts/bench-instructions.sh                                  # deployed, no-collector
+#   scripts/bench-instructions.sh --configs deployed,deployed-secret,no-collector
+#   scripts/bench-instructions.sh --config 'fsync-always=deployed:--spool-sync-interval always'
+#   scripts/bench-instructions.sh --sidecar /tmp/old/mcp-warden-sidecar --label before
+#
+# Environment: BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1 (keeps the callgrind dumps for callgrind_annotate).
+# Takes about a minute per configuration on 2 cores (the sidecar runs ~50x slower under callgrind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[bench-instructions.sh] %s\n' "$*" >&2; }
+
+need=()
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v valgrind >/dev/null || need+=(valgrind)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]} from Debian"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
+    { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+  log "building release binaries"
+  cargo build --release --locked -p mcp-warden-sidecar -p mcp-warden-tests \
+    --bin mcp-warden-sidecar --bin kube-apisim --bin mcp-warden-collector
+fi
+
+exec python3 scripts/bench/instructions.py "$@"

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Instructions per proxied GET of the sidecar: a figure that does not depend on the machine's noise.
+
+Run by scripts/bench-instructions.sh (which builds the release binaries first). Starts kube-apisim
+(seeded with a ~1.3 KB Pod whose env holds a password, and a small Secret) and a collector, then for each
+configuration starts the sidecar under `valgrind --tool=callgrind` and, with `callgrind_control`:
+
+  1. warms up: W GETs over their own HTTP/2 connection (h2load, one stream at a time);
+  2. zeroes the counters, sends N GETs over one new HTTP/2 connection, one at a time, and dumps the
+     counters: instructions of every thread of the sidecar during the load (the load's TLS handshake
+     included, spread over the N requests);
+  3. zeroes again, stays idle for as long as the load took, dumps: the idle baseline (timers, the
+     spool syncer, the sender's tick);
+
+and reports (load - idle) / N. Callgrind counts instructions executed in user space (the kernel's work
+in system calls is not counted), deterministic up to scheduling (how often a thread wakes to find
+nothing to do), so figures repeat within about 1 %, on a loaded machine too.
+
+Configurations (name: what the sidecar runs with), each with --policy-file (default: the example
+policy of the design brief, masking on), GET of the Pod unless said otherwise:
+
+  deployed         recording to the collector through the spool (as deployed)
+  deployed-secret  the same, GET of a Secret (its data masked)
+  no-collector     no --collector-url: events go to the log (stdout)
+
+Extra sidecar flags per configuration: --extra NAME='--flag value ...'; --extra-all '...' for every
+one. Other configurations can be added as NAME=BASE:flags with --config (BASE one of the above).
+
+Writes bench/instructions.json (appends a run under --label) and prints a table.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import bench  # noqa: E402  (same directory: processes, waits)
+
+BASES = {
+    "deployed": {"collector": True, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
+    "deployed-secret": {"collector": True, "path": "/api/v1/namespaces/bench/secrets/creds"},
+    "no-collector": {"collector": False, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
+}
+
+
+def log(*a):
+    print(f"[instructions {time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+
+
+def bench_pod():
+    """A ~1.3 KB Pod as served; the policy's envNames rule masks DB_PASSWORD."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bench-pod", "namespace": "bench",
+                     "labels": {"app": "bench", "tier": "backend", "pod-template-hash": "7d9f8c6b5"},
+                     "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-20T10:00:00Z"}},
+        "spec": {
+            "serviceAccountName": "bench",
+            "containers": [{
+                "name": "app", "image": "registry.example.com/bench/app:1.4.2",
+                "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+                "env": [{"name": "LOG_LEVEL", "value": "info"}, {"name": "DB_HOST", "value": "db.bench.svc"},
+                        {"name": "DB_PASSWORD", "value": "hunter2-hunter2"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10},
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/bench", "readOnly": True}],
+            }],
+            "volumes": [{"name": "config", "configMap": {"name": "bench-config"}}],
+            "nodeName": "node-1", "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+        },
+    }
+
+
+def write_seed(path):
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}, bench_pod(),
+            bench.small_secret()]
+    with open(path, "w") as f:
+        f.write("\n---\n".join(json.dumps(d) for d in docs) + "\n")
+
+
+def h2load_get(url, token, n, tmp):
+    r = subprocess.run(["h2load", "-t", "1", "-c", "1", "-m", "1", "-n", str(n), "-H",
+                        f"authorization: Bearer {token}", url], capture_output=True, text=True, timeout=3600)
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
+    ok = int(m.group(1)) if m else 0
+    if r.returncode != 0 or ok != n:
+        raise RuntimeError(f"h2load: {ok}/{n} 2xx\n{r.stdout}\n{r.stderr}")
+
+
+def callgrind(pid, what):
+    """`callgrind_control -z` (zero) or `-d` (dump); returns the dump's total for -d."""
+    r = subprocess.run(["callgrind_control", what, str(pid)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"callgrind_control {what} {pid}: {r.stdout}{r.stderr}")
+
+
+def dump_total(outdir, before):
+    """The total Ir of the newest callgrind dump in outdir not in `before`."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = sorted(set(os.listdir(outdir)) - before)
+        for name in new:
+            with open(os.path.join(outdir, name)) as f:
+                for line in f:
+                    if line.startswith("totals:") or line.startswith("summary:"):
+                        return int(line.split()[1]), new
+        time.sleep(0.2)
+    raise RuntimeError("no callgrind dump appeared")
+
+
+def measure(args, env, name, base, extra, tmp, procs):
+    d = os.path.join(tmp, name)
+    os.makedirs(os.path.join(d, "local"))
+    os.makedirs(os.path.join(d, "spool"))
+    cgdir = os.path.join(d, "callgrind")
+    os.makedirs(cgdir)
+    port, admin = bench.free_port(), bench.free_port()
+    argv = [args.sidecar, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+            "--upstream", f"https://127.0.0.1:{env['up_port']}", "--upstream-ca-file", env["up_ca"],
+            "--upstream-token-file", env["up_token_file"], "--local-dir", os.path.join(d, "local"),
+            "--policy-file", args.policy, "--spool-dir", os.path.join(d, "spool"),
+            "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
+    if BASES[base]["collector"]:
+        argv += ["--collector-url", env["collector_url"]]
+    argv += extra
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cgdir}/cg.%p", "--dump-instr=no", "--vgdb=yes"]
+    p = procs.start(f"sidecar-{name}", vg + argv)
+    bench.wait_until(lambda: bench.http_status(admin, "/readyz", timeout=20) == 200, 300, f"{name} /readyz")
+    token = open(os.path.join(d, "local", "token")).read().strip()
+    url = f"https://127.0.0.1:{port}{BASES[base]['path']}"
+    h2load_get(url, token, args.warmup, tmp)
+    # Let the warm-up's events reach the collector before counting.
+    time.sleep(1.0)
+    before = set(os.listdir(cgdir))
+    callgrind(p.pid, "-z")
+    t0 = time.monotonic()
+    h2load_get(url, token, args.requests, tmp)
+    # The events of the last requests go out within the sender's batch delay (200 ms).
+    time.sleep(1.0)
+    load_s = time.monotonic() - t0
+    callgrind(p.pid, "-d")
+    load_ir, new = dump_total(cgdir, before)
+    before |= set(new)
+    callgrind(p.pid, "-z")
+    time.sleep(load_s)
+    callgrind(p.pid, "-d")
+    idle_ir, _ = dump_total(cgdir, before)
+    procs.stop(p, grace=60)
+    per = (load_ir - idle_ir) / args.requests
+    log(f"{name}: load {load_ir:,} Ir in {load_s:.1f} s, idle {idle_ir:,} Ir -> {per:,.0f} per GET")
+    return {"config": name, "base": base, "extra": " ".join(extra), "requests": args.requests,
+            "load_ir": load_ir, "idle_ir": idle_ir, "load_seconds": round(load_s, 2),
+            "instructions_per_get": round(per)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sidecar", default=os.path.join(bench.BIN, "mcp-warden-sidecar"))
+    ap.add_argument("--apisim", default=os.path.join(bench.BIN, "kube-apisim"))
+    ap.add_argument("--collector", default=os.path.join(bench.BIN, "mcp-warden-collector"))
+    ap.add_argument("--policy", default=os.path.join(ROOT, "tests", "fixtures", "policies", "example.yaml"))
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--configs", default="deployed,no-collector",
+                    help="comma list of configurations (default: deployed,no-collector)")
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=BASE:FLAGS",
+                    help="an extra configuration: BASE's set-up plus sidecar flags")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS")
+    ap.add_argument("--extra-all", default="")
+    ap.add_argument("--label", default="", help="name of this run in the JSON (default: git describe)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "instructions.json"))
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "h2load"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (scripts/bench-instructions.sh installs it)")
+
+    configs = [(c, c, []) for c in args.configs.split(",") if c]
+    for c in args.config:
+        name, rest = c.split("=", 1)
+        base, flags = rest.split(":", 1)
+        configs.append((name, base, shlex.split(flags)))
+    extras = dict(e.split("=", 1) for e in args.extra)
+    for name, base, _ in configs:
+        if base not in BASES:
+            sys.exit(f"unknown configuration base {base!r} (one of {', '.join(BASES)})")
+    label = args.label or subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                                         capture_output=True, text=True).stdout.strip()
+
+    tmp = tempfile.mkdtemp(prefix="mcp-warden-instr.")
+    procs = bench.Procs(tmp)
+
+    def on_signal(sig, _frame):
+        procs.stop_all()
+        sys.exit(128 + sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    results = []
+    try:
+        d = os.path.join(tmp, "apisim")
+        os.makedirs(d)
+        seed = os.path.join(tmp, "seed.yaml")
+        write_seed(seed)
+        procs.start("kube-apisim", [args.apisim, "--listen", "127.0.0.1:0", "--state-dir", d, "--seed", seed],
+                    env={"RUST_LOG": "warn"})
+        addr = bench.wait_until(lambda: open(os.path.join(d, "addr")).read().strip(), 60, "kube-apisim addr")
+        env = {"up_port": int(addr.rsplit(":", 1)[1]), "up_ca": os.path.join(d, "ca.crt"),
+               "up_token_file": os.path.join(d, "token")}
+        bench.wait_until(lambda: bench.tcp_open(env["up_port"]), 30, "kube-apisim port")
+        cd = os.path.join(tmp, "collector")
+        procs.start("collector", [args.collector, "--listen", "127.0.0.1:0", "--out-dir", cd],
+                    env={"RUST_LOG": "warn"})
+        caddr = bench.wait_until(lambda: open(os.path.join(cd, "addr")).read().strip(), 30, "collector addr")
+        env["collector_url"] = f"http://{caddr}"
+        for name, base, flags in configs:
+            extra = shlex.split(args.extra_all) + shlex.split(extras.get(name, "")) + flags
+            results.append(measure(args, env, name, base, extra, tmp, procs))
+    finally:
+        procs.stop_all()
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+
+    run = {"label": label, "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+           "sidecar": os.path.relpath(args.sidecar, ROOT) if args.sidecar.startswith(ROOT) else args.sidecar,
+           "policy": os.path.relpath(args.policy, ROOT), "results": results}
+    runs = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            runs = json.load(f)
+    runs.append(run)
+    with open(args.out, "w") as f:
+        json.dump(runs, f, indent=1)
+        f.write("\n")
+    print(f"\n## Instructions per proxied GET ({label}, {args.requests} GETs, callgrind)\n")
+    print("| configuration | extra flags | instructions / GET | load Ir | idle Ir |")
+    print("|---|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['config']} | {r['extra'] or '—'} | {r['instructions_per_get']:,} | {r['load_ir']:,} | "
+              f"{r['idle_ir']:,} |")
+    print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
