@@ -647,7 +647,7 @@ webhooks:
     sideEffects: None
     admissionReviewVersions: [v1]
 "#,
-            self.url("/mutate-accessrequests"),
+            self.url(mcp_warden_shared::contract::ACCESS_REQUEST_MUTATE_PATH),
             self.ca_bundle()
         )
     }

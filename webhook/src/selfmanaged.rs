@@ -69,8 +69,9 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 const LEAF_VALIDITY_DAYS: i64 = 365;
 const LEAF_RENEW_BEFORE_DAYS: i64 = 90;
 const CA_RENEW_BEFORE_DAYS: i64 = 365;
-const NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/tls-not-after";
-const CA_NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/ca-not-after";
+use mcp_warden_shared::contract::{
+    CA_NOT_AFTER_ANNOTATION, DNS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION as NOT_AFTER_ANNOTATION,
+};
 
 /// CA and serving certificate as PEM, with their expiry (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +213,7 @@ impl Material {
             ca_not_after: num(CA_NOT_AFTER_ANNOTATION)?,
             tls_not_after: num(NOT_AFTER_ANNOTATION)?,
             dns_names: ann
-                .get("mcp-warden.io/dns-names")
+                .get(DNS_NAMES_ANNOTATION)
                 .cloned()
                 .unwrap_or_default(),
         })
@@ -251,7 +252,7 @@ impl Material {
             self.tls_not_after.to_string(),
         );
         ann.insert(
-            "mcp-warden.io/dns-names".to_string(),
+            DNS_NAMES_ANNOTATION.to_string(),
             self.dns_names.clone(),
         );
     }
