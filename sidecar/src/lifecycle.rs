@@ -282,7 +282,10 @@ mod tests {
         let Ok(Hook::WaitDrain(d)) = parse(&["wait-drain"]) else {
             panic!("wait-drain")
         };
-        assert_eq!((d.min, d.max), (Duration::from_secs(2), Duration::from_secs(25)));
+        assert_eq!(
+            (d.min, d.max),
+            (Duration::from_secs(2), Duration::from_secs(25))
+        );
         let Ok(Hook::WaitReady(r)) =
             parse(&["wait-ready", "--admin-port", "15020", "--timeout", "600s"])
         else {
@@ -300,6 +303,9 @@ mod tests {
         ]) else {
             panic!("wait-drain")
         };
-        assert_eq!((d.min, d.max), (Duration::from_secs(2), Duration::from_secs(25)));
+        assert_eq!(
+            (d.min, d.max),
+            (Duration::from_secs(2), Duration::from_secs(25))
+        );
     }
 }

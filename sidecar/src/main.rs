@@ -72,7 +72,7 @@ fn serve(args: ServeArgs) -> i32 {
                 return 2;
             }
         };
-        match mcp_warden_sidecar::assemble::run_configured(listener, admin, config, mcp_warden_sidecar::shutdown_signal()).await {
+        match mcp_warden_sidecar::assemble::run_configured(listener, admin, config, mcp_warden_io::shutdown_signal()).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("mcp-warden-sidecar: {e}");

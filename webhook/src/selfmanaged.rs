@@ -212,10 +212,7 @@ impl Material {
             tls_key_pem: text("tls.key")?,
             ca_not_after: num(CA_NOT_AFTER_ANNOTATION)?,
             tls_not_after: num(NOT_AFTER_ANNOTATION)?,
-            dns_names: ann
-                .get(DNS_NAMES_ANNOTATION)
-                .cloned()
-                .unwrap_or_default(),
+            dns_names: ann.get(DNS_NAMES_ANNOTATION).cloned().unwrap_or_default(),
         })
     }
 
@@ -251,10 +248,7 @@ impl Material {
             NOT_AFTER_ANNOTATION.to_string(),
             self.tls_not_after.to_string(),
         );
-        ann.insert(
-            DNS_NAMES_ANNOTATION.to_string(),
-            self.dns_names.clone(),
-        );
+        ann.insert(DNS_NAMES_ANNOTATION.to_string(), self.dns_names.clone());
     }
 }
 
