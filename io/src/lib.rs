@@ -7,9 +7,13 @@
 //! - [`accept`]: the TCP accept loop and the TLS handshake with its timeout.
 //! - [`pki`]: a local CA and the serving certificates it signs (rcgen), and
 //!   the rustls server configuration they are served with.
+//! - [`signal`]: the shutdown signal (SIGTERM or SIGINT).
 //!
 //! The pure cores stay in `mcp-warden-shared`, which does no I/O.
 
 pub mod accept;
 pub mod pki;
+pub mod signal;
 pub mod watch;
+
+pub use signal::shutdown_signal;

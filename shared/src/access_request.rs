@@ -23,8 +23,9 @@ use std::fmt;
 use kube::CustomResource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// API group of the AccessRequest.
-pub const GROUP: &str = "mcp-warden.io";
+/// API group of the AccessRequest (the `#[kube]` attribute below needs a
+/// literal; a test checks that it agrees).
+pub use crate::contract::API_GROUP as GROUP;
 /// API version of the AccessRequest.
 pub const VERSION: &str = "v1alpha1";
 /// Resource (plural) name of the AccessRequest.

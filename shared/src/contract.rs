@@ -21,8 +21,15 @@ pub const POLICY_KEY: &str = "policy.yaml";
 /// Policy ConfigMap used when a pod has no [`POLICY_ANNOTATION`].
 pub const DEFAULT_POLICY_CONFIGMAP: &str = "mcp-warden-policy";
 
-/// API group of mcp-warden's own resources (`AccessRequest`).
+/// API group of mcp-warden's own resources (`AccessRequest`) and of the
+/// policy document's `apiVersion`.
 pub const API_GROUP: &str = "mcp-warden.io";
+
+/// Recorded on the audit events of approved requests: who approved.
+pub const ANN_APPROVED_BY: &str = "mcp-warden.io/approved-by";
+/// Recorded on the audit events of approved requests: `NAMESPACE/NAME` of
+/// the AccessRequest.
+pub const ANN_ACCESS_REQUEST: &str = "mcp-warden.io/access-request";
 
 /// Sidecar container name.
 pub const SIDECAR_NAME: &str = "mcp-warden";
@@ -56,6 +63,18 @@ pub const WEBHOOK_CONFIGURATION: &str = "mcp-warden";
 pub const WEBHOOK_TLS_SECRET: &str = "mcp-warden-webhook-tls";
 /// Path of the pod-injecting admission webhook.
 pub const MUTATE_PATH: &str = "/mutate";
+/// Path of the AccessRequest webhook that stamps who decided.
+pub const ACCESS_REQUEST_MUTATE_PATH: &str = "/mutate-accessrequests";
+/// Path of the AccessRequest webhook that only verifies.
+pub const ACCESS_REQUEST_VALIDATE_PATH: &str = "/validate-accessrequests";
+/// Annotation of the self-managed TLS Secret: the serving certificate's
+/// expiry (unix seconds).
+pub const TLS_NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/tls-not-after";
+/// Annotation of the self-managed TLS Secret: the CA's expiry (unix seconds).
+pub const CA_NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/ca-not-after";
+/// Annotation of the self-managed TLS Secret: the DNS names the serving
+/// certificate was issued for.
+pub const DNS_NAMES_ANNOTATION: &str = "mcp-warden.io/dns-names";
 
 /// Projected volume with the real token, mounted only into the sidecar.
 pub const TOKEN_VOLUME: &str = "mcp-warden-token";
@@ -158,6 +177,17 @@ mod tests {
             format!("{UPSTREAM_DIR}/{}", files::CA_CRT)
         );
         assert_eq!(POLICY_FILE, format!("{POLICY_DIR}/{POLICY_KEY}"));
+        for name in [
+            POD_INJECT_LABEL,
+            POLICY_ANNOTATION,
+            ANN_APPROVED_BY,
+            ANN_ACCESS_REQUEST,
+            TLS_NOT_AFTER_ANNOTATION,
+            CA_NOT_AFTER_ANNOTATION,
+            DNS_NAMES_ANNOTATION,
+        ] {
+            assert!(name.starts_with(&format!("{API_GROUP}/")), "{name}");
+        }
         assert_eq!(SIDECAR_LISTEN, format!("127.0.0.1:{API_PORT}"));
         assert_eq!(SIDECAR_ADMIN_LISTEN, format!("0.0.0.0:{ADMIN_PORT}"));
         assert!(

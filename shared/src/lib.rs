@@ -12,6 +12,7 @@ pub mod collector;
 pub mod contract;
 pub mod identity;
 pub mod mask;
+pub mod names;
 pub mod policy;
 pub mod proto;
 pub mod status;

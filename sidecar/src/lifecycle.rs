@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use mcp_warden_shared::contract;
 
+use crate::config::{duration, positive_duration};
+
 /// Name of the second app-facing listener (127.0.0.1:443) in metrics.
 pub const HTTPS_ALIAS_LISTENER: &str = "app-https-alias";
 
@@ -45,9 +47,6 @@ const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
 /// Errors of the lifecycle hooks.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    /// A duration flag does not parse.
-    #[error("invalid --{flag}: {message}")]
-    Flag { flag: &'static str, message: String },
     /// The admin server did not report ready in time.
     #[error("the sidecar was not ready within {timeout:?} (GET http://{addr}/readyz: {last})")]
     NotReady {
@@ -68,11 +67,11 @@ pub struct WaitReadyArgs {
     /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
     /// sidecar binds (the pod IP in an injected pod); `0.0.0.0`/`::` mean
     /// loopback.
-    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN")]
+    #[arg(long, env = contract::env::ADMIN_LISTEN)]
     pub admin_listen: Option<String>,
     /// Give up (exit 1) after this long, e.g. `120s`.
-    #[arg(long, default_value = "120s")]
-    pub timeout: String,
+    #[arg(long, default_value = "120s", value_parser = positive_duration())]
+    pub timeout: Duration,
 }
 
 /// `wait-drain` flags.
@@ -86,26 +85,22 @@ pub struct WaitDrainArgs {
     /// with its env, so it reads the same `MCP_WARDEN_ADMIN_LISTEN` the
     /// sidecar binds (the pod IP in an injected pod); `0.0.0.0`/`::` mean
     /// loopback.
-    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN")]
+    #[arg(long, env = contract::env::ADMIN_LISTEN)]
     pub admin_listen: Option<String>,
     /// Wait at least this long, even with no app connection open (the app
     /// may connect while it shuts down), e.g. `2s`.
-    #[arg(long, default_value = "2s")]
-    pub min: String,
+    #[arg(long, default_value = "2s", value_parser = duration())]
+    pub min: Duration,
     /// Wait at most this long, e.g. `25s`.
-    #[arg(long, default_value = "25s")]
-    pub max: String,
-}
-
-fn duration(flag: &'static str, s: &str) -> Result<Duration, LifecycleError> {
-    crate::config::parse_duration(s).map_err(|message| LifecycleError::Flag { flag, message })
+    #[arg(long, default_value = "25s", value_parser = positive_duration())]
+    pub max: Duration,
 }
 
 fn admin(port: u16, listen: Option<&str>) -> SocketAddr {
     let Some(listen) = listen else {
         return SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     };
-    match crate::config::parse_addr(listen, "admin-listen", "MCP_WARDEN_ADMIN_LISTEN") {
+    match crate::config::parse_addr(listen, "admin-listen", contract::env::ADMIN_LISTEN) {
         Ok(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
         Ok(a) => a,
         // The sidecar itself refuses such a value and never becomes ready;
@@ -155,7 +150,7 @@ pub fn app_connections(metrics: &str) -> Option<i64> {
 
 /// Runs `wait-ready`: Ok once `/readyz` answered 200.
 pub fn wait_ready(args: &WaitReadyArgs) -> Result<(), LifecycleError> {
-    let timeout = duration("timeout", &args.timeout)?;
+    let timeout = args.timeout;
     let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
@@ -199,23 +194,24 @@ impl std::fmt::Display for Drained {
     }
 }
 
-/// Runs `wait-drain` and says how it ended.
-pub fn wait_drain(args: &WaitDrainArgs) -> Result<Drained, LifecycleError> {
-    let min = duration("min", &args.min)?;
-    let max = duration("max", &args.max)?.max(min);
+/// Runs `wait-drain` and says how it ended (it cannot fail: a preStop
+/// hook that fails only delays the kill).
+pub fn wait_drain(args: &WaitDrainArgs) -> Drained {
+    let min = args.min;
+    let max = args.max.max(min);
     let addr = admin(args.admin_port, args.admin_listen.as_deref());
     let start = Instant::now();
     loop {
         let open = match get(addr, contract::METRICS_PATH) {
             Ok((200, body)) => app_connections(&body).unwrap_or(0),
-            Ok((code, _)) => return Ok(Drained::AdminGone(format!("HTTP {code}"))),
-            Err(e) => return Ok(Drained::AdminGone(e.to_string())),
+            Ok((code, _)) => return Drained::AdminGone(format!("HTTP {code}")),
+            Err(e) => return Drained::AdminGone(e.to_string()),
         };
         if open <= 0 && start.elapsed() >= min {
-            return Ok(Drained::Idle);
+            return Drained::Idle;
         }
         if start.elapsed() >= max {
-            return Ok(Drained::MaxReached(open));
+            return Drained::MaxReached(open);
         }
         std::thread::sleep(POLL.min(max.saturating_sub(start.elapsed())));
     }
@@ -250,14 +246,66 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Hooks {
+        #[command(subcommand)]
+        command: Hook,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Hook {
+        WaitReady(WaitReadyArgs),
+        WaitDrain(WaitDrainArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<Hook, clap::Error> {
+        use clap::Parser;
+        Hooks::try_parse_from(std::iter::once("sidecar").chain(args.iter().copied()))
+            .map(|h| h.command)
+    }
+
     #[test]
     fn bad_durations_name_the_flag() {
-        let e = wait_ready(&WaitReadyArgs {
-            admin_port: 1,
-            admin_listen: None,
-            timeout: "soon".into(),
-        })
-        .unwrap_err();
+        let e = parse(&["wait-ready", "--timeout", "soon"]).err().unwrap();
         assert!(e.to_string().contains("--timeout"), "{e}");
+        let e = parse(&["wait-drain", "--max", "0s"]).err().unwrap();
+        assert!(e.to_string().contains("--max"), "{e}");
+    }
+
+    /// The defaults, and the flags the webhook writes into the hooks.
+    #[test]
+    fn reads_what_the_webhook_writes() {
+        let Ok(Hook::WaitReady(r)) = parse(&["wait-ready"]) else {
+            panic!("wait-ready")
+        };
+        assert_eq!(r.timeout, Duration::from_secs(120));
+        let Ok(Hook::WaitDrain(d)) = parse(&["wait-drain"]) else {
+            panic!("wait-drain")
+        };
+        assert_eq!(
+            (d.min, d.max),
+            (Duration::from_secs(2), Duration::from_secs(25))
+        );
+        let Ok(Hook::WaitReady(r)) =
+            parse(&["wait-ready", "--admin-port", "15020", "--timeout", "600s"])
+        else {
+            panic!("wait-ready")
+        };
+        assert_eq!((r.admin_port, r.timeout), (15020, Duration::from_secs(600)));
+        let Ok(Hook::WaitDrain(d)) = parse(&[
+            "wait-drain",
+            "--admin-port",
+            "15020",
+            "--min",
+            "2s",
+            "--max",
+            "25s",
+        ]) else {
+            panic!("wait-drain")
+        };
+        assert_eq!(
+            (d.min, d.max),
+            (Duration::from_secs(2), Duration::from_secs(25))
+        );
     }
 }

@@ -24,17 +24,11 @@ fn main() {
                 1
             }
         },
-        Some(Command::WaitDrain(args)) => match mcp_warden_sidecar::lifecycle::wait_drain(&args) {
-            Ok(how) => {
-                eprintln!("mcp-warden-sidecar wait-drain: {how}");
-                0
-            }
-            Err(e) => {
-                // A preStop hook that fails only delays the kill; say why.
-                eprintln!("mcp-warden-sidecar wait-drain: {e}");
-                0
-            }
-        },
+        Some(Command::WaitDrain(args)) => {
+            let how = mcp_warden_sidecar::lifecycle::wait_drain(&args);
+            eprintln!("mcp-warden-sidecar wait-drain: {how}");
+            0
+        }
         None => serve(cli.serve),
     };
     std::process::exit(code);
@@ -78,7 +72,7 @@ fn serve(args: ServeArgs) -> i32 {
                 return 2;
             }
         };
-        match mcp_warden_sidecar::assemble::run_configured(listener, admin, config, mcp_warden_sidecar::shutdown_signal()).await {
+        match mcp_warden_sidecar::assemble::run_configured(listener, admin, config, mcp_warden_io::shutdown_signal()).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("mcp-warden-sidecar: {e}");

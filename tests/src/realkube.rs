@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa};
+use rcgen::KeyPair;
 
 use crate::harness::{kubectl_with, python_with, run_ok, wait_for, write_kubeconfig};
 use crate::stack::free_port;
@@ -137,47 +138,28 @@ fn random_token() -> String {
 
 /// CA, serving certificate and service-account signing key, written to `dir`.
 fn write_pki(dir: &Path) -> Result<String> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "mcp-warden-realkube-ca");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(
-        [
+    let ca = LocalCa::generate(&CaProfile::new("mcp-warden-realkube-ca"))?;
+    let leaf = ca.issue(
+        &LeafProfile::new([
             "localhost",
             "kubernetes",
             "kubernetes.default",
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
-        ]
-        .map(String::from)
-        .to_vec(),
+            "127.0.0.1",
+            // The simulated pod's "Service IP" (`simpod`), where a forwarder
+            // puts this server inside the pod's network namespace.
+            "127.0.0.2",
+        ])
+        .with_common_name("kube-apiserver"),
     )?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    // The simulated pod's "Service IP" (`simpod`), where a forwarder puts
-    // this server inside the pod's network namespace.
-    leaf.subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 2].into()));
-    leaf.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    std::fs::write(dir.join("apiserver.crt"), leaf_cert.pem())?;
-    std::fs::write(dir.join("apiserver.key"), key.serialize_pem())?;
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
+    std::fs::write(dir.join("apiserver.crt"), &leaf.cert_pem)?;
+    std::fs::write(dir.join("apiserver.key"), &leaf.key_pem)?;
     let sa = KeyPair::generate()?;
     std::fs::write(dir.join("sa.key"), sa.serialize_pem())?;
     std::fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
-    Ok(ca_cert.pem())
+    Ok(ca.cert_pem)
 }
 
 const AUDIT_POLICY: &str = "\

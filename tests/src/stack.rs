@@ -484,19 +484,12 @@ pub struct Webhook {
 /// A fresh CA and a serving certificate for `ip` signed by it, written as
 /// `tls.crt` and `tls.key` into `dir`; returns the CA's PEM.
 pub fn write_serving_cert(dir: &Path, ip: IpAddr) -> Result<String> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.subject_alt_names.push(SanType::IpAddress(ip));
-    let cert = p.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-    Ok(ca_cert.pem())
+    use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa};
+    let ca = LocalCa::generate(&CaProfile::new("mcp-warden test webhook CA"))?;
+    let leaf = ca.issue(&LeafProfile::new([ip.to_string()]))?;
+    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem)?;
+    std::fs::write(dir.join("tls.key"), &leaf.key_pem)?;
+    Ok(ca.cert_pem)
 }
 
 impl Webhook {
@@ -647,7 +640,7 @@ webhooks:
     sideEffects: None
     admissionReviewVersions: [v1]
 "#,
-            self.url("/mutate-accessrequests"),
+            self.url(mcp_warden_shared::contract::ACCESS_REQUEST_MUTATE_PATH),
             self.ca_bundle()
         )
     }

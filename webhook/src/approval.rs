@@ -26,10 +26,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::admission::ADMISSION_API_VERSION;
 
-/// Path of the mutating (stamping) endpoint.
-pub const MUTATE_PATH: &str = "/mutate-accessrequests";
-/// Path of the validating endpoint.
-pub const VALIDATE_PATH: &str = "/validate-accessrequests";
+pub use mcp_warden_shared::contract::{
+    ACCESS_REQUEST_MUTATE_PATH as MUTATE_PATH, ACCESS_REQUEST_VALIDATE_PATH as VALIDATE_PATH,
+};
 
 /// Which endpoint is answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! as a lookup function so the merge stays a pure function that tests drive.
 
 pub use mcp_warden_shared::collector::CollectorFormat;
-use mcp_warden_shared::contract;
+use mcp_warden_shared::{contract, names};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -268,7 +268,9 @@ pub struct InjectConfig {
     /// `expirationSeconds` of the real service-account token (kubelet
     /// rotates it at 80% of its life). Env: `MCP_WARDEN_TOKEN_EXPIRATION_SECONDS`.
     pub token_expiration_seconds: i64,
-    /// `sizeLimit` of the recording spool emptyDir. Env: `MCP_WARDEN_SPOOL_SIZE_LIMIT`.
+    /// `sizeLimit` of the recording spool emptyDir, a Kubernetes quantity
+    /// such as `256Mi` or `1G` (see [`names::is_quantity`]).
+    /// Env: `MCP_WARDEN_SPOOL_SIZE_LIMIT`.
     pub spool_size_limit: String,
 }
 
@@ -454,21 +456,22 @@ impl InjectConfig {
                 message: "must be at least 600".to_string(),
             });
         }
-        let domain = self.cluster_domain.trim_end_matches('.');
-        if domain.is_empty()
-            || domain.len() > 253
-            || !domain.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            })
-        {
+        if !names::is_dns_domain(self.cluster_domain.trim_end_matches('.')) {
             return Err(ConfigError::Invalid {
                 field: "clusterDomain",
                 message: format!("{:?} is not a DNS domain", self.cluster_domain),
+            });
+        }
+        // Written into the spool emptyDir's sizeLimit: a bad one would make
+        // every injected pod fail to create, far from this setting.
+        if !names::is_quantity(&self.spool_size_limit) {
+            return Err(ConfigError::Invalid {
+                field: "spoolSizeLimit",
+                message: format!(
+                    "{:?} is not a size such as 256Mi or 1G (digits, an optional fraction, \
+                     an optional Ki/Mi/Gi/Ti/Pi/Ei or k/M/G/T/P/E suffix)",
+                    self.spool_size_limit
+                ),
             });
         }
         if self.https_alias_port != 0
@@ -594,5 +597,14 @@ mod tests {
             .with_env(|k| (k == "MCP_WARDEN_SIDECAR_UID").then(|| "0".into()))
             .unwrap_err();
         assert!(e.to_string().contains("sidecarUid"), "{e}");
+        let e = InjectConfig::default()
+            .with_env(|k| (k == "MCP_WARDEN_SPOOL_SIZE_LIMIT").then(|| "lots".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("spoolSizeLimit"), "{e}");
+        for ok in ["1Gi", "500M"] {
+            InjectConfig::default()
+                .with_env(|k| (k == "MCP_WARDEN_SPOOL_SIZE_LIMIT").then(|| ok.into()))
+                .unwrap();
+        }
     }
 }

@@ -10,6 +10,7 @@ use mcp_warden_webhook::selfmanaged::SelfManagedConfig;
 use mcp_warden_webhook::server::{ServeConfig, ServerVersion, TlsSource};
 use mcp_warden_webhook::tls::CertFiles;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,11 +36,21 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// TLS listener for AdmissionReviews.
-    #[arg(long, env = "MCP_WARDEN_LISTEN", default_value = "0.0.0.0:8443")]
-    listen: String,
+    #[arg(
+        long,
+        env = "MCP_WARDEN_LISTEN",
+        default_value = "0.0.0.0:8443",
+        value_parser = socket_addr("MCP_WARDEN_LISTEN")
+    )]
+    listen: SocketAddr,
     /// Plain-HTTP admin listener (/healthz /readyz /metrics).
-    #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    admin_listen: String,
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_parser = socket_addr("MCP_WARDEN_ADMIN_LISTEN")
+    )]
+    admin_listen: SocketAddr,
     /// PEM certificate chain (reloaded when it changes).
     #[arg(
         long,
@@ -51,8 +62,14 @@ struct ServeArgs {
     /// PEM private key (reloaded when it changes).
     #[arg(long, env = "MCP_WARDEN_TLS_KEY_FILE", requires = "tls_cert_file")]
     tls_key_file: Option<PathBuf>,
-    /// How often to re-read the certificate files without a file event.
-    #[arg(long, env = "MCP_WARDEN_TLS_POLL_SECONDS", default_value_t = 30)]
+    /// How often to re-read the certificate files without a file event
+    /// (at least 1).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_TLS_POLL_SECONDS",
+        default_value_t = 30,
+        value_parser = seconds_at_least(1, "MCP_WARDEN_TLS_POLL_SECONDS")
+    )]
     tls_poll_seconds: u64,
     /// Create and rotate a CA and serving certificate, kept in a Secret, and
     /// write the CA bundle into the MutatingWebhookConfiguration.
@@ -90,11 +107,12 @@ struct ServeArgs {
     #[arg(long, env = "MCP_WARDEN_CONFIG")]
     config: Option<PathBuf>,
     /// With nativeSidecar: auto, how often to re-read the API server's
-    /// version (GET /version) after the read at start.
+    /// version (GET /version) after the read at start (at least 10).
     #[arg(
         long,
         env = "MCP_WARDEN_VERSION_RECHECK_SECONDS",
-        default_value_t = 600
+        default_value_t = 600,
+        value_parser = seconds_at_least(10, "MCP_WARDEN_VERSION_RECHECK_SECONDS")
     )]
     version_recheck_seconds: u64,
 }
@@ -126,6 +144,30 @@ fn native_sidecar() -> impl TypedValueParser<Value = NativeSidecar> {
     })
 }
 
+/// `IP:PORT`; the error names the environment twin (clap names the flag).
+fn socket_addr(
+    env: &'static str,
+) -> impl Fn(&str) -> Result<SocketAddr, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.trim()
+            .parse()
+            .map_err(|e| format!("{s:?} is not an IP:PORT address ({e}; env {env})"))
+    }
+}
+
+/// A whole number of seconds, refused below `min`; the error names the
+/// environment twin (clap names the flag).
+fn seconds_at_least(
+    min: u64,
+    env: &'static str,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s| match s.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(n) => Err(format!("{n} is below the minimum of {min} (env {env})")),
+        Err(e) => Err(format!("{s:?} is not a number of seconds ({e}; env {env})")),
+    }
+}
+
 fn load_config(path: Option<&PathBuf>) -> Result<InjectConfig> {
     let base = match path {
         Some(p) => {
@@ -144,7 +186,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         (Some(cert), Some(key), false) => TlsSource::Files(CertFiles {
             cert,
             key,
-            poll_interval: Duration::from_secs(args.tls_poll_seconds.max(1)),
+            poll_interval: Duration::from_secs(args.tls_poll_seconds),
         }),
         (None, None, true) => TlsSource::SelfManaged(SelfManagedConfig {
             service_name: args.service_name,
@@ -155,28 +197,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }),
         _ => bail!("give either --tls-cert-file and --tls-key-file, or --self-managed-tls"),
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
-    let admin = tokio::net::TcpListener::bind(&args.admin_listen)
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("--admin-listen {}", args.admin_listen))?;
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
     let server_version = ServerVersion::Detect {
-        recheck: Duration::from_secs(args.version_recheck_seconds.max(10)),
+        recheck: Duration::from_secs(args.version_recheck_seconds),
         client: None,
     };
     let config = ServeConfig {
@@ -184,7 +212,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls,
         server_version,
     };
-    mcp_warden_webhook::run(listener, admin, config, shutdown).await?;
+    mcp_warden_webhook::run(listener, admin, config, mcp_warden_io::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -250,5 +278,55 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["webhook", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(a) => Ok(a),
+            Command::Inject(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let a = serve_args(&[]).unwrap();
+        assert_eq!(a.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(a.admin_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!((a.tls_poll_seconds, a.version_recheck_seconds), (30, 600));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_its_env() {
+        let e = serve_args(&["--listen", "nowhere"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--listen") && e.contains("MCP_WARDEN_LISTEN"),
+            "{e}"
+        );
+        let e = serve_args(&["--tls-poll-seconds", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--tls-poll-seconds") && e.contains("minimum of 1"),
+            "{e}"
+        );
+        let e = serve_args(&["--version-recheck-seconds", "9"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--version-recheck-seconds") && e.contains("minimum of 10"),
+            "{e}"
+        );
     }
 }

@@ -69,8 +69,9 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 const LEAF_VALIDITY_DAYS: i64 = 365;
 const LEAF_RENEW_BEFORE_DAYS: i64 = 90;
 const CA_RENEW_BEFORE_DAYS: i64 = 365;
-const NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/tls-not-after";
-const CA_NOT_AFTER_ANNOTATION: &str = "mcp-warden.io/ca-not-after";
+use mcp_warden_shared::contract::{
+    CA_NOT_AFTER_ANNOTATION, DNS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION as NOT_AFTER_ANNOTATION,
+};
 
 /// CA and serving certificate as PEM, with their expiry (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,10 +212,7 @@ impl Material {
             tls_key_pem: text("tls.key")?,
             ca_not_after: num(CA_NOT_AFTER_ANNOTATION)?,
             tls_not_after: num(NOT_AFTER_ANNOTATION)?,
-            dns_names: ann
-                .get("mcp-warden.io/dns-names")
-                .cloned()
-                .unwrap_or_default(),
+            dns_names: ann.get(DNS_NAMES_ANNOTATION).cloned().unwrap_or_default(),
         })
     }
 
@@ -250,10 +248,7 @@ impl Material {
             NOT_AFTER_ANNOTATION.to_string(),
             self.tls_not_after.to_string(),
         );
-        ann.insert(
-            "mcp-warden.io/dns-names".to_string(),
-            self.dns_names.clone(),
-        );
+        ann.insert(DNS_NAMES_ANNOTATION.to_string(), self.dns_names.clone());
     }
 }
 

@@ -57,7 +57,8 @@ use crate::mask::MaskingConfig;
 pub use condition::Condition;
 pub use parse::{PolicyErrors, Problem};
 
-/// The only `apiVersion` this build understands.
+/// The only `apiVersion` this build understands (in
+/// [`crate::contract::API_GROUP`]; a test checks that they agree).
 pub const API_VERSION: &str = "mcp-warden.io/v1alpha1";
 /// The `kind` of a policy document.
 pub const KIND: &str = "Policy";

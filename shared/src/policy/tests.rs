@@ -708,3 +708,16 @@ fn alias_bomb_is_refused() {
     let e = Policy::parse("bomb.yaml", &doc).unwrap_err();
     assert!(!e.problems.is_empty());
 }
+
+/// The policy's `apiVersion` is in the group the cluster contract names.
+#[test]
+fn api_version_is_in_the_contract_group() {
+    assert_eq!(
+        API_VERSION,
+        format!(
+            "{}/{}",
+            crate::contract::API_GROUP,
+            crate::access_request::VERSION
+        )
+    );
+}

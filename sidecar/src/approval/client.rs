@@ -305,8 +305,11 @@ mod tests {
             AccessRequests::new(&config),
             Err(ApprovalError::Setup(_))
         ));
-        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        std::fs::write(&config.upstream_ca_file, ca.cert.pem()).unwrap();
+        let ca = mcp_warden_io::pki::LocalCa::generate(&mcp_warden_io::pki::CaProfile::new(
+            "test upstream CA",
+        ))
+        .unwrap();
+        std::fs::write(&config.upstream_ca_file, &ca.cert_pem).unwrap();
         let api = AccessRequests::new(&config).unwrap();
         assert_eq!(api.namespace(), "agents");
         assert_eq!(

@@ -44,10 +44,7 @@ pub use decider::ApprovalDecider;
 pub use mcp_warden_shared::access_request::{GROUP, RESOURCE};
 pub use notifier::Notifier;
 
-/// Recorded on the events of approved requests: who approved.
-pub const ANN_APPROVED_BY: &str = "mcp-warden.io/approved-by";
-/// Recorded on the events of approved requests: `NAMESPACE/NAME` of the AccessRequest.
-pub const ANN_ACCESS_REQUEST: &str = "mcp-warden.io/access-request";
+pub use mcp_warden_shared::contract::{ANN_ACCESS_REQUEST, ANN_APPROVED_BY};
 
 /// Rule name of the built-in refusal of AccessRequest access by the app.
 pub const BUILTIN_RULE: &str = "mcp-warden:accessrequests";

@@ -10,15 +10,11 @@ use serde_json::json;
 
 use super::{ApprovalError, CALL_TIMEOUT};
 
-/// True when `url` may receive notifications: https, or http to a loopback
-/// address (the text names the request and the command that approves it).
+/// True when `url` may receive notifications: the sidecar's one URL rule
+/// ([`crate::config::check_transport`]), since the text names the request
+/// and the command that approves it.
 pub fn check_url(url: &Uri) -> Result<(), ApprovalError> {
-    let loopback = url.host().is_some_and(crate::config::is_loopback_host);
-    match url.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if loopback => Ok(()),
-        _ => Err(ApprovalError::NotifyUrl(url.to_string())),
-    }
+    crate::config::check_transport(url).map_err(|_| ApprovalError::NotifyUrl(url.to_string()))
 }
 
 /// POSTs Slack-compatible `{"text": ...}` notifications.

@@ -22,12 +22,14 @@ use mcp_warden_shared::contract;
 
 mod values;
 
+use mcp_warden_shared::names::{is_dns_domain, is_dns_label};
 pub(crate) use values::parse_addr;
 pub use values::{
-    NamedParser, collector_format, default_upstream, duration, is_loopback_host, parse_duration,
-    positive_bytes, positive_duration, socket_addr, spool_sync,
+    NamedParser, UrlRefusal, check_transport, collector_format, default_upstream, duration,
+    is_loopback_host, notify_url, parse_duration, positive_bytes, positive_duration, socket_addr,
+    spool_sync,
 };
-use values::{is_dns_label, non_empty_path, parse_base_url};
+use values::{non_empty_path, parse_base_url};
 
 pub use crate::recording::{CollectorFormat, OnFailure, RecordingConfig};
 
@@ -302,8 +304,8 @@ pub struct ApprovalArgs {
 
     /// Slack-compatible incoming-webhook URL that gets `{"text": ...}` when a
     /// request waits for approval (https, or http to loopback).
-    #[arg(long, env = "MCP_WARDEN_APPROVAL_NOTIFY_URL")]
-    pub approval_notify_url: Option<String>,
+    #[arg(long, env = "MCP_WARDEN_APPROVAL_NOTIFY_URL", value_parser = notify_url())]
+    pub approval_notify_url: Option<Uri>,
 }
 
 /// Approval settings: what the approvals decider takes.
@@ -333,29 +335,10 @@ impl Default for ApprovalConfig {
 impl ApprovalArgs {
     /// Checks the values; errors name the flag and its environment twin.
     pub fn validate(&self) -> Result<ApprovalConfig, ConfigError> {
-        let approval_notify_url = match self.approval_notify_url.as_deref() {
-            None | Some("") => None,
-            Some(u) => {
-                let err = |message: String| {
-                    ConfigError::new(
-                        "approval-notify-url",
-                        "MCP_WARDEN_APPROVAL_NOTIFY_URL",
-                        message,
-                    )
-                };
-                let uri: Uri = u.parse().map_err(|e| err(format!("{u:?}: {e}")))?;
-                crate::approval::notifier::check_url(&uri).map_err(|_| {
-                    err(format!(
-                        "{u:?}: must be https, or http to a loopback address"
-                    ))
-                })?;
-                Some(uri)
-            }
-        };
         Ok(ApprovalConfig {
             approval_timeout: self.approval_timeout,
             approval_reuse_window: self.approval_reuse_window,
-            approval_notify_url,
+            approval_notify_url: self.approval_notify_url.clone(),
         })
     }
 }
@@ -456,10 +439,7 @@ impl ServeArgs {
             ));
         }
         let cluster_domain = self.cluster_domain.trim().trim_end_matches('.').to_string();
-        if cluster_domain.is_empty()
-            || !cluster_domain.split('.').all(is_dns_label)
-            || cluster_domain.len() > 253
-        {
+        if !is_dns_domain(&cluster_domain) {
             return Err(ConfigError::new(
                 "cluster-domain",
                 contract::env::CLUSTER_DOMAIN,
@@ -821,10 +801,8 @@ mod tests {
         assert_eq!(c.approval_reuse_window, Duration::from_secs(60));
         assert!(c.approval_notify_url.is_some());
         let e = T::try_parse_from(["x", "--approval-notify-url", "http://hooks.example.com/x"])
-            .unwrap()
-            .a
-            .validate()
-            .unwrap_err();
+            .err()
+            .unwrap();
         assert!(
             e.to_string().contains("MCP_WARDEN_APPROVAL_NOTIFY_URL"),
             "{e}"

@@ -149,15 +149,6 @@ pub(super) fn non_empty_path(
     Ok(())
 }
 
-pub(super) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, with an IPv6
 /// host bracketed, as client-go's in-cluster config builds it.
 pub fn default_upstream(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
@@ -184,28 +175,22 @@ pub(super) fn parse_base_url(
         .trim()
         .parse()
         .map_err(|e| ConfigError::new(flag, env, format!("{s:?} is not a URL: {e}")))?;
+    check_transport(&uri).map_err(|refusal| {
+        let message = match refusal {
+            UrlRefusal::NoHost => format!("{s:?} has no host"),
+            UrlRefusal::HttpNotLoopback => {
+                format!("{s:?}: http:// is allowed only for loopback hosts")
+            }
+            UrlRefusal::Scheme(other) => {
+                format!("{s:?}: unsupported scheme {other:?}, use https://")
+            }
+        };
+        ConfigError::new(flag, env, message)
+    })?;
     let scheme = uri.scheme_str().unwrap_or("");
     let Some(authority) = uri.authority() else {
         return Err(ConfigError::new(flag, env, format!("{s:?} has no host")));
     };
-    match scheme {
-        "https" => {}
-        "http" if is_loopback_host(authority.host()) => {}
-        "http" => {
-            return Err(ConfigError::new(
-                flag,
-                env,
-                format!("{s:?}: http:// is allowed only for loopback hosts"),
-            ));
-        }
-        other => {
-            return Err(ConfigError::new(
-                flag,
-                env,
-                format!("{s:?}: unsupported scheme {other:?}, use https://"),
-            ));
-        }
-    }
     if authority.as_str().contains('@') {
         return Err(ConfigError::new(
             flag,
@@ -228,6 +213,45 @@ pub(super) fn parse_base_url(
             .map_err(|e| ConfigError::new(flag, env, format!("{s:?}: {e}")));
     }
     Ok(uri)
+}
+
+/// Why a URL may not be sent to: see [`check_transport`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefusal {
+    /// No host to send to (a relative URL).
+    #[error("no host")]
+    NoHost,
+    /// `http://` to a host that is not loopback.
+    #[error("http:// is allowed only for loopback hosts")]
+    HttpNotLoopback,
+    /// Neither `https` nor `http`.
+    #[error("unsupported scheme {0:?}, use https://")]
+    Scheme(String),
+}
+
+/// The one rule for every URL the sidecar sends to (the upstream, the
+/// collector, the approval notifications): `https://`, or `http://` only to
+/// a loopback host, because the token, the recordings or the names of
+/// pending requests would otherwise cross the network in clear. Each caller
+/// words the refusal for its setting.
+pub fn check_transport(uri: &Uri) -> Result<(), UrlRefusal> {
+    let host = uri.host().ok_or(UrlRefusal::NoHost)?;
+    match uri.scheme_str().unwrap_or("") {
+        "https" => Ok(()),
+        "http" if is_loopback_host(host) => Ok(()),
+        "http" => Err(UrlRefusal::HttpNotLoopback),
+        other => Err(UrlRefusal::Scheme(other.to_string())),
+    }
+}
+
+/// `--approval-notify-url`: a URL that passes [`check_transport`].
+pub fn notify_url() -> NamedParser<Uri> {
+    NamedParser(|s| {
+        let uri: Uri = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+        check_transport(&uri)
+            .map_err(|_| format!("{s:?}: must be https, or http to a loopback address"))?;
+        Ok(uri)
+    })
 }
 
 /// True for `localhost`, 127.0.0.0/8 and `::1`.

@@ -77,20 +77,21 @@ pub struct Sender {
 
 /// Check `--collector-url`: absolute http(s), and http only for loopback.
 pub fn validate_url(url: &Uri) -> Result<(), SenderError> {
-    let s = url.to_string();
-    let host = url.host().ok_or(SenderError::BadUrl {
-        url: s.clone(),
-        why: "no host",
-    })?;
-    match url.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if crate::config::is_loopback_host(host) => Ok(()),
-        Some("http") => Err(SenderError::InsecureUrl { url: s }),
-        _ => Err(SenderError::BadUrl {
-            url: s,
-            why: "scheme must be https (or http for loopback)",
-        }),
-    }
+    use crate::config::UrlRefusal;
+    crate::config::check_transport(url).map_err(|r| {
+        let url = url.to_string();
+        match r {
+            UrlRefusal::NoHost => SenderError::BadUrl {
+                url,
+                why: "no host",
+            },
+            UrlRefusal::HttpNotLoopback => SenderError::InsecureUrl { url },
+            UrlRefusal::Scheme(_) => SenderError::BadUrl {
+                url,
+                why: "scheme must be https (or http for loopback)",
+            },
+        }
+    })
 }
 
 fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, SenderError> {

@@ -181,14 +181,11 @@ fn is_root() -> bool {
 #[test]
 fn serves_until_sigterm_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_pem, _) = {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        (cert.pem(), ())
-    };
+    let ca_pem = mcp_warden_io::pki::LocalCa::generate(&mcp_warden_io::pki::CaProfile::new(
+        "test upstream CA",
+    ))
+    .unwrap()
+    .cert_pem;
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, ca_pem).unwrap();
     let upstream_dir = dir.path().join("upstream");

@@ -49,30 +49,18 @@ impl Seen {
 
 /// A self-signed CA + serving cert for 127.0.0.1, as PEM strings and rustls parts.
 pub fn test_pki() -> (String, rustls::ServerConfig) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test upstream CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key_der)
+    use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa, server_config};
+    let ca = LocalCa::generate(&CaProfile::new("test upstream CA")).unwrap();
+    let leaf = ca
+        .issue(&LeafProfile::new(["127.0.0.1", "localhost"]))
+        .unwrap();
+    let cfg = server_config(
+        vec![leaf.cert_der.clone()],
+        leaf.key_der(),
+        &[b"h2", b"http/1.1"],
+    )
     .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (ca_cert.pem(), cfg)
+    (ca.cert_pem, cfg)
 }
 
 /// A TLS upstream that stands in for the API server in the fast tests. It

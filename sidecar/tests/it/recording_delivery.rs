@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa};
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::audit::{
     self, Event, EventList, Level, MicroTime, ResponseStatus, Stage, UserInfo,
@@ -38,13 +39,13 @@ struct Post {
 /// A minimal collector: records every POST, answers `fail_next` requests
 /// with 500, then `status` (200 by default).
 #[derive(Default)]
-struct Collector {
+struct FakeCollector {
     posts: Mutex<Vec<Post>>,
     fail_next: AtomicUsize,
     status: Mutex<u16>,
 }
 
-impl Collector {
+impl FakeCollector {
     fn audit_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
         for p in self.posts.lock().unwrap().iter() {
@@ -82,7 +83,7 @@ struct Running {
 
 async fn serve(
     listener: TcpListener,
-    c: Arc<Collector>,
+    c: Arc<FakeCollector>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Running {
     let addr = listener.local_addr().unwrap();
@@ -161,7 +162,7 @@ async fn bind(addr: SocketAddr) -> TcpListener {
     s.listen(64).unwrap()
 }
 
-async fn start_collector(c: Arc<Collector>) -> Running {
+async fn start_collector(c: Arc<FakeCollector>) -> Running {
     *c.status.lock().unwrap() = 200;
     serve(bind("127.0.0.1:0".parse().unwrap()).await, c, None).await
 }
@@ -241,7 +242,7 @@ fn shutdown() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_eventlists_of_bounded_size() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     let srv = start_collector(c.clone()).await;
     let (stop, sd) = shutdown();
     let (rec, handle) = Recorder::start(config(d.path(), srv.addr), sd).unwrap();
@@ -285,7 +286,7 @@ async fn batches_are_eventlists_of_bounded_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_delivered_as_ndjson() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     let srv = start_collector(c.clone()).await;
     c.fail_next.store(3, Ordering::SeqCst);
     let mut cfg = config(d.path(), srv.addr);
@@ -317,7 +318,7 @@ async fn server_errors_are_retried_until_delivered_as_ndjson() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_4xx_is_dead_lettered_not_retried_forever() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     let srv = start_collector(c.clone()).await;
     *c.status.lock().unwrap() = 400;
     let (stop, sd) = shutdown();
@@ -356,7 +357,7 @@ async fn permanent_4xx_is_dead_lettered_not_retried_forever() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_and_restart_lose_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     // Reserve a port, then close it: the collector is down (connection refused).
     let srv = start_collector(c.clone()).await;
     let addr = srv.addr;
@@ -402,7 +403,7 @@ async fn outage_and_restart_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_fail_closed_then_recovers_and_continue_mode_counts_loss() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     let srv = start_collector(c.clone()).await;
     *c.status.lock().unwrap() = 503; // collector "down": nothing gets acked
     let mut cfg = config(d.path(), srv.addr);
@@ -449,7 +450,7 @@ async fn full_spool_fail_closed_then_recovers_and_continue_mode_counts_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_go_to_their_own_endpoint_with_bearer_token() {
     let d = tempfile::tempdir().unwrap();
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     let srv = start_collector(c.clone()).await;
     let token = d.path().join("token");
     std::fs::write(&token, "first-token\n").unwrap();
@@ -505,29 +506,19 @@ async fn sessions_go_to_their_own_endpoint_with_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_custom_ca_and_client_certificate() {
     let d = tempfile::tempdir().unwrap();
-    // A CA, a server cert for 127.0.0.1 and a client cert, all from rcgen.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let srv_key = rcgen::KeyPair::generate().unwrap();
-    let srv_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
+    // A CA, a server cert for 127.0.0.1 and a client cert.
+    let ca = LocalCa::generate(&CaProfile::new("test collector CA")).unwrap();
+    let srv = ca.issue(&LeafProfile::new(["127.0.0.1"])).unwrap();
+    let cli = ca
+        .issue(&LeafProfile::new(["sidecar"]).with_client_auth())
         .unwrap();
-    let cli_key = rcgen::KeyPair::generate().unwrap();
-    let cli_cert = rcgen::CertificateParams::new(vec!["sidecar".to_string()])
-        .unwrap()
-        .signed_by(&cli_key, &issuer)
-        .unwrap();
-    std::fs::write(d.path().join("ca.crt"), ca.pem()).unwrap();
-    std::fs::write(d.path().join("client.crt"), cli_cert.pem()).unwrap();
-    std::fs::write(d.path().join("client.key"), cli_key.serialize_pem()).unwrap();
+    std::fs::write(d.path().join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(d.path().join("client.crt"), &cli.cert_pem).unwrap();
+    std::fs::write(d.path().join("client.key"), &cli.key_pem).unwrap();
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    roots.add(ca.cert_der.clone()).unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -538,13 +529,10 @@ async fn https_with_custom_ca_and_client_certificate() {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![srv_cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::try_from(srv_key.serialize_der()).unwrap(),
-        )
+        .with_single_cert(vec![srv.cert_der.clone()], srv.key_der())
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-    let c = Arc::new(Collector::default());
+    let c = Arc::new(FakeCollector::default());
     *c.status.lock().unwrap() = 200;
     let srv = serve(
         bind("127.0.0.1:0".parse().unwrap()).await,

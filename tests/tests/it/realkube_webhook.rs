@@ -1086,30 +1086,12 @@ fn fixture_pods_after_injection_pass_the_real_servers_validation() {
 fn start_late_container_webhook() -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::{Bytes, Incoming};
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa, server_config};
     use std::sync::Arc;
 
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
+    let ca = LocalCa::generate(&CaProfile::new("late webhook CA")).unwrap();
+    let leaf = ca.issue(&LeafProfile::new(["127.0.0.1"])).unwrap();
+    let tls = server_config(vec![leaf.cert_der.clone()], leaf.key_der(), &[]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -1166,7 +1148,7 @@ fn start_late_container_webhook() -> (u16, String) {
             }
         });
     });
-    (port, ca_cert.pem())
+    (port, ca.cert_pem)
 }
 
 #[test]

@@ -134,7 +134,8 @@ pub enum RefuseReason {
         "mcp-warden refuses pods with hostNetwork: true: the sidecar's 127.0.0.1 listener would be \
          the node's, shared with every host-network process, so the sidecar cannot hold the \
          service-account token alone (remove hostNetwork, or opt the pod out with label \
-         mcp-warden.io/inject: \"false\")"
+         {label}: \"false\")",
+        label = POD_INJECT_LABEL
     )]
     HostNetwork,
     /// `shareProcessNamespace: true`.
@@ -142,13 +143,15 @@ pub enum RefuseReason {
         "mcp-warden refuses pods with shareProcessNamespace: true: the app's processes could read \
          the sidecar's token through /proc/<pid>/root and its memory, so the sidecar cannot hold \
          the service-account token alone (remove shareProcessNamespace, or opt the pod out with \
-         label mcp-warden.io/inject: \"false\")"
+         label {label}: \"false\")",
+        label = POD_INJECT_LABEL
     )]
     ShareProcessNamespace,
     /// The pod already uses a name the injection needs (and is not injected).
     #[error(
         "mcp-warden refuses the pod: the {what} name {name:?} is reserved for the injected sidecar \
-         (rename it, or opt the pod out with label mcp-warden.io/inject: \"false\")"
+         (rename it, or opt the pod out with label {label}: \"false\")",
+        label = POD_INJECT_LABEL
     )]
     ReservedName { what: &'static str, name: String },
     /// The pod's `hostAliases` send an API server name somewhere else.
@@ -157,13 +160,15 @@ pub enum RefuseReason {
          sidecar needs kubernetes, kubernetes.default, kubernetes.default.svc and \
          kubernetes.default.svc.<cluster domain> on 127.0.0.1, so that clients using those names \
          reach the API server only through it (remove that hostAliases entry, or opt the pod out \
-         with label mcp-warden.io/inject: \"false\")"
+         with label {label}: \"false\")",
+        label = POD_INJECT_LABEL
     )]
     HostAliasConflict { name: String, ip: String },
     /// The `mcp-warden.io/policy` annotation does not name a ConfigMap.
     #[error(
-        "mcp-warden refuses the pod: annotation mcp-warden.io/policy={0:?} is not a valid ConfigMap \
-         name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+        "mcp-warden refuses the pod: annotation {ann}={0:?} is not a valid ConfigMap \
+         name (lowercase letters, digits, '-' and '.', at most 253 characters)",
+        ann = POLICY_ANNOTATION
     )]
     InvalidPolicyName(String),
     /// The object is not a pod the webhook can read.
