@@ -610,14 +610,17 @@ impl Event {
     /// The `RequestReceived`-stage event of a request (recorded durably
     /// before a mutating request is forwarded).
     pub fn request_received(info: &RequestInfo<'_>) -> Self {
+        Self::from_request(info.clone())
+    }
+
+    /// [`Event::request_received`], taking the owned parts of `info`
+    /// instead of copying them.
+    pub fn from_request(info: RequestInfo<'_>) -> Self {
         let mut annotations = BTreeMap::new();
-        annotations.insert(ANN_DECISION.to_string(), info.decision.decision.clone());
-        annotations.insert(ANN_RULE.to_string(), info.decision.rule.clone());
+        annotations.insert(ANN_DECISION.to_string(), info.decision.decision);
+        annotations.insert(ANN_RULE.to_string(), info.decision.rule);
         if !info.decision.policy_hash.is_empty() {
-            annotations.insert(
-                ANN_POLICY_HASH.to_string(),
-                info.decision.policy_hash.clone(),
-            );
+            annotations.insert(ANN_POLICY_HASH.to_string(), info.decision.policy_hash);
         }
         if !info.decision.enforced {
             annotations.insert(ANN_ENFORCED.to_string(), "false".into());
@@ -636,9 +639,9 @@ impl Event {
             stage: Stage::RequestReceived,
             request_uri: redact_request_uri(info.request_uri),
             verb: info.attrs.verb.clone(),
-            user: info.user.clone(),
-            impersonated_user: info.impersonated_user.clone(),
-            source_ips: info.source_ips.clone(),
+            user: info.user,
+            impersonated_user: info.impersonated_user,
+            source_ips: info.source_ips,
             user_agent: info.user_agent.to_string(),
             object_ref: ObjectReference::from_attributes(info.attrs),
             response_status: None,

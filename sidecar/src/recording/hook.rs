@@ -191,7 +191,7 @@ impl RecordingHook {
             pod: self.recorder.pod(),
             cluster: self.recorder.cluster_name(),
         };
-        let mut e = Event::request_received(&info);
+        let mut e = Event::from_request(info);
         if let Some(a) = ctx.decision.as_ref().and_then(|d| d.approval.as_ref()) {
             e.annotations
                 .insert(crate::approval::ANN_APPROVED_BY.to_string(), a.by.clone());
