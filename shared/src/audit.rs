@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::attrs::RequestAttributes;
 
@@ -458,6 +459,95 @@ pub struct Event {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// One event as it is written: the same JSON as [`Event`], field for field
+/// and in the same order, but borrowing its parts and carrying the bodies as
+/// raw JSON, so a recorder writes each event once, straight from what it
+/// holds, without copying the request's event per stage or turning a masked
+/// body into a `Value` and back. Build it with [`Event::view`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EventView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
+    #[serde(rename = "apiVersion", skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<&'a str>,
+    pub level: Level,
+    #[serde(rename = "auditID")]
+    pub audit_id: &'a str,
+    pub stage: Stage,
+    #[serde(rename = "requestURI")]
+    pub request_uri: &'a str,
+    pub verb: &'a str,
+    pub user: &'a UserInfo,
+    #[serde(rename = "impersonatedUser", skip_serializing_if = "Option::is_none")]
+    pub impersonated_user: Option<&'a UserInfo>,
+    #[serde(rename = "sourceIPs", skip_serializing_if = "no_items")]
+    pub source_ips: &'a [String],
+    #[serde(rename = "userAgent", skip_serializing_if = "no_text")]
+    pub user_agent: &'a str,
+    #[serde(rename = "objectRef", skip_serializing_if = "Option::is_none")]
+    pub object_ref: Option<&'a ObjectReference>,
+    #[serde(rename = "responseStatus", skip_serializing_if = "Option::is_none")]
+    pub response_status: Option<&'a ResponseStatus>,
+    /// Raw JSON, already masked; `None` when the level leaves it out.
+    #[serde(rename = "requestObject", skip_serializing_if = "Option::is_none")]
+    pub request_object: Option<&'a RawValue>,
+    /// Raw JSON, already masked; `None` when the level leaves it out.
+    #[serde(rename = "responseObject", skip_serializing_if = "Option::is_none")]
+    pub response_object: Option<&'a RawValue>,
+    #[serde(rename = "requestReceivedTimestamp")]
+    pub request_received_timestamp: MicroTime,
+    #[serde(rename = "stageTimestamp")]
+    pub stage_timestamp: MicroTime,
+    #[serde(skip_serializing_if = "no_entries")]
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+fn no_items(v: &&[String]) -> bool {
+    v.is_empty()
+}
+
+fn no_text(v: &&str) -> bool {
+    v.is_empty()
+}
+
+fn no_entries(v: &&BTreeMap<String, String>) -> bool {
+    v.is_empty()
+}
+
+impl<'a> EventView<'a> {
+    /// The same event at `stage`, at `at`, with `status`.
+    pub fn at_stage(self, stage: Stage, at: MicroTime, status: &'a ResponseStatus) -> Self {
+        Self {
+            stage,
+            stage_timestamp: at,
+            response_status: Some(status),
+            ..self
+        }
+    }
+
+    /// Attach the (already masked) request body if the level asks for it.
+    pub fn with_request_object(mut self, body: Option<&'a RawValue>) -> Self {
+        self.request_object = body.filter(|_| self.level.includes_request());
+        self
+    }
+
+    /// Attach the (already masked) response body if the level asks for it.
+    pub fn with_response_object(mut self, body: Option<&'a RawValue>) -> Self {
+        self.response_object = body.filter(|_| self.level.includes_response());
+        self
+    }
+
+    /// The event as JSON (one NDJSON line: no newline in it or after it).
+    pub fn to_json_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(
+            1024 + self.request_object.map_or(0, |r| r.get().len())
+                + self.response_object.map_or(0, |r| r.get().len()),
+        );
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
+    }
+}
+
 /// `audit.k8s.io/v1` `EventList`: the body of an audit webhook POST.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventList {
@@ -520,14 +610,17 @@ impl Event {
     /// The `RequestReceived`-stage event of a request (recorded durably
     /// before a mutating request is forwarded).
     pub fn request_received(info: &RequestInfo<'_>) -> Self {
+        Self::from_request(info.clone())
+    }
+
+    /// [`Event::request_received`], taking the owned parts of `info`
+    /// instead of copying them.
+    pub fn from_request(info: RequestInfo<'_>) -> Self {
         let mut annotations = BTreeMap::new();
-        annotations.insert(ANN_DECISION.to_string(), info.decision.decision.clone());
-        annotations.insert(ANN_RULE.to_string(), info.decision.rule.clone());
+        annotations.insert(ANN_DECISION.to_string(), info.decision.decision);
+        annotations.insert(ANN_RULE.to_string(), info.decision.rule);
         if !info.decision.policy_hash.is_empty() {
-            annotations.insert(
-                ANN_POLICY_HASH.to_string(),
-                info.decision.policy_hash.clone(),
-            );
+            annotations.insert(ANN_POLICY_HASH.to_string(), info.decision.policy_hash);
         }
         if !info.decision.enforced {
             annotations.insert(ANN_ENFORCED.to_string(), "false".into());
@@ -546,9 +639,9 @@ impl Event {
             stage: Stage::RequestReceived,
             request_uri: redact_request_uri(info.request_uri),
             verb: info.attrs.verb.clone(),
-            user: info.user.clone(),
-            impersonated_user: info.impersonated_user.clone(),
-            source_ips: info.source_ips.clone(),
+            user: info.user,
+            impersonated_user: info.impersonated_user,
+            source_ips: info.source_ips,
             user_agent: info.user_agent.to_string(),
             object_ref: ObjectReference::from_attributes(info.attrs),
             response_status: None,
@@ -597,6 +690,69 @@ impl Event {
     pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
     }
+
+    /// This event as an [`EventView`], without its bodies (a recorder
+    /// keeps those as raw JSON and attaches them to the view).
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            kind: self.kind.as_deref(),
+            api_version: self.api_version.as_deref(),
+            level: self.level,
+            audit_id: &self.audit_id,
+            stage: self.stage,
+            request_uri: &self.request_uri,
+            verb: &self.verb,
+            user: &self.user,
+            impersonated_user: self.impersonated_user.as_ref(),
+            source_ips: &self.source_ips,
+            user_agent: &self.user_agent,
+            object_ref: self.object_ref.as_ref(),
+            response_status: self.response_status.as_ref(),
+            request_object: None,
+            response_object: None,
+            request_received_timestamp: self.request_received_timestamp,
+            stage_timestamp: self.stage_timestamp,
+            annotations: &self.annotations,
+        }
+    }
+}
+
+/// `body` as raw JSON fit for an event: one line (the whitespace between
+/// tokens dropped when there is a line break in it, so an NDJSON record
+/// stays one line), borrowed when it already is. `None` when `body` is not
+/// one valid JSON value. Validating scans the bytes once; nothing is built.
+pub fn raw_json(body: &[u8]) -> Option<std::borrow::Cow<'_, RawValue>> {
+    let raw: &RawValue = serde_json::from_slice(body).ok()?;
+    if !raw.get().as_bytes().contains(&b'\n') {
+        return Some(std::borrow::Cow::Borrowed(raw));
+    }
+    RawValue::from_string(compact_json(raw.get()))
+        .ok()
+        .map(std::borrow::Cow::Owned)
+}
+
+/// Valid JSON without the whitespace between its tokens (a raw line break
+/// can only be such whitespace: inside strings it is escaped).
+fn compact_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_str, mut esc) = (false, false);
+    for c in json.chars() {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if c == '\\' {
+                esc = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+        } else if matches!(c, ' ' | '\t' | '\r' | '\n') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The value written in place of a token-like query parameter.
@@ -785,6 +941,92 @@ mod tests {
         let mut w = attrs();
         w.verb = "watch".into();
         assert!(is_long_running(&w, false));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod view_tests {
+    use super::*;
+
+    /// A view with raw bodies writes the same bytes as the owned event
+    /// with the same bodies as values, for every event of the fixture.
+    #[test]
+    fn a_view_writes_what_the_event_writes() {
+        let text = include_str!("../../tests/fixtures/audit/eventlist-k8s-docs.json");
+        let list: EventList = serde_json::from_str(text).unwrap();
+        let mut with_bodies = list.items[0].clone();
+        with_bodies.level = Level::RequestResponse;
+        with_bodies.request_object =
+            Some(serde_json::json!({"kind": "Pod", "spec": {"x": [1, 2.5, null]}}));
+        with_bodies.response_object = Some(serde_json::json!({"kind": "Status", "code": 409}));
+        with_bodies.impersonated_user = Some(UserInfo::new(
+            "jane",
+            "",
+            vec!["dev".into()],
+            BTreeMap::new(),
+        ));
+        for e in list.items.iter().chain([&with_bodies]) {
+            let req = e
+                .request_object
+                .as_ref()
+                .map(|v| serde_json::value::to_raw_value(v).unwrap());
+            let resp = e
+                .response_object
+                .as_ref()
+                .map(|v| serde_json::value::to_raw_value(v).unwrap());
+            let view = e
+                .view()
+                .with_request_object(req.as_deref())
+                .with_response_object(resp.as_deref());
+            assert_eq!(
+                String::from_utf8(view.to_json_vec().unwrap()).unwrap(),
+                e.to_json_line().unwrap()
+            );
+            let status = ResponseStatus::from_code(200);
+            let later = view.at_stage(
+                Stage::ResponseComplete,
+                MicroTime::from_unix_micros(7),
+                &status,
+            );
+            let owned = e.at_stage(
+                Stage::ResponseComplete,
+                MicroTime::from_unix_micros(7),
+                status.clone(),
+            );
+            assert_eq!(
+                String::from_utf8(later.to_json_vec().unwrap()).unwrap(),
+                owned.to_json_line().unwrap()
+            );
+        }
+        // The level decides which bodies a view keeps, as for the event.
+        let mut meta = list.items[0].clone();
+        meta.level = Level::Request;
+        let raw = serde_json::value::to_raw_value(&1).unwrap();
+        let v = meta
+            .view()
+            .with_request_object(Some(&raw))
+            .with_response_object(Some(&raw));
+        assert!(v.request_object.is_some() && v.response_object.is_none());
+    }
+
+    #[test]
+    fn raw_json_is_one_line_and_only_valid_json() {
+        let compact = br#"{"a":[1,{"b":"x y"}]}"#;
+        assert!(matches!(
+            raw_json(compact),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+        assert_eq!(raw_json(b" {\"a\": 1}\n").unwrap().get(), "{\"a\": 1}");
+        let pretty = b"{\n  \"a\": [\n    1, \"x \\\" \\n y\"\n  ],\r\n  \"b\" : { }\n}\n";
+        let raw = raw_json(pretty).unwrap();
+        assert_eq!(raw.get(), r#"{"a":[1,"x \" \n y"],"b":{}}"#);
+        let a: serde_json::Value = serde_json::from_slice(pretty).unwrap();
+        let b: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        assert_eq!(a, b);
+        for bad in [&b""[..], b"{", b"{\"a\":1} x", b"\xff", b"[1,]"] {
+            assert!(raw_json(bad).is_none(), "{bad:?}");
+        }
     }
 }
 

@@ -24,6 +24,7 @@
 //! (gzip decoded; other encodings refused) with memory bounded by the
 //! token's length, whatever the chunk boundaries.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -432,32 +433,50 @@ impl MaskedBody {
         Poll::Ready(Err(e))
     }
 
-    fn publish(&mut self, out: Vec<u8>) {
+    fn publish(&mut self, out: Bytes) {
         self.count.store(self.masked(), Ordering::Relaxed);
         if !out.is_empty() {
-            self.pending = Some(Bytes::from(out));
+            self.pending = Some(out);
         }
     }
 
-    /// Mask (if masking) and scrub plain bytes.
+    /// Mask (if masking) and scrub plain bytes. The masker's output is moved,
+    /// not copied, when it is all there is.
     fn stage(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), MaskBodyError> {
-        let masked: std::borrow::Cow<'_, [u8]> = match &mut self.masker {
+        let masked: Cow<'_, [u8]> = match &mut self.masker {
             Some(m) => m.push(plain)?.into(),
             None => plain.into(),
         };
-        match &mut self.scrubber {
-            Some(s) => out.extend_from_slice(&s.push(&masked)),
-            None => out.extend_from_slice(&masked),
-        }
+        let scrubbed = match &mut self.scrubber {
+            Some(s) => match s.push(&masked) {
+                Cow::Borrowed(b) if b.len() == masked.len() => None,
+                other => Some(other.into_owned()),
+            },
+            None => None,
+        };
+        append(out, scrubbed.map_or(masked, Cow::Owned));
         Ok(())
     }
 
-    /// Decompress (if needed), mask and scrub one upstream chunk.
-    fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>, MaskBodyError> {
+    /// Decompress (if needed), mask and scrub one upstream chunk. A chunk
+    /// that is only scrubbed and has nothing to scrub is passed on as it is.
+    fn feed(&mut self, data: Bytes) -> Result<Bytes, MaskBodyError> {
+        if self.gzip.is_none() && self.masker.is_none() {
+            let unchanged = match &mut self.scrubber {
+                Some(s) => match s.push(&data) {
+                    Cow::Borrowed(b) if b.len() == data.len() => true,
+                    other => return Ok(Bytes::from(other.into_owned())),
+                },
+                None => true,
+            };
+            if unchanged {
+                return Ok(data);
+            }
+        }
         let mut out = Vec::new();
         if self.gzip.is_none() {
-            self.stage(data, &mut out)?;
-            return Ok(out);
+            self.stage(&data, &mut out)?;
+            return Ok(Bytes::from(out));
         }
         for slice in data.chunks(GZIP_SLICE) {
             let plain = match &mut self.gzip {
@@ -471,7 +490,7 @@ impl MaskedBody {
             };
             self.stage(&plain, &mut out)?;
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     fn end(&mut self) -> Result<Vec<u8>, MaskBodyError> {
@@ -507,7 +526,7 @@ impl MaskedBody {
                     // Trailers are dropped: API responses have none, and a
                     // trailer is not something the masker can vouch for.
                     if let Ok(data) = frame.into_data() {
-                        match self.feed(&data) {
+                        match self.feed(data) {
                             Ok(out) => self.publish(out),
                             Err(e) => return self.fail(e),
                         }
@@ -518,7 +537,7 @@ impl MaskedBody {
                 }
                 None => match self.end() {
                     Ok(out) => {
-                        self.publish(out);
+                        self.publish(Bytes::from(out));
                         self.done = true;
                         self.outcome.send_replace(Some(MaskOutcome::Complete {
                             masked: self.masked(),
@@ -560,6 +579,14 @@ impl Drop for MaskedBody {
                 masked: self.masked(),
             }));
         }
+    }
+}
+
+/// `bytes` after `out`: moved in when `out` is empty and they are owned.
+fn append(out: &mut Vec<u8>, bytes: Cow<'_, [u8]>) {
+    match bytes {
+        Cow::Owned(v) if out.is_empty() => *out = v,
+        b => out.extend_from_slice(&b),
     }
 }
 

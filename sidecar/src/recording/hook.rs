@@ -42,10 +42,14 @@ use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use mcp_warden_shared::attrs::RequestAttributes;
-use mcp_warden_shared::audit::{self, Event, Level, MicroTime, ResponseStatus, Stage, UserInfo};
+use mcp_warden_shared::audit::{
+    self, Event, EventView, Level, MicroTime, ResponseStatus, Stage, UserInfo,
+};
 use mcp_warden_shared::body;
 use mcp_warden_shared::mask::MaskContext;
 use mcp_warden_shared::status::Status;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::Recorder;
 use super::asciicast::{self, SessionMeta, SessionTap};
@@ -91,16 +95,25 @@ fn micro(t: SystemTime) -> MicroTime {
     )
 }
 
-/// Spawn on the current runtime if there is one (Drop may run outside).
-fn spawn_record(recorder: Recorder, event: Event) {
-    if let Ok(h) = tokio::runtime::Handle::try_current() {
-        h.spawn(async move {
-            let _ = recorder.record(&event).await;
-        });
-    } else {
+/// Encode `event` now and record it on the current runtime if there is one
+/// (Drop may run outside).
+fn spawn_record(recorder: Recorder, event: &EventView<'_>) {
+    let Ok(h) = tokio::runtime::Handle::try_current() else {
         recorder.stats().events_lost.inc();
         tracing::error!(audit_id = %event.audit_id, "no runtime to record the event on");
-    }
+        return;
+    };
+    let json = match event.to_json_vec() {
+        Ok(json) => json,
+        Err(e) => {
+            let _ = recorder.encode_failed(event.audit_id, e);
+            return;
+        }
+    };
+    let audit_id = event.audit_id.to_string();
+    h.spawn(async move {
+        let _ = recorder.record_json(&audit_id, json).await;
+    });
 }
 
 impl RecordingHook {
@@ -148,7 +161,8 @@ impl RecordingHook {
                 &fallback
             }
         };
-        let audit_id = ctx.request_id.to_string();
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let audit_id: &str = ctx.request_id.hyphenated().encode_lower(&mut id_buf);
         let decision = match &ctx.decision {
             Some(d) => audit::DecisionInfo {
                 decision: d.action.as_str().to_string(),
@@ -164,7 +178,7 @@ impl RecordingHook {
             },
         };
         let info = audit::RequestInfo {
-            audit_id: &audit_id,
+            audit_id,
             request_uri: &ctx.path_and_query,
             attrs,
             user: self.user.clone(),
@@ -177,7 +191,7 @@ impl RecordingHook {
             pod: self.recorder.pod(),
             cluster: self.recorder.cluster_name(),
         };
-        let mut e = Event::request_received(&info);
+        let mut e = Event::from_request(info);
         if let Some(a) = ctx.decision.as_ref().and_then(|d| d.approval.as_ref()) {
             e.annotations
                 .insert(crate::approval::ANN_APPROVED_BY.to_string(), a.by.clone());
@@ -207,30 +221,36 @@ impl RecordingHook {
         };
         let ctx = MaskContext::from_attrs(attrs);
         let masker = (self.masker)();
+        let not_json = |e: &dyn std::fmt::Display| format!("the JSON body does not parse: {e}");
         let decoded = match body::encoding(content_type, body) {
-            // JSON keeps the strict path (duplicate keys are masked too).
+            // JSON keeps the strict path (duplicate keys are masked too); the
+            // masked bytes are recorded as they are, never parsed again into
+            // a tree.
             body::Encoding::Json => masker
                 .mask_json_bytes(&ctx, body)
-                .map_err(|e| format!("the JSON body does not parse: {e}"))
+                .map_err(|e| not_json(&e))
                 .and_then(|(masked, n)| {
-                    serde_json::from_slice::<serde_json::Value>(&masked)
-                        .map(|v| (v, n))
-                        .map_err(|e| format!("the JSON body does not parse: {e}"))
+                    let raw =
+                        audit::raw_json(&masked).ok_or_else(|| not_json(&"not one JSON value"))?;
+                    Ok((object_name(raw.get()), raw.into_owned(), n))
                 }),
             _ => body::to_json(content_type, body)
-                .map(|mut v| {
+                .map_err(|e| e.to_string())
+                .and_then(|mut v| {
                     let n = masker.mask_value(&ctx, &mut v);
-                    (v, n)
-                })
-                .map_err(|e| e.to_string()),
+                    let name = v
+                        .pointer("/metadata/name")
+                        .and_then(|n| n.as_str())
+                        .map(str::to_string);
+                    serde_json::value::to_raw_value(&v)
+                        .map(|raw| (name, raw, n))
+                        .map_err(|e| e.to_string())
+                }),
         };
         match decoded {
-            Ok((v, n)) => RequestBody {
-                name: v
-                    .pointer("/metadata/name")
-                    .and_then(|n| n.as_str())
-                    .map(str::to_string),
-                object: Some(v),
+            Ok((name, raw, n)) => RequestBody {
+                name,
+                object: Some(raw),
                 masked: n as u64,
                 omitted: None,
             },
@@ -246,10 +266,27 @@ impl RecordingHook {
     }
 }
 
+/// `metadata.name` of a JSON object, read without building the object.
+fn object_name(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        metadata: Option<Meta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow)]
+        name: Option<std::borrow::Cow<'a, str>>,
+    }
+    let named: Named<'_> = serde_json::from_str(json).ok()?;
+    named.metadata?.name.map(std::borrow::Cow::into_owned)
+}
+
 /// A written body as the record keeps it (see `RecordingHook::mask_request`).
 #[derive(Default)]
 struct RequestBody {
-    object: Option<serde_json::Value>,
+    /// Masked, raw JSON.
+    object: Option<Box<RawValue>>,
     masked: u64,
     name: Option<String>,
     omitted: Option<String>,
@@ -377,7 +414,8 @@ impl RecordHook for RecordingHook {
             let record = PendingRecord {
                 recorder: self.recorder.clone(),
                 max_body_bytes: self.max_body_bytes,
-                base: Some(base.with_request_object(written.object)),
+                request_object: written.object.filter(|_| base.level.includes_request()),
+                base: Some(base),
                 masked_in_request: written.masked,
             };
             Ok((body, Box::new(record) as Box<dyn RequestRecord>))
@@ -386,12 +424,12 @@ impl RecordHook for RecordingHook {
 
     fn refused(&self, ctx: &RequestContext, status: &Status) {
         let base = self.base_event(ctx, (self.level)());
-        spawn_record(self.recorder.clone(), refused_event(&base, status));
+        record_refused(&self.recorder, base.view(), status);
     }
 }
 
-/// `ResponseComplete` of a request the sidecar answered itself.
-fn refused_event(base: &Event, status: &Status) -> Event {
+/// Records `ResponseComplete` of a request the sidecar answered itself.
+fn record_refused(recorder: &Recorder, base: EventView<'_>, status: &Status) {
     let rs = ResponseStatus {
         status: "Failure".into(),
         message: status.message.clone(),
@@ -403,7 +441,8 @@ fn refused_event(base: &Event, status: &Status) -> Event {
         code: i32::from(status.code()),
         ..ResponseStatus::default()
     };
-    base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs)
+    let done = base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), &rs);
+    spawn_record(recorder.clone(), &done);
 }
 
 /// One request's recording between [`RecordingHook::request`] and its
@@ -411,10 +450,19 @@ fn refused_event(base: &Event, status: &Status) -> Event {
 struct PendingRecord {
     recorder: Recorder,
     max_body_bytes: usize,
-    /// The request's event (with its masked request body); taken when the
-    /// record is handed on, so what is left at drop was never answered.
+    /// The request's event; taken when the record is handed on, so what is
+    /// left at drop was never answered.
     base: Option<Event>,
+    /// The masked request body, raw, when the level records it.
+    request_object: Option<Box<RawValue>>,
     masked_in_request: u64,
+}
+
+impl PendingRecord {
+    /// The request's event with its request body, at no stage yet.
+    fn view<'a>(base: &'a Event, request_object: Option<&'a RawValue>) -> EventView<'a> {
+        base.view().with_request_object(request_object)
+    }
 }
 
 impl RequestRecord for PendingRecord {
@@ -423,17 +471,19 @@ impl RequestRecord for PendingRecord {
         ctx: &RequestContext,
         response: http::Response<ProxyBody>,
     ) -> http::Response<ProxyBody> {
-        let Some(base) = self.base.take() else {
+        let Some(mut base) = self.base.take() else {
             return response;
         };
+        let request_object = self.request_object.take();
         let code = response.status().as_u16();
         if ctx.is_stream || ctx.is_upgrade {
-            let started = base.at_stage(
+            let status = ResponseStatus::from_code(code);
+            let started = PendingRecord::view(&base, request_object.as_deref()).at_stage(
                 Stage::ResponseStarted,
                 micro(SystemTime::now()),
-                ResponseStatus::from_code(code),
+                &status,
             );
-            spawn_record(self.recorder.clone(), started);
+            spawn_record(self.recorder.clone(), &started);
         }
         let keep_body =
             (base.level.includes_response() && !ctx.is_stream && !ctx.is_upgrade) || code >= 300;
@@ -446,26 +496,28 @@ impl RequestRecord for PendingRecord {
         let limit = self.max_body_bytes;
         let masked_in_request = self.masked_in_request;
         let on_end = Box::new(move |body: Option<Vec<u8>>| {
-            let parsed = body.and_then(|b| parse_body(&b, gzip, limit));
+            let plain = body.and_then(|b| plain_body(b, gzip, limit));
+            // The bytes as they went to the app (masked), as they are.
+            let raw = plain.as_deref().and_then(audit::raw_json);
             let mut status = ResponseStatus::from_code(code);
             if code >= 300
-                && let Some(v) = &parsed
-                && v.get("kind").and_then(|k| k.as_str()) == Some("Status")
+                && let Some(raw) = &raw
             {
-                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-                status.status = s("status");
-                status.message = s("message");
-                status.reason = s("reason");
-                status.details = v.get("details").cloned();
+                status_fields(raw.get(), &mut status);
             }
             let masked = masked_in_request + mask_count.map(|m| m.current() as u64).unwrap_or(0);
-            let done = base
-                .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), status)
-                .with_response_object(parsed)
-                .with_masked_count(masked);
+            base.annotations
+                .insert(audit::ANN_MASKED.to_string(), masked.to_string());
+            let done = PendingRecord::view(&base, request_object.as_deref())
+                .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), &status)
+                .with_response_object(raw.as_deref());
+            let json = done.to_json_vec();
             let fut: BoxFuture<'static, ()> = Box::pin(async move {
                 // A failure is counted (events_lost) and logged by the recorder.
-                let _ = recorder.record(&done).await;
+                let _ = match json {
+                    Ok(json) => recorder.record_json(&base.audit_id, json).await,
+                    Err(e) => recorder.encode_failed(&base.audit_id, e),
+                };
             });
             fut
         });
@@ -485,7 +537,8 @@ impl RequestRecord for PendingRecord {
 
     fn refused(mut self: Box<Self>, _ctx: &RequestContext, status: &Status) {
         if let Some(base) = self.base.take() {
-            spawn_record(self.recorder.clone(), refused_event(&base, status));
+            let view = PendingRecord::view(&base, self.request_object.as_deref());
+            record_refused(&self.recorder, view, status);
         }
     }
 
@@ -513,8 +566,12 @@ impl Drop for PendingRecord {
                 "",
                 "mcp-warden: the client went away before the response; whether the API server acted on the request is unknown",
             );
-            let done = base.at_stage(Stage::ResponseComplete, micro(SystemTime::now()), rs);
-            spawn_record(self.recorder.clone(), done);
+            let done = PendingRecord::view(&base, self.request_object.as_deref()).at_stage(
+                Stage::ResponseComplete,
+                micro(SystemTime::now()),
+                &rs,
+            );
+            spawn_record(self.recorder.clone(), &done);
         }
     }
 }
@@ -559,22 +616,58 @@ pub(crate) async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<B
     Ok(buf.freeze())
 }
 
-fn parse_body(b: &[u8], gzip: bool, limit: usize) -> Option<serde_json::Value> {
+/// A kept response body as plain bytes: gunzipped (within `limit`) when the
+/// app got it compressed (a body that was not masked); `None` when empty or
+/// undecodable.
+fn plain_body(b: Vec<u8>, gzip: bool, limit: usize) -> Option<Vec<u8>> {
     if b.is_empty() {
         return None;
     }
-    if gzip {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(b)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .ok()?;
-        if out.len() > limit {
-            return None;
-        }
-        return serde_json::from_slice(&out).ok();
+    if !gzip {
+        return Some(b);
     }
-    serde_json::from_slice(b).ok()
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b.as_slice())
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= limit).then_some(out)
+}
+
+/// `status`, `message`, `reason` and `details` of a `Status` body into the
+/// recorded response status, as kube-apiserver records a failure; read
+/// without building the rest of the body. Anything else leaves it alone.
+fn status_fields(json: &str, status: &mut ResponseStatus) {
+    #[derive(Deserialize)]
+    struct StatusBody<'a> {
+        #[serde(borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        status: serde_json::Value,
+        #[serde(default)]
+        message: serde_json::Value,
+        #[serde(default)]
+        reason: serde_json::Value,
+        /// Present (even as `null`) or not.
+        #[serde(default, deserialize_with = "present")]
+        details: Option<serde_json::Value>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<serde_json::Value>, D::Error> {
+        serde_json::Value::deserialize(d).map(Some)
+    }
+    let Ok(body) = serde_json::from_str::<StatusBody<'_>>(json) else {
+        return;
+    };
+    if body.kind.as_deref() != Some("Status") {
+        return;
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    status.status = s(&body.status);
+    status.message = s(&body.message);
+    status.reason = s(&body.reason);
+    status.details = body.details;
 }
 
 /// Builds (and returns, not yet run) the recording of `ResponseComplete`.
@@ -949,7 +1042,7 @@ mod tests {
         let r = hook.mask_request(c.attrs.as_ref(), pb, &fixture("configmap.pb"));
         assert_eq!(r.name.as_deref(), Some("scratch"));
         assert!(r.omitted.is_none());
-        let o = r.object.unwrap();
+        let o: serde_json::Value = serde_json::from_str(r.object.unwrap().get()).unwrap();
         assert_eq!(o["data"]["color"], "blue");
         assert!(!o.to_string().contains("hunter2"), "{o}");
         assert_eq!(r.masked, 1);
@@ -975,7 +1068,7 @@ mod tests {
         let y =
             b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  apikey: s3cr3t\n";
         let r = hook.mask_request(c.attrs.as_ref(), Some("application/apply-patch+yaml"), y);
-        let o = r.object.unwrap();
+        let o: serde_json::Value = serde_json::from_str(r.object.unwrap().get()).unwrap();
         assert_eq!(o["metadata"]["name"], "app");
         assert!(!o.to_string().contains("s3cr3t"), "{o}");
 

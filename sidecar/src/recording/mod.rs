@@ -330,12 +330,20 @@ impl Recorder {
     /// Fail-closed: `Err(NotDurable)` when it cannot be; continue: the loss
     /// is counted and logged and `Ok` returned.
     pub async fn record(&self, event: &audit::Event) -> Result<(), RecordError> {
+        match serde_json::to_vec(event) {
+            Ok(json) => self.record_json(&event.audit_id, json).await,
+            Err(e) => self.encode_failed(&event.audit_id, e),
+        }
+    }
+
+    /// Record one event already encoded as JSON (one line, from
+    /// [`audit::EventView::to_json_vec`]); otherwise as [`Recorder::record`].
+    pub async fn record_json(&self, audit_id: &str, json: Vec<u8>) -> Result<(), RecordError> {
         self.inner.stats.events_recorded.inc();
-        let json = serde_json::to_vec(event)?;
         let Some(spool) = &self.inner.spool else {
             tracing::info!(
                 target: "mcp_warden::audit",
-                audit_id = %event.audit_id,
+                audit_id,
                 event = %String::from_utf8_lossy(&json),
                 "audit event"
             );
@@ -343,8 +351,16 @@ impl Recorder {
         };
         match spool.append(spool::RecordKind::Event, json).await {
             Ok(_) => Ok(()),
-            Err(source) => self.on_append_failure(&event.audit_id, source),
+            Err(source) => self.on_append_failure(audit_id, source),
         }
+    }
+
+    /// An event that could not be encoded (counted as recorded, as
+    /// [`Recorder::record`] counts it).
+    pub fn encode_failed(&self, audit_id: &str, e: serde_json::Error) -> Result<(), RecordError> {
+        self.inner.stats.events_recorded.inc();
+        tracing::error!(audit_id, error = %e, "audit event not encodable");
+        Err(RecordError::Encode(e))
     }
 
     fn on_append_failure(&self, audit_id: &str, source: SpoolError) -> Result<(), RecordError> {
