@@ -786,13 +786,15 @@ pub fn redact_request_uri(uri: &str) -> String {
     out
 }
 
-/// Names are compared percent-decoded, in lower case and with `-` read as
-/// `_`, so `Access%5FToken` or `api-key` are caught too.
+/// Names are compared decoded as the query parser decodes them
+/// (`application/x-www-form-urlencoded`, as [`crate::attrs::Query`]), in
+/// lower case and with `-` read as `_`, so `Access%5FToken` or `api-key`
+/// are caught too. The pairs themselves are kept as received.
 fn is_token_param(raw_name: &str) -> bool {
-    let name = percent_encoding::percent_decode_str(raw_name)
-        .decode_utf8_lossy()
-        .to_ascii_lowercase()
-        .replace('-', "_");
+    let name = form_urlencoded::parse(raw_name.as_bytes())
+        .next()
+        .map(|(k, _)| k.to_ascii_lowercase().replace('-', "_"))
+        .unwrap_or_default();
     ["token", "secret", "password", "passwd", "apikey", "api_key"]
         .iter()
         .any(|w| name.contains(w))
