@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """mcp-warden benchmark driver (run by scripts/bench.sh, which builds and installs first).
 
-Compares, in one run and on the same kube-apisim upstream, four paths:
-  direct   h2load -> kube-apisim (TLS, h2)
-  sidecar  h2load -> mcp-warden-sidecar (TLS, h2; policy, masking, recording to a
-           local collector with a spool dir: as deployed) -> kube-apisim
-  nginx    h2load -> nginx (TLS, h2, keepalive to the upstream, TLS to it) -> kube-apisim
-  kubectl  h2load --h1 -> `kubectl proxy` (plain HTTP on loopback) -> kube-apisim
+Compares, in one run and on the same kube-apisim upstream, these paths (issue 14's table):
+  direct         h2load -> kube-apisim (TLS, h2)
+  nginx          h2load -> nginx (TLS, h2, keepalive to the upstream, TLS to it) -> kube-apisim
+  sidecar        h2load -> mcp-warden-sidecar (TLS, h2; policy, masking, recording to a
+                 local collector with a spool dir: as deployed) -> kube-apisim
+  sidecar-norec  the same sidecar flags without --collector-url (recording off: each audit
+                 event goes to the sidecar's stdout, sent to /dev/null here)
+  kubectl-proxy  (only with --paths ...,kubectl-proxy) h2load --h1 -> `kubectl proxy` -> kube-apisim
 
 and measures, for the sidecar alone, RSS (idle, under load, 1,000 watches, while
 masking a 200 MB list), masking throughput, time to ready, and the webhook's
@@ -39,7 +41,14 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KUBECTL = os.environ.get("BENCH_KUBECTL", "/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
-PATHS = ["direct", "sidecar", "nginx", "kubectl-proxy"]
+ALL_PATHS = ["direct", "nginx", "sidecar", "sidecar-norec", "kubectl-proxy"]
+PATHS = ["direct", "nginx", "sidecar", "sidecar-norec"]  # --paths overrides
+LABELS = {"direct": "direct", "nginx": "nginx (TLS reverse proxy)", "sidecar": "mcp-warden-sidecar",
+          "sidecar-norec": "sidecar (recording off)", "kubectl-proxy": "kubectl proxy"}
+# Load shapes (issue 14): fixed rate 800 req/s (h2load --rps per connection x connections; hey -h2 -q 800 in
+# the issue), 8,000 GETs = 10 s; maximum throughput with 16 connections x 10 streams.
+FIXED_RPS, FIXED_N = 800, 8000
+MAX_CLIENTS, MAX_STREAMS = 16, 10
 KEEP_MARKER = "<!-- kept by bench.py: instructions -->"
 
 
@@ -57,12 +66,14 @@ class Procs:
         self.logdir = logdir
         self.procs = []
 
-    def start(self, name, argv, env=None, stdin=None):
+    def start(self, name, argv, env=None, stdin=None, stdout=None):
+        """stdout: None = with stderr into logs/<name>.log; else a file object or subprocess.DEVNULL."""
         out = open(os.path.join(self.logdir, f"{name}.log"), "ab")
         e = dict(os.environ)
         e.update(env or {})
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=e, stdin=stdin or subprocess.DEVNULL,
-                             start_new_session=True)
+        p = subprocess.Popen(argv, stdout=out if stdout is None else stdout,
+                             stderr=subprocess.STDOUT if stdout is None else out, env=e,
+                             stdin=stdin or subprocess.DEVNULL, start_new_session=True)
         p.bench_name = name
         self.procs.append(p)
         return p
@@ -431,7 +442,7 @@ class Env:
         addr = wait_until(lambda: open(os.path.join(d, "addr")).read().strip(), 30, "collector addr")
         self.collector_url = f"http://{addr}"
 
-    def sidecar_argv(self, name, port, admin_port):
+    def sidecar_argv(self, name, port, admin_port, collector=True):
         d = os.path.join(self.tmp, name)
         os.makedirs(os.path.join(d, "local"), exist_ok=True)
         spool = os.path.join(self.args.spool_base or d, f"{name}-spool" if self.args.spool_base else "spool")
@@ -441,8 +452,8 @@ class Env:
                    "--upstream", f"https://127.0.0.1:{self.up_port}",
                    "--upstream-ca-file", self.up_ca, "--upstream-token-file", self.up_token_file,
                    "--local-dir", os.path.join(d, "local"), "--policy-file", self.args.policy,
-                   "--collector-url", self.collector_url, "--spool-dir", spool,
-                   "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
+                   ] + (["--collector-url", self.collector_url] if collector else []) + [
+                   "--spool-dir", spool, "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
 
     def start_sidecar(self):
         port, admin = free_port(), free_port()
@@ -455,6 +466,17 @@ class Env:
         self.paths["sidecar"] = {"url": f"https://127.0.0.1:{port}",
                                  "headers": [f"authorization: Bearer {self.sc_token}"], "h1": False,
                                  "pids": lambda: [self.sidecar.pid], "proxy": True}
+
+    def start_sidecar_norec(self):
+        """The same sidecar without --collector-url: recording off; each audit event to stdout (-> /dev/null)."""
+        port, admin = free_port(), free_port()
+        d, argv = self.sidecar_argv("sidecar-norec", port, admin, collector=False)
+        self.sidecar_norec = self.procs.start("sidecar-norec", argv, stdout=subprocess.DEVNULL)
+        wait_until(lambda: http_status(admin, "/readyz") == 200, 60, "sidecar-norec /readyz")
+        token = open(os.path.join(d, "local", "token")).read().strip()
+        self.paths["sidecar-norec"] = {"url": f"https://127.0.0.1:{port}",
+                                       "headers": [f"authorization: Bearer {token}"], "h1": False,
+                                       "pids": lambda: [self.sidecar_norec.pid], "proxy": True}
 
     def start_nginx(self):
         d = os.path.join(self.tmp, "nginx")
@@ -493,13 +515,16 @@ OBJECTS = {"configmap": "/api/v1/namespaces/bench/configmaps/small",
 
 
 def load_shape(path_cfg, fixed):
-    """Client shape: h2 paths 4 connections x 16 streams (64 streams); kubectl proxy (HTTP/1.1) 50 connections."""
+    """Client shape: fixed rate, h2 paths 4 connections x 16 streams at FIXED_RPS in all; maximum, h2 paths
+    MAX_CLIENTS connections x MAX_STREAMS streams; kubectl proxy (HTTP/1.1) 50 connections."""
     if path_cfg["h1"]:
-        return {"clients": 50, "streams": 1, "rps": (1000 // 50) if fixed else None}
-    return {"clients": 4, "streams": 16 if fixed else 32, "rps": (1000 // 4) if fixed else None}
+        return {"clients": 50, "streams": 1, "rps": (FIXED_RPS // 50) if fixed else None}
+    if fixed:
+        return {"clients": 4, "streams": 16, "rps": FIXED_RPS // 4}
+    return {"clients": MAX_CLIENTS, "streams": MAX_STREAMS, "rps": None}
 
 
-def fixed_rate(env, name, obj, n=10000):
+def fixed_rate(env, name, obj, n=FIXED_N):
     cfg = env.paths[name]
     shape = load_shape(cfg, True)
     pids = cfg["pids"]()
@@ -779,44 +804,84 @@ def summarize(res):
 
 
 def goals(res, s):
-    sc, ng = s["sidecar"], s["nginx"]
+    """Issue 14's goals, for the sidecar as deployed (recording on); both objects must meet each one.
+    Where one is missed, `why` says why and what it would take (from the profile notes in bench/results.md)."""
+    sc, ng, nr = s["sidecar"], s["nginx"], s.get("sidecar-norec") or {}
+    sd = res["sidecar"]
     g = []
 
-    def line(goal, ok, detail):
-        g.append({"goal": goal, "met": ok, "detail": detail})
+    def line(goal, ok, detail, why=""):
+        g.append({"goal": goal, "met": ok, "detail": detail, "why": "" if ok else why})
 
-    add, add_n = sc["configmap_p99_ms_added_vs_direct"], ng["configmap_p99_ms_added_vs_direct"]
-    line("p99 added over direct <= nginx's (unmasked get)", None if add is None or add_n is None else add <= add_n,
-         f"sidecar {sfmt(add)} ms, nginx {sfmt(add_n)} ms (ConfigMap GET, 1,000 req/s)")
-    line("p99 added over direct < 0.5 ms (unmasked get)", None if add is None else add < 0.5,
-         f"sidecar {sfmt(add)} ms")
-    r = sc["configmap_tput_vs_direct"]
-    line("throughput >= 90% of direct", None if r is None else r >= 0.9, f"{fmt(r * 100 if r else None, 1)}% of direct")
-    r = sc["configmap_tput_vs_nginx"]
-    line("throughput >= nginx's", None if r is None else r >= 1.0, f"{fmt(r * 100 if r else None, 1)}% of nginx")
-    sd = res["sidecar"]
-    v = sd.get("rss_idle_mib")
-    line("RSS idle < 20 MB", None if v is None else v * 1.048576 < 20, f"{fmt(v, 1)} MiB")
+    def both(f):
+        vals = [f(o) for o in OBJECTS]
+        return None if any(v is None for v in vals) else all(vals)
+
+    def per_obj(f):
+        return "; ".join(f"{o}: {f(o)}" for o in OBJECTS)
+
+    def added(path_row, obj, k):
+        return path_row.get(f"{obj}_{k}_added_vs_direct")
+
+    for k, slack, goal in (("p50_ms", 0.2, "added p50 <= nginx's + 0.2 ms"), ("p99_ms", 1.0, "added p99 <= nginx's + 1 ms")):
+        ok = both(lambda o: None if added(sc, o, k) is None or added(ng, o, k) is None
+                  else added(sc, o, k) <= added(ng, o, k) + slack)
+        line(goal, ok, f"at {FIXED_RPS} req/s, added over direct: " + per_obj(
+            lambda o: f"sidecar {sfmt(added(sc, o, k))} ms vs nginx {sfmt(added(ng, o, k))} ms "
+                      f"(recording off {sfmt(added(nr, o, k))} ms)"),
+             "the sidecar spends several times nginx's CPU per request (see the CPU goal), and at a fixed rate on 2 "
+             "shared cores that CPU time becomes queueing time; recording on vs off shows what the event path adds. Closing it takes the "
+             "CPU-per-request work: the event serialised once from typed structs with the masked body as raw JSON "
+             "(serde_json `Value` parse + re-serialise and string escaping are the largest items in the profile), "
+             "fewer allocations (malloc/free ~15 %; jemalloc/mimalloc cut 10-20 % of instructions but cost idle RSS), "
+             "no UTF-8 re-validation or body copies where nothing is masked.")
+    ok = both(lambda o: None if sc.get(f"{o}_tput_vs_nginx") is None else sc[f"{o}_tput_vs_nginx"] >= 1.0)
+    line("throughput >= nginx's", ok, f"{MAX_CLIENTS} connections x {MAX_STREAMS} streams: " + per_obj(
+        lambda o: f"sidecar {fmt(sc.get(f'{o}_max_req_per_s'), 0)} req/s vs nginx {fmt(ng.get(f'{o}_max_req_per_s'), 0)} "
+                  f"= {fmt((sc.get(f'{o}_tput_vs_nginx') or 0) * 100, 1)} % (recording off "
+                  f"{fmt(nr.get(f'{o}_max_req_per_s'), 0)} req/s)"),
+         "on 2 cores shared with h2load and the upstream, throughput is the inverse of CPU per request, so this "
+         "goal falls with the CPU goal: the same per-request work (event serialisation, allocation, copies) has to "
+         "come down to nginx's level first.")
+    ok = both(lambda o: None if sc.get(f"{o}_cpu_vs_nginx") is None else sc[f"{o}_cpu_vs_nginx"] <= 1.5)
+    line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
+        lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
+                  f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
+         "about 1.2 M user-space instructions per proxied GET (callgrind, section below); the flat profile puts "
+         "the event built as a `serde_json::Value` and written again (string escaping 6 %, parse 5 %, `Value` "
+         "(de)serialisation ~7 %, indexmap/SipHash ~8 %) first, then malloc/free, `from_utf8` and memcpy. It takes "
+         "issue 14's \"serialise each event once\" item (typed borrowed event, raw-JSON bodies from the masker's "
+         "pass), a faster hasher or none on the hot maps, and a global allocator if its RSS cost is accepted.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
-    line("RSS with 1,000 open watches < 40 MB", ok,
-         f"{fmt(v, 1)} MiB with {w.get('established')}/{w.get('requested')} watches established")
-    small, large = sd.get("mask_peak_rss_500_mib"), sd.get("mask_peak_rss_50k_mib")
-    ok = None if small is None or large is None else (large - small) < 10
-    line("RSS independent of list size while masking (50k-list peak within 10 MiB of the 500-list peak)", ok,
-         f"500 Secrets: {fmt(small, 1)} MiB, 50,000 Secrets ({fmt(sd.get('mask_list_50k_mb'), 0)} MB): "
-         f"{fmt(large, 1)} MiB; clear password seen through the sidecar: {sd.get('mask_clear_password_seen')}")
+    line("1,000 open watches under 40 MB RSS", ok,
+         f"{fmt(v, 1)} MiB = {fmt(v * 1.048576 if v is not None else None, 1)} MB with "
+         f"{w.get('established')}/{w.get('requested')} watches established (one HTTP/1.1+TLS client connection each; "
+         f"sidecar {w.get('sidecar_fds')} fds)",
+         "the upstream side shares HTTP/2 connections now (`forward::StreamPool`); what is left is one TLS "
+         "connection per watch on the client side (about 23 KB each, docs/sidecar.md). Meeting it for this client "
+         "shape takes less state per idle client connection (TLS and HTTP/1.1 buffers released or shrunk while a "
+         "watch is quiet); a client that multiplexes its watches "
+         "over HTTP/2 (client-go does) would not pay it at all.")
+    v = sd.get("rss_idle_mib")
+    line("idle under 15 MB", None if v is None else v * 1.048576 < 15,
+         f"{fmt(v, 1)} MiB = {fmt(v * 1.048576 if v is not None else None, 1)} MB after start, before load"
+         + (f" (recording off: {fmt(sd.get('rss_idle_norec_mib'), 1)} MiB)" if sd.get("rss_idle_norec_mib") else ""),
+         "what is allocated up front decides it (the log writers' queues: 128,000 lines cost ~7 MiB, 8,192 lines "
+         "are committed; a global allocator adds 2-15 MiB, see below); smaller queues or fewer runtime threads "
+         "would bring it under.")
     v = sd.get("mask_mb_per_cpu_s_50k")
     iso = (res.get("isolated_masker") or {}).get("50000", {}).get("mb_per_s")
-    line("masking >= 300 MB/s of JSON on one core", None if v is None else v >= 300,
-         f"{fmt(v, 0)} MB of JSON per sidecar CPU-second (whole request path incl. TLS both ways, 50,000-Secret list)"
-         + (f"; streaming masker alone: {iso} MB/s" if iso else ""))
-    v = sc["configmap_cpu_s_per_10k"]
-    line("CPU < 0.1 core per 1,000 req/s (pass-through get)", None if v is None else v < 1.0,
-         f"{fmt(v, 3)} CPU-s per 10,000 requests = {fmt(v / 10 if v is not None else None, 3)} core at 1,000 req/s")
-    v = sd.get("ready_ms")
-    line("ready < 50 ms from process start", None if v is None else v < 50, f"{fmt(v, 1)} ms (median)")
+    line("masking >= 400 MB/s of JSON per core", None if v is None else v >= 400,
+         f"{fmt(v, 0)} MB of JSON per sidecar CPU-second (whole request path incl. TLS both ways, "
+         f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
+         + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
+         "the streaming masker alone runs at about the same rate, so TLS is not what limits it; the masker's own "
+         "work (`ValueScan::feed`, UTF-8 validation, aho-corasick and `ScrubSet::matches_str` over every string in "
+         "the profile) is; it takes a "
+         "masker that skips unmasked regions with memchr-style scanning for quotes/backslashes (SIMD), "
+         "and checks strings only at the keys the policy names.")
     return g
 
 
@@ -837,14 +902,29 @@ def render_md(res, s, g):
       "recording to a local `mcp-warden-collector` (http on loopback), spool dir "
       f"{'under ' + res['args']['spool_base'] if res['args'].get('spool_base') else 'in the temp dir (' + res.get('tmp_fs', '?') + ')'}, "
       f"info logs; upstream binary: {res['versions'].get('upstream binary')}")
+    a("- Sidecar with recording off (`sidecar (recording off)`, `sidecar-norec` in results.json): the same flags "
+      "without `--collector-url`; each audit event goes to the sidecar's stdout, sent to /dev/null")
     a("- Upstream: `kube-apisim` (TLS, h2), a ~1 KB ConfigMap (nothing to mask) and a ~1 KB Secret (masked by the sidecar)")
-    a("- Load: h2load, 1 thread. Fixed rate: 10,000 GETs at 1,000 req/s; h2 paths 4 connections x 16 streams, "
-      "`kubectl proxy` (HTTP/1.1 only) 50 connections. Max throughput: "
-      f"{res['args']['seconds']} s after 1 s warm-up; h2 paths 4 x 32 streams, kubectl proxy 50 connections.")
-    a("- CPU per 10,000 requests: utime+stime of the proxy process(es) from /proc (nginx: master+workers); "
-      "direct: kube-apisim's own.\n")
+    a(f"- Load: h2load, 1 thread. Fixed rate: {FIXED_N:,} GETs at {FIXED_RPS} req/s; h2 paths 4 connections x 16 "
+      "streams, `kubectl proxy` (HTTP/1.1 only) 50 connections. Max throughput: "
+      f"{res['args']['seconds']} s after 1 s warm-up; h2 paths {MAX_CLIENTS} connections x {MAX_STREAMS} streams, "
+      "kubectl proxy 50 connections. Paths interleaved, the order rotated each run.")
+    a("- CPU per 10,000 requests: utime+stime of the proxy process(es) from /proc during the fixed-rate run "
+      "(nginx: master+workers); direct: kube-apisim's own.\n")
 
-    a("## Latency at 1,000 req/s (ms)\n")
+    a("## Issue 14 table\n")
+    a(f"p50/p99 at {FIXED_RPS} req/s, req/s at maximum ({MAX_CLIENTS} x {MAX_STREAMS}), proxy CPU s per 10k "
+      f"requests at {FIXED_RPS} req/s; medians of {res['args']['runs']} interleaved runs.\n")
+    a("| path | object | p50 | p99 | req/s | proxy CPU s per 10k req |")
+    a("| --- | --- | ---: | ---: | ---: | ---: |")
+    for path in PATHS:
+        r = s[path]
+        for obj in OBJECTS:
+            a(f"| {LABELS[path]} | {obj} | {fmt(r[obj + '_p50_ms'], 2)} ms | {fmt(r[obj + '_p99_ms'], 2)} ms | "
+              f"{fmt(r[obj + '_max_req_per_s'], 0)} | {'—' if path == 'direct' else fmt(r[obj + '_cpu_s_per_10k'], 2)} |")
+    a("")
+
+    a(f"## Latency at {FIXED_RPS} req/s (ms)\n")
     a("| path | object | p50 | p90 | p99 | p99.9 | p99 added vs direct | CPU s / 10k req | upstream CPU s / 10k | errors |")
     a("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path in PATHS:
@@ -902,10 +982,10 @@ def render_md(res, s, g):
         for k, e in res["errors"].items():
             a(f"- {k}: `{e[:400]}`")
         a("")
-    a("## Goals (issue 9)\n")
+    a("## Goals (issue 14: as deployed, recording on)\n")
     for x in g:
         st = "n/a (not measured)" if x["met"] is None else ("**met**" if x["met"] else "**NOT met**")
-        a(f"- {x['goal']}: {st} — {x['detail']}")
+        a(f"- {x['goal']}: {st} — {x['detail']}" + (f". Why, and what it would take: {x['why']}" if x.get("why") else ""))
     a("\nNotes: on a 2-core machine with a trivially cheap upstream, the load generator, the upstream and every "
       "TLS-terminating hop compete for the same two cores, so throughput ratios to direct understate what a "
       "real API server (a few ms per request) would show; compare throughput with nginx's. Raw per-run figures "
@@ -917,7 +997,7 @@ def render_md(res, s, g):
 
 
 def main():
-    global BIN
+    global BIN, PATHS
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5, help="duration of each max-throughput measurement")
@@ -930,8 +1010,12 @@ def main():
                          "e.g. /dev/shm for an emptyDir with medium: Memory")
     ap.add_argument("--apisim", default=os.path.join(BIN, "kube-apisim"),
                     help="upstream binary (default: the release kube-apisim of this tree)")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help=f"comma list of paths to compare (direct and nginx always; of {','.join(ALL_PATHS)})")
     ap.add_argument("--only", default="", help="comma list to skip the rest: paths,lists,watches,ready,webhook")
     args = ap.parse_args()
+    want_paths = set(filter(None, args.paths.split(","))) | {"direct", "nginx", "sidecar"}
+    PATHS = [p for p in ALL_PATHS if p in want_paths]
     only = set(filter(None, args.only.split(",")))
     want = lambda k: not only or k in only  # noqa: E731
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -971,12 +1055,18 @@ def main():
         t0 = time.monotonic()
         env.start_sidecar()
         log(f"sidecar ready after {1000 * (time.monotonic() - t0):.0f} ms (first start, includes polling)")
+        if "sidecar-norec" in PATHS:
+            env.start_sidecar_norec()
         env.start_nginx()
-        env.start_kubectl_proxy()
+        if "kubectl-proxy" in PATHS:
+            env.start_kubectl_proxy()
         res["versions"] = versions(env)
         time.sleep(1)
         res["sidecar"]["rss_idle_mib"] = round(rss_kib([env.sidecar.pid]) / 1024, 1)
-        log(f"sidecar idle RSS {res['sidecar']['rss_idle_mib']} MiB")
+        if "sidecar-norec" in PATHS:
+            res["sidecar"]["rss_idle_norec_mib"] = round(rss_kib([env.sidecar_norec.pid]) / 1024, 1)
+        log(f"sidecar idle RSS {res['sidecar']['rss_idle_mib']} MiB "
+            f"(recording off: {res['sidecar'].get('rss_idle_norec_mib')} MiB)")
         # Correctness first: every path must answer 200 for both objects.
         for path in PATHS:
             for obj in OBJECTS:
