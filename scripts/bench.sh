@@ -3,13 +3,16 @@
 #
 # Not part of the test suite. Builds release binaries, installs the load tools from Debian if missing
 # (h2load from nghttp2-client, wrk, nginx-light), then runs scripts/bench/bench.py, which starts
-# kube-apisim, a collector, the sidecar (as deployed: policy, masking, recording, spool), nginx (TLS
-# reverse proxy) and `kubectl proxy` on 127.0.0.1 and compares them on the same upstream, interleaved,
-# several runs, medians. Writes bench/results.md and bench/results.json and prints the table.
+# kube-apisim, a collector, the sidecar (as deployed: policy, masking, recording, spool), the same sidecar
+# with recording off (no --collector-url; its stdout of events to /dev/null) and nginx (TLS reverse proxy)
+# on 127.0.0.1 and compares them with direct access on the same upstream (issue 14's table: 800 req/s
+# fixed rate, 16 connections x 10 streams at maximum), interleaved, several runs, medians; then evaluates
+# issue 14's goals. Writes bench/results.md and bench/results.json and prints the table.
 #
 #   scripts/bench.sh                      # 3 runs (about 10-15 minutes on 2 cores)
 #   scripts/bench.sh --runs 5 --seconds 10
-#   scripts/bench.sh --only paths         # just the four-path comparison (also: lists,watches,ready,webhook)
+#   scripts/bench.sh --only paths         # just the path comparison (also: lists,watches,ready,webhook)
+#   scripts/bench.sh --paths sidecar-norec,kubectl-proxy   # paths besides direct, nginx, sidecar
 #
 # Environment: BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
 # BENCH_NO_MASK_BENCH=1 (skip building the streaming-masker micro-bench sidecar/benches/mask_stream.rs).
