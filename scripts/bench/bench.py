@@ -393,7 +393,7 @@ current-context: bench
 
 
 class Env:
-    """The running set-up: upstream, collector, sidecar, nginx, kubectl proxy."""
+    """The running set-up: upstream, collector, sidecar (as deployed and with recording off), nginx, kubectl proxy."""
 
     def __init__(self, args, tmp, procs):
         self.args, self.tmp, self.procs = args, tmp, procs
@@ -839,10 +839,18 @@ def goals(res, s):
     line("throughput >= nginx's", ok, f"{MAX_CLIENTS} connections x {MAX_STREAMS} streams: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_max_req_per_s'), 0)} req/s vs nginx {fmt(ng.get(f'{o}_max_req_per_s'), 0)} "
                   f"= {fmt((sc.get(f'{o}_tput_vs_nginx') or 0) * 100, 1)} % (recording off "
-                  f"{fmt(nr.get(f'{o}_max_req_per_s'), 0)} req/s)"),
+                  f"{fmt(nr.get(f'{o}_max_req_per_s'), 0)} req/s)") + "; proxy CPU cores used at maximum: " + per_obj(
+        lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_cores_at_max'))}, recording off "
+                  f"{fmt(nr.get(f'{o}_cpu_cores_at_max'))}, nginx {fmt(ng.get(f'{o}_cpu_cores_at_max'))}"),
          "on 2 cores shared with h2load and the upstream, throughput is the inverse of CPU per request, so this "
          "goal falls with the CPU goal: the same per-request work (event serialisation, allocation, copies) has to "
-         "come down to nginx's level first.")
+         "come down to nginx's level first"
+         + (". Besides, with recording on the sidecar does not use the CPU it could: fewer cores at maximum than "
+            "with recording off, so something on the recording path (each response waits for its event's write to "
+            "the spool) serialises requests; it takes a profile of the spool writer under load (off-CPU time) and "
+            "batching the spool writes of concurrent responses."
+            if all((sc.get(f"{o}_cpu_cores_at_max") or 0) < (nr.get(f"{o}_cpu_cores_at_max") or 0) - 0.1
+                   for o in OBJECTS) else "."))
     ok = both(lambda o: None if sc.get(f"{o}_cpu_vs_nginx") is None else sc[f"{o}_cpu_vs_nginx"] <= 1.5)
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
@@ -858,7 +866,8 @@ def goals(res, s):
     line("1,000 open watches under 40 MB RSS", ok,
          f"{fmt(v, 1)} MiB = {fmt(v * 1.048576 if v is not None else None, 1)} MB with "
          f"{w.get('established')}/{w.get('requested')} watches established (one HTTP/1.1+TLS client connection each; "
-         f"sidecar {w.get('sidecar_fds')} fds)",
+         f"sidecar {w.get('sidecar_fds')} fds; measured on the sidecar of the runs above, which held "
+         f"{fmt(w.get('rss_before_mib'), 1)} MiB before the watches were opened, after the load and list phases)",
          "the upstream side shares HTTP/2 connections now (`forward::StreamPool`); what is left is one TLS "
          "connection per watch on the client side (about 23 KB each, docs/sidecar.md). Meeting it for this client "
          "shape takes less state per idle client connection (TLS and HTTP/1.1 buffers released or shrunk while a "
@@ -869,8 +878,10 @@ def goals(res, s):
          f"{fmt(v, 1)} MiB = {fmt(v * 1.048576 if v is not None else None, 1)} MB after start, before load"
          + (f" (recording off: {fmt(sd.get('rss_idle_norec_mib'), 1)} MiB)" if sd.get("rss_idle_norec_mib") else ""),
          "what is allocated up front decides it (the log writers' queues: 128,000 lines cost ~7 MiB, 8,192 lines "
-         "are committed; a global allocator adds 2-15 MiB, see below); smaller queues or fewer runtime threads "
-         "would bring it under.")
+         "are committed; a global allocator adds 2-15 MiB, see below); the notes below measured 14.2-14.4 MiB idle "
+         "at `2596a6d`, so if this figure is above that, something since then grew the start-up footprint and "
+         "takes finding (heap profile at start, e.g. heaptrack or the allocator's stats), besides smaller queues "
+         "or fewer runtime threads.")
     v = sd.get("mask_mb_per_cpu_s_50k")
     iso = (res.get("isolated_masker") or {}).get("50000", {}).get("mb_per_s")
     line("masking >= 400 MB/s of JSON per core", None if v is None else v >= 400,
@@ -1049,7 +1060,7 @@ def main():
     ok = False
     try:
         env = Env(args, tmp, procs)
-        log(f"temp dir {tmp}; starting kube-apisim, collector, sidecar, nginx, kubectl proxy")
+        log(f"temp dir {tmp}; starting kube-apisim, collector, " + ", ".join(p for p in PATHS if p != "direct"))
         env.start_apisim()
         env.start_collector()
         t0 = time.monotonic()
