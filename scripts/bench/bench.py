@@ -831,8 +831,8 @@ def goals(res, s):
                       f"(recording off {sfmt(added(nr, o, k))} ms)"),
              "the sidecar spends several times nginx's CPU per request (see the CPU goal), and at a fixed rate on 2 "
              "shared cores that CPU time becomes queueing time; recording on vs off shows what the event path adds. Closing it takes the "
-             "CPU-per-request work: the event serialised once from typed structs with the masked body as raw JSON "
-             "(serde_json `Value` parse + re-serialise and string escaping are the largest items in the profile), "
+             "CPU-per-request work (the event is already serialised once, with the masked body as raw JSON: "
+             "what is left is below, under the CPU goal), "
              "fewer allocations (malloc/free ~15 %; jemalloc/mimalloc cut 10-20 % of instructions but cost idle RSS), "
              "no UTF-8 re-validation or body copies where nothing is masked.")
     ok = both(lambda o: None if sc.get(f"{o}_tput_vs_nginx") is None else sc[f"{o}_tput_vs_nginx"] >= 1.0)
@@ -855,11 +855,12 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "about 1.2 M user-space instructions per proxied GET (callgrind, section below); the flat profile puts "
-         "the event built as a `serde_json::Value` and written again (string escaping 6 %, parse 5 %, `Value` "
-         "(de)serialisation ~7 %, indexmap/SipHash ~8 %) first, then malloc/free, `from_utf8` and memcpy. It takes "
-         "issue 14's \"serialise each event once\" item (typed borrowed event, raw-JSON bodies from the masker's "
-         "pass), a faster hasher or none on the hot maps, and a global allocator if its RSS cost is accepted.")
+         "about 1.2 M user-space instructions per proxied GET (callgrind, section below); the flat profile taken "
+         "before the event was serialised once put the event's `serde_json::Value` round trip first (string "
+         "escaping 6 %, parse 5 %, `Value` (de)serialisation ~7 %, indexmap/SipHash ~8 %), then malloc/free, "
+         "`from_utf8` and memcpy; serialising once removed 18-24 % of the instructions of a recorded GET (section "
+         "below). What is left takes a new profile of this build, a faster hasher "
+         "or none on the hot maps, and a global allocator if its RSS cost is accepted.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
