@@ -10,6 +10,7 @@ pub mod audit;
 pub mod body;
 pub mod collector;
 pub mod contract;
+pub mod enduser;
 pub mod identity;
 pub mod mask;
 pub mod names;

@@ -12,6 +12,7 @@ pub mod approval;
 pub mod assemble;
 pub mod bodies;
 pub mod config;
+pub mod enduser;
 pub mod error;
 pub mod forward;
 pub mod hooks;
