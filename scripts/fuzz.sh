@@ -38,13 +38,19 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 fuzz/seed.sh
+# The instrumented release build of the dependencies (kube, k8s-openapi, cel,
+# ...) takes minutes on two cores and changes only with Cargo.lock, so its
+# target dir lives outside the checkout (CI clones fresh) and is reused;
+# cargo rebuilds whatever changed, and builds it all when the cache is gone.
+FUZZ_TARGET=${MCP_WARDEN_FUZZ_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/mcp-warden/fuzz-target}
+mkdir -p "$FUZZ_TARGET"
 # All targets in one cargo build (they share every dependency).
-RUSTC_BOOTSTRAP=1 cargo fuzz build "${FUZZ_FLAGS[@]}"
+RUSTC_BOOTSTRAP=1 cargo fuzz build "${FUZZ_FLAGS[@]}" --target-dir "$FUZZ_TARGET"
 
 failed=()
 summary=()
 for t in "${TARGETS[@]}"; do
-  bin="$ROOT/fuzz/target/$TRIPLE/release/$t"
+  bin="$FUZZ_TARGET/$TRIPLE/release/$t"
   art="$ROOT/fuzz/artifacts/$t"
   reg="$ROOT/fuzz/regressions/$t"
   mkdir -p "$art" "$reg" "$ROOT/fuzz/corpus/$t"
