@@ -17,3 +17,4 @@ pub mod names;
 pub mod policy;
 pub mod proto;
 pub mod status;
+pub mod preview;
