@@ -22,6 +22,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::status::{Reason, Status, StatusDetails};
+
 /// How a value the masker hides is shown.
 pub const MASKED: &str = "(masked)";
 /// How an absent value is shown.
@@ -472,6 +474,47 @@ pub fn resource_version(v: &Value) -> String {
         .to_string()
 }
 
+/// The server's refusal of the dry run as the app gets it: its `Status`
+/// (reason, message, details, code) read from the answer `body` with HTTP
+/// `code`; a body that is not a Status keeps the code with a reason from it.
+pub fn refusal_status(code: u16, body: &Value) -> Status {
+    let by_code = || match code {
+        400 => Reason::BadRequest,
+        401 => Reason::Unauthorized,
+        403 => Reason::Forbidden,
+        404 => Reason::NotFound,
+        405 => Reason::MethodNotAllowed,
+        409 => Reason::Conflict,
+        410 => Reason::Gone,
+        413 => Reason::RequestEntityTooLarge,
+        415 => Reason::UnsupportedMediaType,
+        422 => Reason::Invalid,
+        429 => Reason::TooManyRequests,
+        503 => Reason::ServiceUnavailable,
+        504 => Reason::Timeout,
+        _ => Reason::InternalError,
+    };
+    let reason = body
+        .get("reason")
+        .cloned()
+        .and_then(|r| serde_json::from_value::<Reason>(r).ok())
+        .unwrap_or_else(by_code);
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the server refused the request (HTTP {code})"));
+    let mut status = Status::new(reason, message);
+    status.details = body
+        .get("details")
+        .cloned()
+        .and_then(|d| serde_json::from_value::<StatusDetails>(d).ok());
+    if reason.code() != code {
+        status.code = Some(code);
+    }
+    status
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -634,6 +677,24 @@ mod tests {
         let p = Preview::new(PreviewKind::Change, 200, String::new(), Vec::new());
         assert_eq!(p.summary, "no field changes");
         assert!(render(&p).contains("(no field changes)"));
+    }
+
+    #[test]
+    fn the_servers_refusal_is_kept() {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "deployments.apps \"web\" is forbidden: User \"x\" cannot delete resource",
+            "reason": "Forbidden", "details": {"name": "web", "group": "apps", "kind": "deployments"}, "code": 403});
+        let s = refusal_status(403, &body);
+        assert_eq!(s.code(), 403);
+        assert_eq!(s.reason, Reason::Forbidden);
+        assert_eq!(s.details.as_ref().unwrap().name, "web");
+        assert!(s.message.starts_with("deployments.apps \"web\" is forbidden"));
+        let odd = refusal_status(422, &json!({"reason": "SomethingNew"}));
+        assert_eq!(odd.reason, Reason::Invalid);
+        assert_eq!(odd.code(), 422);
+        let teapot = refusal_status(418, &json!("not a status"));
+        assert_eq!(teapot.code(), 418);
+        assert!(teapot.message.contains("HTTP 418"));
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub(crate) async fn read_for_decision(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
+        bodies.request = Some(crate::hooks::RequestBody {
+            bytes: bytes.clone(),
+            content_type: content_type.map(str::to_string),
+        });
         match body::to_json(content_type, &bytes) {
             Ok(v) => bodies.object = Some(v),
             Err(e) => {
