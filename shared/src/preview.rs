@@ -222,6 +222,26 @@ fn shown(raw: &Value, masked: Option<&Value>) -> String {
     }
 }
 
+/// `v` with the zero values its kind's Go type leaves out put back, where
+/// absence means zero: an `autoscaling/v1` `Scale`'s `spec.replicas` is a
+/// non-pointer `int32` with `omitempty`, so a scale to 0 comes back without
+/// it (unlike a Deployment's `spec.replicas`, a pointer whose absence means
+/// the default, 1).
+pub fn with_zero_values(v: &Value) -> Value {
+    let mut v = v.clone();
+    let is_scale = v.get("kind").and_then(Value::as_str) == Some("Scale")
+        && v.get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.starts_with("autoscaling/"));
+    if is_scale
+        && let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut)
+        && !spec.contains_key("replicas")
+    {
+        spec.insert("replicas".into(), Value::from(0));
+    }
+    v
+}
+
 /// The leaf changes from `old` to `new` (the live object and the dry-run
 /// result), values shown only where `masked_old`/`masked_new` (the same
 /// objects through the policy's masker) hold them unchanged. Objects are
@@ -556,6 +576,20 @@ mod tests {
         let text = render(&p);
         assert!(text.contains("~ spec.replicas: 3 → 0"), "{text}");
         assert!(text.contains("HTTP 200"), "{text}");
+    }
+
+    #[test]
+    fn a_scale_to_zero_has_no_replicas_and_means_zero() {
+        let live = json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": "web", "resourceVersion": "7"}, "spec": {"replicas": 3}, "status": {"replicas": 3}});
+        let dry = json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": "web", "resourceVersion": "7"}, "spec": {}, "status": {"replicas": 3}});
+        let (a, b) = (with_zero_values(&live), with_zero_values(&dry));
+        let lines: Vec<String> = diff(&a, &b, &a, &b).iter().map(FieldChange::line).collect();
+        assert_eq!(lines, vec!["spec.replicas 3 → 0"]);
+        // Elsewhere absence is not zero.
+        let d = json!({"kind": "Deployment", "apiVersion": "apps/v1", "spec": {}});
+        assert_eq!(with_zero_values(&d), d);
     }
 
     #[test]

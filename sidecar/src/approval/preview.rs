@@ -225,7 +225,8 @@ pub async fn run(
         ));
     }
     // 3. What it would do.
-    let result = result.unwrap_or(Value::Null);
+    let result = preview::with_zero_values(&result.unwrap_or(Value::Null));
+    let live = live.map(|l| l.map(|l| preview::with_zero_values(&l)));
     let rv = match &live {
         Some(Ok(l)) => resource_version(l),
         _ => String::new(),
