@@ -111,7 +111,12 @@ fn is_zero(n: &u32) -> bool {
 
 impl Preview {
     /// A preview with `changes` (cut at [`MAX_CHANGES`]) and its summary.
-    pub fn new(kind: PreviewKind, code: u16, object: String, mut changes: Vec<FieldChange>) -> Self {
+    pub fn new(
+        kind: PreviewKind,
+        code: u16,
+        object: String,
+        mut changes: Vec<FieldChange>,
+    ) -> Self {
         let total = changes.len();
         changes.truncate(MAX_CHANGES);
         let omitted = u32::try_from(total - changes.len()).unwrap_or(u32::MAX);
@@ -250,18 +255,13 @@ pub fn with_zero_values(v: &Value) -> Value {
 pub fn diff(old: &Value, new: &Value, masked_old: &Value, masked_new: &Value) -> Vec<FieldChange> {
     let mut out = Vec::new();
     let mut path = Vec::new();
-    walk(
-        Some(old),
-        Some(new),
-        &mut path,
-        &mut |path, o, n| {
-            out.push(FieldChange {
-                path: path_string(path),
-                old: o.map(|o| shown(o, at(masked_old, path))),
-                new: n.map(|n| shown(n, at(masked_new, path))),
-            })
-        },
-    );
+    walk(Some(old), Some(new), &mut path, &mut |path, o, n| {
+        out.push(FieldChange {
+            path: path_string(path),
+            old: o.map(|o| shown(o, at(masked_old, path))),
+            new: n.map(|n| shown(n, at(masked_new, path))),
+        })
+    });
     out
 }
 
@@ -271,11 +271,14 @@ pub fn fields_set(new: &Value, masked_new: &Value) -> Vec<FieldChange> {
     diff(&empty, new, &empty, masked_new)
 }
 
+/// Called with each changed leaf: its path, the old and the new value.
+type Emit<'e, 'v> = dyn FnMut(&[Step<'v>], Option<&'v Value>, Option<&'v Value>) + 'e;
+
 fn walk<'v>(
     old: Option<&'v Value>,
     new: Option<&'v Value>,
     path: &mut Vec<Step<'v>>,
-    emit: &mut dyn FnMut(&[Step<'v>], Option<&'v Value>, Option<&'v Value>),
+    emit: &mut Emit<'_, 'v>,
 ) {
     if is_noise(path) || old == new {
         return;
@@ -300,14 +303,10 @@ fn walk<'v>(
         }
         // A whole object or array appears or goes: its leaves, so that each
         // is masked on its own.
-        (None, Some(v @ (Value::Object(_) | Value::Array(_))))
-            if !is_empty_container(v) =>
-        {
+        (None, Some(v @ (Value::Object(_) | Value::Array(_)))) if !is_empty_container(v) => {
             each_child(v, path, &mut |path, c| walk(None, Some(c), path, emit));
         }
-        (Some(v @ (Value::Object(_) | Value::Array(_))), None)
-            if !is_empty_container(v) =>
-        {
+        (Some(v @ (Value::Object(_) | Value::Array(_))), None) if !is_empty_container(v) => {
             each_child(v, path, &mut |path, c| walk(Some(c), None, path, emit));
         }
         (o, n) => emit(path, o, n),
@@ -365,13 +364,13 @@ fn collect_hidden<'v>(
     out: &mut Vec<String>,
 ) {
     match raw {
-        Value::String(s) => {
-            if at(masked, path) != Some(raw) && !s.is_empty() {
-                out.push(s.clone());
-            }
+        Value::String(s) if !s.is_empty() && at(masked, path) != Some(raw) => {
+            out.push(s.clone());
         }
         Value::Object(_) | Value::Array(_) => {
-            each_child(raw, path, &mut |path, c| collect_hidden(c, masked, path, out));
+            each_child(raw, path, &mut |path, c| {
+                collect_hidden(c, masked, path, out)
+            });
         }
         _ => {}
     }
@@ -446,12 +445,15 @@ pub fn render(p: &Preview) -> String {
         let (mark, text) = match (&c.old, &c.new) {
             (None, Some(n)) => ('+', format!("{}: {n}", c.path)),
             (Some(o), None) => ('-', format!("{}: {o}", c.path)),
-            _ => ('~', format!(
-                "{}: {} → {}",
-                c.path,
-                c.old.as_deref().unwrap_or(ABSENT),
-                c.new.as_deref().unwrap_or(ABSENT)
-            )),
+            _ => (
+                '~',
+                format!(
+                    "{}: {} → {}",
+                    c.path,
+                    c.old.as_deref().unwrap_or(ABSENT),
+                    c.new.as_deref().unwrap_or(ABSENT)
+                ),
+            ),
         };
         let _ = writeln!(s, "  {mark} {text}");
     }
@@ -645,11 +647,21 @@ mod tests {
             ]
         );
         let p = Preview::new(PreviewKind::Change, 200, object_name(&new), changes);
-        let all = format!("{}{}{}", p.summary, render(&p), serde_json::to_string(&p).unwrap());
+        let all = format!(
+            "{}{}{}",
+            p.summary,
+            render(&p),
+            serde_json::to_string(&p).unwrap()
+        );
         for secret in ["bmV3LXNlY3JldA==", "b2xkLXB3", "dG9r", "KioqKio="] {
             assert!(!all.contains(secret), "{secret} in {all}");
         }
-        assert!(p.summary.starts_with("2 fields: data.password (masked) → (masked)"), "{}", p.summary);
+        assert!(
+            p.summary
+                .starts_with("2 fields: data.password (masked) → (masked)"),
+            "{}",
+            p.summary
+        );
         assert_eq!(
             hidden_strings(&new, &mask(&new)),
             vec!["YWRtaW4=", "bmV3LXNlY3JldA==", "dG9r"]
@@ -673,11 +685,22 @@ mod tests {
             ]
         );
         let p = Preview::new(PreviewKind::Create, 201, object_name(&obj), set);
-        assert!(p.summary.starts_with("4 fields set: data.k"), "{}", p.summary);
+        assert!(
+            p.summary.starts_with("4 fields set: data.k"),
+            "{}",
+            p.summary
+        );
         let d = Preview::new(PreviewKind::Delete, 200, object_name(&obj), Vec::new());
         assert_eq!(d.summary, "deletes ConfigMap n/c");
-        assert!(render(&d).contains("deletes ConfigMap n/c"), "{}", render(&d));
-        assert_eq!(resource_version(&json!({"metadata": {"resourceVersion": "9"}})), "9");
+        assert!(
+            render(&d).contains("deletes ConfigMap n/c"),
+            "{}",
+            render(&d)
+        );
+        assert_eq!(
+            resource_version(&json!({"metadata": {"resourceVersion": "9"}})),
+            "9"
+        );
         assert_eq!(resource_version(&json!({})), "");
     }
 
@@ -695,9 +718,17 @@ mod tests {
         let p = Preview::new(PreviewKind::Change, 200, String::new(), changes);
         assert_eq!(p.changes.len(), MAX_CHANGES);
         assert_eq!(p.omitted, 7);
-        assert!(p.summary.starts_with("107 fields: data.key0000"), "{}", p.summary);
+        assert!(
+            p.summary.starts_with("107 fields: data.key0000"),
+            "{}",
+            p.summary
+        );
         assert!(p.summary.ends_with(", ..."), "{}", p.summary);
-        assert!(p.summary.chars().count() < MAX_SUMMARY_CHARS * 2, "{}", p.summary);
+        assert!(
+            p.summary.chars().count() < MAX_SUMMARY_CHARS * 2,
+            "{}",
+            p.summary
+        );
         assert!(render(&p).contains("... and 7 more"));
     }
 
@@ -707,7 +738,10 @@ mod tests {
         assert!(diff(&a, &a, &a, &a).is_empty());
         let b = json!({"spec": {"ports": [1, 3]}});
         let lines: Vec<String> = diff(&a, &b, &a, &b).iter().map(FieldChange::line).collect();
-        assert_eq!(lines, vec!["spec.ports[1] 2 → 3", "spec.ports[2] 3 → (none)"]);
+        assert_eq!(
+            lines,
+            vec!["spec.ports[1] 2 → 3", "spec.ports[2] 3 → (none)"]
+        );
         let p = Preview::new(PreviewKind::Change, 200, String::new(), Vec::new());
         assert_eq!(p.summary, "no field changes");
         assert!(render(&p).contains("(no field changes)"));
@@ -722,7 +756,10 @@ mod tests {
         assert_eq!(s.code(), 403);
         assert_eq!(s.reason, Reason::Forbidden);
         assert_eq!(s.details.as_ref().unwrap().name, "web");
-        assert!(s.message.starts_with("deployments.apps \"web\" is forbidden"));
+        assert!(
+            s.message
+                .starts_with("deployments.apps \"web\" is forbidden")
+        );
         let odd = refusal_status(422, &json!({"reason": "SomethingNew"}));
         assert_eq!(odd.reason, Reason::Invalid);
         assert_eq!(odd.code(), 422);

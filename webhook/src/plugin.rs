@@ -323,20 +323,30 @@ mod tests {
 
     #[test]
     fn show_prints_the_preview_as_a_diff() {
-        let o = ar(json!({"metadata": {"name": "patch-deployments-x", "namespace": "mcp"},
+        let o = ar(
+            json!({"metadata": {"name": "patch-deployments-x", "namespace": "mcp"},
             "spec": {"summary": "patch deployments.apps/scale prod/web", "rule": "scales",
                      "requester": {"serviceAccount": "sa"}, "expiresAt": "2026-11-22T01:05:00Z"},
             "status": {"state": "Pending", "preview": {"code": 200, "kind": "Change",
                 "object": "Scale prod/web", "resourceVersion": "42",
                 "changes": [{"path": "spec.replicas", "old": "3", "new": "0"},
                             {"path": "data.password", "old": "(masked)", "new": "(masked)"}],
-                "summary": "2 fields: spec.replicas 3 → 0, data.password (masked) → (masked)"}}}));
+                "summary": "2 fields: spec.replicas 3 → 0, data.password (masked) → (masked)"}}}),
+        );
         let t = show_text(&o);
         assert!(t.contains("Name:       patch-deployments-x"), "{t}");
         assert!(t.contains("State:      Pending"), "{t}");
-        assert!(t.contains("Preview (dry run answered HTTP 200): changes Scale prod/web at resourceVersion 42"), "{t}");
+        assert!(
+            t.contains(
+                "Preview (dry run answered HTTP 200): changes Scale prod/web at resourceVersion 42"
+            ),
+            "{t}"
+        );
         assert!(t.contains("  ~ spec.replicas: 3 → 0\n"), "{t}");
-        assert!(t.contains("  ~ data.password: (masked) → (masked)\n"), "{t}");
+        assert!(
+            t.contains("  ~ data.password: (masked) → (masked)\n"),
+            "{t}"
+        );
         let table = pending_table(&[o], datetime!(2026-11-22 01:00:00 UTC), false);
         assert!(table.contains("2 fields: spec.replicas 3 → 0"), "{table}");
         let bare = ar(json!({"metadata": {"name": "a"}, "spec": {}}));

@@ -126,7 +126,10 @@ mod tests {
             "mcp",
         );
         assert!(t.contains("Preview: 1 field: spec.replicas 3 → 0."), "{t}");
-        assert!(t.ends_with("kubectl mcp-warden approve patch-deployments-x -n mcp"), "{t}");
+        assert!(
+            t.ends_with("kubectl mcp-warden approve patch-deployments-x -n mcp"),
+            "{t}"
+        );
         let t = text("sa", "delete x", "r", None, "a/b", "t", "b", "a");
         assert!(!t.contains("Preview"), "{t}");
     }

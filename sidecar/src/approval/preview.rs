@@ -196,9 +196,7 @@ pub async fn run(
         Some(live_object(client, &ctx.path_and_query).await)
     };
     // 2. The same request, dry run.
-    let (bytes, content_type) = body
-        .map(|b| (b.bytes, b.content_type))
-        .unwrap_or_default();
+    let (bytes, content_type) = body.map(|b| (b.bytes, b.content_type)).unwrap_or_default();
     let answer = send(
         client,
         ctx.method.clone(),
@@ -353,7 +351,11 @@ mod tests {
     fn only_changes_are_previewed_and_the_dry_run_keeps_the_query() {
         for (m, p, yes) in [
             ("DELETE", "/api/v1/namespaces/n/secrets/s", true),
-            ("PATCH", "/apis/apps/v1/namespaces/n/deployments/d/scale", true),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/n/deployments/d/scale",
+                true,
+            ),
             ("POST", "/api/v1/namespaces/n/configmaps", true),
             ("PUT", "/api/v1/namespaces/n/configmaps/c", true),
             ("GET", "/api/v1/namespaces/n/secrets/s", false),
@@ -386,8 +388,16 @@ mod tests {
         let s = refusal(&masker, &attrs, Some(&sent), 422, &answer);
         assert_eq!(s.code(), 422);
         assert_eq!(s.reason, Reason::Invalid);
-        assert!(s.message.starts_with("Secret \"s\" is invalid"), "{}", s.message);
-        assert!(!s.message.contains("c3VwZXItc2VjcmV0LXZhbHVl"), "{}", s.message);
+        assert!(
+            s.message.starts_with("Secret \"s\" is invalid"),
+            "{}",
+            s.message
+        );
+        assert!(
+            !s.message.contains("c3VwZXItc2VjcmV0LXZhbHVl"),
+            "{}",
+            s.message
+        );
         assert!(!s.message.contains("super-secret-value"), "{}", s.message);
     }
 }

@@ -35,7 +35,9 @@ use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
 use mcp_warden_tests::realkube::{ADMIN, ALICE, RealKube};
-use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream, Webhook, WebhookOptions};
+use mcp_warden_tests::stack::{
+    Collector, Sidecar, SidecarOptions, Upstream, Webhook, WebhookOptions,
+};
 use serde_json::{Value, json};
 
 /// Bound for one kubectl or plugin run; shorter than the approval timeout,
@@ -92,7 +94,9 @@ struct Env<'a> {
 impl Env<'_> {
     fn admin_json(&self, args: &[&str]) -> Value {
         let out = run(
-            (self.admin)().args(args).args(["-n", self.ns, "-o", "json"]),
+            (self.admin)()
+                .args(args)
+                .args(["-n", self.ns, "-o", "json"]),
             LIMIT,
         )
         .unwrap();
@@ -209,7 +213,9 @@ fn scale_to_zero_is_previewed(env: &Env<'_>) {
         "{ar}"
     );
     assert!(
-        preview["resourceVersion"].as_str().is_some_and(|v| !v.is_empty()),
+        preview["resourceVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
         "{ar}"
     );
     let pending = env.plugin_ok(&["pending"]);
@@ -232,7 +238,10 @@ fn scale_to_zero_is_previewed(env: &Env<'_>) {
     // The approver still sees what they approved.
     let used = env.admin_json(&["get", "accessrequest", &name]);
     assert_eq!(used["status"]["state"], "Used", "{used}");
-    assert_eq!(used["status"]["preview"]["changes"][0]["path"], "spec.replicas");
+    assert_eq!(
+        used["status"]["preview"]["changes"][0]["path"],
+        "spec.replicas"
+    );
 }
 
 /// A patch of a Secret: the key shows as changed, the value never.
@@ -250,7 +259,10 @@ fn secret_values_never_show(env: &Env<'_>) {
         "an unchanged key is not a change: {ar}"
     );
     let show = env.plugin_ok(&["show", &name]);
-    assert!(show.contains("~ data.password: (masked) → (masked)"), "{show}");
+    assert!(
+        show.contains("~ data.password: (masked) → (masked)"),
+        "{show}"
+    );
     let pending = env.plugin_ok(&["pending"]);
     let stored = env.admin_json(&["get", "accessrequest", &name]).to_string();
     let all = format!("{show}\n{pending}\n{stored}\n{ar}");
@@ -265,7 +277,10 @@ fn secret_values_never_show(env: &Env<'_>) {
     assert_eq!(s["data"]["password"], b64(OLD_SECRET), "{s}");
     let recorded = env.recorded("patch", "db", None).to_string();
     for secret in [NEW_SECRET, &b64(NEW_SECRET)] {
-        assert!(!recorded.contains(secret), "{secret:?} recorded: {recorded}");
+        assert!(
+            !recorded.contains(secret),
+            "{secret:?} recorded: {recorded}"
+        );
     }
 }
 
@@ -282,11 +297,15 @@ fn refused_at_once(env: &Env<'_>, args: &[&str], name: &str, code: u16, says: &[
     for s in says {
         assert!(err.contains(s), "{s:?} not in: {err}");
     }
-    assert!(!err.contains("mcp-warden"), "the server's own answer: {err}");
+    assert!(
+        !err.contains("mcp-warden"),
+        "the server's own answer: {err}"
+    );
     let ars = env.access_requests();
     assert_eq!(ars.len(), before, "an AccessRequest was created: {ars:?}");
     assert!(
-        !ars.iter().any(|a| a["spec"]["name"] == name && a["spec"]["verb"] == "delete"),
+        !ars.iter()
+            .any(|a| a["spec"]["name"] == name && a["spec"]["verb"] == "delete"),
         "{ars:?}"
     );
     let e = env.recorded("delete", name, None);
@@ -297,7 +316,13 @@ fn refused_at_once(env: &Env<'_>, args: &[&str], name: &str, code: u16, says: &[
 /// The object changes after the preview: the approved request fails, saying so.
 fn a_change_after_the_preview_fails_the_approval(env: &Env<'_>) {
     let (held, ar) = env.held(
-        &["patch", "configmap", "moving", "-p", r#"{"data":{"k":"approved"}}"#],
+        &[
+            "patch",
+            "configmap",
+            "moving",
+            "-p",
+            r#"{"data":{"k":"approved"}}"#,
+        ],
         "patch",
         "moving",
     );
@@ -320,7 +345,11 @@ fn a_change_after_the_preview_fails_the_approval(env: &Env<'_>) {
         LIMIT,
     )
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.plugin_ok(&["approve", &name]);
     let (ok, err) = ended(held);
     assert!(!ok, "the approved patch went through after the change");
@@ -420,7 +449,11 @@ fn previews_on_the_real_server() {
         .tempdir_in(kube.work_dir())
         .unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, kube.service_account_token(ns, sa, 3600).unwrap()).unwrap();
+    std::fs::write(
+        &token_file,
+        kube.service_account_token(ns, sa, 3600).unwrap(),
+    )
+    .unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let collector = Collector::start().unwrap();
@@ -509,7 +542,11 @@ fn previews_on_kube_apisim() {
     let cfg = dir.path().join("mwc.yaml");
     std::fs::write(&cfg, webhook.accessrequest_mutating_config()).unwrap();
     let out = run(sim.kubectl("32").args(["apply", "-f"]).arg(&cfg), LIMIT).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = run(
         sim.kubectl("32")
             .args(["create", "token", "default", "-n", ns]),
