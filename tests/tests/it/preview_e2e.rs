@@ -7,7 +7,8 @@
 //! plugin:
 //!
 //! - a held `kubectl scale --replicas=0` of a Deployment with 3 replicas
-//!   shows `spec.replicas 3 → 0` in `pending` and `show`; approved, it goes
+//!   shows `spec.replicas 3 → 0` in `pending`, `show` and the notification
+//!   (a Slack-style receiver on loopback); approved, it goes
 //!   through and is recorded `mcp-warden.io/preview: shown`;
 //! - a held patch of a Secret shows `data.password` changed, `(masked)`: the
 //!   value (base64 or clear) appears nowhere in the AccessRequest, the
@@ -89,6 +90,8 @@ struct Env<'a> {
     approver: PathBuf,
     sidecar: &'a Sidecar,
     collector: &'a Collector,
+    /// The bodies the sidecar's `--approval-notify-url` received.
+    notified: std::sync::mpsc::Receiver<String>,
 }
 
 impl Env<'_> {
@@ -217,6 +220,12 @@ fn scale_to_zero_is_previewed(env: &Env<'_>) {
             .as_str()
             .is_some_and(|v| !v.is_empty()),
         "{ar}"
+    );
+    let note: Value = serde_json::from_str(&env.notified.recv_timeout(SETTLE).unwrap()).unwrap();
+    let text = note["text"].as_str().unwrap();
+    assert!(
+        text.contains("Preview: 1 field: spec.replicas 3 → 0.") && text.contains(&name),
+        "{text}"
     );
     let pending = env.plugin_ok(&["pending"]);
     assert!(
@@ -366,6 +375,46 @@ fn a_change_after_the_preview_fails_the_approval(env: &Env<'_>) {
     assert_eq!(e["responseStatus"]["code"], 409, "{e}");
 }
 
+/// A Slack-style incoming webhook on loopback: the body of every POST.
+fn notify_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/services/T000/B000/XXX", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Bounded: one connection per held request of a test.
+        for _ in 0..16 {
+            let Ok((mut s, _)) = l.accept() else { return };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let Some(i) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let len = text[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= i + 4 + len {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                    );
+                    let _ = tx.send(text[i + 4..].to_string());
+                    break;
+                }
+            }
+        }
+    });
+    (url, rx)
+}
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
@@ -457,10 +506,16 @@ fn previews_on_the_real_server() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let collector = Collector::start().unwrap();
+    let (notify_url, notified) = notify_receiver();
     let mut opts = SidecarOptions::default()
         .policy(&policy)
         .collector(&collector)
-        .args(["--approval-timeout", "120s"]);
+        .args([
+            "--approval-timeout",
+            "120s",
+            "--approval-notify-url",
+            notify_url.as_str(),
+        ]);
     opts.pod_namespace = Some(ns.to_string());
     let sidecar = Sidecar::start_upstream(
         &Upstream {
@@ -482,6 +537,7 @@ fn previews_on_the_real_server() {
         approver: kube.kubeconfig_path(ALICE),
         sidecar: &sidecar,
         collector: &collector,
+        notified,
     };
 
     scale_to_zero_is_previewed(&env);
@@ -558,10 +614,16 @@ fn previews_on_kube_apisim() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let collector = Collector::start().unwrap();
+    let (notify_url, notified) = notify_receiver();
     let mut opts = SidecarOptions::default()
         .policy(&policy)
         .collector(&collector)
-        .args(["--approval-timeout", "120s"]);
+        .args([
+            "--approval-timeout",
+            "120s",
+            "--approval-notify-url",
+            notify_url.as_str(),
+        ]);
     opts.upstream_token_file = Some(token_file);
     opts.pod_namespace = Some(ns.to_string());
     let sidecar = Sidecar::start(&sim, opts).unwrap();
@@ -578,6 +640,7 @@ fn previews_on_kube_apisim() {
         approver: alice,
         sidecar: &sidecar,
         collector: &collector,
+        notified,
     };
 
     scale_to_zero_is_previewed(&env);
