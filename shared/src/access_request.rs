@@ -112,6 +112,10 @@ pub struct AccessRequestStatus {
     /// Why (the approver's words, or the sidecar's on expiry).
     #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub reason: String,
+    /// What the request would do, from the server's dry run (written by the
+    /// sidecar with Pending; absent when no dry run applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<crate::preview::Preview>,
 }
 
 /// `status.state`. Moves only Pending→Approved|Denied|Expired and

@@ -30,6 +30,11 @@ pub const ANN_APPROVED_BY: &str = "mcp-warden.io/approved-by";
 /// Recorded on the audit events of approved requests: `NAMESPACE/NAME` of
 /// the AccessRequest.
 pub const ANN_ACCESS_REQUEST: &str = "mcp-warden.io/access-request";
+/// Recorded on the audit events of requests an `approve` rule held: what the
+/// dry-run preview said (`refused`: the server would refuse it, answered at
+/// once, nobody asked; `shown`: approved after the approver saw the preview;
+/// `changed`: approved, but the object changed since the preview, refused).
+pub const ANN_PREVIEW: &str = "mcp-warden.io/preview";
 
 /// Sidecar container name.
 pub const SIDECAR_NAME: &str = "mcp-warden";
@@ -182,6 +187,7 @@ mod tests {
             POLICY_ANNOTATION,
             ANN_APPROVED_BY,
             ANN_ACCESS_REQUEST,
+            ANN_PREVIEW,
             TLS_NOT_AFTER_ANNOTATION,
             CA_NOT_AFTER_ANNOTATION,
             DNS_NAMES_ANNOTATION,

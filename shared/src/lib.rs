@@ -15,5 +15,6 @@ pub mod identity;
 pub mod mask;
 pub mod names;
 pub mod policy;
+pub mod preview;
 pub mod proto;
 pub mod status;

@@ -4,7 +4,8 @@
 //! - `object`: the request body of a create, update or patch, read whole
 //!   (at most [`DEFAULT_MAX_BODY_BYTES`], else the same 413 as everywhere)
 //!   and decoded by [`mcp_warden_shared::body`] (JSON, YAML, protobuf); the
-//!   same bytes are then forwarded and recorded. A body that does not
+//!   same bytes are then forwarded and recorded, and kept as they came (with
+//!   their `Content-Type`) for an approval's dry run. A body that does not
 //!   decode is `None`.
 //! - `oldObject`: the live object of an update, patch or delete of a named
 //!   object, fetched by a GET of the request's path as JSON with the
@@ -92,6 +93,10 @@ pub(crate) async fn read_for_decision(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
+        bodies.request = Some(crate::hooks::RequestBody {
+            bytes: bytes.clone(),
+            content_type: content_type.map(str::to_string),
+        });
         match body::to_json(content_type, &bytes) {
             Ok(v) => bodies.object = Some(v),
             Err(e) => {

@@ -102,6 +102,10 @@ pub enum Refusal {
     /// The upstream could not be reached or failed before responding.
     #[error("upstream request failed: {0}")]
     Upstream(String),
+    /// A Status answered as it is: the server's own refusal of an approval's
+    /// dry run (masked), or the approval's conflict when the object changed.
+    #[error("{}", .0.message)]
+    Status(Box<Status>),
 }
 
 impl From<crate::mask_body::MaskBodyError> for Refusal {
@@ -178,6 +182,7 @@ impl Refusal {
                 Reason::BadGateway,
                 format!("mcp-warden: upstream unavailable: {m}"),
             ),
+            Refusal::Status(s) => (**s).clone(),
         }
     }
 

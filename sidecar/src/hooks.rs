@@ -111,6 +111,18 @@ pub struct DecisionBodies {
     pub object: Option<serde_json::Value>,
     /// The live object, as the upstream answered a GET of it.
     pub old_object: Option<serde_json::Value>,
+    /// The request body as it came (set with `object`): what an approval's
+    /// dry run sends again.
+    pub request: Option<RequestBody>,
+}
+
+/// A request body as read, with its `Content-Type`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBody {
+    /// The bytes, as they will be forwarded.
+    pub bytes: Bytes,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
 }
 
 impl DecisionBodies {
@@ -155,6 +167,9 @@ pub struct Decision {
     pub forward_impersonation: bool,
     /// Set when a person approved the request (an `approve` rule).
     pub approval: Option<Approval>,
+    /// What the approval's dry-run preview said, recorded as
+    /// `mcp-warden.io/preview` (`refused`, `shown`, `changed`).
+    pub preview: Option<&'static str>,
 }
 
 impl Decision {
@@ -167,6 +182,7 @@ impl Decision {
             refusal: None,
             forward_impersonation: false,
             approval: None,
+            preview: None,
         }
     }
 
@@ -191,6 +207,7 @@ impl Decision {
             refusal: Some(refusal),
             forward_impersonation: false,
             approval: None,
+            preview: None,
         }
     }
 
@@ -203,6 +220,7 @@ impl Decision {
             refusal: None,
             forward_impersonation: false,
             approval: Some(approval),
+            preview: None,
         }
     }
 
@@ -224,6 +242,7 @@ impl Decision {
                 .then(|| Refusal::forbidden(attrs, d.refusal_reason())),
             forward_impersonation: !imp.is_empty() && (d.action == Action::Allow || !d.enforced),
             approval: None,
+            preview: None,
         }
     }
 }

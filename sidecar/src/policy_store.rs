@@ -1100,6 +1100,7 @@ mod tests {
             Some(hooks::DecisionBodies {
                 object: Some(serde_json::json!({"spec": {"replicas": 0}})),
                 old_object: None,
+                ..Default::default()
             }),
         );
         assert_eq!(
@@ -1151,6 +1152,7 @@ mod tests {
             Some(hooks::DecisionBodies {
                 object: None,
                 old_object: Some(serde_json::json!({"metadata": {"name": "web"}})),
+                ..Default::default()
             }),
         );
         let d = futures::executor::block_on(decider.decide(&delete));

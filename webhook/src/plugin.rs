@@ -4,7 +4,9 @@
 //! subresource of an `AccessRequest` with the user's own kubeconfig
 //! credentials (RBAC: `update` on `accessrequests/status`); the admission
 //! webhook stamps `decidedBy` from the authenticated user, so the plugin
-//! never sends an identity. `pending [-n NS | -A]` lists what waits.
+//! never sends an identity. `pending [-n NS | -A]` lists what waits, with
+//! the one-line summary of each preview; `show NAME [-n NS]` prints one
+//! AccessRequest with its preview (the server's dry run) as a field diff.
 
 use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams, PostParams};
@@ -36,6 +38,15 @@ pub enum PluginCommand {
     Approve(Decide),
     /// Deny a pending AccessRequest: the held request gets 403.
     Deny(Decide),
+    /// Show one AccessRequest: what was asked, its state, and the preview
+    /// of its effect (the server's dry run, as a field diff).
+    Show {
+        /// Name of the AccessRequest.
+        name: String,
+        /// Namespace of the AccessRequest (default: the context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// List pending AccessRequests.
     Pending {
         /// Namespace (default: the context's).
@@ -118,7 +129,15 @@ fn age(created: Option<i64>, now: OffsetDateTime) -> String {
 /// The `pending` table (kubectl-style columns).
 pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool) -> String {
     let mut rows = vec![{
-        let mut h = vec!["NAME", "REQUESTER", "SUMMARY", "RULE", "AGE", "EXPIRES"];
+        let mut h = vec![
+            "NAME",
+            "REQUESTER",
+            "SUMMARY",
+            "RULE",
+            "AGE",
+            "EXPIRES",
+            "PREVIEW",
+        ];
         if with_ns {
             h.insert(0, "NAMESPACE");
         }
@@ -144,6 +163,7 @@ pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool
             o.spec.rule.clone(),
             age(created, now),
             o.spec.expires_at.clone(),
+            preview_summary(o),
         ];
         if with_ns {
             r.insert(0, o.namespace().to_string());
@@ -155,7 +175,7 @@ pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool
     }
     let cols = rows[0].len();
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -166,6 +186,44 @@ pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool
             .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// The preview's one line for `pending`, `-` without one.
+fn preview_summary(o: &AccessRequest) -> String {
+    match o.status().preview {
+        Some(p) if !p.summary.is_empty() => p.summary,
+        _ => "-".into(),
+    }
+}
+
+/// What `show` prints: the request, its state and decision, and the
+/// preview as a readable diff.
+pub fn show_text(o: &AccessRequest) -> String {
+    let st = o.status();
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Name", o.name().to_string()),
+        ("Namespace", o.namespace().to_string()),
+        ("State", o.state().to_string()),
+        ("Request", o.spec.summary.clone()),
+        ("Requester", o.spec.requester.service_account.clone()),
+        ("Pod", o.spec.requester.pod.clone()),
+        ("Rule", o.spec.rule.clone()),
+        ("Message", o.spec.message.clone()),
+        ("Expires", o.spec.expires_at.clone()),
+        ("Decided by", st.decided_by.clone()),
+        ("Decided at", st.decided_at.clone()),
+        ("Reason", st.reason.clone()),
+    ];
+    rows.retain(|(_, v)| !v.is_empty());
+    let mut out: String = rows
+        .into_iter()
+        .map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:")))
+        .collect();
+    match &st.preview {
+        Some(p) => out.push_str(&mcp_warden_shared::preview::render(p)),
+        None => out.push_str("Preview: none (no dry run applies to this request)\n"),
     }
     out
 }
@@ -212,6 +270,12 @@ pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
                 out.spec.summary,
             ))
         }
+        PluginCommand::Show { name, namespace } => {
+            let ns = namespace.clone().unwrap_or(default_ns);
+            let api: Api<AccessRequest> = Api::namespaced(client, &ns);
+            let cur = api.get(name).await.map_err(api_error)?;
+            Ok(show_text(&cur))
+        }
         PluginCommand::Pending {
             namespace,
             all_namespaces,
@@ -255,6 +319,38 @@ mod tests {
             decided(&used, State::Denied, ""),
             Err(PluginError::NotPending { .. })
         ));
+    }
+
+    #[test]
+    fn show_prints_the_preview_as_a_diff() {
+        let o = ar(
+            json!({"metadata": {"name": "patch-deployments-x", "namespace": "mcp"},
+            "spec": {"summary": "patch deployments.apps/scale prod/web", "rule": "scales",
+                     "requester": {"serviceAccount": "sa"}, "expiresAt": "2026-11-22T01:05:00Z"},
+            "status": {"state": "Pending", "preview": {"code": 200, "kind": "Change",
+                "object": "Scale prod/web", "resourceVersion": "42",
+                "changes": [{"path": "spec.replicas", "old": "3", "new": "0"},
+                            {"path": "data.password", "old": "(masked)", "new": "(masked)"}],
+                "summary": "2 fields: spec.replicas 3 → 0, data.password (masked) → (masked)"}}}),
+        );
+        let t = show_text(&o);
+        assert!(t.contains("Name:       patch-deployments-x"), "{t}");
+        assert!(t.contains("State:      Pending"), "{t}");
+        assert!(
+            t.contains(
+                "Preview (dry run answered HTTP 200): changes Scale prod/web at resourceVersion 42"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("  ~ spec.replicas: 3 → 0\n"), "{t}");
+        assert!(
+            t.contains("  ~ data.password: (masked) → (masked)\n"),
+            "{t}"
+        );
+        let table = pending_table(&[o], datetime!(2026-11-22 01:00:00 UTC), false);
+        assert!(table.contains("2 fields: spec.replicas 3 → 0"), "{table}");
+        let bare = ar(json!({"metadata": {"name": "a"}, "spec": {}}));
+        assert!(show_text(&bare).contains("Preview: none"));
     }
 
     #[test]

@@ -111,6 +111,12 @@ impl AccessRequests {
         Ok(a)
     }
 
+    /// The kube client behind the API (upstream URL, CA, the sidecar's
+    /// token), for the preview's raw calls.
+    pub fn kube_client(&self) -> Result<kube::Client, ApprovalError> {
+        Ok(self.api()?.into_client())
+    }
+
     /// The namespace the AccessRequests live in (the pod's).
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -7,7 +7,10 @@ use futures::future::BoxFuture;
 use mcp_warden_shared::access_request::{GROUP, State};
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::identity::Identity;
+use mcp_warden_shared::mask::Masker;
 use mcp_warden_shared::policy;
+use mcp_warden_shared::preview::Preview;
+use mcp_warden_shared::status::{Reason, Status};
 use time::OffsetDateTime;
 
 use super::access_request::{
@@ -16,11 +19,19 @@ use super::access_request::{
 };
 use super::client::AccessRequests;
 use super::notifier::Notifier;
+use super::preview;
 use super::{ApprovalError, BUILTIN_RULE};
 use crate::config::{ApprovalConfig, Config};
 use crate::error::Refusal;
 use crate::hooks::{self, DecideHook, RequestContext};
 use crate::policy_store::PolicyDecider;
+
+/// `mcp-warden.io/preview` when the server's dry run refused the request.
+pub const PREVIEW_REFUSED: &str = "refused";
+/// `mcp-warden.io/preview` when an approval after a preview let it through.
+pub const PREVIEW_SHOWN: &str = "shown";
+/// `mcp-warden.io/preview` when the object changed after the preview.
+pub const PREVIEW_CHANGED: &str = "changed";
 
 /// The policy decider with approvals (see the module docs).
 pub struct ApprovalDecider {
@@ -81,12 +92,64 @@ impl ApprovalDecider {
         )
     }
 
+    /// Whether this create, update or patch may be held for approval (an
+    /// enforced `approve` when conditions are not judged, which fail closed
+    /// to matching): then its body is read, for the preview's dry run.
+    fn may_hold_with_body(&self, ctx: &RequestContext, attrs: &RequestAttributes) -> bool {
+        if !matches!(attrs.verb.as_str(), "create" | "update" | "patch") || !preview::applies(attrs)
+        {
+            return false;
+        }
+        let (_, d) = self.inner.evaluate(attrs, &ctx.impersonation);
+        d.enforced && d.action == policy::Action::Approve
+    }
+
+    /// The dry run before asking anybody: `Err` is the decision answering
+    /// the request at once (the server would refuse it); `Ok(None)` when
+    /// no preview applies.
+    async fn preview(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+        rule: Option<String>,
+        masker: &Masker,
+    ) -> Result<Option<Preview>, Box<hooks::Decision>> {
+        if !preview::applies(attrs) {
+            return Ok(None);
+        }
+        let client = match self.api.kube_client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "no client for the dry run");
+                return Ok(Some(Preview {
+                    summary: "no preview".into(),
+                    note: format!("the dry run could not be sent: {e}"),
+                    ..Default::default()
+                }));
+            }
+        };
+        match preview::run(&client, ctx, attrs, masker).await {
+            preview::Previewed::Ready(p) => Ok(Some(p)),
+            preview::Previewed::Refused(status) => {
+                tracing::info!(request_id = %ctx.request_id, summary = %summary(attrs), code = status.code(), reason = status.reason.as_str(), "the server would refuse the held request (dry run): answered at once, no AccessRequest");
+                let mut d = hooks::Decision::refused(
+                    hooks::Action::Approve,
+                    rule,
+                    Refusal::Status(Box::new(status)),
+                );
+                d.preview = Some(PREVIEW_REFUSED);
+                Err(Box::new(d))
+            }
+        }
+    }
+
     /// Holds the request until it is approved, denied or times out.
     async fn hold(
         &self,
         ctx: &RequestContext,
         attrs: &RequestAttributes,
         d: &policy::Decision,
+        masker: &Masker,
     ) -> hooks::Decision {
         let hash = request_hash(ctx.method.as_str(), &ctx.path_and_query, b"");
         let rule = d.rule.clone();
@@ -98,7 +161,7 @@ impl ApprovalDecider {
         // what matters: the hash covers no body, so a create, update or
         // patch is only ever let through as the very request that was held.
         let reuse = if reusable_method(&ctx.method) {
-            match self.try_reuse(&hash).await {
+            match self.try_reuse(ctx, attrs, &hash).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot look for reusable approvals");
@@ -112,7 +175,12 @@ impl ApprovalDecider {
             tracing::info!(request_id = %ctx.request_id, access_request = %name, approved_by = %by, "reusing an approval");
             return granted(by, format!("{ns}/{name}"));
         }
-        // 2. Ask.
+        // 2. Would the server even do it, and what would it change?
+        let preview = match self.preview(ctx, attrs, rule.clone(), masker).await {
+            Ok(p) => p,
+            Err(refused) => return *refused,
+        };
+        // 3. Ask.
         let now = OffsetDateTime::now_utc();
         let expires = now
             + time::Duration::try_from(self.config.approval_timeout)
@@ -142,7 +210,12 @@ impl ApprovalDecider {
         };
         let name = created.name().to_string();
         let ar = format!("{ns}/{name}");
-        // Pending, so `kubectl get accessrequests` shows the state column.
+        // Pending, so `kubectl get accessrequests` shows the state column,
+        // with the preview (a status field: not writable on create).
+        let mut created = created;
+        if let Some(p) = &preview {
+            created.status.get_or_insert_with(Default::default).preview = Some(p.clone());
+        }
         let current = match self.api.set_status(&created, State::Pending, "").await {
             Ok(v) => v,
             Err(e) => {
@@ -153,25 +226,50 @@ impl ApprovalDecider {
         tracing::info!(request_id = %ctx.request_id, access_request = %ar, summary = %summary(attrs), rule = rule.as_deref().unwrap_or(""), timeout = ?self.config.approval_timeout, "holding request for approval");
         if let Some(n) = &self.notifier {
             let n = n.clone();
-            let text = format!(
-                "mcp-warden: {} wants to {} (rule {}). AccessRequest {ar} expires at {}. To allow it, run: kubectl mcp-warden approve {name} -n {ns}",
-                self.requester,
-                summary(attrs),
+            let text = super::notifier::text(
+                &self.requester,
+                &summary(attrs),
                 rule.as_deref().unwrap_or("-"),
-                rfc3339(expires),
+                preview.as_ref(),
+                &ar,
+                &rfc3339(expires),
+                &name,
+                &ns,
             );
             tokio::spawn(async move { n.send(text).await });
         }
-        // 3. Wait.
+        // 4. Wait.
         let deadline = tokio::time::Instant::now() + self.config.approval_timeout;
         let (outcome, current) = self.api.wait(current, deadline).await;
         match outcome {
             Outcome::Approved { by } => {
+                // Only what the approver saw: the object must still be at
+                // the resourceVersion of the preview.
+                if let Some(p) = &preview
+                    && let Err(status) = self.check_current(ctx, attrs, p, &ar).await
+                {
+                    tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved, but the object changed since the preview: refused");
+                    let reason = "the object changed since the approver saw the preview";
+                    if let Err(e) = self.api.set_status(&current, State::Expired, reason).await {
+                        tracing::warn!(access_request = %ar, error = %e, "could not mark the AccessRequest Expired");
+                    }
+                    let mut d = hooks::Decision::refused(
+                        hooks::Action::Approve,
+                        rule,
+                        Refusal::Status(Box::new(status)),
+                    );
+                    d.preview = Some(PREVIEW_CHANGED);
+                    return d;
+                }
                 // Single use: consume it before forwarding.
                 match self.api.set_status(&current, State::Used, "").await {
                     Ok(_) => {
                         tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved");
-                        granted(by, ar)
+                        let mut d = granted(by, ar);
+                        if preview.is_some() {
+                            d.preview = Some(PREVIEW_SHOWN);
+                        }
+                        d
                     }
                     Err(e) => {
                         tracing::warn!(request_id = %ctx.request_id, access_request = %ar, error = %e, "approved, but could not mark it Used");
@@ -229,9 +327,35 @@ impl ApprovalDecider {
         }
     }
 
+    /// [`preview::still_current`] with the approvals' client.
+    async fn check_current(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+        p: &Preview,
+        ar: &str,
+    ) -> Result<(), Status> {
+        if p.resource_version.is_empty() {
+            return Ok(());
+        }
+        let client = self.api.kube_client().map_err(|e| {
+            Status::new(
+                Reason::Conflict,
+                format!("mcp-warden: whether the object changed since the preview of {ar} cannot be checked: {e}"),
+            )
+        })?;
+        preview::still_current(&client, attrs, &ctx.path_and_query, p, ar).await
+    }
+
     /// Consumes a reusable approval for `hash`, if there is one: the
-    /// approver and the AccessRequest's name.
-    async fn try_reuse(&self, hash: &str) -> Result<Option<(String, String)>, ApprovalError> {
+    /// approver and the AccessRequest's name. An approval whose preview no
+    /// longer holds (the object changed) is marked Expired instead.
+    async fn try_reuse(
+        &self,
+        ctx: &RequestContext,
+        attrs: &RequestAttributes,
+        hash: &str,
+    ) -> Result<Option<(String, String)>, ApprovalError> {
         let items = self.api.list().await?;
         let now = OffsetDateTime::now_utc();
         for item in items {
@@ -242,6 +366,16 @@ impl ApprovalDecider {
                 now,
                 self.config.approval_reuse_window,
             ) {
+                continue;
+            }
+            if let Some(p) = item.status().preview
+                && let Err(status) = self.check_current(ctx, attrs, &p, item.name()).await
+            {
+                tracing::info!(request_id = %ctx.request_id, access_request = %item.name(), why = %status.message, "not reusing an approval: the object changed since its preview");
+                let reason = "the object changed since the approver saw the preview";
+                if let Err(e) = self.api.set_status(&item, State::Expired, reason).await {
+                    tracing::debug!(error = %e, "could not mark the stale approval Expired");
+                }
                 continue;
             }
             // The resourceVersion makes this a compare-and-swap: two
@@ -263,7 +397,12 @@ impl DecideHook for ApprovalDecider {
         match &ctx.attrs {
             // Refused by the built-in rule whatever the bodies say.
             Some(attrs) if touches_access_requests(attrs) => policy::BodyNeed::default(),
-            _ => self.inner.bodies_needed(ctx),
+            Some(attrs) => {
+                let mut need = self.inner.bodies_needed(ctx);
+                need.object |= self.may_hold_with_body(ctx, attrs);
+                need
+            }
+            None => self.inner.bodies_needed(ctx),
         }
     }
 
@@ -290,7 +429,7 @@ impl DecideHook for ApprovalDecider {
             // With the bodies the pipeline read for `when:` conditions.
             let (loaded, d) = self.inner.judge(ctx, attrs);
             if d.action == policy::Action::Approve && d.enforced {
-                return self.hold(ctx, attrs, &d).await;
+                return self.hold(ctx, attrs, &d, &loaded.masker).await;
             }
             // Everything else exactly as the policy decider does it.
             self.inner.apply(ctx, attrs, &loaded, &d)

@@ -21,7 +21,18 @@
 //! The parts: [`decider`] (the hook and the hold), [`client`] (kube's typed
 //! API and watcher for AccessRequests, with the upstream's CA and token),
 //! [`notifier`] (the pending-approval POST), [`access_request`] (the object
-//! written, the request hash, reuse, outcomes; pure).
+//! written, the request hash, reuse, outcomes; pure), [`preview`] (the
+//! server's dry run before anybody is asked, and the check after the
+//! approval that the object is still as previewed).
+//!
+//! Preview: a create, update, patch or delete is first sent again with
+//! `dryRun=All`; a refusal is answered at once (no AccessRequest; recorded
+//! `mcp-warden.io/preview: refused`), otherwise `status.preview` carries the
+//! masked field diff and its summary (also in the notification). An
+//! approval goes through only while the live object is at the
+//! resourceVersion the preview saw; otherwise 409 Conflict, the
+//! AccessRequest is marked Expired (recorded `mcp-warden.io/preview:
+//! changed`).
 //!
 //! An `approve` rule's `when:` is judged with the bodies the pipeline read
 //! for it (`object`, `oldObject`), as for any rule.
@@ -38,6 +49,7 @@ pub mod access_request;
 pub mod client;
 pub mod decider;
 pub mod notifier;
+pub mod preview;
 
 pub use access_request::{reusable, reusable_method, summary, touches_access_requests};
 pub use decider::ApprovalDecider;

@@ -1,6 +1,8 @@
 //! The pending-approval notification: a Slack-compatible incoming-webhook
 //! POST of `{"text": ...}` to `--approval-notify-url`, best effort (a failed
-//! notification is logged and changes nothing about the held request).
+//! notification is logged and changes nothing about the held request). The
+//! text names the request, the preview's one-line summary (what the dry run
+//! says it would change, masked), and the command that approves it.
 
 use std::sync::Arc;
 
@@ -15,6 +17,28 @@ use super::{ApprovalError, CALL_TIMEOUT};
 /// and the command that approves it.
 pub fn check_url(url: &Uri) -> Result<(), ApprovalError> {
     crate::config::check_transport(url).map_err(|_| ApprovalError::NotifyUrl(url.to_string()))
+}
+
+/// The notification's text: who wants what, the preview's summary, and the
+/// command that approves it.
+#[allow(clippy::too_many_arguments)]
+pub fn text(
+    requester: &str,
+    what: &str,
+    rule: &str,
+    preview: Option<&mcp_warden_shared::preview::Preview>,
+    ar: &str,
+    expires: &str,
+    name: &str,
+    ns: &str,
+) -> String {
+    let effect = preview
+        .filter(|p| !p.summary.is_empty())
+        .map(|p| format!(" Preview: {}.", p.summary))
+        .unwrap_or_default();
+    format!(
+        "mcp-warden: {requester} wants to {what} (rule {rule}).{effect} AccessRequest {ar} expires at {expires}. To allow it, run: kubectl mcp-warden approve {name} -n {ns}"
+    )
 }
 
 /// POSTs Slack-compatible `{"text": ...}` notifications.
@@ -78,6 +102,37 @@ impl Notifier {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_carries_the_preview_summary() {
+        let p = mcp_warden_shared::preview::Preview::new(
+            mcp_warden_shared::preview::PreviewKind::Change,
+            200,
+            "Deployment prod/web".into(),
+            vec![mcp_warden_shared::preview::FieldChange {
+                path: "spec.replicas".into(),
+                old: Some("3".into()),
+                new: Some("0".into()),
+            }],
+        );
+        let t = text(
+            "system:serviceaccount:mcp:agent",
+            "patch deployments.apps/scale prod/web",
+            "scales",
+            Some(&p),
+            "mcp/patch-deployments-x",
+            "2026-12-06T15:00:00Z",
+            "patch-deployments-x",
+            "mcp",
+        );
+        assert!(t.contains("Preview: 1 field: spec.replicas 3 → 0."), "{t}");
+        assert!(
+            t.ends_with("kubectl mcp-warden approve patch-deployments-x -n mcp"),
+            "{t}"
+        );
+        let t = text("sa", "delete x", "r", None, "a/b", "t", "b", "a");
+        assert!(!t.contains("Preview"), "{t}");
+    }
 
     #[test]
     fn only_https_or_loopback_http() {

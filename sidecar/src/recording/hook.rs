@@ -200,6 +200,12 @@ impl RecordingHook {
                 a.access_request.clone(),
             );
         }
+        if let Some(p) = ctx.decision.as_ref().and_then(|d| d.preview) {
+            e.annotations.insert(
+                mcp_warden_shared::contract::ANN_PREVIEW.to_string(),
+                p.to_string(),
+            );
+        }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
             e.annotations.remove(audit::ANN_RULE);

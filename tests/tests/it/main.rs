@@ -22,6 +22,7 @@ mod masking_e2e;
 mod policy_conditions_e2e;
 mod policy_e2e;
 mod policy_learn;
+mod preview_e2e;
 mod realkube_manifests;
 mod realkube_sidecar;
 mod realkube_webhook;

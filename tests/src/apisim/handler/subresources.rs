@@ -82,7 +82,11 @@ pub(super) fn scale_set(
     )?;
     let s = if dry {
         let mut s = scale_of(app, ri, ns, name)?;
-        s["spec"]["replicas"] = json!(replicas);
+        // As stored: `replicas` is omitempty, so a dry run to 0 has none.
+        s["spec"] = match replicas {
+            0 => json!({}),
+            n => json!({"replicas": n}),
+        };
         s
     } else {
         scale_of(app, ri, ns, name)?
