@@ -252,6 +252,19 @@ impl UserInfo {
 }
 
 impl UserInfo {
+    /// The `impersonatedUser` of an event for a request made with an end
+    /// user's token: the person, as the upstream's impersonation headers
+    /// name them (the event's `user` stays who authenticated upstream, the
+    /// pod's service account), as kube-apiserver records impersonation.
+    pub fn from_end_user(user: &crate::enduser::EndUser) -> Self {
+        Self {
+            username: user.username.clone(),
+            uid: String::new(),
+            groups: user.groups.clone(),
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// The `impersonatedUser` of an event for a request carrying
     /// `Impersonate-*` headers; `None` when it carries none.
     pub fn from_impersonation(imp: &crate::attrs::Impersonation) -> Option<Self> {

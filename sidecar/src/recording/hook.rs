@@ -182,7 +182,10 @@ impl RecordingHook {
             request_uri: &ctx.path_and_query,
             attrs,
             user: self.user.clone(),
-            impersonated_user: UserInfo::from_impersonation(&ctx.impersonation),
+            impersonated_user: match &ctx.end_user {
+                Some(u) => Some(UserInfo::from_end_user(u)),
+                None => UserInfo::from_impersonation(&ctx.impersonation),
+            },
             source_ips: vec![ctx.peer.ip().to_string()],
             user_agent: ctx.user_agent.as_deref().unwrap_or(""),
             level,
@@ -896,6 +899,7 @@ mod tests {
                 ..Default::default()
             }),
             impersonation: Default::default(),
+            end_user: None,
             bodies: None,
             decision: Some(Decision::allow()),
             is_upgrade: false,
