@@ -148,8 +148,12 @@ subjects:
     let dave = issuer.token("dave@example.com", &["admins"]).unwrap();
     let (code, body) = get(&dave);
     assert_eq!(code, 403, "{body}");
-    assert!(
-        body.contains(&format!("User \"{sa}\" cannot impersonate resource \"groups\"")),
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["message"],
+        format!(
+            "groups \"oidc:admins\" is forbidden: User \"{sa}\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope"
+        ),
         "{body}"
     );
 
