@@ -187,9 +187,18 @@ mod tests {
         let u = mapping("email", None, None, "").map(&c).unwrap();
         assert_eq!(u.username, "alice@example.com");
         // "-" means none; anything else is the prefix.
-        assert_eq!(mapping("sub", Some("-"), None, "").map(&c).unwrap().username, "u-1");
         assert_eq!(
-            mapping("email", Some("oidc:"), None, "").map(&c).unwrap().username,
+            mapping("sub", Some("-"), None, "")
+                .map(&c)
+                .unwrap()
+                .username,
+            "u-1"
+        );
+        assert_eq!(
+            mapping("email", Some("oidc:"), None, "")
+                .map(&c)
+                .unwrap()
+                .username,
             "oidc:alice@example.com"
         );
     }
@@ -201,7 +210,9 @@ mod tests {
             .map(&json!({"iss": ISS, "sub": "a", "groups": ["dev", "", "ops"]}))
             .unwrap();
         assert_eq!(u.groups, ["oidc:dev", "oidc:ops"]);
-        let u = m.map(&json!({"iss": ISS, "sub": "a", "groups": "dev"})).unwrap();
+        let u = m
+            .map(&json!({"iss": ISS, "sub": "a", "groups": "dev"}))
+            .unwrap();
         assert_eq!(u.groups, ["oidc:dev"]);
         let u = m.map(&json!({"iss": ISS, "sub": "a"})).unwrap();
         assert!(u.groups.is_empty());
@@ -211,7 +222,10 @@ mod tests {
                 claim: "groups".into()
             })
         );
-        assert!(m.map(&json!({"iss": ISS, "sub": "a", "groups": {"x": 1}})).is_err());
+        assert!(
+            m.map(&json!({"iss": ISS, "sub": "a", "groups": {"x": 1}}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -227,10 +241,15 @@ mod tests {
             m.map(&json!({"iss": ISS, "email": "a@b", "email_verified": false})),
             Err(ClaimError::EmailNotVerified)
         );
-        assert!(m.map(&json!({"iss": ISS, "email": "a@b", "email_verified": true})).is_ok());
+        assert!(
+            m.map(&json!({"iss": ISS, "email": "a@b", "email_verified": true}))
+                .is_ok()
+        );
         assert_eq!(
             ClaimMapping::default().map(&json!({"iss": ISS, "sub": ""})),
-            Err(ClaimError::NoUsername { claim: "sub".into() })
+            Err(ClaimError::NoUsername {
+                claim: "sub".into()
+            })
         );
         assert_eq!(
             ClaimMapping::default().map(&json!({"sub": "a"})),

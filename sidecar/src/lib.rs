@@ -212,13 +212,11 @@ pub async fn run_with(
         hooks,
         streams_closed: CancellationToken::new(),
         end_users,
-        impersonate_end_user: config
-            .oidc
-            .as_ref()
-            .filter(|o| o.impersonate)
-            .map(|_| proxy::ImpersonateEndUser {
+        impersonate_end_user: config.oidc.as_ref().filter(|o| o.impersonate).map(|_| {
+            proxy::ImpersonateEndUser {
                 pod: config.pod_name.clone(),
-            }),
+            }
+        }),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
     let listen = listener

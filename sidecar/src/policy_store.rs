@@ -623,7 +623,8 @@ impl PolicyDecider {
                     ..(*self.identity).clone()
                 };
                 let loaded = self.store.current();
-                let d = policy::evaluate_with(&loaded.policy, attrs, &ctx.impersonation, &who, bodies);
+                let d =
+                    policy::evaluate_with(&loaded.policy, attrs, &ctx.impersonation, &who, bodies);
                 (loaded, d)
             }
         };

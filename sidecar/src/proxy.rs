@@ -22,12 +22,12 @@ use hyper_util::rt::TokioIo;
 use mcp_warden_shared::attrs::{impersonation_from_headers, parse_request};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::enduser::VerifyBearer;
 use crate::error::Refusal;
 use crate::forward::{
     Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation, strip_untrusted,
 };
 use crate::hooks::{BoxError, Hooks, ProxyBody, RequestContext, RequestRecord, TunnelIo, boxed};
-use crate::enduser::VerifyBearer;
 use crate::local::LocalToken;
 use crate::metrics::{Metrics, StreamGuard, VerbLabels};
 use crate::recording::hook::{DEFAULT_MAX_BODY_BYTES, collect_limited};

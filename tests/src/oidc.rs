@@ -93,7 +93,10 @@ impl TestIssuer {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (st, fetches) = (state.clone(), jwks_fetches.clone());
         let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -269,5 +272,9 @@ pub fn now() -> i64 {
 /// `claims` unsigned with `alg: none` (what no verifier may accept).
 pub fn unsigned_token(claims: &Value) -> String {
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(claims))
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
 }

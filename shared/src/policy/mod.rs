@@ -627,8 +627,7 @@ impl Rule {
         };
         (self.users.is_empty() || self.user_globs.iter().any(|g| g.is_match(&u.username)))
             && (self.groups.is_empty()
-                || u
-                    .groups
+                || u.groups
                     .iter()
                     .any(|group| self.group_globs.iter().any(|g| g.is_match(group))))
     }

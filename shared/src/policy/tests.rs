@@ -770,21 +770,42 @@ fn users_and_groups_match_the_end_user_and_never_a_request_without_one() {
     let del_dev = ("DELETE", "/api/v1/namespaces/dev-1/pods/web");
     let del_prod = ("DELETE", "/api/v1/namespaces/prod-1/pods/web");
     let secret = ("GET", "/api/v1/namespaces/dev-1/secrets/s");
-    let cases: &[(&Identity, (&str, &str), Action, Option<&str>)] = &[
+    type Case<'a> = (&'a Identity, (&'a str, &'a str), Action, Option<&'a str>);
+    let cases: &[Case] = &[
         (&alice, del_dev, Action::Allow, Some("alice-deletes-in-dev")),
         // `*` in users and groups also crosses `/` and `:`.
-        (&url_named, del_dev, Action::Allow, Some("alice-deletes-in-dev")),
+        (
+            &url_named,
+            del_dev,
+            Action::Allow,
+            Some("alice-deletes-in-dev"),
+        ),
         (&bob, del_dev, Action::Deny, None),
         // No end user: a rule with users matches neither for allow nor deny.
         (&app, del_dev, Action::Deny, None),
-        (&alice, del_prod, Action::Deny, Some("nobody-deletes-in-prod")),
+        (
+            &alice,
+            del_prod,
+            Action::Deny,
+            Some("nobody-deletes-in-prod"),
+        ),
         (&app, del_prod, Action::Deny, None),
         (&bob, secret, Action::Allow, Some("sre-reads-secrets")),
         (&alice, secret, Action::Deny, None),
         (&app, secret, Action::Deny, None),
         // Rules without users/groups match with or without an end user.
-        (&alice, ("GET", "/api/v1/namespaces/x/pods"), Action::Allow, Some("reads")),
-        (&app, ("GET", "/api/v1/namespaces/x/pods"), Action::Allow, Some("reads")),
+        (
+            &alice,
+            ("GET", "/api/v1/namespaces/x/pods"),
+            Action::Allow,
+            Some("reads"),
+        ),
+        (
+            &app,
+            ("GET", "/api/v1/namespaces/x/pods"),
+            Action::Allow,
+            Some("reads"),
+        ),
     ];
     for (who, (m, path), action, rule) in cases {
         let d = decide(&p, m, path, who, &none);
@@ -800,10 +821,22 @@ fn users_and_groups_match_the_end_user_and_never_a_request_without_one() {
 #[test]
 fn users_and_groups_patterns_are_checked() {
     for (rule, field) in [
-        ("  - {name: r, action: allow, verbs: [get], resources: [pods], users: [\"\"]}\n", "rules[0].users[0]"),
-        ("  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"a\\tb\"]}\n", "rules[0].groups[0]"),
-        ("  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"[\"]}\n", "rules[0].groups[0]"),
-        ("  - {name: r, action: allow, verbs: [get], resources: [pods], users: alice}\n", "rules[0].users"),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], users: [\"\"]}\n",
+            "rules[0].users[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"a\\tb\"]}\n",
+            "rules[0].groups[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"[\"]}\n",
+            "rules[0].groups[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], users: alice}\n",
+            "rules[0].users",
+        ),
     ] {
         let src = format!("apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n{rule}");
         let e = Policy::parse("p.yaml", &src).unwrap_err().to_string();

@@ -208,7 +208,9 @@ pub(super) fn check_subject_pattern(p: &str, what: &str) -> Result<(), String> {
         return Err(format!("an empty pattern matches no {what}"));
     }
     if p.chars().any(char::is_control) {
-        return Err(format!("{p:?} has control characters, which no {what} contain"));
+        return Err(format!(
+            "{p:?} has control characters, which no {what} contain"
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,11 @@ pub struct OidcArgs {
     /// Issuer URL (https) whose tokens name end users; repeatable (or
     /// comma-separated in the env twin). Unset: only the local token is
     /// accepted.
-    #[arg(long = "oidc-issuer-url", env = "MCP_WARDEN_OIDC_ISSUER_URL", value_delimiter = ',')]
+    #[arg(
+        long = "oidc-issuer-url",
+        env = "MCP_WARDEN_OIDC_ISSUER_URL",
+        value_delimiter = ','
+    )]
     pub oidc_issuer_url: Vec<String>,
 
     /// The audience (`aud`) every end-user token must carry (kube-apiserver's
@@ -136,8 +140,7 @@ impl OidcArgs {
             let uri: Uri = i
                 .parse()
                 .map_err(|e| err(ISS.0, ISS.1, format!("{i:?} is not a URL: {e}")))?;
-            if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.query().is_some()
-            {
+            if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.query().is_some() {
                 return Err(err(
                     ISS.0,
                     ISS.1,
@@ -188,5 +191,68 @@ impl OidcArgs {
             refresh_interval: self.oidc_jwks_refresh_interval,
             impersonate: self.impersonate_end_user,
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        oidc: OidcArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Option<OidcConfig>, String> {
+        let t = T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        t.oidc.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn issuers_need_an_audience_and_https() {
+        assert!(parse(&[]).unwrap().is_none());
+        let c = parse(&[
+            "--oidc-issuer-url=https://a.example.com",
+            "--oidc-issuer-url=https://b.example.com/realms/x",
+            "--oidc-audience=mcp",
+            "--oidc-groups-claim=groups",
+            "--oidc-username-prefix=-",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.issuers.len(), 2);
+        assert_eq!(c.mapping.username_claim, "sub");
+        assert_eq!(c.mapping.username_prefix.as_deref(), Some("-"));
+        assert_eq!(c.keys, KeySource::Discovery);
+        assert!(!c.impersonate);
+        let e = parse(&["--oidc-issuer-url=https://a.example.com"]).unwrap_err();
+        assert!(
+            e.contains("--oidc-audience (MCP_WARDEN_OIDC_AUDIENCE)"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--oidc-issuer-url=http://a.example.com",
+            "--oidc-audience=x",
+        ])
+        .unwrap_err();
+        assert!(e.contains("https://"), "{e}");
+        // End-user settings without an issuer are a mistake, not a no-op.
+        let e = parse(&["--impersonate-end-user"]).unwrap_err();
+        assert!(e.contains("--oidc-issuer-url"), "{e}");
+        let c = parse(&[
+            "--oidc-issuer-url=https://a.example.com",
+            "--oidc-audience=x",
+            "--oidc-jwks-file=/keys/jwks.json",
+            "--impersonate-end-user",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.keys, KeySource::File("/keys/jwks.json".into()));
+        assert!(c.impersonate);
+        assert!(parse(&["--oidc-jwks-refresh-interval=0s"]).is_err());
     }
 }

@@ -21,7 +21,6 @@ pub trait VerifyBearer: Send + Sync {
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<EndUser, Rejection>>;
 }
 
-
 /// Whether a bearer token has the shape of a JWT (three dot-separated
 /// parts), so it is worth handing to the end-user verifier.
 pub fn looks_like_jwt(token: &[u8]) -> bool {
@@ -46,3 +45,28 @@ pub fn impersonation_headers(user: &EndUser, pod: Option<&str>) -> Vec<(&'static
 /// The extra-key header naming the pod an end user's request came through
 /// (the key is `mcp-warden.io-pod`; header names cannot hold a `/`).
 pub const POD_EXTRA_HEADER: &str = "impersonate-extra-mcp-warden.io-pod";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impersonation_headers_name_user_groups_and_pod() {
+        let u = EndUser::named(
+            "alice@example.com",
+            vec!["oidc:dev".into(), "oidc:sre".into()],
+        );
+        assert_eq!(
+            impersonation_headers(&u, Some("web-0")),
+            [
+                ("impersonate-user", "alice@example.com".to_string()),
+                ("impersonate-group", "oidc:dev".to_string()),
+                ("impersonate-group", "oidc:sre".to_string()),
+                ("impersonate-extra-mcp-warden.io-pod", "web-0".to_string()),
+            ]
+        );
+        assert_eq!(impersonation_headers(&u, None).len(), 3);
+        assert!(looks_like_jwt(b"a.b.c") && looks_like_jwt(b"a.b."));
+        assert!(!looks_like_jwt(b"abc") && !looks_like_jwt(b"a.b.c.d"));
+    }
+}

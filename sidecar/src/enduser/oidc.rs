@@ -134,7 +134,10 @@ pub struct OidcVerifier {
 impl std::fmt::Debug for OidcVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OidcVerifier")
-            .field("issuers", &self.issuers.iter().map(|i| &i.issuer).collect::<Vec<_>>())
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &i.issuer).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +200,8 @@ impl OidcVerifier {
     /// Verifies `token` and maps its claims.
     pub async fn verify_token(&self, token: &str) -> Result<EndUser, VerifyError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::Malformed);
         };
@@ -234,24 +238,32 @@ impl OidcVerifier {
         v.validate_nbf = true;
         v.set_audience(&[self.audience.as_str()]);
         v.set_issuer(&[issuer.issuer.as_str()]);
-        v.required_spec_claims = ["exp", "iss", "aud"].iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-                ErrorKind::InvalidAudience => VerifyError::AudienceMismatch,
-                ErrorKind::InvalidIssuer => VerifyError::IssuerMismatch,
-                ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => VerifyError::InvalidSignature,
-                ErrorKind::MissingRequiredClaim(c) => VerifyError::MissingClaim(c.clone()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-                    VerifyError::Invalid("the key does not fit the algorithm")
+        v.required_spec_claims = ["exp", "iss", "aud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<HashSet<_>>();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => VerifyError::Expired,
+                    ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                    ErrorKind::InvalidAudience => VerifyError::AudienceMismatch,
+                    ErrorKind::InvalidIssuer => VerifyError::IssuerMismatch,
+                    ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => {
+                        VerifyError::InvalidSignature
+                    }
+                    ErrorKind::MissingRequiredClaim(c) => VerifyError::MissingClaim(c.clone()),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                        VerifyError::Invalid("the key does not fit the algorithm")
+                    }
+                    ErrorKind::InvalidEcdsaKey
+                    | ErrorKind::InvalidRsaKey(_)
+                    | ErrorKind::InvalidKeyFormat => {
+                        VerifyError::Invalid("the issuer's key is unusable")
+                    }
+                    _ => VerifyError::Malformed,
                 }
-                ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
-                    VerifyError::Invalid("the issuer's key is unusable")
-                }
-                _ => VerifyError::Malformed,
-            }
-        })?;
+            })?;
         Ok(self.mapping.map(&data.claims)?)
     }
 
@@ -338,13 +350,19 @@ impl OidcVerifier {
             url: url.to_string(),
             why,
         };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| http(e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| http(e.to_string()))?;
         let req = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| http(e.to_string()))?;
         let fetch = async {
-            let resp = self.client.request(req).await.map_err(|e| http(e.to_string()))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| http(e.to_string()))?;
             if resp.status() != http::StatusCode::OK {
                 return Err(FetchError::Status {
                     url: url.to_string(),
@@ -380,9 +398,15 @@ async fn read_file(path: &Path) -> Result<Bytes, FetchError> {
 /// The key for `kid` (or, for a token without `kid`, the one key of the
 /// set that fits `alg`): `None` when absent, an error when it is there but
 /// unusable for `alg`.
-fn pick(keys: &[Jwk], kid: Option<&str>, alg: Algorithm) -> Option<Result<DecodingKey, VerifyError>> {
+fn pick(
+    keys: &[Jwk],
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Option<Result<DecodingKey, VerifyError>> {
     let jwk = match kid {
-        Some(kid) => keys.iter().find(|k| k.common.key_id.as_deref() == Some(kid))?,
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.common.key_id.as_deref() == Some(kid))?,
         None => {
             let mut fitting = keys.iter().filter(|k| fits(k, alg));
             match (fitting.next(), fitting.next()) {
@@ -392,9 +416,14 @@ fn pick(keys: &[Jwk], kid: Option<&str>, alg: Algorithm) -> Option<Result<Decodi
         }
     };
     if !fits(jwk, alg) {
-        return Some(Err(VerifyError::Invalid("the key does not fit the algorithm")));
+        return Some(Err(VerifyError::Invalid(
+            "the key does not fit the algorithm",
+        )));
     }
-    Some(DecodingKey::from_jwk(jwk).map_err(|_| VerifyError::Invalid("the issuer's key is unusable")))
+    Some(
+        DecodingKey::from_jwk(jwk)
+            .map_err(|_| VerifyError::Invalid("the issuer's key is unusable")),
+    )
 }
 
 /// Whether `jwk` may verify `alg`: its own `alg`, when it names one, is
@@ -415,8 +444,10 @@ fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
                 | Algorithm::PS256
                 | Algorithm::PS384
                 | Algorithm::PS512
-        ) | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
-            | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+        ) | (
+            AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
     )
 }
 
@@ -424,7 +455,8 @@ fn b64_json(part: &str) -> Result<serde_json::Value, VerifyError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
         .map_err(|_| VerifyError::Malformed)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
     if v.is_object() {
         Ok(v)
     } else {
@@ -434,6 +466,10 @@ fn b64_json(part: &str) -> Result<serde_json::Value, VerifyError> {
 
 impl VerifyBearer for OidcVerifier {
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<EndUser, Rejection>> {
-        Box::pin(async move { self.verify_token(token).await.map_err(|e| Box::new(e) as Rejection) })
+        Box::pin(async move {
+            self.verify_token(token)
+                .await
+                .map_err(|e| Box::new(e) as Rejection)
+        })
     }
 }

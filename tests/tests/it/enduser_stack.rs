@@ -125,7 +125,10 @@ fn end_user_tokens_are_verified_and_rejections_name_the_reason() {
     expect(with("exp", json!(now() - 3600)), "token expired");
     expect(with("nbf", json!(now() + 3600)), "token not yet valid");
     expect(with("aud", json!("someone-else")), "audience mismatch");
-    expect(with("iss", json!("https://other.example.com")), "unknown issuer");
+    expect(
+        with("iss", json!("https://other.example.com")),
+        "unknown issuer",
+    );
     let mut no_aud = base.clone();
     no_aud.as_object_mut().unwrap().remove("aud");
     expect(no_aud, "missing claim aud");
@@ -151,7 +154,10 @@ fn end_user_tokens_are_verified_and_rejections_name_the_reason() {
             .collector
             .events()
             .into_iter()
-            .filter(|e| e["stage"] == "ResponseComplete" && e["impersonatedUser"]["username"] == "alice@example.com")
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["impersonatedUser"]["username"] == "alice@example.com"
+            })
             .collect();
         (!ev.is_empty()).then_some(ev)
     })
@@ -200,7 +206,11 @@ fn unknown_key_id_refreshes_the_keys_once_per_interval() {
     issuer.sign_with_unpublished("key-unpublished").unwrap();
     let stranger = issuer.token("alice@example.com", &[]).unwrap();
     assert!(s.rejected(&stranger).contains("unknown key id"));
-    assert_eq!(issuer.jwks_fetches(), 2, "refreshed once for the unknown kid");
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "refreshed once for the unknown kid"
+    );
     // Within the interval, more unknown key ids fetch nothing.
     for _ in 0..5 {
         assert!(s.rejected(&stranger).contains("unknown key id"));
@@ -237,7 +247,10 @@ fn a_static_jwks_file_needs_no_network() {
     assert_eq!(issuer.jwks_fetches(), 0, "the file, not the issuer");
     let mut expired = issuer.claims("alice@example.com", &[]);
     expired["exp"] = json!(now() - 3600);
-    assert!(s.rejected(&issuer.token_with(expired).unwrap()).contains("token expired"));
+    assert!(
+        s.rejected(&issuer.token_with(expired).unwrap())
+            .contains("token expired")
+    );
 }
 
 #[test]
@@ -258,7 +271,10 @@ fn users_and_groups_rules_match_the_end_user_only() {
     let (code, body) = s.get(&carol, CONFIGMAPS);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("no-contractor-configmaps"), "{body}");
-    assert!(body.contains("contractors do not read configmaps"), "{body}");
+    assert!(
+        body.contains("contractors do not read configmaps"),
+        "{body}"
+    );
     assert_eq!(s.get(&bob, CONFIGMAPS).0, 200);
     assert_eq!(s.get(&local, CONFIGMAPS).0, 200);
     let _ = AUDIENCE;

@@ -159,28 +159,40 @@ subjects:
 
     // The server's audit log: the ServiceAccount authenticated, alice acted
     // (with the pod named in the extra).
-    let audited = wait_for("alice in the server's audit log", Duration::from_secs(30), || {
-        kube.audit_events().into_iter().find(|e| {
-            e["stage"] == "ResponseComplete"
-                && e["impersonatedUser"]["username"] == "alice@example.com"
-                && e["requestURI"] == path.as_str()
-        })
-    })
+    let audited = wait_for(
+        "alice in the server's audit log",
+        Duration::from_secs(30),
+        || {
+            kube.audit_events().into_iter().find(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["impersonatedUser"]["username"] == "alice@example.com"
+                    && e["requestURI"] == path.as_str()
+            })
+        },
+    )
     .unwrap();
     assert_eq!(audited["user"]["username"], sa.as_str(), "{audited}");
     assert_eq!(audited["responseStatus"]["code"], 200, "{audited}");
-    let groups = audited["impersonatedUser"]["groups"].as_array().cloned().unwrap_or_default();
+    let groups = audited["impersonatedUser"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(groups.contains(&json!("oidc:dev")), "{audited}");
     assert_eq!(
         audited["impersonatedUser"]["extra"]["mcp-warden.io-pod"],
         json!(["mcp-server-0"]),
         "{audited}"
     );
-    let carol_audited = wait_for("carol in the server's audit log", Duration::from_secs(30), || {
-        kube.audit_events().into_iter().find(|e| {
-            e["stage"] == "ResponseComplete" && e["impersonatedUser"]["username"] == "carol@example.com"
-        })
-    })
+    let carol_audited = wait_for(
+        "carol in the server's audit log",
+        Duration::from_secs(30),
+        || {
+            kube.audit_events().into_iter().find(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["impersonatedUser"]["username"] == "carol@example.com"
+            })
+        },
+    )
     .unwrap();
     assert_eq!(carol_audited["user"]["username"], sa.as_str());
     assert_eq!(carol_audited["responseStatus"]["code"], 403);
@@ -188,7 +200,8 @@ subjects:
     // The sidecar records the same pair.
     let recorded = wait_for("alice in the recording", Duration::from_secs(30), || {
         collector.events().into_iter().find(|e| {
-            e["stage"] == "ResponseComplete" && e["impersonatedUser"]["username"] == "alice@example.com"
+            e["stage"] == "ResponseComplete"
+                && e["impersonatedUser"]["username"] == "alice@example.com"
         })
     })
     .unwrap();
@@ -229,7 +242,11 @@ subjects:
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, kube.service_account_token(ns, "mcp-server", 3600).unwrap()).unwrap();
+    std::fs::write(
+        &token_file,
+        kube.service_account_token(ns, "mcp-server", 3600).unwrap(),
+    )
+    .unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let issuer = TestIssuer::start().unwrap();
@@ -248,7 +265,11 @@ subjects:
         opts,
     )
     .unwrap();
-    let addr: SocketAddr = sidecar.url().trim_start_matches("https://").parse().unwrap();
+    let addr: SocketAddr = sidecar
+        .url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
     let ca = std::fs::read_to_string(sidecar.local_dir().join("ca.crt")).unwrap();
     let path = format!("/api/v1/namespaces/{ns}/configmaps");
     // carol has no RBAC of her own, but the request is the ServiceAccount's.
@@ -256,16 +277,23 @@ subjects:
     let (code, body) = https_get(addr, &ca, &carol, &path).unwrap();
     assert_eq!(code, 200, "{body}");
     let sa = format!("system:serviceaccount:{ns}:mcp-server");
-    let audited = wait_for("the request in the server's audit log", Duration::from_secs(30), || {
-        kube.audit_events().into_iter().find(|e| {
-            e["stage"] == "ResponseComplete" && e["requestURI"] == path.as_str() && e["user"]["username"] == sa.as_str()
-        })
-    })
+    let audited = wait_for(
+        "the request in the server's audit log",
+        Duration::from_secs(30),
+        || {
+            kube.audit_events().into_iter().find(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["requestURI"] == path.as_str()
+                    && e["user"]["username"] == sa.as_str()
+            })
+        },
+    )
     .unwrap();
     assert!(audited.get("impersonatedUser").is_none(), "{audited}");
     let recorded = wait_for("carol in the recording", Duration::from_secs(30), || {
         collector.events().into_iter().find(|e| {
-            e["stage"] == "ResponseComplete" && e["impersonatedUser"]["username"] == "carol@example.com"
+            e["stage"] == "ResponseComplete"
+                && e["impersonatedUser"]["username"] == "carol@example.com"
         })
     })
     .unwrap();
