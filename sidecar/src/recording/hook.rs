@@ -203,6 +203,10 @@ impl RecordingHook {
                 a.access_request.clone(),
             );
         }
+        if let Some(u) = &ctx.end_user {
+            e.annotations
+                .insert(audit::ANN_END_USER_ISSUER.to_string(), u.issuer.clone());
+        }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
             e.annotations.remove(audit::ANN_RULE);

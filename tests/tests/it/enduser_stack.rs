@@ -164,6 +164,10 @@ fn end_user_tokens_are_verified_and_rejections_name_the_reason() {
     .unwrap();
     let e = &events[0];
     assert_eq!(e["impersonatedUser"]["groups"], json!(["oidc:dev"]));
+    assert_eq!(
+        e["annotations"]["mcp-warden.io/end-user-issuer"],
+        issuer.url()
+    );
     assert_ne!(e["user"]["username"], "alice@example.com");
     assert!(!e["user"]["username"].as_str().unwrap_or("").is_empty());
     // The 401s are recorded without a user.
