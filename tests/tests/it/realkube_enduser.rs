@@ -1,8 +1,8 @@
 //! End users on the real kube-apiserver (1.20.2, see `realkube.rs`): the
 //! sidecar with `--oidc-*` (a test issuer on loopback) and
-//! `--impersonate-end-user`, its ServiceAccount granted `impersonate` as the
-//! chart's `endUsers.impersonation` grants it (any user, exactly the group
-//! `oidc:dev`, the extra `mcp-warden.io-pod`).
+//! `--impersonate-end-user`, its ServiceAccount granted `impersonate` by the
+//! chart's `endUsers.impersonation` as `helm template` renders it (any user,
+//! exactly the group `oidc:dev`, the extra `mcp-warden.io-pod`).
 //!
 //! The server's own audit log shows the ServiceAccount as `user` and the
 //! person (with the pod as extra) as `impersonatedUser`; the server's RBAC
@@ -11,21 +11,41 @@
 //! gets the server's 403 for the impersonation. The sidecar records the
 //! same `user`/`impersonatedUser`.
 //!
-//! Needs `cargo build --workspace --bins` and the control plane
-//! (`bash scripts/deps/kube-control-plane.sh`).
+//! Needs `cargo build --workspace --bins`, the control plane
+//! (`bash scripts/deps/kube-control-plane.sh`) and helm (`scripts/deps/helm.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use mcp_warden_tests::harness::wait_for;
+use mcp_warden_tests::harness::{run_ok, wait_for};
 use mcp_warden_tests::oidc::TestIssuer;
 use mcp_warden_tests::realkube::{RealKube, https_get};
 use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::{Value, json};
 
 const NS: &str = "enduser-imp";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `MCP_WARDEN_HELM`, else the repository's `.cache/bin/helm`
+/// (`scripts/deps/helm.sh`).
+fn helm() -> PathBuf {
+    if let Some(p) = std::env::var_os("MCP_WARDEN_HELM") {
+        return PathBuf::from(p);
+    }
+    let cached = repo().join(".cache/bin/helm");
+    assert!(
+        cached.is_file(),
+        "helm not found: run scripts/deps/helm.sh (installs .cache/bin/helm) or set MCP_WARDEN_HELM"
+    );
+    cached
+}
 const POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
 kind: Policy
 defaultAction: deny
@@ -49,28 +69,6 @@ kind: ServiceAccount
 metadata: {{name: mcp-server, namespace: {NS}}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: {NS}-impersonate-end-users}}
-rules:
-  - apiGroups: [""]
-    resources: [users]
-    verbs: [impersonate]
-  - apiGroups: [""]
-    resources: [groups]
-    verbs: [impersonate]
-    resourceNames: ["oidc:dev"]
-  - apiGroups: [authentication.k8s.io]
-    resources: [userextras/mcp-warden.io-pod]
-    verbs: [impersonate]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {NS}-impersonate-end-users}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {NS}-impersonate-end-users}}
-subjects:
-  - {{kind: ServiceAccount, name: mcp-server, namespace: {NS}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: configmap-reader, namespace: {NS}}}
 rules:
@@ -86,7 +84,28 @@ subjects:
   - {{kind: User, name: alice@example.com, apiGroup: rbac.authorization.k8s.io}}
 "#
     ))
-    .expect("namespace, ServiceAccount, impersonation grant, alice's Role");
+    .expect("namespace, ServiceAccount, alice's Role");
+    // The grant exactly as the chart renders it.
+    let grant = run_ok(Command::new(helm()).args([
+        "template",
+        "mcp-warden",
+        &repo().join("charts/mcp-warden").display().to_string(),
+        "--namespace",
+        "mcp-warden",
+        "-s",
+        "templates/enduser-impersonation.yaml",
+        "--set",
+        "endUsers.impersonation.enabled=true",
+        "--set",
+        "endUsers.impersonation.groups={oidc:dev}",
+        "--set",
+        &format!("mcpNamespaces[0].name={NS}"),
+        "--set",
+        "mcpNamespaces[0].serviceAccounts={mcp-server}",
+    ]))
+    .expect("helm template of the chart's endUsers.impersonation");
+    assert!(grant.contains("kind: ClusterRoleBinding"), "{grant}");
+    kube.apply(&grant).expect("the chart's impersonation grant");
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(
