@@ -786,6 +786,52 @@ mod tests {
     }
 
     #[test]
+    fn eval_judges_for_an_end_user_with_user_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  \
+             - {name: sre-secrets, action: allow, verbs: [get], resources: [secrets], groups: [\"oidc:sre\"]}\n",
+        )
+        .unwrap();
+        let f = f.to_str().unwrap();
+        let req = "GET /api/v1/namespaces/x/secrets/s";
+        let (code, out, _) = run_args(&["eval", f, req, "--user", "bob", "--group", "oidc:sre"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.starts_with("decision: allow\nrule:     sre-secrets"),
+            "{out}"
+        );
+        assert!(
+            out.contains("for:      end user \"bob\", groups [\"oidc:sre\"]"),
+            "{out}"
+        );
+        let (_, out, _) = run_args(&["eval", f, req, "--user", "bob"]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        let (_, out, _) = run_args(&["eval", f, req]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(out.contains("(no end user given"), "{out}");
+        let (_, out, _) = run_args(&[
+            "eval", f, req, "--user", "bob", "--group", "oidc:sre", "-o", "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["endUser"],
+            serde_json::json!({"username": "bob", "groups": ["oidc:sre"]})
+        );
+        // --group needs --user.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            _cmd: PolicyCommand,
+        }
+        let parsed =
+            <Cli as clap::Parser>::try_parse_from(["policy", "eval", f, req, "--group", "g"]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
     fn eval_json_and_errors() {
         let f = fixture("example.yaml");
         let f = f.to_str().unwrap();
