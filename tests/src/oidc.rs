@@ -222,12 +222,18 @@ impl TestIssuer {
         })
     }
 
-    /// `claims` signed with the current key.
+    /// `claims` signed with the current key, its `kid` in the header.
     pub fn token_with(&self, claims: Value) -> Result<String> {
+        let kid = self.lock_signing().first().map(|k| k.kid.clone());
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid;
+        self.token_with_header(header, claims)
+    }
+
+    /// `claims` signed with the current key under `header` as given.
+    pub fn token_with_header(&self, header: Header, claims: Value) -> Result<String> {
         let keys = self.lock_signing();
         let key = keys.first().context("a signing key")?;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid.clone());
         Ok(jsonwebtoken::encode(
             &header,
             &claims,

@@ -473,3 +473,110 @@ impl VerifyBearer for OidcVerifier {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use mcp_warden_tests::oidc::{AUDIENCE, TestIssuer};
+    use serde_json::json;
+
+    fn config(issuers: &[&TestIssuer], ca_file: PathBuf) -> OidcConfig {
+        OidcConfig {
+            issuers: issuers.iter().map(|i| i.url().to_string()).collect(),
+            audience: AUDIENCE.to_string(),
+            mapping: ClaimMapping {
+                username_claim: "email".into(),
+                username_prefix: None,
+                groups_claim: Some("groups".into()),
+                groups_prefix: "oidc:".into(),
+            },
+            keys: KeySource::Discovery,
+            ca_file: Some(ca_file),
+            refresh_interval: Duration::from_secs(10),
+            impersonate: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn several_issuers_and_what_is_never_accepted() {
+        let (a, b) = (TestIssuer::start().unwrap(), TestIssuer::start().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            format!(
+                "{}{}",
+                std::fs::read_to_string(a.ca_file()).unwrap(),
+                std::fs::read_to_string(b.ca_file()).unwrap()
+            ),
+        )
+        .unwrap();
+        let v = OidcVerifier::new(&config(&[&a, &b], ca)).unwrap();
+        let u = v
+            .verify_token(&b.token("bob@example.com", &["dev"]).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (u.username.as_str(), u.groups.as_slice(), u.issuer.as_str()),
+            ("bob@example.com", &["oidc:dev".to_string()][..], b.url())
+        );
+        assert!(
+            v.verify_token(&a.token("alice@example.com", &[]).unwrap())
+                .await
+                .is_ok()
+        );
+        // An HMAC token, whatever its secret, is refused before any key is looked up.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &a.claims("alice@example.com", &[]),
+            &EncodingKey::from_secret(b"public"),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify_token(&hs).await,
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+        // An unverified email does not name a user.
+        let mut c = a.claims("alice@example.com", &[]);
+        c["email_verified"] = json!(false);
+        assert_eq!(
+            v.verify_token(&a.token_with(c).unwrap()).await,
+            Err(VerifyError::Claims(ClaimError::EmailNotVerified))
+        );
+        for junk in ["a.b.c", "x", "e30.e30.", "bm9uZQ.e30.e30"] {
+            assert_eq!(
+                v.verify_token(junk).await,
+                Err(VerifyError::Malformed),
+                "{junk}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_jwks_file_and_a_token_without_kid() {
+        let a = TestIssuer::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, a.jwks_json()).unwrap();
+        let mut cfg = config(&[&a], dir.path().join("no-ca.crt"));
+        cfg.ca_file = None;
+        cfg.keys = KeySource::File(jwks.clone());
+        let v = OidcVerifier::new(&cfg).unwrap();
+        // A token without `kid` is verified with the one key that fits.
+        let token = a.token("alice@example.com", &[]).unwrap();
+        let no_kid = a
+            .token_with_header(
+                Header::new(Algorithm::ES256),
+                a.claims("alice@example.com", &[]),
+            )
+            .unwrap();
+        assert!(v.verify_token(&no_kid).await.is_ok());
+        assert!(v.verify_token(&token).await.is_ok());
+        assert_eq!(a.jwks_fetches(), 0);
+        // A file that disappears keeps the cached keys.
+        std::fs::remove_file(&jwks).unwrap();
+        assert!(v.verify_token(&token).await.is_ok());
+    }
+}
