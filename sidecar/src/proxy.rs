@@ -593,6 +593,7 @@ fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
         decision,
         rule,
         stream = ctx.is_stream,
+        end_user = ctx.end_user.as_deref().map(|u| u.username.as_str()).unwrap_or(""),
         "request"
     );
 }

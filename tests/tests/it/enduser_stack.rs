@@ -55,6 +55,7 @@ fn stack(issuer: &TestIssuer, extra: &[String]) -> Stack {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let mut args = issuer.sidecar_args();
+    args.push("--access-log=all".into());
     args.extend(extra.iter().cloned());
     let sidecar = Sidecar::start(
         &sim,
@@ -181,8 +182,9 @@ fn end_user_tokens_are_verified_and_rejections_name_the_reason() {
         (n >= 8).then_some(())
     })
     .unwrap();
-    // No token text anywhere.
+    // No token text anywhere; the access log names the person.
     let log = s.sidecar.log();
+    assert!(log.contains("\"end_user\":\"alice@example.com\""), "{log}");
     let recorded = serde_json::to_string(&s.collector.events()).unwrap();
     for t in &tokens {
         for part in t.split('.').filter(|p| p.len() > 16) {
