@@ -366,7 +366,9 @@ async fn prepare_upstream_request(
     // app's Impersonate-* headers were judged and stripped.
     if let (Some(user), Some(imp)) = (&ctx.end_user, &state.impersonate_end_user) {
         for (name, value) in crate::enduser::impersonation_headers(user, imp.pod.as_deref()) {
-            match HeaderValue::from_str(&value) {
+            // Bytes, not str: a UTF-8 name is sent as is (kube-apiserver
+            // reads header values as bytes); control characters are refused.
+            match HeaderValue::from_bytes(value.as_bytes()) {
                 Ok(v) => {
                     parts.headers.append(name, v);
                 }
