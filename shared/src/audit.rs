@@ -38,6 +38,9 @@ pub const ANN_ENFORCED: &str = "mcp-warden.io/enforced";
 /// Annotation: why a written body is not in `requestObject` although the
 /// level asks for it (e.g. a protobuf body of a kind the sidecar does not decode).
 pub const ANN_REQUEST_OBJECT_OMITTED: &str = "mcp-warden.io/request-object-omitted";
+/// On a request made with a verified end-user token: the token's issuer.
+/// `impersonatedUser` is then the end user, not headers the app sent.
+pub const ANN_END_USER_ISSUER: &str = "mcp-warden.io/end-user-issuer";
 
 /// How much of a request is recorded (`audit.k8s.io/v1` `Level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -252,6 +255,19 @@ impl UserInfo {
 }
 
 impl UserInfo {
+    /// The `impersonatedUser` of an event for a request made with an end
+    /// user's token: the person, as the upstream's impersonation headers
+    /// name them (the event's `user` stays who authenticated upstream, the
+    /// pod's service account), as kube-apiserver records impersonation.
+    pub fn from_end_user(user: &crate::enduser::EndUser) -> Self {
+        Self {
+            username: user.username.clone(),
+            uid: String::new(),
+            groups: user.groups.clone(),
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// The `impersonatedUser` of an event for a request carrying
     /// `Impersonate-*` headers; `None` when it carries none.
     pub fn from_impersonation(imp: &crate::attrs::Impersonation) -> Option<Self> {

@@ -40,6 +40,10 @@ pub struct Identity {
     /// (`authentication.kubernetes.io/pod-name`, `.../pod-uid`,
     /// `.../node-name`, `.../node-uid`, `.../credential-id`).
     pub extra: BTreeMap<String, Vec<String>>,
+    /// The person the request is made for, when the app presented a
+    /// verified end-user token instead of its local token (policy `users:`
+    /// and `groups:` match it; `None` matches neither).
+    pub end_user: Option<crate::enduser::EndUser>,
 }
 
 /// Why a token could not be read as a service-account identity.

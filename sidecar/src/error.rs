@@ -25,6 +25,17 @@ pub enum Refusal {
     /// No or wrong local token.
     #[error("missing or invalid local token")]
     Unauthorized,
+    /// An end-user token that did not verify: 401 naming why (never the
+    /// token).
+    #[error("end-user token rejected: {why}")]
+    EndUserRejected {
+        /// The verifier's reason (expired, audience mismatch, ...).
+        why: String,
+    },
+    /// A request with an end-user token that also asks to impersonate
+    /// someone: who acts would be ambiguous.
+    #[error("impersonation headers with an end-user token")]
+    EndUserImpersonates,
     /// The request line cannot be parsed the way kube-apiserver would.
     #[error("bad request: {0}")]
     BadRequest(#[from] AttrError),
@@ -128,6 +139,14 @@ impl Refusal {
         match self {
             // kube-apiserver's exact answer, which clients recognise.
             Refusal::Unauthorized => Status::new(Reason::Unauthorized, "Unauthorized"),
+            Refusal::EndUserRejected { why } => Status::new(
+                Reason::Unauthorized,
+                format!("Unauthorized: mcp-warden: end-user token rejected: {why}"),
+            ),
+            Refusal::EndUserImpersonates => Status::new(
+                Reason::Forbidden,
+                "mcp-warden: Impersonate-* headers are not accepted on a request made with an end-user token",
+            ),
             Refusal::BadRequest(e) => Status::new(Reason::BadRequest, e.to_string()),
             Refusal::Upgrade(m) => Status::new(Reason::BadRequest, format!("mcp-warden: {m}")),
             Refusal::Build(m) => Status::new(Reason::BadRequest, format!("mcp-warden: {m}")),

@@ -72,6 +72,9 @@ pub struct RequestContext {
     pub attrs: Option<RequestAttributes>,
     /// Impersonation asked for by `Impersonate-*` headers (empty if none).
     pub impersonation: Impersonation,
+    /// The end user, when the app presented a verified end-user token
+    /// instead of its local token (set by authentication).
+    pub end_user: Option<Arc<mcp_warden_shared::enduser::EndUser>>,
     /// The bodies the decide hook asked for ([`DecideHook::bodies_needed`]),
     /// set just before it runs and dropped right after, so a body is not
     /// held for the rest of the request.

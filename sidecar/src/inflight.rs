@@ -147,6 +147,7 @@ mod tests {
             user_agent: None,
             attrs: None,
             impersonation: Default::default(),
+            end_user: None,
             bodies: None,
             decision: None,
             is_upgrade: false,

@@ -189,6 +189,16 @@ pub async fn run_with(
         metrics.clone(),
     );
 
+    let end_users: Option<Arc<dyn enduser::VerifyBearer>> = match &config.oidc {
+        None => None,
+        Some(o) => Some(Arc::new(enduser::OidcVerifier::new(o).map_err(|e| {
+            ConfigError {
+                flag: "oidc-ca-file",
+                env: "MCP_WARDEN_OIDC_CA_FILE",
+                message: e.to_string(),
+            }
+        })?)),
+    };
     let state = Arc::new(proxy::ProxyState {
         local_token: creds.token.clone(),
         upstream,
@@ -201,6 +211,12 @@ pub async fn run_with(
         metrics: metrics.clone(),
         hooks,
         streams_closed: CancellationToken::new(),
+        end_users,
+        impersonate_end_user: config.oidc.as_ref().filter(|o| o.impersonate).map(|_| {
+            proxy::ImpersonateEndUser {
+                pod: config.pod_name.clone(),
+            }
+        }),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
     let listen = listener

@@ -1177,6 +1177,7 @@ mod tests {
             user_agent: None,
             attrs: Some(attrs("create", "pods", "exec")),
             impersonation: Default::default(),
+            end_user: None,
             bodies: None,
             decision: None,
             is_upgrade: true,

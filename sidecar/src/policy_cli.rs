@@ -19,6 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mcp_warden_shared::attrs::{Impersonation, RequestAttributes, parse_request};
+use mcp_warden_shared::enduser::EndUser;
 use mcp_warden_shared::identity::Identity;
 use mcp_warden_shared::policy::learn::LearnOptions;
 use mcp_warden_shared::policy::recorded::{self, Recorded};
@@ -60,6 +61,14 @@ pub enum PolicyCommand {
         /// Add `Impersonate-Group: GROUP` (repeatable; needs --as).
         #[arg(long = "as-group", value_name = "GROUP", requires = "as_user")]
         as_groups: Vec<String>,
+        /// The end user the request is made for, as the sidecar names them
+        /// from their token (for rules with `users`/`groups`). Without it,
+        /// the request is the app's own and such rules do not match.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// A group of the end user (repeatable; needs --user).
+        #[arg(long = "group", value_name = "GROUP", requires = "user")]
+        groups: Vec<String>,
         /// The request body for `when:` conditions (`object`): JSON, YAML
         /// (`.yaml`/`.yml`) or Kubernetes protobuf, as the client sends it.
         #[arg(long, value_name = "FILE")]
@@ -157,6 +166,8 @@ pub fn run_with(
             service_account,
             as_user,
             as_groups,
+            user,
+            groups,
             object,
             old_object,
             output,
@@ -164,6 +175,7 @@ pub fn run_with(
             &file,
             &request,
             service_account.as_deref(),
+            user.map(|u| EndUser::named(u, groups)),
             as_user,
             as_groups,
             [object.as_deref(), old_object.as_deref()],
@@ -426,6 +438,7 @@ fn eval(
     file: &Path,
     request: &str,
     service_account: Option<&str>,
+    end_user: Option<EndUser>,
     as_user: Option<String>,
     as_groups: Vec<String>,
     bodies: [Option<&Path>; 2],
@@ -444,7 +457,7 @@ fn eval(
         }
     }
     let (object, old_object) = (read[0].take(), read[1].take());
-    let who = match service_account {
+    let mut who = match service_account {
         Some(sa) => match Identity::from_service_account_ref(sa) {
             Ok(id) => id,
             Err(e) => {
@@ -454,6 +467,7 @@ fn eval(
         },
         None => Identity::default(),
     };
+    who.end_user = end_user;
     let parts: Vec<&str> = request.split_whitespace().collect();
     let (method, target) = match parts.as_slice() {
         [m, t] => (*m, *t),
@@ -498,6 +512,7 @@ fn eval(
             "request": attrs,
             "impersonation": imp,
             "serviceAccount": who.service_account_ref(),
+            "endUser": who.end_user.as_ref().map(|u| serde_json::json!({"username": u.username, "groups": u.groups})),
             "policy": {"file": file.display().to_string(), "sha256": policy.hash(), "mode": policy.mode.as_str()},
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -562,6 +577,15 @@ fn eval(
             .unwrap_or_else(|| {
                 "(no service account given: rules with serviceAccounts do not match)".to_string()
             })
+    )?;
+    writeln!(
+        out,
+        "for:      {}",
+        match &who.end_user {
+            Some(u) if u.groups.is_empty() => format!("end user {:?}", u.username),
+            Some(u) => format!("end user {:?}, groups {:?}", u.username, u.groups),
+            None => "(no end user given: rules with users or groups do not match)".to_string(),
+        }
     )?;
     writeln!(
         out,
@@ -759,6 +783,52 @@ mod tests {
         ]);
         assert!(out.starts_with("decision: deny\n"), "{out}");
         assert!(out.contains("impersonating user \"jane\""), "{out}");
+    }
+
+    #[test]
+    fn eval_judges_for_an_end_user_with_user_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  \
+             - {name: sre-secrets, action: allow, verbs: [get], resources: [secrets], groups: [\"oidc:sre\"]}\n",
+        )
+        .unwrap();
+        let f = f.to_str().unwrap();
+        let req = "GET /api/v1/namespaces/x/secrets/s";
+        let (code, out, _) = run_args(&["eval", f, req, "--user", "bob", "--group", "oidc:sre"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.starts_with("decision: allow\nrule:     sre-secrets"),
+            "{out}"
+        );
+        assert!(
+            out.contains("for:      end user \"bob\", groups [\"oidc:sre\"]"),
+            "{out}"
+        );
+        let (_, out, _) = run_args(&["eval", f, req, "--user", "bob"]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        let (_, out, _) = run_args(&["eval", f, req]);
+        assert!(out.starts_with("decision: deny\n"), "{out}");
+        assert!(out.contains("(no end user given"), "{out}");
+        let (_, out, _) = run_args(&[
+            "eval", f, req, "--user", "bob", "--group", "oidc:sre", "-o", "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["endUser"],
+            serde_json::json!({"username": "bob", "groups": ["oidc:sre"]})
+        );
+        // --group needs --user.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            _cmd: PolicyCommand,
+        }
+        let parsed =
+            <Cli as clap::Parser>::try_parse_from(["policy", "eval", f, req, "--group", "g"]);
+        assert!(parsed.is_err());
     }
 
     #[test]

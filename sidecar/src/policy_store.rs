@@ -615,7 +615,19 @@ impl PolicyDecider {
             .as_deref()
             .map(hooks::DecisionBodies::as_policy)
             .unwrap_or_default();
-        let (loaded, d) = self.evaluate_with(attrs, &ctx.impersonation, bodies);
+        let (loaded, d) = match &ctx.end_user {
+            None => self.evaluate_with(attrs, &ctx.impersonation, bodies),
+            Some(user) => {
+                let who = Identity {
+                    end_user: Some((**user).clone()),
+                    ..(*self.identity).clone()
+                };
+                let loaded = self.store.current();
+                let d =
+                    policy::evaluate_with(&loaded.policy, attrs, &ctx.impersonation, &who, bodies);
+                (loaded, d)
+            }
+        };
         for failure in &d.condition_errors {
             self.store.count_condition_error(&failure.rule);
             tracing::warn!(request_id = %ctx.request_id, rule = %failure.rule, error = %loggable(&failure.error), policy_hash = loaded.short_hash(), "policy condition failed: counted as matching for deny/approve, not for allow");
@@ -649,10 +661,19 @@ fn loggable(error: &str) -> &str {
 
 impl DecideHook for PolicyDecider {
     fn bodies_needed(&self, ctx: &RequestContext) -> policy::BodyNeed {
-        ctx.attrs
-            .as_ref()
-            .map(|a| self.body_needed(a))
-            .unwrap_or_default()
+        let Some(attrs) = &ctx.attrs else {
+            return policy::BodyNeed::default();
+        };
+        match &ctx.end_user {
+            None => self.body_needed(attrs),
+            Some(user) => {
+                let who = Identity {
+                    end_user: Some((**user).clone()),
+                    ..(*self.identity).clone()
+                };
+                self.store.current().policy.body_needed(attrs, &who)
+            }
+        }
     }
 
     fn decide<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, hooks::Decision> {
@@ -1083,6 +1104,7 @@ mod tests {
                 user_agent: None,
                 attrs: Some(parse_request(method.as_str(), path).unwrap()),
                 impersonation: Default::default(),
+                end_user: None,
                 bodies: bodies.map(Arc::new),
                 decision: None,
                 is_upgrade: false,

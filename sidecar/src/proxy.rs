@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use mcp_warden_shared::attrs::{impersonation_from_headers, parse_request};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::enduser::VerifyBearer;
 use crate::error::Refusal;
 use crate::forward::{
     Upstream, is_upgrade_request, strip_hop_by_hop, strip_impersonation, strip_untrusted,
@@ -48,6 +49,19 @@ pub struct ProxyState {
     pub hooks: Hooks,
     /// Cancelled at shutdown: ends open streams and tunnels.
     pub streams_closed: CancellationToken,
+    /// Verifies end-user tokens (`--oidc-*`); `None`: only the local token.
+    pub end_users: Option<Arc<dyn VerifyBearer>>,
+    /// Requests of an end user go upstream impersonating them
+    /// (`--impersonate-end-user`), with this pod name as the extra
+    /// `mcp-warden.io-pod`.
+    pub impersonate_end_user: Option<ImpersonateEndUser>,
+}
+
+/// How an end user's requests are sent upstream when impersonated.
+#[derive(Debug, Clone, Default)]
+pub struct ImpersonateEndUser {
+    /// The pod's name, sent as `Impersonate-Extra-mcp-warden.io-pod`.
+    pub pod: Option<String>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -100,6 +114,7 @@ fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
             .map(str::to_string),
         attrs: None,
         impersonation: Default::default(),
+        end_user: None,
         bodies: None,
         decision: None,
         is_upgrade: false,
@@ -128,8 +143,11 @@ async fn pipeline(
     ctx: &mut RequestContext,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Answered> {
-    authenticate(&state.local_token, req.headers())?;
+    ctx.end_user = authenticate_request(state, req.headers()).await?;
     parse(ctx, &req)?;
+    if ctx.end_user.is_some() && !ctx.impersonation.is_empty() {
+        return Err(Refusal::EndUserImpersonates.into());
+    }
     let mut req = crate::bodies::read_for_decision(state, ctx, req).await?;
     decide(state, ctx).await?;
     let admitted = state.inflight.admit(ctx)?;
@@ -184,6 +202,42 @@ async fn forward_once_more_on_rotation(
 /// Step 1: the local token, `Authorization: Bearer <token>` with the scheme
 /// in any case.
 pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Refusal> {
+    let token = bearer_token(headers)?;
+    if local.matches(token) {
+        Ok(())
+    } else {
+        Err(Refusal::Unauthorized)
+    }
+}
+
+/// Step 1 with end users: the local token (`None`: the app itself), or a
+/// JWT the end-user verifier accepts (the user it names). A JWT it rejects
+/// is a 401 naming why; neither the token nor its claims are logged.
+pub async fn authenticate_request(
+    state: &ProxyState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<crate::enduser::EndUser>>, Refusal> {
+    let token = bearer_token(headers)?;
+    if state.local_token.matches(token) {
+        return Ok(None);
+    }
+    let Some(verifier) = &state.end_users else {
+        return Err(Refusal::Unauthorized);
+    };
+    if !crate::enduser::looks_like_jwt(token) {
+        return Err(Refusal::Unauthorized);
+    }
+    let token = std::str::from_utf8(token).map_err(|_| Refusal::Unauthorized)?;
+    match verifier.verify(token).await {
+        Ok(user) => Ok(Some(Arc::new(user))),
+        Err(why) => Err(Refusal::EndUserRejected {
+            why: why.to_string(),
+        }),
+    }
+}
+
+/// The token of the one `Authorization: Bearer` header.
+fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Refusal> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Refusal::Unauthorized);
@@ -196,12 +250,7 @@ pub fn authenticate(local: &LocalToken, headers: &HeaderMap) -> Result<(), Refus
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(Refusal::Unauthorized);
     }
-    let token = rest.trim_ascii();
-    if local.matches(token) {
-        Ok(())
-    } else {
-        Err(Refusal::Unauthorized)
-    }
+    Ok(rest.trim_ascii())
 }
 
 /// Step 2: Kubernetes attributes and impersonation; non-canonical paths are
@@ -313,6 +362,27 @@ async fn prepare_upstream_request(
         }
     };
     parts.headers.insert(header::AUTHORIZATION, token);
+    // The sidecar's own impersonation of the end user, added after the
+    // app's Impersonate-* headers were judged and stripped.
+    if let (Some(user), Some(imp)) = (&ctx.end_user, &state.impersonate_end_user) {
+        for (name, value) in crate::enduser::impersonation_headers(user, imp.pod.as_deref()) {
+            // Bytes, not str: a UTF-8 name is sent as is (kube-apiserver
+            // reads header values as bytes); control characters are refused.
+            match HeaderValue::from_bytes(value.as_bytes()) {
+                Ok(v) => {
+                    parts.headers.append(name, v);
+                }
+                Err(_) => {
+                    return Err(Answered {
+                        refusal: Refusal::EndUserRejected {
+                            why: "the user or a group name cannot be sent in a header".into(),
+                        },
+                        record: Some(record),
+                    });
+                }
+            }
+        }
+    }
     Ok((Request::from_parts(parts, body), record))
 }
 
@@ -525,6 +595,7 @@ fn log_request(state: &ProxyState, ctx: &RequestContext, code: StatusCode) {
         decision,
         rule,
         stream = ctx.is_stream,
+        end_user = ctx.end_user.as_deref().map(|u| u.username.as_str()).unwrap_or(""),
         "request"
     );
 }

@@ -5,6 +5,7 @@
 pub mod apisim;
 pub mod collector;
 pub mod harness;
+pub mod oidc;
 pub mod realkube;
 pub mod simpod;
 pub mod stack;

@@ -166,6 +166,8 @@ fn covers(a: &Rule, b: &Rule) -> bool {
         && a.when.is_none()
         && covers_list(&a.verbs, &b.verbs)
         && covers_patterns(&a.service_accounts, &b.service_accounts)
+        && covers_patterns(&a.users, &b.users)
+        && covers_patterns(&a.groups, &b.groups)
         && if b.non_resource_urls.is_empty() {
             a.non_resource_urls.is_empty()
                 && covers_list(&a.api_groups, &b.api_groups)

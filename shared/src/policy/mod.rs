@@ -174,6 +174,13 @@ pub struct Rule {
     pub non_resource_urls: Vec<String>,
     /// `NS/NAME` globs of the pod's service account; empty means any.
     pub service_accounts: Vec<String>,
+    /// Globs of the end user's name; empty means any. A rule with users
+    /// never matches a request without an end user.
+    pub users: Vec<String>,
+    /// Globs of the end user's groups (any group matching is enough); empty
+    /// means any. A rule with groups never matches a request without an
+    /// end user.
+    pub groups: Vec<String>,
     /// Shown to the client with the decision.
     pub message: Option<String>,
     /// The `when:` condition, compiled; `None` means always.
@@ -183,6 +190,8 @@ pub struct Rule {
     resource_name_globs: Vec<GlobMatcher>,
     namespace_globs: Vec<(String, GlobMatcher)>,
     service_account_globs: Vec<GlobMatcher>,
+    user_globs: Vec<GlobMatcher>,
+    group_globs: Vec<GlobMatcher>,
 }
 
 /// A validated policy.
@@ -588,6 +597,9 @@ impl Rule {
                 return false;
             }
         }
+        if !self.end_user_matches(who.end_user.as_ref()) {
+            return false;
+        }
         if attrs.is_resource_request {
             !self.resources.is_empty()
                 && self
@@ -602,6 +614,22 @@ impl Rule {
                 .iter()
                 .any(|u| non_resource_url_matches(u, &attrs.path))
         }
+    }
+
+    /// `users` and `groups`: each, when given, needs an end user it
+    /// matches; a request without an end user matches neither.
+    fn end_user_matches(&self, end_user: Option<&crate::enduser::EndUser>) -> bool {
+        if self.users.is_empty() && self.groups.is_empty() {
+            return true;
+        }
+        let Some(u) = end_user else {
+            return false;
+        };
+        (self.users.is_empty() || self.user_globs.iter().any(|g| g.is_match(&u.username)))
+            && (self.groups.is_empty()
+                || u.groups
+                    .iter()
+                    .any(|group| self.group_globs.iter().any(|g| g.is_match(group))))
     }
 
     fn namespace_matches(&self, ns: &str) -> bool {

@@ -251,6 +251,8 @@ const RULE_FIELDS: &[&str] = &[
     "serviceAccounts",
     "message",
     "when",
+    "users",
+    "groups",
 ];
 /// Collects problems while walking the tree.
 struct Ctx {
@@ -680,6 +682,15 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         ),
     };
 
+    let (users, user_globs) = match f.get("users") {
+        None => (Vec::new(), Vec::new()),
+        Some(n) => subject_globs(ctx, n, &format!("{p}.users"), "user names"),
+    };
+    let (groups, group_globs) = match f.get("groups") {
+        None => (Vec::new(), Vec::new()),
+        Some(n) => subject_globs(ctx, n, &format!("{p}.groups"), "group names"),
+    };
+
     let when = f.get("when").and_then(|n| {
         let field = format!("{p}.when");
         let src = ctx.string(n, &field)?;
@@ -707,6 +718,10 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         resource_name_globs,
         namespace_globs: namespaces.into_iter().zip(namespace_globs).collect(),
         service_account_globs,
+        users,
+        groups,
+        user_globs,
+        group_globs,
     })
 }
 
@@ -758,6 +773,37 @@ fn globs(
             continue;
         }
         match GlobBuilder::new(&v).literal_separator(true).build() {
+            Ok(g) => {
+                pats.push(v);
+                matchers.push(g.compile_matcher());
+            }
+            Err(e) => ctx.err(loc, f, format!("invalid glob {v:?}: {}", e.kind())),
+        }
+    }
+    (pats, matchers)
+}
+
+/// Globs of end-user names or groups (`users`, `groups`): unlike the other
+/// globs, `*` also matches `/` and `:` since such names are often URLs
+/// (`https://issuer#sub`) or prefixed (`oidc:`).
+fn subject_globs(
+    ctx: &mut Ctx,
+    n: &Spanned<Node>,
+    field: &str,
+    what: &str,
+) -> (Vec<String>, Vec<GlobMatcher>) {
+    let Some(items) = ctx.string_list(n, field) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut pats = Vec::new();
+    let mut matchers = Vec::new();
+    for (i, (v, loc)) in items.into_iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Err(why) = super::validate::check_subject_pattern(&v, what) {
+            ctx.err(loc, f, why);
+            continue;
+        }
+        match GlobBuilder::new(&v).literal_separator(false).build() {
             Ok(g) => {
                 pats.push(v);
                 matchers.push(g.compile_matcher());

@@ -18,7 +18,8 @@ use serde_json::Value;
 use super::Action;
 use crate::attrs::{Impersonation, RequestAttributes, parse_request};
 use crate::audit::{
-    ANN_DECISION, ANN_REQUEST_OBJECT_OMITTED, ANN_RULE, Event, EventList, MicroTime, Stage,
+    ANN_DECISION, ANN_END_USER_ISSUER, ANN_REQUEST_OBJECT_OMITTED, ANN_RULE, Event, EventList,
+    MicroTime, Stage,
 };
 use crate::identity::{Identity, SERVICE_ACCOUNT_PREFIX};
 
@@ -132,10 +133,30 @@ fn identity_of(e: &Event) -> Identity {
         id.groups = u.groups.clone();
     }
     id.uid = u.uid.clone();
+    if let Some(end_user) = end_user_of(e) {
+        id.end_user = Some(end_user);
+    }
     id
 }
 
+/// The end user of a request made with an end-user token (its
+/// `impersonatedUser`, marked by [`ANN_END_USER_ISSUER`]).
+fn end_user_of(e: &Event) -> Option<crate::enduser::EndUser> {
+    let issuer = e.annotations.get(ANN_END_USER_ISSUER)?;
+    let u = e.impersonated_user.as_ref()?;
+    Some(crate::enduser::EndUser {
+        username: u.username.clone(),
+        groups: u.groups.clone(),
+        issuer: issuer.clone(),
+        subject: String::new(),
+    })
+}
+
 fn impersonation_of(e: &Event) -> Impersonation {
+    // An end user's request carried no Impersonate-* headers of the app's.
+    if e.annotations.contains_key(ANN_END_USER_ISSUER) {
+        return Impersonation::default();
+    }
     let Some(u) = &e.impersonated_user else {
         return Impersonation::default();
     };
@@ -274,6 +295,41 @@ pub(crate) mod tests {
             e["responseStatus"] = json!({"metadata": {}, "code": 200});
         }
         e
+    }
+
+    #[test]
+    fn an_end_users_request_is_read_back_as_that_end_user_not_impersonation() {
+        let uri = "/api/v1/namespaces/shop/pods";
+        let mut by_user = event("u", "ResponseComplete", "list", uri, "allow", "r", None);
+        by_user["impersonatedUser"] =
+            json!({"username": "alice@example.com", "groups": ["oidc:dev"]});
+        by_user["annotations"][ANN_END_USER_ISSUER] = json!("https://idp.example.com");
+        let mut by_headers = by_user.clone();
+        by_headers["auditID"] = json!("h");
+        by_headers["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(ANN_END_USER_ISSUER);
+        let list = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": [by_user, by_headers]});
+        let (reqs, _) = requests(&parse_events(list.to_string().as_bytes()).unwrap());
+        let u = reqs.iter().find(|r| r.audit_id == "u").unwrap();
+        let end_user = u.identity.end_user.as_ref().unwrap();
+        assert_eq!(
+            (
+                end_user.username.as_str(),
+                end_user.groups.as_slice(),
+                end_user.issuer.as_str()
+            ),
+            (
+                "alice@example.com",
+                &["oidc:dev".to_string()][..],
+                "https://idp.example.com"
+            )
+        );
+        assert!(u.impersonation.is_empty());
+        let h = reqs.iter().find(|r| r.audit_id == "h").unwrap();
+        assert!(h.identity.end_user.is_none());
+        assert_eq!(h.impersonation.user.as_deref(), Some("alice@example.com"));
     }
 
     #[test]

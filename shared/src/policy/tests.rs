@@ -721,3 +721,145 @@ fn api_version_is_in_the_contract_group() {
         )
     );
 }
+
+const END_USER_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+defaultAction: deny
+rules:
+  - name: alice-deletes-in-dev
+    action: allow
+    verbs: [delete]
+    resources: [pods]
+    namespaces: ["dev-*"]
+    users: ["alice@*", "https://idp.example.com#*"]
+  - name: nobody-deletes-in-prod
+    action: deny
+    verbs: [delete]
+    resources: [pods]
+    namespaces: ["prod-*"]
+    users: ["*"]
+  - name: sre-reads-secrets
+    action: allow
+    verbs: [get]
+    resources: [secrets]
+    groups: ["oidc:sre", "oidc:platform/*"]
+  - name: reads
+    action: allow
+    verbs: [get, list]
+    resources: [pods]
+"#;
+
+fn with_end_user(user: &str, groups: &[&str]) -> Identity {
+    Identity {
+        end_user: Some(crate::enduser::EndUser::named(
+            user,
+            groups.iter().map(|g| g.to_string()).collect(),
+        )),
+        ..who_sa("mcp/server")
+    }
+}
+
+#[test]
+fn users_and_groups_match_the_end_user_and_never_a_request_without_one() {
+    let p = Policy::parse("p.yaml", END_USER_POLICY).unwrap();
+    let none = Impersonation::default();
+    let app = who_sa("mcp/server");
+    let alice = with_end_user("alice@example.com", &["oidc:dev"]);
+    let url_named = with_end_user("https://idp.example.com#u-1", &[]);
+    let bob = with_end_user("bob@example.com", &["oidc:platform/sre-oncall"]);
+    let del_dev = ("DELETE", "/api/v1/namespaces/dev-1/pods/web");
+    let del_prod = ("DELETE", "/api/v1/namespaces/prod-1/pods/web");
+    let secret = ("GET", "/api/v1/namespaces/dev-1/secrets/s");
+    type Case<'a> = (&'a Identity, (&'a str, &'a str), Action, Option<&'a str>);
+    let cases: &[Case] = &[
+        (&alice, del_dev, Action::Allow, Some("alice-deletes-in-dev")),
+        // `*` in users and groups also crosses `/` and `:`.
+        (
+            &url_named,
+            del_dev,
+            Action::Allow,
+            Some("alice-deletes-in-dev"),
+        ),
+        (&bob, del_dev, Action::Deny, None),
+        // No end user: a rule with users matches neither for allow nor deny.
+        (&app, del_dev, Action::Deny, None),
+        (
+            &alice,
+            del_prod,
+            Action::Deny,
+            Some("nobody-deletes-in-prod"),
+        ),
+        (&app, del_prod, Action::Deny, None),
+        (&bob, secret, Action::Allow, Some("sre-reads-secrets")),
+        (&alice, secret, Action::Deny, None),
+        (&app, secret, Action::Deny, None),
+        // Rules without users/groups match with or without an end user.
+        (
+            &alice,
+            ("GET", "/api/v1/namespaces/x/pods"),
+            Action::Allow,
+            Some("reads"),
+        ),
+        (
+            &app,
+            ("GET", "/api/v1/namespaces/x/pods"),
+            Action::Allow,
+            Some("reads"),
+        ),
+    ];
+    for (who, (m, path), action, rule) in cases {
+        let d = decide(&p, m, path, who, &none);
+        assert_eq!(
+            (d.action, d.rule.as_deref()),
+            (*action, *rule),
+            "{m} {path} by {:?}",
+            who.end_user
+        );
+    }
+}
+
+#[test]
+fn users_and_groups_patterns_are_checked() {
+    for (rule, field) in [
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], users: [\"\"]}\n",
+            "rules[0].users[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"a\\tb\"]}\n",
+            "rules[0].groups[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], groups: [\"[\"]}\n",
+            "rules[0].groups[0]",
+        ),
+        (
+            "  - {name: r, action: allow, verbs: [get], resources: [pods], users: alice}\n",
+            "rules[0].users",
+        ),
+    ] {
+        let src = format!("apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n{rule}");
+        let e = Policy::parse("p.yaml", &src).unwrap_err().to_string();
+        assert!(e.contains(field), "{field} not in {e}");
+    }
+}
+
+#[test]
+fn a_users_rule_is_not_shadowed_by_a_wider_one_but_shadows_a_narrower() {
+    let src = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+rules:
+  - {name: alice, action: allow, verbs: [get], resources: [pods], users: ["alice@*"]}
+  - {name: everyone, action: allow, verbs: [get], resources: [pods]}
+  - {name: alice-again, action: allow, verbs: [get], resources: [pods], users: [alice@example.com]}
+"#;
+    let p = Policy::parse("p.yaml", src).unwrap();
+    let lints = lint::lint(&p);
+    let shadowed: Vec<&str> = lints
+        .iter()
+        .filter(|l| l.message.contains("shadow"))
+        .map(|l| l.rule.as_str())
+        .collect();
+    assert!(!shadowed.contains(&"everyone"), "{lints:?}");
+    assert!(shadowed.contains(&"alice-again"), "{lints:?}");
+}

@@ -200,3 +200,17 @@ pub(super) fn check_service_account_pattern(p: &str) -> Result<(), String> {
         )),
     }
 }
+
+/// A `users` or `groups` glob: any text but empty or with control
+/// characters (names come from an identity provider, in any case).
+pub(super) fn check_subject_pattern(p: &str, what: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err(format!("an empty pattern matches no {what}"));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!(
+            "{p:?} has control characters, which no {what} contain"
+        ));
+    }
+    Ok(())
+}

@@ -154,6 +154,7 @@ mod tests {
             user_agent: None,
             attrs: Some(attrs()),
             impersonation: Default::default(),
+            end_user: None,
             bodies: None,
             decision: None,
             is_upgrade: false,

@@ -206,6 +206,10 @@ pub struct ServeArgs {
     /// in-flight caps (see [`crate::limits`]).
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+
+    /// End users: `--oidc-*` and `--impersonate-end-user` (see [`crate::enduser`]).
+    #[command(flatten)]
+    pub oidc: crate::enduser::OidcArgs,
 }
 
 /// The recording flags (flattened into [`ServeArgs`]); with the pod and
@@ -385,6 +389,8 @@ pub struct Config {
     pub approval: ApprovalConfig,
     /// Connection and request limits of both listeners and the in-flight caps.
     pub limits: crate::limits::Limits,
+    /// End-user authentication; `None`: only the local token is accepted.
+    pub oidc: Option<crate::enduser::OidcConfig>,
 }
 
 impl Config {
@@ -513,6 +519,7 @@ impl ServeArgs {
             access_log: self.access_log,
             approval: self.approval.validate()?,
             limits: self.limits.limits(),
+            oidc: self.oidc.validate()?,
         })
     }
 }

@@ -182,7 +182,10 @@ impl RecordingHook {
             request_uri: &ctx.path_and_query,
             attrs,
             user: self.user.clone(),
-            impersonated_user: UserInfo::from_impersonation(&ctx.impersonation),
+            impersonated_user: match &ctx.end_user {
+                Some(u) => Some(UserInfo::from_end_user(u)),
+                None => UserInfo::from_impersonation(&ctx.impersonation),
+            },
             source_ips: vec![ctx.peer.ip().to_string()],
             user_agent: ctx.user_agent.as_deref().unwrap_or(""),
             level,
@@ -205,6 +208,10 @@ impl RecordingHook {
                 mcp_warden_shared::contract::ANN_PREVIEW.to_string(),
                 p.to_string(),
             );
+        }
+        if let Some(u) = &ctx.end_user {
+            e.annotations
+                .insert(audit::ANN_END_USER_ISSUER.to_string(), u.issuer.clone());
         }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
@@ -902,6 +909,7 @@ mod tests {
                 ..Default::default()
             }),
             impersonation: Default::default(),
+            end_user: None,
             bodies: None,
             decision: Some(Decision::allow()),
             is_upgrade: false,
