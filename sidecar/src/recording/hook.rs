@@ -199,6 +199,12 @@ impl RecordingHook {
                 crate::approval::ANN_ACCESS_REQUEST.to_string(),
                 a.access_request.clone(),
             );
+            if a.grant {
+                e.annotations.insert(
+                    crate::approval::ANN_GRANT.to_string(),
+                    a.access_request.clone(),
+                );
+            }
         }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);
