@@ -9,7 +9,9 @@
 //!   rule for a few seconds: `grants` lists it with the time left, three
 //!   deletes pass without a hold, each recorded with the grant and alice;
 //!   after the window the fourth is held again.
-//! - A grant revoked by bob ends at once: the next delete is held.
+//! - A held delete approved with `--for 1h` goes through and the next
+//!   passes under the grant that came with it; bob revokes that grant and
+//!   the delete after is held at once.
 //! - The ServiceAccount cannot grant itself, and a window over the
 //!   webhook's cap (1h) is refused; both are left Expired.
 //! - A grant on a `grant: false` rule is ended by the sidecar (Expired, the
@@ -56,7 +58,7 @@ rules:
 "#;
 
 /// The ConfigMaps the scenario deletes (all in its namespace).
-pub(crate) const CONFIGMAPS: [&str; 6] = ["g1", "g2", "g3", "g4", "g5", "g6"];
+pub(crate) const CONFIGMAPS: [&str; 7] = ["g1", "g2", "g3", "g4", "g5", "g6", "g7"];
 /// The Secret whose rule forbids grants.
 pub(crate) const SECRET: &str = "never-granted";
 
@@ -229,7 +231,7 @@ impl Env<'_> {
 /// The grants scenario (see the module docs).
 pub(crate) fn grant_scenario(env: &Env<'_>) {
     let ns = env.ns;
-    let [c1, c2, c3, c4, c5, c6] = CONFIGMAPS;
+    let [c1, c2, c3, c4, c5, c6, c7] = CONFIGMAPS;
 
     // A short window: `grants` lists it with the time left, three deletes
     // pass without a hold, each recorded with the grant and its approver.
@@ -276,9 +278,46 @@ pub(crate) fn grant_scenario(env: &Env<'_>) {
     .unwrap();
     env.held("configmap", c4);
 
+    // A held request approved with a window: it goes through, and its
+    // requester's next delete passes without a hold.
+    let mut child = env.delete("configmap", c5);
+    let ar = wait_for("the held request's AccessRequest", SETTLE, || {
+        let found = (env.access_requests)()
+            .into_iter()
+            .find(|a| a["spec"]["name"] == c5 && a["status"]["state"] == "Pending");
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    })
+    .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", env.sidecar.log()));
+    let held_name = ar["metadata"]["name"].as_str().unwrap();
+    let out = plugin(env.alice, &["approve", held_name, "-n", ns, "--for", "1h"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("approved (decidedBy: alice)"), "{said}");
+    let g = said
+        .lines()
+        .find(|l| l.contains(" granted (decidedBy: alice)"))
+        .and_then(|l| l.strip_prefix("accessrequest.mcp-warden.io/"))
+        .and_then(|l| l.split_once(' '))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| panic!("{said}"));
+    let status = wait_child(&mut child, LIMIT).expect("the approved delete did not finish");
+    assert!(status.success(), "sidecar log:\n{}", env.sidecar.log());
+    wait_for("the grant in effect in the sidecar", SETTLE, || {
+        env.sidecar
+            .log()
+            .lines()
+            .any(|l| l.contains("grant in effect") && l.contains(&g))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", env.sidecar.log()));
+    let grant = env.ar(&g);
+    assert_eq!(grant["spec"]["grant"]["rule"], "deletes-need-a-human", "{grant}");
+    env.passes(c6);
+
     // Revoked: the next delete is held.
-    let g = env.granted("deletes-need-a-human", "1h");
-    env.passes(c5);
     let out = plugin(env.bob, &["revoke", &g, "-n", ns, "--reason", "enough"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("revoked (by bob)"), "{}", text(&out));
@@ -290,7 +329,7 @@ pub(crate) fn grant_scenario(env: &Env<'_>) {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", env.sidecar.log()));
-    env.held("configmap", c6);
+    env.held("configmap", c7);
     let revoked = env.ar(&g);
     assert_eq!(revoked["status"]["state"], "Expired", "{revoked}");
     assert_eq!(revoked["status"]["reason"], "revoked: enough", "{revoked}");
