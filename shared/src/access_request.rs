@@ -317,7 +317,11 @@ mod tests {
                 "spec": {"verb": "delete", "resource": "configmaps", "requestHash": "h",
                          "requester": {"serviceAccount": "sa"}, "expiresAt": "2026-11-22T01:05:00Z"}})
         );
-        assert!(serde_json::to_value(&ar).unwrap()["spec"].get("grant").is_none());
+        assert!(
+            serde_json::to_value(&ar).unwrap()["spec"]
+                .get("grant")
+                .is_none()
+        );
         ar = ar.with_state(State::Expired, "");
         let v = serde_json::to_value(&ar).unwrap();
         assert_eq!(v["status"], json!({"state": "Expired"}));

@@ -61,7 +61,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, GrantError> {
     let mut total: u64 = 0;
     let mut allowed = "hms";
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad("expected a number"));
         }
@@ -303,10 +305,27 @@ mod tests {
 
     #[test]
     fn durations_read_and_print() {
-        for (s, secs) in [("90s", 90), ("30m", 1800), ("1h", 3600), ("1h30m", 5400), ("2h0m5s", 7205)] {
+        for (s, secs) in [
+            ("90s", 90),
+            ("30m", 1800),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("2h0m5s", 7205),
+        ] {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_secs(secs), "{s}");
         }
-        for bad in ["", "0s", "30", "m", "5d", "1m1h", "1h1h", "-5s", "1.5h", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "0s",
+            "30",
+            "m",
+            "5d",
+            "1m1h",
+            "1h1h",
+            "-5s",
+            "1.5h",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
@@ -335,7 +354,12 @@ mod tests {
             Err(GrantError::Scope)
         );
         assert_eq!(
-            validate("mcp", SA, &g(json!({"pod": "p", "serviceAccount": "agent"})), max),
+            validate(
+                "mcp",
+                SA,
+                &g(json!({"pod": "p", "serviceAccount": "agent"})),
+                max
+            ),
             Err(GrantError::Scope)
         );
         assert!(matches!(
@@ -346,7 +370,10 @@ mod tests {
             validate("other-ns", SA, &ok, max),
             Err(GrantError::Requester { .. })
         ));
-        assert_eq!(validate("mcp", SA, &g(json!({"pod": "p"})), max), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            validate("mcp", SA, &g(json!({"pod": "p"})), max),
+            Ok(Duration::from_secs(30))
+        );
         assert!(matches!(
             validate("mcp", "", &g(json!({"pod": "p"})), max),
             Err(GrantError::Requester { .. })
@@ -404,8 +431,14 @@ mod tests {
             pod: "web-0",
         };
         assert!(!g.covers(stranger, "deletes", "any", t0));
-        assert_eq!(g.remaining(t0 + time::Duration::seconds(10)), Duration::from_secs(20));
-        assert_eq!(g.remaining(t0 + time::Duration::seconds(99)), Duration::ZERO);
+        assert_eq!(
+            g.remaining(t0 + time::Duration::seconds(10)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            g.remaining(t0 + time::Duration::seconds(99)),
+            Duration::ZERO
+        );
 
         let Reading::Active(p) = read(
             &grant(json!({"pod": "web-0", "namespace": "prod"}), "Approved"),
@@ -415,8 +448,24 @@ mod tests {
         };
         assert!(p.covers(me, "deletes", "prod", t0));
         assert!(!p.covers(me, "deletes", "dev", t0));
-        assert!(!p.covers(Grantee { username: SA, pod: "web-1" }, "deletes", "prod", t0));
-        assert!(!p.covers(Grantee { username: SA, pod: "" }, "deletes", "prod", t0));
+        assert!(!p.covers(
+            Grantee {
+                username: SA,
+                pod: "web-1"
+            },
+            "deletes",
+            "prod",
+            t0
+        ));
+        assert!(!p.covers(
+            Grantee {
+                username: SA,
+                pod: ""
+            },
+            "deletes",
+            "prod",
+            t0
+        ));
 
         for state in ["Pending", "Expired", "Used", "Denied"] {
             assert_eq!(
@@ -425,7 +474,10 @@ mod tests {
             );
         }
         assert!(matches!(
-            read(&grant(json!({"serviceAccount": "agent"}), "Approved"), Duration::from_secs(10)),
+            read(
+                &grant(json!({"serviceAccount": "agent"}), "Approved"),
+                Duration::from_secs(10)
+            ),
             Reading::Invalid(GrantError::TooLong { .. })
         ));
         let mut held = grant(json!({"serviceAccount": "agent"}), "Approved");

@@ -633,7 +633,12 @@ mod tests {
         if v["response"]["allowed"] == true {
             return None;
         }
-        Some(v["response"]["status"]["message"].as_str().unwrap().to_string())
+        Some(
+            v["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
     }
 
     #[test]
@@ -650,7 +655,14 @@ mod tests {
         let (old, new) = approve(&sa, "30m");
         let body = review_with_extra("alice", None, old.clone(), new.clone());
         assert_eq!(refusal(&body, Mode::Mutate, max), None);
-        let ops = super::judge(&access_request(&old).unwrap(), &access_request(&new).unwrap(), "alice", NOW, Mode::Mutate).unwrap();
+        let ops = super::judge(
+            &access_request(&old).unwrap(),
+            &access_request(&new).unwrap(),
+            "alice",
+            NOW,
+            Mode::Mutate,
+        )
+        .unwrap();
         let stamped = apply(&new, &ops);
         let body = review_with_extra("alice", None, old.clone(), stamped.clone());
         assert_eq!(refusal(&body, Mode::Validate, max), None);
@@ -679,23 +691,48 @@ mod tests {
         );
         // Over the cap: refused, naming both.
         let (lold, lnew) = approve(&sa, "2h");
-        let m = refusal(&review_with_extra("alice", None, lold, lnew), Mode::Mutate, max).unwrap();
-        assert!(m.contains("a grant of 2h is longer than the allowed 1h"), "{m}");
+        let m = refusal(
+            &review_with_extra("alice", None, lold, lnew),
+            Mode::Mutate,
+            max,
+        )
+        .unwrap();
+        assert!(
+            m.contains("a grant of 2h is longer than the allowed 1h"),
+            "{m}"
+        );
         // Malformed: no scope.
         let (bold, bnew) = approve(&json!({}), "5m");
-        let m = refusal(&review_with_extra("alice", None, bold, bnew), Mode::Mutate, max).unwrap();
-        assert!(m.contains("exactly one of a pod and a ServiceAccount"), "{m}");
+        let m = refusal(
+            &review_with_extra("alice", None, bold, bnew),
+            Mode::Mutate,
+            max,
+        )
+        .unwrap();
+        assert!(
+            m.contains("exactly one of a pod and a ServiceAccount"),
+            "{m}"
+        );
         // A typed decidedAt would move the window: the validating pass
         // wants the admission time.
         let mut forged = stamped.clone();
         forged["status"]["decidedAt"] = json!("2026-11-22T05:00:00Z");
-        let m = refusal(&review_with_extra("alice", None, old.clone(), forged), Mode::Validate, max).unwrap();
+        let m = refusal(
+            &review_with_extra("alice", None, old.clone(), forged),
+            Mode::Validate,
+            max,
+        )
+        .unwrap();
         assert!(m.contains("window starts there"), "{m}");
         // Revoking (Approved -> Expired) is not an approval: no grant checks.
         let approved = apply(&grant_ar(sa.clone(), "2h", Some("Approved")), &[]);
         let expired = grant_ar(sa, "2h", Some("Expired"));
         assert_eq!(
-            refusal(&review_with_extra("bob", None, approved, expired), Mode::Mutate, max),
+            refusal(
+                &review_with_extra("bob", None, approved, expired),
+                Mode::Mutate,
+                max
+            ),
             None
         );
     }

@@ -235,7 +235,10 @@ pub fn pending_table(items: &[AccessRequest], now: OffsetDateTime, with_ns: bool
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A pod, running as the ServiceAccount named second.
-    Pod { name: String, service_account: String },
+    Pod {
+        name: String,
+        service_account: String,
+    },
     /// A ServiceAccount.
     ServiceAccount(String),
 }
@@ -294,12 +297,11 @@ pub fn grant_request(
             "grant {rule}{scope} to {who} for {}",
             grant::format_duration(window)
         ),
-        expires_at: (now
-            + time::Duration::try_from(window).unwrap_or(time::Duration::ZERO))
-        .replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&Rfc3339)
-        .unwrap_or_default(),
+        expires_at: (now + time::Duration::try_from(window).unwrap_or(time::Duration::ZERO))
+            .replace_nanosecond(0)
+            .unwrap_or(now)
+            .format(&Rfc3339)
+            .unwrap_or_default(),
         grant: Some(GrantSpec {
             rule: rule.to_string(),
             namespace: target_namespace.to_string(),
@@ -750,7 +752,12 @@ mod tests {
             json!({"rule": "r", "pod": "web-0", "duration": "1m30s"})
         );
         assert_eq!(
-            grant::validate("mcp", "system:serviceaccount:mcp:agent", &pod.spec.grant.unwrap(), grant::DEFAULT_MAX_GRANT),
+            grant::validate(
+                "mcp",
+                "system:serviceaccount:mcp:agent",
+                &pod.spec.grant.unwrap(),
+                grant::DEFAULT_MAX_GRANT
+            ),
             Ok(std::time::Duration::from_secs(90))
         );
     }
@@ -772,7 +779,10 @@ mod tests {
         ];
         let t = grants_table(&items, now, false);
         assert!(t.starts_with("NAME"), "{t}");
-        assert!(t.contains("live") && t.contains("serviceaccount/agent"), "{t}");
+        assert!(
+            t.contains("live") && t.contains("serviceaccount/agent"),
+            "{t}"
+        );
         assert!(t.contains("alice") && t.contains("20m0s"), "{t}");
         for gone in ["over", "revoked", "held"] {
             assert!(!t.contains(gone), "{t}");
@@ -782,8 +792,14 @@ mod tests {
         let r = serde_json::to_value(revoked(&items[0], "done").unwrap()).unwrap();
         assert_eq!(r["status"]["state"], "Expired");
         assert_eq!(r["status"]["reason"], "revoked: done");
-        assert!(matches!(revoked(&items[2], ""), Err(PluginError::NotAGrant { .. })));
-        assert!(matches!(revoked(&items[3], ""), Err(PluginError::NotAGrant { .. })));
+        assert!(matches!(
+            revoked(&items[2], ""),
+            Err(PluginError::NotAGrant { .. })
+        ));
+        assert!(matches!(
+            revoked(&items[3], ""),
+            Err(PluginError::NotAGrant { .. })
+        ));
     }
 
     #[test]
@@ -792,13 +808,32 @@ mod tests {
             "requester": {"serviceAccount": "system:serviceaccount:mcp:agent", "pod": "web-0"}}}));
         assert_eq!(
             held_requester(&held, "mcp").unwrap(),
-            Target::Pod { name: "web-0".into(), service_account: "agent".into() }
+            Target::Pod {
+                name: "web-0".into(),
+                service_account: "agent".into()
+            }
         );
         assert!(held_requester(&held, "other").is_err());
-        let cli = PluginCli::try_parse_from(["kubectl-mcp_warden", "grant", "--rule", "r", "--for", "5m"]);
+        let cli = PluginCli::try_parse_from([
+            "kubectl-mcp_warden",
+            "grant",
+            "--rule",
+            "r",
+            "--for",
+            "5m",
+        ]);
         assert!(cli.is_err(), "a grant needs --pod or --service-account");
         let cli = PluginCli::try_parse_from([
-            "kubectl-mcp_warden", "grant", "--pod", "p", "--service-account", "s", "--rule", "r", "--for", "5m",
+            "kubectl-mcp_warden",
+            "grant",
+            "--pod",
+            "p",
+            "--service-account",
+            "s",
+            "--rule",
+            "r",
+            "--for",
+            "5m",
         ]);
         assert!(cli.is_err(), "only one of them");
     }

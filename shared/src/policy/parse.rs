@@ -984,12 +984,12 @@ fn parse_approval(ctx: &mut Ctx, n: &Spanned<Node>) -> Approval {
     };
     let f = ctx.fields(entries, &["maxGrant"], "approval.");
     let mut a = Approval::default();
-    if let Some(m) = f.get("maxGrant") {
-        if let Some(s) = ctx.string(m, "approval.maxGrant") {
-            match crate::grant::parse_duration(&s) {
-                Ok(d) => a.max_grant = d,
-                Err(e) => ctx.err(m.referenced, "approval.maxGrant", e.to_string()),
-            }
+    if let Some(m) = f.get("maxGrant")
+        && let Some(s) = ctx.string(m, "approval.maxGrant")
+    {
+        match crate::grant::parse_duration(&s) {
+            Ok(d) => a.max_grant = d,
+            Err(e) => ctx.err(m.referenced, "approval.maxGrant", e.to_string()),
         }
     }
     a

@@ -71,10 +71,9 @@ pub fn select(
                     out.pass = Some(g);
                 }
             }
-            Reading::Invalid(e @ GrantError::TooLong { .. }) => out.refused.push((
-                ar.clone(),
-                format!("{e} by the policy's approval.maxGrant"),
-            )),
+            Reading::Invalid(e @ GrantError::TooLong { .. }) => out
+                .refused
+                .push((ar.clone(), format!("{e} by the policy's approval.maxGrant"))),
             _ => {}
         }
     }
@@ -249,7 +248,9 @@ fn in_effect(ar: &AccessRequest, store: &Arc<Mutex<BTreeMap<String, AccessReques
     tokio::spawn(async move {
         tokio::time::sleep(left).await;
         let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.get(&name).is_some_and(|a| a.resource_version() == version) {
+        if s.get(&name)
+            .is_some_and(|a| a.resource_version() == version)
+        {
             s.remove(&name);
             tracing::info!(grant = %name, "grant window ended");
         }
@@ -313,7 +314,12 @@ rules:
     fn a_grant_passes_its_rule_within_its_window() {
         let p = policy("");
         let gs = vec![
-            grant("short", "deletes", "10s", json!({"serviceAccount": "agent"})),
+            grant(
+                "short",
+                "deletes",
+                "10s",
+                json!({"serviceAccount": "agent"}),
+            ),
             grant("long", "deletes", "30s", json!({"pod": "web-0"})),
             grant("elsewhere", "deletes", "50s", json!({"pod": "web-1"})),
         ];
@@ -321,23 +327,41 @@ rules:
         assert_eq!(s.pass.unwrap().id, "mcp/long", "the longest-lasting one");
         assert!(s.refused.is_empty());
         let later = T0 + time::Duration::seconds(20);
-        assert!(select(&gs[..1], &p, me(), "deletes", "default", later).pass.is_none());
+        assert!(
+            select(&gs[..1], &p, me(), "deletes", "default", later)
+                .pass
+                .is_none()
+        );
         assert!(select(&gs, &p, me(), "other", "default", T0).pass.is_none());
         let after = T0 + time::Duration::seconds(30);
-        assert!(select(&gs, &p, me(), "deletes", "default", after).pass.is_none());
+        assert!(
+            select(&gs, &p, me(), "deletes", "default", after)
+                .pass
+                .is_none()
+        );
     }
 
     #[test]
     fn the_policy_refuses_grants_on_a_grant_false_rule_and_over_its_cap() {
         let p = policy("");
-        let gs = vec![grant("s", "secrets", "10s", json!({"serviceAccount": "agent"}))];
+        let gs = vec![grant(
+            "s",
+            "secrets",
+            "10s",
+            json!({"serviceAccount": "agent"}),
+        )];
         let s = select(&gs, &p, me(), "secrets", "default", T0);
         assert!(s.pass.is_none());
         assert_eq!(s.refused.len(), 1);
         assert!(s.refused[0].1.contains("grant: false"), "{:?}", s.refused);
 
         let capped = policy("approval:\n  maxGrant: 1m");
-        let gs = vec![grant("l", "deletes", "2m", json!({"serviceAccount": "agent"}))];
+        let gs = vec![grant(
+            "l",
+            "deletes",
+            "2m",
+            json!({"serviceAccount": "agent"}),
+        )];
         let s = select(&gs, &capped, me(), "deletes", "default", T0);
         assert!(s.pass.is_none());
         assert!(
@@ -345,7 +369,11 @@ rules:
             "{:?}",
             s.refused
         );
-        assert!(select(&gs, &p, me(), "deletes", "default", T0).pass.is_some());
+        assert!(
+            select(&gs, &p, me(), "deletes", "default", T0)
+                .pass
+                .is_some()
+        );
         // Another pod's grant is not this sidecar's to refuse.
         let theirs = vec![grant("t", "secrets", "10s", json!({"pod": "web-1"}))];
         assert_eq!(

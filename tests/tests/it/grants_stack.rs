@@ -172,7 +172,11 @@ impl Env<'_> {
             use std::io::Read;
             let _ = e.read_to_string(&mut err);
         }
-        assert!(status.success(), "{err}\nsidecar log:\n{}", self.sidecar.log());
+        assert!(
+            status.success(),
+            "{err}\nsidecar log:\n{}",
+            self.sidecar.log()
+        );
         assert!(
             !(self.access_requests)()
                 .iter()
@@ -195,7 +199,10 @@ impl Env<'_> {
             found
         })
         .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", self.sidecar.log()));
-        assert!(child.try_wait().unwrap().is_none(), "the delete was not held");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the delete was not held"
+        );
         let ar_name = ar["metadata"]["name"].as_str().unwrap();
         let out = plugin(self.alice, &["deny", ar_name, "-n", self.ns]);
         assert!(out.status.success(), "{}", text(&out));
@@ -314,20 +321,27 @@ pub(crate) fn grant_scenario(env: &Env<'_>) {
     })
     .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", env.sidecar.log()));
     let grant = env.ar(&g);
-    assert_eq!(grant["spec"]["grant"]["rule"], "deletes-need-a-human", "{grant}");
+    assert_eq!(
+        grant["spec"]["grant"]["rule"], "deletes-need-a-human",
+        "{grant}"
+    );
     env.passes(c6);
 
     // Revoked: the next delete is held.
     let out = plugin(env.bob, &["revoke", &g, "-n", ns, "--reason", "enough"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("revoked (by bob)"), "{}", text(&out));
-    wait_for("the sidecar to drop the revoked grant", Duration::from_secs(10), || {
-        env.sidecar
-            .log()
-            .lines()
-            .any(|l| l.contains("grant ended") && l.contains(&g))
-            .then_some(())
-    })
+    wait_for(
+        "the sidecar to drop the revoked grant",
+        Duration::from_secs(10),
+        || {
+            env.sidecar
+                .log()
+                .lines()
+                .any(|l| l.contains("grant ended") && l.contains(&g))
+                .then_some(())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", env.sidecar.log()));
     env.held("configmap", c7);
     let revoked = env.ar(&g);

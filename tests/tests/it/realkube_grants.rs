@@ -145,12 +145,20 @@ impl Drop for Webhook {
 /// A dry-run approval by alice of `probe` with a forged decider.
 fn forged_dry_run(kube: &RealKube, dir: &Path, probe: &Value) -> std::process::Output {
     let mut forged = probe.clone();
-    forged["status"] = json!({"state": "Approved", "decidedBy": "bob", "decidedAt": "2001-01-01T00:00:00Z"});
+    forged["status"] =
+        json!({"state": "Approved", "decidedBy": "bob", "decidedAt": "2001-01-01T00:00:00Z"});
     let file = dir.join("probe.json");
     std::fs::write(&file, forged.to_string()).unwrap();
     run(
         kube.kubectl("1.32", ALICE)
-            .args(["replace", "--subresource=status", "--dry-run=server", "-o", "json", "-f"])
+            .args([
+                "replace",
+                "--subresource=status",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+            ])
             .arg(&file),
         LIMIT,
     )
