@@ -90,7 +90,7 @@ pub(crate) fn plugin(kubeconfig: &Path, args: &[&str]) -> Output {
     .unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -99,7 +99,7 @@ fn text(out: &Output) -> String {
 }
 
 impl Env<'_> {
-    fn ar(&self, name: &str) -> Value {
+    pub(crate) fn ar(&self, name: &str) -> Value {
         (self.access_requests)()
             .into_iter()
             .find(|a| a["metadata"]["name"] == name)
@@ -108,7 +108,7 @@ impl Env<'_> {
 
     /// `grant --service-account SA --rule RULE --for WINDOW` as `who`: the
     /// output and, when granted, the grant's name.
-    fn grant(&self, who: &Path, rule: &str, window: &str) -> (Output, Option<String>) {
+    pub(crate) fn grant(&self, who: &Path, rule: &str, window: &str) -> (Output, Option<String>) {
         let out = plugin(
             who,
             &[
@@ -133,7 +133,7 @@ impl Env<'_> {
     }
 
     /// Grants and waits (bounded) until the sidecar has it in effect.
-    fn granted(&self, rule: &str, window: &str) -> String {
+    pub(crate) fn granted(&self, rule: &str, window: &str) -> String {
         let (out, name) = self.grant(self.alice, rule, window);
         assert!(out.status.success(), "{}", text(&out));
         assert!(
@@ -153,7 +153,7 @@ impl Env<'_> {
         name
     }
 
-    fn delete(&self, kind: &str, name: &str) -> Child {
+    pub(crate) fn delete(&self, kind: &str, name: &str) -> Child {
         self.sidecar
             .kubectl("1.32")
             .args(["delete", kind, name, "-n", self.ns])
@@ -164,7 +164,7 @@ impl Env<'_> {
     }
 
     /// A delete that passes without a hold.
-    fn passes(&self, name: &str) {
+    pub(crate) fn passes(&self, name: &str) {
         let mut child = self.delete("configmap", name);
         let status = wait_child(&mut child, LIMIT).expect("the delete did not finish");
         let mut err = String::new();
@@ -187,7 +187,7 @@ impl Env<'_> {
 
     /// A delete that is held: the AccessRequest appears; alice denies it
     /// and the delete ends refused.
-    fn held(&self, kind: &str, name: &str) {
+    pub(crate) fn held(&self, kind: &str, name: &str) {
         let mut child = self.delete(kind, name);
         let ar = wait_for("the held request's AccessRequest", SETTLE, || {
             let found = (self.access_requests)()
@@ -210,7 +210,7 @@ impl Env<'_> {
         assert!(!status.success(), "the denied delete went through");
     }
 
-    fn recorded(&self, name: &str) -> Value {
+    pub(crate) fn recorded(&self, name: &str) -> Value {
         wait_for("the recorded delete", SETTLE, || {
             self.collector.events().into_iter().find(|e| {
                 e["verb"] == "delete"
@@ -222,7 +222,7 @@ impl Env<'_> {
     }
 
     /// The grant's state once the sidecar or a person has ended it.
-    fn ended(&self, name: &str) -> Value {
+    pub(crate) fn ended(&self, name: &str) -> Value {
         wait_for("the grant Expired", SETTLE, || {
             let a = self.ar(name);
             if a["status"]["state"] == "Expired" {

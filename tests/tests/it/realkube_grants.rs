@@ -8,6 +8,9 @@
 //! three deletes through and the fourth after the window is held, a revoke
 //! ends it for the next request, a self-grant and a 2h window are refused
 //! by the server's admission chain, a `grant: false` rule ends the grant.
+//! Then a pod grant: `grant --pod` reads the pod's ServiceAccount (a pod the
+//! server stores, never scheduled), the sidecar of that pod lets the next
+//! delete pass, and a token bound to that pod cannot grant it.
 //!
 //! Needs `cargo build --workspace --bins` and the control plane
 //! (`bash scripts/deps/kube-control-plane.sh`; scripts/test.sh runs both).
@@ -22,7 +25,7 @@ use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
 use mcp_warden_tests::stack::{self, Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::{Value, json};
 
-use crate::grants_stack::{Env, POLICY, grant_scenario, objects};
+use crate::grants_stack::{Env, POLICY, grant_scenario, objects, plugin, text};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(120);
@@ -285,7 +288,7 @@ fn grants_on_the_real_server_pass_for_their_window_end_on_revoke_and_are_refused
             .filter(|a| a["metadata"]["name"] != "probe")
             .collect()
     };
-    grant_scenario(&Env {
+    let env = Env {
         sidecar: &sidecar,
         collector: &collector,
         ns,
@@ -294,5 +297,93 @@ fn grants_on_the_real_server_pass_for_their_window_end_on_revoke_and_are_refused
         bob: &kube.kubeconfig_path(BOB),
         own: &own,
         access_requests: &access_requests,
-    });
+    };
+    grant_scenario(&env);
+
+    // A pod grant. The sidecar runs as pod mcp-server-0 (its --pod-name);
+    // the server stores that pod (no node: it stays Pending) and alice may
+    // (and the ServiceAccount) read pods, so `grant --pod` finds its
+    // ServiceAccount.
+    let pod = "mcp-server-0";
+    let docs = vec![
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
+            "spec": {"serviceAccountName": sa, "automountServiceAccountToken": false,
+                     "containers": [{"name": "app", "image": "example.invalid/app:1"}]}}),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "pod-reader", "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "pod-reader", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ALICE},
+                {"kind": "ServiceAccount", "name": sa, "namespace": ns},
+            ],
+        }),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "by-pod", "namespace": ns}, "data": {"k": "v"}}),
+    ];
+    kube.apply(&json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string())
+        .unwrap();
+    // A token bound to the pod (userInfo.extra names it) cannot grant it.
+    let bound = run_ok(kube.kubectl("1.32", ADMIN).args([
+        "create",
+        "token",
+        sa,
+        "-n",
+        ns,
+        "--bound-object-kind=Pod",
+        &format!("--bound-object-name={pod}"),
+    ]))
+    .unwrap();
+    let bound_kc = dir.path().join("bound.kubeconfig");
+    write_kubeconfig(&bound_kc, &kube.url(), &kube.ca_path(), bound.trim()).unwrap();
+    let args = [
+        "grant",
+        "--pod",
+        pod,
+        "-n",
+        ns,
+        "--rule",
+        "deletes-need-a-human",
+        "--for",
+        "10m",
+    ];
+    let out = plugin(&bound_kc, &args);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("admission webhook") && text(&out).contains("cannot"),
+        "{}",
+        text(&out)
+    );
+    let out = plugin(env.alice, &args);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let g = said
+        .split_once("accessrequest.mcp-warden.io/")
+        .and_then(|(_, r)| r.split_once(" granted"))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| panic!("{said}"));
+    let stored = admin_json(kube, &["get", "accessrequest", &g, "-n", ns]);
+    assert_eq!(stored["spec"]["grant"]["pod"], pod, "{stored}");
+    assert_eq!(
+        stored["spec"]["requester"]["serviceAccount"],
+        format!("system:serviceaccount:{ns}:{sa}"),
+        "{stored}"
+    );
+    wait_for("the pod grant in effect", SETTLE, || {
+        sidecar
+            .log()
+            .lines()
+            .any(|l| l.contains("grant in effect") && l.contains(&g))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", sidecar.log()));
+    env.passes("by-pod");
+    let ann = &env.recorded("by-pod")["annotations"];
+    assert_eq!(ann["mcp-warden.io/grant"], format!("{ns}/{g}"), "{ann}");
+    let out = plugin(env.alice, &["revoke", &g, "-n", ns]);
+    assert!(out.status.success(), "{}", text(&out));
 }
