@@ -184,8 +184,18 @@ async fn watch(
     let events = watcher::watcher(api, watcher::Config::default()).backoff(Retry::default());
     let mut events = std::pin::pin!(events);
     let mut listing: Option<BTreeMap<String, AccessRequest>> = None;
+    // The first failure in a row is a warning (no CRD, no list/watch in the
+    // Role: grants are not honoured meanwhile); its retries are not.
+    let mut failing = false;
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            failing = false;
+        }
         match event {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot watch AccessRequests: grants are not honoured until it works (retrying)");
+            }
             Err(e) => tracing::debug!(error = %e, "watching AccessRequests for grants"),
             Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(ar)) => {
