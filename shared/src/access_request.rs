@@ -51,12 +51,15 @@ pub const RESOURCE: &str = "accessrequests";
 )]
 #[serde(default, rename_all = "camelCase")]
 pub struct AccessRequestSpec {
-    /// Verb of the held request (`delete`, `get`, ...).
+    /// Verb of the held request (`delete`, `get`, ...); a grant has none
+    /// (omitted: the rule decides what passes).
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub verb: String,
     /// API group; empty for the core group.
     #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub group: String,
-    /// Resource (plural).
+    /// Resource (plural); a grant has none (omitted).
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub resource: String,
     /// Subresource (`exec`, `status`, ...); empty if none.
     #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
@@ -67,7 +70,9 @@ pub struct AccessRequestSpec {
     /// Object name; empty for lists and creates.
     #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub name: String,
-    /// sha256 (hex) of the request's method, path with query, and body.
+    /// sha256 (hex) of the request's method, path with query, and body; a
+    /// grant has none (omitted).
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
     pub request_hash: String,
     /// Short human summary, e.g. `delete deployments.apps prod/web`.
     #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
@@ -82,6 +87,34 @@ pub struct AccessRequestSpec {
     pub message: String,
     /// RFC 3339 time after which nobody can approve or deny it.
     pub expires_at: String,
+    /// Present on a time-bounded grant (see [`crate::grant`]): which rule,
+    /// for whom and for how long requests pass without a new hold. A held
+    /// request has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantSpec>,
+}
+
+/// `spec.grant`: the scope and window of a time-bounded grant. Exactly one
+/// of `pod` and `serviceAccount` names whom it is for, in the
+/// AccessRequest's namespace; `spec.requester.serviceAccount` is that
+/// identity's user name (the sidecar honours a grant only for itself, and
+/// the admission webhook refuses its approval by that identity).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrantSpec {
+    /// Name of the `approve` rule whose requests pass.
+    pub rule: String,
+    /// Only requests in this namespace pass; empty: any namespace.
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
+    pub namespace: String,
+    /// The pod it is for (by name).
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
+    pub pod: String,
+    /// The ServiceAccount it is for (by name): every pod running as it.
+    #[serde(skip_serializing_if = "str::is_empty", deserialize_with = "or_empty")]
+    pub service_account: String,
+    /// How long it lasts from its approval: `90s`, `30m`, `1h`.
+    pub duration: String,
 }
 
 /// `spec.requester`.
@@ -288,6 +321,11 @@ mod tests {
                 "spec": {"verb": "delete", "resource": "configmaps", "requestHash": "h",
                          "requester": {"serviceAccount": "sa"}, "expiresAt": "2026-11-22T01:05:00Z"}})
         );
+        assert!(
+            serde_json::to_value(&ar).unwrap()["spec"]
+                .get("grant")
+                .is_none()
+        );
         ar = ar.with_state(State::Expired, "");
         let v = serde_json::to_value(&ar).unwrap();
         assert_eq!(v["status"], json!({"state": "Expired"}));
@@ -327,6 +365,25 @@ mod tests {
             serde_json::from_value(json!({"metadata": {}, "spec": {}, "status": {"state": ""}}))
                 .unwrap();
         assert_eq!(empty.state(), State::Pending);
+    }
+
+    #[test]
+    fn a_grant_spec_round_trips_without_empty_fields() {
+        let v = json!({"metadata": {"name": "g", "namespace": "mcp"},
+            "spec": {"requester": {"serviceAccount": "system:serviceaccount:mcp:agent"},
+                     "expiresAt": "2026-11-22T01:05:00Z",
+                     "grant": {"rule": "deletes", "serviceAccount": "agent", "pod": null, "duration": "30m"}}});
+        let ar: AccessRequest = serde_json::from_value(v).unwrap();
+        let g = ar.spec.grant.clone().unwrap();
+        assert_eq!(g.rule, "deletes");
+        assert_eq!(g.service_account, "agent");
+        assert_eq!(g.pod, "");
+        let back = serde_json::to_value(&ar).unwrap();
+        assert_eq!(
+            back["spec"]["grant"],
+            json!({"rule": "deletes", "serviceAccount": "agent", "duration": "30m"})
+        );
+        assert!(back["spec"].get("verb").is_none());
     }
 
     #[test]

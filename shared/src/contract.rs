@@ -35,6 +35,14 @@ pub const ANN_ACCESS_REQUEST: &str = "mcp-warden.io/access-request";
 /// once, nobody asked; `shown`: approved after the approver saw the preview;
 /// `changed`: approved, but the object changed since the preview, refused).
 pub const ANN_PREVIEW: &str = "mcp-warden.io/preview";
+/// Recorded on the audit events of requests a time-bounded grant let
+/// through (with [`ANN_APPROVED_BY`], who granted it): `NAMESPACE/NAME` of
+/// the grant's AccessRequest.
+pub const ANN_GRANT: &str = "mcp-warden.io/grant";
+/// `userInfo.extra` key kube-apiserver sets for a pod-bound service-account
+/// token: the pod's name. The AccessRequest admission uses it to refuse a
+/// grant approved with the granted pod's own token.
+pub const USER_EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
 /// Sidecar container name.
 pub const SIDECAR_NAME: &str = "mcp-warden";
@@ -188,6 +196,7 @@ mod tests {
             ANN_APPROVED_BY,
             ANN_ACCESS_REQUEST,
             ANN_PREVIEW,
+            ANN_GRANT,
             TLS_NOT_AFTER_ANNOTATION,
             CA_NOT_AFTER_ANNOTATION,
             DNS_NAMES_ANNOTATION,

@@ -11,6 +11,7 @@ pub mod body;
 pub mod collector;
 pub mod contract;
 pub mod enduser;
+pub mod grant;
 pub mod identity;
 pub mod mask;
 pub mod names;

@@ -146,6 +146,9 @@ pub struct Approval {
     pub by: String,
     /// `NAMESPACE/NAME` of the AccessRequest.
     pub access_request: String,
+    /// The AccessRequest is a time-bounded grant (recorded as
+    /// `mcp-warden.io/grant` too), not this request's own approval.
+    pub grant: bool,
 }
 
 /// The decision the pipeline acts on and the recording keeps: the policy's

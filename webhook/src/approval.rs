@@ -15,9 +15,22 @@
 //! Approved→Used|Expired; the requesting service account
 //! (`spec.requester.serviceAccount`) may not approve or deny its own request;
 //! nobody may approve or deny once `spec.expiresAt` has passed.
+//!
+//! Grants (`spec.grant`, see [`mcp_warden_shared::grant`]) are approved the
+//! same way, with three more checks on the approval: the grant is well
+//! formed and its window is at most the webhook's `--max-grant` (default
+//! 1h; each sidecar also caps it with its policy's `approval.maxGrant`); the
+//! approver is not the identity it is for (its ServiceAccount, or any token
+//! bound to the granted pod: a self-grant); and, in the validating pass,
+//! `status.decidedAt` is the admission time within [`DECIDED_AT_SLACK`],
+//! since the window starts there and a typed time would move it.
+
+use std::time::Duration;
 
 use base64::Engine;
 use mcp_warden_shared::access_request::{AccessRequest, GROUP, RESOURCE, State};
+use mcp_warden_shared::contract::USER_EXTRA_POD_NAME;
+use mcp_warden_shared::grant::{self, GrantError};
 use mcp_warden_shared::status::{Reason, Status};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -58,8 +71,67 @@ pub enum Refusal {
     ForgedDecider { expected: String, got: String },
     #[error("status.decidedBy and status.decidedAt cannot change without a decision")]
     DecisionFieldsChanged,
+    #[error("{user} is who this grant is for and cannot approve it: another person must")]
+    SelfGrant { user: String },
+    #[error("the grant cannot be approved: {0}")]
+    Grant(GrantError),
+    #[error(
+        "status.decidedAt {got:?} of a grant must be the time of its approval ({now}): the window starts there"
+    )]
+    GrantStart { got: String, now: String },
     #[error("the admission request is malformed: {0}")]
     Malformed(String),
+}
+
+/// How far a grant's stored `decidedAt` may be from the validating
+/// webhook's clock (the mutating pass stamps it moments before).
+pub const DECIDED_AT_SLACK: Duration = Duration::from_secs(30);
+
+/// The grant checks on an approval (see the module docs); `Ok` for
+/// anything that is not the approval of a grant.
+pub fn judge_grant(
+    old: &AccessRequest,
+    new: &AccessRequest,
+    username: &str,
+    pod_names: &[String],
+    now: OffsetDateTime,
+    max_grant: Duration,
+    mode: Mode,
+) -> Result<(), Refusal> {
+    // spec cannot change through the status subresource: `old` is what was
+    // asked.
+    let Some(g) = &old.spec.grant else {
+        return Ok(());
+    };
+    if old.state() == State::Approved || new.state() != State::Approved {
+        return Ok(());
+    }
+    if grant::is_self_grant(old, username, pod_names) {
+        return Err(Refusal::SelfGrant {
+            user: username.to_string(),
+        });
+    }
+    grant::validate(
+        old.namespace(),
+        &old.spec.requester.service_account,
+        g,
+        max_grant,
+    )
+    .map_err(Refusal::Grant)?;
+    if mode == Mode::Validate {
+        let got = new.status().decided_at;
+        let close = OffsetDateTime::parse(&got, &Rfc3339)
+            .ok()
+            .and_then(|t| Duration::try_from((t - now).abs()).ok())
+            .is_some_and(|d| d <= DECIDED_AT_SLACK);
+        if !close {
+            return Err(Refusal::GrantStart {
+                got,
+                now: now.format(&Rfc3339).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The outcome for an allowed update: the JSON Patch to apply (mutating
@@ -189,8 +261,9 @@ pub fn judge(
     }
 }
 
-/// HTTP status and JSON body for one AdmissionReview body.
-pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
+/// HTTP status and JSON body for one AdmissionReview body; grants may last
+/// at most `max_grant`.
+pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime, max_grant: Duration) -> (u16, Value) {
     let bad = |m: String| {
         let st = Status::new(Reason::BadRequest, m);
         (st.code(), st.to_value())
@@ -244,11 +317,24 @@ pub fn answer(body: &[u8], mode: Mode, now: OffsetDateTime) -> (u16, Value) {
             "the admission request has no userInfo.username".into(),
         );
     };
+    let pod_names: Vec<String> = req
+        .pointer("/userInfo/extra")
+        .and_then(|e| e.get(USER_EXTRA_POD_NAME))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     // Read raw: the refusal names the object even when it does not parse.
     let name = s(new, "/metadata/name").unwrap_or("");
     let judged = access_request(old).and_then(|old| {
         let new = access_request(new)?;
-        judge(&old, &new, user, now, mode).map(|ops| (ops, new.state()))
+        let ops = judge(&old, &new, user, now, mode)?;
+        judge_grant(&old, &new, user, &pod_names, now, max_grant, mode)?;
+        Ok((ops, new.state()))
     });
     match judged {
         Err(r) => {
@@ -470,7 +556,7 @@ mod tests {
             ar(Some("Pending"), None),
             ar(Some("Approved"), None),
         );
-        let (code, v) = answer(&body, Mode::Mutate, NOW);
+        let (code, v) = answer(&body, Mode::Mutate, NOW, grant::DEFAULT_MAX_GRANT);
         assert_eq!(code, 200);
         assert_eq!(v["response"]["uid"], "u-1");
         assert_eq!(v["response"]["allowed"], true);
@@ -491,7 +577,7 @@ mod tests {
             ar(Some("Pending"), None),
             ar(Some("Approved"), None),
         );
-        let (_, v) = answer(&body, Mode::Validate, NOW);
+        let (_, v) = answer(&body, Mode::Validate, NOW, grant::DEFAULT_MAX_GRANT);
         assert_eq!(v["response"]["allowed"], false);
         assert_eq!(v["response"]["status"]["code"], 403);
         assert!(
@@ -509,17 +595,145 @@ mod tests {
             ar(Some("Approved"), None),
         );
         assert_eq!(
-            answer(&body, Mode::Mutate, NOW).1["response"]["allowed"],
+            answer(&body, Mode::Mutate, NOW, grant::DEFAULT_MAX_GRANT).1["response"]["allowed"],
             false
         );
         // Other operations pass untouched.
         let body = review("CREATE", "", Some("x"), json!(null), ar(None, None));
-        let (_, v) = answer(&body, Mode::Mutate, NOW);
+        let (_, v) = answer(&body, Mode::Mutate, NOW, grant::DEFAULT_MAX_GRANT);
         assert_eq!(v["response"]["allowed"], true);
         assert!(v["response"].get("patch").is_none());
         // Garbage is a 400 Status.
-        let (code, v) = answer(b"[1,2", Mode::Mutate, NOW);
+        let (code, v) = answer(b"[1,2", Mode::Mutate, NOW, grant::DEFAULT_MAX_GRANT);
         assert_eq!(code, 400);
         assert_eq!(v["kind"], "Status");
+    }
+
+    fn grant_ar(scope: Value, duration: &str, state: Option<&str>) -> Value {
+        let mut v = ar(state, None);
+        v["spec"] = json!({"requester": {"serviceAccount": SA}, "expiresAt": "2026-11-22T01:05:00Z",
+            "rule": "deletes", "grant": {"rule": "deletes", "duration": duration}});
+        for (k, val) in scope.as_object().unwrap() {
+            v["spec"]["grant"][k] = val.clone();
+        }
+        v
+    }
+
+    fn review_with_extra(user: &str, pod: Option<&str>, old: Value, new: Value) -> Vec<u8> {
+        let mut r: Value =
+            serde_json::from_slice(&review("UPDATE", "status", Some(user), old, new)).unwrap();
+        if let Some(p) = pod {
+            r["request"]["userInfo"]["extra"] = json!({USER_EXTRA_POD_NAME: [p]});
+        }
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    fn refusal(body: &[u8], mode: Mode, max: Duration) -> Option<String> {
+        let (_, v) = answer(body, mode, NOW, max);
+        if v["response"]["allowed"] == true {
+            return None;
+        }
+        Some(
+            v["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn grants_are_approved_by_someone_else_within_the_cap() {
+        let max = Duration::from_secs(3600);
+        let sa = json!({"serviceAccount": "agent"});
+        let approve = |scope: &Value, d: &str| {
+            (
+                grant_ar(scope.clone(), d, Some("Pending")),
+                grant_ar(scope.clone(), d, Some("Approved")),
+            )
+        };
+        // alice grants 30m: stamped like any approval.
+        let (old, new) = approve(&sa, "30m");
+        let body = review_with_extra("alice", None, old.clone(), new.clone());
+        assert_eq!(refusal(&body, Mode::Mutate, max), None);
+        let ops = super::judge(
+            &access_request(&old).unwrap(),
+            &access_request(&new).unwrap(),
+            "alice",
+            NOW,
+            Mode::Mutate,
+        )
+        .unwrap();
+        let stamped = apply(&new, &ops);
+        let body = review_with_extra("alice", None, old.clone(), stamped.clone());
+        assert_eq!(refusal(&body, Mode::Validate, max), None);
+        // The ServiceAccount it is for cannot grant itself.
+        let body = review_with_extra(SA, None, old.clone(), new.clone());
+        let m = refusal(&body, Mode::Mutate, max).unwrap();
+        assert!(m.contains("cannot"), "{m}");
+        // Nor can any token bound to the granted pod.
+        let pod = json!({"pod": "web-0"});
+        let (pold, pnew) = approve(&pod, "30m");
+        let other = "system:serviceaccount:mcp:other";
+        let m = refusal(
+            &review_with_extra(other, Some("web-0"), pold.clone(), pnew.clone()),
+            Mode::Mutate,
+            max,
+        )
+        .unwrap();
+        assert!(m.contains("is who this grant is for"), "{m}");
+        assert_eq!(
+            refusal(
+                &review_with_extra(other, Some("web-1"), pold, pnew),
+                Mode::Mutate,
+                max
+            ),
+            None
+        );
+        // Over the cap: refused, naming both.
+        let (lold, lnew) = approve(&sa, "2h");
+        let m = refusal(
+            &review_with_extra("alice", None, lold, lnew),
+            Mode::Mutate,
+            max,
+        )
+        .unwrap();
+        assert!(
+            m.contains("a grant of 2h is longer than the allowed 1h"),
+            "{m}"
+        );
+        // Malformed: no scope.
+        let (bold, bnew) = approve(&json!({}), "5m");
+        let m = refusal(
+            &review_with_extra("alice", None, bold, bnew),
+            Mode::Mutate,
+            max,
+        )
+        .unwrap();
+        assert!(
+            m.contains("exactly one of a pod and a ServiceAccount"),
+            "{m}"
+        );
+        // A typed decidedAt would move the window: the validating pass
+        // wants the admission time.
+        let mut forged = stamped.clone();
+        forged["status"]["decidedAt"] = json!("2026-11-22T05:00:00Z");
+        let m = refusal(
+            &review_with_extra("alice", None, old.clone(), forged),
+            Mode::Validate,
+            max,
+        )
+        .unwrap();
+        assert!(m.contains("window starts there"), "{m}");
+        // Revoking (Approved -> Expired) is not an approval: no grant checks.
+        let approved = apply(&grant_ar(sa.clone(), "2h", Some("Approved")), &[]);
+        let expired = grant_ar(sa, "2h", Some("Expired"));
+        assert_eq!(
+            refusal(
+                &review_with_extra("bob", None, approved, expired),
+                Mode::Mutate,
+                max
+            ),
+            None
+        );
     }
 }

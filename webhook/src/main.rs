@@ -115,6 +115,15 @@ struct ServeArgs {
         value_parser = seconds_at_least(10, "MCP_WARDEN_VERSION_RECHECK_SECONDS")
     )]
     version_recheck_seconds: u64,
+    /// The longest window an AccessRequest grant may be approved for
+    /// (`90s`, `30m`, `1h`); longer ones are refused at admission.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_MAX_GRANT",
+        default_value = "1h",
+        value_parser = grant_window("MCP_WARDEN_MAX_GRANT")
+    )]
+    max_grant: Duration,
 }
 
 #[derive(Args)]
@@ -153,6 +162,14 @@ fn socket_addr(
             .parse()
             .map_err(|e| format!("{s:?} is not an IP:PORT address ({e}; env {env})"))
     }
+}
+
+/// A grant window (`90s`, `30m`, `1h`); the error names the environment
+/// twin (clap names the flag).
+fn grant_window(
+    env: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| mcp_warden_shared::grant::parse_duration(s).map_err(|e| format!("{e} (env {env})"))
 }
 
 /// A whole number of seconds, refused below `min`; the error names the
@@ -211,6 +228,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         inject,
         tls,
         server_version,
+        max_grant: args.max_grant,
     };
     mcp_warden_webhook::run(listener, admin, config, mcp_warden_io::shutdown_signal()).await?;
     Ok(())

@@ -106,6 +106,8 @@ pub struct ServeConfig {
     pub tls: TlsSource,
     /// Where the server's version comes from (used only by `nativeSidecar: auto`).
     pub server_version: ServerVersion,
+    /// The longest window a grant's approval may give (`--max-grant`).
+    pub max_grant: Duration,
 }
 
 /// While the version cannot be read, how soon to try again.
@@ -250,6 +252,7 @@ struct AppState {
     inject: InjectConfig,
     version: Arc<VersionCell>,
     metrics: Metrics,
+    max_grant: Duration,
 }
 
 impl AppState {
@@ -340,12 +343,22 @@ pub fn mutate_router(inject: InjectConfig, server: Option<KubeVersion>) -> Route
         inject,
         version,
         metrics: Metrics::new(),
+        max_grant: mcp_warden_shared::grant::DEFAULT_MAX_GRANT,
     }))
 }
 
 /// AccessRequest status admission (see [`crate::approval`]).
-async fn approval_review(body: axum::body::Bytes, mode: crate::approval::Mode) -> Response {
-    let (code, v) = crate::approval::answer(&body, mode, time::OffsetDateTime::now_utc());
+async fn approval_review(
+    state: Arc<AppState>,
+    body: axum::body::Bytes,
+    mode: crate::approval::Mode,
+) -> Response {
+    let (code, v) = crate::approval::answer(
+        &body,
+        mode,
+        time::OffsetDateTime::now_utc(),
+        state.max_grant,
+    );
     json_response(code, &v)
 }
 
@@ -357,11 +370,15 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             crate::approval::MUTATE_PATH,
-            post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Mutate)),
+            post(|State(s): State<Arc<AppState>>, b: axum::body::Bytes| {
+                approval_review(s, b, crate::approval::Mode::Mutate)
+            }),
         )
         .route(
             crate::approval::VALIDATE_PATH,
-            post(|b: axum::body::Bytes| approval_review(b, crate::approval::Mode::Validate)),
+            post(|State(s): State<Arc<AppState>>, b: axum::body::Bytes| {
+                approval_review(s, b, crate::approval::Mode::Validate)
+            }),
         )
         .fallback(not_found)
         .with_state(state)
@@ -483,6 +500,7 @@ pub async fn run(
         inject: config.inject,
         version,
         metrics: Metrics::new(),
+        max_grant: config.max_grant,
     });
 
     let admin = admin_router(state.clone());

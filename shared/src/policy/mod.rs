@@ -152,6 +152,22 @@ impl Default for Recording {
     }
 }
 
+/// The `approval` section: limits on just-in-time access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Approval {
+    /// The longest window a time-bounded grant may have here (`maxGrant`,
+    /// default 1h); a longer grant is not honoured.
+    pub max_grant: std::time::Duration,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval {
+            max_grant: crate::grant::DEFAULT_MAX_GRANT,
+        }
+    }
+}
+
 /// One rule of a policy, validated and compiled.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -185,6 +201,9 @@ pub struct Rule {
     pub message: Option<String>,
     /// The `when:` condition, compiled; `None` means always.
     pub when: Option<Condition>,
+    /// Whether a time-bounded grant may let this rule's requests pass
+    /// without a hold (`grant: false` forbids it; default true).
+    pub grant: bool,
     /// Line of the rule in its file (for `policy eval` and logs).
     pub line: u64,
     resource_name_globs: Vec<GlobMatcher>,
@@ -208,6 +227,8 @@ pub struct Policy {
     pub masking: MaskingConfig,
     /// The recording section (defaults when absent).
     pub recording: Recording,
+    /// The approval section (defaults when absent).
+    pub approval: Approval,
     /// File name the policy was read from (for messages).
     pub source_name: String,
     hash: String,
@@ -253,6 +274,7 @@ impl Policy {
             rules: Vec::new(),
             masking: MaskingConfig::embedded_default(),
             recording: Recording::default(),
+            approval: Approval::default(),
             source_name: EMBEDDED_DEFAULT_NAME.to_string(),
             hash: sha256_hex(b""),
         }

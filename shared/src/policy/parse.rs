@@ -18,7 +18,7 @@ use super::validate::{
     check_api_group, check_name_pattern, check_namespace_pattern, check_non_resource_url,
     check_non_resource_verb, check_resource, check_resource_verb, check_service_account_pattern,
 };
-use super::{API_VERSION, Action, KIND, Mode, Policy, Recording, Rule, sha256_hex};
+use super::{API_VERSION, Action, Approval, KIND, Mode, Policy, Recording, Rule, sha256_hex};
 use crate::audit::Level;
 use crate::mask::{MaskConfigError, MaskingConfig};
 
@@ -140,7 +140,7 @@ impl fmt::Display for PolicyErrors {
 #[derive(Debug)]
 enum Node {
     Null,
-    Bool,
+    Bool(bool),
     Int,
     Float,
     Str(String),
@@ -152,7 +152,7 @@ impl Node {
     fn describe(&self) -> &'static str {
         match self {
             Node::Null => "nothing (null)",
-            Node::Bool => "a boolean",
+            Node::Bool(_) => "a boolean",
             Node::Int | Node::Float => "a number",
             Node::Str(_) => "a string",
             Node::Seq(_) => "a list",
@@ -178,8 +178,8 @@ impl<'de> Deserialize<'de> for Node {
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
                 Node::deserialize(d)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
-                Ok(Node::Bool)
+            fn visit_bool<E>(self, b: bool) -> Result<Node, E> {
+                Ok(Node::Bool(b))
             }
             fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
                 Ok(Node::Int)
@@ -238,6 +238,7 @@ const TOP_FIELDS: &[&str] = &[
     "rules",
     "masking",
     "recording",
+    "approval",
 ];
 const RULE_FIELDS: &[&str] = &[
     "name",
@@ -253,6 +254,7 @@ const RULE_FIELDS: &[&str] = &[
     "when",
     "users",
     "groups",
+    "grant",
 ];
 /// Collects problems while walking the tree.
 struct Ctx {
@@ -268,7 +270,7 @@ impl Ctx {
     fn string(&mut self, node: &Spanned<Node>, field: &str) -> Option<String> {
         match &node.value {
             Node::Str(s) => Some(s.clone()),
-            Node::Bool => {
+            Node::Bool(_) => {
                 self.err(
                     node.referenced,
                     field,
@@ -281,6 +283,21 @@ impl Ctx {
                     node.referenced,
                     field,
                     format!("must be a string, found {}", other.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The value of a boolean node, or an error naming what was found.
+    fn boolean(&mut self, node: &Spanned<Node>, field: &str) -> Option<bool> {
+        match &node.value {
+            Node::Bool(b) => Some(*b),
+            other => {
+                self.err(
+                    node.referenced,
+                    field,
+                    format!("must be true or false, found {}", other.describe()),
                 );
                 None
             }
@@ -522,6 +539,10 @@ pub(super) fn parse(source_name: &str, yaml: &str) -> Result<Policy, PolicyError
         None => Recording::default(),
         Some(n) => parse_recording(&mut ctx, n),
     };
+    let approval = match top.get("approval") {
+        None => Approval::default(),
+        Some(n) => parse_approval(&mut ctx, n),
+    };
 
     if !ctx.problems.is_empty() {
         ctx.problems.sort_by_key(|p| (p.line, p.column));
@@ -533,6 +554,7 @@ pub(super) fn parse(source_name: &str, yaml: &str) -> Result<Policy, PolicyError
         rules,
         masking,
         recording,
+        approval,
         source_name: source_name.to_string(),
         hash: sha256_hex(yaml.as_bytes()),
     })
@@ -699,6 +721,11 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
             .ok()
     });
 
+    let grant = f
+        .get("grant")
+        .and_then(|n| ctx.boolean(n, &format!("{p}.grant")))
+        .unwrap_or(true);
+
     if ctx.problems.len() != before {
         return None;
     }
@@ -714,6 +741,7 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         service_accounts,
         message,
         when,
+        grant,
         line: loc.line(),
         resource_name_globs,
         namespace_globs: namespaces.into_iter().zip(namespace_globs).collect(),
@@ -986,4 +1014,29 @@ fn masking_error_location(masking: &Spanned<Node>, e: &MaskConfigError) -> (Loca
         #[allow(unreachable_patterns)]
         _ => (masking.referenced, "masking".to_string()),
     }
+}
+
+fn parse_approval(ctx: &mut Ctx, n: &Spanned<Node>) -> Approval {
+    let Node::Map(entries) = &n.value else {
+        ctx.err(
+            n.referenced,
+            "approval",
+            format!(
+                "must be a mapping like `maxGrant: 1h`, found {}",
+                n.value.describe()
+            ),
+        );
+        return Approval::default();
+    };
+    let f = ctx.fields(entries, &["maxGrant"], "approval.");
+    let mut a = Approval::default();
+    if let Some(m) = f.get("maxGrant")
+        && let Some(s) = ctx.string(m, "approval.maxGrant")
+    {
+        match crate::grant::parse_duration(&s) {
+            Ok(d) => a.max_grant = d,
+            Err(e) => ctx.err(m.referenced, "approval.maxGrant", e.to_string()),
+        }
+    }
+    a
 }

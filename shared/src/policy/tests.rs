@@ -863,3 +863,60 @@ rules:
     assert!(!shadowed.contains(&"everyone"), "{lints:?}");
     assert!(shadowed.contains(&"alice-again"), "{lints:?}");
 }
+
+#[test]
+fn grants_are_allowed_per_rule_and_capped_by_the_approval_section() {
+    let p = Policy::parse(
+        "p.yaml",
+        r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+approval:
+  maxGrant: 15m
+rules:
+  - name: deletes
+    action: approve
+    verbs: [delete]
+    resources: [configmaps]
+  - name: never-for-long
+    action: approve
+    verbs: [delete]
+    resources: [secrets]
+    grant: false
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p.approval.max_grant,
+        std::time::Duration::from_secs(15 * 60)
+    );
+    assert!(p.rule("deletes").unwrap().grant);
+    assert!(!p.rule("never-for-long").unwrap().grant);
+    assert_eq!(
+        Policy::embedded_default().approval.max_grant,
+        crate::grant::DEFAULT_MAX_GRANT
+    );
+
+    let bad = Policy::parse(
+        "p.yaml",
+        r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+approval:
+  maxGrant: forever
+  other: 1
+rules:
+  - name: r
+    action: approve
+    verbs: [delete]
+    resources: [pods]
+    grant: "no"
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("approval.maxGrant"), "{bad}");
+    assert!(bad.contains("approval.other"), "{bad}");
+    assert!(
+        bad.contains("rules[0].grant") && bad.contains("must be true or false"),
+        "{bad}"
+    );
+}

@@ -116,6 +116,7 @@ pub fn access_request(
             rule: rule.to_string(),
             message: message.to_string(),
             expires_at: rfc3339(expires_at),
+            grant: None,
         },
         status: None,
     }

@@ -100,7 +100,8 @@ impl AccessRequests {
         })
     }
 
-    fn api(&self) -> Result<Api<AccessRequest>, ApprovalError> {
+    /// The typed API (built on first use).
+    pub(super) fn api(&self) -> Result<Api<AccessRequest>, ApprovalError> {
         let mut api = self.api.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(a) = api.as_ref() {
             return Ok(a.clone());
@@ -246,7 +247,7 @@ impl AccessRequests {
 /// Pause before re-establishing a failed watch: 200 ms, doubling up to 5 s,
 /// so a decision is seen soon after the API is back.
 #[derive(Debug, Clone)]
-struct Retry {
+pub(super) struct Retry {
     next: Duration,
 }
 

@@ -18,6 +18,7 @@ use super::access_request::{
     touches_access_requests,
 };
 use super::client::AccessRequests;
+use super::grants::Grants;
 use super::notifier::Notifier;
 use super::preview;
 use super::{ApprovalError, BUILTIN_RULE};
@@ -41,6 +42,7 @@ pub struct ApprovalDecider {
     pod: String,
     config: ApprovalConfig,
     notifier: Option<Arc<Notifier>>,
+    grants: Grants,
 }
 
 impl std::fmt::Debug for ApprovalDecider {
@@ -70,18 +72,67 @@ impl ApprovalDecider {
             .map(Notifier::new)
             .transpose()?
             .map(Arc::new);
-        Ok(ApprovalDecider {
+        let pod = sidecar
+            .pod_name
+            .clone()
+            .or_else(|| identity.pod_name.clone())
+            .unwrap_or_default();
+        let grants = Grants::new(&identity.username, &pod);
+        let decider = ApprovalDecider {
             inner,
             api,
             requester: identity.username.clone(),
-            pod: sidecar
-                .pod_name
-                .clone()
-                .or_else(|| identity.pod_name.clone())
-                .unwrap_or_default(),
+            pod,
             config,
             notifier,
-        })
+            grants,
+        };
+        // Watching grants from the start, so one approved before the first
+        // request is known when it comes (outside a runtime: at that request).
+        decider.start_grants();
+        Ok(decider)
+    }
+
+    fn start_grants(&self) {
+        self.grants.start(|| match self.api.api() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch AccessRequests for grants");
+                None
+            }
+        });
+    }
+
+    /// A grant that lets this held request pass, if one does; grants the
+    /// policy refuses are ended (marked Expired with the reason).
+    async fn granted(
+        &self,
+        ctx: &RequestContext,
+        policy: &policy::Policy,
+        attrs: &RequestAttributes,
+        d: &policy::Decision,
+    ) -> Option<hooks::Decision> {
+        let rule = d.rule.as_deref()?;
+        let sel = self
+            .grants
+            .select(policy, rule, &attrs.namespace, OffsetDateTime::now_utc());
+        for (ar, why) in sel.refused {
+            tracing::warn!(request_id = %ctx.request_id, grant = %ar.name(), rule, reason = %why, "grant refused by the policy: ending it");
+            self.grants.forget(ar.name());
+            if let Err(e) = self.api.set_status(&ar, State::Expired, &why).await {
+                tracing::warn!(grant = %ar.name(), error = %e, "could not mark the refused grant Expired");
+            }
+        }
+        let g = sel.pass?;
+        tracing::info!(request_id = %ctx.request_id, grant = %g.id, approved_by = %g.approved_by, rule, summary = %summary(attrs), "passed under a grant");
+        Some(hooks::Decision::approved(
+            d.rule.clone(),
+            hooks::Approval {
+                by: g.approved_by,
+                access_request: g.id,
+                grant: true,
+            },
+        ))
     }
 
     fn refuse(attrs: &RequestAttributes, rule: Option<String>, message: String) -> hooks::Decision {
@@ -154,7 +205,14 @@ impl ApprovalDecider {
         let hash = request_hash(ctx.method.as_str(), &ctx.path_and_query, b"");
         let rule = d.rule.clone();
         let granted = |by: String, access_request: String| {
-            hooks::Decision::approved(rule.clone(), hooks::Approval { by, access_request })
+            hooks::Decision::approved(
+                rule.clone(),
+                hooks::Approval {
+                    by,
+                    access_request,
+                    grant: false,
+                },
+            )
         };
         let ns = self.api.namespace().to_string();
         // 1. An approval whose client went away? Only where the hash covers
@@ -429,6 +487,10 @@ impl DecideHook for ApprovalDecider {
             // With the bodies the pipeline read for `when:` conditions.
             let (loaded, d) = self.inner.judge(ctx, attrs);
             if d.action == policy::Action::Approve && d.enforced {
+                self.start_grants();
+                if let Some(pass) = self.granted(ctx, &loaded.policy, attrs, &d).await {
+                    return pass;
+                }
                 return self.hold(ctx, attrs, &d, &loaded.masker).await;
             }
             // Everything else exactly as the policy decider does it.

@@ -18,6 +18,11 @@
 //! `accessrequests.mcp-warden.io` through the sidecar (else it could approve
 //! its own requests with the sidecar's token).
 //!
+//! Grants: an approved AccessRequest with `spec.grant` for this pod or its
+//! ServiceAccount lets the requests its rule would hold pass until its
+//! window ends (recorded with `mcp-warden.io/grant` and the granter as
+//! `mcp-warden.io/approved-by`); [`grants`] watches them.
+//!
 //! The parts: [`decider`] (the hook and the hold), [`client`] (kube's typed
 //! API and watcher for AccessRequests, with the upstream's CA and token),
 //! [`notifier`] (the pending-approval POST), [`access_request`] (the object
@@ -48,6 +53,7 @@ use std::time::Duration;
 pub mod access_request;
 pub mod client;
 pub mod decider;
+pub mod grants;
 pub mod notifier;
 pub mod preview;
 
@@ -56,7 +62,7 @@ pub use decider::ApprovalDecider;
 pub use mcp_warden_shared::access_request::{GROUP, RESOURCE};
 pub use notifier::Notifier;
 
-pub use mcp_warden_shared::contract::{ANN_ACCESS_REQUEST, ANN_APPROVED_BY};
+pub use mcp_warden_shared::contract::{ANN_ACCESS_REQUEST, ANN_APPROVED_BY, ANN_GRANT};
 
 /// Rule name of the built-in refusal of AccessRequest access by the app.
 pub const BUILTIN_RULE: &str = "mcp-warden:accessrequests";
@@ -167,6 +173,7 @@ mod tests {
             crate::hooks::Approval {
                 by: "alice".into(),
                 access_request: "prod/delete-deployments-x".into(),
+                grant: false,
             },
         ));
         let e = hook.base_event(&ctx, Level::Metadata);
@@ -175,5 +182,18 @@ mod tests {
             e.annotations[ANN_ACCESS_REQUEST],
             "prod/delete-deployments-x"
         );
+        assert!(!e.annotations.contains_key(ANN_GRANT));
+        ctx.decision = Some(crate::hooks::Decision::approved(
+            Some("deletes".into()),
+            crate::hooks::Approval {
+                by: "bob".into(),
+                access_request: "prod/grant-deletes-y".into(),
+                grant: true,
+            },
+        ));
+        let e = hook.base_event(&ctx, Level::Metadata);
+        assert_eq!(e.annotations[ANN_APPROVED_BY], "bob");
+        assert_eq!(e.annotations[ANN_GRANT], "prod/grant-deletes-y");
+        assert_eq!(e.annotations[ANN_ACCESS_REQUEST], "prod/grant-deletes-y");
     }
 }

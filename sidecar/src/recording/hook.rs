@@ -202,6 +202,12 @@ impl RecordingHook {
                 crate::approval::ANN_ACCESS_REQUEST.to_string(),
                 a.access_request.clone(),
             );
+            if a.grant {
+                e.annotations.insert(
+                    crate::approval::ANN_GRANT.to_string(),
+                    a.access_request.clone(),
+                );
+            }
         }
         if let Some(p) = ctx.decision.as_ref().and_then(|d| d.preview) {
             e.annotations.insert(

@@ -175,14 +175,14 @@ async fn the_shipped_crd_accepts_old_and_new_sidecars_and_prunes_like_the_server
     // Required fields, types and formats are checked.
     let mut b = new_body();
     b["metadata"]["name"] = json!("broken");
-    b["spec"].as_object_mut().unwrap().remove("verb");
+    b["spec"]["grant"] = json!({"duration": "1m"});
     b["spec"]["expiresAt"] = json!("tomorrow");
     b["spec"]["requester"] = json!("me");
     let (code, st) = send(&c, Method::POST, COLLECTION, JSON, &b).await;
     assert_eq!(code, 422, "{st}");
     let msg = st["message"].as_str().unwrap();
     for want in [
-        "spec.verb: Required value",
+        "spec.grant.rule: Required value",
         "spec.expiresAt: Invalid value: \"tomorrow\": spec.expiresAt in body must be of type date-time: \"tomorrow\"",
         "spec.requester: Invalid value: \"string\": spec.requester in body must be of type object: \"string\"",
     ] {

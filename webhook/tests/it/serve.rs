@@ -161,6 +161,7 @@ async fn start_with(
             poll_interval: Duration::from_millis(200),
         }),
         server_version,
+        max_grant: mcp_warden_shared::grant::DEFAULT_MAX_GRANT,
     };
     let task = tokio::spawn(mcp_warden_webhook::run(
         listener,
@@ -405,6 +406,7 @@ async fn missing_certificate_files_fail_start() {
             poll_interval: Duration::from_secs(1),
         }),
         server_version: ServerVersion::Unknown,
+        max_grant: mcp_warden_shared::grant::DEFAULT_MAX_GRANT,
     };
     let err = mcp_warden_webhook::run(listener, admin, config, std::future::pending())
         .await
