@@ -79,6 +79,10 @@ pub enum Refusal {
         "status.decidedAt {got:?} of a grant must be the time of its approval ({now}): the window starts there"
     )]
     GrantStart { got: String, now: String },
+    #[error(
+        "status.preview is written by the requester ({requester}) when it asks: {user} cannot change what the approver is shown"
+    )]
+    PreviewChanged { user: String, requester: String },
     #[error("the admission request is malformed: {0}")]
     Malformed(String),
 }
@@ -185,9 +189,20 @@ pub fn judge(
             });
         }
     }
+    let requester = opt(&new.spec.requester.service_account)
+        .or_else(|| opt(&old.spec.requester.service_account));
+    // The approver decides on what the preview shows: only the sidecar that
+    // asked (it writes the preview while the request is Pending) may set it,
+    // or an approver could rewrite the effect they approve.
+    if new.status().preview != old.status().preview
+        && (requester != Some(username) || from != State::Pending)
+    {
+        return Err(Refusal::PreviewChanged {
+            user: username.to_string(),
+            requester: requester.unwrap_or("").to_string(),
+        });
+    }
     if transition && to.is_human_decision() {
-        let requester = opt(&new.spec.requester.service_account)
-            .or_else(|| opt(&old.spec.requester.service_account));
         if requester == Some(username) {
             return Err(Refusal::SelfDecision {
                 user: username.to_string(),
@@ -510,6 +525,59 @@ mod tests {
             Mode::Mutate,
         );
         assert!(matches!(r, Err(Refusal::UnknownState(_))));
+    }
+
+    #[test]
+    fn only_the_requester_writes_the_preview_while_pending() {
+        let with_preview = |state: &str, summary: &str| {
+            let mut v = ar(Some(state), None);
+            v["status"]["preview"] = json!({"code": 200, "kind": "Change", "summary": summary});
+            v
+        };
+        // The sidecar (the requester) writes it while the request waits.
+        let r = judge(
+            &ar(None, None),
+            &with_preview("Pending", "1 field: spec.replicas 3 → 0"),
+            SA,
+            NOW,
+            Mode::Validate,
+        );
+        assert!(r.is_ok(), "{r:?}");
+        // An approver cannot rewrite it, nor approve with a rewritten one.
+        let old = with_preview("Pending", "1 field: spec.replicas 3 → 0");
+        for (state, user) in [("Pending", "bob"), ("Approved", "bob")] {
+            let r = judge(
+                &old,
+                &with_preview(state, "nothing changes"),
+                user,
+                NOW,
+                Mode::Validate,
+            );
+            assert!(
+                matches!(r, Err(Refusal::PreviewChanged { .. })),
+                "{state} by {user}: {r:?}"
+            );
+        }
+        // Nor the requester once it is decided.
+        let decided = {
+            let mut v = with_preview("Approved", "1 field: spec.replicas 3 → 0");
+            v["status"]["decidedBy"] = json!("bob");
+            v["status"]["decidedAt"] = json!("2026-11-22T00:59:00Z");
+            v
+        };
+        let mut changed = decided.clone();
+        changed["status"]["preview"]["summary"] = json!("nothing changes");
+        let r = judge(&decided, &changed, SA, NOW, Mode::Validate);
+        assert!(matches!(r, Err(Refusal::PreviewChanged { .. })), "{r:?}");
+        // Approving without touching it is fine.
+        let ok = judge(
+            &old,
+            &with_preview("Approved", "1 field: spec.replicas 3 → 0"),
+            "bob",
+            NOW,
+            Mode::Mutate,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
