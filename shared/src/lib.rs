@@ -13,6 +13,7 @@ pub mod contract;
 pub mod enduser;
 pub mod identity;
 pub mod mask;
+pub mod mcp;
 pub mod names;
 pub mod policy;
 pub mod proto;
