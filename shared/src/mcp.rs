@@ -9,10 +9,12 @@
 //! passes on and acts on what comes out.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
 use crate::mask::{MARKER, Masker};
+use crate::{audit, contract};
 
 /// The method of a tool call.
 pub const TOOLS_CALL: &str = "tools/call";
@@ -315,6 +317,148 @@ pub fn mask_arguments(masker: &Masker, args: &mut Value) -> usize {
             .sum(),
         _ => 0,
     }
+}
+
+/// A tool call in flight (forwarded, its response not seen yet), as the
+/// recording of an API request made meanwhile names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InFlightCall {
+    /// The tool call event's `auditID`.
+    #[serde(rename = "toolCall")]
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The JSON-RPC id, as JSON text.
+    #[serde(rename = "jsonrpcId")]
+    pub jsonrpc_id: String,
+    /// The MCP session (empty when the transport has none).
+    #[serde(rename = "mcpSession", skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// The end user, when the call carried a verified bearer token.
+    #[serde(rename = "mcpUser", skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The annotations linking an API request to the tool calls in flight when
+/// it was made: with exactly one, `tool-call`, `tool`, `jsonrpc-id`,
+/// `mcp-session` and `mcp-user` name it; with several, only
+/// `tool-call-candidates` (a JSON array of all of them) is set, so no
+/// candidate is presented as the cause; with none, nothing.
+pub fn link_annotations(calls: &[InFlightCall]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match calls {
+        [] => {}
+        [one] => {
+            out.insert(contract::ANN_TOOL_CALL.into(), one.call_id.clone());
+            out.insert(contract::ANN_TOOL.into(), one.tool.clone());
+            out.insert(contract::ANN_JSONRPC_ID.into(), one.jsonrpc_id.clone());
+            if !one.session.is_empty() {
+                out.insert(contract::ANN_MCP_SESSION.into(), one.session.clone());
+            }
+            if let Some(u) = &one.user {
+                out.insert(contract::ANN_MCP_USER.into(), u.clone());
+            }
+        }
+        many => {
+            // Serializing plain strings cannot fail.
+            let list = serde_json::to_string(many).unwrap_or_default();
+            out.insert(contract::ANN_TOOL_CALL_CANDIDATES.into(), list);
+        }
+    }
+    out
+}
+
+/// How a tool call ended, as recorded in `mcp-warden.io/tool-outcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The server answered: a result (maybe `isError`) or a JSON-RPC error.
+    Answered(Outcome),
+    /// The sidecar refused it (policy); never forwarded.
+    Refused {
+        /// The refusal's message (names the rule).
+        message: String,
+    },
+    /// The response never came: the stream ended or the client went away.
+    NoResponse,
+}
+
+impl CallEnd {
+    /// The `mcp-warden.io/tool-outcome` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CallEnd::Answered(Outcome::Result { is_error: false }) => "result",
+            CallEnd::Answered(Outcome::Result { is_error: true }) => "isError",
+            CallEnd::Answered(Outcome::Error { .. }) => "error",
+            CallEnd::Refused { .. } => "refused",
+            CallEnd::NoResponse => "no-response",
+        }
+    }
+}
+
+/// The verb of a tool call event.
+pub const TOOL_CALL_VERB: &str = "tools/call";
+
+/// Everything a tool call event says, besides what every event carries
+/// ([`audit::RequestInfo`]).
+#[derive(Debug, Clone)]
+pub struct ToolCallRecord<'a> {
+    /// The call.
+    pub call: &'a InFlightCall,
+    /// The masked arguments.
+    pub arguments: &'a Value,
+    /// How it ended.
+    pub end: &'a CallEnd,
+    /// When it ended.
+    pub ended: audit::MicroTime,
+}
+
+/// The `ResponseComplete` event of a tool call: verb `tools/call`, no
+/// `objectRef`, the tool name and masked arguments as `requestObject`
+/// (`{"name", "arguments"}`), the outcome as `responseStatus` (200 answered,
+/// 403 refused, 499 no response) and `responseObject` (`{"isError"}` or the
+/// JSON-RPC `{"error": {"code", "message"}}`, the message masked by the
+/// caller), and the `mcp-warden.io/` annotations `event: tool-call`, `tool`,
+/// `jsonrpc-id`, `mcp-session`, `mcp-user`, `tool-outcome`.
+pub fn tool_call_event(info: audit::RequestInfo<'_>, rec: &ToolCallRecord<'_>) -> audit::Event {
+    let mut e = audit::Event::from_request(info);
+    let status = match rec.end {
+        CallEnd::Answered(Outcome::Error { code, message }) => {
+            let mut s = audit::ResponseStatus::from_code(200);
+            s.message = format!("JSON-RPC error {code}: {message}");
+            s
+        }
+        CallEnd::Answered(_) => audit::ResponseStatus::from_code(200),
+        CallEnd::Refused { message } => audit::ResponseStatus::failure(403, "Forbidden", message.clone()),
+        CallEnd::NoResponse => audit::ResponseStatus::failure(
+            499,
+            "",
+            "the tool call's response never came (stream ended or client gone)",
+        ),
+    };
+    e = e.at_stage(audit::Stage::ResponseComplete, rec.ended, status);
+    e.request_object = Some(serde_json::json!({
+        "name": rec.call.tool,
+        "arguments": rec.arguments,
+    }));
+    e.response_object = match rec.end {
+        CallEnd::Answered(Outcome::Result { is_error }) => Some(serde_json::json!({"isError": is_error})),
+        CallEnd::Answered(Outcome::Error { code, message }) => {
+            Some(serde_json::json!({"error": {"code": code, "message": message}}))
+        }
+        _ => None,
+    };
+    let a = &mut e.annotations;
+    a.insert(contract::ANN_EVENT_KIND.into(), "tool-call".into());
+    a.insert(contract::ANN_TOOL.into(), rec.call.tool.clone());
+    a.insert(contract::ANN_JSONRPC_ID.into(), rec.call.jsonrpc_id.clone());
+    if !rec.call.session.is_empty() {
+        a.insert(contract::ANN_MCP_SESSION.into(), rec.call.session.clone());
+    }
+    if let Some(u) = &rec.call.user {
+        a.insert(contract::ANN_MCP_USER.into(), u.clone());
+    }
+    a.insert(contract::ANN_TOOL_OUTCOME.into(), rec.end.name().into());
+    e
 }
 
 /// One Server-Sent Event.

@@ -192,3 +192,100 @@ fn sse_an_event_without_data_is_not_dispatched() {
     let mut p = SseParser::new(1024);
     assert!(p.feed(b"event: ping\n\nretry: 10\n\n").is_empty());
 }
+
+fn call(id: &str, tool: &str) -> InFlightCall {
+    InFlightCall {
+        call_id: format!("uuid-{id}"),
+        tool: tool.into(),
+        jsonrpc_id: id.into(),
+        session: "s-1".into(),
+        user: Some("alice@example.com".into()),
+    }
+}
+
+#[test]
+fn one_call_in_flight_is_named_as_the_cause() {
+    let a = link_annotations(&[call("3", "pods_list")]);
+    assert_eq!(a[contract::ANN_TOOL_CALL], "uuid-3");
+    assert_eq!(a[contract::ANN_TOOL], "pods_list");
+    assert_eq!(a[contract::ANN_JSONRPC_ID], "3");
+    assert_eq!(a[contract::ANN_MCP_SESSION], "s-1");
+    assert_eq!(a[contract::ANN_MCP_USER], "alice@example.com");
+    assert!(!a.contains_key(contract::ANN_TOOL_CALL_CANDIDATES));
+}
+
+#[test]
+fn several_calls_in_flight_are_all_candidates_and_none_is_the_cause() {
+    let a = link_annotations(&[call("3", "pods_list"), call("4", "pods_get")]);
+    assert_eq!(a.len(), 1, "{a:?}");
+    let list: Value = serde_json::from_str(&a[contract::ANN_TOOL_CALL_CANDIDATES]).unwrap();
+    assert_eq!(
+        list,
+        json!([
+            {"toolCall": "uuid-3", "tool": "pods_list", "jsonrpcId": "3", "mcpSession": "s-1", "mcpUser": "alice@example.com"},
+            {"toolCall": "uuid-4", "tool": "pods_get", "jsonrpcId": "4", "mcpSession": "s-1", "mcpUser": "alice@example.com"}
+        ])
+    );
+    assert!(link_annotations(&[]).is_empty());
+}
+
+#[test]
+fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
+    let attrs = crate::attrs::RequestAttributes {
+        verb: TOOL_CALL_VERB.into(),
+        path: "/mcp".into(),
+        ..Default::default()
+    };
+    let c = call("9", "resources_delete");
+    let info = || audit::RequestInfo {
+        audit_id: &c.call_id,
+        request_uri: "/mcp",
+        attrs: &attrs,
+        user: audit::UserInfo::new("alice@example.com", "", vec![], Default::default()),
+        impersonated_user: None,
+        source_ips: vec!["127.0.0.1".into()],
+        user_agent: "python-httpx",
+        level: audit::Level::Metadata,
+        received: audit::MicroTime::from_unix_micros(1_000_000),
+        decision: audit::DecisionInfo {
+            decision: "deny".into(),
+            rule: "no-deletes".into(),
+            policy_hash: "abc".into(),
+            enforced: true,
+        },
+        pod: "mcp/p-0",
+        cluster: "",
+    };
+    let args = json!({"name": "x"});
+    let end = CallEnd::Refused { message: "denied by rule \"no-deletes\"".into() };
+    let e = tool_call_event(
+        info(),
+        &ToolCallRecord {
+            call: &c,
+            arguments: &args,
+            end: &end,
+            ended: audit::MicroTime::from_unix_micros(1_250_000),
+        },
+    );
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["verb"], "tools/call");
+    assert_eq!(v["stage"], "ResponseComplete");
+    assert_eq!(v["auditID"], "uuid-9");
+    assert!(v.get("objectRef").is_none());
+    assert_eq!(v["requestObject"], json!({"name": "resources_delete", "arguments": {"name": "x"}}));
+    assert_eq!(v["responseStatus"]["code"], 403);
+    assert_eq!(v["annotations"][contract::ANN_TOOL_OUTCOME], "refused");
+    assert_eq!(v["annotations"][contract::ANN_EVENT_KIND], "tool-call");
+    assert_eq!(v["annotations"]["mcp-warden.io/rule"], "no-deletes");
+    assert_eq!(v["requestReceivedTimestamp"], "1970-01-01T00:00:01.000000Z");
+    assert_eq!(v["stageTimestamp"], "1970-01-01T00:00:01.250000Z");
+
+    let end = CallEnd::Answered(Outcome::Error { code: -32602, message: "bad".into() });
+    let e = tool_call_event(info(), &ToolCallRecord { call: &c, arguments: &args, end: &end, ended: audit::MicroTime::from_unix_micros(2_000_000) });
+    assert_eq!(e.annotations[contract::ANN_TOOL_OUTCOME], "error");
+    assert_eq!(e.response_object, Some(json!({"error": {"code": -32602, "message": "bad"}})));
+    let end = CallEnd::Answered(Outcome::Result { is_error: true });
+    let e = tool_call_event(info(), &ToolCallRecord { call: &c, arguments: &args, end: &end, ended: audit::MicroTime::from_unix_micros(2_000_000) });
+    assert_eq!(e.annotations[contract::ANN_TOOL_OUTCOME], "isError");
+    assert_eq!(CallEnd::NoResponse.name(), "no-response");
+}
