@@ -58,7 +58,7 @@ pub const ANN_TOOL_CALL_CANDIDATES: &str = "mcp-warden.io/tool-call-candidates";
 /// Recorded on tool call events: `tool-call`, what the event is.
 pub const ANN_EVENT_KIND: &str = "mcp-warden.io/event";
 /// Recorded on tool call events: how the call ended (`result`, `isError`,
-/// `error`, `refused`, `no-response`).
+/// `error`, `refused`, `no-response`, `unknown`).
 pub const ANN_TOOL_OUTCOME: &str = "mcp-warden.io/tool-outcome";
 
 /// Sidecar container name.

@@ -368,7 +368,8 @@ pub fn link_annotations(calls: &[InFlightCall]) -> BTreeMap<String, String> {
     out
 }
 
-/// How a tool call ended, as recorded in `mcp-warden.io/tool-outcome`.
+/// How a tool call ended, as recorded in `mcp-warden.io/tool-outcome`
+/// (`result`, `isError`, `error`, `refused`, `no-response`, `unknown`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEnd {
     /// The server answered: a result (maybe `isError`) or a JSON-RPC error.
@@ -380,6 +381,9 @@ pub enum CallEnd {
     },
     /// The response never came: the stream ended or the client went away.
     NoResponse,
+    /// A response passed but could not be read (larger than the bound,
+    /// not JSON-RPC): the outcome is unknown.
+    Unreadable,
 }
 
 impl CallEnd {
@@ -391,6 +395,7 @@ impl CallEnd {
             CallEnd::Answered(Outcome::Error { .. }) => "error",
             CallEnd::Refused { .. } => "refused",
             CallEnd::NoResponse => "no-response",
+            CallEnd::Unreadable => "unknown",
         }
     }
 }
@@ -434,6 +439,11 @@ pub fn tool_call_event(info: audit::RequestInfo<'_>, rec: &ToolCallRecord<'_>) -
             "",
             "the tool call's response never came (stream ended or client gone)",
         ),
+        CallEnd::Unreadable => {
+            let mut s = audit::ResponseStatus::from_code(200);
+            s.message = "the tool call's response could not be read: outcome unknown".into();
+            s
+        }
     };
     e = e.at_stage(audit::Stage::ResponseComplete, rec.ended, status);
     e.request_object = Some(serde_json::json!({

@@ -23,6 +23,7 @@ pub mod listener;
 pub mod local;
 pub mod logging;
 pub mod mask_body;
+pub mod mcp;
 pub mod metrics;
 pub mod policy_cli;
 pub mod policy_store;

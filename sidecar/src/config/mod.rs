@@ -202,6 +202,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub approval: ApprovalArgs,
 
+    /// The MCP server's own HTTP endpoint (IP:PORT on loopback, e.g.
+    /// `127.0.0.1:8080`): the sidecar then fronts it on `--mcp-listen`,
+    /// recording and judging tool calls. Unset: no MCP front.
+    #[arg(long, env = contract::env::MCP_UPSTREAM)]
+    pub mcp_upstream: Option<String>,
+
+    /// Address of the MCP front (plain HTTP; the Service points here).
+    #[arg(long, env = contract::env::MCP_LISTEN, default_value = "0.0.0.0:15080")]
+    pub mcp_listen: String,
+
     /// Connection and request limits: timeouts and caps of both listeners,
     /// in-flight caps (see [`crate::limits`]).
     #[command(flatten)]
@@ -383,6 +393,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Approvals (held requests, AccessRequests).
     pub approval: ApprovalConfig,
+    /// The MCP front (`--mcp-upstream`, `--mcp-listen`), if configured.
+    pub mcp: Option<crate::mcp::McpConfig>,
     /// Connection and request limits of both listeners and the in-flight caps.
     pub limits: crate::limits::Limits,
 }
@@ -493,6 +505,7 @@ impl ServeArgs {
             pod_name.as_deref().unwrap_or("unknown")
         );
         let recording = self.recording.validate(self.cluster_name.clone(), pod)?;
+        let mcp = self.mcp_config(&[listen, admin_listen])?;
         Ok(Config {
             listen,
             listen_https_alias,
@@ -513,7 +526,33 @@ impl ServeArgs {
             access_log: self.access_log,
             approval: self.approval.validate()?,
             limits: self.limits.limits(),
+            mcp,
         })
+    }
+
+    /// The MCP front's settings: the upstream must be a loopback address
+    /// (the MCP server in the same pod), the listener must not be taken.
+    fn mcp_config(&self, taken: &[SocketAddr]) -> Result<Option<crate::mcp::McpConfig>, ConfigError> {
+        let Some(raw) = self.mcp_upstream.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let upstream = parse_addr(raw, "mcp-upstream", contract::env::MCP_UPSTREAM)?;
+        if !upstream.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "mcp-upstream",
+                contract::env::MCP_UPSTREAM,
+                format!("{raw:?} is not a loopback address: the MCP front forwards only to the MCP server in its own pod"),
+            ));
+        }
+        let listen = parse_addr(&self.mcp_listen, "mcp-listen", contract::env::MCP_LISTEN)?;
+        if taken.contains(&listen) || listen == upstream {
+            return Err(ConfigError::new(
+                "mcp-listen",
+                contract::env::MCP_LISTEN,
+                "must differ from --listen, --admin-listen and --mcp-upstream",
+            ));
+        }
+        Ok(Some(crate::mcp::McpConfig { upstream, listen }))
     }
 }
 
