@@ -19,6 +19,7 @@ mod apisim_vs_real;
 mod approvals_stack;
 mod hardening_e2e;
 mod masking_e2e;
+mod mcp_front;
 mod policy_conditions_e2e;
 mod policy_e2e;
 mod policy_learn;
