@@ -1400,3 +1400,31 @@ fn invalid_mcp_port_annotations_are_refused_with_the_reason() {
         "{reports:?}"
     );
 }
+
+/// The example of docs and chart README: the Deployment gets the MCP front,
+/// and its Service targets the front's named port.
+#[test]
+fn the_mcp_front_example_points_its_service_at_the_sidecar() {
+    let path = fixture_path("../../../manifests/examples/mcp-server-front.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let (out, reports) = inject_yaml(&text, &InjectConfig::default()).unwrap();
+    let objs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&out)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    let dep = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let dep: Deployment = serde_json::from_value(dep.clone()).unwrap();
+    let spec = dep.spec.template.spec.unwrap();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap_or_else(|| panic!("not injected: {reports:?}"));
+    assert_eq!(env_value(sidecar, env::MCP_UPSTREAM).as_deref(), Some("127.0.0.1:8080"));
+    assert!(sidecar.ports.iter().flatten().any(|p| p.name.as_deref() == Some(MCP_PORT_NAME)));
+    let svc = objs.iter().find(|o| o["kind"] == "Service").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], MCP_PORT_NAME);
+}
