@@ -135,9 +135,8 @@ pub struct Batch {
 
 /// Parses a body: one JSON-RPC message or a batch of them.
 pub fn parse_body(bytes: &[u8]) -> Result<Batch, McpError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| McpError::NotJson {
-        why: e.to_string(),
-    })?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| McpError::NotJson { why: e.to_string() })?;
     match v {
         Value::Array(items) => {
             if items.is_empty() {
@@ -176,7 +175,9 @@ fn parse_message(v: Value, index: Option<usize>) -> Result<Message, McpError> {
     }
     let id = match o.get("id") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(RpcId::from_value(v).ok_or_else(|| bad("`id` must be a string or a number"))?),
+        Some(v) => {
+            Some(RpcId::from_value(v).ok_or_else(|| bad("`id` must be a string or a number"))?)
+        }
     };
     if let Some(m) = o.get("method") {
         let method = m
@@ -217,7 +218,9 @@ fn parse_message(v: Value, index: Option<usize>) -> Result<Message, McpError> {
             outcome: Outcome::Result { is_error },
         });
     }
-    Err(bad("neither a request (`method`) nor a response (`result`/`error`)"))
+    Err(bad(
+        "neither a request (`method`) nor a response (`result`/`error`)",
+    ))
 }
 
 /// A `tools/call` request.
@@ -287,7 +290,9 @@ const SECRET_KEYS: &[&str] = &[
 
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    SECRET_KEYS.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")))
+    SECRET_KEYS
+        .iter()
+        .any(|s| k == *s || k.ends_with(&format!("_{s}")))
 }
 
 /// Masks tool arguments in place: every string through the policy's
@@ -433,7 +438,9 @@ pub fn tool_call_event(info: audit::RequestInfo<'_>, rec: &ToolCallRecord<'_>) -
             s
         }
         CallEnd::Answered(_) => audit::ResponseStatus::from_code(200),
-        CallEnd::Refused { message } => audit::ResponseStatus::failure(403, "Forbidden", message.clone()),
+        CallEnd::Refused { message } => {
+            audit::ResponseStatus::failure(403, "Forbidden", message.clone())
+        }
         CallEnd::NoResponse => audit::ResponseStatus::failure(
             499,
             "",
@@ -451,7 +458,9 @@ pub fn tool_call_event(info: audit::RequestInfo<'_>, rec: &ToolCallRecord<'_>) -
         "arguments": rec.arguments,
     }));
     e.response_object = match rec.end {
-        CallEnd::Answered(Outcome::Result { is_error }) => Some(serde_json::json!({"isError": is_error})),
+        CallEnd::Answered(Outcome::Result { is_error }) => {
+            Some(serde_json::json!({"isError": is_error}))
+        }
         CallEnd::Answered(Outcome::Error { code, message }) => {
             Some(serde_json::json!({"error": {"code": code, "message": message}}))
         }

@@ -10,12 +10,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::enduser::VerifyBearer;
 use crate::hooks::Hooks;
 use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
+use crate::mcp::{McpFront, PolicySource, ToolCalls};
 use crate::policy_store::{PolicyDecider, PolicyStore};
 use crate::recording::Recorder;
-use crate::enduser::VerifyBearer;
-use crate::mcp::{McpFront, PolicySource, ToolCalls};
 use crate::recording::hook::{AnnotationSource, LevelSource, PolicyHashSource, RecordingHook};
 use crate::{Extensions, Metrics, Readiness, RunError};
 
@@ -90,13 +90,14 @@ pub async fn run_configured_with(
     let mcp_front = match &config.mcp {
         None => None,
         Some(mcp) => {
-            let l = TcpListener::bind(mcp.listen).await.map_err(|e| {
-                crate::config::ConfigError {
-                    flag: "mcp-listen",
-                    env: mcp_warden_shared::contract::env::MCP_LISTEN,
-                    message: format!("cannot bind {}: {e}", mcp.listen),
-                }
-            })?;
+            let l =
+                TcpListener::bind(mcp.listen)
+                    .await
+                    .map_err(|e| crate::config::ConfigError {
+                        flag: "mcp-listen",
+                        env: mcp_warden_shared::contract::env::MCP_LISTEN,
+                        message: format!("cannot bind {}: {e}", mcp.listen),
+                    })?;
             let policy: PolicySource = {
                 let store = store.clone();
                 Arc::new(move || store.current())

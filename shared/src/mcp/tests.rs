@@ -69,7 +69,9 @@ fn outcomes_result_is_error_and_error() {
         .messages
         .iter()
         .map(|m| match m {
-            Message::Response { id, outcome } => (id.clone().map(|i| i.to_string()), outcome.clone()),
+            Message::Response { id, outcome } => {
+                (id.clone().map(|i| i.to_string()), outcome.clone())
+            }
             _ => panic!("not a response"),
         })
         .collect();
@@ -106,7 +108,10 @@ fn malformed_messages_are_refused_with_the_reason() {
         (br#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#, "`id`"),
         (br#"{"jsonrpc":"2.0","id":1}"#, "neither"),
         (br#"{"jsonrpc":"2.0","result":{}}"#, "needs an `id`"),
-        (br#"[{"jsonrpc":"2.0","id":1,"method":"x"}, 3]"#, "batch item 1"),
+        (
+            br#"[{"jsonrpc":"2.0","id":1,"method":"x"}, 3]"#,
+            "batch item 1",
+        ),
     ] {
         let e = parse_body(body).unwrap_err().to_string();
         assert!(e.contains(why), "{e:?} should say {why:?}");
@@ -116,12 +121,20 @@ fn malformed_messages_are_refused_with_the_reason() {
 #[test]
 fn the_error_response_echoes_the_id() {
     let id = RpcId::from_value(&json!("x-1")).unwrap();
-    let v = error_response(Some(&id), POLICY_REFUSED, "denied by rule \"r\"", Some(json!({"rule": "r"})));
+    let v = error_response(
+        Some(&id),
+        POLICY_REFUSED,
+        "denied by rule \"r\"",
+        Some(json!({"rule": "r"})),
+    );
     assert_eq!(
         v,
         json!({"jsonrpc":"2.0","id":"x-1","error":{"code":-32001,"message":"denied by rule \"r\"","data":{"rule":"r"}}})
     );
-    assert_eq!(error_response(None, PARSE_ERROR, "x", None)["id"], json!(null));
+    assert_eq!(
+        error_response(None, PARSE_ERROR, "x", None)["id"],
+        json!(null)
+    );
 }
 
 #[test]
@@ -184,7 +197,13 @@ fn sse_an_event_past_the_bound_is_marked_and_the_next_one_is_whole() {
     assert_eq!(evs.len(), 2);
     assert!(evs[0].overflow);
     assert!(evs[0].data.len() <= 16);
-    assert_eq!(evs[1], SseEvent { data: "ok".into(), ..Default::default() });
+    assert_eq!(
+        evs[1],
+        SseEvent {
+            data: "ok".into(),
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -257,7 +276,9 @@ fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
         cluster: "",
     };
     let args = json!({"name": "x"});
-    let end = CallEnd::Refused { message: "denied by rule \"no-deletes\"".into() };
+    let end = CallEnd::Refused {
+        message: "denied by rule \"no-deletes\"".into(),
+    };
     let e = tool_call_event(
         info(),
         &ToolCallRecord {
@@ -272,7 +293,10 @@ fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
     assert_eq!(v["stage"], "ResponseComplete");
     assert_eq!(v["auditID"], "uuid-9");
     assert!(v.get("objectRef").is_none());
-    assert_eq!(v["requestObject"], json!({"name": "resources_delete", "arguments": {"name": "x"}}));
+    assert_eq!(
+        v["requestObject"],
+        json!({"name": "resources_delete", "arguments": {"name": "x"}})
+    );
     assert_eq!(v["responseStatus"]["code"], 403);
     assert_eq!(v["annotations"][contract::ANN_TOOL_OUTCOME], "refused");
     assert_eq!(v["annotations"][contract::ANN_EVENT_KIND], "tool-call");
@@ -280,12 +304,34 @@ fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
     assert_eq!(v["requestReceivedTimestamp"], "1970-01-01T00:00:01.000000Z");
     assert_eq!(v["stageTimestamp"], "1970-01-01T00:00:01.250000Z");
 
-    let end = CallEnd::Answered(Outcome::Error { code: -32602, message: "bad".into() });
-    let e = tool_call_event(info(), &ToolCallRecord { call: &c, arguments: &args, end: &end, ended: audit::MicroTime::from_unix_micros(2_000_000) });
+    let end = CallEnd::Answered(Outcome::Error {
+        code: -32602,
+        message: "bad".into(),
+    });
+    let e = tool_call_event(
+        info(),
+        &ToolCallRecord {
+            call: &c,
+            arguments: &args,
+            end: &end,
+            ended: audit::MicroTime::from_unix_micros(2_000_000),
+        },
+    );
     assert_eq!(e.annotations[contract::ANN_TOOL_OUTCOME], "error");
-    assert_eq!(e.response_object, Some(json!({"error": {"code": -32602, "message": "bad"}})));
+    assert_eq!(
+        e.response_object,
+        Some(json!({"error": {"code": -32602, "message": "bad"}}))
+    );
     let end = CallEnd::Answered(Outcome::Result { is_error: true });
-    let e = tool_call_event(info(), &ToolCallRecord { call: &c, arguments: &args, end: &end, ended: audit::MicroTime::from_unix_micros(2_000_000) });
+    let e = tool_call_event(
+        info(),
+        &ToolCallRecord {
+            call: &c,
+            arguments: &args,
+            end: &end,
+            ended: audit::MicroTime::from_unix_micros(2_000_000),
+        },
+    );
     assert_eq!(e.annotations[contract::ANN_TOOL_OUTCOME], "isError");
     assert_eq!(CallEnd::NoResponse.name(), "no-response");
 }

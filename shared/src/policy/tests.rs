@@ -754,12 +754,19 @@ fn tool_rules_decide_tool_calls_deny_beats_approve_beats_allow() {
     assert_eq!(d.action, Action::Deny);
     assert_eq!(d.rule.as_deref(), Some("no-deletes-by-tool"));
     assert!(d.blocks());
-    assert!(d.refusal_reason().contains("no-deletes-by-tool"), "{}", d.refusal_reason());
+    assert!(
+        d.refusal_reason().contains("no-deletes-by-tool"),
+        "{}",
+        d.refusal_reason()
+    );
     assert!(d.refusal_reason().contains("ask the platform team"));
     // approve beats allow whatever the order.
     assert_eq!(evaluate_tool(&p, "helm_list", &sa).action, Action::Approve);
     let d = evaluate_tool(&p, "pods_list", &sa);
-    assert_eq!((d.action, d.rule.as_deref()), (Action::Allow, Some("pods-ok")));
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Allow, Some("pods-ok"))
+    );
     // serviceAccounts narrows a tool rule too.
     let other = who_sa("other/x");
     let d = evaluate_tool(&p, "pods_list", &other);
@@ -774,9 +781,21 @@ fn tool_rules_decide_tool_calls_deny_beats_approve_beats_allow() {
 fn tool_rules_never_match_api_requests() {
     let p = Policy::parse("t.yaml", TOOL_POLICY).unwrap();
     let sa = who_sa("mcp/kubernetes-mcp-server");
-    let d = decide(&p, "DELETE", "/api/v1/namespaces/dev/pods/x", &sa, &Impersonation::default());
+    let d = decide(
+        &p,
+        "DELETE",
+        "/api/v1/namespaces/dev/pods/x",
+        &sa,
+        &Impersonation::default(),
+    );
     assert_eq!((d.action, d.rule), (Action::Deny, None));
-    let d = decide(&p, "GET", "/api/v1/namespaces/dev/pods", &sa, &Impersonation::default());
+    let d = decide(
+        &p,
+        "GET",
+        "/api/v1/namespaces/dev/pods",
+        &sa,
+        &Impersonation::default(),
+    );
     assert_eq!(d.rule.as_deref(), Some("read-all"));
     assert!(lint::lint(&p).is_empty(), "{:?}", lint::lint(&p));
 }
@@ -794,18 +813,44 @@ fn tool_rules_in_audit_mode_are_not_enforced() {
 #[test]
 fn tool_rules_refuse_api_fields_and_bad_globs() {
     for (rule, field, why) in [
-        ("{name: r, action: deny, tools: [x], verbs: [get]}", "rules[0].verbs", "does not apply to a tools rule"),
-        ("{name: r, action: deny, tools: [x], resources: [pods]}", "rules[0].resources", "does not apply to a tools rule"),
-        ("{name: r, action: deny, tools: [x], when: \"true\"}", "rules[0].when", "does not apply to a tools rule"),
-        ("{name: r, action: deny, tools: []}", "rules[0].tools", "must not be an empty list"),
-        ("{name: r, action: deny, tools: [\"a b\"]}", "rules[0].tools[0]", "not a tool name glob"),
-        ("{name: r, action: deny, tools: [\"[\"]}", "rules[0].tools[0]", "invalid glob"),
+        (
+            "{name: r, action: deny, tools: [x], verbs: [get]}",
+            "rules[0].verbs",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: [x], resources: [pods]}",
+            "rules[0].resources",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: [x], when: \"true\"}",
+            "rules[0].when",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: []}",
+            "rules[0].tools",
+            "must not be an empty list",
+        ),
+        (
+            "{name: r, action: deny, tools: [\"a b\"]}",
+            "rules[0].tools[0]",
+            "not a tool name glob",
+        ),
+        (
+            "{name: r, action: deny, tools: [\"[\"]}",
+            "rules[0].tools[0]",
+            "invalid glob",
+        ),
     ] {
         let src = format!("apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  - {rule}\n");
         let e = Policy::parse("t.yaml", &src).unwrap_err();
         let text = e.to_string();
         assert!(
-            e.problems.iter().any(|p| p.field == field && p.message.contains(why)),
+            e.problems
+                .iter()
+                .any(|p| p.field == field && p.message.contains(why)),
             "{rule}: {text}"
         );
     }

@@ -532,8 +532,16 @@ impl ServeArgs {
 
     /// The MCP front's settings: the upstream must be a loopback address
     /// (the MCP server in the same pod), the listener must not be taken.
-    fn mcp_config(&self, taken: &[SocketAddr]) -> Result<Option<crate::mcp::McpConfig>, ConfigError> {
-        let Some(raw) = self.mcp_upstream.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+    fn mcp_config(
+        &self,
+        taken: &[SocketAddr],
+    ) -> Result<Option<crate::mcp::McpConfig>, ConfigError> {
+        let Some(raw) = self
+            .mcp_upstream
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        else {
             return Ok(None);
         };
         let upstream = parse_addr(raw, "mcp-upstream", contract::env::MCP_UPSTREAM)?;
@@ -541,7 +549,9 @@ impl ServeArgs {
             return Err(ConfigError::new(
                 "mcp-upstream",
                 contract::env::MCP_UPSTREAM,
-                format!("{raw:?} is not a loopback address: the MCP front forwards only to the MCP server in its own pod"),
+                format!(
+                    "{raw:?} is not a loopback address: the MCP front forwards only to the MCP server in its own pod"
+                ),
             ));
         }
         let listen = parse_addr(&self.mcp_listen, "mcp-listen", contract::env::MCP_LISTEN)?;

@@ -163,17 +163,19 @@ fn unauthorized(why: &str) -> Response<ProxyBody> {
         StatusCode::UNAUTHORIZED,
         &jr::error_response(None, jr::UNAUTHENTICATED, why, None),
     );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer"),
-    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
 
 fn is_event_stream(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 /// What a tool call looks like before it is decided or forwarded.
@@ -237,20 +239,28 @@ impl McpFront {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let received = SystemTime::now();
         let started = Instant::now();
         let user = match &self.verifier {
             None => None,
             Some(v) => {
                 let Some(token) = bearer(req.headers()) else {
-                    return unauthorized("mcp-warden: a bearer token is required (Authorization: Bearer)");
+                    return unauthorized(
+                        "mcp-warden: a bearer token is required (Authorization: Bearer)",
+                    );
                 };
                 match v.verify(token).await {
                     Ok(u) => Some(u),
                     Err(e) => {
                         tracing::info!(error = %e, "MCP request refused: bearer token not accepted");
-                        return unauthorized(&format!("mcp-warden: the bearer token was not accepted: {e}"));
+                        return unauthorized(&format!(
+                            "mcp-warden: the bearer token was not accepted: {e}"
+                        ));
                     }
                 }
             }
@@ -286,7 +296,12 @@ impl McpFront {
                 };
                 return json_response(
                     status,
-                    &jr::error_response(None, jr::INVALID_REQUEST, &format!("mcp-warden: {e}"), None),
+                    &jr::error_response(
+                        None,
+                        jr::INVALID_REQUEST,
+                        &format!("mcp-warden: {e}"),
+                        None,
+                    ),
                 );
             }
         };
@@ -327,7 +342,12 @@ impl McpFront {
                     };
                     return json_response(
                         StatusCode::OK,
-                        &jr::error_response(id, jr::INVALID_REQUEST, &format!("mcp-warden: {e}"), None),
+                        &jr::error_response(
+                            id,
+                            jr::INVALID_REQUEST,
+                            &format!("mcp-warden: {e}"),
+                            None,
+                        ),
                     );
                 }
                 Some(Ok(tc)) => {
@@ -424,7 +444,12 @@ impl McpFront {
     /// Answers a body holding a refused tool call without forwarding any of
     /// it: each refused call gets its error; the rest of a batch gets an
     /// error saying it was not forwarded.
-    fn refuse(&self, batch: &jr::Batch, calls: Vec<PendingCall>, why: Option<&str>) -> Response<ProxyBody> {
+    fn refuse(
+        &self,
+        batch: &jr::Batch,
+        calls: Vec<PendingCall>,
+        why: Option<&str>,
+    ) -> Response<ProxyBody> {
         let blocker = calls
             .iter()
             .find(|c| c.decision.blocks())
@@ -436,18 +461,25 @@ impl McpFront {
                 Some(w) => (w.to_string(), None),
                 None if p.decision.blocks() => {
                     let what = match p.decision.action {
-                        Action::Approve => "tool call needs a human's approval, which tool calls cannot wait for: refused",
+                        Action::Approve => {
+                            "tool call needs a human's approval, which tool calls cannot wait for: refused"
+                        }
                         _ => "tool call denied",
                     };
                     let rule = p.decision.rule.clone().unwrap_or_default();
-                    let mut m = format!("mcp-warden policy: {what} by rule {rule:?} (tool {:?})", p.call.tool);
+                    let mut m = format!(
+                        "mcp-warden policy: {what} by rule {rule:?} (tool {:?})",
+                        p.call.tool
+                    );
                     if let Some(msg) = &p.decision.message {
                         m.push_str(": ");
                         m.push_str(msg);
                     }
                     (
                         m,
-                        Some(json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool})),
+                        Some(
+                            json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool}),
+                        ),
                     )
                 }
                 None => (
@@ -459,7 +491,12 @@ impl McpFront {
                 ),
             };
             tracing::info!(tool = %p.call.tool, rule = ?p.decision.rule, session = %p.call.session, "tool call refused");
-            answers.push(jr::error_response(Some(&p.rpc_id), jr::POLICY_REFUSED, &message, data));
+            answers.push(jr::error_response(
+                Some(&p.rpc_id),
+                jr::POLICY_REFUSED,
+                &message,
+                data,
+            ));
             answered.push(p.rpc_id.clone());
             self.record(p, CallEnd::Refused { message });
         }
@@ -486,7 +523,11 @@ impl McpFront {
 
     /// GET and DELETE: streamed both ways; an event stream is read for the
     /// answers of its session's calls.
-    async fn forward_stream(self: Arc<Self>, req: Request<ProxyBody>, session: String) -> Response<ProxyBody> {
+    async fn forward_stream(
+        self: Arc<Self>,
+        req: Request<ProxyBody>,
+        session: String,
+    ) -> Response<ProxyBody> {
         let is_get = req.method() == Method::GET;
         let resp = match self.send(req).await {
             Ok(r) => r,
@@ -510,7 +551,10 @@ impl McpFront {
 
     /// Sends a request to the MCP server; a failure is a 502 with a
     /// JSON-RPC error body.
-    async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -522,7 +566,12 @@ impl McpFront {
             Err(e) => {
                 return Err(json_response(
                     StatusCode::BAD_REQUEST,
-                    &jr::error_response(None, jr::INVALID_REQUEST, &format!("mcp-warden: bad path: {e}"), None),
+                    &jr::error_response(
+                        None,
+                        jr::INVALID_REQUEST,
+                        &format!("mcp-warden: bad path: {e}"),
+                        None,
+                    ),
                 ));
             }
         };
@@ -541,7 +590,10 @@ impl McpFront {
                     &jr::error_response(
                         None,
                         -32603,
-                        &format!("mcp-warden: the MCP server at {} is unreachable", self.upstream),
+                        &format!(
+                            "mcp-warden: the MCP server at {} is unreachable",
+                            self.upstream
+                        ),
                         None,
                     ),
                 ))
@@ -569,7 +621,12 @@ impl McpFront {
         };
         let user = match &p.user {
             Some(u) => UserInfo::new(u.username.clone(), "", u.groups.clone(), Default::default()),
-            None => UserInfo::new("system:anonymous", "", vec!["system:unauthenticated".into()], Default::default()),
+            None => UserInfo::new(
+                "system:anonymous",
+                "",
+                vec!["system:unauthenticated".into()],
+                Default::default(),
+            ),
         };
         let info = audit::RequestInfo {
             audit_id: &p.call.call_id,

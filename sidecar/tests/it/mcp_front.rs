@@ -65,7 +65,9 @@ type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn sse_body(rx: mpsc::Receiver<Bytes>) -> FakeBody {
     let s = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     StreamBody::new(s).boxed()
 }
@@ -79,12 +81,18 @@ async fn fake(state: Arc<Fake>, req: Request<Incoming>) -> Result<Response<FakeB
     let method = req.method().clone();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.seen.lock().unwrap().push(format!("{method} {path} {msg}"));
+    state
+        .seen
+        .lock()
+        .unwrap()
+        .push(format!("{method} {path} {msg}"));
     if method == http::Method::GET && path == "/sse" {
         let (tx, rx) = mpsc::channel(8);
-        tx.send(Bytes::from("event: endpoint\ndata: /messages?sessionId=legacy-1\n\n"))
-            .await
-            .unwrap();
+        tx.send(Bytes::from(
+            "event: endpoint\ndata: /messages?sessionId=legacy-1\n\n",
+        ))
+        .await
+        .unwrap();
         *state.sse.lock().unwrap() = Some(tx);
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
@@ -113,7 +121,8 @@ async fn fake(state: Arc<Fake>, req: Request<Incoming>) -> Result<Response<FakeB
             let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}});
             tx.send(event(&note)).await.unwrap();
             st.release.notified().await;
-            let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [], "isError": true}});
+            let answer =
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [], "isError": true}});
             // Split mid-event, as a network would.
             let b = event(&answer);
             tx.send(b.slice(..10)).await.unwrap();
@@ -164,7 +173,12 @@ fn call(id: u64, tool: &str, args: Value) -> String {
         .to_string()
 }
 
-fn post(path: &str, bearer: Option<&str>, session: Option<&str>, body: String) -> Request<ProxyBody> {
+fn post(
+    path: &str,
+    bearer: Option<&str>,
+    session: Option<&str>,
+    body: String,
+) -> Request<ProxyBody> {
     let mut b = Request::post(path)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream");
@@ -187,7 +201,12 @@ async fn tool_events(out: &std::path::Path, n: usize) -> Vec<Event> {
         let ev: Vec<Event> = collector::read_events(out)
             .unwrap_or_default()
             .into_iter()
-            .filter(|e| e.annotations.get(contract::ANN_EVENT_KIND).map(String::as_str) == Some("tool-call"))
+            .filter(|e| {
+                e.annotations
+                    .get(contract::ANN_EVENT_KIND)
+                    .map(String::as_str)
+                    == Some("tool-call")
+            })
             .collect();
         if ev.len() >= n {
             return ev;
@@ -204,9 +223,13 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let caddr = listener.local_addr().unwrap();
     let (cstop, crx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(collector::run(listener, CollectorConfig::new(&out), async {
-        let _ = crx.await;
-    }));
+    let server = tokio::spawn(collector::run(
+        listener,
+        CollectorConfig::new(&out),
+        async {
+            let _ = crx.await;
+        },
+    ));
     let mut cfg = RecordingConfig::new(d.path().join("spool"));
     cfg.collector_url = Some(format!("http://{caddr}/audit").parse().unwrap());
     cfg.format = CollectorFormat::Ndjson;
@@ -234,15 +257,38 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
     // No bearer, a rejected one: 401 with a JSON-RPC error, nothing forwarded.
-    let r = front.clone().handle(post("/mcp", None, Some("s-1"), call(1, "slow", json!({}))), peer).await;
+    let r = front
+        .clone()
+        .handle(
+            post("/mcp", None, Some("s-1"), call(1, "slow", json!({}))),
+            peer,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let v = json_of(r).await;
     assert_eq!(v["error"]["code"], -32002);
-    let r = front.clone().handle(post("/mcp", Some("bob-token"), Some("s-1"), call(1, "slow", json!({}))), peer).await;
+    let r = front
+        .clone()
+        .handle(
+            post(
+                "/mcp",
+                Some("bob-token"),
+                Some("s-1"),
+                call(1, "slow", json!({})),
+            ),
+            peer,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let v = json_of(r).await;
-    assert!(v["error"]["message"].as_str().unwrap().contains("has expired"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has expired"),
+        "{v}"
+    );
     assert!(!v.to_string().contains("bob-token"));
     assert!(fake_state.seen.lock().unwrap().is_empty());
 
@@ -251,7 +297,12 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let r = front
         .clone()
         .handle(
-            post("/mcp", Some("alice-token"), Some("s-1"), call(7, "slow", json!({"password": "hunter2", "ns": "dev"}))),
+            post(
+                "/mcp",
+                Some("alice-token"),
+                Some("s-1"),
+                call(7, "slow", json!({"password": "hunter2", "ns": "dev"})),
+            ),
             peer,
         )
         .await;
@@ -265,7 +316,10 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     fake_state.release.notify_one();
     let body = r.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("notifications/progress") && text.contains("\"isError\":true"), "{text}");
+    assert!(
+        text.contains("notifications/progress") && text.contains("\"isError\":true"),
+        "{text}"
+    );
     assert!(calls.in_flight().is_empty());
     assert!(calls.link_annotations().is_empty());
 
@@ -273,12 +327,26 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let before = fake_state.seen.lock().unwrap().len();
     let r = front
         .clone()
-        .handle(post("/mcp", Some("alice-token"), Some("s-1"), call(8, "danger_drop", json!({}))), peer)
+        .handle(
+            post(
+                "/mcp",
+                Some("alice-token"),
+                Some("s-1"),
+                call(8, "danger_drop", json!({})),
+            ),
+            peer,
+        )
         .await;
     let v = json_of(r).await;
     assert_eq!(v["id"], 8);
     assert_eq!(v["error"]["code"], -32001);
-    assert!(v["error"]["message"].as_str().unwrap().contains("no-danger"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-danger"),
+        "{v}"
+    );
     assert_eq!(v["error"]["data"]["rule"], "no-danger");
     assert_eq!(fake_state.seen.lock().unwrap().len(), before);
 
@@ -291,21 +359,49 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let stream = front.clone().handle(get, peer).await;
     assert_eq!(stream.status(), StatusCode::OK);
     let mut stream_body = stream.into_body();
-    let first = stream_body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first = stream_body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
     assert!(String::from_utf8_lossy(&first).contains("sessionId=legacy-1"));
     let r = front
         .clone()
-        .handle(post("/messages?sessionId=legacy-1", Some("alice-token"), None, call(9, "pods_list", json!({}))), peer)
+        .handle(
+            post(
+                "/messages?sessionId=legacy-1",
+                Some("alice-token"),
+                None,
+                call(9, "pods_list", json!({})),
+            ),
+            peer,
+        )
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     drop(r);
-    assert_eq!(calls.in_flight().len(), 1, "the call waits for its answer on the stream");
-    let answer = stream_body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(
+        calls.in_flight().len(),
+        1,
+        "the call waits for its answer on the stream"
+    );
+    let answer = stream_body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
     assert!(String::from_utf8_lossy(&answer).contains("\"id\":9"));
     assert!(calls.in_flight().is_empty());
 
     let ev = tool_events(&out, 3).await;
-    let by_tool = |t: &str| ev.iter().find(|e| e.annotations[contract::ANN_TOOL] == t).unwrap();
+    let by_tool = |t: &str| {
+        ev.iter()
+            .find(|e| e.annotations[contract::ANN_TOOL] == t)
+            .unwrap()
+    };
     let slow = by_tool("slow");
     assert_eq!(slow.audit_id, slow_call_id);
     assert_eq!(slow.user.username, "alice@example.com");
@@ -322,7 +418,8 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     assert_eq!(legacy.annotations[contract::ANN_TOOL_OUTCOME], "result");
     assert_eq!(legacy.annotations[contract::ANN_MCP_SESSION], "legacy-1");
     assert!(!collector::read_events(&out).unwrap().iter().any(|e| {
-        serde_json::to_string(e).unwrap().contains("hunter2") || serde_json::to_string(e).unwrap().contains("alice-token")
+        serde_json::to_string(e).unwrap().contains("hunter2")
+            || serde_json::to_string(e).unwrap().contains("alice-token")
     }));
 
     drop(stream_body);

@@ -74,7 +74,9 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
     let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
     let collector = Collector::start().unwrap();
     let server_port = free_port().unwrap();
-    let front: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
     let sidecar = Sidecar::start(
         &sim,
         SidecarOptions::default()
@@ -96,16 +98,24 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
         Command::new(mcp_server_dir().join("kubernetes-mcp-server"))
             .args(["--kubeconfig"])
             .arg(sidecar.kubeconfig_path())
-            .args(["--port", &server_port.to_string(), "--bind-address", "127.0.0.1"])
+            .args([
+                "--port",
+                &server_port.to_string(),
+                "--bind-address",
+                "127.0.0.1",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap(),
     );
-    let server_log = || std::fs::read_to_string(dir.path().join("mcp-server.log")).unwrap_or_default();
+    let server_log =
+        || std::fs::read_to_string(dir.path().join("mcp-server.log")).unwrap_or_default();
     wait_for("the MCP server's port", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", server_port)).ok().map(|_| ())
+        TcpStream::connect(("127.0.0.1", server_port))
+            .ok()
+            .map(|_| ())
     })
     .unwrap_or_else(|e| panic!("{e}: {}", server_log()));
 
@@ -133,7 +143,10 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
     assert_eq!(results.len(), 4, "{agent:#}");
     // The calls that ran worked.
     assert_eq!(results[0]["isError"], false, "{agent:#}");
-    assert!(results[0]["text"].as_str().unwrap().contains("web-0"), "{agent:#}");
+    assert!(
+        results[0]["text"].as_str().unwrap().contains("web-0"),
+        "{agent:#}"
+    );
     // The denied call: a JSON-RPC error naming the rule and its message.
     let err = &results[1]["error"];
     assert_eq!(err["code"], -32001, "{agent:#}");
@@ -168,30 +181,55 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
     for e in &tool_events {
         assert_eq!(e["verb"], "tools/call", "{e:#}");
         assert_eq!(e["stage"], "ResponseComplete");
-        assert!(ann(e, contract::ANN_MCP_SESSION).is_some_and(|s| !s.is_empty()), "{e:#}");
+        assert!(
+            ann(e, contract::ANN_MCP_SESSION).is_some_and(|s| !s.is_empty()),
+            "{e:#}"
+        );
         assert!(e["requestReceivedTimestamp"].as_str() <= e["stageTimestamp"].as_str());
     }
     let lists = by_tool("pods_list_in_namespace");
     assert_eq!(lists.len(), 2);
     let first_list = lists
         .iter()
-        .find(|e| e["requestObject"]["arguments"].get("labelSelector").is_none())
+        .find(|e| {
+            e["requestObject"]["arguments"]
+                .get("labelSelector")
+                .is_none()
+        })
         .unwrap();
     let second_list = lists
         .iter()
         .find(|e| e["requestObject"]["arguments"]["labelSelector"] == "app=web")
         .unwrap();
-    assert_eq!(ann(first_list, contract::ANN_TOOL_OUTCOME), Some("result"), "{first_list:#}");
-    assert_eq!(first_list["requestObject"]["arguments"]["namespace"], "default");
+    assert_eq!(
+        ann(first_list, contract::ANN_TOOL_OUTCOME),
+        Some("result"),
+        "{first_list:#}"
+    );
+    assert_eq!(
+        first_list["requestObject"]["arguments"]["namespace"],
+        "default"
+    );
     assert_eq!(ann(first_list, "mcp-warden.io/decision"), Some("allow"));
     let delete = by_tool("pods_delete");
     let delete = delete[0];
-    assert_eq!(ann(delete, contract::ANN_TOOL_OUTCOME), Some("refused"), "{delete:#}");
-    assert_eq!(ann(delete, "mcp-warden.io/rule"), Some("no-pod-deletes-by-tool"));
+    assert_eq!(
+        ann(delete, contract::ANN_TOOL_OUTCOME),
+        Some("refused"),
+        "{delete:#}"
+    );
+    assert_eq!(
+        ann(delete, "mcp-warden.io/rule"),
+        Some("no-pod-deletes-by-tool")
+    );
     assert_eq!(delete["responseStatus"]["code"], 403);
     let exec = by_tool("pods_exec");
     let exec = exec[0];
-    assert_eq!(ann(exec, contract::ANN_TOOL_OUTCOME), Some("result"), "{exec:#}");
+    assert_eq!(
+        ann(exec, contract::ANN_TOOL_OUTCOME),
+        Some("result"),
+        "{exec:#}"
+    );
 
     let id = |e: &Value| e["auditID"].as_str().unwrap().to_string();
     let api: Vec<&Value> = events
@@ -247,12 +285,18 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
         .filter(|e| e["verb"] == "list" && e["objectRef"]["resource"] == "pods")
         .filter(|e| ann(e, contract::ANN_TOOL_CALL_CANDIDATES).is_some())
         .collect();
-    assert!(!candidates.is_empty(), "no request with candidates: {api:#?}");
+    assert!(
+        !candidates.is_empty(),
+        "no request with candidates: {api:#?}"
+    );
     for e in candidates {
         assert!(ann(e, contract::ANN_TOOL_CALL).is_none(), "{e:#}");
         let list: Vec<Value> =
             serde_json::from_str(ann(e, contract::ANN_TOOL_CALL_CANDIDATES).unwrap()).unwrap();
-        let ids: Vec<&str> = list.iter().map(|c| c["toolCall"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = list
+            .iter()
+            .map(|c| c["toolCall"].as_str().unwrap())
+            .collect();
         assert!(ids.contains(&id(exec).as_str()), "{list:?}");
         assert!(ids.contains(&id(second_list).as_str()), "{list:?}");
         assert!(list.iter().all(|c| c["mcpSession"].is_string()));
@@ -262,9 +306,7 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
 
 fn sidecar_get(sidecar: &Sidecar, path: &str) -> (u16, String) {
     let out = run(
-        sidecar
-            .kubectl("1.32")
-            .args(["get", "--raw", path]),
+        sidecar.kubectl("1.32").args(["get", "--raw", path]),
         Duration::from_secs(30),
     )
     .unwrap();

@@ -359,7 +359,9 @@ pub fn mcp_port(pod: &Value, config: &InjectConfig) -> Result<Option<u16>, Refus
         (MCP_PORT, "its MCP front"),
     ];
     if let Some((_, what)) = own.iter().find(|(p, _)| *p == port) {
-        return Err(refuse(format!("is a port the sidecar itself uses ({what})")));
+        return Err(refuse(format!(
+            "is a port the sidecar itself uses ({what})"
+        )));
     }
     Ok(Some(port))
 }

@@ -1365,7 +1365,13 @@ fn mcp_port_annotation_has_the_sidecar_front_the_mcp_endpoint() {
         .find(|c| c.name == SIDECAR_NAME)
         .unwrap();
     assert!(env_value(sidecar, env::MCP_UPSTREAM).is_none());
-    assert!(sidecar.ports.iter().flatten().all(|p| p.name.as_deref() != Some(MCP_PORT_NAME)));
+    assert!(
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.name.as_deref() != Some(MCP_PORT_NAME))
+    );
 }
 
 #[test]
@@ -1386,17 +1392,27 @@ fn invalid_mcp_port_annotations_are_refused_with_the_reason() {
         let mut p = load("pod-mcp-port.yaml");
         p["metadata"]["annotations"][MCP_PORT_ANNOTATION] = serde_json::json!(value);
         let e = patch(&p, &enabled(), "mcp", &cfg).unwrap_err();
-        assert!(matches!(e, RefuseReason::InvalidMcpPort { .. }), "{value}: {e:?}");
+        assert!(
+            matches!(e, RefuseReason::InvalidMcpPort { .. }),
+            "{value}: {e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains(MCP_PORT_ANNOTATION) && msg.contains(why), "{value}: {msg}");
+        assert!(
+            msg.contains(MCP_PORT_ANNOTATION) && msg.contains(why),
+            "{value}: {msg}"
+        );
     }
     // inject -f refuses it too.
     let text = std::fs::read_to_string(fixture_path("pod-mcp-port.yaml"))
         .unwrap()
-        .replace("mcp-warden.io/mcp-port: \"8080\"", "mcp-warden.io/mcp-port: \"web\"");
+        .replace(
+            "mcp-warden.io/mcp-port: \"8080\"",
+            "mcp-warden.io/mcp-port: \"web\"",
+        );
     let (_, reports) = inject_yaml(&text, &cfg).unwrap();
     assert!(
-        reports[0].outcome.starts_with("refused") && reports[0].outcome.contains(MCP_PORT_ANNOTATION),
+        reports[0].outcome.starts_with("refused")
+            && reports[0].outcome.contains(MCP_PORT_ANNOTATION),
         "{reports:?}"
     );
 }
@@ -1423,8 +1439,17 @@ fn the_mcp_front_example_points_its_service_at_the_sidecar() {
         .chain(&spec.containers)
         .find(|c| c.name == SIDECAR_NAME)
         .unwrap_or_else(|| panic!("not injected: {reports:?}"));
-    assert_eq!(env_value(sidecar, env::MCP_UPSTREAM).as_deref(), Some("127.0.0.1:8080"));
-    assert!(sidecar.ports.iter().flatten().any(|p| p.name.as_deref() == Some(MCP_PORT_NAME)));
+    assert_eq!(
+        env_value(sidecar, env::MCP_UPSTREAM).as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert!(
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some(MCP_PORT_NAME))
+    );
     let svc = objs.iter().find(|o| o["kind"] == "Service").unwrap();
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], MCP_PORT_NAME);
 }
