@@ -661,6 +661,36 @@ mod tests {
     }
 
     #[test]
+    fn mcp_front_flags() {
+        let up = ["--upstream", "https://h:1"];
+        let c = args(&up).validate_with_env(no_env).unwrap();
+        assert_eq!(c.mcp, None);
+        let c = args(&[up[0], up[1], "--mcp-upstream", "127.0.0.1:8080"])
+            .validate_with_env(no_env)
+            .unwrap();
+        let mcp = c.mcp.unwrap();
+        assert_eq!(mcp.upstream.to_string(), "127.0.0.1:8080");
+        assert_eq!(mcp.listen.to_string(), "0.0.0.0:15080");
+        let e = error_of(&[up[0], up[1], "--mcp-upstream", "10.0.0.7:8080"]);
+        assert!(
+            e.starts_with("invalid --mcp-upstream (MCP_WARDEN_MCP_UPSTREAM):")
+                && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = error_of(&[up[0], up[1], "--mcp-upstream", "localhost"]);
+        assert!(e.contains("--mcp-upstream"), "{e}");
+        let e = error_of(&[
+            up[0],
+            up[1],
+            "--mcp-upstream",
+            "127.0.0.1:8080",
+            "--mcp-listen",
+            "0.0.0.0:15020",
+        ]);
+        assert!(e.starts_with("invalid --mcp-listen (MCP_WARDEN_MCP_LISTEN):"), "{e}");
+    }
+
+    #[test]
     fn missing_upstream_names_the_setting() {
         let e = args(&[]).validate_with_env(no_env).unwrap_err();
         assert!(
