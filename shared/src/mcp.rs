@@ -534,6 +534,18 @@ impl SseParser {
         }
     }
 
+    /// True between events: nothing of a next event has been seen, so an
+    /// event of one's own can be put into the stream here without cutting
+    /// one of the peer's in two.
+    pub fn at_boundary(&self) -> bool {
+        self.line.is_empty()
+            && !self.line_overflow
+            && !self.after_cr
+            && !self.has_data
+            && self.size == 0
+            && self.current == SseEvent::default()
+    }
+
     /// Feeds the next chunk; returns the events it completed.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut out = Vec::new();

@@ -335,3 +335,21 @@ fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
     assert_eq!(e.annotations[contract::ANN_TOOL_OUTCOME], "isError");
     assert_eq!(CallEnd::NoResponse.name(), "no-response");
 }
+
+#[test]
+fn sse_boundaries_are_only_between_events() {
+    let mut p = SseParser::new(1024);
+    assert!(p.at_boundary());
+    p.feed(b"event: message\n");
+    assert!(!p.at_boundary());
+    p.feed(b"data: {}\n");
+    assert!(!p.at_boundary());
+    assert_eq!(p.feed(b"\n").len(), 1);
+    assert!(p.at_boundary());
+    p.feed(b"da");
+    assert!(!p.at_boundary());
+    p.feed(b"ta: x\r");
+    assert!(!p.at_boundary());
+    p.feed(b"\n\n");
+    assert!(p.at_boundary());
+}

@@ -687,7 +687,10 @@ mod tests {
             "--mcp-listen",
             "0.0.0.0:15020",
         ]);
-        assert!(e.starts_with("invalid --mcp-listen (MCP_WARDEN_MCP_LISTEN):"), "{e}");
+        assert!(
+            e.starts_with("invalid --mcp-listen (MCP_WARDEN_MCP_LISTEN):"),
+            "{e}"
+        );
     }
 
     #[test]

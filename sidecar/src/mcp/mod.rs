@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -44,6 +45,7 @@ use mcp_warden_shared::mcp::{self as jr, CallEnd, InFlightCall, Message, Outcome
 use mcp_warden_shared::policy::{self, Action};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::enduser::VerifyBearer;
 use crate::hooks::{ProxyBody, boxed, full};
@@ -59,6 +61,9 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 /// The most bytes of one server-sent event read.
 pub const DEFAULT_MAX_EVENT: usize = 4 << 20;
+
+/// Events of the sidecar's own waiting for their place in one SSE stream.
+const INJECT_QUEUE: usize = 64;
 
 /// The policy in force (the store's current one).
 pub type PolicySource = Arc<dyn Fn() -> Arc<LoadedPolicy> + Send + Sync>;
@@ -83,6 +88,9 @@ pub struct McpFront {
     calls: Arc<ToolCalls>,
     max_body: usize,
     max_event: usize,
+    /// The open `GET /sse` streams of the SSE transport, by session: where
+    /// the answer to a refused `POST /messages` goes.
+    sse_streams: std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<Bytes>>>,
 }
 
 impl std::fmt::Debug for McpFront {
@@ -214,6 +222,24 @@ impl McpFront {
             calls,
             max_body: DEFAULT_MAX_BODY,
             max_event: DEFAULT_MAX_EVENT,
+            sse_streams: Default::default(),
+        }
+    }
+
+    fn sse_streams(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, mpsc::Sender<Bytes>>> {
+        self.sse_streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register_sse_stream(&self, session: &str, tx: mpsc::Sender<Bytes>) {
+        self.sse_streams().insert(session.to_string(), tx);
+    }
+
+    pub(crate) fn unregister_sse_stream(&self, session: &str, tx: &mpsc::Sender<Bytes>) {
+        let mut g = self.sse_streams();
+        if g.get(session).is_some_and(|t| t.same_channel(tx)) {
+            g.remove(session);
         }
     }
 
@@ -367,11 +393,11 @@ impl McpFront {
             self.recorder.count_refused_request();
             let why = "mcp-warden: the recording is unavailable (spool full or unwritable); tool calls are refused until it recovers";
             refused.append(&mut allowed);
-            return self.refuse(&batch, refused, Some(why));
+            return self.refuse(&batch, &session, refused, Some(why));
         }
         if !refused.is_empty() {
             refused.append(&mut allowed);
-            return self.refuse(&batch, refused, None);
+            return self.refuse(&batch, &session, refused, None);
         }
         let calls: Vec<(jr::RpcId, u64)> = allowed
             .into_iter()
@@ -447,6 +473,7 @@ impl McpFront {
     fn refuse(
         &self,
         batch: &jr::Batch,
+        session: &str,
         calls: Vec<PendingCall>,
         why: Option<&str>,
     ) -> Response<ProxyBody> {
@@ -518,6 +545,17 @@ impl McpFront {
         } else {
             answers.into_iter().next().unwrap_or(Value::Null)
         };
+        // The SSE transport reads answers from its GET stream only: the
+        // answer goes there, the POST is accepted as the server would.
+        let stream = self.sse_streams().get(session).cloned();
+        if let Some(tx) = stream {
+            let event = Bytes::from(format!("event: message\ndata: {body}\n\n"));
+            if tx.try_send(event).is_ok() {
+                let mut r = Response::new(full(""));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                return r;
+            }
+        }
         json_response(StatusCode::OK, &body)
     }
 

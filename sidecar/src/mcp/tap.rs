@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use mcp_warden_shared::mcp::{self, CallEnd, Message, RpcId, SseParser};
+use tokio::sync::mpsc;
 
 use super::McpFront;
 use crate::hooks::{BoxError, ProxyBody};
@@ -45,6 +46,9 @@ pub(super) struct Tap {
     mode: Mode,
     scope: Scope,
     done: bool,
+    /// The SSE transport's stream: events of the sidecar's own (answers to
+    /// refused calls), put in between the server's events.
+    inject: Option<(String, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
 }
 
 impl Tap {
@@ -55,6 +59,7 @@ impl Tap {
             mode,
             scope,
             done: false,
+            inject: None,
         }
     }
 
@@ -93,6 +98,9 @@ impl Tap {
         if let Scope::Session { session, legacy } = &mut self.scope
             && let Some(s) = super::session_from_query(data.split_once('?').map(|(_, q)| q))
         {
+            let (tx, rx) = mpsc::channel(super::INJECT_QUEUE);
+            self.front.register_sse_stream(&s, tx.clone());
+            self.inject = Some((s.clone(), tx, rx));
             *session = s;
             *legacy = true;
         }
@@ -124,6 +132,9 @@ impl Tap {
     fn finish(&mut self) {
         if std::mem::replace(&mut self.done, true) {
             return;
+        }
+        if let Some((session, tx, _)) = self.inject.take() {
+            self.front.unregister_sse_stream(&session, &tx);
         }
         let mut unreadable = false;
         if let Mode::Json { buf, over } = &mut self.mode {
@@ -178,6 +189,13 @@ impl Body for Tap {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let between_events = matches!(&this.mode, Mode::Sse(p) if p.at_boundary());
+        if between_events
+            && let Some((_, _, rx)) = &mut this.inject
+            && let Poll::Ready(Some(event)) = rx.poll_recv(cx)
+        {
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -198,7 +216,7 @@ impl Body for Tap {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.is_end_stream() && self.inject.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -395,8 +395,46 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
         .unwrap();
     assert!(String::from_utf8_lossy(&answer).contains("\"id\":9"));
     assert!(calls.in_flight().is_empty());
+    // A denied call over the SSE transport: accepted, and its error comes
+    // on the stream (where the client reads answers), the server never asked.
+    let before = fake_state.seen.lock().unwrap().len();
+    let r = front
+        .clone()
+        .handle(
+            post(
+                "/messages?sessionId=legacy-1",
+                Some("alice-token"),
+                None,
+                call(10, "danger_x", json!({})),
+            ),
+            peer,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let refusal = stream_body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&refusal).into_owned();
+    let data: Value = serde_json::from_str(
+        refusal
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        refusal.starts_with("event: message\n") && refusal.ends_with("\n\n"),
+        "{refusal:?}"
+    );
+    assert_eq!(data["id"], 10);
+    assert_eq!(data["error"]["data"]["rule"], "no-danger");
+    assert_eq!(fake_state.seen.lock().unwrap().len(), before);
 
-    let ev = tool_events(&out, 3).await;
+    let ev = tool_events(&out, 4).await;
     let by_tool = |t: &str| {
         ev.iter()
             .find(|e| e.annotations[contract::ANN_TOOL] == t)
