@@ -28,7 +28,7 @@ mod tap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -61,6 +61,11 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 /// The most bytes of one server-sent event read.
 pub const DEFAULT_MAX_EVENT: usize = 4 << 20;
+
+/// How long a call whose POST was answered `202 Accepted` waits for its
+/// answer on another stream before it ends as `no-response` (and stops being
+/// named on API requests).
+pub const ANSWER_ELSEWHERE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Events of the sidecar's own waiting for their place in one SSE stream.
 const INJECT_QUEUE: usize = 64;
@@ -230,6 +235,22 @@ impl McpFront {
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, mpsc::Sender<Bytes>>> {
         self.sse_streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the calls of `keys` still in flight after
+    /// [`ANSWER_ELSEWHERE_TIMEOUT`] as `no-response`.
+    pub(crate) fn expire_later(self: Arc<Self>, keys: Vec<u64>) {
+        let Ok(h) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        h.spawn(async move {
+            tokio::time::sleep(ANSWER_ELSEWHERE_TIMEOUT).await;
+            for k in keys {
+                if let Some(p) = self.calls.take(k) {
+                    self.record(p, CallEnd::NoResponse);
+                }
+            }
+        });
     }
 
     pub(crate) fn register_sse_stream(&self, session: &str, tx: mpsc::Sender<Bytes>) {

@@ -150,6 +150,8 @@ impl Tap {
                 leave_pending,
             } => {
                 if *leave_pending {
+                    let keys = calls.drain(..).map(|(_, k)| k).collect();
+                    self.front.clone().expire_later(keys);
                     return;
                 }
                 for (_, key) in calls.drain(..) {
