@@ -66,79 +66,124 @@ fn ann<'a>(e: &'a Value, key: &str) -> Option<&'a str> {
     e["annotations"][key].as_str()
 }
 
+/// kube-apisim, the collector, the sidecar with its MCP front, and the real
+/// MCP server behind it.
+struct Stack {
+    dir: tempfile::TempDir,
+    _sim: ApiSim,
+    collector: Collector,
+    sidecar: Sidecar,
+    _server: McpServer,
+    front: SocketAddr,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+        let collector = Collector::start().unwrap();
+        let server_port = free_port().unwrap();
+        let front: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let sidecar = Sidecar::start(
+            &sim,
+            SidecarOptions::default()
+                .policy(&policy)
+                .collector(&collector)
+                .args([
+                    "--mcp-upstream".to_string(),
+                    format!("127.0.0.1:{server_port}"),
+                    "--mcp-listen".to_string(),
+                    front.to_string(),
+                ]),
+        )
+        .unwrap();
+        // The MCP server reaches the API through the sidecar, with the
+        // app's kubeconfig (local CA, local token).
+        let log = std::fs::File::create(dir.path().join("mcp-server.log")).unwrap();
+        let server = McpServer(
+            Command::new(mcp_server_dir().join("kubernetes-mcp-server"))
+                .args(["--kubeconfig"])
+                .arg(sidecar.kubeconfig_path())
+                .args([
+                    "--port",
+                    &server_port.to_string(),
+                    "--bind-address",
+                    "127.0.0.1",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let stack = Stack {
+            dir,
+            _sim: sim,
+            collector,
+            sidecar,
+            _server: server,
+            front,
+        };
+        wait_for("the MCP server's port", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", server_port))
+                .ok()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", stack.server_log()));
+        stack
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mcp-server.log")).unwrap_or_default()
+    }
+
+    /// Runs the agent over `transport` (`http`: streamable HTTP) to `path`
+    /// of the front; its JSON output.
+    fn agent(&self, transport: &str, path: &str, calls: &str) -> Value {
+        let file = self.dir.path().join("calls.json");
+        std::fs::write(&file, calls).unwrap();
+        let out = run(
+            Command::new("python3")
+                .arg(python_script("mcp_agent.py"))
+                .arg(transport)
+                .arg(&file)
+                .arg(format!("http://{}{path}", self.front)),
+            Duration::from_secs(180),
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "agent failed: {}\n{}\nserver: {}\nsidecar: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log(),
+            self.sidecar.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The collector's events once `n` tool call events are there.
+    fn events_with_tool_calls(&self, n: usize) -> Vec<Value> {
+        wait_for("the tool call events", Duration::from_secs(30), || {
+            let ev = self.collector.events();
+            let calls = ev
+                .iter()
+                .filter(|e| ann(e, contract::ANN_EVENT_KIND) == Some("tool-call"))
+                .count();
+            (calls >= n).then_some(ev)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", self.collector.events()))
+    }
+}
+
 #[test]
 fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
-    let collector = Collector::start().unwrap();
-    let server_port = free_port().unwrap();
-    let front: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let sidecar = Sidecar::start(
-        &sim,
-        SidecarOptions::default()
-            .policy(&policy)
-            .collector(&collector)
-            .args([
-                "--mcp-upstream".to_string(),
-                format!("127.0.0.1:{server_port}"),
-                "--mcp-listen".to_string(),
-                front.to_string(),
-            ]),
-    )
-    .unwrap();
-
-    // The MCP server reaches the API through the sidecar, with the app's
-    // kubeconfig (local CA, local token).
-    let log = std::fs::File::create(dir.path().join("mcp-server.log")).unwrap();
-    let _server = McpServer(
-        Command::new(mcp_server_dir().join("kubernetes-mcp-server"))
-            .args(["--kubeconfig"])
-            .arg(sidecar.kubeconfig_path())
-            .args([
-                "--port",
-                &server_port.to_string(),
-                "--bind-address",
-                "127.0.0.1",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let server_log =
-        || std::fs::read_to_string(dir.path().join("mcp-server.log")).unwrap_or_default();
-    wait_for("the MCP server's port", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", server_port))
-            .ok()
-            .map(|_| ())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", server_log()));
-
-    let calls = dir.path().join("calls.json");
-    std::fs::write(&calls, CALLS).unwrap();
-    let out = run(
-        Command::new("python3")
-            .arg(python_script("mcp_agent.py"))
-            .arg("http")
-            .arg(&calls)
-            .arg(format!("http://{front}/mcp")),
-        Duration::from_secs(180),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "agent failed: {}\n{}\nserver: {}\nsidecar: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server_log(),
-        sidecar.log()
-    );
-    let agent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stack = Stack::start();
+    let agent = stack.agent("http", "/mcp", CALLS);
     let results = agent["calls"].as_array().unwrap();
     assert_eq!(results.len(), 4, "{agent:#}");
     // The calls that ran worked.
@@ -157,15 +202,7 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
     assert_eq!(results[3]["isError"], false, "{agent:#}");
 
     // The recording: tool calls as events of their own, API requests linked.
-    let events = wait_for("the tool call events", Duration::from_secs(30), || {
-        let ev = collector.events();
-        let calls = ev
-            .iter()
-            .filter(|e| ann(e, contract::ANN_EVENT_KIND) == Some("tool-call"))
-            .count();
-        (calls >= 4).then_some(ev)
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:#?}", collector.events()));
+    let events = stack.events_with_tool_calls(4);
     let tool_events: Vec<&Value> = events
         .iter()
         .filter(|e| ann(e, contract::ANN_EVENT_KIND) == Some("tool-call"))
@@ -241,7 +278,7 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
         !api.iter().any(|e| e["verb"] == "delete"),
         "a delete reached the API: {api:#?}"
     );
-    let (code, _) = sidecar_get(&sidecar, "/api/v1/namespaces/default/pods/web-0");
+    let (code, _) = sidecar_get(&stack.sidecar, "/api/v1/namespaces/default/pods/web-0");
     assert_eq!(code, 200);
 
     // The first list's API requests name it, and only it.
@@ -301,7 +338,6 @@ fn mcp_front_records_tool_calls_denies_by_rule_and_links_api_requests() {
         assert!(ids.contains(&id(second_list).as_str()), "{list:?}");
         assert!(list.iter().all(|c| c["mcpSession"].is_string()));
     }
-    drop(sidecar);
 }
 
 fn sidecar_get(sidecar: &Sidecar, path: &str) -> (u16, String) {
