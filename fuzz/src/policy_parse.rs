@@ -105,9 +105,14 @@ pub fn check(data: &[u8]) {
                     match strictest {
                         Some(s) => {
                             assert_eq!(d.action, s, "tool {tool}: not the strictest rule's action");
-                            assert!(d.rule.is_some(), "a matching tool rule but no deciding rule");
+                            assert!(
+                                d.rule.is_some(),
+                                "a matching tool rule but no deciding rule"
+                            );
                         }
-                        None => assert_eq!(d.action, Action::Allow, "tool {tool}: no rule, not allowed"),
+                        None => {
+                            assert_eq!(d.action, Action::Allow, "tool {tool}: no rule, not allowed")
+                        }
                     }
                 }
             }
