@@ -8,11 +8,12 @@
 //! - a valid file parses the same way twice (same hash, same rules), its
 //!   masking section compiles, and evaluating a few requests against it
 //!   obeys "deny beats approve beats allow": the decision is at least as
-//!   strict as every rule that matches the request.
+//!   strict as every rule that matches the request, and a tool call's is the
+//!   strictest matching tool rule's (allow when none matches).
 
 use mcp_warden_shared::attrs::{Impersonation, parse_request};
 use mcp_warden_shared::identity::Identity;
-use mcp_warden_shared::policy::{Policy, evaluate};
+use mcp_warden_shared::policy::{Action, Policy, evaluate, evaluate_tool};
 
 const REQUESTS: [(&str, &str); 8] = [
     ("GET", "/api/v1/namespaces/default/secrets/db"),
@@ -30,6 +31,8 @@ const REQUESTS: [(&str, &str); 8] = [
         "/api/v1/namespaces/default/serviceaccounts/default/token",
     ),
 ];
+
+const TOOLS: [&str; 3] = ["pods_delete", "helm_install", "resources_list"];
 
 /// The property check; panics on a violation.
 pub fn check(data: &[u8]) {
@@ -86,6 +89,31 @@ pub fn check(data: &[u8]) {
                         "impersonation made a decision weaker"
                     );
                     let _ = d.forbidden_message(&attrs);
+                }
+            }
+            // Tool calls: the strictest matching tool rule decides; none
+            // matching allows.
+            for tool in TOOLS {
+                for w in &who {
+                    let strictest = policy
+                        .rules
+                        .iter()
+                        .filter(|r| r.matches_tool(tool, w))
+                        .map(|r| r.action)
+                        .max();
+                    let d = evaluate_tool(&policy, tool, w);
+                    match strictest {
+                        Some(s) => {
+                            assert_eq!(d.action, s, "tool {tool}: not the strictest rule's action");
+                            assert!(
+                                d.rule.is_some(),
+                                "a matching tool rule but no deciding rule"
+                            );
+                        }
+                        None => {
+                            assert_eq!(d.action, Action::Allow, "tool {tool}: no rule, not allowed")
+                        }
+                    }
                 }
             }
         }

@@ -44,6 +44,36 @@ pub const ANN_GRANT: &str = "mcp-warden.io/grant";
 /// grant approved with the granted pod's own token.
 pub const USER_EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
+/// Pod annotation: the port of the MCP server's own HTTP endpoint, which the
+/// sidecar then fronts on [`MCP_PORT`] (opt-in).
+pub const MCP_PORT_ANNOTATION: &str = "mcp-warden.io/mcp-port";
+/// Port of the sidecar's MCP front (plain HTTP, on the pod IP), where the
+/// platform team points the MCP server's Service.
+pub const MCP_PORT: u16 = 15080;
+/// Named port of the sidecar's MCP front (at most 15 characters).
+pub const MCP_PORT_NAME: &str = "mcp-warden-mcp";
+/// Recorded on API request events: the tool call in flight when the request
+/// was made (the tool call event's `auditID`); only when exactly one was.
+pub const ANN_TOOL_CALL: &str = "mcp-warden.io/tool-call";
+/// Recorded with [`ANN_TOOL_CALL`]: that call's tool name.
+pub const ANN_TOOL: &str = "mcp-warden.io/tool";
+/// Recorded with [`ANN_TOOL_CALL`] and on tool call events: the JSON-RPC id.
+pub const ANN_JSONRPC_ID: &str = "mcp-warden.io/jsonrpc-id";
+/// Recorded with [`ANN_TOOL_CALL`] and on tool call events: the MCP session
+/// (`Mcp-Session-Id`, or the SSE transport's `sessionId`).
+pub const ANN_MCP_SESSION: &str = "mcp-warden.io/mcp-session";
+/// Recorded with [`ANN_TOOL_CALL`] and on tool call events: the end user of
+/// the call (from its verified bearer token), when there is one.
+pub const ANN_MCP_USER: &str = "mcp-warden.io/mcp-user";
+/// Recorded on API request events when several tool calls were in flight:
+/// all of them, a JSON array, none of them claimed as the cause.
+pub const ANN_TOOL_CALL_CANDIDATES: &str = "mcp-warden.io/tool-call-candidates";
+/// Recorded on tool call events: `tool-call`, what the event is.
+pub const ANN_EVENT_KIND: &str = "mcp-warden.io/event";
+/// Recorded on tool call events: how the call ended (`result`, `isError`,
+/// `error`, `refused`, `no-response`, `unknown`).
+pub const ANN_TOOL_OUTCOME: &str = "mcp-warden.io/tool-outcome";
+
 /// Sidecar container name.
 pub const SIDECAR_NAME: &str = "mcp-warden";
 /// Named port of the sidecar's admin listener (at most 15 characters).
@@ -165,6 +195,10 @@ pub mod env {
     pub const COLLECTOR_TOKEN_FILE: &str = "MCP_WARDEN_COLLECTOR_TOKEN_FILE";
     /// `--cluster-name`.
     pub const CLUSTER_NAME: &str = "MCP_WARDEN_CLUSTER_NAME";
+    /// `--mcp-upstream`.
+    pub const MCP_UPSTREAM: &str = "MCP_WARDEN_MCP_UPSTREAM";
+    /// `--mcp-listen`.
+    pub const MCP_LISTEN: &str = "MCP_WARDEN_MCP_LISTEN";
     /// `--pod-name`.
     pub const POD_NAME: &str = "MCP_WARDEN_POD_NAME";
     /// `--pod-namespace`.
@@ -200,11 +234,21 @@ mod tests {
             TLS_NOT_AFTER_ANNOTATION,
             CA_NOT_AFTER_ANNOTATION,
             DNS_NAMES_ANNOTATION,
+            MCP_PORT_ANNOTATION,
+            ANN_TOOL_CALL,
+            ANN_TOOL,
+            ANN_JSONRPC_ID,
+            ANN_MCP_SESSION,
+            ANN_MCP_USER,
+            ANN_TOOL_CALL_CANDIDATES,
+            ANN_EVENT_KIND,
+            ANN_TOOL_OUTCOME,
         ] {
             assert!(name.starts_with(&format!("{API_GROUP}/")), "{name}");
         }
         assert_eq!(SIDECAR_LISTEN, format!("127.0.0.1:{API_PORT}"));
         assert_eq!(SIDECAR_ADMIN_LISTEN, format!("0.0.0.0:{ADMIN_PORT}"));
+        assert!(MCP_PORT_NAME.len() <= 15);
         assert!(
             ADMIN_PORT_NAME.len() <= 15,
             "a port name has at most 15 characters"

@@ -14,6 +14,7 @@ pub mod enduser;
 pub mod grant;
 pub mod identity;
 pub mod mask;
+pub mod mcp;
 pub mod names;
 pub mod policy;
 pub mod preview;

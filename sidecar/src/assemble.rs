@@ -10,11 +10,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::enduser::VerifyBearer;
 use crate::hooks::Hooks;
 use crate::mask_body::{MaskTransform, MaskerSource, TokenScrub};
+use crate::mcp::{McpFront, PolicySource, ToolCalls};
 use crate::policy_store::{PolicyDecider, PolicyStore};
 use crate::recording::Recorder;
-use crate::recording::hook::{LevelSource, PolicyHashSource, RecordingHook};
+use crate::recording::hook::{AnnotationSource, LevelSource, PolicyHashSource, RecordingHook};
 use crate::{Extensions, Metrics, Readiness, RunError};
 
 /// Runs the sidecar as deployed: the policy from `--policy-file` (hot
@@ -24,6 +26,20 @@ pub async fn run_configured(
     listener: TcpListener,
     admin: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let verifier = crate::enduser::from_config(&config)?;
+    run_configured_with(listener, admin, config, verifier, shutdown).await
+}
+
+/// [`run_configured`] with the end users' bearer tokens verified by
+/// `verifier` on the MCP front (`None`: MCP requests carry no user); the
+/// binary passes the `--oidc-*` verifier, tests may pass their own.
+pub async fn run_configured_with(
+    listener: TcpListener,
+    admin: TcpListener,
+    config: Config,
+    verifier: Option<Arc<dyn VerifyBearer>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
@@ -58,13 +74,48 @@ pub async fn run_configured(
         let store = store.clone();
         Arc::new(move || store.current().short_hash().to_string())
     };
+    // The tool calls in flight on the MCP front, named on the API requests
+    // made meanwhile.
+    let tool_calls = Arc::new(ToolCalls::new());
+    let links: AnnotationSource = {
+        let calls = tool_calls.clone();
+        Arc::new(move || calls.link_annotations())
+    };
     let record = RecordingHook::new(
         recorder.clone(),
         identity.user_info(),
         masker.clone(),
         level,
         policy_hash,
-    );
+    )
+    .with_links(links);
+    let mcp_front = match &config.mcp {
+        None => None,
+        Some(mcp) => {
+            let l =
+                TcpListener::bind(mcp.listen)
+                    .await
+                    .map_err(|e| crate::config::ConfigError {
+                        flag: "mcp-listen",
+                        env: mcp_warden_shared::contract::env::MCP_LISTEN,
+                        message: format!("cannot bind {}: {e}", mcp.listen),
+                    })?;
+            let policy: PolicySource = {
+                let store = store.clone();
+                Arc::new(move || store.current())
+            };
+            let front = Arc::new(McpFront::new(
+                mcp.upstream,
+                policy,
+                identity.clone(),
+                recorder.clone(),
+                tool_calls.clone(),
+                verifier,
+            ));
+            tracing::info!(listen = %mcp.listen, upstream = %mcp.upstream, "MCP front serving");
+            Some(front.serve(l, config.limits.app.clone().named("mcp"), metrics.clone()))
+        }
+    };
 
     // Approvals wrap the policy: `approve` decisions wait for a person.
     let decide = crate::approval::ApprovalDecider::new(
@@ -91,11 +142,23 @@ pub async fn run_configured(
         readiness,
     };
     let stopper = stop.clone();
+    let grace = config.shutdown_grace;
+    let (mcp_stop_tx, mcp_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mcp_task = mcp_front.map(|served| {
+        tokio::spawn(async move {
+            let _ = mcp_stop_rx.await;
+            served.shutdown(grace).await;
+        })
+    });
     let result = crate::run_with(listener, admin, config, ext, async move {
         shutdown.await;
+        let _ = mcp_stop_tx.send(());
         stopper.cancel();
     })
     .await;
+    if let Some(t) = mcp_task {
+        let _ = t.await;
+    }
     stop.cancel();
     result
 }

@@ -23,6 +23,7 @@ pub mod listener;
 pub mod local;
 pub mod logging;
 pub mod mask_body;
+pub mod mcp;
 pub mod metrics;
 pub mod policy_cli;
 pub mod policy_store;
@@ -189,16 +190,7 @@ pub async fn run_with(
         metrics.clone(),
     );
 
-    let end_users: Option<Arc<dyn enduser::VerifyBearer>> = match &config.oidc {
-        None => None,
-        Some(o) => Some(Arc::new(enduser::OidcVerifier::new(o).map_err(|e| {
-            ConfigError {
-                flag: "oidc-ca-file",
-                env: "MCP_WARDEN_OIDC_CA_FILE",
-                message: e.to_string(),
-            }
-        })?)),
-    };
+    let end_users = enduser::from_config(&config)?;
     let state = Arc::new(proxy::ProxyState {
         local_token: creds.token.clone(),
         upstream,

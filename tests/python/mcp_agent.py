@@ -4,8 +4,12 @@ official MCP SDK (`mcp` on PyPI) and makes the tool calls it is given.
     mcp_agent.py stdio CALLS.json -- COMMAND [ARGS...]
     mcp_agent.py http  CALLS.json URL
 
-CALLS.json is a list of {"tool": NAME, "arguments": {...}}. Prints one JSON
-document: {"tools": [names], "calls": [{"tool", "isError", "text"}]}.
+CALLS.json is a list of {"tool": NAME, "arguments": {...}}, or of
+{"concurrent": [calls]} to make several calls at once (a call may carry
+"delay": seconds to wait before it starts). Prints one JSON document:
+{"tools": [names], "calls": [{"tool", "isError", "text"}]}; a call answered
+with a JSON-RPC error has "error": {"code", "message"} instead of "isError".
+Over http, MCP_AGENT_BEARER (if set) is sent as `Authorization: Bearer`.
 Bounded: every call has a timeout, the whole run too.
 """
 
@@ -16,7 +20,8 @@ import sys
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from mcp.shared.exceptions import MCPError as McpError
 
 CALL_TIMEOUT = 60.0
 RUN_TIMEOUT = 240.0
@@ -31,22 +36,37 @@ def text_of(result):
     return "\n".join(parts)
 
 
+async def one_call(session, call):
+    if call.get("delay"):
+        await asyncio.sleep(float(call["delay"]))
+    try:
+        result = await session.call_tool(
+            call["tool"], call.get("arguments") or {}, read_timeout_seconds=CALL_TIMEOUT
+        )
+    except McpError as e:
+        err = getattr(e, "error", None)
+        return {
+            "tool": call["tool"],
+            "error": {"code": getattr(err, "code", None), "message": getattr(err, "message", str(e))},
+        }
+    return {
+        "tool": call["tool"],
+        "isError": bool(getattr(result, "is_error", None) or getattr(result, "isError", False)),
+        "text": text_of(result),
+    }
+
+
 async def drive(read, write, calls):
     async with ClientSession(read, write) as session:
         await session.initialize()
         tools = await session.list_tools()
         out = {"tools": sorted(t.name for t in tools.tools), "calls": []}
         for call in calls:
-            result = await session.call_tool(
-                call["tool"], call.get("arguments") or {}, read_timeout_seconds=CALL_TIMEOUT
-            )
-            out["calls"].append(
-                {
-                    "tool": call["tool"],
-                    "isError": bool(getattr(result, "is_error", None) or getattr(result, "isError", False)),
-                    "text": text_of(result),
-                }
-            )
+            if "concurrent" in call:
+                results = await asyncio.gather(*(one_call(session, c) for c in call["concurrent"]))
+                out["calls"].extend(results)
+            else:
+                out["calls"].append(await one_call(session, call))
         return out
 
 
@@ -63,8 +83,11 @@ async def main(argv):
         async with stdio_client(params) as (read, write):
             return await drive(read, write, calls)
     if mode == "http":
-        async with streamable_http_client(argv[3]) as streams:
-            return await drive(streams[0], streams[1], calls)
+        bearer = os.environ.get("MCP_AGENT_BEARER")
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        async with create_mcp_http_client(headers=headers) as client:
+            async with streamable_http_client(argv[3], http_client=client) as streams:
+                return await drive(streams[0], streams[1], calls)
     raise SystemExit(f"unknown mode {mode!r}")
 
 

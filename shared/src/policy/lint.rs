@@ -163,6 +163,9 @@ fn covers_list(wide: &[String], narrow: &[String]) -> bool {
 /// Whether rule `a` matches every request `b` matches.
 fn covers(a: &Rule, b: &Rule) -> bool {
     a.action == b.action
+        // Tool rules judge tool calls, not requests.
+        && !a.is_tool_rule()
+        && !b.is_tool_rule()
         && a.when.is_none()
         && covers_list(&a.verbs, &b.verbs)
         && covers_patterns(&a.service_accounts, &b.service_accounts)
@@ -202,7 +205,7 @@ pub fn lint(policy: &Policy) -> Vec<Lint> {
                 message,
             })
         };
-        let resource_rule = r.non_resource_urls.is_empty();
+        let resource_rule = r.non_resource_urls.is_empty() && !r.is_tool_rule();
         // Never matches.
         if resource_rule {
             if r.verbs.iter().all(|v| v == "impersonate")

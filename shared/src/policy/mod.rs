@@ -211,6 +211,10 @@ pub struct Rule {
     service_account_globs: Vec<GlobMatcher>,
     user_globs: Vec<GlobMatcher>,
     group_globs: Vec<GlobMatcher>,
+    /// MCP tool name globs: a rule with `tools` judges tool calls
+    /// ([`evaluate_tool`]) and never an API request; empty: an API rule.
+    pub tools: Vec<String>,
+    tool_globs: Vec<GlobMatcher>,
 }
 
 /// A validated policy.
@@ -558,6 +562,42 @@ fn judge(
     }
 }
 
+/// Decide an MCP tool call: the `tools:` rules whose globs match `tool`
+/// (deny beats approve beats allow, whatever their order). A call no tool
+/// rule matches is allowed: tool rules narrow what the agent may call, and
+/// what each tool then does with the API is judged by the API rules.
+/// `defaultAction` governs API requests only.
+pub fn evaluate_tool(policy: &Policy, tool: &str, who: &Identity) -> Decision {
+    let mut best: Option<&Rule> = None;
+    for rule in policy.rules.iter().filter(|r| r.matches_tool(tool, who)) {
+        if best.is_none_or(|b| rule.action.severity() > b.action.severity()) {
+            best = Some(rule);
+        }
+    }
+    let (action, rule, message, explanation) = match best {
+        Some(r) => (
+            r.action,
+            Some(r.name.clone()),
+            r.message.clone(),
+            format!("tool {tool:?}: rule {:?} ({})", r.name, r.action),
+        ),
+        None => (
+            Action::Allow,
+            None,
+            None,
+            format!("tool {tool:?}: no tools rule matched (allowed)"),
+        ),
+    };
+    Decision {
+        action,
+        rule,
+        message,
+        enforced: policy.mode == Mode::Enforce,
+        explanation,
+        condition_errors: Vec::new(),
+    }
+}
+
 /// The RBAC checks kube-apiserver's impersonation filter makes, as request
 /// attributes, each with a description for messages.
 pub fn impersonation_checks(imp: &Impersonation) -> Vec<(String, RequestAttributes)> {
@@ -608,6 +648,9 @@ impl Rule {
     /// Whether this rule's attributes (everything but `when`) match the
     /// request made by `who`.
     pub fn matches(&self, attrs: &RequestAttributes, who: &Identity) -> bool {
+        if self.is_tool_rule() {
+            return false;
+        }
         if !self.verbs.iter().any(|v| v == "*" || *v == attrs.verb) {
             return false;
         }
@@ -652,6 +695,27 @@ impl Rule {
                 || u.groups
                     .iter()
                     .any(|group| self.group_globs.iter().any(|g| g.is_match(group))))
+    }
+
+    /// Whether this is a `tools:` rule (it judges MCP tool calls only).
+    pub fn is_tool_rule(&self) -> bool {
+        !self.tools.is_empty()
+    }
+
+    /// Whether this `tools:` rule matches a call of `tool` made by `who`'s pod
+    /// (and, with `users`/`groups`, by a matching end user).
+    pub fn matches_tool(&self, tool: &str, who: &Identity) -> bool {
+        if !self.is_tool_rule() || !self.tool_globs.iter().any(|g| g.is_match(tool)) {
+            return false;
+        }
+        if !self.end_user_matches(who.end_user.as_ref()) {
+            return false;
+        }
+        if self.service_accounts.is_empty() {
+            return true;
+        }
+        who.service_account_ref()
+            .is_some_and(|sa| self.service_account_globs.iter().any(|g| g.is_match(&sa)))
     }
 
     fn namespace_matches(&self, ns: &str) -> bool {

@@ -255,6 +255,7 @@ const RULE_FIELDS: &[&str] = &[
     "users",
     "groups",
     "grant",
+    "tools",
 ];
 /// Collects problems while walking the tree.
 struct Ctx {
@@ -631,7 +632,29 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
 
     let non_resource = f.contains_key("nonResourceURLs");
     let resource = f.contains_key("resources");
-    if non_resource && resource {
+    // A `tools:` rule judges MCP tool calls, not API requests: none of the
+    // API request fields apply to it.
+    let tool_rule = f.contains_key("tools");
+    if tool_rule {
+        for other in [
+            "verbs",
+            "apiGroups",
+            "resources",
+            "resourceNames",
+            "namespaces",
+            "nonResourceURLs",
+            "when",
+            "grant",
+        ] {
+            if let Some(n) = f.get(other) {
+                ctx.err(
+                    n.referenced,
+                    format!("{p}.{other}"),
+                    "does not apply to a tools rule (it judges MCP tool calls, not API requests): split it into two rules",
+                );
+            }
+        }
+    } else if non_resource && resource {
         if let Some(n) = f.get("nonResourceURLs") {
             ctx.err(
                 n.referenced,
@@ -659,6 +682,7 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
     }
 
     let verbs = match f.get("verbs") {
+        None if tool_rule => Vec::new(),
         None => {
             ctx.err(
                 loc,
@@ -712,6 +736,10 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         None => (Vec::new(), Vec::new()),
         Some(n) => subject_globs(ctx, n, &format!("{p}.groups"), "group names"),
     };
+    let (tools, tool_globs) = match f.get("tools") {
+        None => (Vec::new(), Vec::new()),
+        Some(n) => globs(ctx, n, &format!("{p}.tools"), check_tool_pattern),
+    };
 
     let when = f.get("when").and_then(|n| {
         let field = format!("{p}.when");
@@ -750,7 +778,19 @@ fn parse_rule(ctx: &mut Ctx, i: usize, node: &Spanned<Node>) -> Option<Rule> {
         groups,
         user_globs,
         group_globs,
+        tools,
+        tool_globs,
     })
+}
+
+/// A tool name glob: non-empty, no control characters or whitespace.
+fn check_tool_pattern(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{s:?} is not a tool name glob (non-empty, no spaces or control characters)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_verbs(ctx: &mut Ctx, n: &Spanned<Node>, field: &str, non_resource: bool) -> Vec<String> {

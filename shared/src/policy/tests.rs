@@ -920,3 +920,181 @@ rules:
         "{bad}"
     );
 }
+
+const TOOL_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+defaultAction: deny
+rules:
+  - name: read-all
+    action: allow
+    verbs: [get, list, watch]
+    resources: ["*"]
+  - name: no-deletes-by-tool
+    action: deny
+    tools: ["*_delete"]
+    message: ask the platform team
+  - name: helm-needs-a-human
+    action: approve
+    tools: ["helm_*"]
+  - name: helm-list-ok
+    action: allow
+    tools: [helm_list]
+  - name: pods-ok
+    action: allow
+    tools: ["pods_*"]
+    serviceAccounts: ["mcp/*"]
+"#;
+
+#[test]
+fn tool_rules_decide_tool_calls_deny_beats_approve_beats_allow() {
+    let p = Policy::parse("t.yaml", TOOL_POLICY).unwrap();
+    let sa = who_sa("mcp/kubernetes-mcp-server");
+    let d = evaluate_tool(&p, "resources_delete", &sa);
+    assert_eq!(d.action, Action::Deny);
+    assert_eq!(d.rule.as_deref(), Some("no-deletes-by-tool"));
+    assert!(d.blocks());
+    assert!(
+        d.refusal_reason().contains("no-deletes-by-tool"),
+        "{}",
+        d.refusal_reason()
+    );
+    assert!(d.refusal_reason().contains("ask the platform team"));
+    // approve beats allow whatever the order.
+    assert_eq!(evaluate_tool(&p, "helm_list", &sa).action, Action::Approve);
+    let d = evaluate_tool(&p, "pods_list", &sa);
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Allow, Some("pods-ok"))
+    );
+    // serviceAccounts narrows a tool rule too.
+    let other = who_sa("other/x");
+    let d = evaluate_tool(&p, "pods_list", &other);
+    assert_eq!((d.action, d.rule.as_deref()), (Action::Allow, None));
+    // No tool rule matches: allowed, defaultAction is for API requests.
+    let d = evaluate_tool(&p, "events_list", &sa);
+    assert_eq!((d.action, d.rule), (Action::Allow, None));
+    assert!(d.explanation.contains("no tools rule matched"));
+}
+
+#[test]
+fn tool_rules_never_match_api_requests() {
+    let p = Policy::parse("t.yaml", TOOL_POLICY).unwrap();
+    let sa = who_sa("mcp/kubernetes-mcp-server");
+    let d = decide(
+        &p,
+        "DELETE",
+        "/api/v1/namespaces/dev/pods/x",
+        &sa,
+        &Impersonation::default(),
+    );
+    assert_eq!((d.action, d.rule), (Action::Deny, None));
+    let d = decide(
+        &p,
+        "GET",
+        "/api/v1/namespaces/dev/pods",
+        &sa,
+        &Impersonation::default(),
+    );
+    assert_eq!(d.rule.as_deref(), Some("read-all"));
+    assert!(lint::lint(&p).is_empty(), "{:?}", lint::lint(&p));
+}
+
+#[test]
+fn tool_rules_in_audit_mode_are_not_enforced() {
+    let src = TOOL_POLICY.replace("defaultAction: deny", "mode: audit\ndefaultAction: deny");
+    let p = Policy::parse("t.yaml", &src).unwrap();
+    let d = evaluate_tool(&p, "resources_delete", &who_sa("mcp/x"));
+    assert_eq!(d.action, Action::Deny);
+    assert!(!d.enforced);
+    assert!(!d.blocks());
+}
+
+#[test]
+fn tool_rules_refuse_api_fields_and_bad_globs() {
+    for (rule, field, why) in [
+        (
+            "{name: r, action: deny, tools: [x], verbs: [get]}",
+            "rules[0].verbs",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: [x], resources: [pods]}",
+            "rules[0].resources",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: [x], when: \"true\"}",
+            "rules[0].when",
+            "does not apply to a tools rule",
+        ),
+        (
+            "{name: r, action: deny, tools: []}",
+            "rules[0].tools",
+            "must not be an empty list",
+        ),
+        (
+            "{name: r, action: deny, tools: [\"a b\"]}",
+            "rules[0].tools[0]",
+            "not a tool name glob",
+        ),
+        (
+            "{name: r, action: deny, tools: [\"[\"]}",
+            "rules[0].tools[0]",
+            "invalid glob",
+        ),
+    ] {
+        let src = format!("apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  - {rule}\n");
+        let e = Policy::parse("t.yaml", &src).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.field == field && p.message.contains(why)),
+            "{rule}: {text}"
+        );
+    }
+}
+
+#[test]
+fn tool_rules_with_users_or_groups_judge_the_caller() {
+    let p = Policy::parse(
+        "t.yaml",
+        r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+rules:
+  - {name: sre-may-delete, action: allow, tools: [pods_delete], groups: ["oidc:sre"]}
+  - {name: others-may-not, action: deny, tools: [pods_delete], users: ["*"]}
+  - {name: nobody-else, action: deny, tools: [helm_*]}
+"#,
+    )
+    .unwrap();
+    let sre = with_end_user("alice@example.com", &["oidc:sre"]);
+    let dev = with_end_user("bob@example.com", &["oidc:dev"]);
+    let anonymous = who_sa("mcp/server");
+    let d = evaluate_tool(&p, "pods_delete", &sre);
+    // Deny beats allow among matching tool rules: alice matches both.
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Deny, Some("others-may-not"))
+    );
+    let d = evaluate_tool(&p, "pods_delete", &dev);
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Deny, Some("others-may-not"))
+    );
+    // Without an end user neither rule matches; no tool rule: allowed.
+    let d = evaluate_tool(&p, "pods_delete", &anonymous);
+    assert_eq!((d.action, d.rule), (Action::Allow, None));
+    let d = evaluate_tool(&p, "helm_install", &anonymous);
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Deny, Some("nobody-else"))
+    );
+    let e = Policy::parse(
+        "t.yaml",
+        "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  - {name: r, action: approve, tools: [x], grant: false}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("rules[0].grant"), "{e}");
+}

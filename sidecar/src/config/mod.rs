@@ -202,6 +202,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub approval: ApprovalArgs,
 
+    /// The MCP server's own HTTP endpoint (IP:PORT on loopback, e.g.
+    /// `127.0.0.1:8080`): the sidecar then fronts it on `--mcp-listen`,
+    /// recording and judging tool calls. Unset: no MCP front.
+    #[arg(long, env = contract::env::MCP_UPSTREAM)]
+    pub mcp_upstream: Option<String>,
+
+    /// Address of the MCP front (plain HTTP; the Service points here).
+    #[arg(long, env = contract::env::MCP_LISTEN, default_value = "0.0.0.0:15080")]
+    pub mcp_listen: String,
+
     /// Connection and request limits: timeouts and caps of both listeners,
     /// in-flight caps (see [`crate::limits`]).
     #[command(flatten)]
@@ -387,6 +397,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Approvals (held requests, AccessRequests).
     pub approval: ApprovalConfig,
+    /// The MCP front (`--mcp-upstream`, `--mcp-listen`), if configured.
+    pub mcp: Option<crate::mcp::McpConfig>,
     /// Connection and request limits of both listeners and the in-flight caps.
     pub limits: crate::limits::Limits,
     /// End-user authentication; `None`: only the local token is accepted.
@@ -499,6 +511,7 @@ impl ServeArgs {
             pod_name.as_deref().unwrap_or("unknown")
         );
         let recording = self.recording.validate(self.cluster_name.clone(), pod)?;
+        let mcp = self.mcp_config(&[listen, admin_listen])?;
         Ok(Config {
             listen,
             listen_https_alias,
@@ -520,7 +533,43 @@ impl ServeArgs {
             approval: self.approval.validate()?,
             limits: self.limits.limits(),
             oidc: self.oidc.validate()?,
+            mcp,
         })
+    }
+
+    /// The MCP front's settings: the upstream must be a loopback address
+    /// (the MCP server in the same pod), the listener must not be taken.
+    fn mcp_config(
+        &self,
+        taken: &[SocketAddr],
+    ) -> Result<Option<crate::mcp::McpConfig>, ConfigError> {
+        let Some(raw) = self
+            .mcp_upstream
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        let upstream = parse_addr(raw, "mcp-upstream", contract::env::MCP_UPSTREAM)?;
+        if !upstream.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "mcp-upstream",
+                contract::env::MCP_UPSTREAM,
+                format!(
+                    "{raw:?} is not a loopback address: the MCP front forwards only to the MCP server in its own pod"
+                ),
+            ));
+        }
+        let listen = parse_addr(&self.mcp_listen, "mcp-listen", contract::env::MCP_LISTEN)?;
+        if taken.contains(&listen) || listen == upstream {
+            return Err(ConfigError::new(
+                "mcp-listen",
+                contract::env::MCP_LISTEN,
+                "must differ from --listen, --admin-listen and --mcp-upstream",
+            ));
+        }
+        Ok(Some(crate::mcp::McpConfig { upstream, listen }))
     }
 }
 
@@ -616,6 +665,39 @@ mod tests {
         assert_eq!(c.upstream.to_string(), "https://[fd00::1]:443/");
         assert_eq!(c.listen.to_string(), "127.0.0.1:15443");
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:15020");
+    }
+
+    #[test]
+    fn mcp_front_flags() {
+        let up = ["--upstream", "https://h:1"];
+        let c = args(&up).validate_with_env(no_env).unwrap();
+        assert_eq!(c.mcp, None);
+        let c = args(&[up[0], up[1], "--mcp-upstream", "127.0.0.1:8080"])
+            .validate_with_env(no_env)
+            .unwrap();
+        let mcp = c.mcp.unwrap();
+        assert_eq!(mcp.upstream.to_string(), "127.0.0.1:8080");
+        assert_eq!(mcp.listen.to_string(), "0.0.0.0:15080");
+        let e = error_of(&[up[0], up[1], "--mcp-upstream", "10.0.0.7:8080"]);
+        assert!(
+            e.starts_with("invalid --mcp-upstream (MCP_WARDEN_MCP_UPSTREAM):")
+                && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = error_of(&[up[0], up[1], "--mcp-upstream", "localhost"]);
+        assert!(e.contains("--mcp-upstream"), "{e}");
+        let e = error_of(&[
+            up[0],
+            up[1],
+            "--mcp-upstream",
+            "127.0.0.1:8080",
+            "--mcp-listen",
+            "0.0.0.0:15020",
+        ]);
+        assert!(
+            e.starts_with("invalid --mcp-listen (MCP_WARDEN_MCP_LISTEN):"),
+            "{e}"
+        );
     }
 
     #[test]

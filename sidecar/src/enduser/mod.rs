@@ -21,6 +21,22 @@ pub trait VerifyBearer: Send + Sync {
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<EndUser, Rejection>>;
 }
 
+/// The verifier `--oidc-*` configures, `None` without an issuer. The API
+/// listener and the MCP front each build one (each caches the issuers' keys).
+pub fn from_config(
+    config: &crate::Config,
+) -> Result<Option<std::sync::Arc<dyn VerifyBearer>>, crate::ConfigError> {
+    let Some(o) = &config.oidc else {
+        return Ok(None);
+    };
+    let v = OidcVerifier::new(o).map_err(|e| crate::ConfigError {
+        flag: "oidc-ca-file",
+        env: "MCP_WARDEN_OIDC_CA_FILE",
+        message: e.to_string(),
+    })?;
+    Ok(Some(std::sync::Arc::new(v)))
+}
+
 /// Whether a bearer token has the shape of a JWT (three dot-separated
 /// parts), so it is worth handing to the end-user verifier.
 pub fn looks_like_jwt(token: &[u8]) -> bool {

@@ -64,6 +64,9 @@ use crate::mask_body::{MaskCount, MaskerSource};
 pub type LevelSource = Arc<dyn Fn() -> Level + Send + Sync>;
 /// The hash of the policy in force.
 pub type PolicyHashSource = Arc<dyn Fn() -> String + Send + Sync>;
+/// Annotations added to a request's events when it is received (the MCP
+/// tool calls in flight then, `crate::mcp::ToolCalls::link_annotations`).
+pub type AnnotationSource = Arc<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
 
 /// kube-apiserver's limit on request bodies; also what we keep of a response.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
@@ -79,6 +82,7 @@ pub struct RecordingHook {
     level: LevelSource,
     policy_hash: PolicyHashSource,
     max_body_bytes: usize,
+    links: Option<AnnotationSource>,
 }
 
 impl std::fmt::Debug for RecordingHook {
@@ -133,7 +137,15 @@ impl RecordingHook {
             level,
             policy_hash,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            links: None,
         }
+    }
+
+    /// Adds `links()` to the annotations of every request's events, taken
+    /// when the request is received.
+    pub fn with_links(mut self, links: AnnotationSource) -> Self {
+        self.links = Some(links);
+        self
     }
 
     /// Change the request/response body limit.
@@ -218,6 +230,9 @@ impl RecordingHook {
         if let Some(u) = &ctx.end_user {
             e.annotations
                 .insert(audit::ANN_END_USER_ISSUER.to_string(), u.issuer.clone());
+        }
+        if let Some(links) = &self.links {
+            e.annotations.extend(links());
         }
         if ctx.decision.is_none() {
             e.annotations.remove(audit::ANN_DECISION);

@@ -9,6 +9,7 @@ mod common;
 mod connections;
 mod https_alias;
 mod kube_rs;
+mod mcp_front;
 mod proxy;
 mod recording_collector;
 mod recording_delivery;

@@ -21,6 +21,7 @@ mod enduser_stack;
 mod grants_stack;
 mod hardening_e2e;
 mod masking_e2e;
+mod mcp_front;
 mod policy_conditions_e2e;
 mod policy_e2e;
 mod policy_learn;

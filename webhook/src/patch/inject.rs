@@ -251,7 +251,10 @@ pub fn transform(
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(30);
-    let sidecar = sidecar_container(config, uid, form, grace);
+    let mut sidecar = sidecar_container(config, uid, form, grace);
+    if let Some(port) = super::mcp_port(pod, config)? {
+        with_mcp_front(&mut sidecar, port);
+    }
     let existing_sidecar = init
         .iter()
         .chain(&containers)
@@ -545,6 +548,19 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, gra
         }
     }
     c
+}
+
+/// Has the sidecar `c` front the MCP server listening on 127.0.0.1:`port`,
+/// on [`MCP_PORT`] of every address (the Service's and `kubectl
+/// port-forward`'s way in).
+pub fn with_mcp_front(c: &mut Value, port: u16) {
+    if let Some(vars) = c["env"].as_array_mut() {
+        vars.push(json!({ "name": env::MCP_UPSTREAM, "value": format!("{LOOPBACK}:{port}") }));
+        vars.push(json!({ "name": env::MCP_LISTEN, "value": format!("0.0.0.0:{MCP_PORT}") }));
+    }
+    if let Some(ports) = c["ports"].as_array_mut() {
+        ports.push(json!({ "name": MCP_PORT_NAME, "containerPort": MCP_PORT, "protocol": "TCP" }));
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,12 @@
 //!   timeouts, `defaultMode`, `terminationMessagePath`, ...) before a
 //!   reinvocation; "already there" is therefore "covers what we would add",
 //!   not strict equality.
+//! - With `mcp-warden.io/mcp-port: "<port>"` the sidecar also fronts the MCP
+//!   server's own HTTP endpoint on 127.0.0.1:<port> from its own port
+//!   ([`MCP_PORT`], named [`MCP_PORT_NAME`]), where the platform team points
+//!   the Service; the MCP server's port itself is left as it is (a Service
+//!   still aimed at it bypasses the front, which the docs say). A value that
+//!   is not a port, or is one of the sidecar's own, is refused.
 
 mod inject;
 mod ops;
@@ -171,6 +177,13 @@ pub enum RefuseReason {
         ann = POLICY_ANNOTATION
     )]
     InvalidPolicyName(String),
+    /// The `mcp-warden.io/mcp-port` annotation is not a usable port.
+    #[error(
+        "mcp-warden refuses the pod: annotation {ann}={value:?} {why} (give the port the MCP \
+         server listens on for HTTP in the pod, e.g. \"8080\", or remove the annotation)",
+        ann = MCP_PORT_ANNOTATION
+    )]
+    InvalidMcpPort { value: String, why: String },
     /// The object is not a pod the webhook can read.
     #[error("mcp-warden cannot read the pod: {0}")]
     InvalidPod(String),
@@ -276,6 +289,7 @@ pub fn patch_with_source(
     {
         return Err(RefuseReason::InvalidPolicyName(name.clone()));
     }
+    mcp_port(pod, config)?;
     if let Some((name, ip)) = host_alias_conflict(spec, &api_host_names(config)) {
         return Err(RefuseReason::HostAliasConflict { name, ip });
     }
@@ -316,6 +330,40 @@ pub fn patch_with_source(
     let after = transform(pod, config, form, &mut warnings)?;
     let patch = ops_between(pod, &after);
     Ok(PatchOutcome::Patch { patch, warnings })
+}
+
+/// The MCP server port the pod's `mcp-warden.io/mcp-port` annotation names
+/// (`None` without the annotation), or why it cannot be used: not a decimal
+/// port number, or a port the sidecar itself listens on.
+pub fn mcp_port(pod: &Value, config: &InjectConfig) -> Result<Option<u16>, RefuseReason> {
+    let annotations = string_map(pod.pointer("/metadata/annotations"));
+    let Some(value) = annotations.get(MCP_PORT_ANNOTATION) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| RefuseReason::InvalidMcpPort {
+        value: value.clone(),
+        why,
+    };
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 5 {
+        return Err(refuse("is not a port number (1-65535)".into()));
+    }
+    let port: u16 = match digits.parse::<u32>() {
+        Ok(n @ 1..=65535) => n as u16,
+        _ => return Err(refuse("is not a port number (1-65535)".into())),
+    };
+    let own = [
+        (config.api_port, "its API listener"),
+        (config.admin_port, "its admin listener"),
+        (config.https_alias_port, "its https alias listener"),
+        (MCP_PORT, "its MCP front"),
+    ];
+    if let Some((_, what)) = own.iter().find(|(p, _)| *p == port) {
+        return Err(refuse(format!(
+            "is a port the sidecar itself uses ({what})"
+        )));
+    }
+    Ok(Some(port))
 }
 
 const RESERVED_VOLUMES: [&str; 6] = [

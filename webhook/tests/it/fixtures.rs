@@ -1314,3 +1314,142 @@ fn inject_f_binary_picks_the_form() {
     assert!(is_native(&pod));
     assert!(!err.contains("container form"), "{err}");
 }
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn mcp_port_annotation_has_the_sidecar_front_the_mcp_endpoint() {
+    let cfg = InjectConfig::default();
+    let (pod, _, _) = check_pod_fixture("pod-mcp-port.yaml", &cfg);
+    let spec = pod.spec.as_ref().unwrap();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    assert_eq!(
+        env_value(sidecar, env::MCP_UPSTREAM).as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert_eq!(
+        env_value(sidecar, env::MCP_LISTEN),
+        Some(format!("0.0.0.0:{MCP_PORT}"))
+    );
+    let port = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(MCP_PORT_NAME))
+        .unwrap();
+    assert_eq!(port.container_port, i32::from(MCP_PORT));
+    // The MCP server keeps its own port; nothing else changes in it.
+    let app = spec.containers.iter().find(|c| c.name == "server").unwrap();
+    assert_eq!(app.ports.as_ref().unwrap()[0].container_port, 8080);
+
+    // Without the annotation the sidecar has no MCP front.
+    let (plain, _, _) = check_pod_fixture("pod-kube-api-access.yaml", &cfg);
+    let spec = plain.spec.as_ref().unwrap();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    assert!(env_value(sidecar, env::MCP_UPSTREAM).is_none());
+    assert!(
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.name.as_deref() != Some(MCP_PORT_NAME))
+    );
+}
+
+#[test]
+fn invalid_mcp_port_annotations_are_refused_with_the_reason() {
+    let cfg = InjectConfig::default();
+    for (value, why) in [
+        ("http", "is not a port number"),
+        ("", "is not a port number"),
+        ("0", "is not a port number"),
+        ("-1", "is not a port number"),
+        ("65536", "is not a port number"),
+        ("8080.0", "is not a port number"),
+        ("15443", "its API listener"),
+        ("15020", "its admin listener"),
+        ("443", "its https alias listener"),
+        ("15080", "its MCP front"),
+    ] {
+        let mut p = load("pod-mcp-port.yaml");
+        p["metadata"]["annotations"][MCP_PORT_ANNOTATION] = serde_json::json!(value);
+        let e = patch(&p, &enabled(), "mcp", &cfg).unwrap_err();
+        assert!(
+            matches!(e, RefuseReason::InvalidMcpPort { .. }),
+            "{value}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(MCP_PORT_ANNOTATION) && msg.contains(why),
+            "{value}: {msg}"
+        );
+    }
+    // inject -f refuses it too.
+    let text = std::fs::read_to_string(fixture_path("pod-mcp-port.yaml"))
+        .unwrap()
+        .replace(
+            "mcp-warden.io/mcp-port: \"8080\"",
+            "mcp-warden.io/mcp-port: \"web\"",
+        );
+    let (_, reports) = inject_yaml(&text, &cfg).unwrap();
+    assert!(
+        reports[0].outcome.starts_with("refused")
+            && reports[0].outcome.contains(MCP_PORT_ANNOTATION),
+        "{reports:?}"
+    );
+}
+
+/// The example of docs and chart README: the Deployment gets the MCP front,
+/// and its Service targets the front's named port.
+#[test]
+fn the_mcp_front_example_points_its_service_at_the_sidecar() {
+    let path = fixture_path("../../../manifests/examples/mcp-server-front.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let (out, reports) = inject_yaml(&text, &InjectConfig::default()).unwrap();
+    let objs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&out)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    let dep = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let dep: Deployment = serde_json::from_value(dep.clone()).unwrap();
+    let spec = dep.spec.template.spec.unwrap();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap_or_else(|| panic!("not injected: {reports:?}"));
+    assert_eq!(
+        env_value(sidecar, env::MCP_UPSTREAM).as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert!(
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some(MCP_PORT_NAME))
+    );
+    let svc = objs.iter().find(|o| o["kind"] == "Service").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], MCP_PORT_NAME);
+}
