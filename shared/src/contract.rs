@@ -199,6 +199,20 @@ pub mod env {
     pub const MCP_UPSTREAM: &str = "MCP_WARDEN_MCP_UPSTREAM";
     /// `--mcp-listen`.
     pub const MCP_LISTEN: &str = "MCP_WARDEN_MCP_LISTEN";
+    /// `--oidc-issuer-url` (comma-separated).
+    pub const OIDC_ISSUER_URL: &str = "MCP_WARDEN_OIDC_ISSUER_URL";
+    /// `--oidc-audience`.
+    pub const OIDC_AUDIENCE: &str = "MCP_WARDEN_OIDC_AUDIENCE";
+    /// `--oidc-username-claim`.
+    pub const OIDC_USERNAME_CLAIM: &str = "MCP_WARDEN_OIDC_USERNAME_CLAIM";
+    /// `--oidc-username-prefix`.
+    pub const OIDC_USERNAME_PREFIX: &str = "MCP_WARDEN_OIDC_USERNAME_PREFIX";
+    /// `--oidc-groups-claim`.
+    pub const OIDC_GROUPS_CLAIM: &str = "MCP_WARDEN_OIDC_GROUPS_CLAIM";
+    /// `--oidc-groups-prefix`.
+    pub const OIDC_GROUPS_PREFIX: &str = "MCP_WARDEN_OIDC_GROUPS_PREFIX";
+    /// `--impersonate-end-user`.
+    pub const IMPERSONATE_END_USER: &str = "MCP_WARDEN_IMPERSONATE_END_USER";
     /// `--pod-name`.
     pub const POD_NAME: &str = "MCP_WARDEN_POD_NAME";
     /// `--pod-namespace`.

@@ -272,6 +272,33 @@ pub struct InjectConfig {
     /// such as `256Mi` or `1G` (see [`names::is_quantity`]).
     /// Env: `MCP_WARDEN_SPOOL_SIZE_LIMIT`.
     pub spool_size_limit: String,
+    /// End users the injected sidecars accept (their `--oidc-*` flags); no
+    /// issuer: none. Env: `MCP_WARDEN_END_USERS` (JSON).
+    pub end_users: EndUsers,
+}
+
+/// The OIDC settings passed to every injected sidecar, named as
+/// kube-apiserver's `--oidc-*` flags (docs/sidecar.md says what each does).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EndUsers {
+    /// Issuers whose tokens name end users (`https://` URLs); empty: end-user
+    /// tokens are not accepted.
+    pub issuer_urls: Vec<String>,
+    /// The `aud` the tokens must carry; required with an issuer.
+    pub audience: String,
+    /// Claim that names the user; unset: the sidecar's default (`sub`).
+    pub username_claim: Option<String>,
+    /// Prefix of user names; unset: the sidecar's default (as kube-apiserver:
+    /// `ISSUER#` unless the claim is `email`).
+    pub username_prefix: Option<String>,
+    /// Claim that lists the groups; unset: no groups.
+    pub groups_claim: Option<String>,
+    /// Prefix of group names; unset: none.
+    pub groups_prefix: Option<String>,
+    /// Send requests upstream as the end user (`Impersonate-*`); needs the
+    /// chart's `endUsers.impersonation` grant.
+    pub impersonate: bool,
 }
 
 impl Default for InjectConfig {
@@ -301,6 +328,7 @@ impl Default for InjectConfig {
             admin_port: contract::ADMIN_PORT,
             token_expiration_seconds: 3607,
             spool_size_limit: "256Mi".to_string(),
+            end_users: EndUsers::default(),
         }
     }
 }
@@ -419,6 +447,13 @@ impl InjectConfig {
             "MCP_WARDEN_SPOOL_SIZE_LIMIT",
             &mut self.spool_size_limit,
         );
+        if let Some(v) = env("MCP_WARDEN_END_USERS") {
+            self.end_users = serde_json::from_str(&v).map_err(|e| ConfigError::Env {
+                var: "MCP_WARDEN_END_USERS".to_string(),
+                message: e.to_string(),
+                value: v,
+            })?;
+        }
         self.validate()?;
         Ok(self)
     }
@@ -472,6 +507,31 @@ impl InjectConfig {
                      an optional Ki/Mi/Gi/Ti/Pi/Ei or k/M/G/T/P/E suffix)",
                     self.spool_size_limit
                 ),
+            });
+        }
+        // Checked here, not first in every injected sidecar's crash loop.
+        let eu = &self.end_users;
+        if let Some(bad) = eu
+            .issuer_urls
+            .iter()
+            .find(|u| !u.starts_with("https://") || u.contains(','))
+        {
+            return Err(ConfigError::Invalid {
+                field: "endUsers.issuerUrls",
+                message: format!("{bad:?} is not an https:// URL without commas"),
+            });
+        }
+        if !eu.issuer_urls.is_empty() && eu.audience.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "endUsers.audience",
+                message: "is required with endUsers.issuerUrls".to_string(),
+            });
+        }
+        if eu.issuer_urls.is_empty() && eu.impersonate {
+            return Err(ConfigError::Invalid {
+                field: "endUsers.impersonate",
+                message: "needs endUsers.issuerUrls (there is no end user to impersonate)"
+                    .to_string(),
             });
         }
         if self.https_alias_port != 0

@@ -469,6 +469,24 @@ pub fn sidecar_container(config: &InjectConfig, uid: i64, form: SidecarForm, gra
     if config.https_alias_port != 0 {
         vars.push(json!({ "name": env::LISTEN_HTTPS_ALIAS, "value": format!("{LOOPBACK}:{}", config.https_alias_port) }));
     }
+    let eu = &config.end_users;
+    if !eu.issuer_urls.is_empty() {
+        vars.push(json!({ "name": env::OIDC_ISSUER_URL, "value": eu.issuer_urls.join(",") }));
+        vars.push(json!({ "name": env::OIDC_AUDIENCE, "value": eu.audience }));
+        for (name, v) in [
+            (env::OIDC_USERNAME_CLAIM, &eu.username_claim),
+            (env::OIDC_USERNAME_PREFIX, &eu.username_prefix),
+            (env::OIDC_GROUPS_CLAIM, &eu.groups_claim),
+            (env::OIDC_GROUPS_PREFIX, &eu.groups_prefix),
+        ] {
+            if let Some(v) = v {
+                vars.push(json!({ "name": name, "value": v }));
+            }
+        }
+        if eu.impersonate {
+            vars.push(json!({ "name": env::IMPERSONATE_END_USER, "value": "true" }));
+        }
+    }
     vars.push(json!({ "name": env::POD_NAME, "valueFrom": field("metadata.name") }));
     vars.push(json!({ "name": env::POD_NAMESPACE, "valueFrom": field("metadata.namespace") }));
 

@@ -435,6 +435,79 @@ mod tests {
     }
 
     #[test]
+    fn end_user_settings_reach_the_sidecar_only_when_configured() {
+        let p = json!({ "metadata": { "annotations": {} }, "spec": {
+            "containers": [ { "name": "app", "image": "x" } ], "volumes": [ kube_api_access() ] } });
+        let env_of = |cfg: &InjectConfig| -> BTreeMap<String, String> {
+            let out = patch(&p, &enabled(), "ns", cfg, SidecarForm::Native).unwrap();
+            let patched = serde_json::to_value(out.into_patch()).unwrap();
+            let s = patched.to_string();
+            let mut m = BTreeMap::new();
+            for op in patched.as_array().unwrap() {
+                let v = &op["value"];
+                let containers: Vec<&Value> = match v {
+                    Value::Array(a) => a.iter().collect(),
+                    other => vec![other],
+                };
+                for c in containers {
+                    if c["name"] != SIDECAR_NAME {
+                        continue;
+                    }
+                    for e in c["env"].as_array().unwrap() {
+                        if let Some(val) = e["value"].as_str() {
+                            m.insert(e["name"].as_str().unwrap().to_string(), val.to_string());
+                        }
+                    }
+                }
+            }
+            assert!(!m.is_empty(), "no sidecar env in {s}");
+            m
+        };
+        let none = env_of(&InjectConfig::default());
+        assert!(
+            !none
+                .keys()
+                .any(|k| k.contains("OIDC") || k.contains("IMPERSONATE")),
+            "{none:?}"
+        );
+        let cfg = InjectConfig {
+            end_users: crate::config::EndUsers {
+                issuer_urls: vec![
+                    "https://idp.example.com".into(),
+                    "https://idp2.example.com/realms/x".into(),
+                ],
+                audience: "mcp".into(),
+                username_claim: Some("email".into()),
+                groups_prefix: Some("oidc:".into()),
+                impersonate: true,
+                ..Default::default()
+            },
+            ..InjectConfig::default()
+        };
+        let e = env_of(&cfg);
+        assert_eq!(
+            e["MCP_WARDEN_OIDC_ISSUER_URL"],
+            "https://idp.example.com,https://idp2.example.com/realms/x"
+        );
+        assert_eq!(e["MCP_WARDEN_OIDC_AUDIENCE"], "mcp");
+        assert_eq!(e["MCP_WARDEN_OIDC_USERNAME_CLAIM"], "email");
+        assert_eq!(e["MCP_WARDEN_OIDC_GROUPS_PREFIX"], "oidc:");
+        assert_eq!(e["MCP_WARDEN_IMPERSONATE_END_USER"], "true");
+        assert!(!e.contains_key("MCP_WARDEN_OIDC_USERNAME_PREFIX"), "{e:?}");
+        // The webhook refuses settings every injected sidecar would refuse.
+        for bad in [
+            r#"{"issuerUrls": ["http://idp"], "audience": "a"}"#,
+            r#"{"issuerUrls": ["https://idp"]}"#,
+            r#"{"impersonate": true}"#,
+            r#"{"issuerUrl": "https://idp"}"#,
+        ] {
+            let r = InjectConfig::default()
+                .with_env(|k| (k == "MCP_WARDEN_END_USERS").then(|| bad.to_string()));
+            assert!(r.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn reserved_names_and_bad_policy_names_are_refused() {
         let cfg = InjectConfig::default();
         let base = json!({ "metadata": { "annotations": {} }, "spec": {
