@@ -79,9 +79,14 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
+        Stack::start_with(POLICY, Vec::new())
+    }
+
+    /// With `policy` and further sidecar flags (an issuer's `--oidc-*`).
+    fn start_with(policy_text: &str, extra: Vec<String>) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, POLICY).unwrap();
+        std::fs::write(&policy, policy_text).unwrap();
         let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
         let collector = Collector::start().unwrap();
         let server_port = free_port().unwrap();
@@ -93,12 +98,16 @@ impl Stack {
             SidecarOptions::default()
                 .policy(&policy)
                 .collector(&collector)
-                .args([
-                    "--mcp-upstream".to_string(),
-                    format!("127.0.0.1:{server_port}"),
-                    "--mcp-listen".to_string(),
-                    front.to_string(),
-                ]),
+                .args(
+                    [
+                        "--mcp-upstream".to_string(),
+                        format!("127.0.0.1:{server_port}"),
+                        "--mcp-listen".to_string(),
+                        front.to_string(),
+                    ]
+                    .into_iter()
+                    .chain(extra),
+                ),
         )
         .unwrap();
         // The MCP server reaches the API through the sidecar, with the
@@ -144,11 +153,19 @@ impl Stack {
     /// Runs the agent over `transport` (`http`: streamable HTTP) to `path`
     /// of the front; its JSON output.
     fn agent(&self, transport: &str, path: &str, calls: &str) -> Value {
+        self.agent_as(None, transport, path, calls)
+    }
+
+    /// [`Stack::agent`] sending `bearer` as its `Authorization`.
+    fn agent_as(&self, bearer: Option<&str>, transport: &str, path: &str, calls: &str) -> Value {
         let file = self.dir.path().join("calls.json");
         std::fs::write(&file, calls).unwrap();
+        let mut cmd = Command::new("python3");
+        if let Some(b) = bearer {
+            cmd.env("MCP_AGENT_BEARER", b);
+        }
         let out = run(
-            Command::new("python3")
-                .arg(python_script("mcp_agent.py"))
+            cmd.arg(python_script("mcp_agent.py"))
                 .arg(transport)
                 .arg(&file)
                 .arg(format!("http://{}{path}", self.front)),
@@ -350,4 +367,88 @@ fn sidecar_get(sidecar: &Sidecar, path: &str) -> (u16, String) {
         if out.status.success() { 200 } else { 0 },
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// The end user of part A on the MCP front: the sidecar binary with a test
+/// issuer's `--oidc-*` flags; tool rules with `groups:` judge the caller,
+/// and the tool call events and the API requests they cause name them.
+#[test]
+fn mcp_front_takes_the_caller_from_a_verified_oidc_token() {
+    let issuer = mcp_warden_tests::oidc::TestIssuer::start().unwrap();
+    let policy = format!(
+        "{POLICY}  - name: contractors-list-nothing\n    action: deny\n    tools: [\"pods_list*\"]\n    groups: [\"oidc:contractors\"]\n"
+    );
+    let stack = Stack::start_with(&policy, issuer.sidecar_args());
+    let one_list = r#"[{"tool": "pods_list_in_namespace", "arguments": {"namespace": "default"}}]"#;
+
+    let alice = issuer.token("alice@example.com", &["sre"]).unwrap();
+    let agent = stack.agent_as(Some(&alice), "http", "/mcp", one_list);
+    assert_eq!(agent["calls"][0]["isError"], false, "{agent:#}");
+    let bob = issuer.token("bob@example.com", &["contractors"]).unwrap();
+    let agent = stack.agent_as(Some(&bob), "http", "/mcp", one_list);
+    let err = &agent["calls"][0]["error"];
+    assert_eq!(err["code"], -32001, "{agent:#}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("contractors-list-nothing"),
+        "{agent:#}"
+    );
+
+    let events = stack.events_with_tool_calls(2);
+    let calls: Vec<&Value> = events
+        .iter()
+        .filter(|e| ann(e, contract::ANN_EVENT_KIND) == Some("tool-call"))
+        .collect();
+    let by_user = |u: &str| -> &Value {
+        calls
+            .iter()
+            .copied()
+            .find(|e| e["user"]["username"] == u)
+            .unwrap_or_else(|| panic!("no tool call by {u}: {calls:#?}"))
+    };
+    assert_eq!(
+        ann(by_user("alice@example.com"), contract::ANN_TOOL_OUTCOME),
+        Some("result")
+    );
+    assert_eq!(
+        by_user("alice@example.com")["user"]["groups"],
+        serde_json::json!(["oidc:sre"])
+    );
+    assert_eq!(
+        ann(by_user("bob@example.com"), contract::ANN_TOOL_OUTCOME),
+        Some("refused")
+    );
+    // Alice's list reached the API; its requests name her call and her.
+    let linked: Vec<&Value> = events
+        .iter()
+        .filter(|e| ann(e, contract::ANN_EVENT_KIND).is_none())
+        .filter(|e| ann(e, "mcp-warden.io/mcp-user") == Some("alice@example.com"))
+        .collect();
+    assert!(!linked.is_empty(), "{events:#?}");
+    assert!(
+        !events.iter().any(
+            |e| ann(e, "mcp-warden.io/mcp-user") == Some("bob@example.com")
+                && ann(e, contract::ANN_EVENT_KIND).is_none()
+        ),
+        "bob's refused call made API requests: {events:#?}"
+    );
+    // No token text anywhere in the recording or the sidecar's log.
+    let recorded = serde_json::to_string(&events).unwrap();
+    for t in [&alice, &bob] {
+        let sig = t.rsplit('.').next().unwrap();
+        assert!(!recorded.contains(sig) && !stack.sidecar.log().contains(sig));
+    }
+    // Without a token, or with a foreign one, the front answers 401.
+    let no_token = run(
+        Command::new("python3")
+            .arg(python_script("mcp_agent.py"))
+            .arg("http")
+            .arg(stack.dir.path().join("calls.json"))
+            .arg(format!("http://{}/mcp", stack.front)),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(!no_token.status.success(), "an anonymous agent got through");
 }
