@@ -3,6 +3,7 @@
 //! driving real clients (kubectl, the Python client, kube-rs).
 
 pub mod apisim;
+pub mod chart;
 pub mod collector;
 pub mod harness;
 pub mod oidc;

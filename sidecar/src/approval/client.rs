@@ -253,7 +253,7 @@ pub(super) struct Retry {
 
 impl Retry {
     const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(5);
+    pub(super) const MAX: Duration = Duration::from_secs(5);
 }
 
 impl Default for Retry {

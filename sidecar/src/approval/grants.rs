@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use mcp_warden_shared::access_request::AccessRequest;
 use mcp_warden_shared::grant::{self, ActiveGrant, GrantError, Grantee, Reading};
@@ -181,22 +181,43 @@ async fn watch(
         username: &username,
         pod: &pod,
     };
-    let events = watcher::watcher(api, watcher::Config::default()).backoff(Retry::default());
+    // Backing off here, not with `WatchStreamExt::backoff`: the watcher
+    // yields `Init` before every relist, which resets a stream backoff, so a
+    // list that keeps failing (no RBAC, no CRD) would be retried every 200 ms
+    // for ever. The consumer's pause delays the next poll, hence the relist;
+    // only a completed list or a watch event resets it.
+    let events = watcher::watcher(api, watcher::Config::default());
     let mut events = std::pin::pin!(events);
+    let mut retry = Retry::default();
     let mut listing: Option<BTreeMap<String, AccessRequest>> = None;
     // The first failure in a row is a warning (no CRD, no list/watch in the
     // Role: grants are not honoured meanwhile); its retries are not.
     let mut failing = false;
     while let Some(event) = events.next().await {
-        if event.is_ok() {
+        if matches!(
+            event,
+            Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))
+        ) {
             failing = false;
+            retry.reset();
+        }
+        if event.is_err() {
+            let pause = retry.next().unwrap_or(Retry::MAX);
+            match &event {
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "cannot watch AccessRequests: grants are not honoured until it works (retrying)");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?pause, "watching AccessRequests for grants")
+                }
+                Ok(_) => {}
+            }
+            failing = true;
+            tokio::time::sleep(pause).await;
+            continue;
         }
         match event {
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot watch AccessRequests: grants are not honoured until it works (retrying)");
-            }
-            Err(e) => tracing::debug!(error = %e, "watching AccessRequests for grants"),
+            Err(_) => {}
             Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(ar)) => {
                 if let Some(l) = listing.as_mut()

@@ -27,11 +27,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
+use mcp_warden_tests::chart::{manifest_in, repo_file};
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
@@ -413,28 +414,6 @@ fn notify_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
         }
     });
     (url, rx)
-}
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
-
-/// The manifests' `kind`/`name` (the sidecar's Role and RoleBinding), moved
-/// to `ns`.
-fn manifest_in(kind: &str, name: &str, ns: &str) -> Value {
-    let text = std::fs::read_to_string(repo_file("manifests/mcp-warden.yaml")).unwrap();
-    let mut doc = serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("manifests/mcp-warden.yaml has no {kind} {name}"));
-    doc["metadata"] = json!({"name": name, "namespace": ns});
-    if let Some(subjects) = doc["subjects"].as_array_mut() {
-        for s in subjects {
-            s["namespace"] = json!(ns);
-        }
-    }
-    doc
 }
 
 #[test]

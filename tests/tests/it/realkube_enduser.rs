@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mcp_warden_tests::chart::helm;
 use mcp_warden_tests::harness::{run_ok, wait_for};
 use mcp_warden_tests::oidc::TestIssuer;
 use mcp_warden_tests::realkube::{RealKube, https_get};
@@ -33,19 +34,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `MCP_WARDEN_HELM`, else the repository's `.cache/bin/helm`
-/// (`scripts/deps/helm.sh`).
-fn helm() -> PathBuf {
-    if let Some(p) = std::env::var_os("MCP_WARDEN_HELM") {
-        return PathBuf::from(p);
-    }
-    let cached = repo().join(".cache/bin/helm");
-    assert!(
-        cached.is_file(),
-        "helm not found: run scripts/deps/helm.sh (installs .cache/bin/helm) or set MCP_WARDEN_HELM"
-    );
-    cached
-}
 const POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
 kind: Policy
 defaultAction: deny

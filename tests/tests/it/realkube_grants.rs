@@ -17,133 +17,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use mcp_warden_tests::chart::{RealWebhook, admin_json, manifest, manifest_in, repo_file};
 use mcp_warden_tests::harness::{run, run_ok, wait_for, write_kubeconfig};
 use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
-use mcp_warden_tests::stack::{self, Collector, Sidecar, SidecarOptions, Upstream};
+use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::{Value, json};
 
 use crate::grants_stack::{Env, POLICY, grant_scenario, objects, plugin, text};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(120);
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
-
-/// The manifests' document of `kind` named `name`.
-fn manifest(kind: &str, name: &str) -> Value {
-    let text = std::fs::read_to_string(repo_file("manifests/mcp-warden.yaml")).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("manifests/mcp-warden.yaml has no {kind} {name}"))
-}
-
-/// The manifests' `kind`/`name` moved to `ns` (and its subjects).
-fn manifest_in(kind: &str, name: &str, ns: &str) -> Value {
-    let mut doc = manifest(kind, name);
-    doc["metadata"] = json!({"name": name, "namespace": ns});
-    if let Some(subjects) = doc["subjects"].as_array_mut() {
-        for s in subjects {
-            s["namespace"] = json!(ns);
-        }
-    }
-    doc
-}
-
-fn admin_json(kube: &RealKube, args: &[&str]) -> Value {
-    let out = run_ok(kube.kubectl("1.32", ADMIN).args(args).args(["-o", "json"]))
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    serde_json::from_str(&out).unwrap()
-}
-
-/// The webhook binary and the configurations that point at it; on drop
-/// the configurations go first (they are `failurePolicy: Fail`).
-struct Webhook {
-    kube: &'static RealKube,
-    server: stack::Webhook,
-    _dir: tempfile::TempDir,
-    configs: Vec<(String, String)>,
-}
-
-impl Webhook {
-    fn start(kube: &'static RealKube) -> Webhook {
-        let dir = tempfile::Builder::new()
-            .prefix("grants-webhook-")
-            .tempdir_in(kube.work_dir())
-            .unwrap();
-        let cm = manifest("ConfigMap", "mcp-warden-webhook-config");
-        let server = stack::Webhook::start(stack::WebhookOptions {
-            config: Some(cm["data"]["config.yaml"].as_str().unwrap().to_string()),
-            dir: Some(dir.path().to_path_buf()),
-            env: vec![
-                (
-                    "KUBECONFIG".into(),
-                    kube.kubeconfig_path(ADMIN).display().to_string(),
-                ),
-                ("RUST_LOG".into(), "info".into()),
-            ],
-            env_remove: vec!["KUBERNETES_SERVICE_HOST".into()],
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("{e:#}"));
-        Webhook {
-            kube,
-            server,
-            _dir: dir,
-            configs: Vec::new(),
-        }
-    }
-
-    /// The manifests' `kind` configuration, renamed `name`, with only the
-    /// AccessRequest entry, calling this process by URL.
-    fn register(&mut self, kind: &str, name: &str) {
-        let mut doc = manifest(kind, "mcp-warden");
-        doc["metadata"] = json!({"name": name});
-        let bundle = self.server.ca_bundle();
-        let webhooks: Vec<Value> = doc["webhooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["name"] == "accessrequests.mcp-warden.io")
-            .cloned()
-            .map(|mut w| {
-                let path = w["clientConfig"]["service"]["path"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                w["clientConfig"] = json!({"url": self.server.url(&path), "caBundle": bundle});
-                w
-            })
-            .collect();
-        assert_eq!(webhooks.len(), 1, "{kind}");
-        doc["webhooks"] = Value::Array(webhooks);
-        self.kube.apply(&doc.to_string()).unwrap();
-        self.configs.push((kind.to_string(), name.to_string()));
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        for (kind, name) in self.configs.drain(..).rev() {
-            let _ = run(
-                self.kube.kubectl("1.32", ADMIN).args([
-                    "delete",
-                    &kind.to_ascii_lowercase(),
-                    &name,
-                    "--ignore-not-found",
-                ]),
-                LIMIT,
-            );
-        }
-        self.server.kill();
-    }
-}
 
 /// A dry-run approval by alice of `probe` with a forged decider.
 fn forged_dry_run(kube: &RealKube, dir: &Path, probe: &Value) -> std::process::Output {
@@ -232,9 +118,13 @@ fn grants_on_the_real_server_pass_for_their_window_end_on_revoke_and_are_refused
     // The chart's pair, each seen by the server before going on: the
     // validating entry alone refuses a forged decider, with the mutating
     // one the same write is stamped alice.
-    let mut webhook = Webhook::start(kube);
+    let mut webhook = RealWebhook::start(kube, "grants-webhook-");
     let probe = admin_json(kube, &["get", "accessrequest", "probe", "-n", ns]);
-    webhook.register("ValidatingWebhookConfiguration", "mcp-warden-rkg-grants");
+    webhook.register(
+        "ValidatingWebhookConfiguration",
+        "mcp-warden-rkg-grants",
+        &["accessrequests.mcp-warden.io"],
+    );
     wait_for("the validating webhook", SETTLE, || {
         let out = forged_dry_run(kube, dir.path(), &probe);
         let refused = String::from_utf8_lossy(&out.stderr)
@@ -245,7 +135,11 @@ fn grants_on_the_real_server_pass_for_their_window_end_on_revoke_and_are_refused
         refused.then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\nwebhook log:\n{}", webhook.server.log()));
-    webhook.register("MutatingWebhookConfiguration", "mcp-warden-rkg-grants");
+    webhook.register(
+        "MutatingWebhookConfiguration",
+        "mcp-warden-rkg-grants",
+        &["accessrequests.mcp-warden.io"],
+    );
     wait_for("the mutating webhook", SETTLE, || {
         let out = forged_dry_run(kube, dir.path(), &probe);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();

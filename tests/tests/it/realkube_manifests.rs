@@ -25,24 +25,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mcp_warden_tests::chart::helm;
 use mcp_warden_tests::harness::{run, run_ok, wait_for};
 use mcp_warden_tests::realkube::{ADMIN, RealKube, VERSION};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn helm() -> PathBuf {
-    if let Some(p) = std::env::var_os("MCP_WARDEN_HELM") {
-        return PathBuf::from(p);
-    }
-    let cached = repo().join(".cache/bin/helm");
-    assert!(
-        cached.is_file(),
-        "helm not found: run scripts/deps/helm.sh (installs .cache/bin/helm) or set MCP_WARDEN_HELM"
-    );
-    cached
 }
 
 fn docs(yaml: &str) -> Vec<Value> {

@@ -254,6 +254,12 @@ impl Tenant {
                     .filter(|e| {
                         e["stage"] == "ResponseComplete"
                             && e["user"]["username"] == self.user.as_str()
+                            // The sidecar's own calls (the grants watch, an
+                            // approval's AccessRequest) are not the app's.
+                            && !e["userAgent"]
+                                .as_str()
+                                .unwrap_or("")
+                                .starts_with("mcp-warden-sidecar/")
                             && !e["requestURI"]
                                 .as_str()
                                 .unwrap_or("")

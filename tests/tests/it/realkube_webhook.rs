@@ -44,164 +44,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
+use mcp_warden_tests::chart::{
+    RealWebhook, TEST_LABEL, admin_json, manifest, manifest_in, repo_file,
+};
 use mcp_warden_tests::harness::{
     run, run_ok, wait_child, wait_for, workspace_bin, write_kubeconfig,
 };
 use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
-use mcp_warden_tests::stack::{self, Collector, Sidecar, SidecarOptions, Upstream};
+use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream};
 use serde_json::{Value, json};
-
-/// Namespace label naming the test whose pod webhooks see the namespace.
-const TEST_LABEL: &str = "mcp-warden-test";
 
 /// Bound for one kubectl or plugin run.
 const LIMIT: Duration = Duration::from_secs(60);
 /// Bound for the controllers to create a pod, and for held requests.
 const SETTLE: Duration = Duration::from_secs(120);
 
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
-
-/// The documents of `manifests/mcp-warden.yaml` (the chart's rendered output).
-fn manifests() -> Vec<Value> {
-    let text = std::fs::read_to_string(repo_file("manifests/mcp-warden.yaml")).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .filter(|d| d.is_object())
-        .collect()
-}
-
-/// The manifests' document of `kind` named `name`.
-fn manifest(kind: &str, name: &str) -> Value {
-    manifests()
-        .into_iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("manifests/mcp-warden.yaml has no {kind} {name}"))
-}
-
-fn admin_json(kube: &RealKube, args: &[&str]) -> Value {
-    let out = run_ok(kube.kubectl("1.32", ADMIN).args(args).args(["-o", "json"]))
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    serde_json::from_str(&out).unwrap()
-}
-
-/// The webhook binary on 127.0.0.1 and the webhook configurations that point
-/// at it. On drop the configurations are deleted first (they are
-/// `failurePolicy: Fail`), then the process is killed.
-struct Webhook {
-    kube: &'static RealKube,
-    server: stack::Webhook,
-    dir: tempfile::TempDir,
-    configs: Vec<(String, String)>,
-}
-
-impl Webhook {
-    /// Starts the webhook with the chart's injection settings; it reads the
-    /// server's version with the admin kubeconfig (`GET /version` needs no
-    /// RBAC, any identity would do).
-    fn start(kube: &'static RealKube) -> Webhook {
-        let dir = tempfile::Builder::new()
-            .prefix("webhook-")
-            .tempdir_in(kube.work_dir())
-            .unwrap();
-        // The chart's injection settings, as its ConfigMap gives them.
-        let cm = manifest("ConfigMap", "mcp-warden-webhook-config");
-        let config = cm["data"]["config.yaml"].as_str().unwrap();
-        assert!(config.contains("nativeSidecar: \"auto\""), "{config}");
-        let server = stack::Webhook::start(stack::WebhookOptions {
-            config: Some(config.to_string()),
-            dir: Some(dir.path().to_path_buf()),
-            env: vec![
-                (
-                    "KUBECONFIG".into(),
-                    kube.kubeconfig_path(ADMIN).display().to_string(),
-                ),
-                ("RUST_LOG".into(), "info".into()),
-            ],
-            env_remove: vec!["KUBERNETES_SERVICE_HOST".into()],
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("{e:#}"));
-        Webhook {
-            kube,
-            server,
-            dir,
-            configs: Vec::new(),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.server.log()
-    }
-
-    /// The webhook's JSON log lines.
-    fn log_events(&self) -> Vec<Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The manifests' `kind` configuration `mcp-warden`, renamed `name`,
-    /// with only the webhooks named in `entries`, each calling this process
-    /// by URL; applied as admin.
-    fn register(&mut self, kind: &str, name: &str, entries: &[&str]) -> Value {
-        let mut doc = manifest(kind, "mcp-warden");
-        doc["metadata"] = json!({"name": name});
-        let bundle = self.server.ca_bundle();
-        let webhooks: Vec<Value> = doc["webhooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| entries.contains(&w["name"].as_str().unwrap()))
-            .cloned()
-            .map(|mut w| {
-                let path = w["clientConfig"]["service"]["path"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                // Tests share the control plane: a pod webhook sees only the
-                // namespaces labelled for its test.
-                if let Some(exprs) = w["namespaceSelector"]["matchExpressions"].as_array_mut() {
-                    exprs.push(json!({"key": TEST_LABEL, "operator": "In", "values": [name]}));
-                }
-                w["clientConfig"] = json!({
-                    "url": self.server.url(&path),
-                    "caBundle": bundle,
-                });
-                w
-            })
-            .collect();
-        assert_eq!(webhooks.len(), entries.len(), "{entries:?} in {kind}");
-        doc["webhooks"] = Value::Array(webhooks);
-        self.kube.apply(&doc.to_string()).unwrap();
-        self.configs.push((kind.to_string(), name.to_string()));
-        doc
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        for (kind, name) in self.configs.drain(..).rev() {
-            let _ = run(
-                self.kube.kubectl("1.32", ADMIN).args([
-                    "delete",
-                    &kind.to_ascii_lowercase(),
-                    &name,
-                    "--ignore-not-found",
-                ]),
-                LIMIT,
-            );
-        }
-        self.server.kill();
-    }
-}
-
 /// What the server says about a namespace's ReplicaSets and pods: events and
 /// the ReplicaSets' conditions, for failure messages.
-fn diagnostics(kube: &RealKube, ns: &str, webhook: &Webhook) -> String {
+fn diagnostics(kube: &RealKube, ns: &str, webhook: &RealWebhook) -> String {
     let events = run(
         kube.kubectl("1.32", ADMIN)
             .args(["get", "events", "-n", ns, "-o", "wide"]),
@@ -226,7 +86,7 @@ fn diagnostics(kube: &RealKube, ns: &str, webhook: &Webhook) -> String {
 fn a_deployments_pod_is_injected_in_the_container_form_and_accepted_by_the_real_server() {
     let kube = RealKube::shared().expect("the real control plane");
     let ns = "rkw-inject";
-    let mut webhook = Webhook::start(kube);
+    let mut webhook = RealWebhook::start(kube, "webhook-");
     webhook.register(
         "MutatingWebhookConfiguration",
         "mcp-warden-rkw-inject",
@@ -503,7 +363,7 @@ fn run_stored_pod(kube: &RealKube, ns: &str, stored: &Value) {
 /// does once it has picked the configuration up (and the namespace has its
 /// default ServiceAccount). Probed with server-side dry runs, so the pods a
 /// test creates afterwards cannot miss it.
-fn wait_injecting(kube: &RealKube, webhook: &Webhook, ns: &str) {
+fn wait_injecting(kube: &RealKube, webhook: &RealWebhook, ns: &str) {
     let probe = webhook.dir.path().join("probe.json");
     std::fs::write(
         &probe,
@@ -536,7 +396,7 @@ fn wait_injecting(kube: &RealKube, webhook: &Webhook, ns: &str) {
 }
 
 /// The webhook's `admission review` log events.
-fn admission_reviews(webhook: &Webhook) -> Vec<Value> {
+fn admission_reviews(webhook: &RealWebhook) -> Vec<Value> {
     webhook
         .log_events()
         .into_iter()
@@ -555,19 +415,6 @@ rules:
     apiGroups: [""]
     resources: [configmaps]
 "#;
-
-/// The manifests' `kind`/`name`, moved to namespace `ns` (also its
-/// ServiceAccount subjects), with its labels dropped.
-fn manifest_in(kind: &str, name: &str, ns: &str) -> Value {
-    let mut doc = manifest(kind, name);
-    doc["metadata"] = json!({"name": name, "namespace": ns});
-    if let Some(subjects) = doc["subjects"].as_array_mut() {
-        for s in subjects {
-            s["namespace"] = json!(ns);
-        }
-    }
-    doc
-}
 
 /// The pending AccessRequests of `ns`, as admin.
 fn pending(kube: &RealKube, ns: &str) -> Vec<Value> {
@@ -724,7 +571,7 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
     kube.apply(&json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string())
         .unwrap();
 
-    let mut webhook = Webhook::start(kube);
+    let mut webhook = RealWebhook::start(kube, "webhook-");
 
     // The sidecar with a TokenRequest token of the ServiceAccount.
     let dir = tempfile::Builder::new()
@@ -972,7 +819,7 @@ fn fixture_pods_after_injection_pass_the_real_servers_validation() {
     let kube = RealKube::shared().expect("the real control plane");
     let ns = "rkw-fixtures";
     let config = "mcp-warden-rkw-fixtures";
-    let mut webhook = Webhook::start(kube);
+    let mut webhook = RealWebhook::start(kube, "webhook-");
     webhook.register(
         "MutatingWebhookConfiguration",
         config,
@@ -1156,7 +1003,7 @@ fn a_container_added_by_a_later_webhook_is_rewired_when_the_server_reinvokes_the
     let kube = RealKube::shared().expect("the real control plane");
     let ns = "rkw-reinvoke";
     let config = "mcp-warden-rkw-reinvoke";
-    let mut webhook = Webhook::start(kube);
+    let mut webhook = RealWebhook::start(kube, "webhook-");
     webhook.register(
         "MutatingWebhookConfiguration",
         config,
@@ -1191,9 +1038,7 @@ fn a_container_added_by_a_later_webhook_is_rewired_when_the_server_reinvokes_the
         .to_string(),
     )
     .unwrap();
-    webhook
-        .configs
-        .push(("MutatingWebhookConfiguration".into(), late.into()));
+    webhook.delete_on_drop("MutatingWebhookConfiguration", late);
     kube.apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    mcp-warden.io/injection: enabled\n    {TEST_LABEL}: {config}"
     ))
