@@ -395,23 +395,27 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
     }
+    let mut enc = Vec::new();
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        let mut enc = engine.encode(v).into_bytes();
+        encode_into(engine, v, &mut enc);
+        let mut f = enc.clone();
         if long {
             // The last characters of a cut value's encoding are not its own.
-            enc.truncate(window);
+            f.truncate(window);
         }
-        push(enc, long);
+        push(f, long);
     }
     // Inside longer base64: the value starts at byte offset k (mod 3) of the
     // encoded data. Encode it behind k filler bytes and keep the characters
     // made of the value's bits only (not the first ones, which mix in the
     // filler, nor a last one that would mix in whatever follows).
+    let mut buf = Vec::with_capacity(v.len() + 2);
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for k in 0..3usize {
-            let mut buf = vec![0u8; k];
+            buf.clear();
+            buf.resize(k, 0);
             buf.extend_from_slice(v);
-            let enc = engine.encode(&buf);
+            encode_into(engine, &buf, &mut enc);
             let start = (8 * k).div_ceil(6);
             let end = if (8 * buf.len()) % 6 == 0 {
                 enc.len()
@@ -419,9 +423,21 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
                 enc.len() - 1
             };
             if end > start && end - start >= MIN_CORE_CHARS {
-                push(enc.as_bytes()[start..end].to_vec(), long);
+                push(enc[start..end].to_vec(), long);
             }
         }
+    }
+}
+
+/// `v` encoded by `engine` into `out` (replacing its content), without the
+/// UTF-8 check and the allocation of [`Engine::encode`].
+fn encode_into(engine: &base64::engine::GeneralPurpose, v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(v.len().div_ceil(3) * 4, 0);
+    match engine.encode_slice(v, out) {
+        Ok(written) => out.truncate(written),
+        // Cannot happen (the buffer fits any encoding of `v`).
+        Err(_) => *out = engine.encode(v).into_bytes(),
     }
 }
 
