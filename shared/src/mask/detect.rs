@@ -71,27 +71,6 @@ impl Detector {
         Detector::ALL.into_iter().find(|d| d.name() == name)
     }
 
-    /// False when the detector cannot match `s`: a literal every match
-    /// holds is missing. Cheaper than running the regexes over every string
-    /// of every body, where almost nothing matches. `bearer` is compared
-    /// ASCII case-insensitively: none of its letters has a non-ASCII case
-    /// variant (`tests::bearer_letters_fold_to_ascii_only` holds `(?i)` to that).
-    fn may_match(self, s: &[u8]) -> bool {
-        match self {
-            Detector::PrivateKey => memchr::memmem::find(s, b"-----BEGIN ").is_some(),
-            Detector::Jwt => memchr::memmem::find(s, b"eyJ").is_some(),
-            Detector::AwsAccessKey => memchr::memchr_iter(b'A', s)
-                .any(|i| matches!(s.get(i + 1..i + 4), Some(b"KIA" | b"SIA" | b"BIA" | b"CCA"))),
-            Detector::BearerToken => memchr::memchr2_iter(b'b', b'B', s).any(|i| {
-                s.get(i..i + 6)
-                    .is_some_and(|w| w.eq_ignore_ascii_case(b"bearer"))
-            }),
-            // Every assignment has its `:` or `=`.
-            Detector::GenericPasswordAssignment => memchr::memchr2(b':', b'=', s).is_some(),
-            Detector::HighEntropyBase64 => true,
-        }
-    }
-
     fn pattern(self) -> &'static str {
         match self {
             // Lazy body up to the first END line, or to the end of the string
@@ -221,10 +200,9 @@ impl Detectors {
         if self.list.is_empty() {
             return (Cow::Borrowed(s), 0);
         }
-        // Almost every string matches nothing: the literals tell most of
-        // them apart, and `is_match` answers for the rest without allocating
-        // the per-pattern answer `matches` builds.
-        if !self.list.iter().any(|(d, _)| d.may_match(s.as_bytes())) || !self.set.is_match(s) {
+        // Almost every string matches nothing: `is_match` answers that
+        // without allocating the per-pattern answer `matches` builds.
+        if !self.set.is_match(s) {
             return (Cow::Borrowed(s), 0);
         }
         let hits = self.set.matches(s);
@@ -353,65 +331,6 @@ mod tests {
     }
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzL3NlcnZpY2VhY2NvdW50Iiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6ZGVmYXVsdCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU";
-
-    /// `Detector::may_match` compares `bearer` ASCII case-insensitively:
-    /// that is only right while `(?i)` gives its letters no other variants.
-    #[test]
-    fn bearer_letters_fold_to_ascii_only() {
-        for letter in ['b', 'e', 'a', 'r'] {
-            let re = Regex::new(&format!("(?i)^{letter}$")).unwrap();
-            for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
-                if re.is_match(c.encode_utf8(&mut [0; 4])) {
-                    assert!(
-                        c.eq_ignore_ascii_case(&letter),
-                        "{letter} also matches {c:?}"
-                    );
-                }
-            }
-        }
-    }
-
-    /// A detector never matches where `may_match` says it cannot.
-    #[test]
-    fn may_match_is_necessary() {
-        let inputs = [
-            format!("token is {JWT} ok"),
-            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----".to_string(),
-            "id=AKIAIOSFODNN7EXAMPLE".to_string(),
-            "BeArEr abcdefghijklmnop0123".to_string(),
-            "DB_PASSWORD=hunter2".to_string(),
-            "2026-01-01T00:00:00Z".to_string(),
-            "registry.example/web:1.2".to_string(),
-            "nothing".to_string(),
-        ];
-        for input in &inputs {
-            for (d, re) in &all().list {
-                if re.is_match(input) {
-                    assert!(d.may_match(input.as_bytes()), "{d:?} on {input}");
-                }
-            }
-        }
-    }
-
-    proptest::proptest! {
-        /// As above, over strings made of the detectors' pieces.
-        #[test]
-        fn may_match_is_necessary_for_any_mix(
-            parts in proptest::collection::vec(proptest::sample::select(vec![
-                "eyJ", "eyJhbGciOi", ".", "abcdEFGH1234", "-----BEGIN ", "-----END ",
-                "PRIVATE KEY-----", "RSA ", "AKIA", "ASIA", "IOSFODNN7EXAMPLE", "bearer", "BEARER",
-                " ", "\t", "password", "Secret", "token", "api_key", "=", ":", "\"", "'", "\n",
-                "0123456789abcdef", "/+_-~",
-            ]), 0..12),
-        ) {
-            let input: String = parts.concat();
-            for (d, re) in &all().list {
-                if re.is_match(&input) {
-                    proptest::prop_assert!(d.may_match(input.as_bytes()), "{:?} on {:?}", d, input);
-                }
-            }
-        }
-    }
 
     #[test]
     fn names_round_trip() {
