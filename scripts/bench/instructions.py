@@ -26,6 +26,10 @@ policy of the design brief, masking on), GET of the Pod unless said otherwise:
 Extra sidecar flags per configuration: --extra NAME='--flag value ...'; --extra-all '...' for every
 one. Other configurations can be added as NAME=BASE:flags with --config (BASE one of the above).
 
+With --rss, no callgrind: the sidecar alone, its memory 1 s after /readyz and again after the W + N
+GETs, from /proc/PID/smaps: the heap, other anonymous memory (thread stacks, malloc arenas, buffers),
+file-backed pages (the binary's code and data mapped in), and its thread count.
+
 Writes bench/instructions.json (appends a run under --label) and prints a table.
 """
 
