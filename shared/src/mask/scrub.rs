@@ -18,10 +18,11 @@
 //! was masked) keeps at most [`WINDOW`] bytes of each form of a value; a
 //! string in which such a window of a longer value is found is replaced as
 //! a whole (the rest of the value follows the window). Such a set is small
-//! and searched in a few short strings, so it builds no automaton: a
-//! byte-pair prefilter rejects most strings in one pass, then each pattern
-//! is searched. [`ScrubSet::new`] (the token, built once per rotation,
-//! searched over every body) matches the whole forms exactly with one
+//! and searched in a few short strings, so it builds no automaton: one pass
+//! over a string looks up each byte pair in a small filter of the
+//! patterns' first two bytes and compares the patterns only where it hits.
+//! [`ScrubSet::new`] (the token, built once per rotation, searched over
+//! every body) matches the whole forms exactly with one
 //! Aho-Corasick automaton (built on first use), so a string is scanned once
 //! whatever the number of forms.
 
