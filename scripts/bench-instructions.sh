@@ -11,6 +11,8 @@
 #   scripts/bench-instructions.sh --configs deployed,deployed-secret,no-collector
 #   scripts/bench-instructions.sh --config 'fsync-always=deployed:--spool-sync-interval always'
 #   scripts/bench-instructions.sh --sidecar /tmp/old/mcp-warden-sidecar --label before
+#   scripts/bench-instructions.sh --rss          # no callgrind: RSS idle and after the GETs, by kind
+#                                                # (heap, other anonymous, file-backed) and threads
 #
 # Environment: BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1 (keeps the callgrind dumps for callgrind_annotate).
 # Takes about a minute per configuration on 2 cores (the sidecar runs ~50x slower under callgrind).

@@ -15,7 +15,7 @@
 #   scripts/bench.sh --paths sidecar-norec,kubectl-proxy   # paths besides direct, nginx, sidecar
 #
 # Environment: BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
-# BENCH_NO_MASK_BENCH=1 (skip building the streaming-masker micro-bench sidecar/benches/mask_stream.rs).
+# BENCH_NO_MASK_BENCH=1 (skip building the streaming-masker micro-bench shared/benches/mask_stream.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +44,7 @@ fi
 
 # The masking helper's streaming-masker micro-bench (optional: the figure for the masker alone).
 if [ -z "${BENCH_NO_MASK_BENCH:-}" ] && [ -z "${BENCH_MASK_STREAM_EXE:-}" ]; then
-  BENCH_MASK_STREAM_EXE=$(cargo test --release --locked -p mcp-warden-sidecar --bench mask_stream --no-run \
+  BENCH_MASK_STREAM_EXE=$(cargo test --release --locked -p mcp-warden-shared --bench mask_stream --no-run \
     --message-format=json 2>/dev/null | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)

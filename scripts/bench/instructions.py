@@ -26,6 +26,10 @@ policy of the design brief, masking on), GET of the Pod unless said otherwise:
 Extra sidecar flags per configuration: --extra NAME='--flag value ...'; --extra-all '...' for every
 one. Other configurations can be added as NAME=BASE:flags with --config (BASE one of the above).
 
+With --rss, no callgrind: the sidecar alone, its memory 1 s after /readyz and again after the W + N
+GETs, from /proc/PID/smaps: the heap, other anonymous memory (thread stacks, malloc arenas, buffers),
+file-backed pages (the binary's code and data mapped in), and its thread count.
+
 Writes bench/instructions.json (appends a run under --label) and prints a table.
 """
 
@@ -118,6 +122,65 @@ def dump_total(outdir, before):
     raise RuntimeError("no callgrind dump appeared")
 
 
+def memory(pid):
+    """RSS of the process and where it is: the heap, other anonymous memory (thread stacks, malloc's
+    per-thread arenas), file-backed pages (the binary's code and data), in KiB; and its thread count."""
+    out = {"rss_kib": bench.rss_kib([pid]), "heap_kib": 0, "anon_other_kib": 0, "file_kib": 0,
+           "anon_mappings": 0}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            out["threads"] = int(next(l for l in f if l.startswith("Threads:")).split()[1])
+        name, anon = "", False
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    name = parts[5] if len(parts) > 5 else ""
+                    anon = name == "" or name.startswith("[stack")
+                    if anon:
+                        out["anon_mappings"] += 1
+                elif parts and parts[0] == "Rss:":
+                    kib = int(parts[1])
+                    if name == "[heap]":
+                        out["heap_kib"] += kib
+                    elif anon:
+                        out["anon_other_kib"] += kib
+                    else:
+                        out["file_kib"] += kib
+    except (OSError, StopIteration, ValueError):
+        pass
+    return out
+
+
+def measure_rss(args, env, name, base, extra, tmp, procs):
+    """The sidecar without valgrind: its memory 1 s after /readyz, then after the GETs."""
+    d = os.path.join(tmp, name)
+    os.makedirs(os.path.join(d, "local"))
+    os.makedirs(os.path.join(d, "spool"))
+    port, admin = bench.free_port(), bench.free_port()
+    argv = [args.sidecar, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+            "--upstream", f"https://127.0.0.1:{env['up_port']}", "--upstream-ca-file", env["up_ca"],
+            "--upstream-token-file", env["up_token_file"], "--local-dir", os.path.join(d, "local"),
+            "--policy-file", args.policy, "--spool-dir", os.path.join(d, "spool"),
+            "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
+    if BASES[base]["collector"]:
+        argv += ["--collector-url", env["collector_url"]]
+    argv += extra
+    p = procs.start(f"sidecar-{name}", argv)
+    bench.wait_until(lambda: bench.http_status(admin, "/readyz", timeout=20) == 200, 60, f"{name} /readyz")
+    time.sleep(1.0)
+    idle = memory(p.pid)
+    token = open(os.path.join(d, "local", "token")).read().strip()
+    url = f"https://127.0.0.1:{port}{BASES[base]['path']}"
+    h2load_get(url, token, args.warmup + args.requests, tmp)
+    time.sleep(1.0)
+    after = memory(p.pid)
+    procs.stop(p, grace=60)
+    log(f"{name}: idle {idle}, after {args.warmup + args.requests} GETs {after}")
+    return {"config": name, "base": base, "extra": " ".join(extra), "requests": args.warmup + args.requests,
+            "idle": idle, "after_gets": after}
+
+
 def measure(args, env, name, base, extra, tmp, procs):
     d = os.path.join(tmp, name)
     os.makedirs(os.path.join(d, "local"))
@@ -179,8 +242,10 @@ def main():
     ap.add_argument("--extra-all", default="")
     ap.add_argument("--label", default="", help="name of this run in the JSON (default: git describe)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "instructions.json"))
+    ap.add_argument("--rss", action="store_true",
+                    help="no callgrind: the sidecar's memory idle and after the GETs (appended to --out too)")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "h2load"):
+    for tool in ("h2load",) if args.rss else ("valgrind", "callgrind_control", "h2load"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (scripts/bench-instructions.sh installs it)")
 
@@ -224,7 +289,7 @@ def main():
         env["collector_url"] = f"http://{caddr}"
         for name, base, flags in configs:
             extra = shlex.split(args.extra_all) + shlex.split(extras.get(name, "")) + flags
-            results.append(measure(args, env, name, base, extra, tmp, procs))
+            results.append((measure_rss if args.rss else measure)(args, env, name, base, extra, tmp, procs))
     finally:
         procs.stop_all()
         if not os.environ.get("BENCH_KEEP_TMP"):
@@ -243,6 +308,17 @@ def main():
     with open(args.out, "w") as f:
         json.dump(runs, f, indent=1)
         f.write("\n")
+    if args.rss:
+        print(f"\n## Sidecar memory ({label}; KiB)\n")
+        print("| configuration | when | RSS | heap | other anonymous | file-backed | threads |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for r in results:
+            for when in ("idle", "after_gets"):
+                m = r[when]
+                print(f"| {r['config']} | {when} | {m['rss_kib']:,} | {m['heap_kib']:,} | {m['anon_other_kib']:,} | "
+                      f"{m['file_kib']:,} | {m.get('threads', '?')} |")
+        print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
+        return
     print(f"\n## Instructions per proxied GET ({label}, {args.requests} GETs, callgrind)\n")
     print("| configuration | extra flags | instructions / GET | load Ir | idle Ir |")
     print("|---|---|---:|---:|---:|")

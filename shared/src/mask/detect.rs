@@ -200,10 +200,12 @@ impl Detectors {
         if self.list.is_empty() {
             return (Cow::Borrowed(s), 0);
         }
-        let hits = self.set.matches(s);
-        if !hits.matched_any() {
+        // Almost every string matches nothing: `is_match` answers that
+        // without allocating the per-pattern answer `matches` builds.
+        if !self.set.is_match(s) {
             return (Cow::Borrowed(s), 0);
         }
+        let hits = self.set.matches(s);
         let mut out: Cow<'a, str> = Cow::Borrowed(s);
         let mut total = 0usize;
         for (i, (det, re)) in self.list.iter().enumerate() {

@@ -18,10 +18,11 @@
 //! was masked) keeps at most [`WINDOW`] bytes of each form of a value; a
 //! string in which such a window of a longer value is found is replaced as
 //! a whole (the rest of the value follows the window). Such a set is small
-//! and searched in a few short strings, so it builds no automaton: a
-//! byte-pair prefilter rejects most strings in one pass, then each pattern
-//! is searched. [`ScrubSet::new`] (the token, built once per rotation,
-//! searched over every body) matches the whole forms exactly with one
+//! and searched in a few short strings, so it builds no automaton: one pass
+//! over a string looks up each byte pair in a small filter of the
+//! patterns' first two bytes and compares the patterns only where it hits.
+//! [`ScrubSet::new`] (the token, built once per rotation, searched over
+//! every body) matches the whole forms exactly with one
 //! Aho-Corasick automaton (built on first use), so a string is scanned once
 //! whatever the number of forms.
 
@@ -73,10 +74,14 @@ pub struct ScrubSet {
     /// at a time, without building an automaton (which costs more than the
     /// search).
     naive: bool,
-    /// Naive sets: the first two bytes of every pattern, as a 65536-bit set;
-    /// a string with none of these byte pairs holds no pattern (one pass,
-    /// instead of a search per pattern).
-    bigrams: Option<Box<[u64; 1024]>>,
+    /// Naive sets: the first two bytes of every pattern, hashed into a
+    /// 4096-bit set; a string with none of these byte pairs holds no
+    /// pattern (one pass, instead of a search per pattern). Small enough to
+    /// clear for every object (a collision only costs a search).
+    bigrams: Option<[u64; BIGRAM_WORDS]>,
+    /// Naive sets: the valid UTF-8 patterns (the ones strings can hold),
+    /// in order, with their window flags.
+    texts: Vec<(Box<str>, bool)>,
     /// All patterns (bytes, streams), built on first use.
     bytes: OnceLock<Option<AhoCorasick>>,
     /// The valid UTF-8 patterns (strings), built on first use, with their
@@ -107,6 +112,14 @@ impl PartialEq for ScrubSet {
 }
 
 impl Eq for ScrubSet {}
+
+/// Size of a naive set's byte-pair filter, in 64-bit words.
+const BIGRAM_WORDS: usize = 64;
+
+/// The filter bit of the byte pair `a b`.
+fn bigram_bit(a: u8, b: u8) -> usize {
+    (usize::from(a) * 251 + usize::from(b)) % (BIGRAM_WORDS * 64)
+}
 
 fn automaton<'a>(patterns: impl Iterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
     let p: Vec<&Vec<u8>> = patterns.collect();
@@ -168,21 +181,31 @@ impl ScrubSet {
             }
         }
         let bigrams = naive.then(|| {
-            let mut bits = Box::new([0u64; 1024]);
+            let mut bits = [0u64; BIGRAM_WORDS];
             for p in &patterns {
                 if let [a, b, ..] = p.as_slice() {
-                    let i = (usize::from(*a) << 8) | usize::from(*b);
+                    let i = bigram_bit(*a, *b);
                     bits[i >> 6] |= 1 << (i & 63);
                 }
             }
             bits
         });
+        let texts = if naive {
+            patterns
+                .iter()
+                .zip(&window)
+                .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|t| (t.into(), *w)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         ScrubSet {
             max_len: patterns.first().map_or(0, Vec::len),
             patterns,
             window,
             naive,
             bigrams,
+            texts,
             bytes: OnceLock::new(),
             text: OnceLock::new(),
             first_bytes,
@@ -225,30 +248,34 @@ impl ScrubSet {
             .as_ref()
     }
 
-    /// The patterns usable on strings, with their window flags.
+    /// The patterns usable on strings, with their window flags (naive sets).
     fn text_patterns(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.patterns
-            .iter()
-            .zip(&self.window)
-            .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|p| (p, *w)))
+        self.texts.iter().map(|(p, w)| (&**p, *w))
     }
 
-    /// False when `hay` cannot hold any pattern (naive sets).
-    fn may_match(&self, hay: &[u8]) -> bool {
+    /// Naive sets: whether `hay` holds a text pattern, in one pass: every
+    /// pattern is at least two bytes long, so it can only start where the
+    /// byte-pair filter has the pair's bit; only there are the patterns
+    /// compared.
+    fn holds_text_pattern(&self, hay: &[u8]) -> bool {
         let Some(bits) = &self.bigrams else {
-            return true;
+            return self
+                .text_patterns()
+                .any(|(p, _)| memchr::memmem::find(hay, p.as_bytes()).is_some());
         };
-        hay.windows(2).any(|w| {
-            let i = (usize::from(w[0]) << 8) | usize::from(w[1]);
+        hay.windows(2).enumerate().any(|(at, w)| {
+            let i = bigram_bit(w[0], w[1]);
             bits[i >> 6] & (1 << (i & 63)) != 0
+                && self
+                    .text_patterns()
+                    .any(|(p, _)| hay[at..].starts_with(p.as_bytes()))
         })
     }
 
     /// True when `s` holds any form of any value.
     pub fn matches_str(&self, s: &str) -> bool {
         if self.naive {
-            return self.may_match(s.as_bytes())
-                && self.text_patterns().any(|(p, _)| s.contains(p));
+            return self.holds_text_pattern(s.as_bytes());
         }
         self.text_automaton().is_some_and(|(ac, _)| ac.is_match(s))
     }
@@ -258,13 +285,13 @@ impl ScrubSet {
     /// whole.
     pub fn scrub_str(&self, s: &str) -> Option<String> {
         if self.naive {
-            if !self.may_match(s.as_bytes()) {
+            if !self.holds_text_pattern(s.as_bytes()) {
                 return None;
             }
             let mut cur: Option<String> = None;
             for (p, window) in self.text_patterns() {
                 let hay = cur.as_deref().unwrap_or(s);
-                if hay.contains(p) {
+                if memchr::memmem::find(hay.as_bytes(), p.as_bytes()).is_some() {
                     if window {
                         return Some(MARKER.to_string());
                     }
@@ -369,23 +396,27 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
     }
+    let mut enc = Vec::new();
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        let mut enc = engine.encode(v).into_bytes();
+        encode_into(engine, v, &mut enc);
+        let mut f = enc.clone();
         if long {
             // The last characters of a cut value's encoding are not its own.
-            enc.truncate(window);
+            f.truncate(window);
         }
-        push(enc, long);
+        push(f, long);
     }
     // Inside longer base64: the value starts at byte offset k (mod 3) of the
     // encoded data. Encode it behind k filler bytes and keep the characters
     // made of the value's bits only (not the first ones, which mix in the
     // filler, nor a last one that would mix in whatever follows).
+    let mut buf = Vec::with_capacity(v.len() + 2);
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for k in 0..3usize {
-            let mut buf = vec![0u8; k];
+            buf.clear();
+            buf.resize(k, 0);
             buf.extend_from_slice(v);
-            let enc = engine.encode(&buf);
+            encode_into(engine, &buf, &mut enc);
             let start = (8 * k).div_ceil(6);
             let end = if (8 * buf.len()) % 6 == 0 {
                 enc.len()
@@ -393,9 +424,21 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
                 enc.len() - 1
             };
             if end > start && end - start >= MIN_CORE_CHARS {
-                push(enc.as_bytes()[start..end].to_vec(), long);
+                push(enc[start..end].to_vec(), long);
             }
         }
+    }
+}
+
+/// `v` encoded by `engine` into `out` (replacing its content), without the
+/// UTF-8 check and the allocation of [`Engine::encode`].
+fn encode_into(engine: &base64::engine::GeneralPurpose, v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(v.len().div_ceil(3) * 4, 0);
+    match engine.encode_slice(v, out) {
+        Ok(written) => out.truncate(written),
+        // Cannot happen (the buffer fits any encoding of `v`).
+        Err(_) => *out = engine.encode(v).into_bytes(),
     }
 }
 
@@ -591,5 +634,30 @@ mod tests {
         let out = s.push(b"ci! done\n");
         assert_eq!(out.as_ref(), b"eyJhbGci! done\n");
         assert_eq!(s.finish(), b"");
+    }
+
+    proptest::proptest! {
+        /// The one-pass search of object sets (byte-pair filter, then the
+        /// patterns compared where a pair's bit is set) finds exactly what a
+        /// plain substring search of every text pattern finds.
+        #[test]
+        fn object_set_search_is_a_substring_search(
+            values in proptest::collection::vec("[a-zA-Z0-9+/=_-]{4,20}", 1..4),
+            hay in "[a-zA-Z0-9+/=_ -]{0,60}",
+            embed in proptest::option::of((0usize..3, 0usize..60)),
+        ) {
+            let set = ScrubSet::for_object(&values);
+            let mut hay = hay;
+            if let Some((which, at)) = embed {
+                let forms: Vec<&str> = set.text_patterns().map(|(p, _)| p).collect();
+                if let Some(p) = forms.get(which % forms.len().max(1)) {
+                    let at = at.min(hay.len());
+                    hay.insert_str(at, p);
+                }
+            }
+            let want = set.text_patterns().any(|(p, _)| hay.contains(p));
+            proptest::prop_assert_eq!(set.matches_str(&hay), want);
+            proptest::prop_assert_eq!(set.scrub_str(&hay).is_some(), want);
+        }
     }
 }

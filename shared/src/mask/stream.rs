@@ -82,7 +82,7 @@ impl ValueScan {
                     i += 1;
                     continue;
                 }
-                match buf[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                match memchr::memchr2(b'"', b'\\', &buf[i..]) {
                     None => return Ok(Err(buf.len())),
                     Some(p) => {
                         i += p;
@@ -118,18 +118,26 @@ impl ValueScan {
                 i += 1;
                 continue;
             }
-            match b {
-                b'"' => self.in_str = true,
-                b'{' | b'[' => self.depth += 1,
-                b'}' | b']' => {
-                    self.depth -= 1;
-                    if self.depth == 0 {
-                        return Ok(Ok(i + 1));
+            // In a container, outside strings: only quotes and brackets
+            // matter; run to the next string without leaving this loop.
+            while i < buf.len() {
+                match buf[i] {
+                    b'"' => {
+                        self.in_str = true;
+                        i += 1;
+                        break;
                     }
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            return Ok(Ok(i + 1));
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
+                i += 1;
             }
-            i += 1;
         }
         Ok(Err(buf.len()))
     }
