@@ -106,8 +106,17 @@ pub struct LogGuard {
 /// setting. Hold the guard until the process ends.
 pub fn init(format: LogFormat, access: AccessLog) -> LogGuard {
     set_access_log(access);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_WARDEN_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("MCP_WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client and runtime log response bodies (a body that does not
+    // decode is logged whole): they may carry what masking exists to hide, so
+    // they stay off whatever MCP_WARDEN_LOG says; our callers log kube's
+    // errors themselves.
+    for quiet in ["kube_client=off", "kube_runtime=off"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let (stderr, err_guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(QUEUED_LINES)

@@ -80,9 +80,9 @@ pub enum Refusal {
     )]
     GrantStart { got: String, now: String },
     #[error(
-        "status.preview is written by the requester ({requester}) when it asks: {user} cannot change what the approver is shown"
+        "status.preview is written once, with the Pending state, by the sidecar that asks: {user} cannot change what the approver is shown"
     )]
-    PreviewChanged { user: String, requester: String },
+    PreviewChanged { user: String },
     #[error("the admission request is malformed: {0}")]
     Malformed(String),
 }
@@ -189,20 +189,22 @@ pub fn judge(
             });
         }
     }
-    let requester = opt(&new.spec.requester.service_account)
-        .or_else(|| opt(&old.spec.requester.service_account));
-    // The approver decides on what the preview shows: only the sidecar that
-    // asked (it writes the preview while the request is Pending) may set it,
-    // or an approver could rewrite the effect they approve.
-    if new.status().preview != old.status().preview
-        && (requester != Some(username) || from != State::Pending)
+    // The approver decides on what the preview shows: it is written once,
+    // by the sidecar right after it creates the request (still Pending, no
+    // decision in the same update), and never changed or removed after. The
+    // sidecar refuses the held request when its preview cannot be written,
+    // so an approval always concerns the sidecar's own preview.
+    let (old_preview, new_preview) = (&old.status().preview, &new.status().preview);
+    if new_preview != old_preview
+        && (old_preview.is_some() || from != State::Pending || to != State::Pending)
     {
         return Err(Refusal::PreviewChanged {
             user: username.to_string(),
-            requester: requester.unwrap_or("").to_string(),
         });
     }
     if transition && to.is_human_decision() {
+        let requester = opt(&new.spec.requester.service_account)
+            .or_else(|| opt(&old.spec.requester.service_account));
         if requester == Some(username) {
             return Err(Refusal::SelfDecision {
                 user: username.to_string(),
@@ -528,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_requester_writes_the_preview_while_pending() {
+    fn the_preview_is_written_once_while_pending() {
         let with_preview = |state: &str, summary: &str| {
             let mut v = ar(Some(state), None);
             v["status"]["preview"] = json!({"code": 200, "kind": "Change", "summary": summary});
@@ -558,7 +560,7 @@ mod tests {
                 "{state} by {user}: {r:?}"
             );
         }
-        // Nor the requester once it is decided.
+        // Nor anyone once it is decided, nor together with a decision.
         let decided = {
             let mut v = with_preview("Approved", "1 field: spec.replicas 3 → 0");
             v["status"]["decidedBy"] = json!("bob");
@@ -568,6 +570,14 @@ mod tests {
         let mut changed = decided.clone();
         changed["status"]["preview"]["summary"] = json!("nothing changes");
         let r = judge(&decided, &changed, SA, NOW, Mode::Validate);
+        assert!(matches!(r, Err(Refusal::PreviewChanged { .. })), "{r:?}");
+        let r = judge(
+            &ar(Some("Pending"), None),
+            &with_preview("Approved", "nothing changes"),
+            "bob",
+            NOW,
+            Mode::Validate,
+        );
         assert!(matches!(r, Err(Refusal::PreviewChanged { .. })), "{r:?}");
         // Approving without touching it is fine.
         let ok = judge(

@@ -276,6 +276,28 @@ impl ApprovalDecider {
         }
         let current = match self.api.set_status(&created, State::Pending, "").await {
             Ok(v) => v,
+            // The approver must decide on this sidecar's preview: without it
+            // on the object (the admission refuses a second writer), nobody
+            // is asked.
+            Err(e) if preview.is_some() => {
+                tracing::warn!(request_id = %ctx.request_id, access_request = %ar, error = %e, "cannot write the preview: refusing the request");
+                let _ = self
+                    .api
+                    .set_status(
+                        &created,
+                        State::Expired,
+                        "the preview could not be recorded",
+                    )
+                    .await;
+                return Self::refuse(
+                    attrs,
+                    rule,
+                    format!(
+                        "mcp-warden: approval required (rule {:?}) but the preview could not be recorded on AccessRequest {ar}: {e}",
+                        d.rule.as_deref().unwrap_or("")
+                    ),
+                );
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "could not mark the AccessRequest Pending");
                 created

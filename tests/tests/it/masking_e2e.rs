@@ -1048,7 +1048,16 @@ fn hostile_upstream_reflecting_the_token_gets_it_scrubbed() {
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains(&token[..24]), "{text}");
     assert!(!text.contains(&B64.encode(token)[..24]), "{text}");
-    assert!(!s.log().contains(&token[..24]), "token in the sidecar log");
+    let log = s.log();
+    assert!(
+        !log.contains(&token[..24]),
+        "token in the sidecar log: {}",
+        log.lines()
+            .filter(|l| l.contains(&token[..24]))
+            .map(|l| l.replace(&token[..24], "<TOKEN>"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 #[test]
