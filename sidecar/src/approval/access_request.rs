@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(spec["name"], "pods_delete");
         assert_eq!(
             spec["summary"],
-            r#"call tool pods_delete {"name":"web-0","namespace":"default"} (session S1, user alice@example.com)"#
+            r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session S1, user alice@example.com)"#
         );
         assert_eq!(spec["rule"], "tool-deletes");
         assert_eq!(spec["message"], "a person decides");

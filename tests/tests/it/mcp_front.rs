@@ -632,7 +632,7 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
         );
         let summary = spec["summary"].as_str().unwrap();
         assert!(
-            summary.starts_with(r#"call tool pods_delete {"name":"web-0","namespace":"default"} (session "#),
+            summary.starts_with(r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session "#),
             "{summary}"
         );
         assert!(spec["expiresAt"].as_str().is_some_and(|t| !t.is_empty()), "{first:#}");
@@ -683,7 +683,10 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
     let events = stack.events_with_tool_calls(2);
     let deletes: Vec<&Value> = events
         .iter()
-        .filter(|e| ann(e, contract::ANN_TOOL) == Some("pods_delete"))
+        .filter(|e| {
+            ann(e, contract::ANN_EVENT_KIND) == Some("tool-call")
+                && ann(e, contract::ANN_TOOL) == Some("pods_delete")
+        })
         .collect();
     assert_eq!(deletes.len(), 2, "{deletes:#?}");
     let approved = deletes
