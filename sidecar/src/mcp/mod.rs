@@ -19,9 +19,15 @@
 //! recording stream. The API proxy's recording names the calls in flight
 //! on every API request ([`registry::ToolCalls::link_annotations`]).
 //!
-//! An `approve` tool rule is not a wait for a person here: the call is
-//! refused with a JSON-RPC error saying it needs an approval (the approvals
-//! flow holds API requests, not tool calls).
+//! An enforced `approve` tool rule holds the call for a person with the
+//! approvals flow of API requests ([`ApprovalDecider::hold_tool_call`]):
+//! approved, it is forwarded as an allowed call naming its approval;
+//! otherwise it is refused like a denied one, the error naming the
+//! decision. The held POST waits on its own (other requests of the session
+//! go on); on the SSE transport, whose client sends a session's messages
+//! one at a time, the POST is answered `202` at once and the call waits in
+//! a task of its own. Without approvals (none given to the front) the call
+//! is refused, saying so.
 
 pub mod registry;
 mod tap;
