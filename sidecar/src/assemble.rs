@@ -115,15 +115,17 @@ pub async fn run_configured_with(
                 let store = store.clone();
                 Arc::new(move || store.current())
             };
-            let front = Arc::new(McpFront::new(
-                mcp.upstream,
-                policy,
-                identity.clone(),
-                recorder.clone(),
-                tool_calls.clone(),
-                verifier,
-            )
-            .with_approvals(decide.clone()));
+            let front = Arc::new(
+                McpFront::new(
+                    mcp.upstream,
+                    policy,
+                    identity.clone(),
+                    recorder.clone(),
+                    tool_calls.clone(),
+                    verifier,
+                )
+                .with_approvals(decide.clone()),
+            );
             tracing::info!(listen = %mcp.listen, upstream = %mcp.upstream, "MCP front serving");
             Some(front.serve(l, config.limits.app.clone().named("mcp"), metrics.clone()))
         }

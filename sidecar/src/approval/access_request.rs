@@ -419,7 +419,10 @@ mod tests {
         assert_eq!(spec["rule"], "tool-deletes");
         assert_eq!(spec["message"], "a person decides");
         assert_eq!(spec["expiresAt"], "2026-11-22T01:05:00Z");
-        assert_eq!(spec["requester"]["serviceAccount"], "system:serviceaccount:mcp:agent");
+        assert_eq!(
+            spec["requester"]["serviceAccount"],
+            "system:serviceaccount:mcp:agent"
+        );
         assert_eq!(spec["requester"]["pod"], "agent-0");
         for absent in ["group", "subresource", "namespace", "grant"] {
             assert!(!spec.contains_key(absent), "{absent} sent: {o}");
@@ -427,7 +430,10 @@ mod tests {
         assert_eq!(spec["requestHash"].as_str().unwrap().len(), 64);
         let other = json!({"namespace": "default", "name": "web-1"});
         let h2 = tool_call_access_request(
-            &ToolCall { masked_arguments: &other, ..call },
+            &ToolCall {
+                masked_arguments: &other,
+                ..call
+            },
             &requester,
             "r",
             "",

@@ -388,7 +388,9 @@ impl ApprovalDecider {
                 format!("mcp-warden: accessrequests {name:?} in {ns} was denied by {by}{why}")
             }
             Outcome::Expired { .. } => {
-                format!("mcp-warden: accessrequests {name:?} in {ns} expired before it was approved")
+                format!(
+                    "mcp-warden: accessrequests {name:?} in {ns} expired before it was approved"
+                )
             }
             Outcome::Deleted => format!(
                 "mcp-warden: accessrequests {name:?} in {ns} was deleted or used before it was approved"

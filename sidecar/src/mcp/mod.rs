@@ -468,7 +468,12 @@ impl McpFront {
             self.recorder.count_refused_request();
             let why = "mcp-warden: the recording is unavailable (spool full or unwritable); tool calls are refused until it recovers";
             let calls = held.into_iter().chain(allowed).chain(refused);
-            return self.refuse(&batch, &session, calls.map(|p| (p, None)).collect(), Some(why));
+            return self.refuse(
+                &batch,
+                &session,
+                calls.map(|p| (p, None)).collect(),
+                Some(why),
+            );
         }
         if !refused.is_empty() {
             // Nobody is asked about a call that cannot be forwarded anyway.
@@ -539,9 +544,7 @@ impl McpFront {
             }
         }))
         .await;
-        let all_approved = answers
-            .iter()
-            .all(|a| matches!(a, Answer::Approved { .. }));
+        let all_approved = answers.iter().all(|a| matches!(a, Answer::Approved { .. }));
         let mut calls = Vec::new();
         let mut ok = Vec::new();
         for (p, a) in held.into_iter().zip(answers) {
@@ -553,7 +556,10 @@ impl McpFront {
                 } => {
                     if !all_approved {
                         approvals
-                            .expire(&current, "its batch holds a tool call that was not approved")
+                            .expire(
+                                &current,
+                                "its batch holds a tool call that was not approved",
+                            )
                             .await;
                         let why = not_forwarded(&p.call.tool);
                         calls.push((p, Some(why)));
@@ -581,7 +587,11 @@ impl McpFront {
             for (p, by, ar) in ok {
                 // Approved and Used, but not forwarded: its event says so.
                 let mut p = p;
-                p.approval = Some(Approval { by, access_request: ar, grant: false });
+                p.approval = Some(Approval {
+                    by,
+                    access_request: ar,
+                    grant: false,
+                });
                 calls.push((p, Some(not_forwarded(&blocker))));
             }
             calls.extend(allowed.into_iter().map(|p| (p, None)));
@@ -696,7 +706,8 @@ impl McpFront {
         let mut answered = Vec::new();
         for (p, given) in calls {
             let rule = p.decision.rule.clone().unwrap_or_default();
-            let data = json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool});
+            let data =
+                json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool});
             let (message, data) = match (why, given) {
                 (Some(w), _) => (w.to_string(), None),
                 (None, Some(m)) => (m, Some(data)),

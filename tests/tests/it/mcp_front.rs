@@ -520,7 +520,8 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
 
     let dir = tempfile::tempdir().unwrap();
     let crd = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/accessrequests.yaml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/crds/accessrequests.yaml"),
     )
     .unwrap();
     let demo = std::fs::read_to_string(fixture("seed-demo.yaml")).unwrap();
@@ -624,18 +625,25 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
         assert_eq!(spec["resource"], "tools", "{first:#}");
         assert_eq!(spec["name"], "pods_delete", "{first:#}");
         assert_eq!(spec["rule"], "tool-deletes-need-a-human", "{first:#}");
-        assert_eq!(spec["message"], "a person decides on pod deletes", "{first:#}");
         assert_eq!(
-            spec["requester"]["serviceAccount"],
-            "system:serviceaccount:default:default",
+            spec["message"], "a person decides on pod deletes",
+            "{first:#}"
+        );
+        assert_eq!(
+            spec["requester"]["serviceAccount"], "system:serviceaccount:default:default",
             "{first:#}"
         );
         let summary = spec["summary"].as_str().unwrap();
         assert!(
-            summary.starts_with(r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session "#),
+            summary.starts_with(
+                r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session "#
+            ),
             "{summary}"
         );
-        assert!(spec["expiresAt"].as_str().is_some_and(|t| !t.is_empty()), "{first:#}");
+        assert!(
+            spec["expiresAt"].as_str().is_some_and(|t| !t.is_empty()),
+            "{first:#}"
+        );
         assert!(spec.get("namespace").is_none(), "{first:#}");
         assert!(pod_exists("web-0"), "the held call went through");
         assert!(!agent.is_finished(), "the call was not held");
@@ -646,12 +654,22 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
         let second = pending(Some(&first_name));
         let second_name = second["metadata"]["name"].as_str().unwrap().to_string();
         assert!(
-            second["spec"]["summary"].as_str().unwrap().contains("web-1"),
+            second["spec"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("web-1"),
             "{second:#}"
         );
         plugin(
             &bob,
-            &["deny", &second_name, "-n", "default", "--reason", "not today"],
+            &[
+                "deny",
+                &second_name,
+                "-n",
+                "default",
+                "--reason",
+                "not today",
+            ],
         );
         let agent = agent.join().unwrap();
         (agent, first_name, second_name)
@@ -660,7 +678,10 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
     let results = agent["calls"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{agent:#}");
     assert_eq!(results[0]["isError"], false, "{agent:#}");
-    assert!(!pod_exists("web-0"), "the approved call did not delete web-0");
+    assert!(
+        !pod_exists("web-0"),
+        "the approved call did not delete web-0"
+    );
     let err = &results[1]["error"];
     assert_eq!(err["code"], -32001, "{agent:#}");
     let msg = err["message"].as_str().unwrap();
@@ -693,19 +714,35 @@ fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
         .iter()
         .find(|e| e["requestObject"]["arguments"]["name"] == "web-0")
         .unwrap();
-    assert_eq!(ann(approved, "mcp-warden.io/decision"), Some("approve"), "{approved:#}");
-    assert_eq!(ann(approved, contract::ANN_APPROVED_BY), Some("alice"), "{approved:#}");
+    assert_eq!(
+        ann(approved, "mcp-warden.io/decision"),
+        Some("approve"),
+        "{approved:#}"
+    );
+    assert_eq!(
+        ann(approved, contract::ANN_APPROVED_BY),
+        Some("alice"),
+        "{approved:#}"
+    );
     assert_eq!(
         ann(approved, contract::ANN_ACCESS_REQUEST),
         Some(format!("default/{first_name}").as_str()),
         "{approved:#}"
     );
-    assert_eq!(ann(approved, contract::ANN_TOOL_OUTCOME), Some("result"), "{approved:#}");
+    assert_eq!(
+        ann(approved, contract::ANN_TOOL_OUTCOME),
+        Some("result"),
+        "{approved:#}"
+    );
     let denied = deletes
         .iter()
         .find(|e| e["requestObject"]["arguments"]["name"] == "web-1")
         .unwrap();
-    assert_eq!(ann(denied, contract::ANN_TOOL_OUTCOME), Some("refused"), "{denied:#}");
+    assert_eq!(
+        ann(denied, contract::ANN_TOOL_OUTCOME),
+        Some("refused"),
+        "{denied:#}"
+    );
     assert_eq!(ann(denied, contract::ANN_APPROVED_BY), None, "{denied:#}");
     // The API request the approved call made is linked to it.
     let api_delete = events
