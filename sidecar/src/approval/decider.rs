@@ -42,7 +42,7 @@ pub(crate) enum Answer {
     Approved {
         by: String,
         access_request: String,
-        current: AccessRequest,
+        current: Box<AccessRequest>,
     },
     /// Not approved (denied, expired, deleted, timed out, or not asked):
     /// the refusal's message, naming the AccessRequest and the decider.
@@ -376,7 +376,7 @@ impl ApprovalDecider {
                 return Answer::Approved {
                     by,
                     access_request: ar,
-                    current,
+                    current: Box::new(current),
                 };
             }
             Outcome::Denied { by, reason } => {
