@@ -89,6 +89,17 @@ pub async fn run_configured_with(
         policy_hash,
     )
     .with_links(links);
+    // Approvals wrap the policy: `approve` decisions wait for a person, for
+    // API requests and for tool calls on the MCP front alike.
+    let decide = Arc::new(
+        crate::approval::ApprovalDecider::new(
+            PolicyDecider::new(store.clone(), identity.clone()),
+            &config,
+            &identity,
+            config.approval.clone(),
+        )
+        .map_err(crate::config::ConfigError::from)?,
+    );
     let mcp_front = match &config.mcp {
         None => None,
         Some(mcp) => {
@@ -104,27 +115,22 @@ pub async fn run_configured_with(
                 let store = store.clone();
                 Arc::new(move || store.current())
             };
-            let front = Arc::new(McpFront::new(
-                mcp.upstream,
-                policy,
-                identity.clone(),
-                recorder.clone(),
-                tool_calls.clone(),
-                verifier,
-            ));
+            let front = Arc::new(
+                McpFront::new(
+                    mcp.upstream,
+                    policy,
+                    identity.clone(),
+                    recorder.clone(),
+                    tool_calls.clone(),
+                    verifier,
+                )
+                .with_approvals(decide.clone()),
+            );
             tracing::info!(listen = %mcp.listen, upstream = %mcp.upstream, "MCP front serving");
             Some(front.serve(l, config.limits.app.clone().named("mcp"), metrics.clone()))
         }
     };
 
-    // Approvals wrap the policy: `approve` decisions wait for a person.
-    let decide = crate::approval::ApprovalDecider::new(
-        PolicyDecider::new(store.clone(), identity.clone()),
-        &config,
-        &identity,
-        config.approval.clone(),
-    )
-    .map_err(crate::config::ConfigError::from)?;
     // The masking reads the real token (its own source of the same file, so
     // it follows rotations) to scrub it from every response it passes on.
     let tokens: TokenScrub = {
@@ -132,7 +138,7 @@ pub async fn run_configured_with(
         Arc::new(move || source.scrub_set())
     };
     let hooks = Hooks {
-        decide: Arc::new(decide),
+        decide,
         transform: Arc::new(MaskTransform::new(masker).with_token_scrub(tokens)),
         record: Arc::new(record),
     };

@@ -122,6 +122,99 @@ pub fn access_request(
     }
 }
 
+/// `spec.verb` of an AccessRequest for a held MCP tool call.
+pub const TOOL_CALL_VERB: &str = "tools/call";
+/// `spec.resource` of an AccessRequest for a held MCP tool call.
+pub const TOOL_CALL_RESOURCE: &str = "tools";
+/// The longest masked arguments (as compact JSON) shown in the summary of a
+/// held tool call; longer ones are left out.
+pub const TOOL_SUMMARY_ARGUMENTS: usize = 200;
+
+/// A held MCP tool call, as its AccessRequest describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolCall<'a> {
+    /// The tool's name.
+    pub tool: &'a str,
+    /// The MCP session (`Mcp-Session-Id` or the SSE transport's
+    /// `sessionId`); empty if none.
+    pub session: &'a str,
+    /// The verified end user's name, if any.
+    pub user: Option<&'a str>,
+    /// The call's arguments, already masked: they are shown and hashed.
+    pub masked_arguments: &'a serde_json::Value,
+}
+
+/// "call tool pods_delete {"name":"web-0"} (session S, user alice@example.com)":
+/// the masked arguments only when short.
+pub fn tool_summary(call: &ToolCall<'_>) -> String {
+    let mut s = format!("call tool {}", call.tool);
+    let args = call.masked_arguments.to_string();
+    let empty = match call.masked_arguments {
+        serde_json::Value::Null => true,
+        serde_json::Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    if !empty && args.len() <= TOOL_SUMMARY_ARGUMENTS {
+        s.push(' ');
+        s.push_str(&args);
+    }
+    let mut ctx = Vec::new();
+    if !call.session.is_empty() {
+        ctx.push(format!("session {}", call.session));
+    }
+    if let Some(u) = call.user {
+        ctx.push(format!("user {u}"));
+    }
+    if !ctx.is_empty() {
+        s.push_str(&format!(" ({})", ctx.join(", ")));
+    }
+    s
+}
+
+/// The AccessRequest for a held MCP tool call: verb `tools/call`, resource
+/// `tools`, name the tool; the hash covers the tool and its masked
+/// arguments (never the unmasked ones).
+pub fn tool_call_access_request(
+    call: &ToolCall<'_>,
+    requester: &Requester,
+    rule: &str,
+    message: &str,
+    expires_at: OffsetDateTime,
+) -> AccessRequest {
+    let attrs = RequestAttributes {
+        verb: "call".into(),
+        resource: format!("tool-{}", call.tool),
+        ..Default::default()
+    };
+    AccessRequest {
+        metadata: ObjectMeta {
+            generate_name: Some(name_prefix(&attrs)),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "mcp-warden".to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: AccessRequestSpec {
+            verb: TOOL_CALL_VERB.into(),
+            resource: TOOL_CALL_RESOURCE.into(),
+            name: call.tool.to_string(),
+            request_hash: request_hash(
+                TOOL_CALL_VERB,
+                call.tool,
+                call.masked_arguments.to_string().as_bytes(),
+            ),
+            summary: tool_summary(call),
+            requester: requester.clone(),
+            rule: rule.to_string(),
+            message: message.to_string(),
+            expires_at: rfc3339(expires_at),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
 /// An approval of ours for `hash` that is still reusable at `now`.
 pub fn reusable(
     item: &AccessRequest,
@@ -291,6 +384,82 @@ mod tests {
         assert_eq!(o["spec"]["name"], "scratch");
         assert_eq!(o["spec"]["resource"], "configmaps");
         assert_eq!(o["spec"]["rule"], "deletes");
+    }
+
+    #[test]
+    fn a_held_tool_call_asks_for_the_tool() {
+        let args = json!({"namespace": "default", "name": "web-0"});
+        let call = ToolCall {
+            tool: "pods_delete",
+            session: "S1",
+            user: Some("alice@example.com"),
+            masked_arguments: &args,
+        };
+        let requester = Requester {
+            service_account: "system:serviceaccount:mcp:agent".into(),
+            pod: "agent-0".into(),
+        };
+        let o = serde_json::to_value(tool_call_access_request(
+            &call,
+            &requester,
+            "tool-deletes",
+            "a person decides",
+            datetime!(2026-11-22 01:05:00.5 UTC),
+        ))
+        .unwrap();
+        assert_eq!(o["metadata"]["generateName"], "call-tool-pods-delete-");
+        let spec = o["spec"].as_object().unwrap();
+        assert_eq!(spec["verb"], "tools/call");
+        assert_eq!(spec["resource"], "tools");
+        assert_eq!(spec["name"], "pods_delete");
+        assert_eq!(
+            spec["summary"],
+            r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session S1, user alice@example.com)"#
+        );
+        assert_eq!(spec["rule"], "tool-deletes");
+        assert_eq!(spec["message"], "a person decides");
+        assert_eq!(spec["expiresAt"], "2026-11-22T01:05:00Z");
+        assert_eq!(
+            spec["requester"]["serviceAccount"],
+            "system:serviceaccount:mcp:agent"
+        );
+        assert_eq!(spec["requester"]["pod"], "agent-0");
+        for absent in ["group", "subresource", "namespace", "grant"] {
+            assert!(!spec.contains_key(absent), "{absent} sent: {o}");
+        }
+        assert_eq!(spec["requestHash"].as_str().unwrap().len(), 64);
+        let other = json!({"namespace": "default", "name": "web-1"});
+        let h2 = tool_call_access_request(
+            &ToolCall {
+                masked_arguments: &other,
+                ..call
+            },
+            &requester,
+            "r",
+            "",
+            datetime!(2026-11-22 01:05:00 UTC),
+        );
+        assert_ne!(spec["requestHash"], h2.spec.request_hash.as_str());
+    }
+
+    #[test]
+    fn a_tool_summary_leaves_long_arguments_and_missing_context_out() {
+        let long = json!({"script": "x".repeat(TOOL_SUMMARY_ARGUMENTS)});
+        let none = json!({});
+        let s = tool_summary(&ToolCall {
+            tool: "run",
+            session: "",
+            user: None,
+            masked_arguments: &long,
+        });
+        assert_eq!(s, "call tool run");
+        let s = tool_summary(&ToolCall {
+            tool: "run",
+            session: "S",
+            user: None,
+            masked_arguments: &none,
+        });
+        assert_eq!(s, "call tool run (session S)");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use mcp_warden_shared::access_request::{GROUP, State};
+use mcp_warden_shared::access_request::{AccessRequest, GROUP, Requester, State};
 use mcp_warden_shared::attrs::RequestAttributes;
 use mcp_warden_shared::identity::Identity;
 use mcp_warden_shared::mask::Masker;
@@ -14,8 +14,8 @@ use mcp_warden_shared::status::{Reason, Status};
 use time::OffsetDateTime;
 
 use super::access_request::{
-    Outcome, access_request, request_hash, reusable, reusable_method, rfc3339, summary,
-    touches_access_requests,
+    Outcome, ToolCall, access_request, request_hash, reusable, reusable_method, summary,
+    tool_call_access_request, touches_access_requests,
 };
 use super::client::AccessRequests;
 use super::grants::Grants;
@@ -33,6 +33,21 @@ pub const PREVIEW_REFUSED: &str = "refused";
 pub const PREVIEW_SHOWN: &str = "shown";
 /// `mcp-warden.io/preview` when the object changed after the preview.
 pub const PREVIEW_CHANGED: &str = "changed";
+
+/// How asking a person ended ([`ApprovalDecider::ask`]).
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Approved by `by`: `access_request` is `NAMESPACE/NAME`, `current`
+    /// the object as approved (to mark Used or Expired).
+    Approved {
+        by: String,
+        access_request: String,
+        current: Box<AccessRequest>,
+    },
+    /// Not approved (denied, expired, deleted, timed out, or not asked):
+    /// the refusal's message, naming the AccessRequest and the decider.
+    Refused { message: String },
+}
 
 /// The policy decider with approvals (see the module docs).
 pub struct ApprovalDecider {
@@ -238,11 +253,8 @@ impl ApprovalDecider {
             Ok(p) => p,
             Err(refused) => return *refused,
         };
-        // 3. Ask.
+        // 3. Ask, and wait.
         let now = OffsetDateTime::now_utc();
-        let expires = now
-            + time::Duration::try_from(self.config.approval_timeout)
-                .unwrap_or(time::Duration::minutes(5));
         let body = access_request(
             attrs,
             &hash,
@@ -250,20 +262,81 @@ impl ApprovalDecider {
             &self.pod,
             rule.as_deref().unwrap_or(""),
             d.message.as_deref().unwrap_or(&d.explanation),
-            expires,
+            self.expires_at(now),
         );
+        let request_id = ctx.request_id.to_string();
+        let (by, ar, current) = match self
+            .ask(&request_id, body, rule.as_deref(), preview.as_ref())
+            .await
+        {
+            Answer::Approved {
+                by,
+                access_request,
+                current,
+            } => (by, access_request, current),
+            Answer::Refused { message } => return Self::refuse(attrs, rule, message),
+        };
+        // Only what the approver saw: the object must still be at the
+        // resourceVersion of the preview.
+        if let Some(p) = &preview
+            && let Err(status) = self.check_current(ctx, attrs, p, &ar).await
+        {
+            tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved, but the object changed since the preview: refused");
+            self.expire(
+                &current,
+                "the object changed since the approver saw the preview",
+            )
+            .await;
+            let mut d = hooks::Decision::refused(
+                hooks::Action::Approve,
+                rule,
+                Refusal::Status(Box::new(status)),
+            );
+            d.preview = Some(PREVIEW_CHANGED);
+            return d;
+        }
+        match self.consume(&request_id, &current, &by, &ar).await {
+            Ok(()) => {
+                let mut d = granted(by, ar);
+                if preview.is_some() {
+                    d.preview = Some(PREVIEW_SHOWN);
+                }
+                d
+            }
+            Err(message) => Self::refuse(attrs, rule, message),
+        }
+    }
+
+    /// When an AccessRequest created at `now` expires (`--approval-timeout`).
+    fn expires_at(&self, now: OffsetDateTime) -> OffsetDateTime {
+        now + time::Duration::try_from(self.config.approval_timeout)
+            .unwrap_or(time::Duration::minutes(5))
+    }
+
+    /// Asks a person: creates `body`, marks it Pending (with `preview`),
+    /// notifies, and waits for the decision up to `--approval-timeout` (then
+    /// marks it Expired). What API requests and tool calls share; the
+    /// approved AccessRequest is not yet Used ([`Self::consume`]).
+    pub(crate) async fn ask(
+        &self,
+        request_id: &str,
+        body: AccessRequest,
+        rule: Option<&str>,
+        preview: Option<&Preview>,
+    ) -> Answer {
+        let ns = self.api.namespace().to_string();
+        let what = body.spec.summary.clone();
+        let expires = body.spec.expires_at.clone();
         let created = match self.api.create(&body).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "cannot create the AccessRequest");
-                return Self::refuse(
-                    attrs,
-                    rule,
-                    format!(
+                tracing::warn!(request_id, error = %e, "cannot create the AccessRequest");
+                return Answer::Refused {
+                    message: format!(
                         "mcp-warden: approval required (rule {:?}) but the AccessRequest could not be created: {e}",
-                        d.rule.as_deref().unwrap_or("")
+                        rule.unwrap_or("")
                     ),
-                );
+                };
             }
         };
         let name = created.name().to_string();
@@ -271,7 +344,7 @@ impl ApprovalDecider {
         // Pending, so `kubectl get accessrequests` shows the state column,
         // with the preview (a status field: not writable on create).
         let mut created = created;
-        if let Some(p) = &preview {
+        if let Some(p) = preview {
             created.status.get_or_insert_with(Default::default).preview = Some(p.clone());
         }
         let current = match self.api.set_status(&created, State::Pending, "").await {
@@ -303,65 +376,30 @@ impl ApprovalDecider {
                 created
             }
         };
-        tracing::info!(request_id = %ctx.request_id, access_request = %ar, summary = %summary(attrs), rule = rule.as_deref().unwrap_or(""), timeout = ?self.config.approval_timeout, "holding request for approval");
+        tracing::info!(request_id, access_request = %ar, summary = %what, rule = rule.unwrap_or(""), timeout = ?self.config.approval_timeout, "holding request for approval");
         if let Some(n) = &self.notifier {
             let n = n.clone();
             let text = super::notifier::text(
                 &self.requester,
-                &summary(attrs),
-                rule.as_deref().unwrap_or("-"),
-                preview.as_ref(),
+                &what,
+                rule.unwrap_or("-"),
+                preview,
                 &ar,
-                &rfc3339(expires),
+                &expires,
                 &name,
                 &ns,
             );
             tokio::spawn(async move { n.send(text).await });
         }
-        // 4. Wait.
         let deadline = tokio::time::Instant::now() + self.config.approval_timeout;
         let (outcome, current) = self.api.wait(current, deadline).await;
-        match outcome {
+        let message = match outcome {
             Outcome::Approved { by } => {
-                // Only what the approver saw: the object must still be at
-                // the resourceVersion of the preview.
-                if let Some(p) = &preview
-                    && let Err(status) = self.check_current(ctx, attrs, p, &ar).await
-                {
-                    tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved, but the object changed since the preview: refused");
-                    let reason = "the object changed since the approver saw the preview";
-                    if let Err(e) = self.api.set_status(&current, State::Expired, reason).await {
-                        tracing::warn!(access_request = %ar, error = %e, "could not mark the AccessRequest Expired");
-                    }
-                    let mut d = hooks::Decision::refused(
-                        hooks::Action::Approve,
-                        rule,
-                        Refusal::Status(Box::new(status)),
-                    );
-                    d.preview = Some(PREVIEW_CHANGED);
-                    return d;
-                }
-                // Single use: consume it before forwarding.
-                match self.api.set_status(&current, State::Used, "").await {
-                    Ok(_) => {
-                        tracing::info!(request_id = %ctx.request_id, access_request = %ar, approved_by = %by, "approved");
-                        let mut d = granted(by, ar);
-                        if preview.is_some() {
-                            d.preview = Some(PREVIEW_SHOWN);
-                        }
-                        d
-                    }
-                    Err(e) => {
-                        tracing::warn!(request_id = %ctx.request_id, access_request = %ar, error = %e, "approved, but could not mark it Used");
-                        Self::refuse(
-                            attrs,
-                            rule,
-                            format!(
-                                "mcp-warden: accessrequests {name:?} in {ns} was approved by {by} but could not be marked Used: {e}"
-                            ),
-                        )
-                    }
-                }
+                return Answer::Approved {
+                    by,
+                    access_request: ar,
+                    current: Box::new(current),
+                };
             }
             Outcome::Denied { by, reason } => {
                 let why = if reason.is_empty() {
@@ -369,42 +407,81 @@ impl ApprovalDecider {
                 } else {
                     format!(": {reason}")
                 };
-                Self::refuse(
-                    attrs,
-                    rule,
-                    format!("mcp-warden: accessrequests {name:?} in {ns} was denied by {by}{why}"),
-                )
+                format!("mcp-warden: accessrequests {name:?} in {ns} was denied by {by}{why}")
             }
-            Outcome::Expired { .. } => Self::refuse(
-                attrs,
-                rule,
+            Outcome::Expired { .. } => {
                 format!(
                     "mcp-warden: accessrequests {name:?} in {ns} expired before it was approved"
-                ),
-            ),
-            Outcome::Deleted => Self::refuse(
-                attrs,
-                rule,
-                format!(
-                    "mcp-warden: accessrequests {name:?} in {ns} was deleted or used before it was approved"
-                ),
+                )
+            }
+            Outcome::Deleted => format!(
+                "mcp-warden: accessrequests {name:?} in {ns} was deleted or used before it was approved"
             ),
             Outcome::TimedOut => {
                 let reason = format!("no decision within {:?}", self.config.approval_timeout);
-                if let Err(e) = self.api.set_status(&current, State::Expired, &reason).await {
-                    tracing::warn!(access_request = %ar, error = %e, "could not mark the AccessRequest Expired");
-                }
-                tracing::info!(request_id = %ctx.request_id, access_request = %ar, "approval timed out");
-                Self::refuse(
-                    attrs,
-                    rule,
-                    format!(
-                        "mcp-warden: accessrequests {name:?} in {ns} was not approved within {:?} (now Expired)",
-                        self.config.approval_timeout
-                    ),
+                self.expire(&current, &reason).await;
+                tracing::info!(request_id, access_request = %ar, "approval timed out");
+                format!(
+                    "mcp-warden: accessrequests {name:?} in {ns} was not approved within {:?} (now Expired)",
+                    self.config.approval_timeout
                 )
             }
+        };
+        Answer::Refused { message }
+    }
+
+    /// Marks an approved AccessRequest Used (single use: before the
+    /// request is forwarded); `Err` is the refusal's message.
+    pub(crate) async fn consume(
+        &self,
+        request_id: &str,
+        current: &AccessRequest,
+        by: &str,
+        ar: &str,
+    ) -> Result<(), String> {
+        match self.api.set_status(current, State::Used, "").await {
+            Ok(_) => {
+                tracing::info!(request_id, access_request = %ar, approved_by = %by, "approved");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(request_id, access_request = %ar, error = %e, "approved, but could not mark it Used");
+                Err(format!(
+                    "mcp-warden: {ar} was approved by {by} but could not be marked Used: {e}"
+                ))
+            }
         }
+    }
+
+    /// Marks an AccessRequest Expired with `reason` (best effort).
+    pub(crate) async fn expire(&self, current: &AccessRequest, reason: &str) {
+        if let Err(e) = self.api.set_status(current, State::Expired, reason).await {
+            tracing::warn!(access_request = %current.name(), error = %e, "could not mark the AccessRequest Expired");
+        }
+    }
+
+    /// Holds an MCP tool call an enforced `approve` tool rule matched: its
+    /// AccessRequest ([`tool_call_access_request`]) is asked like an API
+    /// request's (no preview, no reuse, no grant). An approval is not yet
+    /// Used ([`Self::consume`] when the call is forwarded).
+    pub(crate) async fn hold_tool_call(
+        &self,
+        request_id: &str,
+        call: &ToolCall<'_>,
+        d: &policy::Decision,
+    ) -> Answer {
+        let rule = d.rule.as_deref();
+        let body = tool_call_access_request(
+            call,
+            &Requester {
+                service_account: self.requester.clone(),
+                pod: self.pod.clone(),
+            },
+            rule.unwrap_or(""),
+            d.message.as_deref().unwrap_or(&d.explanation),
+            self.expires_at(OffsetDateTime::now_utc()),
+        );
+        self.ask(request_id, body, rule, None).await
     }
 
     /// [`preview::still_current`] with the approvals' client.

@@ -42,6 +42,12 @@
 //! An `approve` rule's `when:` is judged with the bodies the pipeline read
 //! for it (`object`, `oldObject`), as for any rule.
 //!
+//! Tool calls: the MCP front holds a call an `approve` tool rule matches
+//! with [`ApprovalDecider::hold_tool_call`]: the same ask (create, Pending,
+//! notify, wait) and consume (Used) as API requests, with the AccessRequest
+//! of [`access_request::tool_call_access_request`]; no preview, reuse or
+//! grant.
+//!
 //! Limitation: the decide hook sees a request body only when a `when:` rule
 //! reads it, so `requestHash` covers
 //! the method and the path with query only. Reuse is therefore limited to

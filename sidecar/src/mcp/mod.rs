@@ -19,9 +19,15 @@
 //! recording stream. The API proxy's recording names the calls in flight
 //! on every API request ([`registry::ToolCalls::link_annotations`]).
 //!
-//! An `approve` tool rule is not a wait for a person here: the call is
-//! refused with a JSON-RPC error saying it needs an approval (the approvals
-//! flow holds API requests, not tool calls).
+//! An enforced `approve` tool rule holds the call for a person with the
+//! approvals flow of API requests ([`ApprovalDecider::hold_tool_call`]):
+//! approved, it is forwarded as an allowed call naming its approval;
+//! otherwise it is refused like a denied one, the error naming the
+//! decision. The held POST waits on its own (other requests of the session
+//! go on); on the SSE transport, whose client sends a session's messages
+//! one at a time, the POST is answered `202` at once and the call waits in
+//! a task of its own. Without approvals (none given to the front) the call
+//! is refused, saying so.
 
 pub mod registry;
 mod tap;
@@ -47,8 +53,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::approval::ApprovalDecider;
+use crate::approval::access_request::ToolCall;
+use crate::approval::decider::Answer;
 use crate::enduser::VerifyBearer;
-use crate::hooks::{ProxyBody, boxed, full};
+use crate::hooks::{Approval, ProxyBody, boxed, full};
 use crate::listener::{self, Handler};
 use crate::policy_store::LoadedPolicy;
 use crate::recording::Recorder;
@@ -96,6 +105,9 @@ pub struct McpFront {
     /// The open `GET /sse` streams of the SSE transport, by session: where
     /// the answer to a refused `POST /messages` goes.
     sse_streams: std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<Bytes>>>,
+    /// Holds the calls an enforced `approve` tool rule matches for a
+    /// person's decision; without it they are refused.
+    approvals: Option<Arc<ApprovalDecider>>,
 }
 
 impl std::fmt::Debug for McpFront {
@@ -191,6 +203,28 @@ fn is_event_stream(h: &HeaderMap) -> bool {
         })
 }
 
+/// The error of a call not forwarded because another call of its batch was
+/// refused (`blocker`, that call's tool).
+fn not_forwarded(blocker: &str) -> String {
+    format!("mcp-warden: not forwarded: its batch holds a refused tool call ({blocker})")
+}
+
+/// The error of a held call that was not approved: the rule and the
+/// approvals' `message` (who denied it, or that it expired).
+fn approval_refusal(p: &PendingCall, message: &str) -> String {
+    let mut m = format!(
+        "mcp-warden policy: tool call {:?} was held for approval by rule {:?} and not approved",
+        p.call.tool,
+        p.decision.rule.as_deref().unwrap_or_default()
+    );
+    if let Some(msg) = &p.decision.message {
+        m.push_str(&format!(" (rule's message: {msg})"));
+    }
+    m.push_str(": ");
+    m.push_str(message);
+    m
+}
+
 /// What a tool call looks like before it is decided or forwarded.
 struct Incoming<'a> {
     session: &'a str,
@@ -228,7 +262,15 @@ impl McpFront {
             max_body: DEFAULT_MAX_BODY,
             max_event: DEFAULT_MAX_EVENT,
             sse_streams: Default::default(),
+            approvals: None,
         }
+    }
+
+    /// Holds the calls an enforced `approve` tool rule matches with the
+    /// approvals' AccessRequests (else they are refused).
+    pub fn with_approvals(mut self, approvals: Arc<ApprovalDecider>) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     fn sse_streams(
@@ -379,6 +421,7 @@ impl McpFront {
         let loaded = (self.policy)();
         let mut allowed = Vec::new();
         let mut refused = Vec::new();
+        let mut held = Vec::new();
         for m in &batch.messages {
             match m.tool_call() {
                 None => {}
@@ -407,24 +450,174 @@ impl McpFront {
                     };
                     let decision = policy::evaluate_tool(&loaded.policy, &tc.name, &who);
                     let pending = self.pending(&incoming, tc.id, tc.name, arguments, decision);
-                    if pending.decision.blocks() {
-                        refused.push(pending);
-                    } else {
+                    if !pending.decision.blocks() {
                         allowed.push(pending);
+                    } else if pending.decision.action == Action::Approve && self.approvals.is_some()
+                    {
+                        held.push(pending);
+                    } else {
+                        refused.push(pending);
                     }
                 }
             }
         }
-        if refused.is_empty() && !allowed.is_empty() && self.recorder.must_refuse() {
+        if refused.is_empty()
+            && !(allowed.is_empty() && held.is_empty())
+            && self.recorder.must_refuse()
+        {
             self.recorder.count_refused_request();
             let why = "mcp-warden: the recording is unavailable (spool full or unwritable); tool calls are refused until it recovers";
-            refused.append(&mut allowed);
-            return self.refuse(&batch, &session, refused, Some(why));
+            let calls = held.into_iter().chain(allowed).chain(refused);
+            return self.refuse(
+                &batch,
+                &session,
+                calls.map(|p| (p, None)).collect(),
+                Some(why),
+            );
         }
         if !refused.is_empty() {
-            refused.append(&mut allowed);
-            return self.refuse(&batch, &session, refused, None);
+            // Nobody is asked about a call that cannot be forwarded anyway.
+            let blocker = refused[0].call.tool.clone();
+            let mut calls: Vec<_> = refused.into_iter().map(|p| (p, None)).collect();
+            calls.extend(held.into_iter().map(|p| {
+                let why = not_forwarded(&blocker);
+                (p, Some(why))
+            }));
+            calls.extend(allowed.into_iter().map(|p| (p, None)));
+            return self.refuse(&batch, &session, calls, None);
         }
+        if held.is_empty() {
+            return self.forward(parts, bytes, &session, allowed).await;
+        }
+        // The SSE transport's client sends a session's messages one after
+        // the other, each waiting for its POST's answer, and reads the
+        // answers from its GET stream: the POST is accepted at once and the
+        // call waits for its approval on its own.
+        if self.sse_streams().contains_key(&session) {
+            let front = self.clone();
+            tokio::spawn(async move {
+                let resp = front
+                    .hold_and_forward(parts, bytes, batch, session, allowed, held)
+                    .await;
+                // The server's own answer to the POST: read to its end, so
+                // its tap sees it.
+                let _ = resp.into_body().collect().await;
+            });
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            return r;
+        }
+        self.hold_and_forward(parts, bytes, batch, session, allowed, held)
+            .await
+    }
+
+    /// Holds the calls an enforced `approve` tool rule matched until a
+    /// person decides (the approvals' AccessRequests, one per call, asked
+    /// at once); all approved: they are forwarded with the rest of their
+    /// body, as allowed calls that name their approval. Otherwise the body
+    /// is refused, each held call with its decision.
+    async fn hold_and_forward(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        bytes: Bytes,
+        batch: jr::Batch,
+        session: String,
+        mut allowed: Vec<PendingCall>,
+        held: Vec<PendingCall>,
+    ) -> Response<ProxyBody> {
+        let Some(approvals) = self.approvals.clone() else {
+            let calls = held.into_iter().chain(allowed).map(|p| (p, None));
+            return self.refuse(&batch, &session, calls.collect(), None);
+        };
+        let answers = futures::future::join_all(held.iter().map(|p| {
+            let call = ToolCall {
+                tool: &p.call.tool,
+                session: &p.call.session,
+                user: p.call.user.as_deref(),
+                masked_arguments: &p.arguments,
+            };
+            let approvals = approvals.clone();
+            async move {
+                approvals
+                    .hold_tool_call(&p.call.call_id, &call, &p.decision)
+                    .await
+            }
+        }))
+        .await;
+        let all_approved = answers.iter().all(|a| matches!(a, Answer::Approved { .. }));
+        let mut calls = Vec::new();
+        let mut ok = Vec::new();
+        for (p, a) in held.into_iter().zip(answers) {
+            match a {
+                Answer::Approved {
+                    by,
+                    access_request,
+                    current,
+                } => {
+                    if !all_approved {
+                        approvals
+                            .expire(
+                                &current,
+                                "its batch holds a tool call that was not approved",
+                            )
+                            .await;
+                        let why = not_forwarded(&p.call.tool);
+                        calls.push((p, Some(why)));
+                        continue;
+                    }
+                    match approvals
+                        .consume(&p.call.call_id, &current, &by, &access_request)
+                        .await
+                    {
+                        Ok(()) => ok.push((p, by, access_request)),
+                        Err(message) => {
+                            let m = approval_refusal(&p, &message);
+                            calls.push((p, Some(m)));
+                        }
+                    }
+                }
+                Answer::Refused { message } => {
+                    let m = approval_refusal(&p, &message);
+                    calls.push((p, Some(m)));
+                }
+            }
+        }
+        if !calls.is_empty() {
+            let blocker = calls[0].0.call.tool.clone();
+            for (p, by, ar) in ok {
+                // Approved and Used, but not forwarded: its event says so.
+                let mut p = p;
+                p.approval = Some(Approval {
+                    by,
+                    access_request: ar,
+                    grant: false,
+                });
+                calls.push((p, Some(not_forwarded(&blocker))));
+            }
+            calls.extend(allowed.into_iter().map(|p| (p, None)));
+            return self.refuse(&batch, &session, calls, None);
+        }
+        for (mut p, by, ar) in ok {
+            tracing::info!(tool = %p.call.tool, session = %p.call.session, approved_by = %by, access_request = %ar, "held tool call approved: forwarded");
+            p.approval = Some(Approval {
+                by,
+                access_request: ar,
+                grant: false,
+            });
+            allowed.push(p);
+        }
+        self.forward(parts, bytes, &session, allowed).await
+    }
+
+    /// Forwards a body whose tool calls (`allowed`) may all pass; they are
+    /// in flight until their answers pass.
+    async fn forward(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        bytes: Bytes,
+        session: &str,
+        allowed: Vec<PendingCall>,
+    ) -> Response<ProxyBody> {
         let calls: Vec<(jr::RpcId, u64)> = allowed
             .into_iter()
             .map(|p| (p.rpc_id.clone(), self.calls.begin(p)))
@@ -490,36 +683,41 @@ impl McpFront {
             path: inc.path.to_string(),
             peer: inc.peer,
             user_agent: inc.user_agent.to_string(),
+            approval: None,
         }
     }
 
     /// Answers a body holding a refused tool call without forwarding any of
-    /// it: each refused call gets its error; the rest of a batch gets an
-    /// error saying it was not forwarded.
+    /// it: each refused call gets its error (its own message when one is
+    /// given: a held call's decision, or why it was not forwarded); the rest
+    /// of a batch gets an error saying it was not forwarded.
     fn refuse(
         &self,
         batch: &jr::Batch,
         session: &str,
-        calls: Vec<PendingCall>,
+        calls: Vec<(PendingCall, Option<String>)>,
         why: Option<&str>,
     ) -> Response<ProxyBody> {
         let blocker = calls
             .iter()
-            .find(|c| c.decision.blocks())
-            .map(|c| c.call.tool.clone());
+            .find(|(c, m)| m.is_some() || c.decision.blocks())
+            .map(|(c, _)| c.call.tool.clone());
         let mut answers = Vec::new();
         let mut answered = Vec::new();
-        for p in calls {
-            let (message, data) = match why {
-                Some(w) => (w.to_string(), None),
-                None if p.decision.blocks() => {
+        for (p, given) in calls {
+            let rule = p.decision.rule.clone().unwrap_or_default();
+            let data =
+                json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool});
+            let (message, data) = match (why, given) {
+                (Some(w), _) => (w.to_string(), None),
+                (None, Some(m)) => (m, Some(data)),
+                (None, None) if p.decision.blocks() => {
                     let what = match p.decision.action {
                         Action::Approve => {
-                            "tool call needs a human's approval, which tool calls cannot wait for: refused"
+                            "tool call needs a human's approval, and approvals are not configured: refused"
                         }
                         _ => "tool call denied",
                     };
-                    let rule = p.decision.rule.clone().unwrap_or_default();
                     let mut m = format!(
                         "mcp-warden policy: {what} by rule {rule:?} (tool {:?})",
                         p.call.tool
@@ -528,20 +726,9 @@ impl McpFront {
                         m.push_str(": ");
                         m.push_str(msg);
                     }
-                    (
-                        m,
-                        Some(
-                            json!({"rule": rule, "decision": p.decision.action.as_str(), "tool": p.call.tool}),
-                        ),
-                    )
+                    (m, Some(data))
                 }
-                None => (
-                    format!(
-                        "mcp-warden: not forwarded: its batch holds a refused tool call ({})",
-                        blocker.as_deref().unwrap_or_default()
-                    ),
-                    None,
-                ),
+                (None, None) => (not_forwarded(blocker.as_deref().unwrap_or_default()), None),
             };
             tracing::info!(tool = %p.call.tool, rule = ?p.decision.rule, session = %p.call.session, "tool call refused");
             answers.push(jr::error_response(
@@ -711,7 +898,7 @@ impl McpFront {
             pod: self.recorder.pod(),
             cluster: self.recorder.cluster_name(),
         };
-        let event = jr::tool_call_event(
+        let mut event = jr::tool_call_event(
             info,
             &ToolCallRecord {
                 call: &p.call,
@@ -720,6 +907,14 @@ impl McpFront {
                 ended: micro(SystemTime::now()),
             },
         );
+        if let Some(a) = &p.approval {
+            let ann = &mut event.annotations;
+            ann.insert(crate::approval::ANN_APPROVED_BY.into(), a.by.clone());
+            ann.insert(
+                crate::approval::ANN_ACCESS_REQUEST.into(),
+                a.access_request.clone(),
+            );
+        }
         tracing::info!(
             tool = %p.call.tool,
             outcome = end.name(),

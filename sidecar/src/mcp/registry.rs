@@ -35,6 +35,9 @@ pub struct PendingCall {
     pub peer: SocketAddr,
     /// The client's `User-Agent`.
     pub user_agent: String,
+    /// The person's approval it was forwarded with (an `approve` tool
+    /// rule held it), recorded on its event.
+    pub approval: Option<crate::hooks::Approval>,
 }
 
 #[derive(Debug, Default)]

@@ -466,3 +466,316 @@ async fn mcp_front_authenticates_records_users_and_reads_both_transports() {
     let _ = cstop.send(());
     let _ = server.await;
 }
+
+const HOLD_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+defaultAction: deny
+rules:
+  - name: held-tools
+    action: approve
+    tools: ["held_*"]
+    message: ask first
+"#;
+
+/// Reads the SSE stream until an event's JSON-RPC message has `id`.
+async fn answer_on(stream: &mut ProxyBody, id: u64) -> Value {
+    let mut text = String::new();
+    for _ in 0..100 {
+        let frame = tokio::time::timeout(Duration::from_secs(60), stream.frame())
+            .await
+            .expect("no answer on the stream")
+            .unwrap()
+            .unwrap();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        text.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = text.find("\n\n") {
+            let ev: String = text.drain(..end + 2).collect();
+            if let Some(v) = ev
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                && v["id"] == id
+            {
+                return v;
+            }
+        }
+    }
+    panic!("no answer with id {id} on the stream");
+}
+
+/// An `approve` tool rule on the SSE transport, with approvals pointed at
+/// kube-apisim (the decision written into the AccessRequest's status): the
+/// held `POST /messages` is accepted at once (the SSE client sends a
+/// session's POSTs one at a time), another call of the session is answered
+/// while it waits; approved, the call reaches the server and its answer
+/// comes on the stream; denied, the error naming the denier does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_front_holds_a_tool_call_on_the_sse_transport_without_blocking_the_session() {
+    use clap::Parser;
+    use mcp_warden_sidecar::approval::ApprovalDecider;
+    use mcp_warden_sidecar::config::{ApprovalConfig, Cli};
+    use mcp_warden_sidecar::policy_store::PolicyDecider;
+    use mcp_warden_tests::harness::{ApiSim, ApiSimOptions, run};
+
+    let d = tempfile::tempdir().unwrap();
+    let crd = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/crds/accessrequests.yaml"),
+    )
+    .unwrap();
+    let seed = d.path().join("seed.yaml");
+    std::fs::write(&seed, crd).unwrap();
+    let sim = tokio::task::spawn_blocking(move || {
+        ApiSim::start(ApiSimOptions {
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let sim = Arc::new(sim);
+
+    let out = d.path().join("out");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = listener.local_addr().unwrap();
+    let (cstop, crx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(collector::run(
+        listener,
+        CollectorConfig::new(&out),
+        async {
+            let _ = crx.await;
+        },
+    ));
+    let mut cfg = RecordingConfig::new(d.path().join("spool"));
+    cfg.collector_url = Some(format!("http://{caddr}/audit").parse().unwrap());
+    cfg.format = CollectorFormat::Ndjson;
+    cfg.batch_max_delay = Duration::from_millis(20);
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (recorder, rec_task) = Recorder::start(cfg, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    })
+    .unwrap();
+    let policy_file = d.path().join("policy.yaml");
+    std::fs::write(&policy_file, HOLD_POLICY).unwrap();
+    let (store, _task) = PolicyStore::start(Some(policy_file.clone())).unwrap();
+    let identity = Identity::user("system:serviceaccount:default:agent");
+    let ca = sim.ca_path();
+    let token = sim.token_path();
+    let url = sim.url();
+    let config = Cli::try_parse_from([
+        "mcp-warden-sidecar",
+        "--upstream",
+        &url,
+        "--upstream-ca-file",
+        ca.to_str().unwrap(),
+        "--upstream-token-file",
+        token.to_str().unwrap(),
+        "--pod-namespace",
+        "default",
+        "--pod-name",
+        "agent-0",
+    ])
+    .unwrap()
+    .serve
+    .validate()
+    .unwrap();
+    let approvals = Arc::new(
+        ApprovalDecider::new(
+            PolicyDecider::new(store.clone(), identity.clone()),
+            &config,
+            &identity,
+            ApprovalConfig {
+                approval_timeout: Duration::from_secs(60),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let policy: PolicySource = Arc::new(move || store.current());
+    let fake_state = Arc::new(Fake::default());
+    let upstream = start_fake(fake_state.clone()).await;
+    let calls = Arc::new(ToolCalls::new());
+    let front = Arc::new(
+        McpFront::new(upstream, policy, identity, recorder, calls.clone(), None)
+            .with_approvals(approvals),
+    );
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+
+    let get = Request::get("/sse").body(full("")).unwrap();
+    let stream = front.clone().handle(get, peer).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream_body = stream.into_body();
+    let first = stream_body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("sessionId=legacy-1"));
+    let send = |id: u64, tool: &str| {
+        let front = front.clone();
+        let req = post(
+            "/messages?sessionId=legacy-1",
+            None,
+            None,
+            call(id, tool, json!({"name": "web-0"})),
+        );
+        async move {
+            // Bounded: a held POST would otherwise wait for the decision.
+            tokio::time::timeout(Duration::from_secs(30), front.handle(req, peer))
+                .await
+                .expect("the POST waited for the approval")
+        }
+    };
+    // The AccessRequest in apisim, and writing its decision.
+    let pending = |not: Option<String>| {
+        let sim = sim.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..150 {
+                let out = run(
+                    sim.kubectl("32").args([
+                        "get",
+                        "accessrequests",
+                        "-n",
+                        "default",
+                        "-o",
+                        "json",
+                    ]),
+                    Duration::from_secs(30),
+                )
+                .unwrap();
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let found = v["items"].as_array().and_then(|items| {
+                    items
+                        .iter()
+                        .find(|a| {
+                            a["status"]["state"] == "Pending"
+                                && a["metadata"]["name"].as_str() != not.as_deref()
+                        })
+                        .cloned()
+                });
+                if let Some(a) = found {
+                    return a;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            panic!("no pending AccessRequest");
+        })
+    };
+    let decide = |name: String, status: Value| {
+        let sim = sim.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = run(
+                sim.kubectl("32").args([
+                    "patch",
+                    "accessrequests",
+                    &name,
+                    "-n",
+                    "default",
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &json!({ "status": status }).to_string(),
+                ]),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+    };
+
+    // Held: accepted at once; the session goes on meanwhile.
+    let r = send(1, "held_delete").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let ar = pending(None).await.unwrap();
+    assert_eq!(ar["spec"]["verb"], "tools/call");
+    assert_eq!(ar["spec"]["resource"], "tools");
+    assert_eq!(ar["spec"]["name"], "held_delete");
+    assert_eq!(ar["spec"]["rule"], "held-tools");
+    assert_eq!(ar["spec"]["message"], "ask first");
+    assert_eq!(
+        ar["spec"]["summary"],
+        r#"call tool held_delete {"name":"web-0"} (session legacy-1)"#
+    );
+    assert_eq!(
+        ar["spec"]["requester"]["serviceAccount"],
+        "system:serviceaccount:default:agent"
+    );
+    let first_name = ar["metadata"]["name"].as_str().unwrap().to_string();
+    let r = send(2, "pods_list").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let a2 = answer_on(&mut stream_body, 2).await;
+    assert!(a2.get("result").is_some(), "{a2}");
+    let seen = |tool: &str| {
+        fake_state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.contains(&format!("\"name\":\"{tool}\"")))
+    };
+    assert!(!seen("held_delete"), "the held call reached the server");
+
+    // Approved: forwarded, answered on the stream, the AccessRequest Used.
+    decide(
+        first_name.clone(),
+        json!({"state": "Approved", "decidedBy": "alice"}),
+    )
+    .await
+    .unwrap();
+    let a1 = answer_on(&mut stream_body, 1).await;
+    assert!(a1.get("result").is_some(), "{a1}");
+    assert!(seen("held_delete"));
+
+    // Denied: the error on the stream names the denier, nothing forwarded.
+    let before = fake_state.seen.lock().unwrap().len();
+    let r = send(3, "held_drop").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let ar = pending(Some(first_name.clone())).await.unwrap();
+    let second_name = ar["metadata"]["name"].as_str().unwrap().to_string();
+    decide(
+        second_name.clone(),
+        json!({"state": "Denied", "decidedBy": "bob", "reason": "not now"}),
+    )
+    .await
+    .unwrap();
+    let a3 = answer_on(&mut stream_body, 3).await;
+    assert_eq!(a3["error"]["code"], -32001, "{a3}");
+    let msg = a3["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("held-tools"), "{msg}");
+    assert!(msg.contains("denied by bob: not now"), "{msg}");
+    assert_eq!(a3["error"]["data"]["decision"], "approve");
+    assert_eq!(fake_state.seen.lock().unwrap().len(), before);
+
+    let ev = tool_events(&out, 3).await;
+    let by_tool = |t: &str| {
+        ev.iter()
+            .find(|e| e.annotations[contract::ANN_TOOL] == t)
+            .unwrap()
+    };
+    let approved = by_tool("held_delete");
+    assert_eq!(approved.annotations[contract::ANN_TOOL_OUTCOME], "result");
+    assert_eq!(approved.annotations[contract::ANN_APPROVED_BY], "alice");
+    assert_eq!(
+        approved.annotations[contract::ANN_ACCESS_REQUEST],
+        format!("default/{first_name}")
+    );
+    let denied = by_tool("held_drop");
+    assert_eq!(denied.annotations[contract::ANN_TOOL_OUTCOME], "refused");
+    assert!(!denied.annotations.contains_key(contract::ANN_APPROVED_BY));
+    assert!(calls.in_flight().is_empty());
+
+    drop(stream_body);
+    let _ = stop.send(true);
+    let _ = rec_task.await;
+    let _ = cstop.send(());
+    let _ = server.await;
+}

@@ -85,31 +85,41 @@ impl Stack {
     /// With `policy` and further sidecar flags (an issuer's `--oidc-*`).
     fn start_with(policy_text: &str, extra: Vec<String>) -> Stack {
         let dir = tempfile::tempdir().unwrap();
+        let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
+        Stack::start_on(dir, sim, policy_text, extra, None)
+    }
+
+    /// On `sim`, the sidecar reading its upstream token from `token_file`
+    /// (else the harness's default).
+    fn start_on(
+        dir: tempfile::TempDir,
+        sim: ApiSim,
+        policy_text: &str,
+        extra: Vec<String>,
+        token_file: Option<std::path::PathBuf>,
+    ) -> Stack {
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, policy_text).unwrap();
-        let sim = ApiSim::start(ApiSimOptions::demo()).unwrap();
         let collector = Collector::start().unwrap();
         let server_port = free_port().unwrap();
         let front: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
-        let sidecar = Sidecar::start(
-            &sim,
-            SidecarOptions::default()
-                .policy(&policy)
-                .collector(&collector)
-                .args(
-                    [
-                        "--mcp-upstream".to_string(),
-                        format!("127.0.0.1:{server_port}"),
-                        "--mcp-listen".to_string(),
-                        front.to_string(),
-                    ]
-                    .into_iter()
-                    .chain(extra),
-                ),
-        )
-        .unwrap();
+        let mut opts = SidecarOptions::default()
+            .policy(&policy)
+            .collector(&collector)
+            .args(
+                [
+                    "--mcp-upstream".to_string(),
+                    format!("127.0.0.1:{server_port}"),
+                    "--mcp-listen".to_string(),
+                    front.to_string(),
+                ]
+                .into_iter()
+                .chain(extra),
+            );
+        opts.upstream_token_file = token_file;
+        let sidecar = Sidecar::start(&sim, opts).unwrap();
         // The MCP server reaches the API through the sidecar, with the
         // app's kubeconfig (local CA, local token).
         let log = std::fs::File::create(dir.path().join("mcp-server.log")).unwrap();
@@ -451,4 +461,307 @@ fn mcp_front_takes_the_caller_from_a_verified_oidc_token() {
     )
     .unwrap();
     assert!(!no_token.status.success(), "an anonymous agent got through");
+}
+
+const APPROVE_POLICY: &str = r#"apiVersion: mcp-warden.io/v1alpha1
+kind: Policy
+defaultAction: deny
+rules:
+  - name: read-everything
+    action: allow
+    verbs: [get, list, watch]
+    resources: ["*"]
+    namespaces: ["*"]
+  - name: pod-deletes
+    action: allow
+    verbs: [delete]
+    resources: [pods]
+    namespaces: [default]
+  - name: tool-deletes-need-a-human
+    action: approve
+    tools: [pods_delete]
+    message: a person decides on pod deletes
+"#;
+
+/// For the webhook's AccessRequest configuration on kube-apisim.
+const WEBHOOK_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: mutatingwebhookconfigurations.admissionregistration.k8s.io
+spec:
+  group: admissionregistration.k8s.io
+  scope: Cluster
+  names: {plural: mutatingwebhookconfigurations, singular: mutatingwebhookconfiguration, kind: MutatingWebhookConfiguration}
+  versions:
+    - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+"#;
+
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An `approve` tool rule holds `pods_delete` with the approvals flow
+/// (AccessRequests on kube-apisim, decided with the `kubectl-mcp_warden`
+/// plugin through the admission webhook): the approved call reaches the
+/// real MCP server (the pod is deleted), its event names the approver and
+/// the AccessRequest, which is then Used; the denied one is a JSON-RPC
+/// error naming the rule and the denier, and the pod stays.
+#[test]
+fn mcp_front_holds_an_approve_tool_rule_for_a_person() {
+    use mcp_warden_tests::harness::{fixture, workspace_bin, write_kubeconfig};
+    use mcp_warden_tests::stack::{Webhook, WebhookOptions};
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    let dir = tempfile::tempdir().unwrap();
+    let crd = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/crds/accessrequests.yaml"),
+    )
+    .unwrap();
+    let demo = std::fs::read_to_string(fixture("seed-demo.yaml")).unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(&seed, format!("{demo}\n---\n{WEBHOOK_CRD}---\n{crd}")).unwrap();
+    let sim = ApiSim::start(ApiSimOptions {
+        seed: Some(seed),
+        version: Some("v1.32.3".into()),
+        extra_users: vec!["alice=alice-token".into(), "bob=bob-token".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let webhook = Webhook::start(WebhookOptions {
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let cfg = dir.path().join("mwc.yaml");
+    std::fs::write(&cfg, webhook.accessrequest_mutating_config()).unwrap();
+    succeeded(&run(sim.kubectl("32").args(["apply", "-f"]).arg(&cfg), LIMIT).unwrap());
+    // The sidecar runs with the pod's service-account token: the requester.
+    let token = succeeded(
+        &run(
+            sim.kubectl("32")
+                .args(["create", "token", "default", "-n", "default"]),
+            LIMIT,
+        )
+        .unwrap(),
+    );
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let kubeconfig = |user: &str| {
+        let path = dir.path().join(format!("{user}.kubeconfig"));
+        write_kubeconfig(&path, &sim.url(), &sim.ca_path(), &format!("{user}-token")).unwrap();
+        path
+    };
+    let (alice, bob) = (kubeconfig("alice"), kubeconfig("bob"));
+    let plugin = |kubeconfig: &std::path::Path, args: &[&str]| {
+        succeeded(
+            &run(
+                Command::new(workspace_bin("kubectl-mcp_warden"))
+                    .env("KUBECONFIG", kubeconfig)
+                    .args(args),
+                LIMIT,
+            )
+            .unwrap(),
+        )
+    };
+    let stack_dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_on(
+        stack_dir,
+        sim,
+        APPROVE_POLICY,
+        vec!["--approval-timeout".into(), "50s".into()],
+        Some(token_file),
+    );
+    let access_requests = || -> Vec<Value> {
+        let out = run(
+            stack
+                ._sim
+                .kubectl("32")
+                .args(["get", "accessrequests", "-n", "default", "-o", "json"]),
+            LIMIT,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    let pending = |not: Option<&str>| -> Value {
+        wait_for("a pending AccessRequest", Duration::from_secs(40), || {
+            access_requests().into_iter().find(|a| {
+                a["status"]["state"] == "Pending" && a["metadata"]["name"].as_str() != not
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", stack.sidecar.log()))
+    };
+    let pod_exists = |name: &str| {
+        run(
+            stack
+                ._sim
+                .kubectl("32")
+                .args(["get", "pod", name, "-n", "default"]),
+            LIMIT,
+        )
+        .unwrap()
+        .status
+        .success()
+    };
+
+    let calls = r#"[
+ {"tool": "pods_delete", "arguments": {"namespace": "default", "name": "web-0"}},
+ {"tool": "pods_delete", "arguments": {"namespace": "default", "name": "web-1"}}
+]"#;
+    let agent = std::thread::scope(|s| {
+        let agent = s.spawn(|| stack.agent("http", "/mcp", calls));
+        // The first call waits for a person: its AccessRequest says what.
+        let first = pending(None);
+        let first_name = first["metadata"]["name"].as_str().unwrap().to_string();
+        let spec = &first["spec"];
+        assert_eq!(spec["verb"], "tools/call", "{first:#}");
+        assert_eq!(spec["resource"], "tools", "{first:#}");
+        assert_eq!(spec["name"], "pods_delete", "{first:#}");
+        assert_eq!(spec["rule"], "tool-deletes-need-a-human", "{first:#}");
+        assert_eq!(
+            spec["message"], "a person decides on pod deletes",
+            "{first:#}"
+        );
+        assert_eq!(
+            spec["requester"]["serviceAccount"], "system:serviceaccount:default:default",
+            "{first:#}"
+        );
+        let summary = spec["summary"].as_str().unwrap();
+        assert!(
+            summary.starts_with(
+                r#"call tool pods_delete {"namespace":"default","name":"web-0"} (session "#
+            ),
+            "{summary}"
+        );
+        assert!(
+            spec["expiresAt"].as_str().is_some_and(|t| !t.is_empty()),
+            "{first:#}"
+        );
+        assert!(spec.get("namespace").is_none(), "{first:#}");
+        assert!(pod_exists("web-0"), "the held call went through");
+        assert!(!agent.is_finished(), "the call was not held");
+        let out = plugin(&alice, &["approve", &first_name, "-n", "default"]);
+        assert!(out.contains("decidedBy: alice"), "{out}");
+
+        // The second: denied.
+        let second = pending(Some(&first_name));
+        let second_name = second["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(
+            second["spec"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("web-1"),
+            "{second:#}"
+        );
+        plugin(
+            &bob,
+            &[
+                "deny",
+                &second_name,
+                "-n",
+                "default",
+                "--reason",
+                "not today",
+            ],
+        );
+        let agent = agent.join().unwrap();
+        (agent, first_name, second_name)
+    });
+    let (agent, first_name, second_name) = agent;
+    let results = agent["calls"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{agent:#}");
+    assert_eq!(results[0]["isError"], false, "{agent:#}");
+    assert!(
+        !pod_exists("web-0"),
+        "the approved call did not delete web-0"
+    );
+    let err = &results[1]["error"];
+    assert_eq!(err["code"], -32001, "{agent:#}");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains("tool-deletes-need-a-human"), "{msg}");
+    assert!(msg.contains("denied by bob"), "{msg}");
+    assert!(msg.contains("not today"), "{msg}");
+    assert!(msg.contains(&second_name), "{msg}");
+    assert!(pod_exists("web-1"), "the denied call went through");
+
+    let state = |name: &str| {
+        access_requests()
+            .into_iter()
+            .find(|a| a["metadata"]["name"] == name)
+            .map(|a| a["status"]["state"].clone())
+    };
+    assert_eq!(state(&first_name), Some(Value::from("Used")));
+    assert_eq!(state(&second_name), Some(Value::from("Denied")));
+
+    // The recording: the approved call names its approver and AccessRequest.
+    let events = stack.events_with_tool_calls(2);
+    let deletes: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            ann(e, contract::ANN_EVENT_KIND) == Some("tool-call")
+                && ann(e, contract::ANN_TOOL) == Some("pods_delete")
+        })
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:#?}");
+    let approved = deletes
+        .iter()
+        .find(|e| e["requestObject"]["arguments"]["name"] == "web-0")
+        .unwrap();
+    assert_eq!(
+        ann(approved, "mcp-warden.io/decision"),
+        Some("approve"),
+        "{approved:#}"
+    );
+    assert_eq!(
+        ann(approved, contract::ANN_APPROVED_BY),
+        Some("alice"),
+        "{approved:#}"
+    );
+    assert_eq!(
+        ann(approved, contract::ANN_ACCESS_REQUEST),
+        Some(format!("default/{first_name}").as_str()),
+        "{approved:#}"
+    );
+    assert_eq!(
+        ann(approved, contract::ANN_TOOL_OUTCOME),
+        Some("result"),
+        "{approved:#}"
+    );
+    let denied = deletes
+        .iter()
+        .find(|e| e["requestObject"]["arguments"]["name"] == "web-1")
+        .unwrap();
+    assert_eq!(
+        ann(denied, contract::ANN_TOOL_OUTCOME),
+        Some("refused"),
+        "{denied:#}"
+    );
+    assert_eq!(ann(denied, contract::ANN_APPROVED_BY), None, "{denied:#}");
+    // The API request the approved call made is linked to it.
+    let api_delete = events
+        .iter()
+        .find(|e| {
+            e["verb"] == "delete"
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["name"] == "web-0"
+        })
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(
+        ann(api_delete, contract::ANN_TOOL_CALL),
+        approved["auditID"].as_str(),
+        "{api_delete:#}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["verb"] == "delete" && e["objectRef"]["name"] == "web-1"),
+        "the denied call reached the API"
+    );
 }
