@@ -353,23 +353,19 @@ impl ApprovalDecider {
             // on the object (the admission refuses a second writer), nobody
             // is asked.
             Err(e) if preview.is_some() => {
-                tracing::warn!(request_id = %ctx.request_id, access_request = %ar, error = %e, "cannot write the preview: refusing the request");
-                let _ = self
-                    .api
-                    .set_status(
-                        &created,
-                        State::Expired,
-                        "the preview could not be recorded",
-                    )
+                tracing::warn!(request_id, access_request = %ar, error = %e, "cannot write the preview: refusing the request");
+                let mut stored = created.clone();
+                if let Some(st) = stored.status.as_mut() {
+                    st.preview = None;
+                }
+                self.expire(&stored, "the preview could not be recorded")
                     .await;
-                return Self::refuse(
-                    attrs,
-                    rule,
-                    format!(
+                return Answer::Refused {
+                    message: format!(
                         "mcp-warden: approval required (rule {:?}) but the preview could not be recorded on AccessRequest {ar}: {e}",
-                        d.rule.as_deref().unwrap_or("")
+                        rule.unwrap_or("")
                     ),
-                );
+                };
             }
             Err(e) => {
                 tracing::debug!(error = %e, "could not mark the AccessRequest Pending");
