@@ -141,8 +141,9 @@ impl RealWebhook {
 
     /// The manifests' `kind` configuration `mcp-warden`, renamed `name`,
     /// with only the webhooks named in `entries`, each calling this process
-    /// by URL (a namespace selector also requires [`TEST_LABEL`]` = name`);
-    /// applied as admin.
+    /// by URL; each sees only namespaces labelled [`TEST_LABEL`]` = name`
+    /// (added to the chart's selector, or the whole selector where the chart
+    /// has none); applied as admin.
     pub fn register(&mut self, kind: &str, name: &str, entries: &[&str]) -> Value {
         let mut doc = manifest(kind, "mcp-warden");
         doc["metadata"] = json!({"name": name});
@@ -160,6 +161,10 @@ impl RealWebhook {
                     .to_string();
                 if let Some(exprs) = w["namespaceSelector"]["matchExpressions"].as_array_mut() {
                     exprs.push(json!({"key": TEST_LABEL, "operator": "In", "values": [name]}));
+                } else if w.get("namespaceSelector").is_none() {
+                    // The AccessRequest webhooks judge every namespace: two
+                    // tests' would judge each other's approvals.
+                    w["namespaceSelector"] = json!({"matchLabels": {TEST_LABEL: name}});
                 }
                 w["clientConfig"] = json!({"url": self.server.url(&path), "caBundle": bundle});
                 w

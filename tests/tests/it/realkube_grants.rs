@@ -20,7 +20,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mcp_warden_tests::chart::{RealWebhook, admin_json, manifest, manifest_in, repo_file};
+use mcp_warden_tests::chart::{
+    RealWebhook, TEST_LABEL, admin_json, manifest, manifest_in, repo_file,
+};
 use mcp_warden_tests::harness::{run, run_ok, wait_for, write_kubeconfig};
 use mcp_warden_tests::realkube::{ADMIN, ALICE, BOB, RealKube};
 use mcp_warden_tests::stack::{Collector, Sidecar, SidecarOptions, Upstream};
@@ -72,7 +74,7 @@ fn grants_on_the_real_server_pass_for_their_window_end_on_revoke_and_are_refused
     let mut approver = manifest("ClusterRole", "mcp-warden-approver");
     approver["metadata"] = json!({"name": "mcp-warden-approver"});
     let mut docs = vec![
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {TEST_LABEL: "mcp-warden-rkg-grants"}}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}),
         manifest_in("Role", "mcp-warden-sidecar", ns),
         manifest_in("RoleBinding", "mcp-warden-sidecar", ns),

@@ -538,7 +538,7 @@ fn approvals_on_the_real_server_are_stamped_with_the_authenticated_approver() {
     let mut approver = manifest("ClusterRole", "mcp-warden-approver");
     approver["metadata"] = json!({"name": "mcp-warden-approver"});
     let docs = [
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {TEST_LABEL: "mcp-warden-rkw-approvals"}}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}),
         manifest_in("Role", "mcp-warden-sidecar", ns),
         manifest_in("RoleBinding", "mcp-warden-sidecar", ns),
