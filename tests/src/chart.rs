@@ -159,12 +159,23 @@ impl RealWebhook {
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                if let Some(exprs) = w["namespaceSelector"]["matchExpressions"].as_array_mut() {
-                    exprs.push(json!({"key": TEST_LABEL, "operator": "In", "values": [name]}));
-                } else if w.get("namespaceSelector").is_none() {
+                let mine = json!({"key": TEST_LABEL, "operator": "In", "values": [name]});
+                // (Checked with `get`: indexing a missing key mutably would
+                // insert it, and an empty selector matches every namespace.)
+                match w
+                    .get_mut("namespaceSelector")
+                    .and_then(|s| s.get_mut("matchExpressions"))
+                    .and_then(Value::as_array_mut)
+                {
+                    Some(exprs) => exprs.push(mine),
                     // The AccessRequest webhooks judge every namespace: two
                     // tests' would judge each other's approvals.
-                    w["namespaceSelector"] = json!({"matchLabels": {TEST_LABEL: name}});
+                    None => {
+                        if !w["namespaceSelector"].is_object() {
+                            w["namespaceSelector"] = json!({});
+                        }
+                        w["namespaceSelector"]["matchExpressions"] = json!([mine]);
+                    }
                 }
                 w["clientConfig"] = json!({"url": self.server.url(&path), "caBundle": bundle});
                 w
