@@ -684,13 +684,7 @@ pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
             namespace,
             all_namespaces,
         } => {
-            let api: Api<AccessRequest> = if *all_namespaces {
-                Api::all(client)
-            } else {
-                let ns = namespace.clone().unwrap_or(default_ns);
-                Api::namespaced(client, &ns)
-            };
-            let list = api.list(&ListParams::default()).await.map_err(api_error)?;
+            let list = list_in(client, namespace, *all_namespaces, default_ns).await?;
             Ok(grants_table(
                 &list.items,
                 OffsetDateTime::now_utc(),
@@ -707,13 +701,7 @@ pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
             namespace,
             all_namespaces,
         } => {
-            let api: Api<AccessRequest> = if *all_namespaces {
-                Api::all(client)
-            } else {
-                let ns = namespace.clone().unwrap_or(default_ns);
-                Api::namespaced(client, &ns)
-            };
-            let list = api.list(&ListParams::default()).await.map_err(api_error)?;
+            let list = list_in(client, namespace, *all_namespaces, default_ns).await?;
             Ok(pending_table(
                 &list.items,
                 OffsetDateTime::now_utc(),
@@ -721,6 +709,22 @@ pub async fn run(cli: PluginCli) -> Result<String, PluginError> {
             ))
         }
     }
+}
+
+/// The AccessRequests of `namespace` (else the kubeconfig's), or of every
+/// namespace with `-A`.
+async fn list_in(
+    client: kube::Client,
+    namespace: &Option<String>,
+    all_namespaces: bool,
+    default_ns: String,
+) -> Result<kube::core::ObjectList<AccessRequest>, PluginError> {
+    let api: Api<AccessRequest> = if all_namespaces {
+        Api::all(client)
+    } else {
+        Api::namespaced(client, &namespace.clone().unwrap_or(default_ns))
+    };
+    api.list(&ListParams::default()).await.map_err(api_error)
 }
 
 #[cfg(test)]
