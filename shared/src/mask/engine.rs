@@ -647,21 +647,19 @@ fn remember(found: &mut Found, s: &str, b64: bool) {
 /// `kubectl apply` run directly against the API server, with the real
 /// annotation, still would). The skeleton is a pure function of fields it
 /// keeps, so masking it again yields it unchanged (idempotent, not counted).
-fn last_applied_skeleton(ann: &str, live: &Value) -> String {
+pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
     let applied = match serde_json::from_str::<Value>(ann) {
         Ok(v) if v.is_object() => v,
         _ => return MARKER.to_string(),
     };
     let live_kind = live.get("kind").and_then(Value::as_str);
     let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
-    let pick = |from: Option<&Value>, key: &str| -> Option<Value> {
-        from.and_then(|m| m.get(key))
-            .filter(|x| x.is_string())
-            .cloned()
-    };
     let applied_meta = applied.get("metadata");
     let live_meta = live.get("metadata");
-    let mut out = Map::new();
+    // Written directly, as serde_json writes the equivalent map (compact,
+    // in this key order, strings escaped by serde_json): no map is built.
+    let mut out = Vec::with_capacity(128);
+    out.push(b'{');
     for key in ["apiVersion", "kind"] {
         let from_live = if own_type {
             pick(Some(live), key)
@@ -669,17 +667,36 @@ fn last_applied_skeleton(ann: &str, live: &Value) -> String {
             None
         };
         if let Some(x) = pick(Some(&applied), key).or(from_live) {
-            out.insert(key.to_string(), x);
+            push_json_member(&mut out, key, x);
+            out.push(b',');
         }
     }
-    let mut meta = Map::new();
+    out.extend_from_slice(b"\"metadata\":{");
+    let mut first = true;
     for key in ["name", "namespace"] {
         if let Some(x) = pick(applied_meta, key).or_else(|| pick(live_meta, key)) {
-            meta.insert(key.to_string(), x);
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            push_json_member(&mut out, key, x);
         }
     }
-    out.insert("metadata".to_string(), Value::Object(meta));
-    serde_json::to_string(&Value::Object(out)).unwrap_or_else(|_| MARKER.to_string())
+    out.extend_from_slice(b"}}");
+    String::from_utf8(out).unwrap_or_else(|_| MARKER.to_string())
+}
+
+/// The string at `key` of `from`, if it is one.
+fn pick<'a>(from: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    from.and_then(|m| m.get(key)).and_then(Value::as_str)
+}
+
+/// `"key":"value"` with serde_json's escaping of both.
+fn push_json_member(out: &mut Vec<u8>, key: &str, value: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// Secret `data` and any `binaryData` hold base64: their marker must decode.

@@ -56,6 +56,10 @@ pub const MIN_ENCODED_SCRUB_BYTES: usize = 4;
 /// replaced whole.
 pub const WINDOW: usize = 64;
 
+/// Forms [`forms`] makes of one value at most: the value, 4 encodings, 6
+/// cores.
+const FORMS_PER_VALUE: usize = 11;
+
 /// Shortest base64 "core" (the characters of an encoding that depend only on
 /// the value, whatever precedes and follows it) matched inside longer
 /// base64 text: 8 characters, 48 bits.
@@ -79,9 +83,11 @@ pub struct ScrubSet {
     /// pattern (one pass, instead of a search per pattern). Small enough to
     /// clear for every object (a collision only costs a search).
     bigrams: Option<[u64; BIGRAM_WORDS]>,
-    /// Naive sets: the valid UTF-8 patterns (the ones strings can hold),
-    /// in order, with their window flags.
-    texts: Vec<(Box<str>, bool)>,
+    /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
+    /// (the ones strings can hold), in order.
+    texts: Vec<usize>,
+    /// Length of the shortest pattern: a shorter string holds none.
+    min_len: usize,
     /// All patterns (bytes, streams), built on first use.
     bytes: OnceLock<Option<AhoCorasick>>,
     /// The valid UTF-8 patterns (strings), built on first use, with their
@@ -161,12 +167,16 @@ impl ScrubSet {
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        let mut pairs: Vec<(Vec<u8>, bool)> = Vec::new();
+        let values = values.into_iter();
+        let mut pairs: Vec<(Vec<u8>, bool)> =
+            Vec::with_capacity(values.size_hint().0 * FORMS_PER_VALUE);
         for v in values {
             forms(v.as_ref(), window, &mut pairs);
         }
         // Longest first; for equal patterns the window (whole-string) wins.
-        pairs.sort_by(|a, b| {
+        // The order is total over the elements (equal ones are identical),
+        // so an unstable sort gives the same sequence.
+        pairs.sort_unstable_by(|a, b| {
             b.0.len()
                 .cmp(&a.0.len())
                 .then_with(|| a.0.cmp(&b.0))
@@ -193,14 +203,16 @@ impl ScrubSet {
         let texts = if naive {
             patterns
                 .iter()
-                .zip(&window)
-                .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|t| (t.into(), *w)))
+                .enumerate()
+                .filter(|(_, p)| std::str::from_utf8(p).is_ok())
+                .map(|(i, _)| i)
                 .collect()
         } else {
             Vec::new()
         };
         ScrubSet {
             max_len: patterns.first().map_or(0, Vec::len),
+            min_len: patterns.last().map_or(0, Vec::len),
             patterns,
             window,
             naive,
@@ -248,9 +260,15 @@ impl ScrubSet {
             .as_ref()
     }
 
-    /// The patterns usable on strings, with their window flags (naive sets).
-    fn text_patterns(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.texts.iter().map(|(p, w)| (&**p, *w))
+    /// The patterns usable on strings (valid UTF-8), with their window flags
+    /// (naive sets).
+    fn text_patterns(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        self.texts.iter().filter_map(|&i| {
+            Some((
+                self.patterns.get(i)?.as_slice(),
+                self.window.get(i).copied().unwrap_or(false),
+            ))
+        })
     }
 
     /// Naive sets: whether `hay` holds a text pattern, in one pass: every
@@ -258,17 +276,18 @@ impl ScrubSet {
     /// byte-pair filter has the pair's bit; only there are the patterns
     /// compared.
     fn holds_text_pattern(&self, hay: &[u8]) -> bool {
+        if hay.len() < self.min_len {
+            return false;
+        }
         let Some(bits) = &self.bigrams else {
             return self
                 .text_patterns()
-                .any(|(p, _)| memchr::memmem::find(hay, p.as_bytes()).is_some());
+                .any(|(p, _)| memchr::memmem::find(hay, p).is_some());
         };
         hay.windows(2).enumerate().any(|(at, w)| {
             let i = bigram_bit(w[0], w[1]);
             bits[i >> 6] & (1 << (i & 63)) != 0
-                && self
-                    .text_patterns()
-                    .any(|(p, _)| hay[at..].starts_with(p.as_bytes()))
+                && self.text_patterns().any(|(p, _)| hay[at..].starts_with(p))
         })
     }
 
@@ -290,6 +309,9 @@ impl ScrubSet {
             }
             let mut cur: Option<String> = None;
             for (p, window) in self.text_patterns() {
+                let Ok(p) = std::str::from_utf8(p) else {
+                    continue;
+                };
                 let hay = cur.as_deref().unwrap_or(s);
                 if memchr::memmem::find(hay.as_bytes(), p.as_bytes()).is_some() {
                     if window {
@@ -649,13 +671,18 @@ mod tests {
             let set = ScrubSet::for_object(&values);
             let mut hay = hay;
             if let Some((which, at)) = embed {
-                let forms: Vec<&str> = set.text_patterns().map(|(p, _)| p).collect();
+                let forms: Vec<&str> = set
+                    .text_patterns()
+                    .map(|(p, _)| std::str::from_utf8(p).unwrap())
+                    .collect();
                 if let Some(p) = forms.get(which % forms.len().max(1)) {
                     let at = at.min(hay.len());
                     hay.insert_str(at, p);
                 }
             }
-            let want = set.text_patterns().any(|(p, _)| hay.contains(p));
+            let want = set
+                .text_patterns()
+                .any(|(p, _)| hay.contains(std::str::from_utf8(p).unwrap()));
             proptest::prop_assert_eq!(set.matches_str(&hay), want);
             proptest::prop_assert_eq!(set.scrub_str(&hay).is_some(), want);
         }
