@@ -418,10 +418,18 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
     }
+    // One encoding per offset, in the standard alphabet without padding;
+    // the padded and URL-safe forms differ from it only by the `=` padding
+    // and by `-_` for `+/`, so they are derived, not encoded again. (The
+    // order of the forms does not matter: the set sorts them.)
     let mut enc = Vec::new();
-    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        encode_into(engine, v, &mut enc);
-        let mut f = enc.clone();
+    encode_into(&STANDARD_NO_PAD, v, &mut enc);
+    let pad = (4 - enc.len() % 4) % 4;
+    let mut padded = Vec::with_capacity(enc.len() + pad);
+    padded.extend_from_slice(&enc);
+    padded.resize(enc.len() + pad, b'=');
+    for f in [enc.clone(), url_safe(&padded), url_safe(&enc), padded] {
+        let mut f = f;
         if long {
             // The last characters of a cut value's encoding are not its own.
             f.truncate(window);
@@ -433,23 +441,36 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     // made of the value's bits only (not the first ones, which mix in the
     // filler, nor a last one that would mix in whatever follows).
     let mut buf = Vec::with_capacity(v.len() + 2);
-    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-        for k in 0..3usize {
+    for k in 0..3usize {
+        if k > 0 {
             buf.clear();
             buf.resize(k, 0);
             buf.extend_from_slice(v);
-            encode_into(engine, &buf, &mut enc);
-            let start = (8 * k).div_ceil(6);
-            let end = if (8 * buf.len()) % 6 == 0 {
-                enc.len()
-            } else {
-                enc.len() - 1
-            };
-            if end > start && end - start >= MIN_CORE_CHARS {
-                push(enc[start..end].to_vec(), long);
-            }
+            encode_into(&STANDARD_NO_PAD, &buf, &mut enc);
+        }
+        let len = v.len() + k;
+        let start = (8 * k).div_ceil(6);
+        let end = if (8 * len) % 6 == 0 {
+            enc.len()
+        } else {
+            enc.len() - 1
+        };
+        if end > start && end - start >= MIN_CORE_CHARS {
+            push(url_safe(&enc[start..end]), long);
+            push(enc[start..end].to_vec(), long);
         }
     }
+}
+
+/// Standard-alphabet base64 in the URL-safe alphabet.
+fn url_safe(b: &[u8]) -> Vec<u8> {
+    b.iter()
+        .map(|&c| match c {
+            b'+' => b'-',
+            b'/' => b'_',
+            c => c,
+        })
+        .collect()
 }
 
 /// `v` encoded by `engine` into `out` (replacing its content), without the
@@ -658,7 +679,66 @@ mod tests {
         assert_eq!(s.finish(), b"");
     }
 
+    /// The forms as first written: every encoding made by its own engine.
+    fn reference_forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
+        let mut push = |f: Vec<u8>, cut: bool| {
+            let cut = cut || f.len() > window;
+            let mut f = f;
+            f.truncate(window);
+            out.push((f, cut));
+        };
+        let head = window.saturating_add(3);
+        let (v, long) = if v.len() > head {
+            (&v[..head], true)
+        } else {
+            (v, false)
+        };
+        if v.len() >= MIN_SCRUB_BYTES {
+            push(v.to_vec(), long);
+        }
+        if v.len() < MIN_ENCODED_SCRUB_BYTES {
+            return;
+        }
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let mut f = engine.encode(v).into_bytes();
+            if long {
+                f.truncate(window);
+            }
+            push(f, long);
+        }
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            for k in 0..3usize {
+                let mut buf = vec![0; k];
+                buf.extend_from_slice(v);
+                let enc = engine.encode(&buf).into_bytes();
+                let start = (8 * k).div_ceil(6);
+                let end = if (8 * buf.len()) % 6 == 0 {
+                    enc.len()
+                } else {
+                    enc.len() - 1
+                };
+                if end > start && end - start >= MIN_CORE_CHARS {
+                    push(enc[start..end].to_vec(), long);
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// The derived forms are exactly the ones every engine encodes.
+        #[test]
+        fn forms_equal_the_encoded_ones(
+            v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160),
+            window in proptest::prop_oneof![proptest::strategy::Just(WINDOW), proptest::strategy::Just(usize::MAX), 8usize..80],
+        ) {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            forms(&v, window, &mut got);
+            reference_forms(&v, window, &mut want);
+            got.sort();
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
+        }
+
         /// The one-pass search of object sets (byte-pair filter, then the
         /// patterns compared where a pair's bit is set) finds exactly what a
         /// plain substring search of every text pattern finds.
