@@ -684,13 +684,11 @@ fn remember(found: &mut Found, s: &str, b64: bool) {
 /// annotation, still would). The skeleton is a pure function of fields it
 /// keeps, so masking it again yields it unchanged (idempotent, not counted).
 pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
-    let applied = match serde_json::from_str::<Value>(ann) {
-        Ok(v) if v.is_object() => v,
-        _ => return MARKER.to_string(),
+    let Some(applied) = AppliedIds::parse(ann) else {
+        return MARKER.to_string();
     };
     let live_kind = live.field("kind").and_then(Value::as_str);
     let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
-    let applied_meta = applied.field("metadata");
     let live_meta = live.field("metadata");
     // Written directly, as serde_json writes the equivalent map (compact,
     // in this key order, strings escaped by serde_json): no map is built.
@@ -702,7 +700,12 @@ pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
         } else {
             None
         };
-        if let Some(x) = pick(Some(&applied), key).or(from_live) {
+        let own = if key == "kind" {
+            applied.kind.as_deref()
+        } else {
+            applied.api_version.as_deref()
+        };
+        if let Some(x) = own.or(from_live) {
             push_json_member(&mut out, key, x);
             out.push(b',');
         }
@@ -710,7 +713,12 @@ pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
     out.extend_from_slice(b"\"metadata\":{");
     let mut first = true;
     for key in ["name", "namespace"] {
-        if let Some(x) = pick(applied_meta, key).or_else(|| pick(live_meta, key)) {
+        let own = if key == "name" {
+            applied.name.as_deref()
+        } else {
+            applied.namespace.as_deref()
+        };
+        if let Some(x) = own.or_else(|| pick(live_meta, key)) {
             if !first {
                 out.push(b',');
             }
@@ -720,6 +728,143 @@ pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
     }
     out.extend_from_slice(b"}}");
     String::from_utf8(out).unwrap_or_else(|_| MARKER.to_string())
+}
+
+/// The fields of a last-applied annotation the skeleton keeps: what
+/// `serde_json::from_str::<Value>` would give for `apiVersion`, `kind`,
+/// `metadata.name` and `metadata.namespace` when they are strings (the
+/// last of duplicate keys, as a parsed map keeps), read without building
+/// the maps. Everything else is parsed into a `Value` and dropped, so the
+/// annotation is accepted exactly when it parses as a JSON object.
+#[derive(Debug, Default, PartialEq)]
+struct AppliedIds {
+    api_version: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+impl AppliedIds {
+    /// `None` when `ann` is not a JSON object.
+    fn parse(ann: &str) -> Option<AppliedIds> {
+        // Whatever the fast read does not accept (malformed JSON, the key
+        // serde_json reserves for raw values) is decided by the full parse.
+        Self::read(ann).unwrap_or_else(|_| Self::from_value(ann))
+    }
+
+    fn read(ann: &str) -> Result<Option<AppliedIds>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(ann);
+        let ids = serde::Deserializer::deserialize_any(&mut de, IdsVisitor { top: true })?;
+        de.end()?;
+        Ok(ids)
+    }
+
+    /// The same fields from the parsed `Value`.
+    fn from_value(ann: &str) -> Option<AppliedIds> {
+        let applied = match serde_json::from_str::<Value>(ann) {
+            Ok(v) if v.is_object() => v,
+            _ => return None,
+        };
+        let meta = applied.field("metadata");
+        let get = |from: Option<&Value>, key: &str| pick(from, key).map(str::to_owned);
+        Some(AppliedIds {
+            api_version: get(Some(&applied), "apiVersion"),
+            kind: get(Some(&applied), "kind"),
+            name: get(meta, "name"),
+            namespace: get(meta, "namespace"),
+        })
+    }
+}
+
+/// The first key serde_json's `Value` reads as a raw value, not a key.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// Reads an object's identity fields (`top`: the applied object; else its
+/// `metadata`); any other JSON value is consumed whole and gives `None`.
+struct IdsVisitor {
+    top: bool,
+}
+
+/// A value consumed (parsed into a `Value`, checked as serde_json checks
+/// it) and kept only when it is a string.
+fn string_value<'de, A: serde::de::MapAccess<'de>>(
+    map: &mut A,
+) -> Result<Option<String>, A::Error> {
+    Ok(match map.next_value::<Value>()? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+impl<'de> serde::de::Visitor<'de> for IdsVisitor {
+    type Value = Option<AppliedIds>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ids = AppliedIds::default();
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if first && key == RAW_VALUE_KEY {
+                return Err(serde::de::Error::custom("reserved key"));
+            }
+            first = false;
+            match (self.top, key.as_str()) {
+                (true, "apiVersion") => ids.api_version = string_value(&mut map)?,
+                (true, "kind") => ids.kind = string_value(&mut map)?,
+                (true, "metadata") => {
+                    let meta = map.next_value_seed(IdsSeed { top: false })?;
+                    let meta = meta.unwrap_or_default();
+                    ids.name = meta.name;
+                    ids.namespace = meta.namespace;
+                }
+                (false, "name") => ids.name = string_value(&mut map)?,
+                (false, "namespace") => ids.namespace = string_value(&mut map)?,
+                _ => {
+                    map.next_value::<Value>()?;
+                }
+            }
+        }
+        Ok(Some(ids))
+    }
+}
+
+/// [`IdsVisitor`] as a seed, for `metadata`.
+struct IdsSeed {
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for IdsSeed {
+    type Value = Option<AppliedIds>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(IdsVisitor { top: self.top })
+    }
 }
 
 /// The string at `key` of `from`, if it is one.

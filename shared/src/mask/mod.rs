@@ -47,7 +47,6 @@
 
 mod detect;
 mod engine;
-mod json_out;
 mod patch_guard;
 mod scrub;
 mod stream;
@@ -488,17 +487,18 @@ fn check_document(ctx: &MaskContext, v: &serde_json::Value) -> Result<(), MaskEr
     }
 }
 
-/// Compact JSON of `v`, as serde_json writes it.
 fn to_json_bytes(v: &serde_json::Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    json_out::write_value(&mut out, v);
-    out
+    // Serializing a `Value` to a Vec cannot fail (string keys, no I/O).
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 /// Append the JSON of `v` to `out`, as [`to_json_bytes`] writes it, without
 /// an intermediate buffer.
 fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
-    json_out::write_value(out, v);
+    let at = out.len();
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.truncate(at);
+    }
 }
 
 fn json_error(base: u64, body: &[u8], e: &serde_json::Error) -> MaskError {

@@ -1480,6 +1480,47 @@ fn skeleton_source() -> impl Strategy<Value = Value> {
     )
 }
 
+#[test]
+fn skeleton_of_odd_annotations_matches_the_serialized_map() {
+    let live = json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "live", "namespace": "ns"}});
+    for ann in [
+        r#"{"kind":"A","metadata":{"name":"x"},"metadata":"no"}"#,
+        r#"{"metadata":"no","metadata":{"name":"x","name":"y","namespace":7}}"#,
+        r#"{"kind":"A","kind":"B","apiVersion":1,"apiVersion":"v2"}"#,
+        r#"{"$serde_json::private::RawValue":"{"kind":"Raw"}"}"#,
+        r#"{"$serde_json::private::RawValue":"{"kind":"Raw"}"}"#,
+        r#"{"metadata":{"$serde_json::private::RawValue":"{"name":"raw"}"}}"#,
+        r#"{"kind":"A","metadata":{"name":"x","$serde_json::private::RawValue":1}}"#,
+        r#"{"kind":"A","x":1e400}"#,
+        r#"{"kind":"A"} trailing"#,
+        r#"{"kind":"A"}   "#,
+        r#"{"kind":"A","metadata":{"name":"é
+"}}"#,
+        r#"{"kind":"A","deep":[[[[[[[[[[[[[[[[[[[[{"a":[1,2,{"b":null}]}]]]]]]]]]]]]]]]]]]]]}"#,
+        r#"[{"kind":"A"}]"#,
+        r#""{"kind":"A"}""#,
+        r#"{"kind":"\ud800"}"#,
+        "",
+        "{",
+        "null",
+    ] {
+        assert_eq!(
+            engine::last_applied_skeleton(ann, &live),
+            reference_skeleton(ann, &live),
+            "{ann}"
+        );
+    }
+    let deep = format!(
+        "{{\"kind\":\"A\",\"x\":{}1{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        engine::last_applied_skeleton(&deep, &live),
+        reference_skeleton(&deep, &live)
+    );
+}
+
 proptest! {
     /// The directly written last-applied skeleton is byte for byte what
     /// serde_json writes for the same map, whatever the annotation and the
