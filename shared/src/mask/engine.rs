@@ -971,7 +971,7 @@ fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex, found: &mut Found) 
         let mut cur: Option<&mut Map<String, Value>> = Some(map);
         for key in spec_path {
             cur = cur
-                .and_then(|m| m.field_mut(*key))
+                .and_then(|m| m.field_mut(key))
                 .and_then(Value::as_object_mut);
         }
         let Some(spec) = cur else { continue };
