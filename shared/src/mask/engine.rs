@@ -53,6 +53,44 @@ const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralCo
 /// Maps whose keys the `keys` regex is matched against.
 const KEYED_MAPS: [&str; 3] = ["data", "binaryData", "stringData"];
 
+/// Field lookups by a scan of the keys. The maps of an object are looked up
+/// a fixed number of times each and are mostly small: comparing their keys
+/// costs less than hashing the key (`preserve_order` maps hash with SipHash).
+/// Keys are unique, so the first match is the only one, as for `get`.
+trait Field {
+    fn field(&self, key: &str) -> Option<&Value>;
+    fn field_mut(&mut self, key: &str) -> Option<&mut Value>;
+    fn has(&self, key: &str) -> bool {
+        self.field(key).is_some()
+    }
+}
+
+impl Field for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    }
+    fn field_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.iter_mut()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v)
+    }
+}
+
+impl Field for Value {
+    fn field(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Object(m) => m.field(key),
+            _ => None,
+        }
+    }
+    fn field_mut(&mut self, key: &str) -> Option<&mut Value> {
+        match self {
+            Value::Object(m) => m.field_mut(key),
+            _ => None,
+        }
+    }
+}
+
 /// Built-in kinds whose resource is known whatever the request was, so a
 /// Secret is masked as a Secret wherever it appears.
 fn builtin_resource(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -107,8 +145,8 @@ pub(crate) fn check_watch_value(v: &Value) -> Result<(), &'static str> {
     let Value::Object(map) = v else {
         return Err("a watch stream value that is not an object");
     };
-    match map.get("kind") {
-        Some(Value::String(k)) if k == "Status" && !map.contains_key("object") => Ok(()),
+    match map.field("kind") {
+        Some(Value::String(k)) if k == "Status" && !map.has("object") => Ok(()),
         Some(_) => Err("a watch event with a `kind` of its own"),
         None if is_watch_event(map) => Ok(()),
         None => Err("a watch stream value that is not a watch event"),
@@ -121,17 +159,15 @@ pub(crate) fn is_list_verb(verb: &str) -> bool {
 
 /// `{"type": "...", "object": ...}` without a `kind`: one watch event.
 fn is_watch_event(map: &Map<String, Value>) -> bool {
-    !map.contains_key("kind")
-        && map.get("type").is_some_and(Value::is_string)
-        && map.contains_key("object")
+    !map.has("kind") && map.field("type").is_some_and(Value::is_string) && map.has("object")
 }
 
 /// An RFC 6902 JSON Patch: an array of `{"op": ..., "path": ...}` objects.
 fn is_json_patch(ops: &[Value]) -> bool {
     !ops.is_empty()
         && ops.iter().all(|op| {
-            op.get("op").is_some_and(Value::is_string)
-                && op.get("path").is_some_and(Value::is_string)
+            op.field("op").is_some_and(Value::is_string)
+                && op.field("path").is_some_and(Value::is_string)
         })
 }
 
@@ -176,12 +212,12 @@ impl Masker {
         let Value::Object(map) = v else {
             return self.detect_all(v, None);
         };
-        let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
+        let kind = map.field("kind").and_then(Value::as_str).map(str::to_owned);
         match kind.as_deref() {
-            Some("Table") if map.get("rows").is_some_and(Value::is_array) => {
+            Some("Table") if map.field("rows").is_some_and(Value::is_array) => {
                 self.mask_table(ctx, map)
             }
-            Some(k) if k.ends_with("List") && map.get("items").is_some_and(Value::is_array) => {
+            Some(k) if k.ends_with("List") && map.field("items").is_some_and(Value::is_array) => {
                 self.mask_list(ctx, Some(k), map)
             }
             // `Status` included: on a secrets path it is held to the secrets
@@ -198,7 +234,7 @@ impl Masker {
                 }
                 n
             }
-            None if is_list_verb(&ctx.verb) && map.get("items").is_some_and(Value::is_array) => {
+            None if is_list_verb(&ctx.verb) && map.field("items").is_some_and(Value::is_array) => {
                 self.mask_list(ctx, None, map)
             }
             None => self.mask_object(ctx, None, v, found),
@@ -216,7 +252,7 @@ impl Masker {
         if !found.is_empty() {
             let set = ScrubSet::for_object(&found);
             for op in ops.iter_mut() {
-                if let Some(value) = op.get_mut("value") {
+                if let Some(value) = op.field_mut("value") {
                     n += scrub_any(value, &set);
                 }
             }
@@ -228,7 +264,7 @@ impl Masker {
     /// `kubectl patch --type=json`): its `value` is masked as if it sat at
     /// `path` in an object of the request's resource.
     fn mask_patch_op(&self, ctx: &MaskContext, op: &mut Value, found: &mut Found) -> usize {
-        let segs: Vec<String> = match op.get("path").and_then(Value::as_str) {
+        let segs: Vec<String> = match op.field("path").and_then(Value::as_str) {
             Some(p) => p
                 .split('/')
                 .skip(1)
@@ -236,7 +272,7 @@ impl Masker {
                 .collect(),
             None => return self.detect_all(op, Some(found)),
         };
-        let Some(value) = op.get_mut("value") else {
+        let Some(value) = op.field_mut("value") else {
             return self.detect_all(op, Some(found));
         };
         if segs.is_empty() {
@@ -256,7 +292,7 @@ impl Masker {
                 .map(std::mem::take)
                 .unwrap_or(Value::Null);
         }
-        if let Some(slot) = op.get_mut("value") {
+        if let Some(slot) = op.field_mut("value") {
             *slot = inner;
         }
         if let Value::Object(m) = op {
@@ -298,7 +334,7 @@ impl Masker {
         item: &mut Value,
         found: &mut Found,
     ) -> usize {
-        let has_kind = item.get("kind").is_some_and(Value::is_string);
+        let has_kind = item.field("kind").is_some_and(Value::is_string);
         if has_kind {
             return self.mask_top(ctx, item, false, found);
         }
@@ -383,7 +419,7 @@ impl Masker {
             return self.detect_all(v, Some(found));
         };
         let mut local = Found::new();
-        let kind = map.get("kind").and_then(Value::as_str).map(str::to_owned);
+        let kind = map.field("kind").and_then(Value::as_str).map(str::to_owned);
         let targets = Self::resources_of(ctx, kind.as_deref().or(kind_hint));
         let is_secret = targets.iter().any(|(r, s)| r == "secrets" && s.is_empty());
         let mut n = 0;
@@ -397,7 +433,7 @@ impl Masker {
             }
             if let Some(re) = &rule.keys {
                 for top in KEYED_MAPS {
-                    if let Some(Value::Object(m)) = map.get_mut(top) {
+                    if let Some(Value::Object(m)) = map.field_mut(top) {
                         let b64 = use_base64(top, is_secret);
                         for (k, val) in m.iter_mut() {
                             if re.is_match(k) {
@@ -415,9 +451,9 @@ impl Masker {
         // The annotation is judged as a whole below; keep it out of the
         // detector pass (it is swapped out, not removed, to keep key order).
         let annotation = map
-            .get_mut("metadata")
-            .and_then(|m| m.get_mut("annotations"))
-            .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION))
+            .field_mut("metadata")
+            .and_then(|m| m.field_mut("annotations"))
+            .and_then(|a| a.field_mut(LAST_APPLIED_ANNOTATION))
             .and_then(|a| match a {
                 Value::String(s) => Some(std::mem::take(s)),
                 _ => None,
@@ -429,9 +465,9 @@ impl Masker {
             // fields (name, namespace, kind) are read from the live object.
             let skeleton = whole.then(|| last_applied_skeleton(&ann, v));
             let slot = v
-                .get_mut("metadata")
-                .and_then(|m| m.get_mut("annotations"))
-                .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION));
+                .field_mut("metadata")
+                .and_then(|m| m.field_mut("annotations"))
+                .and_then(|a| a.field_mut(LAST_APPLIED_ANNOTATION));
             if let Some(slot) = slot {
                 match skeleton {
                     Some(sk) if sk != ann => {
@@ -468,7 +504,7 @@ impl Masker {
             if !use_base64(top, is_secret) {
                 continue;
             }
-            let Some(Value::Object(m)) = map.get_mut(top) else {
+            let Some(Value::Object(m)) = map.field_mut(top) else {
                 continue;
             };
             for val in m.values_mut() {
@@ -647,39 +683,201 @@ fn remember(found: &mut Found, s: &str, b64: bool) {
 /// `kubectl apply` run directly against the API server, with the real
 /// annotation, still would). The skeleton is a pure function of fields it
 /// keeps, so masking it again yields it unchanged (idempotent, not counted).
-fn last_applied_skeleton(ann: &str, live: &Value) -> String {
-    let applied = match serde_json::from_str::<Value>(ann) {
-        Ok(v) if v.is_object() => v,
-        _ => return MARKER.to_string(),
+pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
+    let Some(applied) = AppliedIds::parse(ann) else {
+        return MARKER.to_string();
     };
-    let live_kind = live.get("kind").and_then(Value::as_str);
+    let live_kind = live.field("kind").and_then(Value::as_str);
     let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
-    let pick = |from: Option<&Value>, key: &str| -> Option<Value> {
-        from.and_then(|m| m.get(key))
-            .filter(|x| x.is_string())
-            .cloned()
-    };
-    let applied_meta = applied.get("metadata");
-    let live_meta = live.get("metadata");
-    let mut out = Map::new();
+    let live_meta = live.field("metadata");
+    // Written directly, as serde_json writes the equivalent map (compact,
+    // in this key order, strings escaped by serde_json): no map is built.
+    let mut out = Vec::with_capacity(128);
+    out.push(b'{');
     for key in ["apiVersion", "kind"] {
         let from_live = if own_type {
             pick(Some(live), key)
         } else {
             None
         };
-        if let Some(x) = pick(Some(&applied), key).or(from_live) {
-            out.insert(key.to_string(), x);
+        let own = if key == "kind" {
+            applied.kind.as_deref()
+        } else {
+            applied.api_version.as_deref()
+        };
+        if let Some(x) = own.or(from_live) {
+            push_json_member(&mut out, key, x);
+            out.push(b',');
         }
     }
-    let mut meta = Map::new();
+    out.extend_from_slice(b"\"metadata\":{");
+    let mut first = true;
     for key in ["name", "namespace"] {
-        if let Some(x) = pick(applied_meta, key).or_else(|| pick(live_meta, key)) {
-            meta.insert(key.to_string(), x);
+        let own = if key == "name" {
+            applied.name.as_deref()
+        } else {
+            applied.namespace.as_deref()
+        };
+        if let Some(x) = own.or_else(|| pick(live_meta, key)) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            push_json_member(&mut out, key, x);
         }
     }
-    out.insert("metadata".to_string(), Value::Object(meta));
-    serde_json::to_string(&Value::Object(out)).unwrap_or_else(|_| MARKER.to_string())
+    out.extend_from_slice(b"}}");
+    String::from_utf8(out).unwrap_or_else(|_| MARKER.to_string())
+}
+
+/// The fields of a last-applied annotation the skeleton keeps: what
+/// `serde_json::from_str::<Value>` would give for `apiVersion`, `kind`,
+/// `metadata.name` and `metadata.namespace` when they are strings (the
+/// last of duplicate keys, as a parsed map keeps), read without building
+/// the maps. Everything else is parsed into a `Value` and dropped, so the
+/// annotation is accepted exactly when it parses as a JSON object.
+#[derive(Debug, Default, PartialEq)]
+struct AppliedIds {
+    api_version: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+impl AppliedIds {
+    /// `None` when `ann` is not a JSON object.
+    fn parse(ann: &str) -> Option<AppliedIds> {
+        // Whatever the fast read does not accept (malformed JSON, the key
+        // serde_json reserves for raw values) is decided by the full parse.
+        Self::read(ann).unwrap_or_else(|_| Self::from_value(ann))
+    }
+
+    fn read(ann: &str) -> Result<Option<AppliedIds>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(ann);
+        let ids = serde::Deserializer::deserialize_any(&mut de, IdsVisitor { top: true })?;
+        de.end()?;
+        Ok(ids)
+    }
+
+    /// The same fields from the parsed `Value`.
+    fn from_value(ann: &str) -> Option<AppliedIds> {
+        let applied = match serde_json::from_str::<Value>(ann) {
+            Ok(v) if v.is_object() => v,
+            _ => return None,
+        };
+        let meta = applied.field("metadata");
+        let get = |from: Option<&Value>, key: &str| pick(from, key).map(str::to_owned);
+        Some(AppliedIds {
+            api_version: get(Some(&applied), "apiVersion"),
+            kind: get(Some(&applied), "kind"),
+            name: get(meta, "name"),
+            namespace: get(meta, "namespace"),
+        })
+    }
+}
+
+/// The first key serde_json's `Value` reads as a raw value, not a key.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// Reads an object's identity fields (`top`: the applied object; else its
+/// `metadata`); any other JSON value is consumed whole and gives `None`.
+struct IdsVisitor {
+    top: bool,
+}
+
+/// A value consumed (parsed into a `Value`, checked as serde_json checks
+/// it) and kept only when it is a string.
+fn string_value<'de, A: serde::de::MapAccess<'de>>(
+    map: &mut A,
+) -> Result<Option<String>, A::Error> {
+    Ok(match map.next_value::<Value>()? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+impl<'de> serde::de::Visitor<'de> for IdsVisitor {
+    type Value = Option<AppliedIds>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ids = AppliedIds::default();
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if first && key == RAW_VALUE_KEY {
+                return Err(serde::de::Error::custom("reserved key"));
+            }
+            first = false;
+            match (self.top, key.as_str()) {
+                (true, "apiVersion") => ids.api_version = string_value(&mut map)?,
+                (true, "kind") => ids.kind = string_value(&mut map)?,
+                (true, "metadata") => {
+                    let meta = map.next_value_seed(IdsSeed { top: false })?;
+                    let meta = meta.unwrap_or_default();
+                    ids.name = meta.name;
+                    ids.namespace = meta.namespace;
+                }
+                (false, "name") => ids.name = string_value(&mut map)?,
+                (false, "namespace") => ids.namespace = string_value(&mut map)?,
+                _ => {
+                    map.next_value::<Value>()?;
+                }
+            }
+        }
+        Ok(Some(ids))
+    }
+}
+
+/// [`IdsVisitor`] as a seed, for `metadata`.
+struct IdsSeed {
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for IdsSeed {
+    type Value = Option<AppliedIds>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(IdsVisitor { top: self.top })
+    }
+}
+
+/// The string at `key` of `from`, if it is one.
+fn pick<'a>(from: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    from.and_then(|m| m.field(key)).and_then(Value::as_str)
+}
+
+/// `"key":"value"` with serde_json's escaping of both.
+fn push_json_member(out: &mut Vec<u8>, key: &str, value: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// Secret `data` and any `binaryData` hold base64: their marker must decode.
@@ -699,11 +897,11 @@ fn apply_top_path(
     match first {
         Seg::Key(k) => {
             let mut n = map
-                .get_mut(k.as_str())
+                .field_mut(k.as_str())
                 .map_or(0, |c| apply_path(c, rest, use_base64(k, is_secret), found));
             // `binaryData` is masked like `data`, under the same rules.
             if k == "data"
-                && let Some(c) = map.get_mut("binaryData")
+                && let Some(c) = map.field_mut("binaryData")
             {
                 n += apply_path(c, rest, true, found);
             }
@@ -722,7 +920,7 @@ fn apply_path(v: &mut Value, path: &[Seg], b64: bool, found: &mut Found) -> usiz
     };
     match (first, v) {
         (Seg::Key(k), Value::Object(m)) => m
-            .get_mut(k.as_str())
+            .field_mut(k.as_str())
             .map_or(0, |c| apply_path(c, rest, b64, found)),
         (Seg::Key(k), Value::Array(a)) => k
             .parse::<usize>()
@@ -773,24 +971,24 @@ fn mask_env(map: &mut Map<String, Value>, re: &regex::Regex, found: &mut Found) 
         let mut cur: Option<&mut Map<String, Value>> = Some(map);
         for key in spec_path {
             cur = cur
-                .and_then(|m| m.get_mut(*key))
+                .and_then(|m| m.field_mut(key))
                 .and_then(Value::as_object_mut);
         }
         let Some(spec) = cur else { continue };
         for list in CONTAINER_LISTS {
-            let Some(Value::Array(containers)) = spec.get_mut(list) else {
+            let Some(Value::Array(containers)) = spec.field_mut(list) else {
                 continue;
             };
             for c in containers {
-                let Some(Value::Array(env)) = c.get_mut("env") else {
+                let Some(Value::Array(env)) = c.field_mut("env") else {
                     continue;
                 };
                 for entry in env {
                     let matched = entry
-                        .get("name")
+                        .field("name")
                         .and_then(Value::as_str)
                         .is_some_and(|name| re.is_match(name));
-                    if matched && let Some(value) = entry.get_mut("value") {
+                    if matched && let Some(value) = entry.field_mut("value") {
                         n += mask_leaf(value, false, found);
                     }
                 }

@@ -492,6 +492,15 @@ fn to_json_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Append the JSON of `v` to `out`, as [`to_json_bytes`] writes it, without
+/// an intermediate buffer.
+fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
+    let at = out.len();
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.truncate(at);
+    }
+}
+
 fn json_error(base: u64, body: &[u8], e: &serde_json::Error) -> MaskError {
     if e.is_eof() {
         return MaskError::Truncated;

@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 
 use super::MARKER;
 
@@ -55,6 +55,10 @@ pub const MIN_ENCODED_SCRUB_BYTES: usize = 4;
 /// their first `WINDOW` bytes, and a string holding such a window is
 /// replaced whole.
 pub const WINDOW: usize = 64;
+
+/// Forms [`forms`] makes of one value at most: the value, 4 encodings, 6
+/// cores.
+const FORMS_PER_VALUE: usize = 11;
 
 /// Shortest base64 "core" (the characters of an encoding that depend only on
 /// the value, whatever precedes and follows it) matched inside longer
@@ -79,9 +83,11 @@ pub struct ScrubSet {
     /// pattern (one pass, instead of a search per pattern). Small enough to
     /// clear for every object (a collision only costs a search).
     bigrams: Option<[u64; BIGRAM_WORDS]>,
-    /// Naive sets: the valid UTF-8 patterns (the ones strings can hold),
-    /// in order, with their window flags.
-    texts: Vec<(Box<str>, bool)>,
+    /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
+    /// (the ones strings can hold), in order.
+    texts: Vec<usize>,
+    /// Length of the shortest pattern: a shorter string holds none.
+    min_len: usize,
     /// All patterns (bytes, streams), built on first use.
     bytes: OnceLock<Option<AhoCorasick>>,
     /// The valid UTF-8 patterns (strings), built on first use, with their
@@ -161,12 +167,16 @@ impl ScrubSet {
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        let mut pairs: Vec<(Vec<u8>, bool)> = Vec::new();
+        let values = values.into_iter();
+        let mut pairs: Vec<(Vec<u8>, bool)> =
+            Vec::with_capacity(values.size_hint().0 * FORMS_PER_VALUE);
         for v in values {
             forms(v.as_ref(), window, &mut pairs);
         }
         // Longest first; for equal patterns the window (whole-string) wins.
-        pairs.sort_by(|a, b| {
+        // The order is total over the elements (equal ones are identical),
+        // so an unstable sort gives the same sequence.
+        pairs.sort_unstable_by(|a, b| {
             b.0.len()
                 .cmp(&a.0.len())
                 .then_with(|| a.0.cmp(&b.0))
@@ -193,14 +203,16 @@ impl ScrubSet {
         let texts = if naive {
             patterns
                 .iter()
-                .zip(&window)
-                .filter_map(|(p, w)| std::str::from_utf8(p).ok().map(|t| (t.into(), *w)))
+                .enumerate()
+                .filter(|(_, p)| std::str::from_utf8(p).is_ok())
+                .map(|(i, _)| i)
                 .collect()
         } else {
             Vec::new()
         };
         ScrubSet {
             max_len: patterns.first().map_or(0, Vec::len),
+            min_len: patterns.last().map_or(0, Vec::len),
             patterns,
             window,
             naive,
@@ -248,9 +260,15 @@ impl ScrubSet {
             .as_ref()
     }
 
-    /// The patterns usable on strings, with their window flags (naive sets).
-    fn text_patterns(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.texts.iter().map(|(p, w)| (&**p, *w))
+    /// The patterns usable on strings (valid UTF-8), with their window flags
+    /// (naive sets).
+    fn text_patterns(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        self.texts.iter().filter_map(|&i| {
+            Some((
+                self.patterns.get(i)?.as_slice(),
+                self.window.get(i).copied().unwrap_or(false),
+            ))
+        })
     }
 
     /// Naive sets: whether `hay` holds a text pattern, in one pass: every
@@ -258,17 +276,18 @@ impl ScrubSet {
     /// byte-pair filter has the pair's bit; only there are the patterns
     /// compared.
     fn holds_text_pattern(&self, hay: &[u8]) -> bool {
+        if hay.len() < self.min_len {
+            return false;
+        }
         let Some(bits) = &self.bigrams else {
             return self
                 .text_patterns()
-                .any(|(p, _)| memchr::memmem::find(hay, p.as_bytes()).is_some());
+                .any(|(p, _)| memchr::memmem::find(hay, p).is_some());
         };
         hay.windows(2).enumerate().any(|(at, w)| {
             let i = bigram_bit(w[0], w[1]);
             bits[i >> 6] & (1 << (i & 63)) != 0
-                && self
-                    .text_patterns()
-                    .any(|(p, _)| hay[at..].starts_with(p.as_bytes()))
+                && self.text_patterns().any(|(p, _)| hay[at..].starts_with(p))
         })
     }
 
@@ -290,6 +309,9 @@ impl ScrubSet {
             }
             let mut cur: Option<String> = None;
             for (p, window) in self.text_patterns() {
+                let Ok(p) = std::str::from_utf8(p) else {
+                    continue;
+                };
                 let hay = cur.as_deref().unwrap_or(s);
                 if memchr::memmem::find(hay.as_bytes(), p.as_bytes()).is_some() {
                     if window {
@@ -396,10 +418,18 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
     }
+    // One encoding per offset, in the standard alphabet without padding;
+    // the padded and URL-safe forms differ from it only by the `=` padding
+    // and by `-_` for `+/`, so they are derived, not encoded again. (The
+    // order of the forms does not matter: the set sorts them.)
     let mut enc = Vec::new();
-    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-        encode_into(engine, v, &mut enc);
-        let mut f = enc.clone();
+    encode_into(&STANDARD_NO_PAD, v, &mut enc);
+    let pad = (4 - enc.len() % 4) % 4;
+    let mut padded = Vec::with_capacity(enc.len() + pad);
+    padded.extend_from_slice(&enc);
+    padded.resize(enc.len() + pad, b'=');
+    for f in [enc.clone(), url_safe(&padded), url_safe(&enc), padded] {
+        let mut f = f;
         if long {
             // The last characters of a cut value's encoding are not its own.
             f.truncate(window);
@@ -411,23 +441,36 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     // made of the value's bits only (not the first ones, which mix in the
     // filler, nor a last one that would mix in whatever follows).
     let mut buf = Vec::with_capacity(v.len() + 2);
-    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-        for k in 0..3usize {
+    for k in 0..3usize {
+        if k > 0 {
             buf.clear();
             buf.resize(k, 0);
             buf.extend_from_slice(v);
-            encode_into(engine, &buf, &mut enc);
-            let start = (8 * k).div_ceil(6);
-            let end = if (8 * buf.len()) % 6 == 0 {
-                enc.len()
-            } else {
-                enc.len() - 1
-            };
-            if end > start && end - start >= MIN_CORE_CHARS {
-                push(enc[start..end].to_vec(), long);
-            }
+            encode_into(&STANDARD_NO_PAD, &buf, &mut enc);
+        }
+        let len = v.len() + k;
+        let start = (8 * k).div_ceil(6);
+        let end = if (8 * len) % 6 == 0 {
+            enc.len()
+        } else {
+            enc.len() - 1
+        };
+        if end > start && end - start >= MIN_CORE_CHARS {
+            push(url_safe(&enc[start..end]), long);
+            push(enc[start..end].to_vec(), long);
         }
     }
+}
+
+/// Standard-alphabet base64 in the URL-safe alphabet.
+fn url_safe(b: &[u8]) -> Vec<u8> {
+    b.iter()
+        .map(|&c| match c {
+            b'+' => b'-',
+            b'/' => b'_',
+            c => c,
+        })
+        .collect()
 }
 
 /// `v` encoded by `engine` into `out` (replacing its content), without the
@@ -539,6 +582,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 
     const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpzaWRlY2FyIn0.c2lnbmF0dXJlLXJlYWwtdG9rZW4";
 
@@ -636,7 +680,66 @@ mod tests {
         assert_eq!(s.finish(), b"");
     }
 
+    /// The forms as first written: every encoding made by its own engine.
+    fn reference_forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
+        let mut push = |f: Vec<u8>, cut: bool| {
+            let cut = cut || f.len() > window;
+            let mut f = f;
+            f.truncate(window);
+            out.push((f, cut));
+        };
+        let head = window.saturating_add(3);
+        let (v, long) = if v.len() > head {
+            (&v[..head], true)
+        } else {
+            (v, false)
+        };
+        if v.len() >= MIN_SCRUB_BYTES {
+            push(v.to_vec(), long);
+        }
+        if v.len() < MIN_ENCODED_SCRUB_BYTES {
+            return;
+        }
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let mut f = engine.encode(v).into_bytes();
+            if long {
+                f.truncate(window);
+            }
+            push(f, long);
+        }
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            for k in 0..3usize {
+                let mut buf = vec![0; k];
+                buf.extend_from_slice(v);
+                let enc = engine.encode(&buf).into_bytes();
+                let start = (8 * k).div_ceil(6);
+                let end = if (8 * buf.len()) % 6 == 0 {
+                    enc.len()
+                } else {
+                    enc.len() - 1
+                };
+                if end > start && end - start >= MIN_CORE_CHARS {
+                    push(enc[start..end].to_vec(), long);
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// The derived forms are exactly the ones every engine encodes.
+        #[test]
+        fn forms_equal_the_encoded_ones(
+            v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160),
+            window in proptest::prop_oneof![proptest::strategy::Just(WINDOW), proptest::strategy::Just(usize::MAX), 8usize..80],
+        ) {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            forms(&v, window, &mut got);
+            reference_forms(&v, window, &mut want);
+            got.sort();
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
+        }
+
         /// The one-pass search of object sets (byte-pair filter, then the
         /// patterns compared where a pair's bit is set) finds exactly what a
         /// plain substring search of every text pattern finds.
@@ -649,13 +752,18 @@ mod tests {
             let set = ScrubSet::for_object(&values);
             let mut hay = hay;
             if let Some((which, at)) = embed {
-                let forms: Vec<&str> = set.text_patterns().map(|(p, _)| p).collect();
+                let forms: Vec<&str> = set
+                    .text_patterns()
+                    .map(|(p, _)| std::str::from_utf8(p).unwrap())
+                    .collect();
                 if let Some(p) = forms.get(which % forms.len().max(1)) {
                     let at = at.min(hay.len());
                     hay.insert_str(at, p);
                 }
             }
-            let want = set.text_patterns().any(|(p, _)| hay.contains(p));
+            let want = set
+                .text_patterns()
+                .any(|(p, _)| hay.contains(std::str::from_utf8(p).unwrap()));
             proptest::prop_assert_eq!(set.matches_str(&hay), want);
             proptest::prop_assert_eq!(set.scrub_str(&hay).is_some(), want);
         }

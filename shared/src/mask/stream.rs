@@ -272,7 +272,7 @@ impl StreamMasker {
             return Err(MaskError::Poisoned);
         }
         self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(chunk.len());
         let r = self.process(&mut out, false);
         self.settle(r, out)
     }
@@ -541,7 +541,7 @@ impl StreamMasker {
         if n == 0 && !dup {
             out.extend_from_slice(&self.buf[start..end]);
         } else {
-            out.extend_from_slice(&super::to_json_bytes(&v));
+            super::write_json(out, &v);
         }
         self.emitted = end;
         self.state = J::Done;
@@ -633,7 +633,7 @@ impl StreamMasker {
         if n == 0 && !dup {
             out.extend_from_slice(&self.buf[start..end]);
         } else {
-            out.extend_from_slice(&super::to_json_bytes(&v));
+            super::write_json(out, &v);
         }
         self.emitted = end;
         Ok(())
@@ -761,7 +761,7 @@ impl StreamMasker {
         if n == 0 && !dup {
             out.extend_from_slice(&self.buf[start..end]);
         } else {
-            out.extend_from_slice(&super::to_json_bytes(&v));
+            super::write_json(out, &v);
         }
         self.emitted = end;
         Ok(())

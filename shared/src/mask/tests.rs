@@ -1393,3 +1393,153 @@ fn context_scrub_set_reaches_every_string_key_and_log_line_and_is_never_printed(
         (format!("a\nAuthorization: {MARKER}\n"), 1)
     );
 }
+
+/// The skeleton as it was first written (a map built and serialized by
+/// serde_json): the reference the directly written one must equal.
+fn reference_skeleton(ann: &str, live: &Value) -> String {
+    let applied = match serde_json::from_str::<Value>(ann) {
+        Ok(v) if v.is_object() => v,
+        _ => return MARKER.to_string(),
+    };
+    let live_kind = live.get("kind").and_then(Value::as_str);
+    let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
+    let pick = |from: Option<&Value>, key: &str| -> Option<Value> {
+        from.and_then(|m| m.get(key))
+            .filter(|x| x.is_string())
+            .cloned()
+    };
+    let applied_meta = applied.get("metadata");
+    let live_meta = live.get("metadata");
+    let mut out = serde_json::Map::new();
+    for key in ["apiVersion", "kind"] {
+        let from_live = if own_type {
+            pick(Some(live), key)
+        } else {
+            None
+        };
+        if let Some(x) = pick(Some(&applied), key).or(from_live) {
+            out.insert(key.to_string(), x);
+        }
+    }
+    let mut meta = serde_json::Map::new();
+    for key in ["name", "namespace"] {
+        if let Some(x) = pick(applied_meta, key).or_else(|| pick(live_meta, key)) {
+            meta.insert(key.to_string(), x);
+        }
+    }
+    out.insert("metadata".to_string(), Value::Object(meta));
+    serde_json::to_string(&Value::Object(out)).unwrap()
+}
+
+/// Strings with what JSON escaping must handle: quotes, backslashes,
+/// control characters, non-ASCII, `<>&`, U+2028.
+fn tricky_string() -> impl Strategy<Value = String> {
+    "[a-z\"\\\\\u{0}-\u{1f}\u{7f}é€😀<>&/\u{2028} ]{0,12}"
+}
+
+/// A field of a skeleton source: missing, a string, or another type.
+fn field() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        Just(None),
+        tricky_string().prop_map(|s| Some(Value::String(s))),
+        Just(Some(json!(7))),
+        Just(Some(Value::Null)),
+        Just(Some(json!({"x": "y"}))),
+    ]
+}
+
+fn skeleton_source() -> impl Strategy<Value = Value> {
+    (field(), field(), field(), field(), any::<bool>()).prop_map(
+        |(api, kind, name, ns, meta_object)| {
+            let mut meta = serde_json::Map::new();
+            if let Some(v) = name {
+                meta.insert("name".into(), v);
+            }
+            meta.insert("labels".into(), json!({"a": "b"}));
+            if let Some(v) = ns {
+                meta.insert("namespace".into(), v);
+            }
+            let mut o = serde_json::Map::new();
+            if let Some(v) = kind {
+                o.insert("kind".into(), v);
+            }
+            o.insert(
+                "metadata".into(),
+                if meta_object {
+                    Value::Object(meta)
+                } else {
+                    json!("not an object")
+                },
+            );
+            if let Some(v) = api {
+                o.insert("apiVersion".into(), v);
+            }
+            o.insert("data".into(), json!({"password": "cHc="}));
+            Value::Object(o)
+        },
+    )
+}
+
+#[test]
+fn skeleton_of_odd_annotations_matches_the_serialized_map() {
+    let live = json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "live", "namespace": "ns"}});
+    for ann in [
+        r#"{"kind":"A","metadata":{"name":"x"},"metadata":"no"}"#,
+        r#"{"metadata":"no","metadata":{"name":"x","name":"y","namespace":7}}"#,
+        r#"{"kind":"A","kind":"B","apiVersion":1,"apiVersion":"v2"}"#,
+        r#"{"$serde_json::private::RawValue":"{"kind":"Raw"}"}"#,
+        r#"{"$serde_json::private::RawValue":"{"kind":"Raw"}"}"#,
+        r#"{"metadata":{"$serde_json::private::RawValue":"{"name":"raw"}"}}"#,
+        r#"{"kind":"A","metadata":{"name":"x","$serde_json::private::RawValue":1}}"#,
+        r#"{"kind":"A","x":1e400}"#,
+        r#"{"kind":"A"} trailing"#,
+        r#"{"kind":"A"}   "#,
+        r#"{"kind":"A","metadata":{"name":"é
+"}}"#,
+        r#"{"kind":"A","deep":[[[[[[[[[[[[[[[[[[[[{"a":[1,2,{"b":null}]}]]]]]]]]]]]]]]]]]]]]}"#,
+        r#"[{"kind":"A"}]"#,
+        r#""{"kind":"A"}""#,
+        r#"{"kind":"\ud800"}"#,
+        "",
+        "{",
+        "null",
+    ] {
+        assert_eq!(
+            engine::last_applied_skeleton(ann, &live),
+            reference_skeleton(ann, &live),
+            "{ann}"
+        );
+    }
+    let deep = format!(
+        "{{\"kind\":\"A\",\"x\":{}1{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        engine::last_applied_skeleton(&deep, &live),
+        reference_skeleton(&deep, &live)
+    );
+}
+
+proptest! {
+    /// The directly written last-applied skeleton is byte for byte what
+    /// serde_json writes for the same map, whatever the annotation and the
+    /// live object hold.
+    #[test]
+    fn prop_skeleton_matches_the_serialized_map(
+        applied in skeleton_source(),
+        live in skeleton_source(),
+        live_kind in prop_oneof![Just(None), Just(Some("PartialObjectMetadata")), Just(Some("Table")), Just(Some("Secret"))],
+        raw in prop_oneof![Just(None), tricky_string().prop_map(Some), Just(Some("[1,2]".to_string())), Just(Some("{\"kind\":\"A\",\"kind\":\"B\"}".to_string()))],
+    ) {
+        let mut live = live;
+        if let (Some(k), Value::Object(m)) = (live_kind, &mut live) {
+            m.insert("kind".into(), json!(k));
+        }
+        let ann = raw.unwrap_or_else(|| serde_json::to_string(&applied).unwrap());
+        prop_assert_eq!(
+            engine::last_applied_skeleton(&ann, &live),
+            reference_skeleton(&ann, &live)
+        );
+    }
+}
