@@ -44,7 +44,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -336,7 +336,18 @@ async fn connection(
 
 /// Serves one connection: HTTP/1.1 alone when `http1` (the TLS handshake
 /// chose it), otherwise HTTP/1.1 or HTTP/2 by the client's first bytes.
-async fn serve_io<T>(io: T, peer: SocketAddr, state: Arc<ConnState>, shared: &Shared, http1: bool)
+///
+/// Not an `async fn`, and the served connection is boxed: an async function
+/// keeps each argument it was called with for its whole life besides the
+/// place the argument is moved to, and an idle watch would pay for the TLS
+/// stream and hyper's connection state twice.
+fn serve_io<T>(
+    io: T,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    shared: &Shared,
+    http1: bool,
+) -> impl Future<Output = ()> + '_
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -362,11 +373,11 @@ where
     });
     let io = TokioIo::new(io);
     if http1 {
-        let conn = shared.http1.serve_connection(io, svc).with_upgrades();
-        drive(conn, peer, &state, shared).await;
+        let conn = Box::pin(shared.http1.serve_connection(io, svc).with_upgrades());
+        Either::Left(drive(conn, peer, state, shared))
     } else {
-        let conn = shared.builder.serve_connection_with_upgrades(io, svc);
-        drive(conn, peer, &state, shared).await;
+        let conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, svc));
+        Either::Right(drive(conn, peer, state, shared))
     }
 }
 
@@ -406,13 +417,16 @@ where
 }
 
 /// Runs a served connection under the watchdog and the listener's shutdown.
-async fn drive<C, E>(conn: C, peer: SocketAddr, state: &ConnState, shared: &Shared)
-where
+async fn drive<C, E>(
+    mut conn: Pin<Box<C>>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    shared: &Shared,
+) where
     C: Graceful<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let cfg = &shared.cfg;
-    tokio::pin!(conn);
     let mut asked_to_close = false;
     loop {
         tokio::select! {
