@@ -27,8 +27,10 @@ Extra sidecar flags per configuration: --extra NAME='--flag value ...'; --extra-
 one. Other configurations can be added as NAME=BASE:flags with --config (BASE one of the above).
 
 With --rss, no callgrind: the sidecar alone, its memory 1 s after /readyz and again after the W + N
-GETs, from /proc/PID/smaps: the heap, other anonymous memory (thread stacks, malloc arenas, buffers),
-file-backed pages (the binary's code and data mapped in), and its thread count.
+GETs (and with --watches N: with N watches open, and after they closed), from /proc/PID/smaps: the
+heap, other anonymous memory (thread stacks, malloc arenas, buffers),
+file-backed pages (the binary's code and data mapped in; of which the executable itself, the rest
+shared libraries), and its thread count.
 
 Writes bench/instructions.json (appends a run under --label) and prints a table.
 """
@@ -87,7 +89,7 @@ def bench_pod():
 
 def write_seed(path):
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}, bench_pod(),
-            bench.small_secret()]
+            bench.small_secret(), bench.small_configmap()]
     with open(path, "w") as f:
         f.write("\n---\n".join(json.dumps(d) for d in docs) + "\n")
 
@@ -124,9 +126,14 @@ def dump_total(outdir, before):
 
 def memory(pid):
     """RSS of the process and where it is: the heap, other anonymous memory (thread stacks, malloc's
-    per-thread arenas), file-backed pages (the binary's code and data), in KiB; and its thread count."""
+    per-thread arenas), file-backed pages (the binary's code and data; `binary_kib` the executable's
+    own, the rest shared libraries), in KiB; and its thread count."""
     out = {"rss_kib": bench.rss_kib([pid]), "heap_kib": 0, "anon_other_kib": 0, "file_kib": 0,
-           "anon_mappings": 0}
+           "binary_kib": 0, "anon_mappings": 0}
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = None
     try:
         with open(f"/proc/{pid}/status") as f:
             out["threads"] = int(next(l for l in f if l.startswith("Threads:")).split()[1])
@@ -147,6 +154,8 @@ def memory(pid):
                         out["anon_other_kib"] += kib
                     else:
                         out["file_kib"] += kib
+                        if name == exe:
+                            out["binary_kib"] += kib
     except (OSError, StopIteration, ValueError):
         pass
     return out
@@ -175,10 +184,37 @@ def measure_rss(args, env, name, base, extra, tmp, procs):
     h2load_get(url, token, args.warmup + args.requests, tmp)
     time.sleep(1.0)
     after = memory(p.pid)
+    out = {"config": name, "base": base, "extra": " ".join(extra), "requests": args.warmup + args.requests,
+           "idle": idle, "after_gets": after}
+    if args.watches:
+        out.update(hold_watches(args, port, token, p.pid))
     procs.stop(p, grace=60)
-    log(f"{name}: idle {idle}, after {args.warmup + args.requests} GETs {after}")
-    return {"config": name, "base": base, "extra": " ".join(extra), "requests": args.warmup + args.requests,
-            "idle": idle, "after_gets": after}
+    log(f"{name}: idle {idle}, after {args.warmup + args.requests} GETs {after}, watches {out.get('watches')}")
+    return out
+
+
+def hold_watches(args, port, token, pid):
+    """Opens --watches watches of ConfigMaps through the sidecar (scripts/bench/watches.py: one
+    HTTP/1.1+TLS connection each, as bench.py's watch phase), measures the memory while they are open
+    (2 s after the last one was established), closes them and measures again 2 s later."""
+    w = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "watches.py"), "--port",
+                          str(port), "--token", token, "-n", str(args.watches), "--deadline", "90", "--hold", "120",
+                          "--path", "/api/v1/namespaces/bench/configmaps?watch=true&timeoutSeconds=600"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = w.stdout.readline().strip()
+        time.sleep(2.0)
+        held = memory(pid)
+        w.stdin.write("close\n")
+        w.stdin.flush()
+        w.wait(timeout=30)
+    finally:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait(timeout=5)
+    time.sleep(2.0)
+    closed = memory(pid)
+    return {"watches": line, "with_watches": held, "after_watches": closed}
 
 
 def measure(args, env, name, base, extra, tmp, procs):
@@ -244,6 +280,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "instructions.json"))
     ap.add_argument("--rss", action="store_true",
                     help="no callgrind: the sidecar's memory idle and after the GETs (appended to --out too)")
+    ap.add_argument("--watches", type=int, default=0, metavar="N",
+                    help="with --rss: also with N watches open (one HTTP/1.1+TLS connection each) and after")
     args = ap.parse_args()
     for tool in ("h2load",) if args.rss else ("valgrind", "callgrind_control", "h2load"):
         if not shutil.which(tool):
@@ -255,6 +293,8 @@ def main():
         base, flags = rest.split(":", 1)
         configs.append((name, base, shlex.split(flags)))
     extras = dict(e.split("=", 1) for e in args.extra)
+    if len({name for name, _, _ in configs}) != len(configs):
+        sys.exit("each configuration needs its own name (use --config NAME=BASE: for a repeat)")
     for name, base, _ in configs:
         if base not in BASES:
             sys.exit(f"unknown configuration base {base!r} (one of {', '.join(BASES)})")
@@ -310,13 +350,18 @@ def main():
         f.write("\n")
     if args.rss:
         print(f"\n## Sidecar memory ({label}; KiB)\n")
-        print("| configuration | when | RSS | heap | other anonymous | file-backed | threads |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| configuration | when | RSS | heap | other anonymous | file-backed | of it the executable | threads |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in results:
-            for when in ("idle", "after_gets"):
-                m = r[when]
+            for when in ("idle", "after_gets", "with_watches", "after_watches"):
+                m = r.get(when)
+                if m is None:
+                    continue
                 print(f"| {r['config']} | {when} | {m['rss_kib']:,} | {m['heap_kib']:,} | {m['anon_other_kib']:,} | "
-                      f"{m['file_kib']:,} | {m.get('threads', '?')} |")
+                      f"{m['file_kib']:,} | {m.get('binary_kib', 0):,} | {m.get('threads', '?')} |")
+        for r in results:
+            if r.get("watches"):
+                print(f"\n{r['config']}: {args.watches} watches: {r['watches']}")
         print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
         return
     print(f"\n## Instructions per proxied GET ({label}, {args.requests} GETs, callgrind)\n")

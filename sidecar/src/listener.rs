@@ -44,7 +44,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -211,6 +211,7 @@ pub fn serve(
     let name = cfg.name.clone();
     let shared = Arc::new(Shared {
         builder: builder(&cfg),
+        http1: http1_builder(),
         cfg,
         tls,
         handler,
@@ -248,9 +249,30 @@ fn builder(cfg: &ListenerConfig) -> hyper_util::server::conn::auto::Builder<Toki
     b
 }
 
+/// The HTTP/1.1 settings of [`builder`], for connections whose TLS handshake
+/// already chose HTTP/1.1 (ALPN `http/1.1`).
+///
+/// Serving those without the automatic version detection saves memory on
+/// every such connection for its whole life: the detection reads the first
+/// bytes on its own and hands them to hyper as a prefix, so hyper's first
+/// read returns only those few bytes and its read buffer, reserved at 8 KiB,
+/// is grown to 16 KiB by the second read. A watch or a followed log holds
+/// its connection (and that buffer) for as long as it lasts.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
+    b
+}
+
+/// ALPN protocol id of HTTP/1.1.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
 struct Shared {
     cfg: ListenerConfig,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Handler,
     metrics: Arc<Metrics>,
@@ -297,7 +319,8 @@ async fn connection(
             match tls {
                 Ok(tls) => {
                     state.reset_clock();
-                    serve_io(tls, peer, state, &shared).await
+                    let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
+                    serve_io(tls, peer, state, &shared, http1).await
                 }
                 Err(HandshakeError::Failed(_)) => {}
                 Err(HandshakeError::TimedOut(_)) => {
@@ -307,11 +330,24 @@ async fn connection(
                 }
             }
         }
-        None => serve_io(tcp, peer, state, &shared).await,
+        None => serve_io(tcp, peer, state, &shared, false).await,
     }
 }
 
-async fn serve_io<T>(io: T, peer: SocketAddr, state: Arc<ConnState>, shared: &Shared)
+/// Serves one connection: HTTP/1.1 alone when `http1` (the TLS handshake
+/// chose it), otherwise HTTP/1.1 or HTTP/2 by the client's first bytes.
+///
+/// Not an `async fn`, and the served connection is boxed: an async function
+/// keeps each argument it was called with for its whole life besides the
+/// place the argument is moved to, and an idle watch would pay for the TLS
+/// stream and hyper's connection state twice.
+fn serve_io<T>(
+    io: T,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    shared: &Shared,
+    http1: bool,
+) -> impl Future<Output = ()> + '_
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -335,10 +371,62 @@ where
             Ok::<_, Infallible>(resp.map(|b| boxed(Holding::new(b, guard))))
         }
     });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let io = TokioIo::new(io);
+    if http1 {
+        let conn = Box::pin(shared.http1.serve_connection(io, svc).with_upgrades());
+        Either::Left(drive(conn, peer, state, shared))
+    } else {
+        let conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, svc));
+        Either::Right(drive(conn, peer, state, shared))
+    }
+}
+
+/// A served connection that can be asked to finish gracefully.
+trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> Graceful
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    Self: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// Runs a served connection under the watchdog and the listener's shutdown.
+async fn drive<C, E>(
+    mut conn: Pin<Box<C>>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    shared: &Shared,
+) where
+    C: Graceful<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let cfg = &shared.cfg;
     let mut asked_to_close = false;
     loop {
         tokio::select! {

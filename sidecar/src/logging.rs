@@ -23,10 +23,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Lines queued per writer. The queue is allocated whole at start (about 32
-/// bytes a line), so tracing-appender's default of 128,000 would cost 4 MB of
-/// RSS per writer; a burst beyond this many lines waits for the writer.
-pub const QUEUED_LINES: usize = 8192;
+/// Lines queued per writer. The queue is allocated and written whole at start
+/// (32 bytes a line, resident from then on), so tracing-appender's default of
+/// 128,000 would cost 4 MB of RSS per writer, and 8,192 cost 256 KiB each;
+/// a burst beyond this many lines waits for the writer, which writes a line
+/// in a few microseconds.
+pub const QUEUED_LINES: usize = 1024;
 
 /// Target of the audit events written to the log (no collector).
 pub const AUDIT_TARGET: &str = "mcp_warden::audit";
