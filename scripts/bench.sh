@@ -14,7 +14,11 @@
 #   scripts/bench.sh --only paths         # just the path comparison (also: lists,watches,ready,webhook)
 #   scripts/bench.sh --paths sidecar-norec,kubectl-proxy   # paths besides direct, nginx, sidecar
 #
-# Environment: BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
+# The sidecar and webhook are measured as the image ships them: static x86_64-unknown-linux-musl binaries
+# of the release profile, built as the Dockerfile builds them (scripts/build-musl.sh; BENCH_BUILD=gnu
+# measures the dynamic glibc build instead). kube-apisim and the collector are ordinary release builds.
+#
+# Environment: BENCH_BUILD (musl, the default, or gnu), BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
 # BENCH_NO_MASK_BENCH=1 (skip building the streaming-masker micro-bench shared/benches/mask_stream.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +41,14 @@ export PATH="$PATH:/usr/sbin"
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   log "building release binaries"
-  cargo build --release --locked \
-    -p mcp-warden-sidecar -p mcp-warden-webhook -p mcp-warden-tests \
-    --bin mcp-warden-sidecar --bin mcp-warden-webhook --bin kube-apisim --bin mcp-warden-collector
+  cargo build --release --locked -p mcp-warden-tests --bin kube-apisim --bin mcp-warden-collector
+  if [ "${BENCH_BUILD:-musl}" = gnu ]; then
+    cargo build --release --locked -p mcp-warden-sidecar -p mcp-warden-webhook \
+      --bin mcp-warden-sidecar --bin mcp-warden-webhook
+  else
+    # What the image ships (Dockerfile): static musl binaries with musl's C library and malloc.
+    scripts/build-musl.sh
+  fi
 fi
 
 # The masking helper's streaming-masker micro-bench (optional: the figure for the masker alone).

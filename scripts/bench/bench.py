@@ -39,6 +39,12 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "target", "release")
+# The sidecar and webhook as the image ships them (Dockerfile: static musl, release profile); the test
+# tools (kube-apisim, collector) come from BIN. BENCH_BUILD=gnu measures the dynamic glibc build instead.
+MUSL_TARGET = "x86_64-unknown-linux-musl"
+PRODUCT_BUILD = os.environ.get("BENCH_BUILD", "musl")
+PRODUCT_BIN = BIN if PRODUCT_BUILD == "gnu" else os.path.join(ROOT, "target", MUSL_TARGET, "release")
+PRODUCTS = ("mcp-warden-sidecar", "mcp-warden-webhook")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KUBECTL = os.environ.get("BENCH_KUBECTL", "/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 ALL_PATHS = ["direct", "nginx", "sidecar", "sidecar-norec", "kubectl-proxy"]
@@ -759,6 +765,8 @@ def versions(env):
         "sidecar sha256": subprocess.run(["sha256sum", os.path.join(BIN, "mcp-warden-sidecar")], capture_output=True,
                                          text=True).stdout[:16],
         "upstream binary": env.args.apisim_label,
+        "sidecar and webhook build": ("glibc, dynamic (BENCH_BUILD=gnu), release profile" if PRODUCT_BUILD == "gnu"
+                                      else f"{MUSL_TARGET}, static, release profile: as the Dockerfile builds the image"),
     }
 
 
@@ -1043,7 +1051,7 @@ def main():
     snap = os.path.join(tmp, "bin")
     os.makedirs(snap)
     for b in ("mcp-warden-sidecar", "mcp-warden-webhook", "mcp-warden-collector", "kube-apisim"):
-        shutil.copy2(os.path.join(BIN, b), os.path.join(snap, b))
+        shutil.copy2(os.path.join(PRODUCT_BIN if b in PRODUCTS else BIN, b), os.path.join(snap, b))
     args.apisim_label = os.path.abspath(args.apisim)
     if os.path.abspath(args.apisim) == os.path.join(BIN, "kube-apisim"):
         args.apisim_label = "target/release/kube-apisim (this tree)"
