@@ -265,7 +265,9 @@ impl Upstream {
         let req = if is_upgrade_request(&req) {
             req
         } else {
-            match self.streams.send(req).await? {
+            // Boxed: the pool's connect-and-send future is large, and held
+            // inline it would be part of every request's future.
+            match Box::pin(self.streams.send(req)).await? {
                 Ok(resp) => return Ok(resp),
                 Err(req) => req,
             }
