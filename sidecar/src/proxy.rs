@@ -97,7 +97,9 @@ pub async fn handle(
 
 fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
     RequestContext {
-        request_id: uuid::Uuid::new_v4(),
+        // From the thread's CSPRNG (seeded from the OS): `Uuid::new_v4`
+        // asks the kernel (`getrandom`) for every request.
+        request_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
         started: Instant::now(),
         received_at: SystemTime::now(),
         peer,
