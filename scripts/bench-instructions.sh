@@ -14,7 +14,7 @@
 #   scripts/bench-instructions.sh --rss          # no callgrind: RSS idle and after the GETs, by kind
 #                                                # (heap, other anonymous, file-backed) and threads
 #
-# Environment: BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1 (keeps the callgrind dumps for callgrind_annotate).
+# Environment: BENCH_BUILD (musl, the default: the sidecar as the image ships it; or gnu), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1 (keeps the callgrind dumps for callgrind_annotate).
 # Takes about a minute per configuration on 2 cores (the sidecar runs ~50x slower under callgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +34,12 @@ fi
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   log "building release binaries"
-  cargo build --release --locked -p mcp-warden-sidecar -p mcp-warden-tests \
-    --bin mcp-warden-sidecar --bin kube-apisim --bin mcp-warden-collector
+  cargo build --release --locked -p mcp-warden-tests --bin kube-apisim --bin mcp-warden-collector
+  if [ "${BENCH_BUILD:-musl}" = gnu ]; then
+    cargo build --release --locked -p mcp-warden-sidecar --bin mcp-warden-sidecar
+  else
+    scripts/build-musl.sh   # the sidecar as the image ships it (static musl)
+  fi
 fi
 
 exec python3 scripts/bench/instructions.py "$@"

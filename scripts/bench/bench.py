@@ -616,7 +616,7 @@ def mask_lists(env, reps):
 def watches(env, n):
     rss0 = rss_kib([env.sidecar.pid])
     p = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "watches.py"), "--port",
-                          str(env.sc_port), "--token", env.sc_token, "-n", str(n), "--deadline", "90", "--hold", "120",
+                          str(env.sc_port), f"--token={env.sc_token}", "-n", str(n), "--deadline", "90", "--hold", "120",
                           "--path", "/api/v1/namespaces/bench/configmaps?watch=true&timeoutSeconds=600"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -32,6 +32,12 @@ heap, other anonymous memory (thread stacks, malloc arenas, buffers),
 file-backed pages (the binary's code and data mapped in; of which the executable itself, the rest
 shared libraries), and its thread count.
 
+To compare binaries, run them in one invocation: --compare LABEL=PATH (repeatable) with --rounds N
+runs every configuration of every binary N times, interleaved, against the same kube-apisim and
+collector. Separate invocations do not compare well: each starts a new kube-apisim, which gives the Pod
+a new uid and timestamps, and the masker's search for masked values in the rest of the object costs
+more or less depending on those bytes (10-20 % of a GET between two starts, same binary).
+
 Writes bench/instructions.json (appends a run under --label) and prints a table.
 """
 
@@ -198,7 +204,7 @@ def hold_watches(args, port, token, pid):
     HTTP/1.1+TLS connection each, as bench.py's watch phase), measures the memory while they are open
     (2 s after the last one was established), closes them and measures again 2 s later."""
     w = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "watches.py"), "--port",
-                          str(port), "--token", token, "-n", str(args.watches), "--deadline", "90", "--hold", "120",
+                          str(port), f"--token={token}", "-n", str(args.watches), "--deadline", "90", "--hold", "120",
                           "--path", "/api/v1/namespaces/bench/configmaps?watch=true&timeoutSeconds=600"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -264,7 +270,7 @@ def measure(args, env, name, base, extra, tmp, procs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sidecar", default=os.path.join(bench.BIN, "mcp-warden-sidecar"))
+    ap.add_argument("--sidecar", default=os.path.join(bench.PRODUCT_BIN, "mcp-warden-sidecar"))
     ap.add_argument("--apisim", default=os.path.join(bench.BIN, "kube-apisim"))
     ap.add_argument("--collector", default=os.path.join(bench.BIN, "mcp-warden-collector"))
     ap.add_argument("--policy", default=os.path.join(ROOT, "tests", "fixtures", "policies", "example.yaml"))
@@ -278,6 +284,9 @@ def main():
     ap.add_argument("--extra-all", default="")
     ap.add_argument("--label", default="", help="name of this run in the JSON (default: git describe)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "instructions.json"))
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                    help="a sidecar binary to measure (repeatable; replaces --sidecar), interleaved")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds over the binaries and configurations")
     ap.add_argument("--rss", action="store_true",
                     help="no callgrind: the sidecar's memory idle and after the GETs (appended to --out too)")
     ap.add_argument("--watches", type=int, default=0, metavar="N",
@@ -327,9 +336,16 @@ def main():
                     env={"RUST_LOG": "warn"})
         caddr = bench.wait_until(lambda: open(os.path.join(cd, "addr")).read().strip(), 30, "collector addr")
         env["collector_url"] = f"http://{caddr}"
-        for name, base, flags in configs:
-            extra = shlex.split(args.extra_all) + shlex.split(extras.get(name, "")) + flags
-            results.append((measure_rss if args.rss else measure)(args, env, name, base, extra, tmp, procs))
+        binaries = [tuple(c.split("=", 1)) for c in args.compare] or [("", args.sidecar)]
+        for rnd in range(1, max(1, args.rounds) + 1):
+            for blabel, path in binaries:
+                bargs = argparse.Namespace(**{**vars(args), "sidecar": path})
+                for name, base, flags in configs:
+                    extra = shlex.split(args.extra_all) + shlex.split(extras.get(name, "")) + flags
+                    tag = f"{name}-{blabel}-r{rnd}" if blabel else (f"{name}-r{rnd}" if args.rounds > 1 else name)
+                    r = (measure_rss if args.rss else measure)(bargs, env, tag, base, extra, tmp, procs)
+                    r.update({"config": name, "binary": blabel or None, "sidecar": path, "round": rnd})
+                    results.append(r)
     finally:
         procs.stop_all()
         if not os.environ.get("BENCH_KEEP_TMP"):
@@ -353,6 +369,8 @@ def main():
         print("| configuration | when | RSS | heap | other anonymous | file-backed | of it the executable | threads |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in results:
+            if r.get("binary"):
+                r["config"] = f"{r['config']} ({r['binary']}, round {r['round']})"
             for when in ("idle", "after_gets", "with_watches", "after_watches"):
                 m = r.get(when)
                 if m is None:
@@ -365,11 +383,11 @@ def main():
         print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
         return
     print(f"\n## Instructions per proxied GET ({label}, {args.requests} GETs, callgrind)\n")
-    print("| configuration | extra flags | instructions / GET | load Ir | idle Ir |")
-    print("|---|---|---:|---:|---:|")
+    print("| binary | round | configuration | extra flags | instructions / GET | load Ir | idle Ir |")
+    print("|---|---:|---|---|---:|---:|---:|")
     for r in results:
-        print(f"| {r['config']} | {r['extra'] or '—'} | {r['instructions_per_get']:,} | {r['load_ir']:,} | "
-              f"{r['idle_ir']:,} |")
+        print(f"| {r.get('binary') or '—'} | {r['round']} | {r['config']} | {r['extra'] or '—'} | "
+              f"{r['instructions_per_get']:,} | {r['load_ir']:,} | {r['idle_ir']:,} |")
     print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
 
 

@@ -194,8 +194,44 @@ impl MicroTime {
     }
 }
 
+impl MicroTime {
+    /// The text form written digit by digit into a fixed buffer, for the
+    /// four-digit years (every real timestamp): an event carries two, and
+    /// going through `fmt` with its padding cost more than the rest of the
+    /// event's small fields together. `None` outside years 0–9999.
+    fn fixed_text(&self) -> Option<[u8; 27]> {
+        let secs = self.unix_micros.div_euclid(1_000_000);
+        let micros = self.unix_micros.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let year = u64::try_from(y).ok().filter(|y| *y <= 9999)?;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let sod = sod as u64;
+        for (range, v) in [
+            (0..4, year),
+            (5..7, u64::from(m)),
+            (8..10, u64::from(d)),
+            (11..13, sod / 3600),
+            (14..16, (sod % 3600) / 60),
+            (17..19, sod % 60),
+            (20..26, micros as u64),
+        ] {
+            let mut v = v;
+            for slot in b[range].iter_mut().rev() {
+                *slot = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        Some(b)
+    }
+}
+
 impl fmt::Display for MicroTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(b) = self.fixed_text() {
+            return f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?);
+        }
         let secs = self.unix_micros.div_euclid(1_000_000);
         let micros = self.unix_micros.rem_euclid(1_000_000);
         let days = secs.div_euclid(86_400);
@@ -213,7 +249,13 @@ impl fmt::Display for MicroTime {
 
 impl Serialize for MicroTime {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.fixed_text() {
+            Some(b) => match std::str::from_utf8(&b) {
+                Ok(text) => s.serialize_str(text),
+                Err(_) => s.collect_str(self),
+            },
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -839,6 +881,51 @@ pub fn is_mutating(verb: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The digit-by-digit text is what the formatter wrote, and parses back.
+    #[test]
+    fn micro_time_text_is_the_formatted_one() {
+        let reference = |t: MicroTime| {
+            let secs = t.unix_micros.div_euclid(1_000_000);
+            let micros = t.unix_micros.rem_euclid(1_000_000);
+            let sod = secs.rem_euclid(86_400);
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                sod / 3600,
+                (sod % 3600) / 60,
+                sod % 60
+            )
+        };
+        let mut samples = vec![
+            0,
+            -1,
+            1,
+            999_999,
+            1_765_000_000_123_456,
+            951_782_400_000_000,
+            -62_167_219_200_000_000,
+            253_402_300_799_999_999,
+        ];
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x.rem_euclid(253_402_300_800_000_000));
+        }
+        for us in samples {
+            let t = MicroTime::from_unix_micros(us);
+            let text = t.to_string();
+            assert_eq!(text, reference(t), "{us}");
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{text}\""));
+            assert_eq!(MicroTime::parse(&text).unwrap(), t, "{text}");
+        }
+        // Outside four-digit years the formatter writes it.
+        let far = MicroTime::from_unix_micros(253_402_300_800_000_000);
+        assert!(far.fixed_text().is_none());
+        assert_eq!(far.to_string(), reference(far));
+    }
 
     #[test]
     fn token_like_query_parameters_are_redacted_from_the_request_uri() {

@@ -85,6 +85,19 @@ pub(crate) async fn read_for_decision(
     if !want_object && !want_old {
         return Ok(req);
     }
+    // Boxed: reading is the rare case, and its future inline would make
+    // every request's future (copied whole per request) that much larger.
+    Box::pin(read_bodies(state, ctx, req, want_object, want_old)).await
+}
+
+/// The reading part of [`read_for_decision`].
+async fn read_bodies(
+    state: &ProxyState,
+    ctx: &mut RequestContext,
+    req: Request<ProxyBody>,
+    want_object: bool,
+    want_old: bool,
+) -> Result<Request<ProxyBody>, Refusal> {
     let mut bodies = DecisionBodies::default();
     let req = if want_object {
         let (parts, body) = req.into_parts();

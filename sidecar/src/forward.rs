@@ -265,7 +265,9 @@ impl Upstream {
         let req = if is_upgrade_request(&req) {
             req
         } else {
-            match self.streams.send(req).await? {
+            // Boxed: the pool's connect-and-send future is large, and held
+            // inline it would be part of every request's future.
+            match Box::pin(self.streams.send(req)).await? {
                 Ok(resp) => return Ok(resp),
                 Err(req) => req,
             }
@@ -308,6 +310,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `keep_upgrade`, `Upgrade` and `Connection: Upgrade` survive (for
 /// upgrade requests and 101 responses).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names present
+    // instead of a lookup (name parsed and hashed) per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

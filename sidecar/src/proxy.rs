@@ -97,7 +97,9 @@ pub async fn handle(
 
 fn new_context<B>(req: &Request<B>, peer: SocketAddr) -> RequestContext {
     RequestContext {
-        request_id: uuid::Uuid::new_v4(),
+        // From the thread's CSPRNG (seeded from the OS): `Uuid::new_v4`
+        // asks the kernel (`getrandom`) for every request.
+        request_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
         started: Instant::now(),
         received_at: SystemTime::now(),
         peer,
@@ -194,7 +196,9 @@ async fn forward_once_more_on_rotation(
         && let Some(retry) = retry_with_rotated_token(state, replay)?
     {
         tracing::info!(request_id = %ctx.request_id, "upstream refused the token; retrying with the rotated one");
-        return forward(state, ctx, retry).await;
+        // Boxed: the retry is rare, and a second `forward` held inline
+        // would grow every request's future.
+        return Box::pin(forward(state, ctx, retry)).await;
     }
     Ok(resp)
 }
@@ -305,6 +309,17 @@ async fn check_json_patch(
     if req.method() != http::Method::PATCH || !is_json_patch(req.headers()) {
         return Ok(req);
     }
+    // Boxed for the same reason as the retry in
+    // `forward_once_more_on_rotation`: rare, and large inline.
+    Box::pin(judge_json_patch(state, ctx, req)).await
+}
+
+/// The reading and judging part of [`check_json_patch`].
+async fn judge_json_patch(
+    state: &ProxyState,
+    ctx: &RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Request<ProxyBody>, Refusal> {
     let (parts, body) = req.into_parts();
     let bytes = collect_limited(body, DEFAULT_MAX_BODY_BYTES).await?;
     let patch: serde_json::Value =

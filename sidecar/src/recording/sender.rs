@@ -207,10 +207,11 @@ fn cut_batch(records: Vec<SpoolRecord>) -> Option<Batch> {
 }
 
 /// The body of an events POST: an `EventList` built around the spooled
-/// event JSON without re-encoding it, or NDJSON. Records that are not valid
-/// JSON (cannot happen short of a bug) are left out and returned.
+/// event JSON without re-encoding it, or NDJSON. Records that are not one
+/// JSON object on one line (cannot happen short of a bug) are left out and
+/// returned; see [`json_object_line`] for how far that is checked.
 pub fn events_body(format: CollectorFormat, payloads: &[&[u8]]) -> (Vec<u8>, usize) {
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(96 + payloads.iter().map(|p| p.len() + 1).sum::<usize>());
     let mut bad = 0;
     if format == CollectorFormat::EventList {
         body.extend_from_slice(
@@ -219,7 +220,7 @@ pub fn events_body(format: CollectorFormat, payloads: &[&[u8]]) -> (Vec<u8>, usi
     }
     let mut first = true;
     for p in payloads {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(p).is_err() || p.contains(&b'\n') {
+        if !json_object_line(p) {
             bad += 1;
             continue;
         }
@@ -241,6 +242,20 @@ pub fn events_body(format: CollectorFormat, payloads: &[&[u8]]) -> (Vec<u8>, usi
         body.extend_from_slice(b"]}");
     }
     (body, bad)
+}
+
+/// Whether `p` is framed as one JSON object on one line: valid UTF-8, `{`
+/// first, `}` last, no line break. That is all that is checked, on
+/// purpose: every event record is written by serde_json and CRC-checked in
+/// the spool, so this only has to catch a record that is something else
+/// entirely (a bug) before it spoils a batch; parsing each event again cost
+/// as much as building it, and a record that slipped through would only
+/// send its batch to the dead-letter directory (the collector refuses it).
+pub fn json_object_line(p: &[u8]) -> bool {
+    p.first() == Some(&b'{')
+        && p.last() == Some(&b'}')
+        && memchr::memchr(b'\n', p).is_none()
+        && std::str::from_utf8(p).is_ok()
 }
 
 enum Outcome {
@@ -604,6 +619,33 @@ mod tests {
         assert_eq!(v["items"][1]["auditID"], "b");
         let (body, _) = events_body(CollectorFormat::Ndjson, &[a, b]);
         assert_eq!(body, b"{\"auditID\":\"a\"}\n{\"auditID\":\"b\"}\n");
+    }
+
+    #[test]
+    fn json_object_lines_are_told_from_anything_else() {
+        let good: &[&[u8]] = &[
+            br#"{}"#,
+            br#"{"a":1}"#,
+            br#"{"a":[1,-2.5e+3,true,false,null,{"b":[]}],"c":"x\"}]{\\"}"#,
+            "{\"s\":\"\\u00e9 café\"}".as_bytes(),
+        ];
+        for g in good {
+            assert!(json_object_line(g), "{}", String::from_utf8_lossy(g));
+        }
+        let bad: &[&[u8]] = &[
+            b"",
+            b"not json",
+            b"[1]",
+            br#"{"a":1"#,
+            br#"{"a":1}x"#,
+            br#""{}""#,
+            b"{\"a\":1}\n",
+            b"{\"a\":\n1}",
+            b"{\"a\":\"\xff\"}",
+        ];
+        for b in bad {
+            assert!(!json_object_line(b), "{}", String::from_utf8_lossy(b));
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ const MAGIC: u8 = 0xA5;
 const HEADER_LEN: usize = 26;
 /// Largest payload a record may carry.
 pub const MAX_RECORD_BYTES: usize = 32 << 20;
+/// The most [`Spool::read_after`] reads in one go for a run of records
+/// (more, e.g. across many acked records, and they are read one by one).
+const MAX_READ_SPAN: u64 = 8 << 20;
 /// Most appends committed by one fsync.
 const MAX_GROUP: usize = 1024;
 
@@ -630,33 +633,63 @@ impl Spool {
         let mut out = Vec::with_capacity(locs.len());
         let mut files: HashMap<SeqNo, File> = HashMap::new();
         let mut bad = Vec::new();
-        for (seq, loc, path) in locs {
-            let f = match files.entry(loc.segment) {
+        let mut i = 0;
+        while i < locs.len() {
+            // A run of records in one segment, in file order: read in one
+            // go up to the last one's start (not one seek and two reads per
+            // record); the last, whose length only its header tells, alone.
+            let (segment, ref path) = (locs[i].1.segment, locs[i].2.clone());
+            let mut j = i + 1;
+            while j < locs.len()
+                && locs[j].1.segment == segment
+                && locs[j].1.offset > locs[j - 1].1.offset
+            {
+                j += 1;
+            }
+            let run = &locs[i..j];
+            i = j;
+            let f = match files.entry(segment) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => match File::open(&path) {
+                std::collections::hash_map::Entry::Vacant(v) => match File::open(path) {
                     Ok(f) => v.insert(f),
-                    // Deleted under us: the record was acked meanwhile.
+                    // Deleted under us: the records were acked meanwhile.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err(&path)(e)),
+                    Err(e) => return Err(io_err(path)(e)),
                 },
             };
-            let mut hdr = [0u8; HEADER_LEN];
-            f.seek(SeekFrom::Start(loc.offset)).map_err(io_err(&path))?;
-            f.read_exact(&mut hdr).map_err(io_err(&path))?;
-            let len = (le_u32(&hdr[2..6]) as usize).min(MAX_RECORD_BYTES);
-            let mut buf = hdr.to_vec();
-            buf.resize(HEADER_LEN + len, 0);
-            f.read_exact(&mut buf[HEADER_LEN..])
-                .map_err(io_err(&path))?;
-            match decode_record(&buf) {
-                Some((rec, _)) if rec.seq == seq => out.push(rec),
-                _ => {
-                    tracing::error!(path = %path.display(), seq, "spool record corrupted on disk after commit; dropping it");
-                    self.shared
-                        .counters
-                        .corrupt_records
-                        .fetch_add(1, Ordering::Relaxed);
-                    bad.push(seq);
+            let base = run[0].1.offset;
+            let span = run[run.len() - 1].1.offset - base;
+            let mut head = Vec::new();
+            if run.len() > 1 && span <= MAX_READ_SPAN {
+                head.resize(span as usize, 0);
+                f.seek(SeekFrom::Start(base)).map_err(io_err(path))?;
+                f.read_exact(&mut head).map_err(io_err(path))?;
+            }
+            for (k, (seq, loc, _)) in run.iter().enumerate() {
+                let decoded = if k + 1 < run.len() && !head.is_empty() {
+                    head.get((loc.offset - base) as usize..)
+                        .and_then(decode_record)
+                        .map(|(rec, _)| rec)
+                } else {
+                    let mut hdr = [0u8; HEADER_LEN];
+                    f.seek(SeekFrom::Start(loc.offset)).map_err(io_err(path))?;
+                    f.read_exact(&mut hdr).map_err(io_err(path))?;
+                    let len = (le_u32(&hdr[2..6]) as usize).min(MAX_RECORD_BYTES);
+                    let mut buf = hdr.to_vec();
+                    buf.resize(HEADER_LEN + len, 0);
+                    f.read_exact(&mut buf[HEADER_LEN..]).map_err(io_err(path))?;
+                    decode_record(&buf).map(|(rec, _)| rec)
+                };
+                match decoded {
+                    Some(rec) if rec.seq == *seq => out.push(rec),
+                    _ => {
+                        tracing::error!(path = %path.display(), seq, "spool record corrupted on disk after commit; dropping it");
+                        self.shared
+                            .counters
+                            .corrupt_records
+                            .fetch_add(1, Ordering::Relaxed);
+                        bad.push(*seq);
+                    }
                 }
             }
         }
@@ -1176,6 +1209,47 @@ mod tests {
             let sp = Spool::open(cfg(d.path(), 1 << 20)).unwrap();
             assert_eq!(sp.pending_count(), 0);
         }
+    }
+
+    /// Records read back in one go (a run in one segment) are each still
+    /// checked: one corrupted after commit is dropped and counted, the
+    /// others are read, whether it is in the run or last.
+    #[tokio::test]
+    async fn records_corrupted_after_commit_are_dropped_from_a_batch_read() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::open(cfg(d.path(), 1 << 20)).unwrap();
+        for i in 0..6u32 {
+            sp.append(RecordKind::Event, format!("record-{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let seg = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let rec_len = (HEADER_LEN + "record-0".len()) as u64;
+        let mut f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        for k in [1u64, 5] {
+            f.seek(SeekFrom::Start(k * rec_len + HEADER_LEN as u64 + 1))
+                .unwrap();
+            f.write_all(b"X").unwrap();
+        }
+        drop(f);
+        let got: Vec<Vec<u8>> = sp
+            .read_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        assert_eq!(
+            got,
+            ["record-0", "record-2", "record-3", "record-4"].map(|s| s.as_bytes().to_vec())
+        );
+        assert_eq!(sp.counters().corrupt_records.load(Ordering::Relaxed), 2);
+        // Dropped for good: not offered again.
+        assert_eq!(sp.read_after(0, 10).unwrap().len(), 4);
     }
 
     #[tokio::test]
