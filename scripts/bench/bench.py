@@ -841,11 +841,8 @@ def goals(res, s):
             lambda o: f"sidecar {sfmt(added(sc, o, k))} ms vs nginx {sfmt(added(ng, o, k))} ms "
                       f"(recording off {sfmt(added(nr, o, k))} ms)"),
              "the sidecar spends several times nginx's CPU per request (see the CPU goal), and at a fixed rate on 2 "
-             "shared cores that CPU time becomes queueing time; recording on vs off shows what the event path adds. Closing it takes the "
-             "CPU-per-request work (the event is already serialised once, with the masked body as raw JSON: "
-             "what is left is below, under the CPU goal), "
-             "fewer allocations (malloc/free ~15 %; jemalloc/mimalloc cut 10-20 % of instructions but cost idle RSS), "
-             "no UTF-8 re-validation or body copies where nothing is masked.")
+             "shared cores that CPU time becomes queueing time; recording on vs off shows what the event path adds. "
+             "Closing it takes the CPU-per-request work described under the CPU goal.")
     ok = both(lambda o: None if sc.get(f"{o}_tput_vs_nginx") is None else sc[f"{o}_tput_vs_nginx"] >= 1.0)
     line("throughput >= nginx's", ok, f"{MAX_CLIENTS} connections x {MAX_STREAMS} streams: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_max_req_per_s'), 0)} req/s vs nginx {fmt(ng.get(f'{o}_max_req_per_s'), 0)} "
@@ -854,8 +851,7 @@ def goals(res, s):
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_cores_at_max'))}, recording off "
                   f"{fmt(nr.get(f'{o}_cpu_cores_at_max'))}, nginx {fmt(ng.get(f'{o}_cpu_cores_at_max'))}"),
          "on 2 cores shared with h2load and the upstream, throughput is the inverse of CPU per request, so this "
-         "goal falls with the CPU goal: the same per-request work (event serialisation, allocation, copies) has to "
-         "come down to nginx's level first"
+         "goal falls with the CPU goal"
          + (". Besides, with recording on the sidecar does not use the CPU it could: fewer cores at maximum than "
             "with recording off, so something on the recording path (each response waits for its event's write to "
             "the spool) serialises requests; it takes a profile of the spool writer under load (off-CPU time) and "
@@ -866,12 +862,14 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "about 1.2 M user-space instructions per proxied GET (callgrind, section below); the flat profile taken "
-         "before the event was serialised once put the event's `serde_json::Value` round trip first (string "
-         "escaping 6 %, parse 5 %, `Value` (de)serialisation ~7 %, indexmap/SipHash ~8 %), then malloc/free, "
-         "`from_utf8` and memcpy; serialising once removed 18-24 % of the instructions of a recorded GET (section "
-         "below). What is left takes a new profile of this build, a faster hasher "
-         "or none on the hot maps, and a global allocator if its RSS cost is accepted.")
+         "a recorded GET of a ~1.3 KB Pod costs ~0.8-0.96 M user-space instructions (callgrind, "
+         "bench/notes-cpu.md), of which masking the response is ~53 % (parsing each item into a `serde_json::Value` "
+         "alone 23 %), allocation ~19 %, HTTP/2 both sides ~12 %, TLS both ways ~3 %, the event and its spool and "
+         "POST ~10 %; nginx copies bytes. Closing it takes a masker that does not build a tree per item (byte "
+         "scanning with splices where values change), the event body written from the masker's output without "
+         "validating it again (`audit::raw_json`), and fewer allocations per request; a global allocator "
+         "(jemalloc: -10 % instructions) was measured and not kept because it costs 2 MiB idle and 6 MiB with "
+         "1,000 watches.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
@@ -880,31 +878,29 @@ def goals(res, s):
          f"{w.get('established')}/{w.get('requested')} watches established (one HTTP/1.1+TLS client connection each; "
          f"sidecar {w.get('sidecar_fds')} fds; measured on the sidecar of the runs above, which held "
          f"{fmt(w.get('rss_before_mib'), 1)} MiB before the watches were opened, after the load and list phases)",
-         "the upstream side shares HTTP/2 connections now (`forward::StreamPool`); what is left is one TLS "
-         "connection per watch on the client side (about 23 KB each, docs/sidecar.md). Meeting it for this client "
-         "shape takes less state per idle client connection (TLS and HTTP/1.1 buffers released or shrunk while a "
-         "watch is quiet); a client that multiplexes its watches "
-         "over HTTP/2 (client-go does) would not pay it at all.")
+         "the upstream side shares HTTP/2 connections (`forward::StreamPool`); what is left is one TLS + HTTP/1.1 "
+         "client connection per watch, ~30 KB of heap each (bench/notes-mem.md: hyper's HTTP/1.1 read and write "
+         "buffers, 8 KiB each at least and for the connection's life, rustls's 4 KiB read buffer, the task, the "
+         "request's state). Meeting it takes ~10 KB less per watch: buffers released while a watch is quiet (hyper "
+         "offers no setting for it), or rustls's unbuffered API under an HTTP/1.1 codec of our own; a client that "
+         "multiplexes its watches over HTTP/2 (client-go, kube-rs) does not pay it at all.")
     v = sd.get("rss_idle_mib")
     line("idle under 15 MB", None if v is None else v * 1.048576 < 15,
          f"{fmt(v, 1)} MiB = {fmt(v * 1.048576 if v is not None else None, 1)} MB after start, before load"
          + (f" (recording off: {fmt(sd.get('rss_idle_norec_mib'), 1)} MiB)" if sd.get("rss_idle_norec_mib") else ""),
-         "what is allocated up front decides it (the log writers' queues: 128,000 lines cost ~7 MiB, 8,192 lines "
-         "are committed; a global allocator adds 2-15 MiB, see below); the notes below measured 14.2-14.4 MiB idle "
-         "at `2596a6d`, so if this figure is above that, something since then grew the start-up footprint and "
-         "takes finding (heap profile at start, e.g. heaptrack or the allocator's stats), besides smaller queues "
-         "or fewer runtime threads.")
+         "most of the idle RSS is the executable's own pages (the kernel maps pages around each fault of a file "
+         "in the page cache); the release profile's fat LTO and one codegen unit cut the binary by 29 % "
+         "(bench/notes-mem.md). What is left would take a smaller binary (cold crates at `opt-level = \"s\"`: at "
+         "most ~0.4 MiB) or features out of the sidecar.")
     v = sd.get("mask_mb_per_cpu_s_50k")
     iso = (res.get("isolated_masker") or {}).get("50000", {}).get("mb_per_s")
     line("masking >= 400 MB/s of JSON per core", None if v is None else v >= 400,
          f"{fmt(v, 0)} MB of JSON per sidecar CPU-second (whole request path incl. TLS both ways, "
          f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
          + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
-         "the streaming masker alone runs at about the same rate, so TLS is not what limits it; the masker's own "
-         "work (`ValueScan::feed`, UTF-8 validation, aho-corasick and `ScrubSet::matches_str` over every string in "
-         "the profile) is; it takes a "
-         "masker that skips unmasked regions with memchr-style scanning for quotes/backslashes (SIMD), "
-         "and checks strings only at the keys the policy names.")
+         "parsing each item into a `serde_json::Value` tree and writing it back is ~40 % of the masker's "
+         "instructions on Secrets and ~50 % on Pods (bench/notes-mask.md); it takes a masker that scans the bytes "
+         "once, decides the rules from the path of each value, and copies everything it does not change.")
     return g
 
 
