@@ -45,6 +45,10 @@ MUSL_TARGET = "x86_64-unknown-linux-musl"
 PRODUCT_BUILD = os.environ.get("BENCH_BUILD", "musl")
 PRODUCT_BIN = BIN if PRODUCT_BUILD == "gnu" else os.path.join(ROOT, "target", MUSL_TARGET, "release")
 PRODUCTS = ("mcp-warden-sidecar", "mcp-warden-webhook")
+# The image's environment for its musl binaries' allocator (Dockerfile); the glibc build ignores it.
+IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "0"}
+if PRODUCT_BUILD != "gnu":
+    os.environ.update(IMAGE_ENV)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KUBECTL = os.environ.get("BENCH_KUBECTL", "/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 ALL_PATHS = ["direct", "nginx", "sidecar", "sidecar-norec", "kubectl-proxy"]

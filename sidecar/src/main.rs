@@ -6,6 +6,12 @@
 use clap::Parser;
 use mcp_warden_sidecar::config::{Cli, Command, ServeArgs};
 
+/// musl's malloc serialises every allocation on one lock; the image's static
+/// musl build uses mimalloc instead (see the Dockerfile for its settings).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {

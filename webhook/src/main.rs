@@ -14,6 +14,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// musl's malloc serialises every allocation on one lock; the image's static
+/// musl build uses mimalloc instead (see the Dockerfile for its settings).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mcp-warden-webhook",
