@@ -167,12 +167,8 @@ def memory(pid):
     return out
 
 
-def measure_rss(args, env, name, base, extra, tmp, procs):
-    """The sidecar without valgrind: its memory 1 s after /readyz, then after the GETs."""
-    d = os.path.join(tmp, name)
-    os.makedirs(os.path.join(d, "local"))
-    os.makedirs(os.path.join(d, "spool"))
-    port, admin = bench.free_port(), bench.free_port()
+def sidecar_argv(args, env, base, extra, d, port, admin):
+    """The sidecar's command line for configuration `base` plus `extra` flags, its files under `d`."""
     argv = [args.sidecar, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
             "--upstream", f"https://127.0.0.1:{env['up_port']}", "--upstream-ca-file", env["up_ca"],
             "--upstream-token-file", env["up_token_file"], "--local-dir", os.path.join(d, "local"),
@@ -180,7 +176,16 @@ def measure_rss(args, env, name, base, extra, tmp, procs):
             "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
     if BASES[base]["collector"]:
         argv += ["--collector-url", env["collector_url"]]
-    argv += extra
+    return argv + extra
+
+
+def measure_rss(args, env, name, base, extra, tmp, procs):
+    """The sidecar without valgrind: its memory 1 s after /readyz, then after the GETs."""
+    d = os.path.join(tmp, name)
+    os.makedirs(os.path.join(d, "local"))
+    os.makedirs(os.path.join(d, "spool"))
+    port, admin = bench.free_port(), bench.free_port()
+    argv = sidecar_argv(args, env, base, extra, d, port, admin)
     p = procs.start(f"sidecar-{name}", argv)
     bench.wait_until(lambda: bench.http_status(admin, "/readyz", timeout=20) == 200, 60, f"{name} /readyz")
     time.sleep(1.0)
@@ -230,14 +235,7 @@ def measure(args, env, name, base, extra, tmp, procs):
     cgdir = os.path.join(d, "callgrind")
     os.makedirs(cgdir)
     port, admin = bench.free_port(), bench.free_port()
-    argv = [args.sidecar, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-            "--upstream", f"https://127.0.0.1:{env['up_port']}", "--upstream-ca-file", env["up_ca"],
-            "--upstream-token-file", env["up_token_file"], "--local-dir", os.path.join(d, "local"),
-            "--policy-file", args.policy, "--spool-dir", os.path.join(d, "spool"),
-            "--pod-name", "bench-mcp-server", "--pod-namespace", "bench"]
-    if BASES[base]["collector"]:
-        argv += ["--collector-url", env["collector_url"]]
-    argv += extra
+    argv = sidecar_argv(args, env, base, extra, d, port, admin)
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cgdir}/cg.%p", "--dump-instr=no", "--vgdb=yes"]
     p = procs.start(f"sidecar-{name}", vg + argv)
     bench.wait_until(lambda: bench.http_status(admin, "/readyz", timeout=20) == 200, 300, f"{name} /readyz")
