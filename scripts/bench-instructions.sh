@@ -13,6 +13,7 @@
 #   scripts/bench-instructions.sh --sidecar /tmp/old/mcp-warden-sidecar --label before
 #   scripts/bench-instructions.sh --rss          # no callgrind: RSS idle and after the GETs, by kind
 #                                                # (heap, other anonymous, file-backed) and threads
+#   scripts/bench-instructions.sh --rss --watches 1000 [--watch-h2]   # and with 1,000 watches open
 #
 # Environment: BENCH_BUILD (musl, the default: the sidecar as the image ships it; or gnu), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1 (keeps the callgrind dumps for callgrind_annotate).
 # Takes about a minute per configuration on 2 cores (the sidecar runs ~50x slower under callgrind).
@@ -31,6 +32,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
 fi
+# HTTP/2 watches (--watches N --watch-h2) speak through the h2 package.
+python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet h2 2>/dev/null ||
+  python3 -m pip install --quiet --break-system-packages h2
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   log "building release binaries"

@@ -37,6 +37,9 @@ if [ ${#need[@]} -gt 0 ]; then
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
 fi
 export PATH="$PATH:/usr/sbin"
+# HTTP/2 watches (scripts/bench/watches.py --h2) speak through the h2 package.
+python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet h2 2>/dev/null ||
+  python3 -m pip install --quiet --break-system-packages h2
 [ -x "${BENCH_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}" ] || { log "kubectl not found at ${BENCH_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}"; exit 1; }
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then

@@ -206,11 +206,13 @@ def measure_rss(args, env, name, base, extra, tmp, procs):
 
 def hold_watches(args, port, token, pid):
     """Opens --watches watches of ConfigMaps through the sidecar (scripts/bench/watches.py: one
-    HTTP/1.1+TLS connection each, as bench.py's watch phase), measures the memory while they are open
+    HTTP/1.1+TLS connection each, as bench.py's first watch phase; with --watch-h2 HTTP/2 streams over
+    shared connections, as client-go), measures the memory while they are open
     (2 s after the last one was established), closes them and measures again 2 s later."""
     w = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "watches.py"), "--port",
                           str(port), f"--token={token}", "-n", str(args.watches), "--deadline", "90", "--hold", "120",
-                          "--path", "/api/v1/namespaces/bench/configmaps?watch=true&timeoutSeconds=600"],
+                          "--path", "/api/v1/namespaces/bench/configmaps?watch=true&timeoutSeconds=600"]
+                         + (["--h2"] if args.watch_h2 else []),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = w.stdout.readline().strip()
@@ -289,6 +291,8 @@ def main():
                     help="no callgrind: the sidecar's memory idle and after the GETs (appended to --out too)")
     ap.add_argument("--watches", type=int, default=0, metavar="N",
                     help="with --rss: also with N watches open (one HTTP/1.1+TLS connection each) and after")
+    ap.add_argument("--watch-h2", action="store_true",
+                    help="with --watches: HTTP/2 streams over shared connections (as client-go) instead")
     args = ap.parse_args()
     for tool in ("h2load",) if args.rss else ("valgrind", "callgrind_control", "h2load"):
         if not shutil.which(tool):

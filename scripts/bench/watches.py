@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""Opens N Kubernetes watches over HTTP/1.1+TLS (one connection each, as the
-Python client and urllib3 do) and holds them open.
+"""Opens N Kubernetes watches and holds them open, either over HTTP/1.1+TLS (one
+connection each, as the Python client and urllib3 do; the default) or, with
+--h2, as HTTP/2 streams multiplexed the way client-go (kubectl, Go MCP servers)
+and kube-rs do: one TLS connection carries as many watches as the server's
+SETTINGS_MAX_CONCURRENT_STREAMS allows, and only a full connection makes the
+client open the next one.
 
 A watch counts as established once its first event (the initial ADDED of an
 existing object) has arrived, so the proxy really holds a live stream, not
@@ -50,6 +54,125 @@ async def one_watch(args, ctx, sem, done, streams):
         return None
 
 
+class H2Conn:
+    """One HTTP/2 connection carrying up to `capacity` watch streams (h2 is sans-IO: this feeds it)."""
+
+    def __init__(self, reader, writer, conn):
+        self.reader, self.writer, self.conn = reader, writer, conn
+        self.waiting = {}  # stream id -> (future, bytes so far) until its first ADDED event
+        self.capacity = None
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+
+    async def pump(self):
+        """Reads frames until the connection ends: settles each stream's future on its first event."""
+        import h2.events
+        import h2.settings
+
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                for ev in self.conn.receive_data(data):
+                    if isinstance(ev, h2.events.RemoteSettingsChanged):
+                        mcs = ev.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                        if mcs is not None:
+                            self.capacity = mcs.new_value
+                    elif isinstance(ev, h2.events.DataReceived):
+                        self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        w = self.waiting.get(ev.stream_id)
+                        if w is not None:
+                            buf = w[1] + ev.data
+                            if b"ADDED" in buf:
+                                del self.waiting[ev.stream_id]
+                                w[0].done() or w[0].set_result(None)
+                            elif len(buf) > 1 << 20:
+                                del self.waiting[ev.stream_id]
+                                w[0].done() or w[0].set_result("no ADDED event in the first MiB")
+                            else:
+                                self.waiting[ev.stream_id] = (w[0], buf)
+                    elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                        w = self.waiting.pop(ev.stream_id, None)
+                        if w is not None and not w[0].done():
+                            w[0].set_result(f"stream ended before the first event: {w[1][:200]!r}")
+                self.flush()
+                await self.writer.drain()
+        except Exception as e:  # noqa: BLE001 - fails the streams still waiting
+            err = f"connection: {e}"
+        else:
+            err = "connection closed"
+        for fut, _ in self.waiting.values():
+            fut.done() or fut.set_result(err)
+        self.waiting.clear()
+
+
+async def h2_connect(args, ctx):
+    import h2.config
+    import h2.connection
+
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(args.host, args.port, ssl=ctx), timeout=args.deadline
+    )
+    if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+        writer.close()
+        raise RuntimeError("the server did not choose h2 by ALPN")
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    c = H2Conn(reader, writer, conn)
+    c.flush()
+    c.task = asyncio.create_task(c.pump())
+    # The server's SETTINGS come first; wait (bounded) for its stream limit as a Go client does.
+    t0 = time.monotonic()
+    while c.capacity is None and time.monotonic() - t0 < 5 and not c.task.done():
+        await asyncio.sleep(0.01)
+    if c.capacity is None:
+        c.capacity = 100  # RFC 9113's recommended minimum, what Go assumes before SETTINGS
+    return c
+
+
+async def h2_watches(args, ctx):
+    """Returns (established, errors, connections)."""
+    conns, futs, errors = [], [], []
+    loop = asyncio.get_running_loop()
+    cur, used = None, 0
+    for _ in range(args.n):
+        if cur is None or used >= cur.capacity:
+            try:
+                cur = await h2_connect(args, ctx)
+            except Exception as e:  # noqa: BLE001 - counted as failures
+                errors.append(f"connect: {e}")
+                break
+            conns.append(cur)
+            used = 0
+        sid = cur.conn.get_next_available_stream_id()
+        cur.conn.send_headers(sid, [
+            (":method", "GET"), (":scheme", "https"), (":authority", f"{args.host}:{args.port}"),
+            (":path", args.path), ("authorization", f"Bearer {args.token}"), ("accept", "application/json"),
+            ("user-agent", "mcp-warden-bench-watches"),
+        ], end_stream=True)
+        fut = loop.create_future()
+        cur.waiting[sid] = (fut, b"")
+        futs.append(fut)
+        cur.flush()
+        used += 1
+        if used % 50 == 0:
+            await cur.writer.drain()
+    for c in conns:
+        await c.writer.drain()
+    if futs:
+        done, pending = await asyncio.wait(futs, timeout=args.deadline)
+        errors += [f.result() for f in done if f.result()] + ["deadline"] * len(pending)
+        established = sum(1 for f in done if not f.result())
+    else:
+        established = 0
+    errors += ["not sent"] * (args.n - len(futs))
+    return established, errors, conns
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
@@ -60,12 +183,16 @@ async def main():
     p.add_argument("--parallel", type=int, default=64)
     p.add_argument("--deadline", type=float, default=60.0)
     p.add_argument("--hold", type=float, default=120.0)
+    p.add_argument("--h2", action="store_true", help="HTTP/2 streams over shared connections (as client-go)")
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.n + 256)), hard))
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if args.h2:
+        await main_h2(args, ctx)
+        return
     ctx.set_alpn_protocols(["http/1.1"])
     sem = asyncio.Semaphore(args.parallel)
     done, streams = [], []
@@ -90,6 +217,25 @@ async def main():
         w.close()
     for t in tasks:
         t.cancel()
+
+
+async def main_h2(args, ctx):
+    ctx.set_alpn_protocols(["h2"])
+    t0 = time.monotonic()
+    established, errors, conns = await h2_watches(args, ctx)
+    print(
+        f"established={established} failed={len(errors)} seconds={time.monotonic() - t0:.2f}"
+        f" connections={len(conns)}" + (f" first_error={errors[0]!r}" if errors else ""),
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout=args.hold)
+    except asyncio.TimeoutError:
+        pass
+    for c in conns:
+        c.writer.close()
+        c.task.cancel()
 
 
 if __name__ == "__main__":
