@@ -32,7 +32,7 @@ use mcp_warden_io::accept::{HANDSHAKE_TIMEOUT, accept_loop, tls_handshake};
 use mcp_warden_io::pki::{
     CaProfile, LeafProfile, LocalCa, PkiError, provider, server_config_with_client_auth,
 };
-use mcp_warden_shared::audit::{Event, EventList};
+use mcp_warden_shared::audit::Event;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
@@ -253,51 +253,91 @@ fn token_ok(expected: &str, got: Option<&header::HeaderValue>) -> bool {
             == 0
 }
 
+/// An `EventList` body with its items left as raw JSON text: the list is
+/// read once and each item is then checked as an [`Event`] from its own
+/// text, instead of building a `Value` tree and converting clones of it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEventList<'a> {
+    kind: String,
+    api_version: String,
+    #[serde(borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
+}
+
 /// Validate an events body and return one compact JSON line per event.
 pub fn parse_events(content_type: &str, body: &[u8]) -> Result<Vec<String>, String> {
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    let items: Vec<serde_json::Value> = match mime {
+    let items: Vec<&str> = match mime {
         "application/json" => {
-            let v: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-            let list: EventList = serde_json::from_value(v.clone())
-                .map_err(|e| format!("not an audit.k8s.io/v1 EventList: {e}"))?;
+            let list: RawEventList<'_> = serde_json::from_slice(body).map_err(|e| {
+                if e.is_data() {
+                    format!("not an audit.k8s.io/v1 EventList: {e}")
+                } else {
+                    format!("invalid JSON: {e}")
+                }
+            })?;
             if list.kind != "EventList" || list.api_version != "audit.k8s.io/v1" {
                 return Err(format!(
                     "expected kind EventList, apiVersion audit.k8s.io/v1, got {} {}",
                     list.kind, list.api_version
                 ));
             }
-            v.get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default()
+            list.items.into_iter().map(|i| i.get()).collect()
         }
-        "application/x-ndjson" => {
-            let text =
-                std::str::from_utf8(body).map_err(|_| "NDJSON body is not UTF-8".to_string())?;
-            let mut items = Vec::new();
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                items.push(
-                    serde_json::from_str(line)
-                        .map_err(|e| format!("line {}: invalid JSON: {e}", n + 1))?,
-                );
-            }
-            items
-        }
+        "application/x-ndjson" => std::str::from_utf8(body)
+            .map_err(|_| "NDJSON body is not UTF-8".to_string())?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect(),
         other => return Err(format!("unsupported content type {other:?}")),
     };
     let mut lines = Vec::with_capacity(items.len());
     for (n, item) in items.into_iter().enumerate() {
-        serde_json::from_value::<Event>(item.clone())
-            .map_err(|e| format!("item {n}: not an audit Event: {e}"))?;
-        lines.push(item.to_string());
+        serde_json::from_str::<Event>(item).map_err(|e| {
+            if e.is_data() {
+                format!("item {n}: not an audit Event: {e}")
+            } else {
+                format!("line {}: invalid JSON: {e}", n + 1)
+            }
+        })?;
+        lines.push(compact_line(item)?);
     }
     Ok(lines)
+}
+
+/// The item as one compact line: as it came when it is compact already
+/// (the sidecar sends it so), otherwise written again without whitespace.
+fn compact_line(item: &str) -> Result<String, String> {
+    let item = item.trim();
+    if !has_whitespace_between_tokens(item) {
+        return Ok(item.to_string());
+    }
+    // serde_json keeps the key order (`preserve_order`).
+    serde_json::from_str::<serde_json::Value>(item)
+        .map(|v| v.to_string())
+        .map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// Whether valid JSON text has whitespace outside its strings (compact
+/// JSON has none; whitespace inside strings is content).
+fn has_whitespace_between_tokens(json: &str) -> bool {
+    let (mut in_str, mut esc) = (false, false);
+    for b in json.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            return true;
+        }
+    }
+    false
 }
 
 fn valid_id(id: &str) -> bool {
@@ -474,6 +514,18 @@ mod tests {
             parse_events("application/x-ndjson", nd.as_bytes()).unwrap(),
             lines
         );
+        // A pretty body stores the same compact lines as a compact one.
+        let v: serde_json::Value = serde_json::from_str(LIST).unwrap();
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        assert_eq!(
+            parse_events("application/json", pretty.as_bytes()).unwrap(),
+            lines
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+        assert!(!has_whitespace_between_tokens(
+            r#"{"a":"x y\" z","b":[1,{"c":" "}]}"#
+        ));
+        assert!(has_whitespace_between_tokens(r#"{"a":"x\\", "b":1}"#));
         assert!(parse_events("application/json", b"{\"kind\":\"Pod\"}").is_err());
         assert!(parse_events("application/x-ndjson", b"{\"level\":\"Metadata\"}\n").is_err());
         assert!(
