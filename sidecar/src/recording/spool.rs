@@ -18,8 +18,9 @@
 //! [`SpoolSync::Interval`] an append whose caller finds the file free writes
 //! its record at once from its own thread (no hand-off to another thread and
 //! back, which costs two thread wake-ups per record); an append that finds a
-//! write in progress, and every append with [`SpoolSync::Always`] (whose
-//! fsync must not block the caller's thread), goes to the writer thread,
+//! write or the syncer's fsync in progress (a `write(2)` would wait for it),
+//! and every append with [`SpoolSync::Always`] (whose fsync must not block
+//! the caller's thread), goes to the writer thread,
 //! which writes whatever queued meanwhile as one group. When `append`
 //! resolves depends on [`SpoolSync`]: with `Always` only after that group's
 //! fsync; with `Interval` as soon as the record is written, i.e. in the
@@ -33,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -248,6 +249,10 @@ struct Shared {
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
+    /// An fsync is running. A `write(2)` to the file then waits for it
+    /// (ext4: up to the fsync's duration), so appends leave their write to
+    /// the writer thread meanwhile instead of blocking a request's thread.
+    syncing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -630,10 +635,10 @@ impl Spool {
     /// [`SpoolSync::Always`]. Fails with `Full` when it would exceed the
     /// bound.
     ///
-    /// With [`SpoolSync::Interval`] and no write in progress the record is
-    /// written here, on the caller's thread (one short `write(2)` to the
-    /// page cache), and the future is ready at its first poll; otherwise
-    /// the writer thread writes it with whatever else is queued.
+    /// With [`SpoolSync::Interval`] and no write or fsync in progress the
+    /// record is written here, on the caller's thread (one short `write(2)`
+    /// to the page cache), and the future is ready at its first poll;
+    /// otherwise the writer thread writes it with whatever else is queued.
     pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<SeqNo, SpoolError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(SpoolError::TooLarge {
@@ -647,6 +652,7 @@ impl Spool {
             ts_ms: now_ms(),
         };
         if matches!(self.shared.cfg.sync, SpoolSync::Interval(_))
+            && !self.shared.syncer.syncing.load(Ordering::Acquire)
             && let Some(mut file) = self.shared.try_lock_writer()
         {
             let result = commit_group(&self.shared, &mut file, std::slice::from_ref(&entry));
@@ -906,6 +912,7 @@ fn syncer_loop(shared: &Shared, every: Duration) {
             st.since = None;
             std::mem::take(&mut st.dirty)
         };
+        shared.syncer.syncing.store(true, Ordering::Release);
         for (_, f, path) in dirty {
             let synced = f.sync_data();
             shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -921,6 +928,7 @@ fn syncer_loop(shared: &Shared, every: Duration) {
                 shared.lock().failed_at = Some(Instant::now());
             }
         }
+        shared.syncer.syncing.store(false, Ordering::Release);
     }
 }
 
