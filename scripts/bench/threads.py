@@ -10,7 +10,7 @@ involuntary context switches per request, from /proc/PID/task/*), the collector'
 h2load's CPU per 10k requests, and the machine's idle share (/proc/stat). --perf runs a command during the
 first round ({pid}, {label}, {tmp} replaced), e.g. 'timeout -s INT 8 perf trace -s -p {pid} -o out.txt'.
 """
-import argparse, json, os, subprocess, sys, time, tempfile, resource
+import argparse, json, os, shutil, subprocess, sys, time, tempfile, resource
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
 import bench as B  # noqa: E402
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--extra", default="", help="extra sidecar flags, space separated")
     ap.add_argument("--perf", default="", help="command run during the first round's load; {pid} replaced")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"), help="kube-apisim and mcp-warden-collector")
     args = ap.parse_args()
     s_, h_ = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (h_, h_))
@@ -122,6 +123,10 @@ def main():
                 print(json.dumps(row), flush=True)
     finally:
         procs.stop_all()
+        if args.keep:
+            B.log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         if args.out:
             json.dump(res, open(args.out, "w"), indent=1)
 
