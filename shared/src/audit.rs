@@ -558,6 +558,23 @@ pub struct EventView<'a> {
     pub stage_timestamp: MicroTime,
     #[serde(skip_serializing_if = "no_entries")]
     pub annotations: &'a BTreeMap<String, String>,
+    /// The response body as JSON text its producer vouches for (see
+    /// [`EventView::with_response_json_text`]); written as `responseObject`
+    /// by [`EventView::to_json_vec`] in place of `response_object`.
+    #[serde(skip)]
+    pub response_text: Option<&'a str>,
+}
+
+/// The fields of an [`EventView`] after `responseObject`, serialized alone
+/// exactly as the view writes them (same names and rules).
+#[derive(Serialize)]
+struct ViewTail<'a> {
+    #[serde(rename = "requestReceivedTimestamp")]
+    request_received_timestamp: MicroTime,
+    #[serde(rename = "stageTimestamp")]
+    stage_timestamp: MicroTime,
+    #[serde(skip_serializing_if = "no_entries")]
+    annotations: &'a BTreeMap<String, String>,
 }
 
 fn no_items(v: &&[String]) -> bool {
@@ -595,15 +612,84 @@ impl<'a> EventView<'a> {
         self
     }
 
+    /// Attach the (already masked) response body as text that is known to
+    /// be one JSON value without being checked again, if the level asks for
+    /// it: its producer parsed every part of it (the streaming masker's
+    /// output for a whole document), and [`one_line_json_text`] made sure
+    /// it is one line. It replaces `response_object`. Validating it once
+    /// more would cost about as much as the masker's own parse.
+    pub fn with_response_json_text(mut self, text: Option<&'a str>) -> Self {
+        self.response_text = text.filter(|_| self.level.includes_response());
+        if self.response_text.is_some() {
+            self.response_object = None;
+        }
+        self
+    }
+
     /// The event as JSON (one NDJSON line: no newline in it or after it).
     pub fn to_json_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = Vec::with_capacity(
             1024 + self.request_object.map_or(0, |r| r.get().len())
-                + self.response_object.map_or(0, |r| r.get().len()),
+                + self.response_object.map_or(0, |r| r.get().len())
+                + self.response_text.map_or(0, str::len),
         );
-        serde_json::to_writer(&mut out, self)?;
-        Ok(out)
+        let Some(text) = self.response_text else {
+            serde_json::to_writer(&mut out, self)?;
+            return Ok(out);
+        };
+        // The view without the body, then the body spliced in where the
+        // derived form puts `responseObject`: before the fields that follow
+        // it, whose bytes are known by serializing them alone.
+        let view = EventView {
+            response_object: None,
+            response_text: None,
+            ..*self
+        };
+        serde_json::to_writer(&mut out, &view)?;
+        let tail = serde_json::to_vec(&ViewTail {
+            request_received_timestamp: self.request_received_timestamp,
+            stage_timestamp: self.stage_timestamp,
+            annotations: self.annotations,
+        })?;
+        let fields = tail.get(1..).unwrap_or_default();
+        let at = out.len().checked_sub(fields.len() + 1);
+        match at {
+            Some(at) if out[at] == b',' && out[at + 1..] == *fields => {
+                out.truncate(at);
+                out.extend_from_slice(b",\"responseObject\":");
+                out.extend_from_slice(text.as_bytes());
+                out.push(b',');
+                out.extend_from_slice(fields);
+                Ok(out)
+            }
+            // Cannot happen (the tail is written by the same rules); if it
+            // did, the body is checked and written the ordinary way.
+            _ => {
+                let raw = RawValue::from_string(text.to_string())?;
+                let view = EventView {
+                    response_object: Some(&raw),
+                    response_text: None,
+                    ..*self
+                };
+                out.clear();
+                serde_json::to_writer(&mut out, &view)?;
+                Ok(out)
+            }
+        }
     }
+}
+
+/// `body` as the text of a JSON value fit for an event, when its producer
+/// already knows it is one JSON value (or only whitespace): without the
+/// whitespace around it, and only if that leaves it non-empty, valid UTF-8
+/// and without a line break (one NDJSON line). `None` otherwise: check it
+/// with [`raw_json`] instead, which also joins a multi-line body.
+pub fn one_line_json_text(body: &[u8]) -> Option<&str> {
+    let text = body.trim_ascii();
+    if text.is_empty() || memchr::memchr(b'\n', text).is_some() {
+        return None;
+    }
+    std::str::from_utf8(text).ok()
 }
 
 /// `audit.k8s.io/v1` `EventList`: the body of an audit webhook POST.
@@ -771,6 +857,7 @@ impl Event {
             request_received_timestamp: self.request_received_timestamp,
             stage_timestamp: self.stage_timestamp,
             annotations: &self.annotations,
+            response_text: None,
         }
     }
 }
@@ -1113,6 +1200,60 @@ mod view_tests {
             .with_request_object(Some(&raw))
             .with_response_object(Some(&raw));
         assert!(v.request_object.is_some() && v.response_object.is_none());
+    }
+
+    /// A body attached as vouched-for text is written exactly as the same
+    /// body attached checked, with and without annotations and a request
+    /// body, and the level still decides whether it is kept.
+    #[test]
+    fn response_text_writes_what_a_checked_body_writes() {
+        let text = include_str!("../../tests/fixtures/audit/eventlist-k8s-docs.json");
+        let list: EventList = serde_json::from_str(text).unwrap();
+        let body = r#"{"kind":"Pod","metadata":{"name":"p","annotations":{"requestReceivedTimestamp":"x"}},"s":"a,\"b\"}"}"#;
+        let raw = RawValue::from_string(body.to_string()).unwrap();
+        let req = serde_json::value::to_raw_value(&serde_json::json!({"kind": "Pod"})).unwrap();
+        let no_annotations = BTreeMap::new();
+        for e in &list.items {
+            let mut e = e.clone();
+            e.level = Level::RequestResponse;
+            for annotations in [&e.annotations, &no_annotations] {
+                let mut view = e.view();
+                view.annotations = annotations;
+                let status = ResponseStatus::from_code(200);
+                let view = view.with_request_object(Some(&req)).at_stage(
+                    Stage::ResponseComplete,
+                    MicroTime::from_unix_micros(9),
+                    &status,
+                );
+                let checked = view.with_response_object(Some(&raw)).to_json_vec().unwrap();
+                let vouched = view
+                    .with_response_object(None)
+                    .with_response_json_text(Some(body));
+                assert!(vouched.response_object.is_none());
+                assert_eq!(
+                    String::from_utf8(vouched.to_json_vec().unwrap()).unwrap(),
+                    String::from_utf8(checked).unwrap()
+                );
+            }
+        }
+        let mut meta = list.items[0].clone();
+        meta.level = Level::Request;
+        let v = meta.view().with_response_json_text(Some(body));
+        assert!(v.response_text.is_none());
+        assert!(
+            !String::from_utf8(v.to_json_vec().unwrap())
+                .unwrap()
+                .contains("responseObject")
+        );
+    }
+
+    #[test]
+    fn one_line_json_text_checks_the_framing_only() {
+        assert_eq!(one_line_json_text(b" {\"a\":1}\n"), Some("{\"a\":1}"));
+        assert_eq!(one_line_json_text(b"[1]"), Some("[1]"));
+        for not in [&b""[..], b" \n\t", b"{\"a\":\n1}", b"\"\xff\""] {
+            assert!(one_line_json_text(not).is_none(), "{not:?}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -195,12 +195,25 @@ impl MaskOutcome {
 pub struct MaskCount {
     count: Arc<AtomicUsize>,
     done: watch::Receiver<Option<MaskOutcome>>,
+    document: Arc<AtomicBool>,
 }
 
 impl MaskCount {
     /// Values masked so far.
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body is over and every byte of it is the output of the
+    /// masker reading one JSON document ([`StreamKind::Json`]), complete,
+    /// with nothing replaced after it (the token scrub over the output found
+    /// nothing): one valid JSON value, possibly with whitespace around it,
+    /// or only whitespace for an empty body. The masker parsed every part
+    /// of it (items and the text around them pass on verbatim only after
+    /// parsing, masked parts are written by serde_json), so the recorder
+    /// need not validate it again.
+    pub fn whole_json_document(&self) -> bool {
+        self.document.load(Ordering::Acquire)
     }
 
     /// The outcome, if the body is over.
@@ -237,6 +250,11 @@ pub struct MaskedBody {
     done: bool,
     count: Arc<AtomicUsize>,
     outcome: watch::Sender<Option<MaskOutcome>>,
+    /// The masker reads one JSON document ([`StreamKind::Json`]).
+    json_document: bool,
+    /// Set when such a body ended complete (see
+    /// [`MaskCount::whole_json_document`]).
+    document: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for MaskedBody {
@@ -275,7 +293,8 @@ where
         .filter(|s| !s.is_empty())
         .map(StreamScrubber::new);
     let masker = StreamMasker::new(masker, ctx, stream_kind);
-    Ok(wrap(body, gzip, Some(masker), scrubber))
+    let json_document = stream_kind == StreamKind::Json;
+    Ok(wrap(body, gzip, Some(masker), scrubber, json_document))
 }
 
 /// Wraps an upstream response body that is not masked so that the values of
@@ -292,7 +311,13 @@ where
     B::Error: Into<BoxError>,
 {
     let gzip = is_gzip(parts)?;
-    Ok(wrap(body, gzip, None, Some(StreamScrubber::new(scrub))))
+    Ok(wrap(
+        body,
+        gzip,
+        None,
+        Some(StreamScrubber::new(scrub)),
+        false,
+    ))
 }
 
 fn is_gzip(parts: &http::response::Parts) -> Result<bool, MaskBodyError> {
@@ -334,13 +359,16 @@ fn wrap<B>(
     gzip: bool,
     masker: Option<StreamMasker>,
     scrubber: Option<StreamScrubber>,
+    json_document: bool,
 ) -> (MaskedBody, MaskCount)
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let count = Arc::new(AtomicUsize::new(0));
+    let document = Arc::new(AtomicBool::new(false));
     let (tx, rx) = watch::channel(None);
+    let masker_present = masker.is_some();
     let body = MaskedBody {
         inner: Box::pin(http_body_util::BodyExt::map_err(body, Into::into)),
         gzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
@@ -350,8 +378,17 @@ where
         done: false,
         count: count.clone(),
         outcome: tx,
+        json_document: json_document && masker_present,
+        document: document.clone(),
     };
-    (body, MaskCount { count, done: rx })
+    (
+        body,
+        MaskCount {
+            count,
+            done: rx,
+            document,
+        },
+    )
 }
 
 /// Headers of a masked response: no `Content-Length` (the length changes),
@@ -539,6 +576,10 @@ impl MaskedBody {
                     Ok(out) => {
                         self.publish(Bytes::from(out));
                         self.done = true;
+                        let scrubbed = self.scrubber.as_ref().is_some_and(|s| s.count() > 0);
+                        if self.json_document && !scrubbed {
+                            self.document.store(true, Ordering::Release);
+                        }
                         self.outcome.send_replace(Some(MaskOutcome::Complete {
                             masked: self.masked(),
                         }));
@@ -970,6 +1011,107 @@ mod tests {
         assert!(out.contains(MARKER_BASE64) && !out.contains("aHVudGVyMg"));
         assert_eq!(count.finished().await, MaskOutcome::Complete { masked: 1 });
         assert_eq!(count.current(), 1);
+    }
+
+    /// The flag that lets the recorder skip validating the body: set only
+    /// for a whole JSON document the masker read to its end, and then the
+    /// bytes are one JSON value (whatever the chunking and whitespace).
+    #[tokio::test]
+    async fn whole_json_documents_are_flagged_and_are_json() {
+        let list = format!(
+            "{{\n \"kind\": \"SecretList\",\"apiVersion\":\"v1\",\"metadata\":{{}},\n \"items\": [ {} ,\n{} ] }}\n",
+            SECRET,
+            SECRET.replace("password", "note")
+        );
+        let cases: Vec<(&str, String, BodyKind, bool)> = vec![
+            ("object", SECRET.to_string(), BodyKind::Object, true),
+            ("list", list.clone(), BodyKind::Object, true),
+            ("empty", String::new(), BodyKind::Object, true),
+            (
+                "watch",
+                format!("{{\"type\":\"ADDED\",\"object\":{SECRET}}}\n"),
+                BodyKind::Watch,
+                false,
+            ),
+            (
+                "log",
+                "line one\nline two\n".to_string(),
+                BodyKind::Log,
+                false,
+            ),
+        ];
+        for (name, body, kind, flagged) in cases {
+            for size in [1, 7, 4096] {
+                let chunks: Vec<Vec<u8>> =
+                    body.as_bytes().chunks(size).map(<[u8]>::to_vec).collect();
+                let ct = if kind == BodyKind::Log {
+                    "text/plain"
+                } else {
+                    "application/json"
+                };
+                let (masked, count) = mask_response(
+                    masker(),
+                    MaskContext::for_resource("secrets"),
+                    kind,
+                    &parts(&[("content-type", ct)]),
+                    chunked(chunks, false),
+                )
+                .unwrap();
+                assert!(!count.whole_json_document(), "{name}: not before the end");
+                let out = collect(masked).await.unwrap();
+                assert_eq!(count.whole_json_document(), flagged, "{name} {size}");
+                if flagged && !out.trim_ascii().is_empty() {
+                    serde_json::from_slice::<serde_json::Value>(&out).unwrap();
+                }
+            }
+        }
+        // Cut short: never flagged.
+        let (masked, count) = mask_response(
+            masker(),
+            MaskContext::for_resource("secrets"),
+            BodyKind::Object,
+            &parts(&[("content-type", "application/json")]),
+            chunked(vec![SECRET.as_bytes()[..20].to_vec()], false),
+        )
+        .unwrap();
+        assert!(collect(masked).await.is_err());
+        assert!(!count.whole_json_document());
+        // Scrubbed only (not masked): not a document the masker read.
+        let (scrubbed, count) = scrub_response(
+            Arc::new(ScrubSet::new([TOKEN])),
+            &parts(&[("content-type", "application/json")]),
+            chunked(vec![SECRET.as_bytes().to_vec()], false),
+        )
+        .unwrap();
+        collect(scrubbed).await.unwrap();
+        assert!(!count.whole_json_document());
+        // A token the scrub over the masker's output replaced (the masker
+        // itself did not know it): not flagged.
+        let with_token = format!(
+            r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"c"}},"data":{{"k":"{TOKEN}"}}}}"#
+        );
+        let no_detectors = MaskingConfig {
+            rules: MaskingConfig::embedded_default().rules,
+            detectors: vec![],
+        }
+        .compile()
+        .unwrap();
+        let stream = StreamMasker::new(
+            Arc::new(no_detectors),
+            MaskContext::for_resource("configmaps"),
+            StreamKind::Json,
+        );
+        let (masked, count) = wrap(
+            chunked(vec![with_token.into_bytes()], false),
+            false,
+            Some(stream),
+            Some(StreamScrubber::new(Arc::new(ScrubSet::new([TOKEN])))),
+            true,
+        );
+        let out = String::from_utf8(collect(masked).await.unwrap()).unwrap();
+        assert_no_token(&out);
+        assert!(count.current() > 0);
+        assert!(!count.whole_json_document());
     }
 
     #[tokio::test]

@@ -531,20 +531,39 @@ impl RequestRecord for PendingRecord {
         let masked_in_request = self.masked_in_request;
         let on_end = Box::new(move |body: Option<Vec<u8>>| {
             let plain = body.and_then(|b| plain_body(b, gzip, limit));
-            // The bytes as they went to the app (masked), as they are.
-            let raw = plain.as_deref().and_then(audit::raw_json);
+            // The bytes as they went to the app (masked), as they are. A
+            // body the masker wrote whole from one JSON document is JSON
+            // already: only its framing is checked; anything else is
+            // validated here.
+            let document = !gzip
+                && mask_count
+                    .as_ref()
+                    .is_some_and(MaskCount::whole_json_document);
+            let text = plain
+                .as_deref()
+                .filter(|_| document)
+                .and_then(audit::one_line_json_text);
+            debug_assert!(
+                text.is_none_or(|t| serde_json::from_str::<&RawValue>(t).is_ok()),
+                "the masker's output for a whole document is not one JSON value"
+            );
+            let raw = match text {
+                Some(_) => None,
+                None => plain.as_deref().and_then(audit::raw_json),
+            };
             let mut status = ResponseStatus::from_code(code);
             if code >= 300
-                && let Some(raw) = &raw
+                && let Some(json) = text.or(raw.as_ref().map(|r| r.get()))
             {
-                status_fields(raw.get(), &mut status);
+                status_fields(json, &mut status);
             }
             let masked = masked_in_request + mask_count.map(|m| m.current() as u64).unwrap_or(0);
             base.annotations
                 .insert(audit::ANN_MASKED.to_string(), masked.to_string());
             let done = PendingRecord::view(&base, request_object.as_deref())
                 .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), &status)
-                .with_response_object(raw.as_deref());
+                .with_response_object(raw.as_deref())
+                .with_response_json_text(text);
             let json = done.to_json_vec();
             let fut: BoxFuture<'static, ()> = Box::pin(async move {
                 // A failure is counted (events_lost) and logged by the recorder.

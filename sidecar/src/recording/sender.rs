@@ -305,7 +305,6 @@ impl Sender {
         tokio::pin!(shutdown);
         let this = Arc::new(self);
         let sem = Arc::new(Semaphore::new(this.cfg.concurrency.max(1)));
-        let mut durable = this.spool.subscribe();
         let mut cursor: SeqNo = 0;
         let max = this.cfg.batch_max_events.max(1);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -316,14 +315,16 @@ impl Sender {
             };
             // Wait for something to send.
             let mut records = loop {
+                let seen = this.spool.committed();
                 let recs = this.read(cursor, max).await;
                 if !recs.is_empty() {
                     break recs;
                 }
-                // The tick re-reads after a failed read even when nothing
-                // new is appended.
+                // Woken by the next commit after what was just read (not
+                // by every commit); the tick re-reads after a failed read
+                // even when nothing new is appended.
                 tokio::select! {
-                    r = durable.changed() => if r.is_err() { break 'outer },
+                    _ = this.spool.committed_at_least(seen.max(cursor) + 1) => {},
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {},
                     _ = &mut shutdown => break 'outer,
                 }
@@ -337,12 +338,13 @@ impl Sender {
                     .batch_max_delay
                     .saturating_sub(Duration::from_millis(age));
                 let deadline = tokio::time::Instant::now() + wait;
-                // Sequence numbers are dense, so the highest durable one
-                // tells how many records wait without reading them.
-                while durable.borrow().saturating_sub(cursor) < max as u64 {
+                // Sequence numbers are dense, so the highest committed one
+                // tells how many records wait without reading them; the
+                // spool wakes this once when a full batch is there.
+                if this.spool.committed().saturating_sub(cursor) < max as u64 {
                     tokio::select! {
-                        r = durable.changed() => if r.is_err() { break },
-                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = this.spool.committed_at_least(cursor.saturating_add(max as u64)) => {},
+                        _ = tokio::time::sleep_until(deadline) => {},
                         _ = &mut shutdown => break 'outer,
                     }
                 }

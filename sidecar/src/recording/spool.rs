@@ -13,14 +13,20 @@
 //!   resend, and delivery is at-least-once (deduplicated by `auditID`).
 //! - A segment and its ack file are deleted once all its records are acked.
 //!
-//! Appends go through one writer thread that takes every request queued
-//! while the previous write ran and writes them with a single `write(2)`
-//! (group commit). When `append` resolves depends on [`SpoolSync`]: with
-//! `Always` only after that group's fsync; with `Interval` as soon as the
-//! group is written, i.e. in the kernel's page cache, which outlives a kill
-//! of the process, while a syncer thread fsyncs the written groups in bulk
-//! within the interval, so a machine crash loses at most the records
-//! written in its last interval. Recovery reads all segments, truncates a
+//! Records are written in sequence order under one lock on the active
+//! segment's file, each group with a single `write(2)` (group commit). With
+//! [`SpoolSync::Interval`] an append whose caller finds the file free writes
+//! its record at once from its own thread (no hand-off to another thread and
+//! back, which costs two thread wake-ups per record); an append that finds a
+//! write or the syncer's fsync in progress (a `write(2)` would wait for it),
+//! and every append with [`SpoolSync::Always`] (whose fsync must not block
+//! the caller's thread), goes to the writer thread,
+//! which writes whatever queued meanwhile as one group. When `append`
+//! resolves depends on [`SpoolSync`]: with `Always` only after that group's
+//! fsync; with `Interval` as soon as the record is written, i.e. in the
+//! kernel's page cache, which outlives a kill of the process, while a syncer
+//! thread fsyncs the written groups in bulk within the interval, so a
+//! machine crash loses at most the records written in its last interval. Recovery reads all segments, truncates a
 //! torn tail of the last one, skips (and counts) corrupt records elsewhere,
 //! and makes every unacked record pending again.
 
@@ -28,11 +34,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Sequence number of a spooled record; increases with every append.
 pub type SeqNo = u64;
@@ -214,16 +220,27 @@ struct State {
     failed_at: Option<Instant>,
 }
 
+/// The active segment's file (first sequence number, handle); `None`
+/// before the first write and after a rotation or a failed write.
+type ActiveFile = Option<(SeqNo, Arc<File>)>;
+
 #[derive(Debug)]
 struct Shared {
     cfg: SpoolConfig,
     segment_bytes: u64,
     state: Mutex<State>,
-    durable: watch::Sender<SeqNo>,
+    /// Held while a group is numbered and written, so records land in the
+    /// file in sequence order.
+    writer: Mutex<ActiveFile>,
+    /// The highest committed sequence number.
+    durable: AtomicU64,
+    /// [`Spool::committed_at_least`]'s mark: `ready` is notified once
+    /// `durable` reaches it (`u64::MAX`: nobody waits), so a waiting sender
+    /// wakes once per batch, not once per record.
+    wanted: AtomicU64,
+    ready: Notify,
     counters: SpoolCounters,
     syncer: Syncer,
-    #[cfg(test)]
-    hold: Mutex<()>,
 }
 
 /// Segment files written since their last fsync, for the syncer thread
@@ -232,6 +249,10 @@ struct Shared {
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
+    /// An fsync is running. A `write(2)` to the file then waits for it
+    /// (ext4: up to the fsync's duration), so appends leave their write to
+    /// the writer thread meanwhile instead of blocking a request's thread.
+    syncing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -272,12 +293,39 @@ impl Shared {
         // still the best we have and the spool must keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ActiveFile> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file lock if no write is in progress.
+    fn try_lock_writer(&self) -> Option<MutexGuard<'_, ActiveFile>> {
+        match self.writer.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Records up to `last` are committed: wake the sender if it waits for
+    /// them.
+    fn committed(&self, last: SeqNo) {
+        self.durable.fetch_max(last, Ordering::SeqCst);
+        if last >= self.wanted.load(Ordering::SeqCst) {
+            self.ready.notify_one();
+        }
+    }
 }
 
-struct AppendReq {
+/// One record to append.
+struct Entry {
     kind: RecordKind,
     payload: Vec<u8>,
     ts_ms: u64,
+}
+
+struct AppendReq {
+    entry: Entry,
     reply: oneshot::Sender<Result<SeqNo, SpoolError>>,
 }
 
@@ -544,16 +592,16 @@ impl Spool {
                 .min(cfg.max_bytes.max(1))
         };
         let last_durable = st.next_seq - 1;
-        let (durable, _) = watch::channel(last_durable);
         let shared = Arc::new(Shared {
             cfg,
             segment_bytes,
             state: Mutex::new(st),
-            durable,
+            writer: Mutex::new(None),
+            durable: AtomicU64::new(last_durable),
+            wanted: AtomicU64::new(u64::MAX),
+            ready: Notify::new(),
             counters,
             syncer: Syncer::default(),
-            #[cfg(test)]
-            hold: Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(8192);
         let syncer = match shared.cfg.sync {
@@ -586,6 +634,11 @@ impl Spool {
     /// committed: written to the segment file, and fsync'd too with
     /// [`SpoolSync::Always`]. Fails with `Full` when it would exceed the
     /// bound.
+    ///
+    /// With [`SpoolSync::Interval`] and no write or fsync in progress the
+    /// record is written here, on the caller's thread (one short `write(2)`
+    /// to the page cache), and the future is ready at its first poll;
+    /// otherwise the writer thread writes it with whatever else is queued.
     pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<SeqNo, SpoolError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(SpoolError::TooLarge {
@@ -593,13 +646,21 @@ impl Spool {
                 max: MAX_RECORD_BYTES,
             });
         }
-        let (reply, rx) = oneshot::channel();
-        let req = AppendReq {
+        let entry = Entry {
             kind,
             payload,
             ts_ms: now_ms(),
-            reply,
         };
+        if matches!(self.shared.cfg.sync, SpoolSync::Interval(_))
+            && !self.shared.syncer.syncing.load(Ordering::Acquire)
+            && let Some(mut file) = self.shared.try_lock_writer()
+        {
+            let result = commit_group(&self.shared, &mut file, std::slice::from_ref(&entry));
+            drop(file);
+            return result.into_iter().next().unwrap_or(Err(SpoolError::Closed));
+        }
+        let (reply, rx) = oneshot::channel();
+        let req = AppendReq { entry, reply };
         self.tx.send(req).await.map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
@@ -756,9 +817,31 @@ impl Spool {
         result
     }
 
-    /// Subscribe to the highest committed sequence number.
-    pub fn subscribe(&self) -> watch::Receiver<SeqNo> {
-        self.shared.durable.subscribe()
+    /// The highest committed sequence number (sequence numbers are dense:
+    /// records that failed to be written, or were acknowledged since, leave
+    /// gaps among the pending ones).
+    pub fn committed(&self) -> SeqNo {
+        self.shared.durable.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the highest committed sequence number is at least
+    /// `seq` (at once if it is). Meant for one waiter, the sender: it wakes
+    /// once when the mark is reached instead of at every commit.
+    pub async fn committed_at_least(&self, seq: SeqNo) {
+        let shared = &self.shared;
+        loop {
+            let notified = shared.ready.notified();
+            tokio::pin!(notified);
+            // Registered before the mark is published and the count read
+            // again, so a commit in between either is seen here or wakes it.
+            notified.as_mut().enable();
+            shared.wanted.store(seq, Ordering::SeqCst);
+            if shared.durable.load(Ordering::SeqCst) >= seq {
+                shared.wanted.store(u64::MAX, Ordering::SeqCst);
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Bytes of segment files on disk.
@@ -787,9 +870,10 @@ impl Spool {
         &self.shared.cfg.dir
     }
 
+    /// Holds the file lock: appends queue up for the writer thread.
     #[cfg(test)]
-    fn hold_writer(&self) -> MutexGuard<'_, ()> {
-        self.shared.hold.lock().unwrap_or_else(|p| p.into_inner())
+    fn hold_writer(&self) -> MutexGuard<'_, ActiveFile> {
+        self.shared.lock_writer()
     }
 }
 
@@ -828,6 +912,7 @@ fn syncer_loop(shared: &Shared, every: Duration) {
             st.since = None;
             std::mem::take(&mut st.dirty)
         };
+        shared.syncer.syncing.store(true, Ordering::Release);
         for (_, f, path) in dirty {
             let synced = f.sync_data();
             shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -843,16 +928,15 @@ fn syncer_loop(shared: &Shared, every: Duration) {
                 shared.lock().failed_at = Some(Instant::now());
             }
         }
+        shared.syncer.syncing.store(false, Ordering::Release);
     }
 }
 
 fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<AppendReq>) {
-    let mut file: Option<(SeqNo, Arc<File>)> = None;
     while let Some(first) = rx.blocking_recv() {
-        #[cfg(test)]
-        let hold = shared.hold.lock().unwrap_or_else(|p| p.into_inner());
-        #[cfg(test)]
-        drop(hold);
+        // The file first: what queues while a write from another thread
+        // runs goes out with this one as a group.
+        let mut file = shared.lock_writer();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -860,13 +944,28 @@ fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<AppendReq>) {
                 Err(_) => break,
             }
         }
-        commit_group(shared, &mut file, group);
+        let (entries, replies): (Vec<Entry>, Vec<_>) =
+            group.into_iter().map(|r| (r.entry, r.reply)).unzip();
+        let results = commit_group(shared, &mut file, &entries);
+        drop(file);
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
     }
 }
 
-fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: Vec<AppendReq>) {
-    let dir = shared.cfg.dir.clone();
-    let mut accepted: Vec<(SeqNo, AppendReq)> = Vec::with_capacity(group.len());
+/// Number, write (and with [`SpoolSync::Always`] fsync) `group` as one
+/// `write(2)`; the outcome of each entry, in order. The caller holds the
+/// file lock (`file`).
+fn commit_group(
+    shared: &Shared,
+    file: &mut ActiveFile,
+    group: &[Entry],
+) -> Vec<Result<SeqNo, SpoolError>> {
+    let dir = &shared.cfg.dir;
+    let mut results: Vec<Result<SeqNo, SpoolError>> = Vec::with_capacity(group.len());
+    // Indexes into `group` (and `results`) of the entries that fit.
+    let mut accepted: Vec<(SeqNo, usize)> = Vec::with_capacity(group.len());
     let (seg_first, base_offset, total, path) = {
         let mut st = shared.lock();
         if let Some(active) = st.active {
@@ -887,10 +986,10 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
             }
         }
         let mut need_total = 0u64;
-        for req in group {
-            let need = (HEADER_LEN + req.payload.len()) as u64;
+        for (i, e) in group.iter().enumerate() {
+            let need = (HEADER_LEN + e.payload.len()) as u64;
             if st.used_bytes + need_total + need > shared.cfg.max_bytes {
-                let _ = req.reply.send(Err(SpoolError::Full {
+                results.push(Err(SpoolError::Full {
                     used: st.used_bytes + need_total,
                     need,
                     max: shared.cfg.max_bytes,
@@ -900,19 +999,20 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
             need_total += need;
             let seq = st.next_seq;
             st.next_seq += 1;
-            accepted.push((seq, req));
+            accepted.push((seq, i));
+            results.push(Ok(seq));
         }
         let Some(first_seq) = accepted.first().map(|(s, _)| *s) else {
-            return;
+            return results;
         };
         if st.active.is_none() {
-            let (path, ack_path) = seg_paths(&dir, first_seq);
+            let (path, ack_path) = seg_paths(dir, first_seq);
             let opened = OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .open(&path)
                 .map_err(io_err(&path))
-                .and_then(|f| sync_dir(&dir).map(|_| f));
+                .and_then(|f| sync_dir(dir).map(|_| f));
             match opened {
                 Ok(f) => {
                     *file = Some((first_seq, Arc::new(f)));
@@ -934,14 +1034,18 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
                 Err(e) => {
                     st.failed_at = Some(Instant::now());
                     drop(st);
-                    fail_all(accepted, &e);
-                    return;
+                    fail_all(&accepted, &mut results, &e);
+                    return results;
                 }
             }
         }
-        let Some(active) = st.active else { return };
+        let Some(active) = st.active else {
+            fail_all(&accepted, &mut results, &SpoolError::Closed);
+            return results;
+        };
         let Some(seg) = st.segments.get_mut(&active) else {
-            return;
+            fail_all(&accepted, &mut results, &SpoolError::Closed);
+            return results;
         };
         let base = seg.bytes;
         seg.bytes += need_total;
@@ -952,9 +1056,10 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
     };
     let mut buf = Vec::with_capacity(total as usize);
     let mut offsets = Vec::with_capacity(accepted.len());
-    for (seq, req) in &accepted {
+    for (seq, i) in &accepted {
+        let e = &group[*i];
         offsets.push(base_offset + buf.len() as u64);
-        encode_record(req.kind, *seq, req.ts_ms, &req.payload, &mut buf);
+        encode_record(e.kind, *seq, e.ts_ms, &e.payload, &mut buf);
     }
     let written = match file.as_ref() {
         Some((_, f)) => {
@@ -982,13 +1087,13 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
     match written {
         Ok(()) => {
             let mut last = 0;
-            for ((seq, req), offset) in accepted.iter().zip(&offsets) {
+            for ((seq, i), offset) in accepted.iter().zip(&offsets) {
                 st.pending.insert(
                     *seq,
                     Loc {
                         segment: seg_first,
                         offset: *offset,
-                        ts_ms: req.ts_ms,
+                        ts_ms: group[*i].ts_ms,
                     },
                 );
                 if let Some(seg) = st.segments.get_mut(&seg_first) {
@@ -1007,10 +1112,8 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
                 .counters
                 .appends_committed
                 .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-            shared.durable.send_replace(last);
-            for (seq, req) in accepted {
-                let _ = req.reply.send(Ok(seq));
-            }
+            shared.committed(last);
+            results
         }
         Err(e) => {
             tracing::error!(error = %e, "spool write failed; requests in this group are not durable");
@@ -1031,13 +1134,19 @@ fn commit_group(shared: &Shared, file: &mut Option<(SeqNo, Arc<File>)>, group: V
             st.active = None;
             *file = None;
             drop(st);
-            fail_all(accepted, &e);
+            fail_all(&accepted, &mut results, &e);
+            results
         }
     }
 }
 
-fn fail_all(accepted: Vec<(SeqNo, AppendReq)>, e: &SpoolError) {
-    for (_, req) in accepted {
+/// Every accepted entry of a group failed with `e`.
+fn fail_all(
+    accepted: &[(SeqNo, usize)],
+    results: &mut [Result<SeqNo, SpoolError>],
+    e: &SpoolError,
+) {
+    for (_, i) in accepted {
         let err = match e {
             SpoolError::Io { path, source } => SpoolError::Io {
                 path: path.clone(),
@@ -1045,7 +1154,9 @@ fn fail_all(accepted: Vec<(SeqNo, AppendReq)>, e: &SpoolError) {
             },
             _ => SpoolError::Closed,
         };
-        let _ = req.reply.send(Err(err));
+        if let Some(r) = results.get_mut(*i) {
+            *r = Err(err);
+        }
     }
 }
 
@@ -1327,6 +1438,44 @@ mod tests {
         let groups = sp.counters().groups_committed.load(Ordering::Relaxed) - groups_before;
         assert!(groups <= 2, "200 appends took {groups} fsyncs");
         assert_eq!(sp.pending_count(), 201);
+    }
+
+    /// With an interval and the file free, an append is written by its
+    /// caller: ready at its first poll, no writer thread involved; a
+    /// waiter for a committed sequence number wakes once it is reached.
+    #[tokio::test]
+    async fn interval_appends_write_on_the_callers_thread() {
+        use futures::FutureExt;
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::open(cfg(d.path(), 1 << 20)).unwrap();
+        let mut waiter = Box::pin(sp.committed_at_least(3));
+        assert!((&mut waiter).now_or_never().is_none());
+        for i in 1..=3u64 {
+            let seq = sp
+                .append(RecordKind::Event, format!("direct-{i}").into_bytes())
+                .now_or_never()
+                .expect("written without waiting")
+                .unwrap();
+            assert_eq!(seq, i);
+            assert_eq!(sp.committed(), i);
+        }
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap();
+        sp.committed_at_least(2)
+            .now_or_never()
+            .expect("already reached");
+        assert_eq!(payloads(&sp).len(), 3);
+        // `always` goes through the writer thread (its fsync must not block
+        // the caller's thread) and counts as committed the same way.
+        let mut c = cfg(d.path(), 1 << 20);
+        c.sync = SpoolSync::Always;
+        drop(sp);
+        let sp = Spool::open(c).unwrap();
+        assert_eq!(sp.committed(), 3);
+        let synced = sp.append(RecordKind::Event, b"synced".to_vec());
+        assert_eq!(synced.await.unwrap(), 4);
+        assert_eq!(sp.committed(), 4);
     }
 
     /// With an interval, appends resolve without an fsync of their own; the
