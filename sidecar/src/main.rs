@@ -51,6 +51,7 @@ fn serve(args: ServeArgs) -> i32 {
     // Held until serve returns: dropping it flushes the queued log lines.
     let _log_guard = mcp_warden_sidecar::logging::init(config.log_format, config.access_log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .build()
     {

@@ -198,6 +198,17 @@ pub struct ServeArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Threads that serve requests: at most this many, and no more than
+    /// the CPUs the container may use (its CPU limit, else the node's
+    /// cores); `0` means one per such CPU.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_WORKER_THREADS",
+        default_value_t = DEFAULT_WORKER_THREADS,
+        value_parser = clap::value_parser!(u16).range(0..=MAX_WORKER_THREADS as i64)
+    )]
+    pub worker_threads: u16,
+
     /// Approvals: `--approval-timeout`, `--approval-reuse-window`, `--approval-notify-url`.
     #[command(flatten)]
     pub approval: ApprovalArgs,
@@ -395,6 +406,8 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Runtime worker threads, resolved against the CPUs the process may use.
+    pub worker_threads: usize,
     /// Approvals (held requests, AccessRequests).
     pub approval: ApprovalConfig,
     /// The MCP front (`--mcp-upstream`, `--mcp-listen`), if configured.
@@ -411,6 +424,31 @@ impl Config {
     pub fn namespace(&self) -> String {
         namespace(self.pod_namespace.as_deref(), &self.upstream_token_file)
     }
+}
+
+/// Default `--worker-threads`. A sidecar serves one MCP server, whose agent
+/// makes a few requests at a time: two threads keep a slow request (a large
+/// list being masked) from holding up the others, and a sidecar on a node
+/// with many cores does not start a thread, with its stack and allocator
+/// state, per core (about 40 KiB idle and 200 KiB after load each).
+pub const DEFAULT_WORKER_THREADS: u16 = 2;
+/// Upper bound of `--worker-threads`.
+pub const MAX_WORKER_THREADS: u16 = 256;
+
+/// The runtime's worker threads: the setting (`0`: no cap), never more than
+/// the CPUs the process may use and never fewer than one.
+pub fn worker_threads(setting: u16, cpus: usize) -> usize {
+    let cpus = cpus.max(1);
+    match usize::from(setting) {
+        0 => cpus,
+        n => n.min(cpus),
+    }
+}
+
+/// The CPUs this process may use: its CPU affinity and cgroup CPU quota
+/// (a container's CPU limit), as the standard library reads them.
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn namespace(pod_namespace: Option<&str>, upstream_token_file: &Path) -> String {
@@ -529,6 +567,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             upstream_connect_timeout: self.upstream_connect_timeout,
             log_format: self.log_format,
+            worker_threads: worker_threads(self.worker_threads, available_cpus()),
             access_log: self.access_log,
             approval: self.approval.validate()?,
             limits: self.limits.limits(),
@@ -961,6 +1000,31 @@ mod tests {
             e.contains("--collector-client-key-file (MCP_WARDEN_COLLECTOR_CLIENT_KEY_FILE)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn worker_threads_are_capped_by_the_cpus() {
+        assert_eq!(worker_threads(2, 64), 2);
+        assert_eq!(worker_threads(2, 1), 1);
+        assert_eq!(worker_threads(0, 8), 8);
+        assert_eq!(worker_threads(0, 0), 1);
+        assert_eq!(worker_threads(16, 4), 4);
+        let base = ["--upstream", "https://h:1"];
+        let c = args(&base).validate_with_env(no_env).unwrap();
+        assert_eq!(c.worker_threads, worker_threads(2, available_cpus()));
+        let mut v = base.to_vec();
+        v.extend(["--worker-threads", "1"]);
+        assert_eq!(
+            args(&v).validate_with_env(no_env).unwrap().worker_threads,
+            1
+        );
+        for bad in ["-1", "257", "two", ""] {
+            let mut v = base.to_vec();
+            let flag = format!("--worker-threads={bad}");
+            v.push(&flag);
+            let e = error_of(&v);
+            assert!(e.contains("--worker-threads"), "{bad}: {e}");
+        }
     }
 
     #[test]
