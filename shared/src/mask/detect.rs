@@ -162,6 +162,15 @@ impl Detectors {
         self.list.is_empty()
     }
 
+    /// Whether any detector for JSON string values matches somewhere in
+    /// `text`. A string with a match also gives one when it sits inside a
+    /// longer text between non-word characters (JSON quotes): the patterns
+    /// use only ASCII word boundaries, and `\z` only after a lazy
+    /// `(?s:.*?)` that can run on to the end of the text.
+    pub(crate) fn may_match(&self, text: &str) -> bool {
+        !self.list.is_empty() && self.set.is_match(text)
+    }
+
     /// Mask every detected secret in `s`; returns the new string (borrowed when
     /// nothing was found) and the number of secrets masked.
     pub(crate) fn apply<'a>(&self, s: &'a str) -> (Cow<'a, str>, usize) {
