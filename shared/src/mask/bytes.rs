@@ -221,7 +221,8 @@ pub(crate) struct Scratch {
     entries: Vec<Option<Text>>,
     /// (rule, path, position of the next segment).
     states: Vec<(u16, u16, u16)>,
-    seen: Vec<Text>,
+    /// Keys of the objects being read, with a cheap signature each.
+    seen: Vec<(u64, Text)>,
     cur: Vec<Option<String>>,
 }
 
@@ -465,7 +466,8 @@ impl<'a> Parser<'a, '_> {
         loop {
             let rest = self.b.get(j..).ok_or(Fallback)?;
             let p = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
-            if rest[..p].iter().any(|&c| c < 0x20) {
+            // No early exit: the fold vectorizes.
+            if rest[..p].iter().fold(false, |acc, &c| acc | (c < 0x20)) {
                 return Err(Fallback);
             }
             j += p;
@@ -501,7 +503,8 @@ impl<'a> Parser<'a, '_> {
                 return Err(Fallback);
             }
             let (start, _, esc, text) = self.string()?;
-            self.sc.seen.push(text);
+            let sig = signature(self.sc.text(self.s, text).as_bytes());
+            self.sc.seen.push((sig, text));
             self.sc.keys.push(Key {
                 start,
                 esc,
@@ -543,15 +546,16 @@ impl<'a> Parser<'a, '_> {
         let keys = self.sc.seen.get(from..).unwrap_or_default();
         let text = |t: &Text| self.sc.text(self.s, *t);
         if keys.len() <= 16 {
-            for (i, a) in keys.iter().enumerate() {
-                let a = text(a);
-                if keys[i + 1..].iter().any(|b| text(b) == a) {
-                    return Err(Fallback);
+            for (i, (sa, a)) in keys.iter().enumerate() {
+                for (sb, b) in &keys[i + 1..] {
+                    if sa == sb && text(a) == text(b) {
+                        return Err(Fallback);
+                    }
                 }
             }
             return Ok(());
         }
-        let mut all: Vec<&str> = keys.iter().map(text).collect();
+        let mut all: Vec<&str> = keys.iter().map(|(_, t)| text(t)).collect();
         all.sort_unstable();
         if all.windows(2).any(|w| w[0] == w[1]) {
             return Err(Fallback);
@@ -741,6 +745,18 @@ impl<'a> Parser<'a, '_> {
             env,
         }
     }
+}
+
+/// Equal keys have equal signatures: length and a few bytes.
+fn signature(k: &[u8]) -> u64 {
+    let at = |i: usize| u64::from(k.get(i).copied().unwrap_or(0));
+    let n = k.len();
+    (n as u64) << 40
+        | at(0) << 32
+        | at(1) << 24
+        | at(n / 2) << 16
+        | at(n.wrapping_sub(2)) << 8
+        | at(n.wrapping_sub(1))
 }
 
 fn env_value(e: Env) -> u32 {
@@ -1083,7 +1099,8 @@ impl Masker {
         if !found.is_empty() {
             let set = ScrubSet::for_object(&found);
             if !set.is_empty() {
-                let hot = hot_runs(s, leaves, cur, |run| set.matches_str(run));
+                let filter = set.run_filter();
+                let hot = hot_runs(s, leaves, cur, |run| filter.may_match(run));
                 for (i, l) in leaves.iter().enumerate() {
                     if l.num {
                         continue;
@@ -1118,7 +1135,8 @@ impl Masker {
 
         // The context's scrub set, over every string and key.
         if let Some(set) = ctx.scrub.as_deref().filter(|set| !set.is_empty()) {
-            let hot = hot_runs(s, leaves, cur, |run| set.matches_str(run));
+            let filter = set.run_filter();
+            let hot = hot_runs(s, leaves, cur, |run| filter.may_match(run));
             for (i, l) in leaves.iter().enumerate() {
                 if l.num || (cur[i].is_none() && !l.esc && !in_runs(&hot, l.start)) {
                     continue;

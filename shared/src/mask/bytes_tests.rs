@@ -515,3 +515,40 @@ fn benchmark_shapes_take_the_byte_path() {
     // Untouched bytes are passed on as they came (the escaped key too).
     assert!(s.contains(r#""k:{\"name\":\"web\"}""#));
 }
+
+/// Strings the detectors match, and near misses.
+fn detector_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just(JWT.to_string()),
+        Just("PassWord = hunter22".to_string()),
+        Just("paſsword=hunter22".to_string()),
+        Just("api_KEY: 'abcdef'".to_string()),
+        Just("TOKEN=\\\"abc\\\"".to_string()),
+        Just("bEaReR abcdefghijklmnopqrstuvwxyz".to_string()),
+        Just("ASIAABCDEFGHIJKLMNOP".to_string()),
+        Just("-----BEGIN EC PRIVATE KEY-----\nabc".to_string()),
+        Just("-----BEGIN PRIVATE KEY-----x-----END PRIVATE KEY-----".to_string()),
+        "[a-zA-Z0-9 =:\"'._-]{0,12}",
+        "\\PC{0,6}",
+    ];
+    proptest::collection::vec(piece, 1..4).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The run prefilter is a superset: a string the detectors change
+    /// makes any text holding it as a JSON string (quotes around) match.
+    #[test]
+    fn prop_detector_prefilter_is_a_superset(s in detector_text(), before in "[a-z\":,{ ]{0,8}", after in "[a-z\":,} ]{0,8}") {
+        let m = masker();
+        let (_, n) = m.detectors.apply(&s);
+        if n > 0 {
+            let quoted = serde_json::to_string(&s).unwrap();
+            if !quoted.contains('\\') {
+                let run = format!("{before}{quoted}{after}");
+                prop_assert!(m.detectors.may_match(&run), "{run:?}");
+            }
+        }
+    }
+}

@@ -106,6 +106,24 @@ pub(crate) struct Detectors {
     /// BEGIN and END lines of private keys, for blocks split over log lines;
     /// `None` when the private-key detector is off.
     pem_lines: Option<(Regex, Regex)>,
+    /// Literals every match of an enabled detector holds (ASCII case
+    /// ignored), for [`Detectors::may_match`].
+    literals: Option<Regex>,
+}
+
+/// A literal every match of the detector holds, ASCII case ignored (see
+/// [`Detectors::may_match`]).
+fn required_literals(d: Detector) -> &'static [&'static str] {
+    match d {
+        Detector::PrivateKey => &["-----BEGIN "],
+        Detector::Jwt => &["eyJ"],
+        Detector::AwsAccessKey => &["AKIA", "ASIA", "ABIA", "ACCA"],
+        Detector::BearerToken => &["bearer"],
+        Detector::GenericPasswordAssignment => &[
+            "password", "passwd", "pwd", "secret", "token", "api_key", "api-key", "apikey",
+        ],
+        Detector::HighEntropyBase64 => &[""],
+    }
 }
 
 const PEM_BEGIN: &str = r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
@@ -131,11 +149,22 @@ impl Detectors {
         } else {
             None
         };
+        // One DFA pass over the text: the literals as an alternation, ASCII
+        // case ignored.
+        let alternation: Vec<String> = list
+            .iter()
+            .flat_map(|(d, _)| required_literals(*d))
+            .map(|l| regex::escape(l))
+            .collect();
+        let literals = (!alternation.is_empty())
+            .then(|| Regex::new(&format!("(?i-u:{})", alternation.join("|"))).ok())
+            .flatten();
         Detectors {
             set,
             list,
             log_only,
             pem_lines,
+            literals,
         }
     }
 
@@ -167,8 +196,22 @@ impl Detectors {
     /// longer text between non-word characters (JSON quotes): the patterns
     /// use only ASCII word boundaries, and `\z` only after a lazy
     /// `(?s:.*?)` that can run on to the end of the text.
+    ///
+    /// Cheaper first: an ASCII text without any of the detectors' required
+    /// literals (ASCII case ignored) has no match. Non-ASCII text goes
+    /// straight to the regex set: Unicode case folding matches `ſ` for `s`
+    /// and `K` for `k`.
     pub(crate) fn may_match(&self, text: &str) -> bool {
-        !self.list.is_empty() && self.set.is_match(text)
+        if self.list.is_empty() {
+            return false;
+        }
+        if text.is_ascii()
+            && let Some(lits) = &self.literals
+            && !lits.is_match(text)
+        {
+            return false;
+        }
+        self.set.is_match(text)
     }
 
     /// Mask every detected secret in `s`; returns the new string (borrowed when
