@@ -463,6 +463,21 @@ impl<'a> Parser<'a, '_> {
         let start = self.i;
         let mut j = start + 1;
         let mut esc = false;
+        // Keys and most values are short: a word at a time first.
+        match special_byte(self.b.get(j..).ok_or(Fallback)?) {
+            Some(p) if self.b[j + p] == b'"' => {
+                let end = j + p + 1;
+                self.i = end;
+                return Ok((
+                    start as u32,
+                    end as u32,
+                    false,
+                    Text::Raw(start as u32 + 1, (j + p) as u32),
+                ));
+            }
+            Some(p) if self.b[j + p] < 0x20 => return Err(Fallback),
+            Some(_) | None => {}
+        }
         loop {
             let rest = self.b.get(j..).ok_or(Fallback)?;
             let p = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
@@ -747,6 +762,38 @@ impl<'a> Parser<'a, '_> {
     }
 }
 
+/// Where the first `"`, `\` or control character is in the first 32
+/// bytes of `b` (eight at a time); `None` if not there.
+fn special_byte(b: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while i + 8 <= b.len().min(32) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(w);
+        let q = x ^ (LO * u64::from(b'"'));
+        let e = x ^ (LO * u64::from(b'\\'));
+        // Per byte: zero (a quote, a backslash) or below 0x20. Borrows make
+        // false hits only above a true one, so the lowest hit is right.
+        let hit = ((q.wrapping_sub(LO) & !q)
+            | (e.wrapping_sub(LO) & !e)
+            | (x.wrapping_sub(LO * 0x20) & !x))
+            & HI;
+        if hit != 0 {
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    if i < 32 {
+        return b[i..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .map(|p| i + p);
+    }
+    None
+}
+
 /// Equal keys have equal signatures: length and a few bytes.
 fn signature(k: &[u8]) -> u64 {
     let at = |i: usize| u64::from(k.get(i).copied().unwrap_or(0));
@@ -829,19 +876,28 @@ fn hot_runs(
     pred: impl Fn(&str) -> bool,
 ) -> Vec<(u32, u32)> {
     let mut hot = Vec::new();
+    for_each_run(s, leaves, cur, |from, run| {
+        if pred(run) {
+            hot.push((from, from + run.len() as u32));
+        }
+    });
+    hot
+}
+
+/// Every run of `s` between changed values, with its offset.
+fn for_each_run(s: &str, leaves: &[Leaf], cur: &[Option<String>], mut f: impl FnMut(u32, &str)) {
     let mut from = 0u32;
     for (l, c) in leaves.iter().zip(cur) {
         if c.is_some() {
-            if s.get(from as usize..l.start as usize).is_some_and(&pred) {
-                hot.push((from, l.start));
+            if let Some(run) = s.get(from as usize..l.start as usize) {
+                f(from, run);
             }
             from = l.end;
         }
     }
-    if s.get(from as usize..).is_some_and(&pred) {
-        hot.push((from, s.len() as u32));
+    if let Some(run) = s.get(from as usize..) {
+        f(from, run);
     }
-    hot
 }
 
 fn in_runs(runs: &[(u32, u32)], at: u32) -> bool {
@@ -1046,12 +1102,24 @@ impl Masker {
 
         // Detectors on every string but the annotation.
         if !detectors.is_empty() {
-            let hot = hot_runs(s, leaves, cur, |run| detectors.may_match(run));
+            // Runs the literals cannot decide (non-ASCII) are searched
+            // with the regex set; elsewhere only the strings that hold a
+            // literal are candidates.
+            let (mut hot, mut hits) = (Vec::new(), Vec::new());
+            for_each_run(s, leaves, cur, |from, run| {
+                if !detectors.literal_hits(run, from, &mut hits) && detectors.may_match(run) {
+                    hot.push((from, from + run.len() as u32));
+                }
+            });
             for (i, l) in leaves.iter().enumerate() {
                 if l.num || (!l.loc.wrapper && l.special == Special::Annotation) {
                     continue;
                 }
-                if cur[i].is_none() && !l.esc && !in_runs(&hot, l.start) {
+                if cur[i].is_none()
+                    && !l.esc
+                    && !in_runs(&hot, l.start)
+                    && !hits.iter().any(|&(a, b)| a > l.start && b < l.end)
+                {
                     continue;
                 }
                 let v = value(i, cur);

@@ -106,21 +106,22 @@ pub(crate) struct Detectors {
     /// BEGIN and END lines of private keys, for blocks split over log lines;
     /// `None` when the private-key detector is off.
     pem_lines: Option<(Regex, Regex)>,
-    /// Literals every match of an enabled detector holds (ASCII case
-    /// ignored), for [`Detectors::may_match`].
-    literals: Option<Regex>,
+    /// Lower-case literals one of which every match of an enabled detector
+    /// holds (ASCII case ignored), for [`Detectors::may_match`].
+    literals: Vec<memchr::memmem::Finder<'static>>,
 }
 
-/// A literal every match of the detector holds, ASCII case ignored (see
-/// [`Detectors::may_match`]).
+/// Literals, lower case, one of which every match of the detector holds
+/// with its ASCII letters in any case (see [`Detectors::may_match`]).
 fn required_literals(d: Detector) -> &'static [&'static str] {
     match d {
-        Detector::PrivateKey => &["-----BEGIN "],
-        Detector::Jwt => &["eyJ"],
-        Detector::AwsAccessKey => &["AKIA", "ASIA", "ABIA", "ACCA"],
+        Detector::PrivateKey => &["-----begin "],
+        Detector::Jwt => &["eyj"],
+        Detector::AwsAccessKey => &["akia", "asia", "abia", "acca"],
         Detector::BearerToken => &["bearer"],
+        // `passw` starts both `password` and `passwd`.
         Detector::GenericPasswordAssignment => &[
-            "password", "passwd", "pwd", "secret", "token", "api_key", "api-key", "apikey",
+            "passw", "pwd", "secret", "token", "api_key", "api-key", "apikey",
         ],
         Detector::HighEntropyBase64 => &[""],
     }
@@ -149,16 +150,11 @@ impl Detectors {
         } else {
             None
         };
-        // One DFA pass over the text: the literals as an alternation, ASCII
-        // case ignored.
-        let alternation: Vec<String> = list
+        let literals = list
             .iter()
             .flat_map(|(d, _)| required_literals(*d))
-            .map(|l| regex::escape(l))
+            .map(|l| memchr::memmem::Finder::new(l.as_bytes()).into_owned())
             .collect();
-        let literals = (!alternation.is_empty())
-            .then(|| Regex::new(&format!("(?i-u:{})", alternation.join("|"))).ok())
-            .flatten();
         Detectors {
             set,
             list,
@@ -201,15 +197,36 @@ impl Detectors {
     /// literals (ASCII case ignored) has no match. Non-ASCII text goes
     /// straight to the regex set: Unicode case folding matches `ſ` for `s`
     /// and `K` for `k`.
+    /// Where the required literals (see [`Detectors::may_match`]) are in
+    /// an ASCII `text`, offset by `base`, appended to `out`; a string
+    /// with a detector match holds one of them whole (the literals hold no
+    /// quote, so none crosses into or out of a JSON string). `false` when
+    /// this cannot tell (non-ASCII text, no detectors): then use
+    /// [`Detectors::may_match`].
+    pub(crate) fn literal_hits(&self, text: &str, base: u32, out: &mut Vec<(u32, u32)>) -> bool {
+        if self.list.is_empty() || self.literals.is_empty() || !text.is_ascii() {
+            return false;
+        }
+        let lower = text.as_bytes().to_ascii_lowercase();
+        for f in &self.literals {
+            let n = f.needle().len() as u32;
+            out.extend(
+                f.find_iter(&lower)
+                    .map(|p| (base + p as u32, base + p as u32 + n)),
+            );
+        }
+        true
+    }
+
     pub(crate) fn may_match(&self, text: &str) -> bool {
         if self.list.is_empty() {
             return false;
         }
-        if text.is_ascii()
-            && let Some(lits) = &self.literals
-            && !lits.is_match(text)
-        {
-            return false;
+        if text.is_ascii() && !self.literals.is_empty() {
+            let lower = text.as_bytes().to_ascii_lowercase();
+            if !self.literals.iter().any(|f| f.find(&lower).is_some()) {
+                return false;
+            }
         }
         self.set.is_match(text)
     }
