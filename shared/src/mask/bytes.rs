@@ -635,6 +635,9 @@ impl<'a> Parser<'a, '_> {
     }
 
     fn child_key(&mut self, h: &Here, key: &str) -> R<Here> {
+        if let Some(c) = plain_child(h) {
+            return Ok(c);
+        }
         match h.role {
             Role::EventRoot => match key {
                 "kind" => return Err(Fallback),
@@ -727,6 +730,9 @@ impl<'a> Parser<'a, '_> {
     }
 
     fn child_index(&mut self, h: &Here, index: usize) -> Here {
+        if let Some(c) = plain_child(h) {
+            return c;
+        }
         if h.loc.wrapper {
             return wrapper(h);
         }
@@ -804,6 +810,33 @@ fn signature(k: &[u8]) -> u64 {
         | at(n / 2) << 16
         | at(n.wrapping_sub(2)) << 8
         | at(n.wrapping_sub(1))
+}
+
+/// The child of a value deep in the unit where nothing is tracked but what
+/// it inherits (no path automaton states, no roles, no env steps to take):
+/// most values of an object.
+fn plain_child(h: &Here) -> Option<Here> {
+    let env = match h.env {
+        Env::No => Env::No,
+        Env::Value(id) => Env::Value(id),
+        _ => return None,
+    };
+    if h.role != Role::Plain || h.states.0 != h.states.1 || h.keyed_map || h.loc.depth < 2 {
+        return None;
+    }
+    Some(Here {
+        loc: Loc {
+            depth: h.loc.depth + 1,
+            ..h.loc
+        },
+        role: Role::Plain,
+        special: Special::None,
+        rules: h.rules,
+        states: h.states,
+        keyed: h.keyed,
+        keyed_map: false,
+        env,
+    })
 }
 
 fn env_value(e: Env) -> u32 {
