@@ -1234,23 +1234,25 @@ impl Masker {
             }
         }
 
-        // The context's scrub set, over every string and key.
+        // The context's scrub set, over every string and key, one by one:
+        // its automaton's prefilter stops so often in JSON text that a
+        // search over the unchanged runs costs more than one per string.
         if let Some(set) = ctx.scrub.as_deref().filter(|set| !set.is_empty()) {
-            let filter = set.run_filter();
-            let hot = hot_runs(s, leaves, cur, |run| filter.may_match(run));
             for (i, l) in leaves.iter().enumerate() {
-                if l.num || (cur[i].is_none() && !l.esc && !in_runs(&hot, l.start)) {
+                if l.num {
                     continue;
                 }
-                if let Some(o) = set.scrub_str(&value(i, cur)) {
+                let scrubbed = match &cur[i] {
+                    Some(c) => set.scrub_str(c),
+                    None => set.scrub_str(sc.text(s, l.text)),
+                };
+                if let Some(o) = scrubbed {
                     cur[i] = Some(o);
                     n_other += 1;
                 }
             }
-            for k in &sc.keys {
-                if (k.esc || in_runs(&hot, k.start)) && set.matches_str(sc.text(s, k.text)) {
-                    return Err(Fallback);
-                }
+            if sc.keys.iter().any(|k| set.matches_str(sc.text(s, k.text))) {
+                return Err(Fallback);
             }
         }
         Ok(n + n_other)
