@@ -4,10 +4,12 @@
 # scripts/mask-memory.sh. Not part of the test suite.
 #
 # Builds shared/benches/mask_stream.rs in release mode and runs each list
-# (500 Secrets, ~2.2 MB; 500 Pods, ~1.2 MB; default masking) under
+# (500 Secrets, ~2.0 MB; 500 Pods, ~1.2 MB; 500 ConfigMaps with nothing to
+# mask, ~0.7 MB; default masking) under
 # `valgrind --tool=callgrind`, collecting only inside `StreamMasker::push` and
 # `StreamMasker::finish` (the list generator is not counted). Prints
-# instructions per input byte and per item.
+# instructions per input byte and per item, and how many items the byte-level
+# path masked and how many it left to the tree engine.
 #
 # Usage: scripts/mask-instructions.sh [ITEMS]     (default 500)
 # Environment: MASK_BENCH_TOKEN=1 also scrubs a token from every string, as
@@ -32,15 +34,17 @@ for l in sys.stdin:
 
 dir=${MASK_INSTR_KEEP:-$(mktemp -d)}
 mkdir -p "$dir"
-printf '%-8s %6s %10s %14s %10s %10s\n' list items input_MB instructions per_byte per_item
-for t in secret pod; do
+printf '%-11s %6s %10s %14s %10s %10s %9s %8s\n' list items input_MB instructions per_byte per_item by_bytes by_tree
+for t in secret pod configmap; do
   out=$(MASK_BENCH_SECRETS=$items valgrind --tool=callgrind --callgrind-out-file="$dir/$t.out" \
     --toggle-collect='*StreamMasker*push*' --toggle-collect='*StreamMasker*finish*' \
     "$exe" --ignored --nocapture --test-threads 1 "mask_${t}_list" 2>&1)
   mb=$(echo "$out" | sed -n 's/.*input_bytes=\([0-9]*\).*/\1/p' | head -1)
   ir=$(echo "$out" | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | head -1)
+  ub=$(echo "$out" | sed -n 's/.*units_by_bytes=\([0-9]*\).*/\1/p' | head -1)
+  ut=$(echo "$out" | sed -n 's/.*units_by_tree=\([0-9]*\).*/\1/p' | head -1)
   [ -n "$mb" ] && [ -n "$ir" ] || { echo "$out" | tail -20 >&2; exit 1; }
   python3 -c "mb=int('$mb')/1e6; ir=int('$ir'); n=int('$items')
-print(f'{\"$t\"+\"s\":<8} {n:>6} {mb:>10.2f} {ir:>14,} {ir/(mb*1e6):>10.1f} {ir/n:>10,.0f}')"
+print(f'{\"$t\"+\"s\":<11} {n:>6} {mb:>10.2f} {ir:>14,} {ir/(mb*1e6):>10.1f} {ir/n:>10,.0f} {\"${ub:--}\":>9} {\"${ut:--}\":>8}')"
 done
 [ -n "${MASK_INSTR_KEEP:-}" ] || rm -rf "$dir"

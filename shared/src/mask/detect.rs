@@ -106,6 +106,25 @@ pub(crate) struct Detectors {
     /// BEGIN and END lines of private keys, for blocks split over log lines;
     /// `None` when the private-key detector is off.
     pem_lines: Option<(Regex, Regex)>,
+    /// Lower-case literals one of which every match of an enabled detector
+    /// holds (ASCII case ignored), for [`Detectors::may_match`].
+    literals: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Literals, lower case, one of which every match of the detector holds
+/// with its ASCII letters in any case (see [`Detectors::may_match`]).
+fn required_literals(d: Detector) -> &'static [&'static str] {
+    match d {
+        Detector::PrivateKey => &["-----begin "],
+        Detector::Jwt => &["eyj"],
+        Detector::AwsAccessKey => &["akia", "asia", "abia", "acca"],
+        Detector::BearerToken => &["bearer"],
+        // `passw` starts both `password` and `passwd`.
+        Detector::GenericPasswordAssignment => &[
+            "passw", "pwd", "secret", "token", "api_key", "api-key", "apikey",
+        ],
+        Detector::HighEntropyBase64 => &[""],
+    }
 }
 
 const PEM_BEGIN: &str = r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
@@ -131,11 +150,17 @@ impl Detectors {
         } else {
             None
         };
+        let literals = list
+            .iter()
+            .flat_map(|(d, _)| required_literals(*d))
+            .map(|l| memchr::memmem::Finder::new(l.as_bytes()).into_owned())
+            .collect();
         Detectors {
             set,
             list,
             log_only,
             pem_lines,
+            literals,
         }
     }
 
@@ -160,6 +185,50 @@ impl Detectors {
     /// True when no detector for JSON string values is enabled.
     pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Whether any detector for JSON string values matches somewhere in
+    /// `text`. A string with a match also gives one when it sits inside a
+    /// longer text between non-word characters (JSON quotes): the patterns
+    /// use only ASCII word boundaries, and `\z` only after a lazy
+    /// `(?s:.*?)` that can run on to the end of the text.
+    ///
+    /// Cheaper first: an ASCII text without any of the detectors' required
+    /// literals (ASCII case ignored) has no match. Non-ASCII text goes
+    /// straight to the regex set: Unicode case folding matches `ſ` for `s`
+    /// and `K` for `k`.
+    /// Where the required literals (see [`Detectors::may_match`]) are in
+    /// an ASCII `text`, offset by `base`, appended to `out`; a string
+    /// with a detector match holds one of them whole (the literals hold no
+    /// quote, so none crosses into or out of a JSON string). `false` when
+    /// this cannot tell (non-ASCII text, no detectors): then use
+    /// [`Detectors::may_match`].
+    pub(crate) fn literal_hits(&self, text: &str, base: u32, out: &mut Vec<(u32, u32)>) -> bool {
+        if self.list.is_empty() || self.literals.is_empty() || !text.is_ascii() {
+            return false;
+        }
+        let lower = text.as_bytes().to_ascii_lowercase();
+        for f in &self.literals {
+            let n = f.needle().len() as u32;
+            out.extend(
+                f.find_iter(&lower)
+                    .map(|p| (base + p as u32, base + p as u32 + n)),
+            );
+        }
+        true
+    }
+
+    pub(crate) fn may_match(&self, text: &str) -> bool {
+        if self.list.is_empty() {
+            return false;
+        }
+        if text.is_ascii() && !self.literals.is_empty() {
+            let lower = text.as_bytes().to_ascii_lowercase();
+            if !self.literals.iter().any(|f| f.find(&lower).is_some()) {
+                return false;
+            }
+        }
+        self.set.is_match(text)
     }
 
     /// Mask every detected secret in `s`; returns the new string (borrowed when

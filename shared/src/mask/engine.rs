@@ -29,7 +29,7 @@ use super::{LAST_APPLIED_ANNOTATION, MARKER, MARKER_BASE64, MaskContext, Masker,
 type Found = Vec<Vec<u8>>;
 
 /// Identity fields of an object's `metadata`, never scrubbed.
-const IDENTITY_METADATA: [&str; 8] = [
+pub(super) const IDENTITY_METADATA: [&str; 8] = [
     "name",
     "namespace",
     "uid",
@@ -48,10 +48,11 @@ const POD_SPEC_PATHS: [&[&str]; 4] = [
     &["spec", "jobTemplate", "spec", "template", "spec"],
 ];
 
-const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+pub(super) const CONTAINER_LISTS: [&str; 3] =
+    ["containers", "initContainers", "ephemeralContainers"];
 
 /// Maps whose keys the `keys` regex is matched against.
-const KEYED_MAPS: [&str; 3] = ["data", "binaryData", "stringData"];
+pub(super) const KEYED_MAPS: [&str; 3] = ["data", "binaryData", "stringData"];
 
 /// Field lookups by a scan of the keys. The maps of an object are looked up
 /// a fixed number of times each and are mostly small: comparing their keys
@@ -390,7 +391,7 @@ impl Masker {
 
     /// The resources whose rules apply to an object: the request's (for a
     /// subresource also its parent resource) and its built-in kind's.
-    fn resources_of(ctx: &MaskContext, kind: Option<&str>) -> Vec<(String, String)> {
+    pub(super) fn resources_of(ctx: &MaskContext, kind: Option<&str>) -> Vec<(String, String)> {
         let mut out = vec![(ctx.resource.clone(), String::new())];
         if !ctx.subresource.is_empty() && ctx.subresource != "status" {
             out.push((ctx.resource.clone(), ctx.subresource.clone()));
@@ -524,7 +525,7 @@ impl Masker {
     }
 
     /// Would the applied object kept in the annotation have anything masked?
-    fn annotation_would_mask(&self, ctx: &MaskContext, ann: &str) -> bool {
+    pub(super) fn annotation_would_mask(&self, ctx: &MaskContext, ann: &str) -> bool {
         if self.detectors.apply(ann).1 > 0 {
             return true;
         }
@@ -646,7 +647,7 @@ fn scrub_any(v: &mut Value, set: &ScrubSet) -> usize {
 /// Remember the clear value of a string about to be masked: the decoded
 /// bytes of a base64 field (and the text itself when it is not canonical
 /// base64), else the string.
-fn remember(found: &mut Found, s: &str, b64: bool) {
+pub(super) fn remember(found: &mut Found, s: &str, b64: bool) {
     if s.is_empty() || s == MARKER || s == MARKER_BASE64 {
         return;
     }
@@ -684,21 +685,40 @@ fn remember(found: &mut Found, s: &str, b64: bool) {
 /// annotation, still would). The skeleton is a pure function of fields it
 /// keeps, so masking it again yields it unchanged (idempotent, not counted).
 pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
+    let live_meta = live.field("metadata");
+    skeleton_from(
+        ann,
+        pick(Some(live), "apiVersion"),
+        pick(Some(live), "kind"),
+        pick(live_meta, "name"),
+        pick(live_meta, "namespace"),
+    )
+}
+
+/// [`last_applied_skeleton`] from the live object's `apiVersion`, `kind`,
+/// `metadata.name` and `metadata.namespace` (each when it is a string).
+pub(super) fn skeleton_from(
+    ann: &str,
+    live_api_version: Option<&str>,
+    live_kind: Option<&str>,
+    live_name: Option<&str>,
+    live_namespace: Option<&str>,
+) -> String {
     let Some(applied) = AppliedIds::parse(ann) else {
         return MARKER.to_string();
     };
-    let live_kind = live.field("kind").and_then(Value::as_str);
     let own_type = !matches!(live_kind, Some("PartialObjectMetadata" | "Table"));
-    let live_meta = live.field("metadata");
     // Written directly, as serde_json writes the equivalent map (compact,
     // in this key order, strings escaped by serde_json): no map is built.
     let mut out = Vec::with_capacity(128);
     out.push(b'{');
     for key in ["apiVersion", "kind"] {
-        let from_live = if own_type {
-            pick(Some(live), key)
-        } else {
+        let from_live = if !own_type {
             None
+        } else if key == "kind" {
+            live_kind
+        } else {
+            live_api_version
         };
         let own = if key == "kind" {
             applied.kind.as_deref()
@@ -718,7 +738,12 @@ pub(super) fn last_applied_skeleton(ann: &str, live: &Value) -> String {
         } else {
             applied.namespace.as_deref()
         };
-        if let Some(x) = own.or_else(|| pick(live_meta, key)) {
+        let from_live = if key == "name" {
+            live_name
+        } else {
+            live_namespace
+        };
+        if let Some(x) = own.or(from_live) {
             if !first {
                 out.push(b',');
             }
@@ -881,7 +906,7 @@ fn push_json_member(out: &mut Vec<u8>, key: &str, value: &str) {
 }
 
 /// Secret `data` and any `binaryData` hold base64: their marker must decode.
-fn use_base64(top_key: &str, is_secret: bool) -> bool {
+pub(super) fn use_base64(top_key: &str, is_secret: bool) -> bool {
     top_key == "binaryData" || (is_secret && top_key == "data")
 }
 

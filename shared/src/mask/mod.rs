@@ -39,12 +39,34 @@
 //! [`StreamMasker`] does the same over a byte stream with memory bounded by
 //! the largest list item.
 //!
-//! Numbers: `arbitrary_precision` is off, so a value that is re-serialized
-//! (because something in it was masked) goes through i64/u64/f64: integers
-//! are exact, floats are written in shortest round-trip form (`1e3` becomes
-//! `1000.0`), integers beyond u64 become floats. Values with nothing masked
-//! are passed on byte for byte.
+//! Two engines, one result. The byte-level path (`bytes`) masks a single
+//! object, a list item or a watch event from its bytes: one strict scan
+//! that knows each value's path, the rules decided from the paths, the
+//! detectors run on the strings in place, and the input passed on with
+//! splices where values changed (a masked string is written as a JSON
+//! string, a masked number as `0`); everything not changed keeps its bytes,
+//! formatting and number spelling. The tree engine (`engine`: the unit
+//! parsed into a `serde_json::Value`, masked, re-serialized compactly when
+//! anything changed) is the reference and does whatever the byte path
+//! leaves to it: Tables and their rows, `PartialObjectMetadata`, lists as
+//! whole documents, JSON Patch arrays, objects without a `kind` outside a
+//! list or watch event, duplicate keys, numbers beyond 200 digits or with
+//! exponents of three digits, nesting deeper than 100, invalid JSON (so
+//! its errors are the tree engine's), object keys a scrub set matches.
+//! Both give the same count and the same error, and their outputs parse to
+//! the same JSON value; the bytes differ only in how unchanged parts are
+//! spelled.
+//!
+//! Numbers: `arbitrary_precision` is off, so a value the tree engine
+//! re-serializes (because something in it was masked) goes through
+//! i64/u64/f64: integers are exact, floats are written in shortest
+//! round-trip form (`1e3` becomes `1000.0`), integers beyond u64 become
+//! floats. The byte path keeps every unchanged number as it came. Values
+//! with nothing masked are passed on byte for byte by both.
 
+mod bytes;
+#[cfg(test)]
+mod bytes_tests;
 mod detect;
 mod engine;
 mod patch_guard;
@@ -459,10 +481,26 @@ impl Masker {
         self.detectors.apply_log(line)
     }
 
-    /// Mask a whole JSON body; returns the masked bytes (the input unchanged,
-    /// byte for byte, when nothing was masked; otherwise compact JSON) and the
-    /// count. Malformed JSON is an error.
+    /// Mask a whole JSON body; returns the masked bytes and the count
+    /// (see the module docs for the form of the output; the input unchanged,
+    /// byte for byte, when nothing was masked). Malformed JSON is an error.
     pub fn mask_json_bytes(
+        &self,
+        ctx: &MaskContext,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, usize), MaskError> {
+        let mut out = Vec::new();
+        let mut scratch = bytes::Scratch::default();
+        if let Some(n) = self.mask_bytes(ctx, bytes::Shape::Document, body, &mut scratch, &mut out)
+        {
+            return Ok((out, n));
+        }
+        self.mask_json_bytes_tree(ctx, body)
+    }
+
+    /// [`Masker::mask_json_bytes`] by the tree engine alone (the reference
+    /// the byte-level path is tested against).
+    pub(crate) fn mask_json_bytes_tree(
         &self,
         ctx: &MaskContext,
         body: &[u8],
@@ -497,6 +535,14 @@ fn to_json_bytes(v: &serde_json::Value) -> Vec<u8> {
 fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
     let at = out.len();
     if serde_json::to_writer(&mut *out, v).is_err() {
+        out.truncate(at);
+    }
+}
+
+/// Append `s` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    let at = out.len();
+    if serde_json::to_writer(&mut *out, s).is_err() {
         out.truncate(at);
     }
 }

@@ -291,6 +291,22 @@ impl ScrubSet {
         })
     }
 
+    /// A filter for long texts (the unchanged runs of a JSON unit): false
+    /// when no substring of the text holds a pattern [`ScrubSet::matches_str`]
+    /// would find.
+    pub(crate) fn run_filter(&self) -> RunFilter<'_> {
+        let (mut setup, mut patterns) = (0, 0);
+        for (p, _) in self.text_patterns() {
+            setup += 300 + 30 * p.len();
+            patterns += 1;
+        }
+        RunFilter {
+            set: self,
+            setup,
+            patterns,
+        }
+    }
+
     /// True when `s` holds any form of any value.
     pub fn matches_str(&self, s: &str) -> bool {
         if self.naive {
@@ -391,6 +407,36 @@ impl ScrubSet {
             }
         }
         b.len()
+    }
+}
+
+/// See [`ScrubSet::run_filter`]. An object set searches a long text either
+/// with its byte-pair pass (about 20 instructions a byte) or once per
+/// pattern with memchr's SIMD substring search (a setup per pattern that
+/// grows with its length, then a fraction of an instruction a byte),
+/// whichever costs less for the text's length.
+pub(crate) struct RunFilter<'a> {
+    set: &'a ScrubSet,
+    /// Setup cost of the per-pattern searches, in rough instructions.
+    setup: usize,
+    patterns: usize,
+}
+
+impl RunFilter<'_> {
+    /// Whether `text` may hold a pattern.
+    pub(crate) fn may_match(&self, text: &str) -> bool {
+        if !self.set.naive {
+            return self.set.matches_str(text);
+        }
+        if text.len() < self.set.min_len {
+            return false;
+        }
+        if self.setup + self.patterns * text.len() / 4 > 20 * text.len() {
+            return self.set.holds_text_pattern(text.as_bytes());
+        }
+        self.set
+            .text_patterns()
+            .any(|(p, _)| memchr::memmem::find(text.as_bytes(), p).is_some())
     }
 }
 

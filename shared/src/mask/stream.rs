@@ -3,8 +3,10 @@
 //!
 //! - [`StreamKind::Json`]: one JSON document. When it is a list (`items`) or
 //!   a `Table` (`rows`), a small tokenizer (depth, strings, escapes) finds the
-//!   elements' boundaries; each element is parsed alone, masked and emitted
-//!   (verbatim when nothing was masked, else re-serialized); the text around
+//!   elements' boundaries; each element is masked alone and emitted (from
+//!   its bytes with splices where values changed, or by the tree engine:
+//!   verbatim when nothing was masked, else re-serialized; see the module
+//!   docs of `mask` for which takes which); the text around
 //!   the array (`kind`, `metadata`, separators) is checked and passed on.
 //!   Any other document is held whole and masked at its end.
 //!   A list `kind` that contradicts the path is refused, in the head or in
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::bytes::{Scratch, Shape};
 use super::detect::Detectors;
 use super::engine::{check_watch_value, is_list_verb, list_kind_contradicts};
 use super::scrub::ScrubSet;
@@ -215,6 +218,12 @@ pub struct StreamMasker {
     in_pem: bool,
     count: usize,
     failed: bool,
+    /// Units are masked from their bytes where the byte path can
+    /// ([`super::bytes`]); `false`: by the tree engine alone.
+    byte_path: bool,
+    scratch: Scratch,
+    byte_units: usize,
+    tree_units: usize,
 }
 
 impl fmt::Debug for StreamMasker {
@@ -247,6 +256,50 @@ impl StreamMasker {
             in_pem: false,
             count: 0,
             failed: false,
+            byte_path: true,
+            scratch: Scratch::default(),
+            byte_units: 0,
+            tree_units: 0,
+        }
+    }
+
+    /// Mask every unit with the tree engine (a `serde_json::Value` per
+    /// unit), never from its bytes: the reference the byte-level path is
+    /// tested against. The output parses to the same JSON either way.
+    pub fn with_tree_engine_only(mut self) -> StreamMasker {
+        self.byte_path = false;
+        self
+    }
+
+    /// Units (single objects, list items, watch events) masked so far from
+    /// their bytes, and by the tree engine (shapes the byte path leaves to
+    /// it, see the module docs of `shared::mask`).
+    pub fn units_masked(&self) -> (usize, usize) {
+        (self.byte_units, self.tree_units)
+    }
+
+    /// Try the byte path on `buf[start..end]`; `true` when it masked it.
+    fn try_bytes(&mut self, out: &mut Vec<u8>, shape: Shape<'_>, start: usize, end: usize) -> bool {
+        if !self.byte_path {
+            return false;
+        }
+        match self.masker.mask_bytes(
+            &self.ctx,
+            shape,
+            &self.buf[start..end],
+            &mut self.scratch,
+            out,
+        ) {
+            Some(n) => {
+                self.count += n;
+                self.byte_units += 1;
+                self.emitted = end;
+                true
+            }
+            None => {
+                self.tree_units += 1;
+                false
+            }
         }
     }
 
@@ -534,6 +587,10 @@ impl StreamMasker {
     /// Parse, mask and pass on `buf[emitted..end]`, a whole document.
     fn emit_whole(&mut self, out: &mut Vec<u8>, end: usize) -> Result<(), MaskError> {
         let start = self.emitted;
+        if self.try_bytes(out, Shape::Document, start, end) {
+            self.state = J::Done;
+            return Ok(());
+        }
         let (mut v, dup) = self.parse(start, end)?;
         check_document(&self.ctx, &v)?;
         let n = self.masker.mask_value(&self.ctx, &mut v);
@@ -621,6 +678,18 @@ impl StreamMasker {
         start: usize,
         end: usize,
     ) -> Result<(), MaskError> {
+        let list_kind = match &self.streaming {
+            Some(s) if !s.rows => Some(s.list_kind.clone()),
+            _ => None,
+        };
+        if let Some(kind) = list_kind {
+            let shape = Shape::Item {
+                list_kind: kind.as_deref(),
+            };
+            if self.try_bytes(out, shape, start, end) {
+                return Ok(());
+            }
+        }
         let (mut v, dup) = self.parse(start, end)?;
         let n = match &self.streaming {
             Some(s) if s.rows => self.masker.mask_stream_row(&self.ctx, &mut v),
@@ -754,6 +823,9 @@ impl StreamMasker {
     }
 
     fn emit_event(&mut self, out: &mut Vec<u8>, start: usize, end: usize) -> Result<(), MaskError> {
+        if self.try_bytes(out, Shape::Event, start, end) {
+            return Ok(());
+        }
         let (mut v, dup) = self.parse(start, end)?;
         check_watch_value(&v).map_err(|why| MaskError::Refused { why })?;
         let n = self.masker.mask_value(&self.ctx, &mut v);

@@ -590,12 +590,23 @@ fn numbers_round_trip() {
     let m = masker();
     let body =
         br#"{"kind":"Secret","data":{"a":"eA=="},"n":[1,-2,18446744073709551615,1.5,1e3,0.1]}"#;
+    // The byte-level path splices the masked value into the input: the
+    // numbers keep their spelling.
     let (out, n) = m.mask_json_bytes(&ctx("secrets"), body).unwrap();
     assert_eq!(n, 1);
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        String::from_utf8(out.clone()).unwrap(),
+        r#"{"kind":"Secret","data":{"a":"KioqTUFTS0VEKioq"},"n":[1,-2,18446744073709551615,1.5,1e3,0.1]}"#
+    );
+    // The tree engine re-serializes the masked object: through i64/u64/f64.
+    let (tree, tn) = m.mask_json_bytes_tree(&ctx("secrets"), body).unwrap();
+    assert_eq!(tn, 1);
+    assert_eq!(
+        String::from_utf8(tree.clone()).unwrap(),
         r#"{"kind":"Secret","data":{"a":"KioqTUFTS0VEKioq"},"n":[1,-2,18446744073709551615,1.5,1000.0,0.1]}"#
     );
+    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+    assert_eq!(parse(&out), parse(&tree));
 }
 
 // ---------------------------------------------------------------- streaming
