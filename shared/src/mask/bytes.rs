@@ -933,8 +933,32 @@ fn for_each_run(s: &str, leaves: &[Leaf], cur: &[Option<String>], mut f: impl Fn
     }
 }
 
-fn in_runs(runs: &[(u32, u32)], at: u32) -> bool {
-    runs.iter().any(|&(a, b)| a <= at && at < b)
+/// Whether `at` lies in one of `runs` (sorted, not overlapping: as
+/// [`for_each_run`] gives them). A binary search: one per string, so a unit
+/// with many strings and many runs stays linear-logarithmic.
+pub(super) fn in_runs(runs: &[(u32, u32)], at: u32) -> bool {
+    let i = runs.partition_point(|&(a, _)| a <= at);
+    i > 0 && runs.get(i - 1).is_some_and(|&(_, b)| at < b)
+}
+
+/// Whether one of `hits` (sorted by start) lies inside `start..end` with
+/// room on both sides. Hits starting inside are visited in order until one
+/// fits; in an unescaped string every one does (the literals hold no quote),
+/// so each string looks at few hits however many the unit holds.
+pub(super) fn hit_inside(hits: &[(u32, u32)], start: u32, end: u32) -> bool {
+    let from = hits.partition_point(|&(a, _)| a <= start);
+    hits.get(from..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|&&(a, _)| a < end)
+        .any(|&(_, b)| b < end)
+}
+
+/// The byte path keeps rule, field and segment indexes in `u16`s: a policy
+/// beyond that (no real one is) goes to the tree engine.
+fn rule_fits_u16(rule: &CompiledRule) -> bool {
+    rule.fields.len() <= usize::from(u16::MAX)
+        && rule.fields.iter().all(|f| f.len() < usize::from(u16::MAX))
 }
 
 impl Masker {
@@ -968,7 +992,10 @@ impl Masker {
         sc: &mut Scratch,
         out: &mut Vec<u8>,
     ) -> R<usize> {
-        if self.rules.len() > MAX_RULES || input.len() >= u32::MAX as usize {
+        if self.rules.len() > MAX_RULES
+            || input.len() >= u32::MAX as usize
+            || !self.rules.iter().all(rule_fits_u16)
+        {
             return Err(Fallback);
         }
         let s = std::str::from_utf8(input).map_err(|_| Fallback)?;
@@ -1144,6 +1171,8 @@ impl Masker {
                     hot.push((from, from + run.len() as u32));
                 }
             });
+            // Each literal's hits come in order; together they need sorting.
+            hits.sort_unstable();
             for (i, l) in leaves.iter().enumerate() {
                 if l.num || (!l.loc.wrapper && l.special == Special::Annotation) {
                     continue;
@@ -1151,7 +1180,7 @@ impl Masker {
                 if cur[i].is_none()
                     && !l.esc
                     && !in_runs(&hot, l.start)
-                    && !hits.iter().any(|&(a, b)| a > l.start && b < l.end)
+                    && !hit_inside(&hits, l.start, l.end)
                 {
                     continue;
                 }

@@ -552,3 +552,60 @@ proptest! {
         }
     }
 }
+
+/// Units with many literal hits and many strings (a value of repeated
+/// `pwd`, thousands of keys, a non-ASCII run between masked values): the
+/// byte path agrees with the tree engine; its searches per string are
+/// binary searches (`in_runs`, `hit_inside`), so such a unit costs about
+/// what the tree engine's pass costs, not strings times hits.
+#[test]
+fn many_hits_and_many_strings_agree() {
+    let m = masker();
+    let pwd = "pwd".repeat(20_000);
+    let keys: String = (0..2_000).map(|i| format!(",\"k{i}\":\"v\"")).collect();
+    let cm = format!(
+        "{{\"kind\":\"ConfigMap\",\"data\":{{\"big\":\"{pwd}\"{keys},\"pwd{pwd}\":\"x\"}}}}"
+    );
+    let secret_keys: String = (0..2_000)
+        .map(|i| format!(",\"\u{e9} password=a{i}\":\"eA==\",\"s{i}\":\"a\""))
+        .collect();
+    let secret = format!("{{\"kind\":\"Secret\",\"data\":{{\"first\":\"eA==\"{secret_keys}}}}}");
+    for (resource, body) in [("configmaps", cm), ("secrets", secret)] {
+        let c = MaskContext {
+            resource: resource.into(),
+            verb: "get".into(),
+            ..MaskContext::default()
+        };
+        let (by_bytes, _) = same(&m, &c, StreamKind::Json, body.as_bytes(), 1 << 16);
+        assert_eq!(by_bytes, 1, "{resource}: the byte path took it");
+    }
+}
+
+proptest! {
+    /// The binary searches give what a scan over every run and hit gives.
+    #[test]
+    fn run_and_hit_searches_equal_a_scan(
+        gaps in proptest::collection::vec((0u32..5, 1u32..6), 0..40),
+        hit_list in proptest::collection::vec((0u32..200, 1u32..6), 0..60),
+        probes in proptest::collection::vec((0u32..210, 0u32..20), 1..40),
+    ) {
+        let mut runs = Vec::new();
+        let mut at = 0;
+        for (gap, len) in gaps {
+            runs.push((at + gap, at + gap + len));
+            at += gap + len;
+        }
+        let mut hits: Vec<(u32, u32)> = hit_list.into_iter().map(|(a, n)| (a, a + n)).collect();
+        hits.sort_unstable();
+        for (p, w) in probes {
+            prop_assert_eq!(
+                super::bytes::in_runs(&runs, p),
+                runs.iter().any(|&(a, b)| a <= p && p < b)
+            );
+            prop_assert_eq!(
+                super::bytes::hit_inside(&hits, p, p + w),
+                hits.iter().any(|&(a, b)| a > p && b < p + w)
+            );
+        }
+    }
+}

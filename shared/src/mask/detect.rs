@@ -187,16 +187,6 @@ impl Detectors {
         self.list.is_empty()
     }
 
-    /// Whether any detector for JSON string values matches somewhere in
-    /// `text`. A string with a match also gives one when it sits inside a
-    /// longer text between non-word characters (JSON quotes): the patterns
-    /// use only ASCII word boundaries, and `\z` only after a lazy
-    /// `(?s:.*?)` that can run on to the end of the text.
-    ///
-    /// Cheaper first: an ASCII text without any of the detectors' required
-    /// literals (ASCII case ignored) has no match. Non-ASCII text goes
-    /// straight to the regex set: Unicode case folding matches `ſ` for `s`
-    /// and `K` for `k`.
     /// Where the required literals (see [`Detectors::may_match`]) are in
     /// an ASCII `text`, offset by `base`, appended to `out`; a string
     /// with a detector match holds one of them whole (the literals hold no
@@ -218,6 +208,16 @@ impl Detectors {
         true
     }
 
+    /// Whether any detector for JSON string values matches somewhere in
+    /// `text`. A string with a match also gives one when it sits inside a
+    /// longer text between non-word characters (JSON quotes): the patterns
+    /// use only ASCII word boundaries, and `\z` only after a lazy
+    /// `(?s:.*?)` that can run on to the end of the text.
+    ///
+    /// Cheaper first: an ASCII text without any of the detectors' required
+    /// literals (ASCII case ignored) has no match. Non-ASCII text goes
+    /// straight to the regex set: Unicode case folding matches `ſ` for `s`
+    /// and `K` for `k`.
     pub(crate) fn may_match(&self, text: &str) -> bool {
         if self.list.is_empty() {
             return false;
@@ -400,6 +400,47 @@ mod tests {
     }
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzL3NlcnZpY2VhY2NvdW50Iiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6ZGVmYXVsdCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU";
+
+    /// The required literals are written by hand; this ties them to the
+    /// patterns. Every match of a pattern starts with one of the prefixes
+    /// regex-syntax extracts from it (a finite set); each ASCII one must
+    /// hold one of the detector's literals, ASCII case ignored. (Non-ASCII
+    /// text never relies on the literals: it goes to the regex set.) A
+    /// pattern changed without its literals, e.g. a new key word in the
+    /// password assignment, fails here, not as a leak of the byte path.
+    #[test]
+    fn required_literals_follow_from_the_patterns() {
+        use regex_syntax::hir::literal::Extractor;
+        for d in Detector::ALL {
+            if d == Detector::HighEntropyBase64 {
+                continue; // log lines only: no byte path, no literals
+            }
+            let hir = regex_syntax::parse(d.pattern()).unwrap();
+            let mut ex = Extractor::new();
+            ex.limit_class(64)
+                .limit_repeat(64)
+                .limit_literal_len(64)
+                .limit_total(100_000);
+            let seq = ex.extract(&hir);
+            let prefixes = seq
+                .literals()
+                .unwrap_or_else(|| panic!("{d:?}: no finite prefix set"));
+            assert!(!prefixes.is_empty(), "{d:?}");
+            let lits = required_literals(d);
+            let mut ascii = 0;
+            for p in prefixes.iter().filter(|p| p.as_bytes().is_ascii()) {
+                ascii += 1;
+                let lower = p.as_bytes().to_ascii_lowercase();
+                assert!(
+                    lits.iter()
+                        .any(|l| lower.windows(l.len()).any(|w| w == l.as_bytes())),
+                    "{d:?}: a match may start with {:?}, which holds none of {lits:?}",
+                    String::from_utf8_lossy(p.as_bytes())
+                );
+            }
+            assert!(ascii > 0, "{d:?}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {
