@@ -226,6 +226,23 @@ pub(crate) struct Scratch {
     cur: Vec<Option<String>>,
 }
 
+thread_local! {
+    /// The working vectors of the byte path, one set per thread. A masking
+    /// call runs to its end without yielding, so no two calls share a set,
+    /// and a stream waiting between units (a quiet watch) holds none: a set
+    /// per stream cost every open watch a few KiB for its life.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Run `f` with this thread's scratch (a fresh one if it is in use, which a
+/// masking call never leaves it).
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
 impl Scratch {
     fn clear(&mut self) {
         self.leaves.clear();

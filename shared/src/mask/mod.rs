@@ -490,9 +490,9 @@ impl Masker {
         body: &[u8],
     ) -> Result<(Vec<u8>, usize), MaskError> {
         let mut out = Vec::new();
-        let mut scratch = bytes::Scratch::default();
-        if let Some(n) = self.mask_bytes(ctx, bytes::Shape::Document, body, &mut scratch, &mut out)
-        {
+        if let Some(n) = bytes::with_scratch(|sc| {
+            self.mask_bytes(ctx, bytes::Shape::Document, body, sc, &mut out)
+        }) {
             return Ok((out, n));
         }
         self.mask_json_bytes_tree(ctx, body)

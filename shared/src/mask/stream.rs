@@ -34,7 +34,7 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::bytes::{Scratch, Shape};
+use super::bytes::{Shape, with_scratch};
 use super::detect::Detectors;
 use super::engine::{check_watch_value, is_list_verb, list_kind_contradicts};
 use super::scrub::ScrubSet;
@@ -221,7 +221,6 @@ pub struct StreamMasker {
     /// Units are masked from their bytes where the byte path can
     /// ([`super::bytes`]); `false`: by the tree engine alone.
     byte_path: bool,
-    scratch: Scratch,
     byte_units: usize,
     tree_units: usize,
 }
@@ -257,7 +256,6 @@ impl StreamMasker {
             count: 0,
             failed: false,
             byte_path: true,
-            scratch: Scratch::default(),
             byte_units: 0,
             tree_units: 0,
         }
@@ -283,13 +281,11 @@ impl StreamMasker {
         if !self.byte_path {
             return false;
         }
-        match self.masker.mask_bytes(
-            &self.ctx,
-            shape,
-            &self.buf[start..end],
-            &mut self.scratch,
-            out,
-        ) {
+        let masked = with_scratch(|sc| {
+            self.masker
+                .mask_bytes(&self.ctx, shape, &self.buf[start..end], sc, out)
+        });
+        match masked {
             Some(n) => {
                 self.count += n;
                 self.byte_units += 1;
