@@ -437,7 +437,7 @@ class Env:
             for _ in range(5):
                 r = h2load(f"https://127.0.0.1:{self.up_port}/api/v1/namespaces/{ns}/secrets", self.tmp,
                            headers=[f"authorization: Bearer {self.up_token}", "content-type: application/json"],
-                           n=n - created, clients=2, streams=32, data=body, timeout=600)
+                           n=n - created, clients=min(2, n - created), streams=32, data=body, timeout=600)
                 created += r["status_2xx"] or 0
                 if created >= n:
                     break
