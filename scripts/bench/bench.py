@@ -860,24 +860,24 @@ def goals(res, s):
                   f"{fmt(nr.get(f'{o}_cpu_cores_at_max'))}, nginx {fmt(ng.get(f'{o}_cpu_cores_at_max'))}"),
          "on 2 cores shared with h2load and the upstream, throughput is the inverse of CPU per request, so this "
          "goal falls with the CPU goal"
-         + (". Besides, with recording on the sidecar does not use the CPU it could: fewer cores at maximum than "
-            "with recording off, so something on the recording path (each response waits for its event's write to "
-            "the spool) serialises requests; it takes a profile of the spool writer under load (off-CPU time) and "
-            "batching the spool writes of concurrent responses."
+         + (". Besides, with recording on the sidecar gets fewer cores at maximum than with recording off: the "
+            "test collector on the same two cores takes a share of them (bench/notes-rec.md measured ~0.65 "
+            "cores before its events were parsed once; a wait profile found no lock or queue in the sidecar "
+            "holding requests); in a cluster the collector runs elsewhere."
             if all((sc.get(f"{o}_cpu_cores_at_max") or 0) < (nr.get(f"{o}_cpu_cores_at_max") or 0) - 0.1
                    for o in OBJECTS) else "."))
     ok = both(lambda o: None if sc.get(f"{o}_cpu_vs_nginx") is None else sc[f"{o}_cpu_vs_nginx"] <= 1.5)
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET of a ~1.3 KB Pod costs ~0.8-0.96 M user-space instructions (callgrind, "
-         "bench/notes-cpu.md), of which masking the response is ~53 % (parsing each item into a `serde_json::Value` "
-         "alone 23 %), allocation ~19 %, HTTP/2 both sides ~12 %, TLS both ways ~3 %, the event and its spool and "
-         "POST ~10 %; nginx copies bytes. Closing it takes a masker that does not build a tree per item (byte "
-         "scanning with splices where values change), the event body written from the masker's output without "
-         "validating it again (`audit::raw_json`), and fewer allocations per request (the image's musl build "
-         "already uses mimalloc instead of musl's locking malloc; on glibc, jemalloc was measured at -10 % "
-         "instructions and not kept: +2 MiB idle, +6 MiB with 1,000 watches).")
+         "a recorded GET of the ~1.3 KB Pod costs ~0.49 M user-space instructions (callgrind, musl build, "
+         "bench/notes-bytemask.md; 0.67 M before the byte-level masker, 1.1 M in the first pass), of which the "
+         "masker is still the largest part (its tokenizer's per-value work, the literal and scrub searches), then "
+         "HTTP/2 on both sides, allocation and TLS; in CPU time the kernel weighs as much again (context switches "
+         "and wake-ups between tokio's workers and the connection tasks, ~1.4 futex calls per request, "
+         "bench/notes-rec.md); nginx copies bytes. Closing it takes a masker that finds each item's end and masks "
+         "it in one scan with smaller per-value records, fewer wake-ups per request (a request served on one "
+         "thread end to end), and fewer allocations.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
@@ -916,9 +916,11 @@ def goals(res, s):
          f"{fmt(v, 0)} MB of JSON per sidecar CPU-second (whole request path incl. TLS both ways, "
          f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
          + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
-         "parsing each item into a `serde_json::Value` tree and writing it back is ~40 % of the masker's "
-         "instructions on Secrets and ~50 % on Pods (bench/notes-mask.md); it takes a masker that scans the bytes "
-         "once, decides the rules from the path of each value, and copies everything it does not change.")
+         "the masker alone passes on Secrets (byte-level since the fourth pass, bench/notes-bytemask.md; Pods "
+         "~160 MB/s); on the whole path TLS both ways, HTTP/2 framing on both sides and the copies between them "
+         "take more than the masker (musl's memcpy alone ~20 % of the sidecar's samples while it streams a "
+         "list); it takes fewer copies between the upstream's frames, the masker and the client's frames, and "
+         "a faster memcpy than musl's in the static build.")
     return g
 
 
