@@ -208,15 +208,20 @@ async def main():
         + (f" first_error={errors[0]!r}" if errors else ""),
         flush=True,
     )
+    await hold(args)
+    for w in streams:
+        w.close()
+    for t in tasks:
+        t.cancel()
+
+
+async def hold(args):
+    """Until a line on stdin, or --hold seconds."""
     loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout=args.hold)
     except asyncio.TimeoutError:
         pass
-    for w in streams:
-        w.close()
-    for t in tasks:
-        t.cancel()
 
 
 async def main_h2(args, ctx):
@@ -228,11 +233,7 @@ async def main_h2(args, ctx):
         f" connections={len(conns)}" + (f" first_error={errors[0]!r}" if errors else ""),
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    try:
-        await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout=args.hold)
-    except asyncio.TimeoutError:
-        pass
+    await hold(args)
     for c in conns:
         c.writer.close()
         c.task.cancel()
