@@ -870,8 +870,8 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET of the ~1.3 KB Pod costs ~0.49 M user-space instructions (callgrind, musl build, "
-         "bench/notes-bytemask.md; 0.67 M before the byte-level masker, 1.1 M in the first pass), of which the "
+         "a recorded GET of the ~1.3 KB Pod costs ~0.41 M user-space instructions (callgrind, musl build, "
+         "results.md \"Fourth pass\"; 0.62 M before it in the same invocation, 1.1 M in the first pass), of which the "
          "masker is still the largest part (its tokenizer's per-value work, the literal and scrub searches), then "
          "HTTP/2 on both sides, allocation and TLS; in CPU time the kernel weighs as much again (context switches "
          "and wake-ups between tokio's workers and the connection tasks, ~1.4 futex calls per request, "
