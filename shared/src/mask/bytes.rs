@@ -231,19 +231,36 @@ thread_local! {
     /// call runs to its end without yielding, so no two calls share a set,
     /// and a stream waiting between units (a quiet watch) holds none: a set
     /// per stream cost every open watch a few KiB for its life.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    pub(super) static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Run `f` with this thread's scratch (a fresh one if it is in use, which a
 /// masking call never leaves it).
 pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut sc) => f(&mut sc),
+        Ok(mut sc) => {
+            let v = f(&mut sc);
+            // One huge object must not leave its working set with the
+            // thread for good: keep what ordinary objects need.
+            if sc.entries_kept() > SCRATCH_KEPT {
+                *sc = Scratch::default();
+            }
+            v
+        }
         Err(_) => f(&mut Scratch::default()),
     })
 }
 
+/// Entries (values, keys, changed values) a thread's scratch may keep
+/// between units; a Pod has a few hundred.
+pub(super) const SCRATCH_KEPT: usize = 16_384;
+
 impl Scratch {
+    /// Room for values, keys and changed values it holds on to.
+    pub(super) fn entries_kept(&self) -> usize {
+        self.leaves.capacity() + self.keys.capacity() + self.cur.capacity()
+    }
+
     fn clear(&mut self) {
         self.leaves.clear();
         self.keys.clear();

@@ -581,6 +581,25 @@ fn many_hits_and_many_strings_agree() {
     }
 }
 
+/// A unit far larger than usual is masked, and its working set does not
+/// stay with the thread afterwards.
+#[test]
+fn a_huge_unit_leaves_no_large_scratch_behind() {
+    let m = masker();
+    let c = MaskContext {
+        resource: "configmaps".into(),
+        verb: "get".into(),
+        ..MaskContext::default()
+    };
+    let keys: Vec<String> = (0..20_000).map(|i| format!("\"k{i}\":\"v\"")).collect();
+    let body = format!("{{\"kind\":\"ConfigMap\",\"data\":{{{}}}}}", keys.join(","));
+    let (out, n) = m.mask_json_bytes(&c, body.as_bytes()).unwrap();
+    assert_eq!((out.as_slice(), n), (body.as_bytes(), 0));
+    super::bytes::SCRATCH.with(|sc| {
+        assert!(sc.borrow().entries_kept() <= super::bytes::SCRATCH_KEPT);
+    });
+}
+
 proptest! {
     /// The binary searches give what a scan over every run and hit gives.
     #[test]
