@@ -3,24 +3,11 @@
 //! the byte-level path against the tree engine on the same input: the same
 //! count and error, and outputs that parse to the same JSON values.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use mcp_warden_shared::mask::{
-    MaskContext, MaskError, Masker, MaskingConfig, ScrubSet, StreamKind, StreamMasker,
-};
+use mcp_warden_fuzz::mask_stream::masker;
+use mcp_warden_shared::mask::{MaskContext, MaskError, ScrubSet, StreamKind, StreamMasker};
 use serde_json::Value;
-
-fn masker() -> Arc<Masker> {
-    static M: OnceLock<Arc<Masker>> = OnceLock::new();
-    M.get_or_init(|| {
-        Arc::new(
-            MaskingConfig::embedded_default()
-                .compile()
-                .expect("the embedded masking compiles"),
-        )
-    })
-    .clone()
-}
 
 const RESOURCES: [&str; 4] = ["secrets", "pods", "configmaps", ""];
 

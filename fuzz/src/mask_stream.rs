@@ -50,7 +50,8 @@ const RESOURCES: [&str; 8] = [
 ];
 const VERBS: [&str; 4] = ["get", "list", "watch", ""];
 
-fn masker() -> Arc<Masker> {
+/// The embedded default masking, compiled once per process.
+pub fn masker() -> Arc<Masker> {
     static M: OnceLock<Arc<Masker>> = OnceLock::new();
     M.get_or_init(|| {
         Arc::new(
