@@ -50,11 +50,20 @@ fn serve(args: ServeArgs) -> i32 {
     };
     // Held until serve returns: dropping it flushes the queued log lines.
     let _log_guard = mcp_warden_sidecar::logging::init(config.log_format, config.access_log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build()
-    {
+    // One thread: tokio's single-threaded scheduler, which has no work
+    // stealing and wakes a task on its own thread without a cross-thread
+    // unpark (see DEFAULT_WORKER_THREADS).
+    let built = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-warden-sidecar: cannot start the runtime: {e}");

@@ -427,11 +427,16 @@ impl Config {
 }
 
 /// Default `--worker-threads`. A sidecar serves one MCP server, whose agent
-/// makes a few requests at a time: two threads keep a slow request (a large
-/// list being masked) from holding up the others, and a sidecar on a node
-/// with many cores does not start a thread, with its stack and allocator
-/// state, per core (about 40 KiB idle and 200 KiB after load each).
-pub const DEFAULT_WORKER_THREADS: u16 = 2;
+/// makes a few requests at a time, so one thread runs them all, as
+/// linkerd2-proxy's does by default: with one, the runtime is tokio's
+/// single-threaded one, where a request's tasks (client connection, handler,
+/// upstream connection) wake each other without crossing threads. At 800
+/// GETs/s that cost 35 % less CPU per request than two threads, and at
+/// saturation on two shared cores it gave ~10 % less throughput
+/// (bench/results.md, "Fifth pass"). The masker streams large lists in
+/// chunks, so a large list does not hold the other requests for its whole
+/// length.
+pub const DEFAULT_WORKER_THREADS: u16 = 1;
 /// Upper bound of `--worker-threads`.
 pub const MAX_WORKER_THREADS: u16 = 256;
 
@@ -1011,7 +1016,7 @@ mod tests {
         assert_eq!(worker_threads(16, 4), 4);
         let base = ["--upstream", "https://h:1"];
         let c = args(&base).validate_with_env(no_env).unwrap();
-        assert_eq!(c.worker_threads, worker_threads(2, available_cpus()));
+        assert_eq!(c.worker_threads, 1);
         let mut v = base.to_vec();
         v.extend(["--worker-threads", "1"]);
         assert_eq!(
