@@ -69,7 +69,10 @@ const MIN_CORE_CHARS: usize = 8;
 /// patterns: the set holds secrets.
 #[derive(Clone)]
 pub struct ScrubSet {
-    /// Every form of every value, longest first, deduplicated.
+    /// Every form of every value. Token sets: longest first, deduplicated.
+    /// Object sets: in the order the forms were made, because most objects
+    /// hold no form anywhere and sorting for every one cost more than the
+    /// search; [`ScrubSet::scrub_str`] puts them in order when one is found.
     patterns: Vec<Vec<u8>>,
     /// Per pattern: a window of a longer value (the string holding it is
     /// replaced whole).
@@ -78,11 +81,9 @@ pub struct ScrubSet {
     /// at a time, without building an automaton (which costs more than the
     /// search).
     naive: bool,
-    /// Naive sets: the first two bytes of every pattern, hashed into a
-    /// 4096-bit set; a string with none of these byte pairs holds no
-    /// pattern (one pass, instead of a search per pattern). Small enough to
-    /// clear for every object (a collision only costs a search).
-    bigrams: Option<[u64; BIGRAM_WORDS]>,
+    /// Naive sets: the gram filter (see [`GramFilter`]); `None` when a
+    /// text pattern is too short for it (then every pattern is searched).
+    grams: Option<GramFilter>,
     /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
     /// (the ones strings can hold), in order.
     texts: Vec<usize>,
@@ -113,18 +114,102 @@ impl Default for ScrubSet {
 
 impl PartialEq for ScrubSet {
     fn eq(&self, other: &Self) -> bool {
-        self.patterns == other.patterns && self.window == other.window
+        ordered(self.patterns.iter().map(Vec::as_slice).zip(self.window.iter().copied()))
+            == ordered(other.patterns.iter().map(Vec::as_slice).zip(other.window.iter().copied()))
     }
 }
 
 impl Eq for ScrubSet {}
 
-/// Size of a naive set's byte-pair filter, in 64-bit words.
-const BIGRAM_WORDS: usize = 64;
+/// Size of a naive set's gram filter, in 64-bit words (4096 bits).
+const GRAM_WORDS: usize = 64;
 
-/// The filter bit of the byte pair `a b`.
-fn bigram_bit(a: u8, b: u8) -> usize {
-    (usize::from(a) * 251 + usize::from(b)) % (BIGRAM_WORDS * 64)
+/// Bytes in a gram of the filter. Every pattern an object set makes is
+/// longer (raw values from [`MIN_SCRUB_BYTES`], encodings from 6 characters).
+const GRAM: usize = 4;
+
+/// Largest sampling step of a [`GramFilter`]: each pattern sets `step` bits,
+/// so a larger one would fill the filter for sets with many patterns.
+const MAX_GRAM_STEP: usize = 4;
+
+/// The filter bit of the gram `a b c d`: a multiplicative hash to 12 bits.
+/// Four bytes, not two: JSON text is made of few distinct byte pairs, so a
+/// pair filter stopped at most positions; the patterns' four-byte grams
+/// rarely occur in other text.
+fn gram_bit(a: u8, b: u8, c: u8, d: u8) -> usize {
+    (u32::from_le_bytes([a, b, c, d]).wrapping_mul(0x9E37_79B1) >> 20) as usize
+}
+
+/// A one-pass filter for the patterns of an object set: which 4-byte grams
+/// can lie at the start of a pattern. Every pattern is at least
+/// `step + GRAM - 1` bytes long, so an occurrence starting at `s` covers a
+/// gram at each of `s .. s + step`, one of which is a multiple of `step`:
+/// the filter holds the grams at the first `step` offsets of every pattern,
+/// and a text is sampled only at every `step`-th position (a quarter of the
+/// work per byte for step 4). Where a sample's bit is set, the patterns are
+/// compared at the `step` starts that could have put it there.
+#[derive(Clone)]
+struct GramFilter {
+    bits: [u64; GRAM_WORDS],
+    step: usize,
+}
+
+impl GramFilter {
+    /// The filter for `patterns`, `None` when one is shorter than a gram.
+    fn new<'a>(patterns: impl Iterator<Item = &'a [u8]> + Clone) -> Option<GramFilter> {
+        let min = patterns.clone().map(<[u8]>::len).min()?;
+        let step = min.checked_sub(GRAM - 1)?.clamp(1, MAX_GRAM_STEP);
+        let mut bits = [0u64; GRAM_WORDS];
+        for p in patterns {
+            for w in p.windows(GRAM).take(step) {
+                if let [a, b, c, d] = *w {
+                    let i = gram_bit(a, b, c, d);
+                    bits[i >> 6] |= 1 << (i & 63);
+                }
+            }
+        }
+        Some(GramFilter { bits, step })
+    }
+
+    /// Whether some pattern for which `starts_at(hay, s)` holds may start
+    /// in `hay`; `starts_at` is asked only where the filter hits.
+    fn search(&self, hay: &[u8], starts_at: impl Fn(usize) -> bool) -> bool {
+        // A plain loop: the iterator chain this replaced (windows, enumerate,
+        // step_by, any) compiled to a call per sample, ~30 instructions.
+        let Some(last) = hay.len().checked_sub(GRAM) else {
+            return false;
+        };
+        let mut q = 0;
+        while q <= last {
+            if let Some(&[a, b, c, d]) = hay.get(q..q + GRAM) {
+                let i = gram_bit(a, b, c, d);
+                if self.bits[i >> 6] & (1 << (i & 63)) != 0
+                    && (q.saturating_sub(self.step - 1)..=q).any(&starts_at)
+                {
+                    return true;
+                }
+            }
+            q += self.step;
+        }
+        false
+    }
+}
+
+/// `pairs` (pattern, window flag) longest first, for equal lengths in byte
+/// order, an equal pattern once with the window flag set if any copy has it.
+/// The order the replacements of [`ScrubSet::scrub_str`] rely on: a longer
+/// form (a padded encoding, a window of a longer value) is found before a
+/// shorter one inside it is replaced.
+fn ordered<'a>(pairs: impl Iterator<Item = (&'a [u8], bool)>) -> Vec<(&'a [u8], bool)> {
+    let mut v: Vec<(&[u8], bool)> = pairs.collect();
+    v.sort_unstable_by(|a, b| {
+        b.0.len()
+            .cmp(&a.0.len())
+            .then_with(|| a.0.cmp(b.0))
+            .then_with(|| b.1.cmp(&a.1))
+    });
+    v.dedup_by(|a, b| a.0 == b.0);
+    v
 }
 
 fn automaton<'a>(patterns: impl Iterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
@@ -173,16 +258,19 @@ impl ScrubSet {
         for v in values {
             forms(v.as_ref(), window, &mut pairs);
         }
-        // Longest first; for equal patterns the window (whole-string) wins.
-        // The order is total over the elements (equal ones are identical),
-        // so an unstable sort gives the same sequence.
-        pairs.sort_unstable_by(|a, b| {
-            b.0.len()
-                .cmp(&a.0.len())
-                .then_with(|| a.0.cmp(&b.0))
-                .then_with(|| b.1.cmp(&a.1))
-        });
-        pairs.dedup_by(|a, b| a.0 == b.0);
+        if !naive {
+            // Longest first; for equal patterns the window (whole-string)
+            // wins (see `ordered`). The automata do not depend on the order,
+            // but `partial_tail` and `Debug` counts are simpler without
+            // duplicates, and a token set is built once per rotation.
+            pairs.sort_unstable_by(|a, b| {
+                b.0.len()
+                    .cmp(&a.0.len())
+                    .then_with(|| a.0.cmp(&b.0))
+                    .then_with(|| b.1.cmp(&a.1))
+            });
+            pairs.dedup_by(|a, b| a.0 == b.0);
+        }
         let (patterns, window): (Vec<Vec<u8>>, Vec<bool>) = pairs.into_iter().unzip();
         let mut first_bytes = [false; 256];
         for p in &patterns {
@@ -190,33 +278,33 @@ impl ScrubSet {
                 first_bytes[usize::from(*b)] = true;
             }
         }
-        let bigrams = naive.then(|| {
-            let mut bits = [0u64; BIGRAM_WORDS];
-            for p in &patterns {
-                if let [a, b, ..] = p.as_slice() {
-                    let i = bigram_bit(*a, *b);
-                    bits[i >> 6] |= 1 << (i & 63);
-                }
-            }
-            bits
-        });
-        let texts = if naive {
+        let texts: Vec<usize> = if naive {
             patterns
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| std::str::from_utf8(p).is_ok())
+                // Encodings are ASCII; only a raw value can be other bytes.
+                .filter(|(_, p)| p.is_ascii() || std::str::from_utf8(p).is_ok())
                 .map(|(i, _)| i)
                 .collect()
         } else {
             Vec::new()
         };
+        let grams = if naive {
+            GramFilter::new(
+                texts
+                    .iter()
+                    .filter_map(|&i| patterns.get(i).map(Vec::as_slice)),
+            )
+        } else {
+            None
+        };
         ScrubSet {
-            max_len: patterns.first().map_or(0, Vec::len),
-            min_len: patterns.last().map_or(0, Vec::len),
+            max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+            min_len: patterns.iter().map(Vec::len).min().unwrap_or(0),
             patterns,
             window,
             naive,
-            bigrams,
+            grams,
             texts,
             bytes: OnceLock::new(),
             text: OnceLock::new(),
@@ -271,23 +359,24 @@ impl ScrubSet {
         })
     }
 
-    /// Naive sets: whether `hay` holds a text pattern, in one pass: every
-    /// pattern is at least two bytes long, so it can only start where the
-    /// byte-pair filter has the pair's bit; only there are the patterns
-    /// compared.
+    /// Naive sets: whether `hay` holds a text pattern, in one sampled pass
+    /// of the gram filter; only where it hits are the patterns compared.
     fn holds_text_pattern(&self, hay: &[u8]) -> bool {
         if hay.len() < self.min_len {
             return false;
         }
-        let Some(bits) = &self.bigrams else {
+        let Some(grams) = &self.grams else {
             return self
                 .text_patterns()
                 .any(|(p, _)| memchr::memmem::find(hay, p).is_some());
         };
-        hay.windows(2).enumerate().any(|(at, w)| {
-            let i = bigram_bit(w[0], w[1]);
-            bits[i >> 6] & (1 << (i & 63)) != 0
-                && self.text_patterns().any(|(p, _)| hay[at..].starts_with(p))
+        grams.search(hay, |at| {
+            hay.get(at..).is_some_and(|h| {
+                // The first byte inline: most candidates differ there, and
+                // `starts_with` is a call to memcmp.
+                self.text_patterns()
+                    .any(|(p, _)| h.first() == p.first() && h.starts_with(p))
+            })
         })
     }
 
@@ -324,7 +413,7 @@ impl ScrubSet {
                 return None;
             }
             let mut cur: Option<String> = None;
-            for (p, window) in self.text_patterns() {
+            for (p, window) in ordered(self.text_patterns()) {
                 let Ok(p) = std::str::from_utf8(p) else {
                     continue;
                 };
@@ -411,7 +500,7 @@ impl ScrubSet {
 }
 
 /// See [`ScrubSet::run_filter`]. An object set searches a long text either
-/// with its byte-pair pass (about 20 instructions a byte) or once per
+/// with its gram pass (a few instructions a byte) or once per
 /// pattern with memchr's SIMD substring search (a setup per pattern that
 /// grows with its length, then a fraction of an instruction a byte),
 /// whichever costs less for the text's length.
@@ -431,7 +520,7 @@ impl RunFilter<'_> {
         if text.len() < self.set.min_len {
             return false;
         }
-        if self.setup + self.patterns * text.len() / 4 > 20 * text.len() {
+        if self.setup + self.patterns * text.len() / 4 > 4 * text.len() {
             return self.set.holds_text_pattern(text.as_bytes());
         }
         self.set
@@ -692,6 +781,33 @@ mod tests {
     }
 
     #[test]
+    fn object_sets_replace_longest_first_whatever_the_order_of_the_values() {
+        // An object set keeps its forms unsorted; a long value whose window
+        // holds a shorter value must still replace the string whole, and
+        // the padded encoding must win over the unpadded one inside it.
+        let short = "password-1";
+        let long = format!("{short}{}", "x".repeat(100));
+        for values in [[short, long.as_str()], [long.as_str(), short]] {
+            let set = ScrubSet::for_object(values);
+            assert_eq!(set.scrub_str(&long).as_deref(), Some(MARKER));
+            assert_eq!(
+                set.scrub_str(&format!("a {short} b")).as_deref(),
+                Some("a ***MASKED*** b")
+            );
+            let padded = STANDARD.encode(short);
+            assert!(padded.ends_with('='));
+            assert_eq!(
+                set.scrub_str(&format!("<{padded}>")).as_deref(),
+                Some("<***MASKED***>")
+            );
+        }
+        let a = ScrubSet::for_object([short, long.as_str()]);
+        let b = ScrubSet::for_object([long.as_str(), short, short]);
+        assert_eq!(a, b);
+        assert_ne!(a, ScrubSet::for_object([short]));
+    }
+
+    #[test]
     fn stream_scrubber_catches_values_straddling_chunks() {
         let set = Arc::new(ScrubSet::new([TOKEN]));
         let enc = STANDARD.encode(TOKEN);
@@ -786,7 +902,7 @@ mod tests {
             proptest::prop_assert_eq!(got, want);
         }
 
-        /// The one-pass search of object sets (byte-pair filter, then the
+        /// The one-pass search of object sets (gram filter, then the
         /// patterns compared where a pair's bit is set) finds exactly what a
         /// plain substring search of every text pattern finds.
         #[test]
