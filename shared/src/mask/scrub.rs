@@ -114,8 +114,18 @@ impl Default for ScrubSet {
 
 impl PartialEq for ScrubSet {
     fn eq(&self, other: &Self) -> bool {
-        ordered(self.patterns.iter().map(Vec::as_slice).zip(self.window.iter().copied()))
-            == ordered(other.patterns.iter().map(Vec::as_slice).zip(other.window.iter().copied()))
+        ordered(
+            self.patterns
+                .iter()
+                .map(Vec::as_slice)
+                .zip(self.window.iter().copied()),
+        ) == ordered(
+            other
+                .patterns
+                .iter()
+                .map(Vec::as_slice)
+                .zip(other.window.iter().copied()),
+        )
     }
 }
 
@@ -530,15 +540,40 @@ impl RunFilter<'_> {
 }
 
 /// Every form of `v` worth matching, appended to `out` with its window
-/// flag: forms longer than `window` are cut to it (only the first bytes of a
-/// long value are encoded, which is all its first `window` characters
-/// depend on).
+/// flag, each once: forms longer than `window` are cut to it (only the first
+/// bytes of a long value are encoded, which is all its first `window`
+/// characters depend on).
 fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
-    let mut push = |f: Vec<u8>, cut: bool| {
+    let base = out.len();
+    // `f` (in the URL-safe alphabet when `url`), unless this value already
+    // has that form: an encoding without `+` or `/` is its own URL-safe
+    // form, one that needs no padding its own padded form, and an object
+    // set (unsorted, see `ScrubSet::patterns`) is not deduplicated later.
+    let mut push = |f: &[u8], url: bool, cut: bool| {
         let cut = cut || f.len() > window;
-        let mut f = f;
-        f.truncate(window);
-        out.push((f, cut));
+        let f = f.get(..window).unwrap_or(f);
+        let same = |o: &[u8]| {
+            o.len() == f.len()
+                && if url {
+                    o.iter().zip(f).all(|(&a, &b)| a == url_char(b))
+                } else {
+                    o == f
+                }
+        };
+        if out
+            .get(base..)
+            .unwrap_or_default()
+            .iter()
+            .any(|(o, _)| same(o))
+        {
+            return;
+        }
+        let form = if url {
+            f.iter().map(|&c| url_char(c)).collect()
+        } else {
+            f.to_vec()
+        };
+        out.push((form, cut));
     };
     // Enough bytes for `window` characters of any encoding at any offset.
     let head = window.saturating_add(3);
@@ -548,7 +583,7 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
         (v, false)
     };
     if v.len() >= MIN_SCRUB_BYTES {
-        push(v.to_vec(), long);
+        push(v, false, long);
     }
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
@@ -556,20 +591,24 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
     // One encoding per offset, in the standard alphabet without padding;
     // the padded and URL-safe forms differ from it only by the `=` padding
     // and by `-_` for `+/`, so they are derived, not encoded again. (The
-    // order of the forms does not matter: the set sorts them.)
+    // order of the forms does not matter.)
     let mut enc = Vec::new();
     encode_into(&STANDARD_NO_PAD, v, &mut enc);
     let pad = (4 - enc.len() % 4) % 4;
     let mut padded = Vec::with_capacity(enc.len() + pad);
     padded.extend_from_slice(&enc);
     padded.resize(enc.len() + pad, b'=');
-    for f in [enc.clone(), url_safe(&padded), url_safe(&enc), padded] {
-        let mut f = f;
-        if long {
-            // The last characters of a cut value's encoding are not its own.
-            f.truncate(window);
-        }
-        push(f, long);
+    // The last characters of a cut value's encoding are not its own.
+    let cut_to = if long { window } else { usize::MAX };
+    let enc_view = enc.get(..cut_to).unwrap_or(&enc);
+    let padded_view = padded.get(..cut_to).unwrap_or(&padded);
+    for (f, url) in [
+        (enc_view, false),
+        (padded_view, true),
+        (enc_view, true),
+        (padded_view, false),
+    ] {
+        push(f, url, long);
     }
     // Inside longer base64: the value starts at byte offset k (mod 3) of the
     // encoded data. Encode it behind k filler bytes and keep the characters
@@ -591,21 +630,19 @@ fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
             enc.len() - 1
         };
         if end > start && end - start >= MIN_CORE_CHARS {
-            push(url_safe(&enc[start..end]), long);
-            push(enc[start..end].to_vec(), long);
+            push(&enc[start..end], true, long);
+            push(&enc[start..end], false, long);
         }
     }
 }
 
-/// Standard-alphabet base64 in the URL-safe alphabet.
-fn url_safe(b: &[u8]) -> Vec<u8> {
-    b.iter()
-        .map(|&c| match c {
-            b'+' => b'-',
-            b'/' => b'_',
-            c => c,
-        })
-        .collect()
+/// A standard-alphabet base64 character in the URL-safe alphabet.
+fn url_char(c: u8) -> u8 {
+    match c {
+        b'+' => b'-',
+        b'/' => b'_',
+        c => c,
+    }
 }
 
 /// `v` encoded by `engine` into `out` (replacing its content), without the
@@ -888,7 +925,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The derived forms are exactly the ones every engine encodes.
+        /// The derived forms are exactly the ones every engine encodes, each once.
         #[test]
         fn forms_equal_the_encoded_ones(
             v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160),
@@ -897,8 +934,13 @@ mod tests {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             forms(&v, window, &mut got);
             reference_forms(&v, window, &mut want);
+            let n = got.len();
             got.sort();
+            got.dedup();
+            // Each form once.
+            proptest::prop_assert_eq!(got.len(), n);
             want.sort();
+            want.dedup();
             proptest::prop_assert_eq!(got, want);
         }
 
