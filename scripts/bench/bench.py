@@ -870,14 +870,15 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET of the ~1.3 KB Pod costs ~0.41 M user-space instructions (callgrind, musl build, "
-         "results.md \"Fourth pass\"; 0.62 M before it in the same invocation, 1.1 M in the first pass), of which the "
-         "masker is still the largest part (its tokenizer's per-value work, the literal and scrub searches), then "
-         "HTTP/2 on both sides, allocation and TLS; in CPU time the kernel weighs as much again (context switches "
-         "and wake-ups between tokio's workers and the connection tasks, ~1.4 futex calls per request, "
-         "bench/notes-rec.md); nginx copies bytes. Closing it takes a masker that finds each item's end and masks "
-         "it in one scan with smaller per-value records, fewer wake-ups per request (a request served on one "
-         "thread end to end), and fewer allocations.")
+         "a recorded GET costs ~0.50 M (the ~1.3 KB Pod) / ~0.30 M (the Secret) user-space instructions "
+         "(callgrind, musl build, results.md \"Fifth pass\"; 0.60 M / 0.36 M before it in the same invocation, "
+         "1.1 M for the Pod in the first pass), spread over the masker's tokenizer, HTTP/2 on both sides, rustls, "
+         "the event's serialisation and allocation, none of them a large share any more; in CPU time the kernel "
+         "takes ~30 % of the sidecar's samples (loopback TCP both ways, the wake-up per request) and musl's "
+         "memcpy ~10 % (hundreds of small copies per request, futures moved and buffers copied, each paying "
+         "`rep movsq`'s start-up); nginx copies bytes. Closing it takes fewer copies and allocations per request "
+         "through hyper and h2 on both sides, a faster memcpy than musl's in the static image, and an event "
+         "serialiser that writes its fields directly.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
@@ -916,8 +917,8 @@ def goals(res, s):
          f"{fmt(v, 0)} MB of JSON per sidecar CPU-second (whole request path incl. TLS both ways, "
          f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
          + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
-         "the masker alone passes on Secrets (byte-level since the fourth pass, bench/notes-bytemask.md; Pods "
-         "~160 MB/s); on the whole path TLS both ways, HTTP/2 framing on both sides and the copies between them "
+         "the masker alone passes on Secrets (byte-level since the fourth pass, bench/notes-bytemask.md; the "
+         "scrub sets' gram filter since the fifth); on the whole path TLS both ways, HTTP/2 framing on both sides and the copies between them "
          "take more than the masker (musl's memcpy alone ~20 % of the sidecar's samples while it streams a "
          "list); it takes fewer copies between the upstream's frames, the masker and the client's frames, and "
          "a faster memcpy than musl's in the static build.")
