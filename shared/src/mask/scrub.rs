@@ -155,8 +155,9 @@ fn gram_bit(a: u8, b: u8, c: u8, d: u8) -> usize {
     (u32::from_le_bytes([a, b, c, d]).wrapping_mul(0x9E37_79B1) >> 20) as usize
 }
 
-/// A one-pass filter for the patterns of an object set: which 4-byte grams
-/// can lie at the start of a pattern. Every pattern is at least
+/// A one-pass filter for the text patterns of a set (an object set's
+/// search, a token set's prefilter): which 4-byte grams can lie at the
+/// start of a pattern. Every pattern is at least
 /// `step + GRAM - 1` bytes long, so an occurrence starting at `s` covers a
 /// gram at each of `s .. s + step`, one of which is a multiple of `step`:
 /// the filter holds the grams at the first `step` offsets of every pattern,
