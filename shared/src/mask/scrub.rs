@@ -177,7 +177,8 @@ impl GramFilter {
         max_step: usize,
     ) -> Option<GramFilter> {
         let min = patterns.clone().map(<[u8]>::len).min()?;
-        let step = min.checked_sub(GRAM - 1)?.clamp(1, max_step);
+        // A pattern shorter than a gram has no gram to set.
+        let step = (min.checked_sub(GRAM)? + 1).min(max_step);
         let mut bits = [0u64; GRAM_WORDS];
         for p in patterns {
             for w in p.windows(GRAM).take(step) {
@@ -878,6 +879,27 @@ mod tests {
         let b = ScrubSet::for_object([long.as_str(), short, short]);
         assert_eq!(a, b);
         assert_ne!(a, ScrubSet::for_object([short]));
+    }
+
+    #[test]
+    fn gram_filters_find_every_pattern_at_every_offset() {
+        let patterns: [&[u8]; 3] = [b"abcdef", b"0123456789", b"xyzw-long-pattern"];
+        for max_step in [1, MAX_GRAM_STEP, MAX_TOKEN_GRAM_STEP] {
+            let g = GramFilter::new(patterns.iter().copied(), max_step).unwrap();
+            // Shortest pattern 6 bytes: at most 3 positions per sample.
+            assert_eq!(g.step, 3.min(max_step));
+            for p in patterns {
+                for pre in 0..8 {
+                    let hay = [vec![b'.'; pre], p.to_vec(), vec![b'.'; 2]].concat();
+                    let found = g.search(&hay, |at| hay[at..].starts_with(p));
+                    assert!(found, "step {} offset {pre}", g.step);
+                }
+            }
+            assert!(!g.search(b"......................", |_| true));
+        }
+        // A pattern shorter than a gram: no filter (every pattern is searched).
+        assert!(GramFilter::new([&b"abc"[..], &b"abcdef"[..]].into_iter(), 4).is_none());
+        assert!(GramFilter::new(std::iter::empty::<&[u8]>(), 4).is_none());
     }
 
     #[test]
