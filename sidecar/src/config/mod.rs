@@ -431,11 +431,11 @@ impl Config {
 /// linkerd2-proxy's does by default: with one, the runtime is tokio's
 /// single-threaded one, where a request's tasks (client connection, handler,
 /// upstream connection) wake each other without crossing threads. At 800
-/// GETs/s that cost 35 % less CPU per request than two threads, and at
-/// saturation on two shared cores it gave ~10 % less throughput
-/// (bench/results.md, "Fifth pass"). The masker streams large lists in
-/// chunks, so a large list does not hold the other requests for its whole
-/// length.
+/// GETs/s that cost about a third less CPU per request than two threads,
+/// and at saturation on two shared cores it served as many requests
+/// (bench/results.md, "Fifth pass"). Lists and watch streams are masked
+/// item by item, so a large list does not hold the other requests for its
+/// whole length; one very large object does, while it is masked.
 pub const DEFAULT_WORKER_THREADS: u16 = 1;
 /// Upper bound of `--worker-threads`.
 pub const MAX_WORKER_THREADS: u16 = 256;
