@@ -571,22 +571,31 @@ impl<'a> Parser<'a, '_> {
             let child = self.child_key(&h, &key)?;
             self.value(child)?;
             self.sc.states.truncate(h.states.1 as usize);
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return Err(Fallback),
+            if self.separator(b'}')? {
+                break;
             }
         }
         self.check_unique(seen)?;
         self.sc.seen.truncate(seen);
         Ok(())
+    }
+
+    /// After a member or element: `,` (then `false`, at the next token) or
+    /// `close` (then `true`, past it); anything else is not JSON.
+    fn separator(&mut self, close: u8) -> R<bool> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Fallback),
+        }
     }
 
     /// Duplicate keys: the tree engine keeps the last (or refuses a
@@ -624,19 +633,10 @@ impl<'a> Parser<'a, '_> {
             let child = self.child_index(&h, index);
             self.value(child)?;
             self.sc.states.truncate(h.states.1 as usize);
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                    index += 1;
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Fallback),
+            if self.separator(b']')? {
+                return Ok(());
             }
+            index += 1;
         }
     }
 
