@@ -1098,3 +1098,20 @@ rules:
     .to_string();
     assert!(e.contains("rules[0].grant"), "{e}");
 }
+
+#[test]
+fn non_resource_urls_may_end_in_any_character() {
+    // Found by the policy_parse fuzz target: the check for a '*' before the
+    // last character sliced the URL at a byte that split 'ſ'.
+    let src = "apiVersion: mcp-warden.io/v1alpha1\nkind: Policy\nrules:\n  - name: heap\n    action: allow\n    verbs: [get]\n    nonResourceURLs: [/heapAſ, /ſ*]\n";
+    assert!(Policy::parse("p.yaml", src).is_ok());
+    let bad = src.replace("/ſ*]", "/ſ*ſ]");
+    let e = Policy::parse("p.yaml", &bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("'*' is only allowed as the last character"),
+        "{e}"
+    );
+}

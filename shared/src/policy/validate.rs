@@ -138,7 +138,8 @@ pub(super) fn check_non_resource_url(u: &str) -> Result<(), String> {
     if !u.starts_with('/') {
         return Err(format!("{u:?} must be a path starting with '/' (or \"*\")"));
     }
-    if u[..u.len() - 1].contains('*') {
+    // Byte offsets, not a slice: the URL may end in a multi-byte character.
+    if u.find('*').is_some_and(|i| i + 1 != u.len()) {
         return Err(format!(
             "{u:?}: '*' is only allowed as the last character (e.g. /healthz/*)"
         ));
