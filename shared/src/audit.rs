@@ -127,7 +127,10 @@ impl MicroTime {
             why,
         };
         let b = s.as_bytes();
-        if b.len() < 20 || !s.is_ascii() {
+        if !s.is_ascii() {
+            return Err(err("not ASCII"));
+        }
+        if b.len() < 20 {
             return Err(err("too short"));
         }
         let num = |r: std::ops::Range<usize>| -> Result<i64, TimeError> {
