@@ -16,9 +16,10 @@
 #
 # The sidecar and webhook are measured as the image ships them: static x86_64-unknown-linux-musl binaries
 # of the release profile, built as the Dockerfile builds them (scripts/build-musl.sh; BENCH_BUILD=gnu
-# measures the dynamic glibc build instead). kube-apisim and the collector are ordinary release builds.
+# measures the dynamic glibc build instead, BENCH_BUILD=gnu-static a static glibc build with mimalloc).
+# kube-apisim and the collector are ordinary release builds.
 #
-# Environment: BENCH_BUILD (musl, the default, or gnu), BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
+# Environment: BENCH_BUILD (musl, the default, gnu or gnu-static), BENCH_KUBECTL (default /usr/lib/google-cloud-sdk/bin/kubectl.1.32), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1,
 # BENCH_NO_MASK_BENCH=1 (skip building the streaming-masker micro-bench shared/benches/mask_stream.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,10 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   if [ "${BENCH_BUILD:-musl}" = gnu ]; then
     cargo build --release --locked -p mcp-warden-sidecar -p mcp-warden-webhook \
       --bin mcp-warden-sidecar --bin mcp-warden-webhook
+  elif [ "${BENCH_BUILD:-musl}" = gnu-static ]; then
+    # Not what the image ships: static glibc (its memcpy) with mimalloc, for comparison.
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu \
+      -p mcp-warden-sidecar -p mcp-warden-webhook --bin mcp-warden-sidecar --bin mcp-warden-webhook
   else
     # What the image ships (Dockerfile): static musl binaries with musl's C library and malloc.
     scripts/build-musl.sh

@@ -40,15 +40,18 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.join(ROOT, "target", "release")
 # The sidecar and webhook as the image ships them (Dockerfile: static musl, release profile); the test
-# tools (kube-apisim, collector) come from BIN. BENCH_BUILD=gnu measures the dynamic glibc build instead.
+# tools (kube-apisim, collector) come from BIN. BENCH_BUILD=gnu measures the dynamic glibc build instead,
+# BENCH_BUILD=gnu-static a static glibc build (with mimalloc, as any static build).
 MUSL_TARGET = "x86_64-unknown-linux-musl"
 PRODUCT_BUILD = os.environ.get("BENCH_BUILD", "musl")
-PRODUCT_BIN = BIN if PRODUCT_BUILD == "gnu" else os.path.join(ROOT, "target", MUSL_TARGET, "release")
+PRODUCT_BIN = {"gnu": BIN, "gnu-static": os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release")}.get(
+    PRODUCT_BUILD, os.path.join(ROOT, "target", MUSL_TARGET, "release"))
 PRODUCTS = ("mcp-warden-sidecar", "mcp-warden-webhook")
 # The image's environment for its musl binaries' allocator (Dockerfile); the glibc build ignores it.
 IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "0"}
 if PRODUCT_BUILD != "gnu":
-    os.environ.update(IMAGE_ENV)
+    for k, v in IMAGE_ENV.items():
+        os.environ.setdefault(k, v)  # a value in the environment wins (to measure other settings)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KUBECTL = os.environ.get("BENCH_KUBECTL", "/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
 ALL_PATHS = ["direct", "nginx", "sidecar", "sidecar-norec", "kubectl-proxy"]
@@ -773,8 +776,10 @@ def versions(env):
         "sidecar sha256": subprocess.run(["sha256sum", os.path.join(BIN, "mcp-warden-sidecar")], capture_output=True,
                                          text=True).stdout[:16],
         "upstream binary": env.args.apisim_label,
-        "sidecar and webhook build": ("glibc, dynamic (BENCH_BUILD=gnu), release profile" if PRODUCT_BUILD == "gnu"
-                                      else f"{MUSL_TARGET}, static, release profile: as the Dockerfile builds the image"),
+        "sidecar and webhook build": {
+            "gnu": "glibc, dynamic (BENCH_BUILD=gnu), release profile",
+            "gnu-static": "glibc, static, mimalloc (BENCH_BUILD=gnu-static), release profile: not the image's build",
+        }.get(PRODUCT_BUILD, f"{MUSL_TARGET}, static, release profile: as the Dockerfile builds the image"),
     }
 
 

@@ -14,9 +14,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// musl's malloc serialises every allocation on one lock; the image's static
-/// musl build uses mimalloc instead (see the Dockerfile for its settings).
-#[cfg(target_env = "musl")]
+/// The image's static build uses mimalloc (see the Dockerfile for its
+/// settings): musl's malloc serialises every allocation on one lock, and
+/// both C libraries' allocators cost more per request than mimalloc
+/// (bench/results.md).
+#[cfg(target_feature = "crt-static")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
