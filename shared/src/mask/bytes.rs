@@ -1199,9 +1199,11 @@ impl Masker {
             // Runs the literals cannot decide (non-ASCII) are searched
             // with the regex set; elsewhere only the strings that hold a
             // literal are candidates.
-            let (mut hot, mut hits) = (Vec::new(), Vec::new());
+            let (mut hot, mut hits, mut lower) = (Vec::new(), Vec::new(), Vec::new());
             for_each_run(s, leaves, cur, |from, run| {
-                if !detectors.literal_hits(run, from, &mut hits) && detectors.may_match(run) {
+                if !detectors.literal_hits(run, from, &mut lower, &mut hits)
+                    && detectors.may_match(run)
+                {
                     hot.push((from, from + run.len() as u32));
                 }
             });

@@ -192,18 +192,31 @@ impl Detectors {
     /// with a detector match holds one of them whole (the literals hold no
     /// quote, so none crosses into or out of a JSON string). `false` when
     /// this cannot tell (non-ASCII text, no detectors): then use
-    /// [`Detectors::may_match`].
-    pub(crate) fn literal_hits(&self, text: &str, base: u32, out: &mut Vec<(u32, u32)>) -> bool {
+    /// [`Detectors::may_match`]. `lower` is scratch space, reused between
+    /// calls.
+    pub(crate) fn literal_hits(
+        &self,
+        text: &str,
+        base: u32,
+        lower: &mut Vec<u8>,
+        out: &mut Vec<(u32, u32)>,
+    ) -> bool {
         if self.list.is_empty() || self.literals.is_empty() || !text.is_ascii() {
             return false;
         }
-        let lower = text.as_bytes().to_ascii_lowercase();
+        lower.clear();
+        lower.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
         for f in &self.literals {
-            let n = f.needle().len() as u32;
-            out.extend(
-                f.find_iter(&lower)
-                    .map(|p| (base + p as u32, base + p as u32 + n)),
-            );
+            let n = f.needle().len();
+            // `find` on the rest, not `find_iter`: that clones the finder's
+            // searcher (hundreds of bytes) per call, once per run and
+            // literal. Matches do not overlap, as with `find_iter`.
+            let mut at = 0;
+            while let Some(p) = lower.get(at..).and_then(|rest| f.find(rest)) {
+                let start = at + p;
+                out.push((base + start as u32, base + (start + n) as u32));
+                at = start + n.max(1);
+            }
         }
         true
     }
@@ -440,6 +453,39 @@ mod tests {
             }
             assert!(ascii > 0, "{d:?}");
         }
+    }
+
+    /// `literal_hits` finds what `find_iter` finds (every literal, matches
+    /// not overlapping, ASCII case ignored), with the scratch buffer reused.
+    #[test]
+    fn literal_hits_are_find_iters_hits() {
+        let d = all();
+        let mut lower = b"left over from a longer run".to_vec();
+        for text in [
+            "",
+            "tokentoken",
+            "ttoken",
+            "TOKEN=a Token=b passwd pwdpwd",
+            "Bearer eyJ ---- -----BEGIN x AKIAasiaABIAacca api-key apikey api_key",
+            "secretsecret-secret",
+        ] {
+            let mut got = Vec::new();
+            assert!(d.literal_hits(text, 7, &mut lower, &mut got));
+            let want: Vec<(u32, u32)> = d
+                .literals
+                .iter()
+                .flat_map(|f| {
+                    let n = f.needle().len() as u32;
+                    f.find_iter(&text.as_bytes().to_ascii_lowercase())
+                        .map(|p| (7 + p as u32, 7 + p as u32 + n))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+        let mut got = Vec::new();
+        assert!(!d.literal_hits("tökén", 0, &mut lower, &mut got), "non-ASCII");
+        assert!(got.is_empty());
     }
 
     #[test]
