@@ -484,7 +484,10 @@ mod tests {
             assert_eq!(got, want, "{text:?}");
         }
         let mut got = Vec::new();
-        assert!(!d.literal_hits("tökén", 0, &mut lower, &mut got), "non-ASCII");
+        assert!(
+            !d.literal_hits("tökén", 0, &mut lower, &mut got),
+            "non-ASCII"
+        );
         assert!(got.is_empty());
     }
 

@@ -735,18 +735,37 @@ impl StreamScrubber {
         if self.set.is_empty() {
             return Cow::Borrowed(chunk);
         }
-        if self.held.is_empty() && !self.could_match(chunk) {
-            return Cow::Borrowed(chunk);
+        if self.held.is_empty() {
+            if !self.could_match(chunk) {
+                return Cow::Borrowed(chunk);
+            }
+            // Almost every chunk holds no match: all but the held-back tail
+            // goes on as it is, not copied.
+            return match self.scan(chunk, false) {
+                (Some(out), hold_from) => {
+                    self.held = chunk[hold_from..].to_vec();
+                    Cow::Owned(out)
+                }
+                (None, hold_from) => {
+                    self.held = chunk[hold_from..].to_vec();
+                    Cow::Borrowed(&chunk[..hold_from])
+                }
+            };
         }
         let mut buf = std::mem::take(&mut self.held);
         buf.extend_from_slice(chunk);
-        Cow::Owned(self.process(buf, false))
+        let (out, hold_from) = self.scan(&buf, false);
+        self.held = buf[hold_from..].to_vec();
+        Cow::Owned(out.unwrap_or_else(|| {
+            buf.truncate(hold_from);
+            buf
+        }))
     }
 
     /// The body ended: the held-back bytes, scrubbed.
     pub fn finish(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.held);
-        self.process(buf, true)
+        self.scan(&buf, true).0.unwrap_or(buf)
     }
 
     /// Cheap pre-check: no pattern's first byte in `chunk` means no match
@@ -756,32 +775,38 @@ impl StreamScrubber {
         chunk.iter().any(|b| self.set.first_bytes[usize::from(*b)])
     }
 
-    fn process(&mut self, buf: Vec<u8>, eof: bool) -> Vec<u8> {
+    /// Scrub `buf` up to where bytes must be held back (a match near the
+    /// end could still grow, or the tail could start one; nothing at
+    /// `eof`): the scrubbed bytes, or `None` when nothing matched and
+    /// `buf[..hold_from]` goes on unchanged; and `hold_from`.
+    fn scan(&mut self, buf: &[u8], eof: bool) -> (Option<Vec<u8>>, usize) {
         let set = self.set.clone();
         let Some(ac) = set.byte_automaton() else {
-            return buf;
+            return (None, buf.len());
         };
         let guard = self.set.max_len.saturating_sub(1);
-        let mut out = Vec::with_capacity(buf.len());
+        let mut out: Option<Vec<u8>> = None;
         let mut last = 0;
         let mut hold_from = buf.len();
-        for m in ac.find_iter(&buf) {
+        for m in ac.find_iter(buf) {
             // A match close to the end might still grow into a longer one.
             if !eof && m.end() + guard > buf.len() {
                 hold_from = m.start();
                 break;
             }
-            out.extend_from_slice(&buf[last..m.start()]);
-            out.extend_from_slice(MARKER.as_bytes());
+            let o = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+            o.extend_from_slice(&buf[last..m.start()]);
+            o.extend_from_slice(MARKER.as_bytes());
             self.count += 1;
             last = m.end();
         }
         if !eof && hold_from == buf.len() {
             hold_from = last + self.set.partial_tail(&buf[last..]);
         }
-        out.extend_from_slice(&buf[last..hold_from]);
-        self.held = buf[hold_from..].to_vec();
-        out
+        if let Some(o) = &mut out {
+            o.extend_from_slice(&buf[last..hold_from]);
+        }
+        (out, hold_from)
     }
 }
 
@@ -918,6 +943,36 @@ mod tests {
             out.extend(s.finish());
             assert_eq!(String::from_utf8(out).unwrap(), want, "chunk {chunk}");
             assert_eq!(s.count(), 3);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text made of the token, its encoding, their starts and
+        /// filler comes out of the stream scrubber as `scrub_str` rewrites
+        /// it whole, whatever the chunk sizes.
+        #[test]
+        fn stream_scrubber_equals_scrub_str_whatever_the_chunks(
+            parts in proptest::collection::vec(0usize..6, 0..12),
+            sizes in proptest::collection::vec(1usize..80, 1..8),
+        ) {
+            let set = Arc::new(ScrubSet::new([TOKEN]));
+            let enc = STANDARD.encode(TOKEN);
+            let pieces = [TOKEN, enc.as_str(), &TOKEN[..10], &enc[..12], " x ", "e"];
+            let body: String = parts.iter().map(|&i| pieces[i]).collect();
+            let want = set.scrub_str(&body).unwrap_or_else(|| body.clone());
+            let mut s = StreamScrubber::new(set.clone());
+            let mut out = Vec::new();
+            let mut rest = body.as_bytes();
+            for n in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, tail) = rest.split_at((*n).min(rest.len()));
+                out.extend_from_slice(&s.push(piece));
+                rest = tail;
+            }
+            out.extend(s.finish());
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }
 
