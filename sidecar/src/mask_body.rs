@@ -484,14 +484,23 @@ impl MaskedBody {
             Some(m) => m.push(plain)?.into(),
             None => plain.into(),
         };
-        let scrubbed = match &mut self.scrubber {
+        // What the scrubber passes on unchanged is a prefix of its input.
+        let scrubbed: Result<usize, Vec<u8>> = match &mut self.scrubber {
             Some(s) => match s.push(&masked) {
-                Cow::Borrowed(b) if b.len() == masked.len() => None,
-                other => Some(other.into_owned()),
+                Cow::Borrowed(b) => Ok(b.len()),
+                Cow::Owned(v) => Err(v),
             },
-            None => None,
+            None => Ok(masked.len()),
         };
-        append(out, scrubbed.map_or(masked, Cow::Owned));
+        let ready = match (scrubbed, masked) {
+            (Err(v), _) => Cow::Owned(v),
+            (Ok(n), Cow::Owned(mut v)) => {
+                v.truncate(n);
+                Cow::Owned(v)
+            }
+            (Ok(n), Cow::Borrowed(b)) => Cow::Borrowed(b.get(..n).unwrap_or(b)),
+        };
+        append(out, ready);
         Ok(())
     }
 
@@ -499,16 +508,14 @@ impl MaskedBody {
     /// that is only scrubbed and has nothing to scrub is passed on as it is.
     fn feed(&mut self, data: Bytes) -> Result<Bytes, MaskBodyError> {
         if self.gzip.is_none() && self.masker.is_none() {
-            let unchanged = match &mut self.scrubber {
+            // What the scrubber passes on unchanged is a prefix of its input.
+            return Ok(match &mut self.scrubber {
                 Some(s) => match s.push(&data) {
-                    Cow::Borrowed(b) if b.len() == data.len() => true,
-                    other => return Ok(Bytes::from(other.into_owned())),
+                    Cow::Borrowed(b) => data.slice(..b.len()),
+                    Cow::Owned(v) => Bytes::from(v),
                 },
-                None => true,
-            };
-            if unchanged {
-                return Ok(data);
-            }
+                None => data,
+            });
         }
         let mut out = Vec::new();
         if self.gzip.is_none() {

@@ -730,7 +730,8 @@ impl StreamScrubber {
         self.held.len()
     }
 
-    /// Feed the next chunk; returns the bytes that are ready.
+    /// Feed the next chunk; returns the bytes that are ready. Borrowed
+    /// bytes are a prefix of `chunk` (the rest is held back).
     pub fn push<'a>(&mut self, chunk: &'a [u8]) -> Cow<'a, [u8]> {
         if self.set.is_empty() {
             return Cow::Borrowed(chunk);
