@@ -880,9 +880,11 @@ def goals(res, s):
          "1.1 M for the Pod in the first pass), spread over the masker's tokenizer, HTTP/2 on both sides, rustls, "
          "the event's serialisation and allocation, none of them a large share any more; in CPU time the kernel "
          "takes ~30 % of the sidecar's samples (loopback TCP both ways, the wake-up per request) and musl's "
-         "memcpy ~10 % (hundreds of small copies per request, futures moved and buffers copied, each paying "
-         "`rep movsq`'s start-up); nginx copies bytes. Closing it takes fewer copies and allocations per request "
-         "through hyper and h2 on both sides, a faster memcpy than musl's in the static image, and an event "
+         "memcpy ~10 % (~37 calls and ~9 KB per GET, at arbitrary byte offsets, where musl's `rep movsq` costs "
+         "6-17x glibc's copy on this CPU: bench/memcpy.md); nginx copies bytes. A static glibc build "
+         "(results.md \"Sixth pass\") spent 4-22 % less CPU per GET but is ~0.9 MiB larger at idle, which "
+         "would lose the idle goal. Closing it takes fewer copies and allocations per request through hyper "
+         "and h2 on both sides, a memcpy that is not musl's in a binary no larger than today's, and an event "
          "serialiser that writes its fields directly.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
@@ -925,8 +927,10 @@ def goals(res, s):
          "the masker alone passes on Secrets (byte-level since the fourth pass, bench/notes-bytemask.md; the "
          "scrub sets' gram filter since the fifth); on the whole path TLS both ways, HTTP/2 framing on both sides and the copies between them "
          "take more than the masker (musl's memcpy alone ~20 % of the sidecar's samples while it streams a "
-         "list); it takes fewer copies between the upstream's frames, the masker and the client's frames, and "
-         "a faster memcpy than musl's in the static build.")
+         "list: ~33 KB copied per 4.9 KB Secret, at arbitrary byte offsets, where musl's copy is ~6x glibc's, "
+         "bench/memcpy.md; the dynamic glibc build passes ~410 MB/s, a static glibc build ~345); it takes "
+         "fewer copies between the upstream's frames, the masker and the client's frames (rustls alone copies "
+         "each received byte twice), and a faster memcpy than musl's in the static build.")
     return g
 
 
