@@ -6,10 +6,10 @@
 use clap::Parser;
 use mcp_warden_sidecar::config::{Cli, Command, ServeArgs};
 
-/// The image's static build uses mimalloc (see the Dockerfile for its
-/// settings): musl's malloc serialises every allocation on one lock, and
-/// both C libraries' allocators cost more per request than mimalloc
-/// (bench/results.md).
+/// Static builds (the image's musl build) use mimalloc, with the image's
+/// settings (see the Dockerfile): musl's malloc serialises every allocation
+/// on one lock. A static glibc build uses it too, so that the two compare on
+/// their C library alone (bench/results.md, "Sixth pass").
 #[cfg(target_feature = "crt-static")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
