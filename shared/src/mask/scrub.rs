@@ -742,25 +742,15 @@ impl StreamScrubber {
             }
             // Almost every chunk holds no match: all but the held-back tail
             // goes on as it is, not copied.
-            return match self.scan(chunk, false) {
-                (Some(out), hold_from) => {
-                    self.held = chunk[hold_from..].to_vec();
-                    Cow::Owned(out)
-                }
-                (None, hold_from) => {
-                    self.held = chunk[hold_from..].to_vec();
-                    Cow::Borrowed(&chunk[..hold_from])
-                }
-            };
+            let (out, hold_from) = self.scan(chunk, false);
+            self.held = chunk[hold_from..].to_vec();
+            return out.map_or(Cow::Borrowed(&chunk[..hold_from]), Cow::Owned);
         }
         let mut buf = std::mem::take(&mut self.held);
         buf.extend_from_slice(chunk);
         let (out, hold_from) = self.scan(&buf, false);
-        self.held = buf[hold_from..].to_vec();
-        Cow::Owned(out.unwrap_or_else(|| {
-            buf.truncate(hold_from);
-            buf
-        }))
+        self.held = buf.split_off(hold_from);
+        Cow::Owned(out.unwrap_or(buf))
     }
 
     /// The body ended: the held-back bytes, scrubbed.
