@@ -311,7 +311,7 @@ async fn connection(
     let state = Arc::new(ConnState::new(permit, open));
     match &shared.tls {
         Some(acceptor) => {
-            let handshake = tls_handshake(acceptor, tcp, cfg.handshake_timeout, &cfg.name, peer);
+            let handshake = boxed_handshake(acceptor, tcp, cfg.handshake_timeout, &cfg.name, peer);
             let tls = tokio::select! {
                 r = handshake => r,
                 _ = shared.force.cancelled() => return,
@@ -332,6 +332,27 @@ async fn connection(
         }
         None => serve_io(tcp, peer, state, &shared, false).await,
     }
+}
+
+/// [`tls_handshake`] with its state and its result on the heap.
+///
+/// A connection's task is allocated once, at the size of its largest state,
+/// and kept as long as the connection: a watch's, for hours. Inline, the
+/// session mid-handshake and the stream it resolves to (whose slot stays in
+/// the task while the connection is served, though the stream was moved
+/// out) made that 3,704 bytes; boxed, 728 (release build), and the stream
+/// lives once, behind hyper's connection. With 1,000 HTTP/1.1 watches open,
+/// 2.3 MiB less RSS.
+async fn boxed_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    timeout: Duration,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, HandshakeError> {
+    Box::pin(tls_handshake(acceptor, tcp, timeout, name, peer))
+        .await
+        .map(Box::new)
 }
 
 /// Serves one connection: HTTP/1.1 alone when `http1` (the TLS handshake
