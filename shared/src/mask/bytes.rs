@@ -951,6 +951,37 @@ fn hot_runs(
     hot
 }
 
+/// Leaf `i`'s text as it stands: its rewrite if it has one, else its text
+/// in the unit. Borrowed: `decide` reads it for every candidate leaf of
+/// every object and rewrites few.
+fn leaf_text<'a>(
+    i: usize,
+    cur: &'a [Option<String>],
+    sc: &'a Scratch,
+    s: &'a str,
+    leaves: &[Leaf],
+) -> &'a str {
+    match &cur[i] {
+        Some(c) => c.as_str(),
+        None => sc.text(s, leaves[i].text),
+    }
+}
+
+/// The text of the unit's own leaf of kind `which` (apiVersion, kind,
+/// name, namespace), as it stands.
+fn special_text<'a>(
+    which: Special,
+    cur: &'a [Option<String>],
+    sc: &'a Scratch,
+    s: &'a str,
+    leaves: &[Leaf],
+) -> Option<&'a str> {
+    leaves
+        .iter()
+        .position(|l| !l.loc.wrapper && !l.num && l.special == which)
+        .map(|i| leaf_text(i, cur, sc, s, leaves))
+}
+
 /// Every run of `s` between changed values, with its offset.
 fn for_each_run(s: &str, leaves: &[Leaf], cur: &[Option<String>], mut f: impl FnMut(u32, &str)) {
     let mut from = 0u32;
@@ -1142,12 +1173,6 @@ impl Masker {
         keyed_hit: &[bool],
         entry_hit: &[bool],
     ) -> R<usize> {
-        let value = |i: usize, cur: &[Option<String>]| -> String {
-            match &cur[i] {
-                Some(c) => c.clone(),
-                None => sc.text(s, leaves[i].text).to_owned(),
-            }
-        };
         let mut found: Vec<Vec<u8>> = Vec::new();
         // The unit's own count (the annotation is judged on it) and the
         // rest (a watch event's other members, the context's scrub set).
@@ -1182,12 +1207,12 @@ impl Masker {
                 }
             }
             if !l.num && b64 && l.loc.depth == 2 && l.loc.second_key && !detectors.is_empty() {
-                let v = value(i, cur);
+                let v = leaf_text(i, cur, sc, s, leaves);
                 if v != MARKER_BASE64
                     && let Ok(decoded) = B64.decode(v.as_bytes())
                     && detectors.apply(&String::from_utf8_lossy(&decoded)).1 > 0
                 {
-                    remember(&mut found, &v, true);
+                    remember(&mut found, v, true);
                     cur[i] = Some(MARKER_BASE64.to_string());
                     n += 1;
                 }
@@ -1220,9 +1245,9 @@ impl Masker {
                 {
                     continue;
                 }
-                let v = value(i, cur);
+                let v = leaf_text(i, cur, sc, s, leaves);
                 let collect = (!l.loc.wrapper).then_some(&mut found);
-                let (out, k) = detectors.apply_collect(&v, collect);
+                let (out, k) = detectors.apply_collect(v, collect);
                 if k > 0 {
                     cur[i] = Some(out.into_owned());
                 }
@@ -1235,24 +1260,18 @@ impl Masker {
         }
 
         // The last-applied annotation, judged as a whole.
-        let special = |which: Special, cur: &[Option<String>]| {
-            leaves
-                .iter()
-                .position(|l| !l.loc.wrapper && !l.num && l.special == which)
-                .map(|i| value(i, cur))
-        };
         if let Some(ai) = leaves
             .iter()
             .position(|l| !l.loc.wrapper && !l.num && l.special == Special::Annotation)
         {
-            let ann = value(ai, cur);
-            if n > 0 || is_secret || self.annotation_would_mask(ctx, &ann) {
+            let ann = leaf_text(ai, cur, sc, s, leaves);
+            if n > 0 || is_secret || self.annotation_would_mask(ctx, ann) {
                 let sk = skeleton_from(
-                    &ann,
-                    special(Special::ApiVersion, cur).as_deref(),
-                    special(Special::Kind, cur).as_deref(),
-                    special(Special::Name, cur).as_deref(),
-                    special(Special::Namespace, cur).as_deref(),
+                    ann,
+                    special_text(Special::ApiVersion, cur, sc, s, leaves),
+                    special_text(Special::Kind, cur, sc, s, leaves),
+                    special_text(Special::Name, cur, sc, s, leaves),
+                    special_text(Special::Namespace, cur, sc, s, leaves),
                 );
                 if sk != ann {
                     cur[ai] = Some(sk);
@@ -1277,13 +1296,13 @@ impl Masker {
                     {
                         continue;
                     }
-                    let v = value(i, cur);
+                    let v = leaf_text(i, cur, sc, s, leaves);
                     if region == Region::Base64Value {
-                        if set.matches_str(&v) {
+                        if set.matches_str(v) {
                             cur[i] = Some(MARKER_BASE64.to_string());
                             n += 1;
                         }
-                    } else if let Some(o) = set.scrub_str(&v) {
+                    } else if let Some(o) = set.scrub_str(v) {
                         cur[i] = Some(o);
                         n += 1;
                     }
