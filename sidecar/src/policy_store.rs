@@ -320,12 +320,12 @@ impl PolicyStore {
 
     /// Policies swapped in after the first (`mcp_warden_policy_reloads_total{result="ok"}`).
     pub fn reloads_ok(&self) -> u64 {
-        self.reloads_ok.load(Ordering::Relaxed)
+        self.reloads_ok.load(Ordering::Acquire)
     }
 
     /// Distinct new contents refused (`mcp_warden_policy_reloads_total{result="error"}`).
     pub fn reloads_failed(&self) -> u64 {
-        self.reloads_failed.load(Ordering::Relaxed)
+        self.reloads_failed.load(Ordering::Acquire)
     }
 
     /// Registers `mcp_warden_policy_reloads_total{result="ok"|"error"}`,
@@ -487,9 +487,11 @@ impl PolicyStore {
             "policy reloaded"
         );
         let next = Arc::new(next);
-        let prev = self.current.swap(next.clone());
-        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        // Counted and the rejection cleared before the policy is published:
+        // whoever sees the new policy in effect sees the rest of it too.
+        self.reloads_ok.fetch_add(1, Ordering::Release);
         self.clear_rejection();
+        let prev = self.current.swap(next.clone());
         if let Some(m) = lock(&self.metrics).as_ref() {
             m.reloads
                 .get_or_create(&ReloadLabels {
@@ -523,16 +525,18 @@ impl PolicyStore {
         }
         *last = Some(fingerprint.to_string());
         drop(last);
-        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         let cur = self.current();
         tracing::error!(
             error = %error,
             keeping_policy_hash = cur.short_hash(),
             "new policy refused: keeping the last good policy"
         );
+        // The error before the count: whoever sees the refusal counted can
+        // read why.
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(error);
         }
+        self.reloads_failed.fetch_add(1, Ordering::Release);
         if let Some(m) = lock(&self.metrics).as_ref() {
             m.reloads
                 .get_or_create(&ReloadLabels {

@@ -406,10 +406,34 @@ fn logs_follow_lines_arrive_as_emitted() {
     assert_eq!(got, want);
 }
 
+/// `run` for `kubectl exec`, again (at most twice more) only when kubectl
+/// says it dropped a message for a stream it had not created yet.
+///
+/// That is client-go's own race, before 1.33 (kubernetes#131189, fixed by
+/// kubernetes#131203): its WebSocket executor starts reading before it has
+/// created every stream, and discards what arrives for the missing ones,
+/// the exit status among them. kube-apisim answers an exec at once, so a
+/// loaded machine loses that race now and then; it is no fault of the path
+/// under test, and any other failure is not retried.
+fn run_exec(env: &Env, minor: &str, args: &[&str], stdin: &[u8]) -> Out {
+    let mut o = run(env.via(minor), args, stdin);
+    for _ in 0..2 {
+        if !o.stderr.contains("Unknown stream id") {
+            break;
+        }
+        eprintln!(
+            "kubectl 1.{minor} lost client-go's stream race (kubernetes#131189); running it again"
+        );
+        o = run(env.via(minor), args, stdin);
+    }
+    o
+}
+
 fn exec_stdin(minor: &str, upgrade_method: &str) {
     let env = Env::start();
-    let o = run(
-        env.via(minor),
+    let o = run_exec(
+        &env,
+        minor,
         &["-v=6", "exec", "-i", "echo", "--", "cat"],
         b"hello\nthrough the tunnel\n",
     );
@@ -422,8 +446,9 @@ fn exec_stdin(minor: &str, upgrade_method: &str) {
         "expected a {upgrade_method} upgrade: {}",
         o.stderr
     );
-    let o = run(
-        env.via(minor),
+    let o = run_exec(
+        &env,
+        minor,
         &["exec", "echo", "--", "sh", "-c", "exit 3"],
         b"",
     );
