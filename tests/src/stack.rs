@@ -26,11 +26,48 @@ use crate::harness::{
     ApiSim, START_TIMEOUT, kubectl_with, python_with, wait_for, workspace_bin, write_kubeconfig,
 };
 
-/// A free loopback port (bound and released; the OS does not hand it out
-/// again at once, so the race with another process is negligible in tests).
+/// A free loopback port for a child process to listen on.
+///
+/// Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), handed out once per process by a
+/// counter and checked by binding. A port from `bind(:0)` would be an
+/// ephemeral one: between our release and the child's bind, any outgoing
+/// connection on the machine may take it as its source port, which made a
+/// sidecar fail to start in CI ("Address already in use") while other
+/// tests were connecting.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = below_ephemeral_range();
+    let span = u32::from(high - low);
+    if span < 1000 {
+        // An unusual kernel setting leaves no room below the range; the
+        // old way is the best there is.
+        let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+        return Ok(l.local_addr()?.port());
+    }
+    // Test binaries of one `cargo test` run one after another, but a
+    // developer may run two at once: start each process elsewhere.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(u32::from(low) + (start + n) % span) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{high}")
+}
+
+/// `[low, high)`: the ports from 10000 up to the kernel's ephemeral range.
+fn below_ephemeral_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10000, ephemeral_low.max(10000))
 }
 
 /// A plain HTTP/1.1 GET on a loopback address: `(status, body)`.

@@ -149,11 +149,9 @@ fn help_lists_every_env_twin() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the ephemeral range, so no outgoing connection takes it
+    // before the sidecar binds it.
+    mcp_warden_tests::stack::free_port().expect("a free loopback port")
 }
 
 fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {

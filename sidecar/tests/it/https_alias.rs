@@ -16,11 +16,9 @@ use crate::common::{Alpn, InProcessSidecar, Upstream, client, send};
 const REAL: &str = "real-upstream-token";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the ephemeral range, so no outgoing connection takes it
+    // before the sidecar binds it.
+    mcp_warden_tests::stack::free_port().expect("a free loopback port")
 }
 
 async fn tls_to(
