@@ -59,6 +59,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::hooks::{BoxError, ProxyBody, boxed};
+
+mod h1;
 use crate::metrics::Metrics;
 
 /// After a connection was asked to close (idle GOAWAY, header timeout), how
@@ -356,7 +358,8 @@ async fn boxed_handshake(
 }
 
 /// Serves one connection: HTTP/1.1 alone when `http1` (the TLS handshake
-/// chose it), otherwise HTTP/1.1 or HTTP/2 by the client's first bytes.
+/// chose it; watches first through [`h1`]), otherwise HTTP/1.1 or HTTP/2 by
+/// the client's first bytes.
 ///
 /// Not an `async fn`, and the served connection is boxed: an async function
 /// keeps each argument it was called with for its whole life besides the
@@ -380,25 +383,116 @@ where
     let handler = shared.handler.clone();
     let body_timeout = cfg.body_read_timeout;
     let svc_state = state.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let respond = move |req: Request<ProxyBody>| {
         let guard = RequestGuard::begin(svc_state.clone());
-        let req = req.map(|b| boxed(BodyTimeout::new(b, body_timeout)));
         let fut = handler(req, peer);
         async move {
             let mut resp = fut.await;
             if let Some(hold) = resp.extensions_mut().remove::<HoldUntilClosed>() {
                 guard.state.hold(hold);
             }
-            Ok::<_, Infallible>(resp.map(|b| boxed(Holding::new(b, guard))))
+            resp.map(|b| boxed(Holding::new(b, guard)))
         }
+    };
+    let hyper_respond = respond.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let fut = hyper_respond(req.map(|b| boxed(BodyTimeout::new(b, body_timeout))));
+        async move { Ok::<_, Infallible>(fut.await) }
     });
-    let io = TokioIo::new(io);
     if http1 {
-        let conn = Box::pin(shared.http1.serve_connection(io, svc).with_upgrades());
+        let close = CancellationToken::new();
+        let own = Box::pin(h1::serve(io, respond, close.clone()));
+        let conn = Box::pin(H1Conn {
+            phase: H1Phase::Own(own),
+            close,
+            http1: &shared.http1,
+            svc: Some(svc),
+        });
         Either::Left(drive(conn, peer, state, shared))
     } else {
-        let conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, svc));
+        let conn = Box::pin(
+            shared
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc),
+        );
         Either::Right(drive(conn, peer, state, shared))
+    }
+}
+
+/// An HTTP/1.1 connection (ALPN `http/1.1`): [`h1::serve`] answers its
+/// watches; the first request that is not one hands the connection to
+/// hyper for the rest of its life.
+struct H1Conn<'a, T, S: hyper::service::HttpService<Incoming>> {
+    phase: H1Phase<T, S>,
+    /// Asks [`h1::serve`] to finish (graceful shutdown, watchdog).
+    close: CancellationToken,
+    http1: &'a hyper::server::conn::http1::Builder,
+    /// The service hyper gets at the hand-over.
+    svc: Option<S>,
+}
+
+enum H1Phase<T, S: hyper::service::HttpService<Incoming>> {
+    Own(BoxFuture<'static, h1::Outcome<T>>),
+    Hyper(Pin<Box<hyper::server::conn::http1::UpgradeableConnection<TokioIo<h1::Rewind<T>>, S>>>),
+    Done,
+}
+
+impl<T, S, B> Future for H1Conn<'_, T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                H1Phase::Own(own) => match own.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(h1::Outcome::Closed) => {
+                        this.phase = H1Phase::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(h1::Outcome::Handoff(io, prefix)) => {
+                        let Some(svc) = this.svc.take() else {
+                            this.phase = H1Phase::Done;
+                            return Poll::Ready(Ok(()));
+                        };
+                        let io = TokioIo::new(h1::Rewind::new(io, prefix));
+                        let mut conn =
+                            Box::pin(this.http1.serve_connection(io, svc).with_upgrades());
+                        if this.close.is_cancelled() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        this.phase = H1Phase::Hyper(conn);
+                    }
+                },
+                H1Phase::Hyper(conn) => return conn.as_mut().poll(cx),
+                H1Phase::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl<T, S, B> Graceful for H1Conn<'_, T, S>
+where
+    Self: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<BoxError>,
+    T: AsyncRead + AsyncWrite + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        match &mut this.phase {
+            H1Phase::Hyper(conn) => conn.as_mut().graceful_shutdown(),
+            H1Phase::Own(_) | H1Phase::Done => this.close.cancel(),
+        }
     }
 }
 

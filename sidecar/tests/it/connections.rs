@@ -471,3 +471,92 @@ async fn long_running_requests_past_the_cap_get_429_with_retry_after() {
     .await;
     sc.stop().await;
 }
+
+/// Reads from `io` into `out` until `out` contains `needle`.
+async fn read_until(io: &mut (impl AsyncRead + Unpin), out: &mut Vec<u8>, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(out).contains(needle) {
+        let n = tokio::time::timeout(BOUND, io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} within the bound: {}",
+                    String::from_utf8_lossy(out)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A watch over HTTP/1.1 (ALPN `http/1.1`) is served by the listener's own
+/// loop, not hyper's: chunked on the wire, hop-by-hop headers gone, a
+/// pipelined request behind it answered after it on the same connection
+/// (by hyper, which takes the connection over), and a client that leaves
+/// mid-watch ends the request at once (its long-running place frees).
+#[tokio::test]
+async fn an_http1_watch_streams_keeps_alive_and_ends_when_the_client_leaves() {
+    let (up, sc, _t) = setup(&["--max-long-running-requests", "1"]).await;
+    let auth = format!("Bearer {}", sc.token());
+    let watch_head = format!(
+        "GET /api/v1/namespaces/default/stream?watch=true HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n"
+    );
+    let next_head =
+        format!("GET /api HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n");
+
+    let mut io = tls_connect(&sc, Alpn::H1).await;
+    io.write_all(format!("{watch_head}{next_head}").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    read_until(&mut io, &mut out, "first\n").await;
+    up.release.notify_one();
+    read_until(&mut io, &mut out, r#"{"ok":true}"#).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (watch, next) = text.split_once("0\r\n\r\n").unwrap();
+    assert!(watch.starts_with("HTTP/1.1 200 OK\r\n"), "{watch}");
+    let (head, chunks) = watch.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("x-secret-hop"), "{head}");
+    assert_eq!(chunks, "6\r\nfirst\n\r\n7\r\nsecond\n\r\n");
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{next}");
+    drop(io);
+
+    // A client that leaves mid-watch: while it watches, the cap refuses a
+    // second watch; once it has closed, a new watch is admitted.
+    let mut io = tls_connect(&sc, Alpn::H1).await;
+    io.write_all(watch_head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    read_until(&mut io, &mut out, "first\n").await;
+    let c = client(&sc.ca_pem(), Alpn::H2);
+    let url = sc.url("/api/v1/namespaces/default/stream?watch=true");
+    let (code, _, _) = send(&c, "GET", &url, &[("authorization", &auth)]).await;
+    assert_eq!(code, 429, "the open watch does not hold its place");
+    io.shutdown().await.unwrap();
+    drop(io);
+    let mut admitted = false;
+    for _ in 0..100 {
+        let req = Request::get(&url)
+            .header("authorization", &auth)
+            .body(full(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(BOUND, c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        if resp.status() == 200 {
+            admitted = true;
+            break;
+        }
+        assert_eq!(resp.status(), 429);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the closed watch kept its place");
+    sc.stop().await;
+}

@@ -1,0 +1,575 @@
+//! HTTP/1.1 watches served without hyper's connection buffers.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for an
+//! HTTP/1.1 connection's whole life, and has no setting to shrink them. A
+//! watch (or a followed log) holds its connection for hours while it sends
+//! a few events, so with many watches open those 16 KiB a connection were
+//! most of the sidecar's memory. Here an HTTP/1.1 connection starts in a
+//! small loop of our own that reads request heads with `httparse`:
+//!
+//! - a **bodiless long-lived GET** (`watch=true|1`, or `follow=true|1` as on
+//!   a log) is answered here: the handler runs as for any request, and its
+//!   response head and body chunks are written straight to the TLS stream,
+//!   each write's buffer freed after it. While it waits for the next event
+//!   it reads the socket into a 256-byte probe, so a client that closes ends
+//!   the request (and the upstream watch) at once, as with hyper;
+//! - **anything else** (a request body, `Expect`, an upgrade, HTTP/1.0, a
+//!   head `httparse` refuses, or any other request) hands the connection to
+//!   hyper for the rest of its life, the bytes already read first
+//!   ([`Rewind`]). hyper then answers, refuses with its own errors, and
+//!   upgrades exactly as before.
+//!
+//! Keep-alive works the same in both: a watch that ends (its
+//! `timeoutSeconds`) leaves the connection open for the next request.
+//! [`classify`] and [`response_head`] are pure and tested below; the rest
+//! is the loop that drives them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::hooks::{ProxyBody, boxed};
+
+/// A head longer than this without its end goes to hyper, which applies its
+/// own limit and answers `431` if it must.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Most header lines parsed here; a head with more goes to hyper (whose
+/// limit is 100).
+const MAX_HEADERS: usize = 64;
+
+/// Bytes read at a time, while waiting for a head or watching for a close.
+/// It lives in the connection's state for as long as the watch.
+const PROBE: usize = 256;
+
+/// What the bytes read so far say.
+#[derive(Debug)]
+pub(super) enum Head {
+    /// A complete head of a long-lived bodiless GET, `len` bytes long.
+    Watch {
+        /// The request, without a body (boxed: it is the large variant).
+        req: Box<Request<()>>,
+        /// Length of the head in the buffer.
+        len: usize,
+        /// The client asked to close after this response.
+        close: bool,
+    },
+    /// Anything else: hyper serves the connection from here on.
+    Other,
+    /// The head has not ended yet.
+    Incomplete,
+}
+
+/// Reads the head at the start of `buf` and decides who serves it.
+pub(super) fn classify(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Incomplete,
+        _ => return Head::Other,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Head::Other;
+    }
+    let Some(path) = parsed.path.filter(|p| p.starts_with('/')) else {
+        return Head::Other;
+    };
+    if !long_lived(path) {
+        return Head::Other;
+    }
+    let Ok(uri) = path.parse::<http::Uri>() else {
+        return Head::Other;
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Other;
+        };
+        if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+            || (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
+        {
+            return Head::Other;
+        }
+        if name == header::CONNECTION {
+            let v = value.as_bytes().to_ascii_lowercase();
+            let tokens = || v.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+            if tokens().any(|t| t == b"upgrade") {
+                return Head::Other;
+            }
+            close |= tokens().any(|t| t == b"close");
+        }
+        req.headers_mut().append(name, value);
+    }
+    Head::Watch {
+        req: Box::new(req),
+        len,
+        close,
+    }
+}
+
+/// A request that may hold its connection open for long: a watch or a
+/// followed log (Kubernetes reads these flags as Go's `ParseBool`; the
+/// spellings clients send are `true` and `1`).
+fn long_lived(path: &str) -> bool {
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    query
+        .split('&')
+        .any(|kv| matches!(kv.split_once('='), Some(("watch" | "follow", "true" | "1"))))
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (1xx, 204, 304).
+    Empty,
+    /// `content-length` bytes, as they come.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+/// The response head to write, and how the body follows it. Adds what
+/// hyper would: `date`, the framing header, `connection: close` when the
+/// connection closes after this response.
+pub(super) fn response_head(
+    parts: &mut http::response::Parts,
+    exact_len: Option<u64>,
+    close: bool,
+) -> (Vec<u8>, Framing) {
+    let status = parts.status;
+    let headers = &mut parts.headers;
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        headers.remove(header::TRANSFER_ENCODING);
+        Framing::Empty
+    } else if let Some(n) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        headers.remove(header::TRANSFER_ENCODING);
+        Framing::Length(n)
+    } else if let Some(n) = exact_len {
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Framing::Length(n)
+    } else {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Framing::Chunked
+    };
+    if !headers.contains_key(header::DATE)
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+    {
+        headers.insert(header::DATE, v);
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, framing)
+}
+
+/// One chunk of a chunked body: size line, data, CRLF, in one buffer so it
+/// goes out as one TLS record.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 20);
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How the loop ended.
+pub(super) enum Outcome<T> {
+    /// The connection is done (closed by either side, or asked to close).
+    Closed,
+    /// hyper takes over, the bytes already read first.
+    Handoff(T, Bytes),
+}
+
+/// Serves watches on `io` until the connection ends or a request comes that
+/// hyper must serve. `respond` answers a request as the listener's service
+/// does (request guard, held values); `close` asks to finish: at once when
+/// no request is in progress, after the current response otherwise.
+pub(super) async fn serve<T, R, F>(mut io: T, respond: R, close: CancellationToken) -> Outcome<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    R: Fn(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let mut pending: Vec<u8> = Vec::new();
+    let mut probe = [0u8; PROBE];
+    loop {
+        // Read until a head is complete or shows it is not ours.
+        let (req, len, close_after) = loop {
+            match classify(&pending) {
+                Head::Watch { req, len, close } => break (req, len, close),
+                Head::Other => return Outcome::Handoff(io, Bytes::from(pending)),
+                Head::Incomplete => {}
+            }
+            let n = tokio::select! {
+                n = io.read(&mut probe) => n,
+                // Between requests, or a head that is late (the watchdog).
+                _ = close.cancelled() => return Outcome::Closed,
+            };
+            match n {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(n) => pending.extend_from_slice(&probe[..n]),
+            }
+        };
+        pending.drain(..len);
+        if pending.is_empty() {
+            // Give back what the head needed; a watch may last for hours.
+            pending = Vec::new();
+        }
+        let resp = respond((*req).map(|()| boxed(Empty::<Bytes>::new()))).await;
+        let close_after = close_after || close.is_cancelled();
+        match write_response(&mut io, resp, close_after, &mut pending, &mut probe).await {
+            Ok(true) if !close_after && !close.is_cancelled() => {}
+            Ok(_) => {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/1.1 watch connection ended");
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// Why a response could not be written whole.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    /// The socket failed.
+    #[error("writing the response: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client closed its side while the response was streaming.
+    #[error("the client closed the connection")]
+    ClientGone,
+    /// The response body failed (an upstream error mid-stream).
+    #[error("response body: {0}")]
+    Body(crate::hooks::BoxError),
+    /// The body was longer or shorter than its `content-length`.
+    #[error("response body does not match its content-length")]
+    Length,
+    /// The client sent more than a head's worth while a response streamed.
+    #[error("client sent too much while a response was streaming")]
+    TooMuch,
+}
+
+/// Writes `resp`; `Ok(true)` when the connection may serve another request.
+async fn write_response<T>(
+    io: &mut T,
+    resp: Response<ProxyBody>,
+    close: bool,
+    pending: &mut Vec<u8>,
+    probe: &mut [u8; PROBE],
+) -> Result<bool, WriteError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut parts, mut body) = resp.into_parts();
+    let (head, framing) = response_head(&mut parts, body.size_hint().exact(), close);
+    drop(parts);
+    io.write_all(&head).await?;
+    drop(head);
+    if framing == Framing::Empty {
+        io.flush().await?;
+        return Ok(true);
+    }
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            n = io.read(probe) => {
+                match n {
+                    Ok(0) | Err(_) => return Err(WriteError::ClientGone),
+                    Ok(n) => {
+                        // A pipelined next request: keep it for later.
+                        pending.extend_from_slice(&probe[..n]);
+                        if pending.len() > MAX_HEAD {
+                            return Err(WriteError::TooMuch);
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                // Trailers: HTTP/1.1 clients of the API never ask for them.
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match &mut left {
+            Some(n) => {
+                let len = data.len() as u64;
+                if len > *n {
+                    return Err(WriteError::Length);
+                }
+                *n -= len;
+                io.write_all(data.chunk()).await?;
+            }
+            None => io.write_all(&chunk(&data)).await?,
+        }
+        io.flush().await?;
+    }
+    match left {
+        Some(0) => {}
+        Some(_) => return Err(WriteError::Length),
+        None => io.write_all(b"0\r\n\r\n").await?,
+    }
+    io.flush().await?;
+    Ok(true)
+}
+
+/// `inner`, with `prefix` read first: the bytes the watch loop read before
+/// it handed the connection to hyper.
+pub(super) struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub(super) fn new(inner: T, prefix: Bytes) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn watch(head: &str) -> (Request<()>, usize, bool) {
+        match classify(head.as_bytes()) {
+            Head::Watch { req, len, close } => (*req, len, close),
+            other => panic!("{head:?}: {other:?}"),
+        }
+    }
+
+    fn is_other(head: &str) -> bool {
+        matches!(classify(head.as_bytes()), Head::Other)
+    }
+
+    #[test]
+    fn watches_and_followed_logs_are_ours() {
+        let head = "GET /api/v1/namespaces/a/configmaps?watch=true&timeoutSeconds=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nAccept: application/json\r\n\r\nGET / HTTP/1.1\r\n";
+        let (req, len, close) = watch(head);
+        assert_eq!(&head[len..], "GET / HTTP/1.1\r\n");
+        assert!(!close);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/a/configmaps");
+        assert_eq!(req.headers()["authorization"], "Bearer t");
+        assert_eq!(req.version(), Version::HTTP_11);
+        watch("GET /api/v1/pods?resourceVersion=1&watch=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        watch("GET /api/v1/namespaces/a/pods/p/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (_, _, close) = watch(
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(close);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            "GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/v1/pods?watch=false HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/v1/pods?xwatch=true HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /api/v1/pods?watch=true HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            "GET /api/v1/pods?watch=true HTTP/1.0\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET http://x/api/v1/pods?watch=true HTTP/1.1\r\n\r\n",
+            "GET /api/v1/pods?watch=true HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "\u{1}\u{2}garbage\r\n\r\n",
+        ] {
+            assert!(is_other(head), "{head:?}");
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(is_other(&format!(
+            "GET /?watch=true HTTP/1.1\r\n{many}\r\n"
+        )));
+    }
+
+    #[test]
+    fn incomplete_heads_wait_until_too_long() {
+        assert!(matches!(classify(b""), Head::Incomplete));
+        assert!(matches!(
+            classify(b"GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\n"),
+            Head::Incomplete
+        ));
+        let long = format!("GET /?watch=true HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(is_other(&long));
+    }
+
+    fn head_of(resp: Response<()>, exact: Option<u64>, close: bool) -> (String, Framing) {
+        let (mut parts, ()) = resp.into_parts();
+        let (head, framing) = response_head(&mut parts, exact, close);
+        (String::from_utf8(head).unwrap(), framing)
+    }
+
+    #[test]
+    fn response_heads_frame_the_body_as_hyper_would() {
+        let (head, framing) = head_of(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap(),
+            None,
+            false,
+        );
+        assert_eq!(framing, Framing::Chunked);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"));
+        assert!(head.contains("\r\ntransfer-encoding: chunked\r\n"));
+        assert!(head.contains("\r\ndate: "));
+        assert!(head.ends_with("\r\n\r\n"));
+        assert!(!head.contains("connection"));
+
+        let (head, framing) = head_of(
+            Response::builder().status(403).body(()).unwrap(),
+            Some(42),
+            true,
+        );
+        assert_eq!(framing, Framing::Length(42));
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(head.contains("content-length: 42\r\n"));
+        assert!(head.contains("connection: close\r\n"));
+        assert!(!head.contains("transfer-encoding"));
+
+        let (head, framing) = head_of(
+            Response::builder()
+                .header("content-length", "7")
+                .header("transfer-encoding", "chunked")
+                .header("date", "then")
+                .body(())
+                .unwrap(),
+            None,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(7));
+        assert!(!head.contains("transfer-encoding"));
+        assert!(head.contains("date: then\r\n"));
+
+        let (_, framing) = head_of(
+            Response::builder().status(304).body(()).unwrap(),
+            None,
+            false,
+        );
+        assert_eq!(framing, Framing::Empty);
+    }
+
+    #[test]
+    fn chunks_carry_their_size_in_hex() {
+        assert_eq!(chunk(b"0123456789abcdefX"), b"11\r\n0123456789abcdefX\r\n");
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_the_prefix_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = Rewind::new(b, Bytes::from_static(b"hello"));
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+}
