@@ -11,7 +11,7 @@
 //!   a log) is answered here: the handler runs as for any request, and its
 //!   response head and body chunks are written straight to the TLS stream,
 //!   each write's buffer freed after it. While it waits for the next event
-//!   it reads the socket into a 256-byte probe, so a client that closes ends
+//!   it reads the socket into a 128-byte probe, so a client that closes ends
 //!   the request (and the upstream watch) at once, as with hyper;
 //! - **anything else** (a request body, `Expect`, an upgrade, HTTP/1.0, a
 //!   head `httparse` refuses, or any other request) hands the connection to
@@ -48,7 +48,7 @@ const MAX_HEADERS: usize = 64;
 
 /// Bytes read at a time, while waiting for a head or watching for a close.
 /// It lives in the connection's state for as long as the watch.
-const PROBE: usize = 256;
+const PROBE: usize = 128;
 
 /// What the bytes read so far say.
 #[derive(Debug)]
