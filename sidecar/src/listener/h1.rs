@@ -10,9 +10,10 @@
 //! - a **bodiless long-lived GET** (`watch=true|1`, or `follow=true|1` as on
 //!   a log) is answered here: the handler runs as for any request, and its
 //!   response head and body chunks are written straight to the TLS stream,
-//!   each write's buffer freed after it. While it waits for the next event
-//!   it reads the socket into a 128-byte probe, so a client that closes ends
-//!   the request (and the upstream watch) at once, as with hyper;
+//!   each write's buffer freed after it. While it waits for the handler's
+//!   answer or the next event it reads the socket into a 128-byte probe, so
+//!   a client that closes ends the request (an approval wait, the upstream
+//!   watch) at once, as with hyper;
 //! - **anything else** (a request body, `Expect`, an upgrade, HTTP/1.0, a
 //!   head `httparse` refuses, or any other request) hands the connection to
 //!   hyper for the rest of its life, the bytes already read first
@@ -20,7 +21,12 @@
 //!   upgrades exactly as before.
 //!
 //! Keep-alive works the same in both: a watch that ends (its
-//! `timeoutSeconds`) leaves the connection open for the next request.
+//! `timeoutSeconds`) leaves the connection open for the next request. The
+//! hand-over is for good: a watch that follows another request on the same
+//! connection (client-go's LIST then WATCH over HTTP/1.1) is hyper's, with
+//! its buffers; the saving is for connections that carry only watches, as
+//! a client holding many watches at once opens them (each its own pooled
+//! connection while the others are busy).
 //! [`classify`] and [`response_head`] are pure and tested below; the rest
 //! is the loop that drives them.
 
@@ -150,24 +156,28 @@ pub(super) enum Framing {
 
 /// The response head to write, and how the body follows it. Adds what
 /// hyper would: `date`, the framing header, `connection: close` when the
-/// connection closes after this response.
+/// connection closes after this response; a 1xx (which cannot end a
+/// request here: no upgrades, no `Expect`) becomes a bare 500, as hyper
+/// makes it.
 pub(super) fn response_head(
     parts: &mut http::response::Parts,
     exact_len: Option<u64>,
     close: bool,
-) -> (Vec<u8>, Framing) {
-    let status = parts.status;
+) -> Result<(Vec<u8>, Framing), WriteError> {
     let headers = &mut parts.headers;
-    let framing = if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if parts.status.is_informational() {
+        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+        headers.clear();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+        Framing::Empty
+    } else if parts.status == StatusCode::NO_CONTENT {
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+        Framing::Empty
+    } else if parts.status == StatusCode::NOT_MODIFIED {
         headers.remove(header::TRANSFER_ENCODING);
         Framing::Empty
-    } else if let Some(n) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
+    } else if let Some(n) = content_length(headers)? {
         headers.remove(header::TRANSFER_ENCODING);
         Framing::Length(n)
     } else if let Some(n) = exact_len {
@@ -175,13 +185,13 @@ pub(super) fn response_head(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         Framing::Length(n)
     } else {
-        headers.remove(header::CONTENT_LENGTH);
         headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
         Framing::Chunked
     };
+    let status = parts.status;
     if !headers.contains_key(header::DATE)
         && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
     {
@@ -203,7 +213,28 @@ pub(super) fn response_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    (out, framing)
+    Ok((out, framing))
+}
+
+/// The response's `content-length`: every value the same run of digits,
+/// or an error (hyper refuses such a response too).
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, WriteError> {
+    let mut found = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let b = v.as_bytes();
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return Err(WriteError::BadLength);
+        }
+        let n = std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or(WriteError::BadLength)?;
+        if found.is_some_and(|f| f != n) {
+            return Err(WriteError::BadLength);
+        }
+        found = Some(n);
+    }
+    Ok(found)
 }
 
 /// One chunk of a chunked body: size line, data, CRLF, in one buffer so it
@@ -244,26 +275,47 @@ where
                 Head::Other => return Outcome::Handoff(io, Bytes::from(pending)),
                 Head::Incomplete => {}
             }
-            let n = tokio::select! {
-                n = io.read(&mut probe) => n,
-                // Between requests, or a head that is late (the watchdog).
-                _ = close.cancelled() => return Outcome::Closed,
-            };
-            match n {
-                Ok(0) | Err(_) => return Outcome::Closed,
-                Ok(n) => pending.extend_from_slice(&probe[..n]),
+            // A head ends with a line: parse again only when one ended, so
+            // a client sending a long head slowly is not parsed per read.
+            loop {
+                let n = tokio::select! {
+                    n = io.read(&mut probe) => n,
+                    // Between requests, or a head that is late (the watchdog).
+                    _ = close.cancelled() => {
+                        let _ = io.shutdown().await;
+                        return Outcome::Closed;
+                    }
+                };
+                let Some(new) = took(n, &probe, &mut pending) else {
+                    return Outcome::Closed;
+                };
+                if new.contains(&b'\n') || pending.len() >= MAX_HEAD {
+                    break;
+                }
             }
         };
         pending.drain(..len);
-        if pending.is_empty() {
-            // Give back what the head needed; a watch may last for hours.
-            pending = Vec::new();
-        }
-        let resp = respond((*req).map(|()| boxed(Empty::<Bytes>::new()))).await;
+        // Give back what the head needed; a watch may last for hours.
+        pending.shrink_to_fit();
+        let fut = respond((*req).map(|()| boxed(Empty::<Bytes>::new())));
+        tokio::pin!(fut);
+        // The handler may wait long (an approval, the upstream's answer): a
+        // client that leaves meanwhile ends the request, as with hyper.
+        let resp = loop {
+            tokio::select! {
+                biased;
+                resp = &mut fut => break resp,
+                n = io.read(&mut probe), if pending.len() < MAX_HEAD => {
+                    if took(n, &probe, &mut pending).is_none() {
+                        return Outcome::Closed;
+                    }
+                }
+            }
+        };
         let close_after = close_after || close.is_cancelled();
         match write_response(&mut io, resp, close_after, &mut pending, &mut probe).await {
-            Ok(true) if !close_after && !close.is_cancelled() => {}
-            Ok(_) => {
+            Ok(()) if !close_after && !close.is_cancelled() => {}
+            Ok(()) => {
                 let _ = io.shutdown().await;
                 return Outcome::Closed;
             }
@@ -271,6 +323,24 @@ where
                 tracing::debug!(error = %e, "HTTP/1.1 watch connection ended");
                 return Outcome::Closed;
             }
+        }
+    }
+}
+
+/// What one read of the client's bytes brought: appended to `pending` (the
+/// next request's head, pipelined) and returned; `None` when the client has
+/// closed its side or the socket failed.
+fn took<'p>(
+    n: std::io::Result<usize>,
+    probe: &'p [u8; PROBE],
+    pending: &mut Vec<u8>,
+) -> Option<&'p [u8]> {
+    match n {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            let new = probe.get(..n)?;
+            pending.extend_from_slice(new);
+            Some(new)
         }
     }
 }
@@ -290,30 +360,31 @@ pub(super) enum WriteError {
     /// The body was longer or shorter than its `content-length`.
     #[error("response body does not match its content-length")]
     Length,
-    /// The client sent more than a head's worth while a response streamed.
-    #[error("client sent too much while a response was streaming")]
-    TooMuch,
+    /// The response's `content-length` headers are not one number.
+    #[error("response has an invalid or conflicting content-length")]
+    BadLength,
 }
 
-/// Writes `resp`; `Ok(true)` when the connection may serve another request.
+/// Writes `resp`; `Ok` when it went out whole and the connection may serve
+/// another request.
 async fn write_response<T>(
     io: &mut T,
     resp: Response<ProxyBody>,
     close: bool,
     pending: &mut Vec<u8>,
     probe: &mut [u8; PROBE],
-) -> Result<bool, WriteError>
+) -> Result<(), WriteError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut parts, mut body) = resp.into_parts();
-    let (head, framing) = response_head(&mut parts, body.size_hint().exact(), close);
+    let (head, framing) = response_head(&mut parts, body.size_hint().exact(), close)?;
     drop(parts);
     io.write_all(&head).await?;
     drop(head);
     if framing == Framing::Empty {
         io.flush().await?;
-        return Ok(true);
+        return Ok(());
     }
     let mut left = match framing {
         Framing::Length(n) => Some(n),
@@ -323,16 +394,11 @@ where
         let frame = tokio::select! {
             biased;
             f = body.frame() => f,
-            n = io.read(probe) => {
-                match n {
-                    Ok(0) | Err(_) => return Err(WriteError::ClientGone),
-                    Ok(n) => {
-                        // A pipelined next request: keep it for later.
-                        pending.extend_from_slice(&probe[..n]);
-                        if pending.len() > MAX_HEAD {
-                            return Err(WriteError::TooMuch);
-                        }
-                    }
+            // While the body is quiet, notice a client that leaves. Past a
+            // head's worth of pipelined bytes, stop reading (as hyper does).
+            n = io.read(probe), if pending.len() < MAX_HEAD => {
+                if took(n, probe, pending).is_none() {
+                    return Err(WriteError::ClientGone);
                 }
                 continue;
             }
@@ -368,7 +434,7 @@ where
         None => io.write_all(b"0\r\n\r\n").await?,
     }
     io.flush().await?;
-    Ok(true)
+    Ok(())
 }
 
 /// `inner`, with `prefix` read first: the bytes the watch loop read before
@@ -394,6 +460,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the head buffer now, not when the connection closes.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -503,7 +573,7 @@ mod tests {
 
     fn head_of(resp: Response<()>, exact: Option<u64>, close: bool) -> (String, Framing) {
         let (mut parts, ()) = resp.into_parts();
-        let (head, framing) = response_head(&mut parts, exact, close);
+        let (head, framing) = response_head(&mut parts, exact, close).unwrap();
         (String::from_utf8(head).unwrap(), framing)
     }
 
@@ -555,6 +625,212 @@ mod tests {
             false,
         );
         assert_eq!(framing, Framing::Empty);
+        let (head, framing) = head_of(
+            Response::builder()
+                .status(204)
+                .header("content-length", "3")
+                .body(())
+                .unwrap(),
+            Some(3),
+            false,
+        );
+        assert_eq!(framing, Framing::Empty);
+        assert!(!head.contains("content-length"), "{head}");
+        // A 1xx cannot end a request here: hyper's bare 500.
+        let (head, framing) = head_of(
+            Response::builder()
+                .status(103)
+                .header("link", "</x>")
+                .body(())
+                .unwrap(),
+            None,
+            false,
+        );
+        assert_eq!(framing, Framing::Empty);
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-length: 0\r\n") && !head.contains("link"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn a_bad_or_conflicting_content_length_is_refused() {
+        for values in [&["+5"][..], &["5", "6"], &["0x5"], &[""], &["5 "]] {
+            let mut b = Response::builder();
+            for v in values {
+                b = b.header("content-length", *v);
+            }
+            let (mut parts, ()) = b.body(()).unwrap().into_parts();
+            assert!(
+                matches!(
+                    response_head(&mut parts, None, false),
+                    Err(WriteError::BadLength)
+                ),
+                "{values:?}"
+            );
+        }
+        let (_, framing) = head_of(
+            Response::builder()
+                .header("content-length", "5")
+                .header("content-length", "5")
+                .body(())
+                .unwrap(),
+            None,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(5));
+    }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A handler answering every request with `chunks` as a streamed body.
+    fn streaming(
+        chunks: &'static [&'static str],
+    ) -> impl Fn(Request<ProxyBody>) -> std::future::Ready<Response<ProxyBody>> {
+        move |_req| {
+            let frames = chunks.iter().map(|c| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                    c.as_bytes(),
+                )))
+            });
+            let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+            std::future::ready(Response::new(boxed(body)))
+        }
+    }
+
+    async fn all_of(mut client: tokio::io::DuplexStream) -> String {
+        let mut out = String::new();
+        tokio::time::timeout(BOUND, client.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serve_streams_chunks_and_hands_over_what_follows() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/v1/pods HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        let chunks = &["0123456789abcdef", "xy"];
+        let out = tokio::time::timeout(
+            BOUND,
+            serve(server, streaming(chunks), CancellationToken::new()),
+        )
+        .await
+        .unwrap();
+        let Outcome::Handoff(io, prefix) = out else {
+            panic!("the POST was not handed over");
+        };
+        assert_eq!(
+            prefix,
+            "POST /api/v1/pods HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        );
+        drop(io);
+        let wire = all_of(client).await;
+        let (head, body) = wire.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(body, "10\r\n0123456789abcdef\r\n2\r\nxy\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET /api/v1/pods?watch=true HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let respond = |_req| std::future::ready(Response::new(crate::hooks::full("{}")));
+        let out = tokio::time::timeout(BOUND, serve(server, respond, CancellationToken::new()))
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Closed));
+        let wire = all_of(client).await;
+        assert!(wire.contains("\r\nconnection: close\r\n"), "{wire}");
+        assert!(wire.contains("\r\ncontent-length: 2\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\n{}"), "{wire}");
+    }
+
+    /// Sets its flag when dropped.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_before_the_answer_ends_the_request() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        // A handler that never answers (an approval nobody gives).
+        let respond = move |_req| {
+            let guard = Dropped(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<ProxyBody>>().await
+            }
+        };
+        client
+            .write_all(b"GET /api/v1/pods?watch=true HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let serving = tokio::spawn(serve(server, respond, CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(client);
+        let out = tokio::time::timeout(BOUND, serving).await.unwrap().unwrap();
+        assert!(matches!(out, Outcome::Closed));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the request outlived its client"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_ends_an_idle_connection_and_a_busy_one_after_its_response() {
+        let (_client, server) = tokio::io::duplex(1024);
+        let close = CancellationToken::new();
+        close.cancel();
+        let out = tokio::time::timeout(BOUND, serve(server, streaming(&["a"]), close))
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Closed));
+
+        // The close is asked for while the handler works: the response
+        // still goes out whole, then the connection closes.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let close = CancellationToken::new();
+        let closing = close.clone();
+        let respond = move |_req| {
+            closing.cancel();
+            std::future::ready(Response::new(crate::hooks::full("event")))
+        };
+        client
+            .write_all(b"GET /api/v1/pods?watch=true HTTP/1.1\r\n\r\nGET /api/v1/pods?watch=true HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let out = tokio::time::timeout(BOUND, serve(server, respond, close))
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Closed));
+        let wire = all_of(client).await;
+        assert!(wire.ends_with("\r\n\r\nevent"), "{wire}");
+        assert_eq!(wire.matches("HTTP/1.1 200").count(), 1, "{wire}");
+        assert!(wire.contains("connection: close"), "{wire}");
     }
 
     #[test]

@@ -494,11 +494,12 @@ async fn read_until(io: &mut (impl AsyncRead + Unpin), out: &mut Vec<u8>, needle
     }
 }
 
-/// A watch over HTTP/1.1 (ALPN `http/1.1`) is served by the listener's own
-/// loop, not hyper's: chunked on the wire, hop-by-hop headers gone, a
-/// pipelined request behind it answered after it on the same connection
-/// (by hyper, which takes the connection over), and a client that leaves
-/// mid-watch ends the request at once (its long-running place frees).
+/// A watch over HTTP/1.1 (ALPN `http/1.1`), which the listener's own loop
+/// serves (`listener/h1`, whose unit tests check its wire bytes): chunked,
+/// hop-by-hop headers gone, a pipelined request behind it answered after it
+/// on the same connection (by hyper, which takes the connection over), and
+/// a client that leaves mid-watch ends the request at once (its
+/// long-running place frees).
 #[tokio::test]
 async fn an_http1_watch_streams_keeps_alive_and_ends_when_the_client_leaves() {
     let (up, sc, _t) = setup(&["--max-long-running-requests", "1"]).await;
