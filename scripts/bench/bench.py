@@ -895,13 +895,14 @@ def goals(res, s):
          f"as the Python client opens them; sidecar {w.get('sidecar_fds')} fds; measured on the sidecar of the runs "
          f"above, which held {fmt(w.get('rss_before_mib'), 1)} MiB before the watches were opened, after the load "
          "and list phases and the HTTP/2 watches)",
-         "the upstream side shares HTTP/2 connections (`forward::StreamPool`); what is left is one TLS + HTTP/1.1 "
-         "client connection per watch, ~33 KB of heap each (results.md \"Seventh pass\"): hyper's HTTP/1.1 read and "
-         "write buffers, 8 KiB each for the connection's life, rustls's 4 KiB read buffer and session (~6.5 KB), the "
-         "request's own state (~4 KB), the connection's task (~0.9 KB since the seventh pass, ~3.3 before). The "
-         "allocator also keeps pages the load and list phases touched, so the watches start from a higher base here "
-         "than on a fresh sidecar. Meeting it takes ~10 KB less per watch: hyper's buffers released while a watch is "
-         "quiet (hyper offers no setting for it), or rustls's unbuffered API under an HTTP/1.1 codec of our own.")
+         "the upstream side shares HTTP/2 connections (`forward::StreamPool`); on the client side an HTTP/1.1 "
+         "connection that carries only watches is served by the listener's own loop (`listener/h1`, since the "
+         "eighth pass), without hyper's two 8 KiB connection buffers. What is left is ~16 KB of heap per watch "
+         "(results.md \"Eighth pass\"): rustls's 4 KiB read buffer and session (~6.5 KB), the request's own state "
+         "(~3 KB: recording's pending record, masker, header maps, event annotations), the masker's state (~0.7 KB), "
+         "the connection's task, loop and stream boxes (~3 KB). The margin is thin: the allocator keeps pages the "
+         "load and list phases touched, so the watches start from a higher base here than on a fresh sidecar "
+         "(~14 MiB). A connection that served another request first is hyper's for good, and holds its buffers.")
     w2 = sd.get("watches_h2") or {}
     v = w2.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w2.get("established") == w2.get("requested"))
