@@ -465,17 +465,23 @@ where
 /// watches; the first request that is not one hands the connection to
 /// hyper for the rest of its life.
 struct H1Conn<'a, T, S: hyper::service::HttpService<Incoming>> {
+    /// Who serves the connection now.
     phase: H1Phase<T, S>,
     /// Asks [`h1::serve`] to finish (graceful shutdown, watchdog).
     close: CancellationToken,
+    /// The listener's HTTP/1.1 settings, for the hand-over.
     http1: &'a hyper::server::conn::http1::Builder,
     /// The service hyper gets at the hand-over.
     svc: Option<S>,
 }
 
+/// Who serves an HTTP/1.1 connection now; the order is one way.
 enum H1Phase<T, S: hyper::service::HttpService<Incoming>> {
+    /// The watch loop, boxed: a quiet watch keeps only this.
     Own(BoxFuture<'static, h1::Outcome<T>>),
+    /// hyper, from the first request the loop does not serve.
     Hyper(Pin<Box<hyper::server::conn::http1::UpgradeableConnection<TokioIo<h1::Rewind<T>>, S>>>),
+    /// Closed.
     Done,
 }
 
