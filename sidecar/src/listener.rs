@@ -59,6 +59,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::hooks::{BoxError, ProxyBody, boxed};
+use crate::metrics::Metrics;
 
 /// `AsyncWrite` for a wrapper `$ty<T>` whose field `inner: T` takes every
 /// write as it is: the wrappers here only watch or replay the read side.
@@ -103,7 +104,6 @@ macro_rules! write_through {
 }
 
 mod h1;
-use crate::metrics::Metrics;
 
 /// After a connection was asked to close (idle GOAWAY, header timeout), how
 /// long it may take before it is dropped, unless a request is in progress.

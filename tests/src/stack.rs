@@ -51,7 +51,7 @@ pub fn free_port() -> Result<u16> {
     let start = std::process::id().wrapping_mul(7919) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let Ok(port) = u16::try_from(u32::from(low) + (start + n) % span) else {
+        let Ok(port) = u16::try_from(u32::from(low) + start.wrapping_add(n) % span) else {
             continue;
         };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {

@@ -7,7 +7,7 @@
 //! most of the sidecar's memory. Here an HTTP/1.1 connection starts in a
 //! small loop of our own that reads request heads with `httparse`:
 //!
-//! - a **bodiless long-lived GET** (`watch=true|1`, or `follow=true|1` as on
+//! - a **bodiless long-lived GET** (`watch` true, or `follow` true as on
 //!   a log) is answered here: the handler runs as for any request, and its
 //!   response head and body chunks are written straight to the TLS stream,
 //!   each write's buffer freed after it. While it waits for the handler's
@@ -115,12 +115,10 @@ pub(super) fn classify(buf: &[u8]) -> Head {
             return Head::Other;
         }
         if name == header::CONNECTION {
-            let v = value.as_bytes().to_ascii_lowercase();
-            let tokens = || v.split(|b| *b == b',').map(<[u8]>::trim_ascii);
-            if tokens().any(|t| t == b"upgrade") {
+            if has_token(&value, b"upgrade") {
                 return Head::Other;
             }
-            close |= tokens().any(|t| t == b"close");
+            close |= has_token(&value, b"close");
         }
         req.headers_mut().append(name, value);
     }
@@ -131,16 +129,30 @@ pub(super) fn classify(buf: &[u8]) -> Head {
     }
 }
 
+/// Whether a `Connection` header value lists `token` (lower case).
+fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// A request that may hold its connection open for long: a watch or a
-/// followed log (Kubernetes reads these flags as Go's `ParseBool`; the
-/// spellings clients send are `true` and `1`).
+/// followed log, with the flag spelt as the server reads it true (Go's
+/// `ParseBool`).
 fn long_lived(path: &str) -> bool {
     let Some((_, query)) = path.split_once('?') else {
         return false;
     };
-    query
-        .split('&')
-        .any(|kv| matches!(kv.split_once('='), Some(("watch" | "follow", "true" | "1"))))
+    query.split('&').any(|kv| {
+        matches!(
+            kv.split_once('='),
+            Some((
+                "watch" | "follow",
+                "1" | "t" | "T" | "true" | "TRUE" | "True"
+            ))
+        )
+    })
 }
 
 /// How a response body goes on the wire.
@@ -312,7 +324,14 @@ where
                 }
             }
         };
-        let close_after = close_after || close.is_cancelled();
+        // hyper closes after a response that says `Connection: close` too.
+        let close_after = close_after
+            || close.is_cancelled()
+            || resp
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, b"close"));
         match write_response(&mut io, resp, close_after, &mut pending, &mut probe).await {
             Ok(()) if !close_after && !close.is_cancelled() => {}
             Ok(()) => {
@@ -499,6 +518,8 @@ mod tests {
         assert_eq!(req.version(), Version::HTTP_11);
         watch("GET /api/v1/pods?resourceVersion=1&watch=1 HTTP/1.1\r\nHost: x\r\n\r\n");
         watch("GET /api/v1/namespaces/a/pods/p/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n");
+        watch("GET /api/v1/pods?watch=True HTTP/1.1\r\nHost: x\r\n\r\n");
+        watch("GET /api/v1/pods?watch=t HTTP/1.1\r\nHost: x\r\n\r\n");
         let (_, _, close) = watch(
             "GET /api/v1/pods?watch=true HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n",
         );
@@ -732,6 +753,28 @@ mod tests {
         assert!(wire.contains("\r\nconnection: close\r\n"), "{wire}");
         assert!(wire.contains("\r\ncontent-length: 2\r\n"), "{wire}");
         assert!(wire.ends_with("\r\n\r\n{}"), "{wire}");
+    }
+
+    #[tokio::test]
+    async fn a_response_that_says_close_closes_the_connection() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET /api/v1/pods?watch=true HTTP/1.1\r\n\r\nGET /api/v1/pods?watch=true HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let respond = |_req| {
+            let mut resp = Response::new(crate::hooks::full("{}"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Close"));
+            std::future::ready(resp)
+        };
+        let out = tokio::time::timeout(BOUND, serve(server, respond, CancellationToken::new()))
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Closed));
+        let wire = all_of(client).await;
+        assert_eq!(wire.matches("HTTP/1.1 200").count(), 1, "{wire}");
+        assert!(wire.contains("\r\nconnection: close\r\n"), "{wire}");
     }
 
     /// Sets its flag when dropped.
