@@ -570,8 +570,28 @@ impl MaskedBody {
                     // Trailers are dropped: API responses have none, and a
                     // trailer is not something the masker can vouch for.
                     if let Ok(data) = frame.into_data() {
-                        match self.feed(data) {
-                            Ok(out) => self.publish(out),
+                        let out = match self.feed(data) {
+                            Ok(out) => out,
+                            Err(e) => return self.fail(e),
+                        };
+                        if !self.inner.is_end_stream() {
+                            self.publish(out);
+                            continue;
+                        }
+                        // That was the upstream's last frame (END_STREAM on
+                        // it): finish now, so the masked end goes out with
+                        // this frame and `is_end_stream` is true after it.
+                        // hyper then ends the client's stream on this DATA
+                        // frame instead of writing an empty one after it (a
+                        // system call and a TCP segment more per response).
+                        match self.end() {
+                            Ok(last) if last.is_empty() => self.complete(out),
+                            Ok(last) => {
+                                let mut all = Vec::with_capacity(out.len() + last.len());
+                                all.extend_from_slice(&out);
+                                all.extend_from_slice(&last);
+                                self.complete(Bytes::from(all));
+                            }
                             Err(e) => return self.fail(e),
                         }
                     }
@@ -580,21 +600,24 @@ impl MaskedBody {
                     return self.fail(MaskBodyError::Upstream { why: e.to_string() });
                 }
                 None => match self.end() {
-                    Ok(out) => {
-                        self.publish(Bytes::from(out));
-                        self.done = true;
-                        let scrubbed = self.scrubber.as_ref().is_some_and(|s| s.count() > 0);
-                        if self.json_document && !scrubbed {
-                            self.document.store(true, Ordering::Release);
-                        }
-                        self.outcome.send_replace(Some(MaskOutcome::Complete {
-                            masked: self.masked(),
-                        }));
-                    }
+                    Ok(out) => self.complete(Bytes::from(out)),
                     Err(e) => return self.fail(e),
                 },
             }
         }
+    }
+
+    /// The body ended complete: `out` is the last of it.
+    fn complete(&mut self, out: Bytes) {
+        self.publish(out);
+        self.done = true;
+        let scrubbed = self.scrubber.as_ref().is_some_and(|s| s.count() > 0);
+        if self.json_document && !scrubbed {
+            self.document.store(true, Ordering::Release);
+        }
+        self.outcome.send_replace(Some(MaskOutcome::Complete {
+            masked: self.masked(),
+        }));
     }
 }
 
@@ -1447,6 +1470,59 @@ mod tests {
             let out = String::from_utf8(out.to_vec()).unwrap();
             assert_eq!(out, format!("start\nauth Bearer {MARKER} ok\nend\n"));
         }
+    }
+
+    /// When the upstream's last frame says it is the last (END_STREAM on
+    /// it, as `Full` here), the masked body ends with its one frame too:
+    /// `is_end_stream` is true right after it, so hyper sets END_STREAM on
+    /// that DATA frame instead of sending an empty frame after it. What the
+    /// token scrub held back for a match across chunks is in that frame.
+    #[tokio::test]
+    async fn body_ends_with_the_upstreams_last_frame() {
+        let t = token_transform();
+        let secret = SECRET.replace(
+            "\"s\"}",
+            &format!("\"s\",\"labels\":{{\"t\":\"{TOKEN}\"}}}}"),
+        );
+        let log = format!("start\nauth Bearer {TOKEN}");
+        for (kind, sub, ctype, body) in [
+            ("secrets", "", "application/json", secret),
+            ("pods", "log", "text/plain", log),
+        ] {
+            let resp = http::Response::builder()
+                .header("content-type", ctype)
+                .body(crate::hooks::full(body.clone()))
+                .unwrap();
+            let mut body = t
+                .respond(Some(&attrs("get", kind, sub)), resp)
+                .await
+                .unwrap()
+                .into_body();
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert!(body.is_end_stream(), "{kind}: not ended with its frame");
+            let out = String::from_utf8(first.to_vec()).unwrap();
+            assert_no_token(&out);
+            assert!(out.contains(MARKER), "{kind}: {out}");
+            if kind == "pods" {
+                assert_eq!(out, format!("start\nauth Bearer {MARKER}"));
+            } else {
+                assert!(!out.contains("aHVudGVyMg"), "{out}");
+            }
+            assert!(body.frame().await.is_none());
+        }
+        // Without that sign (a stream of frames), the end comes after them.
+        let resp = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(chunked(vec![SECRET.as_bytes().to_vec()], false))
+            .unwrap();
+        let mut body = t
+            .respond(Some(&attrs("get", "secrets", "")), resp)
+            .await
+            .unwrap()
+            .into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
     }
 
     #[tokio::test]

@@ -787,10 +787,12 @@ impl Body for TeeBody {
                     return Poll::Pending;
                 }
                 this.recording = None;
+                this.done = true;
                 if let Some(last) = this.held.take() {
+                    // The body's last frame: `is_end_stream` is now true,
+                    // so the stream ends with it, not with an empty frame.
                     return Poll::Ready(Some(Ok(last)));
                 }
-                this.done = true;
             }
             if this.done {
                 return Poll::Ready(None);
@@ -798,9 +800,11 @@ impl Body for TeeBody {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.keep(&frame);
-                    if this.inner.is_end_stream()
-                        && let Some(rec) = this.end_record(true)
-                    {
+                    if this.inner.is_end_stream() {
+                        let Some(rec) = this.end_record(true) else {
+                            this.done = true;
+                            return Poll::Ready(Some(Ok(frame)));
+                        };
                         // The last frame: held until the record is durable.
                         this.held = Some(frame);
                         this.recording = Some(rec);
@@ -920,6 +924,8 @@ mod tests {
         tx.send(()).unwrap();
         let f = frame.await.unwrap().unwrap();
         assert!(written.load(Ordering::SeqCst));
+        // The end goes with the last frame (END_STREAM on it over HTTP/2).
+        assert!(tee.is_end_stream());
         assert_eq!(
             f.into_data().unwrap(),
             Bytes::from_static(b"{\"kind\":\"Pod\"}")
