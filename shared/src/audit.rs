@@ -17,6 +17,8 @@ use serde_json::value::RawValue;
 
 use crate::attrs::RequestAttributes;
 
+mod json;
+
 /// `apiVersion` of audit events.
 pub const API_VERSION: &str = "audit.k8s.io/v1";
 
@@ -568,18 +570,6 @@ pub struct EventView<'a> {
     pub response_text: Option<&'a str>,
 }
 
-/// The fields of an [`EventView`] after `responseObject`, serialized alone
-/// exactly as the view writes them (same names and rules).
-#[derive(Serialize)]
-struct ViewTail<'a> {
-    #[serde(rename = "requestReceivedTimestamp")]
-    request_received_timestamp: MicroTime,
-    #[serde(rename = "stageTimestamp")]
-    stage_timestamp: MicroTime,
-    #[serde(skip_serializing_if = "no_entries")]
-    annotations: &'a BTreeMap<String, String>,
-}
-
 fn no_items(v: &&[String]) -> bool {
     v.is_empty()
 }
@@ -630,55 +620,18 @@ impl<'a> EventView<'a> {
     }
 
     /// The event as JSON (one NDJSON line: no newline in it or after it).
+    /// Written directly (see `audit/json.rs`), byte for byte what the
+    /// derived `Serialize` writes for the same view with the vouched-for
+    /// text as `response_object`; use this, not the derived form, which
+    /// leaves `response_text` out.
     pub fn to_json_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = Vec::with_capacity(
             1024 + self.request_object.map_or(0, |r| r.get().len())
                 + self.response_object.map_or(0, |r| r.get().len())
                 + self.response_text.map_or(0, str::len),
         );
-        let Some(text) = self.response_text else {
-            serde_json::to_writer(&mut out, self)?;
-            return Ok(out);
-        };
-        // The view without the body, then the body spliced in where the
-        // derived form puts `responseObject`: before the fields that follow
-        // it, whose bytes are known by serializing them alone.
-        let view = EventView {
-            response_object: None,
-            response_text: None,
-            ..*self
-        };
-        serde_json::to_writer(&mut out, &view)?;
-        let tail = serde_json::to_vec(&ViewTail {
-            request_received_timestamp: self.request_received_timestamp,
-            stage_timestamp: self.stage_timestamp,
-            annotations: self.annotations,
-        })?;
-        let fields = tail.get(1..).unwrap_or_default();
-        let at = out.len().checked_sub(fields.len() + 1);
-        match at {
-            Some(at) if out[at] == b',' && out[at + 1..] == *fields => {
-                out.truncate(at);
-                out.extend_from_slice(b",\"responseObject\":");
-                out.extend_from_slice(text.as_bytes());
-                out.push(b',');
-                out.extend_from_slice(fields);
-                Ok(out)
-            }
-            // Cannot happen (the tail is written by the same rules); if it
-            // did, the body is checked and written the ordinary way.
-            _ => {
-                let raw = RawValue::from_string(text.to_string())?;
-                let view = EventView {
-                    response_object: Some(&raw),
-                    response_text: None,
-                    ..*self
-                };
-                out.clear();
-                serde_json::to_writer(&mut out, &view)?;
-                Ok(out)
-            }
-        }
+        json::write_view(self, &mut out)?;
+        Ok(out)
     }
 }
 
@@ -1248,6 +1201,207 @@ mod view_tests {
                 .unwrap()
                 .contains("responseObject")
         );
+    }
+
+    /// Text with what JSON must escape, what it must not, and non-ASCII.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                6 => proptest::char::range('a', 'z'),
+                1 => Just('"'),
+                1 => Just('\\'),
+                1 => Just('\n'),
+                1 => Just('\u{1}'),
+                1 => Just('\u{1f}'),
+                1 => Just('\u{7f}'),
+                1 => Just('/'),
+                1 => Just('é'),
+                1 => Just('😀'),
+                1 => any::<char>(),
+            ],
+            0..6,
+        )
+        .prop_map(String::from_iter)
+    }
+
+    fn user_info() -> impl proptest::strategy::Strategy<Value = UserInfo> {
+        use proptest::prelude::*;
+        (
+            text(),
+            text(),
+            proptest::collection::vec(text(), 0..3),
+            proptest::collection::btree_map(text(), proptest::collection::vec(text(), 0..3), 0..3),
+        )
+            .prop_map(|(username, uid, groups, extra)| UserInfo {
+                username,
+                uid,
+                groups,
+                extra,
+            })
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            text().prop_map(serde_json::Value::String),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (text(), text()).prop_map(|(k, v)| serde_json::json!({ k: [v, 1, true] })),
+        ]
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        let status = (
+            (proptest::option::of(text()), proptest::option::of(text())),
+            (text(), text(), text(), proptest::option::of(any::<i64>())),
+            (text(), text(), text()),
+            (proptest::option::of(json_value()), any::<i32>()),
+        )
+            .prop_map(
+                |(
+                    (kind, api_version),
+                    (sl, rv, ct, rem),
+                    (status, message, reason),
+                    (details, code),
+                )| {
+                    ResponseStatus {
+                        kind,
+                        api_version,
+                        metadata: ListMeta {
+                            self_link: sl,
+                            resource_version: rv,
+                            continue_token: ct,
+                            remaining_item_count: rem,
+                        },
+                        status,
+                        message,
+                        reason,
+                        details,
+                        code,
+                    }
+                },
+            );
+        let object_ref = (
+            (text(), text(), text(), text()),
+            (text(), text(), text(), text()),
+        )
+            .prop_map(
+                |(
+                    (resource, namespace, name, uid),
+                    (api_group, api_version, resource_version, subresource),
+                )| {
+                    ObjectReference {
+                        resource,
+                        namespace,
+                        name,
+                        uid,
+                        api_group,
+                        api_version,
+                        resource_version,
+                        subresource,
+                    }
+                },
+            );
+        let level = prop_oneof![
+            Just(Level::None),
+            Just(Level::Metadata),
+            Just(Level::Request),
+            Just(Level::RequestResponse)
+        ];
+        let stage = prop_oneof![
+            Just(Stage::RequestReceived),
+            Just(Stage::ResponseStarted),
+            Just(Stage::ResponseComplete),
+            Just(Stage::Panic)
+        ];
+        (
+            (
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                level,
+                stage,
+            ),
+            (
+                text(),
+                text(),
+                text(),
+                user_info(),
+                proptest::option::of(user_info()),
+            ),
+            (proptest::collection::vec(text(), 0..3), text()),
+            (
+                proptest::option::of(object_ref),
+                proptest::option::of(status),
+            ),
+            (
+                any::<i64>(),
+                prop_oneof![any::<i64>(), 0i64..253_402_300_799_999_999],
+            ),
+            proptest::collection::btree_map(text(), text(), 0..3),
+        )
+            .prop_map(
+                |(
+                    (kind, api_version, level, stage),
+                    (audit_id, request_uri, verb, user, impersonated_user),
+                    (source_ips, user_agent),
+                    (object_ref, response_status),
+                    (t0, t1),
+                    annotations,
+                )| Event {
+                    kind,
+                    api_version,
+                    level,
+                    audit_id,
+                    stage,
+                    request_uri,
+                    verb,
+                    user,
+                    impersonated_user,
+                    source_ips,
+                    user_agent,
+                    object_ref,
+                    response_status,
+                    request_object: None,
+                    response_object: None,
+                    request_received_timestamp: MicroTime::from_unix_micros(t0),
+                    stage_timestamp: MicroTime::from_unix_micros(t1),
+                    annotations,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        /// The direct writer writes, byte for byte, what the derived
+        /// `Serialize` writes for the same view (vouched-for text written as
+        /// the checked body it stands for), whatever the strings hold.
+        #[test]
+        fn the_writer_writes_what_serde_writes(
+            e in event(),
+            request in proptest::option::of(json_value()),
+            response in proptest::option::of((json_value(), proptest::bool::ANY)),
+        ) {
+            let req = request.map(|v| serde_json::value::to_raw_value(&v).unwrap());
+            let resp = response
+                .as_ref()
+                .map(|(v, text)| (serde_json::value::to_raw_value(v).unwrap(), *text));
+            let mut view = e.view();
+            view.request_object = req.as_deref();
+            match &resp {
+                Some((raw, true)) => view.response_text = Some(raw.get()),
+                Some((raw, false)) => view.response_object = Some(raw),
+                None => {}
+            }
+            let mut reference = view;
+            if let Some((raw, true)) = &resp {
+                reference.response_object = Some(raw);
+                reference.response_text = None;
+            }
+            let want = String::from_utf8(serde_json::to_vec(&reference).unwrap()).unwrap();
+            let got = String::from_utf8(view.to_json_vec().unwrap()).unwrap();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
