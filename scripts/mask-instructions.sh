@@ -6,14 +6,15 @@
 # Builds shared/benches/mask_stream.rs in release mode and runs each list
 # (500 Secrets, ~2.0 MB; 500 Pods, ~1.2 MB; 500 ConfigMaps with nothing to
 # mask, ~0.7 MB; default masking) under
-# `valgrind --tool=callgrind`, collecting only inside `StreamMasker::push` and
-# `StreamMasker::finish` (the list generator is not counted). Prints
+# `valgrind --tool=callgrind`, collecting only inside the bench's `mask_piece`
+# and `mask_end` (the masker, and the token scrub when asked for; the list
+# generator is not counted). Prints
 # instructions per input byte and per item, and how many items the byte-level
 # path masked and how many it left to the tree engine.
 #
 # Usage: scripts/mask-instructions.sh [ITEMS]     (default 500)
-# Environment: MASK_BENCH_TOKEN=1 also scrubs a token from every string, as
-# the sidecar does; MASK_INSTR_KEEP=DIR keeps the callgrind files in DIR
+# Environment: MASK_BENCH_TOKEN=1 also scrubs a token from every string and
+# from the output bytes, as the sidecar does (any other value: that token); MASK_INSTR_KEEP=DIR keeps the callgrind files in DIR
 # (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ mkdir -p "$dir"
 printf '%-11s %6s %10s %14s %10s %10s %9s %8s\n' list items input_MB instructions per_byte per_item by_bytes by_tree
 for t in secret pod configmap; do
   out=$(MASK_BENCH_SECRETS=$items valgrind --tool=callgrind --callgrind-out-file="$dir/$t.out" \
-    --toggle-collect='*StreamMasker*push*' --toggle-collect='*StreamMasker*finish*' \
+    --toggle-collect='*mask_piece*' --toggle-collect='*mask_end*' \
     "$exe" --ignored --nocapture --test-threads 1 "mask_${t}_list" 2>&1)
   mb=$(echo "$out" | sed -n 's/.*input_bytes=\([0-9]*\).*/\1/p' | head -1)
   ir=$(echo "$out" | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | head -1)
