@@ -881,17 +881,17 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET costs ~0.50 M (the ~1.3 KB Pod) / ~0.30 M (the Secret) user-space instructions "
-         "(callgrind, musl build, results.md \"Fifth pass\"; 0.60 M / 0.36 M before it in the same invocation, "
-         "1.1 M for the Pod in the first pass), spread over the masker's tokenizer, HTTP/2 on both sides, rustls, "
-         "the event's serialisation and allocation, none of them a large share any more; in CPU time the kernel "
+         "a recorded GET costs ~0.37 M (the ~1.3 KB Pod) / ~0.26 M (the Secret) user-space instructions "
+         "(callgrind, glibc build, results.md \"Ninth pass\"; ~1.1 M for the Pod in the first pass), spread over "
+         "the masker's tokenizer and object scrub, HTTP/2 on both sides, rustls and allocation, none of them a "
+         "large share any more (the event is now written directly, and a response ends on its last DATA frame, "
+         "one write and one TCP segment less); in CPU time the kernel "
          "takes ~30 % of the sidecar's samples (loopback TCP both ways, the wake-up per request) and musl's "
          "memcpy ~10 % (~37 calls and ~9 KB per GET, at arbitrary byte offsets, where musl's `rep movsq` costs "
          "6-17x glibc's copy on this CPU: bench/memcpy.md); nginx copies bytes. A static glibc build "
          "(results.md \"Sixth pass\") spent 4-22 % less CPU per GET but is ~0.9 MiB larger at idle, which "
          "would lose the idle goal. Closing it takes fewer copies and allocations per request through hyper "
-         "and h2 on both sides, a memcpy that is not musl's in a binary no larger than today's, and an event "
-         "serialiser that writes its fields directly.")
+         "and h2 on both sides, and a memcpy that is not musl's in a binary no larger than today's.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
