@@ -19,12 +19,14 @@
 //! string in which such a window of a longer value is found is replaced as
 //! a whole (the rest of the value follows the window). Such a set is small
 //! and searched in a few short strings, so it builds no automaton: one pass
-//! over a string looks up each byte pair in a small filter of the
-//! patterns' first two bytes and compares the patterns only where it hits.
-//! [`ScrubSet::new`] (the token, built once per rotation, searched over
-//! every body) matches the whole forms exactly with one
+//! over a string samples its 4-byte grams every few bytes in a small filter
+//! of the patterns' grams (`GramFilter`) and compares the patterns only
+//! where it hits. [`ScrubSet::new`] (the token, built once per rotation,
+//! searched over every body) matches the whole forms exactly with one
 //! Aho-Corasick automaton (built on first use), so a string is scanned once
-//! whatever the number of forms.
+//! whatever the number of forms; the automaton runs only where a gram
+//! filter of the forms hits (4,096 bits for strings, 65,536 for the byte
+//! scan of bodies, whose text hits the smaller one too often).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -89,9 +91,9 @@ pub struct ScrubSet {
     /// Token sets: a wide gram filter of all patterns, the prefilter of the
     /// byte scan ([`StreamScrubber`]) over every response body. The
     /// automaton's own prefilter (rare bytes of the patterns' starts)
-    /// stopped every few bytes in JSON for some tokens: 8–41 instructions a
-    /// byte, with this filter under one. `None` for object sets, and when a
-    /// pattern is too short for it.
+    /// stopped every few bytes in JSON for some tokens: up to ~100
+    /// instructions a byte for a JWT, with this filter about one. `None`
+    /// for object sets, and when a pattern is too short for it.
     byte_grams: Option<Box<GramFilter<WIDE_GRAM_WORDS>>>,
     /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
     /// (the ones strings can hold), in order.
