@@ -75,7 +75,7 @@ pub struct ScrubSet {
     /// Object sets: in the order the forms were made, because most objects
     /// hold no form anywhere and sorting for every one cost more than the
     /// search; [`ScrubSet::scrub_str`] puts them in order when one is found.
-    patterns: Vec<Vec<u8>>,
+    patterns: Patterns,
     /// Per pattern: a window of a longer value (the string holding it is
     /// replaced whole).
     window: Vec<bool>,
@@ -125,18 +125,61 @@ impl Default for ScrubSet {
 
 impl PartialEq for ScrubSet {
     fn eq(&self, other: &Self) -> bool {
-        ordered(
-            self.patterns
-                .iter()
-                .map(Vec::as_slice)
-                .zip(self.window.iter().copied()),
-        ) == ordered(
-            other
-                .patterns
-                .iter()
-                .map(Vec::as_slice)
-                .zip(other.window.iter().copied()),
-        )
+        ordered(self.patterns.iter().zip(self.window.iter().copied()))
+            == ordered(other.patterns.iter().zip(other.window.iter().copied()))
+    }
+}
+
+/// The patterns of a set, one after another in one buffer. An object set is
+/// built for every object in which something was masked, and a vector per
+/// form cost an allocation, a copy and a free each (11 forms a value).
+#[derive(Clone, Default)]
+struct Patterns {
+    buf: Vec<u8>,
+    /// Where each pattern ends in `buf`; it starts where the one before ends.
+    ends: Vec<usize>,
+}
+
+impl Patterns {
+    fn with_capacity(patterns: usize, bytes: usize) -> Patterns {
+        Patterns {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(patterns),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Where the next pattern starts (the end of the last one).
+    fn next_start(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let start = match i.checked_sub(1) {
+            Some(j) => *self.ends.get(j)?,
+            None => 0,
+        };
+        self.buf.get(start..*self.ends.get(i)?)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.ends.iter().scan(0, |start, &end| {
+            let p = self.buf.get(*start..end);
+            *start = end;
+            p
+        })
+    }
+
+    fn push(&mut self, p: &[u8]) {
+        self.buf.extend_from_slice(p);
+        self.ends.push(self.buf.len());
     }
 }
 
@@ -252,8 +295,8 @@ fn ordered<'a>(pairs: impl Iterator<Item = (&'a [u8], bool)>) -> Vec<(&'a [u8], 
     v
 }
 
-fn automaton<'a>(patterns: impl Iterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
-    let p: Vec<&Vec<u8>> = patterns.collect();
+fn automaton<'a>(patterns: impl Iterator<Item = &'a [u8]>) -> Option<AhoCorasick> {
+    let p: Vec<&[u8]> = patterns.collect();
     if p.is_empty() {
         return None;
     }
@@ -287,33 +330,35 @@ impl ScrubSet {
         Self::build(values, WINDOW, true)
     }
 
-    fn build<I, V>(values: I, window: usize, naive: bool) -> ScrubSet
+    fn build<I, V>(values: I, window_len: usize, naive: bool) -> ScrubSet
     where
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
         let values = values.into_iter();
-        let mut pairs: Vec<(Vec<u8>, bool)> =
-            Vec::with_capacity(values.size_hint().0 * FORMS_PER_VALUE);
+        let n = values.size_hint().0 * FORMS_PER_VALUE;
+        let (mut patterns, mut window) =
+            (Patterns::with_capacity(n, n * 32), Vec::with_capacity(n));
         for v in values {
-            forms(v.as_ref(), window, &mut pairs);
+            forms(v.as_ref(), window_len, &mut patterns, &mut window);
         }
         if !naive {
             // Longest first; for equal patterns the window (whole-string)
             // wins (see `ordered`). The automata do not depend on the order,
             // but `partial_tail` and `Debug` counts are simpler without
             // duplicates, and a token set is built once per rotation.
-            pairs.sort_unstable_by(|a, b| {
-                b.0.len()
-                    .cmp(&a.0.len())
-                    .then_with(|| a.0.cmp(&b.0))
-                    .then_with(|| b.1.cmp(&a.1))
-            });
-            pairs.dedup_by(|a, b| a.0 == b.0);
+            let (p, w) = {
+                let sorted = ordered(patterns.iter().zip(window.iter().copied()));
+                let mut p = Patterns::with_capacity(sorted.len(), patterns.buf.len());
+                for (f, _) in &sorted {
+                    p.push(f);
+                }
+                (p, sorted.iter().map(|(_, w)| *w).collect())
+            };
+            (patterns, window) = (p, w);
         }
-        let (patterns, window): (Vec<Vec<u8>>, Vec<bool>) = pairs.into_iter().unzip();
         let mut first_bytes = [false; 256];
-        for p in &patterns {
+        for p in patterns.iter() {
             if let Some(b) = p.first() {
                 first_bytes[usize::from(*b)] = true;
             }
@@ -330,33 +375,25 @@ impl ScrubSet {
             Vec::new()
         };
         let grams = if naive {
-            GramFilter::new(
-                texts
-                    .iter()
-                    .filter_map(|&i| patterns.get(i).map(Vec::as_slice)),
-                MAX_GRAM_STEP,
-            )
+            GramFilter::new(texts.iter().filter_map(|&i| patterns.get(i)), MAX_GRAM_STEP)
         } else {
             // A prefilter for the text automaton: its own prefilter stops
             // often in JSON text, and a token set is searched in every
             // string of every object.
             GramFilter::new(
-                patterns
-                    .iter()
-                    .map(Vec::as_slice)
-                    .filter(|p| std::str::from_utf8(p).is_ok()),
+                patterns.iter().filter(|p| std::str::from_utf8(p).is_ok()),
                 MAX_TOKEN_GRAM_STEP,
             )
         };
         let byte_grams = if naive {
             None
         } else {
-            GramFilter::new(patterns.iter().map(Vec::as_slice), MAX_TOKEN_GRAM_STEP).map(Box::new)
+            GramFilter::new(patterns.iter(), MAX_TOKEN_GRAM_STEP).map(Box::new)
         };
         ScrubSet {
             byte_grams,
-            max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
-            min_len: patterns.iter().map(Vec::len).min().unwrap_or(0),
+            max_len: patterns.iter().map(<[u8]>::len).max().unwrap_or(0),
+            min_len: patterns.iter().map(<[u8]>::len).min().unwrap_or(0),
             patterns,
             window,
             naive,
@@ -409,7 +446,7 @@ impl ScrubSet {
     fn text_patterns(&self) -> impl Iterator<Item = (&[u8], bool)> {
         self.texts.iter().filter_map(|&i| {
             Some((
-                self.patterns.get(i)?.as_slice(),
+                self.patterns.get(i)?,
                 self.window.get(i).copied().unwrap_or(false),
             ))
         })
@@ -600,43 +637,55 @@ impl RunFilter<'_> {
 }
 
 /// Every form of `v` worth matching, appended to `out` with its window
-/// flag, each once: forms longer than `window` are cut to it (only the first
-/// bytes of a long value are encoded, which is all its first `window`
-/// characters depend on).
-fn forms(v: &[u8], window: usize, out: &mut Vec<(Vec<u8>, bool)>) {
-    let base = out.len();
+/// flag in `flags`, each once: forms longer than `window` are cut to it
+/// (only the first bytes of a long value are encoded, which is all its
+/// first `window` characters depend on).
+fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
+    let first = out.len();
     // `f` (in the URL-safe alphabet when `url`), unless this value already
     // has that form: an encoding without `+` or `/` is its own URL-safe
     // form, one that needs no padding its own padded form, and an object
     // set (unsorted, see `ScrubSet::patterns`) is not deduplicated later.
+    // The form is written at the end of the buffer first and compared
+    // there (a slice comparison, not a mapped one), then kept or dropped.
     let mut push = |f: &[u8], url: bool, cut: bool| {
         let cut = cut || f.len() > window;
         let f = f.get(..window).unwrap_or(f);
-        let same = |o: &[u8]| {
-            o.len() == f.len()
-                && if url {
-                    o.iter().zip(f).all(|(&a, &b)| a == url_char(b))
-                } else {
-                    o == f
-                }
-        };
-        // The same bytes as a window (the padded encoding of a value just
-        // over `window`, cut) and as a whole form: the window flag wins.
-        if let Some((_, w)) = out
-            .get_mut(base..)
-            .unwrap_or_default()
-            .iter_mut()
-            .find(|(o, _)| same(o))
-        {
-            *w |= cut;
+        // Every URL-safe form is also pushed in the standard alphabet (with
+        // the same flag): without `+` or `/` the two are the same form.
+        if url && memchr::memchr2(b'+', b'/', f).is_none() {
             return;
         }
-        let form = if url {
-            f.iter().map(|&c| url_char(c)).collect()
-        } else {
-            f.to_vec()
-        };
-        out.push((form, cut));
+        let start = out.next_start();
+        out.buf.extend_from_slice(f);
+        if url {
+            // In place, a loop the compiler vectorises (mapping while
+            // extending went a byte at a time).
+            for c in out.buf.get_mut(start..).unwrap_or_default() {
+                *c = url_char(*c);
+            }
+        }
+        let (done, new) = out.buf.split_at(start);
+        let mut prev = first
+            .checked_sub(1)
+            .and_then(|j| out.ends.get(j))
+            .copied()
+            .unwrap_or(0);
+        for (i, &end) in out.ends.iter().enumerate().skip(first) {
+            // The same bytes as a window (the padded encoding of a value
+            // just over `window`, cut) and as a whole form: the window flag
+            // wins.
+            if end - prev == new.len() && done.get(prev..end) == Some(new) {
+                if let Some(w) = flags.get_mut(i) {
+                    *w |= cut;
+                }
+                out.buf.truncate(start);
+                return;
+            }
+            prev = end;
+        }
+        out.ends.push(out.buf.len());
+        flags.push(cut);
     };
     // Enough bytes for `window` characters of any encoding at any offset.
     let head = window.saturating_add(3);
@@ -1120,8 +1169,13 @@ mod tests {
             v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160),
             window in proptest::prop_oneof![proptest::strategy::Just(WINDOW), proptest::strategy::Just(usize::MAX), 8usize..80],
         ) {
-            let (mut got, mut want) = (Vec::new(), Vec::new());
-            forms(&v, window, &mut got);
+            let (mut flat, mut flags, mut want) = (Patterns::default(), Vec::new(), Vec::new());
+            // Behind another value's forms, as in a set of several.
+            forms(b"other-value", window, &mut flat, &mut flags);
+            let skip = flat.len();
+            forms(&v, window, &mut flat, &mut flags);
+            let mut got: Vec<(Vec<u8>, bool)> =
+                flat.iter().map(<[u8]>::to_vec).zip(flags).skip(skip).collect();
             reference_forms(&v, window, &mut want);
             // As a set: each form once, with the window flag if any copy of
             // it has one (what `ScrubSet` made of the reference's copies).
