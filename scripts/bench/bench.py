@@ -48,7 +48,7 @@ PRODUCT_BIN = {"gnu": BIN, "gnu-static": os.path.join(ROOT, "target", "x86_64-un
     PRODUCT_BUILD, os.path.join(ROOT, "target", MUSL_TARGET, "release"))
 PRODUCTS = ("mcp-warden-sidecar", "mcp-warden-webhook")
 # The image's environment for its musl binaries' allocator (Dockerfile); the glibc build ignores it.
-IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "0"}
+IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "10"}
 if PRODUCT_BUILD != "gnu":
     for k, v in IMAGE_ENV.items():
         os.environ.setdefault(k, v)  # a value in the environment wins (to measure other settings)
@@ -608,9 +608,19 @@ def mask_lists(env, reps):
             d = fetch_list(env.up_port, env.up_token, path)
             out[f"direct_{key}"].append(d)
             pids = [env.sidecar.pid]
+            # BENCH_LIST_PERF: a command run while the sidecar streams the large list in the first round
+            # ({pid} replaced), e.g. 'perf record -g -p {pid} -o /tmp/list.data'; stopped with SIGINT after.
+            prof = None
+            if os.environ.get("BENCH_LIST_PERF") and key == "50k" and i == 0:
+                prof = subprocess.Popen(os.environ["BENCH_LIST_PERF"].format(pid=env.sidecar.pid), shell=True,
+                                        start_new_session=True)
+                time.sleep(0.5)
             c0 = cpu_seconds(pids)
             s = fetch_list(env.sc_port, env.sc_token, path, sample_pids=pids, check_masked=True)
             s["sidecar_cpu_s"] = round(cpu_seconds(pids) - c0, 3)
+            if prof:
+                os.killpg(prof.pid, signal.SIGINT)
+                prof.wait(timeout=120)
             mb = d["bytes"] / 1e6  # MB of JSON the upstream sent
             s["mb_json"] = round(mb, 1)
             s["mb_per_cpu_s"] = round(mb / s["sidecar_cpu_s"], 1) if s["sidecar_cpu_s"] > 0 else None
