@@ -22,6 +22,10 @@ policy of the design brief, masking on), GET of the Pod unless said otherwise:
   deployed         recording to the collector through the spool (as deployed)
   deployed-secret  the same, GET of a Secret (its data masked)
   no-collector     no --collector-url: events go to the log (stdout)
+  deployed-list    as deployed, GET of a list of 100 Secrets like bench.py's masking lists (~4.9 KB each,
+                   a long base64 value and a password; ~490 KB), 5 warm-up and 50 counted GETs whatever
+                   -n/--warmup say; also reported per MB of JSON the upstream sent: the whole path's
+                   cost per byte (TLS both ways, HTTP/2, masking, the copies), as the masking goal
 
 Extra sidecar flags per configuration: --extra NAME='--flag value ...'; --extra-all '...' for every
 one. Other configurations can be added as NAME=BASE:flags with --config (BASE one of the above).
@@ -62,7 +66,10 @@ BASES = {
     "deployed": {"collector": True, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
     "deployed-secret": {"collector": True, "path": "/api/v1/namespaces/bench/secrets/creds"},
     "no-collector": {"collector": False, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
+    "deployed-list": {"collector": True, "path": "/api/v1/namespaces/mask-100/secrets", "warmup": 5, "requests": 50},
 }
+
+LIST_ITEMS = 100
 
 
 def log(*a):
@@ -95,7 +102,13 @@ def bench_pod():
 
 def write_seed(path):
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}, bench_pod(),
-            bench.small_secret(), bench.small_configmap()]
+            bench.small_secret(), bench.small_configmap(),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mask-100"}}]
+    for i in range(LIST_ITEMS):
+        s = bench.list_secret(f"list-{i:03d}")
+        s["metadata"].pop("generateName", None)
+        s["metadata"].update({"name": f"list-{i:03d}", "namespace": "mask-100"})
+        docs.append(s)
     with open(path, "w") as f:
         f.write("\n---\n".join(json.dumps(d) for d in docs) + "\n")
 
@@ -192,15 +205,16 @@ def measure_rss(args, env, name, base, extra, tmp, procs):
     idle = memory(p.pid)
     token = open(os.path.join(d, "local", "token")).read().strip()
     url = f"https://127.0.0.1:{port}{BASES[base]['path']}"
-    h2load_get(url, token, args.warmup + args.requests, tmp)
+    n = BASES[base].get("warmup", args.warmup) + BASES[base].get("requests", args.requests)
+    h2load_get(url, token, n, tmp)
     time.sleep(1.0)
     after = memory(p.pid)
-    out = {"config": name, "base": base, "extra": " ".join(extra), "requests": args.warmup + args.requests,
+    out = {"config": name, "base": base, "extra": " ".join(extra), "requests": n,
            "idle": idle, "after_gets": after}
     if args.watches:
         out.update(hold_watches(args, port, token, p.pid))
     procs.stop(p, grace=60)
-    log(f"{name}: idle {idle}, after {args.warmup + args.requests} GETs {after}, watches {out.get('watches')}")
+    log(f"{name}: idle {idle}, after {n} GETs {after}, watches {out.get('watches')}")
     return out
 
 
@@ -243,13 +257,14 @@ def measure(args, env, name, base, extra, tmp, procs):
     bench.wait_until(lambda: bench.http_status(admin, "/readyz", timeout=20) == 200, 300, f"{name} /readyz")
     token = open(os.path.join(d, "local", "token")).read().strip()
     url = f"https://127.0.0.1:{port}{BASES[base]['path']}"
-    h2load_get(url, token, args.warmup, tmp)
+    warmup, requests = BASES[base].get("warmup", args.warmup), BASES[base].get("requests", args.requests)
+    h2load_get(url, token, warmup, tmp)
     # Let the warm-up's events reach the collector before counting.
     time.sleep(1.0)
     before = set(os.listdir(cgdir))
     callgrind(p.pid, "-z")
     t0 = time.monotonic()
-    h2load_get(url, token, args.requests, tmp)
+    h2load_get(url, token, requests, tmp)
     # The events of the last requests go out within the sender's batch delay (200 ms).
     time.sleep(1.0)
     load_s = time.monotonic() - t0
@@ -261,11 +276,19 @@ def measure(args, env, name, base, extra, tmp, procs):
     callgrind(p.pid, "-d")
     idle_ir, _ = dump_total(cgdir, before)
     procs.stop(p, grace=60)
-    per = (load_ir - idle_ir) / args.requests
-    log(f"{name}: load {load_ir:,} Ir in {load_s:.1f} s, idle {idle_ir:,} Ir -> {per:,.0f} per GET")
-    return {"config": name, "base": base, "extra": " ".join(extra), "requests": args.requests,
-            "load_ir": load_ir, "idle_ir": idle_ir, "load_seconds": round(load_s, 2),
-            "instructions_per_get": round(per)}
+    per = (load_ir - idle_ir) / requests
+    out = {"config": name, "base": base, "extra": " ".join(extra), "requests": requests,
+           "load_ir": load_ir, "idle_ir": idle_ir, "load_seconds": round(load_s, 2),
+           "instructions_per_get": round(per)}
+    if "warmup" in BASES[base]:
+        # What the upstream sends for this GET (the masked response is smaller).
+        up_token = open(env["up_token_file"]).read().strip()
+        size = bench.fetch_list(env["up_port"], up_token, BASES[base]["path"])["bytes"]
+        out["upstream_bytes"] = size
+        out["instructions_per_byte"] = round(per / size, 2)
+    log(f"{name}: load {load_ir:,} Ir in {load_s:.1f} s, idle {idle_ir:,} Ir -> {per:,.0f} per GET"
+        + (f" ({out['instructions_per_byte']} per byte of JSON)" if "upstream_bytes" in out else ""))
+    return out
 
 
 def main():
@@ -384,12 +407,14 @@ def main():
                 print(f"\n{r['config']}: {args.watches} watches: {r['watches']}")
         print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
         return
-    print(f"\n## Instructions per proxied GET ({label}, {args.requests} GETs, callgrind)\n")
-    print("| binary | round | configuration | extra flags | instructions / GET | load Ir | idle Ir |")
-    print("|---|---:|---|---|---:|---:|---:|")
+    counts = sorted({r["requests"] for r in results})
+    print(f"\n## Instructions per proxied GET ({label}, {'/'.join(map(str, counts))} GETs, callgrind)\n")
+    print("| binary | round | configuration | extra flags | instructions / GET | per byte of JSON | load Ir | idle Ir |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.get('binary') or '—'} | {r['round']} | {r['config']} | {r['extra'] or '—'} | "
-              f"{r['instructions_per_get']:,} | {r['load_ir']:,} | {r['idle_ir']:,} |")
+              f"{r['instructions_per_get']:,} | {r.get('instructions_per_byte', '—')} | {r['load_ir']:,} | "
+              f"{r['idle_ir']:,} |")
     print(f"\nappended to {os.path.relpath(args.out, ROOT)}")
 
 

@@ -675,7 +675,7 @@ fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
             // The same bytes as a window (the padded encoding of a value
             // just over `window`, cut) and as a whole form: the window flag
             // wins.
-            if end - prev == new.len() && done.get(prev..end) == Some(new) {
+            if end - prev == new.len() && done.get(prev..end).is_some_and(|o| same_bytes(o, new)) {
                 if let Some(w) = flags.get_mut(i) {
                     *w |= cut;
                 }
@@ -746,6 +746,23 @@ fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
             push(&enc[start..end], false, long);
         }
     }
+}
+
+/// `a == b`, eight bytes at a time. A value's forms are often equal (every
+/// cut form of a long value is `WINDOW` bytes, several the same), and slice
+/// equality is a call to the C library's `memcmp`, which musl (the image's
+/// C library) compares a byte at a time: ~150 instructions for 64 equal
+/// bytes, about a sixth of that here.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let ((ca, ta), (cb, tb)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    ta == tb
+        && ca
+            .iter()
+            .zip(cb)
+            .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
 }
 
 /// A standard-alphabet base64 character in the URL-safe alphabet.
@@ -1158,6 +1175,22 @@ mod tests {
                 if end > start && end - start >= MIN_CORE_CHARS {
                     push(enc[start..end].to_vec(), long);
                 }
+            }
+        }
+    }
+
+    /// `same_bytes` is slice equality: every length to 40, a difference at
+    /// every position (in the eight-byte chunks and in the tail).
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!same_bytes(&a, &b), "len {n}, differing at {at}");
             }
         }
     }
