@@ -805,6 +805,26 @@ impl<'a> Parser<'a, '_> {
 /// Where the first `"`, `\` or control character is in the first 32
 /// bytes of `b` (eight at a time); `None` if not there.
 fn special_byte(b: &[u8]) -> Option<usize> {
+    first_of_32::<true>(b)
+}
+
+/// Where the first `"` or `\` is in `b`: the first 32 bytes eight at a
+/// time, the rest with memchr. The stream's value scan finds the end of
+/// every string this way; most are keys and short values, for which
+/// memchr's call and set-up cost more than the search.
+pub(super) fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    match first_of_32::<false>(b) {
+        Some(p) => Some(p),
+        None => b
+            .get(32..)
+            .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+            .map(|p| p + 32),
+    }
+}
+
+/// Where the first `"` or `\` (and, with `CTRL`, control character) is in
+/// the first 32 bytes of `b`; `None` if not there.
+fn first_of_32<const CTRL: bool>(b: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
@@ -816,10 +836,12 @@ fn special_byte(b: &[u8]) -> Option<usize> {
         let e = x ^ (LO * u64::from(b'\\'));
         // Per byte: zero (a quote, a backslash) or below 0x20. Borrows make
         // false hits only above a true one, so the lowest hit is right.
-        let hit = ((q.wrapping_sub(LO) & !q)
-            | (e.wrapping_sub(LO) & !e)
-            | (x.wrapping_sub(LO * 0x20) & !x))
-            & HI;
+        let ctrl = if CTRL {
+            x.wrapping_sub(LO * 0x20) & !x
+        } else {
+            0
+        };
+        let hit = ((q.wrapping_sub(LO) & !q) | (e.wrapping_sub(LO) & !e) | ctrl) & HI;
         if hit != 0 {
             return Some(i + (hit.trailing_zeros() / 8) as usize);
         }
@@ -828,7 +850,7 @@ fn special_byte(b: &[u8]) -> Option<usize> {
     if i < 32 {
         return b[i..]
             .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .position(|&c| c == b'"' || c == b'\\' || (CTRL && c < 0x20))
             .map(|p| i + p);
     }
     None

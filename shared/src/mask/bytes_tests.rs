@@ -628,3 +628,32 @@ proptest! {
         }
     }
 }
+
+/// The word-at-a-time search for the end of a string (the stream's value
+/// scan) finds what a byte loop finds: every length to 80, a quote or a
+/// backslash at every position (in the words, the tail, past 32 bytes),
+/// none at all, with control characters and bytes above 0x7f around it.
+#[test]
+fn quote_or_backslash_is_the_first_quote_or_backslash() {
+    let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\');
+    for n in 0..80usize {
+        let base: Vec<u8> = (0..n)
+            .map(|i| [b'a', 0x01, 0x1f, 0xe2, b'/', 0x7f][i % 6])
+            .collect();
+        assert_eq!(
+            bytes::quote_or_backslash(&base),
+            naive(&base),
+            "none, len {n}"
+        );
+        for at in 0..n {
+            for special in [b'"', b'\\'] {
+                let mut b = base.clone();
+                b[at] = special;
+                if at + 1 < n {
+                    b[n - 1] = b'"';
+                }
+                assert_eq!(bytes::quote_or_backslash(&b), naive(&b), "len {n}, at {at}");
+            }
+        }
+    }
+}

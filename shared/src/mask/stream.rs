@@ -85,7 +85,7 @@ impl ValueScan {
                     i += 1;
                     continue;
                 }
-                match memchr::memchr2(b'"', b'\\', &buf[i..]) {
+                match super::bytes::quote_or_backslash(&buf[i..]) {
                     None => return Ok(Err(buf.len())),
                     Some(p) => {
                         i += p;
