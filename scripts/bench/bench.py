@@ -48,7 +48,7 @@ PRODUCT_BIN = {"gnu": BIN, "gnu-static": os.path.join(ROOT, "target", "x86_64-un
     PRODUCT_BUILD, os.path.join(ROOT, "target", MUSL_TARGET, "release"))
 PRODUCTS = ("mcp-warden-sidecar", "mcp-warden-webhook")
 # The image's environment for its musl binaries' allocator (Dockerfile); the glibc build ignores it.
-IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "10"}
+IMAGE_ENV = {"MIMALLOC_ARENA_EAGER_COMMIT": "0", "MIMALLOC_PURGE_DELAY": "0"}
 if PRODUCT_BUILD != "gnu":
     for k, v in IMAGE_ENV.items():
         os.environ.setdefault(k, v)  # a value in the environment wins (to measure other settings)
@@ -891,17 +891,18 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET costs ~0.37 M (the ~1.3 KB Pod) / ~0.26 M (the Secret) user-space instructions "
-         "(callgrind, glibc build, results.md \"Ninth pass\"; ~1.1 M for the Pod in the first pass), spread over "
-         "the masker's tokenizer and object scrub, HTTP/2 on both sides, rustls and allocation, none of them a "
-         "large share any more (the event is now written directly, and a response ends on its last DATA frame, "
-         "one write and one TCP segment less); in CPU time the kernel "
-         "takes ~30 % of the sidecar's samples (loopback TCP both ways, the wake-up per request) and musl's "
-         "memcpy ~10 % (~37 calls and ~9 KB per GET, at arbitrary byte offsets, where musl's `rep movsq` costs "
-         "6-17x glibc's copy on this CPU: bench/memcpy.md); nginx copies bytes. A static glibc build "
-         "(results.md \"Sixth pass\") spent 4-22 % less CPU per GET but is ~0.9 MiB larger at idle, which "
-         "would lose the idle goal. Closing it takes fewer copies and allocations per request through hyper "
-         "and h2 on both sides, and a memcpy that is not musl's in a binary no larger than today's.")
+         "a recorded GET costs ~0.34 M (the ~1.3 KB Pod) / ~0.23 M (the Secret) user-space instructions "
+         "(callgrind, the musl build as shipped, results.md \"Tenth pass\"; ~1.1 M for the Pod in the first "
+         "pass), spread over the masker's tokenizer and object scrub, HTTP/2 on both sides, rustls and "
+         "allocation, none of them a large share any more; in CPU time the kernel takes ~30 % of the sidecar's "
+         "samples (loopback TCP both ways, the wake-up per request), and musl's memcpy (~410 calls per Secret "
+         "GET, mostly short and at arbitrary offsets: moved futures, header values, the event's strings) ~8 % "
+         "of the instructions and more of the time (2-4x glibc's per short copy on this AMD CPU, 6-17x on the "
+         "Intel one of bench/memcpy.md); nginx copies bytes. A static glibc build (results.md \"Sixth pass\") "
+         "spent 4-22 % less CPU per GET on Intel but is ~0.9 MiB larger at idle, which would lose the idle "
+         "goal, and glibc's long copies are slower than musl's on this AMD CPU. Closing it takes fewer copies "
+         "and allocations per request through hyper and h2 on both sides, and a memcpy fast at any size and "
+         "offset in a binary no larger than today's.")
     w = sd.get("watches") or {}
     v = w.get("rss_mib")
     ok = None if v is None else (v * 1.048576 < 40 and w.get("established") == w.get("requested"))
@@ -944,12 +945,16 @@ def goals(res, s):
          f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
          + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
          "the masker alone passes on Secrets (byte-level since the fourth pass, bench/notes-bytemask.md; the "
-         "scrub sets' gram filter since the fifth); on the whole path TLS both ways, HTTP/2 framing on both sides and the copies between them "
-         "take more than the masker (musl's memcpy alone ~20 % of the sidecar's samples while it streams a "
-         "list: ~33 KB copied per 4.9 KB Secret, at arbitrary byte offsets, where musl's copy is ~6x glibc's, "
-         "bench/memcpy.md; the dynamic glibc build passes ~410 MB/s, a static glibc build ~345); it takes "
-         "fewer copies between the upstream's frames, the masker and the client's frames (rustls alone copies "
-         "each received byte twice), and a faster memcpy than musl's in the static build.")
+         "scrub sets' gram filter since the fifth); the whole path costs ~21 user-space instructions per byte of "
+         "JSON (`scripts/bench/instructions.py --configs deployed-list`, callgrind, musl build): the masker's "
+         "tokenizer ~16 %, decrypting the upstream's TLS ~13 %, the scrub set built for every Secret ~11 %, "
+         "memcpy ~6 % (musl's; more in time than in instructions at arbitrary offsets, bench/memcpy.md), the "
+         "rest HTTP/2 on both sides, allocation and the record; until the tenth pass the allocator also "
+         "faulted the upstream connection's per-frame read buffers in again (results.md, 'Tenth pass'). It "
+         "takes fewer copies between the upstream's frames, the masker and the client's frames (rustls copies "
+         "each received byte twice, h2 reallocates its read buffer while earlier frames are held), a cheaper "
+         "tokenizer, and a memcpy that is fast at any offset on both Intel and AMD (musl's is slow on short "
+         "copies, glibc's on long ones on this AMD machine).")
     return g
 
 
