@@ -1254,8 +1254,9 @@ impl Masker {
                     hot.push((from, from + run.len() as u32));
                 }
             });
-            // Each literal's hits come in order; together they need sorting.
-            hits.sort_unstable();
+            // Runs come in order, and each run's hits in order: `hits` is
+            // sorted, as `hit_inside` needs.
+            debug_assert!(hits.is_sorted());
             for (i, l) in leaves.iter().enumerate() {
                 if l.num || (!l.loc.wrapper && l.special == Special::Annotation) {
                     continue;

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Captures, Regex, RegexSet};
 
 use super::MARKER;
@@ -106,9 +107,47 @@ pub(crate) struct Detectors {
     /// BEGIN and END lines of private keys, for blocks split over log lines;
     /// `None` when the private-key detector is off.
     pem_lines: Option<(Regex, Regex)>,
-    /// Lower-case literals one of which every match of an enabled detector
-    /// holds (ASCII case ignored), for [`Detectors::may_match`].
-    literals: Vec<memchr::memmem::Finder<'static>>,
+    /// The literals one of which every match of an enabled detector holds
+    /// (ASCII case ignored; see [`Detectors::may_match`]), all found in one
+    /// pass: over lower-cased text, where the automaton's SIMD prefilter
+    /// (Teddy) runs, which it does not for a case-insensitive automaton.
+    /// `None` when no enabled detector has literals.
+    literals: Option<Literals>,
+}
+
+/// The required literals of the enabled detectors, as two automatons.
+#[derive(Debug, Clone)]
+struct Literals {
+    /// Lower-case patterns, leftmost-first, for lower-cased text
+    /// ([`Detectors::literal_hits`]).
+    lower: AhoCorasick,
+    /// The same, ASCII case ignored, for a yes-or-no answer on a text as
+    /// it is (no lower-cased copy of it to make).
+    any_case: AhoCorasick,
+}
+
+impl Literals {
+    fn new(patterns: &[&str]) -> Option<Literals> {
+        if patterns.is_empty() || patterns.iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        let build = |any_case: bool| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .ascii_case_insensitive(any_case)
+                .build(patterns)
+                .ok()
+        };
+        Some(Literals {
+            lower: build(false)?,
+            any_case: build(true)?,
+        })
+    }
+
+    /// Whether an ASCII `text` holds one of the literals, case ignored.
+    fn in_ascii(&self, text: &str) -> bool {
+        self.any_case.is_match(text)
+    }
 }
 
 /// Literals, lower case, one of which every match of the detector holds
@@ -150,11 +189,12 @@ impl Detectors {
         } else {
             None
         };
-        let literals = list
+        let patterns: Vec<&str> = list
             .iter()
             .flat_map(|(d, _)| required_literals(*d))
-            .map(|l| memchr::memmem::Finder::new(l.as_bytes()).into_owned())
+            .copied()
             .collect();
+        let literals = Literals::new(&patterns);
         Detectors {
             set,
             list,
@@ -188,12 +228,15 @@ impl Detectors {
     }
 
     /// Where the required literals (see [`Detectors::may_match`]) are in
-    /// an ASCII `text`, offset by `base`, appended to `out`; a string
-    /// with a detector match holds one of them whole (the literals hold no
-    /// quote, so none crosses into or out of a JSON string). `false` when
-    /// this cannot tell (non-ASCII text, no detectors): then use
-    /// [`Detectors::may_match`]. `lower` is scratch space, reused between
-    /// calls.
+    /// an ASCII `text`, offset by `base`, appended to `out` in order: the
+    /// leftmost-first matches, not overlapping, ASCII case ignored. A string
+    /// with a detector match holds one of them whole, and then gives at
+    /// least one hit inside it: the literals hold no quote and match no
+    /// JSON punctuation, number or keyword, so each hit lies inside one
+    /// string, and a literal passed over overlaps a hit in the same string.
+    /// `false` when this cannot tell (non-ASCII text, no detectors): then
+    /// use [`Detectors::may_match`]. `lower` is scratch space, reused
+    /// between calls.
     pub(crate) fn literal_hits(
         &self,
         text: &str,
@@ -201,23 +244,19 @@ impl Detectors {
         lower: &mut Vec<u8>,
         out: &mut Vec<(u32, u32)>,
     ) -> bool {
-        if self.list.is_empty() || self.literals.is_empty() || !text.is_ascii() {
+        let Some(lits) = &self.literals else {
+            return false;
+        };
+        if self.list.is_empty() || !text.is_ascii() {
             return false;
         }
         lower.clear();
         lower.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
-        for f in &self.literals {
-            let n = f.needle().len();
-            // `find` on the rest, not `find_iter`: that clones the finder's
-            // searcher (hundreds of bytes) per call, once per run and
-            // literal. Matches do not overlap, as with `find_iter`.
-            let mut at = 0;
-            while let Some(p) = lower.get(at..).and_then(|rest| f.find(rest)) {
-                let start = at + p;
-                out.push((base + start as u32, base + (start + n) as u32));
-                at = start + n.max(1);
-            }
-        }
+        out.extend(
+            lits.lower
+                .find_iter(lower.as_slice())
+                .map(|m| (base + m.start() as u32, base + m.end() as u32)),
+        );
         true
     }
 
@@ -235,11 +274,11 @@ impl Detectors {
         if self.list.is_empty() {
             return false;
         }
-        if text.is_ascii() && !self.literals.is_empty() {
-            let lower = text.as_bytes().to_ascii_lowercase();
-            if !self.literals.iter().any(|f| f.find(&lower).is_some()) {
-                return false;
-            }
+        if let Some(lits) = &self.literals
+            && text.is_ascii()
+            && !lits.in_ascii(text)
+        {
+            return false;
         }
         self.set.is_match(text)
     }
@@ -282,9 +321,10 @@ impl Detectors {
         if self.list.is_empty() {
             return (Cow::Borrowed(s), 0);
         }
-        // Almost every string matches nothing: `is_match` answers that
-        // without allocating the per-pattern answer `matches` builds.
-        if !self.set.is_match(s) {
+        // Almost every string matches nothing: the literals (see
+        // `may_match`) or `is_match` answer that without allocating the
+        // per-pattern answer `matches` builds.
+        if !self.may_match(s) {
             return (Cow::Borrowed(s), 0);
         }
         let hits = self.set.matches(s);
@@ -455,11 +495,38 @@ mod tests {
         }
     }
 
-    /// `literal_hits` finds what `find_iter` finds (every literal, matches
-    /// not overlapping, ASCII case ignored), with the scratch buffer reused.
+    /// `literal_hits` gives the leftmost-first matches of the literals, not
+    /// overlapping, ASCII case ignored (checked against a plain scan), with
+    /// the scratch buffer reused; `may_match`'s literal check agrees.
     #[test]
-    fn literal_hits_are_find_iters_hits() {
+    fn literal_hits_are_the_leftmost_first_matches() {
         let d = all();
+        let patterns: Vec<&str> = d
+            .list
+            .iter()
+            .flat_map(|(det, _)| required_literals(*det))
+            .copied()
+            .collect();
+        // At each position, the first pattern (in order) that starts there;
+        // past a match, the next search starts at its end.
+        let scan = |text: &str| {
+            let lower = text.as_bytes().to_ascii_lowercase();
+            let mut hits = Vec::new();
+            let mut i = 0;
+            while i < lower.len() {
+                match patterns
+                    .iter()
+                    .find(|p| lower[i..].starts_with(p.as_bytes()))
+                {
+                    Some(p) => {
+                        hits.push((7 + i as u32, 7 + (i + p.len()) as u32));
+                        i += p.len();
+                    }
+                    None => i += 1,
+                }
+            }
+            hits
+        };
         let mut lower = b"left over from a longer run".to_vec();
         for text in [
             "",
@@ -468,20 +535,14 @@ mod tests {
             "TOKEN=a Token=b passwd pwdpwd",
             "Bearer eyJ ---- -----BEGIN x AKIAasiaABIAacca api-key apikey api_key",
             "secretsecret-secret",
+            "secretoken passwordtoken bearerakia eyjwt apikeyj",
+            "no literal here: {\"a\": [1, true, null]}",
         ] {
             let mut got = Vec::new();
             assert!(d.literal_hits(text, 7, &mut lower, &mut got));
-            let want: Vec<(u32, u32)> = d
-                .literals
-                .iter()
-                .flat_map(|f| {
-                    let n = f.needle().len() as u32;
-                    f.find_iter(&text.as_bytes().to_ascii_lowercase())
-                        .map(|p| (7 + p as u32, 7 + p as u32 + n))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            assert_eq!(got, want, "{text:?}");
+            assert_eq!(got, scan(text), "{text:?}");
+            let lits = d.literals.as_ref().unwrap();
+            assert_eq!(lits.in_ascii(text), !got.is_empty(), "{text:?}");
         }
         let mut got = Vec::new();
         assert!(
