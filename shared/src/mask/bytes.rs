@@ -1004,6 +1004,21 @@ fn special_text<'a>(
         .map(|i| leaf_text(i, cur, sc, s, leaves))
 }
 
+/// Whether the detectors must read escaped string `l` decoded although
+/// its raw text holds no literal hit. Only a `\u` escape can decode to a
+/// literal's character: the others give a quote, a backslash, `/` or a
+/// control character, none of which a literal holds (`detect::required_literals`),
+/// so without one the decoded text holds a literal only where the raw text
+/// does. A string in a run the literals did not decide (non-ASCII) is
+/// always read: that run's regex search saw the escapes, not what they stand
+/// for (`password\t=x` does not match `password\s*=` as written).
+fn escapes_may_hide_a_literal(s: &str, l: &Leaf, undecided: &[(u32, u32)]) -> bool {
+    in_runs(undecided, l.start)
+        || s.as_bytes()
+            .get(l.start as usize..l.end as usize)
+            .is_none_or(|raw| memchr::memmem::find(raw, b"\\u").is_some())
+}
+
 /// Every run of `s` between changed values, with its offset.
 fn for_each_run(s: &str, leaves: &[Leaf], cur: &[Option<String>], mut f: impl FnMut(u32, &str)) {
     let mut from = 0u32;
@@ -1246,12 +1261,15 @@ impl Masker {
             // Runs the literals cannot decide (non-ASCII) are searched
             // with the regex set; elsewhere only the strings that hold a
             // literal are candidates.
-            let (mut hot, mut hits, mut lower) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut hot, mut undecided, mut hits, mut lower) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for_each_run(s, leaves, cur, |from, run| {
-                if !detectors.literal_hits(run, from, &mut lower, &mut hits)
-                    && detectors.may_match(run)
-                {
-                    hot.push((from, from + run.len() as u32));
+                if !detectors.literal_hits(run, from, &mut lower, &mut hits) {
+                    let r = (from, from + run.len() as u32);
+                    undecided.push(r);
+                    if detectors.may_match(run) {
+                        hot.push(r);
+                    }
                 }
             });
             // Runs come in order, and each run's hits in order: `hits` is
@@ -1262,9 +1280,9 @@ impl Masker {
                     continue;
                 }
                 if cur[i].is_none()
-                    && !l.esc
                     && !in_runs(&hot, l.start)
                     && !hit_inside(&hits, l.start, l.end)
+                    && !(l.esc && escapes_may_hide_a_literal(s, l, &undecided))
                 {
                     continue;
                 }

@@ -158,6 +158,13 @@ fn filler() -> impl Strategy<Value = String> {
         Just("***MASKED***".to_string()),
         Just("KioqTUFTS0VEKioq".to_string()),
         Just("esc__UA__ped".to_string()),
+        // Detector hits only once decoded: through a `\u` escape, through
+        // a tab written `\t` (ASCII and not), and a literal split by an
+        // escape, which is no hit.
+        Just("P__UA__SSWORD=hunter2hunter2".to_string()),
+        Just("password\t=hunter2hunter2".to_string()),
+        Just("paſsword\t=hunter2hunter2".to_string()),
+        Just("pass\nword=hunter2hunter2 to\\ken=x".to_string()),
         Just("__N__".to_string()),
     ]
 }

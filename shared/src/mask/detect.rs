@@ -495,6 +495,22 @@ mod tests {
         }
     }
 
+    /// The byte path relies on this (`bytes::escapes_may_hide_a_literal`,
+    /// `literal_hits`): no literal holds a character a JSON escape other
+    /// than `\u` stands for, nor one of JSON's punctuation, nor a digit.
+    #[test]
+    fn literals_hold_no_escaped_or_structural_character() {
+        for d in Detector::ALL {
+            for l in required_literals(d) {
+                assert!(
+                    l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_' || b == b' '),
+                    "{d:?}: {l:?}"
+                );
+            }
+        }
+    }
+
     /// `literal_hits` gives the leftmost-first matches of the literals, not
     /// overlapping, ASCII case ignored (checked against a plain scan), with
     /// the scratch buffer reused; `may_match`'s literal check agrees.
