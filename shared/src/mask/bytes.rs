@@ -1279,11 +1279,11 @@ impl Masker {
                 if l.num || (!l.loc.wrapper && l.special == Special::Annotation) {
                     continue;
                 }
-                if cur[i].is_none()
-                    && !in_runs(&hot, l.start)
-                    && !hit_inside(&hits, l.start, l.end)
-                    && !(l.esc && escapes_may_hide_a_literal(s, l, &undecided))
-                {
+                let candidate = cur[i].is_some()
+                    || in_runs(&hot, l.start)
+                    || hit_inside(&hits, l.start, l.end)
+                    || (l.esc && escapes_may_hide_a_literal(s, l, &undecided));
+                if !candidate {
                     continue;
                 }
                 let v = leaf_text(i, cur, sc, s, leaves);
