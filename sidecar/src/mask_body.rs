@@ -1234,8 +1234,14 @@ mod tests {
         ));
         drop(masked);
         assert!(matches!(count.finished().await, MaskOutcome::Failed { .. }));
-        // A list whose upstream connection breaks after some items.
-        let list = format!(r#"{{"kind":"SecretList","items":[{SECRET},{SECRET},"#);
+        // A list whose upstream connection breaks after some items (more
+        // than the masker holds unscanned, so they were passed on; a shorter
+        // document cut short gives only the error, as above).
+        let n = mcp_warden_shared::mask::DEFAULT_HOLD_BYTES / SECRET.len() + 2;
+        let list = format!(
+            r#"{{"kind":"SecretList","items":[{}"#,
+            format!("{SECRET},").repeat(n)
+        );
         let (masked, count) = mask_response(
             masker(),
             MaskContext::for_resource("secrets"),
@@ -1249,7 +1255,7 @@ mod tests {
         assert!(!String::from_utf8_lossy(&first).contains("aHVudGVyMg"));
         assert!(masked.frame().await.unwrap().is_err());
         assert!(masked.frame().await.is_none());
-        assert_eq!(count.finished().await.masked(), 2);
+        assert_eq!(count.finished().await.masked(), n);
     }
 
     #[tokio::test]

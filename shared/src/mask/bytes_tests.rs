@@ -56,7 +56,20 @@ fn run(
     chunk: usize,
     tree: bool,
 ) -> (Outcome, (usize, usize)) {
-    let mut s = StreamMasker::new(m.clone(), c.clone(), kind);
+    run_holding(m, c, kind, input, chunk, tree, stream::DEFAULT_HOLD_BYTES)
+}
+
+/// [`run`], holding at most `hold` bytes of a JSON document unscanned.
+fn run_holding(
+    m: &Arc<Masker>,
+    c: &MaskContext,
+    kind: StreamKind,
+    input: &[u8],
+    chunk: usize,
+    tree: bool,
+    hold: usize,
+) -> (Outcome, (usize, usize)) {
+    let mut s = StreamMasker::new(m.clone(), c.clone(), kind).with_hold_bytes(hold);
     if tree {
         s = s.with_tree_engine_only();
     }
@@ -96,6 +109,15 @@ fn same(
 ) -> (usize, usize) {
     let (tree, _) = run(m, c, kind, input, chunk, true);
     let (bytes, units) = run(m, c, kind, input, chunk, false);
+    // Held whole to its end (these inputs are short) or scanned chunk by
+    // chunk: the same bytes out, the same units by either path.
+    let (scanned, scanned_units) = run_holding(m, c, kind, input, chunk, false, 0);
+    assert_eq!(
+        (&bytes, units),
+        (&scanned, scanned_units),
+        "held and scanned differ for {}",
+        String::from_utf8_lossy(input)
+    );
     match (&tree, &bytes) {
         (Ok((t, tn)), Ok((b, bn))) => {
             assert_eq!(

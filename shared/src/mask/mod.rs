@@ -86,7 +86,7 @@ use crate::attrs::RequestAttributes;
 pub use detect::Detector;
 pub use patch_guard::PatchReadsMasked;
 pub use scrub::{MIN_ENCODED_SCRUB_BYTES, MIN_SCRUB_BYTES, ScrubSet, StreamScrubber};
-pub use stream::{DEFAULT_MAX_VALUE_BYTES, StreamKind, StreamMasker};
+pub use stream::{DEFAULT_HOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, StreamKind, StreamMasker};
 
 /// The text that replaces a masked value.
 pub const MARKER: &str = "***MASKED***";

@@ -8,7 +8,10 @@
 //!   verbatim when nothing was masked, else re-serialized; see the module
 //!   docs of `mask` for which takes which); the text around
 //!   the array (`kind`, `metadata`, separators) is checked and passed on.
-//!   Any other document is held whole and masked at its end.
+//!   Any other document is held whole and masked at its end. A document
+//!   that ends within its first [`DEFAULT_HOLD_BYTES`] is not scanned as it
+//!   comes: at its end an object with no `items` or `rows` key is masked
+//!   whole from its bytes, and anything else scanned then as above.
 //!   A list `kind` that contradicts the path is refused, in the head or in
 //!   the tail (after the items); a `kind` in both head and tail is a
 //!   duplicate and refused.
@@ -44,6 +47,13 @@ use super::{MaskContext, MaskError, Masker, check_document, json_error};
 /// non-list document). etcd caps objects at ~1.5 MiB; this leaves room for
 /// large Tables and custom resources while bounding a hostile upstream.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 20;
+
+/// A JSON document is held unscanned while it is no longer than this, in
+/// case it ends there: most responses are one object of a few KiB, which the
+/// byte path then masks whole, without the tokenizer's pass over it first
+/// (the scan that finds a list's items, ~16 instructions a byte of a Pod).
+/// A list this short is masked at its end instead of item by item.
+pub const DEFAULT_HOLD_BYTES: usize = 16 << 10;
 
 /// A log line longer than this is masked and passed on in pieces, so a
 /// `follow` stream that never sends a newline cannot grow the buffer.
@@ -203,6 +213,8 @@ pub struct StreamMasker {
     ctx: MaskContext,
     kind: StreamKind,
     max_value: usize,
+    /// JSON: hold this many bytes unscanned (see [`DEFAULT_HOLD_BYTES`]).
+    hold: usize,
     buf: Vec<u8>,
     /// Bytes at the start of `buf` already passed on.
     emitted: usize,
@@ -245,6 +257,7 @@ impl StreamMasker {
             ctx,
             kind,
             max_value: DEFAULT_MAX_VALUE_BYTES,
+            hold: DEFAULT_HOLD_BYTES,
             buf: Vec::new(),
             emitted: 0,
             pos: 0,
@@ -305,6 +318,13 @@ impl StreamMasker {
         self
     }
 
+    /// Hold at most this many bytes of a JSON document unscanned (default
+    /// [`DEFAULT_HOLD_BYTES`]; `0`: scan every chunk as it comes).
+    pub fn with_hold_bytes(mut self, hold: usize) -> StreamMasker {
+        self.hold = hold;
+        self
+    }
+
     /// Values masked so far.
     pub fn masked_count(&self) -> usize {
         self.count
@@ -321,9 +341,58 @@ impl StreamMasker {
             return Err(MaskError::Poisoned);
         }
         self.buf.extend_from_slice(chunk);
+        if self.holding() {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(chunk.len());
         let r = self.process(&mut out, false);
         self.settle(r, out)
+    }
+
+    /// A JSON document not scanned yet, still short enough to hold (and
+    /// within the bound on one value, which a held list might otherwise
+    /// pass where its items streamed would not).
+    fn holding(&self) -> bool {
+        self.kind == StreamKind::Json
+            && self.byte_path
+            && matches!(self.state, J::Start)
+            && self.pos == 0
+            && self.buf.len() <= self.hold.min(self.max_value)
+    }
+
+    /// At the end of a held document: mask it whole from its bytes if it is
+    /// an object with no list or Table array (no `"items"` or `"rows"` key
+    /// anywhere) and the byte path takes it; `false` (nothing done) to
+    /// scan it as if it had come in one chunk, which gives what the byte
+    /// path refused to the tree engine and reports what is malformed.
+    fn finish_held(&mut self, out: &mut Vec<u8>) -> bool {
+        let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        let Some(first) = self.buf.iter().position(|b| !ws(b)) else {
+            return false;
+        };
+        let end = self.buf.iter().rposition(|b| !ws(b)).map_or(0, |p| p + 1);
+        let doc = &self.buf[..end];
+        if doc.get(first) != Some(&b'{')
+            || memchr::memmem::find(doc, b"\"items\"").is_some()
+            || memchr::memmem::find(doc, b"\"rows\"").is_some()
+        {
+            return false;
+        }
+        let masked = with_scratch(|sc| {
+            self.masker
+                .mask_bytes(&self.ctx, Shape::Document, doc, sc, out)
+        });
+        let Some(n) = masked else {
+            return false;
+        };
+        self.count += n;
+        self.byte_units += 1;
+        // Whitespace after the document, as the scan would pass it on.
+        out.extend_from_slice(&self.buf[end..]);
+        self.emitted = self.buf.len();
+        self.pos = self.buf.len();
+        self.state = J::Done;
+        true
     }
 
     /// The body ended: returns the last masked bytes, or an error if the body
@@ -333,6 +402,9 @@ impl StreamMasker {
             return Err(MaskError::Poisoned);
         }
         let mut out = Vec::new();
+        if self.holding() && self.finish_held(&mut out) {
+            return Ok(out);
+        }
         let r = self.process(&mut out, true);
         self.settle(r, out)
     }

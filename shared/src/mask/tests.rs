@@ -666,21 +666,63 @@ fn stream_list_memory_is_bounded_by_item() {
     let m = Arc::new(masker());
     let c = ctx_verb("secrets", "list");
     let input = secret_list_bytes(2000, false);
-    let mut s = StreamMasker::new(m, c, StreamKind::Json);
-    let mut max_buffered = 0;
-    let mut out = Vec::new();
-    for piece in input.chunks(4096) {
-        out.extend(s.push(piece).unwrap());
-        max_buffered = max_buffered.max(s.buffered());
+    // Scanned from the first chunk: a chunk and an item. Held first: at most
+    // the held bytes and a chunk, then the same.
+    for (hold, bound) in [
+        (0, 4096 + 2048),
+        (
+            stream::DEFAULT_HOLD_BYTES,
+            stream::DEFAULT_HOLD_BYTES + 4096,
+        ),
+    ] {
+        let mut s = StreamMasker::new(m.clone(), c.clone(), StreamKind::Json).with_hold_bytes(hold);
+        let mut max_buffered = 0;
+        let mut last_buffered = 0;
+        let mut out = Vec::new();
+        for piece in input.chunks(4096) {
+            out.extend(s.push(piece).unwrap());
+            max_buffered = max_buffered.max(s.buffered());
+            last_buffered = s.buffered();
+        }
+        out.extend(s.finish().unwrap());
+        assert!(
+            max_buffered <= bound,
+            "hold {hold}: buffered {max_buffered} of {}",
+            input.len()
+        );
+        assert!(
+            last_buffered < 4096 + 2048,
+            "hold {hold}: {last_buffered} at the end"
+        );
+        assert_eq!(s.masked_count(), 6000);
+        serde_json::from_slice::<Value>(&out).unwrap();
     }
-    out.extend(s.finish().unwrap());
-    assert!(
-        max_buffered < 4096 + 2048,
-        "buffered {max_buffered} of {}",
-        input.len()
-    );
-    assert_eq!(s.masked_count(), 6000);
-    serde_json::from_slice::<Value>(&out).unwrap();
+}
+
+/// A short object is held to its end and masked whole (nothing comes out
+/// before); a document past the held bytes is scanned as it comes, so a
+/// long list's first items come out before its end.
+#[test]
+fn stream_holds_short_documents_and_streams_long_lists() {
+    let m = Arc::new(masker());
+    let one = serde_json::to_vec(&secret("a", "pw-a-x")).unwrap();
+    let mut s = StreamMasker::new(m.clone(), ctx("secrets"), StreamKind::Json);
+    let (head, tail) = one.split_at(one.len() / 2);
+    assert!(s.push(head).unwrap().is_empty());
+    assert!(s.push(tail).unwrap().is_empty(), "held to the end");
+    let out = s.finish().unwrap();
+    assert_eq!(s.units_masked(), (1, 0));
+    let (whole, n) = m.mask_json_bytes(&ctx("secrets"), &one).unwrap();
+    assert_eq!((out, s.masked_count()), (whole, n));
+
+    let list = secret_list_bytes(200, false);
+    assert!(list.len() > 2 * stream::DEFAULT_HOLD_BYTES);
+    let mut s = StreamMasker::new(m, ctx_verb("secrets", "list"), StreamKind::Json);
+    let mut early = 0;
+    for piece in list[..list.len() / 2].chunks(4096) {
+        early += s.push(piece).unwrap().len();
+    }
+    assert!(early > 0, "nothing passed on from half a long list");
 }
 
 #[test]
