@@ -714,6 +714,17 @@ fn stream_holds_short_documents_and_streams_long_lists() {
     assert_eq!(s.units_masked(), (1, 0));
     let (whole, n) = m.mask_json_bytes(&ctx("secrets"), &one).unwrap();
     assert_eq!((out, s.masked_count()), (whole, n));
+    // Whitespace around it passes on as the scan passes it on.
+    let spaced = [b" \n\t".as_slice(), &one, b"\r\n \n"].concat();
+    let held = stream_all(&m, &ctx("secrets"), StreamKind::Json, &spaced, 5).unwrap();
+    let mut s = StreamMasker::new(m.clone(), ctx("secrets"), StreamKind::Json).with_hold_bytes(0);
+    let mut scanned = Vec::new();
+    for piece in spaced.chunks(5) {
+        scanned.extend(s.push(piece).unwrap());
+    }
+    scanned.extend(s.finish().unwrap());
+    assert_eq!(held.0, scanned);
+    assert!(held.0.ends_with(b"}\r\n \n") && held.0.starts_with(b" \n\t{"));
 
     let list = secret_list_bytes(200, false);
     assert!(list.len() > 2 * stream::DEFAULT_HOLD_BYTES);
