@@ -21,6 +21,7 @@ policy of the design brief, masking on), GET of the Pod unless said otherwise:
 
   deployed         recording to the collector through the spool (as deployed)
   deployed-secret  the same, GET of a Secret (its data masked)
+  deployed-configmap  the same, GET of bench.py's ConfigMap (nothing to mask; a multi-line value)
   no-collector     no --collector-url: events go to the log (stdout)
   deployed-list    as deployed, GET of a list of 100 Secrets like bench.py's masking lists (~4.9 KB each,
                    a long base64 value and a password; ~490 KB), 5 warm-up and 50 counted GETs whatever
@@ -65,6 +66,7 @@ import bench  # noqa: E402  (same directory: processes, waits)
 BASES = {
     "deployed": {"collector": True, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
     "deployed-secret": {"collector": True, "path": "/api/v1/namespaces/bench/secrets/creds"},
+    "deployed-configmap": {"collector": True, "path": "/api/v1/namespaces/bench/configmaps/small"},
     "no-collector": {"collector": False, "path": "/api/v1/namespaces/bench/pods/bench-pod"},
     "deployed-list": {"collector": True, "path": "/api/v1/namespaces/mask-100/secrets", "warmup": 5, "requests": 50},
 }
