@@ -1034,10 +1034,14 @@ fn special_text<'a>(
 /// always read: that run's regex search saw the escapes, not what they stand
 /// for (`password\t=x` does not match `password\s*=` as written).
 fn escapes_may_hide_a_literal(s: &str, l: &Leaf, undecided: &[(u32, u32)]) -> bool {
+    // Backslashes, not a substring search: a one-shot `memmem::find`
+    // builds a searcher (hundreds of instructions) per string.
     in_runs(undecided, l.start)
         || s.as_bytes()
             .get(l.start as usize..l.end as usize)
-            .is_none_or(|raw| memchr::memmem::find(raw, b"\\u").is_some())
+            .is_none_or(|raw| {
+                memchr::memchr_iter(b'\\', raw).any(|i| raw.get(i + 1) == Some(&b'u'))
+            })
 }
 
 /// Every run of `s` between changed values, with its offset.

@@ -55,6 +55,16 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 20;
 /// A list this short is masked at its end instead of item by item.
 pub const DEFAULT_HOLD_BYTES: usize = 16 << 10;
 
+/// The keys of a streamed array, as searched for in a held document: built
+/// once (a one-shot `memmem::find` builds its searcher every call).
+static LIST_KEYS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new(b"\"items\""),
+            memchr::memmem::Finder::new(b"\"rows\""),
+        ]
+    });
+
 /// A log line longer than this is masked and passed on in pieces, so a
 /// `follow` stream that never sends a newline cannot grow the buffer.
 const MAX_LOG_LINE: usize = 1 << 20;
@@ -372,10 +382,7 @@ impl StreamMasker {
         };
         let end = self.buf.iter().rposition(|b| !ws(b)).map_or(0, |p| p + 1);
         let doc = &self.buf[..end];
-        if doc.get(first) != Some(&b'{')
-            || memchr::memmem::find(doc, b"\"items\"").is_some()
-            || memchr::memmem::find(doc, b"\"rows\"").is_some()
-        {
+        if doc.get(first) != Some(&b'{') || LIST_KEYS.iter().any(|f| f.find(doc).is_some()) {
             return false;
         }
         let masked = with_scratch(|sc| {
