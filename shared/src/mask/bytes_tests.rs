@@ -46,21 +46,10 @@ fn masker_wide() -> Arc<Masker> {
 
 type Outcome = Result<(Vec<u8>, usize), MaskError>;
 
-/// Stream `input` through a masker (tree engine only or not); the outcome
-/// and (units by bytes, units by tree).
+/// Stream `input` through a masker (tree engine only or not), holding at
+/// most `hold` bytes of a JSON document unscanned; the outcome and (units
+/// by bytes, units by tree).
 fn run(
-    m: &Arc<Masker>,
-    c: &MaskContext,
-    kind: StreamKind,
-    input: &[u8],
-    chunk: usize,
-    tree: bool,
-) -> (Outcome, (usize, usize)) {
-    run_holding(m, c, kind, input, chunk, tree, stream::DEFAULT_HOLD_BYTES)
-}
-
-/// [`run`], holding at most `hold` bytes of a JSON document unscanned.
-fn run_holding(
     m: &Arc<Masker>,
     c: &MaskContext,
     kind: StreamKind,
@@ -107,11 +96,11 @@ fn same(
     input: &[u8],
     chunk: usize,
 ) -> (usize, usize) {
-    let (tree, _) = run(m, c, kind, input, chunk, true);
-    let (bytes, units) = run(m, c, kind, input, chunk, false);
+    let (tree, _) = run(m, c, kind, input, chunk, true, DEFAULT_HOLD_BYTES);
+    let (bytes, units) = run(m, c, kind, input, chunk, false, DEFAULT_HOLD_BYTES);
     // Held whole to its end (these inputs are short) or scanned chunk by
     // chunk: the same bytes out, the same units by either path.
-    let (scanned, scanned_units) = run_holding(m, c, kind, input, chunk, false, 0);
+    let (scanned, scanned_units) = run(m, c, kind, input, chunk, false, 0);
     assert_eq!(
         (&bytes, units),
         (&scanned, scanned_units),
@@ -538,7 +527,17 @@ fn benchmark_shapes_take_the_byte_path() {
     };
     let (units, _) = (same(&m, &c, StreamKind::Json, &list, 100), ());
     assert_eq!(units, (2, 0));
-    let (out, _) = run(&m, &c, StreamKind::Json, &list, 100, false).0.unwrap();
+    let (out, _) = run(
+        &m,
+        &c,
+        StreamKind::Json,
+        &list,
+        100,
+        false,
+        DEFAULT_HOLD_BYTES,
+    )
+    .0
+    .unwrap();
     let s = String::from_utf8(out).unwrap();
     assert!(!s.contains("hunter2"));
     // Untouched bytes are passed on as they came (the escaped key too).
