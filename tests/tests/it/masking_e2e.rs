@@ -890,9 +890,23 @@ fn shapes(path: &str, _auth: &str) -> Reply {
         "secrets" => json(format!(
             r#"{{"kind":"ConfigMapList","apiVersion":"v1","metadata":{{}},"items":[{item}]}}"#
         )),
+        // `kind` after the items, in pieces: items first, more of them than
+        // the sidecar holds unscanned (16 KiB), so they stream before the
+        // tail comes.
         "configmaps" => Reply::new(
             "application/json",
-            // `kind` after the items, in pieces: items first.
+            vec![
+                format!(
+                    r#"{{"apiVersion":"v1","items":[{}{item}"#,
+                    format!("{item},").repeat(300)
+                )
+                .into_bytes(),
+                br#"],"kind":"SecretList","metadata":{}}"#.to_vec(),
+            ],
+        ),
+        // The same, short: held to its end, then refused whole.
+        "pods" => Reply::new(
+            "application/json",
             vec![
                 format!(r#"{{"apiVersion":"v1","items":[{item}"#).into_bytes(),
                 br#"],"kind":"SecretList","metadata":{}}"#.to_vec(),
@@ -923,6 +937,7 @@ fn hostile_upstream_shapes_are_refused_or_masked() {
         (format!("{ns}/secrets/as-status"), "200"),
         (format!("{ns}/secrets/dup-kind"), "502"),
         (format!("{ns}/secrets"), "502"),
+        (format!("{ns}/pods"), "502"),
     ] {
         let (_, code, _, body) = s.curl(&path);
         assert_eq!(code, want, "{path}: {body}");
@@ -937,8 +952,10 @@ fn hostile_upstream_shapes_are_refused_or_masked() {
             );
         }
     }
-    // `kind` after the items contradicting the path: the stream is cut
-    // (the items went out masked as what the path says, nothing more).
+    // `kind` after the items contradicting the path, in a list longer than
+    // the sidecar holds: the stream is cut (the items went out masked as
+    // what the path says, nothing more). A short one was refused whole
+    // above (`pods`).
     let (ok, _, _, body) = s.curl(&format!("{ns}/configmaps"));
     assert!(!ok, "the body must end with an error: {body}");
     assert!(!body.contains("SecretList"), "{body}");
