@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use mcp_warden_shared::mask::{MARKER, MARKER_BASE64};
+use mcp_warden_shared::mask::{DEFAULT_HOLD_BYTES, MARKER, MARKER_BASE64};
 use mcp_warden_tests::harness::{
     ApiSim, ApiSimOptions, python_script, require_python_kubernetes, run, run_ok, wait_for,
     workspace_bin,
@@ -891,14 +891,14 @@ fn shapes(path: &str, _auth: &str) -> Reply {
             r#"{{"kind":"ConfigMapList","apiVersion":"v1","metadata":{{}},"items":[{item}]}}"#
         )),
         // `kind` after the items, in pieces: items first, more of them than
-        // the sidecar holds unscanned (16 KiB), so they stream before the
-        // tail comes.
+        // the sidecar holds unscanned (`DEFAULT_HOLD_BYTES`), so they stream
+        // before the tail comes.
         "configmaps" => Reply::new(
             "application/json",
             vec![
                 format!(
                     r#"{{"apiVersion":"v1","items":[{}{item}"#,
-                    format!("{item},").repeat(300)
+                    format!("{item},").repeat(DEFAULT_HOLD_BYTES / item.len() + 2)
                 )
                 .into_bytes(),
                 br#"],"kind":"SecretList","metadata":{}}"#.to_vec(),
