@@ -563,8 +563,17 @@ fn json_error(base: u64, body: &[u8], e: &serde_json::Error) -> MaskError {
             line += 1;
         }
     }
+    // serde_json's message ends with the line and column in the bytes it
+    // was given: the buffered value, whose start depends on how the body was
+    // chunked (leading whitespace passed on or still held). `offset` says
+    // where it is in the body; the message keeps only what is wrong.
+    let text = e.to_string();
+    let why = match text.rfind(" at line ") {
+        Some(p) => text[..p].to_string(),
+        None => text,
+    };
     MaskError::Malformed {
         offset: base + offset as u64,
-        why: e.to_string(),
+        why,
     }
 }
