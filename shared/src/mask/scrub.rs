@@ -71,14 +71,14 @@ const MIN_CORE_CHARS: usize = 8;
 /// patterns: the set holds secrets.
 #[derive(Clone)]
 pub struct ScrubSet {
-    /// Every form of every value. Token sets: longest first, deduplicated.
-    /// Object sets: in the order the forms were made, because most objects
-    /// hold no form anywhere and sorting for every one cost more than the
-    /// search; [`ScrubSet::scrub_str`] puts them in order when one is found.
-    patterns: Patterns,
-    /// Per pattern: a window of a longer value (the string holding it is
-    /// replaced whole).
-    window: Vec<bool>,
+    /// Every form of every value: built with a token set; for an object
+    /// set on first need, from `heads` (see [`ScrubSet::for_object`]).
+    forms: OnceLock<Forms>,
+    /// Object sets: the first bytes of each value, as many as its forms
+    /// depend on (`forms` reads `WINDOW + 3` and whether there are more).
+    heads: Patterns,
+    /// True when no value has a form (all too short).
+    empty: bool,
     /// Object sets are small and searched in few, short strings: a pattern
     /// at a time, without building an automaton (which costs more than the
     /// search).
@@ -86,7 +86,9 @@ pub struct ScrubSet {
     /// The gram filter of the text patterns (see [`GramFilter`]): naive
     /// sets search with it, token sets run their text automaton only where
     /// it hits. `None` when a text pattern is too short for it (or there is
-    /// none): then the patterns or the automaton search every string.
+    /// none): then the patterns or the automaton search every string. An
+    /// object set's filter is built from the first bytes of each form
+    /// ([`form_heads`]), so its forms need not exist unless it hits.
     grams: Option<GramFilter>,
     /// Token sets: a wide gram filter of all patterns, the prefilter of the
     /// byte scan ([`StreamScrubber`]) over every response body. The
@@ -95,24 +97,91 @@ pub struct ScrubSet {
     /// instructions a byte for a JWT, with this filter about one. `None`
     /// for object sets, and when a pattern is too short for it.
     byte_grams: Option<Box<GramFilter<WIDE_GRAM_WORDS>>>,
-    /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
-    /// (the ones strings can hold), in order.
-    texts: Vec<usize>,
-    /// Length of the shortest pattern: a shorter string holds none.
+    /// Length of the shortest pattern (object sets: at most that): a
+    /// shorter string holds none.
     min_len: usize,
+    /// Object sets: about how many text patterns the forms will be, for
+    /// [`RunFilter`]'s choice of search.
+    text_count: usize,
     /// All patterns (bytes, streams), built on first use.
     bytes: OnceLock<Option<AhoCorasick>>,
     /// The valid UTF-8 patterns (strings), built on first use, with their
     /// `window` flags.
     text: OnceLock<Option<(AhoCorasick, Vec<bool>)>>,
+}
+
+/// The forms of a set's values, and what is derived from them.
+#[derive(Clone)]
+struct Forms {
+    /// Every form of every value. Token sets: longest first, deduplicated.
+    /// Object sets: in the order the forms were made, because most objects
+    /// hold no form anywhere and sorting for every one cost more than the
+    /// search; [`ScrubSet::scrub_str`] puts them in order when one is found.
+    patterns: Patterns,
+    /// Per pattern: a window of a longer value (the string holding it is
+    /// replaced whole).
+    window: Vec<bool>,
+    /// Naive sets: the indexes in `patterns` of the valid UTF-8 patterns
+    /// (the ones strings can hold), in order.
+    texts: Vec<usize>,
     first_bytes: [bool; 256],
     max_len: usize,
+}
+
+impl Forms {
+    fn new<'a>(values: impl Iterator<Item = &'a [u8]>, window_len: usize, naive: bool) -> Forms {
+        let n = values.size_hint().0 * FORMS_PER_VALUE;
+        let (mut patterns, mut window) =
+            (Patterns::with_capacity(n, n * 32), Vec::with_capacity(n));
+        for v in values {
+            forms(v, window_len, &mut patterns, &mut window);
+        }
+        if !naive {
+            // Longest first; for equal patterns the window (whole-string)
+            // wins (see `ordered`). The automata do not depend on the order,
+            // but `partial_tail` and `Debug` counts are simpler without
+            // duplicates, and a token set is built once per rotation.
+            let (p, w) = {
+                let sorted = ordered(patterns.iter().zip(window.iter().copied()));
+                let mut p = Patterns::with_capacity(sorted.len(), patterns.buf.len());
+                for (f, _) in &sorted {
+                    p.push(f);
+                }
+                (p, sorted.iter().map(|(_, w)| *w).collect())
+            };
+            (patterns, window) = (p, w);
+        }
+        let mut first_bytes = [false; 256];
+        for p in patterns.iter() {
+            if let Some(b) = p.first() {
+                first_bytes[usize::from(*b)] = true;
+            }
+        }
+        let texts: Vec<usize> = if naive {
+            patterns
+                .iter()
+                .enumerate()
+                // Encodings are ASCII; only a raw value can be other bytes.
+                .filter(|(_, p)| p.is_ascii() || std::str::from_utf8(p).is_ok())
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Forms {
+            max_len: patterns.iter().map(<[u8]>::len).max().unwrap_or(0),
+            patterns,
+            window,
+            texts,
+            first_bytes,
+        }
+    }
 }
 
 impl fmt::Debug for ScrubSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScrubSet")
-            .field("patterns", &self.patterns.len())
+            .field("patterns", &self.pattern_count())
             .finish()
     }
 }
@@ -125,8 +194,9 @@ impl Default for ScrubSet {
 
 impl PartialEq for ScrubSet {
     fn eq(&self, other: &Self) -> bool {
-        ordered(self.patterns.iter().zip(self.window.iter().copied()))
-            == ordered(other.patterns.iter().zip(other.window.iter().copied()))
+        let (a, b) = (self.forms(), other.forms());
+        ordered(a.patterns.iter().zip(a.window.iter().copied()))
+            == ordered(b.patterns.iter().zip(b.window.iter().copied()))
     }
 }
 
@@ -316,123 +386,113 @@ impl ScrubSet {
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        Self::build(values, usize::MAX, false)
+        let values: Vec<V> = values.into_iter().collect();
+        let forms = Forms::new(values.iter().map(AsRef::as_ref), usize::MAX, false);
+        // A prefilter for the text automaton: its own prefilter stops
+        // often in JSON text, and a token set is searched in every string of
+        // every object.
+        let grams = GramFilter::new(
+            forms
+                .patterns
+                .iter()
+                .filter(|p| std::str::from_utf8(p).is_ok()),
+            MAX_TOKEN_GRAM_STEP,
+        );
+        let byte_grams = GramFilter::new(forms.patterns.iter(), MAX_TOKEN_GRAM_STEP).map(Box::new);
+        ScrubSet {
+            empty: forms.patterns.is_empty(),
+            min_len: forms.patterns.iter().map(<[u8]>::len).min().unwrap_or(0),
+            text_count: 0,
+            forms: OnceLock::from(forms),
+            heads: Patterns::default(),
+            naive: false,
+            grams,
+            byte_grams,
+            bytes: OnceLock::new(),
+            text: OnceLock::new(),
+        }
     }
 
     /// The set for the values masked in one object: like [`ScrubSet::new`],
     /// with forms longer than [`WINDOW`] cut to a window (see the module
     /// docs), so building it stays cheap for large values.
+    ///
+    /// Almost no object holds a form of its masked values anywhere else, so
+    /// the forms are made only when the gram filter hits: the filter is
+    /// built from the first bytes of each form ([`form_heads`]), which
+    /// depend on the first few bytes of the value alone. Making every form
+    /// (a base64 encoding of up to 67 bytes at three offsets, each kept in
+    /// two alphabets) was ~6,000 instructions a value.
     pub fn for_object<I, V>(values: I) -> ScrubSet
     where
         I: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        Self::build(values, WINDOW, true)
-    }
-
-    fn build<I, V>(values: I, window_len: usize, naive: bool) -> ScrubSet
-    where
-        I: IntoIterator<Item = V>,
-        V: AsRef<[u8]>,
-    {
         let values = values.into_iter();
-        let n = values.size_hint().0 * FORMS_PER_VALUE;
-        let (mut patterns, mut window) =
-            (Patterns::with_capacity(n, n * 32), Vec::with_capacity(n));
+        let n = values.size_hint().0;
+        let keep = WINDOW + 4;
+        let mut heads = Patterns::with_capacity(n, n * keep);
         for v in values {
-            forms(v.as_ref(), window_len, &mut patterns, &mut window);
+            let v = v.as_ref();
+            heads.push(v.get(..keep).unwrap_or(v));
         }
-        if !naive {
-            // Longest first; for equal patterns the window (whole-string)
-            // wins (see `ordered`). The automata do not depend on the order,
-            // but `partial_tail` and `Debug` counts are simpler without
-            // duplicates, and a token set is built once per rotation.
-            let (p, w) = {
-                let sorted = ordered(patterns.iter().zip(window.iter().copied()));
-                let mut p = Patterns::with_capacity(sorted.len(), patterns.buf.len());
-                for (f, _) in &sorted {
-                    p.push(f);
-                }
-                (p, sorted.iter().map(|(_, w)| *w).collect())
-            };
-            (patterns, window) = (p, w);
+        let mut pre = Patterns::with_capacity(n * FORMS_PER_VALUE, n * FORMS_PER_VALUE * 8);
+        let (mut min_len, mut text_count) = (usize::MAX, 0);
+        for h in heads.iter() {
+            let (len, count) = form_heads(h, &mut pre);
+            min_len = min_len.min(len);
+            text_count += count;
         }
-        let mut first_bytes = [false; 256];
-        for p in patterns.iter() {
-            if let Some(b) = p.first() {
-                first_bytes[usize::from(*b)] = true;
-            }
-        }
-        let texts: Vec<usize> = if naive {
-            patterns
-                .iter()
-                .enumerate()
-                // Encodings are ASCII; only a raw value can be other bytes.
-                .filter(|(_, p)| p.is_ascii() || std::str::from_utf8(p).is_ok())
-                .map(|(i, _)| i)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let grams = if naive {
-            GramFilter::new(texts.iter().filter_map(|&i| patterns.get(i)), MAX_GRAM_STEP)
-        } else {
-            // A prefilter for the text automaton: its own prefilter stops
-            // often in JSON text, and a token set is searched in every
-            // string of every object.
-            GramFilter::new(
-                patterns.iter().filter(|p| std::str::from_utf8(p).is_ok()),
-                MAX_TOKEN_GRAM_STEP,
-            )
-        };
-        let byte_grams = if naive {
-            None
-        } else {
-            GramFilter::new(patterns.iter(), MAX_TOKEN_GRAM_STEP).map(Box::new)
-        };
         ScrubSet {
-            byte_grams,
-            max_len: patterns.iter().map(<[u8]>::len).max().unwrap_or(0),
-            min_len: patterns.iter().map(<[u8]>::len).min().unwrap_or(0),
-            patterns,
-            window,
-            naive,
-            grams,
-            texts,
+            empty: pre.is_empty(),
+            grams: GramFilter::new(pre.iter(), MAX_GRAM_STEP),
+            min_len: if pre.is_empty() { 0 } else { min_len },
+            text_count,
+            forms: OnceLock::new(),
+            heads,
+            naive: true,
+            byte_grams: None,
             bytes: OnceLock::new(),
             text: OnceLock::new(),
-            first_bytes,
         }
+    }
+
+    /// The forms, made on first need for an object set.
+    fn forms(&self) -> &Forms {
+        self.forms
+            .get_or_init(|| Forms::new(self.heads.iter(), WINDOW, true))
     }
 
     /// True when there is nothing to scrub.
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.empty
     }
 
     /// Number of byte patterns (all forms of all values).
     pub fn pattern_count(&self) -> usize {
-        self.patterns.len()
+        self.forms().patterns.len()
     }
 
     /// Length of the longest pattern.
     pub fn max_pattern_len(&self) -> usize {
-        self.max_len
+        self.forms().max_len
     }
 
     fn byte_automaton(&self) -> Option<&AhoCorasick> {
         self.bytes
-            .get_or_init(|| automaton(self.patterns.iter()))
+            .get_or_init(|| automaton(self.forms().patterns.iter()))
             .as_ref()
     }
 
     fn text_automaton(&self) -> Option<&(AhoCorasick, Vec<bool>)> {
         self.text
             .get_or_init(|| {
+                let forms = self.forms();
                 let utf8 = || {
-                    self.patterns
+                    forms
+                        .patterns
                         .iter()
-                        .zip(&self.window)
+                        .zip(&forms.window)
                         .filter(|(p, _)| std::str::from_utf8(p).is_ok())
                 };
                 let ac = automaton(utf8().map(|(p, _)| p))?;
@@ -444,10 +504,11 @@ impl ScrubSet {
     /// The patterns usable on strings (valid UTF-8), with their window flags
     /// (naive sets).
     fn text_patterns(&self) -> impl Iterator<Item = (&[u8], bool)> {
-        self.texts.iter().filter_map(|&i| {
+        let forms = self.forms();
+        forms.texts.iter().filter_map(|&i| {
             Some((
-                self.patterns.get(i)?,
-                self.window.get(i).copied().unwrap_or(false),
+                forms.patterns.get(i)?,
+                forms.window.get(i).copied().unwrap_or(false),
             ))
         })
     }
@@ -479,7 +540,7 @@ impl ScrubSet {
     pub(crate) fn run_filter(&self) -> RunFilter<'_> {
         RunFilter {
             set: self,
-            patterns: self.text_patterns().count(),
+            patterns: self.text_count,
         }
     }
 
@@ -574,6 +635,7 @@ impl ScrubSet {
         let mut last = 0;
         for m in ac.find_iter(b) {
             if self
+                .forms()
                 .window
                 .get(m.pattern().as_usize())
                 .copied()
@@ -593,13 +655,14 @@ impl ScrubSet {
     /// some pattern (it may still become a match with the next bytes);
     /// `b.len()` when there is none.
     fn partial_tail(&self, b: &[u8]) -> usize {
-        let from = b.len().saturating_sub(self.max_len.saturating_sub(1));
+        let forms = self.forms();
+        let from = b.len().saturating_sub(forms.max_len.saturating_sub(1));
         for j in from..b.len() {
-            if !self.first_bytes[usize::from(b[j])] {
+            if !forms.first_bytes[usize::from(b[j])] {
                 continue;
             }
             let tail = &b[j..];
-            if self
+            if forms
                 .patterns
                 .iter()
                 .any(|p| p.len() > tail.len() && p.starts_with(tail))
@@ -641,6 +704,76 @@ impl RunFilter<'_> {
             .text_patterns()
             .any(|(p, _)| memchr::memmem::find(text.as_bytes(), p).is_some())
     }
+}
+
+/// Values longer than this have only the first bytes of their forms made
+/// when an object set is built ([`form_heads`]); shorter ones, cheap to
+/// encode, have their forms made whole.
+const SHORT_VALUE: usize = 12;
+
+/// Bytes of a form an object set's gram filter reads: the grams at its
+/// first [`MAX_GRAM_STEP`] offsets.
+const FORM_HEAD: usize = GRAM + MAX_GRAM_STEP - 1;
+
+/// The first [`FORM_HEAD`] bytes of every form [`forms`] makes of `v` in an
+/// object set (a value of at most [`SHORT_VALUE`] bytes: its forms whole),
+/// appended to `out`: enough for the gram filter. Returns the length of
+/// the shortest form and the number of forms (for a longer value, the most
+/// `forms` makes).
+fn form_heads(v: &[u8], out: &mut Patterns) -> (usize, usize) {
+    let whole = |v: &[u8], out: &mut Patterns| {
+        let start = out.len();
+        forms(v, WINDOW, out, &mut Vec::new());
+        let min = (start..out.len())
+            .filter_map(|i| out.get(i).map(<[u8]>::len))
+            .min()
+            .unwrap_or(usize::MAX);
+        (min, out.len() - start)
+    };
+    let (Some(raw), Some(first)) = (v.get(..FORM_HEAD), v.get(..8)) else {
+        return whole(v, out);
+    };
+    if v.len() <= SHORT_VALUE {
+        return whole(v, out);
+    }
+    // Every form of a longer value is longer than `FORM_HEAD`: the raw value
+    // (13 bytes or more, the shortest form), its encodings (18 characters or
+    // more) and the base64 cores (16 or more).
+    out.push(raw);
+    // Encoded behind `k` filler bytes, the value's characters start at
+    // `ceil(8k / 6)`, and the first `FORM_HEAD` of them hold only bits of
+    // its first 8 bytes (for k = 2, characters 3 to 9: bits 18 to 59 of the
+    // 10 bytes encoded). k = 0 also gives the encodings' first characters.
+    let mut enc = [0u8; 16];
+    for k in 0..3usize {
+        let from = (8 * k).div_ceil(6);
+        let mut buf = [0u8; 10];
+        if let Some(b) = buf.get_mut(k..k + 8) {
+            b.copy_from_slice(first);
+        }
+        let encoded = buf
+            .get(..k + 8)
+            .and_then(|b| STANDARD_NO_PAD.encode_slice(b, &mut enc).ok());
+        // Cannot fail (16 bytes hold the encoding of 10); should it, the
+        // forms made whole keep the filter exact (the heads pushed already
+        // only add grams).
+        let Some(p) = encoded
+            .filter(|n| *n >= from + FORM_HEAD)
+            .and_then(|_| enc.get(from..from + FORM_HEAD))
+        else {
+            return whole(v, out);
+        };
+        out.push(p);
+        if memchr::memchr2(b'+', b'/', p).is_some() {
+            let at = out.next_start();
+            out.push(p);
+            for c in out.buf.get_mut(at..).unwrap_or_default() {
+                *c = url_char(*c);
+            }
+        }
+    }
+    // A raw window may end up to 3 bytes short of `WINDOW` (see `raw_window`).
+    (v.len().min(WINDOW - 3), FORMS_PER_VALUE)
 }
 
 /// Every form of `v` worth matching, appended to `out` with its window
@@ -702,7 +835,7 @@ fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
         (v, false)
     };
     if v.len() >= MIN_SCRUB_BYTES {
-        push(v, false, long);
+        push(raw_window(v, window), false, long || v.len() > window);
     }
     if v.len() < MIN_ENCODED_SCRUB_BYTES {
         return;
@@ -752,6 +885,20 @@ fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
             push(&enc[start..end], true, long);
             push(&enc[start..end], false, long);
         }
+    }
+}
+
+/// The first `window` bytes of a raw value, shortened to the last whole
+/// character when the value is UTF-8 text: a window that splits a
+/// character is no string's substring, and strings are what an object set
+/// searches.
+fn raw_window(v: &[u8], window: usize) -> &[u8] {
+    let w = v.get(..window).unwrap_or(v);
+    match std::str::from_utf8(w) {
+        // Only an incomplete character at the end (a character the cut
+        // split); other invalid bytes mean the value is not text.
+        Err(e) if e.error_len().is_none() => w.get(..e.valid_up_to()).unwrap_or(w),
+        _ => w,
     }
 }
 
@@ -862,7 +1009,8 @@ impl StreamScrubber {
     /// starts in it (only whole chunks, so the common case is one memchr-like
     /// pass).
     fn could_match(&self, chunk: &[u8]) -> bool {
-        chunk.iter().any(|b| self.set.first_bytes[usize::from(*b)])
+        let first = &self.set.forms().first_bytes;
+        chunk.iter().any(|b| first[usize::from(*b)])
     }
 
     /// Scrub `buf` up to where bytes must be held back (a match near the
@@ -876,7 +1024,8 @@ impl StreamScrubber {
         if let Some(g) = &set.byte_grams
             && !g.search(buf, |at| {
                 buf.get(at..).is_some_and(|h| {
-                    set.patterns
+                    set.forms()
+                        .patterns
                         .iter()
                         .any(|p| h.first() == p.first() && h.starts_with(p))
                 })
@@ -892,7 +1041,7 @@ impl StreamScrubber {
         let Some(ac) = set.byte_automaton() else {
             return (None, buf.len());
         };
-        let guard = self.set.max_len.saturating_sub(1);
+        let guard = self.set.forms().max_len.saturating_sub(1);
         let mut out: Option<Vec<u8>> = None;
         let mut last = 0;
         let mut hold_from = buf.len();
@@ -993,6 +1142,40 @@ mod tests {
             set.scrub_str("a short-pw-1 b").as_deref(),
             Some("a ***MASKED*** b")
         );
+    }
+
+    #[test]
+    fn object_sets_make_their_forms_only_when_the_filter_hits() {
+        let v = "a-long-secret-value-".repeat(4);
+        let set = ScrubSet::for_object([v.as_str(), "short-pw", "abcd"]);
+        assert!(!set.is_empty());
+        assert!(set.forms.get().is_none());
+        assert_eq!(
+            set.scrub_str("metadata: none of them here, only text"),
+            None
+        );
+        assert!(!set.matches_str("app.kubernetes.io/name"));
+        assert!(set.forms.get().is_none(), "made without a hit");
+        assert_eq!(set.scrub_str(&format!("x {v} y")).as_deref(), Some(MARKER));
+        assert!(set.forms.get().is_some());
+        // Values too short for any form: nothing to make, ever.
+        let set = ScrubSet::for_object(["abc", ""]);
+        assert!(set.is_empty());
+        assert_eq!(set.scrub_str("abc abc"), None);
+    }
+
+    #[test]
+    fn object_sets_scrub_long_values_of_multibyte_characters() {
+        // The window of a long value is cut at a character boundary: cut
+        // at byte 64 it would split a character, no string could hold it,
+        // and the value copied raw would stay.
+        for c in ["\u{e9}", "\u{20ac}", "\u{1f511}"] {
+            let long = c.repeat(40);
+            let set = ScrubSet::for_object([long.as_str()]);
+            let copy = format!("copied: {long} (end)");
+            assert_eq!(set.scrub_str(&copy).as_deref(), Some(MARKER), "{c}");
+            assert!(set.matches_str(&copy));
+        }
     }
 
     #[test]
@@ -1164,7 +1347,14 @@ mod tests {
             (v, false)
         };
         if v.len() >= MIN_SCRUB_BYTES {
-            push(v.to_vec(), long);
+            // Cut at a character boundary when the value is text.
+            let mut cut = v.len().min(window);
+            if let Err(e) = std::str::from_utf8(&v[..cut])
+                && e.error_len().is_none()
+            {
+                cut = e.valid_up_to();
+            }
+            push(v[..cut].to_vec(), long || v.len() > window);
         }
         if v.len() < MIN_ENCODED_SCRUB_BYTES {
             return;
@@ -1236,6 +1426,36 @@ mod tests {
             proptest::prop_assert_eq!(got.len(), n);
             set(&mut want);
             proptest::prop_assert_eq!(got, want);
+        }
+
+        /// An object set's filter, made from the first bytes of the forms
+        /// (and the forms themselves made only on a hit), finds every text
+        /// form of every value at every offset, and the set is empty
+        /// exactly when no value has a form.
+        #[test]
+        fn object_set_filter_from_form_heads_finds_every_form(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+                    proptest::strategy::Strategy::prop_map(
+                        "[a-z0-9+/\u{e9}\u{20ac}-]{0,90}",
+                        String::into_bytes,
+                    ),
+                ],
+                1..4,
+            ),
+            pre in 0usize..8,
+            tail in proptest::prelude::any::<bool>(),
+        ) {
+            let reference = Forms::new(values.iter().map(Vec::as_slice), WINDOW, true);
+            let set = ScrubSet::for_object(&values);
+            proptest::prop_assert_eq!(set.is_empty(), reference.patterns.is_empty());
+            for i in &reference.texts {
+                let p = std::str::from_utf8(reference.patterns.get(*i).unwrap()).unwrap();
+                let hay = format!("{}{p}{}", ".".repeat(pre), if tail { ".." } else { "" });
+                proptest::prop_assert!(set.matches_str(&hay), "{:?} in {:?}", p, hay);
+                proptest::prop_assert!(set.scrub_str(&hay).is_some());
+            }
         }
 
         /// The one-pass search of object sets (gram filter, then the
