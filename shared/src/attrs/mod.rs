@@ -18,6 +18,8 @@
 //!
 //! Everything here is pure: functions over strings and headers.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 pub mod impersonation;
@@ -171,8 +173,9 @@ pub fn parse_request(method: &str, path_and_query: &str) -> Result<RequestAttrib
             });
         }
     };
-    let path = if segments.is_empty() {
-        "/".to_string()
+    // Without an escape, the canonical path is the path as sent.
+    let path = if segments.iter().all(|s| matches!(s, Cow::Borrowed(_))) {
+        raw_path.to_string()
     } else {
         format!("/{}", segments.join("/"))
     };
@@ -187,7 +190,7 @@ pub fn parse_request(method: &str, path_and_query: &str) -> Result<RequestAttrib
     attrs.field_selector = query.get("fieldSelector").map(str::to_string);
     attrs.dry_run = query::dry_run(&query)?;
 
-    let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let parts: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
     // Shorter than /api/v1/X or not under a known prefix: a non-resource URL.
     if parts.len() < 3 || !matches!(parts[0], "api" | "apis") {
         return Ok(attrs);

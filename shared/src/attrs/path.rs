@@ -2,6 +2,8 @@
 //! percent-decoded once, as kube-apiserver reads it. Anything the API server
 //! could read differently from us is refused, not guessed.
 
+use std::borrow::Cow;
+
 use super::{AttrError, percent_decode};
 
 /// Request targets that are valid on the wire (an HTTP client will send
@@ -25,9 +27,10 @@ pub const HOSTILE_PATH_EXAMPLES: &[&str] = &[
     "/api/v1/watch",
 ];
 
-/// Check the raw path and return its segments, each percent-decoded once.
-/// The root path `/` has no segments.
-pub(crate) fn canonical_segments(raw: &str) -> Result<Vec<String>, AttrError> {
+/// Check the raw path and return its segments, each percent-decoded once
+/// (a segment without an escape is borrowed: the common case, and this runs
+/// for every request). The root path `/` has no segments.
+pub(crate) fn canonical_segments(raw: &str) -> Result<Vec<Cow<'_, str>>, AttrError> {
     let bad = |why: &'static str| AttrError::NonCanonicalPath {
         path: raw.to_string(),
         why,
@@ -53,8 +56,15 @@ pub(crate) fn canonical_segments(raw: &str) -> Result<Vec<String>, AttrError> {
         if seg.is_empty() {
             return Err(bad("empty path segment ('//' or a trailing '/')"));
         }
+        if seg == "." || seg == ".." {
+            return Err(bad("'.' or '..' segment"));
+        }
+        if !seg.contains('%') {
+            out.push(Cow::Borrowed(seg));
+            continue;
+        }
         let bytes = percent_decode(seg).ok_or_else(|| bad("malformed percent-escape"))?;
-        if seg.contains('%') {
+        {
             for &b in &bytes {
                 match b {
                     b'/' => return Err(bad("percent-encoded '/'")),
@@ -67,10 +77,8 @@ pub(crate) fn canonical_segments(raw: &str) -> Result<Vec<String>, AttrError> {
             }
         }
         let s = String::from_utf8(bytes).map_err(|_| bad("percent-escapes that are not UTF-8"))?;
-        if s == "." || s == ".." {
-            return Err(bad("'.' or '..' segment"));
-        }
-        out.push(s);
+        // No '.' is left after decoding (a percent-encoded one is refused).
+        out.push(Cow::Owned(s));
     }
     Ok(out)
 }
