@@ -77,6 +77,11 @@ pub struct ScrubSet {
     /// Object sets: the first bytes of each value, as many as its forms
     /// depend on (`forms` reads `WINDOW + 3` and whether there are more).
     heads: Patterns,
+    /// Object sets: the first [`FORM_HEAD`] bytes of every form (short
+    /// values' forms whole), made with the set ([`form_heads`]). The gram
+    /// filter is built from them, and a candidate it finds is compared with
+    /// them before the forms are made.
+    form_starts: Patterns,
     /// True when no value has a form (all too short).
     empty: bool,
     /// Object sets are small and searched in few, short strings: a pattern
@@ -129,8 +134,14 @@ struct Forms {
 }
 
 impl Forms {
-    fn new<'a>(values: impl Iterator<Item = &'a [u8]>, window_len: usize, naive: bool) -> Forms {
-        let n = values.size_hint().0 * FORMS_PER_VALUE;
+    /// The forms of `count` values.
+    fn new<'a>(
+        values: impl Iterator<Item = &'a [u8]>,
+        count: usize,
+        window_len: usize,
+        naive: bool,
+    ) -> Forms {
+        let n = count * FORMS_PER_VALUE;
         let (mut patterns, mut window) =
             (Patterns::with_capacity(n, n * 32), Vec::with_capacity(n));
         for v in values {
@@ -387,7 +398,12 @@ impl ScrubSet {
         V: AsRef<[u8]>,
     {
         let values: Vec<V> = values.into_iter().collect();
-        let forms = Forms::new(values.iter().map(AsRef::as_ref), usize::MAX, false);
+        let forms = Forms::new(
+            values.iter().map(AsRef::as_ref),
+            values.len(),
+            usize::MAX,
+            false,
+        );
         // A prefilter for the text automaton: its own prefilter stops
         // often in JSON text, and a token set is searched in every string of
         // every object.
@@ -405,6 +421,7 @@ impl ScrubSet {
             text_count: 0,
             forms: OnceLock::from(forms),
             heads: Patterns::default(),
+            form_starts: Patterns::default(),
             naive: false,
             grams,
             byte_grams,
@@ -448,6 +465,7 @@ impl ScrubSet {
             grams: GramFilter::new(pre.iter(), MAX_GRAM_STEP),
             min_len: if pre.is_empty() { 0 } else { min_len },
             text_count,
+            form_starts: pre,
             forms: OnceLock::new(),
             heads,
             naive: true,
@@ -460,7 +478,7 @@ impl ScrubSet {
     /// The forms, made on first need for an object set.
     fn forms(&self) -> &Forms {
         self.forms
-            .get_or_init(|| Forms::new(self.heads.iter(), WINDOW, true))
+            .get_or_init(|| Forms::new(self.heads.iter(), self.heads.len(), WINDOW, true))
     }
 
     /// True when there is nothing to scrub.
@@ -524,12 +542,16 @@ impl ScrubSet {
                 .text_patterns()
                 .any(|(p, _)| memchr::memmem::find(hay, p).is_some());
         };
-        grams.search(hay, |at| {
-            hay.get(at..).is_some_and(|h| {
-                // The first byte inline: most candidates differ there, and
-                // `starts_with` is a call to memcmp.
-                self.text_patterns()
-                    .any(|(p, _)| h.first() == p.first() && h.starts_with(p))
+        // The first byte inline: most candidates differ there, and
+        // `starts_with` is a call to memcmp.
+        let at = |h: &[u8], p: &[u8]| h.first() == p.first() && h.starts_with(p);
+        grams.search(hay, |i| {
+            hay.get(i..).is_some_and(|h| {
+                // A form's first bytes first: the filter's 4,096 bits hit
+                // somewhere in most objects' text, and the forms are made
+                // only past this check.
+                self.form_starts.iter().any(|p| at(h, p))
+                    && self.text_patterns().any(|(p, _)| at(h, p))
             })
         })
     }
@@ -1447,7 +1469,8 @@ mod tests {
             pre in 0usize..8,
             tail in proptest::prelude::any::<bool>(),
         ) {
-            let reference = Forms::new(values.iter().map(Vec::as_slice), WINDOW, true);
+            let reference =
+                Forms::new(values.iter().map(Vec::as_slice), values.len(), WINDOW, true);
             let set = ScrubSet::for_object(&values);
             proptest::prop_assert_eq!(set.is_empty(), reference.patterns.is_empty());
             for i in &reference.texts {
