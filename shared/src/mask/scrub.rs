@@ -728,17 +728,12 @@ impl RunFilter<'_> {
     }
 }
 
-/// Values longer than this have only the first bytes of their forms made
-/// when an object set is built ([`form_heads`]); shorter ones, cheap to
-/// encode, have their forms made whole.
-const SHORT_VALUE: usize = 12;
-
 /// Bytes of a form an object set's gram filter reads: the grams at its
 /// first [`MAX_GRAM_STEP`] offsets.
 const FORM_HEAD: usize = GRAM + MAX_GRAM_STEP - 1;
 
 /// The first [`FORM_HEAD`] bytes of every form [`forms`] makes of `v` in an
-/// object set (a value of at most [`SHORT_VALUE`] bytes: its forms whole),
+/// object set (a value shorter than 8 bytes: its forms whole),
 /// appended to `out`: enough for the gram filter. Returns the length of
 /// the shortest form and the number of forms (for a longer value, the most
 /// `forms` makes).
@@ -755,12 +750,9 @@ fn form_heads(v: &[u8], out: &mut Patterns) -> (usize, usize) {
     let (Some(raw), Some(first)) = (v.get(..FORM_HEAD), v.get(..8)) else {
         return whole(v, out);
     };
-    if v.len() <= SHORT_VALUE {
-        return whole(v, out);
-    }
-    // Every form of a longer value is longer than `FORM_HEAD`: the raw value
-    // (13 bytes or more, the shortest form), its encodings (18 characters or
-    // more) and the base64 cores (16 or more).
+    // Every form of a value of 8 bytes or more is longer than `FORM_HEAD`:
+    // the raw value (the shortest form), its encodings (11 characters or
+    // more) and the base64 cores (10 or more).
     out.push(raw);
     // Encoded behind `k` filler bytes, the value's characters start at
     // `ceil(8k / 6)`, and the first `FORM_HEAD` of them hold only bits of
@@ -786,7 +778,8 @@ fn form_heads(v: &[u8], out: &mut Patterns) -> (usize, usize) {
             return whole(v, out);
         };
         out.push(p);
-        if memchr::memchr2(b'+', b'/', p).is_some() {
+        // Not `memchr2`: its setup costs more than 7 bytes.
+        if p.iter().any(|&c| c == b'+' || c == b'/') {
             let at = out.next_start();
             out.push(p);
             for c in out.buf.get_mut(at..).unwrap_or_default() {
