@@ -13,6 +13,7 @@ pub mod contract;
 pub mod enduser;
 pub mod grant;
 pub mod identity;
+pub mod json_text;
 pub mod mask;
 pub mod mcp;
 pub mod names;

@@ -187,45 +187,10 @@ fn string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) -> Result<(), s
     Ok(())
 }
 
-/// `s` as a JSON string: copied between quotes when nothing in it needs an
-/// escape (the usual case), else written by serde_json.
+/// `s` as a JSON string (see [`crate::json_text::push_quoted`]).
 fn string(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
-    if needs_escape(s.as_bytes()) {
-        return serde_json::to_writer(&mut *out, s);
-    }
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
+    crate::json_text::push_quoted(out, s);
     Ok(())
-}
-
-/// Whether `b` holds a byte JSON escapes: a quote, a backslash or a control
-/// character. Eight bytes at a time (an event's strings are mostly tens of
-/// bytes with none of them; a byte at a time was most of the writer's cost).
-fn needs_escape(b: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Nonzero exactly when some byte of `x` is below `n` (n <= 128).
-    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
-    let mut words = b.chunks_exact(8);
-    for w in &mut words {
-        let Ok(w) = <[u8; 8]>::try_from(w) else {
-            return true;
-        };
-        let x = u64::from_le_bytes(w);
-        if below(x, 0x20)
-            | below(x ^ (ONES * u64::from(b'"')), 1)
-            | below(x ^ (ONES * u64::from(b'\\')), 1)
-            != 0
-        {
-            return true;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// An object being written: tracks whether a comma goes before the next key.
@@ -295,35 +260,5 @@ impl<'a> Obj<'a> {
 
     fn close(self) {
         self.out.push(b'}');
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::needs_escape;
-
-    /// The word-at-a-time check agrees with a byte-at-a-time one for every
-    /// byte value at every position of short and long texts.
-    #[test]
-    fn needs_escape_finds_every_escaped_byte() {
-        let naive = |b: &[u8]| b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-        for len in 0..20usize {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut b = vec![b'a'; len];
-                    b[at] = byte;
-                    assert_eq!(needs_escape(&b), naive(&b), "len {len} at {at} byte {byte}");
-                }
-            }
-        }
-        // Bytes next to the ones that count (borrows between bytes).
-        for b in [
-            &b"\x21\x21\x1f\x21"[..],
-            b"!!!!!!!#",
-            b"]]]]]]]]]",
-            b"\x80\x80\x80\x80\x80\x80\x80\x80",
-        ] {
-            assert_eq!(needs_escape(b), naive(b), "{b:?}");
-        }
     }
 }

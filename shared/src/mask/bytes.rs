@@ -536,7 +536,9 @@ impl<'a> Parser<'a, '_> {
         }
         loop {
             let rest = self.b.get(j..).ok_or(Fallback)?;
-            let p = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
+            // After an escape the next one is often near (an annotation's
+            // quotes, a ConfigMap value's lines).
+            let p = quote_or_backslash(rest).ok_or(Fallback)?;
             // No early exit: the fold vectorizes.
             if rest[..p].iter().fold(false, |acc, &c| acc | (c < 0x20)) {
                 return Err(Fallback);
@@ -552,7 +554,7 @@ impl<'a> Parser<'a, '_> {
         self.i = end;
         let text = if esc {
             let raw = self.s.get(start..end).ok_or(Fallback)?;
-            let d: String = serde_json::from_str(raw).map_err(|_| Fallback)?;
+            let d = crate::json_text::unquote(raw).ok_or(Fallback)?;
             self.sc.decoded.push(d);
             Text::Dec((self.sc.decoded.len() - 1) as u32)
         } else {
@@ -1209,7 +1211,7 @@ impl Masker {
                 if l.num {
                     out.push(b'0');
                 } else {
-                    super::write_json_str(out, c);
+                    crate::json_text::push_quoted(out, c);
                 }
                 pos = l.end as usize;
             }

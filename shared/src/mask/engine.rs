@@ -899,10 +899,9 @@ fn pick<'a>(from: Option<&'a Value>, key: &str) -> Option<&'a str> {
 
 /// `"key":"value"` with serde_json's escaping of both.
 fn push_json_member(out: &mut Vec<u8>, key: &str, value: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, key);
+    crate::json_text::push_quoted(out, key);
     out.push(b':');
-    let _ = serde_json::to_writer(&mut *out, value);
+    crate::json_text::push_quoted(out, value);
 }
 
 /// Secret `data` and any `binaryData` hold base64: their marker must decode.

@@ -539,14 +539,6 @@ fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
     }
 }
 
-/// Append `s` as a JSON string.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    let at = out.len();
-    if serde_json::to_writer(&mut *out, s).is_err() {
-        out.truncate(at);
-    }
-}
-
 fn json_error(base: u64, body: &[u8], e: &serde_json::Error) -> MaskError {
     if e.is_eof() {
         return MaskError::Truncated;
