@@ -81,23 +81,30 @@ pub fn push_quoted(out: &mut Vec<u8>, s: &str) {
 /// an unescaped quote or control character inside, an unknown escape, a
 /// `\u` escape that is not four hex digits, a lone surrogate.
 pub fn unquote(raw: &str) -> Option<String> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let (text, len) = unquote_prefix(raw)?;
+    (len == raw.len()).then_some(text)
+}
+
+/// The text of the JSON string literal at the start of `s` (which starts
+/// with its opening quote) and the length of the literal, quotes included:
+/// the end is found while decoding, in one pass. `None` as [`unquote`],
+/// and when the literal does not end in `s`.
+pub fn unquote_prefix(s: &str) -> Option<(String, usize)> {
+    let inner = s.strip_prefix('"')?;
     let b = inner.as_bytes();
-    let mut out = String::with_capacity(inner.len());
+    let mut out = String::with_capacity(inner.len().min(256));
     let mut i = 0;
     loop {
-        let rest = b.get(i..)?;
-        let Some(p) = first_escaped(rest) else {
-            out.push_str(inner.get(i..)?);
-            return Some(out);
-        };
+        let p = first_escaped(b.get(i..)?)?;
         // Up to an ASCII byte: a character boundary.
         out.push_str(inner.get(i..i + p)?);
         i += p;
-        if b.get(i) != Some(&b'\\') {
-            return None;
-        }
-        let c = match *b.get(i + 1)? {
+        let c = match *b.get(i)? {
+            b'"' => return Some((out, i + 2)),
+            b'\\' => *b.get(i + 1)?,
+            _ => return None,
+        };
+        let c = match c {
             b'"' => '"',
             b'\\' => '\\',
             b'/' => '/',
@@ -219,6 +226,15 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn unquote_prefix_finds_the_end() {
+        let s = r#""a\"b\\" , "next""#;
+        assert_eq!(unquote_prefix(s), Some((r#"a"b\"#.to_string(), 8)));
+        assert_eq!(unquote_prefix(r#""unterminated\""#), None);
+        assert_eq!(unquote_prefix("\"a\nb\""), None);
+        assert_eq!(unquote_prefix("x"), None);
     }
 
     proptest::proptest! {

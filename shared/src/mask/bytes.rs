@@ -517,50 +517,59 @@ impl<'a> Parser<'a, '_> {
     /// checks them as the tree engine's parser does.
     fn string(&mut self) -> R<(u32, u32, bool, Text)> {
         let start = self.i;
-        let mut j = start + 1;
-        let mut esc = false;
+        let j = start + 1;
+        let plain = |p: usize| {
+            let end = j + p + 1;
+            (
+                start as u32,
+                end as u32,
+                false,
+                Text::Raw(start as u32 + 1, (j + p) as u32),
+            )
+        };
         // Keys and most values are short: a word at a time first.
         match special_byte(self.b.get(j..).ok_or(Fallback)?) {
             Some(p) if self.b[j + p] == b'"' => {
-                let end = j + p + 1;
-                self.i = end;
-                return Ok((
-                    start as u32,
-                    end as u32,
-                    false,
-                    Text::Raw(start as u32 + 1, (j + p) as u32),
-                ));
+                self.i = j + p + 1;
+                return Ok(plain(p));
             }
             Some(p) if self.b[j + p] < 0x20 => return Err(Fallback),
-            Some(_) | None => {}
+            Some(_) => return self.escaped_string(start),
+            None => {}
         }
-        loop {
-            let rest = self.b.get(j..).ok_or(Fallback)?;
-            // After an escape the next one is often near (an annotation's
-            // quotes, a ConfigMap value's lines).
-            let p = quote_or_backslash(rest).ok_or(Fallback)?;
-            // No early exit: the fold vectorizes.
-            if rest[..p].iter().fold(false, |acc, &c| acc | (c < 0x20)) {
-                return Err(Fallback);
-            }
-            j += p;
-            if self.b[j] == b'"' {
-                break;
-            }
-            esc = true;
-            j += 2;
+        // Longer strings (a Secret's base64 data): memchr past the 32 bytes
+        // just checked (control characters included).
+        let rest = self.b.get(j + 32..).ok_or(Fallback)?;
+        let q = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
+        // No early exit: the fold vectorizes.
+        if rest[..q].iter().fold(false, |acc, &c| acc | (c < 0x20)) {
+            return Err(Fallback);
         }
-        let end = j + 1;
+        let p = q + 32;
+        if rest[q] == b'\\' {
+            return self.escaped_string(start);
+        }
+        self.i = j + p + 1;
+        Ok(plain(p))
+    }
+
+    /// A string with an escape, starting at `start`: decoded, its end found
+    /// on the way (one pass, see [`crate::json_text::unquote_prefix`]).
+    fn escaped_string(&mut self, start: usize) -> R<(u32, u32, bool, Text)> {
+        let (d, len) = self
+            .s
+            .get(start..)
+            .and_then(crate::json_text::unquote_prefix)
+            .ok_or(Fallback)?;
+        let end = start + len;
         self.i = end;
-        let text = if esc {
-            let raw = self.s.get(start..end).ok_or(Fallback)?;
-            let d = crate::json_text::unquote(raw).ok_or(Fallback)?;
-            self.sc.decoded.push(d);
-            Text::Dec((self.sc.decoded.len() - 1) as u32)
-        } else {
-            Text::Raw(start as u32 + 1, j as u32)
-        };
-        Ok((start as u32, end as u32, esc, text))
+        self.sc.decoded.push(d);
+        Ok((
+            start as u32,
+            end as u32,
+            true,
+            Text::Dec((self.sc.decoded.len() - 1) as u32),
+        ))
     }
 
     fn object(&mut self, h: Here) -> R<()> {
