@@ -891,8 +891,8 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET costs ~0.31 M (the ~1.3 KB Pod) / ~0.22 M (the Secret) / ~0.21 M (the ConfigMap) "
-         "user-space instructions (callgrind, the musl build as shipped, results.md \"Eleventh pass\"; ~1.1 M "
+         "a recorded GET costs ~0.30 M (the ~1.3 KB Pod) / ~0.20 M (the Secret) / ~0.20 M (the ConfigMap) "
+         "user-space instructions (callgrind, the musl build as shipped, results.md \"Twelfth pass\"; ~1.1 M "
          "for the Pod in the first pass), spread over the masker's tokenizer and object scrub, HTTP/2 on both sides, rustls and "
          "allocation, none of them a large share any more; in CPU time the kernel takes ~30 % of the sidecar's "
          "samples (loopback TCP both ways, the wake-up per request), and musl's memcpy (~410 calls per Secret "
@@ -945,13 +945,14 @@ def goals(res, s):
          f"{fmt(sd.get('mask_list_50k_mb'), 0)} MB list of 50,000 Secrets)"
          + (f"; streaming masker alone: {iso} MB/s" if iso else "; streaming masker alone: not measured"),
          ("the masker alone passes on Secrets" if iso and iso >= 400 else
-          "the masker alone passed on Secrets in earlier runs (553 MB/s in the ninth pass's last run, at about "
-          "the instructions a byte it runs now: this machine's speed per instruction varies from run to run)")
+          "the masker alone passed on Secrets in earlier runs (553 MB/s in the ninth pass's last run, at more "
+          "instructions a byte than it runs now: this machine's speed per instruction varies from run to run)")
          + " (byte-level since the fourth pass, bench/notes-bytemask.md; the "
-         "scrub sets' gram filter since the fifth); the whole path costs ~20.4 user-space instructions per byte of "
-         "JSON (`scripts/bench/instructions.py --configs deployed-list`, callgrind, musl build): the masker's "
-         "parse ~32 % (its UTF-8 check 3 %) and its per-object decisions ~32 % (the scrub set built for every Secret ~11 % of "
-         "it all), decrypting the upstream's TLS ~13 %, the value scan ~7 %, "
+         "scrub sets' gram filter since the fifth); the whole path costs ~17.5 user-space instructions per byte of "
+         "JSON (`scripts/bench/instructions.py --configs deployed-list`, callgrind, musl build; 20.4 before the "
+         "twelfth pass): the masker's parse ~32 % (its UTF-8 check 3.5 %) and its per-object decisions ~26 % (the "
+         "annotation's skeleton ~5 %, the object scrub set ~7 %), decrypting the upstream's TLS ~15 %, the value "
+         "scan ~8 %, "
          "memcpy ~6 % (musl's; more in time than in instructions at arbitrary offsets, bench/memcpy.md), the "
          "rest HTTP/2 on both sides, allocation and the record; until the tenth pass the allocator also "
          "faulted the upstream connection's per-frame read buffers in again (results.md, 'Tenth pass'). It "
