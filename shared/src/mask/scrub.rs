@@ -1185,11 +1185,14 @@ mod tests {
         // at byte 64 it would split a character, no string could hold it,
         // and the value copied raw would stay.
         for c in ["\u{e9}", "\u{20ac}", "\u{1f511}"] {
-            let long = c.repeat(40);
-            let set = ScrubSet::for_object([long.as_str()]);
-            let copy = format!("copied: {long} (end)");
-            assert_eq!(set.scrub_str(&copy).as_deref(), Some(MARKER), "{c}");
-            assert!(set.matches_str(&copy));
+            // Every offset of the character against byte 64.
+            for pre in ["", "a", "ab", "abc"] {
+                let long = format!("{pre}{}", c.repeat(40));
+                let set = ScrubSet::for_object([long.as_str()]);
+                let copy = format!("copied: {long} (end)");
+                assert_eq!(set.scrub_str(&copy).as_deref(), Some(MARKER), "{pre}{c}");
+                assert!(set.matches_str(&copy));
+            }
         }
     }
 
