@@ -76,7 +76,7 @@ fn run(
 
 /// Every JSON value in `b` (one for a document, one per event for a watch).
 fn values(b: &[u8]) -> Vec<Value> {
-    serde_json::Deserializer::from_slice(b)
+    let mut v = serde_json::Deserializer::from_slice(b)
         .into_iter::<Value>()
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| {
@@ -84,7 +84,31 @@ fn values(b: &[u8]) -> Vec<Value> {
                 "invalid JSON out of the masker: {e}: {}",
                 String::from_utf8_lossy(b)
             )
-        })
+        });
+    v.iter_mut().for_each(round_floats);
+    v
+}
+
+/// Floating-point numbers rounded to 15 significant digits. The tree engine
+/// writes a number back from the `f64` it parsed, the byte path keeps the
+/// number's text, and serde_json (without `float_roundtrip`) parses a long
+/// integer such as a mutated `1234567890123456789012345678900` and its
+/// exponent form to neighbouring `f64`s: the same number, one ulp apart.
+fn round_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let rounded = n
+                .as_f64()
+                .and_then(|f| format!("{f:.14e}").parse::<f64>().ok())
+                .and_then(serde_json::Number::from_f64);
+            if let Some(r) = rounded {
+                *n = r;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(round_floats),
+        Value::Object(o) => o.values_mut().for_each(round_floats),
+        _ => {}
+    }
 }
 
 /// Both paths over `input`; returns the byte path's unit counts (both 0

@@ -903,12 +903,16 @@ fn forms(v: &[u8], window: usize, out: &mut Patterns, flags: &mut Vec<bool>) {
     }
 }
 
-/// The first `window` bytes of a raw value, shortened to the last whole
-/// character when the value is UTF-8 text: a window that splits a
-/// character is no string's substring, and strings are what an object set
-/// searches.
+/// The first `window` bytes of a raw value longer than that, shortened to
+/// the last whole character when the value is UTF-8 text: a window that
+/// splits a character is no string's substring, and strings are what an
+/// object set searches. A value that fits is kept as it is, even when it
+/// ends in part of a character (it is then no text pattern, as before:
+/// shortened, it would be a shorter value, scrubbed where it is not one).
 fn raw_window(v: &[u8], window: usize) -> &[u8] {
-    let w = v.get(..window).unwrap_or(v);
+    let Some(w) = v.get(..window).filter(|_| v.len() > window) else {
+        return v;
+    };
     match std::str::from_utf8(w) {
         // Only an incomplete character at the end (a character the cut
         // split); other invalid bytes mean the value is not text.
@@ -1197,6 +1201,17 @@ mod tests {
     }
 
     #[test]
+    fn values_ending_in_part_of_a_character_are_not_shortened() {
+        // Decoded Secret data can end anywhere in a character: such a value
+        // is no text, and no shorter text may stand for it.
+        for v in [&b"abc\xf0\x9f\x94"[..], b"abcdefg\xc3", b"abcdefgh\xe2\x82"] {
+            let text = "abc abcdefg abcdefgh";
+            assert_eq!(ScrubSet::for_object([v]).scrub_str(text), None, "{v:?}");
+            assert_eq!(ScrubSet::new([v]).scrub_str(text), None, "{v:?}");
+        }
+    }
+
+    #[test]
     fn object_sets_replace_longest_first_whatever_the_order_of_the_values() {
         // An object set keeps its forms unsorted; a long value whose window
         // holds a shorter value must still replace the string whole, and
@@ -1365,9 +1380,10 @@ mod tests {
             (v, false)
         };
         if v.len() >= MIN_SCRUB_BYTES {
-            // Cut at a character boundary when the value is text.
+            // A longer value cut at a character boundary when it is text.
             let mut cut = v.len().min(window);
-            if let Err(e) = std::str::from_utf8(&v[..cut])
+            if v.len() > window
+                && let Err(e) = std::str::from_utf8(&v[..cut])
                 && e.error_len().is_none()
             {
                 cut = e.valid_up_to();
