@@ -20,8 +20,10 @@
 //! a whole (the rest of the value follows the window). Such a set is small
 //! and searched in a few short strings, so it builds no automaton: one pass
 //! over a string samples its 4-byte grams every few bytes in a small filter
-//! of the patterns' grams (`GramFilter`) and compares the patterns only
-//! where it hits. [`ScrubSet::new`] (the token, built once per rotation,
+//! of the grams the forms start with (`GramFilter`), compares the forms'
+//! first bytes only where it hits, and only past that makes the forms and
+//! compares them (most objects hold none: making every form was most of the
+//! set's cost). [`ScrubSet::new`] (the token, built once per rotation,
 //! searched over every body) matches the whole forms exactly with one
 //! Aho-Corasick automaton (built on first use), so a string is scanned once
 //! whatever the number of forms; the automaton runs only where a gram
@@ -435,9 +437,9 @@ impl ScrubSet {
     /// docs), so building it stays cheap for large values.
     ///
     /// Almost no object holds a form of its masked values anywhere else, so
-    /// the forms are made only when the gram filter hits: the filter is
-    /// built from the first bytes of each form ([`form_heads`]), which
-    /// depend on the first few bytes of the value alone. Making every form
+    /// the forms are made only when a form's first bytes are found: the gram
+    /// filter is built from them (`form_heads`), and they depend on the
+    /// value's first 8 bytes alone. Making every form
     /// (a base64 encoding of up to 67 bytes at three offsets, each kept in
     /// two alphabets) was ~6,000 instructions a value.
     pub fn for_object<I, V>(values: I) -> ScrubSet
