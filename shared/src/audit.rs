@@ -920,12 +920,59 @@ pub fn is_mutating(verb: &str) -> bool {
     !matches!(verb, "get" | "list" | "watch" | "head" | "options")
 }
 
+/// `ip` as an event's `sourceIPs` entry: the same text as its `Display`.
+/// An IPv4 address is written digit by digit: every recorded request has
+/// one, and the formatter spent ~1,300 instructions on it (its padding
+/// support formats into a buffer first).
+pub fn source_ip(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     /// The digit-by-digit text is what the formatter wrote, and parses back.
+
+    #[test]
+    fn source_ip_is_the_display_text() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        // Every octet value in every position (each digit count), and IPv6.
+        for o in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(o, 0, 10, 255),
+                Ipv4Addr::new(127, o, 1, 9),
+                Ipv4Addr::new(99, 100, o, 0),
+                Ipv4Addr::new(1, 2, 3, o),
+            ] {
+                assert_eq!(source_ip(IpAddr::V4(ip)), ip.to_string());
+            }
+        }
+        for ip in [
+            Ipv6Addr::LOCALHOST,
+            "fd00::1:2".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ] {
+            assert_eq!(source_ip(IpAddr::V6(ip)), ip.to_string());
+        }
+    }
     #[test]
     fn micro_time_text_is_the_formatted_one() {
         let reference = |t: MicroTime| {

@@ -377,8 +377,9 @@ pub struct Decision {
     pub enforced: bool,
     /// One line saying why, for logs, `policy eval` and denial messages,
     /// e.g. `rule "no-secrets-in-prod" (deny)` or
-    /// `impersonating user "jane": no rule matched, defaultAction deny`.
-    pub explanation: String,
+    /// `impersonating user "jane": no rule matched, defaultAction deny`
+    /// (its `Display`; serialized as that string).
+    pub explanation: Explanation,
     /// `when:` conditions that failed at run time while deciding (each
     /// counted as matching for deny/approve, not matching for allow).
     #[serde(rename = "conditionErrors", skip_serializing_if = "Vec::is_empty")]
@@ -412,6 +413,15 @@ impl Decision {
         )
     }
 
+    /// The deciding rule's `message`, or else the explanation's text: what
+    /// an approver is told.
+    pub fn message_or_explanation(&self) -> std::borrow::Cow<'_, str> {
+        match &self.message {
+            Some(m) => std::borrow::Cow::Borrowed(m),
+            None => std::borrow::Cow::Owned(self.explanation.to_string()),
+        }
+    }
+
     /// Why a blocked request is refused, after the subject of the 403
     /// message: `mcp-warden policy: denied: <explanation>[: <message>]`.
     pub fn refusal_reason(&self) -> String {
@@ -428,13 +438,64 @@ impl Decision {
     }
 }
 
+/// Why a request was decided: the parts of [`Decision::explanation`]'s text,
+/// written out only when it is shown. Most requests are allowed, and an
+/// allowed request's explanation is neither logged (below debug) nor sent:
+/// formatting it for every request cost ~1,500 instructions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// `impersonating user "jane": ` when an impersonation check decided;
+    /// empty for the request itself.
+    prefix: String,
+    why: Why,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Why {
+    /// `rule "NAME" (ACTION)`.
+    Rule { name: String, action: Action },
+    /// A discovery request no rule matched: allowed.
+    Discovery,
+    /// No rule matched: `defaultAction` decided.
+    NoRule { default: Action },
+    /// Text written when decided (MCP tool calls).
+    Text(String),
+}
+
+impl Explanation {
+    fn text(text: String) -> Self {
+        Explanation {
+            prefix: String::new(),
+            why: Why::Text(text),
+        }
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.prefix)?;
+        match &self.why {
+            Why::Rule { name, action } => write!(f, "rule {name:?} ({action})"),
+            Why::Discovery => f.write_str("discovery request, no rule matched (allowed)"),
+            Why::NoRule { default } => write!(f, "no rule matched, defaultAction {default}"),
+            Why::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl serde::Serialize for Explanation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One judgement inside an evaluation (the request itself, or one
 /// impersonation check).
 struct Verdict {
     action: Action,
     rule: Option<String>,
     message: Option<String>,
-    explanation: String,
+    explanation: Explanation,
 }
 
 /// Decide a request without its bodies (`object` and `oldObject` are null).
@@ -537,27 +598,33 @@ fn judge(
         // action decides.
         best = Some(rule);
     }
+    let explain = |why| Explanation {
+        prefix: prefix.to_string(),
+        why,
+    };
     match best {
         Some(rule) => Verdict {
             action: rule.action,
             rule: Some(rule.name.clone()),
             message: rule.message.clone(),
-            explanation: format!("{prefix}rule {:?} ({})", rule.name, rule.action),
+            explanation: explain(Why::Rule {
+                name: rule.name.clone(),
+                action: rule.action,
+            }),
         },
         None if attrs.is_discovery() => Verdict {
             action: Action::Allow,
             rule: None,
             message: None,
-            explanation: format!("{prefix}discovery request, no rule matched (allowed)"),
+            explanation: explain(Why::Discovery),
         },
         None => Verdict {
             action: policy.default_action,
             rule: None,
             message: None,
-            explanation: format!(
-                "{prefix}no rule matched, defaultAction {}",
-                policy.default_action
-            ),
+            explanation: explain(Why::NoRule {
+                default: policy.default_action,
+            }),
         },
     }
 }
@@ -579,13 +646,13 @@ pub fn evaluate_tool(policy: &Policy, tool: &str, who: &Identity) -> Decision {
             r.action,
             Some(r.name.clone()),
             r.message.clone(),
-            format!("tool {tool:?}: rule {:?} ({})", r.name, r.action),
+            Explanation::text(format!("tool {tool:?}: rule {:?} ({})", r.name, r.action)),
         ),
         None => (
             Action::Allow,
             None,
             None,
-            format!("tool {tool:?}: no tools rule matched (allowed)"),
+            Explanation::text(format!("tool {tool:?}: no tools rule matched (allowed)")),
         ),
     };
     Decision {

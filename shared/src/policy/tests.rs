@@ -219,7 +219,7 @@ fn decision_details() {
         d.message.as_deref(),
         Some("secrets in production are off limits")
     );
-    assert_eq!(d.explanation, "rule \"no-prod-secrets\" (deny)");
+    assert_eq!(d.explanation.to_string(), "rule \"no-prod-secrets\" (deny)");
     assert!(d.blocks());
     let attrs = parse_request("GET", "/api/v1/namespaces/prod-1/secrets/db").unwrap();
     assert_eq!(
@@ -234,7 +234,10 @@ fn decision_details() {
         &me,
         &none,
     );
-    assert_eq!(d.explanation, "no rule matched, defaultAction deny");
+    assert_eq!(
+        d.explanation.to_string(),
+        "no rule matched, defaultAction deny"
+    );
     let attrs = parse_request("POST", "/apis/apps/v1/namespaces/prod/deployments").unwrap();
     assert_eq!(
         d.forbidden_message(&attrs),
@@ -249,7 +252,7 @@ fn decision_details() {
         &imp_user("admin", &[]),
     );
     assert_eq!(
-        d.explanation,
+        d.explanation.to_string(),
         "impersonating user \"admin\": no rule matched, defaultAction deny"
     );
 
@@ -266,7 +269,7 @@ fn decision_details() {
 
     let d = decide(&p, "GET", "/api", &me, &none);
     assert_eq!(
-        d.explanation,
+        d.explanation.to_string(),
         "discovery request, no rule matched (allowed)"
     );
     assert!(!d.blocks());
@@ -973,7 +976,7 @@ fn tool_rules_decide_tool_calls_deny_beats_approve_beats_allow() {
     // No tool rule matches: allowed, defaultAction is for API requests.
     let d = evaluate_tool(&p, "events_list", &sa);
     assert_eq!((d.action, d.rule), (Action::Allow, None));
-    assert!(d.explanation.contains("no tools rule matched"));
+    assert!(d.explanation.to_string().contains("no tools rule matched"));
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl ApprovalDecider {
             &self.requester,
             &self.pod,
             rule.as_deref().unwrap_or(""),
-            d.message.as_deref().unwrap_or(&d.explanation),
+            &d.message_or_explanation(),
             self.expires_at(now),
         );
         let request_id = ctx.request_id.to_string();
@@ -474,7 +474,7 @@ impl ApprovalDecider {
                 pod: self.pod.clone(),
             },
             rule.unwrap_or(""),
-            d.message.as_deref().unwrap_or(&d.explanation),
+            &d.message_or_explanation(),
             self.expires_at(OffsetDateTime::now_utc()),
         );
         self.ask(request_id, body, rule, None).await

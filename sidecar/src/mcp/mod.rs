@@ -885,7 +885,7 @@ impl McpFront {
             attrs: &attrs,
             user,
             impersonated_user: None,
-            source_ips: vec![p.peer.ip().to_string()],
+            source_ips: vec![audit::source_ip(p.peer.ip())],
             user_agent: &p.user_agent,
             level: loaded.policy.recording.level,
             received: micro(p.received),

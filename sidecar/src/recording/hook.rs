@@ -198,7 +198,7 @@ impl RecordingHook {
                 Some(u) => Some(UserInfo::from_end_user(u)),
                 None => UserInfo::from_impersonation(&ctx.impersonation),
             },
-            source_ips: vec![ctx.peer.ip().to_string()],
+            source_ips: vec![audit::source_ip(ctx.peer.ip())],
             user_agent: ctx.user_agent.as_deref().unwrap_or(""),
             level,
             received: micro(ctx.received_at),
