@@ -145,7 +145,7 @@ async fn handshake_h2(
     if !io.connected().is_negotiated_h2() {
         return Ok(None);
     }
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false)
@@ -157,6 +157,23 @@ async fn handshake_h2(
         }
     });
     Ok(Some(sender))
+}
+
+/// Spawns hyper's per-request HTTP/2 tasks boxed: `tokio::spawn` of the
+/// large future by value copied it several times on its way into the task
+/// (~2,000 instructions of `memcpy` a request); boxed, one copy into the box
+/// and a pointer after that (as hyper-util's pooled client spawns them).
+#[derive(Clone, Copy, Debug)]
+struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
 }
 
 /// Longest a [`SharedConn`] connection is reused after its last request
@@ -227,8 +244,15 @@ impl SharedConn {
         if let Some(s) = self.live() {
             return Ok(Some(s));
         }
+        // Boxed: held inline, the connecting future would be part of every
+        // request's future, and moved with it.
+        Box::pin(self.connect()).await
+    }
+
+    /// Opens the shared connection (one at a time), unless another request
+    /// did while this one waited.
+    async fn connect(&self) -> Result<Option<H2Sender>, SendError> {
         let _one = self.connecting.lock().await;
-        // Another request may have connected while this one waited.
         if let Some(s) = self.live() {
             return Ok(Some(s));
         }
@@ -395,8 +419,13 @@ impl Upstream {
 
     /// The upstream URI for `path_and_query`.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        self.uri_with(path_and_query.parse()?)
+    }
+
+    /// The upstream URI for a path and query parsed already.
+    pub fn uri_with(&self, path_and_query: http::uri::PathAndQuery) -> Result<Uri, http::Error> {
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(path_and_query.parse()?);
+        parts.path_and_query = Some(path_and_query);
         Ok(Uri::from_parts(parts)?)
     }
 

@@ -245,10 +245,15 @@ impl Metrics {
         if !seen.contains_key(verb) && seen.len() >= MAX_VERBS {
             return (OTHER.to_string(), OTHER.to_string());
         }
-        let series = seen.entry(verb.to_string()).or_default();
-        if series.answered.contains(resource) || series.unanswered.contains(resource) {
+        // Looked up before `entry`, which would copy the verb for every
+        // request: nearly every request's labels are known already.
+        if seen
+            .get(verb)
+            .is_some_and(|s| s.answered.contains(resource) || s.unanswered.contains(resource))
+        {
             return (verb.to_string(), resource.to_string());
         }
+        let series = seen.entry(verb.to_string()).or_default();
         let used = series.answered.len() + series.unanswered.len();
         let admitted = if code < 400 {
             used < MAX_SERIES_PER_VERB && series.answered.insert(resource.to_string())

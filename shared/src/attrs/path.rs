@@ -59,7 +59,7 @@ pub(crate) fn canonical_segments(raw: &str) -> Result<Vec<Cow<'_, str>>, AttrErr
         if seg == "." || seg == ".." {
             return Err(bad("'.' or '..' segment"));
         }
-        if !seg.contains('%') {
+        if !seg.as_bytes().contains(&b'%') {
             out.push(Cow::Borrowed(seg));
             continue;
         }

@@ -39,6 +39,7 @@
 //! needs before [`evaluate_with`] decides it.
 
 pub mod condition;
+mod glob;
 pub mod learn;
 pub mod lint;
 mod parse;
@@ -46,7 +47,7 @@ pub mod recorded;
 pub mod replay;
 mod validate;
 
-use globset::GlobMatcher;
+use glob::Glob;
 use sha2::{Digest, Sha256};
 
 use crate::attrs::{Impersonation, RequestAttributes};
@@ -206,15 +207,15 @@ pub struct Rule {
     pub grant: bool,
     /// Line of the rule in its file (for `policy eval` and logs).
     pub line: u64,
-    resource_name_globs: Vec<GlobMatcher>,
-    namespace_globs: Vec<(String, GlobMatcher)>,
-    service_account_globs: Vec<GlobMatcher>,
-    user_globs: Vec<GlobMatcher>,
-    group_globs: Vec<GlobMatcher>,
+    resource_name_globs: Vec<Glob>,
+    namespace_globs: Vec<(String, Glob)>,
+    service_account_globs: Vec<Glob>,
+    user_globs: Vec<Glob>,
+    group_globs: Vec<Glob>,
     /// MCP tool name globs: a rule with `tools` judges tool calls
     /// ([`evaluate_tool`]) and never an API request; empty: an API rule.
     pub tools: Vec<String>,
-    tool_globs: Vec<GlobMatcher>,
+    tool_globs: Vec<Glob>,
 }
 
 /// A validated policy.

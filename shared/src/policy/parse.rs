@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use globset::{GlobBuilder, GlobMatcher};
+use super::glob::Glob;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
@@ -828,7 +828,7 @@ fn globs(
     n: &Spanned<Node>,
     field: &str,
     check: fn(&str) -> Result<(), String>,
-) -> (Vec<String>, Vec<GlobMatcher>) {
+) -> (Vec<String>, Vec<Glob>) {
     let Some(items) = ctx.string_list(n, field) else {
         return (Vec::new(), Vec::new());
     };
@@ -840,10 +840,10 @@ fn globs(
             ctx.err(loc, f, why);
             continue;
         }
-        match GlobBuilder::new(&v).literal_separator(true).build() {
+        match Glob::new(&v, true) {
             Ok(g) => {
                 pats.push(v);
-                matchers.push(g.compile_matcher());
+                matchers.push(g);
             }
             Err(e) => ctx.err(loc, f, format!("invalid glob {v:?}: {}", e.kind())),
         }
@@ -859,7 +859,7 @@ fn subject_globs(
     n: &Spanned<Node>,
     field: &str,
     what: &str,
-) -> (Vec<String>, Vec<GlobMatcher>) {
+) -> (Vec<String>, Vec<Glob>) {
     let Some(items) = ctx.string_list(n, field) else {
         return (Vec::new(), Vec::new());
     };
@@ -871,10 +871,10 @@ fn subject_globs(
             ctx.err(loc, f, why);
             continue;
         }
-        match GlobBuilder::new(&v).literal_separator(false).build() {
+        match Glob::new(&v, false) {
             Ok(g) => {
                 pats.push(v);
-                matchers.push(g.compile_matcher());
+                matchers.push(g);
             }
             Err(e) => ctx.err(loc, f, format!("invalid glob {v:?}: {}", e.kind())),
         }
