@@ -949,8 +949,6 @@ pub fn source_ip(ip: std::net::IpAddr) -> String {
 mod tests {
     use super::*;
 
-    /// The digit-by-digit text is what the formatter wrote, and parses back.
-
     #[test]
     fn source_ip_is_the_display_text() {
         use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -973,6 +971,8 @@ mod tests {
             assert_eq!(source_ip(IpAddr::V6(ip)), ip.to_string());
         }
     }
+
+    /// The digit-by-digit text is what the formatter wrote, and parses back.
     #[test]
     fn micro_time_text_is_the_formatted_one() {
         let reference = |t: MicroTime| {

@@ -12,8 +12,12 @@
 //! its key, a lock, moves of its large futures) cost ~6,000 instructions a
 //! request, 3 % of a proxied GET, for a pool of one connection. A connection
 //! that closed, or that sat idle longer than [`SHARED_IDLE`], is replaced by
-//! a new one on the next request. An upstream that does not offer `h2` gets
-//! ordinary requests through the pooled client over HTTP/1.1, as before.
+//! a new one on the next request (an idle one is not closed before that;
+//! the upstream may close it). Requests that find none open one each, at
+//! once, as the pooled client did, and connecting (TCP, TLS, the HTTP/2
+//! handshake) has the connect timeout as a whole. An upstream that does not
+//! offer `h2` gets ordinary requests through the pooled client over
+//! HTTP/1.1, as before.
 //!
 //! Long-running requests that are not upgrades (watches, followed logs) go
 //! through a [`StreamPool`]: HTTP/2 connections of their own, each taking at
@@ -54,13 +58,19 @@ pub enum ForwardError {
 pub enum SendError {
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
-    #[error("connecting to the upstream for a long-running request: {0}")]
+    // The messages below leave their cause out: the proxy writes an
+    // error's whole source chain after its message.
+    #[error("connecting to the upstream for a long-running request")]
     StreamConnect(#[source] BoxError),
-    #[error("long-running request on a shared HTTP/2 connection: {0}")]
+    #[error("long-running request on a shared HTTP/2 connection")]
     Stream(#[from] hyper::Error),
-    #[error("connecting to the upstream: {0}")]
+    #[error("connecting to the upstream")]
     Connect(#[source] BoxError),
-    #[error("request on the upstream's HTTP/2 connection: {0}")]
+    #[error("connecting to the upstream: no HTTP/2 session within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("HTTP/2 handshake with the upstream")]
+    Handshake(#[source] hyper::Error),
+    #[error("request on the upstream's HTTP/2 connection")]
     Shared(#[source] hyper::Error),
 }
 
@@ -191,9 +201,6 @@ struct SharedConn {
     /// The connection in use and when its last request began. Held only to
     /// look or swap, never across an await.
     current: Arc<Mutex<Option<(H2Sender, Instant)>>>,
-    /// Held while connecting, so that requests arriving together with no
-    /// connection open one between them.
-    connecting: Arc<tokio::sync::Mutex<()>>,
     /// False once the upstream answered without `h2`: the pooled client
     /// (HTTP/1.1) from then on.
     h2: Arc<AtomicBool>,
@@ -202,6 +209,9 @@ struct SharedConn {
     /// How long a connection is reused after its last request began
     /// ([`SHARED_IDLE`]; shorter in tests).
     idle: Duration,
+    /// Longest time from connecting to an HTTP/2 session (TCP, TLS and the
+    /// HTTP/2 handshake): the connector's own timeout covers TCP only.
+    connect_timeout: Duration,
 }
 
 impl SharedConn {
@@ -214,7 +224,13 @@ impl SharedConn {
         let version = req.version();
         let mut retried = false;
         loop {
-            let Some(mut sender) = self.sender().await? else {
+            let sender = match self.live() {
+                Some(s) => Some(s),
+                // Boxed: held inline, the connecting future would be part
+                // of every request's future, and moved with it.
+                None => Box::pin(self.connect()).await?,
+            };
+            let Some(mut sender) = sender else {
                 *req.version_mut() = version;
                 return Ok(Err(req));
             };
@@ -235,44 +251,42 @@ impl SharedConn {
         }
     }
 
-    /// The connection to use, opened if there is none fit for use; `None`
-    /// when the upstream does not speak HTTP/2.
-    async fn sender(&self) -> Result<Option<H2Sender>, SendError> {
-        if !self.h2.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        if let Some(s) = self.live() {
-            return Ok(Some(s));
-        }
-        // Boxed: held inline, the connecting future would be part of every
-        // request's future, and moved with it.
-        Box::pin(self.connect()).await
-    }
-
-    /// Opens the shared connection (one at a time), unless another request
-    /// did while this one waited.
+    /// Opens a connection and makes it the shared one, unless another
+    /// request's connection became it meanwhile (then that one is used and
+    /// this one let go); `None` when the upstream does not speak HTTP/2.
+    ///
+    /// Requests that find no connection each open one, at once, as the
+    /// pooled client did: waiting for one attempt would queue them all
+    /// behind an upstream that does not answer, one connect timeout each.
     async fn connect(&self) -> Result<Option<H2Sender>, SendError> {
-        let _one = self.connecting.lock().await;
-        if let Some(s) = self.live() {
-            return Ok(Some(s));
-        }
         if !self.h2.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let io = self
-            .connector
-            .clone()
-            .call(self.base.clone())
+        let attempt = async {
+            let io = self
+                .connector
+                .clone()
+                .call(self.base.clone())
+                .await
+                .map_err(SendError::Connect)?;
+            handshake_h2(io).await.map_err(SendError::Handshake)
+        };
+        let opened = tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(SendError::Connect)?;
-        let Some(sender) = handshake_h2(io).await.map_err(SendError::Shared)? else {
-            self.h2.store(false, Ordering::Relaxed);
+            .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))??;
+        let Some(sender) = opened else {
+            if !self.h2.swap(false, Ordering::Relaxed) {
+                return Ok(None);
+            }
             tracing::info!(
                 "the upstream does not offer HTTP/2: ordinary requests use pooled HTTP/1.1 connections"
             );
             return Ok(None);
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
+        if let Some(other) = self.live() {
+            return Ok(Some(other));
+        }
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((sender.clone(), Instant::now()));
         Ok(Some(sender))
@@ -377,17 +391,17 @@ impl Upstream {
             base: base.clone(),
             connector: h2_conn.clone(),
             current: Arc::default(),
-            connecting: Arc::default(),
             h2: Arc::new(AtomicBool::new(true)),
             opened: Arc::default(),
             idle: SHARED_IDLE,
+            connect_timeout,
         };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             // Below kube-apiserver's 90s idle timeout, so a pooled connection
             // is not picked just as the server closes it.
-            .pool_idle_timeout(Duration::from_secs(55))
+            .pool_idle_timeout(SHARED_IDLE)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_while_idle(false)
             .build(h2_conn);
@@ -771,18 +785,21 @@ mod tests {
             assert_eq!(frame.into_data().unwrap(), "event");
         }
     }
+    /// Counts of what an [`ok_server`] saw.
+    #[derive(Default)]
+    struct Seen {
+        connections: std::sync::atomic::AtomicUsize,
+        requests: std::sync::atomic::AtomicUsize,
+    }
+
     /// A TLS server on 127.0.0.1 offering `alpn`, answering every request
     /// `200 ok` (HTTP/2, or HTTP/1.1 when `alpn` is `http/1.1` only); with
     /// `one_each`, an HTTP/2 connection is shut down (GOAWAY) after its
-    /// first request. Counts its connections.
+    /// first request.
     async fn ok_server(
         alpn: &'static [u8],
         one_each: bool,
-    ) -> (
-        u16,
-        rustls::RootCertStore,
-        Arc<std::sync::atomic::AtomicUsize>,
-    ) {
+    ) -> (u16, rustls::RootCertStore, Arc<Seen>) {
         use mcp_warden_io::pki::{CaProfile, LeafProfile, LocalCa, server_config};
         let ca = LocalCa::generate(&CaProfile::new("test upstream CA")).unwrap();
         let leaf = ca.issue(&LeafProfile::new(["127.0.0.1"])).unwrap();
@@ -792,13 +809,14 @@ mod tests {
         roots.add(ca.cert_der.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
+        let seen = Arc::new(Seen::default());
+        let count = seen.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
+                count.connections.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let count = count.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -806,6 +824,7 @@ mod tests {
                     let io = hyper_util::rt::TokioIo::new(tls);
                     let (served, mut first) = tokio::sync::mpsc::channel::<()>(1);
                     let svc = hyper::service::service_fn(move |_req| {
+                        count.requests.fetch_add(1, Ordering::SeqCst);
                         let served = served.clone();
                         async move {
                             let _ = served.try_send(());
@@ -833,7 +852,16 @@ mod tests {
                 });
             }
         });
-        (port, roots, accepted)
+        (port, roots, seen)
+    }
+
+    fn upstream(port: u16, roots: rustls::RootCertStore, connect_timeout: Duration) -> Upstream {
+        Upstream::new(
+            format!("https://127.0.0.1:{port}").parse().unwrap(),
+            roots,
+            connect_timeout,
+        )
+        .unwrap()
     }
 
     async fn get(up: &Upstream, path: &str) -> Result<(http::StatusCode, bytes::Bytes), SendError> {
@@ -849,125 +877,193 @@ mod tests {
         Ok((status, resp.into_body().collect().await.unwrap().to_bytes()))
     }
 
+    /// Bounds a test: a deadlock fails it instead of hanging the suite.
+    async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("the test finished within 60 s")
+    }
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
     /// Ordinary requests, one after another and 50 at once, all go over one
-    /// HTTP/2 connection.
+    /// HTTP/2 connection once it is open.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ordinary_requests_share_one_http2_connection() {
-        let (port, roots, accepted) = ok_server(b"h2", false).await;
-        let up = Upstream::new(
-            format!("https://127.0.0.1:{port}").parse().unwrap(),
-            roots,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        for i in 0..5 {
-            let (status, body) = get(&up, &format!("/api/v1/namespaces/ns{i}/pods"))
-                .await
-                .unwrap();
-            assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
-        }
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let up = up.clone();
-            tasks.push(tokio::spawn(async move {
-                get(&up, &format!("/api/v1/namespaces/ns{i}/configmaps")).await
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap().0, 200);
-        }
-        assert_eq!(up.shared_connections_opened(), 1);
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        bounded(async {
+            let (port, roots, seen) = ok_server(b"h2", false).await;
+            let up = upstream(port, roots, Duration::from_secs(10));
+            for i in 0..5 {
+                let (status, body) = get(&up, &format!("/api/v1/namespaces/ns{i}/pods"))
+                    .await
+                    .unwrap();
+                assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+            }
+            let mut tasks = Vec::new();
+            for i in 0..50 {
+                let up = up.clone();
+                tasks.push(tokio::spawn(async move {
+                    get(&up, &format!("/api/v1/namespaces/ns{i}/configmaps")).await
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap().unwrap().0, 200);
+            }
+            assert_eq!(up.shared_connections_opened(), 1);
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 55);
+        })
+        .await;
+    }
+
+    /// Requests that arrive together before any connection is open each
+    /// get their answer; from then on they share one connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_arriving_together_at_the_start_are_all_answered() {
+        bounded(async {
+            let (port, roots, seen) = ok_server(b"h2", false).await;
+            let up = upstream(port, roots, Duration::from_secs(10));
+            let mut tasks = Vec::new();
+            for i in 0..20 {
+                let up = up.clone();
+                tasks.push(tokio::spawn(async move {
+                    get(&up, &format!("/api/v1/namespaces/ns{i}/pods")).await
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap().unwrap().0, 200);
+            }
+            let opened = up.shared_connections_opened();
+            assert!((1..=20).contains(&opened), "{opened}");
+            for _ in 0..5 {
+                assert_eq!(get(&up, "/api/v1/pods").await.unwrap().0, 200);
+            }
+            assert_eq!(up.shared_connections_opened(), opened);
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 25);
+        })
+        .await;
     }
 
     /// A connection the server closed (GOAWAY after one request) is
     /// replaced by a new one for the next request, which succeeds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_closed_shared_connection_is_replaced() {
-        let (port, roots, accepted) = ok_server(b"h2", true).await;
-        let up = Upstream::new(
-            format!("https://127.0.0.1:{port}").parse().unwrap(),
-            roots,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        for i in 0..4 {
-            let (status, _) = get(&up, "/api/v1/pods").await.unwrap();
-            assert_eq!(status, 200, "request {i}");
-            // Until this side has seen the connection close (bounded).
-            for _ in 0..1000 {
-                let closed = up
-                    .shared
-                    .current
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .is_none_or(|(s, _)| s.is_closed());
-                if closed {
-                    break;
+        bounded(async {
+            let (port, roots, seen) = ok_server(b"h2", true).await;
+            let up = upstream(port, roots, Duration::from_secs(10));
+            for i in 0..4 {
+                let (status, _) = get(&up, "/api/v1/pods").await.unwrap();
+                assert_eq!(status, 200, "request {i}");
+                // Until this side has seen the connection close.
+                loop {
+                    let closed = up
+                        .shared
+                        .current
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_none_or(|(s, _)| s.is_closed());
+                    if closed {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        }
-        assert_eq!(up.shared_connections_opened(), 4);
-        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+            assert_eq!(up.shared_connections_opened(), 4);
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+        })
+        .await;
     }
 
     /// A connection idle for longer than the shared connection's idle time
     /// is not reused (here that time is zero: every request opens one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_shared_connection_is_not_reused() {
-        let (port, roots, accepted) = ok_server(b"h2", false).await;
-        let mut up = Upstream::new(
-            format!("https://127.0.0.1:{port}").parse().unwrap(),
-            roots,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        up.shared.idle = Duration::ZERO;
-        for _ in 0..3 {
-            assert_eq!(get(&up, "/api/v1/pods").await.unwrap().0, 200);
-        }
-        assert_eq!(up.shared_connections_opened(), 3);
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        bounded(async {
+            let (port, roots, seen) = ok_server(b"h2", false).await;
+            let mut up = upstream(port, roots, Duration::from_secs(10));
+            up.shared.idle = Duration::ZERO;
+            for _ in 0..3 {
+                assert_eq!(get(&up, "/api/v1/pods").await.unwrap().0, 200);
+            }
+            assert_eq!(up.shared_connections_opened(), 3);
+            assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        })
+        .await;
     }
 
     /// An upstream that offers only HTTP/1.1 gets ordinary requests over
-    /// the pooled HTTP/1.1 client; none is lost on the way.
+    /// the pooled HTTP/1.1 client, each exactly once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_http1_upstream_gets_ordinary_requests_over_http1() {
-        let (port, roots, _) = ok_server(b"http/1.1", false).await;
-        let up = Upstream::new(
-            format!("https://127.0.0.1:{port}").parse().unwrap(),
-            roots,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        for _ in 0..3 {
-            let (status, body) = get(&up, "/api/v1/pods").await.unwrap();
-            assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
-        }
-        assert_eq!(up.shared_connections_opened(), 0);
-        assert!(!up.shared.h2.load(Ordering::Relaxed));
+        bounded(async {
+            let (port, roots, seen) = ok_server(b"http/1.1", false).await;
+            let up = upstream(port, roots, Duration::from_secs(10));
+            for _ in 0..3 {
+                let (status, body) = get(&up, "/api/v1/pods").await.unwrap();
+                assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+            }
+            assert_eq!(up.shared_connections_opened(), 0);
+            assert!(!up.shared.h2.load(Ordering::Relaxed));
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+        })
+        .await;
     }
 
-    /// An upstream that is not there: a clear error, no panic.
+    /// An upstream that is not there: a clear error naming the cause once.
     #[tokio::test]
     async fn an_unreachable_upstream_is_an_error() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let up = Upstream::new(
-            format!("https://127.0.0.1:{port}").parse().unwrap(),
-            rustls::RootCertStore::empty(),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        let e = get(&up, "/api/v1/pods").await.unwrap_err();
-        assert!(
-            e.to_string().starts_with("connecting to the upstream"),
-            "{e}"
-        );
+        bounded(async {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let up = upstream(
+                port,
+                rustls::RootCertStore::empty(),
+                Duration::from_secs(10),
+            );
+            let e = get(&up, "/api/v1/pods").await.unwrap_err();
+            let text = chain(&e);
+            assert!(text.starts_with("connecting to the upstream: "), "{text}");
+            assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+        })
+        .await;
+    }
+
+    /// An upstream that accepts the connection and never answers the TLS
+    /// handshake: the request fails after the connect timeout.
+    #[tokio::test]
+    async fn a_stalled_handshake_times_out() {
+        bounded(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let held = tokio::spawn(async move {
+                let mut open = Vec::new();
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    open.push(tcp);
+                }
+            });
+            let up = upstream(
+                port,
+                rustls::RootCertStore::empty(),
+                Duration::from_millis(300),
+            );
+            let e = get(&up, "/api/v1/pods").await.unwrap_err();
+            assert!(matches!(e, SendError::ConnectTimeout(_)), "{}", chain(&e));
+            held.abort();
+        })
+        .await;
     }
 }
