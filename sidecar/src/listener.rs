@@ -103,6 +103,7 @@ macro_rules! write_through {
     };
 }
 
+mod first_of;
 mod h1;
 
 /// After a connection was asked to close (idle GOAWAY, header timeout), how
@@ -592,32 +593,54 @@ async fn drive<C, E>(
     let cfg = &shared.cfg;
     let mut asked_to_close = false;
     loop {
-        tokio::select! {
-            r = conn.as_mut() => {
+        let closing = asked_to_close;
+        // Polled only when one of its own futures woke it (`first_of`), not
+        // on every read and write of the connection.
+        let ending = async {
+            tokio::select! {
+                _ = shared.graceful.cancelled(), if !closing => Ending::Graceful,
+                _ = shared.force.cancelled() => Ending::Force,
+                phase = state.expired(cfg) => Ending::Expired(phase),
+            }
+        };
+        tokio::pin!(ending);
+        let out = first_of::first_of(conn.as_mut(), ending.as_mut()).await;
+        match out {
+            Either::Left(r) => {
                 if let Err(e) = r {
                     tracing::debug!(listener = %cfg.name, %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = shared.graceful.cancelled(), if !asked_to_close => {
+            Either::Right(Ending::Graceful) => {
                 asked_to_close = true;
                 state.closing();
                 conn.as_mut().graceful_shutdown();
             }
-            _ = shared.force.cancelled() => return,
-            phase = state.expired(cfg) => match phase {
-                Some(phase) => {
-                    shared.metrics.connection_timed_out(&cfg.name, phase.as_str());
-                    tracing::debug!(listener = %cfg.name, %peer, phase = phase.as_str(), "closing the connection");
-                    asked_to_close = true;
-                    state.closing();
-                    conn.as_mut().graceful_shutdown();
-                }
-                // Asked to close and still quiet after the grace: drop it.
-                None => return,
-            },
+            Either::Right(Ending::Force) => return,
+            Either::Right(Ending::Expired(Some(phase))) => {
+                shared
+                    .metrics
+                    .connection_timed_out(&cfg.name, phase.as_str());
+                tracing::debug!(listener = %cfg.name, %peer, phase = phase.as_str(), "closing the connection");
+                asked_to_close = true;
+                state.closing();
+                conn.as_mut().graceful_shutdown();
+            }
+            // Asked to close and still quiet after the grace: drop it.
+            Either::Right(Ending::Expired(None)) => return,
         }
     }
+}
+
+/// What ends or closes a connection besides the connection itself.
+enum Ending {
+    /// The listener shuts down: finish gracefully.
+    Graceful,
+    /// The grace is over: drop the connection.
+    Force,
+    /// A watchdog deadline passed (`None`: the close grace did).
+    Expired(Option<Phase>),
 }
 
 /// What the watchdog knows about one connection.
