@@ -659,6 +659,9 @@ struct Activity {
     head_started: Option<Instant>,
     /// When the connection was asked to close.
     closing_since: Option<Instant>,
+    /// The watchdog saw a request in progress and waits, with no timer,
+    /// for the change that ends it.
+    watchdog_waiting: bool,
 }
 
 struct ConnState {
@@ -692,6 +695,7 @@ impl ConnState {
                 h2: false,
                 head_started: None,
                 closing_since: None,
+                watchdog_waiting: false,
             }),
             changed: Notify::new(),
             held: Mutex::new(Vec::new()),
@@ -715,29 +719,42 @@ impl ConnState {
         a.idle_since = now;
     }
 
+    // The watchdog is told of a change only when it may have to wake
+    // sooner than it planned: a deadline that can only have moved later (a
+    // request began) is found when its timer fires and the watchdog looks
+    // again. Telling it of every read and of every request's start and end
+    // woke it two or three times a request.
+
     fn on_read(&self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         let mut a = self.lock();
+        let mut moved = false;
         if !a.first_byte {
             a.first_byte = true;
             let n = bytes.len().min(H2_PREFACE_START.len());
             a.h2 = bytes[..n] == H2_PREFACE_START[..n];
+            moved = true;
         }
         if !a.h2 && a.active == 0 && a.head_started.is_none() {
+            // The request-head deadline may come before the idle one.
             a.head_started = Some(Instant::now());
+            moved = true;
         }
         drop(a);
-        self.changed.notify_one();
+        if moved {
+            self.changed.notify_one();
+        }
     }
 
+    /// A request began: no deadline while it is in progress, so nothing
+    /// the watchdog waits for comes sooner (it finds out when its timer
+    /// fires).
     fn begin(&self) {
         let mut a = self.lock();
         a.active += 1;
         a.head_started = None;
-        drop(a);
-        self.changed.notify_one();
     }
 
     fn end(&self) {
@@ -746,8 +763,14 @@ impl ConnState {
         if a.active == 0 {
             a.idle_since = Instant::now();
         }
+        // Only a watchdog waiting with no timer needs the idle deadline
+        // armed now; one with a timer finds the later deadline when it
+        // fires.
+        let wake = a.active == 0 && std::mem::take(&mut a.watchdog_waiting);
         drop(a);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     fn closing(&self) {
@@ -768,20 +791,17 @@ impl ConnState {
     /// in progress. After the connection was asked to close, the deadline
     /// is the end of the close grace (phase `None`).
     fn deadline(&self, cfg: &ListenerConfig) -> Option<(Instant, Option<Phase>)> {
-        let a = self.lock();
-        if a.active > 0 {
-            return None;
-        }
-        if let Some(t) = a.closing_since {
-            return Some((t.max(a.idle_since) + CLOSE_GRACE, None));
-        }
-        Some(if !a.first_byte {
-            (a.started + cfg.first_byte_timeout, Some(Phase::FirstByte))
-        } else if let Some(t) = a.head_started {
-            (t + cfg.header_read_timeout, Some(Phase::Header))
-        } else {
-            (a.idle_since + cfg.idle_timeout, Some(Phase::Idle))
-        })
+        deadline_of(&self.lock(), cfg)
+    }
+
+    /// [`ConnState::deadline`], noting under the same lock whether the
+    /// watchdog will wait with no timer (a request in progress), so that
+    /// the request's end wakes it.
+    fn next_deadline(&self, cfg: &ListenerConfig) -> Option<(Instant, Option<Phase>)> {
+        let mut a = self.lock();
+        let d = deadline_of(&a, cfg);
+        a.watchdog_waiting = d.is_none();
+        d
     }
 
     /// Resolves when a deadline passes with no request in progress.
@@ -790,7 +810,7 @@ impl ConnState {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.deadline(cfg) {
+            match self.next_deadline(cfg) {
                 None => changed.await,
                 Some((at, phase)) => {
                     tokio::select! {
@@ -809,6 +829,24 @@ impl ConnState {
             }
         }
     }
+}
+
+/// The next deadline of a connection in state `a` (see
+/// [`ConnState::deadline`]).
+fn deadline_of(a: &Activity, cfg: &ListenerConfig) -> Option<(Instant, Option<Phase>)> {
+    if a.active > 0 {
+        return None;
+    }
+    if let Some(t) = a.closing_since {
+        return Some((t.max(a.idle_since) + CLOSE_GRACE, None));
+    }
+    Some(if !a.first_byte {
+        (a.started + cfg.first_byte_timeout, Some(Phase::FirstByte))
+    } else if let Some(t) = a.head_started {
+        (t + cfg.header_read_timeout, Some(Phase::Header))
+    } else {
+        (a.idle_since + cfg.idle_timeout, Some(Phase::Idle))
+    })
 }
 
 /// The connection's socket (after TLS), noting reads for the watchdog. It
@@ -964,6 +1002,102 @@ where
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    fn watchdog_cfg(idle: Duration) -> ListenerConfig {
+        ListenerConfig {
+            name: "test".into(),
+            max_connections: 1,
+            handshake_timeout: Duration::from_secs(60),
+            first_byte_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: idle,
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 100,
+        }
+    }
+
+    async fn conn_state() -> ConnState {
+        let slot = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        ConnState::new(slot, Gauge::default())
+    }
+
+    /// Counts the wakes of the task it stands for.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Requests that begin and end on a connection whose watchdog waits for
+    /// its idle deadline do not wake it; a request it saw in progress wakes
+    /// it when it ends.
+    #[tokio::test]
+    async fn the_watchdog_is_woken_only_when_it_must_look_again() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let cfg = watchdog_cfg(Duration::from_secs(60));
+        let state = conn_state().await;
+        state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let watch = state.expired(&cfg);
+        tokio::pin!(watch);
+        assert!(watch.as_mut().poll(&mut cx).is_pending());
+        for _ in 0..100 {
+            state.on_read(b"frame");
+            state.begin();
+            state.end();
+        }
+        assert_eq!(wakes.0.load(SeqCst), 0, "requests woke the watchdog");
+        assert!(watch.as_mut().poll(&mut cx).is_pending());
+
+        // A request in progress when the watchdog looks: it waits with no
+        // timer, and the request's end wakes it.
+        state.begin();
+        let watch2 = state.expired(&cfg);
+        tokio::pin!(watch2);
+        assert!(watch2.as_mut().poll(&mut cx).is_pending());
+        state.begin();
+        state.end();
+        assert_eq!(wakes.0.load(SeqCst), 0, "still a request in progress");
+        state.end();
+        assert!(wakes.0.load(SeqCst) >= 1, "the last request's end wakes it");
+        assert!(watch2.as_mut().poll(&mut cx).is_pending());
+    }
+
+    /// After requests that did not wake it, the watchdog still closes the
+    /// connection once it has been idle for the idle timeout.
+    #[tokio::test]
+    async fn the_idle_deadline_still_passes_after_quiet_requests() {
+        let cfg = watchdog_cfg(Duration::from_millis(200));
+        let state = conn_state().await;
+        state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let watch = state.expired(&cfg);
+        tokio::pin!(watch);
+        let requests = async {
+            for _ in 0..5 {
+                state.begin();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                state.end();
+            }
+        };
+        tokio::select! {
+            phase = &mut watch => panic!("expired during the requests: {phase:?}"),
+            () = requests => {}
+        }
+        let phase = tokio::time::timeout(Duration::from_secs(30), watch)
+            .await
+            .expect("the idle deadline passes");
+        assert_eq!(phase, Some(Phase::Idle));
+    }
 
     #[tokio::test]
     async fn a_stalled_body_fails_and_a_flowing_one_does_not() {
