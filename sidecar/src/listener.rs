@@ -662,6 +662,10 @@ struct Activity {
     /// The watchdog saw a request in progress and waits, with no timer,
     /// for the change that ends it.
     watchdog_waiting: bool,
+    /// A request began while an HTTP/1.1 head's deadline may be the
+    /// watchdog's timer: its end must wake the watchdog, as the idle
+    /// deadline may come before the header one (both are flags).
+    header_timer_armed: bool,
 }
 
 struct ConnState {
@@ -696,6 +700,7 @@ impl ConnState {
                 head_started: None,
                 closing_since: None,
                 watchdog_waiting: false,
+                header_timer_armed: false,
             }),
             changed: Notify::new(),
             held: Mutex::new(Vec::new()),
@@ -725,6 +730,8 @@ impl ConnState {
     // again. Telling it of every read and of every request's start and end
     // woke it two or three times a request.
 
+    /// Bytes were read: the first of them, or the first of an HTTP/1.1
+    /// head, set a new deadline.
     fn on_read(&self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -754,25 +761,32 @@ impl ConnState {
     fn begin(&self) {
         let mut a = self.lock();
         a.active += 1;
-        a.head_started = None;
+        if a.head_started.take().is_some() {
+            a.header_timer_armed = true;
+        }
     }
 
+    /// A request ended. The watchdog is woken when the idle deadline may
+    /// come before the timer it has: it has none (it saw a request in
+    /// progress), or its timer may be an HTTP/1.1 head's deadline. Any
+    /// other timer it has (an earlier idle deadline, the close grace) is
+    /// no later than what this end sets, and it looks again when it fires.
     fn end(&self) {
         let mut a = self.lock();
         a.active = a.active.saturating_sub(1);
+        let mut wake = false;
         if a.active == 0 {
             a.idle_since = Instant::now();
+            wake =
+                std::mem::take(&mut a.watchdog_waiting) | std::mem::take(&mut a.header_timer_armed);
         }
-        // Only a watchdog waiting with no timer needs the idle deadline
-        // armed now; one with a timer finds the later deadline when it
-        // fires.
-        let wake = a.active == 0 && std::mem::take(&mut a.watchdog_waiting);
         drop(a);
         if wake {
             self.changed.notify_one();
         }
     }
 
+    /// The connection was asked to close: the close grace starts.
     fn closing(&self) {
         let mut a = self.lock();
         a.closing_since.get_or_insert_with(Instant::now);
@@ -805,6 +819,9 @@ impl ConnState {
     }
 
     /// Resolves when a deadline passes with no request in progress.
+    ///
+    /// A change notified while nobody waited leaves a permit, which the
+    /// next `enable` takes: one pass more round the loop, never one less.
     async fn expired(&self, cfg: &ListenerConfig) -> Option<Phase> {
         loop {
             let changed = self.changed.notified();
@@ -1003,13 +1020,15 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn watchdog_cfg(idle: Duration) -> ListenerConfig {
+    /// Limits for the watchdog tests: the given idle and request-head
+    /// timeouts, everything else long.
+    fn watchdog_cfg(idle: Duration, header: Duration) -> ListenerConfig {
         ListenerConfig {
             name: "test".into(),
             max_connections: 1,
             handshake_timeout: Duration::from_secs(60),
             first_byte_timeout: Duration::from_secs(60),
-            header_read_timeout: Duration::from_secs(60),
+            header_read_timeout: header,
             idle_timeout: idle,
             http2_keepalive_interval: None,
             http2_keepalive_timeout: Duration::from_secs(60),
@@ -1018,6 +1037,7 @@ mod tests {
         }
     }
 
+    /// A connection's state, as a served connection has it.
     async fn conn_state() -> ConnState {
         let slot = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         ConnState::new(slot, Gauge::default())
@@ -1036,48 +1056,57 @@ mod tests {
         }
     }
 
-    /// Requests that begin and end on a connection whose watchdog waits for
-    /// its idle deadline do not wake it; a request it saw in progress wakes
-    /// it when it ends.
+    /// Requests that begin and end on an HTTP/2 connection whose watchdog
+    /// waits for its idle deadline do not wake it; a request it saw in
+    /// progress wakes it when it ends.
     #[tokio::test]
     async fn the_watchdog_is_woken_only_when_it_must_look_again() {
         use std::sync::atomic::Ordering::SeqCst;
-        let cfg = watchdog_cfg(Duration::from_secs(60));
+        let cfg = watchdog_cfg(Duration::from_secs(60), Duration::from_secs(60));
         let state = conn_state().await;
         state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        {
+            let wakes = Arc::new(Wakes::default());
+            let waker = std::task::Waker::from(wakes.clone());
+            let mut cx = Context::from_waker(&waker);
+            let watch = state.expired(&cfg);
+            tokio::pin!(watch);
+            assert!(watch.as_mut().poll(&mut cx).is_pending());
+            for _ in 0..100 {
+                state.on_read(b"frame");
+                state.begin();
+                state.end();
+            }
+            assert_eq!(wakes.0.load(SeqCst), 0, "requests woke the watchdog");
+            assert!(watch.as_mut().poll(&mut cx).is_pending());
+        }
+
+        // A request in progress when the watchdog looks: it waits with no
+        // timer, and only the last request's end wakes it.
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
+        state.begin();
         let watch = state.expired(&cfg);
         tokio::pin!(watch);
         assert!(watch.as_mut().poll(&mut cx).is_pending());
-        for _ in 0..100 {
-            state.on_read(b"frame");
-            state.begin();
-            state.end();
-        }
-        assert_eq!(wakes.0.load(SeqCst), 0, "requests woke the watchdog");
-        assert!(watch.as_mut().poll(&mut cx).is_pending());
-
-        // A request in progress when the watchdog looks: it waits with no
-        // timer, and the request's end wakes it.
-        state.begin();
-        let watch2 = state.expired(&cfg);
-        tokio::pin!(watch2);
-        assert!(watch2.as_mut().poll(&mut cx).is_pending());
+        assert!(state.lock().watchdog_waiting);
         state.begin();
         state.end();
         assert_eq!(wakes.0.load(SeqCst), 0, "still a request in progress");
         state.end();
-        assert!(wakes.0.load(SeqCst) >= 1, "the last request's end wakes it");
-        assert!(watch2.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(SeqCst), 1, "the last request's end wakes it");
+        assert!(watch.as_mut().poll(&mut cx).is_pending());
+        // Woken, it armed the idle deadline's timer.
+        assert!(!state.lock().watchdog_waiting);
     }
 
-    /// After requests that did not wake it, the watchdog still closes the
-    /// connection once it has been idle for the idle timeout.
+    /// After requests that did not wake it, and after one that outlasted
+    /// its timer, the watchdog still closes the connection once it has been
+    /// idle for the idle timeout.
     #[tokio::test]
     async fn the_idle_deadline_still_passes_after_quiet_requests() {
-        let cfg = watchdog_cfg(Duration::from_millis(200));
+        let cfg = watchdog_cfg(Duration::from_millis(200), Duration::from_secs(60));
         let state = conn_state().await;
         state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         let watch = state.expired(&cfg);
@@ -1088,6 +1117,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 state.end();
             }
+            // One that lasts past the timer: the watchdog finds it in
+            // progress and waits for its end.
+            state.begin();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            state.end();
         };
         tokio::select! {
             phase = &mut watch => panic!("expired during the requests: {phase:?}"),
@@ -1096,6 +1130,35 @@ mod tests {
         let phase = tokio::time::timeout(Duration::from_secs(30), watch)
             .await
             .expect("the idle deadline passes");
+        assert_eq!(phase, Some(Phase::Idle));
+    }
+
+    /// HTTP/1.1 with an idle timeout shorter than the request-head timeout:
+    /// after a request whose head armed the head's deadline, the idle
+    /// deadline passes at its own time, not the head's.
+    #[tokio::test]
+    async fn an_idle_timeout_shorter_than_the_head_timeout_is_kept() {
+        let cfg = watchdog_cfg(Duration::from_millis(200), Duration::from_secs(120));
+        let state = conn_state().await;
+        let watch = state.expired(&cfg);
+        tokio::pin!(watch);
+        let request = async {
+            // Let the watchdog arm the first-byte timer, then the head's.
+            tokio::task::yield_now().await;
+            state.on_read(b"GET /api HTTP/1.1\r\n");
+            tokio::task::yield_now().await;
+            state.begin();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            state.end();
+        };
+        tokio::select! {
+            phase = &mut watch => panic!("expired during the request: {phase:?}"),
+            () = request => {}
+        }
+        // Well before the head's 120 s: the idle deadline's 200 ms.
+        let phase = tokio::time::timeout(Duration::from_secs(60), watch)
+            .await
+            .expect("the idle deadline passes before the head's");
         assert_eq!(phase, Some(Phase::Idle));
     }
 

@@ -36,9 +36,9 @@ impl Wake for Flag {
 }
 
 /// Resolves with whichever of `first` and `second` is ready first
-/// (`second` is checked first when both are). `first` is polled on every
-/// wake of the task; `second` on its first poll and then only after its
-/// own waker fired.
+/// (`second` is checked first when both are and `second` was woken).
+/// `first` is polled on every wake of the task; `second` on its first poll
+/// and then only after its own waker fired.
 pub(super) struct FirstOf<'a, A: ?Sized, B: ?Sized> {
     first: Pin<&'a mut A>,
     second: Pin<&'a mut B>,
@@ -149,5 +149,27 @@ mod tests {
         assert!(matches!(out, Either::Right("second")));
         assert_eq!(polls.load(Ordering::SeqCst), 2);
         waker.await.unwrap();
+    }
+
+    /// The second future woken from another thread, again and again, at
+    /// any moment of the task's poll: no wake is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wake_from_another_thread_is_not_lost() {
+        for _ in 0..500 {
+            let ready = Arc::new(tokio::sync::Notify::new());
+            let r = ready.clone();
+            let task = tokio::spawn(async move {
+                let first = std::future::pending::<()>();
+                let second = r.notified();
+                tokio::pin!(first, second);
+                first_of(first.as_mut(), second.as_mut()).await
+            });
+            std::thread::spawn(move || ready.notify_one());
+            let out = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the wake reached the task")
+                .unwrap();
+            assert!(matches!(out, Either::Right(())));
+        }
     }
 }
