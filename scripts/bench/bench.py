@@ -891,7 +891,7 @@ def goals(res, s):
     line("CPU per request <= 1.5x nginx's", ok, f"CPU s per 10k requests at {FIXED_RPS} req/s: " + per_obj(
         lambda o: f"sidecar {fmt(sc.get(f'{o}_cpu_s_per_10k'), 3)} vs nginx {fmt(ng.get(f'{o}_cpu_s_per_10k'), 3)} "
                   f"= {fmt(sc.get(f'{o}_cpu_vs_nginx'), 2)}x (recording off {fmt(nr.get(f'{o}_cpu_s_per_10k'), 3)})"),
-         "a recorded GET costs ~0.29 M (the ~1.3 KB Pod) / ~0.19 M (the Secret) / ~0.19 M (the ConfigMap) "
+         "a recorded GET costs ~0.29 M (the ~1.3 KB Pod) / ~0.19 M (the Secret) / ~0.18 M (the ConfigMap) "
          "user-space instructions (callgrind, the musl build as shipped, results.md \"Thirteenth pass\"; ~1.1 M "
          "for the Pod in the first pass), spread over the masker's tokenizer and object scrub, HTTP/2 on both sides, rustls and "
          "allocation, none of them a large share any more; in CPU time the kernel takes ~30 % of the sidecar's "
