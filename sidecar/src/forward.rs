@@ -884,17 +884,6 @@ mod tests {
             .expect("the test finished within 60 s")
     }
 
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    }
-
     /// Ordinary requests, one after another and 50 at once, all go over one
     /// HTTP/2 connection once it is open.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1034,7 +1023,7 @@ mod tests {
                 Duration::from_secs(10),
             );
             let e = get(&up, "/api/v1/pods").await.unwrap_err();
-            let text = chain(&e);
+            let text = crate::proxy::error_chain(&e);
             assert!(text.starts_with("connecting to the upstream: "), "{text}");
             assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
         })
@@ -1061,7 +1050,11 @@ mod tests {
                 Duration::from_millis(300),
             );
             let e = get(&up, "/api/v1/pods").await.unwrap_err();
-            assert!(matches!(e, SendError::ConnectTimeout(_)), "{}", chain(&e));
+            assert!(
+                matches!(e, SendError::ConnectTimeout(_)),
+                "{}",
+                crate::proxy::error_chain(&e)
+            );
             held.abort();
         })
         .await;

@@ -477,7 +477,8 @@ async fn forward(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e`'s message, then each of its sources', joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
