@@ -9,8 +9,10 @@
 //! Pure: timestamps are passed in by the caller (`MicroTime::from_unix_micros`),
 //! nothing here reads a clock.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -461,15 +463,16 @@ impl ResponseStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// `Event`; Go omits it when unset, kube-apiserver's backends set it.
+    /// Constant text is borrowed, not copied, into each request's event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Cow<'static, str>>,
     /// `audit.k8s.io/v1` when set.
     #[serde(
         rename = "apiVersion",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub api_version: Option<String>,
+    pub api_version: Option<Cow<'static, str>>,
     pub level: Level,
     #[serde(rename = "auditID")]
     pub audit_id: String,
@@ -477,7 +480,9 @@ pub struct Event {
     #[serde(rename = "requestURI")]
     pub request_uri: String,
     pub verb: String,
-    pub user: UserInfo,
+    /// Shared: a recorder's events are mostly of one user (the pod's
+    /// service account), which each request's event would otherwise copy.
+    pub user: Arc<UserInfo>,
     #[serde(
         rename = "impersonatedUser",
         default,
@@ -518,9 +523,13 @@ pub struct Event {
     pub request_received_timestamp: MicroTime,
     #[serde(rename = "stageTimestamp")]
     pub stage_timestamp: MicroTime,
+    /// Keys are mostly the constants of this module, borrowed, not copied.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Annotations,
 }
+
+/// The annotations of an [`Event`], by key.
+pub type Annotations = BTreeMap<Cow<'static, str>, String>;
 
 /// One event as it is written: the same JSON as [`Event`], field for field
 /// and in the same order, but borrowing its parts and carrying the bodies as
@@ -562,7 +571,7 @@ pub struct EventView<'a> {
     #[serde(rename = "stageTimestamp")]
     pub stage_timestamp: MicroTime,
     #[serde(skip_serializing_if = "no_entries")]
-    pub annotations: &'a BTreeMap<String, String>,
+    pub annotations: &'a Annotations,
     /// The response body as JSON text its producer vouches for (see
     /// [`EventView::with_response_json_text`]); written as `responseObject`
     /// by [`EventView::to_json_vec`] in place of `response_object`.
@@ -578,7 +587,7 @@ fn no_text(v: &&str) -> bool {
     v.is_empty()
 }
 
-fn no_entries(v: &&BTreeMap<String, String>) -> bool {
+fn no_entries(v: &&Annotations) -> bool {
     v.is_empty()
 }
 
@@ -693,7 +702,7 @@ pub struct RequestInfo<'a> {
     /// Path and query as received.
     pub request_uri: &'a str,
     pub attrs: &'a RequestAttributes,
-    pub user: UserInfo,
+    pub user: Arc<UserInfo>,
     pub impersonated_user: Option<UserInfo>,
     pub source_ips: Vec<String>,
     pub user_agent: &'a str,
@@ -716,20 +725,20 @@ impl Event {
     /// [`Event::request_received`], taking the owned parts of `info`
     /// instead of copying them.
     pub fn from_request(info: RequestInfo<'_>) -> Self {
-        let mut annotations = BTreeMap::new();
-        annotations.insert(ANN_DECISION.to_string(), info.decision.decision);
-        annotations.insert(ANN_RULE.to_string(), info.decision.rule);
+        let mut annotations = Annotations::new();
+        annotations.insert(ANN_DECISION.into(), info.decision.decision);
+        annotations.insert(ANN_RULE.into(), info.decision.rule);
         if !info.decision.policy_hash.is_empty() {
-            annotations.insert(ANN_POLICY_HASH.to_string(), info.decision.policy_hash);
+            annotations.insert(ANN_POLICY_HASH.into(), info.decision.policy_hash);
         }
         if !info.decision.enforced {
-            annotations.insert(ANN_ENFORCED.to_string(), "false".into());
+            annotations.insert(ANN_ENFORCED.into(), "false".into());
         }
         if !info.pod.is_empty() {
-            annotations.insert(ANN_POD.to_string(), info.pod.to_string());
+            annotations.insert(ANN_POD.into(), info.pod.to_string());
         }
         if !info.cluster.is_empty() {
-            annotations.insert(ANN_CLUSTER.to_string(), info.cluster.to_string());
+            annotations.insert(ANN_CLUSTER.into(), info.cluster.to_string());
         }
         Self {
             kind: Some("Event".into()),
@@ -781,8 +790,7 @@ impl Event {
 
     /// Record how many values masking replaced (`mcp-warden.io/masked`).
     pub fn with_masked_count(mut self, n: u64) -> Self {
-        self.annotations
-            .insert(ANN_MASKED.to_string(), n.to_string());
+        self.annotations.insert(ANN_MASKED.into(), n.to_string());
         self
     }
 
@@ -1081,12 +1089,12 @@ mod tests {
             audit_id: "6f2a0a5e-0b8e-4e0c-9a57-1c7f6d1a2b3c",
             request_uri: "/api/v1/namespaces/default/secrets",
             attrs: &a,
-            user: UserInfo::new(
+            user: Arc::new(UserInfo::new(
                 "system:serviceaccount:default:mcp",
                 "u1",
                 vec!["system:serviceaccounts".into()],
                 BTreeMap::new(),
-            ),
+            )),
             impersonated_user: None,
             source_ips: vec!["127.0.0.1".into()],
             user_agent: "kubectl/v1.33.0",
@@ -1397,14 +1405,14 @@ mod view_tests {
                     (t0, t1),
                     annotations,
                 )| Event {
-                    kind,
-                    api_version,
+                    kind: kind.map(Cow::Owned),
+                    api_version: api_version.map(Cow::Owned),
                     level,
                     audit_id,
                     stage,
                     request_uri,
                     verb,
-                    user,
+                    user: Arc::new(user),
                     impersonated_user,
                     source_ips,
                     user_agent,
@@ -1414,7 +1422,10 @@ mod view_tests {
                     response_object: None,
                     request_received_timestamp: MicroTime::from_unix_micros(t0),
                     stage_timestamp: MicroTime::from_unix_micros(t1),
-                    annotations,
+                    annotations: annotations
+                        .into_iter()
+                        .map(|(k, v)| (Cow::Owned(k), v))
+                        .collect(),
                 },
             )
     }

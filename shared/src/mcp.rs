@@ -9,7 +9,6 @@
 //! passes on and acts on what comes out.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
@@ -349,8 +348,8 @@ pub struct InFlightCall {
 /// `mcp-session` and `mcp-user` name it; with several, only
 /// `tool-call-candidates` (a JSON array of all of them) is set, so no
 /// candidate is presented as the cause; with none, nothing.
-pub fn link_annotations(calls: &[InFlightCall]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+pub fn link_annotations(calls: &[InFlightCall]) -> audit::Annotations {
+    let mut out = audit::Annotations::new();
     match calls {
         [] => {}
         [one] => {

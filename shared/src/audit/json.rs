@@ -11,8 +11,6 @@
 //! serde_json's. The property test in `audit.rs` (`view_tests`) compares
 //! this writer with the derived form on generated events.
 
-use std::collections::BTreeMap;
-
 use super::{
     EventView, Level, ListMeta, MicroTime, ObjectReference, ResponseStatus, Stage, UserInfo,
 };
@@ -178,7 +176,7 @@ fn strings(out: &mut Vec<u8>, items: &[String]) -> Result<(), serde_json::Error>
     Ok(())
 }
 
-fn string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) -> Result<(), serde_json::Error> {
+fn string_map(out: &mut Vec<u8>, map: &super::Annotations) -> Result<(), serde_json::Error> {
     let mut o = Obj::open(out);
     for (k, v) in map {
         o.dyn_key(k)?.str(v)?;

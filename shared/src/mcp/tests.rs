@@ -260,7 +260,7 @@ fn the_tool_call_event_carries_tool_arguments_outcome_and_duration() {
         audit_id: &c.call_id,
         request_uri: "/mcp",
         attrs: &attrs,
-        user: audit::UserInfo::new("alice@example.com", "", vec![], Default::default()),
+        user: audit::UserInfo::new("alice@example.com", "", vec![], Default::default()).into(),
         impersonated_user: None,
         source_ips: vec!["127.0.0.1".into()],
         user_agent: "python-httpx",

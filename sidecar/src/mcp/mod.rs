@@ -883,7 +883,7 @@ impl McpFront {
             audit_id: &p.call.call_id,
             request_uri: &p.path,
             attrs: &attrs,
-            user,
+            user: Arc::new(user),
             impersonated_user: None,
             source_ips: vec![audit::source_ip(p.peer.ip())],
             user_agent: &p.user_agent,

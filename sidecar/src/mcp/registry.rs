@@ -108,7 +108,7 @@ impl ToolCalls {
 
     /// The annotations for an API request made now
     /// ([`mcp::link_annotations`]).
-    pub fn link_annotations(&self) -> BTreeMap<String, String> {
+    pub fn link_annotations(&self) -> mcp_warden_shared::audit::Annotations {
         mcp::link_annotations(&self.in_flight())
     }
 }

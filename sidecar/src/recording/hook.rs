@@ -66,7 +66,7 @@ pub type LevelSource = Arc<dyn Fn() -> Level + Send + Sync>;
 pub type PolicyHashSource = Arc<dyn Fn() -> String + Send + Sync>;
 /// Annotations added to a request's events when it is received (the MCP
 /// tool calls in flight then, `crate::mcp::ToolCalls::link_annotations`).
-pub type AnnotationSource = Arc<dyn Fn() -> BTreeMap<String, String> + Send + Sync>;
+pub type AnnotationSource = Arc<dyn Fn() -> audit::Annotations + Send + Sync>;
 
 /// kube-apiserver's limit on request bodies; also what we keep of a response.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 << 20;
@@ -77,7 +77,8 @@ pub const CLIENT_GONE_CODE: u16 = 499;
 /// The recording hook (see the module docs).
 pub struct RecordingHook {
     recorder: Recorder,
-    user: UserInfo,
+    /// Shared with every event it records (see [`Event::user`]).
+    user: Arc<UserInfo>,
     masker: MaskerSource,
     level: LevelSource,
     policy_hash: PolicyHashSource,
@@ -132,7 +133,7 @@ impl RecordingHook {
     ) -> Self {
         Self {
             recorder,
-            user,
+            user: Arc::new(user),
             masker,
             level,
             policy_hash,
@@ -209,27 +210,25 @@ impl RecordingHook {
         let mut e = Event::from_request(info);
         if let Some(a) = ctx.decision.as_ref().and_then(|d| d.approval.as_ref()) {
             e.annotations
-                .insert(crate::approval::ANN_APPROVED_BY.to_string(), a.by.clone());
+                .insert(crate::approval::ANN_APPROVED_BY.into(), a.by.clone());
             e.annotations.insert(
-                crate::approval::ANN_ACCESS_REQUEST.to_string(),
+                crate::approval::ANN_ACCESS_REQUEST.into(),
                 a.access_request.clone(),
             );
             if a.grant {
-                e.annotations.insert(
-                    crate::approval::ANN_GRANT.to_string(),
-                    a.access_request.clone(),
-                );
+                e.annotations
+                    .insert(crate::approval::ANN_GRANT.into(), a.access_request.clone());
             }
         }
         if let Some(p) = ctx.decision.as_ref().and_then(|d| d.preview) {
             e.annotations.insert(
-                mcp_warden_shared::contract::ANN_PREVIEW.to_string(),
+                mcp_warden_shared::contract::ANN_PREVIEW.into(),
                 p.to_string(),
             );
         }
         if let Some(u) = &ctx.end_user {
             e.annotations
-                .insert(audit::ANN_END_USER_ISSUER.to_string(), u.issuer.clone());
+                .insert(audit::ANN_END_USER_ISSUER.into(), u.issuer.clone());
         }
         if let Some(links) = &self.links {
             e.annotations.extend(links());
@@ -436,7 +435,7 @@ impl RecordHook for RecordingHook {
             }
             if let Some(why) = &written.omitted {
                 base.annotations
-                    .insert(audit::ANN_REQUEST_OBJECT_OMITTED.to_string(), why.clone());
+                    .insert(audit::ANN_REQUEST_OBJECT_OMITTED.into(), why.clone());
             }
             if mutating && let Err(e) = self.recorder.record(&base).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "refusing request: RequestReceived not durable");
@@ -559,7 +558,7 @@ impl RequestRecord for PendingRecord {
             }
             let masked = masked_in_request + mask_count.map(|m| m.current() as u64).unwrap_or(0);
             base.annotations
-                .insert(audit::ANN_MASKED.to_string(), masked.to_string());
+                .insert(audit::ANN_MASKED.into(), masked.to_string());
             let done = PendingRecord::view(&base, request_object.as_deref())
                 .at_stage(Stage::ResponseComplete, micro(SystemTime::now()), &status)
                 .with_response_object(raw.as_deref())

@@ -352,20 +352,25 @@ fn seg_paths(dir: &Path, first: SeqNo) -> (PathBuf, PathBuf) {
 }
 
 fn encode_record(kind: RecordKind, seq: SeqNo, ts_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let len = payload.len() as u32;
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[kind.to_byte()]);
-    h.update(&len.to_le_bytes());
-    h.update(&seq.to_le_bytes());
-    h.update(&ts_ms.to_le_bytes());
-    h.update(payload);
-    out.push(MAGIC);
-    out.push(kind.to_byte());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&h.finalize().to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&ts_ms.to_le_bytes());
+    out.extend_from_slice(&record_header(kind, seq, ts_ms, payload));
     out.extend_from_slice(payload);
+}
+
+/// The header of a record holding `payload`: magic, kind, length, the
+/// CRC-32 of the rest of the header and the payload, sequence number, time.
+fn record_header(kind: RecordKind, seq: SeqNo, ts_ms: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = MAGIC;
+    h[1] = kind.to_byte();
+    h[2..6].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[10..18].copy_from_slice(&seq.to_le_bytes());
+    h[18..26].copy_from_slice(&ts_ms.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[1..6]);
+    crc.update(&h[10..]);
+    crc.update(payload);
+    h[6..10].copy_from_slice(&crc.finalize().to_le_bytes());
+    h
 }
 
 fn le_u32(b: &[u8]) -> u32 {

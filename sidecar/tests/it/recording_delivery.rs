@@ -188,7 +188,8 @@ fn event(i: usize) -> Event {
             "uid-1",
             vec!["system:serviceaccounts".into()],
             BTreeMap::new(),
-        ),
+        )
+        .into(),
         impersonated_user: None,
         source_ips: vec!["127.0.0.1".into()],
         user_agent: "test",
