@@ -193,15 +193,25 @@ impl MaskOutcome {
 /// body streams. Inserted into the response's extensions by [`MaskTransform`].
 #[derive(Debug, Clone)]
 pub struct MaskCount {
-    count: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     done: watch::Receiver<Option<MaskOutcome>>,
-    document: Arc<AtomicBool>,
+}
+
+/// What a [`MaskedBody`] tells its [`MaskCount`] while it streams (one
+/// allocation for both).
+#[derive(Debug, Default)]
+struct Progress {
+    /// Values masked so far.
+    count: AtomicUsize,
+    /// Set when a body read as one JSON document ended complete (see
+    /// [`MaskCount::whole_json_document`]).
+    document: AtomicBool,
 }
 
 impl MaskCount {
     /// Values masked so far.
     pub fn current(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.progress.count.load(Ordering::Relaxed)
     }
 
     /// Whether the body is over and every byte of it is the output of the
@@ -213,7 +223,7 @@ impl MaskCount {
     /// parsing, masked parts are written by serde_json), so the recorder
     /// need not validate it again.
     pub fn whole_json_document(&self) -> bool {
-        self.document.load(Ordering::Acquire)
+        self.progress.document.load(Ordering::Acquire)
     }
 
     /// The outcome, if the body is over.
@@ -248,13 +258,11 @@ pub struct MaskedBody {
     /// Masked bytes ready to go out.
     pending: Option<Bytes>,
     done: bool,
-    count: Arc<AtomicUsize>,
+    /// Shared with the [`MaskCount`].
+    progress: Arc<Progress>,
     outcome: watch::Sender<Option<MaskOutcome>>,
     /// The masker reads one JSON document ([`StreamKind::Json`]).
     json_document: bool,
-    /// Set when such a body ended complete (see
-    /// [`MaskCount::whole_json_document`]).
-    document: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for MaskedBody {
@@ -365,8 +373,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let count = Arc::new(AtomicUsize::new(0));
-    let document = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
     let (tx, rx) = watch::channel(None);
     let masker_present = masker.is_some();
     let body = MaskedBody {
@@ -376,19 +383,11 @@ where
         scrubber,
         pending: None,
         done: false,
-        count: count.clone(),
+        progress: progress.clone(),
         outcome: tx,
         json_document: json_document && masker_present,
-        document: document.clone(),
     };
-    (
-        body,
-        MaskCount {
-            count,
-            done: rx,
-            document,
-        },
-    )
+    (body, MaskCount { progress, done: rx })
 }
 
 /// Headers of a masked response: no `Content-Length` (the length changes),
@@ -398,12 +397,15 @@ pub fn masked_response_headers(parts: &mut http::response::Parts) {
     parts.headers.remove(CONTENT_ENCODING);
 }
 
-fn header_str(headers: &HeaderMap, name: http::header::HeaderName) -> Option<String> {
+/// The header's values as text, joined with commas; borrowed from the
+/// headers when there is one value and it is UTF-8 (as it nearly always is).
+fn header_str(headers: &HeaderMap, name: http::header::HeaderName) -> Option<Cow<'_, str>> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     // More than one value (e.g. two encodings stacked) is not something we decode.
-    let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    let mut s = String::from_utf8_lossy(first.as_bytes());
     for v in values {
+        let s = s.to_mut();
         s.push(',');
         s.push_str(&String::from_utf8_lossy(v.as_bytes()));
     }
@@ -471,7 +473,7 @@ impl MaskedBody {
     }
 
     fn publish(&mut self, out: Bytes) {
-        self.count.store(self.masked(), Ordering::Relaxed);
+        self.progress.count.store(self.masked(), Ordering::Relaxed);
         if !out.is_empty() {
             self.pending = Some(out);
         }
@@ -613,7 +615,7 @@ impl MaskedBody {
         self.done = true;
         let scrubbed = self.scrubber.as_ref().is_some_and(|s| s.count() > 0);
         if self.json_document && !scrubbed {
-            self.document.store(true, Ordering::Release);
+            self.progress.document.store(true, Ordering::Release);
         }
         self.outcome.send_replace(Some(MaskOutcome::Complete {
             masked: self.masked(),

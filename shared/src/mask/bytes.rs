@@ -1154,7 +1154,12 @@ impl Masker {
         if !unit.has_object || (matches!(shape, Shape::Event) && !unit.type_string) {
             return Err(Fallback);
         }
-        let kind = unit.kind.map(|t| sc.text(s, t).to_owned());
+        // Borrowed from the input unless it had an escape (the scratch
+        // space that holds the decoded text is needed below).
+        let kind: Option<Cow<'_, str>> = unit.kind.map(|t| match t {
+            Text::Raw(a, b) => Cow::Borrowed(s.get(a as usize..b as usize).unwrap_or("")),
+            Text::Dec(_) => Cow::Owned(sc.text(s, t).to_owned()),
+        });
         match kind.as_deref() {
             Some(k) if k == "Table" || k == "PartialObjectMetadata" || k.ends_with("List") => {
                 return Err(Fallback);
@@ -1172,7 +1177,7 @@ impl Masker {
             _ => None,
         };
         let targets = Masker::resources_of(ctx, kind.as_deref().or(hint));
-        let is_secret = targets.iter().any(|(r, s)| r == "secrets" && s.is_empty());
+        let is_secret = targets.iter().any(|(r, s)| *r == "secrets" && s.is_empty());
         let mut applicable = 0u64;
         for (i, rule) in self.rules.iter().enumerate() {
             if targets.iter().any(|(res, sub)| rule.applies_to(res, sub)) {

@@ -92,6 +92,29 @@ impl Field for Value {
     }
 }
 
+/// The (resource, subresource) pairs whose rules apply to an object: at
+/// most three (the request's resource, its subresource, the object's
+/// built-in kind), kept inline since every object of a response asks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Targets<'a> {
+    items: [(&'a str, &'a str); 3],
+    len: usize,
+}
+
+impl<'a> Targets<'a> {
+    fn push(&mut self, pair: (&'a str, &'a str)) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = pair;
+            self.len += 1;
+        }
+    }
+
+    /// The pairs, in order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(&'a str, &'a str)> {
+        self.items[..self.len].iter()
+    }
+}
+
 /// Built-in kinds whose resource is known whatever the request was, so a
 /// Secret is masked as a Secret wherever it appears.
 fn builtin_resource(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -391,16 +414,18 @@ impl Masker {
 
     /// The resources whose rules apply to an object: the request's (for a
     /// subresource also its parent resource) and its built-in kind's.
-    pub(super) fn resources_of(ctx: &MaskContext, kind: Option<&str>) -> Vec<(String, String)> {
-        let mut out = vec![(ctx.resource.clone(), String::new())];
+    pub(super) fn resources_of<'a>(ctx: &'a MaskContext, kind: Option<&str>) -> Targets<'a> {
+        let mut out = Targets {
+            items: [(ctx.resource.as_str(), ""); 3],
+            len: 1,
+        };
         if !ctx.subresource.is_empty() && ctx.subresource != "status" {
-            out.push((ctx.resource.clone(), ctx.subresource.clone()));
+            out.push((ctx.resource.as_str(), ctx.subresource.as_str()));
         }
-        if let Some((r, s)) = kind.and_then(builtin_resource) {
-            let pair = (r.to_string(), s.to_string());
-            if !out.contains(&pair) {
-                out.push(pair);
-            }
+        if let Some(pair) = kind.and_then(builtin_resource)
+            && !out.iter().any(|p| *p == pair)
+        {
+            out.push(pair);
         }
         out
     }
@@ -422,7 +447,7 @@ impl Masker {
         let mut local = Found::new();
         let kind = map.field("kind").and_then(Value::as_str).map(str::to_owned);
         let targets = Self::resources_of(ctx, kind.as_deref().or(kind_hint));
-        let is_secret = targets.iter().any(|(r, s)| r == "secrets" && s.is_empty());
+        let is_secret = targets.iter().any(|(r, s)| *r == "secrets" && s.is_empty());
         let mut n = 0;
         let rules = self
             .rules
