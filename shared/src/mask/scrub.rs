@@ -104,6 +104,10 @@ pub struct ScrubSet {
     /// instructions a byte for a JWT, with this filter about one. `None`
     /// for object sets, and when a pattern is too short for it.
     byte_grams: Option<Box<GramFilter<WIDE_GRAM_WORDS>>>,
+    /// Token sets: which pairs of bytes start a pattern (65,536 bits), the
+    /// check at the starts a hit of `grams` names before the patterns are
+    /// compared there. `None` for object sets.
+    pairs: Option<Box<PairSet>>,
     /// Length of the shortest pattern (object sets: at most that): a
     /// shorter string holds none.
     min_len: usize,
@@ -361,6 +365,39 @@ impl<const W: usize> GramFilter<W> {
     }
 }
 
+/// The pairs of bytes that start a pattern, as 65,536 bits.
+#[derive(Clone)]
+struct PairSet([u64; 1024]);
+
+impl PairSet {
+    fn of<'a>(patterns: impl Iterator<Item = &'a [u8]>) -> PairSet {
+        let mut bits = [0u64; 1024];
+        for p in patterns {
+            if let [a, b, ..] = *p {
+                let k = pair_index(a, b);
+                bits[k >> 6] |= 1 << (k & 63);
+            }
+        }
+        PairSet(bits)
+    }
+
+    /// Whether `h` starts with a pair that starts a pattern (a pattern of
+    /// one byte has no pair: sets with grams have none that short).
+    fn starts(&self, h: &[u8]) -> bool {
+        match *h {
+            [a, b, ..] => {
+                let k = pair_index(a, b);
+                self.0[k >> 6] & (1 << (k & 63)) != 0
+            }
+            _ => false,
+        }
+    }
+}
+
+fn pair_index(a: u8, b: u8) -> usize {
+    (usize::from(a) << 8) | usize::from(b)
+}
+
 /// `pairs` (pattern, window flag) longest first, for equal lengths in byte
 /// order, an equal pattern once with the window flag set if any copy has it.
 /// The order the replacements of [`ScrubSet::scrub_str`] rely on: a longer
@@ -417,6 +454,7 @@ impl ScrubSet {
             MAX_TOKEN_GRAM_STEP,
         );
         let byte_grams = GramFilter::new(forms.patterns.iter(), MAX_TOKEN_GRAM_STEP).map(Box::new);
+        let pairs = Some(Box::new(PairSet::of(forms.patterns.iter())));
         ScrubSet {
             empty: forms.patterns.is_empty(),
             min_len: forms.patterns.iter().map(<[u8]>::len).min().unwrap_or(0),
@@ -427,6 +465,7 @@ impl ScrubSet {
             naive: false,
             grams,
             byte_grams,
+            pairs,
             bytes: OnceLock::new(),
             text: OnceLock::new(),
         }
@@ -472,6 +511,7 @@ impl ScrubSet {
             heads,
             naive: true,
             byte_grams: None,
+            pairs: None,
             bytes: OnceLock::new(),
             text: OnceLock::new(),
         }
@@ -594,8 +634,7 @@ impl ScrubSet {
         let hay = s.as_bytes();
         grams.search(hay, |i| {
             hay.get(i..).is_some_and(|h| {
-                h.first()
-                    .is_some_and(|b| forms.first_bytes[usize::from(*b)])
+                self.pairs.as_deref().is_none_or(|pairs| pairs.starts(h))
                     && forms
                         .patterns
                         .iter()
@@ -699,14 +738,22 @@ impl ScrubSet {
         let forms = self.forms();
         let from = b.len().saturating_sub(forms.max_len.saturating_sub(1));
         for j in from..b.len() {
-            if !forms.first_bytes[usize::from(b[j])] {
+            let tail = &b[j..];
+            // A pattern that starts with the tail starts with its first
+            // byte, and with its first two when it has two.
+            let may_start = match &self.pairs {
+                Some(pairs) if tail.len() >= 2 => pairs.starts(tail),
+                _ => forms.first_bytes[usize::from(b[j])],
+            };
+            if !may_start {
                 continue;
             }
-            let tail = &b[j..];
+            // The first byte inline: most patterns differ there, and
+            // `starts_with` is a call to memcmp.
             if forms
                 .patterns
                 .iter()
-                .any(|p| p.len() > tail.len() && p.starts_with(tail))
+                .any(|p| p.len() > tail.len() && p.first() == tail.first() && p.starts_with(tail))
             {
                 return j;
             }
