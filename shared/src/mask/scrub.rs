@@ -106,7 +106,8 @@ pub struct ScrubSet {
     byte_grams: Option<Box<GramFilter<WIDE_GRAM_WORDS>>>,
     /// Token sets: which pairs of bytes start a pattern (65,536 bits), the
     /// check at the starts a hit of `grams` names before the patterns are
-    /// compared there. `None` for object sets.
+    /// compared there, and at each position of a chunk's possible tail
+    /// ([`ScrubSet::partial_tail`]). `None` for object sets.
     pairs: Option<Box<PairSet>>,
     /// Length of the shortest pattern (object sets: at most that): a
     /// shorter string holds none.
@@ -386,8 +387,9 @@ impl PairSet {
         PairSet(bits)
     }
 
-    /// Whether `h` starts with a pair that starts a pattern (a pattern of
-    /// one byte has no pair: sets with grams have none that short).
+    /// Whether `h` starts with a pair that starts a pattern. A pattern of
+    /// one byte has no pair; a token set's forms are 6 bytes or more
+    /// (`MIN_SCRUB_BYTES`, the encodings' minimum), so it has none.
     fn starts(&self, h: &[u8]) -> bool {
         match *h {
             [a, b, ..] => {
@@ -621,8 +623,10 @@ impl ScrubSet {
         self.text_may_hold(s) && self.text_automaton().is_some_and(|(ac, _)| ac.is_match(s))
     }
 
-    /// Token sets: false when the gram filter shows `s` holds no text
-    /// pattern (then the automaton need not run).
+    /// Token sets: false when `s` holds no text pattern (then the automaton
+    /// need not run): the gram filter shows it, and in a string of
+    /// [`VERIFIED_HITS_FROM`] bytes or more the patterns compared where the
+    /// filter hits.
     fn text_may_hold(&self, s: &str) -> bool {
         if s.len() < self.min_len {
             return false;
